@@ -1,0 +1,1 @@
+"""DSSD / SSD detectors."""
