@@ -1,0 +1,91 @@
+"""SSD MultiBox loss: matching, hard negative mining, softmax CE + Smooth-L1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dssd.ops.boxes import Variances, encode, pad_targets
+from dssd.ops.matching import match
+
+
+def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float = 3.0) -> Tensor:
+    """Select the hardest negatives of every image (SSD hard negative mining).
+
+    Args:
+        conf_loss: ``[B, P]`` per-prior confidence loss (used for ranking only).
+        positive: ``[B, P]`` bool mask of positive priors.
+        neg_pos_ratio: negatives kept per positive.
+
+    Returns:
+        ``[B, P]`` bool mask of the ``min(floor(ratio * num_pos), P - num_pos)`` non-positive
+        priors with the largest loss in each image; an image without positives gets none.
+    """
+    num_pos = positive.sum(dim=1, keepdim=True)
+    num_neg = torch.minimum((neg_pos_ratio * num_pos).long(), positive.shape[1] - num_pos)
+    loss = conf_loss.detach().masked_fill(positive, float("-inf"))
+    rank = loss.argsort(dim=1, descending=True).argsort(dim=1)
+    return (rank < num_neg) & ~positive
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD training loss (Liu et al. 2016, eq. 1), vectorised over the batch.
+
+    ``(sum of softmax CE over positives and mined negatives
+    + loc_weight * sum of Smooth-L1 over positives) / N`` with ``N`` the number of positive
+    priors in the batch; it is 0 (still attached to the graph) when ``N = 0``.
+    """
+
+    def __init__(
+        self,
+        iou_threshold: float = 0.5,
+        neg_pos_ratio: float = 3.0,
+        variances: Variances = (0.1, 0.1, 0.2, 0.2),
+        loc_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.iou_threshold = iou_threshold
+        self.neg_pos_ratio = neg_pos_ratio
+        self.variances = tuple(variances)
+        self.loc_weight = loc_weight
+
+    def forward(
+        self, loc: Tensor, conf: Tensor, priors: Tensor, targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Compute the loss.
+
+        Args:
+            loc: ``[B, P, 4]`` predicted offsets.
+            conf: ``[B, P, C + 1]`` class logits, class 0 = background.
+            priors: ``[P, 4]`` cxcywh, normalised.
+            targets: per image ``"boxes"`` ``[N_i, 4]`` xyxy normalised and ``"labels"`` ``[N_i]``.
+
+        Returns:
+            ``"loss"``, ``"loss_loc"``, ``"loss_conf"`` (all divided by ``N``) and ``"num_pos"``
+            (``N`` as a float tensor, for logging).
+        """
+        with torch.no_grad():
+            gt_boxes, gt_labels = pad_targets(targets, device=loc.device)
+            matched_boxes, labels = match(priors, gt_boxes, gt_labels, self.iou_threshold)
+            loc_target = encode(matched_boxes, priors, self.variances)
+        positive = labels > 0
+        num_pos = positive.sum()
+
+        conf_loss = F.cross_entropy(conf.flatten(0, 1), labels.flatten(), reduction="none")
+        conf_loss = conf_loss.view_as(labels)
+        negative = hard_negative_mask(conf_loss, positive, self.neg_pos_ratio)
+        loss_conf = conf_loss[positive | negative].sum()
+        loss_loc = F.smooth_l1_loss(
+            loc[positive], loc_target[positive].to(loc.dtype), beta=1.0, reduction="sum"
+        )
+
+        normaliser = num_pos.clamp(min=1)
+        loss_conf = loss_conf / normaliser
+        loss_loc = loss_loc / normaliser
+        return {
+            "loss": loss_conf + self.loc_weight * loss_loc,
+            "loss_loc": loss_loc,
+            "loss_conf": loss_conf,
+            "num_pos": num_pos.float(),
+        }

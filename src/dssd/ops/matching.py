@@ -1,0 +1,51 @@
+"""SSD prior-to-ground-truth matching, vectorised over a padded batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dssd.ops.boxes import batched_iou, cxcywh_to_xyxy
+
+
+def match(
+    priors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou_threshold: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """Assign a ground-truth box and class to every prior (SSD matching strategy).
+
+    1. Bipartite step: every real ground truth claims the prior with which it has the highest
+       IoU, whatever that IoU. When several claim the same prior the highest gt index wins.
+    2. Every other prior takes its highest-IoU ground truth if that IoU > ``iou_threshold``,
+       else it is background.
+
+    Args:
+        priors: ``[P, 4]`` cxcywh.
+        gt_boxes: ``[B, N, 4]`` xyxy, padded (see :func:`dssd.ops.pad_targets`).
+        gt_labels: ``[B, N]`` int64 in ``1..C``; 0 marks padding, which never matches.
+        iou_threshold: minimum (exclusive) IoU of a non-bipartite match.
+
+    Returns:
+        ``boxes [B, P, 4]`` xyxy and ``labels [B, P]`` int64 (0 = background). A background
+        prior is "matched" to itself, so its box is finite and encodes to zero offsets.
+    """
+    batch_size, num_gt = gt_labels.shape
+    valid = gt_labels > 0
+    priors_xyxy = cxcywh_to_xyxy(priors)
+    iou = batched_iou(gt_boxes, priors_xyxy).masked_fill(~valid[:, :, None], -1.0)  # [B, N, P]
+
+    best_iou, best_gt = iou.max(dim=1)  # [B, P]
+    best_prior = iou.argmax(dim=2)  # [B, N]
+
+    # Bipartite step; amax makes the highest gt index win, padding (-1) never claims a prior.
+    gt_index = torch.arange(num_gt, device=gt_labels.device).expand(batch_size, -1)
+    claimed_by = torch.full_like(best_gt, -1).scatter_reduce(
+        1, best_prior, torch.where(valid, gt_index, -1), reduce="amax"
+    )
+    forced = claimed_by >= 0
+    best_gt = torch.where(forced, claimed_by, best_gt)
+    positive = forced | (best_iou > iou_threshold)
+
+    labels = torch.gather(gt_labels, 1, best_gt).masked_fill(~positive, 0)
+    boxes = torch.gather(gt_boxes, 1, best_gt[:, :, None].expand(-1, -1, 4))
+    boxes = torch.where(positive[:, :, None], boxes, priors_xyxy)
+    return boxes, labels
