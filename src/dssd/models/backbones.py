@@ -1,0 +1,91 @@
+"""ResNet trunks with the DSSD paper's surgery.
+
+DSSD (and the ResNet SSD baseline) uses a ResNet as the encoder with two changes that keep the
+feature maps at the resolutions of the paper's Table 2:
+
+* the stem's max-pool is 3x3 / stride 2 with *no padding* and ceil rounding, as in the released
+  Caffe model (torchvision pads by 1, which gives 321 -> 41 instead of 40);
+* conv5_x keeps stride 16: its stride-2 convolutions become stride 1 and its 3x3 convolutions are
+  dilated by 2, so the receptive field still grows.
+
+The backbone returns the two source maps the detector predicts from: the last block of conv3_x
+(stride 8) and of conv5_x (stride 16).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+RESNET_DEPTHS = (18, 34, 50, 101, 152)
+
+
+class PretrainedWeightsMissing(FileNotFoundError):
+    """Raised when ImageNet weights are asked for but are not on disk (no download here)."""
+
+
+def load_imagenet_weights(model: nn.Module, arch: str) -> None:
+    """Load torchvision's ImageNet weights for ``arch`` from the local torch hub cache.
+
+    The weights are never downloaded implicitly: a cluster node or CI box often has no internet,
+    and a silent multi-hundred-MB download in the middle of a launch is worse than a clear error.
+    """
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    file_name = Path(weights.url).name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if not path.is_file():
+        raise PretrainedWeightsMissing(
+            f"ImageNet weights for {arch} not found at {path}.\n"
+            f"Download {weights.url} and put it there (the directory follows $TORCH_HOME, "
+            f"currently {os.environ.get('TORCH_HOME', '~/.cache/torch')}), "
+            f"or train from scratch with model.net.backbone.pretrained=false."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    model.load_state_dict(state, strict=True)
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet-{18,34,50,101,152} encoder returning the conv3_x and conv5_x source maps."""
+
+    def __init__(self, depth: int = 101, pretrained: bool = False) -> None:
+        super().__init__()
+        if depth not in RESNET_DEPTHS:
+            raise ValueError(f"ResNet depth must be one of {RESNET_DEPTHS}, got {depth}")
+        arch = f"resnet{depth}"
+        resnet = torchvision.models.get_model(arch, weights=None)
+        resnet.fc = nn.Identity()
+        if pretrained:
+            load_imagenet_weights(resnet, arch)
+
+        resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+        _dilate_stage(resnet.layer4, dilation=2)
+
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.conv2 = resnet.layer1
+        self.conv3 = resnet.layer2
+        self.conv4 = resnet.layer3
+        self.conv5 = resnet.layer4
+        expansion = 4 if depth >= 50 else 1
+        self.out_channels: list[int] = [128 * expansion, 512 * expansion]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.conv2(self.stem(x))
+        c3 = self.conv3(x)
+        c5 = self.conv5(self.conv4(c3))
+        return [c3, c5]
+
+
+def _dilate_stage(stage: nn.Module, dilation: int) -> None:
+    """Turn a stride-2 ResNet stage into a stride-1 stage with dilated 3x3 convolutions."""
+    for module in stage.modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        module.stride = (1, 1)
+        if module.kernel_size == (3, 3):
+            module.dilation = (dilation, dilation)
+            module.padding = (dilation, dilation)

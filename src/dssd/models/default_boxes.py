@@ -1,0 +1,61 @@
+"""Default boxes (priors) of SSD/DSSD, in centre-size form normalised to the input size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class DefaultBoxes:
+    """Generates the default boxes for a list of square source maps.
+
+    On source ``k`` with map size ``f_k`` and scale ``s_k`` (fraction of the input), every location
+    ``(i, j)`` gets boxes centred at ``((j + 0.5) / f_k, (i + 0.5) / f_k)``: a square of side
+    ``s_k``, a square of side ``sqrt(s_k * s_{k+1})``, and for every aspect ratio ``a`` a box of
+    size ``(s_k sqrt(a), s_k / sqrt(a))`` and its flip. With DSSD's ratios {1.6, 2, 3} that is 8
+    boxes per location. Boxes are not clipped to the image (as in the paper).
+
+    Args:
+        scales: ``num_sources + 1`` scales; the last one only sizes the extra square of the last map.
+        aspect_ratios: the ratios other than 1, shared by all sources (flips are added).
+    """
+
+    def __init__(self, scales: Sequence[float], aspect_ratios: Sequence[float] = (1.6, 2.0, 3.0)):
+        if any(a <= 0 or a == 1 for a in aspect_ratios):
+            raise ValueError(f"aspect ratios must be positive and != 1, got {list(aspect_ratios)}")
+        self.scales = [float(s) for s in scales]
+        self.aspect_ratios = [float(a) for a in aspect_ratios]
+
+    @property
+    def boxes_per_location(self) -> int:
+        return 2 + 2 * len(self.aspect_ratios)
+
+    def shapes(self, k: int) -> list[tuple[float, float]]:
+        """Widths and heights of the boxes at one location of source ``k``."""
+        s, s_next = self.scales[k], self.scales[k + 1]
+        shapes = [(s, s), (math.sqrt(s * s_next),) * 2]
+        for a in self.aspect_ratios:
+            r = math.sqrt(a)
+            shapes += [(s * r, s / r), (s / r, s * r)]
+        return shapes
+
+    def __call__(self, feature_sizes: Sequence[int]) -> Tensor:
+        """Return ``[P, 4]`` boxes (cx, cy, w, h) ordered source, row, column, box."""
+        if len(self.scales) != len(feature_sizes) + 1:
+            raise ValueError(
+                f"need {len(feature_sizes) + 1} scales for {len(feature_sizes)} source maps "
+                f"(one more than the maps), got {len(self.scales)}"
+            )
+        priors = []
+        for k, f in enumerate(feature_sizes):
+            centres = (torch.arange(f, dtype=torch.float64) + 0.5) / f
+            cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+            wh = torch.tensor(self.shapes(k), dtype=torch.float64)  # [A, 2]
+            num_boxes = wh.shape[0]
+            xy = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, num_boxes, 2)
+            wh = wh.expand(f * f, num_boxes, 2)
+            priors.append(torch.cat([xy, wh], dim=-1).reshape(-1, 4))
+        return torch.cat(priors).float()

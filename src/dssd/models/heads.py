@@ -1,0 +1,50 @@
+"""Prediction heads: the loc/conf convolutions on each source map (prediction module (a))."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class PredictionHeads(nn.Module):
+    """One 3x3 (or k x k) loc conv and one conf conv per source map, with bias and no BN.
+
+    Outputs are flattened in the order source, row, column, box, matching
+    :class:`~dssd.models.default_boxes.DefaultBoxes`.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        boxes_per_location: int,
+        num_classes: int,
+        kernel_sizes: Sequence[int] | int = 3,
+    ) -> None:
+        super().__init__()
+        if isinstance(kernel_sizes, int):
+            kernel_sizes = [kernel_sizes] * len(in_channels)
+        if len(kernel_sizes) != len(in_channels):
+            raise ValueError(
+                f"got {len(kernel_sizes)} head kernel sizes for {len(in_channels)} source maps"
+            )
+        self.num_outputs = num_classes + 1  # + background
+        self.loc = nn.ModuleList()
+        self.conf = nn.ModuleList()
+        for channels, k in zip(in_channels, kernel_sizes):
+            self.loc.append(nn.Conv2d(channels, boxes_per_location * 4, k, padding=k // 2))
+            self.conf.append(
+                nn.Conv2d(channels, boxes_per_location * self.num_outputs, k, padding=k // 2)
+            )
+        for conv in [*self.loc, *self.conf]:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        batch = features[0].shape[0]
+        locs, confs = [], []
+        for x, loc, conf in zip(features, self.loc, self.conf):
+            locs.append(loc(x).permute(0, 2, 3, 1).reshape(batch, -1, 4))
+            confs.append(conf(x).permute(0, 2, 3, 1).reshape(batch, -1, self.num_outputs))
+        return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
