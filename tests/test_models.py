@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from dssd.models import SSD, DefaultBoxes, PretrainedWeightsMissing, ResNetBackbone
+from dssd.models import SSD, DefaultBoxes, PretrainedWeightsNotFoundError, ResNetBackbone
 
 SCALES_321 = [0.1, 0.2, 0.38, 0.56, 0.74, 0.92, 1.1]
 SCALES_513 = [0.04, 0.1, 0.27, 0.44, 0.61, 0.78, 0.95, 1.12]
@@ -64,7 +64,7 @@ def test_resnet101_trunk_has_all_imagenet_parameters_but_fc():
 
 def test_missing_pretrained_weights_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(PretrainedWeightsMissing) as err:
+    with pytest.raises(PretrainedWeightsNotFoundError) as err:
         ResNetBackbone(18, pretrained=True)
     message = str(err.value)
     assert str(tmp_path / "hub" / "checkpoints") in message
@@ -116,7 +116,8 @@ def test_predictions_follow_prior_order():
     net.eval()
     k, i, j, a = 1, 4, 7, 5
     features = [
-        torch.zeros(1, conv.in_channels, f, f) for conv, f in zip(net.heads.loc, net.feature_sizes)
+        torch.zeros(1, conv.in_channels, f, f)
+        for conv, f in zip(net.heads.loc, net.feature_sizes, strict=True)
     ]
     for conv in net.heads.loc:
         torch.nn.init.zeros_(conv.weight)

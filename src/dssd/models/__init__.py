@@ -1,6 +1,6 @@
 """Networks: backbones, extra layers, prediction heads, default boxes and the detectors."""
 
-from dssd.models.backbones import PretrainedWeightsMissing, ResNetBackbone
+from dssd.models.backbones import PretrainedWeightsNotFoundError, ResNetBackbone
 from dssd.models.default_boxes import DefaultBoxes
 from dssd.models.extra_layers import ExtraBlock, ExtraLayers
 from dssd.models.heads import PredictionHeads
@@ -12,6 +12,6 @@ __all__ = [
     "ExtraBlock",
     "ExtraLayers",
     "PredictionHeads",
-    "PretrainedWeightsMissing",
+    "PretrainedWeightsNotFoundError",
     "ResNetBackbone",
 ]

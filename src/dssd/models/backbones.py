@@ -24,7 +24,7 @@ from torch import Tensor, nn
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
 
-class PretrainedWeightsMissing(FileNotFoundError):
+class PretrainedWeightsNotFoundError(FileNotFoundError):
     """Raised when ImageNet weights are asked for but are not on disk (no download here)."""
 
 
@@ -38,7 +38,7 @@ def load_imagenet_weights(model: nn.Module, arch: str) -> None:
     file_name = Path(weights.url).name
     path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     if not path.is_file():
-        raise PretrainedWeightsMissing(
+        raise PretrainedWeightsNotFoundError(
             f"ImageNet weights for {arch} not found at {path}.\n"
             f"Download {weights.url} and put it there (the directory follows $TORCH_HOME, "
             f"currently {os.environ.get('TORCH_HOME', '~/.cache/torch')}), "

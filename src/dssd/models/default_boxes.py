@@ -19,7 +19,8 @@ class DefaultBoxes:
     boxes per location. Boxes are not clipped to the image (as in the paper).
 
     Args:
-        scales: ``num_sources + 1`` scales; the last one only sizes the extra square of the last map.
+        scales: ``num_sources + 1`` scales; the last one only sizes the extra square of the
+            last map.
         aspect_ratios: the ratios other than 1, shared by all sources (flips are added).
     """
 

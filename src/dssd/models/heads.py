@@ -32,7 +32,7 @@ class PredictionHeads(nn.Module):
         self.num_outputs = num_classes + 1  # + background
         self.loc = nn.ModuleList()
         self.conf = nn.ModuleList()
-        for channels, k in zip(in_channels, kernel_sizes):
+        for channels, k in zip(in_channels, kernel_sizes, strict=True):
             self.loc.append(nn.Conv2d(channels, boxes_per_location * 4, k, padding=k // 2))
             self.conf.append(
                 nn.Conv2d(channels, boxes_per_location * self.num_outputs, k, padding=k // 2)
@@ -44,7 +44,7 @@ class PredictionHeads(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         batch = features[0].shape[0]
         locs, confs = [], []
-        for x, loc, conf in zip(features, self.loc, self.conf):
+        for x, loc, conf in zip(features, self.loc, self.conf, strict=True):
             locs.append(loc(x).permute(0, 2, 3, 1).reshape(batch, -1, 4))
             confs.append(conf(x).permute(0, 2, 3, 1).reshape(batch, -1, self.num_outputs))
         return torch.cat(locs, dim=1), torch.cat(confs, dim=1)

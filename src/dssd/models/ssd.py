@@ -23,8 +23,10 @@ class SSD(nn.Module):
         num_classes: number of object classes C (background is added).
         image_size: the square input size S; fixes the map sizes and so the default boxes.
         scales: default-box scales, one per source map plus one.
-        extra_layers: ``(kernel, stride)`` of each extra residual block after the last backbone map.
-        extra_mid_channels / extra_out_channels: widths of the extra blocks (256 / 1024 in the paper).
+        extra_layers: ``(kernel, stride)`` of each extra residual block after the last
+            backbone map.
+        extra_mid_channels, extra_out_channels: widths of the extra blocks (256, 1024 in the
+            paper).
         aspect_ratios: default-box aspect ratios besides 1 (flips are added).
         head_kernel_sizes: loc/conf conv kernel, one int for all sources or one per source.
     """
