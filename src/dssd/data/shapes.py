@@ -1,0 +1,517 @@
+"""Deterministic generator of the embedded "shapes" detection dataset.
+
+The dataset lets the project train and evaluate with no download: it is written in a real
+PASCAL VOC layout (JPEGImages/, Annotations/, ImageSets/Main/) plus COCO-format JSON of the same
+images (annotations/instances_<split>.json). Images have textured, noisy backgrounds and filled
+shapes of six classes over a wide range of sizes, with many small objects, some occlusion,
+truncation at the border, and VOC-style ``difficult`` flags.
+
+Every image is drawn from its own random stream derived from ``(seed, image index)``, so the output
+depends only on the parameters. A stamp file written last makes repeated calls free.
+
+CLI: ``python -m dssd.data.shapes --out data/shapes [--num-trainval N --num-test N --seed S]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ellipse")
+
+FORMAT_VERSION = 1
+STAMP_FILE = ".complete"
+PARTIAL_STAMP_FILE = ".complete.partial"  # present while a generation is under way
+SPLITS = ("trainval", "test")
+# Output entries owned by the generator; only these are removed when regenerating.
+_MANAGED = ("JPEGImages", "Annotations", "ImageSets", "annotations", STAMP_FILE)
+
+MIN_OBJECT_SIZE = 10.0  # smallest sqrt(box area), pixels
+MAX_OBJECT_FRACTION = 0.6  # largest sqrt(box area) as a fraction of min(image w, h)
+CROWDED_MAX_SIZE = 40.0  # largest object in a crowded image, pixels
+MAX_BOX_IOU = 0.4  # a new object's box may overlap each earlier box up to this IoU
+MIN_VISIBLE = 0.1  # objects occluded beyond this are never placed
+DIFFICULT_VISIBLE = 0.5  # less visible than this -> difficult
+DIFFICULT_SIZE = 12.0  # sqrt(box area) below this -> difficult
+MIN_COLOUR_DISTANCE = 120.0  # RGB distance of an object's colour from what lies beneath it
+EMPTY_FRACTION = 0.02
+CROWDED_FRACTION = 0.1
+PLACEMENT_TRIES = 30
+_IMAGES_PER_WORKER = 256
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One annotated object: its class, tight pixel box and the flags derived from drawing it.
+
+    ``box`` holds inclusive 0-based pixel indices (col0, row0, col1, row1) of the drawn shape.
+    """
+
+    label: int  # index into CLASSES
+    box: tuple[int, int, int, int]
+    truncated: bool
+    difficult: bool
+
+
+_Record = tuple[str, int, int, list[ShapeObject]]  # image id, width, height, objects
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A shape placed on the image: class, region of interest, its mask inside it, tight box."""
+
+    label: int
+    roi: tuple[slice, slice]
+    mask: np.ndarray  # bool, shape of the roi
+    box: tuple[int, int, int, int]
+    truncated: bool
+
+
+def _unit_polygon(rng: np.random.Generator, cls: str) -> tuple[np.ndarray, float, bool]:
+    """Outline of a shape in a unit box centred at the origin.
+
+    Returns the vertices [K, 2], the width:height aspect ratio to stretch it to and whether it
+    may be rotated.
+    """
+    if cls in ("circle", "ellipse"):
+        t = np.linspace(0.0, 2.0 * np.pi, 48, endpoint=False)
+        pts = 0.5 * np.stack([np.cos(t), np.sin(t)], axis=1)
+        if cls == "circle":
+            return pts, rng.uniform(0.9, 1.1), False
+        return pts, rng.uniform(1.5, 3.0), True
+    if cls == "square":
+        pts = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
+        return pts, rng.uniform(0.9, 1.1), False
+    if cls == "triangle":
+        pts = np.array([[rng.uniform(-0.5, 0.5), -0.5], [0.5, 0.5], [-0.5, 0.5]])
+        return pts, math.exp(rng.uniform(math.log(0.4), math.log(2.5))), True
+    if cls == "star":
+        t = np.linspace(0.0, 2.0 * np.pi, 10, endpoint=False) - np.pi / 2
+        radius = np.where(np.arange(10) % 2 == 0, 0.5, 0.5 * rng.uniform(0.38, 0.5))
+        pts = np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
+        return pts, rng.uniform(0.9, 1.1), True
+    if cls == "cross":
+        a = rng.uniform(0.13, 0.2)  # half thickness of the arms
+        pts = np.array(
+            [
+                [-a, -0.5], [a, -0.5], [a, -a], [0.5, -a], [0.5, a], [a, a],
+                [a, 0.5], [-a, 0.5], [-a, a], [-0.5, a], [-0.5, -a], [-a, -a],
+            ]
+        )  # fmt: skip
+        return pts, rng.uniform(0.9, 1.1), True
+    raise ValueError(f"unknown shape class {cls!r}")
+
+
+def _sample_polygon(
+    rng: np.random.Generator, cls: str, size: float, width: int, height: int
+) -> np.ndarray:
+    """Vertices [K, 2] (x, y) in image coordinates of one shape of ``cls``.
+
+    ``size`` is sqrt(area) of the unrotated bounding box. Large shapes are shrunk to fit the
+    image; about one in eight is allowed to hang over the border by up to a third of its extent.
+    """
+    pts, aspect, rotatable = _unit_polygon(rng, cls)
+    pts = pts * np.array([size * math.sqrt(aspect), size / math.sqrt(aspect)])
+    if rotatable and rng.random() < 0.7:
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        c, s = math.cos(angle), math.sin(angle)
+        pts = pts @ np.array([[c, s], [-s, c]])
+    extent = pts.max(axis=0) - pts.min(axis=0)
+    pts = pts * min(1.0, 0.9 * min(width, height) / extent.max())
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    overhang = (hi - lo) / 3.0 if rng.random() < 0.125 else np.zeros(2)
+    centre = rng.uniform(-lo - overhang, np.array([width, height]) - hi + overhang)
+    return pts + centre
+
+
+def _rasterise(pts: np.ndarray, label: int, width: int, height: int) -> _Placed | None:
+    """Mask, tight box and truncation flag of a polygon; None when no pixel is inside the image."""
+    x0, y0 = np.maximum(np.floor(pts.min(axis=0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 1, [width, height])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    shift = 4  # sub-pixel vertex precision
+    fixed = np.round((pts - [x0, y0]) * (1 << shift)).astype(np.int32)
+    cv2.fillPoly(mask, [fixed], 1, lineType=cv2.LINE_8, shift=shift)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    box = (int(x0 + cols[0]), int(y0 + rows[0]), int(x0 + cols[-1]), int(y0 + rows[-1]))
+    # cv2 puts pixel centres on integer coordinates, so the image spans [-0.5, size - 0.5].
+    truncated = bool(
+        (pts.min(axis=0) < -0.5).any() or (pts.max(axis=0) > [width - 0.5, height - 0.5]).any()
+    )
+    return _Placed(label, (slice(y0, y1), slice(x0, x1)), mask.astype(bool), box, truncated)
+
+
+def _box_iou(box: tuple[int, int, int, int], others: np.ndarray) -> np.ndarray:
+    """IoU of one inclusive pixel box with an array [N, 4] of them."""
+    b = np.asarray(box)
+    iw = np.minimum(b[2], others[:, 2]) - np.maximum(b[0], others[:, 0]) + 1
+    ih = np.minimum(b[3], others[:, 3]) - np.maximum(b[1], others[:, 1]) + 1
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    areas = (others[:, 2] - others[:, 0] + 1) * (others[:, 3] - others[:, 1] + 1)
+    return inter / (area + areas - inter)
+
+
+def _place_objects(
+    rng: np.random.Generator, width: int, height: int, count: int, max_size: float
+) -> tuple[list[_Placed], np.ndarray]:
+    """Place up to ``count`` shapes, each resampled until it respects the overlap rules.
+
+    A candidate is rejected when its box IoU with an earlier box exceeds MAX_BOX_IOU, or when it
+    would leave an earlier object less than MIN_VISIBLE visible. Returns the placed shapes in
+    drawing order and the visible fraction of each once all are drawn.
+    """
+    owner = np.full((height, width), -1, np.int16)  # index of the topmost object per pixel
+    placed: list[_Placed] = []
+    total: list[int] = []
+    visible = np.zeros(0, np.int64)
+    log_lo, log_hi = math.log(MIN_OBJECT_SIZE), math.log(max(max_size, MIN_OBJECT_SIZE))
+    for _ in range(count):
+        label = int(rng.integers(len(CLASSES)))
+        for _ in range(PLACEMENT_TRIES):
+            size = math.exp(rng.uniform(log_lo, log_hi))
+            pts = _sample_polygon(rng, CLASSES[label], size, width, height)
+            shape = _rasterise(pts, label, width, height)
+            if shape is None:
+                continue
+            if (
+                placed
+                and _box_iou(shape.box, np.array([p.box for p in placed])).max() > MAX_BOX_IOU
+            ):
+                continue
+            below = owner[shape.roi][shape.mask]
+            hidden = np.bincount(below[below >= 0], minlength=len(placed))
+            if ((visible - hidden) < MIN_VISIBLE * np.array(total, np.int64)).any():
+                continue
+            owner[shape.roi][shape.mask] = len(placed)
+            placed.append(shape)
+            total.append(int(shape.mask.sum()))
+            visible = np.append(visible - hidden, total[-1])
+            break
+    return placed, visible / np.maximum(np.array(total, np.float64), 1.0)
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Float32 RGB background: colour gradient, low-frequency texture, soft blobs, thin lines."""
+    corners = rng.uniform(0, 255, (2, 2, 3)).astype(np.float32)
+    img = cv2.resize(corners, (width, height), interpolation=cv2.INTER_LINEAR)
+    gh, gw = rng.integers(3, 9, size=2)
+    texture = rng.normal(0.0, rng.uniform(10, 40), (gh, gw, 3)).astype(np.float32)
+    img += cv2.resize(texture, (width, height), interpolation=cv2.INTER_CUBIC)
+
+    n_blobs = int(rng.integers(0, 6))
+    if n_blobs:
+        # Blobs are soft, so they are drawn and blurred at a quarter of the resolution.
+        small = (width // 4, height // 4)
+        overlay = np.zeros((small[1], small[0], 3), np.float32)
+        alpha = np.zeros((small[1], small[0]), np.float32)
+        for _ in range(n_blobs):
+            centre = (int(rng.integers(small[0])), int(rng.integers(small[1])))
+            radius = int(rng.integers(2, max(3, min(small) // 4)))
+            cv2.circle(overlay, centre, radius, rng.uniform(0, 255, 3).tolist(), -1)
+            cv2.circle(alpha, centre, radius, float(rng.uniform(0.3, 0.7)), -1)
+        sigma = float(rng.uniform(1, 3))
+        overlay = cv2.resize(cv2.GaussianBlur(overlay, (0, 0), sigma), (width, height))
+        alpha = cv2.resize(cv2.GaussianBlur(alpha, (0, 0), sigma), (width, height))[..., None]
+        img = img * (1.0 - alpha) + overlay * alpha
+
+    for _ in range(int(rng.integers(0, 9))):
+        p0 = (int(rng.integers(width)), int(rng.integers(height)))
+        p1 = (int(rng.integers(width)), int(rng.integers(height)))
+        colour = rng.uniform(0, 255, 3).tolist()
+        cv2.line(img, p0, p1, colour, int(rng.integers(1, 3)), lineType=cv2.LINE_AA)
+    return img
+
+
+def _contrasting_colour(rng: np.random.Generator, beneath: np.ndarray) -> np.ndarray:
+    """A random RGB colour at least MIN_COLOUR_DISTANCE from the mean of the pixels beneath."""
+    mean = beneath.mean(axis=0)
+    for _ in range(20):
+        colour = rng.uniform(0, 255, 3)
+        if np.linalg.norm(colour - mean) >= MIN_COLOUR_DISTANCE:
+            return colour
+    return np.where(mean > 127.5, 0.0, 255.0)  # the farthest corner of the colour cube
+
+
+def render_image(
+    rng: np.random.Generator, min_size: int, max_size: int, empty: bool = False
+) -> tuple[np.ndarray, list[ShapeObject]]:
+    """Draw one image (uint8 RGB) and its annotations from ``rng``.
+
+    Crowded images (about CROWDED_FRACTION) hold 10-25 small objects; the others 1-6 objects of
+    sizes log-uniform from MIN_OBJECT_SIZE to MAX_OBJECT_FRACTION of the shorter side.
+    """
+    width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+    img = _background(rng, width, height)
+    if empty:
+        count, max_object = 0, 0.0
+    elif rng.random() < CROWDED_FRACTION:
+        count, max_object = int(rng.integers(10, 26)), CROWDED_MAX_SIZE
+    else:
+        count, max_object = int(rng.integers(1, 7)), MAX_OBJECT_FRACTION * min(width, height)
+    placed, visible = _place_objects(rng, width, height, count, max_object)
+
+    objects = []
+    for shape, vis in zip(placed, visible, strict=True):
+        region = img[shape.roi]
+        region[shape.mask] = _contrasting_colour(rng, region[shape.mask])
+        x0, y0, x1, y1 = shape.box
+        small = math.sqrt((x1 - x0 + 1) * (y1 - y0 + 1)) < DIFFICULT_SIZE
+        difficult = bool(vis < DIFFICULT_VISIBLE or small)
+        objects.append(ShapeObject(shape.label, shape.box, shape.truncated, difficult))
+
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (3, 3), 0)
+    # OpenCV's generator, seeded from ``rng``, draws the pixel noise twice as fast as numpy's.
+    cv2.setRNGSeed(int(rng.integers(2**31)))
+    noise = np.empty_like(img)
+    cv2.randn(noise, (0.0,) * 3, (float(rng.uniform(3, 15)),) * 3)
+    return np.clip(img + noise, 0, 255).astype(np.uint8), objects
+
+
+def _voc_xml(image_id: str, width: int, height: int, objects: list[ShapeObject]) -> bytes:
+    """PASCAL VOC annotation XML; boxes 1-based inclusive as in the original dataset."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "shapes"
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for obj in objects:
+        node = ET.SubElement(root, "object")
+        ET.SubElement(node, "name").text = CLASSES[obj.label]
+        ET.SubElement(node, "pose").text = "Unspecified"
+        ET.SubElement(node, "truncated").text = str(int(obj.truncated))
+        ET.SubElement(node, "difficult").text = str(int(obj.difficult))
+        bndbox = ET.SubElement(node, "bndbox")
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box, strict=True):
+            ET.SubElement(bndbox, tag).text = str(value + 1)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+def _coco_split(records: list[_Record]) -> dict:
+    """COCO instances dict of one split; image ids are the integer VOC ids, categories 1..C."""
+    images, annotations = [], []
+    for image_id, width, height, objects in records:
+        images.append(
+            {"id": int(image_id), "file_name": f"{image_id}.jpg", "width": width, "height": height}
+        )
+        for obj in objects:
+            x0, y0, x1, y1 = obj.box
+            w, h = float(x1 - x0 + 1), float(y1 - y0 + 1)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": int(image_id),
+                    "category_id": obj.label + 1,
+                    "bbox": [float(x0), float(y0), w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "difficult": int(obj.difficult),
+                }
+            )
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
+    return {
+        "info": {"description": "dssd embedded shapes dataset", "version": FORMAT_VERSION},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+@dataclass(frozen=True)
+class _ImageTask:
+    """Everything needed to render and write one image, independently of all the others."""
+
+    root: Path
+    seed: int
+    index: int  # position in the whole dataset; the image id is index + 1
+    min_size: int
+    max_size: int
+    empty: bool
+
+
+def _write_image(task: _ImageTask) -> _Record:
+    """Render one image from its own random stream and write its JPEG and VOC XML."""
+    image_id = f"{task.index + 1:06d}"
+    rng = np.random.default_rng(np.random.SeedSequence(task.seed, spawn_key=(task.index,)))
+    image, objects = render_image(rng, task.min_size, task.max_size, empty=task.empty)
+    height, width = image.shape[:2]
+    jpg = task.root / "JPEGImages" / f"{image_id}.jpg"
+    cv2.imwrite(str(jpg), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
+    xml = _voc_xml(image_id, width, height, objects)
+    (task.root / "Annotations" / f"{image_id}.xml").write_bytes(xml)
+    return image_id, width, height, objects
+
+
+def _write_images(tasks: list[_ImageTask], workers: int | None) -> list[_Record]:
+    """Run ``_write_image`` over the tasks, in order, in up to ``workers`` processes.
+
+    Each process gets at least _IMAGES_PER_WORKER images, so small datasets stay in-process.
+    """
+    workers = min(workers or os.cpu_count() or 1, math.ceil(len(tasks) / _IMAGES_PER_WORKER))
+    if workers <= 1:
+        return [_write_image(task) for task in tasks]
+    # "spawn" rather than fork: the caller may be a multi-threaded training process.
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=cv2.setNumThreads,  # one OpenCV thread per process avoids oversubscription
+        initargs=(1,),
+    ) as pool:
+        return list(pool.map(_write_image, tasks, chunksize=16))
+
+
+def _clear(root: Path) -> None:
+    """Remove the generator's own outputs; refuse to touch a directory that is not ours.
+
+    A directory holding VOC folders with neither a finished nor an in-progress stamp may be a real
+    dataset, so it is never deleted.
+    """
+    existing = [root / name for name in _MANAGED if (root / name).exists()]
+    ours = (root / STAMP_FILE).exists() or (root / PARTIAL_STAMP_FILE).exists()
+    if existing and not ours:
+        raise FileExistsError(
+            f"{root} holds VOC data that was not written by the shapes generator; "
+            "refusing to overwrite it. Choose another --out directory."
+        )
+    for path in existing:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def generate_shapes(
+    root: str | Path,
+    num_trainval: int = 2000,
+    num_test: int = 300,
+    seed: int = 0,
+    min_size: int = 256,
+    max_size: int = 384,
+    overwrite: bool = False,
+    workers: int | None = None,
+) -> Path:
+    """Write the shapes dataset under ``root`` in VOC and COCO form and return ``root``.
+
+    Idempotent: when ``root`` already holds a complete dataset made with the same parameters it
+    returns at once; different parameters or ``overwrite=True`` regenerate it. Images are rendered
+    by up to ``workers`` processes (default: one per CPU); the output does not depend on it.
+    """
+    if not 0 < min_size <= max_size:
+        raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
+    root = Path(root)
+    stamp = {
+        "format_version": FORMAT_VERSION,
+        "num_trainval": num_trainval,
+        "num_test": num_test,
+        "seed": seed,
+        "min_size": min_size,
+        "max_size": max_size,
+    }
+    if not overwrite and read_stamp(root) == stamp:
+        return root
+
+    root.mkdir(parents=True, exist_ok=True)
+    _clear(root)
+    (root / PARTIAL_STAMP_FILE).write_text(json.dumps(stamp))
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "annotations"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+    # Empty images are chosen up front so that every split is sure to contain some.
+    layout_rng = np.random.default_rng(seed)
+    tasks, split_of = [], []
+    for split, count in zip(SPLITS, (num_trainval, num_test), strict=True):
+        n_empty = math.ceil(EMPTY_FRACTION * count)
+        empty = set(layout_rng.choice(count, n_empty, replace=False).tolist())
+        tasks += [
+            _ImageTask(root, seed, len(tasks) + i, min_size, max_size, i in empty)
+            for i in range(count)
+        ]
+        split_of += [split] * count
+
+    records = _write_images(tasks, workers)
+    for split in SPLITS:
+        split_records = [r for r, s in zip(records, split_of, strict=True) if s == split]
+        ids = "".join(f"{r[0]}\n" for r in split_records)
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text(ids)
+        coco = json.dumps(_coco_split(split_records))
+        (root / "annotations" / f"instances_{split}.json").write_text(coco)
+
+    (root / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
+    (root / PARTIAL_STAMP_FILE).unlink()
+    return root
+
+
+def read_stamp(root: str | Path) -> dict | None:
+    """Parameters of the complete dataset under ``root``, or None when there is none."""
+    path = Path(root) / STAMP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summarize(root: str | Path) -> dict[str, dict[str, int]]:
+    """Per split: number of images, objects, difficult objects and empty images."""
+    summary = {}
+    for split in SPLITS:
+        coco = json.loads((Path(root) / "annotations" / f"instances_{split}.json").read_text())
+        with_objects = {a["image_id"] for a in coco["annotations"]}
+        summary[split] = {
+            "images": len(coco["images"]),
+            "objects": len(coco["annotations"]),
+            "difficult": sum(a["difficult"] for a in coco["annotations"]),
+            "empty": len(coco["images"]) - len(with_objects),
+        }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point used by ``make data``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("data/shapes"), help="output directory")
+    parser.add_argument("--num-trainval", type=int, default=2000)
+    parser.add_argument("--num-test", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-size", type=int, default=256)
+    parser.add_argument("--max-size", type=int, default=384)
+    parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
+    args = parser.parse_args(argv)
+
+    before = read_stamp(args.out)
+    start = time.perf_counter()
+    root = generate_shapes(
+        args.out,
+        num_trainval=args.num_trainval,
+        num_test=args.num_test,
+        seed=args.seed,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        overwrite=args.overwrite,
+    )
+    fresh = args.overwrite or before != read_stamp(root)
+    state = f"generated in {time.perf_counter() - start:.1f}s" if fresh else "already up to date"
+    print(f"shapes dataset at {root.resolve()}: {state}")
+    for split, counts in summarize(root).items():
+        print(f"  {split:9s} " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()
