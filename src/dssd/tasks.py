@@ -1,0 +1,102 @@
+"""What the entry points do: build everything from the Hydra config, then fit / test."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that maps names to objects (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the configured model, test the best checkpoint and return ``cfg.optimized_metric``."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    model.run_config = run_config
+    trainer = build_trainer(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(run_config)
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_scalars(trainer.callback_metrics))
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            log.info("Testing the best checkpoint %s", best)
+        else:
+            log.warning("No best checkpoint was saved: testing the current weights.")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(_scalars(trainer.callback_metrics))
+
+    value = metrics.get(cfg.get("optimized_metric", ""))
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
+        log.info("Best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
+    if value is not None:
+        log.info("%s = %.4f", cfg.optimized_metric, value)
+    return value
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test the checkpoint ``cfg.ckpt_path`` and return the test metrics.
+
+    The network is rebuilt from the run configuration stored in the checkpoint by ``train``; so is
+    the datamodule, unless ``data=...`` is chosen on the command line, and ``data.<key>=...``
+    overrides are applied on top of it (e.g. a new ``data.root``).
+    """
+    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+    if "dssd_config" not in checkpoint:
+        raise ValueError(
+            f"{cfg.ckpt_path} holds no run configuration: only checkpoints written by "
+            "src/train.py can be evaluated with src/eval.py."
+        )
+    run_cfg = OmegaConf.create(checkpoint["dssd_config"])
+    data_cfg = _data_config(cfg, run_cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(data_cfg)
+    model = instantiate(run_cfg.model)
+    model.run_config = checkpoint["dssd_config"]
+    trainer = build_trainer(cfg)
+    trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    return _scalars(trainer.callback_metrics)
+
+
+def _data_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if "data" in keys:
+        return cfg.data
+    data_overrides = [
+        o.lstrip("+") for o, k in zip(overrides, keys, strict=True) if k.startswith("data.")
+    ]
+    return OmegaConf.merge(run_cfg.data, OmegaConf.from_dotlist(data_overrides).get("data", {}))
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}

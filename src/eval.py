@@ -1,0 +1,26 @@
+"""Evaluate a checkpoint written by src/train.py on the test split.
+
+python src/eval.py ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt
+"""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+from dssd.config import register_resolvers  # noqa: E402
+from dssd.tasks import evaluate  # noqa: E402
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> dict[str, float]:
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

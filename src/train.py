@@ -1,0 +1,28 @@
+"""Train a detector, then test its best checkpoint.
+
+python src/train.py                                  # CPU-sized SSD on the embedded data
+python src/train.py model=ssd321 trainer=gpu         # the paper's SSD321
+python src/train.py --help                           # every config group and option
+"""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+from dssd.config import register_resolvers  # noqa: E402
+from dssd.tasks import train  # noqa: E402
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
