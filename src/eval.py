@@ -12,14 +12,15 @@ from omegaconf import DictConfig
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 from dssd.config import register_resolvers  # noqa: E402
-from dssd.tasks import evaluate  # noqa: E402
+from dssd.tasks import evaluate, user_errors  # noqa: E402
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> dict[str, float]:
-    return evaluate(cfg)
+    with user_errors():
+        return evaluate(cfg)
 
 
 if __name__ == "__main__":

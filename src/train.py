@@ -14,14 +14,15 @@ from omegaconf import DictConfig
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 from dssd.config import register_resolvers  # noqa: E402
-from dssd.tasks import train  # noqa: E402
+from dssd.tasks import train, user_errors  # noqa: E402
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    with user_errors():
+        return train(cfg)
 
 
 if __name__ == "__main__":

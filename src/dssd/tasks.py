@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,7 +15,25 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dssd.errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Report a :class:`UserError` as its message alone and exit with status 2.
+
+    These errors name the file or option at fault and the fix; a traceback through Lightning
+    would only bury that. ``HYDRA_FULL_ERROR=1`` re-raises them with the traceback.
+    """
+    try:
+        yield
+    except UserError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -68,9 +90,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     the datamodule, unless ``data=...`` is chosen on the command line, and ``data.<key>=...``
     overrides are applied on top of it (e.g. a new ``data.root``).
     """
+    if not os.path.isfile(cfg.ckpt_path):
+        raise UserError(f"checkpoint {cfg.ckpt_path} does not exist")
     checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
     if "dssd_config" not in checkpoint:
-        raise ValueError(
+        raise UserError(
             f"{cfg.ckpt_path} holds no run configuration: only checkpoints written by "
             "src/train.py can be evaluated with src/eval.py."
         )

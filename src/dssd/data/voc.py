@@ -16,12 +16,14 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from dssd.errors import DatasetNotFoundError, UserError
+
 MISSING_DATA_HINT = (
     "build the embedded dataset with `make data`, or set data.root=/path/to/VOCdevkit/VOC2007"
 )
 
 
-class VOCAnnotationError(ValueError):
+class VOCAnnotationError(UserError, ValueError):
     """An annotation file that cannot be used; the message names the file and the problem."""
 
 
@@ -125,10 +127,12 @@ class VOCDataset(Dataset):
         self.class_names = tuple(class_names)
         self.transform = transform
         if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root {self.root} does not exist: {MISSING_DATA_HINT}")
+            raise DatasetNotFoundError(
+                f"dataset root {self.root} does not exist: {MISSING_DATA_HINT}"
+            )
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"split file {split_file} does not exist (no split {split!r} in {self.root}): "
                 f"{MISSING_DATA_HINT}"
             )

@@ -21,10 +21,12 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from dssd.errors import UserError
+
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
 
-class PretrainedWeightsNotFoundError(FileNotFoundError):
+class PretrainedWeightsNotFoundError(UserError, FileNotFoundError):
     """Raised when ImageNet weights are asked for but are not on disk (no download here)."""
 
 

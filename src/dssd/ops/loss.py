@@ -65,6 +65,8 @@ class MultiBoxLoss(nn.Module):
             ``"loss"``, ``"loss_loc"``, ``"loss_conf"`` (all divided by ``N``) and ``"num_pos"``
             (``N`` as a float tensor, for logging).
         """
+        # float32 whatever the autocast precision: the loss sums thousands of small terms
+        loc, conf = loc.float(), conf.float()
         with torch.no_grad():
             gt_boxes, gt_labels = pad_targets(targets, device=loc.device)
             matched_boxes, labels = match(priors, gt_boxes, gt_labels, self.iou_threshold)
@@ -76,9 +78,7 @@ class MultiBoxLoss(nn.Module):
         conf_loss = conf_loss.view_as(labels)
         negative = hard_negative_mask(conf_loss, positive, self.neg_pos_ratio)
         loss_conf = conf_loss[positive | negative].sum()
-        loss_loc = F.smooth_l1_loss(
-            loc[positive], loc_target[positive].to(loc.dtype), beta=1.0, reduction="sum"
-        )
+        loss_loc = F.smooth_l1_loss(loc[positive], loc_target[positive], beta=1.0, reduction="sum")
 
         normaliser = num_pos.clamp(min=1)
         loss_conf = loss_conf / normaliser

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny shapes dataset and a helper that runs the Hydra entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dssd.data.shapes import generate_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 trainval + 8 test images, built once per test session."""
+    return generate_shapes(tmp_path_factory.mktemp("tiny_shapes"), num_trainval=16, num_test=8)
+
+
+def run_entry_point(
+    script: str, *overrides: str, check: bool = True, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run ``src/<script>`` with Hydra overrides in a subprocess; with ``check``, fail on errors."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"{script} {' '.join(overrides)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+        )
+    return proc

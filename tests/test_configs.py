@@ -1,0 +1,54 @@
+"""Every config composes, and the objects it describes can be built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from dssd.config import register_resolvers
+from dssd.module import DetectionModule
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    # ${hydra:...} resolvers need a running Hydra app; pin the run directory instead.
+    with open_dict(cfg):
+        cfg.paths.output_dir = "/tmp/dssd-config-test"
+        cfg.paths.root_dir = str(CONF.parent)
+    return cfg
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_configs_build_their_network(model: str) -> None:
+    cfg = compose_train(f"model={model}")
+    module = instantiate(cfg.model)
+    assert isinstance(module, DetectionModule)
+    net = module.net
+    assert net.num_classes == len(cfg.data.class_names)
+    assert net.image_size == cfg.data.image_size
+    assert net.priors.shape[0] == 8 * sum(f * f for f in net.feature_sizes)
+
+
+def test_paper_ssd321_config_is_the_paper_network() -> None:
+    net = instantiate(compose_train("model=ssd321").model.net)
+    assert net.feature_sizes == [40, 20, 10, 5, 3, 1]
+    assert net.priors.shape[0] == 17080
+
+
+def test_default_experiment_composes_trainer_callbacks_and_data() -> None:
+    cfg = compose_train()
+    assert cfg.model.net.backbone.depth == 18
+    assert cfg.trainer.max_steps > 0
+    assert cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric
+    datamodule = instantiate(cfg.data)
+    assert datamodule.num_classes == 6
+    assert datamodule.image_size == cfg.model.net.image_size

@@ -1,0 +1,86 @@
+"""src/train.py and src/eval.py run end to end in subprocesses, on a tiny shapes dataset."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_entry_point
+
+
+def tiny_data(root: Path) -> list[str]:
+    return [
+        f"data.root={root}",
+        "data.generate_shapes=false",
+        "data.batch_size=8",
+        "data.num_workers=0",
+    ]
+
+
+def logged_metrics(run_dir: Path) -> dict[str, float]:
+    """The last value of every metric in a CSVLogger's metrics.csv."""
+    (metrics_file,) = run_dir.glob("csv/version_*/metrics.csv")
+    last: dict[str, float] = {}
+    with metrics_file.open() as f:
+        for row in csv.DictReader(f):
+            last.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return last
+
+
+def test_fast_dev_run(tiny_shapes: Path, tmp_path: Path) -> None:
+    proc = run_entry_point(
+        "train.py",
+        *tiny_data(tiny_shapes),
+        "trainer.fast_dev_run=1",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert "test/map_50" in proc.stdout
+
+
+def test_eval_reproduces_the_test_map_of_train(tiny_shapes: Path, tmp_path: Path) -> None:
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    run_entry_point(
+        "train.py",
+        *tiny_data(tiny_shapes),
+        "logger=csv",
+        "trainer.max_steps=4",
+        "trainer.check_val_every_n_epoch=1",
+        f"hydra.run.dir={train_dir}",
+    )
+    best = train_dir / "checkpoints" / "best.ckpt"
+    assert best.is_file() and (train_dir / "checkpoints" / "last.ckpt").is_file()
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    assert checkpoint["dssd_config"]["model"]["net"]["image_size"] == 193
+
+    run_entry_point("eval.py", f"ckpt_path={best}", f"hydra.run.dir={eval_dir}")
+    trained, evaluated = logged_metrics(train_dir), logged_metrics(eval_dir)
+    for name in ("test/map", "test/map_50", "test/mar_200"):
+        assert evaluated[name] == pytest.approx(trained[name], abs=1e-6), name
+
+
+def test_eval_rejects_a_foreign_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, path)
+    proc = run_entry_point(
+        "eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}", check=False
+    )
+    assert proc.returncode == 2
+    assert f"error: {path} holds no run configuration" in proc.stderr
+
+
+def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    missing = tmp_path / "VOCdevkit" / "VOC2007"
+    proc = run_entry_point(
+        "train.py",
+        f"data.root={missing}",
+        "data.generate_shapes=false",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert f"error: dataset root {missing} does not exist" in proc.stderr
+    assert "make data" in proc.stderr and "Traceback" not in proc.stderr

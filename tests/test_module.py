@@ -1,0 +1,59 @@
+"""LightningModule helpers: LR schedule, metric targets, memory format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dssd.models import SSD, ResNetBackbone
+from dssd.module import DetectionModule, pixel_targets
+from dssd.ops import MultiBoxLoss, PostProcessor
+from dssd.schedules import warmup_multistep
+
+
+def test_warmup_multistep_factors() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = warmup_multistep(optimizer, [6, 8], gamma=0.1, warmup_iters=4, warmup_factor=0.2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+    assert lrs == pytest.approx(expected)
+
+
+def test_pixel_targets_scale_boxes_and_mark_difficult_as_crowd() -> None:
+    target = {
+        "boxes": torch.tensor([[0.0, 0.5, 0.5, 1.0], [0.25, 0.25, 0.75, 0.75]]),
+        "labels": torch.tensor([1, 2]),
+        "difficult": torch.tensor([False, True]),
+        "orig_size": torch.tensor([100, 200]),  # height, width
+    }
+    (out,) = pixel_targets([target])
+    assert torch.equal(out["boxes"], torch.tensor([[0.0, 50, 100, 100], [50, 25, 150, 75]]))
+    assert out["iscrowd"].tolist() == [0, 1]
+    assert out["labels"].tolist() == [1, 2]
+
+
+def tiny_module(channels_last: bool) -> DetectionModule:
+    torch.manual_seed(0)
+    net = SSD(ResNetBackbone(18), 3, 129, [0.1, 0.3, 0.5, 0.7, 0.9], [(2, 2), (2, 2)], 16, 32)
+    return DetectionModule(
+        net,
+        MultiBoxLoss(),
+        PostProcessor(),
+        optimizer=torch.optim.SGD,
+        channels_last=channels_last,
+    ).eval()
+
+
+def test_channels_last_changes_layout_not_results() -> None:
+    images = torch.randn(2, 3, 129, 129)
+    plain, fast = tiny_module(False), tiny_module(True)
+    batch = fast.on_after_batch_transfer((images, []), 0)
+    assert batch[0].is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for a, b in zip(plain(images), fast(batch[0]), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
