@@ -24,7 +24,8 @@ def run_entry_point(
     script: str, *overrides: str, check: bool = True, timeout: int = 600
 ) -> subprocess.CompletedProcess:
     """Run ``src/<script>`` with Hydra overrides in a subprocess; with ``check``, fail on errors."""
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)  # user errors must show as messages, not tracebacks
     proc = subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *overrides],
         cwd=ROOT,

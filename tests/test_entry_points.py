@@ -48,7 +48,7 @@ def test_eval_reproduces_the_test_map_of_train(tiny_shapes: Path, tmp_path: Path
         *tiny_data(tiny_shapes),
         "logger=csv",
         "trainer.max_steps=4",
-        "trainer.check_val_every_n_epoch=1",
+        "trainer.val_check_interval=2",
         f"hydra.run.dir={train_dir}",
     )
     best = train_dir / "checkpoints" / "best.ckpt"
