@@ -88,7 +88,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     The network is rebuilt from the run configuration stored in the checkpoint by ``train``; so is
     the datamodule, unless ``data=...`` is chosen on the command line, and ``data.<key>=...``
-    overrides are applied on top of it (e.g. a new ``data.root``).
+    overrides are applied on top of it (e.g. a new ``data.root``). The numeric precision is the
+    training run's too (unless ``trainer.precision`` is given), so that the test figures repeat.
     """
     if not os.path.isfile(cfg.ckpt_path):
         raise UserError(f"checkpoint {cfg.ckpt_path} does not exist")
@@ -99,7 +100,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "src/train.py can be evaluated with src/eval.py."
         )
     run_cfg = OmegaConf.create(checkpoint["dssd_config"])
-    data_cfg = _data_config(cfg, run_cfg)
+    overrides = _command_line_overrides()
+    data_cfg = cfg.data
+    if "data" not in overrides:
+        data_overrides = [o for key, o in overrides.items() if key.startswith("data.")]
+        data_cfg = OmegaConf.merge(
+            run_cfg.data, OmegaConf.from_dotlist(data_overrides).get("data", {})
+        )
+    if "trainer.precision" not in overrides:
+        cfg.trainer.precision = run_cfg.trainer.precision
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -111,15 +120,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return _scalars(trainer.callback_metrics)
 
 
-def _data_config(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    if "data" in keys:
-        return cfg.data
-    data_overrides = [
-        o.lstrip("+") for o, k in zip(overrides, keys, strict=True) if k.startswith("data.")
-    ]
-    return OmegaConf.merge(run_cfg.data, OmegaConf.from_dotlist(data_overrides).get("data", {}))
+def _command_line_overrides() -> dict[str, str]:
+    """The command line's ``key=value`` overrides (without ``+``/``~``), by key."""
+    if not HydraConfig.initialized():
+        return {}
+    overrides = [o.lstrip("+~") for o in HydraConfig.get().overrides.task]
+    return {o.split("=", 1)[0]: o for o in overrides}
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
