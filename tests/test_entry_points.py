@@ -86,3 +86,18 @@ def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert f"error: dataset root {missing} does not exist" in proc.stderr
     assert "make data" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_paper_ssd321_fast_dev_run_on_cpu(tiny_shapes: Path, tmp_path: Path) -> None:
+    """The full ResNet-101 SSD321 trains, validates and tests one batch on a CPU."""
+    proc = run_entry_point(
+        "train.py",
+        "model=ssd321",
+        *tiny_data(tiny_shapes),
+        "data.batch_size=2",
+        "trainer.fast_dev_run=1",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert "test/map_50" in proc.stdout
