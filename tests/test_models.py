@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import partial
 
 import pytest
 import torch
 import torchvision
 
-from dssd.models import SSD, DefaultBoxes, PretrainedWeightsNotFoundError, ResNetBackbone
+from dssd.models import (
+    SSD,
+    DefaultBoxes,
+    ExtraLayers,
+    PretrainedWeightsNotFoundError,
+    ResNetBackbone,
+)
 
 SCALES_321 = [0.1, 0.2, 0.38, 0.56, 0.74, 0.92, 1.1]
 SCALES_513 = [0.04, 0.1, 0.27, 0.44, 0.61, 0.78, 0.95, 1.12]
 
 
-def ssd(depth: int, size: int, extras, scales, num_classes: int = 20, **kwargs) -> SSD:
-    return SSD(ResNetBackbone(depth), num_classes, size, scales, extras, **kwargs)
+def ssd(
+    depth: int, size: int, layers, scales, num_classes: int = 20, mid=256, out=1024, **kwargs
+) -> SSD:
+    extras = partial(ExtraLayers, layers=layers, mid_channels=mid, out_channels=out)
+    return SSD(ResNetBackbone(depth), extras, num_classes, size, scales, **kwargs)
 
 
 def test_ssd321_resnet101_matches_table2_and_table7():
@@ -32,7 +42,7 @@ def test_ssd321_resnet101_matches_table2_and_table7():
 
 def test_513_source_maps_and_box_count():
     # the backbone's map sizes do not depend on its depth: ResNet-18 keeps the test fast
-    net = ssd(18, 513, [(2, 2)] * 5, SCALES_513, extra_mid_channels=16, extra_out_channels=32)
+    net = ssd(18, 513, [(2, 2)] * 5, SCALES_513, mid=16, out=32)
     assert net.feature_sizes == [64, 32, 16, 8, 4, 2, 1]
     assert net.priors.shape[0] == 43688
 

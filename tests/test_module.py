@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-from dssd.models import SSD, ResNetBackbone
+from dssd.models import SSD, ExtraLayers, ResNetBackbone
 from dssd.module import DetectionModule, pixel_targets
 from dssd.ops import MultiBoxLoss, PostProcessor
 from dssd.schedules import warmup_multistep
@@ -39,7 +41,8 @@ def test_pixel_targets_scale_boxes_and_mark_difficult_as_crowd() -> None:
 
 def tiny_module(channels_last: bool) -> DetectionModule:
     torch.manual_seed(0)
-    net = SSD(ResNetBackbone(18), 3, 129, [0.1, 0.3, 0.5, 0.7, 0.9], [(2, 2), (2, 2)], 16, 32)
+    extras = partial(ExtraLayers, layers=[(2, 2), (2, 2)], mid_channels=16, out_channels=32)
+    net = SSD(ResNetBackbone(18), extras, 3, 129, [0.1, 0.3, 0.5, 0.7, 0.9])
     return DetectionModule(
         net,
         MultiBoxLoss(),

@@ -1,17 +1,24 @@
 """Networks: backbones, extra layers, prediction heads, default boxes and the detectors."""
 
 from dssd.models.backbones import PretrainedWeightsNotFoundError, ResNetBackbone
+from dssd.models.blocks import ResidualBottleneck, conv_bn
+from dssd.models.deconvolution import Decoder, DeconvolutionModule
 from dssd.models.default_boxes import DefaultBoxes
-from dssd.models.extra_layers import ExtraBlock, ExtraLayers
+from dssd.models.extra_layers import ExtraLayers
 from dssd.models.heads import PredictionHeads
+from dssd.models.prediction_modules import PredictionModule
 from dssd.models.ssd import SSD
 
 __all__ = [
     "SSD",
+    "Decoder",
+    "DeconvolutionModule",
     "DefaultBoxes",
-    "ExtraBlock",
     "ExtraLayers",
     "PredictionHeads",
+    "PredictionModule",
+    "ResidualBottleneck",
+    "conv_bn",
     "PretrainedWeightsNotFoundError",
     "ResNetBackbone",
 ]

@@ -21,24 +21,38 @@ class DefaultBoxes:
     Args:
         scales: ``num_sources + 1`` scales; the last one only sizes the extra square of the
             last map.
-        aspect_ratios: the ratios other than 1, shared by all sources (flips are added).
+        aspect_ratios: the ratios other than 1 (flips are added): one list shared by all sources
+            (DSSD) or one list per source (SSD300's {2} / {2, 3}).
     """
 
-    def __init__(self, scales: Sequence[float], aspect_ratios: Sequence[float] = (1.6, 2.0, 3.0)):
-        if any(a <= 0 or a == 1 for a in aspect_ratios):
-            raise ValueError(f"aspect ratios must be positive and != 1, got {list(aspect_ratios)}")
+    def __init__(
+        self,
+        scales: Sequence[float],
+        aspect_ratios: Sequence[float] | Sequence[Sequence[float]] = (1.6, 2.0, 3.0),
+    ) -> None:
         self.scales = [float(s) for s in scales]
-        self.aspect_ratios = [float(a) for a in aspect_ratios]
+        num_sources = len(self.scales) - 1
+        if aspect_ratios and isinstance(aspect_ratios[0], Sequence):
+            if len(aspect_ratios) != num_sources:
+                raise ValueError(
+                    f"got aspect ratios for {len(aspect_ratios)} sources, expected {num_sources}"
+                )
+            self.aspect_ratios = [[float(a) for a in ratios] for ratios in aspect_ratios]
+        else:
+            self.aspect_ratios = [[float(a) for a in aspect_ratios]] * num_sources
+        if any(a <= 0 or a == 1 for ratios in self.aspect_ratios for a in ratios):
+            raise ValueError(f"aspect ratios must be positive and != 1, got {aspect_ratios}")
 
     @property
-    def boxes_per_location(self) -> int:
-        return 2 + 2 * len(self.aspect_ratios)
+    def boxes_per_location(self) -> list[int]:
+        """Number of boxes at each location, per source."""
+        return [2 + 2 * len(ratios) for ratios in self.aspect_ratios]
 
     def shapes(self, k: int) -> list[tuple[float, float]]:
         """Widths and heights of the boxes at one location of source ``k``."""
         s, s_next = self.scales[k], self.scales[k + 1]
         shapes = [(s, s), (math.sqrt(s * s_next),) * 2]
-        for a in self.aspect_ratios:
+        for a in self.aspect_ratios[k]:
             r = math.sqrt(a)
             shapes += [(s * r, s / r), (s / r, s * r)]
         return shapes

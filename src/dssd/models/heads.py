@@ -18,25 +18,24 @@ class PredictionHeads(nn.Module):
     def __init__(
         self,
         in_channels: Sequence[int],
-        boxes_per_location: int,
+        boxes_per_location: Sequence[int],
         num_classes: int,
         kernel_sizes: Sequence[int] | int = 3,
     ) -> None:
         super().__init__()
         if isinstance(kernel_sizes, int):
             kernel_sizes = [kernel_sizes] * len(in_channels)
-        if len(kernel_sizes) != len(in_channels):
+        if not len(kernel_sizes) == len(boxes_per_location) == len(in_channels):
             raise ValueError(
-                f"got {len(kernel_sizes)} head kernel sizes for {len(in_channels)} source maps"
+                f"got {len(kernel_sizes)} head kernel sizes and {len(boxes_per_location)} box "
+                f"counts for {len(in_channels)} source maps"
             )
         self.num_outputs = num_classes + 1  # + background
         self.loc = nn.ModuleList()
         self.conf = nn.ModuleList()
-        for channels, k in zip(in_channels, kernel_sizes, strict=True):
-            self.loc.append(nn.Conv2d(channels, boxes_per_location * 4, k, padding=k // 2))
-            self.conf.append(
-                nn.Conv2d(channels, boxes_per_location * self.num_outputs, k, padding=k // 2)
-            )
+        for channels, boxes, k in zip(in_channels, boxes_per_location, kernel_sizes, strict=True):
+            self.loc.append(nn.Conv2d(channels, boxes * 4, k, padding=k // 2))
+            self.conf.append(nn.Conv2d(channels, boxes * self.num_outputs, k, padding=k // 2))
         for conv in [*self.loc, *self.conf]:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)

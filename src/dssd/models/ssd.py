@@ -1,79 +1,106 @@
-"""The SSD network: backbone source maps + extra layers + prediction heads + default boxes."""
+"""The SSD and DSSD networks: encoder source maps, optional decoder, prediction modules, heads."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from dssd.models.deconvolution import Decoder, DeconvolutionModule
 from dssd.models.default_boxes import DefaultBoxes
-from dssd.models.extra_layers import ExtraLayers
 from dssd.models.heads import PredictionHeads
+from dssd.models.prediction_modules import PredictionModule
 
 
 class SSD(nn.Module):
-    """Single Shot Detector on a backbone that returns its source maps.
+    """Single Shot Detector; with ``deconv`` it is DSSD (paper Figure 1).
 
     ``net(images) -> (loc [B, P, 4], conf [B, P, C + 1])``; ``net.priors`` holds the ``[P, 4]``
     default boxes (cx, cy, w, h) normalised to the input, in the same order as the predictions.
 
+    The encoder is ``backbone`` followed by ``extras``; SSD predicts from its maps. DSSD's decoder
+    climbs back from the coarsest map with one deconvolution module per step and predicts from
+    every fused map plus the coarsest encoder map. A prediction module sits before each
+    pair of loc/conf heads.
+
     Args:
-        backbone: a module returning a list of source maps and exposing ``out_channels``.
+        backbone: returns a list of source maps and exposes ``out_channels``.
+        extras: builds the extra layers from the last backbone map's channels (a Hydra partial);
+            the module returns a list of maps and exposes ``out_channels``.
         num_classes: number of object classes C (background is added).
         image_size: the square input size S; fixes the map sizes and so the default boxes.
         scales: default-box scales, one per source map plus one.
-        extra_layers: ``(kernel, stride)`` of each extra residual block after the last
-            backbone map.
-        extra_mid_channels, extra_out_channels: widths of the extra blocks (256, 1024 in the
-            paper).
-        aspect_ratios: default-box aspect ratios besides 1 (flips are added).
+        aspect_ratios: default-box aspect ratios besides 1 (flips are added), shared or per source.
         head_kernel_sizes: loc/conf conv kernel, one int for all sources or one per source.
+        prediction_module: builds a prediction module from a map's channels; default (a).
+        deconv: builds a deconvolution module (see :class:`Decoder`); ``None`` for plain SSD.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
+        extras: Callable[[int], nn.Module],
         num_classes: int,
         image_size: int,
         scales: Sequence[float],
-        extra_layers: Sequence[Sequence[int]],
-        extra_mid_channels: int = 256,
-        extra_out_channels: int = 1024,
-        aspect_ratios: Sequence[float] = (1.6, 2.0, 3.0),
+        aspect_ratios: Sequence[float] | Sequence[Sequence[float]] = (1.6, 2.0, 3.0),
         head_kernel_sizes: Sequence[int] | int = 3,
+        prediction_module: Callable[[int], PredictionModule] | None = None,
+        deconv: Callable[..., DeconvolutionModule] | None = None,
     ) -> None:
         super().__init__()
+        if deconv is not None and not callable(deconv):
+            raise ValueError(
+                f"deconv must build a deconvolution module, got {deconv!r}: fusion=... and "
+                "upsample=... apply to DSSD models only (e.g. model=dssd321)"
+            )
         self.num_classes = num_classes
         self.image_size = image_size
         self.backbone = backbone
-        self.extras = ExtraLayers(
-            backbone.out_channels[-1], extra_layers, extra_mid_channels, extra_out_channels
+        self.extras = extras(backbone.out_channels[-1])
+        encoder_channels = [*backbone.out_channels, *self.extras.out_channels]
+        self.feature_sizes = self._encoder_sizes()
+        self.decoder = (
+            Decoder(deconv, encoder_channels, self.feature_sizes) if deconv is not None else None
         )
-        source_channels = [*backbone.out_channels, *self.extras.out_channels]
+        source_channels = self.decoder.out_channels if self.decoder else encoder_channels
+        if prediction_module is None:
+            prediction_module = PredictionModule.plain
+        self.prediction_modules = nn.ModuleList(prediction_module(c) for c in source_channels)
         self.default_boxes = DefaultBoxes(scales, aspect_ratios)
         self.heads = PredictionHeads(
-            source_channels, self.default_boxes.boxes_per_location, num_classes, head_kernel_sizes
+            [m.out_channels for m in self.prediction_modules],
+            self.default_boxes.boxes_per_location,
+            num_classes,
+            head_kernel_sizes,
         )
-        self.feature_sizes = self._source_sizes()
         self.register_buffer("priors", self.default_boxes(self.feature_sizes), persistent=False)
 
-    def sources(self, images: Tensor) -> list[Tensor]:
-        """The maps predictions are made from, largest first."""
+    def encoder(self, images: Tensor) -> list[Tensor]:
+        """The backbone's source maps followed by the extra layers' maps, largest first."""
         features = self.backbone(images)
         return [*features, *self.extras(features[-1])]
 
+    def sources(self, images: Tensor) -> list[Tensor]:
+        """The maps predictions are made from, largest first."""
+        maps = self.encoder(images)
+        return self.decoder(maps) if self.decoder is not None else maps
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.heads(self.sources(images))
+        maps = self.sources(images)
+        return self.heads(
+            [module(x) for module, x in zip(self.prediction_modules, maps, strict=True)]
+        )
 
     @torch.no_grad()
-    def _source_sizes(self) -> list[int]:
-        """Run a dummy input to read off the source-map sizes (eval mode: 1x1 maps break BN)."""
+    def _encoder_sizes(self) -> list[int]:
+        """Run a dummy input to read off the map sizes (eval mode: 1x1 maps break BN)."""
         was_training = self.training
         self.eval()
         dummy = torch.zeros(1, 3, self.image_size, self.image_size)
         sizes = []
-        for x in self.sources(dummy):
+        for x in self.encoder(dummy):
             if x.shape[-1] != x.shape[-2]:
                 raise ValueError(f"source maps must be square, got {tuple(x.shape[-2:])}")
             sizes.append(int(x.shape[-1]))
