@@ -149,3 +149,43 @@ def test_dssd321_uses_the_paper_defaults() -> None:
 def test_fusion_on_a_plain_ssd_model_is_a_clear_error() -> None:
     with pytest.raises(Exception, match="DSSD models only"):
         instantiate(compose_train("model=ssd_r18", "fusion=sum").model.net)
+
+
+@pytest.mark.parametrize(
+    "model,sizes,boxes",
+    [
+        ("ssd300_vgg", [38, 19, 10, 5, 3, 1], 8732),
+        pytest.param("ssd512_vgg", [64, 32, 16, 8, 4, 2, 1], 24564, marks=pytest.mark.slow),
+    ],
+)
+def test_vgg_ssd_matches_the_ssd_paper(model: str, sizes: list[int], boxes: int) -> None:
+    net = instantiate(compose_train(f"model={model}").model.net).eval()
+    assert net.feature_sizes == sizes
+    assert net.priors.shape == (boxes, 4)
+    with torch.no_grad():
+        loc, _ = net(torch.zeros(1, 3, net.image_size, net.image_size))
+    assert loc.shape == (1, boxes, 4)
+
+
+def test_l2norm_scales_unit_vectors() -> None:
+    from dssd.models import L2Norm
+
+    x = torch.randn(2, 512, 3, 3)
+    out = L2Norm(512)(x)
+    torch.testing.assert_close(out.norm(dim=1), torch.full((2, 3, 3), 20.0))
+
+
+def test_vgg_pretrained_weights_load_from_torch_home(tmp_path, monkeypatch) -> None:
+    import torchvision
+
+    from dssd.models import VGGBackbone
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    source = torchvision.models.vgg16()
+    url = torchvision.models.VGG16_Weights.DEFAULT.url
+    target = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), target)
+    backbone = VGGBackbone(pretrained=True)
+    assert torch.equal(backbone.conv4_3[21].weight, source.features[21].weight)  # conv4_3
+    assert torch.equal(backbone.conv5[1].weight, source.features[24].weight)  # conv5_1

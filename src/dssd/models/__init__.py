@@ -5,9 +5,11 @@ from dssd.models.blocks import ResidualBottleneck, conv_bn
 from dssd.models.deconvolution import Decoder, DeconvolutionModule
 from dssd.models.default_boxes import DefaultBoxes
 from dssd.models.extra_layers import ExtraLayers
+from dssd.models.fold_bn import count_batchnorms, fold_batchnorm
 from dssd.models.heads import PredictionHeads
 from dssd.models.prediction_modules import PredictionModule
 from dssd.models.ssd import SSD
+from dssd.models.vgg import L2Norm, VGGBackbone, VGGExtraLayers
 
 __all__ = [
     "SSD",
@@ -19,6 +21,11 @@ __all__ = [
     "PredictionModule",
     "ResidualBottleneck",
     "conv_bn",
+    "L2Norm",
+    "VGGBackbone",
+    "VGGExtraLayers",
     "PretrainedWeightsNotFoundError",
     "ResNetBackbone",
+    "count_batchnorms",
+    "fold_batchnorm",
 ]

@@ -30,7 +30,9 @@ class PretrainedWeightsNotFoundError(UserError, FileNotFoundError):
     """Raised when ImageNet weights are asked for but are not on disk (no download here)."""
 
 
-def load_imagenet_weights(model: nn.Module, arch: str) -> None:
+def load_imagenet_weights(
+    model: nn.Module, arch: str, skip_prefixes: tuple[str, ...] = ("fc.",)
+) -> None:
     """Load torchvision's ImageNet weights for ``arch`` from the local torch hub cache.
 
     The weights are never downloaded implicitly: a cluster node or CI box often has no internet,
@@ -44,11 +46,16 @@ def load_imagenet_weights(model: nn.Module, arch: str) -> None:
             f"ImageNet weights for {arch} not found at {path}.\n"
             f"Download {weights.url} and put it there (the directory follows $TORCH_HOME, "
             f"currently {os.environ.get('TORCH_HOME', '~/.cache/torch')}), "
-            f"or train from scratch with model.net.backbone.pretrained=false."
+            "or train from scratch with model.net.backbone.pretrained=false."
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    model.load_state_dict(state, strict=True)
+    state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(skip_prefixes)]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{path} does not fit {arch}: missing {missing}, unexpected {unexpected}"
+        )
 
 
 class ResNetBackbone(nn.Module):
