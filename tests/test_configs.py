@@ -35,7 +35,9 @@ def test_model_configs_build_their_network(model: str) -> None:
     net = module.net
     assert net.num_classes == len(cfg.data.class_names)
     assert net.image_size == cfg.data.image_size
-    assert net.priors.shape[0] == 8 * sum(f * f for f in net.feature_sizes)
+    per_location = net.default_boxes.boxes_per_location
+    expected = sum(b * f * f for b, f in zip(per_location, net.feature_sizes, strict=True))
+    assert net.priors.shape[0] == expected
 
 
 def test_paper_ssd321_config_is_the_paper_network() -> None:
