@@ -62,6 +62,21 @@ def test_eval_reproduces_the_test_map_of_train(tiny_shapes: Path, tmp_path: Path
     for name in ("test/loss", "test/map", "test/map_50", "test/mar_200"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-6), name
 
+    # float32, so that only folding, not bf16 rounding, separates the two evaluations
+    plain_dir, folded_dir = tmp_path / "plain", tmp_path / "folded"
+    for run_dir, fold in ((plain_dir, "false"), (folded_dir, "true")):
+        run_entry_point(
+            "eval.py",
+            f"ckpt_path={best}",
+            f"fold_bn={fold}",
+            "trainer.precision=32-true",
+            f"hydra.run.dir={run_dir}",
+        )
+    plain, folded = logged_metrics(plain_dir), logged_metrics(folded_dir)
+    assert folded["test/loss"] == pytest.approx(plain["test/loss"], rel=1e-4)
+    assert "batch norm folded" in (folded_dir / "eval.log").read_text()
+    assert "batch norm folded" not in (plain_dir / "eval.log").read_text()
+
 
 def test_eval_rejects_a_foreign_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "foreign.ckpt"

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dssd.errors import UserError
+from dssd.models import fold_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(data_cfg)
     model = instantiate(run_cfg.model)
-    model.run_config = checkpoint["dssd_config"]
+    model.load_state_dict(checkpoint["state_dict"])
+    if cfg.get("fold_bn", False):
+        model.net = fold_batchnorm(model.net)
+        log.info("Evaluating with every batch norm folded into its convolution.")
     trainer = build_trainer(cfg)
-    trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.test(model, datamodule=datamodule)
     return _scalars(trainer.callback_metrics)
 
 
