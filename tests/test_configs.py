@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
@@ -28,7 +29,7 @@ def compose_train(*overrides: str) -> DictConfig:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_model_configs_build_their_network(model: str) -> None:
+def test_model_configs_build_and_run_at_their_size(model: str) -> None:
     cfg = compose_train(f"model={model}")
     module = instantiate(cfg.model)
     assert isinstance(module, DetectionModule)
@@ -38,6 +39,11 @@ def test_model_configs_build_their_network(model: str) -> None:
     per_location = net.default_boxes.boxes_per_location
     expected = sum(b * f * f for b, f in zip(per_location, net.feature_sizes, strict=True))
     assert net.priors.shape[0] == expected
+    net.eval()
+    with torch.no_grad():
+        loc, conf = net(torch.zeros(1, 3, net.image_size, net.image_size))
+    assert loc.shape == (1, expected, 4)
+    assert conf.shape == (1, expected, len(cfg.data.class_names) + 1)
 
 
 def test_paper_ssd321_config_is_the_paper_network() -> None:

@@ -104,11 +104,12 @@ def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_paper_ssd321_fast_dev_run_on_cpu(tiny_shapes: Path, tmp_path: Path) -> None:
-    """The full ResNet-101 SSD321 trains, validates and tests one batch on a CPU."""
+@pytest.mark.parametrize("model", [["model=ssd321"], ["model=dssd321", "fusion=prod"]])
+def test_paper_models_fast_dev_run_on_cpu(model: list[str], tiny_shapes: Path, tmp_path: Path):
+    """The full ResNet-101 SSD321 / DSSD321 train, validate and test one batch on a CPU."""
     proc = run_entry_point(
         "train.py",
-        "model=ssd321",
+        *model,
         *tiny_data(tiny_shapes),
         "data.batch_size=2",
         "trainer.fast_dev_run=1",
