@@ -3,11 +3,31 @@
 Works for the real VOC2007/2012 layout and for the embedded shapes dataset, which uses the same
 layout. All annotations are parsed when the dataset is built, so a broken file fails at once rather
 than in the middle of an epoch.
+
+Robustness policy (shared with the COCO reader, which builds on ``DetectionImages`` below):
+
+- Configuration mistakes always raise a ``UserError`` naming the file at construction: a missing
+  root, split or annotation file, a class name that is not configured, an annotation file that
+  cannot be parsed at all (with ``strict=True``).
+- Box geometry is always repaired: boxes partly outside the image are clipped (counted as
+  "clipped_boxes"), boxes of zero area or wholly outside it are dropped ("invalid_boxes").
+- ``strict=False`` is meant for large real datasets with a few bad samples: an object with missing
+  or non-numeric fields is dropped ("malformed_objects"), an annotation file that cannot be parsed
+  skips its image ("unreadable_annotations"), and an image that cannot be decoded is replaced by
+  the next readable one ("unreadable_images", with a warning naming the file). ``strict=True``
+  raises instead.
+- Images without objects are kept; they are counted as "empty_images" for the log only.
+
+The counts are in ``dataset.skips``. Those made at construction reach the main process (the
+DataModule logs them); "unreadable_images" is counted in the process that reads the image, so with
+DataLoader workers it shows in the workers' warnings rather than in the main process's counter.
 """
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,13 +38,21 @@ from torch.utils.data import Dataset
 
 from dssd.errors import DatasetNotFoundError, UserError
 
+log = logging.getLogger(__name__)
+
 MISSING_DATA_HINT = (
     "build the embedded dataset with `make data`, or set data.root=/path/to/VOCdevkit/VOC2007"
 )
 
+Transform = Callable[[np.ndarray, dict[str, Any]], Any]
+
 
 class VOCAnnotationError(UserError, ValueError):
     """An annotation file that cannot be used; the message names the file and the problem."""
+
+
+class UnknownClassError(VOCAnnotationError):
+    """A class name that is not configured: a configuration mistake, raised even when not strict."""
 
 
 def _text(node: ET.Element, tag: str, path: Path) -> str:
@@ -50,19 +78,44 @@ def _flag(node: ET.Element, tag: str) -> bool:
     return child is not None and child.text is not None and child.text.strip() not in ("", "0")
 
 
-def parse_voc_xml(path: Path, class_to_index: dict[str, int]) -> dict[str, Any]:
+def _object_box(
+    obj: ET.Element, path: Path, class_to_index: dict[str, int], strict: bool
+) -> tuple[str, tuple[float, float, float, float]]:
+    """Class name and raw VOC box (1-based xmin, ymin, xmax, ymax) of one <object>."""
+    name = _text(obj, "name", path)
+    if name not in class_to_index:
+        raise UnknownClassError(
+            f"{path}: object class {name!r} is not among the configured classes "
+            f"{list(class_to_index)}"
+        )
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        raise VOCAnnotationError(f"{path}: object {name!r} has no <bndbox>")
+    x0, y0, x1, y1 = (_number(bndbox, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
+    if strict and (x1 < x0 or y1 < y0):
+        raise VOCAnnotationError(f"{path}: object {name!r} has an empty box {x0, y0, x1, y1}")
+    return name, (x0, y0, x1, y1)
+
+
+def parse_voc_xml(
+    path: Path, class_to_index: dict[str, int], skips: Counter[str] | None = None
+) -> dict[str, Any]:
     """Parse one VOC annotation file.
 
     Returns "boxes" (float32 [N, 4] xyxy, 0-based pixel coordinates: xmin - 1, ymin - 1, xmax,
     ymax), "labels" (int64 [N], values of ``class_to_index``; 0 is reserved for background),
     "difficult" and "truncated" (bool [N]), "width" and "height" (int).
     Raises VOCAnnotationError for malformed files and for class names not in ``class_to_index``.
+    With a ``skips`` counter (not strict), objects with missing or non-numeric fields are dropped
+    and counted as "malformed_objects", and empty boxes are returned for ``sanitize`` to drop.
     """
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
         raise VOCAnnotationError(f"{path}: malformed XML ({err})") from None
+    except OSError as err:
+        raise VOCAnnotationError(f"{path}: cannot read the annotation file ({err})") from None
     size = root.find("size")
     if size is None:
         raise VOCAnnotationError(f"{path}: missing <size>")
@@ -70,18 +123,15 @@ def parse_voc_xml(path: Path, class_to_index: dict[str, int]) -> dict[str, Any]:
 
     boxes, labels, difficult, truncated = [], [], [], []
     for obj in root.iter("object"):
-        name = _text(obj, "name", path)
-        if name not in class_to_index:
-            raise VOCAnnotationError(
-                f"{path}: object class {name!r} is not among the configured classes "
-                f"{list(class_to_index)}"
-            )
-        bndbox = obj.find("bndbox")
-        if bndbox is None:
-            raise VOCAnnotationError(f"{path}: object {name!r} has no <bndbox>")
-        x0, y0, x1, y1 = (_number(bndbox, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
-        if x1 < x0 or y1 < y0:
-            raise VOCAnnotationError(f"{path}: object {name!r} has an empty box {x0, y0, x1, y1}")
+        try:
+            name, (x0, y0, x1, y1) = _object_box(obj, path, class_to_index, skips is None)
+        except UnknownClassError:
+            raise
+        except VOCAnnotationError:
+            if skips is None:
+                raise
+            skips["malformed_objects"] += 1
+            continue
         boxes.append((x0 - 1.0, y0 - 1.0, x1, y1))
         labels.append(class_to_index[name])
         difficult.append(_flag(obj, "difficult"))
@@ -96,6 +146,29 @@ def parse_voc_xml(path: Path, class_to_index: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def select_objects(ann: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
+    """``ann`` with only the objects where ``keep`` is true (per-object arrays are filtered)."""
+    n = len(ann["boxes"])
+    return {k: v[keep] if isinstance(v, np.ndarray) and len(v) == n else v for k, v in ann.items()}
+
+
+def sanitize(ann: dict[str, Any], skips: Counter[str]) -> dict[str, Any]:
+    """Clip the boxes of ``ann`` to its width x height and drop those left without area.
+
+    Counts "clipped_boxes", "invalid_boxes" and (after dropping) "empty_images" in ``skips``.
+    """
+    boxes = ann["boxes"]
+    limits = np.array([ann["width"], ann["height"]] * 2, np.float32)
+    clipped = np.clip(boxes, 0.0, limits)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    skips["invalid_boxes"] += int((~keep).sum())
+    skips["clipped_boxes"] += int((keep & (clipped != boxes).any(axis=1)).sum())
+    ann = select_objects({**ann, "boxes": clipped}, keep)
+    if len(ann["boxes"]) == 0:
+        skips["empty_images"] += 1
+    return ann
+
+
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 RGB array."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -104,14 +177,52 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-class VOCDataset(Dataset):
+class DetectionImages(Dataset):
+    """Images decoded on access, annotations parsed up front: the base of the VOC and COCO readers.
+
+    Subclasses fill ``ids``, ``image_paths`` and ``annotations`` (dicts with "boxes", "labels" and
+    "difficult"). Items are ``transform(image, target)``, or ``(image, target)`` without a
+    transform, where ``target`` holds those three arrays and "image_id". With ``strict=False`` an
+    undecodable image is replaced by the next readable one instead of stopping the epoch.
+    """
+
+    def __init__(self, transform: Transform | None, strict: bool) -> None:
+        self.transform = transform
+        self.strict = strict
+        self.skips: Counter[str] = Counter()
+        self.ids: list[Any] = []
+        self.image_paths: list[Path] = []
+        self.annotations: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Any:
+        for offset in range(len(self)):
+            i = (index + offset) % len(self)
+            try:
+                image = read_image(self.image_paths[i])
+            except OSError:
+                if self.strict:
+                    raise
+                self.skips["unreadable_images"] += 1
+                log.warning("skipping unreadable image %s", self.image_paths[i])
+                continue
+            ann = self.annotations[i]
+            target = {k: ann[k] for k in ("boxes", "labels", "difficult")}
+            target["image_id"] = self.ids[i]
+            return (image, target) if self.transform is None else self.transform(image, target)
+        raise OSError(f"none of the {len(self)} images of the dataset can be read or decoded")
+
+
+class VOCDataset(DetectionImages):
     """A split of a VOC-layout dataset (ImageSets/Main/<split>.txt, Annotations/, JPEGImages/).
 
     Items are ``transform(image, target)``; without a transform, ``image`` is the RGB uint8 array
     and ``target`` holds "boxes" (float32 [N, 4] 0-based pixel xyxy), "labels" (int64 [N], 1..C),
     "difficult" (bool [N]) and "image_id" (the id string from the split file). Labels follow the
     order of ``class_names``, starting at 1. With ``keep_difficult=False`` difficult objects are
-    dropped.
+    dropped. ``strict`` and ``skips``: see the module docstring.
     """
 
     def __init__(
@@ -119,13 +230,14 @@ class VOCDataset(Dataset):
         root: str | Path,
         split: str,
         class_names: Sequence[str],
-        transform: Callable[[np.ndarray, dict[str, Any]], Any] | None = None,
+        transform: Transform | None = None,
         keep_difficult: bool = True,
+        strict: bool = True,
     ) -> None:
+        super().__init__(transform, strict)
         self.root = Path(root)
         self.split = split
         self.class_names = tuple(class_names)
-        self.transform = transform
         if not self.root.is_dir():
             raise DatasetNotFoundError(
                 f"dataset root {self.root} does not exist: {MISSING_DATA_HINT}"
@@ -136,31 +248,23 @@ class VOCDataset(Dataset):
                 f"split file {split_file} does not exist (no split {split!r} in {self.root}): "
                 f"{MISSING_DATA_HINT}"
             )
-        self.ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         class_to_index = {name: i + 1 for i, name in enumerate(self.class_names)}
-        self.annotations = [
-            parse_voc_xml(self.root / "Annotations" / f"{image_id}.xml", class_to_index)
-            for image_id in self.ids
-        ]
-        if not keep_difficult:
-            for ann in self.annotations:
-                keep = ~ann["difficult"]
-                for key in ("boxes", "labels", "difficult", "truncated"):
-                    ann[key] = ann[key][keep]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> Any:
-        image_id = self.ids[index]
-        image = read_image(self.root / "JPEGImages" / f"{image_id}.jpg")
-        ann = self.annotations[index]
-        target = {
-            "boxes": ann["boxes"],
-            "labels": ann["labels"],
-            "difficult": ann["difficult"],
-            "image_id": image_id,
-        }
-        if self.transform is None:
-            return image, target
-        return self.transform(image, target)
+        for image_id in (line.strip() for line in split_file.read_text().splitlines()):
+            if not image_id:
+                continue
+            xml = self.root / "Annotations" / f"{image_id}.xml"
+            try:
+                ann = parse_voc_xml(xml, class_to_index, None if strict else self.skips)
+            except UnknownClassError:
+                raise
+            except VOCAnnotationError as err:
+                if strict:
+                    raise
+                self.skips["unreadable_annotations"] += 1
+                log.warning("skipping image %s: %s", image_id, err)
+                continue
+            if not keep_difficult:
+                ann = select_objects(ann, ~ann["difficult"])
+            self.ids.append(image_id)
+            self.image_paths.append(self.root / "JPEGImages" / f"{image_id}.jpg")
+            self.annotations.append(sanitize(ann, self.skips))

@@ -1,0 +1,186 @@
+"""COCO reader (instances_*.json via pycocotools) and export of detections as COCO results.
+
+COCO category ids are not contiguous (1..90 for 80 classes); labels are 1..C in increasing
+category-id order, and ``label_to_category_id`` maps them back for the results file. Crowd boxes
+(``iscrowd=1``) are left out of training targets and kept with ``difficult=True`` for evaluation,
+where the metric treats them as crowd regions (neither true nor false positives).
+
+Errors and bad samples follow the policy of ``dssd.data.voc``: an annotation file that is missing,
+is not JSON, lacks "images", "annotations" or "categories", or whose categories differ from the
+configured class names raises ``COCOAnnotationError`` naming the file; with ``strict=False`` an
+annotation without a usable bbox or category is dropped ("malformed_objects"), and boxes and
+undecodable images are handled as in ``DetectionImages``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import numbers
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from dssd.data.voc import DetectionImages, Transform, sanitize
+from dssd.errors import DatasetNotFoundError, UserError
+
+REQUIRED_KEYS = ("images", "annotations", "categories")
+
+
+class COCOAnnotationError(UserError, ValueError):
+    """A COCO annotation file that cannot be used; the message names the file and the problem."""
+
+
+def load_coco(path: str | Path) -> COCO:
+    """The pycocotools index of an instances JSON file, checked for the keys the reader needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"COCO annotation file {path} does not exist: expected data.root=/path/to/coco with "
+            "annotations/instances_{train,val}2017.json and the train2017/, val2017/ images"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise COCOAnnotationError(f"{path}: not valid JSON ({err})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise COCOAnnotationError(f"{path}: not a COCO instances file, it lacks {missing}")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
+    return coco
+
+
+def category_names(coco: COCO) -> tuple[str, ...]:
+    """Category names in increasing category-id order, that is, in label order."""
+    return tuple(cat["name"] for cat in coco.loadCats(sorted(coco.getCatIds())))
+
+
+def _xyxy(ann: dict[str, Any]) -> tuple[float, float, float, float]:
+    """The bbox [x, y, w, h] of an annotation as pixel xyxy; ValueError when it is not usable."""
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox):
+        raise ValueError(f"bbox {bbox!r} has non-numeric values")
+    x, y, w, h = (float(v) for v in bbox)
+    return x, y, x + w, y + h
+
+
+class COCODataset(DetectionImages):
+    """The images of one COCO instances file, with VOCDataset's target format.
+
+    ``annotation_file`` and ``image_dir`` are relative to ``root`` (absolute paths work too).
+    Targets hold "boxes" (float32 [N, 4] 0-based pixel xyxy), "labels" (int64 [N], 1..C),
+    "difficult" (bool [N], true for crowd boxes in evaluation) and "image_id" (the COCO image id).
+    With ``class_names``, the file's categories must be exactly those names in category-id order.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        annotation_file: str | Path,
+        image_dir: str | Path,
+        transform: Transform | None = None,
+        train: bool = False,
+        class_names: Sequence[str] | None = None,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(transform, strict)
+        self.root = Path(root)
+        self.annotation_file = self.root / annotation_file
+        self.image_dir = self.root / image_dir
+        self.train = train
+        if not self.image_dir.is_dir():
+            raise DatasetNotFoundError(f"COCO image directory {self.image_dir} does not exist")
+        coco = load_coco(self.annotation_file)
+        self.class_names = category_names(coco)
+        if class_names is not None and tuple(class_names) != self.class_names:
+            raise COCOAnnotationError(
+                f"{self.annotation_file}: its categories {list(self.class_names)} (in category-id "
+                f"order) differ from the configured class names {list(class_names)}"
+            )
+        cat_ids = sorted(coco.getCatIds())
+        self.category_id_to_label = {cat_id: i + 1 for i, cat_id in enumerate(cat_ids)}
+        self.label_to_category_id = {label: cat for cat, label in self.category_id_to_label.items()}
+        for image in coco.dataset["images"]:
+            try:
+                image_id, name = int(image["id"]), image["file_name"]
+                size = {"width": int(image["width"]), "height": int(image["height"])}
+            except (KeyError, TypeError, ValueError) as err:
+                raise COCOAnnotationError(
+                    f"{self.annotation_file}: malformed image entry {image!r} ({err!r})"
+                ) from None
+            self.ids.append(image_id)
+            self.image_paths.append(self.image_dir / name)
+            ann = self._objects(coco.imgToAnns[image["id"]], image_id)
+            self.annotations.append(sanitize({**ann, **size}, self.skips))
+
+    def _objects(self, anns: list[dict[str, Any]], image_id: int) -> dict[str, np.ndarray]:
+        """Boxes, labels and crowd flags of one image's annotations."""
+        boxes, labels, crowd = [], [], []
+        for ann in anns:
+            is_crowd = bool(ann.get("iscrowd", 0))
+            if self.train and is_crowd:
+                continue
+            try:
+                box = _xyxy(ann)
+                if ann.get("category_id") not in self.category_id_to_label:
+                    raise ValueError(f"unknown category_id {ann.get('category_id')!r}")
+            except ValueError as err:
+                if self.strict:
+                    raise COCOAnnotationError(
+                        f"{self.annotation_file}: annotation {ann.get('id')!r} of image "
+                        f"{image_id}: {err}"
+                    ) from None
+                self.skips["malformed_objects"] += 1
+                continue
+            boxes.append(box)
+            labels.append(self.category_id_to_label[ann["category_id"]])
+            crowd.append(is_crowd)
+        return {
+            "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+            "labels": np.asarray(labels, np.int64),
+            "difficult": np.asarray(crowd, bool),
+        }
+
+
+def detections_to_coco_results(
+    detections: Sequence[Mapping[str, Any]],
+    image_ids: Sequence[int],
+    label_to_category_id: Mapping[int, int],
+) -> list[dict[str, Any]]:
+    """COCO results entries for per-image detections (pixel xyxy "boxes", "scores", "labels").
+
+    Boxes become [x, y, w, h] floats and labels the original COCO category ids.
+    """
+    results = []
+    for det, image_id in zip(detections, image_ids, strict=True):
+        boxes = torch.as_tensor(det["boxes"]).reshape(-1, 4).tolist()
+        scores = torch.as_tensor(det["scores"]).tolist()
+        labels = torch.as_tensor(det["labels"]).tolist()
+        for (x0, y0, x1, y1), score, label in zip(boxes, scores, labels, strict=True):
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(label_to_category_id[int(label)]),
+                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                    "score": float(score),
+                }
+            )
+    return results
+
+
+def write_coco_results(path: str | Path, results: list[dict[str, Any]]) -> Path:
+    """Write COCO results entries as the JSON list that COCO's ``loadRes`` reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results))
+    return path

@@ -1,0 +1,190 @@
+"""The COCO reader on a hand-written instances file, results export and the COCO DataModule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from pycocotools.coco import COCO
+
+from dssd.data.coco import (
+    COCOAnnotationError,
+    COCODataset,
+    detections_to_coco_results,
+    write_coco_results,
+)
+from dssd.data.datamodule import COCODataModule
+from dssd.errors import DatasetNotFoundError
+from test_configs import compose_train
+
+# Non-contiguous ids, listed out of order: labels follow the sorted ids.
+CATEGORIES = [
+    {"id": 90, "name": "toothbrush"},
+    {"id": 1, "name": "person"},
+    {"id": 3, "name": "car"},
+]
+NAMES = ("person", "car", "toothbrush")
+ANN_FILE = "annotations/instances_val2017.json"
+
+
+def annotation(ann_id: int, image_id: int, category_id: int, bbox: list, iscrowd: int = 0) -> dict:
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "iscrowd": iscrowd,
+        "area": 1.0,
+    }
+
+
+def instances() -> dict:
+    """Image 42 (40 x 30) with good, crowd and bad boxes; image 7 without objects."""
+    return {
+        "images": [
+            {"id": 42, "file_name": "a.jpg", "width": 40, "height": 30},
+            {"id": 7, "file_name": "b.jpg", "width": 40, "height": 30},
+        ],
+        "annotations": [
+            annotation(1, 42, 3, [1.5, 2, 10, 20]),
+            annotation(2, 42, 90, [30, 10, 20, 30]),  # partly outside: clipped to [30, 10, 40, 30]
+            annotation(3, 42, 1, [0, 0, 40, 30], iscrowd=1),
+            annotation(4, 42, 1, [5, 5, 0, 10]),  # zero width
+            annotation(5, 42, 1, [50, 40, 5, 5]),  # wholly outside
+        ],
+        "categories": CATEGORIES,
+    }
+
+
+def write_coco(root: Path, data: dict | str, images: str = "val2017") -> Path:
+    """A COCO tree with ``data`` as ANN_FILE (and as the train file) and a gray JPEG per image."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    text = data if isinstance(data, str) else json.dumps(data)
+    for split in ("train2017", "val2017"):
+        (root / "annotations" / f"instances_{split}.json").write_text(text)
+        (root / split).mkdir(exist_ok=True)
+        for name in ("a.jpg", "b.jpg"):
+            cv2.imwrite(str(root / split / name), np.full((30, 40, 3), 128, np.uint8))
+    return root
+
+
+def test_eval_targets_keep_crowd_boxes_as_difficult(tmp_path: Path) -> None:
+    dataset = COCODataset(write_coco(tmp_path, instances()), ANN_FILE, "val2017")
+    assert dataset.class_names == NAMES and dataset.ids == [42, 7]
+    assert dataset.label_to_category_id == {1: 1, 2: 3, 3: 90}
+    image, target = dataset[0]
+    assert image.shape == (30, 40, 3) and target["image_id"] == 42
+    np.testing.assert_array_equal(
+        target["boxes"], [[1.5, 2, 11.5, 22], [30, 10, 40, 30], [0, 0, 40, 30]]
+    )
+    assert target["boxes"].dtype == np.float32 and target["labels"].dtype == np.int64
+    assert target["labels"].tolist() == [2, 3, 1]
+    assert target["difficult"].tolist() == [False, False, True]
+    assert dataset[1][1]["boxes"].shape == (0, 4) and dataset[1][1]["image_id"] == 7
+    assert dataset.skips == {"invalid_boxes": 2, "clipped_boxes": 1, "empty_images": 1}
+
+
+def test_training_targets_leave_crowd_boxes_out(tmp_path: Path) -> None:
+    root = write_coco(tmp_path, instances())
+    dataset = COCODataset(root, ANN_FILE, "val2017", train=True, class_names=NAMES)
+    _, target = dataset[0]
+    assert target["labels"].tolist() == [2, 3] and not target["difficult"].any()
+
+
+def test_detections_round_trip_to_category_ids(tmp_path: Path) -> None:
+    dataset = COCODataset(write_coco(tmp_path, instances()), ANN_FILE, "val2017")
+    detections = [
+        {
+            "boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0], [0.0, 0.0, 4.0, 3.0]]),
+            "scores": torch.tensor([0.5, 0.25]),
+            "labels": torch.tensor([3, 1]),
+        },
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)},
+    ]
+    results = detections_to_coco_results(detections, dataset.ids, dataset.label_to_category_id)
+    assert results == [
+        {"image_id": 42, "category_id": 90, "bbox": [1.0, 2.0, 10.0, 20.0], "score": 0.5},
+        {"image_id": 42, "category_id": 1, "bbox": [0.0, 0.0, 4.0, 3.0], "score": 0.25},
+    ]
+    path = write_coco_results(tmp_path / "out" / "results.json", results)
+    loaded = COCO(str(tmp_path / ANN_FILE)).loadRes(str(path))  # pycocotools accepts the file
+    assert sorted(loaded.getCatIds()) == [1, 3, 90]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"images": [', "not valid JSON"),
+        (json.dumps({"images": [], "annotations": []}), "lacks ['categories']"),
+        (json.dumps([]), "lacks ['images', 'annotations', 'categories']"),
+    ],
+)
+def test_malformed_files_name_the_file(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(COCOAnnotationError) as err:
+        COCODataset(write_coco(tmp_path, text), ANN_FILE, "val2017")
+    assert ANN_FILE in str(err.value) and problem in str(err.value)
+
+
+def test_missing_files_are_user_errors(tmp_path: Path) -> None:
+    root = write_coco(tmp_path, instances())
+    with pytest.raises(DatasetNotFoundError, match="instances_minival2014.json"):
+        COCODataset(root, "annotations/instances_minival2014.json", "val2017")
+    with pytest.raises(DatasetNotFoundError, match="val2014"):
+        COCODataset(root, ANN_FILE, "val2014")
+
+
+def test_category_mismatch_names_the_file(tmp_path: Path) -> None:
+    root = write_coco(tmp_path, instances())
+    with pytest.raises(COCOAnnotationError) as err:
+        COCODataset(root, ANN_FILE, "val2017", class_names=("person", "bus", "toothbrush"))
+    assert ANN_FILE in str(err.value) and "'bus'" in str(err.value)
+
+
+def test_malformed_annotation_raises_or_is_counted(tmp_path: Path) -> None:
+    data = instances()
+    data["annotations"] += [annotation(6, 42, 1, [1, 2, "x", 4]), annotation(7, 7, 2, [1, 1, 5, 5])]
+    root = write_coco(tmp_path, data)
+    with pytest.raises(COCOAnnotationError, match="annotation 6 of image 42.*non-numeric"):
+        COCODataset(root, ANN_FILE, "val2017")
+    dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
+    assert dataset.skips["malformed_objects"] == 2  # the bad bbox and the unknown category 2
+    assert dataset[0][1]["labels"].tolist() == [2, 3, 1]
+
+
+def test_undecodable_image_is_skipped_or_named(tmp_path: Path) -> None:
+    root = write_coco(tmp_path, instances())
+    (root / "val2017" / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+    dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
+    assert dataset[0][1]["image_id"] == 7 and dataset.skips["unreadable_images"] == 1
+    with pytest.raises(OSError, match="a.jpg"):
+        COCODataset(root, ANN_FILE, "val2017")[0]
+
+
+def test_datamodule_reads_class_names_and_iterates(tmp_path: Path) -> None:
+    root = write_coco(tmp_path, instances())
+    dm = COCODataModule(str(root), image_size=32, batch_size=2, num_workers=0)
+    assert dm.class_names == NAMES and dm.num_classes == 3
+    dm.setup("fit")
+    assert dm.datasets["train"].train and not dm.datasets["val"].train
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.shape == (2, 3, 32, 32) and {t["image_id"] for t in targets} == {42, 7}
+    dm.setup("test")
+    assert dm.datasets["test"].annotation_file == root / ANN_FILE
+    assert dm.label_to_category_id == {1: 1, 2: 3, 3: 90}
+
+
+def test_config_lists_the_80_categories_and_checks_them(tmp_path: Path) -> None:
+    cfg = compose_train("data=coco", f"data.root={tmp_path}")
+    names = list(cfg.data.class_names)
+    assert len(names) == 80 and names[:3] == ["person", "bicycle", "car"]
+    assert names[-1] == "toothbrush" and cfg.data.strict is False
+    dm = instantiate(cfg.data)
+    assert dm.num_classes == 80
+    write_coco(tmp_path, instances())
+    with pytest.raises(COCOAnnotationError, match="instances_train2017.json"):
+        dm.setup("fit")

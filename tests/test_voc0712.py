@@ -1,0 +1,175 @@
+"""VOC07+12: concatenated VOC sets in the DataModule, and the non-strict handling of bad samples."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from dssd.data.datamodule import VOCDataModule
+from dssd.data.transforms import DetectionTransform
+from dssd.data.voc import VOCAnnotationError, VOCDataset
+from dssd.errors import DatasetNotFoundError
+from test_configs import compose_train
+from test_voc import voc_object, voc_xml, write_voc
+
+CLASSES = ("cat", "dog")
+
+
+@pytest.fixture
+def devkit(tmp_path: Path) -> Path:
+    """VOCdevkit/VOC2007 (trainval: 2 images, test: 1), VOC2012 (trainval: 3, val: 1 of those)."""
+    root = tmp_path / "VOCdevkit"
+    write_voc(root / "VOC2007", {"a": voc_xml(voc_object("cat")), "b": voc_xml()})
+    write_voc(root / "VOC2007", {"c": voc_xml(voc_object("dog"))}, split="test")
+    dogs = {i: voc_xml(voc_object("dog"), voc_object("dog")) for i in ("d", "e", "f")}
+    write_voc(root / "VOC2012", dogs)
+    (root / "VOC2012" / "ImageSets" / "Main" / "val.txt").write_text("d\n")
+    return root
+
+
+def test_sets_are_concatenated(devkit: Path) -> None:
+    dm = VOCDataModule(
+        str(devkit),
+        CLASSES,
+        image_size=32,
+        batch_size=2,
+        num_workers=0,
+        train_sets=[
+            {"root": "VOC2007", "split": "trainval"},
+            {"root": str(devkit / "VOC2012"), "split": "trainval"},  # absolute roots work too
+        ],
+        val_sets=[{"root": "VOC2007", "split": "test"}],
+    )
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert len(train) == 5 and len(dm.datasets["val"]) == 1
+    ids = [train[i][1]["image_id"] for i in range(5)]
+    labels = [train[i][1]["labels"].tolist() for i in range(5)]
+    assert ids == ["a", "b", "d", "e", "f"]
+    assert labels == [[1], [], [2, 2], [2, 2], [2, 2]]
+    assert isinstance(train.transform, DetectionTransform)  # what seed_worker reseeds
+    assert train.skips == {"empty_images": 1}
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2 and batches[0][0].shape == (2, 3, 32, 32)
+    assert dm.val_dataloader().dataset[0][1]["image_id"] == "c"
+
+
+def test_missing_set_root_names_path_and_layout(devkit: Path) -> None:
+    dm = VOCDataModule(str(devkit), CLASSES, train_sets=[{"root": "VOC2010", "split": "trainval"}])
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.setup("fit")
+    assert str(devkit / "VOC2010") in str(err.value) and "VOCdevkit/VOC2007" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("config", "train", "test"),
+    [
+        ("voc0712", ["a", "b", "d", "e", "f"], ["c"]),
+        ("voc07++12", ["a", "b", "c", "d", "e", "f"], ["d"]),  # VOC2012 test: val instead
+    ],
+)
+def test_configs_describe_the_paper_splits(
+    devkit: Path, config: str, train: list[str], test: list[str]
+) -> None:
+    cfg = compose_train(f"data={config}", f"data.root={devkit}")
+    assert cfg.data.strict is False and len(cfg.data.class_names) == 20
+    assert cfg.data.class_names[0] == "aeroplane" and cfg.data.class_names[-1] == "tvmonitor"
+    dm = instantiate(cfg.data, class_names=CLASSES)
+    assert dm.image_size == cfg.model.net.image_size and dm.num_classes == 2
+    dm.setup()
+    assert [dm.datasets["train"][i][1]["image_id"] for i in range(len(train))] == train
+    assert len(dm.datasets["train"]) == len(train)
+    assert [dm.datasets["test"][i][1]["image_id"] for i in range(len(test))] == test
+
+
+def nasty_devkit(root: Path) -> Path:
+    """One image of each kind of bad sample; images are 40 x 30."""
+    return write_voc(
+        root,
+        {
+            "good": voc_xml(voc_object("cat", "1 2 10 20")),
+            "boxes": voc_xml(
+                voc_object("cat", "10 2 1 20"),  # negative width
+                voc_object("dog", "50 40 60 45"),  # wholly outside the image
+                voc_object("dog", "-4 5 50 20", "<difficult>1</difficult>"),  # partly outside
+                voc_object("cat", "1 2 ten 20"),  # non-numeric field
+                voc_object("cat", "1 2 10"),  # missing field
+                "<object><name>dog</name></object>",  # no bndbox
+            ),
+            "broken": "<annotation><size>",
+            "empty": voc_xml(),
+        },
+    )
+
+
+def test_non_strict_drops_and_counts_bad_objects_and_files(tmp_path: Path) -> None:
+    dataset = VOCDataset(nasty_devkit(tmp_path), "trainval", CLASSES, strict=False)
+    assert dataset.ids == ["good", "boxes", "empty"]
+    _, target = dataset[1]
+    np.testing.assert_array_equal(target["boxes"], [[0, 4, 40, 20]])  # clipped to 40 x 30
+    assert target["labels"].tolist() == [2] and target["difficult"].tolist() == [True]
+    assert dataset[2][1]["boxes"].shape == (0, 4)
+    assert dataset.skips == {
+        "invalid_boxes": 2,
+        "clipped_boxes": 1,
+        "malformed_objects": 3,
+        "unreadable_annotations": 1,
+        "empty_images": 1,
+    }
+
+
+def test_strict_raises_on_the_first_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(VOCAnnotationError, match="boxes.xml.*empty box"):
+        VOCDataset(nasty_devkit(tmp_path), "trainval", CLASSES)
+
+
+def test_boxes_outside_the_image_are_repaired_even_when_strict(tmp_path: Path) -> None:
+    xml = voc_xml(voc_object("cat", "0 0 45 10"), voc_object("dog", "41 1 50 10"))
+    dataset = VOCDataset(write_voc(tmp_path, {"a": xml}), "trainval", CLASSES)
+    np.testing.assert_array_equal(dataset[0][1]["boxes"], [[0, 0, 40, 10]])
+    assert dataset.skips == {"clipped_boxes": 1, "invalid_boxes": 1}
+
+
+def test_unknown_class_is_an_error_even_when_not_strict(tmp_path: Path) -> None:
+    root = write_voc(tmp_path, {"a": voc_xml(voc_object("horse"))})
+    with pytest.raises(VOCAnnotationError, match="a.xml.*'horse'"):
+        VOCDataset(root, "trainval", CLASSES, strict=False)
+
+
+def test_missing_annotation_file_is_a_user_error(tmp_path: Path) -> None:
+    root = write_voc(tmp_path, {"a": voc_xml()})
+    (root / "Annotations" / "a.xml").unlink()
+    with pytest.raises(VOCAnnotationError, match="a.xml.*cannot read"):
+        VOCDataset(root, "trainval", CLASSES)
+
+
+def test_undecodable_image_is_skipped_when_not_strict(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_voc(tmp_path, {"a": voc_xml(voc_object("cat")), "b": voc_xml(voc_object("dog"))})
+    (root / "JPEGImages" / "a.jpg").write_bytes(b"not a jpeg")
+    dataset = VOCDataset(root, "trainval", CLASSES, strict=False)
+    with caplog.at_level(logging.WARNING):
+        assert dataset[0][1]["image_id"] == "b"  # the next readable sample
+    assert "a.jpg" in caplog.text
+    assert dataset[1][1]["image_id"] == "b"
+    assert dataset.skips["unreadable_images"] == 1
+    with pytest.raises(OSError, match="a.jpg"):
+        VOCDataset(root, "trainval", CLASSES)[0]
+
+
+def test_datamodule_forwards_strict_and_logs_the_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = nasty_devkit(tmp_path)
+    with pytest.raises(VOCAnnotationError):
+        VOCDataModule(str(root), CLASSES, val_split="trainval").setup("validate")
+    dm = VOCDataModule(str(root), CLASSES, val_split="trainval", strict=False)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("validate")
+    assert len(dm.datasets["val"]) == 3
+    assert "val data" in caplog.text and "'invalid_boxes': 2" in caplog.text
