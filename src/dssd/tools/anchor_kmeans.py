@@ -1,0 +1,250 @@
+"""Box-shape analysis of the DSSD paper's Table 1: k-means of the training boxes on sqrt(area).
+
+The paper clusters the training boxes (VOC 07+12 trainval, measured on the square network input)
+with the square root of the box area as the feature, starting at two clusters and adding one while
+the clustering error improves by more than 20%; it stopped at seven and, from the W/H ratios of the
+clusters, added the 1.6 default-box aspect ratio. This tool reruns the analysis on any VOC-layout
+dataset or COCO annotation file and prints the table.
+
+Choices: the centres start from k-means++ seeded by ``seed`` (deterministic), then Lloyd's algorithm
+runs to convergence; per cluster the W/H column is the *mean* W/H of its boxes and the last column
+the mean of max(W/H, H/W). Crowd boxes of COCO files and boxes with no width or height are skipped.
+
+    python -m dssd.tools.anchor_kmeans --root data/shapes --split trainval --size 321
+    python -m dssd.tools.anchor_kmeans --coco instances_train2017.json --size 513
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dssd.data.shapes import CLASSES
+from dssd.data.voc import VOCDataset
+from dssd.errors import UserError
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """One clustering; per-cluster arrays are ordered by increasing centre (box size)."""
+
+    k: int
+    centres: np.ndarray  # [k] sqrt(box area) of each centre, in the boxes' units
+    labels: np.ndarray  # [N] cluster index of each box
+    share: np.ndarray  # [k] percentage of the boxes in each cluster
+    wh_ratio: np.ndarray  # [k] mean W/H of the cluster's boxes
+    max_ratio: np.ndarray  # [k] mean max(W/H, H/W) of the cluster's boxes
+    error: float  # sum of squared distances of the features to their centres
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ initial centres [k] for the 1-D features ``x``: each next centre is drawn with
+    probability proportional to the squared distance to the nearest centre chosen so far."""
+    centres = [x[rng.integers(len(x))]]
+    dist2 = (x - centres[0]) ** 2
+    for _ in range(1, k):
+        centres.append(x[rng.choice(len(x), p=dist2 / dist2.sum())])
+        dist2 = np.minimum(dist2, (x - centres[-1]) ** 2)
+    return np.asarray(centres, np.float64)
+
+
+def lloyd(x: np.ndarray, centres: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's iterations from ``centres`` until the assignment is stable or ``iters`` rounds.
+
+    Returns the centres and the assignment of each feature. A cluster that loses all its points
+    keeps its centre.
+    """
+    centres = centres.astype(np.float64)
+    labels = np.abs(x[:, None] - centres[None, :]).argmin(axis=1)
+    for _ in range(iters):
+        counts = np.bincount(labels, minlength=len(centres))
+        sums = np.bincount(labels, weights=x, minlength=len(centres))
+        centres = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
+        new_labels = np.abs(x[:, None] - centres[None, :]).argmin(axis=1)
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+    return centres, labels
+
+
+def _features(widths: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float arrays of the widths and heights."""
+    w, h = np.asarray(widths, np.float64).ravel(), np.asarray(heights, np.float64).ravel()
+    if w.shape != h.shape:
+        raise ValueError(f"{w.size} widths but {h.size} heights")
+    if not ((w > 0).all() and (h > 0).all()):
+        raise ValueError("box widths and heights must be positive")
+    return w, h
+
+
+def kmeans_boxes(
+    widths: np.ndarray, heights: np.ndarray, k: int, seed: int = 0, iters: int = 100
+) -> KMeansResult:
+    """k-means of boxes on sqrt(W * H) (k-means++ init from ``seed``, then Lloyd's algorithm).
+
+    Needs at least ``k`` distinct box areas.
+    """
+    w, h = _features(widths, heights)
+    x = np.sqrt(w * h)
+    if not 1 <= k <= np.unique(x).size:
+        raise ValueError(f"k={k} needs 1 <= k <= {np.unique(x).size} (distinct box areas)")
+    centres, labels = lloyd(x, kmeans_plus_plus(x, k, np.random.default_rng(seed)), iters)
+    order = np.argsort(centres)
+    centres, labels = centres[order], np.argsort(order)[labels]
+
+    counts = np.bincount(labels, minlength=k)
+    ratio = w / h
+    denom = np.maximum(counts, 1)  # an emptied cluster reports zeros
+    return KMeansResult(
+        k=k,
+        centres=centres,
+        labels=labels,
+        share=100.0 * counts / len(x),
+        wh_ratio=np.bincount(labels, weights=ratio, minlength=k) / denom,
+        max_ratio=np.bincount(labels, weights=np.maximum(ratio, 1 / ratio), minlength=k) / denom,
+        error=float(((x - centres[labels]) ** 2).sum()),
+    )
+
+
+def improvement(previous: KMeansResult, current: KMeansResult) -> float:
+    """Relative error reduction from ``previous`` to ``current`` (0.25 = 25% lower error)."""
+    return (previous.error - current.error) / previous.error if previous.error > 0 else 0.0
+
+
+def grow_clusters(
+    widths: np.ndarray,
+    heights: np.ndarray,
+    start: int = 2,
+    min_improvement: float = 0.2,
+    max_k: int = 12,
+    seed: int = 0,
+) -> list[KMeansResult]:
+    """The paper's schedule: from ``start`` clusters, add one while the error drops by more than
+    ``min_improvement``. Returns the accepted clusterings; the last one is the chosen k.
+
+    Growth also stops at ``max_k`` and at the number of distinct box areas.
+    """
+    w, h = _features(widths, heights)
+    limit = min(max_k, np.unique(np.sqrt(w * h)).size)
+    results = [kmeans_boxes(w, h, min(start, limit), seed)]
+    for k in range(results[-1].k + 1, limit + 1):
+        candidate = kmeans_boxes(w, h, k, seed)
+        if improvement(results[-1], candidate) <= min_improvement:
+            break
+        results.append(candidate)
+    return results
+
+
+def format_table(results: Sequence[KMeansResult]) -> str:
+    """The chosen (last) clustering in the layout of the paper's Table 1, clusters sorted by share
+    (largest first), followed by the k sequence with its errors and improvements."""
+    chosen = results[-1]
+    order = np.argsort(-chosen.share, kind="stable")
+    rows = [
+        ("cluster", [str(i + 1) for i in range(chosen.k)]),
+        ("sqrt(area)", [f"{c:.1f}" for c in chosen.centres[order]]),
+        ("share %", [f"{s:.1f}" for s in chosen.share[order]]),
+        ("W/H", [f"{r:.2f}" for r in chosen.wh_ratio[order]]),
+        ("max(W/H, H/W)", [f"{r:.2f}" for r in chosen.max_ratio[order]]),
+    ]
+    head = max(len(name) for name, _ in rows)
+    width = max(len(cell) for _, cells in rows for cell in cells)
+    lines = [
+        f"{name:<{head}}  " + "  ".join(f"{c:>{width}}" for c in cells) for name, cells in rows
+    ]
+    lines += ["", f"{'k':>3}  {'error':>14}  {'improvement':>11}"]
+    for i, result in enumerate(results):
+        gain = f"{100 * improvement(results[i - 1], result):.1f}%" if i else "-"
+        lines.append(f"{result.k:>3}  {result.error:>14.1f}  {gain:>11}")
+    lines.append(f"chosen k = {chosen.k} ({len(chosen.labels)} boxes)")
+    return "\n".join(lines)
+
+
+def _keep_positive(w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop degenerate boxes, whose W/H is undefined."""
+    keep = (w > 0) & (h > 0)
+    return w[keep], h[keep]
+
+
+def voc_boxes(
+    root: str | Path, split: str, class_names: Sequence[str], size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Widths and heights (pixels; on an S x S input when ``size`` is given) of a VOC split.
+
+    Reads the annotations parsed by :class:`VOCDataset`, difficult objects included; no image is
+    decoded.
+    """
+    dataset = VOCDataset(root, split, class_names)
+    ws, hs = [], []
+    for ann in dataset.annotations:
+        boxes = ann["boxes"].astype(np.float64)  # 0-based xyxy: x1 - x0 is the pixel width
+        sx, sy = (size / ann["width"], size / ann["height"]) if size else (1.0, 1.0)
+        ws.append((boxes[:, 2] - boxes[:, 0]) * sx)
+        hs.append((boxes[:, 3] - boxes[:, 1]) * sy)
+    if not ws:
+        return np.zeros(0), np.zeros(0)
+    return _keep_positive(np.concatenate(ws), np.concatenate(hs))
+
+
+def coco_boxes(path: str | Path, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Widths and heights of the non-crowd boxes of a COCO instances file (as :func:`voc_boxes`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"COCO annotation file {path} does not exist")
+    coco = json.loads(path.read_text())
+    image_size = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+    anns = [a for a in coco["annotations"] if not a.get("iscrowd", 0)]
+    w = np.array([a["bbox"][2] for a in anns], np.float64)
+    h = np.array([a["bbox"][3] for a in anns], np.float64)
+    if size:
+        dims = np.array([image_size[a["image_id"]] for a in anns], np.float64).reshape(-1, 2)
+        w, h = w * size / dims[:, 0], h * size / dims[:, 1]
+    return _keep_positive(w, h)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", type=Path, help="VOC-layout dataset root")
+    source.add_argument("--coco", type=Path, help="COCO instances JSON file")
+    parser.add_argument("--split", default="trainval", help="VOC split (ImageSets/Main/<split>)")
+    parser.add_argument(
+        "--classes", default=",".join(CLASSES), help="comma-separated VOC class names"
+    )
+    parser.add_argument("--size", type=int, help="measure boxes on an S x S resized input")
+    parser.add_argument("--start", type=int, default=2, help="first number of clusters")
+    parser.add_argument("--min-improvement", type=float, default=0.2)
+    parser.add_argument("--max-k", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.coco is not None:
+            widths, heights = coco_boxes(args.coco, args.size)
+        else:
+            classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+            widths, heights = voc_boxes(args.root, args.split, classes, args.size)
+        if widths.size == 0:
+            raise UserError("the dataset holds no boxes")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    results = grow_clusters(
+        widths, heights, args.start, args.min_improvement, args.max_k, args.seed
+    )
+    units = f"on a {args.size}x{args.size} input" if args.size else "in original pixels"
+    print(f"k-means of {widths.size} boxes on sqrt(box area), {units}")
+    print(format_table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Tests of the Table 1 anchor analysis: k-means on sqrt(box area), the growth rule and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dssd.data.shapes import CLASSES, generate_shapes
+from dssd.tools.anchor_kmeans import (
+    coco_boxes,
+    grow_clusters,
+    improvement,
+    kmeans_boxes,
+    kmeans_plus_plus,
+    main,
+    voc_boxes,
+)
+
+# Three size groups: (boxes, sqrt(area) centre, W/H of its boxes; alternating when two).
+GROUPS = ((500, 20.0, (1.0,)), (300, 60.0, (0.5,)), (200, 100.0, (3.0, 1 / 3)))
+
+
+def three_groups() -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of GROUPS with sqrt(area) at Laplace quantiles around each centre.
+
+    Splitting a Laplace group in two halves its squared error (a uniform or Gaussian one loses
+    75% or 64%), and the scales b ~ 1/sqrt(n) give every group the same error, so a fourth cluster
+    improves the error by about 1/6 < 20% while a third one removes a merge of groups 40 apart
+    (tails end 20 apart): the rule must stop at exactly 3.
+    """
+    widths, heights = [], []
+    for n, centre, ratios in GROUPS:
+        p = (np.arange(n) + 0.5) / n
+        b = 30.0 / np.sqrt(n)
+        size = centre + np.where(p < 0.5, b * np.log(2 * p), -b * np.log(2 - 2 * p))
+        ratio = np.resize(np.asarray(ratios), n)
+        widths.append(size * np.sqrt(ratio))
+        heights.append(size / np.sqrt(ratio))
+    return np.concatenate(widths), np.concatenate(heights)
+
+
+def plain_lloyd(x: list[float], centres: list[float], iters: int) -> tuple[list[float], list[int]]:
+    """Lloyd's algorithm written as loops: reference for the vectorised version."""
+    centres = list(centres)
+
+    def assign() -> list[int]:
+        labels = []
+        for value in x:
+            best = 0
+            for j in range(len(centres)):
+                if abs(value - centres[j]) < abs(value - centres[best]):
+                    best = j
+            labels.append(best)
+        return labels
+
+    labels = assign()
+    for _ in range(iters):
+        for j in range(len(centres)):
+            members = [value for value, label in zip(x, labels, strict=True) if label == j]
+            if members:
+                centres[j] = sum(members) / len(members)
+        new_labels = assign()
+        if new_labels == labels:
+            break
+        labels = new_labels
+    return centres, labels
+
+
+def test_growth_stops_at_the_three_groups() -> None:
+    widths, heights = three_groups()
+    results = grow_clusters(widths, heights)
+    assert [r.k for r in results] == [2, 3]
+    assert improvement(results[0], results[1]) > 0.9
+    assert 0.1 < improvement(results[1], kmeans_boxes(widths, heights, 4)) < 0.2
+    # The 20% rule, not a cap, is what stopped it: a 10% threshold goes on.
+    assert grow_clusters(widths, heights, min_improvement=0.1)[-1].k > 3
+
+
+def test_cluster_statistics_match_the_generating_groups() -> None:
+    result = grow_clusters(*three_groups())[-1]
+    sizes = np.array([n for n, _, _ in GROUPS])
+    np.testing.assert_allclose(result.share, 100 * sizes / sizes.sum())
+    np.testing.assert_allclose(result.centres, [c for _, c, _ in GROUPS], atol=1e-9)
+    np.testing.assert_allclose(result.wh_ratio, [np.mean(r) for _, _, r in GROUPS])
+    np.testing.assert_allclose(result.max_ratio, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(result.labels, np.repeat([0, 1, 2], sizes))
+
+
+def test_kmeans_matches_plain_lloyd_from_the_same_start() -> None:
+    rng = np.random.default_rng(1)
+    widths, heights = rng.lognormal(3.5, 0.8, 400), rng.lognormal(3.5, 0.8, 400)
+    x = np.sqrt(widths * heights)
+    for k, seed in ((3, 0), (5, 7)):
+        start = kmeans_plus_plus(x, k, np.random.default_rng(seed))
+        centres, labels = plain_lloyd(x.tolist(), start.tolist(), iters=100)
+        order = np.argsort(centres)
+        result = kmeans_boxes(widths, heights, k, seed=seed)
+        np.testing.assert_allclose(result.centres, np.asarray(centres)[order], rtol=1e-12)
+        np.testing.assert_array_equal(result.labels, np.argsort(order)[labels])
+        expected_error = sum((v - centres[j]) ** 2 for v, j in zip(x, labels, strict=True))
+        assert result.error == pytest.approx(expected_error, rel=1e-12)
+
+
+def test_deterministic_given_the_seed() -> None:
+    rng = np.random.default_rng(2)
+    widths, heights = rng.lognormal(3.5, 0.8, 300), rng.lognormal(3.5, 0.8, 300)
+    a, b = kmeans_boxes(widths, heights, 6, seed=3), kmeans_boxes(widths, heights, 6, seed=3)
+    np.testing.assert_array_equal(a.centres, b.centres)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    x = np.sqrt(widths * heights)
+    first, other = (kmeans_plus_plus(x, 6, np.random.default_rng(s)) for s in (3, 4))
+    assert not np.array_equal(first, other)  # the seed does drive the start
+
+
+def test_kmeans_plus_plus_spreads_the_start_over_the_groups() -> None:
+    x = np.sqrt(np.prod(three_groups(), axis=0))
+    for seed in range(5):
+        start = np.sort(kmeans_plus_plus(x, 3, np.random.default_rng(seed)))
+        np.testing.assert_allclose(start, [c for _, c, _ in GROUPS], atol=15)
+
+
+def test_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        kmeans_boxes(np.array([1.0, 0.0]), np.array([1.0, 1.0]), 1)
+    with pytest.raises(ValueError, match="distinct"):
+        kmeans_boxes(np.ones(5), np.ones(5), 2)
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_shapes(tmp_path_factory.mktemp("shapes"), num_trainval=12, num_test=4)
+
+
+def test_voc_and_coco_readers_agree(shapes_root: Path) -> None:
+    for size in (None, 321):
+        voc = voc_boxes(shapes_root, "trainval", CLASSES, size)
+        coco = coco_boxes(shapes_root / "annotations" / "instances_trainval.json", size)
+        assert voc[0].size > 20
+        for a, b in zip(voc, coco, strict=True):
+            np.testing.assert_allclose(np.sort(a), np.sort(b), rtol=1e-6)
+
+
+def test_cli_prints_the_table(shapes_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--root", str(shapes_root), "--split", "trainval", "--size", "321"])
+    out = capsys.readouterr().out
+    for column in ("cluster", "sqrt(area)", "share %", "W/H", "max(W/H, H/W)", "improvement"):
+        assert column in out
+    shares = next(line for line in out.splitlines() if line.startswith("share %"))
+    assert sum(float(v) for v in shares.split()[2:]) == pytest.approx(100, abs=0.5)
+    assert "on a 321x321 input" in out and "chosen k = " in out
+
+    main(["--coco", str(shapes_root / "annotations" / "instances_trainval.json")])
+    assert "in original pixels" in capsys.readouterr().out
+
+
+def test_cli_reports_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
