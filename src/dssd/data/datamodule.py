@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -124,6 +125,10 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def _loader(self, role: str) -> DataLoader:
         train = role == "train"
+        # One OpenCV thread: loader workers run beside the training process, and an OpenCV pool in
+        # each would fight it for the cores. Set here, before the workers fork: a forked worker
+        # that resizes an inherited pool can deadlock. (PyTorch gives each worker one thread.)
+        cv2.setNumThreads(1)
         return DataLoader(
             self.datasets[role],
             batch_size=self.batch_size,

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
@@ -98,17 +97,13 @@ def build_transforms(
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one compute thread and its own random streams per worker.
+    """DataLoader ``worker_init_fn``: give each worker its own random streams.
 
     Every worker starts with a copy of the same albumentations state, so without this all workers
     would produce the same augmentations. The worker's torch seed (distinct per worker and each
     time the workers start, and derived from the main seed) reseeds numpy, ``random`` and the
     dataset transform.
     """
-    # One thread per worker: workers run side by side with the training process, and idle
-    # OpenMP/OpenCV thread pools in every worker would otherwise fight it for the cores.
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -1,0 +1,275 @@
+"""SSD training augmentation as albumentations transforms (DESIGN.md section 5).
+
+``ssd_augmentation()`` returns [PhotometricDistort, Expand, MinIoURandomCrop], the ``augment``
+slot of ``build_transforms`` (which then resizes, flips, normalises). The transforms draw all their
+randomness from albumentations' own generators (``py_random``), so ``A.Compose(seed=...)`` and
+``DetectionTransform.reseed`` make them reproducible and different in every DataLoader worker.
+
+Boxes reach ``apply_to_bboxes`` in albumentations' internal format: [x_min, y_min, x_max, y_max]
+normalised to the current image size, followed by extra columns (the encoded label fields), which
+these transforms carry along untouched; dropping a row drops its labels with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from dssd.data.transforms import IMAGENET_MEAN
+
+# SSD crop options: None keeps the whole image, a number is the minimum IoU of the patch with some
+# box, 0.0 is any patch (only the box-centre rule applies). Caffe SSD's VOC batch samplers.
+SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, 0.0)
+
+
+class PhotometricDistort(A.ImageOnlyTransform):
+    """SSD's photometric distortion of a uint8 RGB image.
+
+    Brightness delta in [-brightness, brightness], then, in random order (as in the SSD
+    reference), contrast factor in [1 - contrast, 1 + contrast] before or after the HSV changes:
+    saturation factor in [1 - saturation, 1 + saturation] and hue shift in [-hue, hue] degrees.
+    Each of the four is applied with probability ``op_p``. Brightness and contrast are an additive
+    and a multiplicative pixel change (no pivot around the mean), and saturation scales the HSV
+    S channel: albumentations' ColorJitter / HueSaturationValue implement other formulas, hence
+    this transform. Values are clipped to [0, 255] after each step, like Caffe's uint8 pipeline.
+    """
+
+    def __init__(
+        self,
+        brightness: float = 32.0,
+        contrast: float = 0.5,
+        saturation: float = 0.5,
+        hue: float = 18.0,
+        op_p: float = 0.5,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        self.brightness = brightness
+        self.contrast = contrast
+        self.saturation = saturation
+        self.hue = hue
+        self.op_p = op_p
+
+    def get_params(self) -> dict[str, Any]:
+        rnd = self.py_random
+
+        def draw(low: float, high: float, identity: float) -> float:
+            return rnd.uniform(low, high) if rnd.random() < self.op_p else identity
+
+        return {
+            "brightness_delta": draw(-self.brightness, self.brightness, 0.0),
+            "contrast_factor": draw(1 - self.contrast, 1 + self.contrast, 1.0),
+            "saturation_factor": draw(1 - self.saturation, 1 + self.saturation, 1.0),
+            "hue_shift": draw(-self.hue, self.hue, 0.0),
+            "contrast_first": rnd.random() < 0.5,
+        }
+
+    def apply(
+        self,
+        img: np.ndarray,
+        brightness_delta: float,
+        contrast_factor: float,
+        saturation_factor: float,
+        hue_shift: float,
+        contrast_first: bool,
+        **params: Any,
+    ) -> np.ndarray:
+        out = np.clip(img.astype(np.float32) + brightness_delta, 0, 255)
+        if contrast_first:
+            out = np.clip(out * contrast_factor, 0, 255)
+        if saturation_factor != 1.0 or hue_shift != 0.0:
+            hsv = cv2.cvtColor(out / 255.0, cv2.COLOR_RGB2HSV)  # float input: H in [0, 360) degrees
+            hsv[..., 0] = (hsv[..., 0] + hue_shift) % 360.0
+            hsv[..., 1] = np.clip(hsv[..., 1] * saturation_factor, 0, 1)
+            out = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0, 0, 255)
+        if not contrast_first:
+            out = np.clip(out * contrast_factor, 0, 255)
+        return np.round(out).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("brightness", "contrast", "saturation", "hue", "op_p")
+
+
+class Expand(A.DualTransform):
+    """SSD's zoom-out: put the image at a random place on a larger canvas filled with ``fill``.
+
+    The canvas is ``ratio`` times the image on each side, ratio uniform in [1, max_ratio]; boxes
+    move with the image. It makes objects smaller, which trains the low-resolution priors.
+    ``fill`` is the dataset mean colour (RGB, 0-255), i.e. zero after normalisation.
+    """
+
+    def __init__(
+        self,
+        max_ratio: float = 4.0,
+        fill: Sequence[float] = tuple(255 * m for m in IMAGENET_MEAN),
+        p: float = 0.5,
+    ) -> None:
+        super().__init__(p=p)
+        if max_ratio < 1:
+            raise ValueError(f"max_ratio must be >= 1, got {max_ratio}")
+        self.max_ratio = max_ratio
+        self.fill = tuple(float(v) for v in fill)
+
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        ratio = self.py_random.uniform(1.0, self.max_ratio)
+        canvas_h, canvas_w = int(height * ratio), int(width * ratio)
+        return {
+            "canvas_shape": (canvas_h, canvas_w),
+            "top": int(self.py_random.uniform(0, canvas_h - height)),
+            "left": int(self.py_random.uniform(0, canvas_w - width)),
+        }
+
+    def apply(
+        self,
+        img: np.ndarray,
+        canvas_shape: tuple[int, int],
+        top: int,
+        left: int,
+        **params: Any,
+    ) -> np.ndarray:
+        fill = np.asarray(self.fill, np.float32)
+        if np.issubdtype(img.dtype, np.integer):
+            fill = np.round(fill)
+        canvas = np.empty((*canvas_shape, *img.shape[2:]), img.dtype)
+        canvas[...] = fill.astype(img.dtype)
+        canvas[top : top + img.shape[0], left : left + img.shape[1]] = img
+        return canvas
+
+    def apply_to_bboxes(
+        self,
+        bboxes: np.ndarray,
+        canvas_shape: tuple[int, int],
+        top: int,
+        left: int,
+        shape: tuple[int, ...],
+        **params: Any,
+    ) -> np.ndarray:
+        height, width = shape[:2]
+        canvas_h, canvas_w = canvas_shape
+        out = bboxes.copy()
+        out[:, [0, 2]] = (bboxes[:, [0, 2]] * width + left) / canvas_w
+        out[:, [1, 3]] = (bboxes[:, [1, 3]] * height + top) / canvas_h
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("max_ratio", "fill")
+
+
+def box_iou(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy ``patch`` [4] with each xyxy box of ``boxes`` [N, 4]."""
+    wh = np.clip(np.minimum(patch[2:], boxes[:, 2:]) - np.maximum(patch[:2], boxes[:, :2]), 0, None)
+    inter = wh[:, 0] * wh[:, 1]
+    area_patch = (patch[2] - patch[0]) * (patch[3] - patch[1])
+    area_boxes = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area_patch + area_boxes - inter)
+
+
+def centres_inside(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Which xyxy boxes [N, 4] have their centre strictly inside the xyxy ``patch``."""
+    centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
+    return np.all((centres > patch[:2]) & (centres < patch[2:]), axis=1)
+
+
+class MinIoURandomCrop(A.DualTransform):
+    """SSD's crop sampler: a random patch that overlaps some box by at least a random minimum IoU.
+
+    Each call picks one of ``min_ious`` uniformly: None keeps the whole image; a number m tries up
+    to ``max_tries`` patches (each side scaled by [min_scale, 1] of the image, aspect ratio h/w in
+    ``aspect_range``, random position) and takes the first whose IoU with some box (max over boxes,
+    as DESIGN.md says; ssd.pytorch uses the min) is >= m and which contains at least one box
+    centre. Boxes whose centre lies in the patch are kept, clipped to it and re-expressed in its
+    coordinates; the others are dropped with their labels. If no try succeeds, or the image has no
+    boxes, the image is kept whole. The applied params (``patch`` in pixels or None, and
+    ``min_iou``) are in ``get_applied_params()``.
+    """
+
+    def __init__(
+        self,
+        min_ious: Sequence[float | None] = SSD_MIN_IOUS,
+        min_scale: float = 0.3,
+        aspect_range: tuple[float, float] = (0.5, 2.0),
+        max_tries: int = 50,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        if not min_ious:
+            raise ValueError("min_ious must not be empty")
+        self.min_ious = tuple(min_ious)
+        self.min_scale = min_scale
+        self.aspect_range = tuple(aspect_range)
+        self.max_tries = max_tries
+
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        min_iou = self.py_random.choice(self.min_ious)
+        bboxes = np.asarray(data.get("bboxes", np.zeros((0, 4))), np.float64)
+        if min_iou is None or len(bboxes) == 0:
+            return {"patch": None, "min_iou": min_iou}
+        boxes = bboxes[:, :4] * [width, height, width, height]
+        rnd = self.py_random
+        for _ in range(self.max_tries):
+            w = int(rnd.uniform(self.min_scale * width, width))
+            h = int(rnd.uniform(self.min_scale * height, height))
+            if w < 1 or h < 1 or not self.aspect_range[0] <= h / w <= self.aspect_range[1]:
+                continue
+            left = int(rnd.uniform(0, width - w))
+            top = int(rnd.uniform(0, height - h))
+            patch = np.array([left, top, left + w, top + h], np.float64)
+            if box_iou(patch, boxes).max() >= min_iou and centres_inside(patch, boxes).any():
+                return {"patch": (left, top, left + w, top + h), "min_iou": min_iou}
+        return {"patch": None, "min_iou": min_iou}
+
+    def apply(self, img: np.ndarray, patch: tuple[int, int, int, int] | None, **params: Any):
+        if patch is None:
+            return img
+        x0, y0, x1, y1 = patch
+        return img[y0:y1, x0:x1]
+
+    def apply_to_bboxes(
+        self,
+        bboxes: np.ndarray,
+        patch: tuple[int, int, int, int] | None,
+        shape: tuple[int, ...],
+        **params: Any,
+    ) -> np.ndarray:
+        if patch is None:
+            return bboxes
+        height, width = shape[:2]
+        x0, y0, x1, y1 = patch
+        scale = np.array([width, height, width, height], np.float64)
+        boxes = bboxes[:, :4] * scale
+        keep = centres_inside(np.asarray(patch, np.float64), boxes)
+        out = bboxes[keep].copy()
+        boxes = boxes[keep]
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], x0, x1) - x0
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], y0, y1) - y0
+        out[:, :4] = boxes / [x1 - x0, y1 - y0, x1 - x0, y1 - y0]
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("min_ious", "min_scale", "aspect_range", "max_tries")
+
+
+def ssd_augmentation(
+    mean: Sequence[float] = IMAGENET_MEAN,
+    max_expand_ratio: float = 4.0,
+    expand_p: float = 0.5,
+    photometric: bool = True,
+) -> list[A.BasicTransform]:
+    """The SSD augmentation for ``build_transforms(augment=...)``: distort, zoom out, crop.
+
+    ``mean`` is the normalisation mean (0-1 per RGB channel); the zoom-out canvas is filled with
+    it so that the padding becomes zero after normalisation.
+    """
+    head: list[A.BasicTransform] = [PhotometricDistort()] if photometric else []
+    fill = tuple(255.0 * m for m in mean)
+    return [*head, Expand(max_ratio=max_expand_ratio, fill=fill, p=expand_p), MinIoURandomCrop()]

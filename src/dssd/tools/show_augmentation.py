@@ -1,0 +1,93 @@
+"""Write a grid of augmented training samples with their boxes, to eyeball the SSD augmentation.
+
+The samples go through the real training pipeline (``build_transforms(size, train=True,
+augment=ssd_augmentation())``), then are un-normalised; difficult boxes are drawn in orange.
+
+    python -m dssd.tools.show_augmentation --root data/shapes --out augmented.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from torch import Tensor
+
+from dssd.data.augment import ssd_augmentation
+from dssd.data.shapes import CLASSES
+from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from dssd.data.voc import VOCDataset
+
+BOX_COLOUR = (0, 255, 0)  # RGB
+DIFFICULT_COLOUR = (255, 140, 0)
+GAP = 4  # pixels between tiles
+
+
+def to_image(tensor: Tensor) -> np.ndarray:
+    """Undo Normalize + ToTensorV2: a [3, S, S] float tensor back to an SxSx3 uint8 RGB image."""
+    image = tensor.permute(1, 2, 0).numpy() * IMAGENET_STD + IMAGENET_MEAN
+    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+
+
+def draw_sample(tensor: Tensor, target: dict, class_names: Sequence[str]) -> np.ndarray:
+    """The un-normalised image with its boxes and class names drawn."""
+    image = np.ascontiguousarray(to_image(tensor))
+    size = np.array(image.shape[1::-1] * 2)
+    boxes = np.round(target["boxes"].numpy() * size).astype(int)
+    for box, label, difficult in zip(boxes, target["labels"], target["difficult"], strict=True):
+        colour = DIFFICULT_COLOUR if difficult else BOX_COLOUR
+        x0, y0, x1, y1 = box.tolist()
+        cv2.rectangle(image, (x0, y0), (x1, y1), colour, 1)
+        name = class_names[int(label) - 1]  # label 0 is the background
+        cv2.putText(image, name, (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour)
+    return image
+
+
+def grid(tiles: Sequence[np.ndarray], rows: int, cols: int) -> np.ndarray:
+    """Tiles of one size laid out row by row on a white sheet."""
+    h, w = tiles[0].shape[:2]
+    sheet = np.full((rows * (h + GAP) - GAP, cols * (w + GAP) - GAP, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        sheet[r * (h + GAP) : r * (h + GAP) + h, c * (w + GAP) : c * (w + GAP) + w] = tile
+    return sheet
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m dssd.tools.show_augmentation", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--root", required=True, help="VOC-layout dataset root")
+    parser.add_argument("--split", default="trainval")
+    parser.add_argument("--size", type=int, default=321, help="network input size")
+    parser.add_argument("--rows", type=int, default=3)
+    parser.add_argument("--cols", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="picks the images and augmentations")
+    parser.add_argument("--classes", help="comma-separated class names (default: the shapes set)")
+    parser.add_argument("--out", default="augmented.png", help="PNG to write")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    class_names = args.classes.split(",") if args.classes else list(CLASSES)
+    transform = build_transforms(args.size, train=True, augment=ssd_augmentation())
+    transform.reseed(args.seed)
+    dataset = VOCDataset(args.root, args.split, class_names, transform)
+    count = args.rows * args.cols
+    rng = np.random.default_rng(args.seed)
+    indices = rng.choice(len(dataset), size=count, replace=count > len(dataset))
+    tiles = [draw_sample(*dataset[int(i)], class_names) for i in indices]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet = grid(tiles, args.rows, args.cols)
+    if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {out}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
