@@ -74,6 +74,7 @@ class DetectionTransform:
             "difficult": torch.as_tensor(np.asarray(out["difficult"], bool)),
             "image_id": target["image_id"],
             "orig_size": torch.tensor([height, width], dtype=torch.int64),
+            "skipped_images": target.get("skipped_images", 0),
         }
 
 

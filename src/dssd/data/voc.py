@@ -211,6 +211,9 @@ class DetectionImages(Dataset):
             ann = self.annotations[i]
             target = {k: ann[k] for k in ("boxes", "labels", "difficult")}
             target["image_id"] = self.ids[i]
+            # how many unreadable images were passed over to get here: counted in the worker,
+            # carried with the sample so the main process can report it (DataSkipReport)
+            target["skipped_images"] = offset
             return (image, target) if self.transform is None else self.transform(image, target)
         raise OSError(f"none of the {len(self)} images of the dataset can be read or decoded")
 

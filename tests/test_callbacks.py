@@ -1,0 +1,39 @@
+"""DataSkipReport counts the unreadable images that DataLoader workers pass over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from dssd.callbacks import DataSkipReport
+from dssd.data import VOCDataModule
+from dssd.data.shapes import CLASSES, generate_shapes
+
+
+class RecordingModule:
+    def __init__(self) -> None:
+        self.logged: dict[str, float] = {}
+
+    def log_dict(self, values: dict[str, float]) -> None:
+        self.logged.update(values)
+
+
+def test_unreadable_images_found_in_workers_reach_the_report(tmp_path: Path) -> None:
+    root = generate_shapes(tmp_path / "shapes", num_trainval=8, num_test=2)
+    broken = sorted((root / "JPEGImages").glob("*.jpg"))[1:6:3]  # not neighbours
+    for path in broken:
+        path.write_bytes(b"not a jpeg")
+    datamodule = VOCDataModule(
+        str(root), CLASSES, image_size=65, batch_size=2, num_workers=1, strict=False
+    )
+    datamodule.setup("fit")
+    trainer = SimpleNamespace(datamodule=datamodule, current_epoch=0)
+    module = RecordingModule()
+    report = DataSkipReport()
+    report.on_train_epoch_start(trainer, module)
+    for batch_idx, batch in enumerate(datamodule.train_dataloader()):
+        report.on_train_batch_end(trainer, module, None, batch, batch_idx)
+    report.on_train_epoch_end(trainer, module)
+    # each broken image is drawn once per epoch and passed over (the next image replaces it);
+    # with batch 2 and drop_last all 8 samples are drawn
+    assert module.logged["data/unreadable_images"] == len(broken)
