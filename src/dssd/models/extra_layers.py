@@ -9,7 +9,21 @@ from torch import Tensor, nn
 from dssd.models.blocks import ResidualBottleneck
 
 
-class ExtraLayers(nn.Module):
+class BlockChain(nn.Module):
+    """Blocks applied one after the other; every block's output is a source map."""
+
+    blocks: nn.ModuleList
+    out_channels: list[int]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outputs = []
+        for block in self.blocks:
+            x = block(x)
+            outputs.append(x)
+        return outputs
+
+
+class ExtraLayers(BlockChain):
     """A chain of residual bottlenecks ``k x k/s -> 3x3 -> 1x1`` with ``k x k/s`` projection skips.
 
     Each block maps an ``n x n`` map to ``floor((n - k) / s) + 1`` (the paper's
@@ -36,11 +50,4 @@ class ExtraLayers(nn.Module):
             )
             in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)
-        self.out_channels: list[int] = [out_channels] * len(blocks)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        outputs = []
-        for block in self.blocks:
-            x = block(x)
-            outputs.append(x)
-        return outputs
+        self.out_channels = [out_channels] * len(blocks)

@@ -17,6 +17,7 @@ import torchvision
 from torch import Tensor, nn
 
 from dssd.models.backbones import load_imagenet_weights
+from dssd.models.extra_layers import BlockChain
 
 
 class L2Norm(nn.Module):
@@ -66,7 +67,7 @@ class VGGBackbone(nn.Module):
         return [self.l2norm(c4), fc7]
 
 
-class VGGExtraLayers(nn.Module):
+class VGGExtraLayers(BlockChain):
     """SSD's extra layers on VGG: pairs ``1x1 mid -> k x k/s out`` (no BN), each pair a source.
 
     Args:
@@ -89,11 +90,4 @@ class VGGExtraLayers(nn.Module):
             )
             in_channels = out
         self.blocks = nn.ModuleList(blocks)
-        self.out_channels: list[int] = [layer[1] for layer in layers]
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        outputs = []
-        for block in self.blocks:
-            x = block(x)
-            outputs.append(x)
-        return outputs
+        self.out_channels = [layer[1] for layer in layers]
