@@ -144,38 +144,32 @@ def randomise_pair(net: nn.Sequential) -> nn.Sequential:
     return net
 
 
-class SharedOutput(nn.Module):
-    """The conv output feeds the BN and the sum: folding would change the second use."""
+class ConvAndBN(nn.Module):
+    """A conv and a BN whose wiring each subclass's forward decides."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(4, 4, 3, padding=1)
         self.bn = nn.BatchNorm2d(4)
+
+
+class SharedOutput(ConvAndBN):
+    """The conv output feeds the BN and the sum: folding would change the second use."""
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
         return self.bn(y) + y
 
 
-class ConvCalledTwice(nn.Module):
+class ConvCalledTwice(ConvAndBN):
     """The conv is applied twice, once without the BN."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(4, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x)) + self.conv(x)
 
 
-class Untraceable(nn.Module):
+class Untraceable(ConvAndBN):
     """Data-dependent control flow: fx cannot prove anything, so nothing is folded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(4, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
