@@ -1,0 +1,352 @@
+"""PASCAL VOC mean average precision as a torchmetrics ``Metric``.
+
+The VOC07 test figures of the SSD/DSSD papers come from the official devkit, whose rules differ from
+COCO-style evaluation (torchmetrics' ``MeanAveragePrecision``) in ways that move AP by a point or
+more: IoU on inclusive pixel coordinates (``+1`` on widths and heights), a strict ``>`` threshold,
+"difficult" objects that are neither counted nor penalised, a detection matched to its highest-IoU
+ground truth even when that one is already taken (then it is a duplicate, a false positive), and
+11-point interpolated AP. :class:`VOCMeanAP` reproduces ``voc_eval.py`` of py-faster-rcnn (the
+Python port of the MATLAB ``VOCevaldet``) exactly, including its 11 recall thresholds
+``numpy.arange(0.0, 1.1, 0.1)``.
+
+The matching only ever compares a detection with the ground truths of its own image, and a
+detection's fate depends only on the higher-scored detections of the same class in the same image.
+So ``update`` decides TP/FP/ignored per image right away, and the metric keeps flat per-detection
+states (score, label, TP flag, ignored flag) plus a per-class count of positives: torchmetrics'
+default cross-process gather (concatenate, sum) is then all DDP needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+__all__ = ["VOCMeanAP", "voc_ap"]
+
+# voc_eval.py iterates over ``np.arange(0.0, 1.1, 0.1)``, whose elements are ``i * 0.1``: 0.3, 0.6
+# and 0.7 come out one ulp above their decimal values, so a recall of exactly 3/10 does not reach
+# the 0.3 threshold. Kept as is so that the figures match the reference implementation.
+_ELEVEN_POINTS: tuple[float, ...] = tuple(i * 0.1 for i in range(11))
+
+
+def _iou_matrix(boxes1: Tensor, boxes2: Tensor, inclusive_pixels: bool) -> Tensor:
+    """IoU between every box of ``boxes1`` [N, 4] and of ``boxes2`` [M, 4] (xyxy), as [N, M].
+
+    With ``inclusive_pixels`` a box covers the pixels ``x1..x2`` inclusive, so its width is
+    ``x2 - x1 + 1`` (the devkit's convention); the arithmetic follows ``voc_eval.py`` operation by
+    operation so that IoUs at the threshold compare the same way.
+    """
+    one = 1.0 if inclusive_pixels else 0.0
+    ix1 = torch.maximum(boxes1[:, None, 0], boxes2[None, :, 0])
+    iy1 = torch.maximum(boxes1[:, None, 1], boxes2[None, :, 1])
+    ix2 = torch.minimum(boxes1[:, None, 2], boxes2[None, :, 2])
+    iy2 = torch.minimum(boxes1[:, None, 3], boxes2[None, :, 3])
+    iw = (ix2 - ix1 + one).clamp(min=0.0)
+    ih = (iy2 - iy1 + one).clamp(min=0.0)
+    inter = iw * ih
+    area1 = (boxes1[:, 2] - boxes1[:, 0] + one) * (boxes1[:, 3] - boxes1[:, 1] + one)
+    area2 = (boxes2[:, 2] - boxes2[:, 0] + one) * (boxes2[:, 3] - boxes2[:, 1] + one)
+    union = area1[:, None] + area2[None, :] - inter
+    return inter / union
+
+
+def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = True) -> float:
+    """Average precision from a recall/precision curve (detections in descending score order).
+
+    ``use_07_metric``: the VOC2007 11-point interpolation, the mean over t in 0, 0.1, ..., 1 of the
+    highest precision at recall >= t (0 where the curve never reaches t). Otherwise the VOC2010+
+    area under the monotone (non-increasing) precision envelope, summed where recall changes.
+    """
+    recall = recall.to(torch.float64)
+    precision = precision.to(torch.float64)
+    if use_07_metric:
+        if recall.numel() == 0:
+            return 0.0
+        # Recall is non-decreasing, so {recall >= t} is a suffix; its max precision is a suffix max.
+        suffix_max = precision.flip(0).cummax(0).values.flip(0)
+        thresholds = torch.tensor(_ELEVEN_POINTS, dtype=torch.float64)
+        first = torch.searchsorted(recall, thresholds, side="left")
+        reached = first < recall.numel()
+        p = torch.where(reached, suffix_max[first.clamp(max=recall.numel() - 1)], 0.0)
+        return float((p / 11.0).sum())
+    zero = recall.new_zeros(1)
+    mrec = torch.cat([zero, recall, zero + 1.0])
+    mpre = torch.cat([zero, precision, zero])
+    mpre = mpre.flip(0).cummax(0).values.flip(0)
+    changed = torch.nonzero(mrec[1:] != mrec[:-1]).squeeze(1)
+    return float(((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]).sum())
+
+
+def _as_boxes(value: Any, where: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{where}: expected a tensor, got {type(value).__name__}")
+    if value.numel() == 0:
+        return value.reshape(0, 4)
+    if value.ndim != 2 or value.shape[1] != 4:
+        raise ValueError(f"{where}: expected shape [N, 4] (xyxy), got {list(value.shape)}")
+    return value
+
+
+def _as_vector(value: Any, n: int, where: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{where}: expected a tensor, got {type(value).__name__}")
+    if value.numel() == 0 and n == 0:
+        return value.reshape(0)
+    if value.ndim != 1 or value.shape[0] != n:
+        raise ValueError(f"{where}: expected shape [{n}] (one per box), got {list(value.shape)}")
+    return value
+
+
+class VOCMeanAP(Metric):
+    """PASCAL VOC mAP with the official devkit's matching rules, DDP-friendly.
+
+    Args:
+        num_classes: number of foreground classes; labels are ``1..num_classes`` (0 is background
+            and must not appear in predictions or targets).
+        iou_threshold: a detection can match a ground truth only when their IoU is strictly
+            greater than this (the devkit's ``ovmax > ovthresh``).
+        use_07_metric: VOC2007 11-point interpolated AP (default, the papers' VOC07 test figures);
+            ``False`` gives the VOC2010+ all-point AP.
+        inclusive_pixels: IoU on inclusive pixel coordinates (``+1`` on widths and heights), as the
+            devkit does; ``False`` for continuous coordinates.
+        class_names: optional names of classes ``1..num_classes`` (kept as ``self.class_names``
+            for reports; not part of the computed result).
+
+    ``update(preds, targets)`` takes the same lists of dicts as
+    ``torchmetrics.detection.MeanAveragePrecision``: per image, ``preds`` has ``boxes`` [N, 4]
+    xyxy pixels, ``scores`` [N] and ``labels`` [N]; ``targets`` has ``boxes`` [M, 4], ``labels``
+    [M] and optionally ``difficult`` (bool [M], all False when absent).
+
+    Per class, detections of all images are ranked by descending score (ties keep the order of
+    arrival); each is compared with the same-class ground truths of its own image and takes the
+    one with the highest IoU, taken or difficult alike. Above the threshold: a difficult ground
+    truth makes it ignored (neither TP nor FP), a free one makes it a TP and takes it, a taken one
+    makes it a duplicate FP; otherwise it is a FP. The number of positives is the number of
+    non-difficult ground truths of the class.
+
+    ``compute()`` returns a dict of tensors:
+
+    - ``map``: scalar, mean of ``ap_per_class`` over the classes with at least one non-difficult
+      ground truth (NaN if there is none);
+    - ``ap_per_class``: [num_classes], the AP of classes ``1..num_classes``; **NaN** for a class
+      without any non-difficult ground truth (AP is undefined: there is no recall), which is thus
+      left out of ``map``. A class with positives but no detections has AP 0;
+    - ``classes``: [num_classes] int64, ``1..num_classes``, the label of each AP entry.
+
+    (torchmetrics squeezes one-element results, so with ``num_classes=1`` the last two are 0-d.)
+
+    The matching runs on the CPU in float64 (exact at the threshold, like the devkit's numpy);
+    states live on the metric's device. Scores are kept as float32.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
+
+    scores: list[Tensor] | Tensor
+    labels: list[Tensor] | Tensor
+    tp: list[Tensor] | Tensor
+    ignored: list[Tensor] | Tensor
+    npos: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        iou_threshold: float = 0.5,
+        use_07_metric: bool = True,
+        inclusive_pixels: bool = True,
+        class_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if not 0.0 <= float(iou_threshold) < 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold!r}")
+        if class_names is not None:
+            class_names = tuple(class_names)
+            if len(class_names) != num_classes:
+                raise ValueError(
+                    f"class_names has {len(class_names)} names but num_classes is {num_classes}"
+                )
+        self.num_classes = num_classes
+        self.iou_threshold = float(iou_threshold)
+        self.use_07_metric = bool(use_07_metric)
+        self.inclusive_pixels = bool(inclusive_pixels)
+        self.class_names: tuple[str, ...] | None = class_names
+
+        # One entry per detection, in per-image descending-score order. The flags are uint8 so
+        # that every backend's all_gather takes them.
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+        self.add_state("tp", default=[], dist_reduce_fx="cat")
+        self.add_state("ignored", default=[], dist_reduce_fx="cat")
+        self.add_state(
+            "npos", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
+
+    def update(
+        self, preds: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping[str, Tensor]]
+    ) -> None:
+        """Match one batch of images' detections to their ground truths (see the class doc)."""
+        if not isinstance(preds, Sequence) or not isinstance(targets, Sequence):
+            raise ValueError(
+                "preds and targets must be lists of dicts (one per image), got "
+                f"{type(preds).__name__} and {type(targets).__name__}"
+            )
+        if len(preds) != len(targets):
+            raise ValueError(
+                f"preds and targets must have one entry per image: got {len(preds)} preds and "
+                f"{len(targets)} targets"
+            )
+        scores_out, labels_out, tp_out, ignored_out = [], [], [], []
+        npos = torch.zeros(self.num_classes, dtype=torch.long)
+        for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
+            p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = self._check_image(
+                i, pred, target
+            )
+            npos += torch.bincount(t_labels[~t_difficult] - 1, minlength=self.num_classes)
+            tp, ignored = self._match_image(p_boxes, p_labels, t_boxes, t_labels, t_difficult)
+            scores_out.append(p_scores)
+            labels_out.append(p_labels)
+            tp_out.append(tp)
+            ignored_out.append(ignored)
+        if not scores_out:
+            return
+        device = self.device
+        self.scores.append(torch.cat(scores_out).to(device))
+        self.labels.append(torch.cat(labels_out).to(device))
+        self.tp.append(torch.cat(tp_out).to(device=device, dtype=torch.uint8))
+        self.ignored.append(torch.cat(ignored_out).to(device=device, dtype=torch.uint8))
+        self.npos += npos.to(device)
+
+    def _check_image(
+        self, i: int, pred: Any, target: Any
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Validate image ``i``'s dicts; return its detections sorted by descending score (stable)
+        and its ground truths, on the CPU (boxes in float64)."""
+        required = (
+            ("preds", pred, ("boxes", "scores", "labels")),
+            ("targets", target, ("boxes", "labels")),
+        )
+        for name, d, keys in required:
+            if not isinstance(d, Mapping):
+                raise ValueError(f"{name}[{i}] must be a dict, got {type(d).__name__}")
+            missing = [k for k in keys if k not in d]
+            if missing:
+                raise ValueError(f"{name}[{i}] lacks key(s) {missing} (has {sorted(d)})")
+        p_boxes = _as_boxes(pred["boxes"], f"preds[{i}]['boxes']")
+        n = p_boxes.shape[0]
+        p_scores = _as_vector(pred["scores"], n, f"preds[{i}]['scores']")
+        p_labels = _as_vector(pred["labels"], n, f"preds[{i}]['labels']")
+        t_boxes = _as_boxes(target["boxes"], f"targets[{i}]['boxes']")
+        m = t_boxes.shape[0]
+        t_labels = _as_vector(target["labels"], m, f"targets[{i}]['labels']")
+        if target.get("difficult") is None:
+            t_difficult = torch.zeros(m, dtype=torch.bool)
+        else:
+            t_difficult = _as_vector(target["difficult"], m, f"targets[{i}]['difficult']")
+        for name, labels in (("preds", p_labels), ("targets", t_labels)):
+            if labels.is_floating_point() or labels.is_complex():
+                raise ValueError(f"{name}[{i}]['labels'] must be integers, got {labels.dtype}")
+            if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
+                raise ValueError(
+                    f"{name}[{i}]['labels'] must lie in 1..{self.num_classes} (0 is background), "
+                    f"got values in {int(labels.min())}..{int(labels.max())}"
+                )
+        p_scores = p_scores.detach().to("cpu", torch.float32)
+        order = torch.sort(p_scores, descending=True, stable=True).indices
+        return (
+            p_boxes.detach().to("cpu", torch.float64)[order],
+            p_scores[order],
+            p_labels.detach().to("cpu", torch.long)[order],
+            t_boxes.detach().to("cpu", torch.float64),
+            t_labels.detach().to("cpu", torch.long),
+            t_difficult.detach().to("cpu").bool(),
+        )
+
+    def _match_image(
+        self,
+        p_boxes: Tensor,
+        p_labels: Tensor,
+        t_boxes: Tensor,
+        t_labels: Tensor,
+        t_difficult: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """TP and ignored flags of one image's detections, already in descending score order.
+
+        Vectorised form of the devkit's loop: each detection takes its highest-IoU same-class
+        ground truth (first one on ties, like ``np.argmax``); of the detections above the threshold
+        on a non-difficult ground truth, the first (highest-scored) per ground truth is the TP and
+        the later ones are duplicates.
+        """
+        n = p_boxes.shape[0]
+        tp = torch.zeros(n, dtype=torch.bool)
+        ignored = torch.zeros(n, dtype=torch.bool)
+        if n == 0 or t_boxes.shape[0] == 0:
+            return tp, ignored
+        iou = _iou_matrix(p_boxes, t_boxes, self.inclusive_pixels)
+        iou = iou.masked_fill(p_labels[:, None] != t_labels[None, :], float("-inf"))
+        jmax = iou.argmax(dim=1)
+        ovmax = iou.gather(1, jmax[:, None]).squeeze(1)
+        above = ovmax > self.iou_threshold
+        ignored = above & t_difficult[jmax]
+        candidate = above & ~t_difficult[jmax]
+        position = torch.arange(n)
+        first = torch.full((t_boxes.shape[0],), n, dtype=torch.long)
+        first = first.scatter_reduce(0, jmax[candidate], position[candidate], reduce="amin")
+        tp = candidate & (first[jmax] == position)
+        return tp, ignored
+
+    def compute(self) -> dict[str, Tensor]:
+        """Per-class AP and their mean over the classes with positives (see the class doc)."""
+        if isinstance(self.scores, list) and not self.scores:
+            scores = torch.zeros(0)
+            labels = torch.zeros(0, dtype=torch.long)
+            tp = ignored = torch.zeros(0, dtype=torch.bool)
+        else:
+            scores = dim_zero_cat(self.scores).cpu()
+            # .long()/.bool(): a rank without data contributes a float32 empty tensor to the gather.
+            labels = dim_zero_cat(self.labels).cpu().long()
+            tp = dim_zero_cat(self.tp).cpu().bool()
+            ignored = dim_zero_cat(self.ignored).cpu().bool()
+        npos = self.npos.cpu()
+
+        # Ignored detections add neither TP nor FP: they only repeat the previous curve point, so
+        # dropping them changes no AP. Then rank by score, stably, and group by class.
+        keep = ~ignored
+        scores, labels, tp = scores[keep], labels[keep], tp[keep]
+        order = torch.sort(scores, descending=True, stable=True).indices
+        labels, tp = labels[order], tp[order]
+        by_class = torch.sort(labels, stable=True).indices
+        labels, tp = labels[by_class], tp[by_class]
+        counts = torch.bincount(labels - 1, minlength=self.num_classes).tolist()
+
+        ap = torch.full((self.num_classes,), float("nan"), dtype=torch.float64)
+        start = 0
+        for c in range(self.num_classes):
+            flags = tp[start : start + counts[c]].to(torch.float64)
+            start += counts[c]
+            if npos[c] == 0:
+                continue
+            tps = flags.cumsum(0)
+            fps = (1.0 - flags).cumsum(0)
+            recall = tps / float(npos[c])
+            precision = tps / torch.clamp(tps + fps, min=torch.finfo(torch.float64).eps)
+            ap[c] = voc_ap(recall, precision, self.use_07_metric)
+
+        valid = ~torch.isnan(ap)
+        mean = ap[valid].mean() if valid.any() else torch.tensor(float("nan"), dtype=torch.float64)
+        device = self.npos.device
+        return {
+            "map": mean.to(device=device, dtype=torch.float32),
+            "ap_per_class": ap.to(device=device, dtype=torch.float32),
+            "classes": torch.arange(1, self.num_classes + 1, dtype=torch.long, device=device),
+        }
