@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.detection import MeanAveragePrecision
+
+from dssd.stages import freeze_modules
 
 # The scalar entries of MeanAveragePrecision.compute() that are logged each evaluation.
 LOGGED_METRICS = (
@@ -71,6 +73,9 @@ class DetectionModule(pl.LightningModule):
         scheduler: a partial LR scheduler taking the optimizer, stepped every iteration.
         channels_last: run the network in channels-last memory format (faster convolutions on
             recent CPUs with bf16 autocast and on tensor-core GPUs).
+        freeze: modules of ``net`` kept fixed (``backbone``, ``extras``: DSSD's stage 1), their
+            batch norms in eval mode.
+        freeze_batchnorm: keep every batch norm of ``net`` fixed (DSSD's stage 2).
     """
 
     def __init__(
@@ -81,10 +86,14 @@ class DetectionModule(pl.LightningModule):
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         channels_last: bool = False,
+        freeze: Sequence[str] = (),
+        freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
+        # A plain list, not registered as submodules: these batch norms stay in eval mode.
+        self.frozen_batchnorms = freeze_modules(net, freeze, freeze_batchnorm)
         self.criterion = loss
         self.postprocess = postprocess
         # Kept as plain attributes, not hyper-parameters: checkpoints then hold no pickled
@@ -99,6 +108,13 @@ class DetectionModule(pl.LightningModule):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.net(images)
+
+    def train(self, mode: bool = True) -> DetectionModule:
+        """Switch modes, keeping the frozen batch norms on their running statistics."""
+        super().train(mode)
+        for norm in self.frozen_batchnorms:
+            norm.eval()
+        return self
 
     @torch.no_grad()
     def predict(self, images: Tensor, orig_sizes: Tensor) -> list[dict[str, Tensor]]:
@@ -134,7 +150,7 @@ class DetectionModule(pl.LightningModule):
         self._log_map("test", self.test_map)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dssd.errors import UserError
 from dssd.models import fold_batchnorm
+from dssd.stages import load_initial_weights
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,22 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
+def check_stage(cfg: DictConfig) -> None:
+    """Refuse a stage that does not exist, or stages 1 and 2 without a checkpoint to start from."""
+    stages = cfg.get("stages") or [{}]
+    stage = cfg.get("stage", 0)
+    if not isinstance(stage, int) or not 0 <= stage < len(stages):
+        raise UserError(f"stage must be one of 0..{len(stages) - 1}, got {stage!r}")
+    if stage > 0 and not cfg.get("init_from"):
+        raise UserError(
+            f"stage {stage} starts from a stage-{stage - 1} checkpoint: add "
+            "init_from=<that run's dir>/checkpoints/best.ckpt (see README, Training stages)"
+        )
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model, test the best checkpoint and return ``cfg.optimized_metric``."""
+    check_stage(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -59,6 +74,8 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     model.run_config = run_config
+    if cfg.get("init_from"):
+        load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
     trainer = build_trainer(cfg)
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)

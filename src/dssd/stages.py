@@ -1,0 +1,148 @@
+"""DSSD's staged training: start from an earlier stage's weights, keep parts of the network fixed.
+
+Stage 1 loads the stage-0 SSD's backbone and extra layers and trains only the new deconvolution
+side, prediction modules and heads; stage 2 fine-tunes everything with every batch norm fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from dssd.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InitReport:
+    """Which tensors of the network came from the checkpoint, which are new, which were left."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"init_from {self.source}:"]
+        for title, names in (
+            ("loaded", self.loaded),
+            ("new (initialised here)", self.new),
+            ("dropped (in the checkpoint, not used)", self.dropped),
+        ):
+            lines.append(f"  {title}: {len(names)} tensors{_by_module(names)}")
+        return "\n".join(lines)
+
+
+def _by_module(names: Iterable[str]) -> str:
+    """' in net.backbone (120), net.extras (30)': counts per top-level module of the network."""
+    counts = Counter(".".join(name.split(".")[:2]) for name in names)
+    if not counts:
+        return ""
+    return " in " + ", ".join(f"{module} ({n})" for module, n in counts.items())
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The weights of a checkpoint written by train.py (or of a plain ``state_dict`` file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"init_from: checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"init_from: cannot read checkpoint {path}: {err}") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"init_from: {path} holds no state_dict of tensors")
+    return state
+
+
+def load_initial_weights(
+    model: nn.Module, path: str | Path, modules: Sequence[str] | None = None
+) -> InitReport:
+    """Load the weights of checkpoint ``path`` into ``model`` and report what was loaded.
+
+    Args:
+        model: the module being trained (its ``state_dict`` names, e.g. ``net.backbone.…``).
+        path: a checkpoint from ``src/train.py`` (or a file holding a bare ``state_dict``).
+        modules: network modules (``backbone``, ``extras``, … under ``model.net``) whose tensors
+            must all come from the checkpoint; tensors elsewhere are left as initialised. ``None``
+            loads every tensor whose name is in both.
+
+    Raises:
+        UserError: a tensor to load has another shape in the checkpoint, or a module listed in
+            ``modules`` is missing from it, naming the tensors.
+    """
+    source = read_state_dict(path)
+    target = model.state_dict()
+    prefixes = None if modules is None else tuple(f"net.{m}." for m in modules)
+
+    def wanted(name: str) -> bool:
+        return prefixes is None or name.startswith(prefixes)
+
+    if prefixes is not None:
+        unknown = [m for m in modules if not any(n.startswith(f"net.{m}.") for n in target)]
+        if unknown:
+            raise UserError(f"init_modules names {unknown}, which this network does not have")
+        missing = [n for n in target if wanted(n) and n not in source]
+        if missing:
+            raise UserError(
+                f"init_from {path} lacks {len(missing)} tensors of {list(modules)}, e.g. "
+                f"{missing[:3]}: was it trained with another backbone or extra layers?"
+            )
+    load = {n: t for n, t in source.items() if n in target and wanted(n)}
+    mismatched = [n for n, t in load.items() if t.shape != target[n].shape]
+    if mismatched:
+        details = "; ".join(
+            f"{n}: checkpoint {list(load[n].shape)}, network {list(target[n].shape)}"
+            for n in mismatched[:5]
+        )
+        raise UserError(
+            f"init_from {path}: {len(mismatched)} tensors have other shapes than in this network "
+            f"({details}). Was it trained for another model or number of classes? Choose the "
+            "modules to load with stages.<stage>.init_modules."
+        )
+    model.load_state_dict(load, strict=False)
+    report = InitReport(
+        source=str(path),
+        loaded=list(load),
+        new=[n for n in target if n not in load],
+        dropped=[n for n in source if n not in load],
+    )
+    log.info(report.summary())
+    return report
+
+
+def freeze_modules(net: nn.Module, modules: Sequence[str], batchnorm: bool) -> list[_BatchNorm]:
+    """Fix the named submodules of ``net`` (and with ``batchnorm``, every BN of ``net``).
+
+    Their parameters stop receiving gradients and their batch norms are put in eval mode (running
+    statistics fixed). Returns those batch norms, which must stay in eval mode whenever the network
+    is put back in training mode.
+    """
+    children = dict(net.named_children())
+    unknown = [m for m in modules if m not in children]
+    if unknown:
+        raise UserError(
+            f"cannot freeze {unknown}: the network's modules are {list(children)} "
+            "(see `stages` in conf/train.yaml)"
+        )
+    frozen = [children[m] for m in modules]
+    for module in frozen:
+        module.requires_grad_(False)
+    norms = {id(m): m for f in frozen for m in f.modules() if isinstance(m, _BatchNorm)}
+    if batchnorm:
+        for m in net.modules():
+            if isinstance(m, _BatchNorm):
+                m.requires_grad_(False)
+                norms[id(m)] = m
+    for m in norms.values():
+        m.eval()
+    return list(norms.values())
