@@ -1,11 +1,18 @@
-"""Lightning callbacks of the suite."""
+"""Lightning callbacks of the suite: data skip report, periodic last checkpoint, NaN stop."""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import Tensor
+
+from dssd.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +53,101 @@ class DataSkipReport(pl.Callback):
                 dict(sorted(counts.items())),
             )
         pl_module.log_dict({f"data/{k}": float(v) for k, v in counts.items()})
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``last.ckpt``, the point ``ckpt_path=last`` resumes from, every N training steps.
+
+    Also after every validation (so that the checkpoint holds its results: the best score so far,
+    the validation having run) and when ``fit`` ends. Lightning's own ``save_last=True`` does not
+    do this alone: it writes ``last.ckpt`` only when a top-k checkpoint is written, and at the end
+    of ``fit`` only if it never wrote one, so the final steps after the last multiple of N would be
+    lost. The file is always overwritten in place (no ``last-v1.ckpt``), also when a resumed run
+    finds it from the interrupted one. Nothing is written when training stops on an exception.
+
+    Args:
+        dirpath: where ``last.ckpt`` goes (the run's ``checkpoints/``).
+        every_n_train_steps: write it every that many optimizer steps (0: only after validation
+            and at the end).
+    """
+
+    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 1000) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            monitor=None,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning orders checkpoint callbacks last, so the best-checkpoint callback (listed
+        # before this one) has already recorded this validation's score.
+        if self._may_save(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._may_save(trainer) and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @staticmethod
+    def _may_save(trainer: pl.Trainer) -> bool:
+        return (
+            trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and not trainer.fast_dev_run
+            and trainer.global_step > 0
+        )
+
+
+class NonFiniteLossError(UserError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+class NonFiniteLossStop(pl.Callback):
+    """Stops training with :class:`NonFiniteLossError` as soon as the training loss is not finite.
+
+    The check runs before ``backward``, so the step that produced the loss neither computes
+    gradients nor updates the weights, and no checkpoint is written on the way out: the last
+    checkpoint on disk is the last good state. Under DDP the processes agree (any one non-finite
+    loss stops them all), so none is left waiting in a collective.
+    """
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
+    ) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            raise NonFiniteLossError(self._message(trainer, loss, finite))
+
+    @staticmethod
+    def _message(trainer: pl.Trainer, loss: Tensor, finite: bool) -> str:
+        where = f"loss {loss.detach().float().item()}" if not finite else "on another process"
+        lines = [
+            f"training stopped: the loss is not finite at step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}, {where}); this step did not update the weights."
+        ]
+        last = _last_checkpoint(trainer)
+        if last:
+            lines.append(f"The last checkpoint, from before it: {last} (resume: ckpt_path={last}).")
+        else:
+            lines.append("No checkpoint was written before it.")
+        lines.append(
+            "To avoid it: lower the learning rate (model.optimizer.lr=...; a resumed run keeps the "
+            "checkpoint's), clip gradients (trainer.gradient_clip_val=1.0), or train in float32 "
+            f"(trainer.precision=32-true; this run: {trainer.precision})."
+        )
+        return "\n  ".join(lines)
+
+
+def _last_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The most recently written checkpoint of the run's ModelCheckpoint callbacks, if any."""
+    paths = {
+        path
+        for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint)
+        for path in (callback.last_model_path, callback.best_model_path)
+        if path and os.path.isfile(path)
+    }
+    return max(paths, key=os.path.getmtime) if paths else None
