@@ -82,7 +82,7 @@ def train(cfg: DictConfig) -> float | None:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
         metrics.update(_scalars(trainer.callback_metrics))
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -99,6 +99,41 @@ def train(cfg: DictConfig) -> float | None:
     if value is not None:
         log.info("%s = %.4f", cfg.optimized_metric, value)
     return value
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint that ``trainer.fit`` resumes from (``cfg.ckpt_path``), checked to exist.
+
+    Resuming restores the weights, the optimiser state, the LR schedule, the step counter and the
+    callbacks' state. ``ckpt_path=last`` is ``last.ckpt`` in this run's checkpoint directory; as
+    every run gets a new directory, resuming an interrupted run means running it again with the
+    same overrides plus ``hydra.run.dir=<its directory> ckpt_path=last``. (Lightning itself only
+    warns when there is no last checkpoint, and trains from scratch.)
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path:
+        return None
+    if str(ckpt_path) == "last":
+        callbacks = cfg.get("callbacks") or {}
+        directory = (callbacks.get("last_checkpoint") or {}).get("dirpath") or os.path.join(
+            cfg.paths.output_dir, "checkpoints"
+        )
+        path = os.path.join(directory, "last.ckpt")
+        if not os.path.isfile(path):
+            raise UserError(
+                f"ckpt_path=last, but there is no {path} to resume from. Every run writes to a "
+                "new directory: to resume an interrupted run, run src/train.py again with the "
+                "same overrides plus hydra.run.dir=<that run's directory, e.g. "
+                "logs/train/runs/<date_time>> ckpt_path=last, or give the file itself, "
+                "ckpt_path=<that run's directory>/checkpoints/last.ckpt."
+            )
+        return path
+    if not os.path.isfile(ckpt_path):
+        raise UserError(
+            f"ckpt_path={ckpt_path}: no such checkpoint to resume from. Give a checkpoint file "
+            "(e.g. <run dir>/checkpoints/last.ckpt), or hydra.run.dir=<run dir> ckpt_path=last."
+        )
+    return str(ckpt_path)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

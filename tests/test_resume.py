@@ -1,0 +1,253 @@
+"""Interrupted runs resume from last.ckpt; a non-finite loss stops training with a clear error."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import ROOT, run_entry_point
+from dssd.callbacks import LastCheckpoint, NonFiniteLossError, NonFiniteLossStop
+from dssd.errors import UserError
+from dssd.tasks import resume_checkpoint
+from test_entry_points import tiny_data
+
+# --- unit tests on a tiny model: fast -------------------------------------------------------------
+
+
+class TinyModule(pl.LightningModule):
+    """A linear model whose training loss is NaN at step ``nan_at`` (never, if None)."""
+
+    def __init__(self, nan_at: int | None = None) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+        self.nan_at = nan_at
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.layer(batch[0]).pow(2).mean()
+        if self.global_step == self.nan_at:
+            loss = loss * float("nan")
+        return loss
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self.log("val/score", float(self.global_step))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class SaveRecorder(pl.Callback):
+    """Records (global step, stage) of every checkpoint the trainer writes."""
+
+    def __init__(self) -> None:
+        self.saves: list[tuple[int, str]] = []
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        self.saves.append((trainer.global_step, trainer.state.stage.value))
+
+
+def tiny_fit(
+    directory: Path, module: TinyModule, max_steps: int, every: int, val_every: int | None = None
+) -> SaveRecorder:
+    """Fit on 12 samples, 3 batches an epoch, with LastCheckpoint (and best.ckpt if validating)."""
+    recorder = SaveRecorder()
+    callbacks = [
+        LastCheckpoint(dirpath=str(directory), every_n_train_steps=every),
+        NonFiniteLossStop(),
+        recorder,
+    ]
+    if val_every:
+        best = ModelCheckpoint(directory, "best", monitor="val/score", mode="max", save_top_k=1)
+        callbacks.insert(0, best)
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        max_epochs=-1,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None if val_every else 1,
+        limit_val_batches=1 if val_every else 0,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=4)
+    trainer.fit(module, train_dataloaders=data, val_dataloaders=data if val_every else None)
+    return recorder
+
+
+def test_last_checkpoint_every_n_steps_after_validation_and_at_the_end(tmp_path: Path) -> None:
+    recorder = tiny_fit(tmp_path, TinyModule(), max_steps=11, every=3, val_every=4)
+    last = [step for step, stage in recorder.saves if stage == "train"]
+    # every 3 steps, and at step 11 when fit ends (Lightning's save_last alone would stop at 9)
+    assert last == [3, 6, 9, 11]
+    # after each validation: best.ckpt, then last.ckpt again with the validation's results
+    assert [step for step, stage in recorder.saves if stage == "validate"] == [4, 4, 8, 8]
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 11
+    # the two ModelCheckpoints keep separate states in the checkpoint
+    keys = [k for k in checkpoint["callbacks"] if "Checkpoint" in k]
+    assert len(keys) == 2 and any(k.startswith("LastCheckpoint") for k in keys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_non_finite_loss_stops_before_backward_and_writes_no_checkpoint(tmp_path: Path) -> None:
+    module = TinyModule(nan_at=5)
+    with pytest.raises(NonFiniteLossError) as info:
+        tiny_fit(tmp_path, module, max_steps=10, every=1)
+    assert isinstance(info.value, UserError)  # so the entry points print it and exit with 2
+    message = str(info.value)
+    assert "not finite at step 5" in message and "loss nan" in message
+    assert str(tmp_path / "last.ckpt") in message and "gradient_clip_val" in message
+    # the NaN step neither computed gradients nor updated the weights nor wrote a checkpoint
+    assert all(p.grad is None for p in module.parameters())
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 5
+    for name, value in module.state_dict().items():
+        assert torch.isfinite(value).all()
+        assert torch.equal(checkpoint["state_dict"][name], value), name
+
+
+def test_non_finite_loss_at_the_first_step_says_there_is_no_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match="No checkpoint was written"):
+        tiny_fit(tmp_path, TinyModule(nan_at=0), max_steps=10, every=1)
+    assert not list(tmp_path.iterdir())
+
+
+def test_resume_checkpoint_resolves_and_checks_the_path(tmp_path: Path) -> None:
+    def cfg(ckpt_path: str | None):
+        return OmegaConf.create({"ckpt_path": ckpt_path, "paths": {"output_dir": str(tmp_path)}})
+
+    assert resume_checkpoint(cfg(None)) is None
+    with pytest.raises(UserError, match="hydra.run.dir=<that run's directory"):
+        resume_checkpoint(cfg("last"))
+    with pytest.raises(UserError, match="no such checkpoint"):
+        resume_checkpoint(cfg(str(tmp_path / "nowhere.ckpt")))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"")
+    assert resume_checkpoint(cfg("last")) == str(last)
+    assert resume_checkpoint(cfg(str(last))) == str(last)
+
+
+# --- src/train.py end to end ----------------------------------------------------------------------
+
+
+def global_step(path: Path) -> int:
+    """The step of a checkpoint; 0 while it does not exist or cannot be read yet."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, or (if the save is not atomic) still being written
+        return 0
+    return int(checkpoint["global_step"])
+
+
+def train_steps(metrics_file: Path) -> list[int]:
+    """The steps at which a CSVLogger's metrics.csv has a training loss."""
+    with metrics_file.open() as f:
+        return [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Path) -> None:
+    max_steps, run_dir = 12, tmp_path / "run"
+    overrides = [
+        *tiny_data(tiny_shapes),
+        "data.batch_size=2",
+        "logger=csv",
+        f"trainer.max_steps={max_steps}",
+        "trainer.val_check_interval=4",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    log_file = tmp_path / "killed.log"
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "src" / "train.py"), *overrides],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while proc.poll() is None and time.monotonic() < deadline:
+                if global_step(last) >= 4:
+                    break
+                time.sleep(0.2)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log_file.read_text()[-4000:]
+    saved = global_step(last)
+    assert 4 <= saved < max_steps  # interrupted with steps left to do
+
+    run_entry_point("train.py", *overrides, "ckpt_path=last")
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == max_steps
+    # the optimiser and the LR schedule continued from the saved state, not from scratch
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == max_steps
+    adam_steps = {int(s["step"]) for s in checkpoint["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {max_steps}
+    # the resumed run logs to csv/version_1, from the step after the saved one on
+    resumed = train_steps(run_dir / "csv" / "version_1" / "metrics.csv")
+    assert resumed == list(range(saved, max_steps))
+    assert max(train_steps(run_dir / "csv" / "version_0" / "metrics.csv")) >= saved - 1
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_a_user_error(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    proc = run_entry_point(
+        "train.py",
+        *tiny_data(tiny_shapes),
+        "logger=csv",
+        "ckpt_path=last",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
+    assert proc.returncode == 2
+    missing = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"error: ckpt_path=last, but there is no {missing} to resume from" in proc.stderr
+    assert "ckpt_path=last" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_diverging_run_stops_with_a_user_error(tiny_shapes: Path, tmp_path: Path) -> None:
+    """An absurd LR: step 0 is finite and makes the weights huge; the loss at step 1 is NaN."""
+    proc = run_entry_point(
+        "train.py",
+        *tiny_data(tiny_shapes),
+        "data.batch_size=2",
+        "logger=csv",
+        "model.optimizer.lr=1e30",
+        "trainer.max_steps=5",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "error: training stopped: the loss is not finite at step 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # nothing was written after the NaN: last.ckpt is step 1's, with finite weights
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
