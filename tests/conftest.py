@@ -20,6 +20,24 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_shapes(tmp_path_factory.mktemp("tiny_shapes"), num_trainval=16, num_test=8)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """best.ckpt of a 2-iteration SSD run on ``tiny_shapes`` (CSV logger), trained once."""
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    run_entry_point(
+        "train.py",
+        f"data.root={tiny_shapes}",
+        "data.generate_shapes=false",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        f"hydra.run.dir={run_dir}",
+    )
+    return run_dir / "checkpoints" / "best.ckpt"
+
+
 def run_entry_point(
     script: str, *overrides: str, check: bool = True, timeout: int = 600
 ) -> subprocess.CompletedProcess:

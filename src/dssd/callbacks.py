@@ -1,4 +1,5 @@
-"""Lightning callbacks of the suite: data skip report, periodic last checkpoint, NaN stop."""
+"""Lightning callbacks of the suite: data skip report, periodic last checkpoint, NaN stop, COCO
+results file."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
+from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -151,3 +153,48 @@ def _last_checkpoint(trainer: pl.Trainer) -> str | None:
         if path and os.path.isfile(path)
     }
     return max(paths, key=os.path.getmtime) if paths else None
+
+
+class COCOResultsWriter(pl.Callback):
+    """Writes the test detections to ``path`` as a COCO results JSON (``data=coco`` only).
+
+    The file is what the COCO evaluation server and ``COCO.loadRes`` read: ``[x, y, w, h]`` boxes
+    in pixels and the dataset's own category ids. Under DDP the ranks' detections are gathered
+    and rank 0 writes them.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.results: list[dict[str, Any]] = []
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not hasattr(trainer.datamodule, "label_to_category_id"):
+            raise UserError(
+                f"coco_results={self.path}: COCO results files need COCO data (data=coco), whose "
+                "category ids they use"
+            )
+        self.results = []
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        detections = [{k: v.float().cpu() for k, v in d.items()} for d in outputs]
+        image_ids = [t["image_id"] for t in batch[1]]
+        mapping = trainer.datamodule.label_to_category_id
+        self.results += detections_to_coco_results(detections, image_ids, mapping)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        results = self.results
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, results)
+            results = [entry for part in gathered for entry in part]
+        if trainer.is_global_zero:
+            path = write_coco_results(self.path, results)
+            log.info("Wrote %d COCO detections to %s", len(results), path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
@@ -20,14 +20,38 @@ def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
     return entries[stage][key]
 
 
-def concat(*lists: ListConfig | list) -> list:
-    """``${concat:${tags},[a,b]}``: the lists joined into one."""
-    return [item for items in lists for item in items]
+def _run_parts(model: str, root: DictConfig) -> dict[str, str]:
+    """What tells the rows of the paper's ablation (Table 4) apart: model, PM, fusion, stage."""
+    net = root.model.net
+    parts = {"model": model, "pm": OmegaConf.select(net, "prediction_module.variant", default="a")}
+    fusion = OmegaConf.select(net, "deconv.fusion", default=None)
+    if fusion:
+        parts["fusion"] = fusion
+    parts["stage"] = str(root.stage)
+    return parts
+
+
+def run_name(model: str, _root_: DictConfig) -> str:
+    """``${run_name:${hydra:runtime.choices.model}}``, e.g. ``dssd321-pm_c-prod-stage1``."""
+    parts = _run_parts(model, _root_)
+    words = [parts["model"], f"pm_{parts['pm']}", parts.get("fusion"), f"stage{parts['stage']}"]
+    return "-".join(w for w in words if w)
+
+
+def run_tags(model: str, _root_: DictConfig) -> list[str]:
+    """``${run_tags:${hydra:runtime.choices.model}}``: ``tags`` plus e.g. ``pm=c``, ``stage=1``."""
+    parts = _run_parts(model, _root_)
+    return [*_root_.get("tags", []), *(f"{key}={value}" for key, value in parts.items())]
 
 
 def register_resolvers() -> None:
-    """Register ``len`` (``${len:${data.class_names}}``), ``stage`` and ``concat``."""
-    resolvers = {"len": lambda x: len(x), "stage": stage_entry, "concat": concat}
+    """Register the resolvers above and ``len`` (``${len:${data.class_names}}``)."""
+    resolvers = {
+        "len": lambda x: len(x),
+        "stage": stage_entry,
+        "run_name": run_name,
+        "run_tags": run_tags,
+    }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

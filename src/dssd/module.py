@@ -1,4 +1,5 @@
-"""The LightningModule: trains a detector with the MultiBox loss and evaluates it with COCO mAP."""
+"""The LightningModule: trains a detector with the MultiBox loss and evaluates it with COCO mAP
+(and, on VOC data, the VOC devkit's mAP)."""
 
 from __future__ import annotations
 
@@ -12,41 +13,65 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.detection import MeanAveragePrecision
 
+from dssd.metrics import VOCMeanAP
 from dssd.stages import freeze_modules
 
-# The scalar entries of MeanAveragePrecision.compute() that are logged each evaluation.
-LOGGED_METRICS = (
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_1",
-    "mar_10",
-    "mar_200",
-)
+
+def coco_metric_names(max_detections: Sequence[int]) -> list[str]:
+    """The scalar entries of MeanAveragePrecision.compute() logged each evaluation: the columns
+    of the paper's COCO table (Table 6), AR at each detection cap and AR by size at the largest."""
+    return [
+        "map",
+        "map_50",
+        "map_75",
+        "map_small",
+        "map_medium",
+        "map_large",
+        *(f"mar_{cap}" for cap in max_detections),
+        "mar_small",
+        "mar_medium",
+        "mar_large",
+    ]
 
 
-def coco_map_metric() -> MeanAveragePrecision:
-    """COCO-style mAP with SSD's 200-detection cap.
+def coco_map_metric(
+    max_detections: Sequence[int] = (1, 10, 200), class_metrics: bool = False
+) -> MeanAveragePrecision:
+    """COCO-style mAP; AP and AR by size are taken at the largest of the three detection caps.
 
-    The faster_coco_eval backend is used because pycocotools' backend reports -1 whenever the
-    largest detection cap is not 100.
+    SSD keeps 200 detections per image, hence the default caps; ``(1, 10, 100)`` is the official
+    COCO protocol. The faster_coco_eval backend is used because pycocotools' backend reports -1
+    whenever the largest cap is not 100. ``class_metrics`` adds the AP of each class.
     """
     return MeanAveragePrecision(
         box_format="xyxy",
         iou_type="bbox",
-        max_detection_thresholds=[1, 10, 200],
+        max_detection_thresholds=list(max_detections),
         backend="faster_coco_eval",
+        class_metrics=class_metrics,
     )
 
 
+def evaluation_metrics(
+    num_classes: int, use_07_metric: bool | None, max_detections: Sequence[int]
+) -> nn.ModuleDict:
+    """COCO mAP for any data; with ``use_07_metric`` set (VOC data), the VOC devkit's mAP too.
+
+    The per-class AP comes from the VOC metric on VOC data and from the COCO one otherwise.
+    """
+    coco = coco_map_metric(max_detections, class_metrics=use_07_metric is None)
+    metrics: dict[str, nn.Module] = {"coco": coco}
+    if use_07_metric is not None:
+        metrics["voc"] = VOCMeanAP(num_classes, use_07_metric=use_07_metric)
+    return nn.ModuleDict(metrics)
+
+
 def pixel_targets(targets: Iterable[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Targets in the metric's format: boxes in original-image pixels, difficult as crowd.
+    """Targets in the metrics' format: boxes in original-image pixels, difficult also as crowd.
 
     Marking difficult objects ``iscrowd`` makes the COCO evaluator ignore detections on them
-    rather than count them as false positives or misses, close to the VOC rule.
+    rather than count them as false positives or misses, close to the VOC rule (which the VOC
+    metric applies exactly, from ``difficult``).
     """
     out = []
     for t in targets:
@@ -57,13 +82,18 @@ def pixel_targets(targets: Iterable[dict[str, Tensor]]) -> list[dict[str, Tensor
                 "boxes": t["boxes"] * scale,
                 "labels": t["labels"],
                 "iscrowd": t["difficult"].long(),
+                "difficult": t["difficult"],
             }
         )
     return out
 
 
 class DetectionModule(pl.LightningModule):
-    """Trains ``net`` (an SSD/DSSD network) and reports COCO mAP on validation and test.
+    """Trains ``net`` (an SSD/DSSD network) and reports mAP on validation and test.
+
+    Every evaluation logs the COCO metrics (``val/map``, ``val/map_50``, ...); on VOC data also
+    the VOC devkit's mAP (``val/voc_map``, 11-point or all-point as the data module says), and
+    the AP of each class (``val/ap/<class>``, also kept in ``per_class_ap``).
 
     Args:
         net: the detector; ``net(images) -> (loc, conf)`` and ``net.priors``.
@@ -76,6 +106,8 @@ class DetectionModule(pl.LightningModule):
         freeze: modules of ``net`` kept fixed (``backbone``, ``extras``: DSSD's stage 1), their
             batch norms in eval mode.
         freeze_batchnorm: keep every batch norm of ``net`` fixed (DSSD's stage 2).
+        coco_max_detections: the three detection caps of the COCO metrics (AR@1/10/200 by
+            default; ``[1, 10, 100]`` with ``postprocess.max_detections=100`` is COCO's protocol).
     """
 
     def __init__(
@@ -88,6 +120,7 @@ class DetectionModule(pl.LightningModule):
         channels_last: bool = False,
         freeze: Sequence[str] = (),
         freeze_batchnorm: bool = False,
+        coco_max_detections: Sequence[int] = (1, 10, 200),
     ) -> None:
         super().__init__()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -100,14 +133,39 @@ class DetectionModule(pl.LightningModule):
         # callables and load with ``weights_only=True``.
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.val_map = coco_map_metric()
-        self.test_map = coco_map_metric()
+        self.coco_max_detections = tuple(coco_max_detections)
+        # Rebuilt in ``setup`` for the data (VOC or COCO); a COCO-only default until then.
+        self.class_names = tuple(f"class{i}" for i in range(1, net.num_classes + 1))
+        self.evaluators = nn.ModuleDict(
+            {
+                role: evaluation_metrics(net.num_classes, None, coco_max_detections)
+                for role in ("val", "test")
+            }
+        )
+        # The last evaluation's AP of each class, by role then class name (NaN: no ground truth).
+        self.per_class_ap: dict[str, dict[str, float]] = {}
         # The resolved run configuration, stored in checkpoints so that eval.py can rebuild
         # the exact network from a checkpoint alone.
         self.run_config: dict[str, Any] | None = None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.net(images)
+
+    def setup(self, stage: str) -> None:
+        """Build the metrics the data asks for: its class names and, for VOC data, its AP rule."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        self.class_names = tuple(datamodule.class_names)
+        use_07_metric = getattr(datamodule, "use_07_metric", None)
+        self.evaluators = nn.ModuleDict(
+            {
+                role: evaluation_metrics(
+                    len(self.class_names), use_07_metric, self.coco_max_detections
+                )
+                for role in self.evaluators
+            }
+        )
 
     def train(self, mode: bool = True) -> DetectionModule:
         """Switch modes, keeping the frozen batch norms on their running statistics."""
@@ -133,21 +191,21 @@ class DetectionModule(pl.LightningModule):
         self._log_losses("train", losses, batch_size=images.shape[0])
         return losses["loss"]
 
-    def validation_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> None:
-        self._evaluation_step("val", batch, self.val_map)
+    def validation_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> list[dict]:
+        return self._evaluation_step("val", batch)
 
-    def test_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> None:
-        self._evaluation_step("test", batch, self.test_map)
+    def test_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> list[dict]:
+        return self._evaluation_step("test", batch)
 
     def predict_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> list[dict]:
         images, targets = batch
         return self.predict(images, torch.stack([t["orig_size"] for t in targets]))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_map("val", self.val_map)
+        self._log_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_map("test", self.test_map)
+        self._log_metrics("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
@@ -163,17 +221,18 @@ class DetectionModule(pl.LightningModule):
         if self.run_config is not None:
             checkpoint["dssd_config"] = self.run_config
 
-    def _evaluation_step(
-        self, stage: str, batch: tuple[Tensor, list[dict]], metric: MeanAveragePrecision
-    ) -> None:
+    def _evaluation_step(self, stage: str, batch: tuple[Tensor, list[dict]]) -> list[dict]:
+        """Log the losses, update the metrics; return the detections (for callbacks)."""
         images, targets = batch
         loc, conf = self.net(images)
         losses = self.criterion(loc, conf, self.net.priors, targets)
         self._log_losses(stage, losses, batch_size=images.shape[0])
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
-        metric.update(
-            self.postprocess(loc, conf, self.net.priors, orig_sizes), pixel_targets(targets)
-        )
+        detections = self.postprocess(loc, conf, self.net.priors, orig_sizes)
+        ground_truth = pixel_targets(targets)
+        for metric in self.evaluators[stage].values():
+            metric.update(detections, ground_truth)
+        return detections
 
     def _log_losses(self, stage: str, losses: dict[str, Tensor], batch_size: int) -> None:
         training = stage == "train"
@@ -188,8 +247,28 @@ class DetectionModule(pl.LightningModule):
                 sync_dist=not training,
             )
 
-    def _log_map(self, stage: str, metric: MeanAveragePrecision) -> None:
-        results = metric.compute()
-        metric.reset()
-        for name in LOGGED_METRICS:
-            self.log(f"{stage}/{name}", results[name], prog_bar=name == "map_50", sync_dist=False)
+    def _log_metrics(self, stage: str) -> None:
+        """Log the metrics of the epoch (already gathered across processes) and reset them."""
+        metrics = self.evaluators[stage]
+        coco = metrics["coco"].compute()
+        for name in coco_metric_names(self.coco_max_detections):
+            self.log(f"{stage}/{name}", coco[name], prog_bar=name == "map_50", sync_dist=False)
+        if "voc" in metrics:
+            voc = metrics["voc"].compute()
+            self.log(f"{stage}/voc_map", voc["map"], prog_bar=True, sync_dist=False)
+            labels, aps = voc["classes"], voc["ap_per_class"]
+        else:  # COCO reports -1 for a class without ground truth
+            labels, aps = (
+                coco["classes"],
+                coco["map_per_class"].where(coco["map_per_class"] >= 0, torch.nan),
+            )
+        ap_by_label = dict(zip(labels.reshape(-1).tolist(), aps.reshape(-1).tolist(), strict=True))
+        self.per_class_ap[stage] = {
+            name: ap_by_label.get(label, float("nan"))
+            for label, name in enumerate(self.class_names, start=1)
+        }
+        for name, ap in self.per_class_ap[stage].items():
+            if ap == ap:  # NaN: no ground truth of the class
+                self.log(f"{stage}/ap/{name}", ap, sync_dist=False)
+        for metric in metrics.values():
+            metric.reset()

@@ -13,10 +13,12 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dssd.callbacks import COCOResultsWriter
 from dssd.errors import UserError
 from dssd.models import fold_batchnorm
+from dssd.report import results_tables, write_results
 from dssd.stages import load_initial_weights
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,8 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
-def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    callbacks = instantiate_group(cfg.get("callbacks"))
+def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> pl.Trainer:
+    callbacks = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_group(cfg.get("logger"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -92,6 +94,7 @@ def train(cfg: DictConfig) -> float | None:
             log.warning("No best checkpoint was saved: testing the current weights.")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(_scalars(trainer.callback_metrics))
+        report_test_results(cfg, model, metrics)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
@@ -153,6 +156,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "src/train.py can be evaluated with src/eval.py."
         )
     run_cfg = OmegaConf.create(checkpoint["dssd_config"])
+    with open_dict(cfg):  # a data config chosen here may refer to ${model.net.image_size}
+        cfg.model = run_cfg.model
     overrides = _command_line_overrides()
     data_cfg = cfg.data
     if "data" not in overrides:
@@ -162,6 +167,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     if "trainer.precision" not in overrides:
         cfg.trainer.precision = run_cfg.trainer.precision
+    if "run_name" in run_cfg:  # W&B names: the training run's, tagged eval
+        cfg.run_name = run_cfg.run_name
+        cfg.run_tags = [*run_cfg.run_tags, "eval"]
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -171,9 +179,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("fold_bn", False):
         model.net = fold_batchnorm(model.net)
         log.info("Evaluating with every batch norm folded into its convolution.")
-    trainer = build_trainer(cfg)
+    extra = [COCOResultsWriter(cfg.coco_results)] if cfg.get("coco_results") else []
+    trainer = build_trainer(cfg, extra)
     trainer.test(model, datamodule=datamodule)
-    return _scalars(trainer.callback_metrics)
+    metrics = _scalars(trainer.callback_metrics)
+    report_test_results(cfg, model, metrics)
+    return metrics
+
+
+def report_test_results(cfg: DictConfig, model: pl.LightningModule, metrics: dict) -> None:
+    """Print the test metrics in the paper's table layouts and save them next to the logs."""
+    per_class = getattr(model, "per_class_ap", {}).get("test", {})
+    text = results_tables(metrics, per_class, name=cfg.get("run_name", cfg.task_name))
+    path = write_results(text, cfg.paths.output_dir)
+    log.info("Test results (also in %s):\n%s", path, text)
 
 
 def _command_line_overrides() -> dict[str, str]:

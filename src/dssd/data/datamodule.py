@@ -91,6 +91,9 @@ class DetectionDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.strict = strict
         self.datasets: dict[str, Dataset] = {}
+        # The VOC devkit's AP for this data: 11-point (VOC2007 test) or all-point (VOC2010+);
+        # None for COCO-style data, which is evaluated with COCO's metrics only.
+        self.use_07_metric: bool | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -161,7 +164,8 @@ class VOCDataModule(DetectionDataModule):
     the concatenation of several ``{root, split}`` sets, relative roots resolved against ``root``
     (VOC07+12: train_sets = VOC2007/trainval + VOC2012/trainval). Labels are 1..C in the order of
     ``class_names`` (0 is background). With ``generate_shapes=True``, ``prepare_data`` first builds
-    the embedded shapes dataset at ``root`` (a no-op when it is already there).
+    the embedded shapes dataset at ``root`` (a no-op when it is already there). Evaluation adds
+    the VOC devkit's mAP, 11-point with ``use_07_metric`` (VOC2007 test) or all-point (VOC2012).
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class VOCDataModule(DetectionDataModule):
         val_sets: Sequence[Mapping[str, str]] | None = None,
         test_sets: Sequence[Mapping[str, str]] | None = None,
         strict: bool = True,
+        use_07_metric: bool = True,
     ) -> None:
         super().__init__(
             image_size=image_size,
@@ -201,6 +206,7 @@ class VOCDataModule(DetectionDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.sets = {"train": train_sets, "val": val_sets, "test": test_sets}
         self.generate_shapes = generate_shapes
+        self.use_07_metric = use_07_metric
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -1,0 +1,208 @@
+"""What a run reports: W&B offline run contents (read back from the run file), TensorBoard events,
+the tables in the paper's layouts, and the COCO results file of eval.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from wandb.proto import wandb_internal_pb2
+
+from conftest import run_entry_point
+from dssd.report import results_tables
+from test_entry_points import tiny_data
+
+
+def wandb_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
+    """The records of an offline W&B run file (``run-<id>.wandb``).
+
+    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each with a
+    7-byte header (CRC, length, type: 1 full, 2 first, 3 middle, 4 last); a block's tail shorter
+    than a chunk header is padding. wandb >= 0.2x no longer ships a Python reader for it.
+    """
+    data = path.read_bytes()
+    magic, _version, _ = struct.unpack("<4sHB", data[:7])
+    assert magic == b":W&B", f"{path} is not a W&B run file"
+    pos, block, payload = 7, 32768, b""
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            break
+        payload += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            payload = b""
+            yield record
+
+
+def test_wandb_offline_run_holds_metrics_table_and_box_images(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    # the default logger (W&B, offline), as `make train` uses it
+    run_entry_point(
+        "train.py",
+        *tiny_data(tiny_shapes),
+        "model=dssd_r18",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        f"hydra.run.dir={tmp_path}",
+    )
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    files = run_file.parent / "files"
+    runs, config, history = [], {}, []
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            runs.append(record.run)
+        elif kind == "config":
+            config.update({item.key: item.value_json for item in record.config.update})
+        elif kind == "history":
+            history.append(
+                {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
+    logged = {key: value for step in history for key, value in step.items()}
+
+    (run,) = runs
+    assert run.display_name == "dssd_r18-pm_c-prod-stage0"
+    assert run.run_group == "shapes"
+    assert {"model=dssd_r18", "pm=c", "fusion=prod", "stage=0"} <= set(run.tags)
+    assert json.loads(config["model"])["net"]["image_size"] == 193  # the resolved config
+
+    for key in ("train/loss", "lr-AdamW", "val/map_50", "val/voc_map", "test/map", "test/voc_map"):
+        assert isinstance(logged[key], int | float) and math.isfinite(logged[key]), key
+
+    for role in ("val", "test"):
+        table_file = files / logged[f"{role}/per_class_ap/path"]
+        table = json.loads(table_file.read_text())
+        assert table["columns"] == ["class", "AP"]
+        classes = [row[0] for row in table["data"]]
+        assert classes == ["circle", "square", "triangle", "star", "cross", "ellipse"]
+
+    assert logged["val/examples/count"] == 8
+    images = [files / name for name in logged["val/examples/filenames"]]
+    assert all(path.is_file() and path.read_bytes()[:4] == b"\x89PNG" for path in images)
+    boxes = logged["val/examples/all_boxes"]
+    assert len(boxes) == 8 and all({"predictions", "ground_truth"} <= set(b) for b in boxes)
+    truth = json.loads((files / boxes[0]["ground_truth"]["path"]).read_text())
+    assert truth["box_data"], "every tiny-shapes validation image has objects"
+    assert {"position", "class_id", "box_caption"} <= set(truth["box_data"][0])
+
+
+def test_tensorboard_logger_writes_events(tiny_shapes: Path, tmp_path: Path) -> None:
+    run_entry_point(
+        "train.py",
+        *tiny_data(tiny_shapes),
+        "logger=tensorboard",
+        "trainer.max_steps=1",
+        "trainer.val_check_interval=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        f"hydra.run.dir={tmp_path}",
+    )
+    events = b"".join(p.read_bytes() for p in tmp_path.glob("tensorboard/**/events.out.tfevents.*"))
+    assert b"val/map_50" in events and b"test/map_50" in events
+
+
+def test_results_tables_in_the_papers_layouts() -> None:
+    metrics = {"test/voc_map": 0.786, "test/map": 0.25, "test/map_50": 0.5, "test/mar_200": 0.4}
+    per_class = {"aeroplane": 0.8123, "bicycle": float("nan")}
+    text = results_tables(metrics, per_class, name="dssd321")
+    assert "| model | mAP | aeroplane | bicycle |" in text
+    assert "| dssd321 | 78.6 | 81.2 | – |" in text
+    assert "| model | AP | AP50 | AR200 |" in text  # only the logged COCO columns
+    assert "| dssd321 | 25.0 | 50.0 | 40.0 |" in text
+
+    coco = results_tables({"test/map": 0.3}, {"person": 0.5}, name="ssd513")
+    assert "Table 3" not in coco and "| person | 50.0 |" in coco
+
+
+def test_run_reports_the_test_tables(tiny_shapes: Path, tmp_path: Path) -> None:
+    proc = run_entry_point(
+        "train.py",
+        *tiny_data(tiny_shapes),
+        "logger=csv",
+        "trainer.fast_dev_run=1",
+        f"hydra.run.dir={tmp_path}",
+    )
+    text = (tmp_path / "test_results.md").read_text()
+    assert "| model | mAP | circle | square | triangle | star | cross | ellipse |" in text
+    assert "Table 6 layout" in text and "Test results" in proc.stderr + proc.stdout
+
+
+def coco_data(root: Path) -> list[str]:
+    """The tiny shapes set read through its COCO annotation files (data=coco)."""
+    return [
+        "data=coco",
+        f"data.root={root}",
+        "data.class_names=null",
+        "data.val_annotations=annotations/instances_test.json",
+        "data.val_images=JPEGImages",
+        "data.train_annotations=annotations/instances_trainval.json",
+        "data.train_images=JPEGImages",
+        "data.batch_size=8",
+        "data.num_workers=0",
+    ]
+
+
+def test_eval_writes_coco_results_that_pycocotools_scores_alike(
+    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    results = tmp_path / "detections.json"
+    run_entry_point(
+        "eval.py",
+        f"ckpt_path={tiny_checkpoint}",
+        *coco_data(tiny_shapes),
+        f"coco_results={results}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    text = (tmp_path / "test_results.md").read_text()
+    assert "Table 3" not in text and "| class | AP |" in text  # COCO data: Table 6 + per class
+
+    # pycocotools on the written file, at SSD's 200-detection cap, gives the AP eval.py logged
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from test_entry_points import logged_metrics
+
+    truth = COCO(str(tiny_shapes / "annotations" / "instances_test.json"))
+    entries = json.loads(results.read_text())
+    assert entries and {e["category_id"] for e in entries} <= set(truth.getCatIds())
+    evaluator = COCOeval(truth, truth.loadRes(str(results)), "bbox")
+    evaluator.params.maxDets = [1, 10, 200]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    precision = evaluator.eval["precision"][:, :, :, 0, 2]  # all areas, 200 detections
+    reference = float(precision[precision > -1].mean())
+    assert logged_metrics(tmp_path)["test/map"] == pytest.approx(reference, abs=1e-4)
+
+
+def test_coco_results_need_coco_data(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    proc = run_entry_point(
+        "eval.py",
+        f"ckpt_path={tiny_checkpoint}",
+        f"coco_results={tmp_path / 'detections.json'}",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
+    assert proc.returncode == 2 and "need COCO data (data=coco)" in proc.stderr
+
+
+@pytest.mark.parametrize(("data", "eleven_point"), [("voc0712", True), ("voc07++12", False)])
+def test_voc_data_picks_its_devkit_ap_rule(data: str, eleven_point: bool) -> None:
+    from test_configs import compose_train
+
+    assert compose_train(f"data={data}").data.use_07_metric is eleven_point
