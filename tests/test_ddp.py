@@ -1,0 +1,281 @@
+"""Distributed data parallel: the ``ddp`` trainer config, training on two processes, and test
+metrics gathered across processes equal to those of one process.
+
+The runs use ``ddp_spawn`` on CPU (gloo) with two processes; ``conf/trainer/ddp.yaml`` is the GPU
+configuration (``ddp``, sync BN), composed here with the CPU overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+from pytorch_lightning.strategies import DDPStrategy
+
+from conftest import run_entry_point
+from dssd.config import register_resolvers
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+WORLD_SIZE = 2
+# Per process, in training; evaluation runs in batches of 1 (see the metric test).
+BATCH_SIZE = 2
+EVAL_BATCH_SIZE = 1
+
+# On two processes: the ddp config with CPU in place of its GPU settings, and ddp_spawn (the
+# processes are started here, and the results come back to this one) in place of ddp (which runs
+# the command line again: see the last test).
+DDP_CPU_SUBPROCESS = (
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    f"trainer.devices={WORLD_SIZE}",
+    "trainer.sync_batchnorm=false",
+)
+DDP_CPU = (*DDP_CPU_SUBPROCESS, "trainer.strategy=ddp_spawn")
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    # ${hydra:...} resolvers need a running Hydra app; pin the run directory instead.
+    with open_dict(cfg):
+        cfg.paths.output_dir = "/tmp/dssd-config-test"
+        cfg.paths.root_dir = str(CONF.parent)
+    return cfg
+
+
+def tiny_run_config(root: Path, *overrides: str) -> DictConfig:
+    """The CPU-sized SSD on the tiny shapes data, in float32, one image size for all runs."""
+    return compose_train(
+        "model=ssd_r18",
+        f"data.root={root}",
+        "data.generate_shapes=false",
+        "data.num_workers=0",
+        f"data.batch_size={BATCH_SIZE}",
+        "trainer.precision=32-true",
+        "model.channels_last=false",
+        "logger=none",
+        *overrides,
+    )
+
+
+def build_trainer(cfg: DictConfig, root_dir: Path, **kwargs: Any) -> pl.Trainer:
+    """The configured Trainer, without checkpoints, loggers or progress output."""
+    options = {
+        "callbacks": [],
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **kwargs,
+    }
+    return instantiate(cfg.trainer, default_root_dir=str(root_dir), **options)
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+# --- the configs -------------------------------------------------------------------------------
+
+
+def test_ddp_config_is_ddp_with_sync_batchnorm_on_every_gpu() -> None:
+    trainer = compose_train("trainer=ddp").trainer
+    assert trainer.strategy == "ddp"
+    assert trainer.sync_batchnorm is True
+    assert trainer.accelerator == "gpu"
+    assert trainer.devices == -1
+    assert trainer.num_nodes == 1
+    assert trainer.use_distributed_sampler is True
+    # what it builds on (conf/trainer/default.yaml, gpu.yaml) is kept
+    assert trainer.benchmark is True
+    assert trainer.max_steps == compose_train().trainer.max_steps
+
+
+def test_ddp_config_takes_the_number_of_nodes() -> None:
+    trainer = compose_train("trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4").trainer
+    assert (trainer.num_nodes, trainer.devices, trainer.strategy) == (2, 4, "ddp")
+
+
+@pytest.mark.parametrize("name", ["default", "cpu", "gpu"])
+def test_single_device_configs_do_not_sync_batchnorm(name: str) -> None:
+    """SyncBatchNorm raises on CPU tensors, so only the ddp config may turn it on."""
+    trainer = compose_train(f"trainer={name}").trainer
+    assert not trainer.get("sync_batchnorm", False)
+    assert trainer.get("strategy", "auto") == "auto"
+
+
+def test_ddp_config_builds_a_two_process_trainer_on_cpu(tmp_path: Path) -> None:
+    trainer = build_trainer(compose_train(*DDP_CPU), tmp_path)
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.num_devices == WORLD_SIZE
+    assert trainer.world_size == WORLD_SIZE
+
+
+# --- two processes -----------------------------------------------------------------------------
+
+
+class SameWeightsOnEveryProcess(pl.Callback):
+    """After training, every process must hold the same weights (DDP's all-reduce of gradients);
+    each process that checked leaves a file ``rank<global rank>`` in ``out``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with torch.no_grad():
+            flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        gathered = pl_module.all_gather(flat)
+        assert gathered.shape[0] == WORLD_SIZE
+        assert torch.equal(gathered[0], gathered[1]), "the processes' weights differ"
+        (self.out / f"rank{trainer.global_rank}").touch()
+
+
+class CountTestImages(pl.Callback):
+    """Logs ``check/test_images`` (images tested, all processes together) and fails unless every
+    process tested as many (an uneven split would skew the loss's mean over processes)."""
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seen = 0
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.seen += len(batch[1])
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        counts = pl_module.all_gather(torch.tensor(self.seen)).reshape(-1)
+        assert len(set(counts.tolist())) == 1, f"images tested per process: {counts.tolist()}"
+        pl_module.log("check/test_images", counts.sum().float())
+
+
+@dataclass
+class DDPFit:
+    weights_before: dict[str, torch.Tensor]
+    weights_after: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    # the processes that found their weights equal to the others'
+    weights_checked: list[str]
+
+
+@pytest.fixture(scope="module")
+def ddp_fit(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> DDPFit:
+    """Five optimiser steps on two processes, then one validation.
+
+    No LR warm-up and no augmentation: after these steps the weights find some of the training
+    images' objects, which the metric test below needs (untrained weights score 0 everywhere).
+    """
+    cfg = tiny_run_config(
+        tiny_shapes,
+        *DDP_CPU,
+        "trainer.max_steps=5",
+        "trainer.val_check_interval=5",
+        "trainer.check_val_every_n_epoch=null",
+        "trainer.log_every_n_steps=1",
+        "model.scheduler=null",
+        "data.augment=null",
+    )
+    pl.seed_everything(0)
+    model = instantiate(cfg.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path_factory.mktemp("ddp_fit")
+    trainer = build_trainer(cfg, out, callbacks=[SameWeightsOnEveryProcess(out)])
+    trainer.fit(model, datamodule=instantiate(cfg.data))
+    # ddp_spawn loads the weights of process 0 back into this process's module
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    checked = sorted(p.name for p in out.glob("rank*"))
+    return DDPFit(before, after, scalars(trainer.callback_metrics), checked)
+
+
+def test_training_runs_on_two_processes_and_logs_losses(ddp_fit: DDPFit) -> None:
+    assert ddp_fit.weights_checked == [f"rank{r}" for r in range(WORLD_SIZE)]
+    metrics = ddp_fit.metrics
+    for name in ("train/loss", "train/loss_loc", "train/loss_conf", "val/loss", "val/map_50"):
+        assert name in metrics, sorted(metrics)
+    assert 0 < metrics["train/loss"] < float("inf")
+    changed = [
+        k for k, v in ddp_fit.weights_before.items() if not torch.equal(v, ddp_fit.weights_after[k])
+    ]
+    assert any(k.startswith("net.backbone.") for k in changed)
+    assert any(k.startswith("net.heads.") for k in changed)
+
+
+def test_test_metrics_on_two_processes_equal_one_process(
+    tiny_shapes: Path, ddp_fit: DDPFit, tmp_path: Path
+) -> None:
+    """One set of weights tested on one process and on two: the same figures.
+
+    The test data are the 16 training images (the weights have seen them, so the mAP is not 0),
+    a multiple of processes x batch, so neither process's share is padded with repeated images.
+    The mAP metrics (COCO and VOC) gather their states from both processes before computing. The
+    test loss is logged with ``sync_dist``: the mean over processes of each process's mean over
+    its images, equal to the mean over all images because both processes see as many. Batches
+    of 1, because the MultiBox loss of a batch is normalised by the batch's matched boxes: with
+    larger batches it depends on which images share a batch, which the distributed sampler
+    changes.
+    """
+    overrides = ("data.test_split=trainval", f"data.batch_size={EVAL_BATCH_SIZE}")
+    single_cfg = tiny_run_config(tiny_shapes, "trainer=cpu", *overrides)
+    ddp_cfg = tiny_run_config(tiny_shapes, *DDP_CPU, *overrides)
+    datamodule = instantiate(single_cfg.data)
+    datamodule.setup("test")
+    num_images = len(datamodule.datasets["test"])
+    assert num_images % (WORLD_SIZE * EVAL_BATCH_SIZE) == 0
+
+    results = {}
+    for name, cfg, data in (
+        ("single", single_cfg, datamodule),
+        ("ddp", ddp_cfg, instantiate(ddp_cfg.data)),
+    ):
+        model = instantiate(cfg.model)
+        model.load_state_dict(ddp_fit.weights_after)
+        trainer = build_trainer(cfg, tmp_path / name, callbacks=[CountTestImages()])
+        (returned,) = trainer.test(model, datamodule=data, verbose=False)
+        results[name] = scalars(trainer.callback_metrics)
+        # with ddp_spawn, both come back from process 0
+        assert scalars(returned) == results[name]
+    single, ddp = results["single"], results["ddp"]
+
+    assert sorted(ddp) == sorted(single)
+    # every image once: two halves on two processes, no padding, no image left out
+    assert single["check/test_images"] == ddp["check/test_images"] == num_images
+    # COCO mAP/mAR, the VOC devkit mAP and the AP of each class (dssd.metrics.VOCMeanAP on VOC data)
+    map_names = [k for k in single if k.startswith("test/") and "loss" not in k]
+    assert {"test/map", "test/map_50", "test/map_75", "test/mar_200", "test/voc_map"} <= set(
+        map_names
+    )
+    assert any(k.startswith("test/ap/") for k in map_names)
+    assert single["test/map_50"] > 0, "the weights find no object: nothing is compared"
+    for name in map_names:
+        assert ddp[name] == pytest.approx(single[name], abs=1e-6), name
+    for name in ("test/loss", "test/loss_loc", "test/loss_conf"):
+        assert ddp[name] == pytest.approx(single[name], rel=1e-5), name
+
+
+@pytest.mark.slow
+def test_train_py_runs_under_ddp_on_two_processes(tiny_shapes: Path, tmp_path: Path) -> None:
+    """src/train.py with ``trainer=ddp``: Lightning starts process 1 by running the command line
+    again, in the run directory of process 0; fit, checkpoint and test go through."""
+    run_entry_point(
+        "train.py",
+        *DDP_CPU_SUBPROCESS,
+        f"data.root={tiny_shapes}",
+        "data.generate_shapes=false",
+        "data.num_workers=0",
+        f"data.batch_size={BATCH_SIZE}",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert (tmp_path / "train_ddp_process_1.log").is_file()
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    (metrics_file,) = tmp_path.glob("csv/version_*/metrics.csv")
+    header = metrics_file.read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/map_50", "test/map_50", "test/voc_map"} <= set(header)
