@@ -170,3 +170,17 @@ def test_prepare_data_generates_shapes_only_when_asked(
     assert calls == []
     VOCDataModule(str(tmp_path), CLASSES, generate_shapes=True).prepare_data()
     assert calls == [str(tmp_path)]
+
+
+def test_seed_worker_mixes_in_the_ddp_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every DDP process starts from the same seed; its workers must still draw differently
+    from dssd.data.transforms import seed_worker
+
+    draws = []
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda r=rank: r)
+        torch.manual_seed(7)
+        seed_worker(0)
+        draws.append(np.random.rand())
+    assert draws[0] != draws[1]

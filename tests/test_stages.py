@@ -184,3 +184,14 @@ def test_three_stage_chain_from_the_command_line(tiny_shapes: Path, tmp_path: Pa
     assert any(not torch.equal(weights[1][k], weights[2][k]) for k in backbone)
     running = [k for k in weights[1] if k.endswith("running_mean")]
     assert all(torch.equal(weights[1][k], weights[2][k]) for k in running)
+
+
+def test_frozen_batchnorms_stay_frozen_after_sync_batchnorm_conversion() -> None:
+    # DDP with sync BN swaps every BatchNorm module for a SyncBatchNorm one
+    module = build("model=dssd_r18", "stage=1", "init_from=unused.ckpt")
+    module.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module.net)
+    module.train()
+    backbone = [m for m in module.net.backbone.modules() if isinstance(m, _BatchNorm)]
+    assert backbone and all(isinstance(m, torch.nn.SyncBatchNorm) for m in backbone)
+    assert not any(m.training for m in backbone)
+    assert all(m.training for m in batchnorms(module.net.decoder))

@@ -125,8 +125,11 @@ class DetectionModule(pl.LightningModule):
         super().__init__()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
-        # A plain list, not registered as submodules: these batch norms stay in eval mode.
-        self.frozen_batchnorms = freeze_modules(net, freeze, freeze_batchnorm)
+        # Names, not modules, of the batch norms that stay in eval mode: sync BN (DDP) replaces
+        # the modules themselves.
+        names = {id(m): name for name, m in self.net.named_modules()}
+        frozen = freeze_modules(self.net, freeze, freeze_batchnorm)
+        self.frozen_batchnorms = [names[id(m)] for m in frozen]
         self.criterion = loss
         self.postprocess = postprocess
         # Kept as plain attributes, not hyper-parameters: checkpoints then hold no pickled
@@ -170,8 +173,8 @@ class DetectionModule(pl.LightningModule):
     def train(self, mode: bool = True) -> DetectionModule:
         """Switch modes, keeping the frozen batch norms on their running statistics."""
         super().train(mode)
-        for norm in self.frozen_batchnorms:
-            norm.eval()
+        for name in self.frozen_batchnorms:
+            self.net.get_submodule(name).eval()
         return self
 
     @torch.no_grad()

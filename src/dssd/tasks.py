@@ -94,7 +94,8 @@ def train(cfg: DictConfig) -> float | None:
             log.warning("No best checkpoint was saved: testing the current weights.")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(_scalars(trainer.callback_metrics))
-        report_test_results(cfg, model, metrics)
+        if trainer.is_global_zero:
+            report_test_results(cfg, model, metrics)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
@@ -183,7 +184,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, extra)
     trainer.test(model, datamodule=datamodule)
     metrics = _scalars(trainer.callback_metrics)
-    report_test_results(cfg, model, metrics)
+    if trainer.is_global_zero:
+        report_test_results(cfg, model, metrics)
     return metrics
 
 

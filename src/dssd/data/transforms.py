@@ -103,9 +103,12 @@ def seed_worker(worker_id: int) -> None:
     Every worker starts with a copy of the same albumentations state, so without this all workers
     would produce the same augmentations. The worker's torch seed (distinct per worker and each
     time the workers start, and derived from the main seed) reseeds numpy, ``random`` and the
-    dataset transform.
+    dataset transform. Under DDP every process has the same main seed, so the process's rank is
+    mixed in too: otherwise every GPU would draw the same augmentations.
     """
-    seed = torch.initial_seed() % 2**32
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    seed = int(np.random.SeedSequence([torch.initial_seed() % 2**32, rank]).generate_state(1)[0])
     np.random.seed(seed)
     random.seed(seed)
     info = torch.utils.data.get_worker_info()
