@@ -14,15 +14,13 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from pytorch_lightning.strategies import DDPStrategy
 
 from conftest import run_entry_point
-from dssd.config import register_resolvers
+from test_configs import compose_train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 WORLD_SIZE = 2
 # Per process, in training; evaluation runs in batches of 1 (see the metric test).
 BATCH_SIZE = 2
@@ -38,17 +36,6 @@ DDP_CPU_SUBPROCESS = (
     "trainer.sync_batchnorm=false",
 )
 DDP_CPU = (*DDP_CPU_SUBPROCESS, "trainer.strategy=ddp_spawn")
-
-
-def compose_train(*overrides: str) -> DictConfig:
-    register_resolvers()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    # ${hydra:...} resolvers need a running Hydra app; pin the run directory instead.
-    with open_dict(cfg):
-        cfg.paths.output_dir = "/tmp/dssd-config-test"
-        cfg.paths.root_dir = str(CONF.parent)
-    return cfg
 
 
 def tiny_run_config(root: Path, *overrides: str) -> DictConfig:

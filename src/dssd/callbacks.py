@@ -184,7 +184,7 @@ class COCOResultsWriter(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        detections = [{k: v.float().cpu() for k, v in d.items()} for d in outputs]
+        detections = [{k: v.cpu() for k, v in d.items()} for d in outputs]
         image_ids = [t["image_id"] for t in batch[1]]
         mapping = trainer.datamodule.label_to_category_id
         self.results += detections_to_coco_results(detections, image_ids, mapping)
