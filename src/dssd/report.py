@@ -8,6 +8,7 @@ decimal, as in the paper.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -75,3 +76,23 @@ def write_results(text: str, directory: str | Path, role: str = "test") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def write_results_json(record: Mapping, directory: str | Path, role: str = "test") -> Path:
+    """Write ``record`` (metrics, per-class AP, parameter counts, timings) to
+    ``<directory>/<role>_results.json``, the machine-readable twin of the markdown tables that
+    ``make ablation`` and the notebooks read. NaN (a class without ground truth) becomes null."""
+    path = Path(directory) / f"{role}_results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(record), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _json_safe(value):
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dssd.callbacks import COCOResultsWriter
 from dssd.errors import UserError
 from dssd.models import fold_batchnorm
-from dssd.report import results_tables, write_results
+from dssd.report import results_tables, write_results, write_results_json
 from dssd.stages import load_initial_weights
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,11 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(run_config)
 
     metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
     if cfg.get("train", True):
+        start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
+        timings["fit_seconds"] = time.perf_counter() - start
         metrics.update(_scalars(trainer.callback_metrics))
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -95,7 +99,7 @@ def train(cfg: DictConfig) -> float | None:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(_scalars(trainer.callback_metrics))
         if trainer.is_global_zero:
-            report_test_results(cfg, model, metrics)
+            report_test_results(cfg, model, metrics, timings)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
@@ -189,11 +193,33 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def report_test_results(cfg: DictConfig, model: pl.LightningModule, metrics: dict) -> None:
-    """Print the test metrics in the paper's table layouts and save them next to the logs."""
+def report_test_results(
+    cfg: DictConfig,
+    model: pl.LightningModule,
+    metrics: dict[str, float],
+    timings: dict[str, float] | None = None,
+) -> None:
+    """Print the test metrics in the paper's table layouts and save them next to the logs.
+
+    ``test_results.md`` holds the tables; ``test_results.json`` the same figures for programs
+    (``make ablation``, the notebooks): every scalar metric, per-class AP, the network's parameter
+    counts and, after training, the fit time in seconds.
+    """
     per_class = getattr(model, "per_class_ap", {}).get("test", {})
-    text = results_tables(metrics, per_class, name=cfg.get("run_name", cfg.task_name))
+    name = cfg.get("run_name", cfg.task_name)
+    text = results_tables(metrics, per_class, name=name)
     path = write_results(text, cfg.paths.output_dir)
+    net = getattr(model, "net", model)
+    record = {
+        "run_name": name,
+        "stage": cfg.get("stage", 0),
+        "metrics": metrics,
+        "per_class_ap": per_class,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        **(timings or {}),
+    }
+    write_results_json(record, cfg.paths.output_dir)
     log.info("Test results (also in %s):\n%s", path, text)
 
 
