@@ -6,8 +6,14 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
+# `make ablation`: the setting (conf/ablation/), chosen by name or by DATA and MODEL_SIZE, and
+# extra overrides for every row's src/train.py
+DATA ?=
+MODEL_SIZE ?= 321
+ABLATION ?= $(if $(DATA),$(DATA)_$(MODEL_SIZE),shapes)
+TRAIN_ARGS ?=
 
-.PHONY: install data train test test-full lint format clean
+.PHONY: install data train ablation test test-full lint format clean
 
 install: $(INSTALLED)
 
@@ -26,6 +32,12 @@ data: install
 # The default CPU-sized experiment (see README); runs land in logs/train/runs/<time>.
 train: data
 	$(PY) src/train.py $(ARGS)
+
+# The paper's Table 4, row by row (src/ablation.py, conf/table4.yaml); results in
+# logs/ablation/<setting>/table4.{md,csv}. `make ablation DATA=voc0712 MODEL_SIZE=321` is the
+# paper's setting; ARGS go to src/ablation.py (e.g. ARGS="force=true"), TRAIN_ARGS to each row.
+ablation: data
+	$(PY) src/ablation.py ablation=$(ABLATION) 'train_args="$(TRAIN_ARGS)"' $(ARGS)
 
 # Fast suite (slow tests excluded); `make test-full` runs everything.
 test: install

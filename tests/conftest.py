@@ -38,6 +38,46 @@ def tiny_checkpoint(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory)
     return run_dir / "checkpoints" / "best.ckpt"
 
 
+@pytest.fixture(scope="session")
+def tiny_wandb_run(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run dir of a 2-iteration DSSD run on ``tiny_shapes`` with the default logger (W&B,
+    offline, as `make train` uses it), logging every step; trained once."""
+    run_dir = tmp_path_factory.mktemp("tiny_wandb_run")
+    run_entry_point(
+        "train.py",
+        f"data.root={tiny_shapes}",
+        "data.generate_shapes=false",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "model=dssd_r18",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        f"hydra.run.dir={run_dir}",
+    )
+    return run_dir
+
+
+TINY_TRAIN_ARGS = (
+    "data.generate_shapes=false data.batch_size=8 data.num_workers=0 logger=csv "
+    "trainer.max_steps=2 trainer.val_check_interval=2"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_ablation(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output directory of `make ablation`'s chain (src/ablation.py, seven rows) run with
+    2 iterations per row on ``tiny_shapes``; run once per session."""
+    out_dir = tmp_path_factory.mktemp("tiny_ablation")
+    run_entry_point(
+        "ablation.py",
+        f"out_dir={out_dir}",
+        f'train_args="data.root={tiny_shapes} {TINY_TRAIN_ARGS}"',
+        timeout=900,
+    )
+    return out_dir
+
+
 def run_entry_point(
     script: str, *overrides: str, check: bool = True, timeout: int = 600
 ) -> subprocess.CompletedProcess:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.config import register_resolvers
 from dssd.module import DetectionModule
@@ -26,6 +27,16 @@ def compose_train(*overrides: str) -> DictConfig:
         cfg.paths.output_dir = "/tmp/dssd-config-test"
         cfg.paths.root_dir = str(CONF.parent)
     return cfg
+
+
+def resolve_with_hydra(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without its ``hydra`` node, resolved (``${hydra:...}`` included) as in a run."""
+    HydraConfig.instance().set_config(cfg)
+    try:
+        app = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        return OmegaConf.create(OmegaConf.to_container(app, resolve=True))
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 @pytest.mark.parametrize("model", MODELS)

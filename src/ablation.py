@@ -1,0 +1,28 @@
+"""Reproduce the paper's Table 4: every row a src/train.py run, then the results table.
+
+python src/ablation.py                        # CPU-sized, embedded data (what `make ablation` runs)
+python src/ablation.py ablation=voc0712_321   # the paper's setting
+python src/ablation.py force=[ssd_pm_c]       # rerun a row and the rows that start from it
+"""
+
+import os
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+from dssd.ablation import run_ablation  # noqa: E402
+from dssd.tasks import user_errors  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="table4")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        run_ablation(cfg, HydraConfig.get().runtime.choices.ablation)
+
+
+if __name__ == "__main__":
+    main()
