@@ -1,0 +1,389 @@
+"""Sweeps: the W&B sweep files (sweeps/), the Optuna search (conf/hparams_search/optuna.yaml) and
+the SLURM launcher (conf/hydra/launcher/slurm.yaml).
+
+Nothing here reaches W&B or SLURM: the agent's command lines are built with wandb's own helpers
+and composed with Hydra, and the sbatch script is built by submitit with its submission stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra import initialize_config_dir
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext, RunMode
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+from submitit.slurm.slurm import SlurmExecutor
+from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+from conftest import run_entry_point
+from dssd.config import register_resolvers
+from test_configs import CONF, compose_train
+
+ROOT = CONF.parent
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+TRAIN_YAML = yaml.safe_load((CONF / "train.yaml").read_text())
+OPTIMIZED_METRIC = TRAIN_YAML["optimized_metric"]
+# `hparams_search=optuna` once conf/train.yaml lists the group in its defaults, else appended
+HPARAMS_SEARCH = (
+    "hparams_search=optuna"
+    if any("hparams_search" in entry for entry in TRAIN_YAML["defaults"] if isinstance(entry, dict))
+    else "+hparams_search=optuna"
+)
+
+
+def load_sweep(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "sweeps" / name).read_text())
+
+
+def agent_command(sweep: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """The command line that ``wandb agent`` runs for a run of ``sweep`` with ``params``.
+
+    As ``wandb.wandb_agent.Agent._command_run`` does: environment macros filled in by
+    ``create_sweep_command``, then each ``${...}`` element replaced by its list from
+    ``create_sweep_command_args`` (plus env, interpreter and program); others are kept as they are.
+    """
+    command = {"args": {k: {"value": v} for k, v in params.items()}, "program": sweep["program"]}
+    sweep_vars = create_sweep_command_args(command)
+    sweep_vars["interpreter"] = ["python"]
+    sweep_vars["program"] = [command["program"]]
+    sweep_vars["env"] = ["/usr/bin/env"]
+    command_list: list[str] = []
+    for chunk in create_sweep_command(list(sweep["command"])):
+        chunk = str(chunk)
+        if chunk.startswith("${") and chunk.endswith("}"):
+            command_list += sweep_vars.get(chunk[2:-1]) or []
+        else:
+            command_list.append(chunk)
+    return command_list
+
+
+def hydra_overrides(sweep: dict[str, Any], command: list[str]) -> list[str]:
+    """What the agent's command hands to src/train.py: everything after the program."""
+    assert command[:3] == ["/usr/bin/env", "python", sweep["program"]]
+    return command[3:]
+
+
+def sweep_points(sweep: dict[str, Any], samples: int = 1) -> list[dict[str, Any]]:
+    """Every grid point; for random/bayes sweeps the bounds of each range plus random draws."""
+    rng = random.Random(0)
+    choices = {}
+    for name, spec in sweep["parameters"].items():
+        if "values" in spec:
+            choices[name] = list(spec["values"])
+        elif "value" in spec:
+            choices[name] = [spec["value"]]
+        else:
+            low, high = spec["min"], spec["max"]
+            if spec.get("distribution") == "log_uniform_values":
+                draws = [
+                    math.exp(rng.uniform(math.log(low), math.log(high))) for _ in range(samples)
+                ]
+            else:
+                assert spec.get("distribution", "uniform") == "uniform", spec
+                draws = [rng.uniform(low, high) for _ in range(samples)]
+            choices[name] = [low, high, *draws]
+    names = list(choices)
+    return [
+        dict(zip(names, values, strict=True)) for values in itertools.product(*choices.values())
+    ]
+
+
+@contextmanager
+def hydra_runtime(cfg: DictConfig) -> Iterator[None]:
+    """Make ``${hydra:...}`` (hence ``${run_name}``) resolvable, as in a running app."""
+    instance = HydraConfig.instance()
+    previous = instance.cfg
+    instance.set_config(cfg)
+    try:
+        yield
+    finally:
+        instance.cfg = previous
+
+
+def compose_run(overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
+    """The train config the agent's command composes, and its resolved non-Hydra part with the
+    resolved run directory (``run_dir``)."""
+    cfg = compose_train(*overrides)
+    with hydra_runtime(cfg):
+        resolved = OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+        )
+        run_dir = str(cfg.hydra.run.dir)
+    return cfg, {**resolved, "run_dir": run_dir}
+
+
+# --- W&B sweeps ----------------------------------------------------------------------------------
+
+
+def test_the_sweep_files_are_there() -> None:
+    names = {p.name for p in SWEEP_FILES}
+    assert {"table4_stage0.yaml", "table4_stage1.yaml", "lr_search.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_file_drives_train_online_on_the_optimized_metric(path: Path) -> None:
+    text = path.read_text()
+    assert text.startswith("#") and "wandb sweep sweeps/" in text and "wandb agent" in text
+    sweep = yaml.safe_load(text)
+    assert {"program", "method", "metric", "parameters", "command"} <= set(sweep)
+    assert sweep["program"] == "src/train.py" and (ROOT / sweep["program"]).is_file()
+    assert sweep["method"] in {"grid", "random", "bayes"}
+    assert sweep["metric"] == {"name": OPTIMIZED_METRIC, "goal": "maximize"}
+    assert sweep["command"][:4] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    assert "logger.wandb.offline=false" in sweep["command"]
+    if sweep["method"] == "grid":  # a grid needs finite lists
+        assert all("values" in spec or "value" in spec for spec in sweep["parameters"].values())
+    else:
+        assert sweep.get("run_cap", 0) > 0
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_run_of_the_sweep_composes_with_its_parameters(path: Path) -> None:
+    sweep = yaml.safe_load(path.read_text())
+    run_dirs = set()
+    points = sweep_points(sweep)
+    for params in points:
+        command = agent_command(sweep, params)
+        cfg, resolved = compose_run(hydra_overrides(sweep, command))
+        assert resolved["logger"]["wandb"]["offline"] is False
+        optimizer = resolved["model"]["optimizer"]
+        for name, value in params.items():
+            if name == "pm":
+                assert resolved["model"]["net"]["prediction_module"]["variant"] == value
+                assert f"pm_{value}" in resolved["run_name"]
+            elif name == "fusion":
+                assert resolved["model"]["net"]["deconv"]["fusion"] == value
+            elif name == "optimizer":
+                assert cfg.hydra.runtime.choices.optimizer == value
+                assert (
+                    optimizer["_target_"]
+                    == {"sgd": "torch.optim.SGD", "adamw": "torch.optim.AdamW"}[value]
+                )
+            elif name == "schedules.0.lr":
+                assert resolved["stage"] == 0
+                assert resolved["schedules"][0]["lr"] == value
+                assert optimizer["lr"] == value  # what the optimiser of the run gets
+            else:
+                raise AssertionError(f"{path.name}: no check for parameter {name}")
+        run_dirs.add(resolved["run_dir"])
+    if any("hydra.run.dir=" in str(c) for c in sweep["command"]):  # pinned: one dir per run
+        assert len(run_dirs) == len(points)
+
+
+def test_table4_stage0_runs_land_in_their_own_named_dirs() -> None:
+    sweep = load_sweep("table4_stage0.yaml")
+    assert sweep["method"] == "grid" and sweep["parameters"]["pm"]["values"] == ["a", "b", "c", "d"]
+    for pm in "abcd":
+        _, run = compose_run(hydra_overrides(sweep, agent_command(sweep, {"pm": pm})))
+        assert run["stage"] == 0 and run["init_from"] is None
+        assert run["run_name"] == f"ssd_r18-pm_{pm}-stage0"
+        assert run["run_dir"] == f"logs/sweeps/table4/{run['run_name']}"
+
+
+def test_table4_stage1_starts_from_the_stage0_pm_c_checkpoint() -> None:
+    stage0, stage1 = load_sweep("table4_stage0.yaml"), load_sweep("table4_stage1.yaml")
+    _, pm_c = compose_run(hydra_overrides(stage0, agent_command(stage0, {"pm": "c"})))
+    expected = f"{pm_c['run_dir']}/checkpoints/best.ckpt"
+    assert stage1["parameters"]["fusion"]["values"] == ["sum", "prod"]
+    for fusion in ("sum", "prod"):
+        _, run = compose_run(hydra_overrides(stage1, agent_command(stage1, {"fusion": fusion})))
+        assert run["init_from"] == expected
+        assert run["stage"] == 1
+        # stage 1 freezes what it loads, and DSSD builds on prediction module (c)
+        assert run["stages"][1]["freeze"] == ["backbone", "extras"]
+        assert run["model"]["net"]["prediction_module"]["variant"] == "c"
+        assert run["run_name"] == f"dssd_r18-pm_c-{fusion}-stage1"
+        assert run["run_dir"] == f"logs/sweeps/table4/{run['run_name']}"
+
+
+def test_lr_search_is_a_bounded_bayes_search_with_hyperband() -> None:
+    sweep = load_sweep("lr_search.yaml")
+    assert sweep["method"] == "bayes"
+    lr = sweep["parameters"]["schedules.0.lr"]
+    assert lr["distribution"] == "log_uniform_values" and 0 < lr["min"] < lr["max"]
+    assert sweep["early_terminate"]["type"] == "hyperband"
+    assert sweep["early_terminate"]["min_iter"] >= 1
+    # more draws than the general test: each must reach the optimiser unchanged
+    for params in sweep_points(sweep, samples=3):
+        _, run = compose_run(hydra_overrides(sweep, agent_command(sweep, params)))
+        assert lr["min"] <= run["model"]["optimizer"]["lr"] <= lr["max"]
+        assert run["model"]["optimizer"]["lr"] == params["schedules.0.lr"]
+
+
+# --- Optuna --------------------------------------------------------------------------------------
+
+
+def optuna_search_space(cfg: DictConfig) -> dict[str, Any]:
+    """The sweeper's params as Optuna distributions, parsed by the plugin's own code."""
+    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    distributions, fixed = create_params_from_overrides(params)
+    assert not fixed, f"fixed values in the search space: {fixed}"
+    return distributions
+
+
+def test_optuna_search_composes_and_searches_existing_keys() -> None:
+    cfg = compose_train(HPARAMS_SEARCH)
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper.direction == "maximize" and sweeper.n_trials > 0 and sweeper.n_jobs == 1
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert sweeper.sampler.seed is not None
+    assert cfg.optimized_metric == OPTIMIZED_METRIC
+
+    space = optuna_search_space(cfg)
+    assert set(space) == {"schedules.0.lr", "data.batch_size", "model.optimizer.weight_decay"}
+    assert isinstance(space["schedules.0.lr"], LogUniformDistribution)
+    assert isinstance(space["model.optimizer.weight_decay"], LogUniformDistribution)
+    assert isinstance(space["data.batch_size"], CategoricalDistribution)
+    for optimizer in ("sgd", "adamw"):
+        # a trial's overrides, at the low end of each range: Hydra refuses keys that do not exist
+        trial = {
+            key: dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
+            for key, dist in space.items()
+        }
+        overrides = [f"{key}={value}" for key, value in trial.items()]
+        run = compose_train(HPARAMS_SEARCH, f"optimizer={optimizer}", *overrides)
+        for key, value in trial.items():
+            assert OmegaConf.select(run, key) == value
+        assert run.model.optimizer.lr == trial["schedules.0.lr"]
+        assert run.model.optimizer.weight_decay == trial["model.optimizer.weight_decay"]
+
+
+def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_path: Path) -> None:
+    """Two 2-iteration trials on the tiny data (batch size searched among sizes that fit it)."""
+    sweep_dir = tmp_path / "optuna"
+    run_entry_point(
+        "train.py",
+        HPARAMS_SEARCH,
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        "data.batch_size=choice(2,4)",
+        f"data.root={tiny_shapes}",
+        "data.generate_shapes=false",
+        "data.num_workers=0",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "test=false",
+    )
+    trials = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in trials] == ["0", "1"]
+    values = []
+    for trial in trials:
+        overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text())
+        keys = {o.split("=", 1)[0] for o in overrides}
+        assert {"schedules.0.lr", "model.optimizer.weight_decay"} <= keys
+        assert {"data.batch_size=2", "data.batch_size=4"} & set(overrides)
+        with open(next(trial.glob("csv/version_*/metrics.csv"))) as f:
+            logged = [row[OPTIMIZED_METRIC] for row in csv.DictReader(f) if row[OPTIMIZED_METRIC]]
+        values.append(float(logged[-1]))
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["name"] == "optuna"
+    assert set(results["best_params"]) == {
+        "schedules.0.lr",
+        "data.batch_size",
+        "model.optimizer.weight_decay",
+    }
+    assert results["best_value"] == pytest.approx(max(values))
+
+
+# --- SLURM launcher ------------------------------------------------------------------------------
+
+
+class SbatchCalledError(Exception):
+    """Raised instead of calling sbatch."""
+
+
+@contextmanager
+def multirun_hydra(*overrides: str) -> Iterator[tuple[DictConfig, HydraContext]]:
+    """The multirun config of ``src/train.py -m <overrides>`` and a Hydra context for plugins."""
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        cfg = loader.load_configuration("train", list(overrides), run_mode=RunMode.MULTIRUN)
+        yield cfg, HydraContext(config_loader=loader, callbacks=Callbacks(cfg))
+
+
+def submitted_sbatch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *overrides: str
+) -> tuple[str, DictConfig, list[DictConfig]]:
+    """The sbatch script the SLURM launcher submits for ``-m <overrides>``, its config and the
+    jobs' configs. The launcher runs for real up to submitit's call of sbatch."""
+    scripts: list[str] = []
+
+    def submit(self: SlurmExecutor, command: str) -> None:
+        scripts.append(self._make_submission_file_text(command, "test"))
+        raise SbatchCalledError
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # no srun here
+    monkeypatch.setattr(SlurmExecutor, "_submit_command", submit)
+    args = ["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}", *overrides]
+    with multirun_hydra(*args) as (cfg, context):
+        task = cfg.hydra.overrides.task
+        (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task), None)
+        job_cfgs = [context.config_loader.load_sweep_config(cfg, job) for job in jobs]
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=context, task_function=print, config=cfg
+        )
+        with pytest.raises(SbatchCalledError):
+            launcher.launch(jobs, initial_job_idx=0)
+    assert len(scripts) == 1
+    return scripts[0], cfg, job_cfgs
+
+
+def test_slurm_launcher_config_is_one_task_per_gpu() -> None:
+    with multirun_hydra("hydra/launcher=slurm", "trainer=ddp", "model=ssd321,dssd321") as (cfg, _):
+        launcher = cfg.hydra.launcher
+        assert launcher._target_ == (
+            "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+        )
+        assert launcher.tasks_per_node == launcher.gpus_per_node > 0
+        assert launcher.nodes == cfg.trainer.num_nodes == 1
+        assert launcher.partition is None and launcher.timeout_min >= 24 * 60
+        assert cfg.trainer.devices == -1 and cfg.trainer.strategy == "ddp"
+    # one knob each: tasks follow the GPUs, nodes follow the trainer
+    overrides = ("hydra/launcher=slurm", "trainer=ddp", "hydra.launcher.gpus_per_node=8")
+    with multirun_hydra(*overrides, "trainer.num_nodes=3") as (cfg, _):
+        assert cfg.hydra.launcher.tasks_per_node == 8
+        assert cfg.hydra.launcher.nodes == 3
+
+
+def test_slurm_sbatch_script_runs_one_srun_task_per_gpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    script, cfg, jobs = submitted_sbatch(
+        monkeypatch, tmp_path, "trainer=ddp", "model=ssd321,dssd321", "trainer.num_nodes=2"
+    )
+    lines = script.splitlines()
+    gpus = cfg.hydra.launcher.gpus_per_node
+    assert f"#SBATCH --ntasks-per-node={gpus}" in lines
+    assert f"#SBATCH --gpus-per-node={gpus}" in lines
+    assert "#SBATCH --nodes=2" in lines
+    assert "#SBATCH --array=0-1%2" in lines  # the two models, one job each
+    assert f"#SBATCH --time={cfg.hydra.launcher.timeout_min}" in lines
+    assert f"#SBATCH --cpus-per-task={cfg.hydra.launcher.cpus_per_task}" in lines
+    assert not any(line.startswith("#SBATCH --partition") for line in lines)
+    assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in lines)
+    # each job: DDP over every GPU its task sees, on the job's nodes
+    assert [job.hydra.runtime.choices.model for job in jobs] == ["ssd321", "dssd321"]
+    for job in jobs:
+        assert job.trainer.strategy == "ddp" and job.trainer.devices == -1
+        assert job.trainer.num_nodes == 2
