@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,14 +31,23 @@ def compose_train(*overrides: str) -> DictConfig:
     return cfg
 
 
+@contextmanager
+def hydra_runtime(cfg: DictConfig) -> Iterator[None]:
+    """Make ``${hydra:...}`` (hence ``${run_name}``) resolvable, as in a running app."""
+    instance = HydraConfig.instance()
+    previous = instance.cfg
+    instance.set_config(cfg)
+    try:
+        yield
+    finally:
+        instance.cfg = previous
+
+
 def resolve_with_hydra(cfg: DictConfig) -> DictConfig:
     """``cfg`` without its ``hydra`` node, resolved (``${hydra:...}`` included) as in a run."""
-    HydraConfig.instance().set_config(cfg)
-    try:
+    with hydra_runtime(cfg):
         app = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
         return OmegaConf.create(OmegaConf.to_container(app, resolve=True))
-    finally:
-        HydraConfig.instance().cfg = None
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -22,7 +22,6 @@ from hydra import initialize_config_dir
 from hydra._internal.callbacks import Callbacks
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, RunMode
@@ -34,7 +33,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_com
 
 from conftest import run_entry_point
 from dssd.config import register_resolvers
-from test_configs import CONF, compose_train
+from test_configs import CONF, compose_train, hydra_runtime, resolve_with_hydra
 
 ROOT = CONF.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -105,26 +104,12 @@ def sweep_points(sweep: dict[str, Any], samples: int = 1) -> list[dict[str, Any]
     ]
 
 
-@contextmanager
-def hydra_runtime(cfg: DictConfig) -> Iterator[None]:
-    """Make ``${hydra:...}`` (hence ``${run_name}``) resolvable, as in a running app."""
-    instance = HydraConfig.instance()
-    previous = instance.cfg
-    instance.set_config(cfg)
-    try:
-        yield
-    finally:
-        instance.cfg = previous
-
-
 def compose_run(overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """The train config the agent's command composes, and its resolved non-Hydra part with the
     resolved run directory (``run_dir``)."""
     cfg = compose_train(*overrides)
+    resolved = OmegaConf.to_container(resolve_with_hydra(cfg))
     with hydra_runtime(cfg):
-        resolved = OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
-        )
         run_dir = str(cfg.hydra.run.dir)
     return cfg, {**resolved, "run_dir": run_dir}
 
