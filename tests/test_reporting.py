@@ -5,60 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from wandb.proto import wandb_internal_pb2
 
 from conftest import run_entry_point
 from dssd.report import results_tables
+from dssd.wandb_offline import wandb_records
 from test_entry_points import tiny_data
 
 
-def wandb_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
-    """The records of an offline W&B run file (``run-<id>.wandb``).
-
-    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each with a
-    7-byte header (CRC, length, type: 1 full, 2 first, 3 middle, 4 last); a block's tail shorter
-    than a chunk header is padding. wandb >= 0.2x no longer ships a Python reader for it.
-    """
-    data = path.read_bytes()
-    magic, _version, _ = struct.unpack("<4sHB", data[:7])
-    assert magic == b":W&B", f"{path} is not a W&B run file"
-    pos, block, payload = 7, 32768, b""
-    while pos + 7 <= len(data):
-        room = block - pos % block
-        if room < 7:
-            pos += room
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if length == 0 and kind == 0:
-            break
-        payload += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(payload)
-            payload = b""
-            yield record
-
-
-def test_wandb_offline_run_holds_metrics_table_and_box_images(
-    tiny_shapes: Path, tmp_path: Path
-) -> None:
-    # the default logger (W&B, offline), as `make train` uses it
-    run_entry_point(
-        "train.py",
-        *tiny_data(tiny_shapes),
-        "model=dssd_r18",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        "trainer.log_every_n_steps=1",
-        f"hydra.run.dir={tmp_path}",
-    )
-    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+def test_wandb_offline_run_holds_metrics_table_and_box_images(tiny_wandb_run: Path) -> None:
+    (run_file,) = tiny_wandb_run.glob("wandb/offline-run-*/run-*.wandb")
     files = run_file.parent / "files"
     runs, config, history = [], {}, []
     for record in wandb_records(run_file):
