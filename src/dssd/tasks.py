@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.callbacks import COCOResultsWriter
 from dssd.errors import UserError
+from dssd.inference import load_detector
 from dssd.models import fold_batchnorm
 from dssd.report import results_tables, write_results, write_results_json
 from dssd.stages import load_initial_weights
@@ -152,15 +152,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     overrides are applied on top of it (e.g. a new ``data.root``). The numeric precision is the
     training run's too (unless ``trainer.precision`` is given), so that the test figures repeat.
     """
-    if not os.path.isfile(cfg.ckpt_path):
-        raise UserError(f"checkpoint {cfg.ckpt_path} does not exist")
-    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
-    if "dssd_config" not in checkpoint:
-        raise UserError(
-            f"{cfg.ckpt_path} holds no run configuration: only checkpoints written by "
-            "src/train.py can be evaluated with src/eval.py."
-        )
-    run_cfg = OmegaConf.create(checkpoint["dssd_config"])
+    model, run_cfg = load_detector(cfg.ckpt_path)
     with open_dict(cfg):  # a data config chosen here may refer to ${model.net.image_size}
         cfg.model = run_cfg.model
     overrides = _command_line_overrides()
@@ -179,8 +171,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(data_cfg)
-    model = instantiate(run_cfg.model)
-    model.load_state_dict(checkpoint["state_dict"])
     if cfg.get("fold_bn", False):
         model.net = fold_batchnorm(model.net)
         log.info("Evaluating with every batch norm folded into its convolution.")

@@ -1,0 +1,93 @@
+"""dssd.inference: a checkpoint's detector and test data rebuilt outside Lightning, and the
+TP / FP count of the detection notebook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dssd.data.voc import VOCDataset
+from dssd.errors import UserError
+from dssd.inference import (
+    load_checkpoint,
+    load_detector,
+    load_example,
+    load_test_data,
+    match_detections,
+)
+from dssd.module import DetectionModule
+
+
+def test_load_detector_rebuilds_the_trained_model(tiny_checkpoint: Path) -> None:
+    model, run_cfg = load_detector(tiny_checkpoint)
+    assert isinstance(model, DetectionModule) and not model.training
+    assert run_cfg.model.net.image_size == 193
+    stored = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = model.state_dict()
+    assert weights.keys() == stored.keys()
+    assert all(torch.equal(weights[k], stored[k]) for k in stored)
+
+
+def test_load_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.ckpt")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UserError, match="holds no run configuration"):
+        load_detector(foreign)
+
+
+def test_test_data_and_examples_in_original_pixels(
+    tiny_checkpoint: Path, tiny_shapes: Path
+) -> None:
+    _, run_cfg = load_detector(tiny_checkpoint)
+    data = load_test_data(run_cfg, batch_size=1)
+    assert data.batch_size == 1 and len(data.datasets["test"]) == 8
+    raw = VOCDataset(tiny_shapes, "test", data.class_names)
+    for index in (0, 7):
+        example = load_example(data, index)
+        image, truth = raw[index]
+        assert example["image_id"] == truth["image_id"]
+        assert example["input"].shape == (3, 193, 193)
+        assert (example["image"] == image).all()
+        assert example["orig_size"].tolist() == list(image.shape[:2])
+        torch.testing.assert_close(
+            example["boxes"], torch.as_tensor(truth["boxes"]), atol=0.01, rtol=0
+        )
+        assert example["labels"].tolist() == truth["labels"].tolist()
+
+
+def test_match_detections_counts_like_the_voc_devkit() -> None:
+    truth = {
+        "boxes": torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50.0]]),
+        "labels": torch.tensor([1, 1, 2]),
+        "difficult": torch.tensor([False, False, True]),
+    }
+    detections = {
+        "boxes": torch.tensor(
+            [
+                [0, 0, 10, 10],  # the first object: TP
+                [0, 0, 10, 9],  # the same object again: FP
+                [20, 20, 30, 30],  # the second object, but another class: FP
+                [0, 0, 4, 4],  # IoU 0.16 with the first object: FP
+                [40, 40, 50, 50.0],  # the difficult object: neither
+            ]
+        ),
+        "scores": torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]),
+        "labels": torch.tensor([1, 1, 2, 1, 2]),
+    }
+    match = match_detections(detections, truth)
+    assert match["is_tp"].tolist() == [True, False, False, False, False]
+    assert (match["tp"], match["fp"], match["missed"]) == (1, 3, 1)
+
+    # the best score matches first, whatever the order of the detections
+    order = torch.tensor([1, 0, 2, 3, 4])
+    reordered = match_detections({k: v[order] for k, v in detections.items()}, truth)
+    assert reordered["is_tp"].tolist() == [False, True, False, False, False]
+
+    nothing = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}
+    assert match_detections(nothing, truth)["missed"] == 2
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    assert match_detections(detections, empty)["fp"] == 5
