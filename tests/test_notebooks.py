@@ -1,0 +1,162 @@
+"""The notebooks run end to end, in a kernel of this interpreter (the venv's), on tiny runs, and
+produce their tables and figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+from conftest import ROOT
+
+NOTEBOOKS = ROOT / "notebooks"
+CLASSES = ["circle", "square", "triangle", "star", "cross", "ellipse"]
+# Table 4's rows: id, name, the paper's VOC2007 test mAP (conf/table4.yaml)
+TABLE4_ROWS = [
+    ("ssd_pm_a", "SSD 321", 76.4),
+    ("ssd_pm_b", "SSD 321 + PM(b)", 76.9),
+    ("ssd_pm_c", "SSD 321 + PM(c)", 77.1),
+    ("ssd_pm_d", "SSD 321 + PM(d)", 77.0),
+    ("dssd_sum", "SSD 321 + PM(c) + DM(Eltw-sum)", 78.4),
+    ("dssd_prod", "SSD 321 + PM(c) + DM(Eltw-prod)", 78.6),
+    ("dssd_prod_stage2", "SSD 321 + PM(c) + DM(Eltw-prod) + Stage 2", 77.9),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_ablation(
+    tiny_checkpoint: Path, tiny_wandb_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """TEMPORARY stand-in for conftest's `make ablation` output: ``<out_dir>/<row id>/`` links to
+    real tiny runs (the SSD rows to ``tiny_checkpoint``'s CSV-logged run, the DSSD rows to
+    ``tiny_wandb_run``, W&B offline) and a ``table4.csv`` written here from their results."""
+    out_dir = tmp_path_factory.mktemp("fake_ablation")
+    lines = []
+    for row, name, paper in TABLE4_ROWS:
+        run_dir = tiny_wandb_run if row.startswith("dssd") else tiny_checkpoint.parents[1]
+        (out_dir / row).symlink_to(run_dir, target_is_directory=True)
+        record = json.loads((run_dir / "test_results.json").read_text())
+        metrics = record["metrics"]
+        lines.append(
+            {
+                "row": row,
+                "name": name,
+                "stage": 2 if row.endswith("stage2") else int(row.startswith("dssd")),
+                "init_from": "",
+                "paper_voc_map": paper,
+                "voc_map": 100 * metrics["test/voc_map"],
+                "coco_map": 100 * metrics["test/map"],
+                "coco_map_50": 100 * metrics["test/map_50"],
+                "parameters": record["parameters"],
+                "fit_minutes": record["fit_seconds"] / 60,
+                "wall_minutes": record["fit_seconds"] / 60,
+                "run_dir": row,
+            }
+        )
+    with (out_dir / "table4.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(lines[0]))
+        writer.writeheader()
+        writer.writerows(lines)
+    return out_dir
+
+
+def execute(name: str) -> nbformat.NotebookNode:
+    """Run ``notebooks/<name>.ipynb`` in notebooks/ with the ``python3`` kernel of this very
+    interpreter (only the native kernel spec: no user-installed one can stand in); a cell that
+    raises fails the test (nbclient's CellExecutionError)."""
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    specs = KernelSpecManager(kernel_dirs=[])
+    assert specs.get_kernel_spec("python3").argv[0] == sys.executable
+    kernel = KernelManager(kernel_name="python3", kernel_spec_manager=specs)
+    client = NotebookClient(
+        notebook, km=kernel, timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute()
+    return notebook
+
+
+def cell_text(notebook: nbformat.NotebookNode, marker: str) -> str:
+    """The printed and displayed text of the code cell whose source contains ``marker``."""
+    (cell,) = [c for c in notebook.cells if c.cell_type == "code" and marker in c.source]
+    texts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            texts.append(output.text)
+        elif "text/plain" in output.get("data", {}):
+            texts.append(output.data["text/plain"])
+    return "\n".join(texts)
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, path
+
+
+def test_notebooks_are_stored_without_outputs() -> None:
+    for path in NOTEBOOKS.glob("*.ipynb"):
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.validate(notebook)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, path
+
+
+def test_ablation_notebook(tiny_ablation: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSSD_ABLATION_DIR", str(tiny_ablation))
+    monkeypatch.delenv("DSSD_WANDB_PROJECT", raising=False)
+    notebook = execute("ablation")
+
+    table = cell_text(notebook, "load_table")
+    for row, _name, paper in TABLE4_ROWS:
+        assert row in table and f"{paper:.1f}" in table, row
+    for figure in ("voc_map", "per_class_ap", "val_map_50"):
+        assert_png(tiny_ablation / "figures" / f"{figure}.png")
+
+    # W&B section: the offline runs of the rows that have them, else a note
+    offline = {row for row, *_ in TABLE4_ROWS if any((tiny_ablation / row).glob("wandb/off*"))}
+    runs = cell_text(notebook, "load_wandb_offline")
+    if offline:
+        assert all(row in runs for row in offline) and "test/voc_map" in runs
+    else:
+        assert "No W&B runs found" in runs
+    # one curve per row, from W&B where the row has offline runs, else from its CSV logs
+    expected = {row: "W&B offline" if row in offline else "CSV" for row, *_ in TABLE4_ROWS}
+    sources = {}
+    for line in cell_text(notebook, "row_curve").splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] in expected:
+            sources[words[0]] = " ".join(words[1:-1])
+            assert int(words[-1]) >= 1, line
+    assert sources == expected
+
+
+def test_detections_notebook(
+    tiny_checkpoint: Path, tiny_shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dssd.data.voc import VOCDataset
+
+    monkeypatch.setenv("DSSD_CHECKPOINT", str(tiny_checkpoint))
+    monkeypatch.setenv("DSSD_NUM_IMAGES", "3")
+    monkeypatch.setenv("DSSD_MIN_SCORE", "0")
+    monkeypatch.setenv("DSSD_FIGURE_DIR", str(tmp_path / "figures"))
+    notebook = execute("detections")
+
+    assert_png(tmp_path / "figures" / "detections.png")
+    header, *rows = cell_text(notebook, "match_detections(found").strip().splitlines()
+    assert header.split() == ["image", "objects", "detections", "TP", "FP", "missed"]
+    assert len(rows) == 3
+    test_set = VOCDataset(tiny_shapes, "test", CLASSES)
+    for line, image_id, truth in zip(rows, test_set.ids, test_set.annotations, strict=False):
+        image, objects, detections, tp, fp, missed = line.split()
+        assert image == image_id and int(objects) == len(truth["labels"])
+        # at MIN_SCORE=0 every detection counts: TP or FP, or neither on a difficult object
+        assert int(detections) > 0 and int(tp) + int(fp) <= int(detections)
+        assert int(tp) + int(missed) == int((~truth["difficult"]).sum())
