@@ -3,8 +3,6 @@ produce their tables and figures."""
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
 
@@ -28,43 +26,6 @@ TABLE4_ROWS = [
     ("dssd_prod", "SSD 321 + PM(c) + DM(Eltw-prod)", 78.6),
     ("dssd_prod_stage2", "SSD 321 + PM(c) + DM(Eltw-prod) + Stage 2", 77.9),
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_ablation(
-    tiny_checkpoint: Path, tiny_wandb_run: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """TEMPORARY stand-in for conftest's `make ablation` output: ``<out_dir>/<row id>/`` links to
-    real tiny runs (the SSD rows to ``tiny_checkpoint``'s CSV-logged run, the DSSD rows to
-    ``tiny_wandb_run``, W&B offline) and a ``table4.csv`` written here from their results."""
-    out_dir = tmp_path_factory.mktemp("fake_ablation")
-    lines = []
-    for row, name, paper in TABLE4_ROWS:
-        run_dir = tiny_wandb_run if row.startswith("dssd") else tiny_checkpoint.parents[1]
-        (out_dir / row).symlink_to(run_dir, target_is_directory=True)
-        record = json.loads((run_dir / "test_results.json").read_text())
-        metrics = record["metrics"]
-        lines.append(
-            {
-                "row": row,
-                "name": name,
-                "stage": 2 if row.endswith("stage2") else int(row.startswith("dssd")),
-                "init_from": "",
-                "paper_voc_map": paper,
-                "voc_map": 100 * metrics["test/voc_map"],
-                "coco_map": 100 * metrics["test/map"],
-                "coco_map_50": 100 * metrics["test/map_50"],
-                "parameters": record["parameters"],
-                "fit_minutes": record["fit_seconds"] / 60,
-                "wall_minutes": record["fit_seconds"] / 60,
-                "run_dir": row,
-            }
-        )
-    with (out_dir / "table4.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(lines[0]))
-        writer.writeheader()
-        writer.writerows(lines)
-    return out_dir
 
 
 def execute(name: str) -> nbformat.NotebookNode:
@@ -122,6 +83,7 @@ def test_ablation_notebook(tiny_ablation: Path, monkeypatch: pytest.MonkeyPatch)
 
     # W&B section: the offline runs of the rows that have them, else a note
     offline = {row for row, *_ in TABLE4_ROWS if any((tiny_ablation / row).glob("wandb/off*"))}
+    assert offline == {row for row, *_ in TABLE4_ROWS}  # the fixture logs to W&B, offline
     runs = cell_text(notebook, "load_wandb_offline")
     if offline:
         assert all(row in runs for row in offline) and "test/voc_map" in runs

@@ -84,7 +84,7 @@ def write_results_json(record: Mapping, directory: str | Path, role: str = "test
     ``make ablation`` and the notebooks read. NaN (a class without ground truth) becomes null."""
     path = Path(directory) / f"{role}_results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(record), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
     return path
 
 
