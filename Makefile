@@ -12,8 +12,12 @@ DATA ?=
 MODEL_SIZE ?= 321
 ABLATION ?= $(if $(DATA),$(DATA)_$(MODEL_SIZE),shapes)
 TRAIN_ARGS ?=
+# `make bench`: options of the speed benchmark (python -m dssd.tools.benchmark --help) and of
+# the baselines' benchmark
+BENCH_ARGS ?=
+BENCH_ARGS_BASELINES ?=
 
-.PHONY: install data train ablation test test-full lint format clean
+.PHONY: install data train ablation bench test test-full lint format clean
 
 install: $(INSTALLED)
 
@@ -38,6 +42,13 @@ train: data
 # paper's setting; ARGS go to src/ablation.py (e.g. ARGS="force=true"), TRAIN_ARGS to each row.
 ablation: data
 	$(PY) src/ablation.py ablation=$(ABLATION) 'train_args="$(TRAIN_ARGS)"' $(ARGS)
+
+# Speed in the layout of the paper's Table 7 (images/s at batch 1 and a large batch, BN unfolded
+# and folded, with and without NMS, training), then the baselines; see docs/benchmarks.md.
+# On a GPU: make bench BENCH_ARGS="--bf16 --channels-last --large-batch 64"
+bench: install
+	$(PY) -m dssd.tools.benchmark $(BENCH_ARGS)
+	$(PY) -m dssd.tools.benchmark_baselines $(BENCH_ARGS_BASELINES)
 
 # Fast suite (slow tests excluded); `make test-full` runs everything.
 test: install

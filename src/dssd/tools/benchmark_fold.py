@@ -3,7 +3,8 @@
 The network is built from the project's Hydra config (``conf/model/<name>.yaml``, untrained
 weights: the timing does not depend on them), then the unfolded and the folded networks run
 eval-mode forward passes in turn, so that both see the same machine load. The paper reports a
-1.2-1.5x speed-up from folding.
+1.2-1.5x speed-up from folding. ``python -m dssd.tools.benchmark`` is the full Table 7 (all
+models, batch 1 and a large batch, with post-processing and training).
 
     python -m dssd.tools.benchmark_fold --model ssd321 --batch-size 1 --iters 20
     python -m dssd.tools.benchmark_fold --model dssd321 --threads 8 data=voc
@@ -12,72 +13,25 @@ eval-mode forward passes in turn, so that both see the same machine load. The pa
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from torch import Tensor, nn
 
-from dssd.config import register_resolvers
 from dssd.models import count_batchnorms, fold_batchnorm
+from dssd.tools.timing import (
+    build_net,
+    max_output_difference,
+    model_names,
+    synchronizer,
+    time_forward,
+)
 
-ROOT = Path(os.environ.get("PROJECT_ROOT", Path(__file__).resolve().parents[3]))
-CONF = ROOT / "conf"
-
-
-def build_net(model: str, image_size: int | None, overrides: Sequence[str] = ()) -> nn.Module:
-    """Instantiate ``model.net`` of ``conf/train.yaml`` with ``model=<model>``.
-
-    Only the network is built: the rest of the config (``paths.output_dir`` above all) needs a
-    running Hydra app to resolve.
-    """
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    register_resolvers()
-    overrides = [f"model={model}", *overrides]
-    if image_size is not None:
-        overrides.append(f"model.net.image_size={image_size}")
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return instantiate(cfg.model.net)
-
-
-@torch.inference_mode()
-def time_forward(
-    nets: Sequence[nn.Module], x: Tensor, iters: int, warmup: int, sync: Callable[[], None]
-) -> list[list[float]]:
-    """Seconds per forward pass of each network, run in turn (order alternating) on ``x``."""
-    times: list[list[float]] = [[] for _ in nets]
-    for i in range(warmup + iters):
-        order = range(len(nets)) if i % 2 == 0 else reversed(range(len(nets)))
-        for k in order:
-            sync()
-            start = time.perf_counter()
-            nets[k](x)
-            sync()
-            if i >= warmup:
-                times[k].append(time.perf_counter() - start)
-    return times
-
-
-@torch.inference_mode()
-def max_output_difference(a: nn.Module, b: nn.Module, x: Tensor) -> list[tuple[float, float]]:
-    """``(max |a - b|, max |a|)`` of each output (loc, conf) of two networks on ``x``.
-
-    The magnitude puts the difference in scale: untrained networks with default BN statistics
-    reach outputs of 1e5, where float32 rounding alone differs by more than 0.1.
-    """
-    return [
-        ((p - q).abs().max().item(), p.abs().max().item()) for p, q in zip(a(x), b(x), strict=True)
-    ]
+__all__ = ["build_net", "main", "max_output_difference", "time_forward"]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    models = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+    models = model_names()
     parser = argparse.ArgumentParser(
         prog="python -m dssd.tools.benchmark_fold", description=__doc__.split("\n\n")[0]
     )
@@ -102,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     net = build_net(args.model, args.image_size, args.overrides).to(device).eval()
     folded = fold_batchnorm(net)
     x = torch.randn(args.batch_size, 3, net.image_size, net.image_size, device=device)
-    sync = torch.cuda.synchronize if cuda else lambda: None
+    sync = synchronizer(device)
     times = time_forward([net, folded], x, args.iters, args.warmup, sync)
     medians = [statistics.median(t) for t in times]
     differences = max_output_difference(net, folded, x)

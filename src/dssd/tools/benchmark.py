@@ -1,0 +1,430 @@
+"""Speed of the detectors, in the layout of the DSSD paper's Table 7.
+
+For each model (``conf/model/<name>.yaml``, untrained weights, VOC's 21 classes by default:
+the timing depends on the shapes only) it prints the number of default boxes and images/s
+
+- at batch 1 and at a large batch, with BN unfolded and folded (``dssd.models.fold_batchnorm``),
+  for the forward pass alone and for forward + decode + NMS (the model's ``PostProcessor``, with
+  the paper's settings: score > 0.01, top 400 per class, NMS 0.45, 200 per image);
+- for training: forward + MultiBoxLoss + backward + SGD step, on random targets.
+
+The input is random images (normal noise), so the networks are untrained and the class scores
+nearly uniform: almost every default box passes the 0.01 score threshold and NMS works on the
+full ``top_k`` per class, more than a trained detector leaves it. ``--score-threshold`` changes
+the threshold to see the cost of NMS on fewer candidates. The unfolded and folded networks run
+in turn (order alternating) so that both see the same machine load; each figure is the median
+of the timed passes, after untimed warm-up passes.
+
+    python -m dssd.tools.benchmark                                 # CPU, float32
+    python -m dssd.tools.benchmark --bf16 --channels-last --large-batch 64 --compile   # GPU
+    python -m dssd.tools.benchmark --models dssd321 --out speed.md --json speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+
+from dssd.models import count_batchnorms, fold_batchnorm
+from dssd.tools.timing import compose_config, max_output_difference, model_names, synchronizer
+
+DEFAULT_MODELS = ("ssd321", "dssd321", "ssd513", "dssd513", "ssd300_vgg")
+# Per device: large batch, training batch, timed passes at batch 1 / large batch / training,
+# warm-up passes. The CPU defaults keep `make bench` near 10 minutes on 2 cores.
+DEFAULTS = {
+    "cpu": {
+        "large_batch": 8,
+        "train_batch": 4,
+        "iters": 5,
+        "iters_large": 2,
+        "train_iters": 2,
+        "warmup": 1,
+    },
+    "cuda": {
+        "large_batch": 64,
+        "train_batch": 32,
+        "iters": 50,
+        "iters_large": 20,
+        "train_iters": 20,
+        "warmup": 10,
+    },
+}
+QUICK = {"iters": 1, "iters_large": 1, "train_iters": 1, "warmup": 0}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m dssd.tools.benchmark",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=list(DEFAULT_MODELS), choices=model_names(), metavar="NAME"
+    )
+    parser.add_argument("--large-batch", type=int, help="default: 8 on CPU, 64 on GPU")
+    parser.add_argument("--train-batch", type=int, help="default: 4 on CPU, 32 on GPU; 0: skip")
+    parser.add_argument("--iters", type=int, help="timed passes at batch 1 (CPU 5, GPU 50)")
+    parser.add_argument("--iters-large", type=int, help="timed passes at the large batch")
+    parser.add_argument("--train-iters", type=int, help="timed training steps")
+    parser.add_argument("--warmup", type=int, help="untimed passes before each timing")
+    parser.add_argument("--quick", action="store_true", help="one pass each, no warm-up (smoke)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last tensors")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    parser.add_argument(
+        "--score-threshold", type=float, help="post-processing score threshold (default: 0.01)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides for every model (default: data=voc0712)"
+    )
+    args = parser.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = torch.device(device)
+    defaults = dict(DEFAULTS["cuda" if args.device.type == "cuda" else "cpu"])
+    if args.quick:
+        defaults.update(QUICK)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not any(o.lstrip("+~").startswith("data=") for o in args.overrides):
+        args.overrides = ["data=voc0712", *args.overrides]
+    return args
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    """What the figures were measured on."""
+    if args.device.type == "cuda":
+        device_name = torch.cuda.get_device_name(args.device)
+    else:
+        device_name = cpu_name()
+    return {
+        "device": device_name,
+        "device_type": args.device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16 autocast" if args.bf16 else "float32",
+        "memory_format": "channels_last" if args.channels_last else "contiguous",
+        "compile": args.compile,
+        "input": "random images (normal noise), untrained weights",
+        "overrides": list(args.overrides),
+        "large_batch": args.large_batch,
+        "train_batch": args.train_batch,
+        "iters": {"batch_1": args.iters, "large": args.iters_large, "train": args.train_iters},
+        "warmup": args.warmup,
+    }
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def autocast(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    if args.bf16:
+        return torch.autocast(args.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare(net: nn.Module, args: argparse.Namespace) -> nn.Module:
+    """The network in the chosen memory format, compiled if asked."""
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return torch.compile(net) if args.compile else net
+
+
+def images(batch: int, size: int, args: argparse.Namespace) -> Tensor:
+    x = torch.randn(batch, 3, size, size, device=args.device)
+    return x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+@torch.inference_mode()
+def time_inference(
+    nets: Sequence[nn.Module],
+    postprocess: nn.Module,
+    priors: Tensor,
+    x: Tensor,
+    iters: int,
+    warmup: int,
+    sync: Callable[[], None],
+    args: argparse.Namespace,
+) -> list[dict[str, float]]:
+    """Median seconds per batch of each network: forward alone and forward + post-processing.
+
+    Both come from the same passes: the clock is read after the forward pass and again after
+    decode + NMS. The networks run in turn, order alternating.
+    """
+    forward: list[list[float]] = [[] for _ in nets]
+    total: list[list[float]] = [[] for _ in nets]
+    detections: list[list[float]] = [[] for _ in nets]
+    sizes = torch.tensor([[x.shape[2], x.shape[3]]], device=x.device).expand(x.shape[0], 2)
+    for i in range(warmup + iters):
+        order = range(len(nets)) if i % 2 == 0 else reversed(range(len(nets)))
+        for k in order:
+            sync()
+            start = time.perf_counter()
+            with autocast(args):
+                loc, conf = nets[k](x)
+                sync()
+                middle = time.perf_counter()
+                dets = postprocess(loc, conf, priors, sizes)
+            sync()
+            end = time.perf_counter()
+            if i >= warmup:
+                forward[k].append(middle - start)
+                total[k].append(end - start)
+                detections[k].append(sum(len(d["scores"]) for d in dets) / x.shape[0])
+    return [
+        {
+            "forward_s": median(forward[k]),
+            "total_s": median(total[k]),
+            "detections_per_image": median(detections[k]),
+        }
+        for k in range(len(nets))
+    ]
+
+
+def random_targets(
+    batch: int, num_classes: int, device: torch.device, generator: torch.Generator
+) -> list[dict[str, Tensor]]:
+    """1-5 random boxes per image (xyxy, normalised) with random foreground labels."""
+    targets = []
+    for _ in range(batch):
+        n = int(torch.randint(1, 6, (1,), generator=generator))
+        centre = torch.rand(n, 2, generator=generator) * 0.6 + 0.2
+        size = torch.rand(n, 2, generator=generator) * 0.3 + 0.05
+        boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1).clamp(0, 1)
+        labels = torch.randint(1, num_classes + 1, (n,), generator=generator)
+        targets.append(
+            {
+                "boxes": boxes.to(device),
+                "labels": labels.to(device),
+                "difficult": torch.zeros(n, dtype=torch.bool, device=device),
+            }
+        )
+    return targets
+
+
+def time_training(
+    net: nn.Module,
+    loss: nn.Module,
+    batch: int,
+    iters: int,
+    warmup: int,
+    sync: Callable[[], None],
+    args: argparse.Namespace,
+) -> float:
+    """Median seconds per training step: forward, MultiBoxLoss, backward, SGD step."""
+    generator = torch.Generator().manual_seed(args.seed)
+    x = images(batch, net.image_size, args)
+    targets = random_targets(batch, net.num_classes, args.device, generator)
+    priors = net.priors
+    model = prepare(net.train(), args)
+    # the paper's optimiser (conf/optimizer/sgd.yaml)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    times = []
+    for i in range(warmup + max(iters, 1)):
+        sync()
+        start = time.perf_counter()
+        with autocast(args):
+            loc, conf = model(x)
+            losses = loss(loc, conf, priors, targets)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    net.eval()
+    return median(times)
+
+
+def benchmark_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure of one model."""
+    torch.manual_seed(args.seed)
+    cfg = compose_config(name, args.image_size, args.overrides)
+    if args.score_threshold is not None:
+        cfg.model.postprocess.score_threshold = args.score_threshold
+    net = instantiate(cfg.model.net).to(args.device).eval()
+    postprocess = instantiate(cfg.model.postprocess)
+    folded = fold_batchnorm(net)
+    sync = synchronizer(args.device)
+    priors = net.priors
+    result: dict[str, Any] = {
+        "model": name,
+        "image_size": net.image_size,
+        "num_classes": net.num_classes,
+        "boxes": int(priors.shape[0]),
+        "batchnorms": count_batchnorms(net),
+        "batchnorms_left_folded": count_batchnorms(folded),
+        "score_threshold": float(postprocess.score_threshold),
+        "inference": [],
+    }
+    # Outputs of the folded network against the unfolded one (float32, contiguous, eager).
+    x = torch.randn(1, 3, net.image_size, net.image_size, device=args.device)
+    result["output_difference"] = {
+        key: {"max_abs_diff": diff, "max_abs": magnitude}
+        for key, (diff, magnitude) in zip(
+            ("loc", "conf"), max_output_difference(net, folded, x), strict=True
+        )
+    }
+    nets = [prepare(net, args), prepare(folded, args)]
+    for batch, iters in sorted({1: args.iters, args.large_batch: args.iters_large}.items()):
+        x = images(batch, net.image_size, args)
+        timed = time_inference(nets, postprocess, priors, x, iters, args.warmup, sync, args)
+        for bn, t in zip(("unfolded", "folded"), timed, strict=True):
+            result["inference"].append(
+                {
+                    "batch": batch,
+                    "bn": bn,
+                    **t,
+                    "forward_images_per_s": batch / t["forward_s"],
+                    "total_images_per_s": batch / t["total_s"],
+                }
+            )
+        print(f"  {name} batch {batch}: done", flush=True)
+    del nets, folded
+    if args.train_batch > 0:
+        loss = instantiate(cfg.model.loss)
+        step = time_training(net, loss, args.train_batch, args.train_iters, args.warmup, sync, args)
+        result["training"] = {
+            "batch": args.train_batch,
+            "step_s": step,
+            "images_per_s": args.train_batch / step,
+        }
+        print(f"  {name} training: done", flush=True)
+    return result
+
+
+def fold_ratios(result: dict[str, Any]) -> list[dict[str, float]]:
+    """Folded / unfolded images/s per batch, forward alone and with post-processing."""
+    rows = []
+    by_batch: dict[int, dict[str, dict[str, float]]] = {}
+    for row in result["inference"]:
+        by_batch.setdefault(row["batch"], {})[row["bn"]] = row
+    for batch, pair in sorted(by_batch.items()):
+        rows.append(
+            {
+                "batch": batch,
+                "forward": pair["unfolded"]["forward_s"] / pair["folded"]["forward_s"],
+                "total": pair["unfolded"]["total_s"] / pair["folded"]["total_s"],
+            }
+        )
+    return rows
+
+
+def markdown(env: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
+    """The tables: inference (Table 7's layout), BN-folding speed-up, training."""
+    lines = [
+        f"- device: {env['device']} ({env['device_type']}), torch {env['torch']}"
+        + (f", CUDA {env['cuda']}" if env["device_type"] == "cuda" else "")
+        + f", {env['threads']} threads",
+        f"- precision: {env['precision']}; memory format: {env['memory_format']}; "
+        f"torch.compile: {'yes' if env['compile'] else 'no'}",
+        f"- input: {env['input']}; config overrides: {' '.join(env['overrides']) or '-'}",
+        f"- median of {env['iters']['batch_1']} timed passes at batch 1, "
+        f"{env['iters']['large']} at batch {env['large_batch']}, {env['iters']['train']} "
+        f"training steps; {env['warmup']} warm-up passes before each",
+    ]
+    if results:
+        threshold = results[0]["score_threshold"]
+        lines.append(
+            f"- post-processing: score > {threshold:g}, top 400 per class, NMS 0.45, 200 per "
+            "image; with untrained weights nearly every box passes the score threshold"
+        )
+    lines += [
+        "",
+        "| model | input | boxes | batch | BN | fwd ms/batch | fwd img/s | fwd+NMS img/s "
+        "| dets/img |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for row in r["inference"]:
+            lines.append(
+                f"| {r['model']} | {r['image_size']} | {r['boxes']:,} | {row['batch']} "
+                f"| {row['bn']} | {row['forward_s'] * 1e3:.1f} "
+                f"| {row['forward_images_per_s']:.2f} | {row['total_images_per_s']:.2f} "
+                f"| {row['detections_per_image']:.0f} |"
+            )
+    lines += [
+        "",
+        "BN folding speed-up (folded images/s / unfolded images/s; the paper: 1.2-1.5x):",
+        "",
+        "| model | batch | fwd | fwd+NMS |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in results:
+        for ratio in fold_ratios(r):
+            lines.append(
+                f"| {r['model']} | {ratio['batch']} | {ratio['forward']:.2f}x "
+                f"| {ratio['total']:.2f}x |"
+            )
+    trained = [r for r in results if "training" in r]
+    if trained:
+        lines += [
+            "",
+            "Training (forward + MultiBoxLoss + backward + SGD step, BN unfolded, random targets):",
+            "",
+            "| model | batch | ms/step | img/s |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in trained:
+            t = r["training"]
+            lines.append(
+                f"| {r['model']} | {t['batch']} | {t['step_s'] * 1e3:.0f} "
+                f"| {t['images_per_s']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    env = environment(args)
+    print(f"benchmarking {', '.join(args.models)} on {env['device']}", flush=True)
+    start = time.perf_counter()
+    results = [benchmark_model(name, args) for name in args.models]
+    env["wall_s"] = time.perf_counter() - start
+    text = markdown(env, results)
+    print()
+    print(text, end="")
+    print(f"\n(wall time {env['wall_s']:.0f} s)")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    report = {"environment": env, "results": results}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

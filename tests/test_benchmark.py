@@ -1,0 +1,91 @@
+"""`python -m dssd.tools.benchmark` (make bench) on the smallest models: a smoke run of every
+figure of the table. No timing is asserted, only that each figure exists and is positive, that
+the box counts are the networks', and that BN folding left the outputs unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from dssd.models import fold_batchnorm
+from dssd.tools import benchmark, benchmark_fold
+from dssd.tools.timing import build_net, max_output_difference
+
+MODELS = ["ssd_r18", "dssd_r18"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
+    out = tmp_path_factory.mktemp("bench")
+    args = ["--quick", "--models", *MODELS, "--large-batch", "2", "--train-batch", "2"]
+    args += ["--device", "cpu", "--out", str(out / "bench.md"), "--json", str(out / "bench.json")]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = benchmark.main(args)
+    text = (out / "bench.md").read_text()
+    assert text in printed.getvalue()  # the table printed is the one saved
+    return report, text, (out / "bench.json").read_text()
+
+
+def test_table_has_every_row(run: tuple[dict, str, str]) -> None:
+    report, text, saved = run
+    assert json.loads(saved)["results"] == json.loads(json.dumps(report["results"]))
+    env = report["environment"]
+    assert env["precision"] == "float32" and env["memory_format"] == "contiguous"
+    assert env["device_type"] == "cpu" and env["torch"] == torch.__version__
+    assert [r["model"] for r in report["results"]] == MODELS
+    for r in report["results"]:
+        rows = [(row["batch"], row["bn"]) for row in r["inference"]]
+        assert rows == [(1, "unfolded"), (1, "folded"), (2, "unfolded"), (2, "folded")]
+        for batch, bn in rows:
+            assert f"| {r['model']} | 193 | {r['boxes']:,} | {batch} | {bn} |" in text
+        assert [ratio["batch"] for ratio in benchmark.fold_ratios(r)] == [1, 2]
+        assert f"| {r['model']} | 2 |" in text  # the training row
+    assert "BN folding speed-up" in text and "Training" in text
+
+
+def test_figures_are_positive(run: tuple[dict, str, str]) -> None:
+    report, _, _ = run
+    for r in report["results"]:
+        for row in r["inference"]:
+            for key in ("forward_images_per_s", "total_images_per_s"):
+                assert math.isfinite(row[key]) and row[key] > 0
+            assert row["total_s"] >= row["forward_s"] > 0
+            # untrained weights: every image keeps the full 200 detections
+            assert 0 < row["detections_per_image"] <= 200
+        assert r["training"]["batch"] == 2 and r["training"]["images_per_s"] > 0
+        assert r["batchnorms"] > 0 and r["batchnorms_left_folded"] == 0
+
+
+def test_box_counts_are_the_networks(run: tuple[dict, str, str]) -> None:
+    report, _, _ = run
+    for r in report["results"]:
+        net = build_net(r["model"], None, ["data=voc0712"])
+        assert r["boxes"] == net.priors.shape[0]
+        assert r["num_classes"] == 20
+
+
+def test_folded_outputs_agree(run: tuple[dict, str, str]) -> None:
+    report, _, _ = run
+    for r in report["results"]:
+        for diff in r["output_difference"].values():
+            assert diff["max_abs_diff"] <= 1e-4 * max(1.0, diff["max_abs"])
+    # and directly, through the helper benchmark_fold still exports
+    assert benchmark_fold.max_output_difference is max_output_difference
+    net = build_net("dssd_r18", None).eval()
+    x = torch.randn(1, 3, net.image_size, net.image_size)
+    for diff, magnitude in max_output_difference(net, fold_batchnorm(net), x):
+        assert diff <= 1e-4 * max(1.0, magnitude)
+
+
+def test_paper_box_counts() -> None:
+    """Table 7's default boxes: 17,080 at 321, 43,688 at 513 and SSD300's 8,732."""
+    for model, boxes in [("ssd321", 17080), ("dssd513", 43688), ("ssd300_vgg", 8732)]:
+        cfg = benchmark.compose_config(model, None, ["data=voc0712"])
+        assert instantiate(cfg.model.net).priors.shape[0] == boxes
