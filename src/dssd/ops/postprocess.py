@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from dssd.ops.boxes import Variances, decode
 
@@ -15,8 +15,10 @@ class PostProcessor(nn.Module):
     Per image and foreground class: keep priors whose softmax score is > ``score_threshold``,
     keep the ``top_k`` best, apply NMS at ``nms_iou``; then keep the ``max_detections``
     best detections of the image over all classes. Decoded boxes are clamped to [0, 1]
-    before being scaled to pixels. The whole batch goes through a single
-    :func:`torchvision.ops.batched_nms` call with one group per (image, class).
+    before being scaled to pixels. The whole batch is handled at once: one threshold and one
+    sort bring the passing scores of every (image, class) together (or one dense top-k when most
+    scores pass, as with an untrained network), only those candidates are decoded, and NMS runs on
+    each (image, class) slice in turn.
     """
 
     def __init__(
@@ -52,27 +54,47 @@ class PostProcessor(nn.Module):
         """
         batch_size, num_priors, num_classes = conf.shape[0], conf.shape[1], conf.shape[2] - 1
         device = conf.device
-        boxes = decode(loc.float(), priors.float(), self.variances).clamp(0.0, 1.0)  # [B, P, 4]
-        scores = conf.float().softmax(dim=-1)[..., 1:].transpose(1, 2)  # [B, C, P]
+        k = min(self.top_k, num_priors)
+        scores = conf.float().softmax(dim=-1)[..., 1:]  # [B, P, C]
+        image_index, prior_index, class_index = (scores > self.score_threshold).nonzero(
+            as_tuple=True
+        )
+        if len(image_index) > 2 * batch_size * num_classes * k:
+            # most scores pass (an untrained network): a dense per-(image, class) top-k is cheaper
+            # than sorting all of them
+            scores, prior_index = scores.transpose(1, 2).topk(k, dim=2)  # [B, C, k]
+            above = scores > self.score_threshold
+            image_index = torch.arange(batch_size, device=device)[:, None, None].expand_as(above)
+            class_index = torch.arange(num_classes, device=device)[None, :, None].expand_as(above)
+            image_index, class_index = image_index[above], class_index[above]
+            prior_index, scores = prior_index[above], scores[above]
+            groups = image_index * num_classes + class_index
+        else:
+            # the few passing scores, ordered by (image, class) then by decreasing score
+            scores = scores[image_index, prior_index, class_index]
+            groups = image_index * num_classes + class_index
+            order = scores.argsort(descending=True, stable=True)
+            order = order[groups[order].argsort(stable=True)]
+            rank = _rank_in_group(groups[order], batch_size * num_classes)
+            order = order[rank < k]
+            image_index, prior_index, class_index = (
+                image_index[order],
+                prior_index[order],
+                class_index[order],
+            )
+            scores, groups = scores[order], groups[order]
+        # candidates are now contiguous per (image, class), by decreasing score within a group
+        boxes = decode(
+            loc[image_index, prior_index].float(), priors[prior_index].float(), self.variances
+        )
+        boxes = boxes.clamp(0.0, 1.0)
+        keep = _grouped_nms(boxes, scores, groups, batch_size * num_classes, self.nms_iou)
 
-        scores, prior_index = scores.topk(min(self.top_k, num_priors), dim=2)  # [B, C, k]
-        image_index = torch.arange(batch_size, device=device)[:, None, None].expand_as(scores)
-        class_index = torch.arange(num_classes, device=device)[None, :, None].expand_as(scores)
-        keep = scores > self.score_threshold
-        image_index, class_index = image_index[keep], class_index[keep]
-        scores = scores[keep]
-        boxes = boxes[image_index, prior_index[keep]]
-
-        # float64: batched_nms may offset each group's boxes by up to ~2 * B * C, which would
-        # cost float32 precision on normalised coordinates.
-        groups = image_index * num_classes + class_index
-        keep = batched_nms(boxes.double(), scores.double(), groups, self.nms_iou)
-        # keep is sorted by decreasing score; a stable sort by image preserves that per image.
+        # by image, then by decreasing score (stable sorts keep the earlier order on ties)
+        keep = keep[scores[keep].argsort(descending=True, stable=True)]
         keep = keep[torch.sort(image_index[keep], stable=True).indices]
         counts = torch.bincount(image_index[keep], minlength=batch_size)
-        first = counts.cumsum(0) - counts
-        rank = torch.arange(len(keep), device=device) - first[image_index[keep]]
-        keep = keep[rank < self.max_detections]
+        keep = keep[_rank_in_group(image_index[keep], batch_size) < self.max_detections]
         sizes = counts.clamp(max=self.max_detections).tolist()
 
         scale = orig_sizes.flip(-1).repeat(1, 2).to(boxes)  # (w, h, w, h) per image
@@ -82,3 +104,29 @@ class PostProcessor(nn.Module):
             boxes.split(sizes), scores[keep].split(sizes), labels.split(sizes), strict=True
         )
         return [{"boxes": b, "scores": s, "labels": c} for b, s, c in per_image]
+
+
+def _rank_in_group(groups: Tensor, num_groups: int) -> Tensor:
+    """Position of every element within its group; ``groups`` must be sorted."""
+    counts = torch.bincount(groups, minlength=num_groups)
+    first = counts.cumsum(0) - counts
+    return torch.arange(len(groups), device=groups.device) - first[groups]
+
+
+def _grouped_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, num_groups: int, iou_threshold: float
+) -> Tensor:
+    """NMS within each group of a sorted ``groups``; indices of the kept boxes.
+
+    Each group is a contiguous slice, so every :func:`torchvision.ops.nms` call sees only its
+    own boxes: unlike :func:`torchvision.ops.batched_nms` on CPU, no mask over all the boxes per
+    group (its "vanilla" path) and no quadratic cost across groups (its offset trick).
+    """
+    keep = []
+    start = 0
+    for count in torch.bincount(groups, minlength=num_groups).tolist():
+        if count:
+            end = start + count
+            keep.append(nms(boxes[start:end], scores[start:end], iou_threshold) + start)
+            start = end
+    return torch.cat(keep) if keep else groups.new_zeros(0)
