@@ -38,10 +38,12 @@ def batched_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     if boxes2.dim() == 2:
         boxes2 = boxes2.unsqueeze(0)
-    lt = torch.max(boxes1[:, :, None, :2], boxes2[:, None, :, :2])  # [B, N, P, 2]
-    rb = torch.min(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    # one coordinate at a time: contiguous [B, N, P] tensors, no strided [B, N, P, 2] ones
+    a = [c[:, :, None] for c in boxes1.unbind(-1)]
+    b = [c[:, None, :] for c in boxes2.unbind(-1)]
+    w = (torch.min(a[2], b[2]) - torch.max(a[0], b[0])).clamp(min=0)
+    h = (torch.min(a[3], b[3]) - torch.max(a[1], b[1])).clamp(min=0)
+    inter = w * h
     union = _area(boxes1)[:, :, None] + _area(boxes2)[:, None, :] - inter
     return inter / union
 

@@ -25,8 +25,10 @@ def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float
     num_pos = positive.sum(dim=1, keepdim=True)
     num_neg = torch.minimum((neg_pos_ratio * num_pos).long(), positive.shape[1] - num_pos)
     loss = conf_loss.detach().masked_fill(positive, float("-inf"))
-    rank = loss.argsort(dim=1, descending=True).argsort(dim=1)
-    return (rank < num_neg) & ~positive
+    order = loss.argsort(dim=1, descending=True)
+    # rank < num_neg, without a second argsort for the ranks: scatter the sorted positions back
+    in_top = torch.arange(loss.shape[1], device=loss.device) < num_neg  # [B, P] in sorted order
+    return torch.zeros_like(positive).scatter_(1, order, in_top) & ~positive
 
 
 class MultiBoxLoss(nn.Module):
@@ -70,15 +72,17 @@ class MultiBoxLoss(nn.Module):
         with torch.no_grad():
             gt_boxes, gt_labels = pad_targets(targets, device=loc.device)
             matched_boxes, labels = match(priors, gt_boxes, gt_labels, self.iou_threshold)
-            loc_target = encode(matched_boxes, priors, self.variances)
-        positive = labels > 0
+            positive = labels > 0
+            # only positives have a regression target: encode just those
+            prior_index = positive.nonzero()[:, 1]
+            loc_target = encode(matched_boxes[positive], priors[prior_index], self.variances)
         num_pos = positive.sum()
 
         conf_loss = F.cross_entropy(conf.flatten(0, 1), labels.flatten(), reduction="none")
         conf_loss = conf_loss.view_as(labels)
         negative = hard_negative_mask(conf_loss, positive, self.neg_pos_ratio)
         loss_conf = conf_loss[positive | negative].sum()
-        loss_loc = F.smooth_l1_loss(loc[positive], loc_target[positive], beta=1.0, reduction="sum")
+        loss_loc = F.smooth_l1_loss(loc[positive], loc_target, beta=1.0, reduction="sum")
 
         normaliser = num_pos.clamp(min=1)
         loss_conf = loss_conf / normaliser

@@ -28,9 +28,28 @@ def match(
         ``boxes [B, P, 4]`` xyxy and ``labels [B, P]`` int64 (0 = background). A background
         prior is "matched" to itself, so its box is finite and encodes to zero offsets.
     """
+    priors_xyxy = cxcywh_to_xyxy(priors)
+    # the [B, N, P] IoU and its temporaries are big (32 x 10 x 17080 floats: 22 MB each); a few
+    # images at a time keeps them in cache, which is several times faster on CPU
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, gt_labels.shape[1] * len(priors)))
+    if gt_labels.device.type == "cpu" and chunk < len(gt_labels):
+        parts = [
+            _match(priors_xyxy, b, lab, iou_threshold)
+            for b, lab in zip(gt_boxes.split(chunk), gt_labels.split(chunk), strict=True)
+        ]
+        return torch.cat([b for b, _ in parts]), torch.cat([lab for _, lab in parts])
+    return _match(priors_xyxy, gt_boxes, gt_labels, iou_threshold)
+
+
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _match(
+    priors_xyxy: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou_threshold: float
+) -> tuple[Tensor, Tensor]:
+    """:func:`match` on xyxy priors."""
     batch_size, num_gt = gt_labels.shape
     valid = gt_labels > 0
-    priors_xyxy = cxcywh_to_xyxy(priors)
     iou = batched_iou(gt_boxes, priors_xyxy).masked_fill(~valid[:, :, None], -1.0)  # [B, N, P]
 
     best_iou, best_gt = iou.max(dim=1)  # [B, P]
