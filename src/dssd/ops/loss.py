@@ -25,9 +25,11 @@ def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float
     num_pos = positive.sum(dim=1, keepdim=True)
     num_neg = torch.minimum((neg_pos_ratio * num_pos).long(), positive.shape[1] - num_pos)
     loss = conf_loss.detach().masked_fill(positive, float("-inf"))
-    order = loss.argsort(dim=1, descending=True)
-    # rank < num_neg, without a second argsort for the ranks: scatter the sorted positions back
-    in_top = torch.arange(loss.shape[1], device=loss.device) < num_neg  # [B, P] in sorted order
+    # the num_neg largest of each image: a top-k as deep as the largest num_neg, not a full sort
+    # of every prior (ties may pick other priors than a sort would, with the same loss values)
+    k = int(num_neg.max()) if num_neg.numel() else 0
+    order = loss.topk(k, dim=1).indices  # [B, k], decreasing loss
+    in_top = torch.arange(k, device=loss.device) < num_neg
     return torch.zeros_like(positive).scatter_(1, order, in_top) & ~positive
 
 
