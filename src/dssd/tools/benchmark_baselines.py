@@ -13,8 +13,8 @@
 Every comparison also checks that both sides compute the same thing (losses, positives,
 detections, AP). Ratios are baseline / ours: > 1 means ours is faster.
 
-    python -m dssd.tools.benchmark_baselines                 # defaults: ~5-8 min on 2 CPU cores
-    python -m dssd.tools.benchmark_baselines --quick         # small sizes, seconds
+    python -m dssd.tools.benchmark_baselines            # defaults: ~6-9 min on 2 busy CPU cores
+    python -m dssd.tools.benchmark_baselines --quick    # small sizes, under a minute
     python -m dssd.tools.benchmark_baselines --out table.md --json results.json
 """
 
@@ -606,7 +606,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m dssd.tools.benchmark_baselines", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="small sizes and iterations")
-    parser.add_argument("--iters", type=int, help="timed calls per side (default 10, quick 2)")
+    parser.add_argument("--iters", type=int, help="timed calls per side (default 5, quick 2)")
     parser.add_argument("--batch-size", type=int, help="loss batch (default 32, quick 4)")
     parser.add_argument("--coco-images", type=int, help="COCO images (default 5000, quick 200)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
@@ -623,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     quick = args.quick
-    iters = args.iters or (2 if quick else 10)
+    iters = args.iters or (2 if quick else 5)
     batch_size = args.batch_size or (4 if quick else 32)
     coco_images = args.coco_images or (200 if quick else 5000)
     only = set(args.only or ["loss", "postprocess", "coco", "e2e"])
@@ -654,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     if "coco" in only:
         report(bench_coco(coco_images))
     if "e2e" in only:
-        report(bench_end_to_end([1] if quick else [1, 8], max(1, iters // 3)))
+        report(bench_end_to_end([1] if quick else [1, 8], max(1, iters // 2)))
 
     table = format_table(rows)
     print()
