@@ -87,3 +87,19 @@ def test_main_writes_table_and_json(tmp_path) -> None:
     data = json.loads(js.read_text())
     assert data["environment"]["torch"] == torch.__version__
     assert data["rows"][0]["ratio"] == pytest.approx(rows[0].ratio)
+
+
+def test_chunked_matching_equals_whole_batch(priors: torch.Tensor, monkeypatch) -> None:
+    """The CPU path that matches a few images at a time (trimming padding) changes nothing."""
+    import dssd.ops.matching as matching
+    from dssd.ops import match, pad_targets
+
+    targets = bb.random_targets(7, seed=4)
+    targets[2] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    gt_boxes, gt_labels = pad_targets(targets)
+    monkeypatch.setattr(matching, "_CHUNK_ELEMENTS", 1 << 40)
+    whole = match(priors, gt_boxes, gt_labels)
+    monkeypatch.setattr(matching, "_CHUNK_ELEMENTS", 1)
+    chunked = match(priors, gt_boxes, gt_labels)
+    assert (whole[1] > 0).sum() > 0
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])

@@ -33,10 +33,13 @@ def match(
     # images at a time keeps them in cache, which is several times faster on CPU
     chunk = max(1, _CHUNK_ELEMENTS // max(1, gt_labels.shape[1] * len(priors)))
     if gt_labels.device.type == "cpu" and chunk < len(gt_labels):
-        parts = [
-            _match(priors_xyxy, b, lab, iou_threshold)
-            for b, lab in zip(gt_boxes.split(chunk), gt_labels.split(chunk), strict=True)
-        ]
+        parts = []
+        for boxes, labels in zip(gt_boxes.split(chunk), gt_labels.split(chunk), strict=True):
+            # padding never matches: drop the columns that are padding in every image of the chunk
+            width = max(1, int((labels > 0).sum(dim=1).max()))
+            if bool((labels[:, :width] > 0).sum() == (labels > 0).sum()):
+                boxes, labels = boxes[:, :width], labels[:, :width]
+            parts.append(_match(priors_xyxy, boxes, labels, iou_threshold))
         return torch.cat([b for b, _ in parts]), torch.cat([lab for _, lab in parts])
     return _match(priors_xyxy, gt_boxes, gt_labels, iou_threshold)
 
