@@ -354,9 +354,18 @@ def markdown(env: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
         f"- precision: {env['precision']}; memory format: {env['memory_format']}; "
         f"torch.compile: {'yes' if env['compile'] else 'no'}",
         f"- input: {env['input']}; config overrides: {' '.join(env['overrides']) or '-'}",
-        f"- median of {env['iters']['batch_1']} timed passes at batch 1, "
-        f"{env['iters']['large']} at batch {env['large_batch']}, {env['iters']['train']} "
-        f"training steps; {env['warmup']} warm-up passes before each",
+        f"- median of {env['iters']['batch_1']} timed passes at batch 1"
+        + (
+            f", {env['iters']['large']} at batch {env['large_batch']}"
+            if env["large_batch"] != 1
+            else ""
+        )
+        + (
+            f", {env['iters']['train']} training steps at batch {env['train_batch']}"
+            if env["train_batch"] > 0
+            else ", no training"
+        )
+        + f"; {env['warmup']} warm-up passes before each",
     ]
     if results:
         threshold = results[0]["score_threshold"]
