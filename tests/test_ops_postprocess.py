@@ -1,5 +1,6 @@
 """Tests of dssd.ops.PostProcessor against explicit loops over images and classes."""
 
+import pytest
 import torch
 from torchvision.ops import box_convert, nms
 
@@ -127,3 +128,15 @@ def test_postprocess_all_images_empty() -> None:
         assert r["boxes"].shape == (0, 4) and r["boxes"].dtype == torch.float32
         assert r["scores"].shape == (0,) and r["scores"].dtype == torch.float32
         assert r["labels"].shape == (0,) and r["labels"].dtype == torch.int64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_postprocess_on_gpu_equals_the_reference() -> None:
+    """The GPU path (one batched_nms call) gives the CPU reference's detections."""
+    loc, conf, priors, orig_sizes = make_inputs(4, 150, 5, seed=1)
+    kwargs = dict(score_threshold=0.05, top_k=400, nms_iou=0.45, max_detections=1000)
+    result = PostProcessor(variances=VARIANCES, **kwargs)(
+        loc.cuda(), conf.cuda(), priors.cuda(), orig_sizes.cuda()
+    )
+    expected, _ = reference_postprocess(loc, conf, priors, orig_sizes, **kwargs)
+    assert_same_detections([{k: v.cpu() for k, v in r.items()} for r in result], expected)

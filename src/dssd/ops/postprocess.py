@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import nms
+from torchvision.ops import batched_nms, nms
 
 from dssd.ops.boxes import Variances, decode
 
@@ -18,7 +18,7 @@ class PostProcessor(nn.Module):
     before being scaled to pixels. The whole batch is handled at once: one threshold and one
     sort bring the passing scores of every (image, class) together (or one dense top-k when most
     scores pass, as with an untrained network), only those candidates are decoded, and NMS runs on
-    each (image, class) slice in turn.
+    each (image, class) slice in turn on a CPU, in one ``batched_nms`` call on a GPU.
     """
 
     def __init__(
@@ -88,7 +88,12 @@ class PostProcessor(nn.Module):
             loc[image_index, prior_index].float(), priors[prior_index].float(), self.variances
         )
         boxes = boxes.clamp(0.0, 1.0)
-        keep = _grouped_nms(boxes, scores, groups, batch_size * num_classes, self.nms_iou)
+        if boxes.is_cuda:
+            # one kernel for every group (torchvision's coordinate-offset trick); a loop of
+            # per-group calls would launch B x C kernels
+            keep = batched_nms(boxes, scores, groups, self.nms_iou)
+        else:
+            keep = _grouped_nms(boxes, scores, groups, batch_size * num_classes, self.nms_iou)
 
         # by image, then by decreasing score (stable sorts keep the earlier order on ties)
         keep = keep[scores[keep].argsort(descending=True, stable=True)]
