@@ -20,20 +20,27 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_shapes(tmp_path_factory.mktemp("tiny_shapes"), num_trainval=16, num_test=8)
 
 
+def tiny_data(root: Path) -> list[str]:
+    """Overrides that read the tiny dataset at ``root`` in batches of 8, in the main process."""
+    return [
+        f"data.root={root}",
+        "data.generate_shapes=false",
+        "data.batch_size=8",
+        "data.num_workers=0",
+    ]
+
+
+def tiny_overrides(data_root: Path) -> list[str]:
+    """Overrides of a 2-iteration train.py run on the tiny dataset at ``data_root``."""
+    return [*tiny_data(data_root), "trainer.max_steps=2", "trainer.val_check_interval=2"]
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """best.ckpt of a 2-iteration SSD run on ``tiny_shapes`` (CSV logger), trained once."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
     run_entry_point(
-        "train.py",
-        f"data.root={tiny_shapes}",
-        "data.generate_shapes=false",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "logger=csv",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        f"hydra.run.dir={run_dir}",
+        "train.py", *tiny_overrides(tiny_shapes), "logger=csv", f"hydra.run.dir={run_dir}"
     )
     return run_dir / "checkpoints" / "best.ckpt"
 
@@ -45,24 +52,12 @@ def tiny_wandb_run(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) 
     run_dir = tmp_path_factory.mktemp("tiny_wandb_run")
     run_entry_point(
         "train.py",
-        f"data.root={tiny_shapes}",
-        "data.generate_shapes=false",
-        "data.batch_size=8",
-        "data.num_workers=0",
+        *tiny_overrides(tiny_shapes),
         "model=dssd_r18",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
         "trainer.log_every_n_steps=1",
         f"hydra.run.dir={run_dir}",
     )
     return run_dir
-
-
-# W&B (offline), the default logger, as `make ablation` uses it: the notebook reads those runs
-TINY_TRAIN_ARGS = (
-    "data.generate_shapes=false data.batch_size=8 data.num_workers=0 "
-    "trainer.max_steps=2 trainer.val_check_interval=2 trainer.log_every_n_steps=1"
-)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +68,8 @@ def tiny_ablation(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -
     run_entry_point(
         "ablation.py",
         f"out_dir={out_dir}",
-        f'train_args="data.root={tiny_shapes} {TINY_TRAIN_ARGS}"',
+        # W&B (offline), the default logger, as `make ablation` uses it: the notebook reads it
+        f'train_args="{" ".join(tiny_overrides(tiny_shapes))} trainer.log_every_n_steps=1"',
         timeout=900,
     )
     return out_dir

@@ -8,16 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_entry_point
-
-
-def tiny_data(root: Path) -> list[str]:
-    return [
-        f"data.root={root}",
-        "data.generate_shapes=false",
-        "data.batch_size=8",
-        "data.num_workers=0",
-    ]
+from conftest import run_entry_point, tiny_data
 
 
 def logged_metrics(run_dir: Path) -> dict[str, float]:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_entry_point
+from conftest import run_entry_point, tiny_data
 from dssd.report import results_tables
 from dssd.wandb_offline import wandb_records
-from test_entry_points import tiny_data
 
 
 def test_wandb_offline_run_holds_metrics_table_and_box_images(tiny_wandb_run: Path) -> None:

@@ -18,11 +18,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import ROOT, run_entry_point
+from conftest import ROOT, run_entry_point, tiny_data
 from dssd.callbacks import LastCheckpoint, NonFiniteLossError, NonFiniteLossStop
 from dssd.errors import UserError
 from dssd.tasks import resume_checkpoint
-from test_entry_points import tiny_data
 
 # --- unit tests on a tiny model: fast -------------------------------------------------------------
 

@@ -9,13 +9,12 @@ import torch
 from hydra.utils import instantiate
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import run_entry_point
+from conftest import run_entry_point, tiny_data
 from dssd.errors import UserError
 from dssd.module import DetectionModule
 from dssd.stages import load_initial_weights
 from dssd.tasks import check_stage
 from test_configs import compose_train
-from test_entry_points import tiny_data
 
 
 def build(*overrides: str) -> DetectionModule:

@@ -119,11 +119,20 @@ def wandb_offline_history(
         if history.empty or not set(keys) & set(history):
             continue
         history = history[history[[k for k in keys if k in history]].notna().any(axis=1)]
-        frame = history.reindex(columns=list(keys))
-        frame.insert(0, "step", _step_column(history).astype(int))
-        frame.insert(0, "name", run.name)
-        frame.insert(0, "run_id", run.run_id)
-        frames.append(frame)
+        frames.append(_curve(history, keys, run.run_id, run.name))
+    return _concat_curves(frames, keys)
+
+
+def _curve(history: pd.DataFrame, keys: Sequence[str], run_id: str, name: str) -> pd.DataFrame:
+    """``keys`` of a run's history with the run's id and name and the trainer's step."""
+    frame = history.reindex(columns=list(keys))
+    frame.insert(0, "step", _step_column(history).astype(int))
+    frame.insert(0, "name", name)
+    frame.insert(0, "run_id", run_id)
+    return frame
+
+
+def _concat_curves(frames: list[pd.DataFrame], keys: Sequence[str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["run_id", "name", "step", *keys])
     return pd.concat(frames, ignore_index=True)
@@ -164,13 +173,6 @@ def wandb_project_history(
     frames = []
     for run in _wandb_runs(project, group, entity):
         history = run.history(keys=[*keys, "trainer/global_step"], pandas=True)
-        if history.empty:
-            continue
-        frame = history.reindex(columns=list(keys))
-        frame.insert(0, "step", _step_column(history).astype(int))
-        frame.insert(0, "name", run.name)
-        frame.insert(0, "run_id", run.id)
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=["run_id", "name", "step", *keys])
-    return pd.concat(frames, ignore_index=True)
+        if not history.empty:
+            frames.append(_curve(history, keys, run.id, run.name))
+    return _concat_curves(frames, keys)
