@@ -138,12 +138,11 @@ def train_command(
     out_dir: Path,
     run_group: str,
     train_args: str = "",
-    train_script: Path | None = None,
 ) -> list[str]:
     """The ``src/train.py`` command line of a row (the setting's overrides first, the row's own
     and ``train_args`` after them, so they win)."""
     row = step.row
-    script = train_script or Path(__file__).resolve().parents[1] / "train.py"
+    script = Path(__file__).resolve().parents[1] / "train.py"
     command = [sys.executable, str(script), *setting[row.net], *row.overrides]
     command += [f"stage={row.stage}", f"hydra.run.dir={out_dir / row.id}", f"run_group={run_group}"]
     if row.init_from is not None:
