@@ -9,7 +9,7 @@ from dssd.ops.boxes import (
     xyxy_to_cxcywh,
 )
 from dssd.ops.loss import MultiBoxLoss, hard_negative_mask
-from dssd.ops.matching import match
+from dssd.ops.matching import match, match_indices
 from dssd.ops.postprocess import PostProcessor
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "encode",
     "hard_negative_mask",
     "match",
+    "match_indices",
     "pad_targets",
     "xyxy_to_cxcywh",
 ]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dssd.ops.boxes import Variances, encode, pad_targets
-from dssd.ops.matching import match
+from dssd.ops.matching import match_indices
 
 
 def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float = 3.0) -> Tensor:
@@ -73,17 +73,22 @@ class MultiBoxLoss(nn.Module):
         loc, conf = loc.float(), conf.float()
         with torch.no_grad():
             gt_boxes, gt_labels = pad_targets(targets, device=loc.device)
-            matched_boxes, labels = match(priors, gt_boxes, gt_labels, self.iou_threshold)
+            gt_index, labels = match_indices(priors, gt_boxes, gt_labels, self.iou_threshold)
             positive = labels > 0
-            # only positives have a regression target: encode just those
-            prior_index = positive.nonzero()[:, 1]
-            loc_target = encode(matched_boxes[positive], priors[prior_index], self.variances)
+            # only positives have a regression target: gather and encode just those
+            image_index, prior_index = positive.nonzero().unbind(1)
+            matched_boxes = gt_boxes[image_index, gt_index[image_index, prior_index]]
+            loc_target = encode(matched_boxes, priors[prior_index], self.variances)
         num_pos = positive.sum()
 
-        conf_loss = F.cross_entropy(conf.flatten(0, 1), labels.flatten(), reduction="none")
-        conf_loss = conf_loss.view_as(labels)
-        negative = hard_negative_mask(conf_loss, positive, self.neg_pos_ratio)
-        loss_conf = conf_loss[positive | negative].sum()
+        with torch.no_grad():
+            # rank the negatives by their background loss, -log softmax(conf)[0]; only the ranking
+            # needs every prior, so the cross-entropy and its gradient cover just the kept priors
+            # (a dense CE backward over B x P x (C + 1) logits is most of this loss's time on CPU)
+            background_loss = -F.log_softmax(conf, dim=-1)[..., 0]
+            negative = hard_negative_mask(background_loss, positive, self.neg_pos_ratio)
+            kept = positive | negative
+        loss_conf = F.cross_entropy(conf[kept], labels[kept], reduction="sum")
         loss_loc = F.smooth_l1_loss(loc[positive], loc_target, beta=1.0, reduction="sum")
 
         normaliser = num_pos.clamp(min=1)

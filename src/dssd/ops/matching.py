@@ -13,6 +13,23 @@ def match(
 ) -> tuple[Tensor, Tensor]:
     """Assign a ground-truth box and class to every prior (SSD matching strategy).
 
+    See :func:`match_indices` for the strategy.
+
+    Returns:
+        ``boxes [B, P, 4]`` xyxy and ``labels [B, P]`` int64 (0 = background). A background
+        prior is "matched" to itself, so its box is finite and encodes to zero offsets.
+    """
+    gt_index, labels = match_indices(priors, gt_boxes, gt_labels, iou_threshold)
+    boxes = torch.gather(gt_boxes, 1, gt_index[:, :, None].expand(-1, -1, 4))
+    boxes = torch.where((labels > 0)[:, :, None], boxes, cxcywh_to_xyxy(priors))
+    return boxes, labels
+
+
+def match_indices(
+    priors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou_threshold: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """The ground truth and class of every prior, without gathering the matched boxes.
+
     1. Bipartite step: every real ground truth claims the prior with which it has the highest
        IoU, whatever that IoU. When several claim the same prior the highest gt index wins.
     2. Every other prior takes its highest-IoU ground truth if that IoU > ``iou_threshold``,
@@ -25,8 +42,9 @@ def match(
         iou_threshold: minimum (exclusive) IoU of a non-bipartite match.
 
     Returns:
-        ``boxes [B, P, 4]`` xyxy and ``labels [B, P]`` int64 (0 = background). A background
-        prior is "matched" to itself, so its box is finite and encodes to zero offsets.
+        ``gt_index [B, P]`` int64 (the matched column of ``gt_boxes``; only meaningful where the
+        label is not 0) and ``labels [B, P]`` int64 (0 = background). The loss gathers just the
+        positives' boxes from it, which is cheaper than :func:`match`'s box for every prior.
     """
     priors_xyxy = cxcywh_to_xyxy(priors)
     # the [B, N, P] IoU and its temporaries are big (32 x 10 x 17080 floats: 22 MB each); a few
@@ -40,7 +58,7 @@ def match(
             if bool((labels[:, :width] > 0).sum() == (labels > 0).sum()):
                 boxes, labels = boxes[:, :width], labels[:, :width]
             parts.append(_match(priors_xyxy, boxes, labels, iou_threshold))
-        return torch.cat([b for b, _ in parts]), torch.cat([lab for _, lab in parts])
+        return torch.cat([i for i, _ in parts]), torch.cat([lab for _, lab in parts])
     return _match(priors_xyxy, gt_boxes, gt_labels, iou_threshold)
 
 
@@ -50,7 +68,7 @@ _CHUNK_ELEMENTS = 1 << 18
 def _match(
     priors_xyxy: Tensor, gt_boxes: Tensor, gt_labels: Tensor, iou_threshold: float
 ) -> tuple[Tensor, Tensor]:
-    """:func:`match` on xyxy priors."""
+    """:func:`match_indices` on xyxy priors."""
     batch_size, num_gt = gt_labels.shape
     valid = gt_labels > 0
     iou = batched_iou(gt_boxes, priors_xyxy).masked_fill(~valid[:, :, None], -1.0)  # [B, N, P]
@@ -68,6 +86,4 @@ def _match(
     positive = forced | (best_iou > iou_threshold)
 
     labels = torch.gather(gt_labels, 1, best_gt).masked_fill(~positive, 0)
-    boxes = torch.gather(gt_boxes, 1, best_gt[:, :, None].expand(-1, -1, 4))
-    boxes = torch.where(positive[:, :, None], boxes, priors_xyxy)
-    return boxes, labels
+    return best_gt, labels
