@@ -1,6 +1,7 @@
 """`python -m dssd.tools.benchmark` (make bench) on the smallest models: a smoke run of every
-figure of the table. No timing is asserted, only that each figure exists and is positive, that
-the box counts are the networks', and that BN folding left the outputs unchanged."""
+figure of the table, training fed by the tiny shapes set's loader and the profile included. No
+timing is asserted, only that each figure exists and is positive, that the box counts are the
+networks', that BN folding left the outputs unchanged and that the profiles were written."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import contextlib
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from conftest import tiny_data
 from dssd.models import fold_batchnorm
 from dssd.tools import benchmark, benchmark_fold
 from dssd.tools.timing import build_net, max_output_difference
@@ -21,10 +24,11 @@ MODELS = ["ssd_r18", "dssd_r18"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
+def run(tmp_path_factory: pytest.TempPathFactory, tiny_shapes: Path) -> tuple[dict, str, str]:
     out = tmp_path_factory.mktemp("bench")
     args = ["--quick", "--models", *MODELS, "--large-batch", "2", "--train-batch", "2"]
     args += ["--device", "cpu", "--out", str(out / "bench.md"), "--json", str(out / "bench.json")]
+    args += ["--profile", str(out / "profile"), *tiny_data(tiny_shapes)]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         report = benchmark.main(args)
@@ -61,6 +65,50 @@ def test_figures_are_positive(run: tuple[dict, str, str]) -> None:
             assert 0 < row["detections_per_image"] <= 200
         assert r["training"]["batch"] == 2 and r["training"]["images_per_s"] > 0
         assert r["batchnorms"] > 0 and r["batchnorms_left_folded"] == 0
+
+
+def test_training_fed_by_the_loader(run: tuple[dict, str, str]) -> None:
+    report, text, _ = run
+    assert report["environment"]["train_data"] == "shapes"
+    for r in report["results"]:
+        fed = r["fed_training"]
+        assert fed["data"] == "shapes" and fed["workers"] == 0 and fed["batch"] == 2
+        assert fed["images_per_s"] > 0 and fed["loader_images_per_s"] > 0
+        assert 0 <= fed["wait_share"] < 1
+        # the slower half of the pipeline is named
+        slower_is_loader = fed["loader_images_per_s"] < r["training"]["images_per_s"]
+        assert fed["bottleneck"] == ("data loading" if slower_is_loader else "CPU compute")
+        assert f"| shapes | 0 | {fed['images_per_s']:.2f} |" in text
+
+
+def test_profiles_name_the_operators(run: tuple[dict, str, str]) -> None:
+    report, text, _ = run
+    profile_dir = Path(report["environment"]["profile"])
+    for r in report["results"]:
+        assert set(r["profile"]) == {"inference", "training"}
+        for kind, ops in r["profile"].items():
+            assert 0 < len(ops) <= 5
+            shares = [o["share"] for o in ops]
+            assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6
+            table = (profile_dir / f"{r['model']}_{kind}.txt").read_text()
+            assert ops[0]["op"] in table
+            assert json.loads((profile_dir / f"{r['model']}_{kind}.trace.json").read_text())
+        # the networks are convolutional: a convolution is among the top operators
+        assert any("conv" in o["op"] for o in r["profile"]["training"])
+        assert any("nms" in o["op"] or "conv" in o["op"] for o in r["profile"]["inference"])
+        assert f"| {r['model']} | inference | `{r['profile']['inference'][0]['op']}`" in text
+
+
+def test_fed_overrides_replace_the_data_config() -> None:
+    args = benchmark.parse_args(["--train-data", "coco", "data.num_workers=3"])
+    assert args.overrides == ["data=voc0712", "data.num_workers=3"]
+    assert benchmark.fed_overrides(args) == ["data=coco", "data.num_workers=3"]
+
+
+def test_too_few_images_for_a_batch_is_a_clear_error(tiny_shapes: Path) -> None:
+    cfg = benchmark.compose_config("ssd_r18", None, ["data=shapes", *tiny_data(tiny_shapes)])
+    with pytest.raises(ValueError, match="16 training images, fewer than one batch of 64"):
+        benchmark.training_loader(cfg, 64)
 
 
 def test_box_counts_are_the_networks(run: tuple[dict, str, str]) -> None:

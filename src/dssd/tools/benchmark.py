@@ -6,7 +6,12 @@ the timing depends on the shapes only) it prints the number of default boxes and
 - at batch 1 and at a large batch, with BN unfolded and folded (``dssd.models.fold_batchnorm``),
   for the forward pass alone and for forward + decode + NMS (the model's ``PostProcessor``, with
   the paper's settings: score > 0.01, top 400 per class, NMS 0.45, 200 per image);
-- for training: forward + MultiBoxLoss + backward + SGD step, on random targets.
+- for training: forward + MultiBoxLoss + backward + SGD step, on random targets; then the same
+  step fed by the training DataLoader of a data config (``--train-data``, default ``shapes``:
+  the real augmentation pipeline, workers and collate as in training), with the loader's own
+  images/s and the share of the step spent waiting for data, which name the bottleneck;
+- with ``--profile DIR``: a ``torch.profiler`` trace and op table of a fed training step and of
+  a folded forward + NMS pass per model, to see which operators the time goes to.
 
 The input is random images (normal noise), so the networks are untrained and the class scores
 nearly uniform: almost every default box passes the 0.01 score threshold and NMS works on the
@@ -18,26 +23,36 @@ of the timed passes, after untimed warm-up passes.
     python -m dssd.tools.benchmark                                 # CPU, float32
     python -m dssd.tools.benchmark --bf16 --channels-last --large-batch 64 --compile   # GPU
     python -m dssd.tools.benchmark --models dssd321 --out speed.md --json speed.json
+    python -m dssd.tools.benchmark --models dssd321 --profile profiles data.num_workers=12
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import itertools
 import json
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from dssd.models import count_batchnorms, fold_batchnorm
-from dssd.tools.timing import compose_config, max_output_difference, model_names, synchronizer
+from dssd.tools.timing import (
+    compose_config,
+    max_output_difference,
+    model_names,
+    synchronizer,
+    write_profile,
+)
 
 DEFAULT_MODELS = ("ssd321", "dssd321", "ssd513", "dssd513", "ssd300_vgg")
 # Per device: large batch, training batch, timed passes at batch 1 / large batch / training,
@@ -88,6 +103,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--score-threshold", type=float, help="post-processing score threshold (default: 0.01)"
     )
+    parser.add_argument(
+        "--train-data",
+        default="shapes",
+        help="data config (conf/data/) whose training DataLoader feeds the fed training row, "
+        "its size and workers from the config (override with data.num_workers=...); "
+        "'none' skips the row",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="write a profiler trace and op table per model here"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
@@ -125,6 +150,8 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "compile": args.compile,
         "input": "random images (normal noise), untrained weights",
         "overrides": list(args.overrides),
+        "train_data": args.train_data,
+        "profile": str(args.profile) if args.profile else None,
         "large_batch": args.large_batch,
         "train_batch": args.train_batch,
         "iters": {"batch_1": args.iters, "large": args.iters_large, "train": args.train_iters},
@@ -208,6 +235,17 @@ def time_inference(
     ]
 
 
+@torch.inference_mode()
+def detect(
+    net: nn.Module, postprocess: nn.Module, priors: Tensor, x: Tensor, args: argparse.Namespace
+) -> list[dict[str, Tensor]]:
+    """Forward + decode + NMS of one batch, as timed by :func:`time_inference`."""
+    sizes = torch.tensor([[x.shape[2], x.shape[3]]], device=x.device).expand(x.shape[0], 2)
+    with autocast(args):
+        loc, conf = net(x)
+        return postprocess(loc, conf, priors, sizes)
+
+
 def random_targets(
     batch: int, num_classes: int, device: torch.device, generator: torch.Generator
 ) -> list[dict[str, Tensor]]:
@@ -229,6 +267,26 @@ def random_targets(
     return targets
 
 
+def training_step(
+    net: nn.Module, loss: nn.Module, args: argparse.Namespace
+) -> Callable[[Tensor, list[dict[str, Tensor]]], None]:
+    """One training step on a batch: forward, MultiBoxLoss, backward, the paper's SGD step
+    (conf/optimizer/sgd.yaml); ``net`` is put in training mode."""
+    model = prepare(net.train(), args)
+    priors = net.priors
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+
+    def step(x: Tensor, targets: list[dict[str, Tensor]]) -> None:
+        with autocast(args):
+            loc, conf = model(x)
+            losses = loss(loc, conf, priors, targets)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+
+    return step
+
+
 def time_training(
     net: nn.Module,
     loss: nn.Module,
@@ -238,29 +296,149 @@ def time_training(
     sync: Callable[[], None],
     args: argparse.Namespace,
 ) -> float:
-    """Median seconds per training step: forward, MultiBoxLoss, backward, SGD step."""
+    """Median seconds per training step on one random batch, reused for every step."""
     generator = torch.Generator().manual_seed(args.seed)
     x = images(batch, net.image_size, args)
     targets = random_targets(batch, net.num_classes, args.device, generator)
-    priors = net.priors
-    model = prepare(net.train(), args)
-    # the paper's optimiser (conf/optimizer/sgd.yaml)
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    step = training_step(net, loss, args)
     times = []
     for i in range(warmup + max(iters, 1)):
         sync()
         start = time.perf_counter()
-        with autocast(args):
-            loc, conf = model(x)
-            losses = loss(loc, conf, priors, targets)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
+        step(x, targets)
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     net.eval()
     return median(times)
+
+
+def fed_overrides(args: argparse.Namespace) -> list[str]:
+    """The benchmark's overrides with the data config replaced by ``--train-data``."""
+    kept = [o for o in args.overrides if not o.lstrip("+~").startswith("data=")]
+    return [f"data={args.train_data}", *kept]
+
+
+def training_loader(cfg: DictConfig, batch: int) -> torch.utils.data.DataLoader:
+    """The training DataLoader of ``cfg.data`` (augmentation, workers, collate as in training)."""
+    cfg.data.batch_size = batch
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    if len(loader) == 0:
+        raise ValueError(
+            f"{cfg.data.root}: {len(loader.dataset)} training images, fewer than one batch "
+            f"of {batch}; lower --train-batch"
+        )
+    return loader
+
+
+def endless(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """The loader's batches, epoch after epoch."""
+    return itertools.chain.from_iterable(itertools.repeat(loader))
+
+
+def to_device(
+    batch: tuple[Tensor, list[dict[str, Any]]], args: argparse.Namespace
+) -> tuple[Tensor, list[dict[str, Any]]]:
+    """A collated batch on the benchmark's device (and memory format), as Lightning moves it."""
+    x, targets = batch
+    x = x.to(args.device, non_blocking=True)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    moved = [
+        {
+            k: v.to(args.device, non_blocking=True) if isinstance(v, Tensor) else v
+            for k, v in t.items()
+        }
+        for t in targets
+    ]
+    return x, moved
+
+
+def loader_images_per_second(loader: torch.utils.data.DataLoader, batches: int) -> float:
+    """Images/s of the DataLoader alone, after one untimed batch (which starts the workers)."""
+    stream = endless(loader)
+    next(stream)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches * loader.batch_size / (time.perf_counter() - start)
+
+
+def time_fed_training(
+    net: nn.Module,
+    loss: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    iters: int,
+    warmup: int,
+    sync: Callable[[], None],
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """Training steps fed by the DataLoader: images/s and the share spent waiting for a batch.
+
+    The clock runs from asking the loader for a batch to the end of the optimiser step; the
+    wait is the part until the batch is on the device. At least one untimed step starts the
+    loader's workers.
+    """
+    step = training_step(net, loss, args)
+    stream = endless(loader)
+    waits, totals = [], []
+    for i in range(max(warmup, 1) + max(iters, 1)):
+        sync()
+        start = time.perf_counter()
+        x, targets = to_device(next(stream), args)
+        sync()
+        ready = time.perf_counter()
+        step(x, targets)
+        sync()
+        if i >= max(warmup, 1):
+            waits.append(ready - start)
+            totals.append(time.perf_counter() - start)
+    net.eval()
+    return {
+        "images_per_s": len(totals) * loader.batch_size / sum(totals),
+        "wait_share": sum(waits) / sum(totals),
+    }
+
+
+def fed_training(
+    name: str, args: argparse.Namespace, synthetic_images_per_s: float
+) -> dict[str, Any]:
+    """The training row fed by ``--train-data``'s loader, the loader alone and the bottleneck.
+
+    The pipeline cannot run faster than the slower of its two halves: the loader alone and
+    the training step on a batch already in memory (the synthetic row); that one is named.
+    """
+    cfg = compose_config(name, args.image_size, fed_overrides(args))
+    net = instantiate(cfg.model.net).to(args.device)
+    loss = instantiate(cfg.model.loss)
+    loader = training_loader(cfg, args.train_batch)
+    sync = synchronizer(args.device)
+    # enough batches that the workers' prefetched ones do not dominate the figure
+    loader_rate = loader_images_per_second(
+        loader, max(args.train_iters, 4 * max(1, loader.num_workers))
+    )
+    fed = time_fed_training(net, loss, loader, args.train_iters, args.warmup, sync, args)
+    compute = "GPU compute" if args.device.type == "cuda" else "CPU compute"
+    result = {
+        "data": args.train_data,
+        "workers": loader.num_workers,
+        "batch": args.train_batch,
+        "images_per_s": fed["images_per_s"],
+        "wait_share": fed["wait_share"],
+        "loader_images_per_s": loader_rate,
+        "bottleneck": "data loading" if loader_rate < synthetic_images_per_s else compute,
+    }
+    if args.profile is not None:
+        # one step to start the workers, two profiled ones
+        result["profile"] = write_profile(
+            lambda: time_fed_training(net, loss, loader, 2, 1, sync, args),
+            args.device,
+            args.profile / f"{name}_training",
+        )
+    return result
 
 
 def benchmark_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -312,6 +490,15 @@ def benchmark_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             f"{batch / timed[0]['total_s']:.2f}, folded {batch / timed[1]['total_s']:.2f}",
             flush=True,
         )
+    if args.profile is not None:
+        # the folded network at the large batch (x), forward + decode + NMS
+        result["profile"] = {
+            "inference": write_profile(
+                functools.partial(detect, nets[1], postprocess, priors, x, args),
+                args.device,
+                args.profile / f"{name}_inference",
+            )
+        }
     del nets, folded
     if args.train_batch > 0:
         loss = instantiate(cfg.model.loss)
@@ -325,6 +512,17 @@ def benchmark_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             f"  {name} training batch {args.train_batch}: {args.train_batch / step:.2f} img/s",
             flush=True,
         )
+        if args.train_data != "none":
+            fed = result["fed_training"] = fed_training(name, args, args.train_batch / step)
+            if "profile" in fed:
+                result["profile"]["training"] = fed.pop("profile")
+            print(
+                f"  {name} training fed by data={fed['data']} ({fed['workers']} workers): "
+                f"{fed['images_per_s']:.2f} img/s, {100 * fed['wait_share']:.0f}% waiting for "
+                f"data; loader alone {fed['loader_images_per_s']:.1f} img/s; bottleneck: "
+                f"{fed['bottleneck']}",
+                flush=True,
+            )
     return result
 
 
@@ -404,17 +602,43 @@ def markdown(env: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
     if trained:
         lines += [
             "",
-            "Training (forward + MultiBoxLoss + backward + SGD step, BN unfolded, random targets):",
+            "Training (forward + MultiBoxLoss + backward + SGD step, BN unfolded): on one random "
+            "batch in memory, then fed by the training DataLoader of `data=<data>` (its "
+            "augmentation and workers), with the loader's own rate and the step's share spent "
+            "waiting for data:",
             "",
-            "| model | batch | ms/step | img/s |",
-            "|---|---:|---:|---:|",
+            "| model | batch | ms/step | img/s | data | workers | fed img/s | waiting "
+            "| loader img/s | bottleneck |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
         ]
         for r in trained:
             t = r["training"]
-            lines.append(
-                f"| {r['model']} | {t['batch']} | {t['step_s'] * 1e3:.0f} "
-                f"| {t['images_per_s']:.2f} |"
-            )
+            row = f"| {r['model']} | {t['batch']} | {t['step_s'] * 1e3:.0f} "
+            row += f"| {t['images_per_s']:.2f} "
+            if "fed_training" in r:
+                f = r["fed_training"]
+                row += (
+                    f"| {f['data']} | {f['workers']} | {f['images_per_s']:.2f} "
+                    f"| {100 * f['wait_share']:.0f}% | {f['loader_images_per_s']:.1f} "
+                    f"| {f['bottleneck']} |"
+                )
+            else:
+                row += "| - | - | - | - | - | - |"
+            lines.append(row)
+    profiled = [r for r in results if "profile" in r]
+    if profiled:
+        lines += [
+            "",
+            f"Profile (`--profile`; top operators by self {env['device_type'].upper()} time, "
+            "share of the profiled time):",
+            "",
+            "| model | run | top operators |",
+            "|---|---|---|",
+        ]
+        for r in profiled:
+            for run, ops in r["profile"].items():
+                top = ", ".join(f"`{o['op']}` {100 * o['share']:.0f}%" for o in ops)
+                lines.append(f"| {r['model']} | {run} | {top} |")
     return "\n".join(lines) + "\n"
 
 

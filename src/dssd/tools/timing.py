@@ -1,5 +1,6 @@
-"""Shared helpers of the speed benchmarks: build a network from the project's Hydra config and
-time eval-mode passes of several networks in turn (``benchmark`` and ``benchmark_fold``)."""
+"""Shared helpers of the speed benchmarks: build a network from the project's Hydra config, time
+eval-mode passes of several networks in turn and profile a piece of work (``benchmark`` and
+``benchmark_fold``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 
 from dssd.config import register_resolvers
 
@@ -81,4 +83,31 @@ def max_output_difference(a: nn.Module, b: nn.Module, x: Tensor) -> list[tuple[f
     """
     return [
         ((p - q).abs().max().item(), p.abs().max().item()) for p, q in zip(a(x), b(x), strict=True)
+    ]
+
+
+def write_profile(
+    run: Callable[[], object], device: torch.device, out: Path, top: int = 5
+) -> list[dict[str, float | str]]:
+    """Profile one call of ``run`` with ``torch.profiler``; the ``top`` operators by self time.
+
+    Writes ``<out>.trace.json`` (open in chrome://tracing or Perfetto) and ``<out>.txt`` (the
+    operator table). On a GPU the operators are ranked by their self GPU time, else by CPU time.
+    """
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out.with_suffix(".trace.json")))
+    out.with_suffix(".txt").write_text(events.table(sort_by=key, row_limit=30))
+    total = sum(getattr(e, key) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [
+        {"op": e.key, "self_ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total}
+        for e in ranked
     ]
