@@ -44,8 +44,9 @@ ablation: data
 	$(PY) src/ablation.py ablation=$(ABLATION) 'train_args="$(TRAIN_ARGS)"' $(ARGS)
 
 # Speed in the layout of the paper's Table 7 (images/s at batch 1 and a large batch, BN unfolded
-# and folded, with and without NMS, training), then the baselines; see docs/benchmarks.md.
-# On a GPU: make bench BENCH_ARGS="--bf16 --channels-last --large-batch 64"
+# and folded, with and without NMS, training in memory and fed by the shapes loader), then the
+# baselines; see docs/benchmarks.md. `BENCH_ARGS="--profile DIR"` adds profiler traces.
+# On a GPU: make bench BENCH_ARGS="--bf16 --channels-last --large-batch 64 data.num_workers=12"
 bench: install
 	$(PY) -m dssd.tools.benchmark $(BENCH_ARGS)
 	$(PY) -m dssd.tools.benchmark_baselines $(BENCH_ARGS_BASELINES)

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 
 from conftest import tiny_data
 from dssd.models import fold_batchnorm
-from dssd.tools import benchmark, benchmark_fold
+from dssd.tools import benchmark, benchmark_data, benchmark_fold
 from dssd.tools.timing import build_net, max_output_difference
 
 MODELS = ["ssd_r18", "dssd_r18"]
@@ -137,3 +137,20 @@ def test_paper_box_counts() -> None:
     for model, boxes in [("ssd321", 17080), ("dssd513", 43688), ("ssd300_vgg", 8732)]:
         cfg = benchmark.compose_config(model, None, ["data=voc0712"])
         assert instantiate(cfg.model.net).priors.shape[0] == boxes
+
+
+def test_benchmark_data_prints_the_loader_rate(
+    tiny_shapes: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`benchmark_data` over more batches than one epoch holds (16 images, batches of 4)."""
+    threads = torch.get_num_threads()
+    argv = ["--root", str(tiny_shapes), "--sizes", "96", "--workers", "0", "--batch-size", "4"]
+    try:
+        benchmark_data.main([*argv, "--batches", "6"])
+    finally:
+        torch.set_num_threads(threads)
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["size", "workers", "batch", "images/s", "images/s/worker"]
+    size, workers, batch, rate, per_worker = row.split()
+    assert (size, workers, batch) == ("96", "0", "4")
+    assert float(rate) > 0 and float(rate) == float(per_worker)

@@ -31,12 +31,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import itertools
 import json
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,8 @@ from torch import Tensor, nn
 from dssd.models import count_batchnorms, fold_batchnorm
 from dssd.tools.timing import (
     compose_config,
+    endless,
+    loader_images_per_second,
     max_output_difference,
     model_names,
     synchronizer,
@@ -334,11 +335,6 @@ def training_loader(cfg: DictConfig, batch: int) -> torch.utils.data.DataLoader:
     return loader
 
 
-def endless(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
-    """The loader's batches, epoch after epoch."""
-    return itertools.chain.from_iterable(itertools.repeat(loader))
-
-
 def to_device(
     batch: tuple[Tensor, list[dict[str, Any]]], args: argparse.Namespace
 ) -> tuple[Tensor, list[dict[str, Any]]]:
@@ -355,16 +351,6 @@ def to_device(
         for t in targets
     ]
     return x, moved
-
-
-def loader_images_per_second(loader: torch.utils.data.DataLoader, batches: int) -> float:
-    """Images/s of the DataLoader alone, after one untimed batch (which starts the workers)."""
-    stream = endless(loader)
-    next(stream)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    return batches * loader.batch_size / (time.perf_counter() - start)
 
 
 def time_fed_training(

@@ -13,8 +13,6 @@ OpenCV's thread pool unused before the workers are forked (a forked worker calli
 from __future__ import annotations
 
 import argparse
-import itertools
-import time
 from collections.abc import Sequence
 
 import cv2
@@ -26,6 +24,7 @@ from dssd.data.datamodule import collate_detection
 from dssd.data.shapes import CLASSES
 from dssd.data.transforms import build_transforms, seed_worker
 from dssd.data.voc import VOCDataset
+from dssd.tools.timing import loader_images_per_second
 
 
 def images_per_second(
@@ -42,13 +41,7 @@ def images_per_second(
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed),
     )
-    # Cycle through epochs when the dataset holds fewer than batches + 1 batches.
-    stream = itertools.chain.from_iterable(itertools.repeat(loader))
-    next(stream)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    return batches * batch_size / (time.perf_counter() - start)
+    return loader_images_per_second(loader, batches)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,13 +1,15 @@
 """Shared helpers of the speed benchmarks: build a network from the project's Hydra config, time
-eval-mode passes of several networks in turn and profile a piece of work (``benchmark`` and
-``benchmark_fold``)."""
+eval-mode passes of several networks in turn, time a DataLoader and profile a piece of work
+(``benchmark``, ``benchmark_fold`` and ``benchmark_data``)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.data import DataLoader
 
 from dssd.config import register_resolvers
 
@@ -111,3 +114,18 @@ def write_profile(
         {"op": e.key, "self_ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total}
         for e in ranked
     ]
+
+
+def endless(loader: DataLoader) -> Iterator[Any]:
+    """The loader's batches, epoch after epoch."""
+    return itertools.chain.from_iterable(itertools.repeat(loader))
+
+
+def loader_images_per_second(loader: DataLoader, batches: int) -> float:
+    """Images/s of the DataLoader alone, after one untimed batch (which starts the workers)."""
+    stream = endless(loader)
+    next(stream)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches * loader.batch_size / (time.perf_counter() - start)
