@@ -79,15 +79,13 @@ class MultiBoxLoss(nn.Module):
             image_index, prior_index = positive.nonzero().unbind(1)
             matched_boxes = gt_boxes[image_index, gt_index[image_index, prior_index]]
             loc_target = encode(matched_boxes, priors[prior_index], self.variances)
-        num_pos = positive.sum()
-
-        with torch.no_grad():
             # rank the negatives by their background loss, -log softmax(conf)[0]; only the ranking
             # needs every prior, so the cross-entropy and its gradient cover just the kept priors
             # (a dense CE backward over B x P x (C + 1) logits is most of this loss's time on CPU)
             background_loss = -F.log_softmax(conf, dim=-1)[..., 0]
             negative = hard_negative_mask(background_loss, positive, self.neg_pos_ratio)
             kept = positive | negative
+        num_pos = positive.sum()
         loss_conf = F.cross_entropy(conf[kept], labels[kept], reduction="sum")
         loss_loc = F.smooth_l1_loss(loc[positive], loc_target, beta=1.0, reduction="sum")
 

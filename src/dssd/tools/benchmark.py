@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor, nn
 
 from dssd.models import count_batchnorms, fold_batchnorm
@@ -338,19 +339,12 @@ def training_loader(cfg: DictConfig, batch: int) -> torch.utils.data.DataLoader:
 def to_device(
     batch: tuple[Tensor, list[dict[str, Any]]], args: argparse.Namespace
 ) -> tuple[Tensor, list[dict[str, Any]]]:
-    """A collated batch on the benchmark's device (and memory format), as Lightning moves it."""
-    x, targets = batch
-    x = x.to(args.device, non_blocking=True)
+    """A collated batch on the benchmark's device (and memory format), moved by Lightning's own
+    ``move_data_to_device``, as in training."""
+    x, targets = move_data_to_device(batch, args.device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    moved = [
-        {
-            k: v.to(args.device, non_blocking=True) if isinstance(v, Tensor) else v
-            for k, v in t.items()
-        }
-        for t in targets
-    ]
-    return x, moved
+    return x, targets
 
 
 def time_fed_training(
