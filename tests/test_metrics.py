@@ -1,41 +1,28 @@
-"""Tests of dssd.metrics.VOCMeanAP against an independent numpy port of the devkit's voc_eval.py.
+"""Tests of dssd.metrics.VOCMeanAP against an independent port of the devkit's voc_eval.py.
 
-The reference below (``ref_voc_eval``, ``ref_voc_ap``) mirrors py-faster-rcnn's voc_eval.py loop
-line by line on in-memory data, and imports nothing from dssd.metrics.
+The reference (``tests/devkit.py``) imports nothing from dssd and works in the devkit's own
+coordinates (1-based inclusive pixel indices, ``+1`` on widths); the metric takes boxes in pixel
+edges, the project's convention, so the reference is fed the same boxes converted to the
+devkit's (xmin + 1, ymin + 1, xmax, ymax).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
 
+from devkit import evaluate_class
 from dssd.metrics import VOCMeanAP
 
 # ---------------------------------------------------------------------------------------------
-# Independent reference: voc_eval.py / voc_ap of py-faster-rcnn, on lists of dicts of tensors.
+# The reference on lists of dicts of tensors
 # ---------------------------------------------------------------------------------------------
 
 
-def ref_voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
-    if use_07_metric:
-        ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
-            if np.sum(rec >= t) == 0:
-                p = 0
-            else:
-                p = np.max(prec[rec >= t])
-            ap = ap + p / 11.0
-    else:
-        mrec = np.concatenate(([0.0], rec, [1.0]))
-        mpre = np.concatenate(([0.0], prec, [0.0]))
-        for i in range(mpre.size - 1, 0, -1):
-            mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
-        i = np.where(mrec[1:] != mrec[:-1])[0]
-        ap = np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
-    return float(ap)
+def to_devkit(boxes: torch.Tensor) -> list[list[float]]:
+    """Pixel-edge boxes as the devkit's 1-based inclusive indices."""
+    return (boxes.double().reshape(-1, 4) + torch.tensor([1.0, 1.0, 0.0, 0.0])).tolist()
 
 
 def ref_voc_eval(
@@ -44,95 +31,22 @@ def ref_voc_eval(
     classname: int,
     ovthresh: float = 0.5,
     use_07_metric: bool = True,
-    inclusive: bool = True,
 ) -> tuple[float, dict[str, int]]:
     """AP of one class (NaN without positives) and counts of TP / FP / ignored / duplicates."""
-    one = 1.0 if inclusive else 0.0
-    class_recs = {}
-    npos = 0
+    recs = {}
     for imagename, t in enumerate(targets):
-        labels = t["labels"].numpy()
-        boxes = t["boxes"].numpy().reshape(-1, 4).astype(float)
-        if "difficult" in t:
-            difficult = t["difficult"].numpy().astype(bool)
-        else:
-            difficult = np.zeros(len(labels), dtype=bool)
-        mask = labels == classname
-        bbox = boxes[mask]
-        difficult = difficult[mask]
-        det = [False] * len(bbox)
-        npos = npos + sum(~difficult)
-        class_recs[imagename] = {"bbox": bbox, "difficult": difficult, "det": det}
-
-    image_ids = []
-    confidence = []
-    BB = []
-    for imagename, p in enumerate(preds):
-        labels = p["labels"].numpy()
-        scores = p["scores"].numpy().astype(float)
-        boxes = p["boxes"].numpy().reshape(-1, 4).astype(float)
-        for k in range(len(labels)):
-            if labels[k] == classname:
-                image_ids.append(imagename)
-                confidence.append(scores[k])
-                BB.append(boxes[k])
-    confidence = np.array(confidence, dtype=float)
-    BB = np.array(BB, dtype=float).reshape(-1, 4)
-
-    sorted_ind = np.argsort(-confidence, kind="stable")
-    BB = BB[sorted_ind, :]
-    image_ids = [image_ids[x] for x in sorted_ind]
-
-    nd = len(image_ids)
-    tp = np.zeros(nd)
-    fp = np.zeros(nd)
-    counts = {"tp": 0, "fp": 0, "ignored": 0, "duplicate": 0}
-    for d in range(nd):
-        R = class_recs[image_ids[d]]
-        bb = BB[d, :].astype(float)
-        ovmax = -np.inf
-        BBGT = R["bbox"].astype(float)
-
-        if BBGT.size > 0:
-            ixmin = np.maximum(BBGT[:, 0], bb[0])
-            iymin = np.maximum(BBGT[:, 1], bb[1])
-            ixmax = np.minimum(BBGT[:, 2], bb[2])
-            iymax = np.minimum(BBGT[:, 3], bb[3])
-            iw = np.maximum(ixmax - ixmin + one, 0.0)
-            ih = np.maximum(iymax - iymin + one, 0.0)
-            inters = iw * ih
-            uni = (
-                (bb[2] - bb[0] + one) * (bb[3] - bb[1] + one)
-                + (BBGT[:, 2] - BBGT[:, 0] + one) * (BBGT[:, 3] - BBGT[:, 1] + one)
-                - inters
-            )
-            overlaps = inters / uni
-            ovmax = np.max(overlaps)
-            jmax = np.argmax(overlaps)
-
-        if ovmax > ovthresh:
-            if not R["difficult"][jmax]:
-                if not R["det"][jmax]:
-                    tp[d] = 1.0
-                    R["det"][jmax] = 1
-                    counts["tp"] += 1
-                else:
-                    fp[d] = 1.0
-                    counts["fp"] += 1
-                    counts["duplicate"] += 1
-            else:
-                counts["ignored"] += 1
-        else:
-            fp[d] = 1.0
-            counts["fp"] += 1
-
-    if npos == 0:
-        return math.nan, counts
-    fp = np.cumsum(fp)
-    tp = np.cumsum(tp)
-    rec = tp / float(npos)
-    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    return ref_voc_ap(rec, prec, use_07_metric), counts
+        difficult = t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool))
+        recs[imagename] = [
+            {"name": int(label), "difficult": int(d), "bbox": box}
+            for label, d, box in zip(t["labels"], difficult, to_devkit(t["boxes"]), strict=True)
+        ]
+    detections = [
+        (imagename, float(score), box)
+        for imagename, p in enumerate(preds)
+        for label, score, box in zip(p["labels"], p["scores"], to_devkit(p["boxes"]), strict=True)
+        if int(label) == classname
+    ]
+    return evaluate_class(recs, detections, classname, ovthresh, use_07_metric)
 
 
 def ref_all(preds, targets, num_classes, **kwargs) -> tuple[np.ndarray, dict[str, int]]:
@@ -227,9 +141,9 @@ def assert_same_result(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
         ), k
 
 
-A = [10, 10, 59, 59]  # 50 x 50 inclusive pixels
-B = [100, 100, 149, 149]
-FAR = [300, 300, 349, 349]
+A = [10, 10, 60, 60]  # 50 x 50 pixels (edges)
+B = [100, 100, 150, 150]
+FAR = [300, 300, 350, 350]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,14 +167,11 @@ def test_matches_reference_on_random_cases(seed: int, use_07_metric: bool) -> No
     assert result["classes"].tolist() == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("inclusive", [True, False])
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
-def test_matches_reference_other_thresholds_and_pixel_conventions(
-    threshold: float, inclusive: bool
-) -> None:
+def test_matches_reference_at_other_thresholds(threshold: float) -> None:
     preds, targets = random_case(100, n_images=8, num_classes=3)
-    expected, _ = ref_all(preds, targets, 3, ovthresh=threshold, inclusive=inclusive)
-    result = evaluate(preds, targets, 3, iou_threshold=threshold, inclusive_pixels=inclusive)
+    expected, _ = ref_all(preds, targets, 3, ovthresh=threshold)
+    result = evaluate(preds, targets, 3, iou_threshold=threshold)
     np.testing.assert_allclose(result["ap_per_class"].numpy(), expected, atol=1e-6)
 
 
@@ -296,7 +207,7 @@ def test_fp_between_two_tps(use_07_metric: bool, expected: float) -> None:
 
 
 def test_duplicate_detection_is_a_false_positive() -> None:
-    dup = [11, 11, 60, 60]
+    dup = [11, 11, 61, 61]
     # Same numbers as test_fp_between_two_tps: the duplicate of A plays the FP.
     preds = [pred([A, dup, B], [0.9, 0.8, 0.7], [1, 1, 1])]
     assert evaluate(preds, [target([A, B], [1, 1])])["map"].item() == pytest.approx(28 / 33)
@@ -312,9 +223,9 @@ def test_detection_takes_its_best_gt_even_when_already_taken() -> None:
     # Two overlapping gts. The second detection overlaps the taken gt G1 most (IoU 0.9) and the
     # free gt G2 above the threshold too (IoU ~0.6): the devkit makes it a duplicate FP, and G2
     # stays unmatched.
-    g1 = [0, 0, 99, 99]
-    g2 = [0, 25, 99, 124]
-    det2 = [0, 5, 99, 104]
+    g1 = [0, 0, 100, 100]
+    g2 = [0, 25, 100, 125]
+    det2 = [0, 5, 100, 105]
     preds = [pred([g1, det2], [0.9, 0.8], [1, 1])]
     targets = [target([g1, g2], [1, 1])]
     # rec = [.5, .5], prec = [1, .5]: 11-point 6/11, all-point 0.5.
@@ -391,26 +302,30 @@ def test_class_without_positives_is_nan_and_left_out_of_map() -> None:
 
 
 def test_iou_exactly_at_threshold_is_not_a_match() -> None:
-    gt = [0, 0, 9, 19]  # 10 x 20 inclusive pixels
-    det = [0, 0, 9, 9]  # 10 x 10 inside it: IoU = 100 / 200 = 0.5 exactly
+    gt = [0, 0, 10, 20]  # 10 x 20 pixels: in the devkit's indices 1..10 x 1..20
+    det = [0, 0, 10, 10]  # 10 x 10 inside it: IoU = 100 / 200 = 0.5 exactly
     preds, targets = [pred([det], [0.9], [1])], [target([gt], [1])]
     assert evaluate(preds, targets)["map"].item() == 0.0  # `>`, not `>=`
     assert evaluate(preds, targets, iou_threshold=0.49)["map"].item() == 1.0
-    # Continuous coordinates: 9 * 9 / (9 * 19) < 0.5.
-    assert evaluate(preds, targets, inclusive_pixels=False, iou_threshold=0.47)["map"] == 1.0
-    assert evaluate(preds, targets, inclusive_pixels=False, iou_threshold=0.48)["map"] == 0.0
-    # And exactly 0.5 in continuous coordinates: 100 / 200.
-    preds = [pred([[0, 0, 10, 10]], [0.9], [1])]
-    targets = [target([[0, 0, 10, 20]], [1])]
-    assert evaluate(preds, targets, inclusive_pixels=False)["map"].item() == 0.0
-    expected, _ = ref_all(preds, targets, 1, inclusive=False)
+    expected, _ = ref_all(preds, targets, 1)
     assert expected[0] == 0.0
+    expected, _ = ref_all(preds, targets, 1, ovthresh=0.49)
+    assert expected[0] == pytest.approx(1.0)
+
+
+def test_small_boxes_are_not_inflated() -> None:
+    # A 6 x 6 object and a detection shifted by 2 pixels: IoU 4 * 6 / (2 * 36 - 24) = 0.5, not
+    # a match. Adding +1 to the widths of pixel-edge boxes (a second +1 on top of the edges')
+    # would give 5 * 7 / (2 * 49 - 35) = 0.556 and a true positive.
+    preds, targets = [pred([[12, 10, 18, 16]], [0.9], [1])], [target([[10, 10, 16, 16]], [1])]
+    assert evaluate(preds, targets)["map"].item() == 0.0
+    assert ref_all(preds, targets, 1)[0][0] == 0.0
 
 
 def test_eleven_point_thresholds_follow_voc_eval_py() -> None:
     # voc_eval.py's thresholds np.arange(0, 1.1, 0.1) put 0.3 one ulp above 3/10, so a recall of
     # exactly 3/10 does not count at t = 0.3: 3 TPs out of 10 positives give 3/11, not 4/11.
-    gts = [[100 * k, 0, 100 * k + 49, 49] for k in range(10)]
+    gts = [[100 * k, 0, 100 * k + 50, 50] for k in range(10)]
     preds = [pred(gts[:3], [0.9, 0.8, 0.7], [1, 1, 1])]
     targets = [target(gts, [1] * 10)]
     assert evaluate(preds, targets)["map"].item() == pytest.approx(3 / 11, abs=1e-7)

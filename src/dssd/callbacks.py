@@ -1,10 +1,12 @@
-"""Lightning callbacks of the suite: data skip report, periodic last checkpoint, NaN stop, COCO
-results file."""
+"""Lightning callbacks of the suite: data skip report, periodic last checkpoint, NaN stop, and the
+test detections as COCO or VOC devkit result files."""
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,6 +16,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 from dssd.data.coco import detections_to_coco_results, write_coco_results
+from dssd.data.voc import write_voc_results
 from dssd.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -155,25 +158,28 @@ def _last_checkpoint(trainer: pl.Trainer) -> str | None:
     return max(paths, key=os.path.getmtime) if paths else None
 
 
-class COCOResultsWriter(pl.Callback):
-    """Writes the test detections to ``path`` as a COCO results JSON (``data=coco`` only).
+def writable_directory(directory: str | Path, option: str) -> Path:
+    """``directory``, created if needed, after checking that a file can be written there; a
+    :class:`UserError` naming ``option`` otherwise (raised before any training or testing)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as err:
+        raise UserError(
+            f"{option}={directory}: cannot write there ({err.strerror or err}); choose a "
+            "directory you can write to"
+        ) from None
+    return directory
 
-    The file is what the COCO evaluation server and ``COCO.loadRes`` read: ``[x, y, w, h]`` boxes
-    in pixels and the dataset's own category ids. Under DDP the ranks' detections are gathered
-    and rank 0 writes them.
-    """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.results: list[dict[str, Any]] = []
+class TestDetectionsWriter(pl.Callback):
+    """Collects the test detections and their image ids, gathered from every DDP process, and
+    hands them to :meth:`write` on process 0 when the test ends."""
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not hasattr(trainer.datamodule, "label_to_category_id"):
-            raise UserError(
-                f"coco_results={self.path}: COCO results files need COCO data (data=coco), whose "
-                "category ids they use"
-            )
-        self.results = []
+        self.image_ids: list[Any] = []
+        self.detections: list[dict[str, Tensor]] = []
 
     def on_test_batch_end(
         self,
@@ -184,17 +190,69 @@ class COCOResultsWriter(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        detections = [{k: v.cpu() for k, v in d.items()} for d in outputs]
-        image_ids = [t["image_id"] for t in batch[1]]
-        mapping = trainer.datamodule.label_to_category_id
-        self.results += detections_to_coco_results(detections, image_ids, mapping)
+        self.detections += [{k: v.cpu() for k, v in d.items()} for d in outputs]
+        self.image_ids += [t["image_id"] for t in batch[1]]
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        results = self.results
+        pairs = list(zip(self.image_ids, self.detections, strict=True))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, results)
-            results = [entry for part in gathered for entry in part]
+            torch.distributed.all_gather_object(gathered, pairs)
+            pairs = [pair for part in gathered for pair in part]
         if trainer.is_global_zero:
-            path = write_coco_results(self.path, results)
-            log.info("Wrote %d COCO detections to %s", len(results), path)
+            ids = [image_id for image_id, _ in pairs]
+            self.write(trainer, ids, [det for _, det in pairs])
+
+    def write(
+        self, trainer: pl.Trainer, image_ids: list[Any], detections: list[dict[str, Tensor]]
+    ) -> None:
+        raise NotImplementedError
+
+
+class COCOResultsWriter(TestDetectionsWriter):
+    """Writes the test detections to ``path`` as a COCO results JSON (``data=coco`` only).
+
+    The file is what the COCO evaluation server and ``COCO.loadRes`` read: ``[x, y, w, h]`` boxes
+    in pixels and the dataset's own category ids.
+    """
+
+    def __init__(self, path: str) -> None:
+        writable_directory(Path(path).parent, "coco_results")
+        self.path = path
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not hasattr(trainer.datamodule, "label_to_category_id"):
+            raise UserError(
+                f"coco_results={self.path}: COCO results files need COCO data (data=coco), whose "
+                "category ids they use"
+            )
+        super().on_test_start(trainer, pl_module)
+
+    def write(
+        self, trainer: pl.Trainer, image_ids: list[Any], detections: list[dict[str, Tensor]]
+    ) -> None:
+        mapping = trainer.datamodule.label_to_category_id
+        results = detections_to_coco_results(detections, image_ids, mapping)
+        path = write_coco_results(self.path, results)
+        log.info("Wrote %d COCO detections to %s", len(results), path)
+
+
+class VOCResultsWriter(TestDetectionsWriter):
+    """Writes the test detections into ``directory`` as the VOC devkit's result files,
+    ``comp4_det_test_<class>.txt`` (1-based pixel indices), which the official devkit scores."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = writable_directory(directory, "voc_results")
+
+    def write(
+        self, trainer: pl.Trainer, image_ids: list[Any], detections: list[dict[str, Tensor]]
+    ) -> None:
+        class_names = trainer.datamodule.class_names
+        write_voc_results(self.directory, image_ids, detections, class_names)
+        count = sum(len(d["scores"]) for d in detections)
+        log.info(
+            "Wrote %d detections of %d images to %s/comp4_det_test_<class>.txt",
+            count,
+            len(image_ids),
+            self.directory,
+        )

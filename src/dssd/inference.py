@@ -5,7 +5,6 @@ matched to the ground truth."""
 from __future__ import annotations
 
 import bisect
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +14,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import ConcatDataset
-from torchvision.ops import box_iou
 
+from dssd.checkpoints import read_checkpoint
 from dssd.data.datamodule import DetectionDataModule
 from dssd.data.voc import read_image
-from dssd.errors import UserError
+from dssd.metrics import match_image
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
     """The checkpoint at ``path`` (on the CPU) and the run configuration ``src/train.py`` stored
-    in it; a missing file or a checkpoint without that configuration is a :class:`UserError`."""
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "dssd_config" not in checkpoint:
-        raise UserError(
-            f"{path} holds no run configuration: only checkpoints written by "
-            "src/train.py can be evaluated with src/eval.py."
-        )
+    in it; a missing file, a file that is not a checkpoint or one without that configuration is
+    a :class:`UserError`."""
+    checkpoint = read_checkpoint(path, "ckpt_path", require=("state_dict", "dssd_config"))
     return checkpoint, OmegaConf.create(checkpoint["dssd_config"])
 
 
@@ -81,32 +74,32 @@ def load_example(datamodule: DetectionDataModule, index: int) -> dict[str, Any]:
 def match_detections(
     detections: dict[str, Tensor], truth: dict[str, Tensor], iou_threshold: float = 0.5
 ) -> dict[str, Any]:
-    """Count true and false positives as the VOC devkit does: each detection, best score first,
-    takes the ground-truth box of its class that it overlaps most; at IoU >= ``iou_threshold``
-    it is a true positive if that box is not taken yet, else a false positive, and on a
-    difficult object neither. Returns
-    the counts "tp", "fp", "missed" (non-difficult objects left unmatched) and "is_tp" (bool per
-    detection, in the input's order)."""
-    boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
-    difficult = truth.get("difficult", torch.zeros(len(truth["labels"]), dtype=torch.bool))
-    iou = box_iou(boxes.float(), truth["boxes"].float())
-    iou[labels[:, None] != truth["labels"][None, :]] = -1.0
-    taken = torch.zeros(len(truth["labels"]), dtype=torch.bool)
-    is_tp = torch.zeros(len(boxes), dtype=torch.bool)
-    ignored = torch.zeros(len(boxes), dtype=torch.bool)
-    for i in torch.argsort(scores, descending=True).tolist():
-        if iou.shape[1] == 0:
-            break
-        overlap, j = iou[i].max(0)
-        if overlap < iou_threshold:
-            continue
-        if difficult[j]:
-            ignored[i] = True
-        elif not taken[j]:
-            taken[j] = is_tp[i] = True
+    """Count one image's true and false positives with the VOC metric's own matcher
+    (:func:`dssd.metrics.match_image`: best-IoU ground truth of the class, IoU strictly above
+    ``iou_threshold``, duplicates are false positives, detections on difficult objects neither),
+    so that the counts are those behind the reported mAP. Returns the counts "tp", "fp",
+    "missed" (non-difficult objects left unmatched) and "is_tp" (bool per detection, in the
+    input's order)."""
+    difficult = truth.get("difficult")
+    if difficult is None:
+        difficult = torch.zeros(len(truth["labels"]), dtype=torch.bool)
+    order = torch.sort(detections["scores"].cpu(), descending=True, stable=True).indices
+    tp_sorted, ignored_sorted = match_image(
+        detections["boxes"].cpu()[order],
+        detections["labels"].cpu()[order],
+        truth["boxes"].cpu(),
+        truth["labels"].cpu(),
+        difficult.cpu().bool(),
+        iou_threshold,
+    )
+    is_tp = torch.zeros_like(tp_sorted)
+    is_tp[order] = tp_sorted
+    ignored = torch.zeros_like(ignored_sorted)
+    ignored[order] = ignored_sorted
+    found = int(is_tp.sum())
     return {
-        "tp": int(is_tp.sum()),
+        "tp": found,
         "fp": int((~is_tp & ~ignored).sum()),
-        "missed": int((~taken & ~difficult).sum()),
+        "missed": int((~difficult.bool()).sum()) - found,
         "is_tp": is_tp,
     }

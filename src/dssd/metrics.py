@@ -2,16 +2,21 @@
 
 The VOC07 test figures of the SSD/DSSD papers come from the official devkit, whose rules differ from
 COCO-style evaluation (torchmetrics' ``MeanAveragePrecision``) in ways that move AP by a point or
-more: IoU on inclusive pixel coordinates (``+1`` on widths and heights), a strict ``>`` threshold,
-"difficult" objects that are neither counted nor penalised, a detection matched to its highest-IoU
-ground truth even when that one is already taken (then it is a duplicate, a false positive), and
-11-point interpolated AP. :class:`VOCMeanAP` reproduces ``voc_eval.py`` of py-faster-rcnn (the
-Python port of the MATLAB ``VOCevaldet``) exactly, including its 11 recall thresholds
-``numpy.arange(0.0, 1.1, 0.1)``.
+more: a strict ``>`` IoU threshold, "difficult" objects that are neither counted nor penalised, a
+detection matched to its highest-IoU ground truth even when that one is already taken (then it is
+a duplicate, a false positive), and 11-point interpolated AP. :class:`VOCMeanAP` reproduces
+``voc_eval.py`` of py-faster-rcnn (the Python port of the MATLAB ``VOCevaldet``), including its 11
+recall thresholds ``numpy.arange(0.0, 1.1, 0.1)``.
+
+Boxes are in the project's one pixel convention (``dssd.data.voc``, "Box convention"): continuous
+pixel edges, so a VOC box ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, xmax]`` and its
+width ``xmax - xmin + 1`` is already the devkit's. The IoU is therefore the plain continuous one,
+with no ``+1``: it equals the devkit's IoU of the same boxes written in the devkit's coordinates.
 
 The matching only ever compares a detection with the ground truths of its own image, and a
 detection's fate depends only on the higher-scored detections of the same class in the same image.
-So ``update`` decides TP/FP/ignored per image right away, and the metric keeps flat per-detection
+So ``update`` decides TP/FP/ignored per image right away (:func:`match_image`, also what the
+detection notebook and the ablation's bootstrap use), and the metric keeps flat per-detection
 states (score, label, TP flag, ignored flag) plus a per-class count of positives: torchmetrics'
 default cross-process gather (concatenate, sum) is then all DDP needs.
 """
@@ -25,34 +30,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from torchvision.ops import box_iou
 
-__all__ = ["VOCMeanAP", "voc_ap"]
+__all__ = ["VOCMeanAP", "match_image", "voc_ap"]
 
 # voc_eval.py iterates over ``np.arange(0.0, 1.1, 0.1)``, whose elements are ``i * 0.1``: 0.3, 0.6
 # and 0.7 come out one ulp above their decimal values, so a recall of exactly 3/10 does not reach
 # the 0.3 threshold. Kept as is so that the figures match the reference implementation.
-_ELEVEN_POINTS: tuple[float, ...] = tuple(i * 0.1 for i in range(11))
-
-
-def _iou_matrix(boxes1: Tensor, boxes2: Tensor, inclusive_pixels: bool) -> Tensor:
-    """IoU between every box of ``boxes1`` [N, 4] and of ``boxes2`` [M, 4] (xyxy), as [N, M].
-
-    With ``inclusive_pixels`` a box covers the pixels ``x1..x2`` inclusive, so its width is
-    ``x2 - x1 + 1`` (the devkit's convention); the arithmetic follows ``voc_eval.py`` operation by
-    operation so that IoUs at the threshold compare the same way.
-    """
-    one = 1.0 if inclusive_pixels else 0.0
-    ix1 = torch.maximum(boxes1[:, None, 0], boxes2[None, :, 0])
-    iy1 = torch.maximum(boxes1[:, None, 1], boxes2[None, :, 1])
-    ix2 = torch.minimum(boxes1[:, None, 2], boxes2[None, :, 2])
-    iy2 = torch.minimum(boxes1[:, None, 3], boxes2[None, :, 3])
-    iw = (ix2 - ix1 + one).clamp(min=0.0)
-    ih = (iy2 - iy1 + one).clamp(min=0.0)
-    inter = iw * ih
-    area1 = (boxes1[:, 2] - boxes1[:, 0] + one) * (boxes1[:, 3] - boxes1[:, 1] + one)
-    area2 = (boxes2[:, 2] - boxes2[:, 0] + one) * (boxes2[:, 3] - boxes2[:, 1] + one)
-    union = area1[:, None] + area2[None, :] - inter
-    return inter / union
+ELEVEN_POINTS: tuple[float, ...] = tuple(i * 0.1 for i in range(11))
 
 
 def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = True) -> float:
@@ -69,7 +54,7 @@ def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = True) -> flo
             return 0.0
         # Recall is non-decreasing, so {recall >= t} is a suffix; its max precision is a suffix max.
         suffix_max = precision.flip(0).cummax(0).values.flip(0)
-        thresholds = torch.tensor(_ELEVEN_POINTS, dtype=torch.float64)
+        thresholds = torch.tensor(ELEVEN_POINTS, dtype=torch.float64)
         first = torch.searchsorted(recall, thresholds, side="left")
         reached = first < recall.numel()
         p = torch.where(reached, suffix_max[first.clamp(max=recall.numel() - 1)], 0.0)
@@ -80,6 +65,43 @@ def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = True) -> flo
     mpre = mpre.flip(0).cummax(0).values.flip(0)
     changed = torch.nonzero(mrec[1:] != mrec[:-1]).squeeze(1)
     return float(((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]).sum())
+
+
+def match_image(
+    boxes: Tensor,
+    labels: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_difficult: Tensor,
+    iou_threshold: float = 0.5,
+) -> tuple[Tensor, Tensor]:
+    """The devkit's verdict on one image's detections, given in descending score order.
+
+    Each detection takes its highest-IoU ground truth of the same class (the first one on ties,
+    like ``np.argmax``), taken or difficult alike. Above the threshold (strictly): a difficult
+    ground truth makes it ignored (neither TP nor FP); of the detections on a non-difficult one,
+    the first (highest-scored) is the TP and the later ones are duplicates (FP). Below it: FP.
+    Boxes are xyxy in continuous pixel edges (see the module doc). Returns the bool flags
+    ``(tp, ignored)`` per detection; a detection that is neither is a false positive.
+    """
+    n = boxes.shape[0]
+    tp = torch.zeros(n, dtype=torch.bool)
+    ignored = torch.zeros(n, dtype=torch.bool)
+    if n == 0 or gt_boxes.shape[0] == 0:
+        return tp, ignored
+    # float64, as the devkit's numpy, so that IoUs at the threshold compare the same way
+    iou = box_iou(boxes.to(torch.float64), gt_boxes.to(torch.float64)).nan_to_num(0.0)
+    iou = iou.masked_fill(labels[:, None] != gt_labels[None, :], float("-inf"))
+    jmax = iou.argmax(dim=1)
+    ovmax = iou.gather(1, jmax[:, None]).squeeze(1)
+    above = ovmax > iou_threshold
+    ignored = above & gt_difficult[jmax]
+    candidate = above & ~gt_difficult[jmax]
+    position = torch.arange(n)
+    first = torch.full((gt_boxes.shape[0],), n, dtype=torch.long)
+    first = first.scatter_reduce(0, jmax[candidate], position[candidate], reduce="amin")
+    tp = candidate & (first[jmax] == position)
+    return tp, ignored
 
 
 def _as_boxes(value: Any, where: str) -> Tensor:
@@ -112,21 +134,17 @@ class VOCMeanAP(Metric):
             greater than this (the devkit's ``ovmax > ovthresh``).
         use_07_metric: VOC2007 11-point interpolated AP (default, the papers' VOC07 test figures);
             ``False`` gives the VOC2010+ all-point AP.
-        inclusive_pixels: IoU on inclusive pixel coordinates (``+1`` on widths and heights), as the
-            devkit does; ``False`` for continuous coordinates.
         class_names: optional names of classes ``1..num_classes`` (kept as ``self.class_names``
             for reports; not part of the computed result).
 
     ``update(preds, targets)`` takes the same lists of dicts as
     ``torchmetrics.detection.MeanAveragePrecision``: per image, ``preds`` has ``boxes`` [N, 4]
-    xyxy pixels, ``scores`` [N] and ``labels`` [N]; ``targets`` has ``boxes`` [M, 4], ``labels``
-    [M] and optionally ``difficult`` (bool [M], all False when absent).
+    xyxy in continuous pixel edges (what the readers and the post-processor give), ``scores``
+    [N] and ``labels`` [N]; ``targets`` has ``boxes`` [M, 4], ``labels`` [M] and optionally
+    ``difficult`` (bool [M], all False when absent).
 
     Per class, detections of all images are ranked by descending score (ties keep the order of
-    arrival); each is compared with the same-class ground truths of its own image and takes the
-    one with the highest IoU, taken or difficult alike. Above the threshold: a difficult ground
-    truth makes it ignored (neither TP nor FP), a free one makes it a TP and takes it, a taken one
-    makes it a duplicate FP; otherwise it is a FP. The number of positives is the number of
+    arrival) and judged by :func:`match_image`. The number of positives is the number of
     non-difficult ground truths of the class.
 
     ``compute()`` returns a dict of tensors:
@@ -161,7 +179,6 @@ class VOCMeanAP(Metric):
         num_classes: int,
         iou_threshold: float = 0.5,
         use_07_metric: bool = True,
-        inclusive_pixels: bool = True,
         class_names: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -179,7 +196,6 @@ class VOCMeanAP(Metric):
         self.num_classes = num_classes
         self.iou_threshold = float(iou_threshold)
         self.use_07_metric = bool(use_07_metric)
-        self.inclusive_pixels = bool(inclusive_pixels)
         self.class_names: tuple[str, ...] | None = class_names
 
         # One entry per detection, in per-image descending-score order. The flags are uint8 so
@@ -213,7 +229,9 @@ class VOCMeanAP(Metric):
                 i, pred, target
             )
             npos += torch.bincount(t_labels[~t_difficult] - 1, minlength=self.num_classes)
-            tp, ignored = self._match_image(p_boxes, p_labels, t_boxes, t_labels, t_difficult)
+            tp, ignored = match_image(
+                p_boxes, p_labels, t_boxes, t_labels, t_difficult, self.iou_threshold
+            )
             scores_out.append(p_scores)
             labels_out.append(p_labels)
             tp_out.append(tp)
@@ -271,39 +289,6 @@ class VOCMeanAP(Metric):
             t_labels.detach().to("cpu", torch.long),
             t_difficult.detach().to("cpu").bool(),
         )
-
-    def _match_image(
-        self,
-        p_boxes: Tensor,
-        p_labels: Tensor,
-        t_boxes: Tensor,
-        t_labels: Tensor,
-        t_difficult: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """TP and ignored flags of one image's detections, already in descending score order.
-
-        Vectorised form of the devkit's loop: each detection takes its highest-IoU same-class
-        ground truth (first one on ties, like ``np.argmax``); of the detections above the threshold
-        on a non-difficult ground truth, the first (highest-scored) per ground truth is the TP and
-        the later ones are duplicates.
-        """
-        n = p_boxes.shape[0]
-        tp = torch.zeros(n, dtype=torch.bool)
-        ignored = torch.zeros(n, dtype=torch.bool)
-        if n == 0 or t_boxes.shape[0] == 0:
-            return tp, ignored
-        iou = _iou_matrix(p_boxes, t_boxes, self.inclusive_pixels)
-        iou = iou.masked_fill(p_labels[:, None] != t_labels[None, :], float("-inf"))
-        jmax = iou.argmax(dim=1)
-        ovmax = iou.gather(1, jmax[:, None]).squeeze(1)
-        above = ovmax > self.iou_threshold
-        ignored = above & t_difficult[jmax]
-        candidate = above & ~t_difficult[jmax]
-        position = torch.arange(n)
-        first = torch.full((t_boxes.shape[0],), n, dtype=torch.long)
-        first = first.scatter_reduce(0, jmax[candidate], position[candidate], reduce="amin")
-        tp = candidate & (first[jmax] == position)
-        return tp, ignored
 
     def compute(self) -> dict[str, Tensor]:
         """Per-class AP and their mean over the classes with positives (see the class doc)."""

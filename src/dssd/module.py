@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -42,10 +43,17 @@ def coco_map_metric(
     SSD keeps 200 detections per image, hence the default caps; ``(1, 10, 100)`` is the official
     COCO protocol. The faster_coco_eval backend is used because pycocotools' backend reports -1
     whenever the largest cap is not 100. ``class_metrics`` adds the AP of each class.
+
+    The IoU and recall thresholds are pycocotools' own float64 values: torchmetrics' defaults
+    come from a float32 ``linspace`` (0.55 becomes 0.5500000119...), which moves a recall of
+    exactly 3/10 or an IoU of exactly 0.55 to the other side and the AP away from the official
+    evaluation's.
     """
     return MeanAveragePrecision(
         box_format="xyxy",
         iou_type="bbox",
+        iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
+        rec_thresholds=np.linspace(0.0, 1.0, 101).tolist(),
         max_detection_thresholds=list(max_detections),
         backend="faster_coco_eval",
         class_metrics=class_metrics,

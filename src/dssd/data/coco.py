@@ -3,7 +3,10 @@
 COCO category ids are not contiguous (1..90 for 80 classes); labels are 1..C in increasing
 category-id order, and ``label_to_category_id`` maps them back for the results file. Crowd boxes
 (``iscrowd=1``) are left out of training targets and kept with ``difficult=True`` for evaluation,
-where the metric treats them as crowd regions (neither true nor false positives).
+where the metric treats them as crowd regions (neither true nor false positives), as pycocotools
+does. An annotation with a non-standard ``difficult: 1`` (the embedded dataset writes its VOC
+difficult objects so, also as ``iscrowd=1`` for pycocotools) is flagged the same way in
+evaluation but still trained on, as the VOC reader does with difficult objects.
 
 Errors and bad samples follow the policy of ``dssd.data.voc``: an annotation file that is missing,
 is not JSON, lacks "images", "annotations" or "categories", or whose categories differ from the
@@ -63,6 +66,12 @@ def category_names(coco: COCO) -> tuple[str, ...]:
     return tuple(cat["name"] for cat in coco.loadCats(sorted(coco.getCatIds())))
 
 
+def trained_on(ann: Mapping[str, Any]) -> bool:
+    """Whether training uses an annotation: every one but the crowd regions, except those also
+    flagged ``difficult`` (the embedded data's difficult objects, see the module doc)."""
+    return not ann.get("iscrowd", 0) or bool(ann.get("difficult", 0))
+
+
 def _xyxy(ann: dict[str, Any]) -> tuple[float, float, float, float]:
     """The bbox [x, y, w, h] of an annotation as pixel xyxy; ValueError when it is not usable."""
     bbox = ann.get("bbox")
@@ -78,8 +87,9 @@ class COCODataset(DetectionImages):
     """The images of one COCO instances file, with VOCDataset's target format.
 
     ``annotation_file`` and ``image_dir`` are relative to ``root`` (absolute paths work too).
-    Targets hold "boxes" (float32 [N, 4] 0-based pixel xyxy), "labels" (int64 [N], 1..C),
-    "difficult" (bool [N], true for crowd boxes in evaluation) and "image_id" (the COCO image id).
+    Targets hold "boxes" (float32 [N, 4] xyxy pixel edges, see ``dssd.data.voc``), "labels"
+    (int64 [N], 1..C), "difficult" (bool [N], true for crowd boxes in evaluation) and "image_id"
+    (the COCO image id).
     With ``class_names``, the file's categories must be exactly those names in category-id order.
     """
 
@@ -124,11 +134,10 @@ class COCODataset(DetectionImages):
             self.annotations.append(sanitize({**ann, **size}, self.skips))
 
     def _objects(self, anns: list[dict[str, Any]], image_id: int) -> dict[str, np.ndarray]:
-        """Boxes, labels and crowd flags of one image's annotations."""
-        boxes, labels, crowd = [], [], []
+        """Boxes, labels and difficult flags (crowd or difficult) of one image's annotations."""
+        boxes, labels, ignored = [], [], []
         for ann in anns:
-            is_crowd = bool(ann.get("iscrowd", 0))
-            if self.train and is_crowd:
+            if self.train and not trained_on(ann):
                 continue
             try:
                 box = _xyxy(ann)
@@ -144,11 +153,11 @@ class COCODataset(DetectionImages):
                 continue
             boxes.append(box)
             labels.append(self.category_id_to_label[ann["category_id"]])
-            crowd.append(is_crowd)
+            ignored.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("difficult", 0)))
         return {
             "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
             "labels": np.asarray(labels, np.int64),
-            "difficult": np.asarray(crowd, bool),
+            "difficult": np.asarray(ignored, bool),
         }
 
 

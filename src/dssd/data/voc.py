@@ -21,6 +21,15 @@ Robustness policy (shared with the COCO reader, which builds on ``DetectionImage
 The counts are in ``dataset.skips``. Those made at construction reach the main process (the
 DataModule logs them); "unreadable_images" is counted in the process that reads the image, so with
 DataLoader workers it shows in the workers' warnings rather than in the main process's counter.
+
+Box convention (the one used everywhere, from the annotation file to the score): boxes are xyxy
+in continuous pixel coordinates, pixel edges, where 0-based pixel ``i`` spans ``[i, i + 1)``. A
+VOC box ``xmin..xmax`` counts pixels 1-based and inclusively, so it is ``[xmin - 1, xmax]``
+(:func:`voc_to_edges`) and its width ``xmax - xmin + 1`` is the devkit's own; a COCO
+``[x, y, w, h]`` is already in edges. The network sees them divided by the image size, the
+post-processor gives them back in pixels, and the metrics take plain continuous IoUs (no ``+1``).
+The devkit's result files are written back in its 1-based inclusive indices
+(:func:`edges_to_voc`, :func:`write_voc_results`).
 """
 
 from __future__ import annotations
@@ -78,6 +87,20 @@ def _flag(node: ET.Element, tag: str) -> bool:
     return child is not None and child.text is not None and child.text.strip() not in ("", "0")
 
 
+# A VOC box (xmin, ymin, xmax, ymax) minus this is the same box in pixel edges.
+_VOC_INDEX_OFFSET = np.array([1.0, 1.0, 0.0, 0.0])
+
+
+def voc_to_edges(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """VOC boxes [N, 4] (1-based, inclusive pixel indices) as pixel edges ("Box convention")."""
+    return np.asarray(boxes, np.float64).reshape(-1, 4) - _VOC_INDEX_OFFSET
+
+
+def edges_to_voc(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Pixel-edge boxes [N, 4] as the devkit's 1-based inclusive indices (the inverse)."""
+    return np.asarray(boxes, np.float64).reshape(-1, 4) + _VOC_INDEX_OFFSET
+
+
 def _object_box(
     obj: ET.Element, path: Path, class_to_index: dict[str, int], strict: bool
 ) -> tuple[str, tuple[float, float, float, float]]:
@@ -102,8 +125,8 @@ def parse_voc_xml(
 ) -> dict[str, Any]:
     """Parse one VOC annotation file.
 
-    Returns "boxes" (float32 [N, 4] xyxy, 0-based pixel coordinates: xmin - 1, ymin - 1, xmax,
-    ymax), "labels" (int64 [N], values of ``class_to_index``; 0 is reserved for background),
+    Returns "boxes" (float32 [N, 4] xyxy pixel edges: xmin - 1, ymin - 1, xmax, ymax; see "Box
+    convention"), "labels" (int64 [N], values of ``class_to_index``; 0 is reserved for background),
     "difficult" and "truncated" (bool [N]), "width" and "height" (int).
     Raises VOCAnnotationError for malformed files and for class names not in ``class_to_index``.
     With a ``skips`` counter (not strict), objects with missing or non-numeric fields are dropped
@@ -132,12 +155,12 @@ def parse_voc_xml(
                 raise
             skips["malformed_objects"] += 1
             continue
-        boxes.append((x0 - 1.0, y0 - 1.0, x1, y1))
+        boxes.append((x0, y0, x1, y1))
         labels.append(class_to_index[name])
         difficult.append(_flag(obj, "difficult"))
         truncated.append(_flag(obj, "truncated"))
     return {
-        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+        "boxes": voc_to_edges(boxes).astype(np.float32),
         "labels": np.asarray(labels, np.int64),
         "difficult": np.asarray(difficult, bool),
         "truncated": np.asarray(truncated, bool),
@@ -222,7 +245,7 @@ class VOCDataset(DetectionImages):
     """A split of a VOC-layout dataset (ImageSets/Main/<split>.txt, Annotations/, JPEGImages/).
 
     Items are ``transform(image, target)``; without a transform, ``image`` is the RGB uint8 array
-    and ``target`` holds "boxes" (float32 [N, 4] 0-based pixel xyxy), "labels" (int64 [N], 1..C),
+    and ``target`` holds "boxes" (float32 [N, 4] xyxy pixel edges), "labels" (int64 [N], 1..C),
     "difficult" (bool [N]) and "image_id" (the id string from the split file). Labels follow the
     order of ``class_names``, starting at 1. With ``keep_difficult=False`` difficult objects are
     dropped. ``strict`` and ``skips``: see the module docstring.
@@ -271,3 +294,83 @@ class VOCDataset(DetectionImages):
             self.ids.append(image_id)
             self.image_paths.append(self.root / "JPEGImages" / f"{image_id}.jpg")
             self.annotations.append(sanitize(ann, self.skips))
+
+
+RESULTS_FILE = "comp4_det_test_{}.txt"
+
+
+def write_voc_results(
+    directory: str | Path,
+    image_ids: Sequence[Any],
+    detections: Sequence[dict[str, Any]],
+    class_names: Sequence[str],
+) -> list[Path]:
+    """Write detections as the devkit's result files, ``comp4_det_test_<class>.txt``, one per
+    class (empty when the class has no detection), and return their paths.
+
+    Each line is ``<image id> <score> <xmin> <ymin> <xmax> <ymax>`` in the devkit's 1-based
+    inclusive pixel indices, which the official ``VOCevaldet`` and ``voc_eval.py`` read.
+    ``detections`` are per image, aligned with ``image_ids``: "boxes" [N, 4] (pixel edges),
+    "scores" [N] and "labels" [N] (1..C, indices into ``class_names`` + 1). Numbers are written
+    at full precision, so the devkit scores exactly the boxes the metric scored.
+    """
+    lines: dict[str, list[str]] = {name: [] for name in class_names}
+    for image_id, det in zip(image_ids, detections, strict=True):
+        name = str(image_id)
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"image id {name!r} cannot be written in a devkit result file")
+        boxes = edges_to_voc(det["boxes"])
+        scores = np.asarray(det["scores"], np.float64).reshape(-1)
+        labels = np.asarray(det["labels"]).reshape(-1)
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
+            if not 1 <= label <= len(class_names):
+                raise ValueError(f"label {label} is not in 1..{len(class_names)}")
+            coords = " ".join(repr(v) for v in box)
+            lines[class_names[label - 1]].append(f"{name} {score!r} {coords}\n")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for class_name, class_lines in lines.items():
+        path = directory / RESULTS_FILE.format(class_name)
+        path.write_text("".join(class_lines))
+        paths.append(path)
+    return paths
+
+
+def read_voc_results(
+    directory: str | Path, class_names: Sequence[str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Read the result files of :func:`write_voc_results` (or any devkit result files) back.
+
+    Returns the detections by image id: "boxes" (float64 [N, 4], pixel edges), "scores"
+    (float64 [N]) and "labels" (int64 [N], 1..C). A missing file or a malformed line raises
+    :class:`VOCAnnotationError` naming the file (and line).
+    """
+    rows: dict[str, list[tuple[float, ...]]] = {}
+    for label, class_name in enumerate(class_names, start=1):
+        path = Path(directory) / RESULTS_FILE.format(class_name)
+        if not path.is_file():
+            raise VOCAnnotationError(f"{path}: no result file for class {class_name!r}")
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                if len(fields) != 6:
+                    raise ValueError(f"{len(fields)} fields")
+                values = tuple(float(v) for v in fields[1:])
+            except ValueError as err:
+                raise VOCAnnotationError(
+                    f"{path}:{number}: expected '<image id> <score> <xmin> <ymin> <xmax> <ymax>' "
+                    f"({err}): {line!r}"
+                ) from None
+            rows.setdefault(fields[0], []).append((*values, label))
+    results = {}
+    for image_id, entries in rows.items():
+        table = np.asarray(entries, np.float64).reshape(-1, 6)
+        results[image_id] = {
+            "boxes": voc_to_edges(table[:, 1:5]),
+            "scores": table[:, 0],
+            "labels": table[:, 5].astype(np.int64),
+        }
+    return results

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dssd.data.coco import trained_on
 from dssd.data.shapes import CLASSES
 from dssd.data.voc import VOCDataset
 from dssd.errors import UserError
@@ -193,13 +194,14 @@ def voc_boxes(
 
 
 def coco_boxes(path: str | Path, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Widths and heights of the non-crowd boxes of a COCO instances file (as :func:`voc_boxes`)."""
+    """Widths and heights of the boxes training uses in a COCO instances file (no crowd regions;
+    see :func:`dssd.data.coco.trained_on`), as :func:`voc_boxes` gives them."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"COCO annotation file {path} does not exist")
     coco = json.loads(path.read_text())
     image_size = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
-    anns = [a for a in coco["annotations"] if not a.get("iscrowd", 0)]
+    anns = [a for a in coco["annotations"] if trained_on(a)]
     w = np.array([a["bbox"][2] for a in anns], np.float64)
     h = np.array([a["bbox"][3] for a in anns], np.float64)
     if size:
