@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """16 trainval + 8 test images, built once per test session."""
-    return generate_shapes(tmp_path_factory.mktemp("tiny_shapes"), num_trainval=16, num_test=8)
+    """16 trainval, 8 test and 8 val images, built once per test session."""
+    return generate_shapes(
+        tmp_path_factory.mktemp("tiny_shapes"), num_trainval=16, num_test=8, num_val=8
+    )
 
 
 def tiny_data(root: Path) -> list[str]:
@@ -62,15 +64,17 @@ def tiny_wandb_run(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def tiny_ablation(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The output directory of `make ablation`'s chain (src/ablation.py, seven rows) run with
-    2 iterations per row on ``tiny_shapes``; run once per session."""
+    """The output directory of `make ablation`'s chain (src/ablation.py, eight rows, two seeds)
+    run with 2 iterations per row on ``tiny_shapes``; run once per session."""
     out_dir = tmp_path_factory.mktemp("tiny_ablation")
     run_entry_point(
         "ablation.py",
         f"out_dir={out_dir}",
+        "seeds=[0,1]",
+        "bootstrap_samples=200",
         # W&B (offline), the default logger, as `make ablation` uses it: the notebook reads it
         f'train_args="{" ".join(tiny_overrides(tiny_shapes))} trainer.log_every_n_steps=1"',
-        timeout=900,
+        timeout=1800,
     )
     return out_dir
 

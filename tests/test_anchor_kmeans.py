@@ -130,7 +130,9 @@ def test_rejects_bad_input() -> None:
 
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_shapes(tmp_path_factory.mktemp("shapes"), num_trainval=12, num_test=4)
+    return generate_shapes(
+        tmp_path_factory.mktemp("shapes"), num_trainval=12, num_test=4, num_val=4
+    )
 
 
 def test_voc_and_coco_readers_agree(shapes_root: Path) -> None:

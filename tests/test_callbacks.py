@@ -19,7 +19,7 @@ class RecordingModule:
 
 
 def test_unreadable_images_found_in_workers_reach_the_report(tmp_path: Path) -> None:
-    root = generate_shapes(tmp_path / "shapes", num_trainval=8, num_test=2)
+    root = generate_shapes(tmp_path / "shapes", num_trainval=8, num_test=2, num_val=2)
     broken = sorted((root / "JPEGImages").glob("*.jpg"))[1:6:3]  # not neighbours
     for path in broken:
         path.write_bytes(b"not a jpeg")

@@ -167,12 +167,17 @@ def test_undecodable_image_is_skipped_or_named(tmp_path: Path) -> None:
 
 def test_datamodule_reads_class_names_and_iterates(tmp_path: Path) -> None:
     root = write_coco(tmp_path, instances())
-    dm = COCODataModule(str(root), image_size=32, batch_size=2, num_workers=0)
+    dm = COCODataModule(str(root), image_size=32, batch_size=1, num_workers=0, val_holdout=1)
     assert dm.class_names == NAMES and dm.num_classes == 3
     dm.setup("fit")
-    assert dm.datasets["train"].train and not dm.datasets["val"].train
-    images, targets = next(iter(dm.train_dataloader()))
-    assert images.shape == (2, 3, 32, 32) and {t["image_id"] for t in targets} == {42, 7}
+    # validation holds out one train2017 image (with evaluation targets: crowd kept, flagged)
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    assert train.dataset.train and not val.dataset.train
+    assert len(train) == 1 and len(val) == 1
+    ids = {train[0][1]["image_id"], val[0][1]["image_id"]}
+    assert ids == {42, 7}
+    (images, targets), *_ = list(dm.train_dataloader())
+    assert images.shape == (1, 3, 32, 32) and targets[0]["image_id"] == train[0][1]["image_id"]
     dm.setup("test")
     assert dm.datasets["test"].annotation_file == root / ANN_FILE
     assert dm.label_to_category_id == {1: 1, 2: 3, 3: 90}

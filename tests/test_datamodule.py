@@ -46,7 +46,9 @@ def is_flipped(tensor: torch.Tensor) -> bool:
 
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_shapes(tmp_path_factory.mktemp("shapes"), num_trainval=12, num_test=4)
+    return generate_shapes(
+        tmp_path_factory.mktemp("shapes"), num_trainval=12, num_test=4, num_val=4
+    )
 
 
 def test_eval_transform_shapes_dtypes_and_normalised_boxes() -> None:
@@ -156,7 +158,7 @@ def test_datamodule_loaders_iterate(shapes_root: Path) -> None:
         assert len(target["boxes"]) == len(target["labels"]) == len(target["difficult"])
         assert ((target["labels"] >= 1) & (target["labels"] <= len(CLASSES))).all()
     images, targets = next(iter(dm.val_dataloader()))
-    assert images.shape[0] == 4 and targets[0]["image_id"] == "000013"
+    assert images.shape[0] == 4 and targets[0]["image_id"] == "000017"  # the val split, after test
     dm.setup("test")
     assert len(dm.test_dataloader().dataset) == len(dm.predict_dataloader().dataset) == 4
 

@@ -15,7 +15,7 @@ from dssd.data.shapes import CLASSES, STAMP_FILE, generate_shapes, main, read_st
 from dssd.data.voc import parse_voc_xml
 
 CLASS_TO_INDEX = {name: i + 1 for i, name in enumerate(CLASSES)}
-SPLITS = ("trainval", "test")
+SPLITS = ("trainval", "test", "val")
 
 
 def split_ids(root: Path, split: str) -> list[str]:
@@ -27,7 +27,7 @@ def annotation(root: Path, image_id: str) -> dict:
 
 
 def annotations(root: Path) -> dict[str, dict]:
-    """Parsed VOC annotations of every image in both splits, by id."""
+    """Parsed VOC annotations of every image in every split, by id."""
     return {i: annotation(root, i) for split in SPLITS for i in split_ids(root, split)}
 
 
@@ -46,28 +46,44 @@ def max_pairwise_iou(boxes: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A moderately sized dataset, large enough to contain every kind of object."""
-    return generate_shapes(tmp_path_factory.mktemp("sample"), num_trainval=80, num_test=20, seed=3)
+    return generate_shapes(
+        tmp_path_factory.mktemp("sample"), num_trainval=80, num_test=20, num_val=20, seed=3
+    )
 
 
 def test_same_seed_same_files_different_seed_different(tmp_path: Path) -> None:
-    kwargs = {"num_trainval": 6, "num_test": 3}
+    kwargs = {"num_trainval": 6, "num_test": 3, "num_val": 3}
     a = generate_shapes(tmp_path / "a", seed=7, **kwargs)
     b = generate_shapes(tmp_path / "b", seed=7, **kwargs)
     c = generate_shapes(tmp_path / "c", seed=8, **kwargs)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 2 * 9 + 2 + 2 + 1  # jpg + xml per image, split lists, COCO, stamp
+    assert len(files) == 2 * 12 + 3 + 3 + 1  # jpg + xml per image, split lists, COCO, stamp
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     coco = Path("annotations/instances_trainval.json")
     assert (a / coco).read_bytes() != (c / coco).read_bytes()
 
 
+def test_val_split_is_generated_last_and_leaves_trainval_and_test_alone(tmp_path: Path) -> None:
+    kwargs = {"num_trainval": 5, "num_test": 3, "seed": 7}
+    a = generate_shapes(tmp_path / "a", num_val=2, **kwargs)
+    b = generate_shapes(tmp_path / "b", num_val=4, **kwargs)
+    assert split_ids(a, "val") == ["000009", "000010"] and len(split_ids(b, "val")) == 4
+    for split in ("trainval", "test"):
+        assert split_ids(a, split) == split_ids(b, split)
+        for image_id in split_ids(a, split):
+            for rel in (f"JPEGImages/{image_id}.jpg", f"Annotations/{image_id}.xml"):
+                assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
 def test_layout_and_image_sizes(sample: Path) -> None:
     trainval, test = split_ids(sample, "trainval"), split_ids(sample, "test")
-    assert len(trainval) == 80 and len(test) == 20
-    assert not set(trainval) & set(test)
+    val = split_ids(sample, "val")
+    assert len(trainval) == 80 and len(test) == 20 and len(val) == 20
+    assert len(set(trainval) | set(test) | set(val)) == 120  # disjoint
     assert trainval[0] == "000001"
-    assert sorted(p.stem for p in (sample / "JPEGImages").glob("*.jpg")) == trainval + test
+    images = sorted(p.stem for p in (sample / "JPEGImages").glob("*.jpg"))
+    assert images == trainval + test + val
     for image_id, ann in list(annotations(sample).items())[:10]:
         image = cv2.imread(str(sample / "JPEGImages" / f"{image_id}.jpg"))
         assert image.shape == (ann["height"], ann["width"], 3)
@@ -92,7 +108,9 @@ def test_coco_json_matches_voc_xml(sample: Path) -> None:
             np.testing.assert_array_equal(xyxy, voc["boxes"])
             assert [o["category_id"] for o in objs] == voc["labels"].tolist()
             assert [bool(o["difficult"]) for o in objs] == voc["difficult"].tolist()
-            assert all(o["iscrowd"] == 0 and o["area"] > 0 for o in objs)
+            # difficult objects are crowd regions for pycocotools, which then ignores them
+            assert [bool(o["iscrowd"]) for o in objs] == voc["difficult"].tolist()
+            assert all(o["area"] > 0 for o in objs)
 
 
 def test_content_covers_classes_sizes_and_flags(sample: Path) -> None:
@@ -122,42 +140,42 @@ def test_boxes_are_valid_and_respect_overlap_limit(sample: Path) -> None:
 
 
 def test_stamp_makes_generation_idempotent(tmp_path: Path) -> None:
-    root = generate_shapes(tmp_path, num_trainval=4, num_test=2, seed=1)
+    root = generate_shapes(tmp_path, num_trainval=4, num_test=2, num_val=2, seed=1)
     stamp = json.loads((root / STAMP_FILE).read_text())
     assert stamp["num_trainval"] == 4 and "format_version" in stamp
     image = root / "JPEGImages" / "000001.jpg"
     mtime = image.stat().st_mtime_ns
 
-    generate_shapes(tmp_path, num_trainval=4, num_test=2, seed=1)
+    generate_shapes(tmp_path, num_trainval=4, num_test=2, num_val=2, seed=1)
     assert image.stat().st_mtime_ns == mtime
 
-    generate_shapes(tmp_path, num_trainval=4, num_test=2, seed=1, overwrite=True)
+    generate_shapes(tmp_path, num_trainval=4, num_test=2, num_val=2, seed=1, overwrite=True)
     assert image.stat().st_mtime_ns != mtime
 
-    generate_shapes(tmp_path, num_trainval=3, num_test=1, seed=1)
+    generate_shapes(tmp_path, num_trainval=3, num_test=1, num_val=1, seed=1)
     assert read_stamp(tmp_path)["num_trainval"] == 3
-    assert len(list((root / "JPEGImages").glob("*.jpg"))) == 4
+    assert len(list((root / "JPEGImages").glob("*.jpg"))) == 5  # 3 + 1 + 1
 
 
 def test_refuses_to_overwrite_foreign_voc_data(tmp_path: Path) -> None:
     (tmp_path / "Annotations").mkdir()
     with pytest.raises(FileExistsError, match="not written by the shapes generator"):
-        generate_shapes(tmp_path, num_trainval=2, num_test=1)
+        generate_shapes(tmp_path, num_trainval=2, num_test=1, num_val=1)
     assert (tmp_path / "Annotations").is_dir()
 
 
 def test_cli_reports_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--out", str(tmp_path), "--num-trainval", "3", "--num-test", "2"]
+    args = ["--out", str(tmp_path), "--num-trainval", "3", "--num-test", "2", "--num-val", "1"]
     main(args)
     out = capsys.readouterr().out
-    assert "generated" in out and "3 images" in out and "2 images" in out
+    assert "generated" in out and "3 images" in out and "2 images" in out and "1 images" in out
     main(args)
     assert "already up to date" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_worker_processes_do_not_change_the_output(tmp_path: Path) -> None:
-    kwargs = {"num_trainval": 500, "num_test": 20}
+    kwargs = {"num_trainval": 500, "num_test": 20, "num_val": 20}
     a = generate_shapes(tmp_path / "a", workers=1, **kwargs)
     b = generate_shapes(tmp_path / "b", workers=2, **kwargs)
     for path in sorted(a.rglob("*")):

@@ -42,11 +42,12 @@ def test_sets_are_concatenated(devkit: Path) -> None:
             {"root": "VOC2007", "split": "trainval"},
             {"root": str(devkit / "VOC2012"), "split": "trainval"},  # absolute roots work too
         ],
-        val_sets=[{"root": "VOC2007", "split": "test"}],
+        val_sets=[{"root": "VOC2012", "split": "val"}],
+        test_sets=[{"root": "VOC2007", "split": "test"}],
     )
     dm.setup("fit")
     train = dm.datasets["train"]
-    assert len(train) == 5 and len(dm.datasets["val"]) == 1
+    assert len(train) == 5 and len(dm.datasets["val"]) == 1 and len(dm.datasets["test"]) == 1
     ids = [train[i][1]["image_id"] for i in range(5)]
     labels = [train[i][1]["labels"].tolist() for i in range(5)]
     assert ids == ["a", "b", "d", "e", "f"]
@@ -55,11 +56,13 @@ def test_sets_are_concatenated(devkit: Path) -> None:
     assert train.skips == {"empty_images": 1}
     batches = list(dm.train_dataloader())
     assert len(batches) == 2 and batches[0][0].shape == (2, 3, 32, 32)
-    assert dm.val_dataloader().dataset[0][1]["image_id"] == "c"
+    assert dm.val_dataloader().dataset[0][1]["image_id"] == "d"
 
 
 def test_missing_set_root_names_path_and_layout(devkit: Path) -> None:
-    dm = VOCDataModule(str(devkit), CLASSES, train_sets=[{"root": "VOC2010", "split": "trainval"}])
+    dm = VOCDataModule(
+        str(devkit), CLASSES, train_sets=[{"root": "VOC2010", "split": "trainval"}], val_holdout=1
+    )
     with pytest.raises(DatasetNotFoundError) as err:
         dm.setup("fit")
     assert str(devkit / "VOC2010") in str(err.value) and "VOCdevkit/VOC2007" in str(err.value)
@@ -69,21 +72,28 @@ def test_missing_set_root_names_path_and_layout(devkit: Path) -> None:
     ("config", "train", "test"),
     [
         ("voc0712", ["a", "b", "d", "e", "f"], ["c"]),
-        ("voc07++12", ["a", "b", "c", "d", "e", "f"], ["d"]),  # VOC2012 test: val instead
+        # VOC2012 test has no public annotations: VOC2012 val is tested, so not trained on
+        ("voc07++12", ["a", "b", "c", "e", "f"], ["d"]),
     ],
 )
 def test_configs_describe_the_paper_splits(
     devkit: Path, config: str, train: list[str], test: list[str]
 ) -> None:
-    cfg = compose_train(f"data={config}", f"data.root={devkit}")
+    (devkit / "VOC2012" / "ImageSets" / "Main" / "train.txt").write_text("e\nf\n")
+    cfg = compose_train(f"data={config}", f"data.root={devkit}", "data.val_holdout=2")
     assert cfg.data.strict is False and len(cfg.data.class_names) == 20
     assert cfg.data.class_names[0] == "aeroplane" and cfg.data.class_names[-1] == "tvmonitor"
     dm = instantiate(cfg.data, class_names=CLASSES)
     assert dm.image_size == cfg.model.net.image_size and dm.num_classes == 2
     dm.setup()
-    assert [dm.datasets["train"][i][1]["image_id"] for i in range(len(train))] == train
-    assert len(dm.datasets["train"]) == len(train)
-    assert [dm.datasets["test"][i][1]["image_id"] for i in range(len(test))] == test
+    # validation: 2 of the training images, held out of training
+    seen = {
+        role: [dm.datasets[role][i][1]["image_id"] for i in range(len(dm.datasets[role]))]
+        for role in ("train", "val", "test")
+    }
+    assert len(seen["val"]) == 2 and len(seen["train"]) == len(train) - 2
+    assert sorted(seen["train"] + seen["val"]) == sorted(train)
+    assert seen["test"] == test
 
 
 def nasty_devkit(root: Path) -> Path:
@@ -167,7 +177,7 @@ def test_datamodule_forwards_strict_and_logs_the_counts(
 ) -> None:
     root = nasty_devkit(tmp_path)
     with pytest.raises(VOCAnnotationError):
-        VOCDataModule(str(root), CLASSES, val_split="trainval").setup("validate")
+        VOCDataModule(str(root), CLASSES, val_split="trainval").setup("validate")  # strict
     dm = VOCDataModule(str(root), CLASSES, val_split="trainval", strict=False)
     with caplog.at_level(logging.WARNING):
         dm.setup("validate")

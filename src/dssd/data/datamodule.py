@@ -4,21 +4,27 @@ Data problems follow the policy in ``dssd.data.voc``: configuration mistakes rai
 bad samples are dropped and counted when ``strict=False``. The counts made while reading the
 annotations are logged once per dataset, as a warning, when ``setup`` builds it; undecodable images
 are met later, in the DataLoader workers, and are warned about there, each time they are skipped.
+
+Model selection never sees the test split: validation reads its own files or ``val_holdout``
+images held out of the training data (a seeded, deterministic choice), and ``setup("fit")``
+refuses training or validation images that are also test images.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from dssd.data import shapes
 from dssd.data.coco import COCODataset, category_names, load_coco
@@ -30,8 +36,8 @@ from dssd.data.transforms import (
     build_transforms,
     seed_worker,
 )
-from dssd.data.voc import VOCDataset
-from dssd.errors import DatasetNotFoundError
+from dssd.data.voc import DetectionImages, VOCDataset
+from dssd.errors import DatasetNotFoundError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +67,47 @@ class ConcatDetection(ConcatDataset):
         return sum((d.skips for d in self.datasets), Counter())
 
 
+class HeldOut(Subset):
+    """Some images of a detection dataset (the training part or the validation part of a
+    ``val_holdout`` split), with its ``transform`` and ``skips``."""
+
+    @property
+    def transform(self) -> DetectionTransform:
+        return self.dataset.transform
+
+    @property
+    def skips(self) -> Counter[str]:
+        return self.dataset.skips
+
+
+def holdout_indices(size: int, count: int, seed: int) -> dict[str, list[int]]:
+    """Split ``range(size)`` into "val" (``count`` indices drawn with ``seed``) and "train" (the
+    rest), both in increasing order: the same split for the same size, count and seed."""
+    chosen = np.random.default_rng(seed).permutation(size)[:count]
+    val = np.zeros(size, bool)
+    val[chosen] = True
+    return {"val": np.flatnonzero(val).tolist(), "train": np.flatnonzero(~val).tolist()}
+
+
+def image_files(dataset: Dataset) -> list[str]:
+    """The image files of a detection dataset (also concatenated or held out), as absolute
+    paths, in item order."""
+    if isinstance(dataset, DetectionImages):
+        return [os.path.abspath(p) for p in dataset.image_paths]
+    if isinstance(dataset, ConcatDataset):
+        return [f for part in dataset.datasets for f in image_files(part)]
+    if isinstance(dataset, Subset):
+        files = image_files(dataset.dataset)
+        return [files[i] for i in dataset.indices]
+    raise TypeError(f"cannot list the image files of a {type(dataset).__name__}")
+
+
 class DetectionDataModule(pl.LightningDataModule):
     """Loaders shared by the VOC and COCO DataModules; subclasses build the datasets.
 
     Training batches are shuffled and the last incomplete one is dropped; predict uses the test
-    data.
+    data. With ``val_holdout`` > 0, validation uses that many images of the training data, drawn
+    with ``val_holdout_seed`` and left out of training; otherwise it reads its own files.
     """
 
     def __init__(
@@ -79,8 +121,16 @@ class DetectionDataModule(pl.LightningDataModule):
         pin_memory: bool,
         persistent_workers: bool,
         strict: bool,
+        val_holdout: int = 0,
+        val_holdout_seed: int = 0,
     ) -> None:
         super().__init__()
+        if not isinstance(val_holdout, int) or isinstance(val_holdout, bool) or val_holdout < 0:
+            raise UserError(
+                f"data.val_holdout must be a number of images >= 0, got {val_holdout!r}"
+            )
+        self.val_holdout = val_holdout
+        self.val_holdout_seed = val_holdout_seed
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -104,13 +154,16 @@ class DetectionDataModule(pl.LightningDataModule):
         """Number of object classes, background excluded."""
         return len(self.class_names)
 
-    def _dataset(self, role: str, transform: DetectionTransform) -> Dataset:
-        """The dataset of a role ("train", "val" or "test"), items passed through ``transform``."""
+    def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
+        """The dataset read from the files of a role (``files``: "train", "val" or "test"),
+        items passed through ``transform``; ``train`` for training targets."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
+        # Fitting also builds the test set (reused by the test), to check that neither training
+        # nor validation sees a test image.
         needed = {
-            "fit": ("train", "val"),
+            "fit": ROLES,
             "validate": ("val",),
             "test": ("test",),
             "predict": ("test",),
@@ -122,9 +175,40 @@ class DetectionDataModule(pl.LightningDataModule):
                 transform = build_transforms(
                     self.image_size, train, self.mean, self.std, self.augment
                 )
-                dataset = self.datasets[role] = self._dataset(role, transform)
+                dataset = self.datasets[role] = self._role_dataset(role, transform)
                 if dataset.skips:
                     log.warning("%s data: %s", role, dict(sorted(dataset.skips.items())))
+        if "test" in self.datasets:
+            self._check_test_images_unseen()
+
+    def _role_dataset(self, role: str, transform: DetectionTransform) -> Dataset:
+        """The dataset of a role; with ``val_holdout``, train and val share the training files."""
+        if role == "test" or not self.val_holdout:
+            return self._dataset(role, role == "train", transform)
+        base = self._dataset("train", role == "train", transform)
+        if self.val_holdout >= len(base):
+            raise UserError(
+                f"data.val_holdout={self.val_holdout} leaves no training images: the training "
+                f"data has {len(base)}"
+            )
+        return HeldOut(
+            base, holdout_indices(len(base), self.val_holdout, self.val_holdout_seed)[role]
+        )
+
+    def _check_test_images_unseen(self) -> None:
+        """Refuse training or validation images that are test images too."""
+        test = set(image_files(self.datasets["test"]))
+        for role in ("train", "val"):
+            if role not in self.datasets:
+                continue
+            shared = [f for f in image_files(self.datasets[role]) if f in test]
+            if shared:
+                raise UserError(
+                    f"{len(shared)} of the {role} images are test images too (e.g. {shared[0]}): "
+                    "a test figure must come from images that neither training nor model "
+                    "selection has seen. Give the roles disjoint data (data.val_holdout, the "
+                    "val/test splits or files)."
+                )
 
     def _loader(self, role: str) -> DataLoader:
         train = role == "train"
@@ -162,10 +246,13 @@ class VOCDataModule(DetectionDataModule):
 
     Each role reads ``<root>/ImageSets/Main/<role>_split.txt``, or, when ``<role>_sets`` is given,
     the concatenation of several ``{root, split}`` sets, relative roots resolved against ``root``
-    (VOC07+12: train_sets = VOC2007/trainval + VOC2012/trainval). Labels are 1..C in the order of
-    ``class_names`` (0 is background). With ``generate_shapes=True``, ``prepare_data`` first builds
-    the embedded shapes dataset at ``root`` (a no-op when it is already there). Evaluation adds
-    the VOC devkit's mAP, 11-point with ``use_07_metric`` (VOC2007 test) or all-point (VOC2012).
+    (VOC07+12: train_sets = VOC2007/trainval + VOC2012/trainval). Validation reads its own split
+    or sets, or with ``val_holdout`` > 0 that many training images (left out of training; the
+    val split is then not read). Labels
+    are 1..C in the order of ``class_names`` (0 is background). With ``generate_shapes=True``,
+    ``prepare_data`` first builds the embedded shapes dataset at ``root`` (a no-op when it is
+    already there). Evaluation adds the VOC devkit's mAP, 11-point with ``use_07_metric`` (VOC2007
+    test) or all-point (VOC2012).
     """
 
     def __init__(
@@ -173,7 +260,7 @@ class VOCDataModule(DetectionDataModule):
         root: str,
         class_names: Sequence[str],
         train_split: str = "trainval",
-        val_split: str = "test",
+        val_split: str = "val",
         test_split: str = "test",
         image_size: int = 321,
         batch_size: int = 32,
@@ -189,6 +276,8 @@ class VOCDataModule(DetectionDataModule):
         test_sets: Sequence[Mapping[str, str]] | None = None,
         strict: bool = True,
         use_07_metric: bool = True,
+        val_holdout: int = 0,
+        val_holdout_seed: int = 0,
     ) -> None:
         super().__init__(
             image_size=image_size,
@@ -200,7 +289,14 @@ class VOCDataModule(DetectionDataModule):
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
             strict=strict,
+            val_holdout=val_holdout,
+            val_holdout_seed=val_holdout_seed,
         )
+        if val_holdout and val_sets is not None:
+            raise UserError(
+                "validation data: give either data.val_holdout (a number of training images to "
+                "validate on) or data.val_sets (files of its own), not both"
+            )
         self.root = root
         self._class_names = tuple(class_names)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
@@ -216,18 +312,18 @@ class VOCDataModule(DetectionDataModule):
         if self.generate_shapes:
             shapes.generate_shapes(self.root)
 
-    def _dataset(self, role: str, transform: DetectionTransform) -> Dataset:
-        sets = self.sets[role]
+    def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
+        sets = self.sets[files]
         if sets is None:
             return VOCDataset(
-                self.root, self.splits[role], self.class_names, transform, strict=self.strict
+                self.root, self.splits[files], self.class_names, transform, strict=self.strict
             )
         parts = []
         for entry in sets:
             root = Path(self.root) / entry["root"]
             if not root.is_dir():
                 raise DatasetNotFoundError(
-                    f"VOC root {root} ({role} set) does not exist: {VOCDEVKIT_LAYOUT}"
+                    f"VOC root {root} ({files} set) does not exist: {VOCDEVKIT_LAYOUT}"
                 )
             parts.append(
                 VOCDataset(root, entry["split"], self.class_names, transform, strict=self.strict)
@@ -238,10 +334,11 @@ class VOCDataModule(DetectionDataModule):
 class COCODataModule(DetectionDataModule):
     """Train / val / test / predict loaders over COCO instances files under ``root``.
 
-    Test uses the val files unless ``test_annotations`` / ``test_images`` are given. The paper's
-    trainval35k / minival split is obtained by pointing ``train_annotations`` and
-    ``val_annotations`` at those files. With ``class_names`` configured, every annotation file
-    must have exactly those categories (in category-id order); without, they are read from the val
+    Test reads ``test_annotations`` / ``test_images`` (val2017 by default). Validation holds out
+    ``val_holdout`` images of the training file (5,000 by default), or, with ``val_holdout=0``,
+    reads ``val_annotations`` / ``val_images`` (e.g. the paper's minival beside trainval35k as
+    ``train_annotations``). With ``class_names`` configured, every annotation file must have
+    exactly those categories (in category-id order); without, they are read from the test
     annotation file. Crowd boxes are left out of training and flagged ``difficult`` in evaluation.
     """
 
@@ -251,10 +348,10 @@ class COCODataModule(DetectionDataModule):
         class_names: Sequence[str] | None = None,
         train_annotations: str = "annotations/instances_train2017.json",
         train_images: str = "train2017",
-        val_annotations: str = "annotations/instances_val2017.json",
-        val_images: str = "val2017",
-        test_annotations: str | None = None,
-        test_images: str | None = None,
+        val_annotations: str | None = None,
+        val_images: str | None = None,
+        test_annotations: str = "annotations/instances_val2017.json",
+        test_images: str = "val2017",
         image_size: int = 321,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -264,6 +361,8 @@ class COCODataModule(DetectionDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         strict: bool = True,
+        val_holdout: int = 0,
+        val_holdout_seed: int = 0,
     ) -> None:
         super().__init__(
             image_size=image_size,
@@ -275,35 +374,48 @@ class COCODataModule(DetectionDataModule):
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
             strict=strict,
+            val_holdout=val_holdout,
+            val_holdout_seed=val_holdout_seed,
         )
+        if (val_annotations is not None) == bool(val_holdout):
+            raise UserError(
+                "validation data: give either data.val_holdout (a number of training images to "
+                "validate on) or data.val_annotations and data.val_images, not "
+                f"{'both' if val_annotations is not None else 'neither'}"
+            )
+        if val_annotations is not None and val_images is None:
+            raise UserError(f"data.val_annotations={val_annotations} needs data.val_images too")
         self.root = root
         self._class_names = None if class_names is None else tuple(class_names)
         self.files = {
             "train": (train_annotations, train_images),
             "val": (val_annotations, val_images),
-            "test": (test_annotations or val_annotations, test_images or val_images),
+            "test": (test_annotations, test_images),
         }
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        """The configured class names, or else those of the val annotation file."""
+        """The configured class names, or else those of the test annotation file."""
         if self._class_names is None:
-            self._class_names = category_names(load_coco(Path(self.root) / self.files["val"][0]))
+            self._class_names = category_names(load_coco(Path(self.root) / self.files["test"][0]))
         return self._class_names
 
     @property
     def label_to_category_id(self) -> dict[int, int]:
         """Label -> COCO category id, for ``detections_to_coco_results`` (after ``setup``)."""
-        return next(iter(self.datasets.values())).label_to_category_id
+        dataset = next(iter(self.datasets.values()))
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        return dataset.label_to_category_id
 
-    def _dataset(self, role: str, transform: DetectionTransform) -> Dataset:
-        annotations, images = self.files[role]
+    def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
+        annotations, images = self.files[files]
         return COCODataset(
             self.root,
             annotations,
             images,
             transform,
-            train=role == "train",
+            train=train,
             class_names=self.class_names,
             strict=self.strict,
         )

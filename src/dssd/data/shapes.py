@@ -9,7 +9,14 @@ truncation at the border, and VOC-style ``difficult`` flags.
 Every image is drawn from its own random stream derived from ``(seed, image index)``, so the output
 depends only on the parameters. A stamp file written last makes repeated calls free.
 
-CLI: ``python -m dssd.data.shapes --out data/shapes [--num-trainval N --num-test N --seed S]``.
+Three disjoint splits: ``trainval`` (training), ``val`` (validation and model selection) and
+``test`` (the reported figures). Objects flagged ``difficult`` are ignored by evaluation in both
+forms: the VOC XML carries ``<difficult>1</difficult>``, the COCO JSON ``iscrowd: 1`` (what
+pycocotools ignores) plus ``difficult: 1`` (so that the COCO reader still trains on them, as the
+VOC reader does).
+
+CLI: ``python -m dssd.data.shapes --out data/shapes [--num-trainval N --num-val N --num-test N
+--seed S]``.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ import numpy as np
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ellipse")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STAMP_FILE = ".complete"
 PARTIAL_STAMP_FILE = ".complete.partial"  # present while a generation is under way
-SPLITS = ("trainval", "test")
+# Generated in this order (image ids count on across splits); val comes last so that the
+# trainval and test images do not depend on the size of the val split.
+SPLITS = ("trainval", "test", "val")
 # Output entries owned by the generator; only these are removed when regenerating.
 _MANAGED = ("JPEGImages", "Annotations", "ImageSets", "annotations", STAMP_FILE)
 
@@ -324,7 +333,8 @@ def _coco_split(records: list[_Record]) -> dict:
                     "category_id": obj.label + 1,
                     "bbox": [float(x0), float(y0), w, h],
                     "area": w * h,
-                    "iscrowd": 0,
+                    # pycocotools ignores crowd regions: the VOC devkit's rule for difficult ones
+                    "iscrowd": int(obj.difficult),
                     "difficult": int(obj.difficult),
                 }
             )
@@ -405,6 +415,7 @@ def generate_shapes(
     root: str | Path,
     num_trainval: int = 2000,
     num_test: int = 300,
+    num_val: int = 300,
     seed: int = 0,
     min_size: int = 256,
     max_size: int = 384,
@@ -424,6 +435,7 @@ def generate_shapes(
         "format_version": FORMAT_VERSION,
         "num_trainval": num_trainval,
         "num_test": num_test,
+        "num_val": num_val,
         "seed": seed,
         "min_size": min_size,
         "max_size": max_size,
@@ -440,7 +452,7 @@ def generate_shapes(
     # Empty images are chosen up front so that every split is sure to contain some.
     layout_rng = np.random.default_rng(seed)
     tasks, split_of = [], []
-    for split, count in zip(SPLITS, (num_trainval, num_test), strict=True):
+    for split, count in zip(SPLITS, (num_trainval, num_test, num_val), strict=True):
         n_empty = math.ceil(EMPTY_FRACTION * count)
         empty = set(layout_rng.choice(count, n_empty, replace=False).tolist())
         tasks += [
@@ -489,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/shapes"), help="output directory")
     parser.add_argument("--num-trainval", type=int, default=2000)
     parser.add_argument("--num-test", type=int, default=300)
+    parser.add_argument("--num-val", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-size", type=int, default=256)
     parser.add_argument("--max-size", type=int, default=384)
@@ -501,6 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out,
         num_trainval=args.num_trainval,
         num_test=args.num_test,
+        num_val=args.num_val,
         seed=args.seed,
         min_size=args.min_size,
         max_size=args.max_size,

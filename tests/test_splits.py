@@ -1,0 +1,126 @@
+"""Model selection never sees the test split: a real fit on the embedded data and on VOC07+12's
+held-out validation touches no test image, and data that would let it is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+
+from conftest import tiny_data
+from dssd.data.datamodule import VOCDataModule, holdout_indices
+from dssd.errors import UserError
+from test_configs import compose_train
+from test_voc import voc_object, voc_xml, write_voc
+
+CLASSES = ("cat", "dog")
+
+
+class SeenImages(pl.Callback):
+    """Records the image ids of every batch that training and validation see."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, set[Any]] = {"train": set(), "val": set()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen["train"] |= {t["image_id"] for t in batch[1]}
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+        self.seen["val"] |= {t["image_id"] for t in batch[1]}
+
+
+def fit_and_record(*overrides: str) -> tuple[dict[str, set[Any]], set[Any], Any]:
+    """Fit the default model for two epochs on the configured data; the ids seen in training and
+    validation, the test split's ids and the datamodule."""
+    cfg = compose_train(*overrides, "model.channels_last=false")
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    recorder = SeenImages()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(model, datamodule=datamodule)
+    test = datamodule.datasets["test"]
+    return recorder.seen, {test[i][1]["image_id"] for i in range(len(test))}, datamodule
+
+
+def test_fit_on_the_embedded_data_never_sees_a_test_image(tiny_shapes: Path) -> None:
+    seen, test, _ = fit_and_record(*tiny_data(tiny_shapes))
+    split = (tiny_shapes / "ImageSets" / "Main").joinpath
+    assert seen["train"] == set(split("trainval.txt").read_text().split())
+    assert seen["val"] == set(split("val.txt").read_text().split())
+    assert test == set(split("test.txt").read_text().split()) and len(test) == 8
+    assert not (seen["train"] | seen["val"]) & test
+
+
+def devkit(root: Path) -> Path:
+    """VOCdevkit/VOC2007 (trainval: 6 images, test: 3) and VOC2012 (trainval: 4)."""
+    box = voc_object("cat", "1 2 30 20")
+    write_voc(root / "VOC2007", {f"a{i}": voc_xml(box) for i in range(6)})
+    write_voc(root / "VOC2007", {f"t{i}": voc_xml(box) for i in range(3)}, split="test")
+    write_voc(root / "VOC2012", {f"b{i}": voc_xml(box) for i in range(4)})
+    return root
+
+
+def test_fit_on_voc0712_validates_on_held_out_training_images(tmp_path: Path) -> None:
+    root = devkit(tmp_path / "VOCdevkit")
+    seen, test, datamodule = fit_and_record(
+        "data=voc0712",
+        f"data.root={root}",
+        "data.val_holdout=3",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.class_names=[cat,dog]",
+    )
+    assert test == {"t0", "t1", "t2"}
+    assert len(seen["val"]) == 3 and not seen["val"] & seen["train"]
+    everything = {f"a{i}" for i in range(6)} | {f"b{i}" for i in range(4)}
+    # training drops its last incomplete batch of each shuffled epoch, so it may miss an image
+    assert seen["train"] | seen["val"] <= everything and len(seen["train"]) >= 5
+    assert not (seen["train"] | seen["val"]) & test
+    # the held-out images are the same for the same seed, and others for another
+    sets = {f"{role}_sets": datamodule.sets[role] for role in ("train", "test")}
+    again = VOCDataModule(str(root), CLASSES, val_holdout=3, **sets)
+    again.setup("fit")
+    val = again.datasets["val"]
+    assert {val[i][1]["image_id"] for i in range(3)} == seen["val"]
+    assert holdout_indices(10, 3, 0) == holdout_indices(10, 3, 0)
+    assert holdout_indices(10, 3, 0)["val"] != holdout_indices(10, 3, 1)["val"]
+
+
+@pytest.mark.parametrize("role", ["val", "train"])
+def test_data_that_shows_test_images_to_fit_is_refused(tmp_path: Path, role: str) -> None:
+    box = voc_object("cat", "1 2 30 20")
+    root = write_voc(tmp_path, {f"a{i}": voc_xml(box) for i in range(4)})
+    # validation on the test split itself, or a test split holding a training image
+    test = {"t": voc_xml(box)} if role == "val" else {"a0": voc_xml(box), "t": voc_xml(box)}
+    write_voc(tmp_path, test, split="test")
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("a1\n")
+    splits = {"val_split": "test"} if role == "val" else {"val_split": "val"}
+    datamodule = VOCDataModule(str(root), CLASSES, **splits)
+    with pytest.raises(UserError, match=f"of the {role} images are test images too"):
+        datamodule.setup("fit")
+
+
+def test_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path: Path) -> None:
+    root = devkit(tmp_path)
+    datamodule = VOCDataModule(
+        str(root),
+        CLASSES,
+        train_sets=[{"root": "VOC2007", "split": "trainval"}],
+        test_sets=[{"root": "VOC2007", "split": "test"}],
+        val_holdout=6,
+    )
+    with pytest.raises(UserError, match="leaves no training images"):
+        datamodule.setup("fit")
+    with pytest.raises(UserError, match="val_holdout must be a number of images"):
+        VOCDataModule(str(root), CLASSES, val_holdout=-1)
