@@ -1,6 +1,6 @@
 """Evaluate a checkpoint written by src/train.py on the test split.
 
-python src/eval.py ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt
+python src/eval.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
 """
 
 import os

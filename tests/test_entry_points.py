@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,12 +44,13 @@ def test_eval_reproduces_the_test_map_of_train(tiny_shapes: Path, tmp_path: Path
         "trainer.val_check_interval=2",
         f"hydra.run.dir={train_dir}",
     )
-    best = train_dir / "checkpoints" / "best.ckpt"
-    assert best.is_file() and (train_dir / "checkpoints" / "last.ckpt").is_file()
-    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    # train.py tests the final weights, which last.ckpt holds
+    last = train_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (train_dir / "checkpoints" / "best.ckpt").is_file()
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["dssd_config"]["model"]["net"]["image_size"] == 193
 
-    run_entry_point("eval.py", f"ckpt_path={best}", f"hydra.run.dir={eval_dir}")
+    run_entry_point("eval.py", f"ckpt_path={last}", f"hydra.run.dir={eval_dir}")
     trained, evaluated = logged_metrics(train_dir), logged_metrics(eval_dir)
     # the loss is never 0, so it shows that weights, data and precision are the training run's
     for name in ("test/loss", "test/map", "test/map_50", "test/mar_200"):
@@ -58,7 +61,7 @@ def test_eval_reproduces_the_test_map_of_train(tiny_shapes: Path, tmp_path: Path
     for run_dir, fold in ((plain_dir, "false"), (folded_dir, "true")):
         run_entry_point(
             "eval.py",
-            f"ckpt_path={best}",
+            f"ckpt_path={last}",
             f"fold_bn={fold}",
             "trainer.precision=32-true",
             f"hydra.run.dir={run_dir}",
@@ -76,7 +79,95 @@ def test_eval_rejects_a_foreign_checkpoint(tmp_path: Path) -> None:
         "eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}", check=False
     )
     assert proc.returncode == 2
-    assert f"error: {path} holds no run configuration" in proc.stderr
+    expected = f"error: {path} is not a checkpoint written by src/train.py (it holds no run config"
+    assert expected in proc.stderr
+
+
+def broken_checkpoints(checkpoint: Path, directory: Path) -> list[Path]:
+    """A truncated copy of ``checkpoint`` and a text file with a checkpoint's name."""
+    truncated = directory / "truncated.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    text = directory / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    return [truncated, text]
+
+
+def test_broken_checkpoint_files_are_named_not_tracebacks(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from dssd.checkpoints import CheckpointError
+    from dssd.inference import load_checkpoint
+    from dssd.stages import read_state_dict
+    from dssd.tasks import resume_checkpoint
+    from test_configs import compose_train
+
+    for path in broken_checkpoints(tiny_checkpoint, tmp_path):
+        message = f"{path} is not a checkpoint written by src/train.py (torch.load failed: "
+        for read in (
+            load_checkpoint,  # eval.py ckpt_path
+            read_state_dict,  # init_from
+            lambda p: resume_checkpoint(compose_train(f"ckpt_path={p}")),  # resuming
+        ):
+            with pytest.raises(CheckpointError) as err:
+                read(path)
+            assert str(err.value).startswith(message), str(err.value)
+    truncated = tmp_path / "truncated.ckpt"
+    for script, option in (("eval.py", "ckpt_path"), ("train.py", "init_from")):
+        proc = run_entry_point(
+            script,
+            f"{option}={truncated}",
+            "data.generate_shapes=false",
+            f"hydra.run.dir={tmp_path / script}",
+            check=False,
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert f"error: {truncated} is not a checkpoint written by src/train.py (" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["test_ckpt=/nowhere/model.ckpt"], "test_ckpt (last, best or a checkpoint file)="),
+        (["test_ckpt=best", "train=false"], "train=false"),
+        (["test_ckpt=best", "~callbacks.model_checkpoint"], "switched off"),
+    ],
+)
+def test_a_test_ckpt_that_cannot_be_tested_is_refused_before_training(
+    overrides: list[str], message: str
+) -> None:
+    from dssd.errors import UserError
+    from dssd.tasks import check_test_ckpt
+    from test_configs import compose_train
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_test_ckpt(compose_train(*overrides))
+
+
+def test_train_tests_the_final_weights_by_default_and_best_on_request(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    for choice in ("last", "best"):
+        run_entry_point(
+            "train.py",
+            *tiny_data(tiny_shapes),
+            "logger=csv",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            f"test_ckpt={choice}",
+            f"hydra.run.dir={tmp_path / choice}",
+        )
+    tested = {
+        choice: json.loads((tmp_path / choice / "test_results.json").read_text())[
+            "tested_checkpoint"
+        ]
+        for choice in ("last", "best")
+    }
+    assert tested["last"] == "final weights"
+    assert tested["best"] == str(tmp_path / "best" / "checkpoints" / "best.ckpt")
+    assert (
+        "Testing the final weights (test_ckpt=last)"
+        in (tmp_path / "last" / "train.log").read_text()
+    )
 
 
 def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:

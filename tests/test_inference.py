@@ -31,7 +31,7 @@ def test_load_detector_rebuilds_the_trained_model(tiny_checkpoint: Path) -> None
 
 
 def test_load_checkpoint_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="no such checkpoint file"):
         load_checkpoint(tmp_path / "none.ckpt")
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)

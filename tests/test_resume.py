@@ -136,7 +136,11 @@ def test_resume_checkpoint_resolves_and_checks_the_path(tmp_path: Path) -> None:
         resume_checkpoint(cfg(str(tmp_path / "nowhere.ckpt")))
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
-    last.write_bytes(b"")
+    last.write_bytes(b"")  # e.g. cut off while being written
+    for value in ("last", str(last)):
+        with pytest.raises(UserError, match="is not a checkpoint written by src/train.py"):
+            resume_checkpoint(cfg(value))
+    torch.save({"state_dict": {}, "dssd_config": {}}, last)
     assert resume_checkpoint(cfg("last")) == str(last)
     assert resume_checkpoint(cfg(str(last))) == str(last)
 

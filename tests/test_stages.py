@@ -150,7 +150,7 @@ def test_init_from_refuses_missing_modules_and_files(tmp_path: Path) -> None:
         load_initial_weights(build(), path, ["backbone", "extras"])
     with pytest.raises(UserError, match="does not have"):
         load_initial_weights(build(), path, ["trunk"])
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="no such checkpoint file"):
         load_initial_weights(build(), tmp_path / "missing.ckpt")
 
 
@@ -165,7 +165,7 @@ def test_three_stage_chain_from_the_command_line(tiny_shapes: Path, tmp_path: Pa
             *common,
             "model=dssd_r18",
             f"stage={stage}",
-            f"init_from={dirs[stage - 1] / 'checkpoints' / 'best.ckpt'}",
+            f"init_from={dirs[stage - 1] / 'checkpoints' / 'last.ckpt'}",
             "trainer.max_steps=2",
             f"hydra.run.dir={dirs[stage]}",
         )
@@ -173,7 +173,7 @@ def test_three_stage_chain_from_the_command_line(tiny_shapes: Path, tmp_path: Pa
         assert "init_from" in log and "loaded" in log, proc.stderr[-2000:]
 
     weights = [
-        torch.load(d / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"] for d in dirs
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in dirs
     ]
     # stage 1 kept stage 0's encoder (frozen) and trained its new decoder; stage 2 moved it all
     backbone = [k for k in weights[0] if k.startswith("net.backbone.")]

@@ -185,7 +185,7 @@ def test_table4_stage0_runs_land_in_their_own_named_dirs() -> None:
 def test_table4_stage1_starts_from_the_stage0_pm_c_checkpoint() -> None:
     stage0, stage1 = load_sweep("table4_stage0.yaml"), load_sweep("table4_stage1.yaml")
     _, pm_c = compose_run(hydra_overrides(stage0, agent_command(stage0, {"pm": "c"})))
-    expected = f"{pm_c['run_dir']}/checkpoints/best.ckpt"
+    expected = f"{pm_c['run_dir']}/checkpoints/last.ckpt"
     assert stage1["parameters"]["fusion"]["values"] == ["sum", "prod"]
     for fusion in ("sum", "prod"):
         _, run = compose_run(hydra_overrides(stage1, agent_command(stage1, {"fusion": fusion})))

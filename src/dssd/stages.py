@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dssd.checkpoints import not_a_checkpoint, read_checkpoint
 from dssd.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -51,16 +51,10 @@ def _by_module(names: Iterable[str]) -> str:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The weights of a checkpoint written by train.py (or of a plain ``state_dict`` file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"init_from: checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"init_from: cannot read checkpoint {path}: {err}") from err
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint(path, "init_from")
+    state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise UserError(f"init_from: {path} holds no state_dict of tensors")
+        raise not_a_checkpoint(path, "it holds no state_dict of tensors")
     return state
 
 

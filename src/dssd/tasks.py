@@ -15,7 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dssd.callbacks import COCOResultsWriter
+from dssd.callbacks import COCOResultsWriter, VOCResultsWriter
+from dssd.checkpoints import read_checkpoint
 from dssd.errors import UserError
 from dssd.inference import load_detector
 from dssd.models import fold_batchnorm
@@ -63,13 +64,72 @@ def check_stage(cfg: DictConfig) -> None:
     if stage > 0 and not cfg.get("init_from"):
         raise UserError(
             f"stage {stage} starts from a stage-{stage - 1} checkpoint: add "
-            "init_from=<that run's dir>/checkpoints/best.ckpt (see README, Training stages)"
+            "init_from=<that run's dir>/checkpoints/last.ckpt (see README, Training stages)"
         )
 
 
+def check_test_ckpt(cfg: DictConfig) -> None:
+    """Refuse a ``test_ckpt`` that cannot be tested, before anything is trained.
+
+    ``last`` (the default) tests the weights the fit ends with, the paper's final snapshot;
+    ``best`` the run's ``best.ckpt``, chosen by ``optimized_metric`` on the validation split
+    (which the datamodules keep apart from the test split); anything else must be a checkpoint
+    file.
+    """
+    value = cfg.get("test_ckpt") or "last"
+    if value == "last":
+        return
+    if value == "best":
+        if not (cfg.get("callbacks") or {}).get("model_checkpoint"):
+            raise UserError(
+                "test_ckpt=best tests the best.ckpt of the model_checkpoint callback, which is "
+                "switched off here; use test_ckpt=last (the final weights)"
+            )
+        if not cfg.get("train", True):
+            raise UserError(
+                "test_ckpt=best picks the best checkpoint of this run's fit, but train=false: "
+                "give the file instead, test_ckpt=<run dir>/checkpoints/best.ckpt"
+            )
+        return
+    read_checkpoint(value, "test_ckpt (last, best or a checkpoint file)", require=("state_dict",))
+
+
+def checkpoint_to_test(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
+    """The ``ckpt_path`` of the final test (``test_ckpt``); None: the weights in memory."""
+    value = cfg.get("test_ckpt") or "last"
+    if value == "last":
+        log.info("Testing the final weights (test_ckpt=last).")
+        return None
+    if value == "best":
+        callback = trainer.checkpoint_callback
+        best = callback.best_model_path if callback is not None else ""
+        if not best:
+            raise UserError(
+                "test_ckpt=best, but no best checkpoint was written (did validation run? "
+                f"{cfg.get('optimized_metric')} is what selects it); use test_ckpt=last"
+            )
+        log.info("Testing the best checkpoint on the validation split, %s.", best)
+        return best
+    log.info("Testing %s (test_ckpt).", value)
+    return str(value)
+
+
+def result_writers(cfg: DictConfig) -> list[pl.Callback]:
+    """Callbacks that write the test detections as result files (``coco_results``: a COCO
+    results JSON; ``voc_results``: the VOC devkit's files), checked to be writable first."""
+    writers: list[pl.Callback] = []
+    if cfg.get("coco_results"):
+        writers.append(COCOResultsWriter(cfg.coco_results))
+    if cfg.get("voc_results"):
+        writers.append(VOCResultsWriter(cfg.voc_results))
+    return writers
+
+
 def train(cfg: DictConfig) -> float | None:
-    """Fit the configured model, test the best checkpoint and return ``cfg.optimized_metric``."""
+    """Fit the configured model, test it (``test_ckpt``) and return ``cfg.optimized_metric``."""
     check_stage(cfg)
+    if cfg.get("test", True):
+        check_test_ckpt(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -79,7 +139,7 @@ def train(cfg: DictConfig) -> float | None:
     model.run_config = run_config
     if cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, result_writers(cfg))
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)
 
@@ -91,19 +151,18 @@ def train(cfg: DictConfig) -> float | None:
         timings["fit_seconds"] = time.perf_counter() - start
         metrics.update(_scalars(trainer.callback_metrics))
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best:
-            log.info("Testing the best checkpoint %s", best)
-        else:
-            log.warning("No best checkpoint was saved: testing the current weights.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        tested = checkpoint_to_test(cfg, trainer)
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested)
         metrics.update(_scalars(trainer.callback_metrics))
         if trainer.is_global_zero:
-            report_test_results(cfg, model, metrics, timings)
+            record = {**timings, "tested_checkpoint": tested or "final weights"}
+            report_test_results(cfg, model, metrics, record)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
-        log.info("Best checkpoint: %s", trainer.checkpoint_callback.best_model_path)
+        log.info(
+            "Best checkpoint (validation split): %s", trainer.checkpoint_callback.best_model_path
+        )
     if value is not None:
         log.info("%s = %.4f", cfg.optimized_metric, value)
     return value
@@ -135,13 +194,15 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
                 "logs/train/runs/<date_time>> ckpt_path=last, or give the file itself, "
                 "ckpt_path=<that run's directory>/checkpoints/last.ckpt."
             )
-        return path
-    if not os.path.isfile(ckpt_path):
-        raise UserError(
-            f"ckpt_path={ckpt_path}: no such checkpoint to resume from. Give a checkpoint file "
-            "(e.g. <run dir>/checkpoints/last.ckpt), or hydra.run.dir=<run dir> ckpt_path=last."
-        )
-    return str(ckpt_path)
+    else:
+        path = str(ckpt_path)
+        if not os.path.isfile(path):
+            raise UserError(
+                f"ckpt_path={path}: no such checkpoint to resume from. Give a checkpoint file "
+                "(e.g. <run dir>/checkpoints/last.ckpt), or hydra.run.dir=<run dir> ckpt_path=last."
+            )
+    read_checkpoint(path, "ckpt_path", require=("state_dict", "dssd_config"))
+    return path
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -174,12 +235,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("fold_bn", False):
         model.net = fold_batchnorm(model.net)
         log.info("Evaluating with every batch norm folded into its convolution.")
-    extra = [COCOResultsWriter(cfg.coco_results)] if cfg.get("coco_results") else []
-    trainer = build_trainer(cfg, extra)
+    trainer = build_trainer(cfg, result_writers(cfg))
     trainer.test(model, datamodule=datamodule)
     metrics = _scalars(trainer.callback_metrics)
     if trainer.is_global_zero:
-        report_test_results(cfg, model, metrics)
+        report_test_results(cfg, model, metrics, {"tested_checkpoint": str(cfg.ckpt_path)})
     return metrics
 
 
@@ -187,13 +247,13 @@ def report_test_results(
     cfg: DictConfig,
     model: pl.LightningModule,
     metrics: dict[str, float],
-    timings: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Print the test metrics in the paper's table layouts and save them next to the logs.
 
     ``test_results.md`` holds the tables; ``test_results.json`` the same figures for programs
     (``make ablation``, the notebooks): every scalar metric, per-class AP, the network's parameter
-    counts and, after training, the fit time in seconds.
+    counts, the checkpoint tested and, after training, the fit time in seconds (``extra``).
     """
     per_class = getattr(model, "per_class_ap", {}).get("test", {})
     name = cfg.get("run_name", cfg.task_name)
@@ -207,7 +267,7 @@ def report_test_results(
         "per_class_ap": per_class,
         "parameters": sum(p.numel() for p in net.parameters()),
         "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
-        **(timings or {}),
+        **(extra or {}),
     }
     write_results_json(record, cfg.paths.output_dir)
     log.info("Test results (also in %s):\n%s", path, text)

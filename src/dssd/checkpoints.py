@@ -1,0 +1,48 @@
+"""Reading checkpoint files, with one clear error for anything that is not a checkpoint.
+
+``torch.load`` on a truncated download, a text file or a foreign pickle raises deep inside
+PyTorch (a zip reader error, an unpickling error, an end-of-file error). Every entry point that
+takes a checkpoint (``eval.py``'s ``ckpt_path``, ``init_from``, a resumed ``ckpt_path``) reads it
+through :func:`read_checkpoint`, so the user sees ``<file> is not a checkpoint written by
+src/train.py (<why>)`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dssd.errors import UserError
+
+
+class CheckpointError(UserError):
+    """A file that was given as a checkpoint but cannot be used as one."""
+
+
+def not_a_checkpoint(path: str | Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a checkpoint written by src/train.py ({reason})")
+
+
+def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The dict saved at ``path`` (tensors on the CPU, loaded with ``weights_only=True``).
+
+    ``option`` names the setting the path came from, for the error of a missing file; ``require``
+    lists keys the dict must hold (e.g. ``dssd_config``, which ``src/train.py`` stores).
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{option}={path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # whatever torch.load fails on, the file is not a checkpoint
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise not_a_checkpoint(path, f"torch.load failed: {reason[:200]}") from None
+    if not isinstance(checkpoint, dict):
+        raise not_a_checkpoint(path, f"it holds a {type(checkpoint).__name__}, not a dict")
+    missing = [key for key in require if key not in checkpoint]
+    if missing:
+        what = "no run configuration" if "dssd_config" in missing else f"no {missing}"
+        raise not_a_checkpoint(path, f"it holds {what}")
+    return checkpoint
