@@ -12,6 +12,8 @@ DATA ?=
 MODEL_SIZE ?= 321
 ABLATION ?= $(if $(DATA),$(DATA)_$(MODEL_SIZE),shapes)
 TRAIN_ARGS ?=
+# `make ablation SEEDS=3`: every row once per seed, seeds 0..SEEDS-1 (default: the config's [0])
+SEEDS ?=
 # `make bench`: options of the speed benchmark (python -m dssd.tools.benchmark --help) and of
 # the baselines' benchmark
 BENCH_ARGS ?=
@@ -37,11 +39,12 @@ data: install
 train: data
 	$(PY) src/train.py $(ARGS)
 
-# The paper's Table 4, row by row (src/ablation.py, conf/table4.yaml); results in
-# logs/ablation/<setting>/table4.{md,csv}. `make ablation DATA=voc0712 MODEL_SIZE=321` is the
-# paper's setting; ARGS go to src/ablation.py (e.g. ARGS="force=true"), TRAIN_ARGS to each row.
+# The paper's Table 4, row by row and seed by seed (src/ablation.py, conf/table4.yaml); results
+# in logs/ablation/<setting>/table4.{md,csv}. `make ablation DATA=voc0712 MODEL_SIZE=321` is the
+# paper's setting; ARGS go to src/ablation.py (e.g. ARGS="force=true"), TRAIN_ARGS to each run.
 ablation: data
-	$(PY) src/ablation.py ablation=$(ABLATION) 'train_args="$(TRAIN_ARGS)"' $(ARGS)
+	$(PY) src/ablation.py ablation=$(ABLATION) 'train_args="$(TRAIN_ARGS)"' \
+		$(if $(SEEDS),'seeds=[$(shell seq -s, 0 $$(($(SEEDS) - 1)) 2>/dev/null)]') $(ARGS)
 
 # Speed in the layout of the paper's Table 7 (images/s at batch 1 and a large batch, BN unfolded
 # and folded, with and without NMS, training in memory and fed by the shapes loader), then the

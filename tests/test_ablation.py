@@ -1,4 +1,5 @@
-"""`make ablation`: Table 4's rows, their order and dependencies, skipping, forcing, the table."""
+"""`make ablation`: Table 4's rows, their order and dependencies, seeds, skipping, forcing, the
+table with its intervals."""
 
 from __future__ import annotations
 
@@ -13,15 +14,35 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from conftest import ROOT, run_entry_point
-from dssd.ablation import Row, Step, is_done, parse_rows, plan, train_command
+from dssd.ablation import (
+    Row,
+    Step,
+    is_done,
+    parse_rows,
+    parse_seeds,
+    plan,
+    run_dir,
+    table_markdown,
+    train_command,
+)
 from dssd.config import register_resolvers
 from dssd.errors import UserError
 from test_configs import compose_train, resolve_with_hydra
 
 CONF = ROOT / "conf"
 SETTINGS = sorted(p.stem for p in (CONF / "ablation").glob("*.yaml"))
-# the paper's Table 4, top to bottom (VOC2007 test mAP, %)
-PAPER_TABLE4 = [76.4, 76.9, 77.1, 77.0, 78.4, 78.6, 77.9]
+# the paper's Table 4, top to bottom (VOC2007 test mAP, %), and the control row (no paper figure)
+PAPER_TABLE4 = [76.4, 76.9, 77.1, 77.0, None, 78.4, 78.6, 77.9]
+ROW_IDS = [
+    "ssd_pm_a",
+    "ssd_pm_b",
+    "ssd_pm_c",
+    "ssd_pm_d",
+    "ssd_pm_c_control",
+    "dssd_sum",
+    "dssd_prod",
+    "dssd_prod_stage2",
+]
 
 
 def compose_table4(*overrides: str):
@@ -34,53 +55,99 @@ def table4_rows() -> list[Row]:
     return parse_rows(compose_table4().rows)
 
 
-def make_done(run_dir: Path) -> None:
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"")
-    (run_dir / "test_results.json").write_text("{}")
+def make_done(directory: Path) -> None:
+    (directory / "checkpoints").mkdir(parents=True)
+    (directory / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (directory / "voc_results").mkdir()
+    (directory / "test_results.json").write_text("{}")
 
 
 def test_rows_are_table4_in_dependency_order() -> None:
     rows = table4_rows()
+    assert [r.id for r in rows] == ROW_IDS
     assert [r.paper_voc_map for r in rows] == PAPER_TABLE4
     by_id = {r.id: r for r in rows}
-    assert [r.stage for r in rows] == [0, 0, 0, 0, 1, 1, 2]
+    assert [r.stage for r in rows] == [0, 0, 0, 0, 1, 1, 1, 2]
     assert by_id["dssd_sum"].init_from == by_id["dssd_prod"].init_from == "ssd_pm_c"
     assert by_id["dssd_prod_stage2"].init_from == "dssd_prod"
-    assert [r.net for r in rows] == ["ssd"] * 4 + ["dssd"] * 3
-
-
-def test_plan_runs_all_then_skips_done_rows_and_resumes_interrupted_ones(tmp_path: Path) -> None:
-    rows = table4_rows()
-    assert {s.action for s in plan(rows, tmp_path)} == {"run"}
-    make_done(tmp_path / "ssd_pm_a")
-    make_done(tmp_path / "ssd_pm_c")
-    (tmp_path / "ssd_pm_b" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "ssd_pm_b" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    actions = {s.row.id: s.action for s in plan(rows, tmp_path)}
-    assert actions == {
-        "ssd_pm_a": "skip",
-        "ssd_pm_b": "resume",
-        "ssd_pm_c": "skip",
-        "ssd_pm_d": "run",
-        "dssd_sum": "run",
-        "dssd_prod": "run",
-        "dssd_prod_stage2": "run",
+    assert [r.net for r in rows] == ["ssd"] * 5 + ["dssd"] * 3
+    # each row against the row it ablates; the DSSD rows against the control, which continues
+    # PM(c) for the same stage-1 iterations
+    ablates = {r.id: r.ablates for r in rows}
+    assert ablates == {
+        "ssd_pm_a": None,
+        "ssd_pm_b": "ssd_pm_a",
+        "ssd_pm_c": "ssd_pm_a",
+        "ssd_pm_d": "ssd_pm_a",
+        "ssd_pm_c_control": "ssd_pm_c",
+        "dssd_sum": "ssd_pm_c_control",
+        "dssd_prod": "ssd_pm_c_control",
+        "dssd_prod_stage2": "dssd_prod",
     }
+    assert by_id["ssd_pm_c_control"].init_from == "ssd_pm_c"
+
+
+def test_control_row_continues_pm_c_frozen_like_stage_1_but_loads_everything() -> None:
+    cfg = compose_table4()
+    control = {r.id: r for r in parse_rows(cfg.rows)}["ssd_pm_c_control"]
+    overrides = [*cfg.ablation[control.net], *control.overrides, f"stage={control.stage}"]
+    train = resolve_with_hydra(compose_train(*overrides, "init_from=/x/last.ckpt"))
+    dssd = {r.id: r for r in parse_rows(cfg.rows)}["dssd_prod"]
+    dssd_train = resolve_with_hydra(
+        compose_train(*cfg.ablation[dssd.net], *dssd.overrides, "stage=1", "init_from=/x/last.ckpt")
+    )
+    assert "deconv" not in train.model.net or train.model.net.deconv is None
+    assert train.model.freeze == dssd_train.model.freeze == ["backbone", "extras"]
+    assert train.stages[1].init_modules is None  # PM and heads continue from PM(c) too
+    assert train.trainer.max_steps == dssd_train.trainer.max_steps
+    assert train.schedules[1] == dssd_train.schedules[1]
+
+
+def test_plan_runs_all_then_skips_done_runs_and_resumes_interrupted_ones(tmp_path: Path) -> None:
+    rows = table4_rows()
+    assert {s.action for s in plan(rows, [0], tmp_path)} == {"run"}
+    make_done(run_dir(tmp_path, "ssd_pm_a", 0))
+    make_done(run_dir(tmp_path, "ssd_pm_c", 0))
+    (run_dir(tmp_path, "ssd_pm_b", 0) / "checkpoints").mkdir(parents=True)
+    (run_dir(tmp_path, "ssd_pm_b", 0) / "checkpoints" / "last.ckpt").write_bytes(b"")
+    actions = {(s.row.id, s.seed): s.action for s in plan(rows, [0, 1], tmp_path)}
+    expected = {(row, 0): "run" for row in ROW_IDS}
+    expected.update({("ssd_pm_a", 0): "skip", ("ssd_pm_b", 0): "resume", ("ssd_pm_c", 0): "skip"})
+    expected.update({(row, 1): "run" for row in ROW_IDS})  # seed 1 is not run yet
+    assert actions == expected
+    # seed by seed: every row of seed 0 before any row of seed 1
+    assert [s.seed for s in plan(rows, [0, 1], tmp_path)] == [0] * 8 + [1] * 8
 
 
 def test_forcing_a_row_reruns_the_rows_that_start_from_it(tmp_path: Path) -> None:
     rows = table4_rows()
     for row in rows:
-        make_done(tmp_path / row.id)
-    assert {s.action for s in plan(rows, tmp_path)} == {"skip"}
-    rerun = [s.row.id for s in plan(rows, tmp_path, ["ssd_pm_c"]) if s.action == "run"]
-    assert rerun == ["ssd_pm_c", "dssd_sum", "dssd_prod", "dssd_prod_stage2"]
-    rerun = [s.row.id for s in plan(rows, tmp_path, ["dssd_sum"]) if s.action == "run"]
+        for seed in (0, 1):
+            make_done(run_dir(tmp_path, row.id, seed))
+    assert {s.action for s in plan(rows, [0, 1], tmp_path)} == {"skip"}
+    steps = plan(rows, [0, 1], tmp_path, ["ssd_pm_c"])
+    rerun = [s.row.id for s in steps if s.action == "run" and s.seed == 1]
+    assert rerun == ["ssd_pm_c", "ssd_pm_c_control", "dssd_sum", "dssd_prod", "dssd_prod_stage2"]
+    assert [s.row.id for s in steps if s.action == "run" and s.seed == 0] == rerun
+    rerun = [s.row.id for s in plan(rows, [0], tmp_path, ["dssd_sum"]) if s.action == "run"]
     assert rerun == ["dssd_sum"]
-    assert {s.action for s in plan(rows, tmp_path, True)} == {"run"}
+    assert {s.action for s in plan(rows, [0], tmp_path, True)} == {"run"}
     with pytest.raises(UserError, match="no row"):
-        plan(rows, tmp_path, ["ssd_pm_x"])
+        plan(rows, [0], tmp_path, ["ssd_pm_x"])
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0], ["a"], [1.5], [True], "0,1", 3, None])
+def test_seeds_must_be_a_list_of_distinct_ints(seeds) -> None:
+    with pytest.raises(UserError, match="seeds must be a non-empty list of distinct integers"):
+        parse_seeds(seeds)
+    assert parse_seeds([0, 1, 2]) == [0, 1, 2]
+    assert parse_seeds(OmegaConf.create({"s": [3, 1]}).s) == [3, 1]
+
+
+def test_a_bad_seeds_value_stops_the_command_with_a_clear_error(tmp_path: Path) -> None:
+    proc = run_entry_point("ablation.py", f"out_dir={tmp_path}", "seeds=[0,x]", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: seeds must be a non-empty list of distinct integers" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -89,6 +156,7 @@ def test_forcing_a_row_reruns_the_rows_that_start_from_it(tmp_path: Path) -> Non
         ([{"id": "a", "net": "ssd"}, {"id": "a", "net": "ssd"}], "twice"),
         ([{"id": "b", "net": "dssd", "stage": 1, "init_from": "a"}], "not a row listed before"),
         ([{"id": "a", "net": "ssd", "stage": 1}], "without init_from"),
+        ([{"id": "a", "net": "ssd", "ablates": "b"}], "not a row listed before"),
     ],
 )
 def test_bad_rows_are_refused(entries: list[dict], message: str) -> None:
@@ -96,19 +164,23 @@ def test_bad_rows_are_refused(entries: list[dict], message: str) -> None:
         parse_rows(entries)
 
 
-def test_train_command_chains_checkpoints_and_puts_extra_overrides_last(tmp_path: Path) -> None:
+def test_train_command_chains_final_weights_per_seed_and_puts_extra_overrides_last(
+    tmp_path: Path,
+) -> None:
     cfg = compose_table4()
     rows = {r.id: r for r in parse_rows(cfg.rows)}
-    command = train_command(
-        Step(rows["dssd_prod_stage2"], "resume", ""), cfg.ablation, tmp_path, "g", "logger=csv"
-    )
+    step = Step(rows["dssd_prod_stage2"], 3, "resume", "")
+    command = train_command(step, cfg.ablation, tmp_path, "shapes", "logger=csv")
     assert command[1].endswith("src/train.py")
     assert "model=dssd_r18" in command and "fusion=prod" in command and "stage=2" in command
-    assert f"init_from={tmp_path / 'dssd_prod' / 'checkpoints' / 'best.ckpt'}" in command
-    assert f"hydra.run.dir={tmp_path / 'dssd_prod_stage2'}" in command
+    assert "seed=3" in command
+    assert f"init_from={tmp_path / 'dssd_prod' / 'seed3' / 'checkpoints' / 'last.ckpt'}" in command
+    assert f"hydra.run.dir={tmp_path / 'dssd_prod_stage2' / 'seed3'}" in command
+    assert f"voc_results={tmp_path / 'dssd_prod_stage2' / 'seed3' / 'voc_results'}" in command
+    assert "run_group=table4-shapes-dssd_prod_stage2" in command  # one W&B group per row
     assert "ckpt_path=last" in command
     assert command[-1] == "logger=csv"
-    first = train_command(Step(rows["ssd_pm_a"], "run", ""), cfg.ablation, tmp_path, "g")
+    first = train_command(Step(rows["ssd_pm_a"], 0, "run", ""), cfg.ablation, tmp_path, "g")
     assert not any(arg.startswith(("init_from=", "ckpt_path=")) for arg in first)
 
 
@@ -120,13 +192,14 @@ def test_every_setting_composes_each_row_into_a_train_config(setting: str) -> No
     for row in parse_rows(cfg.rows):
         overrides = [*cfg.ablation[row.net], *row.overrides, f"stage={row.stage}"]
         if row.init_from:
-            overrides.append("init_from=/x/best.ckpt")
+            overrides.append("init_from=/x/last.ckpt")
         train = resolve_with_hydra(compose_train(*overrides))
         assert train.stage == row.stage
         assert train.trainer.max_steps == train.schedules[row.stage].max_steps
         net = train.model.net
         assert ("deconv" in net and net.deconv is not None) == (row.net == "dssd")
         pm = next(o.split("=")[1] for o in row.overrides if o.startswith("pm="))
+        assert train.voc_results is None and train.test_ckpt == "last"
         assert net.prediction_module.variant == pm
         if row.net == "dssd":
             fusion = next(o.split("=")[1] for o in row.overrides if o.startswith("fusion="))
@@ -144,54 +217,79 @@ def test_out_dir_is_named_after_the_setting() -> None:
 def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: Path) -> None:
     with (tiny_ablation / "table4.csv").open() as f:
         records = list(csv.DictReader(f))
-    assert [r["row"] for r in records] == [r.id for r in table4_rows()]
-    assert [float(r["paper_voc_map"]) for r in records] == PAPER_TABLE4
+    assert [r["row"] for r in records] == ROW_IDS
+    assert [float(r["paper_voc_map"]) if r["paper_voc_map"] else None for r in records] == (
+        PAPER_TABLE4
+    )
     for record in records:
-        assert 0 <= float(record["voc_map"]) <= 100
+        assert 0 <= float(record["voc_map"]) <= 100 and record["seeds"] == "2"
+        assert float(record["voc_map_std"]) >= 0
         assert int(record["parameters"]) > 0
         assert float(record["fit_minutes"]) > 0 and float(record["wall_minutes"]) > 0
+        for size in ("ap_small", "ap_medium", "ap_large"):
+            assert record[size] == "" or 0 <= float(record[size]) <= 100
+        if record["ablates"]:
+            low, high = float(record["delta_low"]), float(record["delta_high"])
+            assert low <= high and record["delta_excludes_zero"] in ("True", "False")
+        else:
+            assert record["delta"] == ""
     params = {r["row"]: int(r["parameters"]) for r in records}
     # PM (d) stacks two (c) blocks; DSSD adds the deconvolution modules
     assert params["ssd_pm_a"] < params["ssd_pm_b"] < params["ssd_pm_c"] < params["ssd_pm_d"]
-    assert params["dssd_prod"] > params["ssd_pm_c"]
+    assert params["ssd_pm_c_control"] == params["ssd_pm_c"] < params["dssd_prod"]
     markdown = (tiny_ablation / "table4.md").read_text()
+    assert "2 seeds (0, 1)" in markdown and "± std" in markdown
     for row in table4_rows():
-        assert f"| {row.name} | {row.paper_voc_map:.1f} |" in markdown
+        paper = "–" if row.paper_voc_map is None else f"{row.paper_voc_map:.1f}"
+        assert f"| {row.name} | {paper} |" in markdown
 
+    with (tiny_ablation / "runs.csv").open() as f:
+        runs = list(csv.DictReader(f))
+    assert [(r["row"], r["seed"]) for r in runs] == [(i, s) for i in ROW_IDS for s in ("0", "1")]
     for row in table4_rows():
-        run_dir = tiny_ablation / row.id
-        assert is_done(run_dir)
-        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-        assert config["stage"] == row.stage
-        parent = (
-            tiny_ablation / row.init_from / "checkpoints" / "best.ckpt" if row.init_from else None
-        )
-        assert config["init_from"] == (str(parent) if parent else None)
-        if parent:
-            assert f"init_from {parent}:" in (run_dir / "train.log").read_text()
-        result = json.loads((run_dir / "test_results.json").read_text())
-        assert result["stage"] == row.stage
+        for seed in (0, 1):
+            directory = run_dir(tiny_ablation, row.id, seed)
+            assert is_done(directory)
+            config = yaml.safe_load((directory / ".hydra" / "config.yaml").read_text())
+            assert config["stage"] == row.stage and config["seed"] == seed
+            assert config["run_group"] == f"table4-shapes-{row.id}"
+            parent = (
+                run_dir(tiny_ablation, row.init_from, seed) / "checkpoints" / "last.ckpt"
+                if row.init_from
+                else None
+            )
+            assert config["init_from"] == (str(parent) if parent else None)
+            if parent:
+                assert f"init_from {parent}:" in (directory / "train.log").read_text()
+            result = json.loads((directory / "test_results.json").read_text())
+            assert result["stage"] == row.stage
+            assert result["tested_checkpoint"] == "final weights"
 
-    # stage 1 froze the backbone it loaded from PM(c): the same tensors, bit for bit
-    def backbone(row_id: str) -> dict[str, torch.Tensor]:
-        path = tiny_ablation / row_id / "checkpoints" / "best.ckpt"
+    # stage 1 froze the backbone it loaded from PM(c)'s final weights: the same tensors
+    def backbone(row_id: str, seed: int) -> dict[str, torch.Tensor]:
+        path = run_dir(tiny_ablation, row_id, seed) / "checkpoints" / "last.ckpt"
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         return {k: v for k, v in state.items() if k.startswith("net.backbone.")}
 
-    parent = backbone("ssd_pm_c")
-    for row_id in ("dssd_sum", "dssd_prod"):
-        child = backbone(row_id)
-        assert child.keys() == parent.keys()
-        assert all(torch.equal(child[k], parent[k]) for k in parent)
-    assert not all(torch.equal(parent[k], v) for k, v in backbone("ssd_pm_a").items())
+    for seed in (0, 1):
+        parent = backbone("ssd_pm_c", seed)
+        for row_id in ("dssd_sum", "dssd_prod", "ssd_pm_c_control"):
+            child = backbone(row_id, seed)
+            assert child.keys() == parent.keys()
+            assert all(torch.equal(child[k], parent[k]) for k in parent)
+        assert not all(torch.equal(parent[k], v) for k, v in backbone("ssd_pm_a", seed).items())
+    # the seeds train different networks
+    assert not all(
+        torch.equal(v, backbone("ssd_pm_a", 1)[k]) for k, v in backbone("ssd_pm_a", 0).items()
+    )
 
 
 def test_done_rows_are_skipped_and_a_failing_row_names_its_log(
     tiny_ablation: Path, tiny_shapes: Path
 ) -> None:
-    stamps = {p: p.stat().st_mtime_ns for p in tiny_ablation.glob("*/checkpoints/best.ckpt")}
-    assert len(stamps) == 7
-    proc = run_entry_point("ablation.py", f"out_dir={tiny_ablation}")
+    stamps = {p: p.stat().st_mtime_ns for p in tiny_ablation.glob("*/seed*/checkpoints/last.ckpt")}
+    assert len(stamps) == 16
+    proc = run_entry_point("ablation.py", f"out_dir={tiny_ablation}", "seeds=[0,1]")
     assert "Table 4 ablation" in proc.stdout and "SSD 321 + PM(d)" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
@@ -204,4 +302,47 @@ def test_done_rows_are_skipped_and_a_failing_row_names_its_log(
     )
     assert proc.returncode == 2
     assert "row dssd_prod_stage2" in proc.stderr
-    assert str(tiny_ablation / "dssd_prod_stage2" / "train.log") in proc.stderr
+    assert str(tiny_ablation / "dssd_prod_stage2" / "seed0" / "train.log") in proc.stderr
+
+
+def test_table_marks_only_intervals_that_exclude_zero() -> None:
+    base = {
+        "paper_voc_map": 77.1,
+        "voc_map": 50.0,
+        "voc_map_std": 1.2,
+        "coco_map": 30.0,
+        "coco_map_std": 0.5,
+        "ap_small": 10.0,
+        "ap_medium": 40.0,
+        "ap_large": 60.0,
+        "parameters": 15e6,
+        "fit_minutes": 2.0,
+        "wall_minutes": 2.5,
+        "seeds": 3,
+    }
+    records = [
+        {**base, "name": "base", "ablates": ""},
+        {
+            **base,
+            "name": "up",
+            "ablates": "base",
+            "delta": 3.0,
+            "delta_low": 1.0,
+            "delta_high": 5.0,
+            "delta_excludes_zero": True,
+        },  # fmt: skip
+        {
+            **base,
+            "name": "flat",
+            "ablates": "base",
+            "delta": 0.5,
+            "delta_low": -1.0,
+            "delta_high": 2.0,
+            "delta_excludes_zero": False,
+        },  # fmt: skip
+    ]
+    text = table_markdown(records, "shapes", [0, 1, 2])
+    assert "| base | 77.1 | 50.0 ± 1.2 | – | – |" in text
+    assert "| up | 77.1 | 50.0 ± 1.2 | +3.0 [+1.0, +5.0]* | base |" in text
+    assert "| flat | 77.1 | 50.0 ± 1.2 | +0.5 [-1.0, +2.0] | base |" in text
+    assert "3 seeds (0, 1, 2)" in text and "Total wall time of the runs: 22.5 min." in text

@@ -1,11 +1,19 @@
-"""The paper's Table 4 as one command: each row a ``src/train.py`` run, in dependency order.
+"""The paper's Table 4 as one command: a ``src/train.py`` run per row and seed, in dependency order.
 
-Rows (``rows`` in ``conf/table4.yaml``) are the SSD prediction-module variants at stage 0, the
-DSSD fusions at stage 1 from the PM(c) row, and stage 2 from the product row. Each row is its own
-process, so a row can use DDP, and its directory ``<out_dir>/<row id>`` is a normal run
-directory. A row that is done (``best.ckpt`` and ``test_results.json`` there) is skipped unless
-forced; a row that was interrupted resumes from its ``last.ckpt``. At the end the rows' test
-results become a table in Table 4's layout next to the paper's numbers (markdown and CSV).
+Rows (``rows`` in ``conf/table4.yaml``) are the SSD prediction-module variants at stage 0, a
+control (the SSD PM(c) run continued for stage 1's iterations with the same parts frozen, but no
+deconvolution module), the DSSD fusions at stage 1 from the PM(c) row, and stage 2 from the
+product row. Every row runs once per seed in ``seeds``; a row starting from another one starts
+from that row's run with the same seed, from its final weights (``last.ckpt``). Each run is its
+own process, so it can use DDP, and its directory ``<out_dir>/<row id>/seed<seed>`` is a normal
+run directory that also holds the test detections as devkit result files (``voc_results/``). A
+run that is done (``last.ckpt``, ``test_results.json`` and ``voc_results/`` there) is skipped
+unless forced; one that was interrupted resumes from its ``last.ckpt``.
+
+At the end the runs become a table in Table 4's layout next to the paper's numbers (markdown and
+CSV): per row the mean and standard deviation over the seeds of the VOC mAP, COCO AP and AP by
+object size, and the difference from the row it ablates (``ablates``) with a 95% interval from a
+paired bootstrap over the test images (``dssd.bootstrap``).
 """
 
 from __future__ import annotations
@@ -22,32 +30,70 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dssd.bootstrap import Difference, RunMatches, mean_ap, paired_bootstrap
 from dssd.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# table4.csv: one line per row (metrics in %, mean and standard deviation over the seeds)
 TABLE_COLUMNS = [
     "row",
     "name",
     "model",
     "stage",
     "init_from",
+    "ablates",
+    "seeds",
     "paper_voc_map",
+    "voc_map",
+    "voc_map_std",
+    "delta",
+    "delta_low",
+    "delta_high",
+    "delta_excludes_zero",
+    "coco_map",
+    "coco_map_std",
+    "coco_map_50",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "parameters",
+    "fit_minutes",
+    "wall_minutes",
+]
+# runs.csv: one line per run (row and seed)
+RUN_COLUMNS = [
+    "row",
+    "seed",
     "voc_map",
     "coco_map",
     "coco_map_50",
-    "parameters",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
     "fit_minutes",
     "wall_minutes",
     "run_dir",
 ]
+# test metric (as logged) of each per-run column (in %)
+METRICS = {
+    "voc_map": "test/voc_map",
+    "coco_map": "test/map",
+    "coco_map_50": "test/map_50",
+    "ap_small": "test/map_small",
+    "ap_medium": "test/map_medium",
+    "ap_large": "test/map_large",
+}
+RESULTS_DIR = "voc_results"
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of Table 4: the overrides of its run, its stage and the row it starts from."""
+    """One row of Table 4: the overrides of its runs, its stage, the row it starts from and the
+    row it is compared with."""
 
     id: str
     name: str
@@ -55,20 +101,22 @@ class Row:
     overrides: tuple[str, ...]
     stage: int
     init_from: str | None
+    ablates: str | None
     paper_voc_map: float | None
 
 
 @dataclass(frozen=True)
 class Step:
-    """What the runner does with a row: ``run``, ``resume`` or ``skip``, and why."""
+    """What the runner does with one run of a row: ``run``, ``resume`` or ``skip``, and why."""
 
     row: Row
+    seed: int
     action: str
     reason: str
 
 
 def parse_rows(entries: Sequence[Any]) -> list[Row]:
-    """Rows from the config, checked: unique ids, each ``init_from`` an earlier row."""
+    """Rows from the config, checked: unique ids, ``init_from`` and ``ablates`` earlier rows."""
     rows: list[Row] = []
     for entry in entries:
         entry = dict(entry)
@@ -79,33 +127,61 @@ def parse_rows(entries: Sequence[Any]) -> list[Row]:
             overrides=tuple(entry.get("overrides") or ()),
             stage=int(entry.get("stage", 0)),
             init_from=entry.get("init_from"),
+            ablates=entry.get("ablates"),
             paper_voc_map=entry.get("paper_voc_map"),
         )
         earlier = {r.id for r in rows}
         if row.id in earlier:
             raise UserError(f"ablation rows: row id {row.id!r} appears twice")
-        if row.init_from is not None and row.init_from not in earlier:
-            raise UserError(
-                f"ablation rows: row {row.id!r} starts from {row.init_from!r}, which is not a "
-                "row listed before it"
-            )
+        for key in ("init_from", "ablates"):
+            other = getattr(row, key)
+            if other is not None and other not in earlier:
+                raise UserError(
+                    f"ablation rows: row {row.id!r} has {key}={other!r}, which is not a row "
+                    "listed before it"
+                )
         if row.stage > 0 and row.init_from is None:
             raise UserError(f"ablation rows: row {row.id!r} is stage {row.stage} without init_from")
         rows.append(row)
     return rows
 
 
-def is_done(run_dir: Path) -> bool:
-    """A row is done once its run tested its best checkpoint."""
-    return (run_dir / "checkpoints" / "best.ckpt").is_file() and (
-        run_dir / "test_results.json"
-    ).is_file()
+def parse_seeds(value: Any) -> list[int]:
+    """``seeds``: a non-empty list of distinct integers (``seeds=[0,1,2]``)."""
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else None
+    if (
+        not items
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in items)
+        or len(set(items)) != len(items)
+    ):
+        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        raise UserError(
+            f"seeds must be a non-empty list of distinct integers, e.g. seeds=[0,1,2] "
+            f"(make ablation SEEDS=3); got {shown!r}"
+        )
+    return items
 
 
-def plan(rows: Sequence[Row], out_dir: Path, force: bool | Sequence[str] = False) -> list[Step]:
-    """Decide each row's action. Forced rows rerun, and so does every row that starts from a
-    row that reruns (its starting weights change); done rows are skipped; a row with a
-    ``last.ckpt`` but no results resumes; the others run from the start."""
+def run_dir(out_dir: Path, row_id: str, seed: int) -> Path:
+    """The run directory of a row's run with ``seed``."""
+    return out_dir / row_id / f"seed{seed}"
+
+
+def is_done(directory: Path) -> bool:
+    """A run is done once it tested its final weights and wrote their detections."""
+    return (
+        (directory / "checkpoints" / "last.ckpt").is_file()
+        and (directory / "test_results.json").is_file()
+        and (directory / RESULTS_DIR).is_dir()
+    )
+
+
+def plan(
+    rows: Sequence[Row], seeds: Sequence[int], out_dir: Path, force: bool | Sequence[str] = False
+) -> list[Step]:
+    """Decide each run's action, seed by seed. Forced rows rerun, and so does every row that
+    starts from a row that reruns with the same seed (its starting weights change); done runs
+    are skipped; a run with a ``last.ckpt`` but no results resumes; the others run."""
     if isinstance(force, bool):
         forced = {r.id for r in rows} if force else set()
     else:
@@ -114,21 +190,23 @@ def plan(rows: Sequence[Row], out_dir: Path, force: bool | Sequence[str] = False
         if unknown:
             raise UserError(f"force: no row {sorted(unknown)}; the rows are {[r.id for r in rows]}")
     steps: list[Step] = []
-    rerun: set[str] = set()
-    for row in rows:
-        run_dir = out_dir / row.id
-        if row.id in forced:
-            steps.append(Step(row, "run", "forced"))
-        elif row.init_from in rerun:
-            steps.append(Step(row, "run", f"starts from {row.init_from}, which reruns"))
-        elif is_done(run_dir):
-            steps.append(Step(row, "skip", "done"))
-        elif (run_dir / "checkpoints" / "last.ckpt").is_file():
-            steps.append(Step(row, "resume", "interrupted: resumes from its last.ckpt"))
-        else:
-            steps.append(Step(row, "run", "not run yet"))
-        if steps[-1].action != "skip":
-            rerun.add(row.id)
+    for seed in seeds:
+        rerun: set[str] = set()
+        for row in rows:
+            directory = run_dir(out_dir, row.id, seed)
+            if row.id in forced:
+                step = Step(row, seed, "run", "forced")
+            elif row.init_from in rerun:
+                step = Step(row, seed, "run", f"starts from {row.init_from}, which reruns")
+            elif is_done(directory):
+                step = Step(row, seed, "skip", "done")
+            elif (directory / "checkpoints" / "last.ckpt").is_file():
+                step = Step(row, seed, "resume", "interrupted: resumes from its last.ckpt")
+            else:
+                step = Step(row, seed, "run", "not run yet")
+            steps.append(step)
+            if step.action != "skip":
+                rerun.add(row.id)
     return steps
 
 
@@ -136,155 +214,279 @@ def train_command(
     step: Step,
     setting: DictConfig,
     out_dir: Path,
-    run_group: str,
+    setting_name: str,
     train_args: str = "",
 ) -> list[str]:
-    """The ``src/train.py`` command line of a row (the setting's overrides first, the row's own
-    and ``train_args`` after them, so they win)."""
-    row = step.row
+    """The ``src/train.py`` command line of a run (the setting's overrides first, the row's own
+    and ``train_args`` after them, so they win). Its W&B group is the row's."""
+    row, seed = step.row, step.seed
+    directory = run_dir(out_dir, row.id, seed)
     script = Path(__file__).resolve().parents[1] / "train.py"
     command = [sys.executable, str(script), *setting[row.net], *row.overrides]
-    command += [f"stage={row.stage}", f"hydra.run.dir={out_dir / row.id}", f"run_group={run_group}"]
+    command += [
+        f"stage={row.stage}",
+        f"seed={seed}",
+        f"hydra.run.dir={directory}",
+        f"run_group=table4-{setting_name}-{row.id}",
+        f"voc_results={directory / RESULTS_DIR}",
+    ]
     if row.init_from is not None:
-        command.append(f"init_from={out_dir / row.init_from / 'checkpoints' / 'best.ckpt'}")
+        parent = run_dir(out_dir, row.init_from, seed)
+        command.append(f"init_from={parent / 'checkpoints' / 'last.ckpt'}")
     if step.action == "resume":
         command.append("ckpt_path=last")
     return command + shlex.split(train_args)
 
 
 def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
-    """Run the rows that need it, then write and print the table; returns the markdown path."""
+    """Run the runs that need it, then write and print the table; returns the markdown path."""
     out_dir = Path(cfg.out_dir)
     rows = parse_rows(cfg.rows)
+    seeds = parse_seeds(cfg.seeds)
     force = cfg.force if isinstance(cfg.force, bool) else list(cfg.force)
-    steps = plan(rows, out_dir, force)
-    log.info("Table 4 (%s) in %s:\n%s", setting_name, out_dir, _plan_text(steps))
+    steps = plan(rows, seeds, out_dir, force)
+    log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, _plan_text(steps))
     for number, step in enumerate(steps, 1):
         if step.action == "skip":
             continue
-        command = train_command(
-            step, cfg.ablation, out_dir, f"table4-{setting_name}", cfg.train_args
-        )
+        command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
+        label = f"{step.row.id} seed {step.seed}"
         log.info(
-            "[%d/%d] %s (%s): %s",
-            number,
-            len(steps),
-            step.row.id,
-            step.row.name,
-            shlex.join(command),
+            "[%d/%d] %s (%s): %s", number, len(steps), label, step.row.name, shlex.join(command)
         )
+        directory = run_dir(out_dir, step.row.id, step.seed)
         start = time.perf_counter()
         returncode = subprocess.call(command)
-        _add_wall_time(out_dir / step.row.id, time.perf_counter() - start, step.action == "resume")
+        _add_wall_time(directory, time.perf_counter() - start, step.action == "resume")
         if returncode != 0:
             raise UserError(
-                f"row {step.row.id} ({step.row.name}) failed with exit status {returncode}; "
-                f"its log is {out_dir / step.row.id / 'train.log'}. Rows done so far are kept: "
-                "run the same command again to go on (this row resumes from its last.ckpt "
-                f"if it wrote one), or force=[{step.row.id}] to start it over."
+                f"row {step.row.id} ({step.row.name}), seed {step.seed}, failed with exit status "
+                f"{returncode}; its log is {directory / 'train.log'}. Runs done so far are kept: "
+                "run the same command again to go on (this run resumes from its last.ckpt if it "
+                f"wrote one), or force=[{step.row.id}] to start the row over."
             )
-    records = collect(rows, out_dir)
-    markdown = table_markdown(records, setting_name)
+    runs = collect(rows, seeds, out_dir)
+    records = summarize(
+        rows, seeds, runs, out_dir, cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
+    )
+    markdown = table_markdown(records, setting_name, seeds, cfg.get("confidence", 0.95))
     md_path = out_dir / "table4.md"
     md_path.write_text(markdown)
-    write_csv(records, out_dir / "table4.csv")
+    write_csv(records, out_dir / "table4.csv", TABLE_COLUMNS)
+    write_csv(runs, out_dir / "runs.csv", RUN_COLUMNS)
     print(markdown)
-    log.info("Table written to %s and %s", md_path, out_dir / "table4.csv")
+    log.info(
+        "Table written to %s, %s and %s", md_path, out_dir / "table4.csv", out_dir / "runs.csv"
+    )
     return md_path
 
 
-def collect(rows: Sequence[Row], out_dir: Path) -> list[dict[str, Any]]:
-    """One record per row from its ``test_results.json`` (maps in %, times in minutes)."""
+def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[dict[str, Any]]:
+    """One record per run (row and seed) from its ``test_results.json`` (metrics in %, times in
+    minutes), also holding the run's parameter count and name."""
     records = []
     for row in rows:
-        run_dir = out_dir / row.id
-        path = run_dir / "test_results.json"
-        if not path.is_file():
-            raise UserError(f"row {row.id}: {path} is missing; the row did not finish")
-        result = json.loads(path.read_text())
-        metrics = result.get("metrics", {})
-        wall = _read_row_record(run_dir).get("wall_seconds")
-        records.append(
-            {
-                "row": row.id,
-                "name": row.name,
-                "model": result.get("run_name", ""),
-                "stage": row.stage,
-                "init_from": row.init_from or "",
-                "paper_voc_map": row.paper_voc_map,
-                "voc_map": _percent(metrics.get("test/voc_map")),
-                "coco_map": _percent(metrics.get("test/map")),
-                "coco_map_50": _percent(metrics.get("test/map_50")),
-                "parameters": result.get("parameters"),
-                "fit_minutes": _minutes(result.get("fit_seconds")),
-                "wall_minutes": _minutes(wall),
-                "run_dir": row.id,
-            }
-        )
+        for seed in seeds:
+            directory = run_dir(out_dir, row.id, seed)
+            path = directory / "test_results.json"
+            if not path.is_file():
+                raise UserError(f"row {row.id}, seed {seed}: {path} is missing; it did not finish")
+            result = json.loads(path.read_text())
+            metrics = result.get("metrics", {})
+            records.append(
+                {
+                    "row": row.id,
+                    "seed": seed,
+                    **{key: _percent(metrics.get(name)) for key, name in METRICS.items()},
+                    "fit_minutes": _minutes(result.get("fit_seconds")),
+                    "wall_minutes": _minutes(_read_run_record(directory).get("wall_seconds")),
+                    "run_dir": str(directory.relative_to(out_dir)),
+                    "model": result.get("run_name", ""),
+                    "parameters": result.get("parameters"),
+                }
+            )
     return records
 
 
-def table_markdown(records: Sequence[dict[str, Any]], setting_name: str) -> str:
+def summarize(
+    rows: Sequence[Row],
+    seeds: Sequence[int],
+    runs: Sequence[dict[str, Any]],
+    out_dir: Path,
+    num_samples: int = 1000,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """One record per row: mean and standard deviation over the seeds, and the difference of
+    VOC mAP from the row it ablates with its paired-bootstrap interval over the test images."""
+    matches = load_matches(rows, seeds, runs, out_dir)
+    records = []
+    for row in rows:
+        mine = [r for r in runs if r["row"] == row.id]
+        difference: Difference | None = None
+        if row.ablates is not None and matches is not None:
+            use_07, by_run = matches
+            difference = paired_bootstrap(
+                [by_run[row.id, s] for s in seeds],
+                [by_run[row.ablates, s] for s in seeds],
+                num_samples=num_samples,
+                confidence=confidence,
+                use_07_metric=use_07,
+            )
+        record = {
+            "row": row.id,
+            "name": row.name,
+            "model": mine[0]["model"],
+            "stage": row.stage,
+            "init_from": row.init_from or "",
+            "ablates": row.ablates or "",
+            "seeds": len(mine),
+            "paper_voc_map": row.paper_voc_map,
+            "parameters": mine[0]["parameters"],
+        }
+        for key in (*METRICS, "fit_minutes", "wall_minutes"):
+            values = [r[key] for r in mine if r[key] is not None]
+            record[key] = round(float(np.mean(values)), 2) if values else None
+            if key in ("voc_map", "coco_map"):
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+                record[f"{key}_std"] = None if std is None else round(std, 2)
+        if difference is not None:
+            record["delta"] = round(100 * difference.delta, 2)
+            record["delta_low"] = round(100 * difference.low, 2)
+            record["delta_high"] = round(100 * difference.high, 2)
+            record["delta_excludes_zero"] = difference.excludes_zero
+        records.append(record)
+    return records
+
+
+def load_matches(
+    rows: Sequence[Row], seeds: Sequence[int], runs: Sequence[dict[str, Any]], out_dir: Path
+) -> tuple[bool, dict[tuple[str, int], RunMatches]] | None:
+    """Every run's test detections (its ``voc_results/``) judged against the test set, which is
+    rebuilt from the first run's checkpoint; with the setting's AP rule (11-point or not). Each
+    run's mAP from these must be the one it logged. None (with a warning) for data without the
+    VOC metric."""
+    # deferred: building the test set needs the model and data stack, the table code does not
+    from dssd.inference import load_checkpoint, load_test_data
+
+    first = run_dir(out_dir, rows[0].id, seeds[0])
+    _, run_cfg = load_checkpoint(first / "checkpoints" / "last.ckpt")
+    datamodule = load_test_data(run_cfg)
+    if datamodule.use_07_metric is None:
+        log.warning("The test data has no VOC metric: no intervals for the differences.")
+        return None
+    dataset = datamodule.datasets["test"]
+    parts = getattr(dataset, "datasets", [dataset])
+    image_ids = [i for part in parts for i in part.ids]
+    targets = [a for part in parts for a in part.annotations]
+    by_run = {}
+    for record in runs:
+        directory = out_dir / record["run_dir"]
+        try:
+            found = RunMatches.from_results(
+                directory / RESULTS_DIR, image_ids, targets, datamodule.class_names
+            )
+        except (OSError, ValueError) as err:
+            raise UserError(f"{directory}: cannot read its test detections ({err})") from None
+        logged = record["voc_map"]
+        recomputed = 100 * float(mean_ap(found, use_07_metric=datamodule.use_07_metric)[0])
+        if logged is not None and abs(recomputed - logged) > 0.01:
+            log.warning(
+                "%s: the mAP of its result files (%.3f) is not the logged one (%.3f)",
+                directory,
+                recomputed,
+                logged,
+            )
+        by_run[record["row"], record["seed"]] = found
+    return bool(datamodule.use_07_metric), by_run
+
+
+def table_markdown(
+    records: Sequence[dict[str, Any]],
+    setting_name: str,
+    seeds: Sequence[int],
+    confidence: float = 0.95,
+) -> str:
     """Table 4's layout: the paper's row and mAP, then this run's figures."""
+    many = len(seeds) > 1
+    spread = " ± std" if many else ""
     header = [
         "Table 4 row",
         "paper mAP",
-        "mAP",
-        "COCO AP",
-        "AP50",
+        f"mAP{spread}",
+        f"Δ mAP [{100 * confidence:.0f}% CI]",
+        "vs",
+        "AP_S",
+        "AP_M",
+        "AP_L",
+        f"COCO AP{spread}",
         "params (M)",
         "train (min)",
         "wall (min)",
-        "run",
     ]
+    seeds_text = (
+        f"{len(seeds)} seeds ({', '.join(map(str, seeds))})" if many else f"seed {seeds[0]}"
+    )
     lines = [
-        f"Table 4 ablation, setting `{setting_name}`: VOC mAP @ 0.5 on the test split (%), "
-        "the paper's on VOC2007 test",
+        f"Table 4 ablation, setting `{setting_name}`, {seeds_text}: VOC mAP @ 0.5 on the test "
+        "split (%), the paper's on VOC2007 test. Δ: mean difference from the row in `vs` over "
+        f"paired seeds, with its {100 * confidence:.0f}% interval from a paired bootstrap over "
+        "the test images; * where it excludes 0. AP_S/M/L: COCO AP by object size. Train and "
+        "wall times are per run.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for r in records:
+        if r.get("delta") is None:
+            delta = "–"
+        else:
+            star = "*" if r["delta_excludes_zero"] else ""
+            delta = f"{r['delta']:+.1f} [{r['delta_low']:+.1f}, {r['delta_high']:+.1f}]{star}"
         cells = [
             r["name"],
             _fmt(r["paper_voc_map"]),
-            _fmt(r["voc_map"]),
-            _fmt(r["coco_map"]),
-            _fmt(r["coco_map_50"]),
+            _mean_std(r["voc_map"], r.get("voc_map_std")),
+            delta,
+            r["ablates"] or "–",
+            _fmt(r["ap_small"]),
+            _fmt(r["ap_medium"]),
+            _fmt(r["ap_large"]),
+            _mean_std(r["coco_map"], r.get("coco_map_std")),
             _fmt(r["parameters"] / 1e6 if r["parameters"] else None, 2),
             _fmt(r["fit_minutes"]),
             _fmt(r["wall_minutes"]),
-            f"{r['model']}" + (f" (from {r['init_from']})" if r["init_from"] else ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    walls = [r["wall_minutes"] for r in records if r["wall_minutes"] is not None]
-    lines += ["", f"Total wall time of the rows: {sum(walls):.1f} min."]
+    walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
+    lines += ["", f"Total wall time of the runs: {sum(walls):.1f} min."]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
+def write_csv(records: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
 
 
 def _plan_text(steps: Sequence[Step]) -> str:
     width = max(len(s.row.id) for s in steps)
-    return "\n".join(f"  {s.row.id:<{width}}  {s.action:<6}  {s.reason}" for s in steps)
+    return "\n".join(
+        f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
+    )
 
 
-def _add_wall_time(run_dir: Path, seconds: float, resumed: bool) -> None:
-    """Keep each row's wall time (summed over a run and its resumptions) in ``ablation.json``."""
-    record = _read_row_record(run_dir) if resumed else {}
+def _add_wall_time(directory: Path, seconds: float, resumed: bool) -> None:
+    """Keep each run's wall time (summed over a run and its resumptions) in ``ablation.json``."""
+    record = _read_run_record(directory) if resumed else {}
     record["wall_seconds"] = record.get("wall_seconds", 0.0) + seconds
     record["attempts"] = record.get("attempts", 0) + 1
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _read_row_record(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "ablation.json"
+def _read_run_record(directory: Path) -> dict[str, Any]:
+    path = directory / "ablation.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -298,3 +500,7 @@ def _minutes(seconds: float | None) -> float | None:
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    return _fmt(mean) if std is None else f"{_fmt(mean)} ± {std:.1f}"

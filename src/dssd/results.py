@@ -1,9 +1,10 @@
 """Finished runs as pandas DataFrames, for the notebooks and for comparing runs by hand.
 
-Sources: ``make ablation``'s ``table4.csv``; each run directory's ``test_results.json`` (written
-by ``src/train.py`` and ``src/eval.py``) and CSV logger files; W&B runs, offline (the run files
-under ``<run dir>/wandb/``) or online (through the W&B API). Metrics stay as logged (0..1),
-except in ``table4.csv``, which holds percentages like the paper.
+Sources: ``make ablation``'s ``table4.csv`` (a line per row) and ``runs.csv`` (a line per run:
+row and seed); each run directory's ``test_results.json`` (written by ``src/train.py`` and
+``src/eval.py``) and CSV logger files; W&B runs, offline (the run files under ``<run dir>/wandb/``)
+or online (through the W&B API). Metrics stay as logged (0..1), except in ``table4.csv`` and
+``runs.csv``, which hold percentages like the paper.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ RunDirs = Mapping[str, PathLike] | Iterable[PathLike]
 WANDB_COLUMNS = ["run_id", "name", "group", "tags", "project", "config", "source"]
 
 
-def load_table(out_dir: PathLike) -> pd.DataFrame:
-    """``<out_dir>/table4.csv`` (or the CSV file itself) as written by ``make ablation``."""
+def load_table(out_dir: PathLike, name: str = "table4.csv") -> pd.DataFrame:
+    """``<out_dir>/table4.csv`` (or the CSV file itself) as written by ``make ablation``: a
+    line per row; ``name="runs.csv"``: a line per run (row and seed) with its ``run_dir``,
+    relative to ``out_dir``."""
     path = Path(out_dir)
-    path = path if path.suffix == ".csv" else path / "table4.csv"
+    path = path if path.suffix == ".csv" else path / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `make ablation` first")
     return pd.read_csv(path)

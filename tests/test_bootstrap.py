@@ -1,0 +1,110 @@
+"""The paired bootstrap of mAP differences (dssd.bootstrap) on cases with a known answer, and its
+weighted mAP against VOCMeanAP on physically resampled image lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from dssd.bootstrap import RunMatches, mean_ap, paired_bootstrap
+from dssd.data.voc import write_voc_results
+from dssd.metrics import VOCMeanAP
+from test_metrics import random_case
+
+NUM_CLASSES = 4
+
+
+def voc_map(preds: list[dict], targets: list[dict], use_07_metric: bool = True) -> float:
+    metric = VOCMeanAP(NUM_CLASSES, use_07_metric=use_07_metric)
+    metric.update(preds, targets)
+    return float(metric.compute()["map"])
+
+
+@pytest.mark.parametrize("use_07_metric", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_weighted_map_equals_the_metric_on_the_resampled_images(
+    seed: int, use_07_metric: bool
+) -> None:
+    preds, targets = random_case(seed, n_images=15, num_classes=NUM_CLASSES)
+    run = RunMatches.from_detections(preds, targets, NUM_CLASSES)
+    assert mean_ap(run, use_07_metric=use_07_metric)[0] == pytest.approx(
+        voc_map(preds, targets, use_07_metric), abs=1e-6
+    )
+    # an image drawn k times counts k times: the metric on the list with the copies
+    counts = np.random.default_rng(seed).multinomial(15, np.full(15, 1 / 15), size=3)
+    weighted = mean_ap(run, counts, use_07_metric)
+    for row, value in zip(counts, weighted, strict=True):
+        copies = [i for i, k in enumerate(row) for _ in range(k)]
+        expected = voc_map([preds[i] for i in copies], [targets[i] for i in copies], use_07_metric)
+        assert value == pytest.approx(expected, abs=1e-6)
+
+
+def test_identical_rows_have_an_interval_around_zero() -> None:
+    preds, targets = random_case(1, n_images=20, num_classes=NUM_CLASSES)
+    run = RunMatches.from_detections(preds, targets, NUM_CLASSES)
+    difference = paired_bootstrap([run, run], [run, run], num_samples=300)
+    assert difference.delta == 0.0 and difference.low <= 0.0 <= difference.high
+    assert not difference.excludes_zero and difference.seeds == 2
+
+
+def missing_one_object_per_image(
+    preds: list[dict], targets: list[dict]
+) -> tuple[list[dict], list[dict]]:
+    """Two rows: ``base`` drops every detection near one object of each image, ``better`` is
+    ``base`` plus a perfect detection of that object: one more true positive on every image."""
+    base, better = [], []
+    for pred, truth in zip(preds, targets, strict=True):
+        j = next(i for i, d in enumerate(truth["difficult"]) if not d)
+        near = box_iou(pred["boxes"], truth["boxes"][j : j + 1]).squeeze(1) > 0.1
+        keep = ~near
+        kept = {k: v[keep] for k, v in pred.items()}
+        base.append(kept)
+        better.append(
+            {
+                "boxes": torch.cat([kept["boxes"], truth["boxes"][j : j + 1]]),
+                "scores": torch.cat([kept["scores"], torch.tensor([0.5])]),
+                "labels": torch.cat([kept["labels"], truth["labels"][j : j + 1]]),
+            }
+        )
+    return base, better
+
+
+def test_a_row_with_more_true_positives_on_every_image_is_better() -> None:
+    preds, targets = random_case(2, n_images=60, num_classes=NUM_CLASSES)
+    kept = [i for i, t in enumerate(targets) if (~t["difficult"]).any()]
+    preds, targets = [preds[i] for i in kept], [targets[i] for i in kept]
+    base_preds, better_preds = missing_one_object_per_image(preds, targets)
+    base = RunMatches.from_detections(base_preds, targets, NUM_CLASSES)
+    better = RunMatches.from_detections(better_preds, targets, NUM_CLASSES)
+    up = paired_bootstrap([better], [base], num_samples=500)
+    assert up.delta > 0 and up.low > 0 and up.excludes_zero
+    assert up.delta == pytest.approx(float(mean_ap(better)[0] - mean_ap(base)[0]))
+    down = paired_bootstrap([base], [better], num_samples=500)
+    assert down.delta == pytest.approx(-up.delta) and down.high < 0 and down.excludes_zero
+
+
+def test_seeds_are_averaged_pairwise() -> None:
+    runs = []
+    for seed in (3, 4):
+        preds, targets = random_case(seed, n_images=12, num_classes=NUM_CLASSES)
+        runs.append(RunMatches.from_detections(preds, targets, NUM_CLASSES))
+    difference = paired_bootstrap(runs, runs[::-1], num_samples=200)
+    assert difference.delta == pytest.approx(0.0, abs=1e-12)  # (a - b + b - a) / 2
+    with pytest.raises(ValueError, match="paired"):
+        paired_bootstrap(runs, runs[:1])
+
+
+def test_runs_read_from_devkit_result_files_match_the_in_memory_ones(tmp_path: Path) -> None:
+    preds, targets = random_case(5, n_images=10, num_classes=NUM_CLASSES)
+    ids = [f"img{i}" for i in range(10)]
+    names = [f"c{c}" for c in range(1, NUM_CLASSES + 1)]
+    write_voc_results(tmp_path, ids, preds, names)
+    from_files = RunMatches.from_results(tmp_path, ids, targets, names)
+    in_memory = RunMatches.from_detections(preds, targets, NUM_CLASSES)
+    assert mean_ap(from_files)[0] == pytest.approx(mean_ap(in_memory)[0], abs=1e-9)
+    with pytest.raises(ValueError, match="not in the test set"):
+        RunMatches.from_results(tmp_path, ids[:5], targets[:5], names)
