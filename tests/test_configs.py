@@ -82,3 +82,18 @@ def test_default_experiment_composes_trainer_callbacks_and_data() -> None:
     datamodule = instantiate(cfg.data)
     assert datamodule.num_classes == 6
     assert datamodule.image_size == cfg.model.net.image_size
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "precision"),
+    [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"), (False, False, "32-true")],
+)
+def test_default_experiment_uses_bf16_only_where_it_is_native(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, precision: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    cfg = resolve_with_hydra(compose_train())
+    assert cfg.trainer.precision == precision
+    assert cfg.model.channels_last is (precision == "bf16-mixed")

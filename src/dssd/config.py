@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -44,6 +45,22 @@ def run_tags(model: str, _root_: DictConfig) -> list[str]:
     return [*_root_.get("tags", []), *(f"{key}={value}" for key, value in parts.items())]
 
 
+def native_bf16() -> bool:
+    """Whether bf16 arithmetic runs natively here: a CUDA GPU that supports it, or a CPU with
+    AMX or AVX-512 BF16. Elsewhere PyTorch emulates bf16, and autocast makes a CPU-sized run
+    about 10x slower than float32 (measured on an AVX2 CPU) instead of 2-3x faster."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def fast_precision() -> str:
+    """``${fast_precision:}``: ``bf16-mixed`` where bf16 is native (:func:`native_bf16`), else
+    ``32-true``: the faster of the two on this machine."""
+    return "bf16-mixed" if native_bf16() else "32-true"
+
+
 def register_resolvers() -> None:
     """Register the resolvers above and ``len`` (``${len:${data.class_names}}``)."""
     resolvers = {
@@ -51,6 +68,8 @@ def register_resolvers() -> None:
         "stage": stage_entry,
         "run_name": run_name,
         "run_tags": run_tags,
+        "fast_precision": fast_precision,
+        "native_bf16": native_bf16,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
