@@ -47,8 +47,9 @@ def run(pipeline: A.Compose, image: np.ndarray, boxes: np.ndarray, labels: np.nd
     return pipeline(image=image, bboxes=boxes, labels=labels, difficult=difficult)
 
 
-def test_min_iou_crop_contract_over_random_draws() -> None:
-    crop = MinIoURandomCrop()
+@pytest.mark.parametrize("selection", ["mode", "pooled"])
+def test_min_iou_crop_contract_over_random_draws(selection: str) -> None:
+    crop = MinIoURandomCrop(selection=selection)
     pipeline = compose(crop, seed=1)
     rng = np.random.default_rng(0)
     cropped_options, kept_whole = set(), 0
@@ -62,6 +63,8 @@ def test_min_iou_crop_contract_over_random_draws() -> None:
         assert out["labels"].tolist() == sorted(out["labels"].tolist())  # order preserved
         assert out["difficult"].tolist() == (out["labels"] % 2 == 0).tolist()
         if params["patch"] is None:
+            # pooled: only the whole-image sampler keeps the image whole (a box always exists)
+            assert selection == "mode" or params["min_iou"] is None
             kept_whole += 1
             np.testing.assert_array_equal(out["image"], image)
             np.testing.assert_allclose(out_boxes, boxes, atol=1e-3)
@@ -83,6 +86,13 @@ def test_min_iou_crop_contract_over_random_draws() -> None:
         np.testing.assert_allclose(out_boxes, expected, atol=1e-3)
     assert kept_whole > 0
     assert {0.0, 0.1, 0.3, 0.5, 0.7} <= cropped_options
+    if selection == "pooled":  # 1/7 when every sampler finds a patch, more when some fail
+        assert 0.08 < kept_whole / 300 < 0.4
+
+
+def test_min_iou_crop_refuses_an_unknown_selection() -> None:
+    with pytest.raises(ValueError, match="selection"):
+        MinIoURandomCrop(selection="first")
 
 
 def test_min_iou_crop_keeps_images_without_boxes() -> None:

@@ -154,3 +154,12 @@ def test_benchmark_data_prints_the_loader_rate(
     size, workers, batch, rate, per_worker = row.split()
     assert (size, workers, batch) == ("96", "0", "4")
     assert float(rate) > 0 and float(rate) == float(per_worker)
+
+
+def test_paper_ssd_rows_are_timed_with_prediction_module_c() -> None:
+    # the paper's SSD321 / SSD513 of Tables 3, 6 and 7 include PM(c)
+    for name in ("ssd321", "ssd513"):
+        net = benchmark.model_config(name, None, ["data=voc0712"]).model.net
+        assert net.prediction_module.variant == "c"
+    plain = benchmark.model_config("ssd300_vgg", None, ["data=voc0712"]).model.net
+    assert plain.prediction_module.variant == "a"

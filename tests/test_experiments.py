@@ -21,8 +21,13 @@ def test_experiment_composes_and_its_stage_picks_its_schedule(experiment: str) -
     for entry in cfg.schedules:
         assert all(0 < m < entry.max_steps for m in entry.milestones)
     # every stage ends on a validation, so best.ckpt sees the end of the schedule
-    if isinstance(cfg.trainer.val_check_interval, int):
-        assert all(s.max_steps % cfg.trainer.val_check_interval == 0 for s in cfg.schedules)
+    for stage in range(3):
+        staged = resolve_with_hydra(
+            compose_train(f"experiment={experiment}", f"stage={stage}", "init_from=/x/last.ckpt")
+        )
+        interval = staged.trainer.val_check_interval
+        if isinstance(interval, int):
+            assert staged.trainer.max_steps % interval == 0, (stage, interval)
     assert cfg.run_group == experiment
 
 
@@ -64,3 +69,54 @@ def test_paper_recipes_hold_the_papers_batch_and_schedules(
         # SSD starts from ImageNet weights; DSSD from the SSD checkpoint (init_from)
         assert cfg.model.net.backbone.pretrained == (first_stage == 0)
         assert ("deconv" in cfg.model.net and cfg.model.net.deconv is not None) == (net[0] == "d")
+
+
+def test_authors_code_recipe_switches_every_config_level_difference() -> None:
+    """experiment=ssd321_voc0712_authors: the released scripts' schedules and settings
+    (docs/paper_vs_code.md); reference=authors_code alone leaves the schedules alone."""
+    paper = resolve_with_hydra(compose_train("experiment=ssd321_voc0712"))
+    code = resolve_with_hydra(compose_train("experiment=ssd321_voc0712_authors"))
+    assert [(s.max_steps, s.lr) for s in code.schedules] == [
+        (80000, 1e-3),
+        (30000, 1e-3),
+        (40000, 1e-4),
+    ]
+    assert [(s.max_steps, s.lr) for s in paper.schedules] == [
+        (70000, 1e-3),
+        (30000, 1e-3),
+        (40000, 1e-3),
+    ]
+    for cfg, mid, heads, hue, crop in (
+        (paper, 1, 3, None, None),
+        (code, 3, [5, 5, 3], 36, "pooled"),
+    ):
+        assert cfg.model.net.prediction_module.mid_kernel_size == mid
+        assert cfg.model.net.head_kernel_sizes == heads
+        assert cfg.data.augment.get("hue") == hue
+        assert cfg.data.augment.get("crop_selection") == crop
+    dssd = resolve_with_hydra(
+        compose_train("experiment=dssd321_voc0712_authors", "init_from=/x/last.ckpt")
+    )
+    assert dssd.stage == 1 and dssd.schedules == code.schedules
+    assert dssd.model.net.head_kernel_sizes == [5, 5, 3]
+
+
+def test_reference_authors_code_builds_on_any_model_and_data() -> None:
+    from hydra.utils import instantiate
+
+    from dssd.data.augment import MinIoURandomCrop, PhotometricDistort
+
+    for model in ("ssd_r18", "dssd_r18"):
+        cfg = compose_train(f"model={model}", "pm=c", "reference=authors_code")
+        net = instantiate(cfg.model.net)
+        assert [c.kernel_size[0] for c in net.heads.loc] == [5, 5, 3, 3, 3]
+        for module in net.prediction_modules:  # 1x1 -> 3x3 -> 1x1 bottlenecks
+            kernels = [m.kernel_size for m in module.body.modules() if hasattr(m, "kernel_size")]
+            assert (3, 3) in kernels
+        augment = instantiate(cfg.data.augment)
+        distort = next(t for t in augment if isinstance(t, PhotometricDistort))
+        crop = next(t for t in augment if isinstance(t, MinIoURandomCrop))
+        assert distort.hue == 36 and crop.selection == "pooled"
+    # an experiment's own settings win: shapes_ablation trains without augmentation
+    ablation = compose_train("reference=authors_code", "experiment=shapes_ablation")
+    assert ablation.data.augment is None and ablation.model.net.head_kernel_sizes == [5, 5, 3]

@@ -142,3 +142,14 @@ def test_predictions_follow_prior_order():
     assert expected_index in hits
     centre = torch.tensor([(j + 0.5) / f, (i + 0.5) / f])
     assert torch.allclose(net.priors[expected_index, :2], centre)
+
+
+def test_head_kernel_list_repeats_its_last_size_for_the_smaller_maps():
+    from dssd.models.heads import PredictionHeads
+
+    heads = PredictionHeads([8] * 6, [4] * 6, num_classes=2, kernel_sizes=[5, 5, 3])
+    assert [conv.kernel_size for conv in heads.loc] == [(5, 5)] * 2 + [(3, 3)] * 4
+    assert [conv.padding for conv in heads.conf] == [(2, 2)] * 2 + [(1, 1)] * 4
+    assert [c.kernel_size for c in PredictionHeads([8] * 3, [4] * 3, 2, 3).loc] == [(3, 3)] * 3
+    with pytest.raises(ValueError, match="7 head kernel sizes for 6 source maps"):
+        PredictionHeads([8] * 6, [4] * 6, 2, [3] * 7)

@@ -1,4 +1,4 @@
-"""SSD training augmentation as albumentations transforms (DESIGN.md section 5).
+"""SSD training augmentation as albumentations transforms (photometric distortion, zoom-out, crop).
 
 ``ssd_augmentation()`` returns [PhotometricDistort, Expand, MinIoURandomCrop], the ``augment``
 slot of ``build_transforms`` (which then resizes, flips, normalises). The transforms draw all their
@@ -180,14 +180,17 @@ def centres_inside(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 class MinIoURandomCrop(A.DualTransform):
     """SSD's crop sampler: a random patch that overlaps some box by at least a random minimum IoU.
 
-    Each call picks one of ``min_ious`` uniformly: None keeps the whole image; a number m tries up
-    to ``max_tries`` patches (each side scaled by [min_scale, 1] of the image, aspect ratio h/w in
-    ``aspect_range``, random position) and takes the first whose IoU with some box (max over boxes,
-    as DESIGN.md says; ssd.pytorch uses the min) is >= m and which contains at least one box
-    centre. Boxes whose centre lies in the patch are kept, clipped to it and re-expressed in its
-    coordinates; the others are dropped with their labels. If no try succeeds, or the image has no
-    boxes, the image is kept whole. The applied params (``patch`` in pixels or None, and
-    ``min_iou``) are in ``get_applied_params()``.
+    ``min_ious`` lists the samplers: None keeps the whole image; a number m tries up to
+    ``max_tries`` patches (each side scaled by [min_scale, 1] of the image, aspect ratio h/w in
+    ``aspect_range``, random position) and takes the first whose IoU with some box (the max over
+    boxes, as SSD's Caffe sampler; ssd.pytorch uses the min) is >= m and which contains at least
+    one box centre. ``selection="mode"`` (default) picks one sampler uniformly and keeps the
+    image whole if it finds no patch; ``selection="pooled"`` runs every sampler and picks
+    uniformly among those that found one (the whole image is always among them), as the released
+    Caffe code does. Boxes whose centre lies in the patch are kept, clipped to it and re-expressed
+    in its coordinates; the others are dropped with their labels. An image without boxes is kept
+    whole. The applied params (``patch`` in pixels or None, and ``min_iou``) are in
+    ``get_applied_params()``.
     """
 
     def __init__(
@@ -196,25 +199,41 @@ class MinIoURandomCrop(A.DualTransform):
         min_scale: float = 0.3,
         aspect_range: tuple[float, float] = (0.5, 2.0),
         max_tries: int = 50,
+        selection: str = "mode",
         p: float = 1.0,
     ) -> None:
         super().__init__(p=p)
         if not min_ious:
             raise ValueError("min_ious must not be empty")
+        if selection not in ("mode", "pooled"):
+            raise ValueError(f"selection must be 'mode' or 'pooled', got {selection!r}")
         self.min_ious = tuple(min_ious)
         self.min_scale = min_scale
         self.aspect_range = tuple(aspect_range)
         self.max_tries = max_tries
+        self.selection = selection
 
     def get_params_dependent_on_data(
         self, params: dict[str, Any], data: dict[str, Any]
     ) -> dict[str, Any]:
         height, width = params["shape"][:2]
-        min_iou = self.py_random.choice(self.min_ious)
         bboxes = np.asarray(data.get("bboxes", np.zeros((0, 4))), np.float64)
-        if min_iou is None or len(bboxes) == 0:
-            return {"patch": None, "min_iou": min_iou}
         boxes = bboxes[:, :4] * [width, height, width, height]
+        if self.selection == "mode":
+            min_iou = self.py_random.choice(self.min_ious)
+            return {"patch": self._sample(min_iou, boxes, width, height), "min_iou": min_iou}
+        found = [(self._sample(m, boxes, width, height), m) for m in self.min_ious]
+        found = [(patch, m) for patch, m in found if patch is not None or m is None]
+        patch, min_iou = self.py_random.choice(found) if found else (None, None)
+        return {"patch": patch, "min_iou": min_iou}
+
+    def _sample(
+        self, min_iou: float | None, boxes: np.ndarray, width: int, height: int
+    ) -> tuple[int, int, int, int] | None:
+        """A patch meeting ``min_iou``, or None (the whole image: no constraint, no box, or no
+        try succeeded)."""
+        if min_iou is None or len(boxes) == 0:
+            return None
         rnd = self.py_random
         for _ in range(self.max_tries):
             w = int(rnd.uniform(self.min_scale * width, width))
@@ -225,8 +244,8 @@ class MinIoURandomCrop(A.DualTransform):
             top = int(rnd.uniform(0, height - h))
             patch = np.array([left, top, left + w, top + h], np.float64)
             if box_iou(patch, boxes).max() >= min_iou and centres_inside(patch, boxes).any():
-                return {"patch": (left, top, left + w, top + h), "min_iou": min_iou}
-        return {"patch": None, "min_iou": min_iou}
+                return (left, top, left + w, top + h)
+        return None
 
     def apply(self, img: np.ndarray, patch: tuple[int, int, int, int] | None, **params: Any):
         if patch is None:
@@ -256,7 +275,7 @@ class MinIoURandomCrop(A.DualTransform):
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("min_ious", "min_scale", "aspect_range", "max_tries")
+        return ("min_ious", "min_scale", "aspect_range", "max_tries", "selection")
 
 
 def ssd_augmentation(
@@ -264,12 +283,17 @@ def ssd_augmentation(
     max_expand_ratio: float = 4.0,
     expand_p: float = 0.5,
     photometric: bool = True,
+    hue: float = 18.0,
+    crop_selection: str = "mode",
 ) -> list[A.BasicTransform]:
     """The SSD augmentation for ``build_transforms(augment=...)``: distort, zoom out, crop.
 
     ``mean`` is the normalisation mean (0-1 per RGB channel); the zoom-out canvas is filled with
-    it so that the padding becomes zero after normalisation.
+    it so that the padding becomes zero after normalisation. ``hue``: the largest hue shift in
+    degrees (the released Caffe code's 18 are OpenCV units of 2 degrees: 36). ``crop_selection``:
+    how :class:`MinIoURandomCrop` chooses among its samplers.
     """
-    head: list[A.BasicTransform] = [PhotometricDistort()] if photometric else []
+    head: list[A.BasicTransform] = [PhotometricDistort(hue=hue)] if photometric else []
     fill = tuple(255.0 * m for m in mean)
-    return [*head, Expand(max_ratio=max_expand_ratio, fill=fill, p=expand_p), MinIoURandomCrop()]
+    crop = MinIoURandomCrop(selection=crop_selection)
+    return [*head, Expand(max_ratio=max_expand_ratio, fill=fill, p=expand_p), crop]

@@ -32,7 +32,8 @@ class SSD(nn.Module):
         image_size: the square input size S; fixes the map sizes and so the default boxes.
         scales: default-box scales, one per source map plus one.
         aspect_ratios: default-box aspect ratios besides 1 (flips are added), shared or per source.
-        head_kernel_sizes: loc/conf conv kernel, one int for all sources or one per source.
+        head_kernel_sizes: loc/conf conv kernel, one int for all sources, or a list from the
+            largest source on whose last value repeats (see :class:`PredictionHeads`).
         prediction_module: builds a prediction module from a map's channels; default (a).
         deconv: builds a deconvolution module (see :class:`Decoder`); ``None`` for plain SSD.
     """
