@@ -62,15 +62,21 @@ def tiny_wandb_run(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) 
     return run_dir
 
 
+# the rows of the tiny_ablation fixture: dssd_prod_stage2 and the rows it needs
+TINY_ROWS = ["ssd_pm_a", "ssd_pm_c", "ssd_pm_c_control", "dssd_prod", "dssd_prod_stage2"]
+
+
 @pytest.fixture(scope="session")
 def tiny_ablation(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The output directory of `make ablation`'s chain (src/ablation.py, eight rows, two seeds)
-    run with 2 iterations per row on ``tiny_shapes``; run once per session."""
+    """The output directory of `make ablation`'s chain (src/ablation.py) run with 2 iterations
+    per row on ``tiny_shapes``, two seeds, for the rows that the stage-2 row needs (TINY_ROWS:
+    every stage and the control); run once per session."""
     out_dir = tmp_path_factory.mktemp("tiny_ablation")
     run_entry_point(
         "ablation.py",
         f"out_dir={out_dir}",
         "seeds=[0,1]",
+        "only=[dssd_prod_stage2]",
         "bootstrap_samples=200",
         # W&B (offline), the default logger, as `make ablation` uses it: the notebook reads it
         f'train_args="{" ".join(tiny_overrides(tiny_shapes))} trainer.log_every_n_steps=1"',

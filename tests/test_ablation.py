@@ -13,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from conftest import ROOT, run_entry_point
+from conftest import ROOT, TINY_ROWS, run_entry_point
 from dssd.ablation import (
     Row,
     Step,
@@ -22,6 +22,7 @@ from dssd.ablation import (
     parse_seeds,
     plan,
     run_dir,
+    select_rows,
     table_markdown,
     train_command,
 )
@@ -136,6 +137,15 @@ def test_forcing_a_row_reruns_the_rows_that_start_from_it(tmp_path: Path) -> Non
         plan(rows, [0], tmp_path, ["ssd_pm_x"])
 
 
+def test_only_selects_rows_with_what_they_need_in_table_order() -> None:
+    rows = table4_rows()
+    assert [r.id for r in select_rows(rows, ["dssd_prod_stage2"])] == TINY_ROWS
+    assert [r.id for r in select_rows(rows, ["ssd_pm_b"])] == ["ssd_pm_a", "ssd_pm_b"]
+    assert select_rows(rows, None) == rows
+    with pytest.raises(UserError, match="only: no row"):
+        select_rows(rows, ["ssd_pm_x"])
+
+
 @pytest.mark.parametrize("seeds", [[], [0, 0], ["a"], [1.5], [True], "0,1", 3, None])
 def test_seeds_must_be_a_list_of_distinct_ints(seeds) -> None:
     with pytest.raises(UserError, match="seeds must be a non-empty list of distinct integers"):
@@ -215,12 +225,12 @@ def test_out_dir_is_named_after_the_setting() -> None:
 
 
 def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: Path) -> None:
+    rows = [r for r in table4_rows() if r.id in TINY_ROWS]
     with (tiny_ablation / "table4.csv").open() as f:
         records = list(csv.DictReader(f))
-    assert [r["row"] for r in records] == ROW_IDS
-    assert [float(r["paper_voc_map"]) if r["paper_voc_map"] else None for r in records] == (
-        PAPER_TABLE4
-    )
+    assert [r["row"] for r in records] == TINY_ROWS
+    paper = [r.paper_voc_map for r in rows]
+    assert [float(r["paper_voc_map"]) if r["paper_voc_map"] else None for r in records] == paper
     for record in records:
         assert 0 <= float(record["voc_map"]) <= 100 and record["seeds"] == "2"
         assert float(record["voc_map_std"]) >= 0
@@ -230,23 +240,24 @@ def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: P
             assert record[size] == "" or 0 <= float(record[size]) <= 100
         if record["ablates"]:
             low, high = float(record["delta_low"]), float(record["delta_high"])
-            assert low <= high and record["delta_excludes_zero"] in ("True", "False")
+            assert low <= float(record["delta"]) <= high
+            assert record["delta_excludes_zero"] in ("True", "False")
         else:
             assert record["delta"] == ""
     params = {r["row"]: int(r["parameters"]) for r in records}
-    # PM (d) stacks two (c) blocks; DSSD adds the deconvolution modules
-    assert params["ssd_pm_a"] < params["ssd_pm_b"] < params["ssd_pm_c"] < params["ssd_pm_d"]
-    assert params["ssd_pm_c_control"] == params["ssd_pm_c"] < params["dssd_prod"]
+    # PM (c) adds a residual block per source; DSSD adds the deconvolution modules
+    assert params["ssd_pm_a"] < params["ssd_pm_c"] == params["ssd_pm_c_control"]
+    assert params["ssd_pm_c"] < params["dssd_prod"] == params["dssd_prod_stage2"]
     markdown = (tiny_ablation / "table4.md").read_text()
     assert "2 seeds (0, 1)" in markdown and "± std" in markdown
-    for row in table4_rows():
-        paper = "–" if row.paper_voc_map is None else f"{row.paper_voc_map:.1f}"
-        assert f"| {row.name} | {paper} |" in markdown
+    for row in rows:
+        paper_map = "–" if row.paper_voc_map is None else f"{row.paper_voc_map:.1f}"
+        assert f"| {row.name} | {paper_map} |" in markdown
 
     with (tiny_ablation / "runs.csv").open() as f:
         runs = list(csv.DictReader(f))
-    assert [(r["row"], r["seed"]) for r in runs] == [(i, s) for i in ROW_IDS for s in ("0", "1")]
-    for row in table4_rows():
+    assert [(r["row"], r["seed"]) for r in runs] == [(i, s) for i in TINY_ROWS for s in ("0", "1")]
+    for row in rows:
         for seed in (0, 1):
             directory = run_dir(tiny_ablation, row.id, seed)
             assert is_done(directory)
@@ -273,7 +284,7 @@ def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: P
 
     for seed in (0, 1):
         parent = backbone("ssd_pm_c", seed)
-        for row_id in ("dssd_sum", "dssd_prod", "ssd_pm_c_control"):
+        for row_id in ("dssd_prod", "ssd_pm_c_control"):
             child = backbone(row_id, seed)
             assert child.keys() == parent.keys()
             assert all(torch.equal(child[k], parent[k]) for k in parent)
@@ -288,14 +299,17 @@ def test_done_rows_are_skipped_and_a_failing_row_names_its_log(
     tiny_ablation: Path, tiny_shapes: Path
 ) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in tiny_ablation.glob("*/seed*/checkpoints/last.ckpt")}
-    assert len(stamps) == 16
-    proc = run_entry_point("ablation.py", f"out_dir={tiny_ablation}", "seeds=[0,1]")
-    assert "Table 4 ablation" in proc.stdout and "SSD 321 + PM(d)" in proc.stdout
+    assert len(stamps) == 2 * len(TINY_ROWS)
+    proc = run_entry_point(
+        "ablation.py", f"out_dir={tiny_ablation}", "seeds=[0,1]", "only=[dssd_prod_stage2]"
+    )
+    assert "Table 4 ablation" in proc.stdout and "SSD 321 + PM(c)" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     proc = run_entry_point(
         "ablation.py",
         f"out_dir={tiny_ablation}",
+        "only=[dssd_prod_stage2]",
         "force=[dssd_prod_stage2]",
         f'train_args="data.root={tiny_shapes} trainer.max_steps=not_a_number"',
         check=False,

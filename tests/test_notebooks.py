@@ -12,7 +12,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from conftest import ROOT, TINY_ROWS
 
 NOTEBOOKS = ROOT / "notebooks"
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ellipse"]
@@ -28,7 +28,7 @@ TABLE4_ROWS = [
     ("dssd_prod", "SSD 321 + PM(c) + DM(Eltw-prod)", 78.6),
     ("dssd_prod_stage2", "SSD 321 + PM(c) + DM(Eltw-prod) + Stage 2", 77.9),
 ]
-RUNS = [f"{row}/seed{seed}" for row, *_ in TABLE4_ROWS for seed in (0, 1)]
+RUNS = [f"{row}/seed{seed}" for row in TINY_ROWS for seed in (0, 1)]
 
 
 def execute(name: str) -> nbformat.NotebookNode:
@@ -80,7 +80,8 @@ def test_ablation_notebook(tiny_ablation: Path, monkeypatch: pytest.MonkeyPatch)
 
     table = cell_text(notebook, "load_table")
     for row, _name, paper in TABLE4_ROWS:
-        assert row in table and (paper is None or f"{paper:.1f}" in table), row
+        if row in TINY_ROWS:
+            assert row in table and (paper is None or f"{paper:.1f}" in table), row
     assert "delta_low" in table and "ap_small" in table
     for figure in ("voc_map", "per_class_ap", "val_map_50"):
         assert_png(tiny_ablation / "figures" / f"{figure}.png")

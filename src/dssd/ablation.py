@@ -146,6 +146,25 @@ def parse_rows(entries: Sequence[Any]) -> list[Row]:
     return rows
 
 
+def select_rows(rows: Sequence[Row], only: Sequence[str] | None) -> list[Row]:
+    """The rows named in ``only`` and every row they need (the rows they start from and the rows
+    they are compared with, recursively), in table order; all rows when ``only`` is None."""
+    if only is None:
+        return list(rows)
+    by_id = {r.id: r for r in rows}
+    unknown = sorted(set(only) - set(by_id))
+    if unknown:
+        raise UserError(f"only: no row {unknown}; the rows are {list(by_id)}")
+    needed: set[str] = set()
+    pending = list(only)
+    while pending:
+        row = by_id[pending.pop()]
+        if row.id not in needed:
+            needed.add(row.id)
+            pending += [r for r in (row.init_from, row.ablates) if r is not None]
+    return [r for r in rows if r.id in needed]
+
+
 def parse_seeds(value: Any) -> list[int]:
     """``seeds``: a non-empty list of distinct integers (``seeds=[0,1,2]``)."""
     items = list(value) if isinstance(value, (list, tuple, ListConfig)) else None
@@ -241,7 +260,8 @@ def train_command(
 def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     """Run the runs that need it, then write and print the table; returns the markdown path."""
     out_dir = Path(cfg.out_dir)
-    rows = parse_rows(cfg.rows)
+    only = cfg.get("only")
+    rows = select_rows(parse_rows(cfg.rows), None if only is None else list(only))
     seeds = parse_seeds(cfg.seeds)
     force = cfg.force if isinstance(cfg.force, bool) else list(cfg.force)
     steps = plan(rows, seeds, out_dir, force)
