@@ -39,7 +39,8 @@ def tiny_overrides(data_root: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """best.ckpt of a 2-iteration SSD run on ``tiny_shapes`` (CSV logger), trained once."""
+    """best.ckpt of a 2-iteration SSD run on ``tiny_shapes`` (CSV logger, the default
+    test_ckpt), trained once; tests read its run directory and must not write there."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
     run_entry_point(
         "train.py", *tiny_overrides(tiny_shapes), "logger=csv", f"hydra.run.dir={run_dir}"

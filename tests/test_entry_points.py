@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_entry_point, tiny_data
+from conftest import run_entry_point, tiny_data, tiny_overrides
 
 
 def logged_metrics(run_dir: Path) -> dict[str, float]:
@@ -34,19 +34,11 @@ def test_fast_dev_run(tiny_shapes: Path, tmp_path: Path) -> None:
     assert "test/map_50" in proc.stdout
 
 
-def test_eval_reproduces_the_test_map_of_train(tiny_shapes: Path, tmp_path: Path) -> None:
-    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
-    run_entry_point(
-        "train.py",
-        *tiny_data(tiny_shapes),
-        "logger=csv",
-        "trainer.max_steps=4",
-        "trainer.val_check_interval=2",
-        f"hydra.run.dir={train_dir}",
-    )
+def test_eval_reproduces_the_test_map_of_train(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    train_dir, eval_dir = tiny_checkpoint.parents[1], tmp_path / "eval"
     # train.py tests the final weights, which last.ckpt holds
     last = train_dir / "checkpoints" / "last.ckpt"
-    assert last.is_file() and (train_dir / "checkpoints" / "best.ckpt").is_file()
+    assert last.is_file()
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["dssd_config"]["model"]["net"]["image_size"] == 193
 
@@ -144,30 +136,27 @@ def test_a_test_ckpt_that_cannot_be_tested_is_refused_before_training(
 
 
 def test_train_tests_the_final_weights_by_default_and_best_on_request(
-    tiny_shapes: Path, tmp_path: Path
+    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    for choice in ("last", "best"):
-        run_entry_point(
-            "train.py",
-            *tiny_data(tiny_shapes),
-            "logger=csv",
-            "trainer.max_steps=2",
-            "trainer.val_check_interval=2",
-            f"test_ckpt={choice}",
-            f"hydra.run.dir={tmp_path / choice}",
-        )
+    # the tiny_checkpoint run used the default test_ckpt
+    run_dirs = {"last": tiny_checkpoint.parents[1], "best": tmp_path / "best"}
+    run_entry_point(
+        "train.py",
+        *tiny_overrides(tiny_shapes),
+        "logger=csv",
+        "test_ckpt=best",
+        f"hydra.run.dir={run_dirs['best']}",
+    )
     tested = {
-        choice: json.loads((tmp_path / choice / "test_results.json").read_text())[
-            "tested_checkpoint"
-        ]
-        for choice in ("last", "best")
+        choice: json.loads((run_dir / "test_results.json").read_text())["tested_checkpoint"]
+        for choice, run_dir in run_dirs.items()
     }
     assert tested["last"] == "final weights"
-    assert tested["best"] == str(tmp_path / "best" / "checkpoints" / "best.ckpt")
+    assert tested["best"] == str(run_dirs["best"] / "checkpoints" / "best.ckpt")
     assert (
-        "Testing the final weights (test_ckpt=last)"
-        in (tmp_path / "last" / "train.log").read_text()
+        "Testing the final weights (test_ckpt=last)" in (run_dirs["last"] / "train.log").read_text()
     )
+    assert "Testing the final weights" not in (run_dirs["best"] / "train.log").read_text()
 
 
 def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
