@@ -23,6 +23,7 @@ def logged_metrics(run_dir: Path) -> dict[str, float]:
     return last
 
 
+@pytest.mark.slow
 def test_fast_dev_run(tiny_shapes: Path, tmp_path: Path) -> None:
     proc = run_entry_point(
         "train.py",
@@ -48,6 +49,10 @@ def test_eval_reproduces_the_test_map_of_train(tiny_checkpoint: Path, tmp_path: 
     for name in ("test/loss", "test/map", "test/map_50", "test/mar_200"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-6), name
 
+
+@pytest.mark.slow
+def test_eval_folds_batch_norm_on_request(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    last = tiny_checkpoint.parent / "last.ckpt"
     # float32, so that only folding, not bf16 rounding, separates the two evaluations
     plain_dir, folded_dir = tmp_path / "plain", tmp_path / "folded"
     for run_dir, fold in ((plain_dir, "false"), (folded_dir, "true")):

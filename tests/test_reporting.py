@@ -59,6 +59,7 @@ def test_wandb_offline_run_holds_metrics_table_and_box_images(tiny_wandb_run: Pa
     assert {"position", "class_id", "box_caption"} <= set(truth["box_data"][0])
 
 
+@pytest.mark.slow
 def test_tensorboard_logger_writes_events(tiny_shapes: Path, tmp_path: Path) -> None:
     run_entry_point(
         "train.py",

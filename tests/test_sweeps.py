@@ -252,6 +252,7 @@ def test_optuna_search_composes_and_searches_existing_keys() -> None:
         assert run.model.optimizer.weight_decay == trial["model.optimizer.weight_decay"]
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_path: Path) -> None:
     """Two 2-iteration trials on the tiny data (batch size searched among sizes that fit it)."""
     sweep_dir = tmp_path / "optuna"
