@@ -141,6 +141,7 @@ def test_only_selects_rows_with_what_they_need_in_table_order() -> None:
     rows = table4_rows()
     assert [r.id for r in select_rows(rows, ["dssd_prod_stage2"])] == TINY_ROWS
     assert [r.id for r in select_rows(rows, ["ssd_pm_b"])] == ["ssd_pm_a", "ssd_pm_b"]
+    assert select_rows(rows, "ssd_pm_b") == select_rows(rows, ["ssd_pm_b"])  # only=ssd_pm_b
     assert select_rows(rows, None) == rows
     with pytest.raises(UserError, match="only: no row"):
         select_rows(rows, ["ssd_pm_x"])

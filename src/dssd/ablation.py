@@ -146,11 +146,13 @@ def parse_rows(entries: Sequence[Any]) -> list[Row]:
     return rows
 
 
-def select_rows(rows: Sequence[Row], only: Sequence[str] | None) -> list[Row]:
-    """The rows named in ``only`` and every row they need (the rows they start from and the rows
-    they are compared with, recursively), in table order; all rows when ``only`` is None."""
+def select_rows(rows: Sequence[Row], only: str | Sequence[str] | None) -> list[Row]:
+    """The rows named in ``only`` (one id or a list) and every row they need (the rows they start
+    from and the rows they are compared with, recursively), in table order; all rows when
+    ``only`` is None."""
     if only is None:
         return list(rows)
+    only = [only] if isinstance(only, str) else list(only)
     by_id = {r.id: r for r in rows}
     unknown = sorted(set(only) - set(by_id))
     if unknown:
@@ -260,8 +262,7 @@ def train_command(
 def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     """Run the runs that need it, then write and print the table; returns the markdown path."""
     out_dir = Path(cfg.out_dir)
-    only = cfg.get("only")
-    rows = select_rows(parse_rows(cfg.rows), None if only is None else list(only))
+    rows = select_rows(parse_rows(cfg.rows), cfg.get("only"))
     seeds = parse_seeds(cfg.seeds)
     force = cfg.force if isinstance(cfg.force, bool) else list(cfg.force)
     steps = plan(rows, seeds, out_dir, force)
