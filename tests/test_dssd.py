@@ -189,3 +189,16 @@ def test_vgg_pretrained_weights_load_from_torch_home(tmp_path, monkeypatch) -> N
     backbone = VGGBackbone(pretrained=True)
     assert torch.equal(backbone.conv4_3[21].weight, source.features[21].weight)  # conv4_3
     assert torch.equal(backbone.conv5[1].weight, source.features[24].weight)  # conv5_1
+
+
+def test_prediction_modules_and_deconvolution_add_parameters_in_table_4_order() -> None:
+    """Table 4's parameter column: each prediction module variant (a) to (d) is larger than the
+    one before, and the deconvolution modules add to PM(c) (on the CPU-sized trunk)."""
+
+    def parameters(*overrides: str) -> int:
+        net = instantiate(compose_train(*overrides).model.net)
+        return sum(p.numel() for p in net.parameters())
+
+    pm = [parameters("model=ssd_r18", f"pm={v}") for v in "abcd"]
+    assert pm == sorted(pm) and len(set(pm)) == 4
+    assert parameters("model=dssd_r18", "pm=c") > pm[2]
