@@ -96,7 +96,7 @@ def test_last_checkpoint_every_n_steps_after_validation_and_at_the_end(tmp_path:
     assert [step for step, stage in recorder.saves if stage == "validate"] == [4, 4, 8, 8]
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 11
-    # the two ModelCheckpoints keep separate states in the checkpoint
+    # the two checkpoint callbacks keep separate states in the checkpoint
     keys = [k for k in checkpoint["callbacks"] if "Checkpoint" in k]
     assert len(keys) == 2 and any(k.startswith("LastCheckpoint") for k in keys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]

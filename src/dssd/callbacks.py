@@ -11,7 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
@@ -60,50 +60,70 @@ class DataSkipReport(pl.Callback):
         pl_module.log_dict({f"data/{k}": float(v) for k, v in counts.items()})
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(Checkpoint):
     """Writes ``last.ckpt``, the point ``ckpt_path=last`` resumes from, every N training steps.
 
     Also after every validation (so that the checkpoint holds its results: the best score so far,
-    the validation having run) and when ``fit`` ends. Lightning's own ``save_last=True`` does not
-    do this alone: it writes ``last.ckpt`` only when a top-k checkpoint is written, and at the end
-    of ``fit`` only if it never wrote one, so the final steps after the last multiple of N would be
-    lost. The file is always overwritten in place (no ``last-v1.ckpt``), also when a resumed run
-    finds it from the interrupted one. Nothing is written when training stops on an exception.
+    the validation having run) and when ``fit`` ends. Lightning's ``ModelCheckpoint`` with
+    ``save_last=True`` does not do this alone: it writes ``last.ckpt`` only when a top-k checkpoint
+    is written, and at the end of ``fit`` only if it never wrote one, so the final steps after the
+    last multiple of N would be lost. The file is always overwritten in place (no
+    ``last-v1.ckpt``), also when a resumed run finds it from the interrupted one. Nothing is
+    written when training stops on an exception. Only Lightning's public API is used: the
+    ``Checkpoint`` base class and ``Trainer.save_checkpoint``.
 
     Args:
-        dirpath: where ``last.ckpt`` goes (the run's ``checkpoints/``).
+        dirpath: where ``last.ckpt`` goes (the run's ``checkpoints/``; default
+            ``<trainer.default_root_dir>/checkpoints``).
         every_n_train_steps: write it every that many optimizer steps (0: only after validation
             and at the end).
     """
 
+    FILE_NAME = "last.ckpt"
+
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 1000) -> None:
-        super().__init__(
-            dirpath=dirpath,
-            monitor=None,
-            save_top_k=0,
-            save_last=True,
-            every_n_train_steps=every_n_train_steps,
-            enable_version_counter=False,
-        )
+        self.dirpath = dirpath
+        self.every_n_train_steps = every_n_train_steps
+        self.last_model_path = ""
+        self.saved_step: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        every = self.every_n_train_steps
+        if every > 0 and trainer.global_step % every == 0:
+            self.save(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning orders checkpoint callbacks last, so the best-checkpoint callback (listed
-        # before this one) has already recorded this validation's score.
-        if self._may_save(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # before this one) has already recorded this validation's score: write it again.
+        self.save(trainer, again=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._may_save(trainer) and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self.save(trainer)
 
-    @staticmethod
-    def _may_save(trainer: pl.Trainer) -> bool:
-        return (
-            trainer.state.fn == TrainerFn.FITTING
-            and not trainer.sanity_checking
-            and not trainer.fast_dev_run
-            and trainer.global_step > 0
-        )
+    def save(self, trainer: pl.Trainer, again: bool = False) -> None:
+        """Write ``last.ckpt`` (on every process: the strategy decides who writes), unless this
+        step is already saved (``again``: write it anyway) or nothing has been trained."""
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not fitting or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        if trainer.global_step == 0 or (not again and self.saved_step == trainer.global_step):
+            return
+        self.last_model_path = os.path.join(self.dirpath, self.FILE_NAME)
+        trainer.save_checkpoint(self.last_model_path)
+        self.saved_step = trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dirpath": self.dirpath, "last_model_path": self.last_model_path}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath") == self.dirpath:
+            self.last_model_path = state_dict.get("last_model_path", "")
 
 
 class NonFiniteLossError(UserError):
@@ -147,14 +167,14 @@ class NonFiniteLossStop(pl.Callback):
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> str | None:
-    """The most recently written checkpoint of the run's ModelCheckpoint callbacks, if any."""
-    paths = {
-        path
-        for callback in trainer.checkpoint_callbacks
-        if isinstance(callback, ModelCheckpoint)
-        for path in (callback.last_model_path, callback.best_model_path)
-        if path and os.path.isfile(path)
-    }
+    """The most recently written checkpoint of the run's checkpoint callbacks, if any."""
+    written = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            written += [callback.last_model_path, callback.best_model_path]
+        elif isinstance(callback, LastCheckpoint):
+            written.append(callback.last_model_path)
+    paths = {path for path in written if path and os.path.isfile(path)}
     return max(paths, key=os.path.getmtime) if paths else None
 
 
