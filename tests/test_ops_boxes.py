@@ -1,20 +1,18 @@
-"""Tests of dssd.ops.boxes against per-image torchvision references."""
+"""Tests of dssd.ops.boxes against per-image torchvision references, and of the box coder the
+detector config gives the loss and the post-processor."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torchvision.ops import box_convert, box_iou
 
-from dssd.ops import (
-    batched_iou,
-    cxcywh_to_xyxy,
-    decode,
-    encode,
-    pad_targets,
-    xyxy_to_cxcywh,
-)
+from dssd.ops import BoxCoder, batched_iou, pad_targets
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
 
@@ -27,21 +25,6 @@ def random_xyxy(*shape: int, generator: torch.Generator) -> torch.Tensor:
 
 def random_priors(num: int, generator: torch.Generator) -> torch.Tensor:
     return box_convert(random_xyxy(num, generator=generator), "xyxy", "cxcywh")
-
-
-def test_conversions_match_torchvision_and_invert() -> None:
-    g = torch.Generator().manual_seed(0)
-    xyxy = random_xyxy(3, 5, generator=g)
-    cxcywh = xyxy_to_cxcywh(xyxy)
-    assert cxcywh.shape == (3, 5, 4)
-    torch.testing.assert_close(
-        cxcywh, box_convert(xyxy.reshape(-1, 4), "xyxy", "cxcywh").reshape(3, 5, 4)
-    )
-    # Bitwise equal: matching tests rely on identical IoU arithmetic.
-    assert torch.equal(
-        cxcywh_to_xyxy(cxcywh).reshape(-1, 4), box_convert(cxcywh.reshape(-1, 4), "cxcywh", "xyxy")
-    )
-    torch.testing.assert_close(cxcywh_to_xyxy(cxcywh), xyxy)
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -66,7 +49,7 @@ def test_encode_known_values() -> None:
     priors = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
     gt_cxcywh = torch.tensor([[[0.52, 0.46, 0.3, 0.1]]])
 
-    enc = encode(cxcywh_to_xyxy(gt_cxcywh), priors, VARIANCES)
+    enc = BoxCoder(VARIANCES).encode(box_convert(gt_cxcywh, "cxcywh", "xyxy"), priors)
 
     expected = torch.tensor(
         [
@@ -83,25 +66,34 @@ def test_encode_known_values() -> None:
     torch.testing.assert_close(enc, expected)
 
 
-def test_encode_decode_round_trip() -> None:
+@pytest.mark.parametrize("variances", [VARIANCES, (0.2, 0.3, 0.4, 0.5)])
+def test_encode_decode_round_trip(variances: tuple[float, ...]) -> None:
     g = torch.Generator().manual_seed(2)
+    coder = BoxCoder(variances)
     priors = random_priors(50, g)
     gt = random_xyxy(3, 50, generator=g)
 
-    loc = encode(gt, priors, VARIANCES)
+    loc = coder.encode(gt, priors)
     assert loc.shape == (3, 50, 4)
-    torch.testing.assert_close(decode(loc, priors, VARIANCES), gt, atol=1e-5, rtol=0)
+    torch.testing.assert_close(coder.decode(loc, priors), gt, atol=1e-5, rtol=0)
 
     loc = torch.randn(3, 50, 4, generator=g)
     torch.testing.assert_close(
-        encode(decode(loc, priors, VARIANCES), priors, VARIANCES), loc, atol=1e-4, rtol=0
+        coder.encode(coder.decode(loc, priors), priors), loc, atol=1e-4, rtol=0
     )
+
+
+def test_box_coder_takes_any_sequence_of_four_variances() -> None:
+    assert BoxCoder() == BoxCoder([0.1, 0.1, 0.2, 0.2]) == BoxCoder(VARIANCES)
+    assert BoxCoder([1, 1, 2, 2]).variances == (1.0, 1.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="4 variances"):
+        BoxCoder((0.1, 0.2))
 
 
 def test_decode_zero_offsets_gives_priors() -> None:
     g = torch.Generator().manual_seed(3)
     priors = random_priors(10, g)
-    decoded = decode(torch.zeros(2, 10, 4), priors, VARIANCES)
+    decoded = BoxCoder(VARIANCES).decode(torch.zeros(2, 10, 4), priors)
     torch.testing.assert_close(decoded, box_convert(priors, "cxcywh", "xyxy").expand(2, -1, -1))
 
 
@@ -134,3 +126,22 @@ def test_pad_targets_all_empty() -> None:
     assert boxes.shape == (2, 1, 4) and labels.shape == (2, 1)
     assert boxes.dtype == torch.float32 and labels.dtype == torch.int64
     assert (boxes == 0).all() and (labels == 0).all()
+
+
+@pytest.mark.parametrize("variances", [None, (0.2, 0.3, 0.4, 0.5)])
+def test_loss_and_postprocessor_from_the_config_share_the_box_coder(
+    variances: tuple[float, ...] | None,
+) -> None:
+    """The config sets the variances once (the loss's coder) and the post-processor follows, so
+    it decodes what the loss encodes."""
+    overrides = [] if variances is None else [f"model.loss.box_coder.variances={list(variances)}"]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        model_cfg = compose("train", overrides=overrides).model
+    loss, postprocess = instantiate(model_cfg.loss), instantiate(model_cfg.postprocess)
+
+    assert loss.box_coder == postprocess.box_coder == BoxCoder(variances or VARIANCES)
+    g = torch.Generator().manual_seed(5)
+    priors = random_priors(20, g)
+    gt = random_xyxy(2, 20, generator=g)
+    decoded = postprocess.box_coder.decode(loss.box_coder.encode(gt, priors), priors)
+    torch.testing.assert_close(decoded, gt, atol=1e-5, rtol=0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import box_convert, nms
 
-from dssd.ops import PostProcessor
+from dssd.ops import BoxCoder, PostProcessor
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
@@ -71,7 +71,7 @@ def assert_same_detections(result: list[dict], expected: list[dict]) -> None:
 
 
 def run_both(loc, conf, priors, orig_sizes, **kwargs) -> tuple[list[dict], list[dict], int]:
-    result = PostProcessor(variances=VARIANCES, **kwargs)(loc, conf, priors, orig_sizes)
+    result = PostProcessor(box_coder=BoxCoder(VARIANCES), **kwargs)(loc, conf, priors, orig_sizes)
     expected, most_before_cut = reference_postprocess(loc, conf, priors, orig_sizes, **kwargs)
     return result, expected, most_before_cut
 
@@ -135,7 +135,7 @@ def test_postprocess_on_gpu_equals_the_reference() -> None:
     """The GPU path (one batched_nms call) gives the CPU reference's detections."""
     loc, conf, priors, orig_sizes = make_inputs(4, 150, 5, seed=1)
     kwargs = dict(score_threshold=0.05, top_k=400, nms_iou=0.45, max_detections=1000)
-    result = PostProcessor(variances=VARIANCES, **kwargs)(
+    result = PostProcessor(box_coder=BoxCoder(VARIANCES), **kwargs)(
         loc.cuda(), conf.cuda(), priors.cuda(), orig_sizes.cuda()
     )
     expected, _ = reference_postprocess(loc, conf, priors, orig_sizes, **kwargs)

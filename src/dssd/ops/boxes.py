@@ -1,24 +1,14 @@
-"""Box format conversions, batched IoU, SSD box coding and target padding."""
+"""Batched IoU, SSD box coding and target padding."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-
-Variances = tuple[float, float, float, float]
-
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """Convert ``(cx, cy, w, h)`` boxes to ``(x1, y1, x2, y2)``; any leading dims."""
-    cxcy, wh = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([cxcy - 0.5 * wh, cxcy + 0.5 * wh], dim=-1)
-
-
-def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """Convert ``(x1, y1, x2, y2)`` boxes to ``(cx, cy, w, h)``; any leading dims."""
-    x1y1, x2y2 = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([0.5 * (x1y1 + x2y2), x2y2 - x1y1], dim=-1)
+from torchvision.ops import box_convert
 
 
 def _area(boxes: Tensor) -> Tensor:
@@ -48,30 +38,48 @@ def batched_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / union
 
 
-def encode(matched_xyxy: Tensor, priors: Tensor, variances: Variances) -> Tensor:
-    """Encode xyxy boxes as SSD offsets relative to their priors.
+@dataclass(frozen=True)
+class BoxCoder:
+    """SSD box coding: a box as offsets from its prior (default box), scaled by ``variances``.
 
-    Args:
-        matched_xyxy: ``[B, P, 4]`` box assigned to each prior, xyxy.
-        priors: ``[P, 4]`` cxcywh.
-        variances: scales of the (cx, cy, w, h) offsets.
+    The loss encodes its regression targets and the post-processor decodes the predictions with
+    the same coder, so that both read the offsets alike.
 
-    Returns:
-        ``[B, P, 4]`` regression targets ``((g_c - p_c) / (v * p_wh), log(g_wh / p_wh) / v)``.
+    Attributes:
+        variances: scales of the ``(cx, cy, w, h)`` offsets; SSD's are ``(0.1, 0.1, 0.2, 0.2)``.
     """
-    var = priors.new_tensor(variances)
-    g = xyxy_to_cxcywh(matched_xyxy)
-    cxcy = (g[..., :2] - priors[:, :2]) / (var[:2] * priors[:, 2:])
-    wh = torch.log(g[..., 2:] / priors[:, 2:]) / var[2:]
-    return torch.cat([cxcy, wh], dim=-1)
 
+    variances: Sequence[float] = (0.1, 0.1, 0.2, 0.2)
 
-def decode(loc: Tensor, priors: Tensor, variances: Variances) -> Tensor:
-    """Invert :func:`encode`: SSD offsets ``[B, P, 4]`` to xyxy boxes ``[B, P, 4]``."""
-    var = priors.new_tensor(variances)
-    cxcy = priors[:, :2] + loc[..., :2] * var[:2] * priors[:, 2:]
-    wh = priors[:, 2:] * torch.exp(loc[..., 2:] * var[2:])
-    return cxcywh_to_xyxy(torch.cat([cxcy, wh], dim=-1))
+    def __post_init__(self) -> None:
+        # a plain tuple of four floats, whatever sequence the config gives
+        variances = tuple(float(v) for v in self.variances)
+        if len(variances) != 4:
+            raise ValueError(f"need 4 variances (cx, cy, w, h), got {variances}")
+        object.__setattr__(self, "variances", variances)
+
+    def encode(self, boxes: Tensor, priors: Tensor) -> Tensor:
+        """Encode xyxy boxes as offsets from their priors.
+
+        Args:
+            boxes: ``[..., 4]`` xyxy, the box assigned to each prior.
+            priors: ``[..., 4]`` cxcywh, broadcastable with ``boxes``.
+
+        Returns:
+            ``[..., 4]`` regression targets ``((g_c - p_c) / (v * p_wh), log(g_wh / p_wh) / v)``.
+        """
+        var = priors.new_tensor(self.variances)
+        g = box_convert(boxes, "xyxy", "cxcywh")
+        cxcy = (g[..., :2] - priors[..., :2]) / (var[:2] * priors[..., 2:])
+        wh = torch.log(g[..., 2:] / priors[..., 2:]) / var[2:]
+        return torch.cat([cxcy, wh], dim=-1)
+
+    def decode(self, loc: Tensor, priors: Tensor) -> Tensor:
+        """Invert :meth:`encode`: offsets ``[..., 4]`` to xyxy boxes ``[..., 4]``."""
+        var = priors.new_tensor(self.variances)
+        cxcy = priors[..., :2] + loc[..., :2] * var[:2] * priors[..., 2:]
+        wh = priors[..., 2:] * torch.exp(loc[..., 2:] * var[2:])
+        return box_convert(torch.cat([cxcy, wh], dim=-1), "cxcywh", "xyxy")
 
 
 def pad_targets(

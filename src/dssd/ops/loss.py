@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dssd.ops.boxes import Variances, encode, pad_targets
+from dssd.ops.boxes import BoxCoder, pad_targets
 from dssd.ops.matching import match_indices
 
 
@@ -38,20 +38,21 @@ class MultiBoxLoss(nn.Module):
 
     ``(sum of softmax CE over positives and mined negatives
     + loc_weight * sum of Smooth-L1 over positives) / N`` with ``N`` the number of positive
-    priors in the batch; it is 0 (still attached to the graph) when ``N = 0``.
+    priors in the batch; it is 0 (still attached to the graph) when ``N = 0``. The regression
+    targets are the matched boxes encoded by ``box_coder`` (SSD's variances by default).
     """
 
     def __init__(
         self,
         iou_threshold: float = 0.5,
         neg_pos_ratio: float = 3.0,
-        variances: Variances = (0.1, 0.1, 0.2, 0.2),
+        box_coder: BoxCoder | None = None,
         loc_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.iou_threshold = iou_threshold
         self.neg_pos_ratio = neg_pos_ratio
-        self.variances = tuple(variances)
+        self.box_coder = box_coder if box_coder is not None else BoxCoder()
         self.loc_weight = loc_weight
 
     def forward(
@@ -78,7 +79,7 @@ class MultiBoxLoss(nn.Module):
             # only positives have a regression target: gather and encode just those
             image_index, prior_index = positive.nonzero().unbind(1)
             matched_boxes = gt_boxes[image_index, gt_index[image_index, prior_index]]
-            loc_target = encode(matched_boxes, priors[prior_index], self.variances)
+            loc_target = self.box_coder.encode(matched_boxes, priors[prior_index])
             # rank the negatives by their background loss, -log softmax(conf)[0]; only the ranking
             # needs every prior, so the cross-entropy and its gradient cover just the kept priors
             # (a dense CE backward over B x P x (C + 1) logits is most of this loss's time on CPU)

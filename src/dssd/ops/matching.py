@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_convert
 
-from dssd.ops.boxes import batched_iou, cxcywh_to_xyxy
+from dssd.ops.boxes import batched_iou
 
 
 def match(
@@ -21,7 +22,7 @@ def match(
     """
     gt_index, labels = match_indices(priors, gt_boxes, gt_labels, iou_threshold)
     boxes = torch.gather(gt_boxes, 1, gt_index[:, :, None].expand(-1, -1, 4))
-    boxes = torch.where((labels > 0)[:, :, None], boxes, cxcywh_to_xyxy(priors))
+    boxes = torch.where((labels > 0)[:, :, None], boxes, box_convert(priors, "cxcywh", "xyxy"))
     return boxes, labels
 
 
@@ -46,7 +47,7 @@ def match_indices(
         label is not 0) and ``labels [B, P]`` int64 (0 = background). The loss gathers just the
         positives' boxes from it, which is cheaper than :func:`match`'s box for every prior.
     """
-    priors_xyxy = cxcywh_to_xyxy(priors)
+    priors_xyxy = box_convert(priors, "cxcywh", "xyxy")
     # the [B, N, P] IoU and its temporaries are big (32 x 10 x 17080 floats: 22 MB each); a few
     # images at a time keeps them in cache, which is several times faster on CPU
     chunk = max(1, _CHUNK_ELEMENTS // max(1, gt_labels.shape[1] * len(priors)))

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms
 
-from dssd.ops.boxes import Variances, decode
+from dssd.ops.boxes import BoxCoder
 
 
 class PostProcessor(nn.Module):
@@ -14,11 +14,12 @@ class PostProcessor(nn.Module):
 
     Per image and foreground class: keep priors whose softmax score is > ``score_threshold``,
     keep the ``top_k`` best, apply NMS at ``nms_iou``; then keep the ``max_detections``
-    best detections of the image over all classes. Decoded boxes are clamped to [0, 1]
-    before being scaled to pixels. The whole batch is handled at once: one threshold and one
-    sort bring the passing scores of every (image, class) together (or one dense top-k when most
-    scores pass, as with an untrained network), only those candidates are decoded, and NMS runs on
-    each (image, class) slice in turn on a CPU, in one ``batched_nms`` call on a GPU.
+    best detections of the image over all classes. Boxes are decoded by ``box_coder`` (the one the
+    loss encodes with; SSD's variances by default) and clamped to [0, 1] before being scaled to
+    pixels. The whole batch is handled at once: one threshold and one sort bring the passing
+    scores of every (image, class) together (or one dense top-k when most scores pass, as with an
+    untrained network), only those candidates are decoded, and NMS runs on each (image, class)
+    slice in turn on a CPU, in one ``batched_nms`` call on a GPU.
     """
 
     def __init__(
@@ -27,14 +28,14 @@ class PostProcessor(nn.Module):
         top_k: int = 400,
         nms_iou: float = 0.45,
         max_detections: int = 200,
-        variances: Variances = (0.1, 0.1, 0.2, 0.2),
+        box_coder: BoxCoder | None = None,
     ) -> None:
         super().__init__()
         self.score_threshold = score_threshold
         self.top_k = top_k
         self.nms_iou = nms_iou
         self.max_detections = max_detections
-        self.variances = tuple(variances)
+        self.box_coder = box_coder if box_coder is not None else BoxCoder()
 
     @torch.no_grad()
     def forward(
@@ -84,8 +85,8 @@ class PostProcessor(nn.Module):
             )
             scores, groups = scores[order], groups[order]
         # candidates are now contiguous per (image, class), by decreasing score within a group
-        boxes = decode(
-            loc[image_index, prior_index].float(), priors[prior_index].float(), self.variances
+        boxes = self.box_coder.decode(
+            loc[image_index, prior_index].float(), priors[prior_index].float()
         )
         boxes = boxes.clamp(0.0, 1.0)
         if boxes.is_cuda:
