@@ -28,6 +28,7 @@ from collections import Counter
 import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 # Exact types: a subclass may override ``forward`` and no longer be a plain convolution / BN.
 _CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
@@ -117,27 +118,35 @@ def _has_hooks(module: nn.Module) -> bool:
 def _fold_into_conv(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
     """Scale ``conv``'s weight and set its bias so that it computes ``bn(conv(x))`` (eval mode).
 
-    The per-channel scale and bias are computed in float64 and rounded once to the conv's dtype.
+    The arithmetic is :func:`torch.nn.utils.fusion.fuse_conv_bn_weights`', done in float64 and
+    rounded once to the conv's dtype. A transposed conv's weight is handed over in a conv's layout:
+    that function's ``transpose=True`` cannot scale the output channels of a grouped one.
     """
-    scale = (bn.running_var.double() + bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    bias = -bn.running_mean.double()
-    if conv.bias is not None:
-        bias = bias + conv.bias.double()
-    bias = bias * scale
-    if bn.bias is not None:
-        bias = bias + bn.bias.double()
-
-    scale = scale.to(conv.weight.dtype)
-    if isinstance(conv, nn.ConvTranspose2d):
-        # weight: [in, out / groups, kh, kw]; output channel g * out/groups + j is [g-th group, j]
-        groups = conv.groups
-        conv.weight.unflatten(0, (groups, -1)).mul_(scale.view(groups, 1, -1, 1, 1))
-    else:
-        conv.weight.mul_(scale.view(-1, 1, 1, 1))  # weight: [out, in / groups, kh, kw]
-
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    weight = conv.weight.double()
+    if transposed:
+        weight = _swap_in_out(weight, conv.groups)
+    weight, bias = fuse_conv_bn_weights(
+        weight,
+        _double(conv.bias),
+        bn.running_mean.double(),
+        bn.running_var.double(),
+        bn.eps,
+        _double(bn.weight),
+        _double(bn.bias),
+    )
+    conv.weight.copy_(_swap_in_out(weight, conv.groups) if transposed else weight)
     if conv.bias is None:
         conv.bias = nn.Parameter(bias.to(conv.weight.dtype), conv.weight.requires_grad)
     else:
         conv.bias.copy_(bias)
+
+
+def _double(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.double()
+
+
+def _swap_in_out(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A transposed conv's weight ``[in, out / groups, kh, kw]`` as ``[out, in / groups, kh, kw]``,
+    the layout of a conv's, and back (the same rearrangement, by groups, inverts itself)."""
+    return weight.unflatten(0, (groups, -1)).transpose(1, 2).flatten(0, 1)
