@@ -14,8 +14,8 @@ ABLATION ?= $(if $(DATA),$(DATA)_$(MODEL_SIZE),shapes)
 TRAIN_ARGS ?=
 # `make ablation SEEDS=3`: every row once per seed, seeds 0..SEEDS-1 (default: the config's [0])
 SEEDS ?=
-# `make bench`: options of the speed benchmark (python -m dssd.tools.benchmark --help) and of
-# the baselines' benchmark
+# `make bench`: options of the speed benchmark (python -m benchmarks.speed --help) and of the
+# baselines' benchmark (python -m benchmarks.baselines --help)
 BENCH_ARGS ?=
 BENCH_ARGS_BASELINES ?=
 
@@ -51,8 +51,8 @@ ablation: data
 # baselines; see docs/benchmarks.md. `BENCH_ARGS="--profile DIR"` adds profiler traces.
 # On a GPU: make bench BENCH_ARGS="--bf16 --channels-last --large-batch 64 data.num_workers=12"
 bench: install
-	$(PY) -m dssd.tools.benchmark $(BENCH_ARGS)
-	$(PY) -m dssd.tools.benchmark_baselines $(BENCH_ARGS_BASELINES)
+	$(PY) -m benchmarks.speed $(BENCH_ARGS)
+	$(PY) -m benchmarks.baselines $(BENCH_ARGS_BASELINES)
 
 # Fast suite (slow tests excluded); `make test-full` runs everything.
 test: install
@@ -62,12 +62,12 @@ test-full: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

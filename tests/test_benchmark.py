@@ -1,7 +1,8 @@
-"""`python -m dssd.tools.benchmark` (make bench) on the smallest models: a smoke run of every
-figure of the table, training fed by the tiny shapes set's loader and the profile included. No
-timing is asserted, only that each figure exists and is positive, that the box counts are the
-networks', that BN folding left the outputs unchanged and that the profiles were written."""
+"""`python -m benchmarks.speed` (make bench) on the smallest models: a smoke run of every
+figure of the table, training fed by the tiny shapes set's loader and the profile included, and
+of the loader section. No timing is asserted, only that each figure exists and is positive, that
+the box counts are the networks', that BN folding left the outputs unchanged, that the training
+step is the configured optimiser's and that the profiles were written."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.plugins.precision import MixedPrecision
 
+from benchmarks import speed
+from benchmarks.common import build_net, compose_config, random_targets
 from conftest import tiny_data
 from dssd.models import fold_batchnorm
-from dssd.tools import benchmark, benchmark_data, benchmark_fold
-from dssd.tools.timing import build_net, max_output_difference
 
 MODELS = ["ssd_r18", "dssd_r18"]
 
@@ -31,7 +33,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_shapes: Path) -> tuple[di
     args += ["--profile", str(out / "profile"), *tiny_data(tiny_shapes)]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        report = benchmark.main(args)
+        report = speed.main(args)
     text = (out / "bench.md").read_text()
     assert text in printed.getvalue()  # the table printed is the one saved
     return report, text, (out / "bench.json").read_text()
@@ -49,9 +51,9 @@ def test_table_has_every_row(run: tuple[dict, str, str]) -> None:
         assert rows == [(1, "unfolded"), (1, "folded"), (2, "unfolded"), (2, "folded")]
         for batch, bn in rows:
             assert f"| {r['model']} | 193 | {r['boxes']:,} | {batch} | {bn} |" in text
-        assert [ratio["batch"] for ratio in benchmark.fold_ratios(r)] == [1, 2]
+        assert [ratio["batch"] for ratio in speed.fold_ratios(r)] == [1, 2]
         assert f"| {r['model']} | 2 |" in text  # the training row
-    assert "BN folding speed-up" in text and "Training" in text
+    assert "BN folding speed-up" in text and "backward + SGD step" in text
 
 
 def test_figures_are_positive(run: tuple[dict, str, str]) -> None:
@@ -64,6 +66,7 @@ def test_figures_are_positive(run: tuple[dict, str, str]) -> None:
             # untrained weights: every image keeps the full 200 detections
             assert 0 < row["detections_per_image"] <= 200
         assert r["training"]["batch"] == 2 and r["training"]["images_per_s"] > 0
+        assert r["training"]["optimizer"] == "SGD"  # the paper's, the default override
         assert r["batchnorms"] > 0 and r["batchnorms_left_folded"] == 0
 
 
@@ -100,15 +103,18 @@ def test_profiles_name_the_operators(run: tuple[dict, str, str]) -> None:
 
 
 def test_fed_overrides_replace_the_data_config() -> None:
-    args = benchmark.parse_args(["--train-data", "coco", "data.num_workers=3"])
-    assert args.overrides == ["data=voc0712", "data.num_workers=3"]
-    assert benchmark.fed_overrides(args) == ["data=coco", "data.num_workers=3"]
+    args = speed.parse_args(["--train-data", "coco", "data.num_workers=3"])
+    assert args.overrides == ["data=voc0712", "optimizer=sgd", "data.num_workers=3"]
+    assert speed.fed_overrides(args) == ["data=coco", "optimizer=sgd", "data.num_workers=3"]
+    # a chosen data config or optimiser is kept
+    args = speed.parse_args(["data=coco", "optimizer=adamw"])
+    assert args.overrides == ["data=coco", "optimizer=adamw"]
 
 
 def test_too_few_images_for_a_batch_is_a_clear_error(tiny_shapes: Path) -> None:
-    cfg = benchmark.compose_config("ssd_r18", None, ["data=shapes", *tiny_data(tiny_shapes)])
+    cfg = compose_config("ssd_r18", None, ["data=shapes", *tiny_data(tiny_shapes)])
     with pytest.raises(ValueError, match="16 training images, fewer than one batch of 64"):
-        benchmark.training_loader(cfg, 64)
+        speed.training_loader(cfg, 64)
 
 
 def test_box_counts_are_the_networks(run: tuple[dict, str, str]) -> None:
@@ -124,42 +130,74 @@ def test_folded_outputs_agree(run: tuple[dict, str, str]) -> None:
     for r in report["results"]:
         for diff in r["output_difference"].values():
             assert diff["max_abs_diff"] <= 1e-4 * max(1.0, diff["max_abs"])
-    # and directly, through the helper benchmark_fold still exports
-    assert benchmark_fold.max_output_difference is max_output_difference
+    # and directly, through the helper
     net = build_net("dssd_r18", None).eval()
     x = torch.randn(1, 3, net.image_size, net.image_size)
-    for diff, magnitude in max_output_difference(net, fold_batchnorm(net), x):
+    for diff, magnitude in speed.max_output_difference(net, fold_batchnorm(net), x):
         assert diff <= 1e-4 * max(1.0, magnitude)
 
 
 def test_paper_box_counts() -> None:
     """Table 7's default boxes: 17,080 at 321, 43,688 at 513 and SSD300's 8,732."""
     for model, boxes in [("ssd321", 17080), ("dssd513", 43688), ("ssd300_vgg", 8732)]:
-        cfg = benchmark.compose_config(model, None, ["data=voc0712"])
+        cfg = compose_config(model, None, ["data=voc0712"])
         assert instantiate(cfg.model.net).priors.shape[0] == boxes
 
 
-def test_benchmark_data_prints_the_loader_rate(
-    tiny_shapes: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`benchmark_data` over more batches than one epoch holds (16 images, batches of 4)."""
+def test_loader_section_prints_the_loader_rate(tiny_shapes: Path, tmp_path: Path) -> None:
+    """`--only loader` over more batches than one epoch holds (16 images, batches of 4), one row
+    per input size (ssd_r18 and dssd_r18 share 193) and worker count; torch's threads restored."""
     threads = torch.get_num_threads()
-    argv = ["--root", str(tiny_shapes), "--sizes", "96", "--workers", "0", "--batch-size", "4"]
-    try:
-        benchmark_data.main([*argv, "--batches", "6"])
-    finally:
-        torch.set_num_threads(threads)
-    header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["size", "workers", "batch", "images/s", "images/s/worker"]
-    size, workers, batch, rate, per_worker = row.split()
-    assert (size, workers, batch) == ("96", "0", "4")
-    assert float(rate) > 0 and float(rate) == float(per_worker)
+    argv = ["--only", "loader", "--models", *MODELS, "--loader-workers", "0", "--train-batch", "4"]
+    argv += ["--loader-batches", "6", "--device", "cpu", "--out", str(tmp_path / "loader.md")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = speed.main([*argv, *tiny_data(tiny_shapes)])
+    assert torch.get_num_threads() == threads
+    assert report["results"] == []
+    (row,) = report["loader"]
+    assert (row["image_size"], row["data"], row["workers"], row["batch"]) == (193, "shapes", 0, 4)
+    # with 0 workers the main process does the work: one worker's worth
+    assert row["images_per_s"] > 0 and row["images_per_s"] == row["images_per_s_per_worker"]
+    text = (tmp_path / "loader.md").read_text()
+    assert f"| 193 | shapes | 0 | 4 | {row['images_per_s']:.1f} |" in text
+    assert "fwd img/s" not in text and "Training" not in text
 
 
 def test_paper_ssd_rows_are_timed_with_prediction_module_c() -> None:
     # the paper's SSD321 / SSD513 of Tables 3, 6 and 7 include PM(c)
     for name in ("ssd321", "ssd513"):
-        net = benchmark.model_config(name, None, ["data=voc0712"]).model.net
+        net = speed.model_config(name, None, ["data=voc0712"]).model.net
         assert net.prediction_module.variant == "c"
-    plain = benchmark.model_config("ssd300_vgg", None, ["data=voc0712"]).model.net
+    plain = speed.model_config("ssd300_vgg", None, ["data=voc0712"]).model.net
     assert plain.prediction_module.variant == "a"
+
+
+def test_training_step_uses_the_configured_optimizer() -> None:
+    """One step with optimizer=adamw moves every parameter that has a gradient by about the
+    learning rate (Adam's first step: lr * g / |g|), which an SGD step does not."""
+    args = speed.parse_args(["--device", "cpu", "optimizer=adamw"])
+    cfg = speed.model_config("ssd_r18", None, args.overrides)
+    net = instantiate(cfg.model.net)
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.randn(2, 3, net.image_size, net.image_size)
+    speed.training_step(net, cfg, args)(x, random_targets(2, net.num_classes))
+    lr = cfg.model.optimizer.lr
+    moved = torch.cat(
+        [
+            (p.detach() - b).abs().flatten()
+            for p, b in zip(net.parameters(), before, strict=True)
+            if p.grad is not None
+        ]
+    )
+    assert moved.max() <= 1.01 * lr
+    assert (moved > 0.9 * lr).float().mean() > 0.5
+
+
+def test_bf16_is_lightnings_mixed_precision() -> None:
+    plugin = speed.precision(speed.parse_args(["--device", "cpu", "--bf16"]))
+    assert isinstance(plugin, MixedPrecision) and plugin.precision == "bf16-mixed"
+    with plugin.train_step_context():
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with speed.precision(speed.parse_args(["--device", "cpu"])).train_step_context():
+        assert not torch.is_autocast_enabled("cpu")

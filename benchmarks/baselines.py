@@ -13,9 +13,9 @@
 Every comparison also checks that both sides compute the same thing (losses, positives,
 detections, AP). Ratios are baseline / ours: > 1 means ours is faster.
 
-    python -m dssd.tools.benchmark_baselines            # defaults: ~6-9 min on 2 busy CPU cores
-    python -m dssd.tools.benchmark_baselines --quick    # small sizes, under a minute
-    python -m dssd.tools.benchmark_baselines --out table.md --json results.json
+    python -m benchmarks.baselines            # defaults: ~6-9 min on 2 busy CPU cores
+    python -m benchmarks.baselines --quick    # small sizes, under a minute
+    python -m benchmarks.baselines --out table.md --json results.json
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,9 +34,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
-from torchvision.ops import box_iou
+from torchvision.ops import box_convert, box_iou
 
-from dssd.ops import MultiBoxLoss, PostProcessor, cxcywh_to_xyxy, match, pad_targets
+from benchmarks.common import build_net, environment, median, random_targets, time_in_turn
+from dssd.ops import MultiBoxLoss, PostProcessor, match, pad_targets
 
 NUM_CLASSES = 21  # VOC: 20 classes + background
 LOSS_TARGET = 5.0
@@ -68,17 +67,10 @@ class Row:
         return "yes" if self.ratio >= self.target else "no"
 
 
-def time_pair(fns: Sequence[Callable[[], object]], iters: int, warmup: int = 1) -> list[float]:
-    """Median milliseconds of each function, called in turn (order alternating) ``iters`` times."""
-    times: list[list[float]] = [[] for _ in fns]
-    for i in range(warmup + iters):
-        order = range(len(fns)) if i % 2 == 0 else reversed(range(len(fns)))
-        for k in order:
-            start = time.perf_counter()
-            fns[k]()
-            if i >= warmup:
-                times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+def time_pair(fns: Sequence[Callable[[], object]], iters: int) -> list[float]:
+    """Median milliseconds of each function, called in turn (order alternating) ``iters`` times
+    after one untimed call."""
+    return [1e3 * median(t) for (t,) in time_in_turn([[f] for f in fns], iters)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,14 +79,12 @@ def time_pair(fns: Sequence[Callable[[], object]], iters: int, warmup: int = 1) 
 
 def model_priors(model: str) -> Tensor:
     """``net.priors`` ``[P, 4]`` (cxcywh, normalised) of ``conf/model/<model>.yaml`` on VOC."""
-    from dssd.tools.benchmark_fold import build_net
-
     return build_net(model, None, ["data=voc0712"]).priors.detach().clone()
 
 
 def priors_to_anchors(priors: Tensor, image_size: int) -> Tensor:
     """Our normalised cxcywh priors as torchvision's xyxy anchors in pixels."""
-    return cxcywh_to_xyxy(priors) * image_size
+    return box_convert(priors, "cxcywh", "xyxy") * image_size
 
 
 def torchvision_ssd(image_size: int, num_classes: int = NUM_CLASSES) -> SSD:
@@ -116,22 +106,6 @@ def torchvision_ssd(image_size: int, num_classes: int = NUM_CLASSES) -> SSD:
         topk_candidates=400,
         positive_fraction=0.25,
     )
-
-
-def random_targets(
-    batch_size: int, num_classes: int = NUM_CLASSES, max_objects: int = 10, seed: int = 0
-) -> list[dict[str, Tensor]]:
-    """1-``max_objects`` random boxes per image (xyxy normalised, sides 0.05-0.8), any class."""
-    g = torch.Generator().manual_seed(seed)
-    targets = []
-    for _ in range(batch_size):
-        n = int(torch.randint(1, max_objects + 1, (1,), generator=g))
-        wh = 0.05 + 0.75 * torch.rand(n, 2, generator=g)
-        xy = torch.rand(n, 2, generator=g) * (1 - wh)
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        labels = torch.randint(1, num_classes, (n,), generator=g)
-        targets.append({"boxes": boxes, "labels": labels})
-    return targets
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +143,7 @@ class LossInputs:
 
 
 def loss_inputs(priors: Tensor, image_size: int, batch_size: int, seed: int = 0) -> LossInputs:
-    targets = random_targets(batch_size, seed=seed)
+    targets = random_targets(batch_size, NUM_CLASSES - 1, seed=seed)
     targets_px = [{"boxes": t["boxes"] * image_size, "labels": t["labels"]} for t in targets]
     anchors = [priors_to_anchors(priors, image_size)] * batch_size
     g = torch.Generator().manual_seed(seed + 1)
@@ -523,8 +497,6 @@ def bench_coco(num_images: int) -> list[Row]:
 def bench_end_to_end(batch_sizes: Sequence[int], iters: int) -> list[Row]:
     from torchvision.models.detection import ssd300_vgg16
 
-    from dssd.tools.benchmark_fold import build_net
-
     ours_net = build_net("ssd300_vgg", None, ["data=voc0712"]).eval()
     post = PostProcessor()
     tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).eval()
@@ -560,29 +532,6 @@ def bench_end_to_end(batch_sizes: Sequence[int], iters: int) -> list[Row]:
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment() -> dict[str, object]:
-    import os
-
-    return {
-        "device": "cpu",
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-
-
 def format_table(rows: Sequence[Row]) -> str:
     lines = [
         "| what | ours ms | baseline ms | ratio (baseline/ours) | target | met |",
@@ -603,7 +552,7 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m dssd.tools.benchmark_baselines", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.baselines", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="small sizes and iterations")
     parser.add_argument("--iters", type=int, help="timed calls per side (default 5, quick 2)")
@@ -627,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     batch_size = args.batch_size or (4 if quick else 32)
     coco_images = args.coco_images or (200 if quick else 5000)
     only = set(args.only or ["loss", "postprocess", "coco", "e2e"])
-    env = environment()
+    env = environment(torch.device("cpu"))
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
 
     rows: list[Row] = []
