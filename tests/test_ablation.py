@@ -23,11 +23,11 @@ from dssd.ablation import (
     plan,
     run_dir,
     select_rows,
-    table_markdown,
     train_command,
 )
 from dssd.config import register_resolvers
 from dssd.errors import UserError
+from dssd.results.tables import table4_markdown
 from test_configs import compose_train, resolve_with_hydra
 
 CONF = ROOT / "conf"
@@ -356,7 +356,7 @@ def test_table_marks_only_intervals_that_exclude_zero() -> None:
             "delta_excludes_zero": False,
         },  # fmt: skip
     ]
-    text = table_markdown(records, "shapes", [0, 1, 2])
+    text = table4_markdown(records, "shapes", [0, 1, 2])
     assert "| base | 77.1 | 50.0 ± 1.2 | – | – |" in text
     assert "| up | 77.1 | 50.0 ± 1.2 | +3.0 [+1.0, +5.0]* | base |" in text
     assert "| flat | 77.1 | 50.0 ± 1.2 | +0.5 [-1.0, +2.0] | base |" in text

@@ -86,13 +86,15 @@ def test_ablation_notebook(tiny_ablation: Path, monkeypatch: pytest.MonkeyPatch)
     for figure in ("voc_map", "per_class_ap", "val_map_50"):
         assert_png(tiny_ablation / "figures" / f"{figure}.png")
 
-    # W&B section: the offline runs of the runs that have them, else a note
-    offline = {run for run in RUNS if any((tiny_ablation / run).glob("wandb/off*"))}
-    assert offline == set(RUNS)  # the fixture logs to W&B, offline
-    found = cell_text(notebook, "load_wandb_offline")
-    assert all(run in found for run in offline) and "test/voc_map" in found
-    # one curve per run, from W&B where the run has offline runs, else from its CSV logs
-    expected = {run: "W&B offline" if run in offline else "CSV" for run in RUNS}
+    # W&B section: each run's offline run (the fixture logs to W&B, offline) with its test results
+    offline = {run: list((tiny_ablation / run).glob("wandb/offline-run-*")) for run in RUNS}
+    assert all(len(folders) == 1 for folders in offline.values())
+    found = cell_text(notebook, "wandb_offline_runs")
+    assert "test/voc_map" in found
+    for run, (folder,) in offline.items():
+        assert run in found and folder.name.rsplit("-", 1)[-1] in found, run
+    # one curve per run, from the CSV log that the W&B logger writes next to its own
+    expected = dict.fromkeys(RUNS, "CSV")
     sources = {}
     for line in cell_text(notebook, "run_curve").splitlines():
         words = line.split()

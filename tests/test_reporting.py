@@ -5,13 +5,42 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import run_entry_point, tiny_data
-from dssd.report import results_tables
-from dssd.wandb_offline import wandb_records
+from dssd.results.tables import results_tables
+
+
+def wandb_records(path: Path) -> Iterator[Any]:
+    """The records (``wandb_internal_pb2.Record``) of an offline W&B run file, to check what a run
+    sent to W&B. The file is W&B's own format, a LevelDB-style log: a 7-byte header, then 32 KiB
+    blocks of chunks, each with a 7-byte header (CRC, length, type: 1 full, 2 first, 3 middle,
+    4 last); a block's tail shorter than a chunk header is padding. wandb ships no reader."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, block, payload = 7, 32768, b""
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            break
+        payload += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            payload = b""
+            yield record
 
 
 def test_wandb_offline_run_holds_metrics_table_and_box_images(tiny_wandb_run: Path) -> None:

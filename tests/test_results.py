@@ -1,5 +1,6 @@
-"""dssd.results: runs, tables, CSV logs and W&B runs (offline, and online through a stand-in for
-W&B's API) loaded into DataFrames that match the files they come from."""
+"""dssd.results.runs and dssd.results.wandb_runs: runs, tables, CSV logs and W&B runs (offline,
+and online through a stand-in for W&B's API) loaded into DataFrames that match the files they
+come from."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from dssd import results
+from dssd.results import wandb_runs
+from dssd.results.runs import (
+    load_csv_metrics,
+    load_runs,
+    load_table,
+    per_class_ap,
+    read_test_results,
+    write_results_json,
+)
 
 
 def write_run(run_dir: Path, name: str, voc_map: float, per_class: dict) -> dict:
@@ -33,7 +42,7 @@ def test_load_runs_and_per_class_ap_match_the_json_files(tmp_path: Path) -> None
     a = write_run(tmp_path / "a", "ssd-pm_a", 0.5, {"circle": 0.25, "square": None})
     b = write_run(tmp_path / "b", "ssd-pm_b", 0.75, {"circle": 0.5, "square": 1.0})
 
-    runs = results.load_runs([tmp_path / "a", tmp_path / "b"])
+    runs = load_runs([tmp_path / "a", tmp_path / "b"])
     assert list(runs.index) == ["a", "b"]
     for label, record in (("a", a), ("b", b)):
         row = runs.loc[label]
@@ -44,22 +53,39 @@ def test_load_runs_and_per_class_ap_match_the_json_files(tmp_path: Path) -> None
         assert row["test/map"] == record["metrics"]["test/map"]
     assert "train/loss" not in runs  # the test metrics only
 
-    labelled = results.load_runs({"first": tmp_path / "b"})
+    labelled = load_runs({"first": tmp_path / "b"})
     assert list(labelled.index) == ["first"] and labelled.loc["first", "test/voc_map"] == 0.75
 
-    ap = results.per_class_ap([tmp_path / "a", tmp_path / "b"])
+    ap = per_class_ap([tmp_path / "a", tmp_path / "b"])
     assert list(ap.columns) == ["circle", "square"] and list(ap.index) == ["a", "b"]
     assert ap.loc["a", "circle"] == 0.25 and math.isnan(ap.loc["a", "square"])
     assert ap.loc["b", "square"] == 1.0
 
     with pytest.raises(FileNotFoundError, match="did not finish"):
-        results.load_runs([tmp_path / "missing"])
+        load_runs([tmp_path / "missing"])
+
+
+def test_results_json_round_trips_with_nan_as_null(tmp_path: Path) -> None:
+    record = {
+        "metrics": {"test/voc_map": 0.5, "test/ap/star": float("nan")},
+        "per_class_ap": {"circle": 0.25, "star": float("nan")},
+        "stages": (0, float("inf")),
+    }
+    path = write_results_json(record, tmp_path / "run")
+    assert path == tmp_path / "run" / "test_results.json"
+    assert json.loads(path.read_text()) == {
+        "metrics": {"test/voc_map": 0.5, "test/ap/star": None},
+        "per_class_ap": {"circle": 0.25, "star": None},
+        "stages": [0, None],
+    }
+    assert read_test_results(tmp_path / "run")["per_class_ap"]["star"] is None
+    assert math.isnan(per_class_ap([tmp_path / "run"]).loc["run", "star"])
 
 
 def test_load_runs_on_a_real_run(tiny_checkpoint: Path) -> None:
     run_dir = tiny_checkpoint.parents[1]
     record = json.loads((run_dir / "test_results.json").read_text())
-    runs = results.load_runs([run_dir])
+    runs = load_runs([run_dir])
     test_metrics = {k: v for k, v in record["metrics"].items() if k.startswith("test/")}
     assert {"test/voc_map", "test/map", "test/map_50", "test/ap/circle"} <= set(test_metrics)
     row = runs.iloc[0]
@@ -70,65 +96,53 @@ def test_load_runs_on_a_real_run(tiny_checkpoint: Path) -> None:
 
 def test_load_table(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="make ablation"):
-        results.load_table(tmp_path)
+        load_table(tmp_path)
     (tmp_path / "table4.csv").write_text(
         "row,name,stage,paper_voc_map,voc_map,run_dir\n"
         "ssd_pm_a,SSD 321,0,76.4,50.5,ssd_pm_a\n"
         "dssd_prod,SSD 321 + PM(c) + DM(Eltw-prod),1,78.6,,dssd_prod\n"
     )
     for source in (tmp_path, tmp_path / "table4.csv"):
-        table = results.load_table(source)
+        table = load_table(source)
         assert list(table["row"]) == ["ssd_pm_a", "dssd_prod"]
         assert list(table["paper_voc_map"]) == [76.4, 78.6]
         assert table.loc[0, "voc_map"] == 50.5 and math.isnan(table.loc[1, "voc_map"])
 
 
 def test_load_csv_metrics_joins_the_versions_of_a_resumed_run(tmp_path: Path) -> None:
-    assert results.load_csv_metrics(tmp_path).empty
+    assert load_csv_metrics(tmp_path).empty
     for version, rows in ((0, "0,,1.5\n1,0.25,\n"), (1, "2,0.5,\n")):
         directory = tmp_path / "csv" / f"version_{version}"
         directory.mkdir(parents=True)
         (directory / "metrics.csv").write_text("step,val/map_50,train/loss\n" + rows)
-    metrics = results.load_csv_metrics(tmp_path)
+    metrics = load_csv_metrics(tmp_path)
     assert list(metrics["step"]) == [0, 1, 2]
     assert metrics["val/map_50"].dropna().tolist() == [0.25, 0.5]
 
 
-def test_load_wandb_offline_reads_a_real_offline_run(tiny_wandb_run: Path) -> None:
+def test_a_wandb_run_writes_the_csv_log_the_loaders_read(tiny_wandb_run: Path) -> None:
+    """The default logger (W&B, offline) writes the CSV log too: every scalar it logged, by the
+    trainer's step, the test metrics as test_results.json holds them."""
     record = json.loads((tiny_wandb_run / "test_results.json").read_text())
-    (run_file,) = tiny_wandb_run.glob("wandb/offline-run-*/run-*.wandb")
-    # a run dir, its wandb/ (with the latest-run link: one run, not two) or the file itself
-    for source in (tiny_wandb_run, tiny_wandb_run / "wandb", run_file):
-        runs = results.load_wandb_offline(source)
-        assert len(runs) == 1, source
-    run = runs.iloc[0]
-    assert list(runs.columns[:7]) == results.WANDB_COLUMNS
-    assert run["name"] == record["run_name"] == "dssd_r18-pm_c-prod-stage0"
-    assert run["group"] == "shapes" and run["project"] == "dssd"
-    assert {"model=dssd_r18", "pm=c", "fusion=prod", "stage=0"} <= set(run["tags"])
-    assert run["run_id"] in run_file.name and run["source"] == str(run_file.resolve())
-    assert run["config"]["model"]["net"]["image_size"] == 193  # the resolved run config
+    metrics = load_csv_metrics(tiny_wandb_run)
     for key in ("test/voc_map", "test/map", "test/map_50", "test/ap/circle"):
-        assert run[key] == pytest.approx(record["metrics"][key], abs=1e-7), key
-    # the last logged values; W&B's internal keys and media (images, tables) are left out
-    assert run["trainer/global_step"] == 2 and math.isfinite(run["val/map_50"])
-    assert not [c for c in runs.columns if c.startswith("_") or "examples" in c]
-
-    assert results.load_wandb_offline(tiny_wandb_run / "nothing").empty
-    assert list(results.load_wandb_offline([]).columns) == results.WANDB_COLUMNS
-
-
-def test_wandb_offline_history(tiny_wandb_run: Path) -> None:
-    history = results.wandb_offline_history(tiny_wandb_run, ["val/map_50", "train/loss"])
-    assert list(history.columns) == ["run_id", "name", "step", "val/map_50", "train/loss"]
-    train = history.dropna(subset=["train/loss"])
-    val = history.dropna(subset=["val/map_50"])
+        assert metrics[key].dropna().tolist() == [pytest.approx(record["metrics"][key])], key
+    train = metrics.dropna(subset=["train/loss"])
+    val = metrics.dropna(subset=["val/map_50"])
     assert list(train["step"]) == [0, 1]  # 2 iterations, logged every step
-    assert len(val) == 1 and val["train/loss"].isna().all()
-    summary = results.load_wandb_offline(tiny_wandb_run).iloc[0]
-    assert val["val/map_50"].iloc[-1] == summary["val/map_50"]
-    assert train["train/loss"].iloc[-1] == summary["train/loss"]
-    assert results.wandb_offline_history(tiny_wandb_run, ["no/such_metric"]).empty
+    assert len(val) == 1 and math.isfinite(val["val/map_50"].iloc[0])
+    assert not [c for c in metrics.columns if "examples" in c]  # media go to W&B only
+
+
+def test_wandb_offline_runs_lists_the_runs_to_sync(tiny_wandb_run: Path, tmp_path: Path) -> None:
+    (folder,) = tiny_wandb_run.glob("wandb/offline-run-*")
+    (run_file,) = folder.glob("run-*.wandb")
+    found = wandb_runs.wandb_offline_runs({"dssd": tiny_wandb_run, "none": tmp_path})
+    assert list(found.columns) == ["run", "run_id", "folder"]
+    assert found.to_dict("records") == [
+        {"run": "dssd", "run_id": run_file.stem.removeprefix("run-"), "folder": str(folder)}
+    ]  # one run: the wandb/latest-run link is not a second one
+    assert wandb_runs.wandb_offline_runs([tmp_path]).empty
 
 
 class FakeRun(SimpleNamespace):
@@ -139,7 +153,7 @@ class FakeRun(SimpleNamespace):
         return pd.DataFrame({**steps, keys[0]: [0.1, 0.2]})
 
 
-def test_online_loaders_give_the_offline_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_online_loaders_read_runs_and_curves_from_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
     import wandb
 
     run = FakeRun(
@@ -160,12 +174,12 @@ def test_online_loaders_give_the_offline_columns(monkeypatch: pytest.MonkeyPatch
             return [run]
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    runs = results.load_wandb_project("dssd", group="shapes_ablation", entity="me")
+    runs = wandb_runs.load_wandb_project("dssd", group="shapes_ablation", entity="me")
     assert calls == [("me/dssd", {"group": "shapes_ablation"})]
-    assert list(runs.columns) == [*results.WANDB_COLUMNS, "test/voc_map"]
+    assert list(runs.columns) == [*wandb_runs.WANDB_COLUMNS, "test/voc_map"]
     assert runs.iloc[0]["name"] == "ssd_r18-pm_a-stage0" and runs.iloc[0]["test/voc_map"] == 0.5
 
-    history = results.wandb_project_history("dssd")
+    history = wandb_runs.wandb_project_history("dssd")
     assert calls[-1] == ("dssd", None)
     assert list(history.columns) == ["run_id", "name", "step", "val/map_50"]
     assert list(history["step"]) == [99, 199] and list(history["val/map_50"]) == [0.1, 0.2]

@@ -18,7 +18,6 @@ paired bootstrap over the test images (``dssd.bootstrap``).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shlex
@@ -35,49 +34,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dssd.bootstrap import Difference, RunMatches, mean_ap, paired_bootstrap
 from dssd.errors import UserError
+from dssd.results.runs import read_test_results
+from dssd.results.tables import percent, table4_markdown, write_table4
 
 log = logging.getLogger(__name__)
 
-# table4.csv: one line per row (metrics in %, mean and standard deviation over the seeds)
-TABLE_COLUMNS = [
-    "row",
-    "name",
-    "model",
-    "stage",
-    "init_from",
-    "ablates",
-    "seeds",
-    "paper_voc_map",
-    "voc_map",
-    "voc_map_std",
-    "delta",
-    "delta_low",
-    "delta_high",
-    "delta_excludes_zero",
-    "coco_map",
-    "coco_map_std",
-    "coco_map_50",
-    "ap_small",
-    "ap_medium",
-    "ap_large",
-    "parameters",
-    "fit_minutes",
-    "wall_minutes",
-]
-# runs.csv: one line per run (row and seed)
-RUN_COLUMNS = [
-    "row",
-    "seed",
-    "voc_map",
-    "coco_map",
-    "coco_map_50",
-    "ap_small",
-    "ap_medium",
-    "ap_large",
-    "fit_minutes",
-    "wall_minutes",
-    "run_dir",
-]
 # test metric (as logged) of each per-run column (in %)
 METRICS = {
     "voc_map": "test/voc_map",
@@ -231,6 +192,12 @@ def plan(
     return steps
 
 
+def row_overrides(row: Row, setting: DictConfig) -> list[str]:
+    """The ``src/train.py`` overrides that make a run of ``row``: the setting's for its net
+    first, then the row's own (so they win) and its stage."""
+    return [*setting[row.net], *row.overrides, f"stage={row.stage}"]
+
+
 def train_command(
     step: Step,
     setting: DictConfig,
@@ -243,9 +210,8 @@ def train_command(
     row, seed = step.row, step.seed
     directory = run_dir(out_dir, row.id, seed)
     script = Path(__file__).resolve().parents[1] / "train.py"
-    command = [sys.executable, str(script), *setting[row.net], *row.overrides]
+    command = [sys.executable, str(script), *row_overrides(row, setting)]
     command += [
-        f"stage={row.stage}",
         f"seed={seed}",
         f"hydra.run.dir={directory}",
         f"run_group=table4-{setting_name}-{row.id}",
@@ -290,16 +256,11 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     records = summarize(
         rows, seeds, runs, out_dir, cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
     )
-    markdown = table_markdown(records, setting_name, seeds, cfg.get("confidence", 0.95))
-    md_path = out_dir / "table4.md"
-    md_path.write_text(markdown)
-    write_csv(records, out_dir / "table4.csv", TABLE_COLUMNS)
-    write_csv(runs, out_dir / "runs.csv", RUN_COLUMNS)
+    markdown = table4_markdown(records, setting_name, seeds, cfg.get("confidence", 0.95))
+    paths = write_table4(markdown, records, runs, out_dir)
     print(markdown)
-    log.info(
-        "Table written to %s, %s and %s", md_path, out_dir / "table4.csv", out_dir / "runs.csv"
-    )
-    return md_path
+    log.info("Table written to %s", ", ".join(map(str, paths)))
+    return paths[0]
 
 
 def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[dict[str, Any]]:
@@ -309,16 +270,16 @@ def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[di
     for row in rows:
         for seed in seeds:
             directory = run_dir(out_dir, row.id, seed)
-            path = directory / "test_results.json"
-            if not path.is_file():
-                raise UserError(f"row {row.id}, seed {seed}: {path} is missing; it did not finish")
-            result = json.loads(path.read_text())
+            try:
+                result = read_test_results(directory)
+            except FileNotFoundError as err:
+                raise UserError(f"row {row.id}, seed {seed}: {err}") from None
             metrics = result.get("metrics", {})
             records.append(
                 {
                     "row": row.id,
                     "seed": seed,
-                    **{key: _percent(metrics.get(name)) for key, name in METRICS.items()},
+                    **{key: percent(metrics.get(name)) for key, name in METRICS.items()},
                     "fit_minutes": _minutes(result.get("fit_seconds")),
                     "wall_minutes": _minutes(_read_run_record(directory).get("wall_seconds")),
                     "run_dir": str(directory.relative_to(out_dir)),
@@ -421,75 +382,6 @@ def load_matches(
     return bool(datamodule.use_07_metric), by_run
 
 
-def table_markdown(
-    records: Sequence[dict[str, Any]],
-    setting_name: str,
-    seeds: Sequence[int],
-    confidence: float = 0.95,
-) -> str:
-    """Table 4's layout: the paper's row and mAP, then this run's figures."""
-    many = len(seeds) > 1
-    spread = " ± std" if many else ""
-    header = [
-        "Table 4 row",
-        "paper mAP",
-        f"mAP{spread}",
-        f"Δ mAP [{100 * confidence:.0f}% CI]",
-        "vs",
-        "AP_S",
-        "AP_M",
-        "AP_L",
-        f"COCO AP{spread}",
-        "params (M)",
-        "train (min)",
-        "wall (min)",
-    ]
-    seeds_text = (
-        f"{len(seeds)} seeds ({', '.join(map(str, seeds))})" if many else f"seed {seeds[0]}"
-    )
-    lines = [
-        f"Table 4 ablation, setting `{setting_name}`, {seeds_text}: VOC mAP @ 0.5 on the test "
-        "split (%), the paper's on VOC2007 test. Δ: mean difference from the row in `vs` over "
-        f"paired seeds, with its {100 * confidence:.0f}% interval from a paired bootstrap over "
-        "the test images; * where it excludes 0. AP_S/M/L: COCO AP by object size. Train and "
-        "wall times are per run.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for r in records:
-        if r.get("delta") is None:
-            delta = "–"
-        else:
-            star = "*" if r["delta_excludes_zero"] else ""
-            delta = f"{r['delta']:+.1f} [{r['delta_low']:+.1f}, {r['delta_high']:+.1f}]{star}"
-        cells = [
-            r["name"],
-            _fmt(r["paper_voc_map"]),
-            _mean_std(r["voc_map"], r.get("voc_map_std")),
-            delta,
-            r["ablates"] or "–",
-            _fmt(r["ap_small"]),
-            _fmt(r["ap_medium"]),
-            _fmt(r["ap_large"]),
-            _mean_std(r["coco_map"], r.get("coco_map_std")),
-            _fmt(r["parameters"] / 1e6 if r["parameters"] else None, 2),
-            _fmt(r["fit_minutes"]),
-            _fmt(r["wall_minutes"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
-    lines += ["", f"Total wall time of the runs: {sum(walls):.1f} min."]
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(records: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(records)
-
-
 def _plan_text(steps: Sequence[Step]) -> str:
     width = max(len(s.row.id) for s in steps)
     return "\n".join(
@@ -511,17 +403,5 @@ def _read_run_record(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _percent(value: float | None) -> float | None:
-    return None if value is None or value < 0 else round(100 * value, 2)
-
-
 def _minutes(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds / 60, 2)
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _mean_std(mean: float | None, std: float | None) -> str:
-    return _fmt(mean) if std is None else f"{_fmt(mean)} ± {std:.1f}"

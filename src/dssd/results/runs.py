@@ -1,0 +1,108 @@
+"""Finished runs: each run's ``test_results.json`` (written here for ``src/train.py`` and
+``src/eval.py``, read back for ``make ablation``) and the files of finished runs as pandas
+DataFrames, for the notebooks and for comparing runs by hand.
+
+Sources: ``make ablation``'s ``table4.csv`` (a line per row) and ``runs.csv`` (a line per run:
+row and seed); each run directory's ``test_results.json`` and CSV logger files (written next to
+every other logger, W&B included). Metrics stay as logged (0..1), except in ``table4.csv`` and
+``runs.csv``, which hold percentages like the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PathLike = str | Path
+RunDirs = Mapping[str, PathLike] | Iterable[PathLike]
+
+
+def write_results_json(record: Mapping, directory: str | Path, role: str = "test") -> Path:
+    """Write ``record`` (metrics, per-class AP, parameter counts, timings) to
+    ``<directory>/<role>_results.json``, the machine-readable twin of the markdown tables that
+    ``make ablation`` and the notebooks read. NaN (a class without ground truth) becomes null."""
+    path = Path(directory) / f"{role}_results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_test_results(run_dir: PathLike) -> dict[str, Any]:
+    """A run's ``test_results.json``; FileNotFoundError when the run did not finish its test."""
+    path = Path(run_dir) / "test_results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run did not finish its test")
+    return json.loads(path.read_text())
+
+
+def load_table(out_dir: PathLike, name: str = "table4.csv") -> pd.DataFrame:
+    """``<out_dir>/table4.csv`` (or the CSV file itself) as written by ``make ablation``: a
+    line per row; ``name="runs.csv"``: a line per run (row and seed) with its ``run_dir``,
+    relative to ``out_dir``."""
+    path = Path(out_dir)
+    path = path if path.suffix == ".csv" else path / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `make ablation` first")
+    return pd.read_csv(path)
+
+
+def run_dirs_by_label(run_dirs: RunDirs) -> dict[str, Path]:
+    """Run dirs by label: a mapping's keys, or else each directory's name."""
+    if isinstance(run_dirs, Mapping):
+        return {str(label): Path(d) for label, d in run_dirs.items()}
+    return {Path(d).name: Path(d) for d in run_dirs}
+
+
+def load_runs(run_dirs: RunDirs) -> pd.DataFrame:
+    """One row per run dir (index: the mapping's labels or the dirs' names) from its
+    ``test_results.json``: run_name, stage, parameters, trainable_parameters, fit_seconds,
+    run_dir, then every test metric (``test/map``, ``test/voc_map``, ``test/ap/<class>``...)."""
+    rows = {}
+    for label, run_dir in run_dirs_by_label(run_dirs).items():
+        record = read_test_results(run_dir)
+        rows[label] = {
+            "run_name": record.get("run_name"),
+            "stage": record.get("stage"),
+            "parameters": record.get("parameters"),
+            "trainable_parameters": record.get("trainable_parameters"),
+            "fit_seconds": record.get("fit_seconds"),
+            "run_dir": str(run_dir),
+            **{k: v for k, v in record.get("metrics", {}).items() if k.startswith("test/")},
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run")
+
+
+def per_class_ap(run_dirs: RunDirs) -> pd.DataFrame:
+    """Test AP (0..1) of each class: runs (as in :func:`load_runs`) x classes; NaN where a
+    class had no ground truth."""
+    rows = {
+        label: read_test_results(run_dir).get("per_class_ap", {})
+        for label, run_dir in run_dirs_by_label(run_dirs).items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index").astype(float).rename_axis("run")
+
+
+def load_csv_metrics(run_dir: PathLike) -> pd.DataFrame:
+    """Every row a CSV logger wrote in ``<run_dir>/csv/version_*/metrics.csv`` (a resumed run
+    has several versions), with its ``step`` column (the trainer's global step); empty when
+    there are none."""
+    files = sorted(Path(run_dir).glob("csv/version_*/metrics.csv"))
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)

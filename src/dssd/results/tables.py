@@ -1,0 +1,228 @@
+"""Results as tables in the paper's layouts: the cells, the markdown and CSV writers, and the two
+documents built from them.
+
+A run's test (``test_results.md``): VOC data gets Table 3's row (VOC mAP and the AP of each
+class); every dataset gets Table 6's COCO row (AP at IoU 0.5:0.95, 0.5, 0.75, by object size, and
+AR by detection cap and size; the caps are 1/10/200 by default, SSD's, 1/10/100 in COCO's
+protocol). ``make ablation``'s Table 4 (``table4.md``, ``table4.csv``, ``runs.csv``). Values are
+percentages with one decimal in markdown, as in the paper, two in CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Table 6's columns: header -> the logged metric (torchmetrics' MeanAveragePrecision names).
+COCO_COLUMNS = {
+    "AP": "map",
+    "AP50": "map_50",
+    "AP75": "map_75",
+    "AP_S": "map_small",
+    "AP_M": "map_medium",
+    "AP_L": "map_large",
+    "AR1": "mar_1",
+    "AR10": "mar_10",
+    "AR100": "mar_100",
+    "AR200": "mar_200",
+    "AR_S": "mar_small",
+    "AR_M": "mar_medium",
+    "AR_L": "mar_large",
+}
+# table4.csv: one line per row (metrics in %, mean and standard deviation over the seeds)
+TABLE4_COLUMNS = [
+    "row",
+    "name",
+    "model",
+    "stage",
+    "init_from",
+    "ablates",
+    "seeds",
+    "paper_voc_map",
+    "voc_map",
+    "voc_map_std",
+    "delta",
+    "delta_low",
+    "delta_high",
+    "delta_excludes_zero",
+    "coco_map",
+    "coco_map_std",
+    "coco_map_50",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "parameters",
+    "fit_minutes",
+    "wall_minutes",
+]
+# runs.csv: one line per run (row and seed)
+RUN_COLUMNS = [
+    "row",
+    "seed",
+    "voc_map",
+    "coco_map",
+    "coco_map_50",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "fit_minutes",
+    "wall_minutes",
+    "run_dir",
+]
+
+
+def _missing(value: float | None) -> bool:
+    """No figure: not logged, NaN (a class without ground truth) or COCO's -1 (no objects)."""
+    return value is None or math.isnan(value) or value < 0
+
+
+def percent(value: float | None) -> float | None:
+    """A logged metric (0..1) in %, rounded to 2 decimals, as the CSV files hold it."""
+    return None if _missing(value) else round(100 * value, 2)
+
+
+def cell(value: float | None, digits: int = 1) -> str:
+    """A markdown cell: the number with ``digits`` decimals, ``–`` for none."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def percent_cell(value: float | None) -> str:
+    """A logged metric (0..1) as a markdown cell in %."""
+    return cell(None if _missing(value) else 100 * value)
+
+
+def mean_std_cell(mean: float | None, std: float | None) -> str:
+    """``mean ± std``, or the mean alone without a spread (one seed)."""
+    return cell(mean) if std is None else f"{cell(mean)} ± {std:.1f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table of text cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(records: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> None:
+    """``records`` as CSV lines with ``columns`` (other keys left out, missing ones empty)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def results_tables(
+    metrics: Mapping[str, float],
+    per_class_ap: Mapping[str, float],
+    name: str,
+    role: str = "test",
+) -> str:
+    """Markdown tables of ``role``'s metrics (as logged, e.g. ``test/map``) for the run ``name``.
+
+    ``per_class_ap`` maps class names to AP (NaN: no ground truth); with a VOC mAP logged
+    (``<role>/voc_map``) they form Table 3's row, otherwise (COCO) a class / AP list.
+    """
+    sections = []
+    voc_map = metrics.get(f"{role}/voc_map")
+    if voc_map is not None:
+        header = ["model", "mAP", *per_class_ap]
+        row = [name, percent_cell(voc_map), *map(percent_cell, per_class_ap.values())]
+        sections.append("VOC mAP @ IoU 0.5 (Table 3 layout)\n\n" + markdown_table(header, [row]))
+    columns = {h: k for h, k in COCO_COLUMNS.items() if f"{role}/{k}" in metrics}
+    coco_row = [name, *(percent_cell(metrics[f"{role}/{key}"]) for key in columns.values())]
+    coco_table = markdown_table(["model", *columns], [coco_row])
+    sections.append("COCO metrics (Table 6 layout)\n\n" + coco_table)
+    if voc_map is None and per_class_ap:
+        rows = [[cls, percent_cell(ap)] for cls, ap in per_class_ap.items()]
+        sections.append("COCO AP per class\n\n" + markdown_table(["class", "AP"], rows))
+    return "\n\n".join(sections) + "\n"
+
+
+def write_results(text: str, directory: str | Path, role: str = "test") -> Path:
+    """Write the tables to ``<directory>/<role>_results.md`` and return the path."""
+    path = Path(directory) / f"{role}_results.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _delta_cell(record: Mapping[str, Any]) -> str:
+    """``Δ [low, high]``, starred where the interval excludes 0."""
+    if record.get("delta") is None:
+        return "–"
+    star = "*" if record["delta_excludes_zero"] else ""
+    return f"{record['delta']:+.1f} [{record['delta_low']:+.1f}, {record['delta_high']:+.1f}]{star}"
+
+
+def table4_markdown(
+    records: Sequence[Mapping[str, Any]],
+    setting_name: str,
+    seeds: Sequence[int],
+    confidence: float = 0.95,
+) -> str:
+    """Table 4's layout from the rows' records (``TABLE4_COLUMNS``): the paper's row and mAP,
+    then this run's figures."""
+    many = len(seeds) > 1
+    spread = " ± std" if many else ""
+    header = [
+        "Table 4 row",
+        "paper mAP",
+        f"mAP{spread}",
+        f"Δ mAP [{100 * confidence:.0f}% CI]",
+        "vs",
+        "AP_S",
+        "AP_M",
+        "AP_L",
+        f"COCO AP{spread}",
+        "params (M)",
+        "train (min)",
+        "wall (min)",
+    ]
+    rows = [
+        [
+            r["name"],
+            cell(r["paper_voc_map"]),
+            mean_std_cell(r["voc_map"], r.get("voc_map_std")),
+            _delta_cell(r),
+            r["ablates"] or "–",
+            cell(r["ap_small"]),
+            cell(r["ap_medium"]),
+            cell(r["ap_large"]),
+            mean_std_cell(r["coco_map"], r.get("coco_map_std")),
+            cell(r["parameters"] / 1e6 if r["parameters"] else None, 2),
+            cell(r["fit_minutes"]),
+            cell(r["wall_minutes"]),
+        ]
+        for r in records
+    ]
+    seeds_text = (
+        f"{len(seeds)} seeds ({', '.join(map(str, seeds))})" if many else f"seed {seeds[0]}"
+    )
+    caption = (
+        f"Table 4 ablation, setting `{setting_name}`, {seeds_text}: VOC mAP @ 0.5 on the test "
+        "split (%), the paper's on VOC2007 test. Δ: mean difference from the row in `vs` over "
+        f"paired seeds, with its {100 * confidence:.0f}% interval from a paired bootstrap over "
+        "the test images; * where it excludes 0. AP_S/M/L: COCO AP by object size. Train and "
+        "wall times are per run."
+    )
+    walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
+    total = f"Total wall time of the runs: {sum(walls):.1f} min."
+    return f"{caption}\n\n{markdown_table(header, rows)}\n\n{total}\n"
+
+
+def write_table4(
+    markdown: str,
+    records: Sequence[Mapping[str, Any]],
+    runs: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+) -> list[Path]:
+    """``make ablation``'s files in ``out_dir``: ``table4.md`` (``markdown``), ``table4.csv`` (a
+    line per row of ``records``) and ``runs.csv`` (a line per run of ``runs``)."""
+    paths = [out_dir / "table4.md", out_dir / "table4.csv", out_dir / "runs.csv"]
+    paths[0].write_text(markdown)
+    write_csv(records, paths[1], TABLE4_COLUMNS)
+    write_csv(runs, paths[2], RUN_COLUMNS)
+    return paths
