@@ -4,6 +4,7 @@ python src/ablation.py                        # CPU-sized, embedded data (what `
 python src/ablation.py ablation=voc0712_321   # the paper's setting
 python src/ablation.py seeds=[0,1,2]          # every row once per seed (`make ablation SEEDS=3`)
 python src/ablation.py force=[ssd_pm_c]       # rerun a row and the rows that start from it
+python src/ablation.py sweeps=true            # write the rows' W&B sweep files (sweeps/)
 """
 
 import os
@@ -16,13 +17,19 @@ from omegaconf import DictConfig
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 from dssd.ablation import run_ablation  # noqa: E402
+from dssd.table4_sweeps import write_sweeps  # noqa: E402
 from dssd.tasks import user_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="table4")
 def main(cfg: DictConfig) -> None:
+    setting_name = HydraConfig.get().runtime.choices.ablation
     with user_errors():
-        run_ablation(cfg, HydraConfig.get().runtime.choices.ablation)
+        if cfg.sweeps:
+            for path in write_sweeps(cfg, setting_name):
+                print(f"wrote {path}")
+        else:
+            run_ablation(cfg, setting_name)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import csv
 import itertools
 import math
 import random
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hydra import initialize_config_dir
+from hydra import compose, initialize_config_dir
 from hydra._internal.callbacks import Callbacks
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -32,7 +33,9 @@ from submitit.slurm.slurm import SlurmExecutor
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
 from conftest import run_entry_point
+from dssd.ablation import Row, parse_rows, row_overrides
 from dssd.config import register_resolvers
+from dssd.table4_sweeps import RUNS_DIR, plan_sweeps, sweep_files
 from test_configs import CONF, compose_train, hydra_runtime, resolve_with_hydra
 
 ROOT = CONF.parent
@@ -198,6 +201,97 @@ def test_table4_stage1_starts_from_the_stage0_pm_c_checkpoint() -> None:
         assert run["run_dir"] == f"logs/sweeps/table4/{run['run_name']}"
 
 
+TABLE4_SWEEPS = {p.name: p.read_text() for p in SWEEP_FILES if p.name.startswith("table4_")}
+
+
+def generated_table4_sweeps(setting: str = "shapes") -> tuple[DictConfig, dict[str, str]]:
+    """conf/table4.yaml with ``setting``, and the sweep files `src/ablation.py sweeps=true`
+    writes from it."""
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("table4", overrides=[f"ablation={setting}"], return_hydra_config=True)
+        return cfg, sweep_files(cfg, setting)
+
+
+def test_table4_sweep_files_are_the_ones_generated_from_conf_table4() -> None:
+    """The committed files are what `python src/ablation.py sweeps=true` writes for the default
+    setting: the rows, their settings and paper figures have one source, conf/table4.yaml."""
+    _, files = generated_table4_sweeps()
+    assert set(files) == set(TABLE4_SWEEPS) == {"table4_stage0.yaml", "table4_stage1.yaml"}
+    for name, text in files.items():
+        assert TABLE4_SWEEPS[name] == text, f"sweeps/{name}: run python src/ablation.py sweeps=true"
+
+
+@pytest.mark.slow
+def test_ablation_entry_point_writes_the_sweep_files(tmp_path: Path) -> None:
+    proc = run_entry_point(
+        "ablation.py", "sweeps=true", f"sweeps_dir={tmp_path}", f"out_dir={tmp_path / 'out'}"
+    )
+    written = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    assert written == TABLE4_SWEEPS
+    assert f"wrote {tmp_path / 'table4_stage0.yaml'}" in proc.stdout
+    assert not list((tmp_path / "out").glob("*/seed*"))  # no row ran
+
+
+def header_commands(text: str) -> list[str]:
+    """The ``python src/train.py ...`` commands in a sweep file's header, continuation lines
+    joined."""
+    commands, current = [], None
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        body = line.lstrip("# ")
+        if current is None and body.startswith("python src/train.py"):
+            current = ""
+        if current is not None:
+            current += body.removesuffix("\\")
+            if not body.endswith("\\"):
+                commands.append(current)
+                current = None
+    return commands
+
+
+def override_value(row: Row, key: str) -> str:
+    return dict(o.split("=", 1) for o in row.overrides)[key]
+
+
+@pytest.mark.parametrize("setting", ["shapes", "voc0712_321"])
+def test_table4_sweeps_run_every_row_as_make_ablation_composes_it(setting: str) -> None:
+    """Every row of conf/table4.yaml runs once: a grid point of its stage's sweep, or a command in
+    a sweep file's header; each run composes to the config of `make ablation`'s run of the row
+    (the setting's overrides, the row's, its stage), started from the final weights of its
+    parent row's run."""
+    cfg, files = generated_table4_sweeps(setting)
+    rows = parse_rows(cfg.rows)
+    sweeps = plan_sweeps(rows)
+    assert sorted(r.id for s in sweeps for r in (*s.rows, *s.singles)) == sorted(r.id for r in rows)
+    run_dirs: dict[str, str] = {}
+
+    def check(row: Row, overrides: list[str]) -> None:
+        _, run = compose_run(overrides)
+        expected = [*row_overrides(row, cfg.ablation), "logger.wandb.offline=false"]
+        if row.init_from:
+            parent = f"{run_dirs[row.init_from]}/checkpoints/last.ckpt"
+            expected.append(f"init_from={parent}")
+        assert run.pop("run_dir") == f"{RUNS_DIR}/{run['run_name']}"
+        assert run == OmegaConf.to_container(resolve_with_hydra(compose_train(*expected)))
+        run_dirs[row.id] = f"{RUNS_DIR}/{run['run_name']}"
+
+    for sweep in sweeps:
+        config = yaml.safe_load(files[sweep.file_name])
+        values = [override_value(row, sweep.key) for row in sweep.rows]
+        assert config["parameters"] == {sweep.key: {"values": values}}
+        for row, value in zip(sweep.rows, values, strict=True):
+            check(row, hydra_overrides(config, agent_command(config, {sweep.key: value})))
+        commands = header_commands(files[sweep.file_name])
+        assert len(commands) == len(sweep.singles)
+        for row, command in zip(sweep.singles, commands, strict=True):
+            words = shlex.split(command)
+            assert words[:2] == ["python", "src/train.py"]
+            check(row, words[2:])
+    assert len(run_dirs) == len(set(run_dirs.values())) == len(rows)  # a directory per row
+
+
 def test_lr_search_is_a_bounded_bayes_search_with_hyperband() -> None:
     sweep = load_sweep("lr_search.yaml")
     assert sweep["method"] == "bayes"
@@ -263,7 +357,6 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_p
         f"hydra.sweep.dir={sweep_dir}",
         "data.batch_size=choice(2,4)",
         f"data.root={tiny_shapes}",
-        "data.generate_shapes=false",
         "data.num_workers=0",
         "logger=csv",
         "trainer.max_steps=2",
