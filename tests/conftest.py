@@ -26,7 +26,6 @@ def tiny_data(root: Path) -> list[str]:
     """Overrides that read the tiny dataset at ``root`` in batches of 8, in the main process."""
     return [
         f"data.root={root}",
-        "data.generate_shapes=false",
         "data.batch_size=8",
         "data.num_workers=0",
     ]

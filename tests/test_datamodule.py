@@ -1,7 +1,8 @@
-"""Transforms, collation and the VOC DataModule."""
+"""Transforms, collation and the VOC and shapes DataModules."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import albumentations as A
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dssd.data import shapes
-from dssd.data.datamodule import VOCDataModule, collate_detection
+from dssd.data.datamodule import ShapesDataModule, VOCDataModule, collate_detection
 from dssd.data.shapes import CLASSES, generate_shapes
 from dssd.data.transforms import build_transforms, seed_worker
 
@@ -163,15 +164,25 @@ def test_datamodule_loaders_iterate(shapes_root: Path) -> None:
     assert len(dm.test_dataloader().dataset) == len(dm.predict_dataloader().dataset) == 4
 
 
-def test_prepare_data_generates_shapes_only_when_asked(
+def test_only_the_shapes_datamodule_builds_its_data_and_only_when_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
     monkeypatch.setattr(shapes, "generate_shapes", lambda root: calls.append(root))
     VOCDataModule(str(tmp_path), CLASSES).prepare_data()
     assert calls == []
-    VOCDataModule(str(tmp_path), CLASSES, generate_shapes=True).prepare_data()
+    ShapesDataModule(str(tmp_path), CLASSES).prepare_data()
     assert calls == [str(tmp_path)]
+    # a complete dataset of other sizes (e.g. a test's) is read as it is, not rebuilt
+    (tmp_path / shapes.STAMP_FILE).write_text(
+        json.dumps({"format_version": shapes.FORMAT_VERSION, "num_trainval": 4})
+    )
+    ShapesDataModule(str(tmp_path), CLASSES).prepare_data()
+    assert calls == [str(tmp_path)]
+    # one of another format is rebuilt
+    (tmp_path / shapes.STAMP_FILE).write_text(json.dumps({"format_version": 0}))
+    ShapesDataModule(str(tmp_path), CLASSES).prepare_data()
+    assert calls == [str(tmp_path)] * 2
 
 
 def test_seed_worker_mixes_in_the_ddp_rank(monkeypatch: pytest.MonkeyPatch) -> None:

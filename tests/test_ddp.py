@@ -43,7 +43,6 @@ def tiny_run_config(root: Path, *overrides: str) -> DictConfig:
     return compose_train(
         "model=ssd_r18",
         f"data.root={root}",
-        "data.generate_shapes=false",
         "data.num_workers=0",
         f"data.batch_size={BATCH_SIZE}",
         "trainer.precision=32-true",
@@ -252,7 +251,6 @@ def test_train_py_runs_under_ddp_on_two_processes(tiny_shapes: Path, tmp_path: P
         "train.py",
         *DDP_CPU_SUBPROCESS,
         f"data.root={tiny_shapes}",
-        "data.generate_shapes=false",
         "data.num_workers=0",
         f"data.batch_size={BATCH_SIZE}",
         "trainer.max_steps=4",

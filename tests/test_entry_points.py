@@ -113,7 +113,6 @@ def test_broken_checkpoint_files_are_named_not_tracebacks(
         proc = run_entry_point(
             script,
             f"{option}={truncated}",
-            "data.generate_shapes=false",
             f"hydra.run.dir={tmp_path / script}",
             check=False,
         )
@@ -169,7 +168,7 @@ def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> Non
     proc = run_entry_point(
         "train.py",
         f"data.root={missing}",
-        "data.generate_shapes=false",
+        "data._target_=dssd.data.VOCDataModule",  # ShapesDataModule would build it there
         "logger=csv",
         f"hydra.run.dir={tmp_path / 'run'}",
         check=False,

@@ -176,7 +176,7 @@ def test_voc_results_directory_that_cannot_be_written_is_a_clear_error(
     blocker.write_text("")
     for script, args in (
         ("eval.py", [f"ckpt_path={tiny_checkpoint}"]),
-        ("train.py", ["data.generate_shapes=false", "logger=csv"]),
+        ("train.py", ["logger=csv"]),
     ):
         proc = run_entry_point(
             script,

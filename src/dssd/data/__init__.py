@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dssd.data.coco import COCODataset, detections_to_coco_results, write_coco_results
-    from dssd.data.datamodule import COCODataModule, VOCDataModule, collate_detection
+    from dssd.data.datamodule import (
+        COCODataModule,
+        ShapesDataModule,
+        VOCDataModule,
+        collate_detection,
+    )
     from dssd.data.shapes import CLASSES, generate_shapes
     from dssd.data.transforms import DetectionTransform, build_transforms, seed_worker
     from dssd.data.voc import VOCAnnotationError, VOCDataset, parse_voc_xml, read_image
@@ -21,6 +26,7 @@ __all__ = [
     "COCODataModule",
     "COCODataset",
     "DetectionTransform",
+    "ShapesDataModule",
     "VOCAnnotationError",
     "VOCDataModule",
     "VOCDataset",

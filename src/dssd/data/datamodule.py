@@ -1,4 +1,5 @@
-"""LightningDataModules over VOC-layout datasets (PASCAL VOC, VOC07+12, shapes) and over COCO.
+"""LightningDataModules over VOC-layout datasets (PASCAL VOC, VOC07+12, the embedded shapes) and
+over COCO.
 
 Data problems follow the policy in ``dssd.data.voc``: configuration mistakes raise at ``setup``,
 bad samples are dropped and counted when ``strict=False``. The counts made while reading the
@@ -249,10 +250,8 @@ class VOCDataModule(DetectionDataModule):
     (VOC07+12: train_sets = VOC2007/trainval + VOC2012/trainval). Validation reads its own split
     or sets, or with ``val_holdout`` > 0 that many training images (left out of training; the
     val split is then not read). Labels
-    are 1..C in the order of ``class_names`` (0 is background). With ``generate_shapes=True``,
-    ``prepare_data`` first builds the embedded shapes dataset at ``root`` (a no-op when it is
-    already there). Evaluation adds the VOC devkit's mAP, 11-point with ``use_07_metric`` (VOC2007
-    test) or all-point (VOC2012).
+    are 1..C in the order of ``class_names`` (0 is background). Evaluation adds the VOC devkit's
+    mAP, 11-point with ``use_07_metric`` (VOC2007 test) or all-point (VOC2012).
     """
 
     def __init__(
@@ -268,7 +267,6 @@ class VOCDataModule(DetectionDataModule):
         augment: Augment | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        generate_shapes: bool = False,
         pin_memory: bool = False,
         persistent_workers: bool = True,
         train_sets: Sequence[Mapping[str, str]] | None = None,
@@ -301,16 +299,11 @@ class VOCDataModule(DetectionDataModule):
         self._class_names = tuple(class_names)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.sets = {"train": train_sets, "val": val_sets, "test": test_sets}
-        self.generate_shapes = generate_shapes
         self.use_07_metric = use_07_metric
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self._class_names
-
-    def prepare_data(self) -> None:
-        if self.generate_shapes:
-            shapes.generate_shapes(self.root)
 
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
         sets = self.sets[files]
@@ -329,6 +322,14 @@ class VOCDataModule(DetectionDataModule):
                 VOCDataset(root, entry["split"], self.class_names, transform, strict=self.strict)
             )
         return ConcatDetection(parts, transform)
+
+
+class ShapesDataModule(VOCDataModule):
+    """The VOC loaders over the embedded shapes dataset at ``root``, which ``prepare_data`` builds
+    there on first use (:func:`dssd.data.shapes.ensure_shapes`)."""
+
+    def prepare_data(self) -> None:
+        shapes.ensure_shapes(self.root)
 
 
 class COCODataModule(DetectionDataModule):

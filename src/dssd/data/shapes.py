@@ -474,6 +474,16 @@ def generate_shapes(
     return root
 
 
+def ensure_shapes(root: str | Path) -> Path:
+    """``root``, holding a shapes dataset: built there with the default parameters unless it
+    already holds a complete one of this format, whatever its sizes and seed (e.g. a small one
+    for tests)."""
+    stamp = read_stamp(root)
+    if stamp is None or stamp.get("format_version") != FORMAT_VERSION:
+        return generate_shapes(root)
+    return Path(root)
+
+
 def read_stamp(root: str | Path) -> dict | None:
     """Parameters of the complete dataset under ``root``, or None when there is none."""
     path = Path(root) / STAMP_FILE
