@@ -78,7 +78,7 @@ def test_ablation_notebook(tiny_ablation: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("DSSD_WANDB_PROJECT", raising=False)
     notebook = execute("ablation")
 
-    table = cell_text(notebook, "load_table")
+    table = cell_text(notebook, "load_table(OUT_DIR)")
     for row, _name, paper in TABLE4_ROWS:
         if row in TINY_ROWS:
             assert row in table and (paper is None or f"{paper:.1f}" in table), row
@@ -89,7 +89,7 @@ def test_ablation_notebook(tiny_ablation: Path, monkeypatch: pytest.MonkeyPatch)
     # W&B section: each run's offline run (the fixture logs to W&B, offline) with its test results
     offline = {run: list((tiny_ablation / run).glob("wandb/offline-run-*")) for run in RUNS}
     assert all(len(folders) == 1 for folders in offline.values())
-    found = cell_text(notebook, "wandb_offline_runs")
+    found = cell_text(notebook, "wandb_offline_runs(done)")
     assert "test/voc_map" in found
     for run, (folder,) in offline.items():
         assert run in found and folder.name.rsplit("-", 1)[-1] in found, run
