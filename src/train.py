@@ -1,4 +1,4 @@
-"""Train a detector, then test its best checkpoint.
+"""Train a detector, then test it (its final weights, or test_ckpt=best|<file>).
 
 python src/train.py                                  # CPU-sized SSD on the embedded data
 python src/train.py model=ssd321 trainer=gpu         # the paper's SSD321

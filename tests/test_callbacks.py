@@ -27,11 +27,12 @@ def test_unreadable_images_found_in_workers_reach_the_report(tmp_path: Path) -> 
         str(root), CLASSES, image_size=65, batch_size=2, num_workers=1, strict=False
     )
     datamodule.setup("fit")
-    trainer = SimpleNamespace(datamodule=datamodule, current_epoch=0)
+    loader = datamodule.train_dataloader()
+    trainer = SimpleNamespace(train_dataloader=loader, current_epoch=0)
     module = RecordingModule()
     report = DataSkipReport()
     report.on_train_epoch_start(trainer, module)
-    for batch_idx, batch in enumerate(datamodule.train_dataloader()):
+    for batch_idx, batch in enumerate(loader):
         report.on_train_batch_end(trainer, module, None, batch, batch_idx)
     report.on_train_epoch_end(trainer, module)
     # each broken image is drawn once per epoch and passed over (the next image replaces it);

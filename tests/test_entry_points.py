@@ -41,13 +41,41 @@ def test_eval_reproduces_the_test_map_of_train(tiny_checkpoint: Path, tmp_path: 
     last = train_dir / "checkpoints" / "last.ckpt"
     assert last.is_file()
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-    assert checkpoint["dssd_config"]["model"]["net"]["image_size"] == 193
+    assert checkpoint["hyper_parameters"]["run_config"]["model"]["net"]["image_size"] == 193
 
     run_entry_point("eval.py", f"ckpt_path={last}", f"hydra.run.dir={eval_dir}")
     trained, evaluated = logged_metrics(train_dir), logged_metrics(eval_dir)
     # the loss is never 0, so it shows that weights, data and precision are the training run's
     for name in ("test/loss", "test/map", "test/map_50", "test/mar_200"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-6), name
+
+
+def test_eval_data_is_the_checkpoints_unless_chosen() -> None:
+    from omegaconf import OmegaConf
+
+    from dssd.tasks.evaluation import data_to_evaluate
+
+    trained = OmegaConf.create({"_target_": "Trained", "root": "a", "batch_size": 8})
+    assert data_to_evaluate(None, trained) == trained
+    fields = OmegaConf.create({"root": "b"})  # +data.root=b
+    assert data_to_evaluate(fields, trained) == {**trained, "root": "b"}
+    chosen = OmegaConf.create({"_target_": "Chosen", "root": "c"})  # data=<name>
+    assert data_to_evaluate(chosen, trained) == chosen
+
+
+def test_eval_changes_a_field_of_the_checkpoints_data(
+    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    proc = run_entry_point(
+        "eval.py",
+        f"ckpt_path={tiny_checkpoint}",
+        "+data.test_split=nosuch",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
+    # the checkpoint's data (its root) with the split asked for
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"no split 'nosuch' in {tiny_shapes}" in proc.stderr
 
 
 @pytest.mark.slow
@@ -95,7 +123,7 @@ def test_broken_checkpoint_files_are_named_not_tracebacks(
     from dssd.checkpoints import CheckpointError
     from dssd.inference import load_checkpoint
     from dssd.stages import read_state_dict
-    from dssd.tasks import resume_checkpoint
+    from dssd.tasks.training import resume_checkpoint
     from test_configs import compose_train
 
     for path in broken_checkpoints(tiny_checkpoint, tmp_path):
@@ -132,7 +160,7 @@ def test_a_test_ckpt_that_cannot_be_tested_is_refused_before_training(
     overrides: list[str], message: str
 ) -> None:
     from dssd.errors import UserError
-    from dssd.tasks import check_test_ckpt
+    from dssd.tasks.training import check_test_ckpt
     from test_configs import compose_train
 
     with pytest.raises(UserError, match=re.escape(message)):

@@ -39,6 +39,12 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
         load_detector(foreign)
 
 
+def test_load_checkpoint_reads_the_run_config_of_older_checkpoint_files(tmp_path: Path) -> None:
+    path = tmp_path / "older.ckpt"
+    torch.save({"state_dict": {}, "dssd_config": {"stage": 1}}, path)
+    assert load_checkpoint(path)[1].stage == 1
+
+
 def test_test_data_and_examples_in_original_pixels(
     tiny_checkpoint: Path, tiny_shapes: Path
 ) -> None:

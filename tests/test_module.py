@@ -1,12 +1,14 @@
-"""LightningModule helpers: LR schedule, metric targets, memory format."""
+"""LightningModule helpers: LR schedule, metric targets, evaluators, memory format."""
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import pytest
 import torch
 
+from dssd.errors import UserError
 from dssd.models import SSD, ExtraLayers, ResNetBackbone
 from dssd.module import DetectionModule, pixel_targets
 from dssd.ops import MultiBoxLoss, PostProcessor
@@ -39,7 +41,7 @@ def test_pixel_targets_scale_boxes_and_mark_difficult_as_crowd() -> None:
     assert out["labels"].tolist() == [1, 2]
 
 
-def tiny_module(channels_last: bool) -> DetectionModule:
+def tiny_module(channels_last: bool = False, **options: Any) -> DetectionModule:
     torch.manual_seed(0)
     extras = partial(ExtraLayers, layers=[(2, 2), (2, 2)], mid_channels=16, out_channels=32)
     net = SSD(ResNetBackbone(18), extras, 3, 129, [0.1, 0.3, 0.5, 0.7, 0.9])
@@ -49,7 +51,29 @@ def tiny_module(channels_last: bool) -> DetectionModule:
         PostProcessor(),
         optimizer=torch.optim.SGD,
         channels_last=channels_last,
+        **{"class_names": ["a", "b", "c"], **options},
     ).eval()
+
+
+@pytest.mark.parametrize(("use_07_metric", "metrics"), [(None, {"coco"}), (False, {"coco", "voc"})])
+def test_evaluators_follow_the_data_given(use_07_metric: bool | None, metrics: set[str]) -> None:
+    module = tiny_module(use_07_metric=use_07_metric, coco_max_detections=[1, 10, 100])
+    for role in ("val", "test"):
+        assert set(module.evaluators[role]) == metrics
+        assert module.evaluators[role]["coco"].max_detection_thresholds == [1, 10, 100]
+    if use_07_metric is not None:
+        assert module.evaluators["test"]["voc"].use_07_metric is use_07_metric
+    assert module.class_names == ("a", "b", "c")
+
+
+def test_class_names_must_match_the_network() -> None:
+    with pytest.raises(UserError, match="the data has 2 classes, the network 3"):
+        tiny_module(class_names=["a", "b"])
+
+
+def test_the_run_config_is_the_only_hyperparameter() -> None:
+    module = tiny_module(run_config={"stage": 1})
+    assert dict(module.hparams) == {"run_config": {"stage": 1}}
 
 
 def test_channels_last_changes_layout_not_results() -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import ROOT, run_entry_point, tiny_data
 from dssd.callbacks import LastCheckpoint, NonFiniteLossError, NonFiniteLossStop
 from dssd.errors import UserError
-from dssd.tasks import resume_checkpoint
+from dssd.tasks.training import resume_checkpoint
 
 # --- unit tests on a tiny model: fast -------------------------------------------------------------
 
@@ -140,7 +140,7 @@ def test_resume_checkpoint_resolves_and_checks_the_path(tmp_path: Path) -> None:
     for value in ("last", str(last)):
         with pytest.raises(UserError, match="is not a checkpoint written by src/train.py"):
             resume_checkpoint(cfg(value))
-    torch.save({"state_dict": {}, "dssd_config": {}}, last)
+    torch.save({"state_dict": {}, "hyper_parameters": {"run_config": {}}}, last)
     assert resume_checkpoint(cfg("last")) == str(last)
     assert resume_checkpoint(cfg(str(last))) == str(last)
 

@@ -13,7 +13,7 @@ from conftest import run_entry_point, tiny_data
 from dssd.errors import UserError
 from dssd.module import DetectionModule
 from dssd.stages import load_initial_weights
-from dssd.tasks import check_stage
+from dssd.tasks.training import check_stage
 from test_configs import compose_train
 
 

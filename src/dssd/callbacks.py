@@ -16,6 +16,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 from dssd.data.coco import detections_to_coco_results, write_coco_results
+from dssd.data.datamodule import COCODataModule
 from dssd.data.voc import write_voc_results
 from dssd.errors import UserError
 
@@ -48,8 +49,7 @@ class DataSkipReport(pl.Callback):
         self.unreadable_images += sum(int(t.get("skipped_images", 0)) for t in batch[1])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        datasets = getattr(trainer.datamodule, "datasets", {})
-        counts = dict(getattr(datasets.get("train"), "skips", {}))
+        counts = dict(trainer.train_dataloader.dataset.skips)
         counts["unreadable_images"] = self.unreadable_images  # this epoch, from the loaders
         if any(v for k, v in counts.items() if k != "empty_images"):  # empty images are fine
             log.warning(
@@ -230,28 +230,26 @@ class TestDetectionsWriter(pl.Callback):
 
 
 class COCOResultsWriter(TestDetectionsWriter):
-    """Writes the test detections to ``path`` as a COCO results JSON (``data=coco`` only).
+    """Writes the test detections of ``datamodule`` to ``path`` as a COCO results JSON.
 
     The file is what the COCO evaluation server and ``COCO.loadRes`` read: ``[x, y, w, h]`` boxes
-    in pixels and the dataset's own category ids.
+    in pixels and the dataset's own category ids, hence COCO data only (``data=coco``).
     """
 
-    def __init__(self, path: str) -> None:
-        writable_directory(Path(path).parent, "coco_results")
-        self.path = path
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not hasattr(trainer.datamodule, "label_to_category_id"):
+    def __init__(self, path: str, datamodule: pl.LightningDataModule) -> None:
+        if not isinstance(datamodule, COCODataModule):
             raise UserError(
-                f"coco_results={self.path}: COCO results files need COCO data (data=coco), whose "
+                f"coco_results={path}: COCO results files need COCO data (data=coco), whose "
                 "category ids they use"
             )
-        super().on_test_start(trainer, pl_module)
+        writable_directory(Path(path).parent, "coco_results")
+        self.path = path
+        self.datamodule = datamodule
 
     def write(
         self, trainer: pl.Trainer, image_ids: list[Any], detections: list[dict[str, Tensor]]
     ) -> None:
-        mapping = trainer.datamodule.label_to_category_id
+        mapping = self.datamodule.label_to_category_id
         results = detections_to_coco_results(detections, image_ids, mapping)
         path = write_coco_results(self.path, results)
         log.info("Wrote %d COCO detections to %s", len(results), path)
@@ -259,7 +257,8 @@ class COCOResultsWriter(TestDetectionsWriter):
 
 class VOCResultsWriter(TestDetectionsWriter):
     """Writes the test detections into ``directory`` as the VOC devkit's result files,
-    ``comp4_det_test_<class>.txt`` (1-based pixel indices), which the official devkit scores."""
+    ``comp4_det_test_<class>.txt`` (1-based pixel indices, classes named by the module's
+    ``class_names``), which the official devkit scores."""
 
     def __init__(self, directory: str) -> None:
         self.directory = writable_directory(directory, "voc_results")
@@ -267,7 +266,7 @@ class VOCResultsWriter(TestDetectionsWriter):
     def write(
         self, trainer: pl.Trainer, image_ids: list[Any], detections: list[dict[str, Tensor]]
     ) -> None:
-        class_names = trainer.datamodule.class_names
+        class_names = trainer.lightning_module.class_names
         write_voc_results(self.directory, image_ids, detections, class_names)
         count = sum(len(d["scores"]) for d in detections)
         log.info(

@@ -30,7 +30,7 @@ def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()
     """The dict saved at ``path`` (tensors on the CPU, loaded with ``weights_only=True``).
 
     ``option`` names the setting the path came from, for the error of a missing file; ``require``
-    lists keys the dict must hold (e.g. ``dssd_config``, which ``src/train.py`` stores).
+    lists keys the dict must hold (e.g. ``state_dict``, which ``src/train.py`` stores).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"{option}={path}: no such checkpoint file")
@@ -43,6 +43,5 @@ def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()
         raise not_a_checkpoint(path, f"it holds a {type(checkpoint).__name__}, not a dict")
     missing = [key for key in require if key not in checkpoint]
     if missing:
-        what = "no run configuration" if "dssd_config" in missing else f"no {missing}"
-        raise not_a_checkpoint(path, f"it holds {what}")
+        raise not_a_checkpoint(path, f"it holds no {missing}")
     return checkpoint

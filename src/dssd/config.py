@@ -1,4 +1,5 @@
-"""OmegaConf resolvers the configs use; registered by the entry points before composing."""
+"""OmegaConf resolvers the configs use, registered by the entry points before composing, and the
+check of the training stage that indexes the per-stage lists."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dssd.errors import UserError
+
+
+def training_stage(cfg: DictConfig, table: str = "stages") -> int:
+    """DSSD's training stage ``cfg.stage`` (0 when unset), checked to index the per-stage list
+    ``table``; a :class:`UserError` otherwise."""
+    entries = cfg.get(table) or [{}]
+    stage = cfg.get("stage", 0)
+    if not isinstance(stage, int) or not 0 <= stage < len(entries):
+        raise UserError(f"stage must be one of 0..{len(entries) - 1}, got {stage!r}")
+    return stage
+
 
 def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
     """``${stage:schedules,lr}``: ``key`` of the current stage's entry in the list ``table``.
@@ -14,11 +27,7 @@ def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
     The training stage (``stage=0|1|2``) indexes the per-stage lists ``stages`` (what is trained)
     and ``schedules`` (for how long, at which LR), so one command-line choice switches them all.
     """
-    entries = _root_[table]
-    stage = _root_.stage
-    if not isinstance(stage, int) or not 0 <= stage < len(entries):
-        raise ValueError(f"stage must be one of 0..{len(entries) - 1}, got {stage!r}")
-    return entries[stage][key]
+    return _root_[table][training_stage(_root_, table)][key]
 
 
 def _run_parts(model: str, root: DictConfig) -> dict[str, str]:

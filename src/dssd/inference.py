@@ -8,34 +8,45 @@ import bisect
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import ConcatDataset
 
-from dssd.checkpoints import read_checkpoint
+from dssd.checkpoints import not_a_checkpoint, read_checkpoint
 from dssd.data.datamodule import DetectionDataModule
 from dssd.data.voc import read_image
 from dssd.metrics import match_image
+from dssd.module import DetectionModule
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
     """The checkpoint at ``path`` (on the CPU) and the run configuration ``src/train.py`` stored
-    in it; a missing file, a file that is not a checkpoint or one without that configuration is
+    in it (the module's ``run_config`` hyper-parameter; ``dssd_config`` in older checkpoint
+    files); a missing file, a file that is not a checkpoint or one without that configuration is
     a :class:`UserError`."""
-    checkpoint = read_checkpoint(path, "ckpt_path", require=("state_dict", "dssd_config"))
-    return checkpoint, OmegaConf.create(checkpoint["dssd_config"])
+    checkpoint = read_checkpoint(path, "ckpt_path", require=("state_dict",))
+    run_config = checkpoint.get("hyper_parameters", {}).get("run_config")
+    if run_config is None:
+        run_config = checkpoint.get("dssd_config")
+    if run_config is None:
+        raise not_a_checkpoint(path, "it holds no run configuration")
+    return checkpoint, OmegaConf.create(run_config)
 
 
-def load_detector(path: str | Path) -> tuple[pl.LightningModule, DictConfig]:
+def restore_detector(checkpoint: dict[str, Any], model_cfg: DictConfig) -> DetectionModule:
+    """The model ``model_cfg`` describes, with the weights of ``checkpoint``, in eval mode."""
+    model = instantiate(model_cfg)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def load_detector(path: str | Path) -> tuple[DetectionModule, DictConfig]:
     """The model of the checkpoint at ``path``, rebuilt from its stored run configuration, with
     the checkpoint's weights, on the CPU, in eval mode; and that configuration."""
     checkpoint, run_cfg = load_checkpoint(path)
-    model = instantiate(run_cfg.model)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), run_cfg
+    return restore_detector(checkpoint, run_cfg.model), run_cfg
 
 
 def load_test_data(run_cfg: DictConfig, **data_overrides: Any) -> DetectionDataModule:

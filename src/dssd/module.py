@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.detection import MeanAveragePrecision
 
+from dssd.errors import UserError
 from dssd.metrics import VOCMeanAP
 from dssd.stages import freeze_modules
 
@@ -100,14 +101,17 @@ class DetectionModule(pl.LightningModule):
     """Trains ``net`` (an SSD/DSSD network) and reports mAP on validation and test.
 
     Every evaluation logs the COCO metrics (``val/map``, ``val/map_50``, ...); on VOC data also
-    the VOC devkit's mAP (``val/voc_map``, 11-point or all-point as the data module says), and
+    the VOC devkit's mAP (``val/voc_map``, 11-point or all-point as ``use_07_metric`` says), and
     the AP of each class (``val/ap/<class>``, also kept in ``per_class_ap``).
 
     Args:
-        net: the detector; ``net(images) -> (loc, conf)`` and ``net.priors``.
+        net: the detector; ``net(images) -> (loc, conf)``, ``net.priors`` and ``net.num_classes``.
         loss: ``loss(loc, conf, priors, targets) -> dict`` with at least ``"loss"``.
         postprocess: ``postprocess(loc, conf, priors, orig_sizes) -> list[dict]`` detections.
         optimizer: a partial optimizer taking the parameters (from Hydra's ``_partial_``).
+        class_names: the names of labels 1..C of the evaluated data, one per class of ``net``.
+        use_07_metric: the VOC devkit's AP rule of the evaluated data: 11-point (VOC2007 test),
+            all-point (False, VOC2010+), or None for data without the VOC metric (COCO).
         scheduler: a partial LR scheduler taking the optimizer, stepped every iteration.
         channels_last: run the network in channels-last memory format (faster convolutions on
             recent CPUs with bf16 autocast and on tensor-core GPUs).
@@ -116,6 +120,8 @@ class DetectionModule(pl.LightningModule):
         freeze_batchnorm: keep every batch norm of ``net`` fixed (DSSD's stage 2).
         coco_max_detections: the three detection caps of the COCO metrics (AR@1/10/200 by
             default; ``[1, 10, 100]`` with ``postprocess.max_detections=100`` is COCO's protocol).
+        run_config: the resolved run configuration, saved as the only hyper-parameter, so that a
+            checkpoint alone rebuilds the exact network (``src/eval.py``).
     """
 
     def __init__(
@@ -124,13 +130,25 @@ class DetectionModule(pl.LightningModule):
         loss: nn.Module,
         postprocess: nn.Module,
         optimizer: Callable[..., Optimizer],
+        class_names: Sequence[str],
+        use_07_metric: bool | None = None,
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         channels_last: bool = False,
         freeze: Sequence[str] = (),
         freeze_batchnorm: bool = False,
         coco_max_detections: Sequence[int] = (1, 10, 200),
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if len(class_names) != net.num_classes:
+            raise UserError(
+                f"the data has {len(class_names)} classes, the network {net.num_classes}: "
+                "evaluate a network on data with the classes it was built for"
+            )
+        # Only the run configuration, a dict of plain values, is a hyper-parameter: checkpoints
+        # then hold no pickled callables and load with ``weights_only=True``. The loggers get it
+        # from the training task.
+        self.save_hyperparameters("run_config", logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
         # Names, not modules, of the batch norms that stay in eval mode: sync BN (DDP) replaces
@@ -140,43 +158,21 @@ class DetectionModule(pl.LightningModule):
         self.frozen_batchnorms = [names[id(m)] for m in frozen]
         self.criterion = loss
         self.postprocess = postprocess
-        # Kept as plain attributes, not hyper-parameters: checkpoints then hold no pickled
-        # callables and load with ``weights_only=True``.
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.class_names = tuple(class_names)
         self.coco_max_detections = tuple(coco_max_detections)
-        # Rebuilt in ``setup`` for the data (VOC or COCO); a COCO-only default until then.
-        self.class_names = tuple(f"class{i}" for i in range(1, net.num_classes + 1))
         self.evaluators = nn.ModuleDict(
             {
-                role: evaluation_metrics(net.num_classes, None, coco_max_detections)
+                role: evaluation_metrics(len(self.class_names), use_07_metric, coco_max_detections)
                 for role in ("val", "test")
             }
         )
         # The last evaluation's AP of each class, by role then class name (NaN: no ground truth).
         self.per_class_ap: dict[str, dict[str, float]] = {}
-        # The resolved run configuration, stored in checkpoints so that eval.py can rebuild
-        # the exact network from a checkpoint alone.
-        self.run_config: dict[str, Any] | None = None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.net(images)
-
-    def setup(self, stage: str) -> None:
-        """Build the metrics the data asks for: its class names and, for VOC data, its AP rule."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None:
-            return
-        self.class_names = tuple(datamodule.class_names)
-        use_07_metric = getattr(datamodule, "use_07_metric", None)
-        self.evaluators = nn.ModuleDict(
-            {
-                role: evaluation_metrics(
-                    len(self.class_names), use_07_metric, self.coco_max_detections
-                )
-                for role in self.evaluators
-            }
-        )
 
     def train(self, mode: bool = True) -> DetectionModule:
         """Switch modes, keeping the frozen batch norms on their running statistics."""
@@ -212,6 +208,12 @@ class DetectionModule(pl.LightningModule):
         images, targets = batch
         return self.predict(images, torch.stack([t["orig_size"] for t in targets]))
 
+    def on_validation_epoch_start(self) -> None:
+        self._reset_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics("test")
+
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
 
@@ -228,28 +230,24 @@ class DetectionModule(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["dssd_config"] = self.run_config
-
-    def _evaluation_step(self, stage: str, batch: tuple[Tensor, list[dict]]) -> list[dict]:
+    def _evaluation_step(self, role: str, batch: tuple[Tensor, list[dict]]) -> list[dict]:
         """Log the losses, update the metrics; return the detections (for callbacks)."""
         images, targets = batch
         loc, conf = self.net(images)
         losses = self.criterion(loc, conf, self.net.priors, targets)
-        self._log_losses(stage, losses, batch_size=images.shape[0])
+        self._log_losses(role, losses, batch_size=images.shape[0])
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
         detections = self.postprocess(loc, conf, self.net.priors, orig_sizes)
         ground_truth = pixel_targets(targets)
-        for metric in self.evaluators[stage].values():
+        for metric in self.evaluators[role].values():
             metric.update(detections, ground_truth)
         return detections
 
-    def _log_losses(self, stage: str, losses: dict[str, Tensor], batch_size: int) -> None:
-        training = stage == "train"
+    def _log_losses(self, role: str, losses: dict[str, Tensor], batch_size: int) -> None:
+        training = role == "train"
         for name in ("loss", "loss_loc", "loss_conf"):
             self.log(
-                f"{stage}/{name}",
+                f"{role}/{name}",
                 losses[name],
                 prog_bar=name == "loss",
                 on_step=training,
@@ -258,15 +256,23 @@ class DetectionModule(pl.LightningModule):
                 sync_dist=not training,
             )
 
-    def _log_metrics(self, stage: str) -> None:
+    def _reset_metrics(self, role: str) -> None:
+        """Start an evaluation from empty metric states, which are this process's own: the states
+        built in ``__init__`` are shared with other processes when ``ddp_spawn`` hands them the
+        module through shared memory, and summing into them would count every process's data
+        in each."""
+        for metric in self.evaluators[role].values():
+            metric.reset()
+
+    def _log_metrics(self, role: str) -> None:
         """Log the metrics of the epoch (already gathered across processes) and reset them."""
-        metrics = self.evaluators[stage]
+        metrics = self.evaluators[role]
         coco = metrics["coco"].compute()
         for name in coco_metric_names(self.coco_max_detections):
-            self.log(f"{stage}/{name}", coco[name], prog_bar=name == "map_50", sync_dist=False)
+            self.log(f"{role}/{name}", coco[name], prog_bar=name == "map_50", sync_dist=False)
         if "voc" in metrics:
             voc = metrics["voc"].compute()
-            self.log(f"{stage}/voc_map", voc["map"], prog_bar=True, sync_dist=False)
+            self.log(f"{role}/voc_map", voc["map"], prog_bar=True, sync_dist=False)
             labels, aps = voc["classes"], voc["ap_per_class"]
         else:  # COCO reports -1 for a class without ground truth
             labels, aps = (
@@ -274,12 +280,12 @@ class DetectionModule(pl.LightningModule):
                 coco["map_per_class"].where(coco["map_per_class"] >= 0, torch.nan),
             )
         ap_by_label = dict(zip(labels.reshape(-1).tolist(), aps.reshape(-1).tolist(), strict=True))
-        self.per_class_ap[stage] = {
+        self.per_class_ap[role] = {
             name: ap_by_label.get(label, float("nan"))
             for label, name in enumerate(self.class_names, start=1)
         }
-        for name, ap in self.per_class_ap[stage].items():
+        for name, ap in self.per_class_ap[role].items():
             if ap == ap:  # NaN: no ground truth of the class
-                self.log(f"{stage}/ap/{name}", ap, sync_dist=False)
+                self.log(f"{role}/ap/{name}", ap, sync_dist=False)
         for metric in metrics.values():
             metric.reset()

@@ -1,0 +1,48 @@
+"""The test figures of a run, printed in the paper's table layouts and saved next to its logs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dssd.module import DetectionModule
+from dssd.results.runs import write_results_json
+from dssd.results.tables import results_tables, write_results
+
+log = logging.getLogger(__name__)
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The one-number entries of Lightning's ``callback_metrics``, as floats."""
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def report_test_results(
+    cfg: DictConfig,
+    model: DetectionModule,
+    metrics: dict[str, float],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Print the test metrics in the paper's table layouts and save them next to the logs.
+
+    ``test_results.md`` holds the tables; ``test_results.json`` the same figures for programs
+    (``make ablation``, the notebooks): every scalar metric, per-class AP, the network's parameter
+    counts, the checkpoint tested and, after training, the fit time in seconds (``extra``).
+    """
+    per_class = model.per_class_ap.get("test", {})
+    name = cfg.get("run_name", cfg.task_name)
+    text = results_tables(metrics, per_class, name=name)
+    path = write_results(text, cfg.paths.output_dir)
+    record = {
+        "run_name": name,
+        "stage": cfg.get("stage", 0),
+        "metrics": metrics,
+        "per_class_ap": per_class,
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.net.parameters() if p.requires_grad),
+        **(extra or {}),
+    }
+    write_results_json(record, cfg.paths.output_dir)
+    log.info("Test results (also in %s):\n%s", path, text)

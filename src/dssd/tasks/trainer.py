@@ -1,0 +1,59 @@
+"""The Lightning Trainer of a run, built from its config (callbacks, loggers, result writers), and
+how a user's mistake ends a run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from dssd.callbacks import COCOResultsWriter, VOCResultsWriter
+from dssd.errors import UserError
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Report a :class:`UserError` as its message alone and exit with status 2.
+
+    These errors name the file or option at fault and the fix; a traceback through Lightning
+    would only bury that. ``HYDRA_FULL_ERROR=1`` re-raises them with the traceback.
+    """
+    try:
+        yield
+    except UserError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that maps names to objects (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def result_writers(cfg: DictConfig, datamodule: pl.LightningDataModule) -> list[pl.Callback]:
+    """Callbacks that write the test detections of ``datamodule`` as result files
+    (``coco_results``: a COCO results JSON; ``voc_results``: the VOC devkit's files), checked to
+    be writable first."""
+    writers: list[pl.Callback] = []
+    if cfg.get("coco_results"):
+        writers.append(COCOResultsWriter(cfg.coco_results, datamodule))
+    if cfg.get("voc_results"):
+        writers.append(VOCResultsWriter(cfg.voc_results))
+    return writers
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
+    """``cfg.trainer`` with the ``callbacks`` and ``logger`` groups (and ``extra_callbacks``)."""
+    callbacks = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
+    loggers = instantiate_group(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,0 +1,168 @@
+"""Training: fit the configured detector from its Hydra config (a DSSD stage, maybe resumed or
+started from another stage's weights), then test it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dssd.checkpoints import read_checkpoint
+from dssd.config import training_stage
+from dssd.errors import UserError
+from dssd.inference import load_checkpoint
+from dssd.module import DetectionModule
+from dssd.stages import load_initial_weights
+from dssd.tasks.reporting import report_test_results, scalar_metrics
+from dssd.tasks.trainer import build_trainer, result_writers
+
+log = logging.getLogger(__name__)
+
+
+def check_stage(cfg: DictConfig) -> None:
+    """Refuse a stage that does not exist, or stages 1 and 2 without a checkpoint to start from."""
+    stage = training_stage(cfg)
+    if stage > 0 and not cfg.get("init_from"):
+        raise UserError(
+            f"stage {stage} starts from a stage-{stage - 1} checkpoint: add "
+            "init_from=<that run's dir>/checkpoints/last.ckpt (see README, Training stages)"
+        )
+
+
+def check_test_ckpt(cfg: DictConfig) -> None:
+    """Refuse a ``test_ckpt`` that cannot be tested, before anything is trained.
+
+    ``last`` (the default) tests the weights the fit ends with, the paper's final snapshot;
+    ``best`` the run's ``best.ckpt``, chosen by ``optimized_metric`` on the validation split
+    (which the datamodules keep apart from the test split); anything else must be a checkpoint
+    file.
+    """
+    value = cfg.get("test_ckpt") or "last"
+    if value == "last":
+        return
+    if value == "best":
+        if not (cfg.get("callbacks") or {}).get("model_checkpoint"):
+            raise UserError(
+                "test_ckpt=best tests the best.ckpt of the model_checkpoint callback, which is "
+                "switched off here; use test_ckpt=last (the final weights)"
+            )
+        if not cfg.get("train", True):
+            raise UserError(
+                "test_ckpt=best picks the best checkpoint of this run's fit, but train=false: "
+                "give the file instead, test_ckpt=<run dir>/checkpoints/best.ckpt"
+            )
+        return
+    read_checkpoint(value, "test_ckpt (last, best or a checkpoint file)", require=("state_dict",))
+
+
+def checkpoint_to_test(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
+    """The ``ckpt_path`` of the final test (``test_ckpt``); None: the weights in memory."""
+    value = cfg.get("test_ckpt") or "last"
+    if value == "last":
+        log.info("Testing the final weights (test_ckpt=last).")
+        return None
+    if value == "best":
+        callback = trainer.checkpoint_callback
+        best = callback.best_model_path if callback is not None else ""
+        if not best:
+            raise UserError(
+                "test_ckpt=best, but no best checkpoint was written (did validation run? "
+                f"{cfg.get('optimized_metric')} is what selects it); use test_ckpt=last"
+            )
+        log.info("Testing the best checkpoint on the validation split, %s.", best)
+        return best
+    log.info("Testing %s (test_ckpt).", value)
+    return str(value)
+
+
+def build_module(cfg: DictConfig, run_config: dict[str, Any]) -> DetectionModule:
+    """The LightningModule of ``cfg.model``, keeping ``run_config`` to store in its checkpoints.
+
+    ``run_config`` is handed over once Hydra has built the module's parts: passed to
+    ``instantiate`` itself, its nested ``_target_`` entries would be instantiated too.
+    """
+    return instantiate(cfg.model, _partial_=True)(run_config=run_config)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the configured model, test it (``test_ckpt``) and return ``cfg.optimized_metric``."""
+    check_stage(cfg)
+    if cfg.get("test", True):
+        check_test_ckpt(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    model = build_module(cfg, run_config)
+    if cfg.get("init_from"):
+        load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
+    trainer = build_trainer(cfg, result_writers(cfg, datamodule))
+    for logger in trainer.loggers:
+        logger.log_hyperparams(run_config)
+
+    metrics: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    if cfg.get("train", True):
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
+        timings["fit_seconds"] = time.perf_counter() - start
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+    if cfg.get("test", True):
+        tested = checkpoint_to_test(cfg, trainer)
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+        if trainer.is_global_zero:
+            record = {**timings, "tested_checkpoint": tested or "final weights"}
+            report_test_results(cfg, model, metrics, record)
+
+    value = metrics.get(cfg.get("optimized_metric", ""))
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
+        log.info(
+            "Best checkpoint (validation split): %s", trainer.checkpoint_callback.best_model_path
+        )
+    if value is not None:
+        log.info("%s = %.4f", cfg.optimized_metric, value)
+    return value
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint that ``trainer.fit`` resumes from (``cfg.ckpt_path``), checked to exist.
+
+    Resuming restores the weights, the optimiser state, the LR schedule, the step counter and the
+    callbacks' state. ``ckpt_path=last`` is ``last.ckpt`` in this run's checkpoint directory; as
+    every run gets a new directory, resuming an interrupted run means running it again with the
+    same overrides plus ``hydra.run.dir=<its directory> ckpt_path=last``. (Lightning itself only
+    warns when there is no last checkpoint, and trains from scratch.)
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path:
+        return None
+    if str(ckpt_path) == "last":
+        callbacks = cfg.get("callbacks") or {}
+        directory = (callbacks.get("last_checkpoint") or {}).get("dirpath") or os.path.join(
+            cfg.paths.output_dir, "checkpoints"
+        )
+        path = os.path.join(directory, "last.ckpt")
+        if not os.path.isfile(path):
+            raise UserError(
+                f"ckpt_path=last, but there is no {path} to resume from. Every run writes to a "
+                "new directory: to resume an interrupted run, run src/train.py again with the "
+                "same overrides plus hydra.run.dir=<that run's directory, e.g. "
+                "logs/train/runs/<date_time>> ckpt_path=last, or give the file itself, "
+                "ckpt_path=<that run's directory>/checkpoints/last.ckpt."
+            )
+    else:
+        path = str(ckpt_path)
+        if not os.path.isfile(path):
+            raise UserError(
+                f"ckpt_path={path}: no such checkpoint to resume from. Give a checkpoint file "
+                "(e.g. <run dir>/checkpoints/last.ckpt), or hydra.run.dir=<run dir> ckpt_path=last."
+            )
+    load_checkpoint(path)  # a checkpoint of src/train.py, with its run configuration
+    return path
