@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import ROOT, run_entry_point, tiny_data
 from dssd.callbacks import LastCheckpoint, NonFiniteLossError, NonFiniteLossStop
 from dssd.errors import UserError
-from dssd.tasks.training import resume_checkpoint
+from dssd.tasks.training import best_checkpoint, resume_checkpoint
 
 # --- unit tests on a tiny model: fast -------------------------------------------------------------
 
@@ -257,3 +257,13 @@ def test_diverging_run_stops_with_a_user_error(tiny_shapes: Path, tmp_path: Path
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 1
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
+
+
+def test_best_checkpoint_is_the_model_checkpoints_not_last_checkpoints(tmp_path: Path) -> None:
+    last = LastCheckpoint(dirpath=str(tmp_path))
+    trainer = pl.Trainer(callbacks=[last], logger=False, enable_progress_bar=False)
+    assert trainer.checkpoint_callback is last and best_checkpoint(trainer) == ""
+    best = ModelCheckpoint(tmp_path, "best", monitor="val/score")
+    best.best_model_path = str(tmp_path / "best.ckpt")
+    trainer = pl.Trainer(callbacks=[last, best], logger=False, enable_progress_bar=False)
+    assert best_checkpoint(trainer) == str(tmp_path / "best.ckpt")

@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dssd.checkpoints import read_checkpoint
 from dssd.config import training_stage
@@ -60,6 +61,18 @@ def check_test_ckpt(cfg: DictConfig) -> None:
     read_checkpoint(value, "test_ckpt (last, best or a checkpoint file)", require=("state_dict",))
 
 
+def best_checkpoint(trainer: pl.Trainer) -> str:
+    """The ``best.ckpt`` the fit wrote (the first ``ModelCheckpoint``); empty: none.
+
+    Not ``trainer.checkpoint_callback``: with ``model_checkpoint`` switched off, that is
+    ``dssd.callbacks.LastCheckpoint``, which keeps no best checkpoint.
+    """
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            return callback.best_model_path
+    return ""
+
+
 def checkpoint_to_test(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
     """The ``ckpt_path`` of the final test (``test_ckpt``); None: the weights in memory."""
     value = cfg.get("test_ckpt") or "last"
@@ -67,8 +80,7 @@ def checkpoint_to_test(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
         log.info("Testing the final weights (test_ckpt=last).")
         return None
     if value == "best":
-        callback = trainer.checkpoint_callback
-        best = callback.best_model_path if callback is not None else ""
+        best = best_checkpoint(trainer)
         if not best:
             raise UserError(
                 "test_ckpt=best, but no best checkpoint was written (did validation run? "
@@ -122,10 +134,8 @@ def train(cfg: DictConfig) -> float | None:
             report_test_results(cfg, model, metrics, record)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
-    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
-        log.info(
-            "Best checkpoint (validation split): %s", trainer.checkpoint_callback.best_model_path
-        )
+    if best_checkpoint(trainer):
+        log.info("Best checkpoint (validation split): %s", best_checkpoint(trainer))
     if value is not None:
         log.info("%s = %.4f", cfg.optimized_metric, value)
     return value
