@@ -43,11 +43,22 @@ class WandbDetectionReport(pl.Callback):
     """Logs to W&B, after each validation, ``num_images`` validation images with their predicted
     (score >= ``min_score``) and ground-truth boxes, and the per-class AP as a table; after a
     test, the test's per-class AP table. Does nothing unless a ``WandbLogger`` is in use.
+
+    ``mean`` and ``std`` are the normalisation the images were given (the data modules' default,
+    ImageNet's), undone to draw them.
     """
 
-    def __init__(self, num_images: int = 8, min_score: float = 0.3) -> None:
+    def __init__(
+        self,
+        num_images: int = 8,
+        min_score: float = 0.3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
         self.num_images = num_images
         self.min_score = min_score
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
         self.samples: list[tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]] = []
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -101,13 +112,12 @@ class WandbDetectionReport(pl.Callback):
             rows = [[name, None if ap != ap else ap] for name, ap in per_class.items()]
             data[f"{role}/per_class_ap"] = wandb.Table(columns=["class", "AP"], data=rows)
         if with_images and self.samples:
-            data[f"{role}/examples"] = [self._image(trainer, pl_module, *s) for s in self.samples]
+            data[f"{role}/examples"] = [self._image(pl_module, *s) for s in self.samples]
         if data:
             logger.log_metrics(data, step=trainer.global_step)
 
     def _image(
         self,
-        trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         image: Tensor,
         truth: dict[str, Tensor],
@@ -115,10 +125,7 @@ class WandbDetectionReport(pl.Callback):
     ) -> Any:
         import wandb
 
-        datamodule = trainer.datamodule
-        mean = np.asarray(getattr(datamodule, "mean", IMAGENET_MEAN)).reshape(3, 1, 1)
-        std = np.asarray(getattr(datamodule, "std", IMAGENET_STD)).reshape(3, 1, 1)
-        pixels = (image.contiguous().numpy() * std + mean) * 255
+        pixels = (image.contiguous().numpy() * self.std + self.mean) * 255
         pixels = np.clip(pixels, 0, 255).astype(np.uint8).transpose(1, 2, 0)
         names = pl_module.class_names
         class_labels = {i: name for i, name in enumerate(names, start=1)}
