@@ -31,7 +31,8 @@ def check_stage(cfg: DictConfig) -> None:
     if stage > 0 and not cfg.get("init_from"):
         raise UserError(
             f"stage {stage} starts from a stage-{stage - 1} checkpoint: add "
-            "init_from=<that run's dir>/checkpoints/last.ckpt (see README, Training stages)"
+            "init_from=<that run's dir>/checkpoints/last.ckpt (see docs/configuration.md, "
+            "Training stages)"
         )
 
 
