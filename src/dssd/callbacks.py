@@ -39,12 +39,7 @@ class DataSkipReport(pl.Callback):
         self.unreadable_images = 0
 
     def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         self.unreadable_images += sum(int(t.get("skipped_images", 0)) for t in batch[1])
 
@@ -202,13 +197,7 @@ class TestDetectionsWriter(pl.Callback):
         self.detections: list[dict[str, Tensor]] = []
 
     def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         self.detections += [{k: v.cpu() for k, v in d.items()} for d in outputs]
         self.image_ids += [t["image_id"] for t in batch[1]]

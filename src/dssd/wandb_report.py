@@ -65,13 +65,7 @@ class WandbDetectionReport(pl.Callback):
         self.samples = []
 
     def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         wanted = self.num_images - len(self.samples)
         if wanted <= 0 or trainer.sanity_checking or not trainer.is_global_zero:

@@ -113,15 +113,15 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        image_size: int,
-        batch_size: int,
-        num_workers: int,
-        augment: Augment | None,
-        mean: Sequence[float],
-        std: Sequence[float],
-        pin_memory: bool,
-        persistent_workers: bool,
-        strict: bool,
+        image_size: int = 321,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        augment: Augment | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        strict: bool = True,
         val_holdout: int = 0,
         val_holdout_seed: int = 0,
     ) -> None:
@@ -251,7 +251,9 @@ class VOCDataModule(DetectionDataModule):
     or sets, or with ``val_holdout`` > 0 that many training images (left out of training; the
     val split is then not read). Labels
     are 1..C in the order of ``class_names`` (0 is background). Evaluation adds the VOC devkit's
-    mAP, 11-point with ``use_07_metric`` (VOC2007 test) or all-point (VOC2012).
+    mAP, 11-point with ``use_07_metric`` (VOC2007 test) or all-point (VOC2012). The other
+    options (input size, batch size, workers, augmentation, strictness, validation hold-out) are
+    :class:`DetectionDataModule`'s.
     """
 
     def __init__(
@@ -261,36 +263,14 @@ class VOCDataModule(DetectionDataModule):
         train_split: str = "trainval",
         val_split: str = "val",
         test_split: str = "test",
-        image_size: int = 321,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        augment: Augment | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
         train_sets: Sequence[Mapping[str, str]] | None = None,
         val_sets: Sequence[Mapping[str, str]] | None = None,
         test_sets: Sequence[Mapping[str, str]] | None = None,
-        strict: bool = True,
         use_07_metric: bool = True,
-        val_holdout: int = 0,
-        val_holdout_seed: int = 0,
+        **loader_options: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            mean=mean,
-            std=std,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            strict=strict,
-            val_holdout=val_holdout,
-            val_holdout_seed=val_holdout_seed,
-        )
-        if val_holdout and val_sets is not None:
+        super().__init__(**loader_options)
+        if self.val_holdout and val_sets is not None:
             raise UserError(
                 "validation data: give either data.val_holdout (a number of training images to "
                 "validate on) or data.val_sets (files of its own), not both"
@@ -341,6 +321,8 @@ class COCODataModule(DetectionDataModule):
     ``train_annotations``). With ``class_names`` configured, every annotation file must have
     exactly those categories (in category-id order); without, they are read from the test
     annotation file. Crowd boxes are left out of training and flagged ``difficult`` in evaluation.
+    The other options (input size, batch size, workers, augmentation, strictness, validation
+    hold-out) are :class:`DetectionDataModule`'s.
     """
 
     def __init__(
@@ -353,32 +335,10 @@ class COCODataModule(DetectionDataModule):
         val_images: str | None = None,
         test_annotations: str = "annotations/instances_val2017.json",
         test_images: str = "val2017",
-        image_size: int = 321,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        augment: Augment | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
-        strict: bool = True,
-        val_holdout: int = 0,
-        val_holdout_seed: int = 0,
+        **loader_options: Any,
     ) -> None:
-        super().__init__(
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            mean=mean,
-            std=std,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            strict=strict,
-            val_holdout=val_holdout,
-            val_holdout_seed=val_holdout_seed,
-        )
-        if (val_annotations is not None) == bool(val_holdout):
+        super().__init__(**loader_options)
+        if (val_annotations is not None) == bool(self.val_holdout):
             raise UserError(
                 "validation data: give either data.val_holdout (a number of training images to "
                 "validate on) or data.val_annotations and data.val_images, not "
