@@ -1,1 +1,19 @@
-"""DSSD / SSD detectors."""
+"""DSSD / SSD detectors.
+
+``from dssd import Detector`` imports the inference API (and with it torch and Lightning) on
+first use only, so that light modules such as ``dssd.data.shapes`` stay light to import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Detector"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Detector":
+        from dssd.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'dssd' has no attribute {name!r}")

@@ -1,0 +1,164 @@
+"""A trained checkpoint as a detector for any image: files, PIL images or RGB arrays in, boxes in
+original-image pixels out, preprocessed by the evaluation pipeline so that the detections are
+those ``src/eval.py`` scores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch import Tensor
+
+from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from dssd.data.voc import read_image
+from dssd.errors import UserError
+from dssd.inference import load_checkpoint, restore_detector
+from dssd.models import fold_batchnorm
+from dssd.module import DetectionModule
+
+ImageInput = str | Path | Image.Image | np.ndarray
+T = TypeVar("T")
+
+# the target the evaluation transform expects alongside an image: no boxes
+_NO_BOXES = {"boxes": np.zeros((0, 4), np.float32), "labels": [], "difficult": [], "image_id": None}
+
+
+def batches(items: Sequence[T] | Iterator[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def rgb_array(image: ImageInput) -> np.ndarray:
+    """``image`` as an HxWx3 uint8 RGB array.
+
+    A path is decoded as the datasets decode their images (:func:`dssd.data.voc.read_image`); one
+    that cannot be read is a :class:`UserError` naming it. PIL images of any mode are converted
+    to RGB; arrays must be uint8, HxW (grayscale), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA, alpha
+    dropped), anything else is a ``ValueError``.
+    """
+    if isinstance(image, (str, Path)):
+        try:
+            return read_image(Path(image))
+        except OSError as err:
+            raise UserError(f"{image}: not a readable image ({err})") from None
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        kind = type(image).__name__
+        raise TypeError(f"expected a path, a PIL image or a numpy array, got {kind}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8 RGB, got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"an image array must be HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA), got {image.shape}"
+        )
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])
+
+
+class Detector:
+    """A :class:`DetectionModule` ready for inference on any images.
+
+    ``predict`` takes one image or a list of them (paths, PIL images, RGB uint8 arrays), resizes
+    and normalises them exactly as the evaluation data pipeline does, runs the network and its
+    post-processing in batches of ``batch_size`` on ``device``, and returns the detections in the
+    pixels of each original image.
+    """
+
+    def __init__(
+        self,
+        module: DetectionModule,
+        run_config: DictConfig,
+        device: str | torch.device = "cpu",
+        batch_size: int = 8,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.run_config = run_config
+        self.batch_size = batch_size
+        self.class_names: tuple[str, ...] = tuple(module.class_names)
+        self.image_size = int(run_config.model.net.image_size)
+        self.mean = tuple(run_config.data.get("mean") or IMAGENET_MEAN)
+        self.std = tuple(run_config.data.get("std") or IMAGENET_STD)
+        # the evaluation pipeline: Resize(S, S), Normalize, ToTensorV2
+        self.transform = build_transforms(self.image_size, False, self.mean, self.std)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        fold_bn: bool = True,
+        batch_size: int = 8,
+    ) -> Detector:
+        """The detector of a checkpoint written by ``src/train.py``, its network rebuilt from the
+        run configuration stored in it; ``fold_bn`` folds every batch norm into the preceding
+        convolution (same detections to float rounding, fewer operations)."""
+        checkpoint, run_config = load_checkpoint(path)
+        module = restore_detector(checkpoint, run_config.model)
+        if fold_bn:
+            module.net = fold_batchnorm(module.net)
+        return cls(module, run_config, device=device, batch_size=batch_size)
+
+    def preprocess(self, images: Sequence[ImageInput]) -> tuple[Tensor, Tensor]:
+        """The network's input batch ``[B, 3, S, S]`` (on the CPU) and the original sizes
+        ``[B, 2]`` (height, width; int64) of ``images``."""
+        tensors, sizes = [], []
+        for image in images:
+            tensor, target = self.transform(rgb_array(image), _NO_BOXES)
+            tensors.append(tensor)
+            sizes.append(target["orig_size"])
+        return torch.stack(tensors), torch.stack(sizes)
+
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], score_threshold: float | None = None
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Detections of one image (a dict) or of a list of images (a list of dicts).
+
+        Each dict holds "boxes" (float32 ``[K, 4]`` xyxy, original-image pixels), "scores"
+        (``[K]``), "labels" (int64 ``[K]`` in ``1..C``) and "names" (the labels' class names), on
+        the CPU, best score first. ``score_threshold`` replaces the post-processing's own
+        (``postprocess.score_threshold`` of the checkpoint) for this call.
+        """
+        single = not isinstance(images, (list, tuple))
+        found = []
+        with self._score_threshold(score_threshold), torch.inference_mode():
+            for batch in batches([images] if single else images, self.batch_size):
+                inputs, orig_sizes = self.preprocess(batch)
+                inputs = inputs.to(self.device).contiguous(memory_format=self.module.memory_format)
+                for detections in self.module.predict(inputs, orig_sizes.to(self.device)):
+                    found.append(self._named({k: v.cpu() for k, v in detections.items()}))
+        return found[0] if single else found
+
+    def _named(self, detections: dict[str, Tensor]) -> dict[str, Any]:
+        names = [self.class_names[label - 1] for label in detections["labels"].tolist()]
+        return {**detections, "names": names}
+
+    @contextmanager
+    def _score_threshold(self, threshold: float | None) -> Iterator[None]:
+        """The post-processing's score threshold set to ``threshold`` (unless None) meanwhile."""
+        postprocess = self.module.postprocess
+        if threshold is None:
+            yield
+            return
+        if not hasattr(postprocess, "score_threshold"):
+            raise ValueError(f"{type(postprocess).__name__} has no score_threshold to replace")
+        saved, postprocess.score_threshold = postprocess.score_threshold, float(threshold)
+        try:
+            yield
+        finally:
+            postprocess.score_threshold = saved
