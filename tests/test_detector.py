@@ -1,0 +1,175 @@
+"""dssd.Detector: a checkpoint run on files, PIL images and arrays gives the detections of the
+evaluation pipeline, in original-image pixels."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dssd import Detector
+from dssd.data.voc import read_image
+from dssd.errors import UserError
+from dssd.inference import load_test_data
+from dssd.models import count_batchnorms
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_checkpoint: Path) -> Detector:
+    """The tiny checkpoint as loaded for evaluation: batch norms kept."""
+    return Detector.from_checkpoint(tiny_checkpoint, fold_bn=False, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def test_images(tiny_shapes: Path) -> list[Path]:
+    return sorted((tiny_shapes / "JPEGImages").glob("*.jpg"))
+
+
+def assert_same(found: dict, expected: dict) -> None:
+    assert found.keys() == expected.keys() == {"boxes", "scores", "labels", "names"}
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(found[key], expected[key]), key
+    assert found["names"] == expected["names"]
+
+
+def test_detector_is_exported_lazily() -> None:
+    code = "import sys, dssd.data.shapes; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import dssd
+
+    assert dssd.Detector is Detector
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = dssd.nothing  # noqa: B018
+
+
+def test_attributes_come_from_the_checkpoint(detector: Detector) -> None:
+    assert detector.image_size == detector.run_config.model.net.image_size == 193
+    assert detector.class_names == detector.module.class_names
+    assert len(detector.class_names) == 6 and detector.device == torch.device("cpu")
+    assert detector.mean == (0.485, 0.456, 0.406) and detector.std == (0.229, 0.224, 0.225)
+    assert not detector.module.training
+    assert count_batchnorms(detector.module.net) > 0
+
+
+def test_the_evaluation_pipelines_detections(detector: Detector, tiny_checkpoint: Path) -> None:
+    """The reference: the run's test dataloader batch through the hooks Lightning calls in
+    testing (eval.py), here on a module rebuilt separately."""
+    data = load_test_data(detector.run_config, batch_size=4, num_workers=0)
+    reference = Detector.from_checkpoint(tiny_checkpoint, fold_bn=False).module
+    batch = next(iter(data.test_dataloader()))
+    with torch.no_grad():
+        expected = reference.predict_step(reference.on_after_batch_transfer(batch, 0), 0)
+    paths = data.datasets["test"].image_paths[:4]
+    detector.batch_size = 4
+    try:
+        found = detector.predict(list(paths))
+    finally:
+        detector.batch_size = 2
+    assert len(found) == 4
+    for got, want, target in zip(found, expected, batch[1], strict=True):
+        assert len(got["scores"]) > 0
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(got[key], want[key]), key
+        assert got["boxes"].dtype == torch.float32 and got["labels"].dtype == torch.int64
+        height, width = target["orig_size"].tolist()
+        assert got["boxes"][:, 2].max() <= width and got["boxes"][:, 3].max() <= height
+        assert got["names"] == [detector.class_names[i - 1] for i in got["labels"].tolist()]
+
+
+def test_a_path_a_pil_image_and_an_array_agree(
+    detector: Detector, test_images: list[Path], tmp_path: Path
+) -> None:
+    # PNG: lossless, so OpenCV (paths) and PIL decode the same pixels
+    png = tmp_path / "image.png"
+    Image.open(test_images[0]).save(png)
+    array = np.asarray(Image.open(png))
+    from_path = detector.predict(png)
+    assert isinstance(from_path, dict) and len(from_path["scores"]) > 0
+    assert_same(detector.predict(Image.open(png)), from_path)
+    assert_same(detector.predict(array), from_path)
+    assert_same(detector.predict(str(png)), from_path)
+    # RGBA: the alpha channel is dropped
+    rgba = np.concatenate([array, np.full_like(array[..., :1], 7)], axis=2)
+    assert_same(detector.predict(rgba), from_path)
+    assert_same(detector.predict(Image.fromarray(rgba)), from_path)
+
+
+def test_grayscale_images_are_converted_to_rgb(detector: Detector, test_images: list[Path]) -> None:
+    gray = np.asarray(Image.open(test_images[0]).convert("L"))
+    expected = detector.predict(np.repeat(gray[..., None], 3, axis=2))
+    assert_same(detector.predict(gray), expected)
+    assert_same(detector.predict(gray[..., None]), expected)
+    assert_same(detector.predict(Image.fromarray(gray)), expected)
+    inputs, sizes = detector.preprocess([gray])
+    assert inputs.shape == (1, 3, 193, 193) and sizes.tolist() == [list(gray.shape)]
+    assert sizes.dtype == torch.int64
+
+
+def test_a_list_gives_what_each_image_gives(detector: Detector, test_images: list[Path]) -> None:
+    images = [test_images[0], read_image(test_images[1]), Image.open(test_images[2])]
+    found = detector.predict(images)  # batches of 2: one full, one partial
+    assert isinstance(found, list) and len(found) == 3
+    for image, detections in zip(images, found, strict=True):
+        single = detector.predict(image)
+        torch.testing.assert_close(detections["boxes"], single["boxes"])
+        torch.testing.assert_close(detections["scores"], single["scores"])
+        assert torch.equal(detections["labels"], single["labels"])
+    assert detector.predict([]) == []
+
+
+def test_score_threshold_replaces_the_post_processing_threshold(
+    detector: Detector, test_images: list[Path]
+) -> None:
+    postprocess = detector.module.postprocess
+    checkpoints = postprocess.score_threshold
+    default = detector.predict(test_images[0])
+    assert default["scores"].min() > checkpoints
+    threshold = float(default["scores"][5])
+    found = detector.predict(test_images[0], score_threshold=threshold)
+    assert postprocess.score_threshold == checkpoints  # restored
+    # greedy NMS only lets better boxes suppress a box: the best ones are the same
+    keep = default["scores"] > threshold
+    assert torch.equal(found["boxes"], default["boxes"][keep]) and len(found["boxes"]) == 5
+    assert len(detector.predict(test_images[0], score_threshold=1.0)["boxes"]) == 0
+
+
+def test_folded_batch_norms_give_the_same_boxes(
+    tiny_checkpoint: Path, detector: Detector, test_images: list[Path]
+) -> None:
+    folded = Detector.from_checkpoint(tiny_checkpoint)
+    assert count_batchnorms(folded.module.net) == 0
+    for image in test_images[:3]:
+        # the better-scoring boxes: an untrained network's scores tie further down
+        expected = detector.predict(image, score_threshold=0.1)
+        found = folded.predict(image, score_threshold=0.1)
+        assert len(expected["boxes"]) > 0
+        torch.testing.assert_close(found["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(found["scores"], expected["scores"], atol=1e-5, rtol=0)
+        assert torch.equal(found["labels"], expected["labels"])
+
+
+def test_bad_inputs(detector: Detector, tmp_path: Path, test_images: list[Path]) -> None:
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(UserError, match=f"{missing}: not a readable image"):
+        detector.predict(missing)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(UserError, match=f"{text}: not a readable image"):
+        detector.predict([test_images[0], text])
+    image = read_image(test_images[0])
+    with pytest.raises(ValueError, match="must be uint8 RGB, got dtype float32"):
+        detector.predict(image.astype(np.float32))
+    for shape in [(2, *image.shape), (*image.shape[:2], 2), (0, 5, 3)]:
+        with pytest.raises(ValueError, match="must be HxW, HxWx1, HxWx3"):
+            detector.predict(np.zeros(shape, np.uint8))
+    with pytest.raises(TypeError, match="got int"):
+        detector.predict(3)
+    with pytest.raises(UserError, match="no such checkpoint file"):
+        Detector.from_checkpoint(tmp_path / "none.ckpt")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        Detector(detector.module, detector.run_config, batch_size=0)
