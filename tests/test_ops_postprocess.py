@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import box_convert, nms
 
-from dssd.ops import BoxCoder, PostProcessor
+from dssd.ops import BoxCoder, GraphPostProcessor, PostProcessor
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
@@ -140,3 +140,36 @@ def test_postprocess_on_gpu_equals_the_reference() -> None:
     )
     expected, _ = reference_postprocess(loc, conf, priors, orig_sizes, **kwargs)
     assert_same_detections([{k: v.cpu() for k, v in r.items()} for r in result], expected)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "settings"),
+    [
+        (4, {"score_threshold": 0.05, "top_k": 400, "nms_iou": 0.45, "max_detections": 1000}),
+        (3, {"score_threshold": 0.01, "top_k": 6, "nms_iou": 0.5, "max_detections": 15}),
+        (1, {"score_threshold": 0.01, "top_k": 400, "nms_iou": 0.45, "max_detections": 200}),
+    ],
+)
+def test_graph_postprocess_equals_reference(batch_size: int, settings: dict) -> None:
+    """The export's one-graph post-processing (padded outputs) detects what the loops do,
+    including an image with nothing above the threshold and the top_k / max_detections cuts."""
+    loc, conf, priors, orig_sizes = make_inputs(batch_size, 150, 5, seed=batch_size)
+    conf[0, :, 0] += 20.0
+    post = GraphPostProcessor(PostProcessor(box_coder=BoxCoder(VARIANCES), **settings))
+
+    counts, boxes, scores, labels = post(loc, conf, priors)
+
+    expected, _ = reference_postprocess(loc, conf, priors, orig_sizes, **settings)
+    k = settings["max_detections"]
+    assert boxes.shape == (batch_size, k, 4) and scores.shape == labels.shape == (batch_size, k)
+    assert counts.tolist() == [len(e["scores"]) for e in expected]
+    assert counts[0] == 0
+    for i, e in enumerate(expected):
+        n = int(counts[i])
+        assert torch.equal(labels[i, :n], e["labels"])
+        torch.testing.assert_close(scores[i, :n], e["scores"])
+        h, w = orig_sizes[i].tolist()
+        pixels = boxes[i, :n] * torch.tensor([w, h, w, h], dtype=torch.float32)
+        torch.testing.assert_close(pixels, e["boxes"])
+        # padding: zeros after the image's detections
+        assert not scores[i, n:].any() and not labels[i, n:].any() and not boxes[i, n:].any()

@@ -3,10 +3,11 @@
 from dssd.ops.boxes import BoxCoder, batched_iou, pad_targets
 from dssd.ops.loss import MultiBoxLoss, hard_negative_mask
 from dssd.ops.matching import match, match_indices
-from dssd.ops.postprocess import PostProcessor
+from dssd.ops.postprocess import GraphPostProcessor, PostProcessor
 
 __all__ = [
     "BoxCoder",
+    "GraphPostProcessor",
     "MultiBoxLoss",
     "PostProcessor",
     "batched_iou",

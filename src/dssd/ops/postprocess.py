@@ -112,6 +112,76 @@ class PostProcessor(nn.Module):
         return [{"boxes": b, "scores": s, "labels": c} for b, s, c in per_image]
 
 
+class GraphPostProcessor(nn.Module):
+    """:class:`PostProcessor`'s detections as one graph of tensor operations with fixed-size
+    outputs, for export (ONNX, TorchScript) with a dynamic batch size.
+
+    Same rule and settings as ``post``: per image and foreground class the ``top_k`` best scores
+    above ``score_threshold``, NMS at ``nms_iou``, then the ``max_detections`` best of the image.
+    NMS runs once for the whole batch: each candidate is shifted by its class along x and by its
+    image along y (boxes lie in [0, 1]), so that boxes of different classes or images never
+    overlap. Shifting on two axes keeps the offsets below ``2 * max(B, C)`` rather than the
+    ``2 * B * C`` of a single offset per (image, class), which keeps float32 IoUs close to the
+    unshifted ones.
+
+    Returns ``num_detections [B]`` int64 and, padded with zeros after each image's
+    ``num_detections``, ``boxes [B, K, 4]`` float32 xyxy normalised to [0, 1], ``scores [B, K]``
+    and ``labels [B, K]`` int64 in ``1..C``, sorted by decreasing score; ``K = max_detections``.
+    """
+
+    def __init__(self, post: PostProcessor) -> None:
+        super().__init__()
+        self.box_coder = post.box_coder
+        self.score_threshold = post.score_threshold
+        self.top_k = post.top_k
+        self.nms_iou = post.nms_iou
+        self.max_detections = post.max_detections
+
+    @torch.no_grad()
+    def forward(
+        self, loc: Tensor, conf: Tensor, priors: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        batch_size, num_classes = conf.shape[0], conf.shape[2] - 1
+        device = conf.device
+        k = min(self.top_k, priors.shape[0])
+        scores = conf.float().softmax(dim=-1)[..., 1:]  # [B, P, C]
+        boxes = self.box_coder.decode(loc.float(), priors.float()).clamp(0.0, 1.0)  # [B, P, 4]
+        scores, prior_index = scores.transpose(1, 2).topk(k, dim=2)  # [B, C, k]
+        image_index = torch.arange(batch_size, device=device)[:, None, None].expand_as(prior_index)
+        class_index = torch.arange(num_classes, device=device)[None, :, None].expand_as(prior_index)
+        passing = (scores > self.score_threshold).reshape(-1).nonzero().squeeze(1)
+        scores = scores.reshape(-1)[passing]
+        prior_index = prior_index.reshape(-1)[passing]
+        image_index = image_index.reshape(-1)[passing]
+        class_index = class_index.reshape(-1)[passing]
+        boxes = boxes[image_index, prior_index]
+        shift = torch.stack([class_index, image_index], dim=1).to(boxes).repeat(1, 2) * 2.0
+        keep = nms(boxes + shift, scores, self.nms_iou)
+        # by decreasing score, then by image keeping that order (distinct integer keys: no ties
+        # left to break, and top-k exports where a stable sort does not). Positions come from a
+        # cumulative sum rather than arange(len(...)), which a trace would freeze to a constant.
+        count = keep.shape[0]
+        keep = keep[scores[keep].topk(count).indices]
+        position = torch.ones_like(keep).cumsum(0) - 1
+        keep = keep[(-(image_index[keep] * count + position)).topk(count).indices]
+        image_index = image_index[keep]
+        per_image = (image_index[:, None] == torch.arange(batch_size, device=device)).sum(0)
+        rank = position - (per_image.cumsum(0) - per_image)[image_index]
+        kept = (rank < self.max_detections).nonzero().squeeze(1)
+        keep, image_index, rank = keep[kept], image_index[kept], rank[kept]
+        slot = image_index * self.max_detections + rank
+        size = batch_size * self.max_detections
+        out_boxes = boxes.new_zeros(size, 4).index_put((slot,), boxes[keep])
+        out_scores = scores.new_zeros(size).index_put((slot,), scores[keep])
+        out_labels = class_index.new_zeros(size).index_put((slot,), class_index[keep] + 1)
+        return (
+            per_image.clamp(max=self.max_detections),
+            out_boxes.reshape(batch_size, self.max_detections, 4),
+            out_scores.reshape(batch_size, self.max_detections),
+            out_labels.reshape(batch_size, self.max_detections),
+        )
+
+
 def _rank_in_group(groups: Tensor, num_groups: int) -> Tensor:
     """Position of every element within its group; ``groups`` must be sorted."""
     counts = torch.bincount(groups, minlength=num_groups)

@@ -1,8 +1,10 @@
 """What the entry points do, built from their Hydra config: train (fit, then test) and evaluate a
-checkpoint; the Trainer and the reports they share live in ``trainer`` and ``reporting``."""
+checkpoint, export it; the Trainer and the reports they share live in ``trainer`` and
+``reporting``."""
 
 from dssd.tasks.evaluation import evaluate
+from dssd.tasks.exporting import export_checkpoint
 from dssd.tasks.trainer import user_errors
 from dssd.tasks.training import train
 
-__all__ = ["evaluate", "train", "user_errors"]
+__all__ = ["evaluate", "export_checkpoint", "train", "user_errors"]
