@@ -97,7 +97,88 @@ def pixel_targets(targets: Iterable[dict[str, Tensor]]) -> list[dict[str, Tensor
     return out
 
 
-class DetectionModule(pl.LightningModule):
+class DetectionEvaluation(pl.LightningModule):
+    """The evaluation every detector here shares: COCO mAP on validation and test, and on VOC data
+    the VOC devkit's mAP and the AP of each class, logged at the end of each evaluation.
+
+    Subclasses produce the detections and hand them to :meth:`update_metrics`.
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        use_07_metric: bool | None = None,
+        coco_max_detections: Sequence[int] = (1, 10, 200),
+    ) -> None:
+        super().__init__()
+        self.class_names = tuple(class_names)
+        self.coco_max_detections = tuple(coco_max_detections)
+        self.evaluators = nn.ModuleDict(
+            {
+                role: evaluation_metrics(len(self.class_names), use_07_metric, coco_max_detections)
+                for role in ("val", "test")
+            }
+        )
+        # The last evaluation's AP of each class, by role then class name (NaN: no ground truth).
+        self.per_class_ap: dict[str, dict[str, float]] = {}
+
+    def update_metrics(
+        self, role: str, detections: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
+    ) -> None:
+        """Add a batch's detections (original-image pixels) and its ground truth (the data's
+        targets, normalised boxes) to the ``role`` metrics."""
+        ground_truth = pixel_targets(targets)
+        for metric in self.evaluators[role].values():
+            metric.update(detections, ground_truth)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics("test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _reset_metrics(self, role: str) -> None:
+        """Start an evaluation from empty metric states, which are this process's own: the states
+        built in ``__init__`` are shared with other processes when ``ddp_spawn`` hands them the
+        module through shared memory, and summing into them would count every process's data
+        in each."""
+        for metric in self.evaluators[role].values():
+            metric.reset()
+
+    def _log_metrics(self, role: str) -> None:
+        """Log the metrics of the epoch (already gathered across processes) and reset them."""
+        metrics = self.evaluators[role]
+        coco = metrics["coco"].compute()
+        for name in coco_metric_names(self.coco_max_detections):
+            self.log(f"{role}/{name}", coco[name], prog_bar=name == "map_50", sync_dist=False)
+        if "voc" in metrics:
+            voc = metrics["voc"].compute()
+            self.log(f"{role}/voc_map", voc["map"], prog_bar=True, sync_dist=False)
+            labels, aps = voc["classes"], voc["ap_per_class"]
+        else:  # COCO reports -1 for a class without ground truth
+            labels, aps = (
+                coco["classes"],
+                coco["map_per_class"].where(coco["map_per_class"] >= 0, torch.nan),
+            )
+        ap_by_label = dict(zip(labels.reshape(-1).tolist(), aps.reshape(-1).tolist(), strict=True))
+        self.per_class_ap[role] = {
+            name: ap_by_label.get(label, float("nan"))
+            for label, name in enumerate(self.class_names, start=1)
+        }
+        for name, ap in self.per_class_ap[role].items():
+            if ap == ap:  # NaN: no ground truth of the class
+                self.log(f"{role}/ap/{name}", ap, sync_dist=False)
+        for metric in metrics.values():
+            metric.reset()
+
+
+class DetectionModule(DetectionEvaluation):
     """Trains ``net`` (an SSD/DSSD network) and reports mAP on validation and test.
 
     Every evaluation logs the COCO metrics (``val/map``, ``val/map_50``, ...); on VOC data also
@@ -139,7 +220,6 @@ class DetectionModule(pl.LightningModule):
         coco_max_detections: Sequence[int] = (1, 10, 200),
         run_config: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
         if len(class_names) != net.num_classes:
             raise UserError(
                 f"the data has {len(class_names)} classes, the network {net.num_classes}: "
@@ -148,6 +228,7 @@ class DetectionModule(pl.LightningModule):
         # Only the run configuration, a dict of plain values, is a hyper-parameter: checkpoints
         # then hold no pickled callables and load with ``weights_only=True``. The loggers get it
         # from the training task.
+        super().__init__(class_names, use_07_metric, coco_max_detections)
         self.save_hyperparameters("run_config", logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
@@ -160,16 +241,6 @@ class DetectionModule(pl.LightningModule):
         self.postprocess = postprocess
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.class_names = tuple(class_names)
-        self.coco_max_detections = tuple(coco_max_detections)
-        self.evaluators = nn.ModuleDict(
-            {
-                role: evaluation_metrics(len(self.class_names), use_07_metric, coco_max_detections)
-                for role in ("val", "test")
-            }
-        )
-        # The last evaluation's AP of each class, by role then class name (NaN: no ground truth).
-        self.per_class_ap: dict[str, dict[str, float]] = {}
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.net(images)
@@ -208,18 +279,6 @@ class DetectionModule(pl.LightningModule):
         images, targets = batch
         return self.predict(images, torch.stack([t["orig_size"] for t in targets]))
 
-    def on_validation_epoch_start(self) -> None:
-        self._reset_metrics("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._reset_metrics("test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
@@ -238,9 +297,7 @@ class DetectionModule(pl.LightningModule):
         self._log_losses(role, losses, batch_size=images.shape[0])
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
         detections = self.postprocess(loc, conf, self.net.priors, orig_sizes)
-        ground_truth = pixel_targets(targets)
-        for metric in self.evaluators[role].values():
-            metric.update(detections, ground_truth)
+        self.update_metrics(role, detections, targets)
         return detections
 
     def _log_losses(self, role: str, losses: dict[str, Tensor], batch_size: int) -> None:
@@ -256,36 +313,40 @@ class DetectionModule(pl.LightningModule):
                 sync_dist=not training,
             )
 
-    def _reset_metrics(self, role: str) -> None:
-        """Start an evaluation from empty metric states, which are this process's own: the states
-        built in ``__init__`` are shared with other processes when ``ddp_spawn`` hands them the
-        module through shared memory, and summing into them would count every process's data
-        in each."""
-        for metric in self.evaluators[role].values():
-            metric.reset()
 
-    def _log_metrics(self, role: str) -> None:
-        """Log the metrics of the epoch (already gathered across processes) and reset them."""
-        metrics = self.evaluators[role]
-        coco = metrics["coco"].compute()
-        for name in coco_metric_names(self.coco_max_detections):
-            self.log(f"{role}/{name}", coco[name], prog_bar=name == "map_50", sync_dist=False)
-        if "voc" in metrics:
-            voc = metrics["voc"].compute()
-            self.log(f"{role}/voc_map", voc["map"], prog_bar=True, sync_dist=False)
-            labels, aps = voc["classes"], voc["ap_per_class"]
-        else:  # COCO reports -1 for a class without ground truth
-            labels, aps = (
-                coco["classes"],
-                coco["map_per_class"].where(coco["map_per_class"] >= 0, torch.nan),
+class ExportedModelEvaluation(DetectionEvaluation):
+    """Tests an exported detector file (:class:`dssd.export.ExportedModel`, run by onnxruntime or
+    TorchScript) with the same metrics, and the same result writers, as a checkpoint.
+
+    Args:
+        model: the exported model: ``model.detect(images, orig_sizes) -> list[dict]`` and
+            ``model.class_names``.
+        class_names: the names of labels 1..C of the evaluated data.
+        use_07_metric: the VOC devkit's AP rule of the evaluated data (as in DetectionModule).
+        coco_max_detections: the three detection caps of the COCO metrics.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        class_names: Sequence[str],
+        use_07_metric: bool | None = None,
+        coco_max_detections: Sequence[int] = (1, 10, 200),
+    ) -> None:
+        if len(class_names) != len(model.class_names):
+            raise UserError(
+                f"the data has {len(class_names)} classes, the exported model "
+                f"{len(model.class_names)}: evaluate it on data with the classes it was built for"
             )
-        ap_by_label = dict(zip(labels.reshape(-1).tolist(), aps.reshape(-1).tolist(), strict=True))
-        self.per_class_ap[role] = {
-            name: ap_by_label.get(label, float("nan"))
-            for label, name in enumerate(self.class_names, start=1)
-        }
-        for name, ap in self.per_class_ap[role].items():
-            if ap == ap:  # NaN: no ground truth of the class
-                self.log(f"{role}/ap/{name}", ap, sync_dist=False)
-        for metric in metrics.values():
-            metric.reset()
+        super().__init__(class_names, use_07_metric, coco_max_detections)
+        self.model = model
+
+    def test_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> list[dict]:
+        images, targets = batch
+        orig_sizes = torch.stack([t["orig_size"] for t in targets])
+        detections = [
+            {key: value.to(images.device) for key, value in found.items()}
+            for found in self.model.detect(images, orig_sizes)
+        ]
+        self.update_metrics("test", detections, targets)
+        return detections

@@ -1,20 +1,28 @@
 """Evaluation: test a checkpoint of src/train.py, its network rebuilt from the run configuration
-stored in it."""
+stored in it, or a file of src/export.py beside the checkpoint it came from."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dssd.errors import UserError
+from dssd.export import ExportedModel
 from dssd.inference import load_checkpoint, restore_detector
 from dssd.models import fold_batchnorm
+from dssd.module import DetectionEvaluation, ExportedModelEvaluation
 from dssd.tasks.reporting import report_test_results, scalar_metrics
 from dssd.tasks.trainer import build_trainer, result_writers
 
 log = logging.getLogger(__name__)
+
+# the metrics compared between an exported file and its checkpoint
+PARITY_METRICS = ("voc_map", "map", "map_50", "map_75", "map_small")
 
 
 def data_to_evaluate(chosen: DictConfig | None, trained: DictConfig) -> DictConfig:
@@ -33,36 +41,125 @@ def data_to_evaluate(chosen: DictConfig | None, trained: DictConfig) -> DictConf
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test the checkpoint ``cfg.ckpt_path`` and return the test metrics.
+    """Test the checkpoint ``cfg.ckpt_path``, or the exported file ``cfg.model_file``
+    (:func:`evaluate_exported`), and return the test metrics.
 
     The network is rebuilt from the run configuration stored in the checkpoint by ``train``; so is
     the datamodule, unless ``cfg.data`` says otherwise (:func:`data_to_evaluate`). The metrics
     follow the data tested (its class names and VOC AP rule), and the numeric precision is the
     training run's unless ``trainer.precision`` is given, so that the test figures repeat.
     """
+    if cfg.get("model_file"):
+        return evaluate_exported(cfg)
+    if not cfg.get("ckpt_path"):
+        raise UserError(
+            "nothing to evaluate: give ckpt_path=<a checkpoint of src/train.py> "
+            "or model_file=<a file of src/export.py>"
+        )
     checkpoint, run_cfg = load_checkpoint(cfg.ckpt_path)
+    datamodule = configure(cfg, run_cfg, precision=run_cfg.trainer.precision)
+    model = restore_detector(checkpoint, cfg.model)
+    if cfg.get("fold_bn", False):
+        model.net = fold_batchnorm(model.net)
+        log.info("Evaluating with every batch norm folded into its convolution.")
+    metrics = run_test(cfg, model, datamodule)
+    report_test_results(cfg, model, metrics, {"tested_checkpoint": str(cfg.ckpt_path)})
+    return metrics
+
+
+def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.LightningDataModule:
+    """Fill ``cfg`` from the training run's configuration (model, data, W&B names; ``precision``
+    unless ``trainer.precision`` is given), seed, and return the datamodule to test on."""
     with open_dict(cfg):  # a data config chosen here may refer to ${model.net.image_size}
         cfg.model = run_cfg.model
         cfg.data = data_to_evaluate(cfg.get("data"), run_cfg.data)
     if cfg.trainer.precision is None:
-        cfg.trainer.precision = run_cfg.trainer.precision
+        cfg.trainer.precision = precision
     if "run_name" in run_cfg:  # W&B names: the training run's, tagged eval
         cfg.run_name = run_cfg.run_name
         cfg.run_tags = [*run_cfg.run_tags, "eval"]
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-
     datamodule = instantiate(cfg.data)
     with open_dict(cfg):  # the metrics of the data tested
         cfg.model.class_names = list(datamodule.class_names)
         cfg.model.use_07_metric = datamodule.use_07_metric
-    model = restore_detector(checkpoint, cfg.model)
-    if cfg.get("fold_bn", False):
-        model.net = fold_batchnorm(model.net)
-        log.info("Evaluating with every batch norm folded into its convolution.")
-    trainer = build_trainer(cfg, result_writers(cfg, datamodule))
+    return datamodule
+
+
+def run_test(
+    cfg: DictConfig,
+    model: DetectionEvaluation,
+    datamodule: pl.LightningDataModule,
+    with_loggers: bool = True,
+) -> dict[str, float]:
+    """``trainer.test`` of ``model`` on ``datamodule`` with ``cfg``'s trainer, result writers and
+    loggers (neither of the two when ``with_loggers`` is false); the scalar test metrics."""
+    writers = result_writers(cfg, datamodule) if with_loggers else []
+    trainer = build_trainer(cfg, writers, with_loggers)
     trainer.test(model, datamodule=datamodule)
-    metrics = scalar_metrics(trainer.callback_metrics)
-    if trainer.is_global_zero:
-        report_test_results(cfg, model, metrics, {"tested_checkpoint": str(cfg.ckpt_path)})
+    return scalar_metrics(trainer.callback_metrics)
+
+
+def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
+    """Test the exported file ``cfg.model_file`` (onnxruntime or TorchScript) on the test split of
+    the run it was exported from, with the same metrics and result writers as a checkpoint.
+
+    Then, unless ``compare=false``, test the checkpoint it came from (``ckpt_path``, by default
+    the one recorded in the file) in float32 and report both side by side: the export is faithful
+    when they agree to 0.001 (``parity`` in test_results.json).
+    """
+    exported = ExportedModel(cfg.model_file)
+    run_cfg = OmegaConf.create(exported.metadata["run_config"])
+    # the exported graph computes in float32
+    datamodule = configure(cfg, run_cfg, precision="32-true")
+    with open_dict(cfg):  # the tables and W&B name the file's format
+        cfg.run_name = f"{cfg.get('run_name', cfg.task_name)} ({exported.format})"
+    model = ExportedModelEvaluation(
+        exported,
+        cfg.model.class_names,
+        cfg.model.use_07_metric,
+        cfg.model.coco_max_detections,
+    )
+    log.info("Testing %s (%s) on %s", exported.path, exported.format, cfg.data._target_)
+    metrics = run_test(cfg, model, datamodule)
+    extra: dict[str, Any] = {"tested_model_file": str(exported.path), "format": exported.format}
+    ckpt_path = cfg.get("ckpt_path") or exported.metadata.get("checkpoint")
+    if cfg.get("compare", True) and ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise UserError(
+                f"the checkpoint to compare with, {ckpt_path}, does not exist: give "
+                "ckpt_path=<the checkpoint exported>, or compare=false"
+            )
+        reference = restore_detector(load_checkpoint(ckpt_path)[0], cfg.model)
+        log.info("Testing the checkpoint %s in float32 for comparison", ckpt_path)
+        checkpoint_metrics = run_test(cfg, reference, datamodule, with_loggers=False)
+        extra["parity"] = parity(metrics, checkpoint_metrics, ckpt_path)
+        log.info("Exported file against its checkpoint:\n%s", parity_table(extra["parity"]))
+    report_test_results(cfg, model, metrics, extra)
     return metrics
+
+
+def parity(
+    exported: dict[str, float], checkpoint: dict[str, float], ckpt_path: str
+) -> dict[str, Any]:
+    """The test metrics of an exported file beside its checkpoint's, and their largest gap."""
+    rows = {
+        name: {"checkpoint": checkpoint[f"test/{name}"], "exported": exported[f"test/{name}"]}
+        for name in PARITY_METRICS
+        if f"test/{name}" in exported and f"test/{name}" in checkpoint
+    }
+    gap = max(abs(r["exported"] - r["checkpoint"]) for r in rows.values())
+    return {"checkpoint": str(ckpt_path), "metrics": rows, "max_abs_difference": gap}
+
+
+def parity_table(record: dict[str, Any]) -> str:
+    """:func:`parity` as a markdown table."""
+    lines = ["| metric | checkpoint | exported | difference |", "|---|---:|---:|---:|"]
+    for name, row in record["metrics"].items():
+        difference = row["exported"] - row["checkpoint"]
+        lines.append(
+            f"| {name} | {row['checkpoint']:.4f} | {row['exported']:.4f} | {difference:+.2e} |"
+        )
+    lines.append(f"largest difference: {record['max_abs_difference']:.2e}")
+    return "\n".join(lines)

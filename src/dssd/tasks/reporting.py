@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dssd.module import DetectionModule
+from dssd.module import DetectionEvaluation, DetectionModule
 from dssd.results.runs import write_results_json
 from dssd.results.tables import results_tables, write_results
 
@@ -21,7 +21,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def report_test_results(
     cfg: DictConfig,
-    model: DetectionModule,
+    model: DetectionEvaluation,
     metrics: dict[str, float],
     extra: dict[str, Any] | None = None,
 ) -> None:
@@ -29,7 +29,8 @@ def report_test_results(
 
     ``test_results.md`` holds the tables; ``test_results.json`` the same figures for programs
     (``make ablation``, the notebooks): every scalar metric, per-class AP, the network's parameter
-    counts, the checkpoint tested and, after training, the fit time in seconds (``extra``).
+    counts (of a checkpoint's network), the checkpoint or exported file tested and, after
+    training, the fit time in seconds (``extra``).
     """
     per_class = model.per_class_ap.get("test", {})
     name = cfg.get("run_name", cfg.task_name)
@@ -40,9 +41,12 @@ def report_test_results(
         "stage": cfg.get("stage", 0),
         "metrics": metrics,
         "per_class_ap": per_class,
-        "parameters": sum(p.numel() for p in model.net.parameters()),
-        "trainable_parameters": sum(p.numel() for p in model.net.parameters() if p.requires_grad),
         **(extra or {}),
     }
+    if isinstance(model, DetectionModule):
+        record["parameters"] = sum(p.numel() for p in model.net.parameters())
+        record["trainable_parameters"] = sum(
+            p.numel() for p in model.net.parameters() if p.requires_grad
+        )
     write_results_json(record, cfg.paths.output_dir)
     log.info("Test results (also in %s):\n%s", path, text)

@@ -52,8 +52,11 @@ def result_writers(cfg: DictConfig, datamodule: pl.LightningDataModule) -> list[
     return writers
 
 
-def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
-    """``cfg.trainer`` with the ``callbacks`` and ``logger`` groups (and ``extra_callbacks``)."""
+def build_trainer(
+    cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (), with_loggers: bool = True
+) -> pl.Trainer:
+    """``cfg.trainer`` with the ``callbacks`` and ``logger`` groups (and ``extra_callbacks``);
+    without loggers when ``with_loggers`` is false."""
     callbacks = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
-    loggers = instantiate_group(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger")) if with_loggers else []
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

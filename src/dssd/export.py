@@ -1,0 +1,266 @@
+"""A trained detector as one file for deployment, and that file run again.
+
+The exported graph is the BN-folded network with box decoding and NMS inside
+(:class:`ExportableDetector`): a batch of preprocessed images in, fixed-size detections out, with
+a dynamic batch size. ONNX files are written by ``torch.onnx``'s dynamo exporter and run by
+onnxruntime; TorchScript files by ``torch.jit.trace``. Each file carries its metadata (input size,
+mean, std, class names, post-processing settings and the training run's configuration): in the
+ONNX model's ``metadata_props`` or the TorchScript archive's extra files, and in a JSON file next
+to it, so that ``src/eval.py model_file=...`` can score it on the checkpoint's test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from dssd.errors import UserError
+from dssd.ops import GraphPostProcessor, PostProcessor
+
+if TYPE_CHECKING:
+    from dssd.detector import Detector
+
+log = logging.getLogger(__name__)
+
+# file suffix of each format
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels")
+# the metadata's key in the ONNX metadata_props, and its name in the TorchScript archive
+METADATA_KEY = "dssd"
+
+
+class ExportableDetector(nn.Module):
+    """The network and its post-processing as one module: ``images [B, 3, S, S]`` (RGB, resized
+    to the network's size and normalised) to ``num_detections [B]``, ``boxes [B, K, 4]`` (xyxy,
+    normalised to [0, 1]), ``scores [B, K]`` and ``labels [B, K]`` (1..C), padded with zeros
+    after each image's ``num_detections`` (:class:`~dssd.ops.GraphPostProcessor`)."""
+
+    def __init__(self, net: nn.Module, post: PostProcessor) -> None:
+        super().__init__()
+        self.net = net
+        self.postprocess = GraphPostProcessor(post)
+        self.register_buffer("priors", net.priors.detach().clone())
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        loc, conf = self.net(images)
+        return self.postprocess(loc, conf, self.priors)
+
+
+def padded_to_detections(
+    outputs: tuple[Tensor, Tensor, Tensor, Tensor], orig_sizes: Tensor
+) -> list[dict[str, Tensor]]:
+    """The padded outputs of :class:`ExportableDetector` as the post-processor's per-image
+    dicts, boxes scaled to the original images (``orig_sizes [B, 2]``, height and width)."""
+    counts, boxes, scores, labels = outputs
+    scale = orig_sizes.flip(-1).repeat(1, 2).to(boxes)
+    return [
+        {"boxes": boxes[i, :n] * scale[i], "scores": scores[i, :n], "labels": labels[i, :n]}
+        for i, n in enumerate(counts.tolist())
+    ]
+
+
+def metadata(detector: Detector, fmt: str, checkpoint: str | Path | None) -> dict[str, Any]:
+    """What a user of the exported file needs: the input it takes, the outputs it returns, the
+    class names, the post-processing settings baked in, and the training run's configuration
+    (``run_config``, used to find the checkpoint's test data)."""
+    post = detector.module.postprocess
+    size = detector.image_size
+    return {
+        "format": fmt,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "image_size": size,
+            "mean": list(detector.mean),
+            "std": list(detector.std),
+            "preprocessing": (
+                f"RGB, resized to {size}x{size} (bilinear), scaled to [0, 1], "
+                "minus mean, divided by std, channels first"
+            ),
+        },
+        "outputs": {
+            "num_detections": "int64 [batch]: detections of each image",
+            "boxes": "float32 [batch, K, 4]: xyxy, normalised to [0, 1] of the image",
+            "scores": "float32 [batch, K]",
+            "labels": "int64 [batch, K]: 1..C, index + 1 into class_names",
+        },
+        "class_names": list(detector.class_names),
+        "postprocess": {
+            "score_threshold": post.score_threshold,
+            "top_k": post.top_k,
+            "nms_iou": post.nms_iou,
+            "max_detections": post.max_detections,
+            "variances": list(post.box_coder.variances),
+        },
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "run_config": OmegaConf.to_container(detector.run_config, resolve=True),
+    }
+
+
+def check_format(fmt: str) -> None:
+    """A :class:`UserError` unless ``fmt`` is one of :data:`FORMATS`."""
+    if fmt not in FORMATS:
+        raise UserError(f"format={fmt}: choose one of {', '.join(FORMATS)}")
+
+
+def export_detector(
+    detector: Detector, fmt: str, output: str | Path, checkpoint: str | Path | None = None
+) -> Path:
+    """Write ``detector`` (its network should be BN-folded already) as an ONNX or TorchScript
+    file at ``output``, with its metadata inside and in ``<output>.json`` (``checkpoint``: the
+    file it came from, recorded there); return the path."""
+    module = ExportableDetector(detector.module.net, detector.module.postprocess)
+    info = metadata(detector, fmt, checkpoint)
+    path = export_module(module, fmt, output, detector.image_size, info)
+    Path(f"{path}.json").write_text(json.dumps(info, indent=2) + "\n")
+    return path
+
+
+def export_module(
+    module: ExportableDetector, fmt: str, output: str | Path, image_size: int, info: dict[str, Any]
+) -> Path:
+    """Write ``module`` as ``fmt`` at ``output`` with the metadata ``info`` inside (ONNX
+    ``metadata_props`` or a TorchScript extra file); the batch size stays dynamic."""
+    check_format(fmt)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    module = module.cpu().eval()
+    # two images: a batch of one would let the exporter specialise the batch dimension to 1
+    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    text = json.dumps(info)
+    with torch.no_grad(), _quiet("onnx_ir", "onnxscript"):
+        if fmt == "onnx":
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
+            program.model.metadata_props[METADATA_KEY] = text
+            program.save(str(output), external_data=False)
+        else:
+            traced = torch.jit.trace(module, (example,), check_trace=False)
+            torch.jit.save(traced, str(output), _extra_files={METADATA_KEY: text})
+    return output
+
+
+@contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """The named loggers at WARNING meanwhile (the ONNX graph passes log every step at INFO)."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+class ExportedModel:
+    """An exported detector file run by onnxruntime (``.onnx``) or TorchScript (``.pt``).
+
+    ``model(images)`` returns the padded outputs as tensors; :meth:`detect` returns per-image
+    detections in original-image pixels, as the post-processor does.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"model_file={path}: no such file (write one with src/export.py)")
+        if self.path.suffix == FORMATS["onnx"]:
+            self._load_onnx(threads)
+        elif self.path.suffix == FORMATS["torchscript"]:
+            self._load_torchscript()
+        else:
+            raise UserError(
+                f"model_file={path}: expected an .onnx or .pt file written by src/export.py"
+            )
+        self.class_names: list[str] = self.metadata["class_names"]
+        self.image_size: int = self.metadata["input"]["image_size"]
+
+    def _load_onnx(self, threads: int | None) -> None:
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise UserError(
+                "running an ONNX model needs onnxruntime: pip install -e '.[export]'"
+            ) from err
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise UserError(f"model_file={self.path}: not a readable ONNX model ({err})") from err
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = self._parse(props.get(METADATA_KEY))
+        self.format = "onnx"
+
+    def _load_torchscript(self) -> None:
+        extra = {METADATA_KEY: ""}
+        try:
+            self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+        except RuntimeError as err:
+            raise UserError(f"model_file={self.path}: not a TorchScript archive ({err})") from err
+        self.metadata = self._parse(extra[METADATA_KEY] or None)
+        self.format = "torchscript"
+
+    def _parse(self, text: str | bytes | None) -> dict[str, Any]:
+        if not text:
+            raise UserError(
+                f"model_file={self.path}: holds no {METADATA_KEY!r} metadata; "
+                "export it with src/export.py"
+            )
+        return json.loads(text)
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Padded outputs (:class:`ExportableDetector`) for a preprocessed batch."""
+        if self.format == "onnx":
+            outputs = self.session.run(
+                list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images.cpu().numpy())}
+            )
+            return tuple(torch.from_numpy(o) for o in outputs)  # type: ignore[return-value]
+        with torch.no_grad():
+            return self.module(images.cpu())
+
+    def detect(self, images: Tensor, orig_sizes: Tensor) -> list[dict[str, Tensor]]:
+        """Per-image detections: boxes in pixels of the original images (``orig_sizes [B, 2]``,
+        height and width), scores and labels, sorted by decreasing score."""
+        return padded_to_detections(self(images), orig_sizes.cpu())
+
+
+def max_box_difference(detector: Detector, exported: ExportedModel, batch_size: int) -> float:
+    """The largest gap, in pixels of an ``S x S`` image, between the boxes of the exported file
+    and those of the detector's own post-processing on the same batch of ``batch_size`` seeded
+    noise images; infinite when the number or the labels of the detections differ."""
+    size = detector.image_size
+    generator = torch.Generator().manual_seed(batch_size)
+    images = torch.randn(batch_size, 3, size, size, generator=generator)
+    orig_sizes = torch.tensor([[size, size]] * batch_size)
+    with torch.no_grad():
+        reference = detector.module.cpu().predict(images, orig_sizes)
+    gap = 0.0
+    for ours, theirs in zip(reference, exported.detect(images, orig_sizes), strict=True):
+        if not torch.equal(ours["labels"], theirs["labels"]):
+            return float("inf")
+        if len(ours["boxes"]):
+            gap = max(gap, float((ours["boxes"] - theirs["boxes"]).abs().max()))
+    return gap
