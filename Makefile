@@ -18,6 +18,8 @@ SEEDS ?=
 # baselines' benchmark (python -m benchmarks.baselines --help)
 BENCH_ARGS ?=
 BENCH_ARGS_BASELINES ?=
+# and of the exported models' benchmark (python -m benchmarks.export --help)
+BENCH_ARGS_EXPORT ?=
 
 .PHONY: install data train ablation bench test test-full lint format clean
 
@@ -48,11 +50,13 @@ ablation: data
 
 # Speed in the layout of the paper's Table 7 (images/s at batch 1 and a large batch, BN unfolded
 # and folded, with and without NMS, training in memory and fed by the shapes loader), then the
-# baselines; see docs/benchmarks.md. `BENCH_ARGS="--profile DIR"` adds profiler traces.
+# baselines, then the exported models (onnxruntime, TorchScript) against eager; see
+# docs/benchmarks.md. `BENCH_ARGS="--profile DIR"` adds profiler traces.
 # On a GPU: make bench BENCH_ARGS="--bf16 --channels-last --large-batch 64 data.num_workers=12"
 bench: install
 	$(PY) -m benchmarks.speed $(BENCH_ARGS)
 	$(PY) -m benchmarks.baselines $(BENCH_ARGS_BASELINES)
+	$(PY) -m benchmarks.export $(BENCH_ARGS_EXPORT)
 
 # Fast suite (slow tests excluded); `make test-full` runs everything.
 test: install
