@@ -1,0 +1,326 @@
+"""Prediction: a checkpoint's detections on image files, a folder, a glob pattern or videos,
+drawn on copies of the inputs and written as one COCO results JSON, through :class:`Detector`."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from pytorch_lightning.loggers import Logger, WandbLogger
+from torchvision.utils import draw_bounding_boxes
+from tqdm import tqdm
+
+from dssd.data.coco import detections_to_coco_results, write_coco_results
+from dssd.data.voc import read_image
+from dssd.detector import Detector, batches
+from dssd.errors import UserError
+from dssd.tasks.trainer import instantiate_group
+
+if TYPE_CHECKING:
+    import wandb
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+# drawn images keep their name when it has one of these suffixes, and get ``.png`` added if not
+DRAWN_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+# box colours, one per class (cycled)
+PALETTE = ["red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "purple", "white"]
+
+
+@dataclass
+class Frame:
+    """One image to detect on: a file, or frame ``index`` of a video playing at ``fps``."""
+
+    source: Path
+    name: str  # the file's path relative to the input's directory
+    image: np.ndarray  # HxWx3 uint8 RGB
+    index: int | None = None
+    fps: float | None = None
+
+
+@dataclass
+class Summary:
+    """What a prediction run did, as written to ``summary.json``."""
+
+    images: int = 0
+    detections: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def skip(self, name: str, reason: str) -> None:
+        log.warning("skipping %s: %s", name, reason)
+        self.skipped.append({"file": name, "reason": reason})
+
+
+def input_files(spec: str) -> tuple[Path, list[Path]]:
+    """The directory that names are relative to and the files ``spec`` stands for: a file, the
+    files directly in a folder (sorted, hidden ones left out), or a glob pattern's files
+    (sorted; ``**`` recurses). Nothing found is a :class:`UserError`."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        root = path
+    elif path.is_file():
+        files, root = [path], path.parent
+    elif glob.has_magic(spec):
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        root = Path(os.path.commonpath([p.parent for p in files])) if files else path.parent
+    else:
+        raise UserError(f"input={spec}: no such file or directory")
+    if not files:
+        raise UserError(f"input={spec}: no files there")
+    return root, files
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def frame_count(path: Path) -> int:
+    """The number of frames a video's header announces (1 for an image), for the progress bar."""
+    if not is_video(path):
+        return 1
+    capture = cv2.VideoCapture(str(path))
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    return max(count, 0)
+
+
+def read_video(path: Path, name: str) -> Iterator[Frame]:
+    """The frames of a video, decoded one at a time, as RGB."""
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    index = 0
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            yield Frame(path, name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index, fps)
+            index += 1
+    finally:
+        capture.release()
+    if index == 0:
+        raise OSError("not a readable video")
+
+
+def read_frames(
+    files: Sequence[Path], root: Path, summary: Summary, progress: tqdm
+) -> Iterator[Frame]:
+    """The images and video frames of ``files``; a file that cannot be decoded is a skip (and
+    one step of ``progress``)."""
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        try:
+            if is_video(path):
+                yield from read_video(path, name)
+            else:
+                yield Frame(path, name, read_image(path))
+        except OSError:
+            summary.skip(name, "not a readable video" if is_video(path) else "not a readable image")
+            progress.update(1)
+
+
+def draw(image: np.ndarray, detections: dict[str, Any], threshold: float) -> np.ndarray:
+    """``image`` with the detections scoring at least ``threshold`` drawn: box, class, score."""
+    keep = (detections["scores"] >= threshold).nonzero().flatten().tolist()
+    if not keep:
+        return image
+    scores, labels = detections["scores"].tolist(), detections["labels"].tolist()
+    drawn = draw_bounding_boxes(
+        torch.from_numpy(image).permute(2, 0, 1),
+        detections["boxes"][keep],
+        labels=[f"{detections['names'][i]} {scores[i]:.2f}" for i in keep],
+        colors=[PALETTE[(labels[i] - 1) % len(PALETTE)] for i in keep],
+        width=2,
+    )
+    return drawn.permute(1, 2, 0).numpy()
+
+
+class Outputs:
+    """Writes the drawn images and videos into ``directory``, keeping the inputs' names."""
+
+    def __init__(self, directory: Path, summary: Summary) -> None:
+        self.directory = directory
+        self.summary = summary
+        self.video: tuple[Path, cv2.VideoWriter] | None = None
+
+    def path(self, name: str, video: bool) -> Path:
+        """The output path of input ``name``: the same name, with ``.mp4`` (videos) or ``.png``
+        (images) added unless it ends so already."""
+        suffixes, added = ({".mp4"}, ".mp4") if video else (DRAWN_SUFFIXES, ".png")
+        out = name if Path(name).suffix.lower() in suffixes else f"{name}{added}"
+        self.summary.outputs.append(out)
+        path = self.directory / out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write(self, frame: Frame, drawn: np.ndarray) -> None:
+        if frame.index is None:
+            # JPEG quality 95: the drawn image close to its input
+            Image.fromarray(drawn).save(self.path(frame.name, video=False), quality=95)
+            return
+        if self.video is None or self.video[0] != frame.source:
+            self.close()
+            height, width = drawn.shape[:2]
+            path = self.path(frame.name, video=True)
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self.video = (
+                frame.source,
+                cv2.VideoWriter(str(path), fourcc, frame.fps, (width, height)),
+            )
+        self.video[1].write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video[1].release()
+            self.video = None
+
+
+def choose_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; otherwise the device named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"device={name}: {err}") from None
+
+
+def wandb_image(
+    image: np.ndarray, detections: dict[str, Any], threshold: float, classes: dict[int, str]
+) -> wandb.Image:
+    """A W&B image with the detections scoring at least ``threshold`` as boxes to toggle."""
+    import wandb
+
+    boxes = [
+        {
+            "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
+            "domain": "pixel",
+            "class_id": label,
+            "box_caption": f"{classes[label]} {score:.2f}",
+            "scores": {"score": score},
+        }
+        for (x0, y0, x1, y1), score, label in zip(
+            detections["boxes"].tolist(),
+            detections["scores"].tolist(),
+            detections["labels"].tolist(),
+            strict=True,
+        )
+        if score >= threshold
+    ]
+    return wandb.Image(image, boxes={"predictions": {"box_data": boxes, "class_labels": classes}})
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Detect objects in ``cfg.input`` with the checkpoint ``cfg.ckpt_path`` and write into
+    ``cfg.output_dir`` the drawn images and videos, ``detections.json`` (COCO results entries
+    with ``file_name``, and ``frame`` for videos) and ``summary.json``; return the summary."""
+    root, files = input_files(str(cfg.input))
+    output_dir = Path(cfg.output_dir)
+    if output_dir.resolve() == root.resolve():
+        raise UserError(
+            f"output_dir={output_dir}: the input's own folder, whose files it would overwrite"
+        )
+    detector = Detector.from_checkpoint(
+        cfg.ckpt_path, choose_device(cfg.device), cfg.fold_bn, cfg.batch_size
+    )
+    score_threshold = cfg.score_threshold
+    if score_threshold is None:
+        score_threshold = detector.module.postprocess.score_threshold
+    classes = dict(enumerate(detector.class_names, start=1))
+    labels = {label: label for label in classes}  # category ids: the network's labels
+    loggers = instantiate_group(cfg.get("logger"))
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    log.info(
+        "Detecting in %d files of %s with %s on %s",
+        len(files),
+        root,
+        cfg.ckpt_path,
+        detector.device,
+    )
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = Summary()
+    outputs = Outputs(output_dir, summary)
+    results: list[dict[str, Any]] = []
+    table: list[list[Any]] = []
+    progress = tqdm(total=sum(frame_count(p) for p in files), unit="image", desc="predict")
+    try:
+        for batch in batches(read_frames(files, root, summary, progress), cfg.batch_size):
+            found = detector.predict([frame.image for frame in batch], score_threshold)
+            for frame, detections in zip(batch, found, strict=True):
+                summary.images += 1
+                entries = detections_to_coco_results([detections], [summary.images], labels)
+                for entry in entries:
+                    entry["file_name"] = frame.name
+                    if frame.index is not None:
+                        entry["frame"] = frame.index
+                results += entries
+                outputs.write(frame, draw(frame.image, detections, cfg.draw_threshold))
+                if wandb_loggers and len(table) < cfg.max_logged_images:
+                    image = wandb_image(frame.image, detections, cfg.draw_threshold, classes)
+                    table.append([frame.name, frame.index, image, len(entries)])
+            progress.update(len(batch))
+    finally:
+        progress.close()
+        outputs.close()
+    summary.detections = len(results)
+
+    write_coco_results(output_dir / "detections.json", results)
+    record = {
+        "checkpoint": str(cfg.ckpt_path),
+        "input": str(cfg.input),
+        "images": summary.images,
+        "detections": summary.detections,
+        "score_threshold": score_threshold,
+        "draw_threshold": cfg.draw_threshold,
+        "categories": [{"id": k, "name": v} for k, v in classes.items()],
+        "skipped": summary.skipped,
+        "outputs": summary.outputs,
+    }
+    (output_dir / "summary.json").write_text(json.dumps(record, indent=2))
+    log_run(loggers, wandb_loggers, summary, table)
+    print_summary(summary, score_threshold, output_dir)
+    return record
+
+
+def log_run(
+    loggers: list[Logger], wandb_loggers: list[WandbLogger], summary: Summary, table: list[list]
+) -> None:
+    """The run's counts to every logger, and the table of images with their boxes to W&B."""
+    counts = {
+        "images": summary.images,
+        "detections": summary.detections,
+        "skipped": len(summary.skipped),
+    }
+    for logger in loggers:
+        logger.log_metrics(counts)
+        if logger in wandb_loggers:
+            logger.log_table("predictions", ["file_name", "frame", "image", "detections"], table)
+        logger.finalize("success")
+    for logger in wandb_loggers:
+        logger.experiment.finish()
+
+
+def print_summary(summary: Summary, score_threshold: float, output_dir: Path) -> None:
+    """What was done and skipped, and where the outputs are."""
+    print(
+        f"Predicted {summary.images} images: {summary.detections} detections scoring above "
+        f"{score_threshold:g}; skipped {len(summary.skipped)} files"
+    )
+    for skip in summary.skipped:
+        print(f"  skipped {skip['file']}: {skip['reason']}")
+    print(f"Outputs in {output_dir}: drawn images and videos, detections.json, summary.json")

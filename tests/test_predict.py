@@ -1,0 +1,224 @@
+"""src/predict.py: detections of a checkpoint on a folder, a glob pattern or a video, drawn and
+written as one COCO results JSON, with unreadable files skipped and reported."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from conftest import ROOT, run_entry_point
+from dssd import Detector
+from dssd.data.voc import read_image
+from dssd.errors import UserError
+from dssd.tasks import predict, user_errors
+
+IMAGES = ["000001.jpg", "000002.jpg", "000003.jpg"]
+UNREADABLE = ["broken.jpg", "notes.txt"]
+
+
+def config(*overrides: str) -> DictConfig:
+    """predict.yaml composed with ``overrides``, as src/predict.py composes it."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("predict", overrides=["device=cpu", *overrides])
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three images of the shapes data, a JPEG cut short after its first bytes and a text file."""
+    folder = tmp_path_factory.mktemp("inputs")
+    for name in IMAGES:
+        shutil.copy(tiny_shapes / "JPEGImages" / name, folder / name)
+    (folder / "broken.jpg").write_bytes(
+        (tiny_shapes / "JPEGImages" / "000004.jpg").read_bytes()[:200]
+    )
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_checkpoint: Path) -> Detector:
+    """The checkpoint as predict.py loads it by default (batch norms folded)."""
+    return Detector.from_checkpoint(tiny_checkpoint)
+
+
+def by_file(entries: list[dict]) -> dict[tuple[str, int | None], list[dict]]:
+    found: dict[tuple[str, int | None], list[dict]] = {}
+    for entry in entries:
+        found.setdefault((entry["file_name"], entry.get("frame")), []).append(entry)
+    return found
+
+
+def assert_entries_are(entries: list[dict], detections: dict) -> None:
+    """COCO results entries of one image against the Detector's detections of it."""
+    assert len(entries) == len(detections["scores"]) > 0
+    assert len({e["image_id"] for e in entries}) == 1
+    boxes = torch.tensor([e["bbox"] for e in entries])
+    boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+    torch.testing.assert_close(boxes, detections["boxes"], atol=1e-3, rtol=0)
+    scores = torch.tensor([e["score"] for e in entries])
+    torch.testing.assert_close(scores, detections["scores"], atol=1e-6, rtol=0)
+    assert [e["category_id"] for e in entries] == detections["labels"].tolist()
+
+
+def test_a_folder_with_unreadable_files(
+    folder: Path,
+    tiny_checkpoint: Path,
+    detector: Detector,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    record = predict(
+        config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={tmp_path}")
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == record
+    assert summary["images"] == 3 and summary["outputs"] == IMAGES
+    assert [s["file"] for s in summary["skipped"]] == UNREADABLE
+    assert all(s["reason"] == "not a readable image" for s in summary["skipped"])
+    assert summary["score_threshold"] == detector.module.postprocess.score_threshold
+    assert [c["name"] for c in summary["categories"]] == list(detector.class_names)
+    stdout = capsys.readouterr().out
+    assert "Predicted 3 images" in stdout and "skipped 2 files" in stdout
+    assert all(f"skipped {name}: not a readable image" in stdout for name in UNREADABLE)
+    assert all(f"skipping {name}" in caplog.text for name in UNREADABLE)
+
+    entries = json.loads((tmp_path / "detections.json").read_text())
+    assert summary["detections"] == len(entries)
+    found = by_file(entries)
+    assert sorted(found) == [(name, None) for name in IMAGES]
+    for name in IMAGES:
+        assert_entries_are(found[name, None], detector.predict(folder / name))
+        drawn = read_image(tmp_path / name)
+        assert drawn.shape == read_image(folder / name).shape
+
+
+def test_thresholds(folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    common = [f"ckpt_path={tiny_checkpoint}", f"input={folder}/000001.jpg"]
+    predict(config(*common, f"output_dir={tmp_path / 'all'}", "draw_threshold=0"))
+    predict(
+        config(
+            *common, f"output_dir={tmp_path / 'none'}", "score_threshold=0.25", "draw_threshold=2"
+        )
+    )
+    kept = json.loads((tmp_path / "none" / "detections.json").read_text())
+    every = json.loads((tmp_path / "all" / "detections.json").read_text())
+    assert 0 < len(kept) < len(every)
+    assert [e for e in every if e["score"] > 0.25] == kept
+    # boxes change the drawn image; none drawn, it is the input, saved again as a JPEG
+    image = read_image(folder / "000001.jpg").astype(float)
+    drawn = np.abs(read_image(tmp_path / "all" / "000001.jpg") - image).mean()
+    undrawn = np.abs(read_image(tmp_path / "none" / "000001.jpg") - image).mean()
+    assert undrawn < 1.5 < drawn
+
+
+def test_a_glob_pattern_keeps_the_folders_apart(
+    folder: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        shutil.copy(folder / IMAGES[0], tmp_path / "in" / sub / IMAGES[0])
+    out = tmp_path / "out"
+    record = predict(
+        config(f"ckpt_path={tiny_checkpoint}", f"input={tmp_path}/in/*/*.jpg", f"output_dir={out}")
+    )
+    assert record["outputs"] == [f"a/{IMAGES[0]}", f"b/{IMAGES[0]}"] and not record["skipped"]
+    assert (out / "a" / IMAGES[0]).is_file() and (out / "b" / IMAGES[0]).is_file()
+    entries = by_file(json.loads((out / "detections.json").read_text()))
+    assert sorted(entries) == [(f"a/{IMAGES[0]}", None), (f"b/{IMAGES[0]}", None)]
+
+
+def test_a_video(
+    tiny_shapes: Path, tiny_checkpoint: Path, detector: Detector, tmp_path: Path
+) -> None:
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (224, 160))
+    for name in [*IMAGES, "000004.jpg", "000005.jpg"]:
+        writer.write(cv2.resize(cv2.imread(str(tiny_shapes / "JPEGImages" / name)), (224, 160)))
+    writer.release()
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while (read := capture.read())[0]:
+        frames.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2RGB))
+    assert len(frames) == 5
+
+    out = tmp_path / "out"
+    record = predict(config(f"ckpt_path={tiny_checkpoint}", f"input={video}", f"output_dir={out}"))
+    assert record["images"] == 5 and record["outputs"] == ["clip.avi.mp4"]
+    drawn = cv2.VideoCapture(str(out / "clip.avi.mp4"))
+    assert drawn.get(cv2.CAP_PROP_FPS) == 5.0
+    assert (drawn.get(cv2.CAP_PROP_FRAME_WIDTH), drawn.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (224, 160)
+    count = 0
+    while drawn.read()[0]:
+        count += 1
+    assert count == 5
+    found = by_file(json.loads((out / "detections.json").read_text()))
+    assert sorted(found) == [("clip.avi", index) for index in range(5)]
+    for index, detections in enumerate(detector.predict(frames)):
+        assert_entries_are(found["clip.avi", index], detections)
+
+
+def test_bad_inputs(
+    folder: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    missing, out = tmp_path / "missing", f"output_dir={tmp_path / 'out'}"
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        predict(config(f"ckpt_path={tiny_checkpoint}", f"input={missing}"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: input={missing}: no such file or directory\n"
+    (tmp_path / "empty").mkdir()
+    for spec in (tmp_path / "empty", f"{tmp_path}/*.png"):
+        with pytest.raises(UserError, match=re.escape(f"input={spec}: no files there")):
+            predict(config(f"ckpt_path={tiny_checkpoint}", f"input={spec}"))
+    with pytest.raises(UserError, match="the input's own folder"):
+        predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={folder}"))
+    with pytest.raises(UserError, match="no such checkpoint file"):
+        predict(config(f"ckpt_path={tmp_path / 'none.ckpt'}", f"input={folder}", out))
+    with pytest.raises(UserError, match="device=nowhere"):
+        predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "device=nowhere"))
+
+
+def test_predict_py_logs_a_wandb_table(
+    folder: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry point, with its default output_dir and logger=wandb (offline): the table of
+    images with their boxes, in the offline run and in the artifact W&B stages for it."""
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+    run_dir = tmp_path / "run"
+    proc = run_entry_point(
+        "predict.py",
+        f"ckpt_path={tiny_checkpoint}",
+        f"input={folder}",
+        "logger=wandb",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert "Predicted 3 images" in proc.stdout and "skipped 2 files" in proc.stdout
+    summary = json.loads((run_dir / "predictions" / "summary.json").read_text())
+    assert summary["outputs"] == IMAGES and len(summary["skipped"]) == 2
+
+    (table_file,) = run_dir.glob("wandb/offline-run-*/files/media/table/predictions_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["file_name", "frame", "image", "detections"]
+    assert [row[0] for row in table["data"]] == IMAGES
+    # the table with its images, as W&B uploads it on `wandb sync`
+    staged = [p for p in (tmp_path / "wandb_data").rglob("*") if p.is_file()]
+    texts = [p.read_text() for p in staged if p.read_bytes()[:1] == b"{"]
+    tables = [t for t in map(json.loads, texts) if t.get("_type") == "table"]
+    assert tables  # W&B may stage a file more than once
+    entries = by_file(json.loads((run_dir / "predictions" / "detections.json").read_text()))
+    drawn_counts = [sum(e["score"] >= 0.3 for e in entries[name, None]) for name in IMAGES]
+    for full in tables:
+        images = [row[2] for row in full["data"]]
+        assert [image["_type"] for image in images] == ["image-file"] * 3
+        boxes = [image.get("boxes", {}).get("predictions", []) for image in images]
+        assert [len(b) for b in boxes] == drawn_counts
+    assert (run_dir / "csv").is_dir()
