@@ -17,7 +17,7 @@ def _wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
 
-def _box_data(
+def box_data(
     boxes: Tensor, labels: Tensor, class_names: Sequence[str], scores: Tensor | None = None
 ) -> list[dict[str, Any]]:
     """W&B box entries from normalised xyxy boxes (fractions of the image, W&B's default)."""
@@ -127,13 +127,13 @@ class WandbDetectionReport(pl.Callback):
             pixels,
             boxes={
                 "predictions": {
-                    "box_data": _box_data(
+                    "box_data": box_data(
                         predicted["boxes"], predicted["labels"], names, predicted["scores"]
                     ),
                     "class_labels": class_labels,
                 },
                 "ground_truth": {
-                    "box_data": _box_data(truth["boxes"], truth["labels"], names),
+                    "box_data": box_data(truth["boxes"], truth["labels"], names),
                     "class_labels": class_labels,
                 },
             },

@@ -26,6 +26,7 @@ from dssd.data.voc import read_image
 from dssd.detector import Detector, batches
 from dssd.errors import UserError
 from dssd.tasks.trainer import instantiate_group
+from dssd.wandb_report import box_data
 
 if TYPE_CHECKING:
     import wandb
@@ -200,28 +201,17 @@ def choose_device(name: str) -> torch.device:
 
 
 def wandb_image(
-    image: np.ndarray, detections: dict[str, Any], threshold: float, classes: dict[int, str]
+    image: np.ndarray, detections: dict[str, Any], threshold: float, class_names: Sequence[str]
 ) -> wandb.Image:
     """A W&B image with the detections scoring at least ``threshold`` as boxes to toggle."""
     import wandb
 
-    boxes = [
-        {
-            "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
-            "domain": "pixel",
-            "class_id": label,
-            "box_caption": f"{classes[label]} {score:.2f}",
-            "scores": {"score": score},
-        }
-        for (x0, y0, x1, y1), score, label in zip(
-            detections["boxes"].tolist(),
-            detections["scores"].tolist(),
-            detections["labels"].tolist(),
-            strict=True,
-        )
-        if score >= threshold
-    ]
-    return wandb.Image(image, boxes={"predictions": {"box_data": boxes, "class_labels": classes}})
+    height, width = image.shape[:2]
+    keep = detections["scores"] >= threshold
+    boxes = detections["boxes"][keep] / torch.tensor([width, height, width, height])
+    entries = box_data(boxes, detections["labels"][keep], class_names, detections["scores"][keep])
+    classes = dict(enumerate(class_names, start=1))
+    return wandb.Image(image, boxes={"predictions": {"box_data": entries, "class_labels": classes}})
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -271,7 +261,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                 results += entries
                 outputs.write(frame, draw(frame.image, detections, cfg.draw_threshold))
                 if wandb_loggers and len(table) < cfg.max_logged_images:
-                    image = wandb_image(frame.image, detections, cfg.draw_threshold, classes)
+                    image = wandb_image(
+                        frame.image, detections, cfg.draw_threshold, detector.class_names
+                    )
                     table.append([frame.name, frame.index, image, len(entries)])
             progress.update(len(batch))
     finally:
