@@ -183,6 +183,8 @@ def test_bad_inputs(
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={folder}"))
     with pytest.raises(UserError, match="no such checkpoint file"):
         predict(config(f"ckpt_path={tmp_path / 'none.ckpt'}", f"input={folder}", out))
+    with pytest.raises(UserError, match="batch_size=0: must be at least 1"):
+        predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "batch_size=0"))
     with pytest.raises(UserError, match="device=nowhere"):
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "device=nowhere"))
 

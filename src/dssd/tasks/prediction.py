@@ -218,6 +218,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Detect objects in ``cfg.input`` with the checkpoint ``cfg.ckpt_path`` and write into
     ``cfg.output_dir`` the drawn images and videos, ``detections.json`` (COCO results entries
     with ``file_name``, and ``frame`` for videos) and ``summary.json``; return the summary."""
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size={cfg.batch_size}: must be at least 1")
     root, files = input_files(str(cfg.input))
     output_dir = Path(cfg.output_dir)
     if output_dir.resolve() == root.resolve():
