@@ -10,33 +10,31 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import run_entry_point
+from conftest import ROOT, run_entry_point
 from dssd.data.voc import read_image
 from dssd.detector import Detector
 from dssd.errors import UserError
-from dssd.export import ExportedModel, export_detector
+from dssd.export import ExportedModel
 from dssd.inference import load_test_data
 from dssd.tasks import export_checkpoint
 
 pytest.importorskip("onnxruntime")
 
+EXPORT_DEFAULTS = OmegaConf.load(ROOT / "conf" / "export.yaml")
+
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny checkpoint exported once per format: ONNX through src/export.py (the entry
-    point and its check after export), TorchScript in process."""
+    """The tiny checkpoint exported once per format by src/export.py's task, which checks each
+    file against the checkpoint after writing it."""
     out = tmp_path_factory.mktemp("exported")
-    proc = run_entry_point(
-        "export.py",
-        f"ckpt_path={tiny_checkpoint}",
-        "format=onnx",
-        f"output={out / 'tiny.onnx'}",
-        f"hydra.run.dir={out / 'run'}",
-    )
-    assert "largest box gap to the checkpoint" in proc.stderr + proc.stdout
-    detector = Detector.from_checkpoint(tiny_checkpoint)
-    export_detector(detector, "torchscript", out / "tiny.pt", checkpoint=tiny_checkpoint)
-    return {"onnx": out / "tiny.onnx", "torchscript": out / "tiny.pt"}
+    files = {"onnx": out / "tiny.onnx", "torchscript": out / "tiny.pt"}
+    for fmt, path in files.items():
+        cfg = OmegaConf.create(
+            {"ckpt_path": str(tiny_checkpoint), "format": fmt, "output": str(path)}
+        )
+        assert export_checkpoint(OmegaConf.merge(EXPORT_DEFAULTS, cfg)) == path
+    return files
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,15 @@ import pytest
 import torch
 
 from dssd.data.voc import VOCDataset
+from dssd.detector import Detector
 from dssd.errors import UserError
-from dssd.inference import (
-    load_checkpoint,
-    load_detector,
-    load_example,
-    load_test_data,
-    match_detections,
-)
+from dssd.inference import load_checkpoint, load_example, load_test_data, match_detections
 from dssd.module import DetectionModule
 
 
-def test_load_detector_rebuilds_the_trained_model(tiny_checkpoint: Path) -> None:
-    model, run_cfg = load_detector(tiny_checkpoint)
+def test_the_checkpoint_rebuilds_the_trained_model(tiny_checkpoint: Path) -> None:
+    detector = Detector.from_checkpoint(tiny_checkpoint, fold_bn=False)
+    model, run_cfg = detector.module, detector.run_config
     assert isinstance(model, DetectionModule) and not model.training
     assert run_cfg.model.net.image_size == 193
     stored = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
@@ -36,7 +32,7 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(UserError, match="holds no run configuration"):
-        load_detector(foreign)
+        load_checkpoint(foreign)
 
 
 def test_load_checkpoint_reads_the_run_config_of_older_checkpoint_files(tmp_path: Path) -> None:
@@ -48,7 +44,7 @@ def test_load_checkpoint_reads_the_run_config_of_older_checkpoint_files(tmp_path
 def test_test_data_and_examples_in_original_pixels(
     tiny_checkpoint: Path, tiny_shapes: Path
 ) -> None:
-    _, run_cfg = load_detector(tiny_checkpoint)
+    _, run_cfg = load_checkpoint(tiny_checkpoint)
     data = load_test_data(run_cfg, batch_size=1)
     assert data.batch_size == 1 and len(data.datasets["test"]) == 8
     raw = VOCDataset(tiny_shapes, "test", data.class_names)

@@ -1,6 +1,6 @@
 """A trained checkpoint outside Lightning's loops: the detector rebuilt from the run config stored
-in the checkpoint (``src/eval.py``, the detection notebook), its test data, and its detections
-matched to the ground truth."""
+in the checkpoint (``src/eval.py``, :class:`dssd.detector.Detector`), its test data, and its
+detections matched to the ground truth (the detection notebook)."""
 
 from __future__ import annotations
 
@@ -40,13 +40,6 @@ def restore_detector(checkpoint: dict[str, Any], model_cfg: DictConfig) -> Detec
     model = instantiate(model_cfg)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
-
-
-def load_detector(path: str | Path) -> tuple[DetectionModule, DictConfig]:
-    """The model of the checkpoint at ``path``, rebuilt from its stored run configuration, with
-    the checkpoint's weights, on the CPU, in eval mode; and that configuration."""
-    checkpoint, run_cfg = load_checkpoint(path)
-    return restore_detector(checkpoint, run_cfg.model), run_cfg
 
 
 def load_test_data(run_cfg: DictConfig, **data_overrides: Any) -> DetectionDataModule:
