@@ -16,13 +16,15 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
-from dssd.ablation import run_ablation  # noqa: E402
-from dssd.table4_sweeps import write_sweeps  # noqa: E402
-from dssd.tasks import user_errors  # noqa: E402
+from dssd.errors import user_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="table4")
 def main(cfg: DictConfig) -> None:
+    # imported here, so that --help and --cfg print without loading the result readers
+    from dssd.ablation import run_ablation
+    from dssd.table4_sweeps import write_sweeps
+
     setting_name = HydraConfig.get().runtime.choices.ablation
     with user_errors():
         if cfg.sweeps:

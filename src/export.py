@@ -13,13 +13,16 @@ from omegaconf import DictConfig
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 from dssd.config import register_resolvers  # noqa: E402
-from dssd.tasks import export_checkpoint, user_errors  # noqa: E402
+from dssd.errors import user_errors  # noqa: E402
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
+    # imported here, so that --help and --cfg print without loading Lightning
+    from dssd.tasks import export_checkpoint
+
     with user_errors():
         export_checkpoint(cfg)
 

@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from conftest import ROOT, run_entry_point
 from dssd import Detector
 from dssd.data.voc import read_image
-from dssd.errors import UserError
-from dssd.tasks import predict, user_errors
+from dssd.errors import UserError, user_errors
+from dssd.tasks import predict
 
 IMAGES = ["000001.jpg", "000002.jpg", "000003.jpg"]
 UNREADABLE = ["broken.jpg", "notes.txt"]

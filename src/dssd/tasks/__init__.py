@@ -5,7 +5,6 @@ checkpoint, export it; the Trainer and the reports they share live in ``trainer`
 from dssd.tasks.evaluation import evaluate
 from dssd.tasks.exporting import export_checkpoint
 from dssd.tasks.prediction import predict
-from dssd.tasks.trainer import user_errors
 from dssd.tasks.training import train
 
-__all__ = ["evaluate", "export_checkpoint", "predict", "train", "user_errors"]
+__all__ = ["evaluate", "export_checkpoint", "predict", "train"]

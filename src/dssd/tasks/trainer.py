@@ -1,12 +1,8 @@
-"""The Lightning Trainer of a run, built from its config (callbacks, loggers, result writers), and
-how a user's mistake ends a run."""
+"""The Lightning Trainer of a run, built from its config (callbacks, loggers, result writers)."""
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,23 +10,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dssd.callbacks import COCOResultsWriter, VOCResultsWriter
-from dssd.errors import UserError
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Report a :class:`UserError` as its message alone and exit with status 2.
-
-    These errors name the file or option at fault and the fix; a traceback through Lightning
-    would only bury that. ``HYDRA_FULL_ERROR=1`` re-raises them with the traceback.
-    """
-    try:
-        yield
-    except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
