@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -64,25 +65,37 @@ def tiny_wandb_run(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 # the rows of the tiny_ablation fixture: dssd_prod_stage2 and the rows it needs
 TINY_ROWS = ["ssd_pm_a", "ssd_pm_c", "ssd_pm_c_control", "dssd_prod", "dssd_prod_stage2"]
+# its seeds; tiny_ablation_two_seeds (make test-full) runs the chain once per seed of two
+TINY_SEEDS = (0,)
+
+
+def run_tiny_ablation(out_dir: Path, data_root: Path, seeds: Sequence[int]) -> Path:
+    """`make ablation`'s chain (src/ablation.py) with 2 iterations per row on the tiny dataset at
+    ``data_root``, for the rows that the stage-2 row needs (TINY_ROWS: every stage and the
+    control), once per seed of ``seeds``, into ``out_dir``."""
+    run_entry_point(
+        "ablation.py",
+        f"out_dir={out_dir}",
+        f"seeds=[{','.join(map(str, seeds))}]",
+        "only=[dssd_prod_stage2]",
+        "bootstrap_samples=200",
+        # W&B (offline), the default logger, as `make ablation` uses it: the notebook reads it
+        f'train_args="{" ".join(tiny_overrides(data_root))} trainer.log_every_n_steps=1"',
+        timeout=1800,
+    )
+    return out_dir
 
 
 @pytest.fixture(scope="session")
 def tiny_ablation(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The output directory of `make ablation`'s chain (src/ablation.py) run with 2 iterations
-    per row on ``tiny_shapes``, two seeds, for the rows that the stage-2 row needs (TINY_ROWS:
-    every stage and the control); run once per session."""
-    out_dir = tmp_path_factory.mktemp("tiny_ablation")
-    run_entry_point(
-        "ablation.py",
-        f"out_dir={out_dir}",
-        "seeds=[0,1]",
-        "only=[dssd_prod_stage2]",
-        "bootstrap_samples=200",
-        # W&B (offline), the default logger, as `make ablation` uses it: the notebook reads it
-        f'train_args="{" ".join(tiny_overrides(tiny_shapes))} trainer.log_every_n_steps=1"',
-        timeout=1800,
-    )
-    return out_dir
+    """The output directory of the tiny ablation chain with TINY_SEEDS; run once per session."""
+    return run_tiny_ablation(tmp_path_factory.mktemp("tiny_ablation"), tiny_shapes, TINY_SEEDS)
+
+
+@pytest.fixture(scope="session")
+def tiny_ablation_two_seeds(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ablation chain with seeds 0 and 1 (twice the runs: for slow tests only)."""
+    return run_tiny_ablation(tmp_path_factory.mktemp("tiny_ablation2"), tiny_shapes, (0, 1))
 
 
 def run_entry_point(

@@ -13,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from conftest import ROOT, TINY_ROWS, run_entry_point
+from conftest import ROOT, TINY_ROWS, TINY_SEEDS, run_entry_point
 from dssd.ablation import (
     Row,
     Step,
@@ -155,6 +155,7 @@ def test_seeds_must_be_a_list_of_distinct_ints(seeds) -> None:
     assert parse_seeds(OmegaConf.create({"s": [3, 1]}).s) == [3, 1]
 
 
+@pytest.mark.slow  # parse_seeds is checked in process above; this is its command-line exit
 def test_a_bad_seeds_value_stops_the_command_with_a_clear_error(tmp_path: Path) -> None:
     proc = run_entry_point("ablation.py", f"out_dir={tmp_path}", "seeds=[0,x]", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -225,16 +226,21 @@ def test_out_dir_is_named_after_the_setting() -> None:
     assert OmegaConf.to_container(cfg.hydra.run)["dir"] == "${out_dir}"
 
 
-def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: Path) -> None:
+def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
+    """The tiny chain's table, runs and checkpoints: each row run once per seed from its parent
+    row's final weights of the same seed, stage 1 keeping the backbone it loaded."""
     rows = [r for r in table4_rows() if r.id in TINY_ROWS]
-    with (tiny_ablation / "table4.csv").open() as f:
+    with (out_dir / "table4.csv").open() as f:
         records = list(csv.DictReader(f))
     assert [r["row"] for r in records] == TINY_ROWS
     paper = [r.paper_voc_map for r in rows]
     assert [float(r["paper_voc_map"]) if r["paper_voc_map"] else None for r in records] == paper
     for record in records:
-        assert 0 <= float(record["voc_map"]) <= 100 and record["seeds"] == "2"
-        assert float(record["voc_map_std"]) >= 0
+        assert 0 <= float(record["voc_map"]) <= 100 and record["seeds"] == str(len(seeds))
+        if len(seeds) > 1:
+            assert float(record["voc_map_std"]) >= 0
+        else:
+            assert record["voc_map_std"] == ""
         assert int(record["parameters"]) > 0
         assert float(record["fit_minutes"]) > 0 and float(record["wall_minutes"]) > 0
         for size in ("ap_small", "ap_medium", "ap_large"):
@@ -249,24 +255,26 @@ def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: P
     # PM (c) adds a residual block per source; DSSD adds the deconvolution modules
     assert params["ssd_pm_a"] < params["ssd_pm_c"] == params["ssd_pm_c_control"]
     assert params["ssd_pm_c"] < params["dssd_prod"] == params["dssd_prod_stage2"]
-    markdown = (tiny_ablation / "table4.md").read_text()
-    assert "2 seeds (0, 1)" in markdown and "± std" in markdown
+    markdown = (out_dir / "table4.md").read_text()
+    if len(seeds) > 1:
+        listed = ", ".join(map(str, seeds))
+        assert f"{len(seeds)} seeds ({listed})" in markdown and "± std" in markdown
     for row in rows:
         paper_map = "–" if row.paper_voc_map is None else f"{row.paper_voc_map:.1f}"
         assert f"| {row.name} | {paper_map} |" in markdown
 
-    with (tiny_ablation / "runs.csv").open() as f:
+    with (out_dir / "runs.csv").open() as f:
         runs = list(csv.DictReader(f))
-    assert [(r["row"], r["seed"]) for r in runs] == [(i, s) for i in TINY_ROWS for s in ("0", "1")]
+    assert [(r["row"], r["seed"]) for r in runs] == [(i, str(s)) for i in TINY_ROWS for s in seeds]
     for row in rows:
-        for seed in (0, 1):
-            directory = run_dir(tiny_ablation, row.id, seed)
+        for seed in seeds:
+            directory = run_dir(out_dir, row.id, seed)
             assert is_done(directory)
             config = yaml.safe_load((directory / ".hydra" / "config.yaml").read_text())
             assert config["stage"] == row.stage and config["seed"] == seed
             assert config["run_group"] == f"table4-shapes-{row.id}"
             parent = (
-                run_dir(tiny_ablation, row.init_from, seed) / "checkpoints" / "last.ckpt"
+                run_dir(out_dir, row.init_from, seed) / "checkpoints" / "last.ckpt"
                 if row.init_from
                 else None
             )
@@ -278,46 +286,60 @@ def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: P
             assert result["tested_checkpoint"] == "final weights"
 
     # stage 1 froze the backbone it loaded from PM(c)'s final weights: the same tensors
-    def backbone(row_id: str, seed: int) -> dict[str, torch.Tensor]:
-        path = run_dir(tiny_ablation, row_id, seed) / "checkpoints" / "last.ckpt"
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        return {k: v for k, v in state.items() if k.startswith("net.backbone.")}
-
-    for seed in (0, 1):
-        parent = backbone("ssd_pm_c", seed)
+    for seed in seeds:
+        parent = backbone(out_dir, "ssd_pm_c", seed)
         for row_id in ("dssd_prod", "ssd_pm_c_control"):
-            child = backbone(row_id, seed)
+            child = backbone(out_dir, row_id, seed)
             assert child.keys() == parent.keys()
             assert all(torch.equal(child[k], parent[k]) for k in parent)
-        assert not all(torch.equal(parent[k], v) for k, v in backbone("ssd_pm_a", seed).items())
-    # the seeds train different networks
-    assert not all(
-        torch.equal(v, backbone("ssd_pm_a", 1)[k]) for k, v in backbone("ssd_pm_a", 0).items()
-    )
+        pm_a = backbone(out_dir, "ssd_pm_a", seed)
+        assert not all(torch.equal(parent[k], v) for k, v in pm_a.items())
+
+
+def backbone(out_dir: Path, row_id: str, seed: int) -> dict[str, torch.Tensor]:
+    """The backbone weights of a row's final checkpoint."""
+    path = run_dir(out_dir, row_id, seed) / "checkpoints" / "last.ckpt"
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("net.backbone.")}
+
+
+def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: Path) -> None:
+    check_chain(tiny_ablation, TINY_SEEDS)
+
+
+@pytest.mark.slow
+def test_tiny_chain_with_two_seeds_averages_them(tiny_ablation_two_seeds: Path) -> None:
+    """Every row once per seed, mean and spread over the seeds, and different networks."""
+    check_chain(tiny_ablation_two_seeds, (0, 1))
+    first, second = (backbone(tiny_ablation_two_seeds, "ssd_pm_a", seed) for seed in (0, 1))
+    assert not all(torch.equal(v, second[k]) for k, v in first.items())
 
 
 def test_done_rows_are_skipped_and_a_failing_row_names_its_log(
     tiny_ablation: Path, tiny_shapes: Path
 ) -> None:
-    stamps = {p: p.stat().st_mtime_ns for p in tiny_ablation.glob("*/seed*/checkpoints/last.ckpt")}
-    assert len(stamps) == 2 * len(TINY_ROWS)
-    proc = run_entry_point(
-        "ablation.py", f"out_dir={tiny_ablation}", "seeds=[0,1]", "only=[dssd_prod_stage2]"
-    )
-    assert "Table 4 ablation" in proc.stdout and "SSD 321 + PM(c)" in proc.stdout
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-
+    """Rerunning the chain with the stage-2 row forced and broken: the done rows are skipped
+    (their checkpoints untouched), the forced row fails, and the error names its log."""
+    forced = "dssd_prod_stage2"
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in tiny_ablation.glob("*/seed*/checkpoints/last.ckpt")
+        if p.parts[-4] != forced
+    }
+    assert len(stamps) == len(TINY_SEEDS) * (len(TINY_ROWS) - 1)
     proc = run_entry_point(
         "ablation.py",
         f"out_dir={tiny_ablation}",
-        "only=[dssd_prod_stage2]",
-        "force=[dssd_prod_stage2]",
+        f"seeds=[{','.join(map(str, TINY_SEEDS))}]",
+        f"only=[{forced}]",
+        f"force=[{forced}]",
         f'train_args="data.root={tiny_shapes} trainer.max_steps=not_a_number"',
         check=False,
     )
     assert proc.returncode == 2
-    assert "row dssd_prod_stage2" in proc.stderr
-    assert str(tiny_ablation / "dssd_prod_stage2" / "seed0" / "train.log") in proc.stderr
+    assert f"row {forced}" in proc.stderr
+    assert str(tiny_ablation / forced / f"seed{TINY_SEEDS[0]}" / "train.log") in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
 def test_table_marks_only_intervals_that_exclude_zero() -> None:

@@ -97,6 +97,7 @@ def test_eval_folds_batch_norm_on_request(tiny_checkpoint: Path, tmp_path: Path)
     assert "batch norm folded" not in (plain_dir / "eval.log").read_text()
 
 
+@pytest.mark.slow  # the same error path as the truncated file below; in process: test_inference
 def test_eval_rejects_a_foreign_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, path)

@@ -12,7 +12,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from conftest import ROOT, TINY_ROWS
+from conftest import ROOT, TINY_ROWS, TINY_SEEDS
 
 NOTEBOOKS = ROOT / "notebooks"
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ellipse"]
@@ -28,7 +28,7 @@ TABLE4_ROWS = [
     ("dssd_prod", "SSD 321 + PM(c) + DM(Eltw-prod)", 78.6),
     ("dssd_prod_stage2", "SSD 321 + PM(c) + DM(Eltw-prod) + Stage 2", 77.9),
 ]
-RUNS = [f"{row}/seed{seed}" for row in TINY_ROWS for seed in (0, 1)]
+RUNS = [f"{row}/seed{seed}" for row in TINY_ROWS for seed in TINY_SEEDS]
 
 
 def execute(name: str) -> nbformat.NotebookNode:

@@ -169,24 +169,23 @@ def test_eval_writes_devkit_files_that_score_the_logged_map(
     assert voc_eval_map(results, tiny_shapes, "test", SHAPES) == pytest.approx(logged, abs=1e-6)
 
 
+@pytest.mark.parametrize("script", ["train.py", pytest.param("eval.py", marks=pytest.mark.slow)])
 def test_voc_results_directory_that_cannot_be_written_is_a_clear_error(
-    tiny_checkpoint: Path, tmp_path: Path
+    script: str, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
+    """Before any training or testing (both entry points build the writers the same way)."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    for script, args in (
-        ("eval.py", [f"ckpt_path={tiny_checkpoint}"]),
-        ("train.py", ["logger=csv"]),
-    ):
-        proc = run_entry_point(
-            script,
-            *args,
-            f"voc_results={blocker / 'results'}",
-            f"hydra.run.dir={tmp_path / script}",
-            check=False,
-        )
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-        assert f"error: voc_results={blocker / 'results'}: cannot write there" in proc.stderr
+    args = [f"ckpt_path={tiny_checkpoint}"] if script == "eval.py" else ["logger=csv"]
+    proc = run_entry_point(
+        script,
+        *args,
+        f"voc_results={blocker / 'results'}",
+        f"hydra.run.dir={tmp_path / script}",
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: voc_results={blocker / 'results'}: cannot write there" in proc.stderr
 
 
 def test_voc_layout_and_coco_json_of_the_embedded_data_give_the_same_coco_figures(
