@@ -32,7 +32,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchvision.ops import box_iou
 
-__all__ = ["VOCMeanAP", "match_image", "voc_ap"]
+__all__ = ["VOCMeanAP", "average_precisions", "check_image", "match_image", "voc_ap"]
 
 # voc_eval.py iterates over ``np.arange(0.0, 1.1, 0.1)``, whose elements are ``i * 0.1``: 0.3, 0.6
 # and 0.7 come out one ulp above their decimal values, so a recall of exactly 3/10 does not reach
@@ -65,6 +65,37 @@ def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = True) -> flo
     mpre = mpre.flip(0).cummax(0).values.flip(0)
     changed = torch.nonzero(mrec[1:] != mrec[:-1]).squeeze(1)
     return float(((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]).sum())
+
+
+def average_precisions(
+    scores: Tensor, labels: Tensor, tp: Tensor, npos: Tensor, use_07_metric: bool = True
+) -> Tensor:
+    """VOC AP of each class ``1..len(npos)`` from flat per-detection ``scores``, ``labels`` and
+    ``tp`` flags (ignored detections already dropped) and the per-class count of positives.
+
+    Detections are ranked by descending score, stably (ties keep the order given). Returns float64
+    [len(npos)]: NaN for a class without positives, 0 for one with positives but no detections.
+    """
+    num_classes = npos.numel()
+    order = torch.sort(scores, descending=True, stable=True).indices
+    labels, tp = labels[order], tp[order]
+    by_class = torch.sort(labels, stable=True).indices
+    labels, tp = labels[by_class], tp[by_class]
+    counts = torch.bincount(labels - 1, minlength=num_classes).tolist()
+
+    ap = torch.full((num_classes,), float("nan"), dtype=torch.float64)
+    start = 0
+    for c in range(num_classes):
+        flags = tp[start : start + counts[c]].to(torch.float64)
+        start += counts[c]
+        if npos[c] == 0:
+            continue
+        tps = flags.cumsum(0)
+        fps = (1.0 - flags).cumsum(0)
+        recall = tps / float(npos[c])
+        precision = tps / torch.clamp(tps + fps, min=torch.finfo(torch.float64).eps)
+        ap[c] = voc_ap(recall, precision, use_07_metric)
+    return ap
 
 
 def match_image(
@@ -122,6 +153,53 @@ def _as_vector(value: Any, n: int, where: str) -> Tensor:
     if value.ndim != 1 or value.shape[0] != n:
         raise ValueError(f"{where}: expected shape [{n}] (one per box), got {list(value.shape)}")
     return value
+
+
+def check_image(
+    i: int, pred: Any, target: Any, num_classes: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Validate image ``i``'s dicts (those of :meth:`VOCMeanAP.update`, labels in
+    ``1..num_classes``); return its detections sorted by descending score (stable) and its ground
+    truths, on the CPU (boxes in float64)."""
+    required = (
+        ("preds", pred, ("boxes", "scores", "labels")),
+        ("targets", target, ("boxes", "labels")),
+    )
+    for name, d, keys in required:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{name}[{i}] must be a dict, got {type(d).__name__}")
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise ValueError(f"{name}[{i}] lacks key(s) {missing} (has {sorted(d)})")
+    p_boxes = _as_boxes(pred["boxes"], f"preds[{i}]['boxes']")
+    n = p_boxes.shape[0]
+    p_scores = _as_vector(pred["scores"], n, f"preds[{i}]['scores']")
+    p_labels = _as_vector(pred["labels"], n, f"preds[{i}]['labels']")
+    t_boxes = _as_boxes(target["boxes"], f"targets[{i}]['boxes']")
+    m = t_boxes.shape[0]
+    t_labels = _as_vector(target["labels"], m, f"targets[{i}]['labels']")
+    if target.get("difficult") is None:
+        t_difficult = torch.zeros(m, dtype=torch.bool)
+    else:
+        t_difficult = _as_vector(target["difficult"], m, f"targets[{i}]['difficult']")
+    for name, labels in (("preds", p_labels), ("targets", t_labels)):
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"{name}[{i}]['labels'] must be integers, got {labels.dtype}")
+        if labels.numel() and (labels.min() < 1 or labels.max() > num_classes):
+            raise ValueError(
+                f"{name}[{i}]['labels'] must lie in 1..{num_classes} (0 is background), "
+                f"got values in {int(labels.min())}..{int(labels.max())}"
+            )
+    p_scores = p_scores.detach().to("cpu", torch.float32)
+    order = torch.sort(p_scores, descending=True, stable=True).indices
+    return (
+        p_boxes.detach().to("cpu", torch.float64)[order],
+        p_scores[order],
+        p_labels.detach().to("cpu", torch.long)[order],
+        t_boxes.detach().to("cpu", torch.float64),
+        t_labels.detach().to("cpu", torch.long),
+        t_difficult.detach().to("cpu").bool(),
+    )
 
 
 class VOCMeanAP(Metric):
@@ -225,8 +303,8 @@ class VOCMeanAP(Metric):
         scores_out, labels_out, tp_out, ignored_out = [], [], [], []
         npos = torch.zeros(self.num_classes, dtype=torch.long)
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
-            p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = self._check_image(
-                i, pred, target
+            p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
+                i, pred, target, self.num_classes
             )
             npos += torch.bincount(t_labels[~t_difficult] - 1, minlength=self.num_classes)
             tp, ignored = match_image(
@@ -245,51 +323,6 @@ class VOCMeanAP(Metric):
         self.ignored.append(torch.cat(ignored_out).to(device=device, dtype=torch.uint8))
         self.npos += npos.to(device)
 
-    def _check_image(
-        self, i: int, pred: Any, target: Any
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Validate image ``i``'s dicts; return its detections sorted by descending score (stable)
-        and its ground truths, on the CPU (boxes in float64)."""
-        required = (
-            ("preds", pred, ("boxes", "scores", "labels")),
-            ("targets", target, ("boxes", "labels")),
-        )
-        for name, d, keys in required:
-            if not isinstance(d, Mapping):
-                raise ValueError(f"{name}[{i}] must be a dict, got {type(d).__name__}")
-            missing = [k for k in keys if k not in d]
-            if missing:
-                raise ValueError(f"{name}[{i}] lacks key(s) {missing} (has {sorted(d)})")
-        p_boxes = _as_boxes(pred["boxes"], f"preds[{i}]['boxes']")
-        n = p_boxes.shape[0]
-        p_scores = _as_vector(pred["scores"], n, f"preds[{i}]['scores']")
-        p_labels = _as_vector(pred["labels"], n, f"preds[{i}]['labels']")
-        t_boxes = _as_boxes(target["boxes"], f"targets[{i}]['boxes']")
-        m = t_boxes.shape[0]
-        t_labels = _as_vector(target["labels"], m, f"targets[{i}]['labels']")
-        if target.get("difficult") is None:
-            t_difficult = torch.zeros(m, dtype=torch.bool)
-        else:
-            t_difficult = _as_vector(target["difficult"], m, f"targets[{i}]['difficult']")
-        for name, labels in (("preds", p_labels), ("targets", t_labels)):
-            if labels.is_floating_point() or labels.is_complex():
-                raise ValueError(f"{name}[{i}]['labels'] must be integers, got {labels.dtype}")
-            if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
-                raise ValueError(
-                    f"{name}[{i}]['labels'] must lie in 1..{self.num_classes} (0 is background), "
-                    f"got values in {int(labels.min())}..{int(labels.max())}"
-                )
-        p_scores = p_scores.detach().to("cpu", torch.float32)
-        order = torch.sort(p_scores, descending=True, stable=True).indices
-        return (
-            p_boxes.detach().to("cpu", torch.float64)[order],
-            p_scores[order],
-            p_labels.detach().to("cpu", torch.long)[order],
-            t_boxes.detach().to("cpu", torch.float64),
-            t_labels.detach().to("cpu", torch.long),
-            t_difficult.detach().to("cpu").bool(),
-        )
-
     def compute(self) -> dict[str, Tensor]:
         """Per-class AP and their mean over the classes with positives (see the class doc)."""
         if isinstance(self.scores, list) and not self.scores:
@@ -302,30 +335,12 @@ class VOCMeanAP(Metric):
             labels = dim_zero_cat(self.labels).cpu().long()
             tp = dim_zero_cat(self.tp).cpu().bool()
             ignored = dim_zero_cat(self.ignored).cpu().bool()
-        npos = self.npos.cpu()
-
         # Ignored detections add neither TP nor FP: they only repeat the previous curve point, so
-        # dropping them changes no AP. Then rank by score, stably, and group by class.
+        # dropping them changes no AP.
         keep = ~ignored
-        scores, labels, tp = scores[keep], labels[keep], tp[keep]
-        order = torch.sort(scores, descending=True, stable=True).indices
-        labels, tp = labels[order], tp[order]
-        by_class = torch.sort(labels, stable=True).indices
-        labels, tp = labels[by_class], tp[by_class]
-        counts = torch.bincount(labels - 1, minlength=self.num_classes).tolist()
-
-        ap = torch.full((self.num_classes,), float("nan"), dtype=torch.float64)
-        start = 0
-        for c in range(self.num_classes):
-            flags = tp[start : start + counts[c]].to(torch.float64)
-            start += counts[c]
-            if npos[c] == 0:
-                continue
-            tps = flags.cumsum(0)
-            fps = (1.0 - flags).cumsum(0)
-            recall = tps / float(npos[c])
-            precision = tps / torch.clamp(tps + fps, min=torch.finfo(torch.float64).eps)
-            ap[c] = voc_ap(recall, precision, self.use_07_metric)
+        ap = average_precisions(
+            scores[keep], labels[keep], tp[keep], self.npos.cpu(), self.use_07_metric
+        )
 
         valid = ~torch.isnan(ap)
         mean = ap[valid].mean() if valid.any() else torch.tensor(float("nan"), dtype=torch.float64)
