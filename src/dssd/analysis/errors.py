@@ -1,0 +1,271 @@
+"""Which errors cost a detector its VOC mAP, in the manner of TIDE (Bolya et al. 2020).
+
+Every detection that the VOC devkit counts as a false positive (:func:`dssd.metrics.match_image`)
+gets one error type, tested in TIDE's order against the image's non-difficult objects, with a
+foreground IoU ``t_f`` (0.5) and a background IoU ``t_b`` (0.1):
+
+- ``loc``: its best IoU with an object of its own class is in ``[t_b, t_f]``;
+- ``cls``: IoU ``>= t_f`` with an object of another class;
+- ``dupl``: IoU ``>= t_f`` with an object of its class already taken by a higher-scored detection;
+- ``bkg``: IoU ``<= t_b`` with every object;
+- ``both``: anything else, i.e. a wrong class and an IoU between ``t_b`` and ``t_f``.
+
+A non-difficult object is ``miss`` when no detection took it and no ``cls``/``loc`` error points
+at it (TIDE: no fixed detection would find it). True positives and ignored detections (on a
+difficult object, the devkit's rule) have no error type; difficult objects are never missed.
+
+The cost of an error type is TIDE's dAP: fix every error of that type alone, rescore with the
+project's VOC AP (:func:`dssd.metrics.average_precisions`) and take the mAP gained. Fixing ``loc``
+or ``cls`` turns the highest-scored such error on an object nobody took into a true positive of
+the object's class (the other errors on that object, of either type, would be duplicates then and
+are removed, as TIDE does); ``dupl``, ``bkg`` and ``both`` errors are removed; fixing ``miss``
+removes the missed objects from the positives. The mAP is the mean over the classes with
+positives, as :class:`dssd.metrics.VOCMeanAP`; with the foreground IoU as its threshold the base
+mAP is the metric's own.
+
+Two deliberate departures from the ``tidecv`` package: a detection is a true positive by the
+devkit's rule (IoU strictly above ``t_f`` with its best object of the class, taken or not; TIDE
+looks for the best object not yet taken), and a detection on a difficult object is ignored
+rather than given an error type. On images whose objects do not overlap the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from dssd.metrics import average_precisions, check_image, match_image
+
+__all__ = [
+    "ERROR_TYPES",
+    "ErrorAnalysis",
+    "ImageErrors",
+    "Verdict",
+    "analyse_errors",
+    "classify_image",
+]
+
+
+class Verdict(IntEnum):
+    """What one detection is: a true positive, ignored, or a false positive of one error type."""
+
+    TP = 0
+    IGNORED = 1
+    CLS = 2
+    LOC = 3
+    BOTH = 4
+    DUPL = 5
+    BKG = 6
+
+
+# TIDE's order of its main error types; "miss" is about objects, the others about detections.
+ERROR_TYPES: tuple[str, ...] = ("cls", "loc", "both", "dupl", "bkg", "miss")
+_DETECTION_ERRORS: dict[str, Verdict] = {
+    "cls": Verdict.CLS,
+    "loc": Verdict.LOC,
+    "both": Verdict.BOTH,
+    "dupl": Verdict.DUPL,
+    "bkg": Verdict.BKG,
+}
+
+
+@dataclass(frozen=True)
+class ImageErrors:
+    """One image's verdicts.
+
+    ``verdict`` [K] (:class:`Verdict` values) per detection; ``fixed`` [K] True for the ``cls`` and
+    ``loc`` errors that become true positives when their type is fixed (the other errors are
+    removed then); ``fixed_label`` [K] the label a detection has once fixed (the object's class for
+    ``cls``, its own otherwise); ``missed`` [N] per ground-truth object.
+    """
+
+    verdict: Tensor
+    fixed: Tensor
+    fixed_label: Tensor
+    missed: Tensor
+
+
+@dataclass(frozen=True)
+class ErrorAnalysis:
+    """The result of :func:`analyse_errors`.
+
+    ``map`` and ``ap_per_class`` [C] (NaN for a class without positives) are the VOC figures of
+    the detections as they are; for each name of :data:`ERROR_TYPES`, ``counts`` and
+    ``counts_per_class`` [C] give how many errors of that type there are (by the detection's
+    label; by the object's for ``miss``), ``delta_map`` and ``delta_ap_per_class`` [C] what fixing
+    them alone gains. ``images`` holds each image's :class:`ImageErrors`, detections in the input's
+    order.
+    """
+
+    map: float
+    ap_per_class: Tensor
+    counts: dict[str, int]
+    counts_per_class: dict[str, Tensor]
+    delta_map: dict[str, float]
+    delta_ap_per_class: dict[str, Tensor]
+    images: tuple[ImageErrors, ...]
+
+
+def classify_image(
+    boxes: Tensor,
+    labels: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_difficult: Tensor,
+    fg_iou: float = 0.5,
+    bg_iou: float = 0.1,
+) -> ImageErrors:
+    """TIDE's verdict on one image's detections, given in descending score order (see the module
+    doc). Boxes are xyxy in continuous pixel edges, as :func:`dssd.metrics.match_image`."""
+    k, n = boxes.shape[0], gt_boxes.shape[0]
+    tp, ignored = match_image(boxes, labels, gt_boxes, gt_labels, gt_difficult, fg_iou)
+    verdict = torch.full((k,), int(Verdict.BKG), dtype=torch.long)
+    verdict[tp] = Verdict.TP
+    verdict[ignored] = Verdict.IGNORED
+    fixed = torch.zeros(k, dtype=torch.bool)
+    fixed_label = labels.clone()
+    missed = ~gt_difficult.clone()
+    keep = ~gt_difficult
+    if k == 0 or not keep.any():
+        return ImageErrors(verdict, fixed, fixed_label, missed)
+
+    iou_all = box_iou(boxes.to(torch.float64), gt_boxes.to(torch.float64)).nan_to_num(0.0)
+    same_all = labels[:, None] == gt_labels[None, :]
+    # The object each true positive took: its best of the class, as in match_image.
+    taken_all = torch.zeros(n, dtype=torch.bool)
+    taken_all[iou_all.masked_fill(~same_all, float("-inf")).argmax(dim=1)[tp]] = True
+    iou, same, taken = iou_all[:, keep], same_all[:, keep], taken_all[keep]
+
+    own = torch.where(same, iou, 0.0).max(dim=1)
+    other = torch.where(~same, iou, 0.0).max(dim=1)
+    taken_own = torch.where(same & taken, iou, 0.0).amax(dim=1)
+    is_loc = (own.values >= bg_iou) & (own.values <= fg_iou)
+    is_cls = ~is_loc & (other.values >= fg_iou)
+    is_dupl = ~is_loc & ~is_cls & (taken_own >= fg_iou)
+    is_bkg = ~is_loc & ~is_cls & ~is_dupl & (iou.amax(dim=1) <= bg_iou)
+    error = torch.full((k,), int(Verdict.BOTH), dtype=torch.long)
+    for mask, kind in ((is_loc, Verdict.LOC), (is_cls, Verdict.CLS), (is_dupl, Verdict.DUPL)):
+        error[mask] = kind
+    error[is_bkg] = Verdict.BKG
+    false_positive = ~tp & ~ignored
+    verdict = torch.where(false_positive, error, verdict)
+
+    # A cls/loc error on an object nobody took could have found it; the highest-scored one would.
+    target = torch.where(is_loc, own.indices, other.indices)
+    candidate = false_positive & (is_loc | is_cls) & ~taken[target]
+    position = torch.arange(k)
+    first = torch.full((int(keep.sum()),), k, dtype=torch.long)
+    first = first.scatter_reduce(0, target[candidate], position[candidate], reduce="amin")
+    fixed = candidate & (first[target] == position)
+    fixed_label = torch.where(is_cls & candidate, gt_labels[keep][target], labels)
+    found = taken | (first < k)
+    missed[keep] = ~found
+    return ImageErrors(verdict, fixed, fixed_label, missed)
+
+
+def _as_tensors(value: Any, keys: Sequence[str]) -> Any:
+    """The dict with its array entries (numpy or tensor) as tensors; anything else as is, for
+    :func:`dssd.metrics.check_image` to reject."""
+    if not isinstance(value, Mapping):
+        return value
+    return {
+        key: torch.as_tensor(item) if key in keys and item is not None else item
+        for key, item in value.items()
+    }
+
+
+def _mean(ap: Tensor) -> float:
+    valid = ~torch.isnan(ap)
+    return float(ap[valid].mean()) if valid.any() else float("nan")
+
+
+def analyse_errors(
+    preds: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    fg_iou: float = 0.5,
+    bg_iou: float = 0.1,
+    use_07_metric: bool = True,
+) -> ErrorAnalysis:
+    """Count the errors of each TIDE type and the mAP each would gain if fixed (module doc).
+
+    ``preds`` and ``targets`` are per-image dicts as :meth:`dssd.metrics.VOCMeanAP.update` takes
+    them (tensors or numpy arrays): ``boxes`` [K, 4] xyxy pixel edges, ``scores`` [K], ``labels``
+    [K] in ``1..num_classes``; ``boxes`` [N, 4], ``labels`` [N], optionally ``difficult`` [N].
+    ``use_07_metric`` chooses the 11-point or the all-point VOC AP.
+    """
+    if not 0.0 < bg_iou < fg_iou < 1.0:
+        raise ValueError(f"need 0 < bg_iou < fg_iou < 1, got bg_iou={bg_iou}, fg_iou={fg_iou}")
+    if len(preds) != len(targets):
+        raise ValueError(f"{len(preds)} images of preds but {len(targets)} of targets")
+    images, scores, labels, verdicts, fixed, fixed_labels = [], [], [], [], [], []
+    npos = torch.zeros(num_classes, dtype=torch.long)
+    missed = torch.zeros(num_classes, dtype=torch.long)
+    for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
+        pred = _as_tensors(pred, ("boxes", "scores", "labels"))
+        target = _as_tensors(target, ("boxes", "labels", "difficult"))
+        p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
+            i, pred, target, num_classes
+        )
+        image = classify_image(p_boxes, p_labels, t_boxes, t_labels, t_difficult, fg_iou, bg_iou)
+        npos += torch.bincount(t_labels[~t_difficult] - 1, minlength=num_classes)
+        missed += torch.bincount(t_labels[image.missed] - 1, minlength=num_classes)
+        scores.append(p_scores)
+        labels.append(p_labels)
+        verdicts.append(image.verdict)
+        fixed.append(image.fixed)
+        fixed_labels.append(image.fixed_label)
+        # back to the input's order (check_image sorted by score, stably)
+        order = torch.sort(
+            pred["scores"].detach().to("cpu", torch.float32), descending=True, stable=True
+        ).indices
+        inverse = torch.argsort(order)
+        images.append(
+            ImageErrors(
+                image.verdict[inverse],
+                image.fixed[inverse],
+                image.fixed_label[inverse],
+                image.missed,
+            )
+        )
+
+    empty = torch.zeros(0, dtype=torch.long)
+    score = torch.cat(scores) if scores else torch.zeros(0)
+    label = torch.cat(labels) if labels else empty
+    verdict = torch.cat(verdicts) if verdicts else empty
+    fix = torch.cat(fixed) if fixed else empty.bool()
+    fix_label = torch.cat(fixed_labels) if fixed_labels else empty
+    counted = verdict != Verdict.IGNORED
+    tp = verdict == Verdict.TP
+
+    base = average_precisions(score[counted], label[counted], tp[counted], npos, use_07_metric)
+    counts_per_class = {"miss": missed}
+    fixed_ap = {}
+    for name, kind in _DETECTION_ERRORS.items():
+        error = verdict == kind
+        counts_per_class[name] = torch.bincount(label[error] - 1, minlength=num_classes)
+        keep = counted & ~(error & ~fix)
+        new_tp = tp | (error & fix)
+        new_label = torch.where(error & fix, fix_label, label)
+        fixed_ap[name] = average_precisions(
+            score[keep], new_label[keep], new_tp[keep], npos, use_07_metric
+        )
+    fixed_ap["miss"] = average_precisions(
+        score[counted], label[counted], tp[counted], npos - missed, use_07_metric
+    )
+    base_map = _mean(base)
+    return ErrorAnalysis(
+        map=base_map,
+        ap_per_class=base,
+        counts={name: int(counts_per_class[name].sum()) for name in ERROR_TYPES},
+        counts_per_class={name: counts_per_class[name] for name in ERROR_TYPES},
+        delta_map={name: _mean(fixed_ap[name]) - base_map for name in ERROR_TYPES},
+        delta_ap_per_class={name: fixed_ap[name] - base for name in ERROR_TYPES},
+        images=tuple(images),
+    )
