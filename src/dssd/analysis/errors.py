@@ -42,15 +42,6 @@ from torchvision.ops import box_iou
 
 from dssd.metrics import average_precisions, check_image, match_image
 
-__all__ = [
-    "ERROR_TYPES",
-    "ErrorAnalysis",
-    "ImageErrors",
-    "Verdict",
-    "analyse_errors",
-    "classify_image",
-]
-
 
 class Verdict(IntEnum):
     """What one detection is: a true positive, ignored, or a false positive of one error type."""
