@@ -101,6 +101,11 @@ def test_image_without_detections_or_objects() -> None:
 def test_thresholds_are_checked() -> None:
     with pytest.raises(ValueError, match="bg_iou"):
         analyse_errors([], [], num_classes=1, fg_iou=0.1, bg_iou=0.5)
+    with pytest.raises(ValueError, match="num_classes"):
+        analyse_errors([], [], num_classes=0)
+    pred, target = image([(0.5, 3, box(0))], [])
+    with pytest.raises(ValueError, match="labels"):
+        analyse_errors([pred], [target], num_classes=2)
 
 
 # ---------------------------------------------------------------------------------------------

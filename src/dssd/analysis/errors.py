@@ -191,6 +191,8 @@ def analyse_errors(
     [K] in ``1..num_classes``; ``boxes`` [N, 4], ``labels`` [N], optionally ``difficult`` [N].
     ``use_07_metric`` chooses the 11-point or the all-point VOC AP.
     """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not 0.0 < bg_iou < fg_iou < 1.0:
         raise ValueError(f"need 0 < bg_iou < fg_iou < 1, got bg_iou={bg_iou}, fg_iou={fg_iou}")
     if len(preds) != len(targets):
