@@ -90,17 +90,23 @@ def holdout_indices(size: int, count: int, seed: int) -> dict[str, list[int]]:
     return {"val": np.flatnonzero(val).tolist(), "train": np.flatnonzero(~val).tolist()}
 
 
+def dataset_items(dataset: Dataset) -> list[tuple[DetectionImages, int]]:
+    """Each item of a detection dataset (also concatenated or held out) as its reader and its
+    index there, in item order: the way to its annotation and image file without decoding it."""
+    if isinstance(dataset, DetectionImages):
+        return [(dataset, i) for i in range(len(dataset))]
+    if isinstance(dataset, ConcatDataset):
+        return [item for part in dataset.datasets for item in dataset_items(part)]
+    if isinstance(dataset, Subset):
+        items = dataset_items(dataset.dataset)
+        return [items[i] for i in dataset.indices]
+    raise TypeError(f"cannot list the items of a {type(dataset).__name__}")
+
+
 def image_files(dataset: Dataset) -> list[str]:
     """The image files of a detection dataset (also concatenated or held out), as absolute
     paths, in item order."""
-    if isinstance(dataset, DetectionImages):
-        return [os.path.abspath(p) for p in dataset.image_paths]
-    if isinstance(dataset, ConcatDataset):
-        return [f for part in dataset.datasets for f in image_files(part)]
-    if isinstance(dataset, Subset):
-        files = image_files(dataset.dataset)
-        return [files[i] for i in dataset.indices]
-    raise TypeError(f"cannot list the image files of a {type(dataset).__name__}")
+    return [os.path.abspath(reader.image_paths[i]) for reader, i in dataset_items(dataset)]
 
 
 class DetectionDataModule(pl.LightningDataModule):

@@ -1,0 +1,290 @@
+"""Default-box coverage: can a model's default boxes reach a dataset's objects at all?
+
+Training matches a ground-truth box to the default boxes it overlaps with IoU > 0.5 (and to its
+best one whatever the IoU). An object no default box reaches at 0.5 only ever gets that one
+forced, poorly fitting positive. For every object of a split this tool takes the IoU with every
+default box of a model, in the network's square input (the image resized to S x S, without
+augmentation). IoU does not change when both axes are scaled, so it is also the IoU that
+matching sees. It reports:
+
+- the share of objects covered (best IoU > 0.5), overall and by object size: COCO's small /
+  medium / large by area in original pixels, and finer bins of sqrt(area) in input pixels;
+- the same by source layer: how many objects have their best default box on each layer, and the
+  share of all objects each layer alone covers;
+- positives per object (default boxes with IoU > 0.5);
+- the histogram of each object's best IoU;
+- with ``--picture``, one layer's default boxes at its centre location over an image, with the
+  image's objects.
+
+    python -m dssd.tools.anchor_coverage model=ssd321 data=shapes
+    python -m dssd.tools.anchor_coverage model=ssd300_vgg data=voc0712 --split train --layer 0
+    python -m dssd.tools.anchor_coverage model=dssd513 --out coverage/ --picture
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch import Tensor
+from torchvision.ops import box_convert, box_iou
+
+from dssd.data.datamodule import dataset_items
+from dssd.errors import UserError
+
+# COCO's size classes: area in original-image pixels
+COCO_AREAS = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, np.inf)}
+# finer bins: sqrt(area) in pixels of the network's input
+SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, 1024)
+IOU_EDGES = np.linspace(0.0, 1.0, 11)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Per object (``N``): its best IoU with any default box, that box's source layer, the number
+    of default boxes with IoU > ``threshold`` and the best IoU on each layer (``[N, K]``)."""
+
+    best_iou: np.ndarray
+    best_layer: np.ndarray
+    positives: np.ndarray
+    layer_best_iou: np.ndarray
+    threshold: float
+
+    @property
+    def covered(self) -> np.ndarray:
+        return self.best_iou > self.threshold
+
+
+def prior_layers(feature_sizes: Sequence[int], boxes_per_location: Sequence[int]) -> Tensor:
+    """The source layer of each default box, in the network's order (layer, row, column, box)."""
+    counts = [f * f * a for f, a in zip(feature_sizes, boxes_per_location, strict=True)]
+    return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+
+
+def coverage(
+    priors: Tensor, layers: Tensor, boxes: Tensor, threshold: float = 0.5, chunk: int = 512
+) -> Coverage:
+    """Coverage of ``boxes`` (``[N, 4]`` xyxy, normalised to the image) by ``priors``
+    (``[P, 4]`` cxcywh, normalised) whose source layers are ``layers`` (``[P]``)."""
+    anchors = box_convert(priors.double(), "cxcywh", "xyxy")
+    num_layers = int(layers.max()) + 1
+    best, best_layer, positives, per_layer = [], [], [], []
+    for part in boxes.double().split(chunk):
+        iou = box_iou(part, anchors)  # [n, P]
+        value, index = iou.max(dim=1)
+        best.append(value)
+        best_layer.append(layers[index])
+        positives.append((iou > threshold).sum(dim=1))
+        layer_iou = torch.full((len(part), num_layers), 0.0, dtype=torch.float64)
+        layer_iou.scatter_reduce_(1, layers.expand_as(iou), iou, reduce="amax")
+        per_layer.append(layer_iou)
+    empty = torch.zeros(0, dtype=torch.float64)
+    return Coverage(
+        best_iou=torch.cat(best).numpy() if best else empty.numpy(),
+        best_layer=torch.cat(best_layer).numpy() if best_layer else empty.long().numpy(),
+        positives=torch.cat(positives).numpy() if positives else empty.long().numpy(),
+        layer_best_iou=(
+            torch.cat(per_layer) if per_layer else empty.reshape(0, num_layers)
+        ).numpy(),
+        threshold=threshold,
+    )
+
+
+def object_boxes(anns: Sequence[dict[str, Any]]) -> tuple[Tensor, np.ndarray]:
+    """Every object's box normalised to its image (``[N, 4]`` xyxy) and its area in pixels."""
+    boxes, areas = [], []
+    for ann in anns:
+        pixels = np.asarray(ann["boxes"], np.float64).reshape(-1, 4)
+        scale = np.array([ann["width"], ann["height"]] * 2, np.float64)
+        boxes.append(pixels / scale)
+        areas.append((pixels[:, 2] - pixels[:, 0]) * (pixels[:, 3] - pixels[:, 1]))
+    if not boxes:
+        return torch.zeros(0, 4, dtype=torch.float64), np.zeros(0)
+    return torch.from_numpy(np.concatenate(boxes)), np.concatenate(areas)
+
+
+def report(result: Coverage, areas: np.ndarray, input_side: np.ndarray) -> dict[str, Any]:
+    """The tables of the report as plain data (``input_side``: sqrt(area) in input pixels)."""
+    covered = result.covered
+    num_layers = result.layer_best_iou.shape[1]
+
+    def row(mask: np.ndarray) -> dict[str, Any]:
+        n = int(mask.sum())
+        return {
+            "objects": n,
+            "covered": float(covered[mask].mean()) if n else None,
+            "mean_best_iou": float(result.best_iou[mask].mean()) if n else None,
+            "mean_positives": float(result.positives[mask].mean()) if n else None,
+        }
+
+    by_coco = {name: row((areas >= lo) & (areas < hi)) for name, (lo, hi) in COCO_AREAS.items()}
+    by_side = {
+        f"{lo}-{hi}": row((input_side >= lo) & (input_side < hi))
+        for lo, hi in zip(SIZE_EDGES[:-1], SIZE_EDGES[1:], strict=True)
+    }
+    by_layer = [
+        {
+            "layer": k,
+            "best_here": int((result.best_layer == k).sum()),
+            "covered_by_layer": float((result.layer_best_iou[:, k] > result.threshold).mean())
+            if len(covered)
+            else None,
+        }
+        for k in range(num_layers)
+    ]
+    histogram = np.histogram(result.best_iou, bins=IOU_EDGES)[0]
+    return {
+        "objects": len(covered),
+        "covered": float(covered.mean()) if len(covered) else None,
+        "mean_positives": float(result.positives.mean()) if len(covered) else None,
+        "no_positive": int((result.positives == 0).sum()),
+        "by_coco_size": by_coco,
+        "by_input_size": by_side,
+        "by_layer": by_layer,
+        "best_iou_histogram": {
+            f"{lo:.1f}-{hi:.1f}": int(c)
+            for lo, hi, c in zip(IOU_EDGES[:-1], IOU_EDGES[1:], histogram, strict=True)
+        },
+    }
+
+
+def markdown(name: str, data: dict[str, Any], threshold: float) -> str:
+    """The report as markdown tables."""
+
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    def num(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    lines = [
+        f"## Default-box coverage: {name}",
+        "",
+        f"{data['objects']} objects; covered (best IoU > {threshold}): {pct(data['covered'])}%; "
+        f"positives per object: {num(data['mean_positives'])}; objects without a positive: "
+        f"{data['no_positive']}",
+        "",
+        "| size | objects | covered % | mean best IoU | positives / object |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    sizes = {
+        **{f"COCO {k}": v for k, v in data["by_coco_size"].items()},
+        **{f"sqrt(area) {k} px": v for k, v in data["by_input_size"].items()},
+    }
+    for label, r in sizes.items():
+        lines.append(
+            f"| {label} | {r['objects']} | {pct(r['covered'])} | {num(r['mean_best_iou'])} "
+            f"| {num(r['mean_positives'])} |"
+        )
+    lines += ["", "| layer | objects whose best box is here | covered by this layer alone % |"]
+    lines.append("|---:|---:|---:|")
+    for r in data["by_layer"]:
+        lines.append(f"| {r['layer']} | {r['best_here']} | {pct(r['covered_by_layer'])} |")
+    lines += ["", "| best IoU | objects |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in data["best_iou_histogram"].items()]
+    return "\n".join(lines)
+
+
+def draw_layer(
+    image: np.ndarray, priors: Tensor, layers: Tensor, layer: int, truth: np.ndarray
+) -> np.ndarray:
+    """``image`` (original size) with the default boxes of ``layer`` at its centre location
+    (blue) and the ground-truth boxes ``truth`` (pixels, green) drawn."""
+    from torchvision.utils import draw_bounding_boxes
+
+    height, width = image.shape[:2]
+    boxes = priors[layers == layer].double()
+    centre = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    nearest = (boxes[:, :2] - centre).abs().sum(dim=1)
+    boxes = boxes[nearest <= nearest.min() + 1e-9]
+    scale = torch.tensor([width, height, width, height], dtype=torch.float64)
+    anchors = box_convert(boxes, "cxcywh", "xyxy") * scale
+    drawn = torch.from_numpy(image).permute(2, 0, 1)
+    drawn = draw_bounding_boxes(drawn, anchors, colors="blue", width=1)
+    if len(truth):
+        drawn = draw_bounding_boxes(drawn, torch.as_tensor(truth), colors="lime", width=2)
+    return drawn.permute(1, 2, 0).numpy()
+
+
+def compose_run(overrides: Sequence[str]) -> Any:
+    """``conf/train.yaml`` composed with ``overrides`` (``model=...``, ``data=...``)."""
+    from dssd.config import register_resolvers
+
+    root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[3])))
+    register_resolvers()
+    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=ssd321")
+    parser.add_argument("--split", default="train", choices=["train", "val", "test"])
+    parser.add_argument("--threshold", type=float, default=0.5, help="matching IoU threshold")
+    parser.add_argument("--layer", type=int, default=0, help="the source layer of --picture")
+    parser.add_argument("--picture", action="store_true", help="draw --layer over an image")
+    parser.add_argument("--out", type=Path, help="write coverage.md, .json (and .png) here")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Compose, build the network's default boxes and the split's objects, measure, write."""
+    cfg = compose_run(args.overrides)
+    net = instantiate(cfg.model.net)
+    priors = net.priors
+    layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit" if args.split != "test" else "test")
+    items = dataset_items(datamodule.datasets[args.split])
+    anns = [reader.annotations[i] for reader, i in items]
+    boxes, areas = object_boxes(anns)
+    if not len(boxes):
+        raise UserError(f"the {args.split} split of data={cfg.data._target_} holds no objects")
+    result = coverage(priors, layers, boxes, args.threshold)
+    side = net.image_size * np.sqrt(
+        ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).numpy()
+    )
+    data = report(result, areas, side)
+    name = " ".join(args.overrides) or "train.yaml defaults"
+    text = markdown(f"{name} ({args.split}, {len(priors)} default boxes)", data, args.threshold)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "coverage.md").write_text(text + "\n")
+        (args.out / "coverage.json").write_text(json.dumps(data, indent=2) + "\n")
+        if args.picture:
+            from PIL import Image
+
+            from dssd.data.voc import read_image
+
+            first = next(k for k, a in enumerate(anns) if len(a["boxes"]))
+            reader, index = items[first]
+            image = read_image(reader.image_paths[index])
+            truth = np.asarray(anns[first]["boxes"])
+            picture = draw_layer(image, priors, layers, args.layer, truth)
+            Image.fromarray(picture).save(args.out / f"layer{args.layer}.png")
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
