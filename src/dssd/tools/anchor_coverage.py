@@ -13,8 +13,8 @@ matching sees. It reports:
   share of all objects each layer alone covers;
 - positives per object (default boxes with IoU > 0.5);
 - the histogram of each object's best IoU;
-- with ``--picture``, one layer's default boxes at its centre location over an image, with the
-  image's objects.
+- with ``--picture``, one layer's default boxes at the locations nearest the image centre over
+  an image, with the image's objects.
 
     python -m dssd.tools.anchor_coverage model=ssd321 data=shapes
     python -m dssd.tools.anchor_coverage model=ssd300_vgg data=voc0712 --split train --layer 0
@@ -198,8 +198,9 @@ def markdown(name: str, data: dict[str, Any], threshold: float) -> str:
 def draw_layer(
     image: np.ndarray, priors: Tensor, layers: Tensor, layer: int, truth: np.ndarray
 ) -> np.ndarray:
-    """``image`` (original size) with the default boxes of ``layer`` at its centre location
-    (blue) and the ground-truth boxes ``truth`` (pixels, green) drawn."""
+    """``image`` (original size) with the default boxes of ``layer`` at the locations nearest the
+    image centre (blue; four of them on an even map) and the ground-truth boxes ``truth``
+    (pixels, green) drawn."""
     from torchvision.utils import draw_bounding_boxes
 
     height, width = image.shape[:2]
