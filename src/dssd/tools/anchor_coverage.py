@@ -88,14 +88,11 @@ def coverage(
         layer_iou = torch.full((len(part), num_layers), 0.0, dtype=torch.float64)
         layer_iou.scatter_reduce_(1, layers.expand_as(iou), iou, reduce="amax")
         per_layer.append(layer_iou)
-    empty = torch.zeros(0, dtype=torch.float64)
     return Coverage(
-        best_iou=torch.cat(best).numpy() if best else empty.numpy(),
-        best_layer=torch.cat(best_layer).numpy() if best_layer else empty.long().numpy(),
-        positives=torch.cat(positives).numpy() if positives else empty.long().numpy(),
-        layer_best_iou=(
-            torch.cat(per_layer) if per_layer else empty.reshape(0, num_layers)
-        ).numpy(),
+        best_iou=torch.cat(best).numpy(),
+        best_layer=torch.cat(best_layer).numpy(),
+        positives=torch.cat(positives).numpy(),
+        layer_best_iou=torch.cat(per_layer).numpy(),
         threshold=threshold,
     )
 
