@@ -32,10 +32,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import torch
 from faster_coco_eval import COCO
 from faster_coco_eval.extra import PreviewResults
 
+from dssd.analysis.errors import _as_tensors
 from dssd.data.coco import detections_to_coco_results
 from dssd.metrics import check_image
 
@@ -50,13 +50,6 @@ def _quiet_library() -> Iterator[None]:
         yield
     finally:
         library_logger.setLevel(level)
-
-
-def _as_tensors(d: Any) -> Any:
-    """``d`` with its numpy arrays as tensors (anything else is left to ``check_image``)."""
-    if not isinstance(d, Mapping):
-        return d
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in d.items()}
 
 
 def confusion_matrix(
@@ -83,7 +76,10 @@ def confusion_matrix(
     detections, annotations, crowd_ids = [], [], set()
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
         p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
-            i, _as_tensors(pred), _as_tensors(target), num_classes
+            i,
+            _as_tensors(pred, ("boxes", "scores", "labels")),
+            _as_tensors(target, ("boxes", "labels", "difficult")),
+            num_classes,
         )
         keep = p_scores >= score_threshold
         detections.append(
