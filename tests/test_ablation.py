@@ -307,6 +307,26 @@ def test_tiny_chain_writes_table4_with_each_row_from_its_parent(tiny_ablation: P
     check_chain(tiny_ablation, TINY_SEEDS)
 
 
+def test_tiny_chain_compares_each_row_with_the_row_it_ablates(tiny_ablation: Path) -> None:
+    """analysis/: a folder per compared row with the run's analysis and the comparison, and an
+    index whose overall difference is the table's own (the same paired bootstrap)."""
+    compared = [r for r in table4_rows() if r.id in TINY_ROWS and r.ablates]
+    with (tiny_ablation / "table4.csv").open() as f:
+        table = {r["row"]: r for r in csv.DictReader(f)}
+    index = (tiny_ablation / "analysis" / "README.md").read_text()
+    for row in compared:
+        folder = tiny_ablation / "analysis" / f"{row.id}_vs_{row.ablates}"
+        for name in ("summary.md", "sizes.csv", "errors.png", "comparison.png"):
+            assert (folder / name).is_file(), folder / name
+        with (folder / "comparison_classes.csv").open() as f:
+            overall = next(csv.DictReader(f))
+        delta = float(table[row.id]["delta"])
+        assert 100 * float(overall["delta"]) == pytest.approx(delta, abs=0.01)
+        assert f"{delta:+.1f} [" in index
+        assert f"analysis/{row.id}_vs_{row.ablates} |" in index
+    assert index.count("| analysis/") == len(compared)
+
+
 @pytest.mark.slow
 def test_tiny_chain_with_two_seeds_averages_them(tiny_ablation_two_seeds: Path) -> None:
     """Every row once per seed, mean and spread over the seeds, and different networks."""

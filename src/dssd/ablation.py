@@ -13,7 +13,9 @@ unless forced; one that was interrupted resumes from its ``last.ckpt``.
 At the end the runs become a table in Table 4's layout next to the paper's numbers (markdown and
 CSV): per row the mean and standard deviation over the seeds of the VOC mAP, COCO AP and AP by
 object size, and the difference from the row it ablates (``ablates``) with a 95% interval from a
-paired bootstrap over the test images (``dssd.bootstrap``).
+paired bootstrap over the test images (``dssd.bootstrap``). Then, with ``analysis=true``, every
+row is analysed against the row it ablates (``src/analyze.py``'s comparison, over the seeds):
+where the AP moves by class and object size, and which error types grow or shrink.
 """
 
 from __future__ import annotations
@@ -260,7 +262,80 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     paths = write_table4(markdown, records, runs, out_dir)
     print(markdown)
     log.info("Table written to %s", ", ".join(map(str, paths)))
+    if cfg.get("analysis", True):
+        index = write_comparisons(
+            rows, seeds, out_dir, cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
+        )
+        log.info("Each row against the row it ablates: %s", index)
     return paths[0]
+
+
+def write_comparisons(
+    rows: Sequence[Row],
+    seeds: Sequence[int],
+    out_dir: Path,
+    num_samples: int = 1000,
+    confidence: float = 0.95,
+) -> Path:
+    """``src/analyze.py`` of every row against the row it ablates, over the paired seeds, into
+    ``<out_dir>/analysis/<row>_vs_<ablated row>/``; an index of them with the AP differences
+    overall and by object size goes to ``<out_dir>/analysis/README.md``."""
+    # deferred: the analysis needs the model and data stack, the table code does not
+    from dssd.tasks.analysis import Analyser, Options, find_run, write_analysis
+
+    # files beside the table, which is not logged to W&B either
+    analyser = Analyser(
+        Options(
+            detections="voc_results",
+            bootstrap_samples=num_samples,
+            confidence=confidence,
+            wandb=False,
+        )
+    )
+    names = {row.id: row.name for row in rows}
+    lines = [
+        "# Table 4, each row against the row it ablates",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}, paired. Δ: AP difference in points (VOC AP at IoU "
+        f"0.5; by size with COCO's rule) with its {100 * confidence:g}% paired-bootstrap "
+        "interval; * where it excludes 0. Each folder holds the row's analysis (its first seed) "
+        "and the comparison: summary.md, figures and tables.",
+        "",
+        "| row | against | Δ all | Δ small | Δ medium | Δ large | folder |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row.ablates is None:
+            continue
+        folder = out_dir / "analysis" / f"{row.id}_vs_{row.ablates}"
+        _, result = write_analysis(
+            [find_run(run_dir(out_dir, row.id, s)) for s in seeds],
+            [find_run(run_dir(out_dir, row.ablates, s)) for s in seeds],
+            folder,
+            analyser,
+            row.id,
+            row.ablates,
+        )
+        by_name = {r.name: r.difference for r in (result.overall, *result.sizes)}
+        cells = [_delta_cell(by_name[name]) for name in ("all", "small", "medium", "large")]
+        lines.append(
+            f"| {names[row.id]} | {names[row.ablates]} | {' | '.join(cells)} | "
+            f"{folder.relative_to(out_dir)} |"
+        )
+    index = out_dir / "analysis" / "README.md"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text("\n".join(lines) + "\n")
+    return index
+
+
+def _delta_cell(difference: Difference) -> str:
+    if not np.isfinite(difference.delta):
+        return "–"
+    star = "*" if difference.excludes_zero else ""
+    return (
+        f"{100 * difference.delta:+.1f} [{100 * difference.low:+.1f}, "
+        f"{100 * difference.high:+.1f}]{star}"
+    )
 
 
 def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,251 @@
+"""One run's test detections taken apart: AP per class and per object size, precision-recall
+curves, the TIDE-style error breakdown (:mod:`dssd.analysis.errors`), the confusion matrix with
+background (:mod:`dssd.analysis.confusion`) and the errors worth looking at.
+
+Every AP here is the VOC AP at IoU 0.5 with the devkit's matching (:mod:`dssd.metrics`), so the
+per-class figures are those of the run's test results. AP by object size follows COCO's rule at
+IoU 0.5 (:meth:`dssd.bootstrap.RunMatches.from_detections` with an area range): objects of other
+sizes are ignored, and so are false positives of other sizes. Sizes are measured as COCO does, in
+pixels of the original image: small below 32², medium up to 96², large above, plus finer bins of
+sqrt(area). The confusion matrix and the "found" share of a size bin need an operating point:
+detections scored at least ``score_threshold``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from dssd.analysis.confusion import confusion_matrix
+from dssd.analysis.errors import ErrorAnalysis, Verdict, analyse_errors
+from dssd.bootstrap import RunMatches, class_aps, mean_ap
+from dssd.metrics import match_image
+
+# COCO's size classes, as bounds on sqrt(area) in original-image pixels
+COCO_SIZES: dict[str, tuple[float, float]] = {
+    "small": (0.0, 32.0),
+    "medium": (32.0, 96.0),
+    "large": (96.0, float("inf")),
+}
+# finer bins of sqrt(area) in original-image pixels; 32 and 96 are edges, as in COCO
+FINE_SIZE_EDGES: tuple[float, ...] = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, float("inf"))
+# recall levels of the size bins' mean precision-recall curves (COCO's 101 points)
+RECALL_GRID = np.linspace(0.0, 1.0, 101)
+
+
+@dataclass(frozen=True)
+class RunDetections:
+    """A run's detections on its test split beside the ground truth, image by image.
+
+    ``preds``: "boxes" [K, 4] (xyxy pixel edges of the original image), "scores" [K], "labels"
+    [K] in ``1..C``; ``targets``: "boxes" [N, 4], "labels" [N], "difficult" [N]; numpy arrays.
+    """
+
+    image_ids: tuple[Any, ...]
+    image_paths: tuple[str, ...]
+    preds: tuple[dict[str, np.ndarray], ...]
+    targets: tuple[dict[str, np.ndarray], ...]
+    class_names: tuple[str, ...]
+    use_07_metric: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def matches(self, size: tuple[float, float] | None = None) -> RunMatches:
+        """The devkit's verdicts, for objects of sqrt(area) in ``size`` only if given."""
+        area = None if size is None else (size[0] ** 2, size[1] ** 2)
+        return RunMatches.from_detections(self.preds, self.targets, self.num_classes, 0.5, area)
+
+
+@dataclass(frozen=True)
+class SizeBin:
+    """AP and counts of the objects whose sqrt(area) is in ``[low, high)`` pixels."""
+
+    name: str
+    low: float
+    high: float
+    objects: int
+    ap: float
+    found: int
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """What :func:`analyse_run` finds; per-class arrays are [C] in label order.
+
+    ``curves[c]`` is class ``c + 1``'s precision-recall curve (recall, precision per detection in
+    score order); ``size_curves[name]`` the mean over classes of the interpolated precision at
+    :data:`RECALL_GRID` for that size bin; ``found[i]`` flags image ``i``'s objects matched by a
+    detection at the operating point; ``matches`` and ``size_matches`` are the devkit's verdicts
+    behind the APs (for paired comparisons, :mod:`dssd.analysis.comparison`).
+    """
+
+    map: float
+    ap_per_class: np.ndarray
+    positives: np.ndarray
+    coco_sizes: tuple[SizeBin, ...]
+    fine_sizes: tuple[SizeBin, ...]
+    curves: tuple[tuple[np.ndarray, np.ndarray], ...]
+    size_curves: dict[str, np.ndarray]
+    errors: ErrorAnalysis
+    confusion: np.ndarray
+    found: tuple[np.ndarray, ...]
+    score_threshold: float
+    matches: RunMatches
+    size_matches: dict[str, RunMatches]
+
+
+def precision_recall(run: RunMatches, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class ``c + 1``'s recall and precision after each of its detections, in score order."""
+    _, tp = run.detections[c]
+    tps, fps = np.cumsum(tp), np.cumsum(~tp)
+    recall = tps / max(int(run.npos[:, c].sum()), 1)
+    precision = tps / np.maximum(tps + fps, 1)
+    return recall.astype(np.float64), precision.astype(np.float64)
+
+
+def interpolated_precision(
+    recall: np.ndarray, precision: np.ndarray, grid: np.ndarray = RECALL_GRID
+) -> np.ndarray:
+    """The best precision at a recall of at least each ``grid`` level (0 beyond the last)."""
+    if not recall.size:
+        return np.zeros(grid.shape)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    index = np.searchsorted(recall, grid, side="left")
+    return np.where(index < recall.size, envelope[np.minimum(index, recall.size - 1)], 0.0)
+
+
+def mean_curve(run: RunMatches) -> np.ndarray:
+    """Mean over the classes with positives of their interpolated precision (NaN if none)."""
+    curves = [
+        interpolated_precision(*precision_recall(run, c))
+        for c in range(len(run.detections))
+        if run.npos[:, c].sum() > 0
+    ]
+    return np.mean(curves, axis=0) if curves else np.full(RECALL_GRID.shape, np.nan)
+
+
+def found_objects(
+    pred: dict[str, np.ndarray],
+    target: dict[str, np.ndarray],
+    score_threshold: float,
+    iou_threshold: float = 0.5,
+) -> np.ndarray:
+    """Which of an image's objects a true positive scored at least ``score_threshold`` takes
+    (the devkit's matching: each detection takes its best object of the class)."""
+    keep = np.asarray(pred["scores"]) >= score_threshold
+    scores = torch.as_tensor(np.asarray(pred["scores"])[keep], dtype=torch.float64)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    boxes = torch.as_tensor(np.asarray(pred["boxes"]).reshape(-1, 4)[keep])[order].double()
+    labels = torch.as_tensor(np.asarray(pred["labels"])[keep], dtype=torch.long)[order]
+    gt_boxes = torch.as_tensor(np.asarray(target["boxes"]).reshape(-1, 4)).double()
+    gt_labels = torch.as_tensor(np.asarray(target["labels"]), dtype=torch.long)
+    difficult = torch.as_tensor(np.asarray(target["difficult"]), dtype=torch.bool)
+    found = np.zeros(len(gt_labels), bool)
+    tp, _ = match_image(boxes, labels, gt_boxes, gt_labels, difficult, iou_threshold)
+    if tp.any():
+        iou = box_iou(boxes[tp], gt_boxes).nan_to_num(0.0)
+        iou = iou.masked_fill(labels[tp][:, None] != gt_labels[None, :], float("-inf"))
+        found[iou.argmax(dim=1).numpy()] = True
+    return found
+
+
+def object_sizes(target: dict[str, np.ndarray]) -> np.ndarray:
+    """sqrt(area) of each object's box, in pixels."""
+    boxes = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
+    return np.sqrt(
+        np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    )
+
+
+def size_bins(
+    test: RunDetections,
+    bounds: dict[str, tuple[float, float]],
+    matches: dict[str, RunMatches],
+    found: Sequence[np.ndarray],
+) -> tuple[SizeBin, ...]:
+    """AP (from ``matches``, per bin), object count and objects found at the operating point for
+    each named size range."""
+    sizes = np.concatenate([object_sizes(t) for t in test.targets])
+    counted = ~np.concatenate([np.asarray(t["difficult"], bool) for t in test.targets])
+    hit = np.concatenate(found)
+    bins = []
+    for name, (low, high) in bounds.items():
+        inside = counted & (sizes >= low) & (sizes < high)
+        ap = float(mean_ap(matches[name], use_07_metric=test.use_07_metric)[0])
+        bins.append(SizeBin(name, low, high, int(inside.sum()), ap, int((inside & hit).sum())))
+    return tuple(bins)
+
+
+def fine_size_bounds() -> dict[str, tuple[float, float]]:
+    """:data:`FINE_SIZE_EDGES` as named ranges ("16-24", "256+")."""
+    edges = FINE_SIZE_EDGES
+    return {
+        (f"{lo:g}-{hi:g}" if np.isfinite(hi) else f"{lo:g}+"): (float(lo), float(hi))
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    }
+
+
+def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysis:
+    """Everything :class:`RunAnalysis` holds, for one run's test detections."""
+    if not test.preds:
+        raise ValueError("no test images to analyse")
+    matches = test.matches()
+    aps = class_aps(matches, use_07_metric=test.use_07_metric)[0]
+    errors = analyse_errors(
+        test.preds, test.targets, test.num_classes, use_07_metric=test.use_07_metric
+    )
+    found = tuple(
+        found_objects(p, t, score_threshold) for p, t in zip(test.preds, test.targets, strict=True)
+    )
+    fine = fine_size_bounds()
+    size_matches = {name: test.matches(b) for name, b in {**COCO_SIZES, **fine}.items()}
+    return RunAnalysis(
+        map=float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan"),
+        ap_per_class=aps,
+        positives=matches.npos.sum(axis=0),
+        coco_sizes=size_bins(test, COCO_SIZES, size_matches, found),
+        fine_sizes=size_bins(test, fine, size_matches, found),
+        curves=tuple(precision_recall(matches, c) for c in range(test.num_classes)),
+        size_curves={name: mean_curve(m) for name, m in size_matches.items()},
+        errors=errors,
+        confusion=confusion_matrix(
+            test.preds, test.targets, test.num_classes, score_threshold=score_threshold
+        ),
+        found=found,
+        score_threshold=score_threshold,
+        matches=matches,
+        size_matches=size_matches,
+    )
+
+
+def worst_false_positives(
+    test: RunDetections, errors: ErrorAnalysis, count: int
+) -> list[tuple[int, int, str]]:
+    """The ``count`` highest-scored false positives as (image, detection, error type)."""
+    names = {int(v): v.name.lower() for v in Verdict}
+    found = [
+        (float(pred["scores"][k]), i, k, names[int(v)])
+        for i, (pred, image) in enumerate(zip(test.preds, errors.images, strict=True))
+        for k, v in enumerate(image.verdict.tolist())
+        if v not in (Verdict.TP, Verdict.IGNORED)
+    ]
+    found.sort(key=lambda item: (-item[0], item[1], item[2]))
+    return [(i, k, kind) for _, i, k, kind in found[:count]]
+
+
+def largest_missed(test: RunDetections, errors: ErrorAnalysis, count: int) -> list[tuple[int, int]]:
+    """The ``count`` largest objects that no detection found, TIDE's "miss", as (image, object)."""
+    missed = [
+        (float(object_sizes(target)[j]), i, j)
+        for i, (target, image) in enumerate(zip(test.targets, errors.images, strict=True))
+        for j in np.flatnonzero(image.missed.numpy())
+    ]
+    missed.sort(key=lambda item: (-item[0], item[1], item[2]))
+    return [(i, int(j)) for _, i, j in missed[:count]]

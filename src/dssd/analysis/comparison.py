@@ -1,0 +1,190 @@
+"""A run against a baseline on the same test images: where the AP moves and which objects one
+finds that the other misses.
+
+Runs are paired seed by seed (one run per side is the plain case); every difference is the mean
+over the pairs, with the percentile interval of the paired bootstrap over the test images that
+``make ablation`` uses (:func:`dssd.bootstrap.paired_differences`): per class, per object size
+(COCO's and the finer bins of :mod:`dssd.analysis.breakdown`) and overall. Error counts and the
+AP each error type costs are compared as means over the seeds, without an interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dssd.analysis.breakdown import RunAnalysis, RunDetections
+from dssd.analysis.errors import ERROR_TYPES
+from dssd.bootstrap import Difference, RunMatches, class_aps, mean_ap, paired_differences
+
+Statistic = Callable[[RunMatches, np.ndarray | None], np.ndarray]
+
+
+@dataclass(frozen=True)
+class DeltaRow:
+    """One figure (mean over the seeds) of the run and of the baseline, and their difference."""
+
+    name: str
+    run: float
+    baseline: float
+    difference: Difference
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """An error type's mean count and mean AP cost (dAP) for the run and for the baseline."""
+
+    name: str
+    run_count: float
+    baseline_count: float
+    run_cost: float
+    baseline_cost: float
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """Objects of one test image found (at the operating point) by one side only, summed over
+    the seed pairs."""
+
+    index: int
+    image_id: str
+    run_only: int
+    baseline_only: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare` finds; ``images`` holds the images where the sides differ, those
+    where the run finds the most that the baseline misses first."""
+
+    overall: DeltaRow
+    classes: tuple[DeltaRow, ...]
+    sizes: tuple[DeltaRow, ...]
+    errors: tuple[ErrorRow, ...]
+    images: tuple[ImageRow, ...]
+    seeds: int
+    confidence: float
+
+
+def same_test_set(tests: Sequence[RunDetections]) -> None:
+    """Refuse runs that were not tested on the same images with the same classes."""
+    first = tests[0]
+    for other in tests[1:]:
+        if other.class_names != first.class_names:
+            raise ValueError(
+                f"the runs have different classes: {list(first.class_names)} and "
+                f"{list(other.class_names)}"
+            )
+        if other.image_ids != first.image_ids:
+            raise ValueError(
+                f"the runs were tested on different images ({len(first.image_ids)} and "
+                f"{len(other.image_ids)} images, not the same list): compare runs of one test set"
+            )
+
+
+def compare(
+    tests: Sequence[RunDetections],
+    analyses: Sequence[RunAnalysis],
+    baseline_tests: Sequence[RunDetections],
+    baseline_analyses: Sequence[RunAnalysis],
+    num_samples: int = 1000,
+    confidence: float = 0.95,
+) -> Comparison:
+    """Compare the runs with the baselines, paired in order (seed with seed)."""
+    if not tests or len(tests) != len(baseline_tests):
+        raise ValueError(f"need paired runs, got {len(tests)} and {len(baseline_tests)}")
+    same_test_set([*tests, *baseline_tests])
+    use_07 = tests[0].use_07_metric
+
+    def differences(size: str | None, statistic: Statistic) -> list[Difference]:
+        """Bootstrap the run's verdicts (of one size bin, if given) against the baseline's; every
+        figure uses the same draw of images (seed 0)."""
+
+        def side(analysis: RunAnalysis) -> RunMatches:
+            return analysis.matches if size is None else analysis.size_matches[size]
+
+        return paired_differences(
+            [side(a) for a in analyses],
+            [side(a) for a in baseline_analyses],
+            statistic,
+            num_samples,
+            confidence,
+        )
+
+    def map_statistic(run: RunMatches, weights: np.ndarray | None) -> np.ndarray:
+        return mean_ap(run, weights, use_07)[:, None]
+
+    def class_statistic(run: RunMatches, weights: np.ndarray | None) -> np.ndarray:
+        return class_aps(run, weights, use_07)
+
+    def mean(values: Sequence[float]) -> float:
+        values = np.asarray(values, np.float64)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+    overall = DeltaRow(
+        "all",
+        mean([a.map for a in analyses]),
+        mean([a.map for a in baseline_analyses]),
+        differences(None, map_statistic)[0],
+    )
+    class_rows = tuple(
+        DeltaRow(
+            name,
+            mean([a.ap_per_class[c] for a in analyses]),
+            mean([a.ap_per_class[c] for a in baseline_analyses]),
+            difference,
+        )
+        for c, (name, difference) in enumerate(
+            zip(tests[0].class_names, differences(None, class_statistic), strict=True)
+        )
+    )
+
+    def size_aps(analysis: RunAnalysis) -> list[float]:
+        return [size.ap for size in (*analysis.coco_sizes, *analysis.fine_sizes)]
+
+    names = [size.name for size in (*analyses[0].coco_sizes, *analyses[0].fine_sizes)]
+    run_aps = [mean(column) for column in zip(*map(size_aps, analyses), strict=True)]
+    baseline_aps = [mean(column) for column in zip(*map(size_aps, baseline_analyses), strict=True)]
+    size_rows = [
+        DeltaRow(name, mine, theirs, differences(name, map_statistic)[0])
+        for name, mine, theirs in zip(names, run_aps, baseline_aps, strict=True)
+    ]
+    error_rows = tuple(
+        ErrorRow(
+            name,
+            mean([a.errors.counts[name] for a in analyses]),
+            mean([a.errors.counts[name] for a in baseline_analyses]),
+            mean([a.errors.delta_map[name] for a in analyses]),
+            mean([a.errors.delta_map[name] for a in baseline_analyses]),
+        )
+        for name in ERROR_TYPES
+    )
+    return Comparison(
+        overall,
+        class_rows,
+        tuple(size_rows),
+        error_rows,
+        found_by_one_side(tests[0], analyses, baseline_analyses),
+        len(tests),
+        confidence,
+    )
+
+
+def found_by_one_side(
+    test: RunDetections, analyses: Sequence[RunAnalysis], baseline_analyses: Sequence[RunAnalysis]
+) -> tuple[ImageRow, ...]:
+    """Per image, the non-difficult objects only the run finds and only the baseline finds, summed
+    over the seed pairs; images where the two agree are left out."""
+    rows = []
+    for i, target in enumerate(test.targets):
+        counted = ~np.asarray(target["difficult"], bool)
+        run_only = baseline_only = 0
+        for mine, theirs in zip(analyses, baseline_analyses, strict=True):
+            run_only += int((mine.found[i] & ~theirs.found[i] & counted).sum())
+            baseline_only += int((theirs.found[i] & ~mine.found[i] & counted).sum())
+        if run_only or baseline_only:
+            rows.append(ImageRow(i, str(test.image_ids[i]), run_only, baseline_only))
+    rows.sort(key=lambda r: (r.baseline_only - r.run_only, -r.run_only, r.index))
+    return tuple(rows)

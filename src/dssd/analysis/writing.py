@@ -1,0 +1,359 @@
+"""An analysis on disk: a markdown summary readable in a terminal, CSV tables and PNG figures
+(:mod:`dssd.analysis.figures`), in one directory."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+from dssd.analysis import figures
+from dssd.analysis.breakdown import (
+    RunAnalysis,
+    RunDetections,
+    largest_missed,
+    object_sizes,
+    worst_false_positives,
+)
+from dssd.analysis.comparison import Comparison, DeltaRow
+from dssd.analysis.errors import ERROR_TYPES
+
+
+def _pct(value: float) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+
+
+def _signed(value: float) -> str:
+    return "–" if not np.isfinite(value) else f"{100 * value:+.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _save(figure: plt.Figure | np.ndarray, path: Path) -> Path:
+    """Save a matplotlib figure (then closed) or an RGB array as a PNG file."""
+    if isinstance(figure, np.ndarray):
+        Image.fromarray(figure).save(path)
+    else:
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+    return path
+
+
+def _number(value: float) -> float | str:
+    return "" if value is None or not np.isfinite(value) else round(float(value), 6)
+
+
+def write_run_analysis(
+    out_dir: Path, test: RunDetections, analysis: RunAnalysis, name: str, gallery_size: int = 16
+) -> tuple[str, list[Path]]:
+    """Write one run's tables and figures into ``out_dir``; return its markdown section and the
+    files written."""
+    names = test.class_names
+    errors = analysis.errors
+    files = []
+    class_rows = [
+        [
+            names[c],
+            int(analysis.positives[c]),
+            _number(analysis.ap_per_class[c]),
+            *(int(errors.counts_per_class[e][c]) for e in ERROR_TYPES),
+            *(_number(float(errors.delta_ap_per_class[e][c])) for e in ERROR_TYPES),
+        ]
+        for c in range(test.num_classes)
+    ]
+    files.append(
+        _write_csv(
+            out_dir / "per_class.csv",
+            [
+                "class",
+                "objects",
+                "ap",
+                *(f"{e}_errors" for e in ERROR_TYPES),
+                *(f"{e}_dap" for e in ERROR_TYPES),
+            ],
+            class_rows,
+        )
+    )
+    size_rows = [
+        [kind, b.name, b.low, b.high, b.objects, _number(b.ap), b.found]
+        for kind, bins in (("coco", analysis.coco_sizes), ("fine", analysis.fine_sizes))
+        for b in bins
+    ]
+    files.append(
+        _write_csv(
+            out_dir / "sizes.csv",
+            ["kind", "bin", "low_px", "high_px", "objects", "ap", "found"],
+            size_rows,
+        )
+    )
+    files.append(
+        _write_csv(
+            out_dir / "errors.csv",
+            ["type", "count", "dap"],
+            [[e, errors.counts[e], _number(errors.delta_map[e])] for e in ERROR_TYPES],
+        )
+    )
+    labels = [*names, "background"]
+    files.append(
+        _write_csv(
+            out_dir / "confusion_matrix.csv",
+            ["true \\ predicted", *labels],
+            [[label, *row.tolist()] for label, row in zip(labels, analysis.confusion, strict=True)],
+        )
+    )
+    worst = worst_false_positives(test, errors, gallery_size)
+    missed = largest_missed(test, errors, gallery_size)
+    files.append(
+        _write_csv(
+            out_dir / "worst_false_positives.csv",
+            ["image_id", "type", "class", "score", "x1", "y1", "x2", "y2"],
+            [
+                [
+                    test.image_ids[i],
+                    kind,
+                    names[int(test.preds[i]["labels"][k]) - 1],
+                    _number(test.preds[i]["scores"][k]),
+                    *np.round(np.asarray(test.preds[i]["boxes"], float)[k], 2).tolist(),
+                ]
+                for i, k, kind in worst
+            ],
+        )
+    )
+    files.append(
+        _write_csv(
+            out_dir / "missed_objects.csv",
+            ["image_id", "class", "size_px", "x1", "y1", "x2", "y2"],
+            [
+                [
+                    test.image_ids[i],
+                    names[int(test.targets[i]["labels"][j]) - 1],
+                    round(float(object_sizes(test.targets[i])[j]), 2),
+                    *np.round(np.asarray(test.targets[i]["boxes"], float).reshape(-1, 4)[j], 2),
+                ]
+                for i, j in missed
+            ],
+        )
+    )
+    files.append(_save(figures.pr_curves(analysis, names), out_dir / "pr_curves.png"))
+    files.append(_save(figures.confusion(analysis, names), out_dir / "confusion_matrix.png"))
+    files.append(_save(figures.errors(analysis), out_dir / "errors.png"))
+    files.append(_save(figures.sizes(analysis), out_dir / "sizes.png"))
+    gallery = figures.false_positive_gallery(test, worst)
+    files.append(_save(gallery, out_dir / "worst_false_positives.png"))
+    files.append(_save(figures.missed_gallery(test, missed), out_dir / "missed_objects.png"))
+    return run_markdown(test, analysis, name), files
+
+
+def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
+    """One run's summary: mAP, AP by size, the error breakdown and per-class figures."""
+    errors = analysis.errors
+    objects = int(analysis.positives.sum())
+    lines = [
+        f"## {name}",
+        "",
+        f"{len(test.image_ids)} test images, {objects} objects (difficult ones not counted). "
+        f"VOC mAP at IoU 0.5 ({'11-point' if test.use_07_metric else 'all-point'}): "
+        f"**{_pct(analysis.map)}**.",
+        "",
+        "### AP by object size (COCO's rule at IoU 0.5; sqrt(area) in original-image pixels)",
+        "",
+        _table(
+            ["size", "px", "objects", "AP", f"found at score >= {analysis.score_threshold:g}"],
+            [
+                [
+                    b.name,
+                    f"{b.low:g}–{b.high:g}" if np.isfinite(b.high) else f"{b.low:g}+",
+                    b.objects,
+                    _pct(b.ap),
+                    f"{100 * b.found / b.objects:.0f}%" if b.objects else "–",
+                ]
+                for b in (*analysis.coco_sizes, *analysis.fine_sizes)
+            ],
+        ),
+        "",
+        "### Errors (TIDE's types; dAP: mAP points gained if that type alone were fixed)",
+        "",
+        _table(
+            ["type", *ERROR_TYPES],
+            [
+                ["count", *(errors.counts[e] for e in ERROR_TYPES)],
+                ["dAP", *(_signed(errors.delta_map[e]) for e in ERROR_TYPES)],
+            ],
+        ),
+        "",
+        "### Per class",
+        "",
+        _table(
+            ["class", "objects", "AP", *(f"{e} (dAP)" for e in ERROR_TYPES)],
+            [
+                [
+                    test.class_names[c],
+                    int(analysis.positives[c]),
+                    _pct(analysis.ap_per_class[c]),
+                    *(
+                        f"{int(errors.counts_per_class[e][c])} "
+                        f"({_signed(float(errors.delta_ap_per_class[e][c]))})"
+                        for e in ERROR_TYPES
+                    ),
+                ]
+                for c in range(test.num_classes)
+            ],
+        ),
+        "",
+        "Figures: pr_curves.png, confusion_matrix.png, errors.png, sizes.png; "
+        "worst_false_positives.png (the highest-scored false positives in red, labelled with "
+        "error type, class, score and image; the objects in green) and missed_objects.png (the "
+        "largest missed objects). Tables: per_class.csv, sizes.csv, errors.csv, "
+        "confusion_matrix.csv, worst_false_positives.csv, missed_objects.csv.",
+    ]
+    return "\n".join(lines)
+
+
+def _delta_rows(rows: Sequence[DeltaRow]) -> list[list[Any]]:
+    return [
+        [
+            r.name,
+            _pct(r.run),
+            _pct(r.baseline),
+            _signed(r.difference.delta),
+            f"[{_signed(r.difference.low)}, {_signed(r.difference.high)}]",
+            "*" if r.difference.excludes_zero else "",
+        ]
+        for r in rows
+    ]
+
+
+def _delta_csv(path: Path, rows: Sequence[DeltaRow]) -> Path:
+    return _write_csv(
+        path,
+        ["name", "run_ap", "baseline_ap", "delta", "low", "high", "excludes_zero"],
+        [
+            [
+                r.name,
+                _number(r.run),
+                _number(r.baseline),
+                _number(r.difference.delta),
+                _number(r.difference.low),
+                _number(r.difference.high),
+                r.difference.excludes_zero,
+            ]
+            for r in rows
+        ],
+    )
+
+
+def write_comparison(
+    out_dir: Path,
+    test: RunDetections,
+    pair: tuple[RunAnalysis, RunAnalysis],
+    result: Comparison,
+    run_name: str,
+    baseline_name: str,
+    gallery_size: int = 8,
+) -> tuple[str, list[Path]]:
+    """Write the comparison's tables and figures into ``out_dir``; ``pair`` (the first seed's
+    run and baseline) gives the gallery of images one finds objects in that the other misses.
+    Return its markdown section and the files written."""
+    files = [
+        _delta_csv(out_dir / "comparison_classes.csv", [result.overall, *result.classes]),
+        _delta_csv(out_dir / "comparison_sizes.csv", result.sizes),
+        _write_csv(
+            out_dir / "comparison_errors.csv",
+            ["type", "run_count", "baseline_count", "run_dap", "baseline_dap"],
+            [
+                [
+                    e.name,
+                    e.run_count,
+                    e.baseline_count,
+                    _number(e.run_cost),
+                    _number(e.baseline_cost),
+                ]
+                for e in result.errors
+            ],
+        ),
+        _write_csv(
+            out_dir / "comparison_images.csv",
+            ["image_id", "found_by_run_only", "found_by_baseline_only"],
+            [[r.image_id, r.run_only, r.baseline_only] for r in result.images],
+        ),
+        _save(figures.comparison(result, run_name, baseline_name), out_dir / "comparison.png"),
+    ]
+    mine, theirs = pair
+    picks = []
+    for row in result.images[:gallery_size]:
+        counted = ~np.asarray(test.targets[row.index]["difficult"], bool)
+        run_only = mine.found[row.index] & ~theirs.found[row.index] & counted
+        baseline_only = theirs.found[row.index] & ~mine.found[row.index] & counted
+        if run_only.any() or baseline_only.any():
+            picks.append((row.index, run_only, baseline_only))
+    files.append(_save(figures.found_gallery(test, picks), out_dir / "found_by_one_side.png"))
+    run_only = sum(r.run_only for r in result.images)
+    baseline_only = sum(r.baseline_only for r in result.images)
+    level = f"{100 * result.confidence:g}%"
+    lines = [
+        f"## {run_name} against {baseline_name}",
+        "",
+        f"{result.seeds} paired seed(s). Differences are run minus baseline, in AP points, with "
+        f"the {level} interval of a paired bootstrap over the test images; * where it excludes "
+        "0.",
+        "",
+        "### AP per class",
+        "",
+        _table(
+            ["class", run_name, baseline_name, "Δ", "interval", ""],
+            _delta_rows([result.overall, *result.classes]),
+        ),
+        "",
+        "### AP per object size (sqrt(area), original-image pixels)",
+        "",
+        _table(["size", run_name, baseline_name, "Δ", "interval", ""], _delta_rows(result.sizes)),
+        "",
+        "### Errors (mean over the seeds; dAP in mAP points)",
+        "",
+        _table(
+            [
+                "type",
+                f"{run_name} count",
+                f"{baseline_name} count",
+                f"{run_name} dAP",
+                f"{baseline_name} dAP",
+            ],
+            [
+                [
+                    e.name,
+                    f"{e.run_count:.1f}",
+                    f"{e.baseline_count:.1f}",
+                    _signed(e.run_cost),
+                    _signed(e.baseline_cost),
+                ]
+                for e in result.errors
+            ],
+        ),
+        "",
+        f"Objects found by {run_name} only: {run_only}; by {baseline_name} only: "
+        f"{baseline_only} (summed over the seed pairs, at score >= {mine.score_threshold:g}; "
+        f"{len(result.images)} images differ, listed in comparison_images.csv).",
+        "",
+        f"Figures: comparison.png; found_by_one_side.png (the first seed pair's images where "
+        f"they differ most: objects found by {run_name} only in red, by {baseline_name} only in "
+        "blue, the others in green). Tables: comparison_classes.csv, "
+        "comparison_sizes.csv, comparison_errors.csv, comparison_images.csv.",
+    ]
+    return "\n".join(lines), files

@@ -1,0 +1,139 @@
+"""src/analyze.py: a tiny run's analysis (every figure and table, the W&B run), a comparison with
+another run on the same test images, and clear errors for run directories that lack what it
+needs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from conftest import ROOT, run_entry_point
+from dssd.errors import UserError
+from dssd.tasks import analyze
+
+RUN_FILES = [
+    "summary.md",
+    "per_class.csv",
+    "sizes.csv",
+    "errors.csv",
+    "confusion_matrix.csv",
+    "worst_false_positives.csv",
+    "missed_objects.csv",
+    "pr_curves.png",
+    "confusion_matrix.png",
+    "errors.png",
+    "sizes.png",
+    "worst_false_positives.png",
+    "missed_objects.png",
+]
+COMPARISON_FILES = [
+    "comparison_classes.csv",
+    "comparison_sizes.csv",
+    "comparison_errors.csv",
+    "comparison_images.csv",
+    "comparison.png",
+    "found_by_one_side.png",
+]
+CLASSES = ["circle", "square", "triangle", "star", "cross", "ellipse"]
+
+
+def config(*overrides: str) -> DictConfig:
+    """analyze.yaml composed with ``overrides``, as src/analyze.py composes it."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("analyze", overrides=["device=cpu", "bootstrap_samples=50", *overrides])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_wandb_run: Path, tiny_checkpoint: Path, tmp_path_factory) -> Path:
+    """The tiny DSSD run (W&B, offline) analysed against the tiny SSD run, gallery of 4."""
+    out = tmp_path_factory.mktemp("analysis")
+    analyze(
+        config(
+            f"run={tiny_wandb_run}",
+            f"baseline={tiny_checkpoint.parent.parent}",
+            f"out_dir={out}",
+            "gallery_size=4",
+        )
+    )
+    return out
+
+
+def test_every_figure_and_table_is_written(analysed: Path, tiny_wandb_run: Path) -> None:
+    for name in [*RUN_FILES, *COMPARISON_FILES]:
+        assert (analysed / name).is_file(), name
+        if name.endswith(".png"):
+            with Image.open(analysed / name) as picture:
+                assert picture.width > 100 and picture.height > 100
+    per_class = read_csv(analysed / "per_class.csv")
+    assert [row["class"] for row in per_class] == CLASSES
+    objects = sum(int(row["objects"]) for row in per_class)
+    sizes = read_csv(analysed / "sizes.csv")
+    assert sum(int(r["objects"]) for r in sizes if r["kind"] == "coco") == objects
+    assert sum(int(r["objects"]) for r in sizes if r["kind"] == "fine") == objects
+    # the analysed mAP is the one the run's test logged
+    logged = json.loads((tiny_wandb_run / "test_results.json").read_text())["metrics"]
+    summary = (analysed / "summary.md").read_text()
+    assert f"**{100 * logged['test/voc_map']:.1f}**" in summary
+    assert "## " in summary and "against" in summary
+    with (analysed / "confusion_matrix.csv").open() as file:
+        matrix = list(csv.reader(file))
+    assert matrix[0][1:] == [*CLASSES, "background"] and len(matrix) == len(CLASSES) + 2
+    assert len(read_csv(analysed / "worst_false_positives.csv")) == 4
+    comparison = read_csv(analysed / "comparison_classes.csv")
+    assert [row["name"] for row in comparison] == ["all", *CLASSES]
+
+
+def test_a_wandb_run_gets_the_analysis_logged(analysed: Path) -> None:
+    """The analysed run logged to W&B, so the analysis is logged to an offline W&B run in the
+    analysis folder: its figures as images, its tables as tables."""
+    (run,) = analysed.glob("wandb/offline-run-*")
+    images = {p.name.split("_")[0] for p in run.glob("files/media/images/analysis/*.png")}
+    assert {"pr", "confusion", "errors", "sizes", "comparison"} <= images
+    tables = list(run.glob("files/media/table/analysis/*.table.json"))
+    assert any(p.name.startswith("per_class") for p in tables)
+
+
+def test_a_checkpoint_alone_is_analysed(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A checkpoint file (best.ckpt, which the run's test did not use): analysed by running it,
+    without a W&B run (the tiny run logged to CSV)."""
+    summary = analyze(config(f"run={tiny_checkpoint}", f"out_dir={tmp_path}", "gallery_size=2"))
+    assert summary == tmp_path / "summary.md"
+    assert all((tmp_path / name).is_file() for name in RUN_FILES)
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_missing_pieces_are_named(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run = tiny_checkpoint.parent.parent
+    no_results = tmp_path / "no_results"
+    shutil.copytree(run / "checkpoints", no_results / "checkpoints")
+    with pytest.raises(UserError, match="has no test_results.json"):
+        analyze(config(f"run={no_results}"))
+    no_checkpoint = tmp_path / "no_checkpoint"
+    no_checkpoint.mkdir()
+    shutil.copy(run / "test_results.json", no_checkpoint)
+    with pytest.raises(UserError, match=r"checkpoint its test used .* is missing"):
+        analyze(config(f"run={no_checkpoint}"))
+    with pytest.raises(UserError, match="no such run directory"):
+        analyze(config(f"run={tmp_path / 'nowhere'}"))
+    with pytest.raises(UserError, match="one baseline per run"):
+        analyze(config(f"run=[{run},{run}]", f"baseline={run}"))
+    with pytest.raises(UserError, match="wandb=sometimes"):
+        analyze(config(f"run={run}", "wandb=sometimes"))
+
+
+def test_analyze_py_prints_an_error(tmp_path: Path) -> None:
+    proc = run_entry_point("analyze.py", f"run={tmp_path}", check=False)
+    assert proc.returncode == 2
+    assert f"error: run={tmp_path}: the run directory has no test_results.json" in proc.stderr
