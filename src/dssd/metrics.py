@@ -32,7 +32,14 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchvision.ops import box_iou
 
-__all__ = ["VOCMeanAP", "average_precisions", "check_image", "match_image", "voc_ap"]
+__all__ = [
+    "VOCMeanAP",
+    "as_tensors",
+    "average_precisions",
+    "check_image",
+    "match_image",
+    "voc_ap",
+]
 
 # voc_eval.py iterates over ``np.arange(0.0, 1.1, 0.1)``, whose elements are ``i * 0.1``: 0.3, 0.6
 # and 0.7 come out one ulp above their decimal values, so a recall of exactly 3/10 does not reach
@@ -153,6 +160,17 @@ def _as_vector(value: Any, n: int, where: str) -> Tensor:
     if value.ndim != 1 or value.shape[0] != n:
         raise ValueError(f"{where}: expected shape [{n}] (one per box), got {list(value.shape)}")
     return value
+
+
+def as_tensors(value: Any, keys: Sequence[str]) -> Any:
+    """The dict with its ``keys`` entries (numpy arrays or tensors) as tensors, so that numpy
+    input passes :func:`check_image`; anything else as is, for it to reject."""
+    if not isinstance(value, Mapping):
+        return value
+    return {
+        key: torch.as_tensor(item) if key in keys and item is not None else item
+        for key, item in value.items()
+    }
 
 
 def check_image(

@@ -35,9 +35,8 @@ import numpy as np
 from faster_coco_eval import COCO
 from faster_coco_eval.extra import PreviewResults
 
-from dssd.analysis.errors import _as_tensors
 from dssd.data.coco import detections_to_coco_results
-from dssd.metrics import check_image
+from dssd.metrics import as_tensors, check_image
 
 
 @contextmanager
@@ -77,8 +76,8 @@ def confusion_matrix(
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
         p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
             i,
-            _as_tensors(pred, ("boxes", "scores", "labels")),
-            _as_tensors(target, ("boxes", "labels", "difficult")),
+            as_tensors(pred, ("boxes", "scores", "labels")),
+            as_tensors(target, ("boxes", "labels", "difficult")),
             num_classes,
         )
         keep = p_scores >= score_threshold

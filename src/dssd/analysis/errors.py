@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from dssd.metrics import average_precisions, check_image, match_image
+from dssd.metrics import as_tensors, average_precisions, check_image, match_image
 
 
 class Verdict(IntEnum):
@@ -160,17 +160,6 @@ def classify_image(
     return ImageErrors(verdict, fixed, fixed_label, missed)
 
 
-def _as_tensors(value: Any, keys: Sequence[str]) -> Any:
-    """The dict with its array entries (numpy or tensor) as tensors; anything else as is, for
-    :func:`dssd.metrics.check_image` to reject."""
-    if not isinstance(value, Mapping):
-        return value
-    return {
-        key: torch.as_tensor(item) if key in keys and item is not None else item
-        for key, item in value.items()
-    }
-
-
 def _mean(ap: Tensor) -> float:
     valid = ~torch.isnan(ap)
     return float(ap[valid].mean()) if valid.any() else float("nan")
@@ -201,8 +190,8 @@ def analyse_errors(
     npos = torch.zeros(num_classes, dtype=torch.long)
     missed = torch.zeros(num_classes, dtype=torch.long)
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
-        pred = _as_tensors(pred, ("boxes", "scores", "labels"))
-        target = _as_tensors(target, ("boxes", "labels", "difficult"))
+        pred = as_tensors(pred, ("boxes", "scores", "labels"))
+        target = as_tensors(target, ("boxes", "labels", "difficult"))
         p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
             i, pred, target, num_classes
         )
