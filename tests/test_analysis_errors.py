@@ -13,29 +13,7 @@ import torch
 
 from dssd.analysis import ERROR_TYPES, Verdict, analyse_errors
 from dssd.metrics import VOCMeanAP, average_precisions
-
-
-def box(x: float, y: float = 0.0, size: float = 10.0) -> list[float]:
-    """A square xyxy box of side ``size`` at (x, y)."""
-    return [x, y, x + size, y + size]
-
-
-def image(
-    dets: list[tuple[float, int, list[float]]], gts: list[tuple[int, list[float]]], difficult=None
-):
-    """(pred, target) dicts from (score, label, box) detections and (label, box) objects."""
-    pred = {
-        "boxes": torch.tensor([d[2] for d in dets], dtype=torch.float32).reshape(-1, 4),
-        "scores": torch.tensor([d[0] for d in dets], dtype=torch.float32),
-        "labels": torch.tensor([d[1] for d in dets], dtype=torch.long),
-    }
-    target = {
-        "boxes": torch.tensor([g[1] for g in gts], dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.tensor([g[0] for g in gts], dtype=torch.long),
-        "difficult": torch.tensor(difficult or [False] * len(gts), dtype=torch.bool),
-    }
-    return pred, target
-
+from hand_built import box, image
 
 # ---------------------------------------------------------------------------------------------
 # Every error type on one image
