@@ -136,32 +136,33 @@ def _tile(
     region: tuple[int, int, int, int],
     boxes: np.ndarray,
     colours: Sequence[str],
-    labels: Sequence[str],
+    caption: str,
     side: int,
 ) -> torch.Tensor:
-    """``region`` of ``image`` scaled into a ``side`` x ``side`` tile (padded), with ``boxes``
-    drawn in it: [3, side, side] uint8."""
+    """``region`` of ``image`` scaled into a ``side`` x ``side`` square (padded) with ``boxes``
+    drawn in it, under a strip with ``caption``: [3, side + 18, side] uint8."""
     x0, y0, x1, y1 = region
     part = image[y0:y1, x0:x1]
     scale = side / max(part.shape[:2])
     width, height = max(1, round(part.shape[1] * scale)), max(1, round(part.shape[0] * scale))
-    tile = np.zeros((side, side, 3), np.uint8)
-    tile[:height, :width] = cv2.resize(part, (width, height), interpolation=cv2.INTER_AREA)
+    square = np.zeros((side, side, 3), np.uint8)
+    square[:height, :width] = cv2.resize(part, (width, height), interpolation=cv2.INTER_AREA)
     shifted = (np.asarray(boxes, np.float64).reshape(-1, 4) - [x0, y0, x0, y0]) * scale
-    shifted = np.clip(shifted, 0, side - 1)
-    return draw_bounding_boxes(
-        torch.from_numpy(tile).permute(2, 0, 1),
-        torch.from_numpy(shifted),
-        labels=list(labels) or None,
+    drawn = draw_bounding_boxes(
+        torch.from_numpy(square).permute(2, 0, 1),
+        torch.from_numpy(np.clip(shifted, 0, side - 1)),
         colors=list(colours),
         width=2,
     )
+    strip = np.full((18, side, 3), 255, np.uint8)
+    cv2.putText(strip, caption, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return torch.cat([torch.from_numpy(strip).permute(2, 0, 1), drawn], dim=1)
 
 
 def _grid(tiles: Sequence[torch.Tensor], side: int) -> np.ndarray:
     """Tiles in rows of four on white (one blank tile when there are none), as HxWx3 uint8."""
     if not tiles:
-        tiles = [torch.full((3, side, side), 255, dtype=torch.uint8)]
+        tiles = [torch.full((3, side + 18, side), 255, dtype=torch.uint8)]
     grid = make_grid(list(tiles), nrow=min(4, len(tiles)), padding=4, pad_value=255)
     return grid.permute(1, 2, 0).numpy()
 
@@ -169,7 +170,7 @@ def _grid(tiles: Sequence[torch.Tensor], side: int) -> np.ndarray:
 def false_positive_gallery(
     test: RunDetections, picks: Sequence[tuple[int, int, str]], side: int = 224
 ) -> np.ndarray:
-    """Crops around false positives (red, labelled with type, class and score) and the objects
+    """Crops around false positives (red; type, class, score and image above) and the objects
     near them (green), from :func:`dssd.analysis.breakdown.worst_false_positives`."""
     tiles = []
     for i, k, kind in picks:
@@ -178,14 +179,14 @@ def false_positive_gallery(
         box = np.asarray(pred["boxes"], np.float64)[k]
         truth = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
         name = test.class_names[int(pred["labels"][k]) - 1]
-        label = f"{kind}: {name} {float(pred['scores'][k]):.2f} ({test.image_ids[i]})"
+        caption = f"{kind}: {name} {float(pred['scores'][k]):.2f}, image {test.image_ids[i]}"
         tiles.append(
             _tile(
                 image,
                 _crop(box, image.shape),
                 np.vstack([truth, box[None]]),
                 [TRUTH_COLOUR] * len(truth) + [DETECTION_COLOUR],
-                [""] * len(truth) + [label],
+                caption,
                 side,
             )
         )
@@ -195,7 +196,7 @@ def false_positive_gallery(
 def missed_gallery(
     test: RunDetections, picks: Sequence[tuple[int, int]], side: int = 224
 ) -> np.ndarray:
-    """Crops around missed objects (green, labelled with class, size and image), from
+    """Crops around missed objects (green; class, size and image above), from
     :func:`dssd.analysis.breakdown.largest_missed`."""
     tiles = []
     for i, j in picks:
@@ -204,10 +205,9 @@ def missed_gallery(
         box = np.asarray(target["boxes"], np.float64).reshape(-1, 4)[j]
         name = test.class_names[int(target["labels"][j]) - 1]
         size = object_sizes(target)[j]
-        label = f"{name} {size:.0f} px ({test.image_ids[i]})"
-        tiles.append(
-            _tile(image, _crop(box, image.shape), box[None], [TRUTH_COLOUR], [label], side)
-        )
+        caption = f"{name}, {size:.0f} px, image {test.image_ids[i]}"
+        region = _crop(box, image.shape)
+        tiles.append(_tile(image, region, box[None], [TRUTH_COLOUR], caption, side))
     return _grid(tiles, side)
 
 
@@ -262,8 +262,10 @@ def found_gallery(
         colours = np.where(
             run_only, DETECTION_COLOUR, np.where(baseline_only, BASELINE_COLOUR, TRUTH_COLOUR)
         )
-        labels = [""] * len(boxes)
-        labels[0] = str(test.image_ids[i])
+        caption = (
+            f"image {test.image_ids[i]}: {int(run_only.sum())} run only, "
+            f"{int(baseline_only.sum())} baseline only"
+        )
         region = (0, 0, image.shape[1], image.shape[0])
-        tiles.append(_tile(image, region, boxes, colours.tolist(), labels, side))
+        tiles.append(_tile(image, region, boxes, colours.tolist(), caption, side))
     return _grid(tiles, side)

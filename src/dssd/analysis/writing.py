@@ -218,8 +218,8 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
         ),
         "",
         "Figures: pr_curves.png, confusion_matrix.png, errors.png, sizes.png; "
-        "worst_false_positives.png (the highest-scored false positives in red, labelled with "
-        "error type, class, score and image; the objects in green) and missed_objects.png (the "
+        "worst_false_positives.png (the highest-scored false positives in red, with error "
+        "type, class, score and image above; the objects in green) and missed_objects.png (the "
         "largest missed objects). Tables: per_class.csv, sizes.csv, errors.csv, "
         "confusion_matrix.csv, worst_false_positives.csv, missed_objects.csv.",
     ]
