@@ -3,6 +3,9 @@ produce their tables and figures."""
 
 from __future__ import annotations
 
+import csv
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -104,15 +107,28 @@ def test_ablation_notebook(tiny_ablation: Path, monkeypatch: pytest.MonkeyPatch)
     assert sources == expected
 
 
+def table_rows(text: str, index: str) -> tuple[list[str], list[list[str]]]:
+    """A displayed DataFrame (its text form) whose index is named ``index``: the words of its
+    first header line and those of each row (the lines below the index's name)."""
+    lines = text.strip().splitlines()
+    start = [line.strip() for line in lines].index(index)
+    return lines[0].split(), [line.split() for line in lines[start + 1 :]]
+
+
 def test_detections_notebook(
     tiny_checkpoint: Path, tiny_shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from dssd.analysis import ERROR_TYPES
+    from dssd.analysis.breakdown import COCO_SIZES, fine_size_bounds
     from dssd.data.voc import VOCDataset
 
-    monkeypatch.setenv("DSSD_CHECKPOINT", str(tiny_checkpoint))
+    # last.ckpt: the weights the run's test scored, which the analysis is checked against
+    run_dir = tiny_checkpoint.parent.parent
+    monkeypatch.setenv("DSSD_CHECKPOINT", str(run_dir / "checkpoints" / "last.ckpt"))
     monkeypatch.setenv("DSSD_NUM_IMAGES", "3")
     monkeypatch.setenv("DSSD_MIN_SCORE", "0")
     monkeypatch.setenv("DSSD_FIGURE_DIR", str(tmp_path / "figures"))
+    monkeypatch.setenv("DSSD_ANALYSIS_DIR", str(tmp_path / "analysis"))
     notebook = execute("detections")
 
     assert_png(tmp_path / "figures" / "detections.png")
@@ -126,3 +142,34 @@ def test_detections_notebook(
         # at MIN_SCORE=0 every detection counts: TP or FP, or neither on a difficult object
         assert int(detections) > 0 and int(tp) + int(fp) <= int(detections)
         assert int(tp) + int(missed) == int((~truth["difficult"]).sum())
+
+    # the run's analysis, written to DSSD_ANALYSIS_DIR (not into the run directory)
+    analysis = tmp_path / "analysis"
+    assert (analysis / "summary.md").is_file() and not (run_dir / "analysis").exists()
+    figures = ["pr_curves", "errors", "sizes", "confusion_matrix"]
+    figures += ["worst_false_positives", "missed_objects"]
+    for figure in figures:
+        assert_png(analysis / f"{figure}.png")
+    (shown,) = [c for c in notebook.cells if c.cell_type == "code" and "display(Image" in c.source]
+    pictures = [o for o in shown.outputs if "image/png" in o.get("data", {})]
+    assert len(pictures) == len(shown.outputs) == len(figures)
+    columns, sizes = table_rows(cell_text(notebook, "sizes.csv"), "bin")
+    assert [row[0] for row in sizes] == [*COCO_SIZES, *fine_size_bounds()]
+    coco = [dict(zip(["bin", *columns], row, strict=True)) for row in sizes[: len(COCO_SIZES)]]
+    objects = sum(int((~truth["difficult"]).sum()) for truth in test_set.annotations)
+    assert sum(int(row["objects"]) for row in coco) == objects
+    # the error types as rows; count and dAP of all objects, then of each COCO size
+    columns, errors = table_rows(cell_text(notebook, "errors.csv"), "type")
+    assert columns == ["count", "dap"] and [row[0] for row in errors] == list(ERROR_TYPES)
+    sizes_shown = cell_text(notebook, "errors.csv").splitlines()[1].split()
+    assert sizes_shown == ["size", *(["all", *COCO_SIZES] * 2)]
+    # the analysed APs are those the run's test logged (its metric, not the analysis's code)
+    metrics = json.loads((run_dir / "test_results.json").read_text())["metrics"]
+    logged = 100 * metrics["test/voc_map"]
+    summary_map = float(re.search(r"\*\*([\d.]+)\*\*", (analysis / "summary.md").read_text())[1])
+    assert summary_map == pytest.approx(logged, abs=0.1)
+    assert f"its test logged {logged:.1f}" in cell_text(notebook, "find_run(CKPT)")
+    with (analysis / "per_class.csv").open(newline="") as file:
+        per_class = {row["class"]: float(row["ap"] or "nan") for row in csv.DictReader(file)}
+    expected = {c: metrics[f"test/ap/{c}"] for c in CLASSES}
+    assert per_class == pytest.approx(expected, abs=1e-4, nan_ok=True)
