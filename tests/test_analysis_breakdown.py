@@ -78,6 +78,17 @@ def test_ap_by_size_follows_cocos_rule_on_a_hand_built_image() -> None:
     assert fine["8-16"].objects == 1 and fine["96-128"].objects == 1
     # the 5 px background box is of another fine bin than the 10 px circle: ignored there
     assert fine["8-16"].ap == pytest.approx(1.0) and fine["0-8"].objects == 0
+    # errors by size: the small background box is small's only error, the large one large's
+    by_size = {"all": analysis.errors, **analysis.size_errors}
+    assert {size: found.counts["bkg"] for size, found in by_size.items()} == {
+        "all": 2,
+        "small": 1,
+        "medium": 0,
+        "large": 1,
+    }
+    assert sum(analysis.size_errors["small"].counts.values()) == 1
+    # fixing small's error lifts small's AP from 1/2 to 1
+    assert analysis.size_errors["small"].delta_map["bkg"] == pytest.approx(0.5)
     # the confusion matrix at that operating point: the large circle found, the small one not,
     # the small background box a false positive
     assert analysis.confusion[0, 0] == 1 and analysis.confusion[0, 3] == 1
@@ -195,8 +206,17 @@ def test_comparison_finds_the_gain_where_it_is() -> None:
     assert result.overall.difference.delta == pytest.approx(a.map - b.map)
     assert result.overall.difference.low > 0
     assert [(r.run_only, r.baseline_only) for r in result.images] == [(1, 0)] * 30
-    errors = {e.name: e for e in result.errors}
-    assert errors["bkg"].run_count == 0 and errors["bkg"].baseline_count == 30
+    errors = {(e.name, e.size): e for e in result.errors}
+    assert errors["bkg", "all"].run_count == 0 and errors["bkg", "all"].baseline_count == 30
+    # the baseline's off-target boxes are small: small objects' errors, not large ones', and
+    # small circles are what it misses
+    assert (
+        errors["bkg", "small"].baseline_count == 30 and errors["bkg", "large"].baseline_count == 0
+    )
+    assert (
+        errors["miss", "small"].baseline_count == 30 and errors["miss", "large"].baseline_count == 0
+    )
+    assert errors["miss", "small"].run_count == 0
     # the other way round, the signs turn
     back = compare([theirs], [b], [mine], [a], num_samples=200)
     assert {r.name: r for r in back.sizes}["small"].difference.high < 0

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from dssd.data.voc import read_voc_results
-from dssd.metrics import ELEVEN_POINTS, match_image
+from dssd.metrics import ELEVEN_POINTS, in_area_range, match_image
 
 # At most this many replicate x detection cells are built at once (float64: 8 bytes each).
 _CHUNK_CELLS = 4_000_000
@@ -78,7 +77,7 @@ class RunMatches:
             gt_labels = torch.as_tensor(np.asarray(truth["labels"]), dtype=torch.long)
             difficult = torch.as_tensor(np.asarray(truth["difficult"]), dtype=torch.bool)
             if area_range is not None:
-                difficult = difficult | ~_in_range(gt_boxes, area_range)
+                difficult = difficult | ~in_area_range(gt_boxes, area_range)
             npos[i] = np.bincount(gt_labels[~difficult].numpy() - 1, minlength=num_classes)[
                 :num_classes
             ]
@@ -91,7 +90,7 @@ class RunMatches:
                 det_boxes, det_labels, gt_boxes, gt_labels, difficult, iou_threshold
             )
             if area_range is not None:
-                ignored = ignored | (~tp & ~_in_range(det_boxes, area_range))
+                ignored = ignored | (~tp & ~in_area_range(det_boxes, area_range))
             keep = (~ignored).numpy()
             images.append(np.full(int(keep.sum()), i))
             labels.append(det_labels.numpy()[keep])
@@ -140,12 +139,6 @@ def results_per_image(
         )
     empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}
     return [results.get(str(i), empty) for i in image_ids]
-
-
-def _in_range(boxes: Tensor, area_range: tuple[float, float]) -> Tensor:
-    """Whether each box's area (pixels) is in ``[low, high)``."""
-    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-    return (area >= area_range[0]) & (area < area_range[1])
 
 
 def _average_precision(

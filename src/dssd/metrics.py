@@ -37,6 +37,7 @@ __all__ = [
     "as_tensors",
     "average_precisions",
     "check_image",
+    "in_area_range",
     "match_image",
     "voc_ap",
 ]
@@ -160,6 +161,13 @@ def _as_vector(value: Any, n: int, where: str) -> Tensor:
     if value.ndim != 1 or value.shape[0] != n:
         raise ValueError(f"{where}: expected shape [{n}] (one per box), got {list(value.shape)}")
     return value
+
+
+def in_area_range(boxes: Tensor, area_range: tuple[float, float]) -> Tensor:
+    """Whether each xyxy box's area (pixels) is in ``[low, high)``: COCO's rule for AP by object
+    size compares box areas with such ranges."""
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    return (area >= area_range[0]) & (area < area_range[1])
 
 
 def as_tensors(value: Any, keys: Sequence[str]) -> Any:

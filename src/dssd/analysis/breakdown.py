@@ -79,11 +79,12 @@ class SizeBin:
 class RunAnalysis:
     """What :func:`analyse_run` finds; per-class arrays are [C] in label order.
 
-    ``curves[c]`` is class ``c + 1``'s precision-recall curve (recall, precision per detection in
-    score order); ``size_curves[name]`` the mean over classes of the interpolated precision at
-    :data:`RECALL_GRID` for that size bin; ``found[i]`` flags image ``i``'s objects matched by a
-    detection at the operating point; ``matches`` and ``size_matches`` are the devkit's verdicts
-    behind the APs (for paired comparisons, :mod:`dssd.analysis.comparison`).
+        ``curves[c]`` is class ``c + 1``'s precision-recall curve (recall, precision per detection in
+        score order); ``size_errors[name]`` the error analysis of one COCO size (COCO's rule, as its
+    AP); ``size_curves[name]`` the mean over classes of the interpolated precision at
+        :data:`RECALL_GRID` for that size bin; ``found[i]`` flags image ``i``'s objects matched by a
+        detection at the operating point; ``matches`` and ``size_matches`` are the devkit's verdicts
+        behind the APs (for paired comparisons, :mod:`dssd.analysis.comparison`).
     """
 
     map: float
@@ -94,6 +95,7 @@ class RunAnalysis:
     curves: tuple[tuple[np.ndarray, np.ndarray], ...]
     size_curves: dict[str, np.ndarray]
     errors: ErrorAnalysis
+    size_errors: dict[str, ErrorAnalysis]
     confusion: np.ndarray
     found: tuple[np.ndarray, ...]
     score_threshold: float
@@ -198,9 +200,18 @@ def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysi
         raise ValueError("no test images to analyse")
     matches = test.matches()
     aps = class_aps(matches, use_07_metric=test.use_07_metric)[0]
-    errors = analyse_errors(
-        test.preds, test.targets, test.num_classes, use_07_metric=test.use_07_metric
-    )
+
+    def errors_of(size: tuple[float, float] | None) -> ErrorAnalysis:
+        area = None if size is None else (size[0] ** 2, size[1] ** 2)
+        return analyse_errors(
+            test.preds,
+            test.targets,
+            test.num_classes,
+            use_07_metric=test.use_07_metric,
+            area_range=area,
+        )
+
+    errors = errors_of(None)
     found = tuple(
         found_objects(p, t, score_threshold) for p, t in zip(test.preds, test.targets, strict=True)
     )
@@ -215,6 +226,7 @@ def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysi
         curves=tuple(precision_recall(matches, c) for c in range(test.num_classes)),
         size_curves={name: mean_curve(m) for name, m in size_matches.items()},
         errors=errors,
+        size_errors={name: errors_of(bounds) for name, bounds in COCO_SIZES.items()},
         confusion=confusion_matrix(
             test.preds, test.targets, test.num_classes, score_threshold=score_threshold
         ),

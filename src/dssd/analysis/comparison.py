@@ -5,7 +5,8 @@ Runs are paired seed by seed (one run per side is the plain case); every differe
 over the pairs, with the percentile interval of the paired bootstrap over the test images that
 ``make ablation`` uses (:func:`dssd.bootstrap.paired_differences`): per class, per object size
 (COCO's and the finer bins of :mod:`dssd.analysis.breakdown`) and overall. Error counts and the
-AP each error type costs are compared as means over the seeds, without an interval.
+AP each error type costs (overall and per COCO size) are compared as means over the seeds,
+without an interval.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dssd.analysis.breakdown import RunAnalysis, RunDetections
-from dssd.analysis.errors import ERROR_TYPES
+from dssd.analysis.errors import ERROR_TYPES, ErrorAnalysis
 from dssd.bootstrap import Difference, RunMatches, class_aps, mean_ap, paired_differences
 
 Statistic = Callable[[RunMatches, np.ndarray | None], np.ndarray]
@@ -34,9 +35,11 @@ class DeltaRow:
 
 @dataclass(frozen=True)
 class ErrorRow:
-    """An error type's mean count and mean AP cost (dAP) for the run and for the baseline."""
+    """An error type's mean count and mean AP cost (dAP) for the run and for the baseline, over
+    all objects (``size`` "all") or one COCO size."""
 
     name: str
+    size: str
     run_count: float
     baseline_count: float
     run_cost: float
@@ -151,14 +154,20 @@ def compare(
         DeltaRow(name, mine, theirs, differences(name, map_statistic)[0])
         for name, mine, theirs in zip(names, run_aps, baseline_aps, strict=True)
     ]
+
+    def by_size(analysis: RunAnalysis) -> dict[str, ErrorAnalysis]:
+        return {"all": analysis.errors, **analysis.size_errors}
+
     error_rows = tuple(
         ErrorRow(
             name,
-            mean([a.errors.counts[name] for a in analyses]),
-            mean([a.errors.counts[name] for a in baseline_analyses]),
-            mean([a.errors.delta_map[name] for a in analyses]),
-            mean([a.errors.delta_map[name] for a in baseline_analyses]),
+            size,
+            mean([by_size(a)[size].counts[name] for a in analyses]),
+            mean([by_size(a)[size].counts[name] for a in baseline_analyses]),
+            mean([by_size(a)[size].delta_map[name] for a in analyses]),
+            mean([by_size(a)[size].delta_map[name] for a in baseline_analyses]),
         )
+        for size in by_size(analyses[0])
         for name in ERROR_TYPES
     )
     return Comparison(

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from dssd.metrics import as_tensors, average_precisions, check_image, match_image
+from dssd.metrics import as_tensors, average_precisions, check_image, in_area_range, match_image
 
 
 class Verdict(IntEnum):
@@ -172,13 +172,17 @@ def analyse_errors(
     fg_iou: float = 0.5,
     bg_iou: float = 0.1,
     use_07_metric: bool = True,
+    area_range: tuple[float, float] | None = None,
 ) -> ErrorAnalysis:
     """Count the errors of each TIDE type and the mAP each would gain if fixed (module doc).
 
     ``preds`` and ``targets`` are per-image dicts as :meth:`dssd.metrics.VOCMeanAP.update` takes
     them (tensors or numpy arrays): ``boxes`` [K, 4] xyxy pixel edges, ``scores`` [K], ``labels``
     [K] in ``1..num_classes``; ``boxes`` [N, 4], ``labels`` [N], optionally ``difficult`` [N].
-    ``use_07_metric`` chooses the 11-point or the all-point VOC AP.
+    ``use_07_metric`` chooses the 11-point or the all-point VOC AP. With ``area_range`` (box area
+    in pixels, ``[low, high)``) the analysis is that of one object size, by COCO's rule: objects
+    of other sizes are ignored like difficult ones, and so are the false positives whose box is
+    of another size (an object that only such an error pointed at is not counted as missed).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -195,7 +199,17 @@ def analyse_errors(
         p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
             i, pred, target, num_classes
         )
+        if area_range is not None:  # objects of other sizes are ignored, as difficult ones
+            t_difficult = t_difficult | ~in_area_range(t_boxes, area_range)
         image = classify_image(p_boxes, p_labels, t_boxes, t_labels, t_difficult, fg_iou, bg_iou)
+        if area_range is not None:  # and so are false positives of other sizes
+            other = (image.verdict >= Verdict.CLS) & ~in_area_range(p_boxes, area_range)
+            image = ImageErrors(
+                image.verdict.masked_fill(other, int(Verdict.IGNORED)),
+                image.fixed & ~other,
+                image.fixed_label,
+                image.missed,
+            )
         npos += torch.bincount(t_labels[~t_difficult] - 1, minlength=num_classes)
         missed += torch.bincount(t_labels[image.missed] - 1, minlength=num_classes)
         scores.append(p_scores)

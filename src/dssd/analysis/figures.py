@@ -78,14 +78,21 @@ def confusion(analysis: RunAnalysis, class_names: Sequence[str]) -> Figure:
 
 
 def errors(analysis: RunAnalysis) -> Figure:
-    """How many errors of each type, and the mAP each would gain if fixed (TIDE's dAP)."""
+    """How many errors of each type, and the mAP each would gain if fixed (TIDE's dAP), over all
+    objects and per COCO size."""
     counts = [analysis.errors.counts[name] for name in ERROR_TYPES]
-    gains = [100 * analysis.errors.delta_map[name] for name in ERROR_TYPES]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     left.bar(ERROR_TYPES, counts, color="#7f7f7f")
-    left.set(title="errors", ylabel="count")
-    right.bar(ERROR_TYPES, gains, color="#ff7f0e")
+    left.set(title="errors (all sizes)", ylabel="count")
+    groups = {"all": analysis.errors, **analysis.size_errors}
+    width = 0.8 / len(groups)
+    positions = np.arange(len(ERROR_TYPES))
+    for k, (size, found) in enumerate(groups.items()):
+        gains = [100 * found.delta_map[name] for name in ERROR_TYPES]
+        right.bar(positions + (k - (len(groups) - 1) / 2) * width, gains, width, label=size)
+    right.set_xticks(positions, ERROR_TYPES)
     right.set(title=f"mAP gained if fixed (base {100 * analysis.map:.1f})", ylabel="dAP (points)")
+    right.legend(fontsize="small")
     fig.tight_layout()
     return fig
 

@@ -106,8 +106,12 @@ def write_run_analysis(
     files.append(
         _write_csv(
             out_dir / "errors.csv",
-            ["type", "count", "dap"],
-            [[e, errors.counts[e], _number(errors.delta_map[e])] for e in ERROR_TYPES],
+            ["size", "type", "count", "dap"],
+            [
+                [size, e, found.counts[e], _number(found.delta_map[e])]
+                for size, found in {"all": errors, **analysis.size_errors}.items()
+                for e in ERROR_TYPES
+            ],
         )
     )
     labels = [*names, "background"]
@@ -188,13 +192,14 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
             ],
         ),
         "",
-        "### Errors (TIDE's types; dAP: mAP points gained if that type alone were fixed)",
+        "### Errors (TIDE's types: count, and in brackets the dAP, the mAP points gained if that "
+        "type alone were fixed; per size by COCO's rule)",
         "",
         _table(
-            ["type", *ERROR_TYPES],
+            ["objects", *ERROR_TYPES],
             [
-                ["count", *(errors.counts[e] for e in ERROR_TYPES)],
-                ["dAP", *(_signed(errors.delta_map[e]) for e in ERROR_TYPES)],
+                [size, *(f"{found.counts[e]} ({_signed(found.delta_map[e])})" for e in ERROR_TYPES)]
+                for size, found in {"all": errors, **analysis.size_errors}.items()
             ],
         ),
         "",
@@ -276,9 +281,10 @@ def write_comparison(
         _delta_csv(out_dir / "comparison_sizes.csv", result.sizes),
         _write_csv(
             out_dir / "comparison_errors.csv",
-            ["type", "run_count", "baseline_count", "run_dap", "baseline_dap"],
+            ["size", "type", "run_count", "baseline_count", "run_dap", "baseline_dap"],
             [
                 [
+                    e.size,
                     e.name,
                     e.run_count,
                     e.baseline_count,
@@ -307,6 +313,8 @@ def write_comparison(
     run_only = sum(r.run_only for r in result.images)
     baseline_only = sum(r.baseline_only for r in result.images)
     level = f"{100 * result.confidence:g}%"
+    sizes = list(dict.fromkeys(e.size for e in result.errors))
+    cost = {(e.name, e.size): (e.run_cost, e.baseline_cost) for e in result.errors}
     lines = [
         f"## {run_name} against {baseline_name}",
         "",
@@ -325,25 +333,20 @@ def write_comparison(
         "",
         _table(["size", run_name, baseline_name, "Δ", "interval", ""], _delta_rows(result.sizes)),
         "",
-        "### Errors (mean over the seeds; dAP in mAP points)",
+        f"### Errors: dAP of {run_name} / {baseline_name} (mAP points gained if that type "
+        "alone were fixed; mean over the seeds; counts in comparison_errors.csv)",
         "",
         _table(
-            [
-                "type",
-                f"{run_name} count",
-                f"{baseline_name} count",
-                f"{run_name} dAP",
-                f"{baseline_name} dAP",
-            ],
+            ["type", *sizes],
             [
                 [
-                    e.name,
-                    f"{e.run_count:.1f}",
-                    f"{e.baseline_count:.1f}",
-                    _signed(e.run_cost),
-                    _signed(e.baseline_cost),
+                    name,
+                    *(
+                        f"{_signed(cost[name, size][0])} / {_signed(cost[name, size][1])}"
+                        for size in sizes
+                    ),
                 ]
-                for e in result.errors
+                for name in ERROR_TYPES
             ],
         ),
         "",
