@@ -15,7 +15,7 @@ from dssd.analysis.breakdown import (
 )
 from dssd.analysis.comparison import compare
 from dssd.bootstrap import RunMatches, class_aps, mean_ap, paired_differences
-from dssd.metrics import VOCMeanAP, voc_ap
+from dssd.metrics import VOCMeanAP, in_area_range, match_image, voc_ap
 
 NAMES = ("circle", "square", "star")
 
@@ -249,3 +249,41 @@ def test_area_range_matches_counts_objects_in_range_only() -> None:
     assert run.npos.tolist() == [[1, 0, 0]]
     images, tp = run.detections[0]
     assert tp.tolist() == [False, True]  # the small background box, then the small circle
+
+
+def by_size_one_image_at_a_time(test: RunDetections, area_range) -> float:
+    """COCO's size rule applied image by image, the plain way: objects outside the range made
+    difficult before the devkit's matching, then the false positives outside it dropped."""
+    metric_preds, metric_targets = [], []
+    for pred, target in zip(test.preds, test.targets, strict=True):
+        gt_boxes = torch.as_tensor(target["boxes"])
+        difficult = torch.as_tensor(target["difficult"]) | ~in_area_range(gt_boxes, area_range)
+        order = torch.sort(torch.as_tensor(pred["scores"]), descending=True, stable=True).indices
+        boxes = torch.as_tensor(pred["boxes"])[order]
+        labels = torch.as_tensor(pred["labels"])[order]
+        tp, ignored = match_image(
+            boxes, labels, gt_boxes, torch.as_tensor(target["labels"]), difficult
+        )
+        keep = ~(ignored | (~tp & ~in_area_range(boxes, area_range)))
+        metric_preds.append(
+            {
+                "boxes": boxes[keep],
+                "scores": torch.as_tensor(pred["scores"])[order][keep],
+                "labels": labels[keep],
+            }
+        )
+        metric_targets.append(
+            {"boxes": gt_boxes, "labels": torch.as_tensor(target["labels"]), "difficult": difficult}
+        )
+    metric = VOCMeanAP(num_classes=len(NAMES), use_07_metric=test.use_07_metric)
+    metric.update(metric_preds, metric_targets)
+    return float(metric.compute()["map"])
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_ap_by_size_equals_the_rule_applied_image_by_image(seed: int) -> None:
+    test = random_test_set(seed, use_07_metric=seed % 2 == 0)
+    for low, high in [(0, 16), (16, 32), (32, 96), (96, float("inf")), (20, 60)]:
+        expected = by_size_one_image_at_a_time(test, (low**2, high**2))
+        got = float(mean_ap(test.matches((low, high)), use_07_metric=test.use_07_metric)[0])
+        assert got == pytest.approx(expected, nan_ok=True), (low, high)

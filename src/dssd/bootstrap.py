@@ -26,12 +26,109 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import box_area
 
 from dssd.data.voc import read_voc_results
-from dssd.metrics import ELEVEN_POINTS, in_area_range, match_image
+from dssd.metrics import ELEVEN_POINTS, best_matches, match_image
 
 # At most this many replicate x detection cells are built at once (float64: 8 bytes each).
 _CHUNK_CELLS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Matching:
+    """One run's detections matched by the devkit's rules, flat over the images (in image order,
+    each image's detections by descending score), with the box areas that COCO's rule per
+    object size needs (:meth:`RunMatches.from_matching`).
+
+    Per detection: its image, label, score, TP and ignored flags (a difficult object), whether
+    its IoU with its best object of the class is above the threshold, that object's area and
+    its own box's area. Per object: its image, label, difficult flag and area.
+    """
+
+    det_image: np.ndarray
+    det_label: np.ndarray
+    det_score: np.ndarray
+    det_tp: np.ndarray
+    det_ignored: np.ndarray
+    det_above: np.ndarray
+    det_match_area: np.ndarray
+    det_area: np.ndarray
+    gt_image: np.ndarray
+    gt_label: np.ndarray
+    gt_difficult: np.ndarray
+    gt_area: np.ndarray
+    num_images: int
+    num_classes: int
+
+    @classmethod
+    def build(
+        cls,
+        detections: Sequence[Mapping[str, Any]],
+        targets: Sequence[Mapping[str, Any]],
+        num_classes: int,
+        iou_threshold: float = 0.5,
+    ) -> Matching:
+        """Match per-image ``detections`` ("boxes" in pixel edges, "scores", "labels") to
+        ``targets`` ("boxes", "labels", "difficult"), aligned image by image."""
+        if len(detections) != len(targets):
+            raise ValueError(f"{len(detections)} images of detections, {len(targets)} of targets")
+        det: dict[str, list[np.ndarray]] = {name: [] for name in _DETECTION_FIELDS}
+        gt: dict[str, list[np.ndarray]] = {name: [] for name in _OBJECT_FIELDS}
+        for i, (found, truth) in enumerate(zip(detections, targets, strict=True)):
+            gt_boxes = torch.as_tensor(np.asarray(truth["boxes"]), dtype=torch.float64)
+            gt_boxes = gt_boxes.reshape(-1, 4)
+            gt_labels = torch.as_tensor(np.asarray(truth["labels"]), dtype=torch.long)
+            difficult = torch.as_tensor(np.asarray(truth["difficult"]), dtype=torch.bool)
+            scores = torch.as_tensor(np.asarray(found["scores"]), dtype=torch.float64)
+            order = torch.sort(scores, descending=True, stable=True).indices
+            labels = torch.as_tensor(np.asarray(found["labels"]), dtype=torch.long)[order]
+            boxes = torch.as_tensor(np.asarray(found["boxes"]), dtype=torch.float64)
+            boxes = boxes.reshape(-1, 4)[order]
+            tp, ignored = match_image(boxes, labels, gt_boxes, gt_labels, difficult, iou_threshold)
+            index, best = best_matches(boxes, labels, gt_boxes, gt_labels)
+            areas = box_area(gt_boxes)
+            det["det_image"].append(np.full(len(labels), i))
+            det["det_label"].append(labels.numpy())
+            det["det_score"].append(scores[order].numpy())
+            det["det_tp"].append(tp.numpy())
+            det["det_ignored"].append(ignored.numpy())
+            det["det_above"].append((best > iou_threshold).numpy())
+            det["det_match_area"].append(areas[index].numpy() if len(areas) else best.numpy())
+            det["det_area"].append(box_area(boxes).numpy())
+            gt["gt_image"].append(np.full(len(gt_labels), i))
+            gt["gt_label"].append(gt_labels.numpy())
+            gt["gt_difficult"].append(difficult.numpy())
+            gt["gt_area"].append(areas.numpy())
+        return cls(
+            **{name: _concatenate(parts, _DETECTION_FIELDS[name]) for name, parts in det.items()},
+            **{name: _concatenate(parts, _OBJECT_FIELDS[name]) for name, parts in gt.items()},
+            num_images=len(targets),
+            num_classes=num_classes,
+        )
+
+
+# the flat arrays of a Matching and their dtypes
+_DETECTION_FIELDS = {
+    "det_image": np.int64,
+    "det_label": np.int64,
+    "det_score": np.float64,
+    "det_tp": bool,
+    "det_ignored": bool,
+    "det_above": bool,
+    "det_match_area": np.float64,
+    "det_area": np.float64,
+}
+_OBJECT_FIELDS = {
+    "gt_image": np.int64,
+    "gt_label": np.int64,
+    "gt_difficult": bool,
+    "gt_area": np.float64,
+}
+
+
+def _concatenate(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
 @dataclass(frozen=True)
@@ -60,52 +157,45 @@ class RunMatches:
         area_range: tuple[float, float] | None = None,
     ) -> RunMatches:
         """Match per-image ``detections`` ("boxes" in pixel edges, "scores", "labels") to
-        ``targets`` ("boxes", "labels", "difficult"), aligned image by image.
+        ``targets`` ("boxes", "labels", "difficult"), aligned image by image; with
+        ``area_range``, for one object size (:meth:`from_matching`)."""
+        matching = Matching.build(detections, targets, num_classes, iou_threshold)
+        return cls.from_matching(matching, area_range)
 
-        With ``area_range`` ``(low, high)`` (box area in pixels, ``low <= area < high``), COCO's
-        rule for AP by object size: objects outside the range are ignored like difficult ones
-        (so are the detections that match them), and so are the false positives whose own box
-        is outside it.
-        """
-        if len(detections) != len(targets):
-            raise ValueError(f"{len(detections)} images of detections, {len(targets)} of targets")
-        images, labels, scores, tps = [], [], [], []
-        npos = np.zeros((len(targets), num_classes), np.int64)
-        for i, (det, truth) in enumerate(zip(detections, targets, strict=True)):
-            gt_boxes = torch.as_tensor(np.asarray(truth["boxes"]), dtype=torch.float64)
-            gt_boxes = gt_boxes.reshape(-1, 4)
-            gt_labels = torch.as_tensor(np.asarray(truth["labels"]), dtype=torch.long)
-            difficult = torch.as_tensor(np.asarray(truth["difficult"]), dtype=torch.bool)
-            if area_range is not None:
-                difficult = difficult | ~in_area_range(gt_boxes, area_range)
-            npos[i] = np.bincount(gt_labels[~difficult].numpy() - 1, minlength=num_classes)[
-                :num_classes
-            ]
-            det_scores = torch.as_tensor(np.asarray(det["scores"]), dtype=torch.float64)
-            order = torch.sort(det_scores, descending=True, stable=True).indices
-            det_labels = torch.as_tensor(np.asarray(det["labels"]), dtype=torch.long)[order]
-            det_boxes = torch.as_tensor(np.asarray(det["boxes"]), dtype=torch.float64)
-            det_boxes = det_boxes.reshape(-1, 4)[order]
-            tp, ignored = match_image(
-                det_boxes, det_labels, gt_boxes, gt_labels, difficult, iou_threshold
-            )
-            if area_range is not None:
-                ignored = ignored | (~tp & ~in_area_range(det_boxes, area_range))
-            keep = (~ignored).numpy()
-            images.append(np.full(int(keep.sum()), i))
-            labels.append(det_labels.numpy()[keep])
-            scores.append(det_scores[order].numpy()[keep])
-            tps.append(tp.numpy()[keep])
-        image, label, score, tp = (
-            np.concatenate(parts) if parts else np.zeros(0)
-            for parts in (images, labels, scores, tps)
-        )
+    @classmethod
+    def from_matching(
+        cls, matching: Matching, area_range: tuple[float, float] | None = None
+    ) -> RunMatches:
+        """The verdicts of ``matching``; with ``area_range`` ``(low, high)`` (box area in
+        pixels, ``low <= area < high``), COCO's rule for AP by object size: objects outside the
+        range are ignored like difficult ones (so are the detections that match them), and so
+        are the false positives whose own box is outside it.
+
+        The devkit gives every detection its best object of the class whatever that object's
+        size, so the rule only relabels the verdicts of all sizes: a true positive on an object
+        outside the range is ignored, and the first detection on an object inside it stays
+        its true positive."""
+        m = matching
+        counted = ~m.gt_difficult
+        tp, ignored = m.det_tp, m.det_ignored
+        if area_range is not None:
+            low, high = area_range
+            counted = counted & (m.gt_area >= low) & (m.gt_area < high)
+            on_inside = (m.det_match_area >= low) & (m.det_match_area < high)
+            inside = (m.det_area >= low) & (m.det_area < high)
+            ignored = ignored | (m.det_above & ~on_inside)
+            tp = tp & on_inside
+            ignored = ignored | (~tp & ~inside)
+        npos = np.zeros((m.num_images, m.num_classes), np.int64)
+        np.add.at(npos, (m.gt_image[counted], m.gt_label[counted] - 1), 1)
+        keep = ~ignored
+        image, label, score, tp = m.det_image[keep], m.det_label[keep], m.det_score[keep], tp[keep]
         per_class = []
-        for c in range(1, num_classes + 1):
+        for c in range(1, m.num_classes + 1):
             mask = label == c
             # stable, as the metric: ties keep the image order
             order = np.argsort(-score[mask], kind="stable")
-            per_class.append((image[mask][order].astype(np.int64), tp[mask][order].astype(bool)))
+            per_class.append((image[mask][order], tp[mask][order]))
         return cls(tuple(per_class), npos)
 
     @classmethod

@@ -36,6 +36,7 @@ __all__ = [
     "VOCMeanAP",
     "as_tensors",
     "average_precisions",
+    "best_matches",
     "check_image",
     "in_area_range",
     "match_image",
@@ -106,6 +107,23 @@ def average_precisions(
     return ap
 
 
+def best_matches(
+    boxes: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Each detection's highest-IoU ground truth of its class (the first one on ties, like
+    ``np.argmax``) and that IoU, in float64 as the devkit's numpy so that IoUs at a threshold
+    compare the same way; ``-inf`` where the image has no object of the class (index 0 then)."""
+    if gt_boxes.shape[0] == 0:
+        n = boxes.shape[0]
+        return torch.zeros(n, dtype=torch.long), torch.full(
+            (n,), float("-inf"), dtype=torch.float64
+        )
+    iou = box_iou(boxes.to(torch.float64), gt_boxes.to(torch.float64)).nan_to_num(0.0)
+    iou = iou.masked_fill(labels[:, None] != gt_labels[None, :], float("-inf"))
+    jmax = iou.argmax(dim=1)
+    return jmax, iou.gather(1, jmax[:, None]).squeeze(1)
+
+
 def match_image(
     boxes: Tensor,
     labels: Tensor,
@@ -128,11 +146,7 @@ def match_image(
     ignored = torch.zeros(n, dtype=torch.bool)
     if n == 0 or gt_boxes.shape[0] == 0:
         return tp, ignored
-    # float64, as the devkit's numpy, so that IoUs at the threshold compare the same way
-    iou = box_iou(boxes.to(torch.float64), gt_boxes.to(torch.float64)).nan_to_num(0.0)
-    iou = iou.masked_fill(labels[:, None] != gt_labels[None, :], float("-inf"))
-    jmax = iou.argmax(dim=1)
-    ovmax = iou.gather(1, jmax[:, None]).squeeze(1)
+    jmax, ovmax = best_matches(boxes, labels, gt_boxes, gt_labels)
     above = ovmax > iou_threshold
     ignored = above & gt_difficult[jmax]
     candidate = above & ~gt_difficult[jmax]

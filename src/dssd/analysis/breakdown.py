@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from torchvision.ops import box_iou
 
 from dssd.analysis.confusion import confusion_matrix
 from dssd.analysis.errors import ErrorAnalysis, Verdict, analyse_errors
-from dssd.bootstrap import RunMatches, class_aps, mean_ap
+from dssd.bootstrap import Matching, RunMatches, class_aps, mean_ap
 from dssd.metrics import match_image
 
 # COCO's size classes, as bounds on sqrt(area) in original-image pixels
@@ -57,10 +58,15 @@ class RunDetections:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @cached_property
+    def matching(self) -> Matching:
+        """The devkit's matching at IoU 0.5, done once for every size range."""
+        return Matching.build(self.preds, self.targets, self.num_classes, 0.5)
+
     def matches(self, size: tuple[float, float] | None = None) -> RunMatches:
         """The devkit's verdicts, for objects of sqrt(area) in ``size`` only if given."""
         area = None if size is None else (size[0] ** 2, size[1] ** 2)
-        return RunMatches.from_detections(self.preds, self.targets, self.num_classes, 0.5, area)
+        return RunMatches.from_matching(self.matching, area)
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,12 @@ class SizeBin:
 class RunAnalysis:
     """What :func:`analyse_run` finds; per-class arrays are [C] in label order.
 
-        ``curves[c]`` is class ``c + 1``'s precision-recall curve (recall, precision per detection in
-        score order); ``size_errors[name]`` the error analysis of one COCO size (COCO's rule, as its
+    ``curves[c]`` is class ``c + 1``'s precision-recall curve (recall, precision per detection in
+    score order); ``size_errors[name]`` the error analysis of one COCO size (COCO's rule, as its
     AP); ``size_curves[name]`` the mean over classes of the interpolated precision at
-        :data:`RECALL_GRID` for that size bin; ``found[i]`` flags image ``i``'s objects matched by a
-        detection at the operating point; ``matches`` and ``size_matches`` are the devkit's verdicts
-        behind the APs (for paired comparisons, :mod:`dssd.analysis.comparison`).
+    :data:`RECALL_GRID` for that size bin; ``found[i]`` flags image ``i``'s objects matched by a
+    detection at the operating point; ``matches`` and ``size_matches`` are the devkit's verdicts
+    behind the APs (for paired comparisons, :mod:`dssd.analysis.comparison`).
     """
 
     map: float

@@ -32,6 +32,7 @@ from dssd.detector import Detector, batches
 from dssd.errors import UserError
 from dssd.inference import load_checkpoint, load_test_data
 from dssd.results.runs import read_test_results
+from dssd.tasks.prediction import choose_device
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,6 @@ def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _predict(run: Run, paths: Sequence[str], device: str, batch_size: int) -> list[dict]:
-    from dssd.tasks.prediction import choose_device
-
     detector = Detector.from_checkpoint(
         run.checkpoint, choose_device(device), batch_size=batch_size
     )
