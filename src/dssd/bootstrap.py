@@ -242,23 +242,33 @@ def _average_precision(
         ap[has] = 0.0
         return ap
     # Detections after the last true positive only add false positives at the final recall:
-    # they change no AP under any weights.
+    # they change no AP under any weights. And either AP reads the precision only where the
+    # recall grows or at its best beyond a recall level, which is always at a true positive
+    # (false positives after one only lower the precision): only those columns are kept.
     last = int(np.flatnonzero(tp)[-1]) + 1
-    images, tp = images[:last], tp[:last].astype(np.float64)
+    images, tp = images[:last], tp[:last]
+    columns = np.flatnonzero(tp)
+    false = (~tp).astype(np.float64)
     step = max(1, _CHUNK_CELLS // last)
     for lo in range(0, weights.shape[0], step):
         w = weights[lo : lo + step][:, images]  # [r, D]
-        tps = np.cumsum(w * tp, axis=1)
-        fps = np.cumsum(w * (1.0 - tp), axis=1)
+        fps = np.cumsum(w * false, axis=1)[:, columns]  # [r, T]
+        tps = np.cumsum(w[:, columns], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             recall = tps / positives[lo : lo + step, None]
         precision = tps / np.maximum(tps + fps, np.finfo(np.float64).eps)
+        envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
         if use_07_metric:
-            points = [np.where(recall >= t, precision, 0.0).max(axis=1) for t in ELEVEN_POINTS]
+            # the best precision at a recall >= t: the envelope at the first column reaching t
+            padded = np.concatenate([envelope, np.zeros((len(envelope), 1))], axis=1)
+            points = [
+                np.take_along_axis(padded, (recall < t).sum(axis=1, keepdims=True), axis=1)[:, 0]
+                for t in ELEVEN_POINTS
+            ]
             chunk = np.sum(points, axis=0) / 11.0
         else:
-            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-            gained = np.diff(recall, axis=1, prepend=0.0)
+            with np.errstate(invalid="ignore"):  # NaN recall: no positive drawn, NaN AP
+                gained = np.diff(recall, axis=1, prepend=0.0)
             chunk = (gained * envelope).sum(axis=1)
         ap[lo : lo + step] = np.where(has[lo : lo + step], chunk, np.nan)
     return ap
