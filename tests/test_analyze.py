@@ -133,7 +133,9 @@ def test_missing_pieces_are_named(tiny_checkpoint: Path, tmp_path: Path) -> None
         analyze(config(f"run={run}", "wandb=sometimes"))
 
 
+@pytest.mark.slow
 def test_analyze_py_prints_an_error(tmp_path: Path) -> None:
+    """The command line (the in-process test above checks the messages)."""
     proc = run_entry_point("analyze.py", f"run={tmp_path}", check=False)
     assert proc.returncode == 2
     assert f"error: run={tmp_path}: the run directory has no test_results.json" in proc.stderr

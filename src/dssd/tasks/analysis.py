@@ -91,39 +91,63 @@ def _test_results_of(directory: Path, checkpoint: Path) -> dict[str, Any]:
     return results if same else {}
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """A test split's images and their objects, in the order of its dataset."""
+
+    image_ids: tuple[Any, ...]
+    image_paths: tuple[str, ...]
+    targets: tuple[dict[str, np.ndarray], ...]
+    class_names: tuple[str, ...]
+    use_07_metric: bool
+
+    @classmethod
+    def of_run(cls, run_cfg: DictConfig) -> GroundTruth:
+        """The test split of the data a run was trained with (its ``data`` config)."""
+        datamodule = load_test_data(run_cfg)
+        items = dataset_items(datamodule.datasets["test"])
+        return cls(
+            image_ids=tuple(reader.ids[i] for reader, i in items),
+            image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
+            targets=tuple(_target(reader.annotations[i]) for reader, i in items),
+            class_names=tuple(datamodule.class_names),
+            use_07_metric=bool(datamodule.use_07_metric),
+        )
+
+
 def load_test_detections(
-    run: Run, source: str = "auto", device: str = "cpu", batch_size: int = 8
+    run: Run,
+    source: str = "auto",
+    device: str = "cpu",
+    batch_size: int = 8,
+    split: GroundTruth | None = None,
 ) -> RunDetections:
-    """The run's test split (rebuilt from its checkpoint's run config) and its detections: the
-    run's ``voc_results/`` files (``source=auto`` when they exist, or ``voc_results``) or the
-    checkpoint run on the images (``source=checkpoint``, or ``auto`` without files)."""
+    """The run's test split (rebuilt from its checkpoint's run config unless given) and its
+    detections: the run's ``voc_results/`` files (``source=auto`` when they exist, or
+    ``voc_results``) or the checkpoint run on the images (``source=checkpoint``, or ``auto``
+    without files)."""
     if source not in ("auto", "voc_results", "checkpoint"):
         raise UserError(f"detections={source}: choose auto, voc_results or checkpoint")
-    _, run_cfg = load_checkpoint(run.checkpoint)
-    datamodule = load_test_data(run_cfg)
-    items = dataset_items(datamodule.datasets["test"])
-    image_ids = tuple(reader.ids[i] for reader, i in items)
-    paths = tuple(str(reader.image_paths[i]) for reader, i in items)
-    targets = tuple(_target(reader.annotations[i]) for reader, i in items)
-    class_names = tuple(datamodule.class_names)
+    if split is None:
+        split = GroundTruth.of_run(load_checkpoint(run.checkpoint)[1])
     results = run.directory / RESULTS_DIR
     if source == "voc_results" and not results.is_dir():
         raise UserError(f"detections=voc_results, but {run.directory} has no {RESULTS_DIR}/")
     if source != "checkpoint" and results.is_dir():
         log.info("%s: test detections from %s", run.name, results)
         try:
-            preds = results_per_image(results, image_ids, class_names)
+            preds = results_per_image(results, split.image_ids, split.class_names)
         except (OSError, ValueError) as err:
             raise UserError(f"{results}: cannot read its test detections ({err})") from None
     else:
-        preds = _predict(run, paths, device, batch_size)
+        preds = _predict(run, split.image_paths, device, batch_size)
     return RunDetections(
-        image_ids=image_ids,
-        image_paths=paths,
+        image_ids=split.image_ids,
+        image_paths=split.image_paths,
         preds=tuple({k: np.asarray(v) for k, v in p.items() if k != "names"} for p in preds),
-        targets=targets,
-        class_names=class_names,
-        use_07_metric=bool(datamodule.use_07_metric),
+        targets=split.targets,
+        class_names=split.class_names,
+        use_07_metric=split.use_07_metric,
     )
 
 
@@ -195,12 +219,19 @@ class Analyser:
     def __init__(self, options: Options) -> None:
         self.options = options
         self._done: dict[Path, tuple[RunDetections, RunAnalysis]] = {}
+        self._splits: dict[str, GroundTruth] = {}  # the test splits, by data config
 
     def __call__(self, run: Run) -> tuple[RunDetections, RunAnalysis]:
         key = run.checkpoint.resolve()
         if key not in self._done:
             options = self.options
-            test = load_test_detections(run, options.detections, options.device, options.batch_size)
+            run_cfg = load_checkpoint(run.checkpoint)[1]
+            data = OmegaConf.to_yaml(run_cfg.data)
+            if data not in self._splits:
+                self._splits[data] = GroundTruth.of_run(run_cfg)
+            test = load_test_detections(
+                run, options.detections, options.device, options.batch_size, self._splits[data]
+            )
             log.info("%s: analysing %d test images", run.name, len(test.image_ids))
             analysis = analyse_run(test, options.score_threshold)
             check_against_test(run, analysis)
@@ -297,9 +328,11 @@ def log_to_wandb(when: bool | str, run: Run, files: Sequence[Path], analysis: Ru
     """For a run that logged to W&B (``when="auto"``) or always (``True``): log the figures,
     tables and headline figures to a W&B run of the same project, name and group, job type
     ``analyze``, offline unless the run's logger was online, saved under the analysis folder."""
+    if when is False:
+        return
     _, run_cfg = load_checkpoint(run.checkpoint)
     settings = (run_cfg.get("logger") or {}).get("wandb")
-    if when is False or (when == "auto" and settings is None):
+    if when == "auto" and settings is None:
         return
     settings = OmegaConf.to_container(settings, resolve=True) if settings else {}
     logger = WandbLogger(
