@@ -192,8 +192,10 @@ def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Pat
         )
         try:
             deadline = time.monotonic() + 600
+            # killed after step 6's checkpoint: past the first validation (step 4), whose new
+            # metric columns make the CSV logger rewrite its file, which a kill could cut short
             while proc.poll() is None and time.monotonic() < deadline:
-                if global_step(last) >= 4:
+                if global_step(last) >= 6:
                     break
                 time.sleep(0.2)
         finally:
@@ -201,7 +203,7 @@ def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Pat
             proc.wait()
     assert proc.returncode == -signal.SIGKILL, log_file.read_text()[-4000:]
     saved = global_step(last)
-    assert 4 <= saved < max_steps  # interrupted with steps left to do
+    assert 6 <= saved < max_steps  # interrupted with steps left to do
 
     run_entry_point("train.py", *overrides, "ckpt_path=last")
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
