@@ -7,6 +7,7 @@ configuration (``ddp``, sync BN), composed here with the CPU overrides.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from omegaconf import DictConfig
 from pytorch_lightning.strategies import DDPStrategy
 
 from conftest import run_entry_point
+from dssd.callbacks import VOCResultsWriter
+from dssd.data.datamodule import EvaluationShard
+from dssd.data.shapes import CLASSES
+from dssd.errors import UserError
 from test_configs import compose_train
 
 WORLD_SIZE = 2
@@ -26,16 +31,24 @@ WORLD_SIZE = 2
 BATCH_SIZE = 2
 EVAL_BATCH_SIZE = 1
 
+
 # On two processes: the ddp config with CPU in place of its GPU settings, and ddp_spawn (the
 # processes are started here, and the results come back to this one) in place of ddp (which runs
 # the command line again: see the last test).
-DDP_CPU_SUBPROCESS = (
-    "trainer=ddp",
-    "trainer.accelerator=cpu",
-    f"trainer.devices={WORLD_SIZE}",
-    "trainer.sync_batchnorm=false",
-)
-DDP_CPU = (*DDP_CPU_SUBPROCESS, "trainer.strategy=ddp_spawn")
+def ddp_cpu(devices: int = WORLD_SIZE, spawn: bool = True) -> tuple[str, ...]:
+    """The ddp config on ``devices`` CPU processes, with ddp_spawn unless ``spawn`` is false."""
+    overrides = (
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        f"trainer.devices={devices}",
+        "trainer.sync_batchnorm=false",
+    )
+    return (*overrides, "trainer.strategy=ddp_spawn") if spawn else overrides
+
+
+DDP_CPU = ddp_cpu()
+# the test split of the evaluation test: a multiple of neither 2 nor 3
+FIFTEEN = 15
 
 
 def tiny_run_config(root: Path, *overrides: str) -> DictConfig:
@@ -125,19 +138,23 @@ class SameWeightsOnEveryProcess(pl.Callback):
 
 
 class CountTestImages(pl.Callback):
-    """Logs ``check/test_images`` (images tested, all processes together) and fails unless every
-    process tested as many (an uneven split would skew the loss's mean over processes)."""
+    """Logs ``check/test_images`` (images tested, all processes together) and fails if any image
+    was tested twice."""
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.seen = 0
+        self.image_ids: list[str] = []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.seen += len(batch[1])
+        self.image_ids += [t["image_id"] for t in batch[1]]
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        counts = pl_module.all_gather(torch.tensor(self.seen)).reshape(-1)
-        assert len(set(counts.tolist())) == 1, f"images tested per process: {counts.tolist()}"
-        pl_module.log("check/test_images", counts.sum().float())
+        gathered: list[list[str]] = [self.image_ids]
+        if torch.distributed.is_initialized():
+            gathered = [[] for _ in range(trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, self.image_ids)
+        image_ids = [image_id for part in gathered for image_id in part]
+        assert len(set(image_ids)) == len(image_ids), f"images tested twice: {image_ids}"
+        pl_module.log("check/test_images", float(len(image_ids)))
 
 
 @dataclass
@@ -191,56 +208,84 @@ def test_training_runs_on_two_processes_and_logs_losses(ddp_fit: DDPFit) -> None
     assert any(k.startswith("net.heads.") for k in changed)
 
 
-def test_test_metrics_on_two_processes_equal_one_process(
-    tiny_shapes: Path, ddp_fit: DDPFit, tmp_path: Path
+@pytest.fixture(scope="module")
+def fifteen_images(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny shapes data with a split ``fifteen`` of 15 of its training images
+    (in which the trained weights find objects): a multiple of neither 2 nor 3 processes."""
+    root = tmp_path_factory.mktemp("fifteen") / "shapes"
+    shutil.copytree(tiny_shapes, root)
+    splits = root / "ImageSets" / "Main"
+    ids = (splits / "trainval.txt").read_text().split()[:FIFTEEN]
+    (splits / "fifteen.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def test_every_test_image_is_scored_once_on_any_number_of_processes(
+    fifteen_images: Path, ddp_fit: DDPFit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One set of weights tested on one process and on two: the same figures.
+    """One set of weights tested on 15 images by one, two and three processes: each image once,
+    and the same mAPs, per-class APs and devkit result files, exactly.
 
-    The test data are the 16 training images (the weights have seen them, so the mAP is not 0),
-    a multiple of processes x batch, so neither process's share is padded with repeated images.
-    The mAP metrics (COCO and VOC) gather their states from both processes before computing. The
-    test loss is logged with ``sync_dist``: the mean over processes of each process's mean over
-    its images, equal to the mean over all images because both processes see as many. Batches
-    of 1, because the MultiBox loss of a batch is normalised by the batch's matched boxes: with
-    larger batches it depends on which images share a batch, which the distributed sampler
-    changes.
+    The shares are unequal (8 + 7, 5 + 5 + 5) and follow the dataset's order
+    (``EvaluationShard``), so the metrics, which gather every process's detections, see them in
+    the order one process gives. Every process computes in one thread, so that each image's
+    detections are the same float operations on every process. Batches of 1: the MultiBox loss of
+    a batch is normalised by the batch's matched boxes, so with larger batches it depends on
+    which images share one. The test loss, a mean over images that Lightning gathers as a sum
+    and a count, adds in another order, hence to float rounding.
     """
-    overrides = ("data.test_split=trainval", f"data.batch_size={EVAL_BATCH_SIZE}")
-    single_cfg = tiny_run_config(tiny_shapes, "trainer=cpu", *overrides)
-    ddp_cfg = tiny_run_config(tiny_shapes, *DDP_CPU, *overrides)
-    datamodule = instantiate(single_cfg.data)
-    datamodule.setup("test")
-    num_images = len(datamodule.datasets["test"])
-    assert num_images % (WORLD_SIZE * EVAL_BATCH_SIZE) == 0
-
-    results = {}
-    for name, cfg, data in (
-        ("single", single_cfg, datamodule),
-        ("ddp", ddp_cfg, instantiate(ddp_cfg.data)),
-    ):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read by the processes ddp_spawn starts
+    threads = torch.get_num_threads()
+    overrides = ("data.test_split=fifteen", f"data.batch_size={EVAL_BATCH_SIZE}")
+    results, result_files = {}, {}
+    for processes in (1, 2, 3):
+        trainer_overrides = ("trainer=cpu",) if processes == 1 else ddp_cpu(processes)
+        cfg = tiny_run_config(fifteen_images, *trainer_overrides, *overrides)
         model = instantiate(cfg.model)
         model.load_state_dict(ddp_fit.weights_after)
-        trainer = build_trainer(cfg, tmp_path / name, callbacks=[CountTestImages()])
-        (returned,) = trainer.test(model, datamodule=data, verbose=False)
-        results[name] = scalars(trainer.callback_metrics)
-        # with ddp_spawn, both come back from process 0
-        assert scalars(returned) == results[name]
-    single, ddp = results["single"], results["ddp"]
+        devkit = tmp_path / f"devkit{processes}"
+        callbacks = [CountTestImages(), VOCResultsWriter(str(devkit))]
+        trainer = build_trainer(cfg, tmp_path / str(processes), callbacks=callbacks)
+        torch.set_num_threads(1)
+        try:
+            (returned,) = trainer.test(model, datamodule=instantiate(cfg.data), verbose=False)
+        finally:
+            torch.set_num_threads(threads)
+        results[processes] = scalars(trainer.callback_metrics)
+        # with ddp_spawn, the metrics come back from process 0
+        assert scalars(returned) == results[processes]
+        result_files[processes] = {p.name: p.read_bytes() for p in sorted(devkit.iterdir())}
 
-    assert sorted(ddp) == sorted(single)
-    # every image once: two halves on two processes, no padding, no image left out
-    assert single["check/test_images"] == ddp["check/test_images"] == num_images
-    # COCO mAP/mAR, the VOC devkit mAP and the AP of each class (dssd.metrics.VOCMeanAP on VOC data)
+    single = results[1]
     map_names = [k for k in single if k.startswith("test/") and "loss" not in k]
+    # COCO mAP/mAR, the VOC devkit mAP and the AP of each class (dssd.metrics.VOCMeanAP on VOC data)
     assert {"test/map", "test/map_50", "test/map_75", "test/mar_200", "test/voc_map"} <= set(
         map_names
     )
     assert any(k.startswith("test/ap/") for k in map_names)
     assert single["test/map_50"] > 0, "the weights find no object: nothing is compared"
-    for name in map_names:
-        assert ddp[name] == pytest.approx(single[name], abs=1e-6), name
-    for name in ("test/loss", "test/loss_loc", "test/loss_conf"):
-        assert ddp[name] == pytest.approx(single[name], rel=1e-5), name
+    assert len(result_files[1]) == len(CLASSES) and any(result_files[1].values())
+    for processes in (2, 3):
+        ddp = results[processes]
+        assert sorted(ddp) == sorted(single)
+        assert ddp["check/test_images"] == single["check/test_images"] == FIFTEEN
+        assert {name: ddp[name] for name in map_names} == {name: single[name] for name in map_names}
+        assert result_files[processes] == result_files[1], f"{processes} processes"
+        for name in ("test/loss", "test/loss_loc", "test/loss_conf"):
+            assert ddp[name] == pytest.approx(single[name], rel=1e-5), name
+
+
+def test_an_evaluation_shard_is_a_contiguous_block_without_repeats() -> None:
+    dataset = list(range(15))
+    for processes in (1, 2, 3, 4, 15):
+        shards = [list(EvaluationShard(dataset, processes, rank)) for rank in range(processes)]
+        assert [i for shard in shards for i in shard] == dataset
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        assert [len(EvaluationShard(dataset, processes, r)) for r in range(processes)] == list(
+            map(len, shards)
+        )
+    with pytest.raises(UserError, match="15 evaluation images for 16 processes"):
+        EvaluationShard(dataset, 16, 0)
 
 
 @pytest.mark.slow
@@ -249,7 +294,7 @@ def test_train_py_runs_under_ddp_on_two_processes(tiny_shapes: Path, tmp_path: P
     again, in the run directory of process 0; fit, checkpoint and test go through."""
     run_entry_point(
         "train.py",
-        *DDP_CPU_SUBPROCESS,
+        *ddp_cpu(spawn=False),
         f"data.root={tiny_shapes}",
         "data.num_workers=0",
         f"data.batch_size={BATCH_SIZE}",

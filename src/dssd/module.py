@@ -12,11 +12,15 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MeanMetric
 from torchmetrics.detection import MeanAveragePrecision
 
 from dssd.errors import UserError
 from dssd.metrics import VOCMeanAP
 from dssd.stages import freeze_modules
+
+# the MultiBox loss's terms, logged as <role>/<name>
+LOSSES = ("loss", "loss_loc", "loss_conf")
 
 
 def coco_metric_names(max_detections: Sequence[int]) -> list[str]:
@@ -36,10 +40,30 @@ def coco_metric_names(max_detections: Sequence[int]) -> list[str]:
     ]
 
 
+class GatheredMeanAveragePrecision(MeanAveragePrecision):
+    """torchmetrics' COCO mAP, whose per-image states every process gathers in one collective,
+    in rank order.
+
+    torchmetrics gathers each image's tensors in a collective of their own and interleaves the
+    processes' images: processes holding different numbers of images (the unequal shares of
+    :class:`dssd.data.datamodule.EvaluationShard`) would call different numbers of collectives
+    and hang or crash, and the order would not be the dataset's.
+    """
+
+    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
+        group = process_group or self.process_group
+        states = {name: [t.cpu() for t in getattr(self, name)] for name in self._reductions}
+        gathered: list[Any] = [None] * torch.distributed.get_world_size(group)
+        torch.distributed.all_gather_object(gathered, states, group=group)
+        for name in self._reductions:
+            setattr(self, name, [t.to(self.device) for part in gathered for t in part[name]])
+
+
 def coco_map_metric(
     max_detections: Sequence[int] = (1, 10, 200), class_metrics: bool = False
-) -> MeanAveragePrecision:
-    """COCO-style mAP; AP and AR by size are taken at the largest of the three detection caps.
+) -> GatheredMeanAveragePrecision:
+    """COCO-style mAP, gathered across processes in rank order; AP and AR by size are taken at
+    the largest of the three detection caps.
 
     SSD keeps 200 detections per image, hence the default caps; ``(1, 10, 100)`` is the official
     COCO protocol. The faster_coco_eval backend is used because pycocotools' backend reports -1
@@ -50,7 +74,7 @@ def coco_map_metric(
     exactly 3/10 or an IoU of exactly 0.55 to the other side and the AP away from the official
     evaluation's.
     """
-    return MeanAveragePrecision(
+    return GatheredMeanAveragePrecision(
         box_format="xyxy",
         iou_type="bbox",
         iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
@@ -238,6 +262,12 @@ class DetectionModule(DetectionEvaluation):
         frozen = freeze_modules(self.net, freeze, freeze_batchnorm)
         self.frozen_batchnorms = [names[id(m)] for m in frozen]
         self.criterion = loss
+        self.loss_means = nn.ModuleDict(
+            {
+                role: nn.ModuleDict({name: MeanMetric() for name in LOSSES})
+                for role in ("val", "test")
+            }
+        )
         self.postprocess = postprocess
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -300,17 +330,28 @@ class DetectionModule(DetectionEvaluation):
         self.update_metrics(role, detections, targets)
         return detections
 
+    def _reset_metrics(self, role: str) -> None:
+        super()._reset_metrics(role)
+        for metric in self.loss_means[role].values():
+            metric.reset()
+
     def _log_losses(self, role: str, losses: dict[str, Tensor], batch_size: int) -> None:
-        training = role == "train"
-        for name in ("loss", "loss_loc", "loss_conf"):
+        """Training: this step's losses (this process's own, to spare an all-reduce per step).
+        Evaluation: their means over the images of the epoch, as torchmetrics means, which
+        gather sums and counts from every process exactly (Lightning's own ``sync_dist`` mean
+        divides by a count truncated to an integer, wrong when processes hold unequal shares)."""
+        for name in LOSSES:
+            value = losses[name]
+            if role != "train":
+                value = self.loss_means[role][name]
+                value.update(losses[name].detach().float(), weight=batch_size)
             self.log(
                 f"{role}/{name}",
-                losses[name],
+                value,
                 prog_bar=name == "loss",
-                on_step=training,
-                on_epoch=not training,
+                on_step=role == "train",
+                on_epoch=role != "train",
                 batch_size=batch_size,
-                sync_dist=not training,
             )
 
 

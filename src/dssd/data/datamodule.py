@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
 from dssd.data import shapes
 from dssd.data.coco import COCODataset, category_names, load_coco
@@ -107,6 +107,38 @@ def image_files(dataset: Dataset) -> list[str]:
     """The image files of a detection dataset (also concatenated or held out), as absolute
     paths, in item order."""
     return [os.path.abspath(reader.image_paths[i]) for reader, i in dataset_items(dataset)]
+
+
+class EvaluationShard(DistributedSampler):
+    """One process's share of an evaluation dataset under DDP: a contiguous block of it.
+
+    Lightning gives val and test a plain ``DistributedSampler``, which pads the shares to equal
+    length by repeating images, so that up to N-1 images count twice in the metrics and the
+    result files. Here the shares are left unequal (by one image at most) and nothing repeats,
+    and since the blocks follow the processes' ranks, the detections gathered from all processes
+    come in the dataset's own order, as one process gives them: the same metrics, to the
+    order in which tied scores are ranked, and the same result files. Lightning keeps a
+    ``DistributedSampler`` it is given rather than injecting its own.
+
+    Processes with fewer batches are safe in evaluation: DDP synchronises buffers only on the
+    first forward pass without gradients, and the metrics and logged values gather once, at the
+    end. Every process needs one image, though, for that first forward pass.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        size = len(dataset)
+        if size < num_replicas:
+            raise UserError(
+                f"{size} evaluation images for {num_replicas} processes: each process needs one; "
+                "evaluate on fewer devices (src/eval.py tests on one)"
+            )
+        self.start, self.end = rank * size // num_replicas, (rank + 1) * size // num_replicas
+        self.num_samples = self.end - self.start
+        self.total_size = size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.end))
 
 
 class DetectionDataModule(pl.LightningDataModule):
@@ -223,10 +255,12 @@ class DetectionDataModule(pl.LightningDataModule):
         # each would fight it for the cores. Set here, before the workers fork: a forked worker
         # that resizes an inherited pool can deadlock. (PyTorch gives each worker one thread.)
         cv2.setNumThreads(1)
+        dataset = self.datasets[role]
         return DataLoader(
-            self.datasets[role],
+            dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=None if train else self._evaluation_shard(dataset),
             drop_last=train,
             num_workers=self.num_workers,
             collate_fn=collate_detection,
@@ -234,6 +268,15 @@ class DetectionDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def _evaluation_shard(self, dataset: Dataset) -> EvaluationShard | None:
+        """This process's :class:`EvaluationShard` of ``dataset`` when the trainer runs several
+        processes (Lightning's own sampler settings), else None: the whole dataset in order."""
+        trainer = self.trainer
+        settings = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if not settings or settings["num_replicas"] < 2:
+            return None
+        return EvaluationShard(dataset, settings["num_replicas"], settings["rank"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
