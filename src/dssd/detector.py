@@ -5,14 +5,14 @@ those ``src/eval.py`` scores."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
 
@@ -28,6 +28,14 @@ T = TypeVar("T")
 
 # the target the evaluation transform expects alongside an image: no boxes
 _NO_BOXES = {"boxes": np.zeros((0, 4), np.float32), "labels": [], "difficult": [], "image_id": None}
+# Lightning's precision settings the detector runs in: float32, or autocast to the given type
+# (what Lightning's mixed-precision plugin wraps each evaluation step in)
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "32-true": None,
+    "32": None,
+    "bf16-mixed": torch.bfloat16,
+    "16-mixed": torch.float16,
+}
 
 
 def batches(items: Sequence[T] | Iterator[T], size: int) -> Iterator[list[T]]:
@@ -75,6 +83,11 @@ class Detector:
     and normalises them exactly as the evaluation data pipeline does, runs the network and its
     post-processing in batches of ``batch_size`` on ``device``, and returns the detections in the
     pixels of each original image.
+
+    ``precision`` (one of :data:`PRECISIONS`) is the numeric precision of the network and its
+    post-processing; by default the training run's (``trainer.precision``), which ``src/eval.py``
+    also tests in, so that the detections are those it scores. ``"32-true"`` gives float32
+    everywhere (bf16 autocast is slow on CPUs without native bf16).
     """
 
     def __init__(
@@ -83,9 +96,18 @@ class Detector:
         run_config: DictConfig,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
+        precision: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if precision is None:
+            precision = OmegaConf.select(run_config, "trainer.precision", default="32-true")
+        precision = str(precision)
+        if precision not in PRECISIONS:
+            raise UserError(
+                f"precision={precision}: the detector runs in one of {', '.join(PRECISIONS)}"
+            )
+        self.precision = precision
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
         self.run_config = run_config
@@ -104,6 +126,7 @@ class Detector:
         device: str | torch.device = "cpu",
         fold_bn: bool = True,
         batch_size: int = 8,
+        precision: str | None = None,
     ) -> Detector:
         """The detector of a checkpoint written by ``src/train.py``, its network rebuilt from the
         run configuration stored in it; ``fold_bn`` folds every batch norm into the preceding
@@ -112,7 +135,7 @@ class Detector:
         module = restore_detector(checkpoint, run_config.model)
         if fold_bn:
             module.net = fold_batchnorm(module.net)
-        return cls(module, run_config, device=device, batch_size=batch_size)
+        return cls(module, run_config, device, batch_size, precision)
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[Tensor, Tensor]:
         """The network's input batch ``[B, 3, S, S]`` (on the CPU) and the original sizes
@@ -136,13 +159,21 @@ class Detector:
         """
         single = not isinstance(images, (list, tuple))
         found = []
-        with self._score_threshold(score_threshold), torch.inference_mode():
+        with self._score_threshold(score_threshold), torch.inference_mode(), self.autocast():
             for batch in batches([images] if single else images, self.batch_size):
                 inputs, orig_sizes = self.preprocess(batch)
                 inputs = inputs.to(self.device).contiguous(memory_format=self.module.memory_format)
                 for detections in self.module.predict(inputs, orig_sizes.to(self.device)):
                     found.append(self._named({k: v.cpu() for k, v in detections.items()}))
         return found[0] if single else found
+
+    def autocast(self) -> AbstractContextManager:
+        """The context the network and its post-processing run in: autocast to the type of a
+        mixed ``precision``, as Lightning runs an evaluation step, or nothing for float32."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
 
     def _named(self, detections: dict[str, Tensor]) -> dict[str, Any]:
         names = [self.class_names[label - 1] for label in detections["labels"].tolist()]

@@ -227,7 +227,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             f"output_dir={output_dir}: the input's own folder, whose files it would overwrite"
         )
     detector = Detector.from_checkpoint(
-        cfg.ckpt_path, choose_device(cfg.device), cfg.fold_bn, cfg.batch_size
+        cfg.ckpt_path, choose_device(cfg.device), cfg.fold_bn, cfg.batch_size, cfg.precision
     )
     score_threshold = cfg.score_threshold
     if score_threshold is None:
