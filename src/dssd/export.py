@@ -24,7 +24,13 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from dssd.errors import UserError
-from dssd.ops import GraphPostProcessor, PostProcessor
+from dssd.ops import (
+    Agreement,
+    GraphPostProcessor,
+    PostProcessor,
+    Tolerance,
+    compare_with_network,
+)
 
 if TYPE_CHECKING:
     from dssd.detector import Detector
@@ -247,20 +253,15 @@ class ExportedModel:
         return padded_to_detections(self(images), orig_sizes.cpu())
 
 
-def max_box_difference(detector: Detector, exported: ExportedModel, batch_size: int) -> float:
-    """The largest gap, in pixels of an ``S x S`` image, between the boxes of the exported file
-    and those of the detector's own post-processing on the same batch of ``batch_size`` seeded
-    noise images; infinite when the number or the labels of the detections differ."""
+def agreement_with(
+    detector: Detector, exported: ExportedModel, batch_size: int, tolerance: Tolerance
+) -> Agreement:
+    """How the exported file's detections agree, as sets, with the detector's own on the same
+    batch of ``batch_size`` seeded noise images of the network's size (boxes in its pixels)."""
     size = detector.image_size
     generator = torch.Generator().manual_seed(batch_size)
     images = torch.randn(batch_size, 3, size, size, generator=generator)
     orig_sizes = torch.tensor([[size, size]] * batch_size)
-    with torch.no_grad():
-        reference = detector.module.cpu().predict(images, orig_sizes)
-    gap = 0.0
-    for ours, theirs in zip(reference, exported.detect(images, orig_sizes), strict=True):
-        if not torch.equal(ours["labels"], theirs["labels"]):
-            return float("inf")
-        if len(ours["boxes"]):
-            gap = max(gap, float((ours["boxes"] - theirs["boxes"]).abs().max()))
-    return gap
+    net, post = detector.module.cpu().net, detector.module.postprocess
+    found = exported.detect(images, orig_sizes)
+    return compare_with_network(net, post, images, orig_sizes, found, tolerance)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms
@@ -110,6 +112,17 @@ class PostProcessor(nn.Module):
             boxes.split(sizes), scores[keep].split(sizes), labels.split(sizes), strict=True
         )
         return [{"boxes": b, "scores": s, "labels": c} for b, s, c in per_image]
+
+    def candidates(
+        self, loc: Tensor, conf: Tensor, priors: Tensor, orig_sizes: Tensor
+    ) -> list[dict[str, Tensor]]:
+        """The detections before NMS and the per-image cap (per image and class, the ``top_k``
+        best above the score threshold): those that another computation of the same network may
+        keep at a near-tie (:func:`dssd.ops.agreement.compare_detections`)."""
+        unfiltered = copy.copy(self)
+        unfiltered.nms_iou = 1.0  # NMS drops a box above this IoU: none
+        unfiltered.max_detections = conf.shape[1] * (conf.shape[2] - 1)
+        return unfiltered(loc, conf, priors, orig_sizes)
 
 
 class GraphPostProcessor(nn.Module):

@@ -11,13 +11,8 @@ from omegaconf import DictConfig
 from dssd.callbacks import writable_directory
 from dssd.detector import Detector
 from dssd.errors import UserError
-from dssd.export import (
-    FORMATS,
-    ExportedModel,
-    check_format,
-    export_detector,
-    max_box_difference,
-)
+from dssd.export import FORMATS, ExportedModel, agreement_with, check_format, export_detector
+from dssd.ops import Tolerance
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +22,18 @@ CHECK_BATCH_SIZES = (1, 3)
 
 def export_checkpoint(cfg: DictConfig) -> Path:
     """Write the BN-folded detector of ``cfg.ckpt_path`` with its decoding and NMS as
-    ``cfg.format`` at ``cfg.output`` (default: beside the checkpoint), then run the file on batches
-    of 1 and 3 noise images and compare its boxes with the checkpoint's detections: a gap above
-    ``cfg.tolerance_px`` pixels is an error. Returns the file's path."""
+    ``cfg.format`` at ``cfg.output`` (default: beside the checkpoint), then check the file
+    (:func:`check_exported`). Returns the file's path."""
     check_format(cfg.format)
-    detector = Detector.from_checkpoint(cfg.ckpt_path, device="cpu", fold_bn=True)
+    # the exported graph computes in float32
+    detector = Detector.from_checkpoint(cfg.ckpt_path, "cpu", fold_bn=True, precision="32-true")
     checkpoint = Path(cfg.ckpt_path).resolve()
     output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(FORMATS[cfg.format])
     writable_directory(output.parent, "output")
     log.info("Exporting %s as %s to %s", checkpoint, cfg.format, output)
     export_detector(detector, cfg.format, output, checkpoint=checkpoint)
-    exported = ExportedModel(output)
-    gaps = {n: max_box_difference(detector, exported, n) for n in CHECK_BATCH_SIZES}
-    for batch_size, gap in gaps.items():
-        log.info("batch %d: largest box gap to the checkpoint %.2e px", batch_size, gap)
-    if max(gaps.values()) > cfg.tolerance_px:
-        raise UserError(
-            f"{output} disagrees with {checkpoint}: box gaps {gaps} px exceed "
-            f"tolerance_px={cfg.tolerance_px}"
-        )
+    tolerance = Tolerance(box_px=cfg.tolerance_px, score=cfg.tolerance_score)
+    check_exported(detector, ExportedModel(output), checkpoint, tolerance)
     size = detector.image_size
     log.info(
         "Wrote %s (%.1f MB) and %s.json: input images float32 [batch, 3, %d, %d] (RGB, mean %s, "
@@ -61,3 +49,21 @@ def export_checkpoint(cfg: DictConfig) -> Path:
         output,
     )
     return output
+
+
+def check_exported(
+    detector: Detector, exported: ExportedModel, checkpoint: Path, tolerance: Tolerance
+) -> None:
+    """Run ``exported`` and ``detector`` on batches of 1 and 3 noise images and compare their
+    detections as sets (:func:`dssd.ops.compare_detections`): a :class:`UserError` naming what
+    differs unless every detection has its partner within ``tolerance``, or a near-tie at a
+    post-processing decision explains its absence."""
+    for batch_size in CHECK_BATCH_SIZES:
+        agreement = agreement_with(detector, exported, batch_size, tolerance)
+        log.info("batch %d against the checkpoint: %s", batch_size, agreement)
+        if not agreement.agrees:
+            raise UserError(
+                f"{exported.path} disagrees with {checkpoint} on a batch of {batch_size} noise "
+                f"images: {agreement} (tolerance_px={tolerance.box_px}, "
+                f"tolerance_score={tolerance.score})"
+            )
