@@ -119,7 +119,7 @@ def load_test_detections(
     run: Run,
     source: str = "auto",
     device: str = "cpu",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     split: GroundTruth | None = None,
 ) -> RunDetections:
     """The run's test split (rebuilt from its checkpoint's run config unless given) and its
@@ -163,10 +163,12 @@ def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
-def _predict(run: Run, paths: Sequence[str], device: str, batch_size: int) -> list[dict]:
-    detector = Detector.from_checkpoint(
-        run.checkpoint, choose_device(device), batch_size=batch_size
-    )
+def _predict(run: Run, paths: Sequence[str], device: str, batch_size: int | None) -> list[dict]:
+    """The checkpoint's detections of the images at ``paths``, computed as its test computed
+    them: in the run's precision, batch norms unfolded, in batches of the run's test batch size
+    unless ``batch_size`` is given."""
+    detector = Detector.from_checkpoint(run.checkpoint, choose_device(device), fold_bn=False)
+    detector.batch_size = batch_size = batch_size or int(detector.run_config.data.batch_size)
     log.info("%s: running %s on %d test images", run.name, run.checkpoint, len(paths))
     found: list[dict] = []
     with tqdm(total=len(paths), unit="image", desc=f"detect ({run.name})") as progress:
@@ -181,8 +183,8 @@ def check_against_test(run: Run, analysis: RunAnalysis) -> None:
     logged = run.test_results.get("metrics", {}).get("test/voc_map")
     if logged is not None and abs(logged - analysis.map) > 1e-3:
         log.warning(
-            "%s: the analysed detections score a VOC mAP of %.4f, its test logged %.4f (a test "
-            "in another numeric precision, or other weights, gives other detections)",
+            "%s: the analysed detections score a VOC mAP of %.4f, its test logged %.4f (on "
+            "another device, or with other weights, the checkpoint detects other boxes)",
             run.name,
             analysis.map,
             logged,
@@ -204,7 +206,7 @@ class Options:
 
     detections: str = "auto"
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None
     score_threshold: float = 0.3
     gallery_size: int = 16
     bootstrap_samples: int = 1000
