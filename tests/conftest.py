@@ -23,6 +23,19 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+# The numeric precisions the suite trains and runs networks in. The tiny runs that most tests
+# read train on the CPU in TEST_PRECISION, float32 unless DSSD_TEST_PRECISION says otherwise, on
+# every machine: the default experiment's ${fast_precision:} would pick bf16 on CPUs with native
+# bf16 only, and the suite would compute differently from one machine to the next. The tests
+# that take ``any_precision_checkpoint`` also run on a checkpoint trained in bf16-mixed, always.
+PRECISIONS = ("32-true", "bf16-mixed")
+TEST_PRECISION = os.environ.get("DSSD_TEST_PRECISION", "32-true")
+if TEST_PRECISION not in PRECISIONS:
+    raise pytest.UsageError(
+        f"DSSD_TEST_PRECISION={TEST_PRECISION}: choose one of {', '.join(PRECISIONS)}"
+    )
+
+
 def tiny_data(root: Path) -> list[str]:
     """Overrides that read the tiny dataset at ``root`` in batches of 8, in the main process."""
     return [
@@ -32,20 +45,58 @@ def tiny_data(root: Path) -> list[str]:
     ]
 
 
-def tiny_overrides(data_root: Path) -> list[str]:
+def tiny_run(root: Path, precision: str = TEST_PRECISION) -> list[str]:
+    """Overrides of a train.py or eval.py run on the tiny dataset at ``root``, on the CPU in
+    ``precision`` (channels-last with bf16, as the default experiment where bf16 is native)."""
+    return [
+        *tiny_data(root),
+        "trainer.accelerator=cpu",
+        f"trainer.precision={precision}",
+        f"model.channels_last={precision == 'bf16-mixed'}",
+    ]
+
+
+def tiny_overrides(data_root: Path, precision: str = TEST_PRECISION) -> list[str]:
     """Overrides of a 2-iteration train.py run on the tiny dataset at ``data_root``."""
-    return [*tiny_data(data_root), "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    return [*tiny_run(data_root, precision), "trainer.max_steps=2", "trainer.val_check_interval=2"]
+
+
+def train_tiny_checkpoint(data_root: Path, run_dir: Path, precision: str) -> Path:
+    """best.ckpt of a 2-iteration SSD run on the tiny data in ``precision`` (CSV logger, the
+    default test_ckpt) into ``run_dir``."""
+    run_entry_point(
+        "train.py",
+        *tiny_overrides(data_root, precision),
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+    )
+    return run_dir / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """best.ckpt of a 2-iteration SSD run on ``tiny_shapes`` (CSV logger, the default
-    test_ckpt), trained once; tests read its run directory and must not write there."""
+    """best.ckpt of a 2-iteration SSD run on ``tiny_shapes`` in TEST_PRECISION, trained once;
+    tests read its run directory and must not write there."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    run_entry_point(
-        "train.py", *tiny_overrides(tiny_shapes), "logger=csv", f"hydra.run.dir={run_dir}"
-    )
-    return run_dir / "checkpoints" / "best.ckpt"
+    return train_tiny_checkpoint(tiny_shapes, run_dir, TEST_PRECISION)
+
+
+@pytest.fixture(scope="session")
+def tiny_bf16_checkpoint(
+    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The same run trained in bf16-mixed (``tiny_checkpoint`` itself when that is bf16)."""
+    if TEST_PRECISION == "bf16-mixed":
+        return tiny_checkpoint
+    run_dir = tmp_path_factory.mktemp("tiny_run_bf16")
+    return train_tiny_checkpoint(tiny_shapes, run_dir, "bf16-mixed")
+
+
+@pytest.fixture(params=["tiny_checkpoint", "tiny_bf16_checkpoint"])
+def any_precision_checkpoint(request: pytest.FixtureRequest) -> Path:
+    """``tiny_checkpoint`` and ``tiny_bf16_checkpoint``, one after the other: what a test that
+    takes it checks holds for a run trained and tested in float32 and in bf16."""
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="session")

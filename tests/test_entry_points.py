@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_entry_point, tiny_data, tiny_overrides
+from conftest import run_entry_point, tiny_overrides, tiny_run
 
 
 def logged_metrics(run_dir: Path) -> dict[str, float]:
@@ -27,7 +27,7 @@ def logged_metrics(run_dir: Path) -> dict[str, float]:
 def test_fast_dev_run(tiny_shapes: Path, tmp_path: Path) -> None:
     proc = run_entry_point(
         "train.py",
-        *tiny_data(tiny_shapes),
+        *tiny_run(tiny_shapes),
         "trainer.fast_dev_run=1",
         "logger=csv",
         f"hydra.run.dir={tmp_path}",
@@ -35,15 +35,20 @@ def test_fast_dev_run(tiny_shapes: Path, tmp_path: Path) -> None:
     assert "test/map_50" in proc.stdout
 
 
-def test_eval_reproduces_the_test_map_of_train(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    train_dir, eval_dir = tiny_checkpoint.parents[1], tmp_path / "eval"
+def test_eval_reproduces_the_test_map_of_train(
+    any_precision_checkpoint: Path, tmp_path: Path
+) -> None:
+    """eval.py tests in the training run's precision (bf16 for a bf16 run): the same figures."""
+    train_dir, eval_dir = any_precision_checkpoint.parents[1], tmp_path / "eval"
     # train.py tests the final weights, which last.ckpt holds
     last = train_dir / "checkpoints" / "last.ckpt"
     assert last.is_file()
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["run_config"]["model"]["net"]["image_size"] == 193
 
-    run_entry_point("eval.py", f"ckpt_path={last}", f"hydra.run.dir={eval_dir}")
+    run_entry_point(
+        "eval.py", f"ckpt_path={last}", "trainer.accelerator=cpu", f"hydra.run.dir={eval_dir}"
+    )
     trained, evaluated = logged_metrics(train_dir), logged_metrics(eval_dir)
     # the loss is never 0, so it shows that weights, data and precision are the training run's
     for name in ("test/loss", "test/map", "test/map_50", "test/mar_200"):
@@ -214,7 +219,7 @@ def test_paper_models_fast_dev_run_on_cpu(model: list[str], tiny_shapes: Path, t
     proc = run_entry_point(
         "train.py",
         *model,
-        *tiny_data(tiny_shapes),
+        *tiny_run(tiny_shapes),
         "data.batch_size=2",
         "trainer.fast_dev_run=1",
         "logger=csv",

@@ -22,6 +22,7 @@ from dssd.inference import load_test_data
 from dssd.ops import Tolerance, compare_with_network
 from dssd.tasks import export_checkpoint
 from dssd.tasks.exporting import check_exported
+from ties import analysed_ap_ranges, map_range, within
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -175,11 +176,29 @@ def test_export_rejects_an_unknown_format(tiny_checkpoint: Path) -> None:
         export_checkpoint(cfg)
 
 
+def test_a_run_trained_in_bf16_exports_and_passes_the_check(
+    tiny_bf16_checkpoint: Path, test_images: list, tmp_path: Path
+) -> None:
+    """The file of a run trained in bf16 (float32 weights, exported and checked in float32)
+    passes src/export.py's check and detects what the checkpoint detects in float32."""
+    path = tmp_path / "bf16.onnx"
+    cfg = {"ckpt_path": str(tiny_bf16_checkpoint), "format": "onnx", "output": str(path)}
+    assert export_checkpoint(OmegaConf.merge(EXPORT_DEFAULTS, cfg)) == path
+    detector = Detector.from_checkpoint(tiny_bf16_checkpoint, precision="32-true")
+    images, orig_sizes = detector.preprocess(test_images)
+    theirs = ExportedModel(path).detect(images, orig_sizes)
+    module = detector.module
+    agreement = compare_with_network(module.net, module.postprocess, images, orig_sizes, theirs)
+    assert agreement.agrees and agreement.matched > 0, agreement
+
+
 def test_eval_scores_the_onnx_file_like_its_checkpoint(
     exported: dict[str, Path], tiny_checkpoint: Path, tiny_shapes: Path, tmp_path: Path
 ) -> None:
     """src/eval.py model_file=...: the same evaluator on the checkpoint's test split, then the
-    checkpoint itself beside it; the figures agree to 0.001."""
+    checkpoint itself beside it; the figures agree to 0.001. The file's VOC mAP also lies in the
+    range that near-tied scores allow the checkpoint's detections (tests/ties.py): the file is
+    another code path, whose scores may rank near-ties the other way."""
     run_entry_point(
         "eval.py",
         f"model_file={exported['onnx']}",
@@ -196,4 +215,6 @@ def test_eval_scores_the_onnx_file_like_its_checkpoint(
     assert Path(parity["checkpoint"]) == tiny_checkpoint.resolve()
     assert set(parity["metrics"]) >= {"voc_map", "map", "map_50"}
     assert parity["max_abs_difference"] <= 0.001
+    low, high = map_range(analysed_ap_ranges(tiny_checkpoint))
+    assert within(parity["metrics"]["voc_map"]["exported"], (low, high))
     assert record["metrics"]["test/voc_map"] == parity["metrics"]["voc_map"]["exported"]

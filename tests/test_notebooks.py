@@ -16,6 +16,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from conftest import ROOT, TINY_ROWS, TINY_SEEDS
+from ties import analysed_ap_ranges, map_range, within
 
 NOTEBOOKS = ROOT / "notebooks"
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ellipse"]
@@ -163,13 +164,21 @@ def test_detections_notebook(
     assert columns == ["count", "dap"] and [row[0] for row in errors] == list(ERROR_TYPES)
     sizes_shown = cell_text(notebook, "errors.csv").splitlines()[1].split()
     assert sizes_shown == ["size", *(["all", *COCO_SIZES] * 2)]
-    # the analysed APs are those the run's test logged (its metric, not the analysis's code)
+    # the analysed APs are those the run's test logged (its metric, not the analysis's code).
+    # The analysis runs the checkpoint again, as the test ran it but through another code path
+    # (dssd.Detector), whose scores may differ in their last bits and rank near-ties otherwise:
+    # each AP must lie in the range those rankings allow (tests/ties.py)
     metrics = json.loads((run_dir / "test_results.json").read_text())["metrics"]
     logged = 100 * metrics["test/voc_map"]
-    summary_map = float(re.search(r"\*\*([\d.]+)\*\*", (analysis / "summary.md").read_text())[1])
-    assert summary_map == pytest.approx(logged, abs=0.1)
     assert f"its test logged {logged:.1f}" in cell_text(notebook, "find_run(CKPT)")
     with (analysis / "per_class.csv").open(newline="") as file:
         per_class = {row["class"]: float(row["ap"] or "nan") for row in csv.DictReader(file)}
-    expected = {c: metrics[f"test/ap/{c}"] for c in CLASSES}
-    assert per_class == pytest.approx(expected, abs=1e-4, nan_ok=True)
+    ranges = analysed_ap_ranges(run_dir)
+    assert list(per_class) == list(ranges) == list(CLASSES)
+    for name, bounds in ranges.items():
+        assert within(per_class[name], bounds), (name, per_class[name], bounds)
+        assert within(metrics[f"test/ap/{name}"], bounds), (name, metrics[f"test/ap/{name}"])
+    low, high = map_range(ranges)
+    assert within(metrics["test/voc_map"], (low, high))
+    summary_map = float(re.search(r"\*\*([\d.]+)\*\*", (analysis / "summary.md").read_text())[1])
+    assert 100 * low - 0.05 - 1e-9 <= summary_map <= 100 * high + 0.05 + 1e-9  # printed to 0.1

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_entry_point, tiny_data
+from conftest import run_entry_point, tiny_run
 from dssd.results.tables import results_tables
 
 
@@ -92,7 +92,7 @@ def test_wandb_offline_run_holds_metrics_table_and_box_images(tiny_wandb_run: Pa
 def test_tensorboard_logger_writes_events(tiny_shapes: Path, tmp_path: Path) -> None:
     run_entry_point(
         "train.py",
-        *tiny_data(tiny_shapes),
+        *tiny_run(tiny_shapes),
         "logger=tensorboard",
         "trainer.max_steps=1",
         "trainer.val_check_interval=1",
@@ -120,7 +120,7 @@ def test_results_tables_in_the_papers_layouts() -> None:
 def test_run_reports_the_test_tables(tiny_shapes: Path, tmp_path: Path) -> None:
     proc = run_entry_point(
         "train.py",
-        *tiny_data(tiny_shapes),
+        *tiny_run(tiny_shapes),
         "logger=csv",
         "trainer.fast_dev_run=1",
         f"hydra.run.dir={tmp_path}",

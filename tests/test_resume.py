@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import ROOT, run_entry_point, tiny_data
+from conftest import ROOT, run_entry_point, tiny_run
 from dssd.callbacks import LastCheckpoint, NonFiniteLossError, NonFiniteLossStop
 from dssd.errors import UserError
 from dssd.tasks.training import best_checkpoint, resume_checkpoint
@@ -166,7 +166,7 @@ def train_steps(metrics_file: Path) -> list[int]:
 def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Path) -> None:
     max_steps, run_dir = 12, tmp_path / "run"
     overrides = [
-        *tiny_data(tiny_shapes),
+        *tiny_run(tiny_shapes),
         "data.batch_size=2",
         "logger=csv",
         "+logger.csv.flush_logs_every_n_steps=1",
@@ -225,7 +225,7 @@ def test_ckpt_path_last_without_a_checkpoint_is_a_user_error(
 ) -> None:
     proc = run_entry_point(
         "train.py",
-        *tiny_data(tiny_shapes),
+        *tiny_run(tiny_shapes),
         "logger=csv",
         "ckpt_path=last",
         f"hydra.run.dir={tmp_path}",
@@ -241,7 +241,7 @@ def test_diverging_run_stops_with_a_user_error(tiny_shapes: Path, tmp_path: Path
     """An absurd LR: step 0 is finite and makes the weights huge; the loss at step 1 is NaN."""
     proc = run_entry_point(
         "train.py",
-        *tiny_data(tiny_shapes),
+        *tiny_run(tiny_shapes),
         "data.batch_size=2",
         "logger=csv",
         "model.optimizer.lr=1e30",

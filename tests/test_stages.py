@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import run_entry_point, tiny_data
+from conftest import run_entry_point, tiny_run
 from dssd.errors import UserError
 from dssd.module import DetectionModule
 from dssd.stages import load_initial_weights
@@ -156,7 +156,7 @@ def test_init_from_refuses_missing_modules_and_files(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_three_stage_chain_from_the_command_line(tiny_shapes: Path, tmp_path: Path) -> None:
-    common = [*tiny_data(tiny_shapes), "logger=csv", "trainer.val_check_interval=2"]
+    common = [*tiny_run(tiny_shapes), "logger=csv", "trainer.val_check_interval=2"]
     dirs = [tmp_path / f"stage{s}" for s in range(3)]
     run_entry_point("train.py", *common, "pm=c", "trainer.max_steps=2", f"hydra.run.dir={dirs[0]}")
     for stage in (1, 2):
