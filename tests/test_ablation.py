@@ -246,9 +246,12 @@ def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
         for size in ("ap_small", "ap_medium", "ap_large"):
             assert record[size] == "" or 0 <= float(record[size]) <= 100
         if record["ablates"]:
+            # (a percentile interval need not hold the estimate: on 8 test images, AP is far
+            # from linear in the images' weights)
             low, high = float(record["delta_low"]), float(record["delta_high"])
-            assert low <= float(record["delta"]) <= high
-            assert record["delta_excludes_zero"] in ("True", "False")
+            assert low <= high and record["delta_excludes_zero"] in ("True", "False")
+            excludes_zero = record["delta_excludes_zero"] == "True"  # (bounds rounded here)
+            assert (low >= 0 or high <= 0) if excludes_zero else (low <= 0 <= high)
         else:
             assert record["delta"] == ""
     params = {r["row"]: int(r["parameters"]) for r in records}
