@@ -3,27 +3,19 @@
 python src/analyze.py run=logs/train/runs/<run> [baseline=logs/train/runs/<other run>]
 """
 
-import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+from dssd.tasks.entry import prepare, run_task
 
-from dssd.config import register_resolvers  # noqa: E402
-from dssd.errors import user_errors  # noqa: E402
-
-register_resolvers()
+prepare(__file__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 def main(cfg: DictConfig) -> Path:
-    # imported here, so that --help and --cfg print without loading Lightning
-    from dssd.tasks import analyze
-
-    with user_errors():
-        return analyze(cfg)
+    return run_task("analyze", cfg)
 
 
 if __name__ == "__main__":

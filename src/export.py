@@ -4,27 +4,17 @@ network with box decoding and NMS inside (docs/export.md).
 python src/export.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt format=onnx
 """
 
-import os
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+from dssd.tasks.entry import prepare, run_task
 
-from dssd.config import register_resolvers  # noqa: E402
-from dssd.errors import user_errors  # noqa: E402
-
-register_resolvers()
+prepare(__file__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    # imported here, so that --help and --cfg print without loading Lightning
-    from dssd.tasks import export_checkpoint
-
-    with user_errors():
-        export_checkpoint(cfg)
+    return run_task("export_checkpoint", cfg)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from conftest import ROOT, TINY_ROWS, TINY_SEEDS, run_entry_point
-from dssd.ablation import (
+from dssd.config import register_resolvers
+from dssd.errors import UserError
+from dssd.results.tables import table4_markdown
+from dssd.table4 import (
     Row,
     Step,
-    is_done,
     parse_rows,
     parse_seeds,
     plan,
@@ -25,9 +27,7 @@ from dssd.ablation import (
     select_rows,
     train_command,
 )
-from dssd.config import register_resolvers
-from dssd.errors import UserError
-from dssd.results.tables import table4_markdown
+from dssd.table4.rows import is_done
 from test_configs import compose_train, resolve_with_hydra
 
 CONF = ROOT / "conf"

@@ -1,4 +1,4 @@
-"""dssd.results.runs and dssd.results.wandb_runs: runs, tables, CSV logs and W&B runs (offline,
+"""dssd.results.runs and dssd.results.wandb: runs, tables, CSV logs and W&B runs (offline,
 and online through a stand-in for W&B's API) loaded into DataFrames that match the files they
 come from."""
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from dssd.results import wandb_runs
+from dssd.results import wandb as wandb_runs
 from dssd.results.runs import (
     load_csv_metrics,
     load_runs,

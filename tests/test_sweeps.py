@@ -33,9 +33,9 @@ from submitit.slurm.slurm import SlurmExecutor
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
 from conftest import run_entry_point
-from dssd.ablation import Row, parse_rows, row_overrides
 from dssd.config import register_resolvers
-from dssd.table4_sweeps import RUNS_DIR, plan_sweeps, sweep_files
+from dssd.table4.rows import Row, parse_rows, row_overrides
+from dssd.table4.sweeps import RUNS_DIR, plan_sweeps, sweep_files
 from test_configs import CONF, compose_train, hydra_runtime, resolve_with_hydra
 
 ROOT = CONF.parent

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dssd.analysis.analyser import find_run, load_test_detections
 from dssd.metrics import as_tensors, average_precisions, check_image, match_image
-from dssd.tasks.analysis import find_run, load_test_detections
 
 
 def ap_range_over_ties(

@@ -17,8 +17,19 @@ from torch.utils.data import ConcatDataset
 from dssd.checkpoints import not_a_checkpoint, read_checkpoint
 from dssd.data.datamodule import DetectionDataModule
 from dssd.data.voc import read_image
+from dssd.errors import UserError
 from dssd.metrics import match_image
 from dssd.module import DetectionModule
+
+
+def choose_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; otherwise the device named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"device={name}: {err}") from None
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:

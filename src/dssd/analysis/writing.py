@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from dssd.analysis.breakdown import (
 )
 from dssd.analysis.comparison import Comparison, DeltaRow
 from dssd.analysis.errors import ERROR_TYPES
+from dssd.results.tables import markdown_table, write_rows
 
 
 def _pct(value: float) -> str:
@@ -30,20 +30,6 @@ def _pct(value: float) -> str:
 
 def _signed(value: float) -> str:
     return "–" if not np.isfinite(value) else f"{100 * value:+.1f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def _save(figure: plt.Figure | np.ndarray, path: Path) -> Path:
@@ -79,7 +65,7 @@ def write_run_analysis(
         for c in range(test.num_classes)
     ]
     files.append(
-        _write_csv(
+        write_rows(
             out_dir / "per_class.csv",
             [
                 "class",
@@ -97,14 +83,14 @@ def write_run_analysis(
         for b in bins
     ]
     files.append(
-        _write_csv(
+        write_rows(
             out_dir / "sizes.csv",
             ["kind", "bin", "low_px", "high_px", "objects", "ap", "found"],
             size_rows,
         )
     )
     files.append(
-        _write_csv(
+        write_rows(
             out_dir / "errors.csv",
             ["size", "type", "count", "dap"],
             [
@@ -116,7 +102,7 @@ def write_run_analysis(
     )
     labels = [*names, "background"]
     files.append(
-        _write_csv(
+        write_rows(
             out_dir / "confusion_matrix.csv",
             ["true \\ predicted", *labels],
             [[label, *row.tolist()] for label, row in zip(labels, analysis.confusion, strict=True)],
@@ -125,7 +111,7 @@ def write_run_analysis(
     worst = worst_false_positives(test, errors, gallery_size)
     missed = largest_missed(test, errors, gallery_size)
     files.append(
-        _write_csv(
+        write_rows(
             out_dir / "worst_false_positives.csv",
             ["image_id", "type", "class", "score", "x1", "y1", "x2", "y2"],
             [
@@ -141,7 +127,7 @@ def write_run_analysis(
         )
     )
     files.append(
-        _write_csv(
+        write_rows(
             out_dir / "missed_objects.csv",
             ["image_id", "class", "size_px", "x1", "y1", "x2", "y2"],
             [
@@ -178,7 +164,7 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
         "",
         "### AP by object size (COCO's rule at IoU 0.5; sqrt(area) in original-image pixels)",
         "",
-        _table(
+        markdown_table(
             ["size", "px", "objects", "AP", f"found at score >= {analysis.score_threshold:g}"],
             [
                 [
@@ -195,7 +181,7 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
         "### Errors (TIDE's types: count, and in brackets the dAP, the mAP points gained if that "
         "type alone were fixed; per size by COCO's rule)",
         "",
-        _table(
+        markdown_table(
             ["objects", *ERROR_TYPES],
             [
                 [size, *(f"{found.counts[e]} ({_signed(found.delta_map[e])})" for e in ERROR_TYPES)]
@@ -205,7 +191,7 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
         "",
         "### Per class",
         "",
-        _table(
+        markdown_table(
             ["class", "objects", "AP", *(f"{e} (dAP)" for e in ERROR_TYPES)],
             [
                 [
@@ -246,7 +232,7 @@ def _delta_rows(rows: Sequence[DeltaRow]) -> list[list[Any]]:
 
 
 def _delta_csv(path: Path, rows: Sequence[DeltaRow]) -> Path:
-    return _write_csv(
+    return write_rows(
         path,
         ["name", "run_ap", "baseline_ap", "delta", "low", "high", "excludes_zero"],
         [
@@ -279,7 +265,7 @@ def write_comparison(
     files = [
         _delta_csv(out_dir / "comparison_classes.csv", [result.overall, *result.classes]),
         _delta_csv(out_dir / "comparison_sizes.csv", result.sizes),
-        _write_csv(
+        write_rows(
             out_dir / "comparison_errors.csv",
             ["size", "type", "run_count", "baseline_count", "run_dap", "baseline_dap"],
             [
@@ -294,7 +280,7 @@ def write_comparison(
                 for e in result.errors
             ],
         ),
-        _write_csv(
+        write_rows(
             out_dir / "comparison_images.csv",
             ["image_id", "found_by_run_only", "found_by_baseline_only"],
             [[r.image_id, r.run_only, r.baseline_only] for r in result.images],
@@ -324,19 +310,21 @@ def write_comparison(
         "",
         "### AP per class",
         "",
-        _table(
+        markdown_table(
             ["class", run_name, baseline_name, "Δ", "interval", ""],
             _delta_rows([result.overall, *result.classes]),
         ),
         "",
         "### AP per object size (sqrt(area), original-image pixels)",
         "",
-        _table(["size", run_name, baseline_name, "Δ", "interval", ""], _delta_rows(result.sizes)),
+        markdown_table(
+            ["size", run_name, baseline_name, "Δ", "interval", ""], _delta_rows(result.sizes)
+        ),
         "",
         f"### Errors: dAP of {run_name} / {baseline_name} (mAP points gained if that type "
         "alone were fixed; mean over the seeds; counts in comparison_errors.csv)",
         "",
-        _table(
+        markdown_table(
             ["type", *sizes],
             [
                 [

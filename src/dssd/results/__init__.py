@@ -5,8 +5,9 @@
   ``table4.md``, ``table4.csv`` and ``runs.csv``.
 - :mod:`dssd.results.runs`: each run's ``test_results.json``, and finished runs as pandas
   DataFrames (Table 4's CSV files, test results, per-class AP, the CSV logs).
-- :mod:`dssd.results.wandb_runs`: W&B runs, online through W&B's public API, and the offline
-  runs waiting for ``wandb sync``.
+- :mod:`dssd.results.wandb`: everything said to W&B (the training callback's images and tables,
+  prediction and analysis logs) and read back from it (online runs through W&B's public API,
+  offline runs waiting for ``wandb sync``).
 
 Runs that log to W&B also write the CSV log (``logger=wandb`` includes it), and the loaders read
 an offline run's metrics from there: W&B's offline run file is a binary format private to W&B.

@@ -19,6 +19,8 @@ from typing import Any
 import pandas as pd
 
 PathLike = str | Path
+# a run's test detections as the VOC devkit's result files (``voc_results=``), inside its directory
+RESULTS_DIR = "voc_results"
 RunDirs = Mapping[str, PathLike] | Iterable[PathLike]
 
 

@@ -14,7 +14,10 @@ import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dssd.bootstrap import Difference
 
 # Table 6's columns: header -> the logged metric (torchmetrics' MeanAveragePrecision names).
 COCO_COLUMNS = {
@@ -99,19 +102,25 @@ def mean_std_cell(mean: float | None, std: float | None) -> str:
     return cell(mean) if std is None else f"{cell(mean)} ± {std:.1f}"
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table of text cells."""
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table; each cell as ``str()`` gives it."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """A CSV file of ``header`` and ``rows`` (None as an empty field); returns ``path``."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> None:
     """``records`` as CSV lines with ``columns`` (other keys left out, missing ones empty)."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(records)
+    write_rows(path, columns, [[r.get(c) for c in columns] for r in records])
 
 
 def results_tables(
@@ -149,12 +158,22 @@ def write_results(text: str, directory: str | Path, role: str = "test") -> Path:
     return path
 
 
-def _delta_cell(record: Mapping[str, Any]) -> str:
-    """``Δ [low, high]``, starred where the interval excludes 0."""
+def delta_cell(delta: float | None, low: float, high: float, excludes_zero: bool) -> str:
+    """A difference in points and its interval, ``Δ [low, high]``, starred where the interval
+    excludes 0; ``–`` for none."""
+    if delta is None or not math.isfinite(delta):
+        return "–"
+    star = "*" if excludes_zero else ""
+    return f"{delta:+.1f} [{low:+.1f}, {high:+.1f}]{star}"
+
+
+def _record_delta(record: Mapping[str, Any]) -> str:
+    """A Table 4 record's difference cell (its figures are in % already)."""
     if record.get("delta") is None:
         return "–"
-    star = "*" if record["delta_excludes_zero"] else ""
-    return f"{record['delta']:+.1f} [{record['delta_low']:+.1f}, {record['delta_high']:+.1f}]{star}"
+    return delta_cell(
+        record["delta"], record["delta_low"], record["delta_high"], record["delta_excludes_zero"]
+    )
 
 
 def table4_markdown(
@@ -186,7 +205,7 @@ def table4_markdown(
             r["name"],
             cell(r["paper_voc_map"]),
             mean_std_cell(r["voc_map"], r.get("voc_map_std")),
-            _delta_cell(r),
+            _record_delta(r),
             r["ablates"] or "–",
             cell(r["ap_small"]),
             cell(r["ap_medium"]),
@@ -226,3 +245,34 @@ def write_table4(
     write_csv(records, paths[1], TABLE4_COLUMNS)
     write_csv(runs, paths[2], RUN_COLUMNS)
     return paths
+
+
+def comparisons_index(
+    entries: Sequence[tuple[str, str, Mapping[str, Difference], Path]],
+    seeds: Sequence[int],
+    confidence: float = 0.95,
+) -> str:
+    """``make ablation``'s index of its row-against-row analyses: per ``(row, ablated row,
+    differences by size ("all", "small", "medium", "large"), folder)`` the AP differences in
+    points with their intervals."""
+    rows = [
+        [
+            row,
+            against,
+            *(
+                delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, d.excludes_zero)
+                for d in (by_size[size] for size in ("all", "small", "medium", "large"))
+            ),
+            str(folder),
+        ]
+        for row, against, by_size, folder in entries
+    ]
+    header = ["row", "against", "Δ all", "Δ small", "Δ medium", "Δ large", "folder"]
+    return (
+        "# Table 4, each row against the row it ablates\n\n"
+        f"Seeds {', '.join(map(str, seeds))}, paired. Δ: AP difference in points (VOC AP at IoU "
+        f"0.5; by size with COCO's rule) with its {100 * confidence:g}% paired-bootstrap "
+        "interval; * where it excludes 0. Each folder holds the row's analysis (its first seed) "
+        "and the comparison: summary.md, figures and tables.\n\n"
+        f"{markdown_table(header, rows)}\n"
+    )

@@ -1,11 +1,30 @@
 """What the entry points do, built from their Hydra config: train (fit, then test), evaluate a
-checkpoint, export it, predict with it and analyse a run; the Trainer and the reports they share
-live in ``trainer`` and ``reporting``."""
+checkpoint, export it, predict with it, analyse a run and run the Table 4 ablation. What they
+share (the Trainer, the test report) lives in ``common``, and what the ``src/*.py`` scripts run
+around them in ``entry``; they never import each other, and no library module imports them.
 
-from dssd.tasks.analysis import analyze
-from dssd.tasks.evaluation import evaluate
-from dssd.tasks.exporting import export_checkpoint
-from dssd.tasks.prediction import predict
-from dssd.tasks.training import train
+``dssd.tasks.<task>`` imports the task's module on first use only (like ``dssd.Detector``).
+"""
 
-__all__ = ["analyze", "evaluate", "export_checkpoint", "predict", "train"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# each task and the module that defines it
+_TASKS = {
+    "ablation": "dssd.tasks.ablation",
+    "analyze": "dssd.tasks.analysis",
+    "evaluate": "dssd.tasks.evaluation",
+    "export_checkpoint": "dssd.tasks.exporting",
+    "predict": "dssd.tasks.prediction",
+    "train": "dssd.tasks.training",
+}
+
+__all__ = list(_TASKS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TASKS:
+        return getattr(importlib.import_module(_TASKS[name]), name)
+    raise AttributeError(f"module 'dssd.tasks' has no attribute {name!r}")

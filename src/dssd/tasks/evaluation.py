@@ -16,8 +16,7 @@ from dssd.export import ExportedModel
 from dssd.inference import load_checkpoint, restore_detector
 from dssd.models import fold_batchnorm
 from dssd.module import DetectionEvaluation, ExportedModelEvaluation
-from dssd.tasks.reporting import report_test_results, scalar_metrics
-from dssd.tasks.trainer import build_trainer, result_writers
+from dssd.tasks.common import build_trainer, report_test_results, result_writers, scalar_metrics
 
 log = logging.getLogger(__name__)
 

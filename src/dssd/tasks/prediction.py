@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,11 +25,9 @@ from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.data.voc import read_image
 from dssd.detector import Detector, batches
 from dssd.errors import UserError
-from dssd.tasks.trainer import instantiate_group
-from dssd.wandb_report import box_data
-
-if TYPE_CHECKING:
-    import wandb
+from dssd.inference import choose_device
+from dssd.results.wandb import wandb_image
+from dssd.tasks.common import instantiate_group
 
 log = logging.getLogger(__name__)
 
@@ -188,30 +186,6 @@ class Outputs:
         if self.video is not None:
             self.video[1].release()
             self.video = None
-
-
-def choose_device(name: str) -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU; otherwise the device named."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"device={name}: {err}") from None
-
-
-def wandb_image(
-    image: np.ndarray, detections: dict[str, Any], threshold: float, class_names: Sequence[str]
-) -> wandb.Image:
-    """A W&B image with the detections scoring at least ``threshold`` as boxes to toggle."""
-    import wandb
-
-    height, width = image.shape[:2]
-    keep = detections["scores"] >= threshold
-    boxes = detections["boxes"][keep] / torch.tensor([width, height, width, height])
-    entries = box_data(boxes, detections["labels"][keep], class_names, detections["scores"][keep])
-    classes = dict(enumerate(class_names, start=1))
-    return wandb.Image(image, boxes={"predictions": {"box_data": entries, "class_labels": classes}})
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from dssd.errors import UserError
 from dssd.inference import load_checkpoint
 from dssd.module import DetectionModule
 from dssd.stages import load_initial_weights
-from dssd.tasks.reporting import report_test_results, scalar_metrics
-from dssd.tasks.trainer import build_trainer, result_writers
+from dssd.tasks.common import build_trainer, report_test_results, result_writers, scalar_metrics
 
 log = logging.getLogger(__name__)
 

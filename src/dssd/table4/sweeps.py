@@ -22,9 +22,9 @@ import yaml
 from hydra import compose
 from omegaconf import DictConfig
 
-from dssd.ablation import Row, parse_rows, row_overrides
 from dssd.config import run_name
 from dssd.errors import UserError
+from dssd.table4.rows import Row, parse_rows, row_overrides
 
 RUNS_DIR = "logs/sweeps/table4"
 # the agent's command line before the fixed overrides: W&B fills in the grid point's `key=value`

@@ -1,0 +1,308 @@
+"""Runs analysed from disk: a run directory or checkpoint, its test detections beside the ground
+truth, taken apart by :mod:`dssd.analysis.breakdown` and, with a baseline, compared with it
+(:mod:`dssd.analysis.comparison`); written by :mod:`dssd.analysis.writing`. What ``src/analyze.py``
+and ``make ablation``'s comparisons run.
+
+A run directory must hold ``test_results.json`` (what its test scored, and which weights) and the
+checkpoint tested (``checkpoints/last.ckpt`` for the final weights). The test detections are the
+run's own devkit result files (``voc_results/``, written by ``make ablation``) when it has them,
+otherwise the checkpoint is run again on its test split (:class:`dssd.detector.Detector`, the
+same detections as its test to float rounding).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from dssd.analysis.breakdown import RunAnalysis, RunDetections, analyse_run
+from dssd.analysis.comparison import Comparison, compare
+from dssd.analysis.writing import write_comparison, write_run_analysis
+from dssd.bootstrap import results_per_image
+from dssd.data.datamodule import dataset_items
+from dssd.detector import Detector, batches
+from dssd.errors import UserError
+from dssd.inference import choose_device, load_checkpoint, load_test_data
+from dssd.results.runs import RESULTS_DIR, read_test_results
+from dssd.results.wandb import log_files
+
+log = logging.getLogger(__name__)
+
+# what test_results.json records when a run tested the weights it ended with
+FINAL_WEIGHTS = "final weights"
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run to analyse: its directory, the checkpoint tested, what the test logged (empty for a
+    checkpoint given alone) and its name in tables."""
+
+    directory: Path
+    checkpoint: Path
+    test_results: dict[str, Any]
+    name: str
+
+
+def find_run(path: str | Path) -> Run:
+    """The run of a run directory or of a checkpoint file; a directory without its test results
+    or without the checkpoint they name is a :class:`UserError` saying what is missing."""
+    path = Path(path)
+    if path.is_file():
+        directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        results = _test_results_of(directory, path)
+        return Run(directory, path, results, results.get("run_name") or directory.name)
+    if not path.is_dir():
+        raise UserError(f"run={path}: no such run directory or checkpoint file")
+    if not (path / "test_results.json").is_file():
+        raise UserError(
+            f"run={path}: the run directory has no test_results.json (a run of src/train.py "
+            "writes it when its test ends); test it first, or give its checkpoint file instead"
+        )
+    results = read_test_results(path)
+    tested = results.get("tested_checkpoint") or FINAL_WEIGHTS
+    checkpoint = path / "checkpoints" / "last.ckpt" if tested == FINAL_WEIGHTS else Path(tested)
+    if not checkpoint.is_file():
+        raise UserError(
+            f"run={path}: the checkpoint its test used ({tested}) is missing: expected "
+            f"{checkpoint}; give a checkpoint file instead (run=<file>.ckpt)"
+        )
+    return Run(path, checkpoint, results, results.get("run_name") or path.name)
+
+
+def _test_results_of(directory: Path, checkpoint: Path) -> dict[str, Any]:
+    """The test results of ``directory`` when they are those of ``checkpoint``, else nothing."""
+    if not (directory / "test_results.json").is_file():
+        return {}
+    results = read_test_results(directory)
+    tested = results.get("tested_checkpoint") or FINAL_WEIGHTS
+    last = directory / "checkpoints" / "last.ckpt"
+    same = (tested == FINAL_WEIGHTS and checkpoint.resolve() == last.resolve()) or (
+        tested != FINAL_WEIGHTS and Path(tested).resolve() == checkpoint.resolve()
+    )
+    return results if same else {}
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """A test split's images and their objects, in the order of its dataset."""
+
+    image_ids: tuple[Any, ...]
+    image_paths: tuple[str, ...]
+    targets: tuple[dict[str, np.ndarray], ...]
+    class_names: tuple[str, ...]
+    use_07_metric: bool
+
+    @classmethod
+    def of_run(cls, run_cfg: DictConfig) -> GroundTruth:
+        """The test split of the data a run was trained with (its ``data`` config)."""
+        datamodule = load_test_data(run_cfg)
+        items = dataset_items(datamodule.datasets["test"])
+        return cls(
+            image_ids=tuple(reader.ids[i] for reader, i in items),
+            image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
+            targets=tuple(_target(reader.annotations[i]) for reader, i in items),
+            class_names=tuple(datamodule.class_names),
+            use_07_metric=bool(datamodule.use_07_metric),
+        )
+
+
+def load_test_detections(
+    run: Run,
+    source: str = "auto",
+    device: str = "cpu",
+    batch_size: int | None = None,
+    split: GroundTruth | None = None,
+) -> RunDetections:
+    """The run's test split (rebuilt from its checkpoint's run config unless given) and its
+    detections: the run's ``voc_results/`` files (``source=auto`` when they exist, or
+    ``voc_results``) or the checkpoint run on the images (``source=checkpoint``, or ``auto``
+    without files)."""
+    if source not in ("auto", "voc_results", "checkpoint"):
+        raise UserError(f"detections={source}: choose auto, voc_results or checkpoint")
+    if split is None:
+        split = GroundTruth.of_run(load_checkpoint(run.checkpoint)[1])
+    results = run.directory / RESULTS_DIR
+    if source == "voc_results" and not results.is_dir():
+        raise UserError(f"detections=voc_results, but {run.directory} has no {RESULTS_DIR}/")
+    if source != "checkpoint" and results.is_dir():
+        log.info("%s: test detections from %s", run.name, results)
+        try:
+            preds = results_per_image(results, split.image_ids, split.class_names)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{results}: cannot read its test detections ({err})") from None
+    else:
+        preds = _predict(run, split.image_paths, device, batch_size)
+    return RunDetections(
+        image_ids=split.image_ids,
+        image_paths=split.image_paths,
+        preds=tuple({k: np.asarray(v) for k, v in p.items() if k != "names"} for p in preds),
+        targets=split.targets,
+        class_names=split.class_names,
+        use_07_metric=split.use_07_metric,
+    )
+
+
+def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
+    boxes = np.asarray(annotation["boxes"], np.float64).reshape(-1, 4)
+    difficult = annotation.get("difficult")
+    if difficult is None:
+        difficult = np.zeros(len(boxes), bool)
+    return {
+        "boxes": boxes,
+        "labels": np.asarray(annotation["labels"], np.int64),
+        "difficult": np.asarray(difficult, bool),
+    }
+
+
+def _predict(run: Run, paths: Sequence[str], device: str, batch_size: int | None) -> list[dict]:
+    """The checkpoint's detections of the images at ``paths``, computed as its test computed
+    them: in the run's precision, batch norms unfolded, in batches of the run's test batch size
+    unless ``batch_size`` is given."""
+    detector = Detector.from_checkpoint(run.checkpoint, choose_device(device), fold_bn=False)
+    detector.batch_size = batch_size = batch_size or int(detector.run_config.data.batch_size)
+    log.info("%s: running %s on %d test images", run.name, run.checkpoint, len(paths))
+    found: list[dict] = []
+    with tqdm(total=len(paths), unit="image", desc=f"detect ({run.name})") as progress:
+        for batch in batches(list(paths), batch_size * 4):
+            found += detector.predict(batch)
+            progress.update(len(batch))
+    return found
+
+
+def check_against_test(run: Run, analysis: RunAnalysis) -> None:
+    """Warn when the analysed detections do not score what the run's test logged."""
+    logged = run.test_results.get("metrics", {}).get("test/voc_map")
+    if logged is not None and abs(logged - analysis.map) > 1e-3:
+        log.warning(
+            "%s: the analysed detections score a VOC mAP of %.4f, its test logged %.4f (on "
+            "another device, or with other weights, the checkpoint detects other boxes)",
+            run.name,
+            analysis.map,
+            logged,
+        )
+
+
+@dataclass(frozen=True)
+class Options:
+    """How runs are analysed (the keys of ``conf/analyze.yaml`` of the same names)."""
+
+    detections: str = "auto"
+    device: str = "auto"
+    batch_size: int | None = None
+    score_threshold: float = 0.3
+    gallery_size: int = 16
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+    wandb: bool | str = "auto"
+
+
+class Analyser:
+    """Analyses runs (:func:`write_analysis`) and keeps each run's result, so that a run compared
+    with several others (``make ablation``) is analysed once."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._done: dict[Path, tuple[RunDetections, RunAnalysis]] = {}
+        self._splits: dict[str, GroundTruth] = {}  # the test splits, by data config
+
+    def __call__(self, run: Run) -> tuple[RunDetections, RunAnalysis]:
+        key = run.checkpoint.resolve()
+        if key not in self._done:
+            options = self.options
+            run_cfg = load_checkpoint(run.checkpoint)[1]
+            data = OmegaConf.to_yaml(run_cfg.data)
+            if data not in self._splits:
+                self._splits[data] = GroundTruth.of_run(run_cfg)
+            test = load_test_detections(
+                run, options.detections, options.device, options.batch_size, self._splits[data]
+            )
+            log.info("%s: analysing %d test images", run.name, len(test.image_ids))
+            analysis = analyse_run(test, options.score_threshold)
+            check_against_test(run, analysis)
+            self._done[key] = (test, analysis)
+        return self._done[key]
+
+
+def write_analysis(
+    runs: Sequence[Run],
+    baselines: Sequence[Run],
+    out_dir: Path,
+    analyser: Analyser,
+    run_name: str | None = None,
+    baseline_name: str | None = None,
+) -> tuple[Path, Comparison | None]:
+    """Analyse ``runs`` (seeds; the figures and tables of the run itself are the first one's)
+    and, given ``baselines`` paired with them, compare; write everything into ``out_dir`` and
+    return the summary's path and the comparison."""
+    options = analyser.options
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mine = [analyser(r) for r in runs]
+    run_name = run_name or runs[0].name
+    sections, files, result = [], [], None
+    text, written = write_run_analysis(
+        out_dir, mine[0][0], mine[0][1], run_name, options.gallery_size
+    )
+    sections.append(text)
+    files += written
+    if baselines:
+        theirs = [analyser(r) for r in baselines]
+        baseline_name = baseline_name or baselines[0].name
+        if baseline_name == run_name:
+            baseline_name = f"{baseline_name} (baseline)"
+        try:
+            result = compare(
+                [t for t, _ in mine],
+                [a for _, a in mine],
+                [t for t, _ in theirs],
+                [a for _, a in theirs],
+                options.bootstrap_samples,
+                options.confidence,
+            )
+        except ValueError as err:
+            raise UserError(
+                f"{', '.join(str(r.directory) for r in runs)} against "
+                f"{', '.join(str(r.directory) for r in baselines)}: {err}"
+            ) from None
+        text, written = write_comparison(
+            out_dir, mine[0][0], (mine[0][1], theirs[0][1]), result, run_name, baseline_name
+        )
+        sections.append(text)
+        files += written
+    header = [
+        f"# Analysis of {run_name}",
+        "",
+        f"Run(s): {', '.join(str(r.directory) for r in runs)}; checkpoint(s): "
+        f"{', '.join(str(r.checkpoint) for r in runs)}.",
+    ]
+    if len(runs) > 1:
+        header.append(f"The figures and tables of the run itself are those of {runs[0].directory}.")
+    summary = out_dir / "summary.md"
+    summary.write_text("\n\n".join(["\n".join(header), *sections]) + "\n")
+    files.insert(0, summary)
+    log_to_wandb(options.wandb, runs[0], files, mine[0][1])
+    log.info("Analysis written to %s: %s", out_dir, ", ".join(f.name for f in files))
+    return summary, result
+
+
+def log_to_wandb(when: bool | str, run: Run, files: Sequence[Path], analysis: RunAnalysis) -> None:
+    """For a run that logged to W&B (``when="auto"``) or always (``True``): its analysis
+    (headline figures, figures and tables) to a W&B run of the same project, name and group
+    (:func:`dssd.results.wandb.log_files`)."""
+    if when is False:
+        return
+    settings = (load_checkpoint(run.checkpoint)[1].get("logger") or {}).get("wandb")
+    if when == "auto" and settings is None:
+        return
+    metrics = {"analysis/voc_map": analysis.map}
+    metrics.update({f"analysis/ap_{b.name}": b.ap for b in analysis.coco_sizes})
+    metrics.update({f"analysis/dap_{k}": v for k, v in analysis.errors.delta_map.items()})
+    settings = OmegaConf.to_container(settings, resolve=True) if settings else {}
+    log_files(settings, run.name, files, metrics, "analysis", job_type="analyze")
+    log.info("Logged the analysis to W&B under %s", files[0].parent / "wandb")

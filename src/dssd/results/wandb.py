@@ -1,0 +1,277 @@
+"""Everything this suite says to and reads from Weights & Biases, in one place.
+
+- During training: :class:`WandbDetectionReport`, the callback that logs validation images with
+  their boxes and the per-class AP tables (``callbacks.wandb_report``).
+- After it: :func:`wandb_image` (an image with its detections, for ``src/predict.py``'s table) and
+  :func:`log_files` (an analysis's figures and tables, for ``src/analyze.py``).
+- Reading runs back as pandas DataFrames: a project's online runs through W&B's public API, and
+  the offline runs that finished runs hold (``<run dir>/wandb/offline-run-<time>-<id>/``, for
+  ``wandb sync``). What an offline run logged is read from the CSV log written next to it
+  (:func:`dssd.results.runs.load_csv_metrics`), not from W&B's run file, whose binary format is
+  W&B's own.
+
+``wandb`` itself is imported where it is used: it is slow to import.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from torch import Tensor
+
+from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dssd.results.runs import RunDirs, run_dirs_by_label
+
+if TYPE_CHECKING:
+    import wandb
+
+
+def _wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+def box_data(
+    boxes: Tensor, labels: Tensor, class_names: Sequence[str], scores: Tensor | None = None
+) -> list[dict[str, Any]]:
+    """W&B box entries from normalised xyxy boxes (fractions of the image, W&B's default)."""
+    entries = []
+    for i, ((x0, y0, x1, y1), label) in enumerate(
+        zip(boxes.tolist(), labels.tolist(), strict=True)
+    ):
+        caption = class_names[label - 1]
+        entry: dict[str, Any] = {
+            "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
+            "class_id": int(label),
+        }
+        if scores is not None:
+            score = float(scores[i])
+            caption = f"{caption} {score:.2f}"
+            entry["scores"] = {"score": score}
+        entry["box_caption"] = caption
+        entries.append(entry)
+    return entries
+
+
+class WandbDetectionReport(pl.Callback):
+    """Logs to W&B, after each validation, ``num_images`` validation images with their predicted
+    (score >= ``min_score``) and ground-truth boxes, and the per-class AP as a table; after a
+    test, the test's per-class AP table. Does nothing unless a ``WandbLogger`` is in use.
+
+    ``mean`` and ``std`` are the normalisation the images were given (the data modules' default,
+    ImageNet's), undone to draw them.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 8,
+        min_score: float = 0.3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.num_images = num_images
+        self.min_score = min_score
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+        self.samples: list[tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]] = []
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.samples = []
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
+    ) -> None:
+        wanted = self.num_images - len(self.samples)
+        if wanted <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if _wandb_logger(trainer) is None:
+            return
+        images, targets = batch
+        for image, target, detections in list(zip(images, targets, outputs, strict=True))[:wanted]:
+            height, width = target["orig_size"].tolist()
+            scale = detections["boxes"].new_tensor([width, height, width, height])
+            keep = detections["scores"] >= self.min_score
+            predicted = {
+                "boxes": (detections["boxes"][keep] / scale).float().cpu(),
+                "labels": detections["labels"][keep].cpu(),
+                "scores": detections["scores"][keep].float().cpu(),
+            }
+            truth = {"boxes": target["boxes"].float().cpu(), "labels": target["labels"].cpu()}
+            self.samples.append((image.detach().float().cpu(), truth, predicted))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log(trainer, pl_module, "val", with_images=True)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module, "test", with_images=False)
+
+    def _log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, role: str, with_images: bool
+    ) -> None:
+        logger = _wandb_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        import wandb
+
+        data: dict[str, Any] = {}
+        per_class = getattr(pl_module, "per_class_ap", {}).get(role)
+        if per_class:
+            rows = [[name, None if ap != ap else ap] for name, ap in per_class.items()]
+            data[f"{role}/per_class_ap"] = wandb.Table(columns=["class", "AP"], data=rows)
+        if with_images and self.samples:
+            data[f"{role}/examples"] = [self._image(pl_module, *s) for s in self.samples]
+        if data:
+            logger.log_metrics(data, step=trainer.global_step)
+
+    def _image(
+        self,
+        pl_module: pl.LightningModule,
+        image: Tensor,
+        truth: dict[str, Tensor],
+        predicted: dict[str, Tensor],
+    ) -> Any:
+        import wandb
+
+        pixels = (image.contiguous().numpy() * self.std + self.mean) * 255
+        pixels = np.clip(pixels, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        names = pl_module.class_names
+        class_labels = {i: name for i, name in enumerate(names, start=1)}
+        return wandb.Image(
+            pixels,
+            boxes={
+                "predictions": {
+                    "box_data": box_data(
+                        predicted["boxes"], predicted["labels"], names, predicted["scores"]
+                    ),
+                    "class_labels": class_labels,
+                },
+                "ground_truth": {
+                    "box_data": box_data(truth["boxes"], truth["labels"], names),
+                    "class_labels": class_labels,
+                },
+            },
+        )
+
+
+def wandb_image(
+    image: np.ndarray, detections: dict[str, Any], threshold: float, class_names: Sequence[str]
+) -> wandb.Image:
+    """A W&B image with the detections (pixel boxes) scoring at least ``threshold`` as boxes to
+    toggle."""
+    import wandb
+
+    height, width = image.shape[:2]
+    keep = detections["scores"] >= threshold
+    boxes = detections["boxes"][keep] / torch.tensor([width, height, width, height])
+    entries = box_data(boxes, detections["labels"][keep], class_names, detections["scores"][keep])
+    classes = dict(enumerate(class_names, start=1))
+    return wandb.Image(image, boxes={"predictions": {"box_data": entries, "class_labels": classes}})
+
+
+def log_files(
+    settings: Mapping[str, Any],
+    name: str,
+    files: Sequence[Path],
+    metrics: Mapping[str, float],
+    prefix: str,
+    job_type: str,
+) -> None:
+    """Log ``metrics`` (the finite ones), the PNG files as images and the CSV files as tables
+    (under ``<prefix>/<file stem>``) to a new W&B run of the project, name, group and tags of a
+    run's ``logger.wandb`` ``settings`` (``name`` when it has none), offline unless those say
+    otherwise, saved beside the files."""
+    logger = WandbLogger(
+        project=settings.get("project", "dssd"),
+        name=settings.get("name") or name,
+        group=settings.get("group"),
+        tags=[*(settings.get("tags") or []), prefix],
+        job_type=job_type,
+        save_dir=str(files[0].parent),
+        offline=settings.get("offline", True),
+    )
+    logger.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+    for path in files:
+        if path.suffix == ".png":
+            logger.log_image(f"{prefix}/{path.stem}", [str(path)])
+        elif path.suffix == ".csv":
+            with path.open(newline="") as file:
+                rows = list(csv.reader(file))
+            if len(rows) > 1:
+                logger.log_table(f"{prefix}/{path.stem}", rows[0], rows[1:])
+    logger.experiment.finish()
+
+
+# Columns of load_wandb_project, before one column per summary metric.
+WANDB_COLUMNS = ["run_id", "name", "group", "tags", "project", "config", "source"]
+
+
+def wandb_offline_runs(run_dirs: RunDirs) -> pd.DataFrame:
+    """The W&B offline runs in ``run_dirs`` (labelled as in
+    :func:`dssd.results.runs.load_runs`): one line each with the run's label, its W&B run id
+    and its folder (what ``wandb sync`` uploads); a resumed run has several."""
+    rows = []
+    for label, run_dir in run_dirs_by_label(run_dirs).items():
+        for folder in sorted(run_dir.glob("wandb/offline-run-*")):
+            if folder.is_dir() and not folder.is_symlink():
+                run_id = folder.name.rsplit("-", 1)[-1]
+                rows.append({"run": label, "run_id": run_id, "folder": str(folder)})
+    return pd.DataFrame(rows, columns=["run", "run_id", "folder"])
+
+
+def _wandb_runs(project: str, group: str | None, entity: str | None) -> list[Any]:
+    import wandb  # slow to import; only the online loaders need it
+
+    path = f"{entity}/{project}" if entity else project
+    return list(wandb.Api().runs(path, filters={"group": group} if group else None))
+
+
+def load_wandb_project(
+    project: str, group: str | None = None, entity: str | None = None
+) -> pd.DataFrame:
+    """One line per online run of a W&B project (optionally one group, e.g. the experiment
+    name): run_id, name, group, tags, project, config (dict), source (the run's URL), then the
+    last value of each logged scalar (W&B's summary: ``test/voc_map``, ``val/map_50``, ...).
+    Needs ``wandb login`` and network access."""
+    rows = []
+    for run in _wandb_runs(project, group, entity):
+        summary = {
+            k: float(v)
+            for k, v in run.summary.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and not k.startswith("_")
+        }
+        info = [run.id, run.name, run.group, list(run.tags), run.project, dict(run.config)]
+        rows.append({**dict(zip(WANDB_COLUMNS, [*info, run.url], strict=True)), **summary})
+    return pd.DataFrame(rows, columns=None if rows else WANDB_COLUMNS)
+
+
+def wandb_project_history(
+    project: str,
+    keys: Sequence[str] = ("val/map_50",),
+    group: str | None = None,
+    entity: str | None = None,
+) -> pd.DataFrame:
+    """The logged values of ``keys`` in the online runs of a W&B project: columns run_id, name,
+    step (the trainer's global step) and ``keys``; only the rows that log every one of them."""
+    frames = []
+    for run in _wandb_runs(project, group, entity):
+        history = run.history(keys=[*keys, "trainer/global_step"], pandas=True)
+        if history.empty:
+            continue
+        # Lightning's global step (logged as trainer/global_step), else W&B's own _step
+        step = "trainer/global_step" if "trainer/global_step" in history else "_step"
+        frame = history.reindex(columns=list(keys))
+        frame.insert(0, "step", history[step].astype(int))
+        frame.insert(0, "name", run.name)
+        frame.insert(0, "run_id", run.id)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "name", "step", *keys])
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,176 @@
+"""Table 4's rows and their runs: the rows of the config, checked, the seeds, where each run lives
+and what the runner does with it (run, resume or skip)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from dssd.errors import UserError
+from dssd.results.runs import RESULTS_DIR
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of Table 4: the overrides of its runs, its stage, the row it starts from and the
+    row it is compared with."""
+
+    id: str
+    name: str
+    net: str
+    overrides: tuple[str, ...]
+    stage: int
+    init_from: str | None
+    ablates: str | None
+    paper_voc_map: float | None
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the runner does with one run of a row: ``run``, ``resume`` or ``skip``, and why."""
+
+    row: Row
+    seed: int
+    action: str
+    reason: str
+
+
+def parse_rows(entries: Sequence[Any]) -> list[Row]:
+    """Rows from the config, checked: unique ids, ``init_from`` and ``ablates`` earlier rows."""
+    rows: list[Row] = []
+    for entry in entries:
+        entry = dict(entry)
+        row = Row(
+            id=str(entry["id"]),
+            name=str(entry.get("name", entry["id"])),
+            net=str(entry["net"]),
+            overrides=tuple(entry.get("overrides") or ()),
+            stage=int(entry.get("stage", 0)),
+            init_from=entry.get("init_from"),
+            ablates=entry.get("ablates"),
+            paper_voc_map=entry.get("paper_voc_map"),
+        )
+        earlier = {r.id for r in rows}
+        if row.id in earlier:
+            raise UserError(f"ablation rows: row id {row.id!r} appears twice")
+        for key in ("init_from", "ablates"):
+            other = getattr(row, key)
+            if other is not None and other not in earlier:
+                raise UserError(
+                    f"ablation rows: row {row.id!r} has {key}={other!r}, which is not a row "
+                    "listed before it"
+                )
+        if row.stage > 0 and row.init_from is None:
+            raise UserError(f"ablation rows: row {row.id!r} is stage {row.stage} without init_from")
+        rows.append(row)
+    return rows
+
+
+def select_rows(rows: Sequence[Row], only: str | Sequence[str] | None) -> list[Row]:
+    """The rows named in ``only`` (one id or a list) and every row they need (the rows they start
+    from and the rows they are compared with, recursively), in table order; all rows when
+    ``only`` is None."""
+    if only is None:
+        return list(rows)
+    only = [only] if isinstance(only, str) else list(only)
+    by_id = {r.id: r for r in rows}
+    unknown = sorted(set(only) - set(by_id))
+    if unknown:
+        raise UserError(f"only: no row {unknown}; the rows are {list(by_id)}")
+    needed: set[str] = set()
+    pending = list(only)
+    while pending:
+        row = by_id[pending.pop()]
+        if row.id not in needed:
+            needed.add(row.id)
+            pending += [r for r in (row.init_from, row.ablates) if r is not None]
+    return [r for r in rows if r.id in needed]
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """``seeds``: a non-empty list of distinct integers (``seeds=[0,1,2]``)."""
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else None
+    if (
+        not items
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in items)
+        or len(set(items)) != len(items)
+    ):
+        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        raise UserError(
+            f"seeds must be a non-empty list of distinct integers, e.g. seeds=[0,1,2] "
+            f"(make ablation SEEDS=3); got {shown!r}"
+        )
+    return items
+
+
+def run_dir(out_dir: Path, row_id: str, seed: int) -> Path:
+    """The run directory of a row's run with ``seed``."""
+    return out_dir / row_id / f"seed{seed}"
+
+
+def is_done(directory: Path) -> bool:
+    """A run is done once it tested its final weights and wrote their detections."""
+    return (
+        (directory / "checkpoints" / "last.ckpt").is_file()
+        and (directory / "test_results.json").is_file()
+        and (directory / RESULTS_DIR).is_dir()
+    )
+
+
+def plan(
+    rows: Sequence[Row], seeds: Sequence[int], out_dir: Path, force: bool | Sequence[str] = False
+) -> list[Step]:
+    """Decide each run's action, seed by seed. Forced rows rerun, and so does every row that
+    starts from a row that reruns with the same seed (its starting weights change); done runs
+    are skipped; a run with a ``last.ckpt`` but no results resumes; the others run."""
+    if isinstance(force, bool):
+        forced = {r.id for r in rows} if force else set()
+    else:
+        forced = set(force)
+        unknown = forced - {r.id for r in rows}
+        if unknown:
+            raise UserError(f"force: no row {sorted(unknown)}; the rows are {[r.id for r in rows]}")
+    steps: list[Step] = []
+    for seed in seeds:
+        rerun: set[str] = set()
+        for row in rows:
+            directory = run_dir(out_dir, row.id, seed)
+            if row.id in forced:
+                step = Step(row, seed, "run", "forced")
+            elif row.init_from in rerun:
+                step = Step(row, seed, "run", f"starts from {row.init_from}, which reruns")
+            elif is_done(directory):
+                step = Step(row, seed, "skip", "done")
+            elif (directory / "checkpoints" / "last.ckpt").is_file():
+                step = Step(row, seed, "resume", "interrupted: resumes from its last.ckpt")
+            else:
+                step = Step(row, seed, "run", "not run yet")
+            steps.append(step)
+            if step.action != "skip":
+                rerun.add(row.id)
+    return steps
+
+
+def row_overrides(row: Row, setting: DictConfig) -> list[str]:
+    """The ``src/train.py`` overrides that make a run of ``row``: the setting's for its net
+    first, then the row's own (so they win) and its stage."""
+    return [*setting[row.net], *row.overrides, f"stage={row.stage}"]
+
+
+def add_wall_time(directory: Path, seconds: float, resumed: bool) -> None:
+    """Keep each run's wall time (summed over a run and its resumptions) in ``ablation.json``."""
+    record = read_run_record(directory) if resumed else {}
+    record["wall_seconds"] = record.get("wall_seconds", 0.0) + seconds
+    record["attempts"] = record.get("attempts", 0) + 1
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_run_record(directory: Path) -> dict[str, Any]:
+    path = directory / "ablation.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

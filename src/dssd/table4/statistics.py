@@ -1,0 +1,153 @@
+"""Table 4's figures: per run from its ``test_results.json``, per row the mean and spread over
+the seeds, and each row's difference from the row it ablates with a paired-bootstrap interval
+over the test images (:mod:`dssd.bootstrap`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dssd.bootstrap import Difference, RunMatches, mean_ap, paired_bootstrap
+from dssd.errors import UserError
+from dssd.results.runs import RESULTS_DIR, read_test_results
+from dssd.results.tables import percent
+from dssd.table4.rows import Row, read_run_record, run_dir
+
+log = logging.getLogger(__name__)
+
+# test metric (as logged) of each per-run column (in %)
+METRICS = {
+    "voc_map": "test/voc_map",
+    "coco_map": "test/map",
+    "coco_map_50": "test/map_50",
+    "ap_small": "test/map_small",
+    "ap_medium": "test/map_medium",
+    "ap_large": "test/map_large",
+}
+
+
+def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[dict[str, Any]]:
+    """One record per run (row and seed) from its ``test_results.json`` (metrics in %, times in
+    minutes), also holding the run's parameter count and name."""
+    records = []
+    for row in rows:
+        for seed in seeds:
+            directory = run_dir(out_dir, row.id, seed)
+            try:
+                result = read_test_results(directory)
+            except FileNotFoundError as err:
+                raise UserError(f"row {row.id}, seed {seed}: {err}") from None
+            metrics = result.get("metrics", {})
+            records.append(
+                {
+                    "row": row.id,
+                    "seed": seed,
+                    **{key: percent(metrics.get(name)) for key, name in METRICS.items()},
+                    "fit_minutes": _minutes(result.get("fit_seconds")),
+                    "wall_minutes": _minutes(read_run_record(directory).get("wall_seconds")),
+                    "run_dir": str(directory.relative_to(out_dir)),
+                    "model": result.get("run_name", ""),
+                    "parameters": result.get("parameters"),
+                }
+            )
+    return records
+
+
+def summarize(
+    rows: Sequence[Row],
+    seeds: Sequence[int],
+    runs: Sequence[dict[str, Any]],
+    out_dir: Path,
+    num_samples: int = 1000,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """One record per row: mean and standard deviation over the seeds, and the difference of
+    VOC mAP from the row it ablates with its paired-bootstrap interval over the test images."""
+    matches = load_matches(rows, seeds, runs, out_dir)
+    records = []
+    for row in rows:
+        mine = [r for r in runs if r["row"] == row.id]
+        difference: Difference | None = None
+        if row.ablates is not None and matches is not None:
+            use_07, by_run = matches
+            difference = paired_bootstrap(
+                [by_run[row.id, s] for s in seeds],
+                [by_run[row.ablates, s] for s in seeds],
+                num_samples=num_samples,
+                confidence=confidence,
+                use_07_metric=use_07,
+            )
+        record = {
+            "row": row.id,
+            "name": row.name,
+            "model": mine[0]["model"],
+            "stage": row.stage,
+            "init_from": row.init_from or "",
+            "ablates": row.ablates or "",
+            "seeds": len(mine),
+            "paper_voc_map": row.paper_voc_map,
+            "parameters": mine[0]["parameters"],
+        }
+        for key in (*METRICS, "fit_minutes", "wall_minutes"):
+            values = [r[key] for r in mine if r[key] is not None]
+            record[key] = round(float(np.mean(values)), 2) if values else None
+            if key in ("voc_map", "coco_map"):
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+                record[f"{key}_std"] = None if std is None else round(std, 2)
+        if difference is not None:
+            record["delta"] = round(100 * difference.delta, 2)
+            record["delta_low"] = round(100 * difference.low, 2)
+            record["delta_high"] = round(100 * difference.high, 2)
+            record["delta_excludes_zero"] = difference.excludes_zero
+        records.append(record)
+    return records
+
+
+def load_matches(
+    rows: Sequence[Row], seeds: Sequence[int], runs: Sequence[dict[str, Any]], out_dir: Path
+) -> tuple[bool, dict[tuple[str, int], RunMatches]] | None:
+    """Every run's test detections (its ``voc_results/``) judged against the test set, which is
+    rebuilt from the first run's checkpoint; with the setting's AP rule (11-point or not). Each
+    run's mAP from these must be the one it logged. None (with a warning) for data without the
+    VOC metric."""
+    # deferred: building the test set needs the model and data stack, the table code does not
+    from dssd.inference import load_checkpoint, load_test_data
+
+    first = run_dir(out_dir, rows[0].id, seeds[0])
+    _, run_cfg = load_checkpoint(first / "checkpoints" / "last.ckpt")
+    datamodule = load_test_data(run_cfg)
+    if datamodule.use_07_metric is None:
+        log.warning("The test data has no VOC metric: no intervals for the differences.")
+        return None
+    dataset = datamodule.datasets["test"]
+    parts = getattr(dataset, "datasets", [dataset])
+    image_ids = [i for part in parts for i in part.ids]
+    targets = [a for part in parts for a in part.annotations]
+    by_run = {}
+    for record in runs:
+        directory = out_dir / record["run_dir"]
+        try:
+            found = RunMatches.from_results(
+                directory / RESULTS_DIR, image_ids, targets, datamodule.class_names
+            )
+        except (OSError, ValueError) as err:
+            raise UserError(f"{directory}: cannot read its test detections ({err})") from None
+        logged = record["voc_map"]
+        recomputed = 100 * float(mean_ap(found, use_07_metric=datamodule.use_07_metric)[0])
+        if logged is not None and abs(recomputed - logged) > 0.01:
+            log.warning(
+                "%s: the mAP of its result files (%.3f) is not the logged one (%.3f)",
+                directory,
+                recomputed,
+                logged,
+            )
+        by_run[record["row"], record["seed"]] = found
+    return bool(datamodule.use_07_metric), by_run
+
+
+def _minutes(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds / 60, 2)

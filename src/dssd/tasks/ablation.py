@@ -1,0 +1,19 @@
+"""``src/ablation.py``: the paper's Table 4 in the chosen setting (``ablation=``), run row by row
+(:func:`dssd.table4.run_ablation`), or its W&B sweep files written (``sweeps=true``)."""
+
+from __future__ import annotations
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from dssd.table4 import run_ablation, write_sweeps
+
+
+def ablation(cfg: DictConfig) -> None:
+    """Run the setting's rows and write the table, or with ``cfg.sweeps`` the sweep files."""
+    setting_name = HydraConfig.get().runtime.choices.ablation
+    if cfg.sweeps:
+        for path in write_sweeps(cfg, setting_name):
+            print(f"wrote {path}")
+    else:
+        run_ablation(cfg, setting_name)
