@@ -18,6 +18,8 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 from dssd.data.transforms import IMAGENET_MEAN
 
@@ -162,15 +164,6 @@ class Expand(A.DualTransform):
         return ("max_ratio", "fill")
 
 
-def box_iou(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy ``patch`` [4] with each xyxy box of ``boxes`` [N, 4]."""
-    wh = np.clip(np.minimum(patch[2:], boxes[:, 2:]) - np.maximum(patch[:2], boxes[:, :2]), 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    area_patch = (patch[2] - patch[0]) * (patch[3] - patch[1])
-    area_boxes = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (area_patch + area_boxes - inter)
-
-
 def centres_inside(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Which xyxy boxes [N, 4] have their centre strictly inside the xyxy ``patch``."""
     centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
@@ -243,7 +236,8 @@ class MinIoURandomCrop(A.DualTransform):
             left = int(rnd.uniform(0, width - w))
             top = int(rnd.uniform(0, height - h))
             patch = np.array([left, top, left + w, top + h], np.float64)
-            if box_iou(patch, boxes).max() >= min_iou and centres_inside(patch, boxes).any():
+            iou = box_iou(torch.from_numpy(patch[None]), torch.from_numpy(boxes))
+            if iou.max() >= min_iou and centres_inside(patch, boxes).any():
                 return (left, top, left + w, top + h)
         return None
 

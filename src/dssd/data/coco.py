@@ -1,4 +1,5 @@
-"""COCO reader (instances_*.json via pycocotools) and export of detections as COCO results.
+"""COCO reader (instances_*.json through faster_coco_eval's COCO API, the one the COCO metric
+uses) and export of detections as COCO results.
 
 COCO category ids are not contiguous (1..90 for 80 classes); labels are 1..C in increasing
 category-id order, and ``label_to_category_id`` maps them back for the results file. Crowd boxes
@@ -17,8 +18,6 @@ undecodable images are handled as in ``DetectionImages``.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import numbers
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
+from faster_coco_eval import COCO
 
 from dssd.data.voc import DetectionImages, Transform, sanitize
 from dssd.errors import DatasetNotFoundError, UserError
@@ -40,7 +39,7 @@ class COCOAnnotationError(UserError, ValueError):
 
 
 def load_coco(path: str | Path) -> COCO:
-    """The pycocotools index of an instances JSON file, checked for the keys the reader needs."""
+    """The COCO API's index of an instances JSON file, checked for the keys the reader needs."""
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(
@@ -56,8 +55,7 @@ def load_coco(path: str | Path) -> COCO:
         raise COCOAnnotationError(f"{path}: not a COCO instances file, it lacks {missing}")
     coco = COCO()
     coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
-        coco.createIndex()
+    coco.createIndex()
     return coco
 
 
