@@ -29,10 +29,7 @@ import torch
 from torchvision.ops import box_area
 
 from dssd.data.voc import read_voc_results
-from dssd.metrics import ELEVEN_POINTS, best_matches, match_image
-
-# At most this many replicate x detection cells are built at once (float64: 8 bytes each).
-_CHUNK_CELLS = 4_000_000
+from dssd.metrics import average_precision, best_matches, match_image
 
 
 @dataclass(frozen=True)
@@ -231,49 +228,6 @@ def results_per_image(
     return [results.get(str(i), empty) for i in image_ids]
 
 
-def _average_precision(
-    images: np.ndarray, tp: np.ndarray, npos: np.ndarray, weights: np.ndarray, use_07_metric: bool
-) -> np.ndarray:
-    """AP of one class under each row of ``weights`` [R, images]; NaN where it has no positive."""
-    positives = weights @ npos  # [R]
-    ap = np.full(weights.shape[0], np.nan)
-    has = positives > 0
-    if not tp.any():  # no true positive: AP 0 wherever the class has positives
-        ap[has] = 0.0
-        return ap
-    # Detections after the last true positive only add false positives at the final recall:
-    # they change no AP under any weights. And either AP reads the precision only where the
-    # recall grows or at its best beyond a recall level, which is always at a true positive
-    # (false positives after one only lower the precision): only those columns are kept.
-    last = int(np.flatnonzero(tp)[-1]) + 1
-    images, tp = images[:last], tp[:last]
-    columns = np.flatnonzero(tp)
-    false = (~tp).astype(np.float64)
-    step = max(1, _CHUNK_CELLS // last)
-    for lo in range(0, weights.shape[0], step):
-        w = weights[lo : lo + step][:, images]  # [r, D]
-        fps = np.cumsum(w * false, axis=1)[:, columns]  # [r, T]
-        tps = np.cumsum(w[:, columns], axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = tps / positives[lo : lo + step, None]
-        precision = tps / np.maximum(tps + fps, np.finfo(np.float64).eps)
-        envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-        if use_07_metric:
-            # the best precision at a recall >= t: the envelope at the first column reaching t
-            padded = np.concatenate([envelope, np.zeros((len(envelope), 1))], axis=1)
-            points = [
-                np.take_along_axis(padded, (recall < t).sum(axis=1, keepdims=True), axis=1)[:, 0]
-                for t in ELEVEN_POINTS
-            ]
-            chunk = np.sum(points, axis=0) / 11.0
-        else:
-            with np.errstate(invalid="ignore"):  # NaN recall: no positive drawn, NaN AP
-                gained = np.diff(recall, axis=1, prepend=0.0)
-            chunk = (gained * envelope).sum(axis=1)
-        ap[lo : lo + step] = np.where(has[lo : lo + step], chunk, np.nan)
-    return ap
-
-
 def class_aps(
     run: RunMatches, weights: np.ndarray | None = None, use_07_metric: bool = True
 ) -> np.ndarray:
@@ -284,7 +238,7 @@ def class_aps(
     weights = np.asarray(weights, np.float64)
     return np.stack(
         [
-            _average_precision(images, tp, run.npos[:, c], weights, use_07_metric)
+            average_precision(images, tp, run.npos[:, c], weights, use_07_metric)
             for c, (images, tp) in enumerate(run.detections)
         ],
         axis=1,

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -35,45 +36,73 @@ from torchvision.ops import box_iou
 __all__ = [
     "VOCMeanAP",
     "as_tensors",
+    "average_precision",
     "average_precisions",
     "best_matches",
     "check_image",
     "in_area_range",
     "match_image",
-    "voc_ap",
 ]
 
 # voc_eval.py iterates over ``np.arange(0.0, 1.1, 0.1)``, whose elements are ``i * 0.1``: 0.3, 0.6
 # and 0.7 come out one ulp above their decimal values, so a recall of exactly 3/10 does not reach
 # the 0.3 threshold. Kept as is so that the figures match the reference implementation.
 ELEVEN_POINTS: tuple[float, ...] = tuple(i * 0.1 for i in range(11))
+# At most this many replicate x detection cells are built at once (float64: 8 bytes each).
+_CHUNK_CELLS = 4_000_000
 
 
-def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = True) -> float:
-    """Average precision from a recall/precision curve (detections in descending score order).
+def average_precision(
+    images: np.ndarray, tp: np.ndarray, npos: np.ndarray, weights: np.ndarray, use_07_metric: bool
+) -> np.ndarray:
+    """VOC AP of one class under each row of image ``weights`` [R, images], as [R]: the one AP
+    function of the suite (the metric, the analyses and the bootstrap all score with it).
 
-    ``use_07_metric``: the VOC2007 11-point interpolation, the mean over t in 0, 0.1, ..., 1 of the
-    highest precision at recall >= t (0 where the curve never reaches t). Otherwise the VOC2010+
-    area under the monotone (non-increasing) precision envelope, summed where recall changes.
-    """
-    recall = recall.to(torch.float64)
-    precision = precision.to(torch.float64)
-    if use_07_metric:
-        if recall.numel() == 0:
-            return 0.0
-        # Recall is non-decreasing, so {recall >= t} is a suffix; its max precision is a suffix max.
-        suffix_max = precision.flip(0).cummax(0).values.flip(0)
-        thresholds = torch.tensor(ELEVEN_POINTS, dtype=torch.float64)
-        first = torch.searchsorted(recall, thresholds, side="left")
-        reached = first < recall.numel()
-        p = torch.where(reached, suffix_max[first.clamp(max=recall.numel() - 1)], 0.0)
-        return float((p / 11.0).sum())
-    zero = recall.new_zeros(1)
-    mrec = torch.cat([zero, recall, zero + 1.0])
-    mpre = torch.cat([zero, precision, zero])
-    mpre = mpre.flip(0).cummax(0).values.flip(0)
-    changed = torch.nonzero(mrec[1:] != mrec[:-1]).squeeze(1)
-    return float(((mrec[changed + 1] - mrec[changed]) * mpre[changed + 1]).sum())
+    ``images`` and ``tp`` are the class's detections in descending score order (ignored ones
+    left out): the image of each and whether it is a true positive; ``npos`` [images] counts
+    each image's positives. An image of weight k counts its detections and positives k times
+    (every image once: ``weights = np.ones((1, images))``, the plain AP). NaN where the class
+    has no positive under a row's weights, 0 where it has positives but no true positive.
+    ``use_07_metric``: the VOC2007 11-point interpolation, the mean over t in 0, 0.1, ..., 1 of
+    the highest precision at recall >= t (0 where the curve never reaches t); otherwise the
+    VOC2010+ area under the monotone precision envelope."""
+    positives = weights @ npos  # [R]
+    ap = np.full(weights.shape[0], np.nan)
+    has = positives > 0
+    if not tp.any():  # no true positive: AP 0 wherever the class has positives
+        ap[has] = 0.0
+        return ap
+    # Detections after the last true positive only add false positives at the final recall:
+    # they change no AP under any weights. And either AP reads the precision only where the
+    # recall grows or at its best beyond a recall level, which is always at a true positive
+    # (false positives after one only lower the precision): only those columns are kept.
+    last = int(np.flatnonzero(tp)[-1]) + 1
+    images, tp = images[:last], tp[:last]
+    columns = np.flatnonzero(tp)
+    false = (~tp).astype(np.float64)
+    step = max(1, _CHUNK_CELLS // last)
+    for lo in range(0, weights.shape[0], step):
+        w = weights[lo : lo + step][:, images]  # [r, D]
+        fps = np.cumsum(w * false, axis=1)[:, columns]  # [r, T]
+        tps = np.cumsum(w[:, columns], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = tps / positives[lo : lo + step, None]
+        precision = tps / np.maximum(tps + fps, np.finfo(np.float64).eps)
+        envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+        if use_07_metric:
+            # the best precision at a recall >= t: the envelope at the first column reaching t
+            padded = np.concatenate([envelope, np.zeros((len(envelope), 1))], axis=1)
+            points = [
+                np.take_along_axis(padded, (recall < t).sum(axis=1, keepdims=True), axis=1)[:, 0]
+                for t in ELEVEN_POINTS
+            ]
+            chunk = np.sum(points, axis=0) / 11.0
+        else:
+            with np.errstate(invalid="ignore"):  # NaN recall: no positive drawn, NaN AP
+                gained = np.diff(recall, axis=1, prepend=0.0)
+            chunk = (gained * envelope).sum(axis=1)
+        ap[lo : lo + step] = np.where(has[lo : lo + step], chunk, np.nan)
+    return ap
 
 
 def average_precisions(
@@ -85,26 +114,22 @@ def average_precisions(
     Detections are ranked by descending score, stably (ties keep the order given). Returns float64
     [len(npos)]: NaN for a class without positives, 0 for one with positives but no detections.
     """
-    num_classes = npos.numel()
-    order = torch.sort(scores, descending=True, stable=True).indices
-    labels, tp = labels[order], tp[order]
-    by_class = torch.sort(labels, stable=True).indices
-    labels, tp = labels[by_class], tp[by_class]
-    counts = torch.bincount(labels - 1, minlength=num_classes).tolist()
-
-    ap = torch.full((num_classes,), float("nan"), dtype=torch.float64)
-    start = 0
-    for c in range(num_classes):
-        flags = tp[start : start + counts[c]].to(torch.float64)
-        start += counts[c]
-        if npos[c] == 0:
-            continue
-        tps = flags.cumsum(0)
-        fps = (1.0 - flags).cumsum(0)
-        recall = tps / float(npos[c])
-        precision = tps / torch.clamp(tps + fps, min=torch.finfo(torch.float64).eps)
-        ap[c] = voc_ap(recall, precision, use_07_metric)
-    return ap
+    order = torch.sort(scores.cpu(), descending=True, stable=True).indices
+    labels = labels.cpu()[order].numpy()
+    tp = tp.cpu()[order].numpy().astype(bool)
+    npos = npos.cpu().numpy()
+    once = np.ones((1, 1))
+    ap = [
+        average_precision(
+            np.zeros(int((labels == c).sum()), np.int64),
+            tp[labels == c],
+            npos[c - 1 : c],
+            once,
+            use_07_metric,
+        )[0]
+        for c in range(1, len(npos) + 1)
+    ]
+    return torch.tensor(ap, dtype=torch.float64)
 
 
 def best_matches(
