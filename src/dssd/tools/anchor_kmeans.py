@@ -6,9 +6,10 @@ the clustering error improves by more than 20%; it stopped at seven and, from th
 clusters, added the 1.6 default-box aspect ratio. This tool reruns the analysis on any VOC-layout
 dataset or COCO annotation file and prints the table.
 
-Choices: the centres start from k-means++ seeded by ``seed`` (deterministic), then Lloyd's algorithm
-runs to convergence; per cluster the W/H column is the *mean* W/H of its boxes and the last column
-the mean of max(W/H, H/W). Crowd boxes of COCO files and boxes with no width or height are skipped.
+Choices: scipy's ``kmeans2``: the centres start from k-means++ seeded by ``seed`` (deterministic),
+then Lloyd's algorithm runs for ``iters`` rounds (1-D k-means converges in far fewer); per
+cluster the W/H column is the *mean* W/H of its boxes and the last column the mean of
+max(W/H, H/W). Crowd boxes of COCO files and boxes with no width or height are skipped.
 
     python -m dssd.tools.anchor_kmeans --root data/shapes --split trainval --size 321
     python -m dssd.tools.anchor_kmeans --coco instances_train2017.json --size 513
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.cluster.vq import kmeans2
 
 from dssd.data.coco import trained_on
 from dssd.data.shapes import CLASSES
@@ -44,36 +47,6 @@ class KMeansResult:
     error: float  # sum of squared distances of the features to their centres
 
 
-def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ initial centres [k] for the 1-D features ``x``: each next centre is drawn with
-    probability proportional to the squared distance to the nearest centre chosen so far."""
-    centres = [x[rng.integers(len(x))]]
-    dist2 = (x - centres[0]) ** 2
-    for _ in range(1, k):
-        centres.append(x[rng.choice(len(x), p=dist2 / dist2.sum())])
-        dist2 = np.minimum(dist2, (x - centres[-1]) ** 2)
-    return np.asarray(centres, np.float64)
-
-
-def lloyd(x: np.ndarray, centres: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's iterations from ``centres`` until the assignment is stable or ``iters`` rounds.
-
-    Returns the centres and the assignment of each feature. A cluster that loses all its points
-    keeps its centre.
-    """
-    centres = centres.astype(np.float64)
-    labels = np.abs(x[:, None] - centres[None, :]).argmin(axis=1)
-    for _ in range(iters):
-        counts = np.bincount(labels, minlength=len(centres))
-        sums = np.bincount(labels, weights=x, minlength=len(centres))
-        centres = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
-        new_labels = np.abs(x[:, None] - centres[None, :]).argmin(axis=1)
-        if np.array_equal(new_labels, labels):
-            break
-        labels = new_labels
-    return centres, labels
-
-
 def _features(widths: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validated float arrays of the widths and heights."""
     w, h = np.asarray(widths, np.float64).ravel(), np.asarray(heights, np.float64).ravel()
@@ -87,7 +60,8 @@ def _features(widths: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.n
 def kmeans_boxes(
     widths: np.ndarray, heights: np.ndarray, k: int, seed: int = 0, iters: int = 100
 ) -> KMeansResult:
-    """k-means of boxes on sqrt(W * H) (k-means++ init from ``seed``, then Lloyd's algorithm).
+    """k-means of boxes on sqrt(W * H) (``scipy.cluster.vq.kmeans2``: k-means++ init from ``seed``,
+    then Lloyd's algorithm).
 
     Needs at least ``k`` distinct box areas.
     """
@@ -95,7 +69,13 @@ def kmeans_boxes(
     x = np.sqrt(w * h)
     if not 1 <= k <= np.unique(x).size:
         raise ValueError(f"k={k} needs 1 <= k <= {np.unique(x).size} (distinct box areas)")
-    centres, labels = lloyd(x, kmeans_plus_plus(x, k, np.random.default_rng(seed)), iters)
+    # scipy's k-means (k-means++ start, then ``iters`` rounds of Lloyd's algorithm); a cluster
+    # that loses all its points keeps its centre ("warn", silenced: it is rare and harmless)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        centres, labels = kmeans2(
+            x, k, iter=iters, minit="++", missing="warn", seed=np.random.default_rng(seed)
+        )
     order = np.argsort(centres)
     centres, labels = centres[order], np.argsort(order)[labels]
 
