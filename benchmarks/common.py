@@ -89,6 +89,10 @@ def time_in_turn(
     the previous one's result, and the clock is read after each stage (the device synchronised):
     ``times[run][stage][pass]`` is the time from the start of the pass to the end of the stage,
     e.g. the forward pass alone and forward + post-processing from the same passes.
+
+    Not ``torch.utils.benchmark.Timer``: it times one statement at a time, so two runs measured
+    one after the other see whatever else the (shared, 2-core) machine does in between, and it
+    has no clock between the stages of one pass; the ratios these benchmarks print need both.
     """
     times: list[list[list[float]]] = [[[] for _ in run] for run in runs]
     for i in range(warmup + iters):
