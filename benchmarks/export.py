@@ -1,10 +1,10 @@
 """Speed of an exported detector: onnxruntime and TorchScript against PyTorch eager, in one run.
 
 Each model (``conf/model/<name>.yaml``, untrained, VOC's 21 classes) or checkpoint (``--ckpt``)
-is BN-folded and exported to ONNX and TorchScript (``dssd.export``, decoding and NMS inside the
-graph) in a temporary directory. The three then take turns on the same seeded noise images at
-each batch size (``time_in_turn``), and the table gives images/s and the ratio of each export to
-the eager baseline, which is what ``Detector.predict`` runs: the folded network and the
+is BN-folded and exported to ONNX and TorchScript (``dssd.deployment.export``, decoding and NMS
+inside the graph) in a temporary directory. The three then take turns on the same seeded noise
+images at each batch size (``time_in_turn``), and the table gives images/s and the ratio of each
+export to the eager baseline, which is what ``Detector.predict`` runs: the folded network and the
 ``PostProcessor``. onnxruntime uses as many threads as torch.
 
 Untrained networks score almost every default box above 0.01, so NMS works on the full top 400
@@ -29,8 +29,8 @@ from hydra.utils import instantiate
 from torch import nn
 
 from benchmarks.common import compose_config, environment, median, time_in_turn
-from dssd.detector import Detector
-from dssd.export import FORMATS, ExportableDetector, ExportedModel, export_module
+from dssd.deployment.detector import Detector
+from dssd.deployment.export import FORMATS, ExportableDetector, ExportedModel, export_module
 from dssd.models import fold_batchnorm
 from dssd.ops import PostProcessor
 

@@ -15,8 +15,10 @@ from dssd.analysis.breakdown import (
     interpolated_precision,
 )
 from dssd.analysis.comparison import compare
-from dssd.bootstrap import RunMatches, class_aps, mean_ap, paired_differences
-from dssd.metrics import VOCMeanAP, in_area_range, match_image
+from dssd.evaluation.bootstrap import paired_differences
+from dssd.evaluation.matched_run import MatchedRun
+from dssd.evaluation.matching import in_area_range, match_image
+from dssd.evaluation.metrics import VOCMeanAP
 
 NAMES = ("circle", "square", "star")
 
@@ -64,10 +66,10 @@ def test_ap_by_size_follows_cocos_rule_on_a_hand_built_image() -> None:
     and its detection are ignored, so are large false positives: FP, TP -> AP 1/2. Large: the
     small background box is ignored: TP, FP -> AP 1. Medium: no object, no AP."""
     test = make_split([FOUND], [TRUTH])
-    assert mean_ap(test.matches(), use_07_metric=False)[0] == pytest.approx(2 / 3)
-    assert mean_ap(test.matches((0, 32)), use_07_metric=False)[0] == pytest.approx(0.5)
-    assert mean_ap(test.matches((96, float("inf"))), use_07_metric=False)[0] == pytest.approx(1)
-    assert np.isnan(mean_ap(test.matches((32, 96)), use_07_metric=False)[0])
+    assert test.matches().mean_ap(use_07_metric=False)[0] == pytest.approx(2 / 3)
+    assert test.matches((0, 32)).mean_ap(use_07_metric=False)[0] == pytest.approx(0.5)
+    assert test.matches((96, float("inf"))).mean_ap(use_07_metric=False)[0] == pytest.approx(1)
+    assert np.isnan(test.matches((32, 96)).mean_ap(use_07_metric=False)[0])
 
     analysis = analyse_run(test, score_threshold=0.85)
     sizes = {b.name: b for b in analysis.coco_sizes}
@@ -175,14 +177,14 @@ def test_run_figures_equal_the_voc_metric(use_07_metric: bool) -> None:
 def test_per_class_bootstrap_columns_equal_one_class_at_a_time() -> None:
     a = random_test_set(1, False).matches()
     b = random_test_set(2, False).matches()
-    columns = paired_differences([a], [b], lambda r, w: class_aps(r, w, False), num_samples=100)
+    columns = paired_differences([a], [b], lambda r, w: r.class_aps(w, False), num_samples=100)
     for c, difference in enumerate(columns):
         alone = paired_differences(
-            [a], [b], lambda r, w, c=c: class_aps(r, w, False)[:, c : c + 1], num_samples=100
+            [a], [b], lambda r, w, c=c: r.class_aps(w, False)[:, c : c + 1], num_samples=100
         )[0]
         assert difference == alone
         assert difference.delta == pytest.approx(
-            class_aps(a, use_07_metric=False)[0, c] - class_aps(b, use_07_metric=False)[0, c]
+            a.class_aps(use_07_metric=False)[0, c] - b.class_aps(use_07_metric=False)[0, c]
         )
 
 
@@ -245,11 +247,11 @@ def test_comparison_refuses_other_test_sets() -> None:
 
 
 def test_area_range_matches_counts_objects_in_range_only() -> None:
-    """RunMatches with an area range: positives are the in-range objects; a detection matched to
+    """MatchedRun.for_size: positives are the in-range objects; a detection matched to
     an out-of-range object and an out-of-range false positive are dropped, not counted."""
-    run = RunMatches.from_detections([FOUND], [TRUTH], len(NAMES), 0.5, (0, 32**2))
+    run = MatchedRun.build([FOUND], [TRUTH], len(NAMES), 0.5).for_size((0, 32**2))
     assert run.npos.tolist() == [[1, 0, 0]]
-    images, tp = run.detections[0]
+    images, tp = run.by_class[0]
     assert tp.tolist() == [False, True]  # the small background box, then the small circle
 
 
@@ -287,5 +289,5 @@ def test_ap_by_size_equals_the_rule_applied_image_by_image(seed: int) -> None:
     test = random_test_set(seed, use_07_metric=seed % 2 == 0)
     for low, high in [(0, 16), (16, 32), (32, 96), (96, float("inf")), (20, 60)]:
         expected = by_size_one_image_at_a_time(test, (low**2, high**2))
-        got = float(mean_ap(test.matches((low, high)), use_07_metric=test.use_07_metric)[0])
+        got = float(test.matches((low, high)).mean_ap(use_07_metric=test.use_07_metric)[0])
         assert got == pytest.approx(expected, nan_ok=True), (low, high)

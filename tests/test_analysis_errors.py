@@ -1,8 +1,8 @@
 """Tests of dssd.analysis.errors: TIDE error types and their dAP.
 
 Hand-built images whose verdicts and APs are worked out by hand, the base mAP against
-dssd.metrics.VOCMeanAP, and (when the ``tidecv`` package is installed) the error counts and the
-fixed detections against TIDE's own implementation on random images.
+dssd.evaluation.metrics.VOCMeanAP, and (when the ``tidecv`` package is installed) the error counts
+and the fixed detections against TIDE's own implementation on random images.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from dssd.analysis import ERROR_TYPES, Verdict, analyse_errors
-from dssd.metrics import VOCMeanAP, average_precisions
+from dssd.evaluation.matched_run import MatchedRun
+from dssd.evaluation.metrics import VOCMeanAP
 from hand_built import box, image
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +255,8 @@ def test_counts_and_fixes_match_tidecv() -> None:
                 scores.append(score)
                 labels.append(c)
                 tp.append(correct)
-        ap = average_precisions(
-            torch.tensor(scores), torch.tensor(labels), torch.tensor(tp), npos, use_07_metric=False
-        )
+        ignored = np.zeros(len(scores), bool)
+        run = MatchedRun.pooled(scores, labels, tp, ignored, npos)
+        ap = run.class_aps(use_07_metric=False)[0]
         ours = result.ap_per_class + result.delta_ap_per_class[name]
         assert ours.tolist() == pytest.approx(ap.tolist(), abs=1e-9), name

@@ -1,5 +1,5 @@
-"""The paired bootstrap of mAP differences (dssd.bootstrap) on cases with a known answer, and its
-weighted mAP against VOCMeanAP on physically resampled image lists."""
+"""The paired bootstrap of mAP differences (dssd.evaluation.bootstrap) on cases with a known answer,
+and its weighted mAP against VOCMeanAP on physically resampled image lists."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from dssd.bootstrap import RunMatches, mean_ap, paired_bootstrap
 from dssd.data.voc import write_voc_results
-from dssd.metrics import VOCMeanAP
+from dssd.evaluation.bootstrap import paired_bootstrap
+from dssd.evaluation.matched_run import MatchedRun
+from dssd.evaluation.metrics import VOCMeanAP
 from test_metrics import random_case
 
 NUM_CLASSES = 4
@@ -30,13 +31,13 @@ def test_weighted_map_equals_the_metric_on_the_resampled_images(
     seed: int, use_07_metric: bool
 ) -> None:
     preds, targets = random_case(seed, n_images=15, num_classes=NUM_CLASSES)
-    run = RunMatches.from_detections(preds, targets, NUM_CLASSES)
-    assert mean_ap(run, use_07_metric=use_07_metric)[0] == pytest.approx(
+    run = MatchedRun.build(preds, targets, NUM_CLASSES)
+    assert run.mean_ap(use_07_metric=use_07_metric)[0] == pytest.approx(
         voc_map(preds, targets, use_07_metric), abs=1e-6
     )
     # an image drawn k times counts k times: the metric on the list with the copies
     counts = np.random.default_rng(seed).multinomial(15, np.full(15, 1 / 15), size=3)
-    weighted = mean_ap(run, counts, use_07_metric)
+    weighted = run.mean_ap(counts, use_07_metric)
     for row, value in zip(counts, weighted, strict=True):
         copies = [i for i, k in enumerate(row) for _ in range(k)]
         expected = voc_map([preds[i] for i in copies], [targets[i] for i in copies], use_07_metric)
@@ -45,7 +46,7 @@ def test_weighted_map_equals_the_metric_on_the_resampled_images(
 
 def test_identical_rows_have_an_interval_around_zero() -> None:
     preds, targets = random_case(1, n_images=20, num_classes=NUM_CLASSES)
-    run = RunMatches.from_detections(preds, targets, NUM_CLASSES)
+    run = MatchedRun.build(preds, targets, NUM_CLASSES)
     difference = paired_bootstrap([run, run], [run, run], num_samples=300)
     assert difference.delta == 0.0 and difference.low <= 0.0 <= difference.high
     assert not difference.excludes_zero and difference.seeds == 2
@@ -78,11 +79,11 @@ def test_a_row_with_more_true_positives_on_every_image_is_better() -> None:
     kept = [i for i, t in enumerate(targets) if (~t["difficult"]).any()]
     preds, targets = [preds[i] for i in kept], [targets[i] for i in kept]
     base_preds, better_preds = missing_one_object_per_image(preds, targets)
-    base = RunMatches.from_detections(base_preds, targets, NUM_CLASSES)
-    better = RunMatches.from_detections(better_preds, targets, NUM_CLASSES)
+    base = MatchedRun.build(base_preds, targets, NUM_CLASSES)
+    better = MatchedRun.build(better_preds, targets, NUM_CLASSES)
     up = paired_bootstrap([better], [base], num_samples=500)
     assert up.delta > 0 and up.low > 0 and up.excludes_zero
-    assert up.delta == pytest.approx(float(mean_ap(better)[0] - mean_ap(base)[0]))
+    assert up.delta == pytest.approx(float(better.mean_ap()[0] - base.mean_ap()[0]))
     down = paired_bootstrap([base], [better], num_samples=500)
     assert down.delta == pytest.approx(-up.delta) and down.high < 0 and down.excludes_zero
 
@@ -91,7 +92,7 @@ def test_seeds_are_averaged_pairwise() -> None:
     runs = []
     for seed in (3, 4):
         preds, targets = random_case(seed, n_images=12, num_classes=NUM_CLASSES)
-        runs.append(RunMatches.from_detections(preds, targets, NUM_CLASSES))
+        runs.append(MatchedRun.build(preds, targets, NUM_CLASSES))
     difference = paired_bootstrap(runs, runs[::-1], num_samples=200)
     assert difference.delta == pytest.approx(0.0, abs=1e-12)  # (a - b + b - a) / 2
     with pytest.raises(ValueError, match="paired"):
@@ -103,8 +104,8 @@ def test_runs_read_from_devkit_result_files_match_the_in_memory_ones(tmp_path: P
     ids = [f"img{i}" for i in range(10)]
     names = [f"c{c}" for c in range(1, NUM_CLASSES + 1)]
     write_voc_results(tmp_path, ids, preds, names)
-    from_files = RunMatches.from_results(tmp_path, ids, targets, names)
-    in_memory = RunMatches.from_detections(preds, targets, NUM_CLASSES)
-    assert mean_ap(from_files)[0] == pytest.approx(mean_ap(in_memory)[0], abs=1e-9)
+    from_files = MatchedRun.from_results(tmp_path, ids, targets, names)
+    in_memory = MatchedRun.build(preds, targets, NUM_CLASSES)
+    assert from_files.mean_ap()[0] == pytest.approx(in_memory.mean_ap()[0], abs=1e-9)
     with pytest.raises(ValueError, match="not in the test set"):
-        RunMatches.from_results(tmp_path, ids[:5], targets[:5], names)
+        MatchedRun.from_results(tmp_path, ids[:5], targets[:5], names)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from dssd.callbacks import DataSkipReport
 from dssd.data import VOCDataModule
 from dssd.data.shapes import CLASSES, generate_shapes
+from dssd.training.callbacks import DataSkipReport
 
 
 class RecordingModule:

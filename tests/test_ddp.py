@@ -20,10 +20,10 @@ from omegaconf import DictConfig
 from pytorch_lightning.strategies import DDPStrategy
 
 from conftest import run_entry_point
-from dssd.callbacks import VOCResultsWriter
 from dssd.data.datamodule import EvaluationShard
 from dssd.data.shapes import CLASSES
 from dssd.errors import UserError
+from dssd.training.callbacks import VOCResultsWriter
 from test_configs import compose_train
 
 WORLD_SIZE = 2
@@ -258,7 +258,8 @@ def test_every_test_image_is_scored_once_on_any_number_of_processes(
 
     single = results[1]
     map_names = [k for k in single if k.startswith("test/") and "loss" not in k]
-    # COCO mAP/mAR, the VOC devkit mAP and the AP of each class (dssd.metrics.VOCMeanAP on VOC data)
+    # COCO mAP/mAR, the VOC devkit mAP and the AP of each class (dssd.evaluation.metrics.VOCMeanAP
+    # on VOC data)
     assert {"test/map", "test/map_50", "test/map_75", "test/mar_200", "test/voc_map"} <= set(
         map_names
     )

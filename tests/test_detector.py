@@ -15,8 +15,8 @@ from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 
 from dssd import Detector
 from dssd.data.voc import read_image
+from dssd.deployment.inference import load_test_data
 from dssd.errors import UserError
-from dssd.inference import load_test_data
 from dssd.models import count_batchnorms
 from dssd.ops import Tolerance, compare_detections, compare_with_network
 

@@ -126,10 +126,10 @@ def broken_checkpoints(checkpoint: Path, directory: Path) -> list[Path]:
 def test_broken_checkpoint_files_are_named_not_tracebacks(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from dssd.checkpoints import CheckpointError
-    from dssd.inference import load_checkpoint
-    from dssd.stages import read_state_dict
+    from dssd.deployment.inference import load_checkpoint
     from dssd.tasks.training import resume_checkpoint
+    from dssd.training.checkpoints import CheckpointError
+    from dssd.training.stages import read_state_dict
     from test_configs import compose_train
 
     for path in broken_checkpoints(tiny_checkpoint, tmp_path):

@@ -1,4 +1,4 @@
-"""src/export.py and dssd.export: the exported ONNX and TorchScript files detect what the
+"""src/export.py and dssd.deployment.export: the exported ONNX and TorchScript files detect what the
 checkpoint detects, carry their metadata, and score what the checkpoint scores in src/eval.py."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, run_entry_point
 from dssd.data.voc import read_image
-from dssd.detector import Detector
+from dssd.deployment.detector import Detector
+from dssd.deployment.export import ExportedModel
+from dssd.deployment.inference import load_test_data
 from dssd.errors import UserError
-from dssd.export import ExportedModel
-from dssd.inference import load_test_data
 from dssd.ops import Tolerance, compare_with_network
 from dssd.tasks import export_checkpoint
 from dssd.tasks.exporting import check_exported

@@ -1,5 +1,5 @@
-"""dssd.inference: a checkpoint's detector and test data rebuilt outside Lightning, and the
-TP / FP count of the detection notebook."""
+"""dssd.deployment.inference: a checkpoint's detector and test data rebuilt outside Lightning, and
+the TP / FP count of the detection notebook."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pytest
 import torch
 
 from dssd.data.voc import VOCDataset
-from dssd.detector import Detector
+from dssd.deployment.detector import Detector
+from dssd.deployment.inference import (
+    load_checkpoint,
+    load_example,
+    load_test_data,
+    match_detections,
+    restore_detector,
+)
 from dssd.errors import UserError
-from dssd.inference import load_checkpoint, load_example, load_test_data, match_detections
-from dssd.module import DetectionModule
+from dssd.training.module import DetectionModule
 
 
 def test_the_checkpoint_rebuilds_the_trained_model(tiny_checkpoint: Path) -> None:
@@ -39,6 +45,27 @@ def test_load_checkpoint_reads_the_run_config_of_older_checkpoint_files(tmp_path
     path = tmp_path / "older.ckpt"
     torch.save({"state_dict": {}, "dssd_config": {"stage": 1}}, path)
     assert load_checkpoint(path)[1].stage == 1
+
+
+def test_checkpoints_naming_moved_modules_still_rebuild(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A checkpoint written when DetectionModule was dssd.module.DetectionModule (and the schedule
+    dssd.schedules.warmup_multistep) rebuilds the same model from the classes' current paths."""
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    model_cfg = checkpoint["hyper_parameters"]["run_config"]["model"]
+    assert model_cfg["_target_"] == "dssd.training.module.DetectionModule"
+    model_cfg["_target_"] = "dssd.module.DetectionModule"
+    model_cfg["scheduler"]["_target_"] = "dssd.schedules.warmup_multistep"
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    stored, run_cfg = load_checkpoint(older)
+    assert run_cfg.model._target_ == "dssd.training.module.DetectionModule"
+    assert run_cfg.model.scheduler._target_ == "dssd.training.schedules.warmup_multistep"
+    model = restore_detector(stored, run_cfg.model)
+    assert isinstance(model, DetectionModule)
+    weights = model.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in stored["state_dict"].items())
 
 
 def test_test_data_and_examples_in_original_pixels(

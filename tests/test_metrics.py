@@ -1,4 +1,5 @@
-"""Tests of dssd.metrics.VOCMeanAP against an independent port of the devkit's voc_eval.py.
+"""Tests of dssd.evaluation.metrics.VOCMeanAP against an independent port of the devkit's
+voc_eval.py.
 
 The reference (``tests/devkit.py``) imports nothing from dssd and works in the devkit's own
 coordinates (1-based inclusive pixel indices, ``+1`` on widths); the metric takes boxes in pixel
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from devkit import evaluate_class
-from dssd.metrics import VOCMeanAP
+from dssd.evaluation.metrics import VOCMeanAP
 
 # ---------------------------------------------------------------------------------------------
 # The reference on lists of dicts of tensors

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from dssd.errors import UserError
+from dssd.evaluation.module import pixel_targets
 from dssd.models import SSD, ExtraLayers, ResNetBackbone
-from dssd.module import DetectionModule, pixel_targets
 from dssd.ops import MultiBoxLoss, PostProcessor
-from dssd.schedules import warmup_multistep
+from dssd.training.module import DetectionModule
+from dssd.training.schedules import warmup_multistep
 
 
 def test_warmup_multistep_factors() -> None:

@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import ROOT, run_entry_point, tiny_run
-from dssd.callbacks import LastCheckpoint, NonFiniteLossError, NonFiniteLossStop
 from dssd.errors import UserError
 from dssd.tasks.training import best_checkpoint, resume_checkpoint
+from dssd.training.callbacks import LastCheckpoint, NonFiniteLossError, NonFiniteLossStop
 
 # --- unit tests on a tiny model: fast -------------------------------------------------------------
 

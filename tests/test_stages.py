@@ -11,9 +11,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from conftest import run_entry_point, tiny_run
 from dssd.errors import UserError
-from dssd.module import DetectionModule
-from dssd.stages import load_initial_weights
 from dssd.tasks.training import check_stage
+from dssd.training.module import DetectionModule
+from dssd.training.stages import load_initial_weights
 from test_configs import compose_train
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dssd.metrics import VOCMeanAP
+from dssd.evaluation.metrics import VOCMeanAP
 from test_metrics import evaluate, pred, random_case, target
 from ties import ap_range_over_ties
 

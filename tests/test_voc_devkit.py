@@ -17,7 +17,7 @@ import torch
 from conftest import run_entry_point
 from devkit import evaluate_class, parse_rec, voc_eval_map
 from dssd.data.voc import VOCDataset, read_voc_results, write_voc_results
-from dssd.metrics import VOCMeanAP
+from dssd.evaluation.metrics import VOCMeanAP
 from test_reporting import coco_data
 from test_voc import voc_object, voc_xml, write_voc
 
@@ -231,7 +231,7 @@ def test_pycocotools_on_the_coco_json_scores_like_the_voc_layout_path(
     the embedded data's COCO JSON gives the AP that the project's COCO metric gives on the same
     test split read from the VOC layout, because the JSON marks difficult objects as crowd."""
     from dssd.data.coco import detections_to_coco_results
-    from dssd.module import coco_map_metric, pixel_targets
+    from dssd.evaluation.module import coco_map_metric, pixel_targets
 
     dataset = VOCDataset(tiny_shapes, "test", SHAPES)
     assert sum(int(a["difficult"].sum()) for a in dataset.annotations) > 0

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from dssd.analysis.analyser import find_run, load_test_detections
-from dssd.metrics import as_tensors, average_precisions, check_image, match_image
+from dssd.evaluation.matched_run import MatchedRun
+from dssd.evaluation.matching import as_tensors, check_image, match_image
 
 
 def ap_range_over_ties(
@@ -31,8 +32,8 @@ def ap_range_over_ties(
     """The lowest and the highest VOC AP of each class (NaN without positives) over the rankings
     of the detections whose scores lie within ``tolerance`` of each other (chained), the
     devkit's matching applied as the metric applies it (``preds`` and ``targets`` as
-    :class:`dssd.metrics.VOCMeanAP` takes them). The lowest ranks each group of near-ties false
-    positives first, the highest true positives first; with no near-ties both are the AP."""
+    :class:`dssd.evaluation.metrics.VOCMeanAP` takes them). The lowest ranks each group of near-ties
+    false positives first, the highest true positives first; with no near-ties both are the AP."""
     scores, labels, tp = [], [], []
     npos = torch.zeros(num_classes, dtype=torch.long)
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
@@ -58,11 +59,9 @@ def ap_range_over_ties(
         # within a group, the chosen kind first; scores that keep this order when ranked
         ranked = torch.argsort(group * 2 + (1 - flag), stable=True)
         rank_scores = -torch.arange(len(ranked), dtype=torch.float64)
-        bounds.append(
-            average_precisions(
-                rank_scores, labels[ranked], tp[ranked], npos, use_07_metric=use_07_metric
-            )
-        )
+        none_ignored = torch.zeros_like(tp)
+        run = MatchedRun.pooled(rank_scores, labels[ranked], tp[ranked], none_ignored, npos)
+        bounds.append(torch.from_numpy(run.class_aps(use_07_metric=use_07_metric)[0]))
     return bounds[0], bounds[1]
 
 

@@ -13,7 +13,7 @@ __all__ = ["Detector"]
 
 def __getattr__(name: str) -> Any:
     if name == "Detector":
-        from dssd.detector import Detector
+        from dssd.deployment.detector import Detector
 
         return Detector
     raise AttributeError(f"module 'dssd' has no attribute {name!r}")

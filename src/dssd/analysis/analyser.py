@@ -6,8 +6,8 @@ and ``make ablation``'s comparisons run.
 A run directory must hold ``test_results.json`` (what its test scored, and which weights) and the
 checkpoint tested (``checkpoints/last.ckpt`` for the final weights). The test detections are the
 run's own devkit result files (``voc_results/``, written by ``make ablation``) when it has them,
-otherwise the checkpoint is run again on its test split (:class:`dssd.detector.Detector`, the
-same detections as its test to float rounding).
+otherwise the checkpoint is run again on its test split (:class:`dssd.deployment.detector.Detector`,
+the same detections as its test to float rounding).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from tqdm import tqdm
 from dssd.analysis.breakdown import RunAnalysis, RunDetections, analyse_run
 from dssd.analysis.comparison import Comparison, compare
 from dssd.analysis.writing import write_comparison, write_run_analysis
-from dssd.bootstrap import results_per_image
 from dssd.data.datamodule import dataset_items
-from dssd.detector import Detector, batches
+from dssd.deployment.detector import Detector, batches
+from dssd.deployment.inference import choose_device, load_checkpoint, load_test_data
 from dssd.errors import UserError
-from dssd.inference import choose_device, load_checkpoint, load_test_data
+from dssd.evaluation.matched_run import results_per_image
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.wandb import log_files
 

@@ -2,13 +2,13 @@
 curves, the TIDE-style error breakdown (:mod:`dssd.analysis.errors`), the confusion matrix with
 background (:mod:`dssd.analysis.confusion`) and the errors worth looking at.
 
-Every AP here is the VOC AP at IoU 0.5 with the devkit's matching (:mod:`dssd.metrics`), so the
-per-class figures are those of the run's test results. AP by object size follows COCO's rule at
-IoU 0.5 (:meth:`dssd.bootstrap.RunMatches.from_detections` with an area range): objects of other
-sizes are ignored, and so are false positives of other sizes. Sizes are measured as COCO does, in
-pixels of the original image: small below 32², medium up to 96², large above, plus finer bins of
-sqrt(area). The confusion matrix and the "found" share of a size bin need an operating point:
-detections scored at least ``score_threshold``.
+Every AP here is the VOC AP at IoU 0.5 of the run matched once by the devkit's rule
+(:class:`dssd.evaluation.matched_run.MatchedRun`), so the per-class figures are those of the run's
+test results. AP by object size follows COCO's rule at IoU 0.5 (:meth:`MatchedRun.for_size`):
+objects of other sizes are ignored, and so are false positives of other sizes. Sizes are measured as
+COCO does, in pixels of the original image: small below 32², medium up to 96², large above, plus
+finer bins of sqrt(area). The confusion matrix and the "found" share of a size bin need an operating
+point: detections scored at least ``score_threshold``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from torchvision.ops import box_iou
 
 from dssd.analysis.confusion import confusion_matrix
 from dssd.analysis.errors import ErrorAnalysis, Verdict, analyse_errors
-from dssd.bootstrap import Matching, RunMatches, class_aps, mean_ap
-from dssd.metrics import match_image
+from dssd.evaluation.matched_run import MatchedRun
+from dssd.evaluation.matching import match_image
 
 # COCO's size classes, as bounds on sqrt(area) in original-image pixels
 COCO_SIZES: dict[str, tuple[float, float]] = {
@@ -59,14 +59,15 @@ class RunDetections:
         return len(self.class_names)
 
     @cached_property
-    def matching(self) -> Matching:
+    def matched(self) -> MatchedRun:
         """The devkit's matching at IoU 0.5, done once for every size range."""
-        return Matching.build(self.preds, self.targets, self.num_classes, 0.5)
+        return MatchedRun.build(self.preds, self.targets, self.num_classes, 0.5)
 
-    def matches(self, size: tuple[float, float] | None = None) -> RunMatches:
+    def matches(self, size: tuple[float, float] | None = None) -> MatchedRun:
         """The devkit's verdicts, for objects of sqrt(area) in ``size`` only if given."""
-        area = None if size is None else (size[0] ** 2, size[1] ** 2)
-        return RunMatches.from_matching(self.matching, area)
+        if size is None:
+            return self.matched
+        return self.matched.for_size((size[0] ** 2, size[1] ** 2))
 
 
 @dataclass(frozen=True)
@@ -105,17 +106,8 @@ class RunAnalysis:
     confusion: np.ndarray
     found: tuple[np.ndarray, ...]
     score_threshold: float
-    matches: RunMatches
-    size_matches: dict[str, RunMatches]
-
-
-def precision_recall(run: RunMatches, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class ``c + 1``'s recall and precision after each of its detections, in score order."""
-    _, tp = run.detections[c]
-    tps, fps = np.cumsum(tp), np.cumsum(~tp)
-    recall = tps / max(int(run.npos[:, c].sum()), 1)
-    precision = tps / np.maximum(tps + fps, 1)
-    return recall.astype(np.float64), precision.astype(np.float64)
+    matches: MatchedRun
+    size_matches: dict[str, MatchedRun]
 
 
 def interpolated_precision(
@@ -129,11 +121,11 @@ def interpolated_precision(
     return np.where(index < recall.size, envelope[np.minimum(index, recall.size - 1)], 0.0)
 
 
-def mean_curve(run: RunMatches) -> np.ndarray:
+def mean_curve(run: MatchedRun) -> np.ndarray:
     """Mean over the classes with positives of their interpolated precision (NaN if none)."""
     curves = [
-        interpolated_precision(*precision_recall(run, c))
-        for c in range(len(run.detections))
+        interpolated_precision(*run.precision_recall(c))
+        for c in range(run.num_classes)
         if run.npos[:, c].sum() > 0
     ]
     return np.mean(curves, axis=0) if curves else np.full(RECALL_GRID.shape, np.nan)
@@ -175,7 +167,7 @@ def object_sizes(target: dict[str, np.ndarray]) -> np.ndarray:
 def size_bins(
     test: RunDetections,
     bounds: dict[str, tuple[float, float]],
-    matches: dict[str, RunMatches],
+    matches: dict[str, MatchedRun],
     found: Sequence[np.ndarray],
 ) -> tuple[SizeBin, ...]:
     """AP (from ``matches``, per bin), object count and objects found at the operating point for
@@ -186,7 +178,7 @@ def size_bins(
     bins = []
     for name, (low, high) in bounds.items():
         inside = counted & (sizes >= low) & (sizes < high)
-        ap = float(mean_ap(matches[name], use_07_metric=test.use_07_metric)[0])
+        ap = float(matches[name].mean_ap(use_07_metric=test.use_07_metric)[0])
         bins.append(SizeBin(name, low, high, int(inside.sum()), ap, int((inside & hit).sum())))
     return tuple(bins)
 
@@ -205,7 +197,7 @@ def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysi
     if not test.preds:
         raise ValueError("no test images to analyse")
     matches = test.matches()
-    aps = class_aps(matches, use_07_metric=test.use_07_metric)[0]
+    aps = matches.class_aps(use_07_metric=test.use_07_metric)[0]
 
     def errors_of(size: tuple[float, float] | None) -> ErrorAnalysis:
         area = None if size is None else (size[0] ** 2, size[1] ** 2)
@@ -229,7 +221,7 @@ def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysi
         positives=matches.npos.sum(axis=0),
         coco_sizes=size_bins(test, COCO_SIZES, size_matches, found),
         fine_sizes=size_bins(test, fine, size_matches, found),
-        curves=tuple(precision_recall(matches, c) for c in range(test.num_classes)),
+        curves=tuple(matches.precision_recall(c) for c in range(test.num_classes)),
         size_curves={name: mean_curve(m) for name, m in size_matches.items()},
         errors=errors,
         size_errors={name: errors_of(bounds) for name, bounds in COCO_SIZES.items()},

@@ -3,8 +3,8 @@ finds that the other misses.
 
 Runs are paired seed by seed (one run per side is the plain case); every difference is the mean
 over the pairs, with the percentile interval of the paired bootstrap over the test images that
-``make ablation`` uses (:func:`dssd.bootstrap.paired_differences`): per class, per object size
-(COCO's and the finer bins of :mod:`dssd.analysis.breakdown`) and overall. Error counts and the
+``make ablation`` uses (:func:`dssd.evaluation.bootstrap.paired_differences`): per class, per object
+size (COCO's and the finer bins of :mod:`dssd.analysis.breakdown`) and overall. Error counts and the
 AP each error type costs (overall and per COCO size) are compared as means over the seeds,
 without an interval.
 """
@@ -18,9 +18,10 @@ import numpy as np
 
 from dssd.analysis.breakdown import RunAnalysis, RunDetections
 from dssd.analysis.errors import ERROR_TYPES, ErrorAnalysis
-from dssd.bootstrap import Difference, RunMatches, class_aps, mean_ap, paired_differences
+from dssd.evaluation.bootstrap import Difference, paired_differences
+from dssd.evaluation.matched_run import MatchedRun
 
-Statistic = Callable[[RunMatches, np.ndarray | None], np.ndarray]
+Statistic = Callable[[MatchedRun, np.ndarray | None], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def compare(
         """Bootstrap the run's verdicts (of one size bin, if given) against the baseline's; every
         figure uses the same draw of images (seed 0)."""
 
-        def side(analysis: RunAnalysis) -> RunMatches:
+        def side(analysis: RunAnalysis) -> MatchedRun:
             return analysis.matches if size is None else analysis.size_matches[size]
 
         return paired_differences(
@@ -116,11 +117,11 @@ def compare(
             confidence,
         )
 
-    def map_statistic(run: RunMatches, weights: np.ndarray | None) -> np.ndarray:
-        return mean_ap(run, weights, use_07)[:, None]
+    def map_statistic(run: MatchedRun, weights: np.ndarray | None) -> np.ndarray:
+        return run.mean_ap(weights, use_07)[:, None]
 
-    def class_statistic(run: RunMatches, weights: np.ndarray | None) -> np.ndarray:
-        return class_aps(run, weights, use_07)
+    def class_statistic(run: MatchedRun, weights: np.ndarray | None) -> np.ndarray:
+        return run.class_aps(weights, use_07)
 
     def mean(values: Sequence[float]) -> float:
         values = np.asarray(values, np.float64)

@@ -36,7 +36,7 @@ from faster_coco_eval import COCO
 from faster_coco_eval.extra import PreviewResults
 
 from dssd.data.coco import detections_to_coco_results
-from dssd.metrics import as_tensors, check_image
+from dssd.evaluation.matching import as_tensors, check_image
 
 
 @contextmanager
@@ -62,7 +62,7 @@ def confusion_matrix(
     truth ``targets`` (rows: true class, columns: predicted class, index ``C``: background).
 
     ``preds`` and ``targets`` are per-image dicts of tensors or numpy arrays, as
-    :class:`dssd.metrics.VOCMeanAP` takes them: pixel xyxy ``"boxes"``, ``"scores"`` and
+    :class:`dssd.evaluation.metrics.VOCMeanAP` takes them: pixel xyxy ``"boxes"``, ``"scores"`` and
     ``"labels"`` in ``1..num_classes``, and on the targets an optional boolean ``"difficult"``.
     Raises ``ValueError`` naming the image at fault.
     """

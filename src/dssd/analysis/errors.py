@@ -1,8 +1,9 @@
 """Which errors cost a detector its VOC mAP, in the manner of TIDE (Bolya et al. 2020).
 
-Every detection that the VOC devkit counts as a false positive (:func:`dssd.metrics.match_image`)
-gets one error type, tested in TIDE's order against the image's non-difficult objects, with a
-foreground IoU ``t_f`` (0.5) and a background IoU ``t_b`` (0.1):
+Every detection that the VOC devkit counts as a false positive
+(:func:`dssd.evaluation.matching.match_image`) gets one error type, tested in TIDE's order against
+the image's non-difficult objects, with a foreground IoU ``t_f`` (0.5) and a background IoU ``t_b``
+(0.1):
 
 - ``loc``: its best IoU with an object of its own class is in ``[t_b, t_f]``;
 - ``cls``: IoU ``>= t_f`` with an object of another class;
@@ -15,13 +16,13 @@ at it (TIDE: no fixed detection would find it). True positives and ignored detec
 difficult object, the devkit's rule) have no error type; difficult objects are never missed.
 
 The cost of an error type is TIDE's dAP: fix every error of that type alone, rescore with the
-project's VOC AP (:func:`dssd.metrics.average_precisions`) and take the mAP gained. Fixing ``loc``
-or ``cls`` turns the highest-scored such error on an object nobody took into a true positive of
-the object's class (the other errors on that object, of either type, would be duplicates then and
-are removed, as TIDE does); ``dupl``, ``bkg`` and ``both`` errors are removed; fixing ``miss``
-removes the missed objects from the positives. The mAP is the mean over the classes with
-positives, as :class:`dssd.metrics.VOCMeanAP`; with the foreground IoU as its threshold the base
-mAP is the metric's own.
+project's VOC AP (:meth:`dssd.evaluation.matched_run.MatchedRun.class_aps`) and take the mAP gained.
+Fixing ``loc`` or ``cls`` turns the highest-scored such error on an object nobody took into a true
+positive of the object's class (the other errors on that object, of either type, would be duplicates
+then and are removed, as TIDE does); ``dupl``, ``bkg`` and ``both`` errors are removed; fixing
+``miss`` removes the missed objects from the positives. The mAP is the mean over the classes with
+positives, as :class:`dssd.evaluation.metrics.VOCMeanAP`; with the foreground IoU as its threshold
+the base mAP is the metric's own.
 
 Two deliberate departures from the ``tidecv`` package: a detection is a true positive by the
 devkit's rule (IoU strictly above ``t_f`` with its best object of the class, taken or not; TIDE
@@ -40,7 +41,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from dssd.metrics import as_tensors, average_precisions, check_image, in_area_range, match_image
+from dssd.evaluation.matched_run import MatchedRun
+from dssd.evaluation.matching import as_tensors, check_image, in_area_range, match_image
 
 
 class Verdict(IntEnum):
@@ -113,7 +115,8 @@ def classify_image(
     bg_iou: float = 0.1,
 ) -> ImageErrors:
     """TIDE's verdict on one image's detections, given in descending score order (see the module
-    doc). Boxes are xyxy in continuous pixel edges, as :func:`dssd.metrics.match_image`."""
+    doc). Boxes are xyxy in continuous pixel edges, as
+    :func:`dssd.evaluation.matching.match_image`."""
     k, n = boxes.shape[0], gt_boxes.shape[0]
     tp, ignored = match_image(boxes, labels, gt_boxes, gt_labels, gt_difficult, fg_iou)
     verdict = torch.full((k,), int(Verdict.BKG), dtype=torch.long)
@@ -176,13 +179,14 @@ def analyse_errors(
 ) -> ErrorAnalysis:
     """Count the errors of each TIDE type and the mAP each would gain if fixed (module doc).
 
-    ``preds`` and ``targets`` are per-image dicts as :meth:`dssd.metrics.VOCMeanAP.update` takes
-    them (tensors or numpy arrays): ``boxes`` [K, 4] xyxy pixel edges, ``scores`` [K], ``labels``
-    [K] in ``1..num_classes``; ``boxes`` [N, 4], ``labels`` [N], optionally ``difficult`` [N].
-    ``use_07_metric`` chooses the 11-point or the all-point VOC AP. With ``area_range`` (box area
-    in pixels, ``[low, high)``) the analysis is that of one object size, by COCO's rule: objects
-    of other sizes are ignored like difficult ones, and so are the false positives whose box is
-    of another size (an object that only such an error pointed at is not counted as missed).
+    ``preds`` and ``targets`` are per-image dicts as
+    :meth:`dssd.evaluation.metrics.VOCMeanAP.update` takes them (tensors or numpy arrays): ``boxes``
+    [K, 4] xyxy pixel edges, ``scores`` [K], ``labels`` [K] in ``1..num_classes``; ``boxes`` [N, 4],
+    ``labels`` [N], optionally ``difficult`` [N]. ``use_07_metric`` chooses the 11-point or the
+    all-point VOC AP. With ``area_range`` (box area in pixels, ``[low, high)``) the analysis is that
+    of one object size, by COCO's rule: objects of other sizes are ignored like difficult ones, and
+    so are the false positives whose box is of another size (an object that only such an error
+    pointed at is not counted as missed).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -237,24 +241,22 @@ def analyse_errors(
     verdict = torch.cat(verdicts) if verdicts else empty
     fix = torch.cat(fixed) if fixed else empty.bool()
     fix_label = torch.cat(fixed_labels) if fixed_labels else empty
-    counted = verdict != Verdict.IGNORED
+    ignored = verdict == Verdict.IGNORED
     tp = verdict == Verdict.TP
 
-    base = average_precisions(score[counted], label[counted], tp[counted], npos, use_07_metric)
+    def class_aps(tp: Tensor, label: Tensor, ignored: Tensor, npos: Tensor) -> Tensor:
+        run = MatchedRun.pooled(score, label, tp, ignored, npos)
+        return torch.from_numpy(run.class_aps(use_07_metric=use_07_metric)[0])
+
+    base = class_aps(tp, label, ignored, npos)
     counts_per_class = {"miss": missed}
     fixed_ap = {}
     for name, kind in _DETECTION_ERRORS.items():
         error = verdict == kind
         counts_per_class[name] = torch.bincount(label[error] - 1, minlength=num_classes)
-        keep = counted & ~(error & ~fix)
-        new_tp = tp | (error & fix)
         new_label = torch.where(error & fix, fix_label, label)
-        fixed_ap[name] = average_precisions(
-            score[keep], new_label[keep], new_tp[keep], npos, use_07_metric
-        )
-    fixed_ap["miss"] = average_precisions(
-        score[counted], label[counted], tp[counted], npos - missed, use_07_metric
-    )
+        fixed_ap[name] = class_aps(tp | (error & fix), new_label, ignored | (error & ~fix), npos)
+    fixed_ap["miss"] = class_aps(tp, label, ignored, npos - missed)
     base_map = _mean(base)
     return ErrorAnalysis(
         map=base_map,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dssd.bootstrap import Difference
+    from dssd.evaluation.bootstrap import Difference
 
 # Table 6's columns: header -> the logged metric (torchmetrics' MeanAveragePrecision names).
 COCO_COLUMNS = {

@@ -14,8 +14,8 @@ unless forced; one that was interrupted resumes from its ``last.ckpt``.
 At the end the runs become a table in Table 4's layout next to the paper's numbers (markdown and
 CSV): per row the mean and standard deviation over the seeds of the VOC mAP, COCO AP and AP by
 object size, and the difference from the row it ablates (``ablates``) with a 95% interval from a
-paired bootstrap over the test images (``dssd.bootstrap``). Then, with ``analysis=true``, every
-row is analysed against the row it ablates (``src/analyze.py``'s comparison, over the seeds):
+paired bootstrap over the test images (``dssd.evaluation.bootstrap``). Then, with ``analysis=true``,
+every row is analysed against the row it ablates (``src/analyze.py``'s comparison, over the seeds):
 where the AP moves by class and object size, and which error types grow or shrink.
 
 Modules: :mod:`~dssd.table4.rows` (the rows, seeds and run directories, and the plan),

@@ -1,6 +1,6 @@
 """Table 4's figures: per run from its ``test_results.json``, per row the mean and spread over
 the seeds, and each row's difference from the row it ablates with a paired-bootstrap interval
-over the test images (:mod:`dssd.bootstrap`)."""
+over the test images (:mod:`dssd.evaluation.bootstrap`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from dssd.bootstrap import Difference, RunMatches, mean_ap, paired_bootstrap
 from dssd.errors import UserError
+from dssd.evaluation.bootstrap import Difference, paired_bootstrap
+from dssd.evaluation.matched_run import MatchedRun
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.tables import percent
 from dssd.table4.rows import Row, read_run_record, run_dir
@@ -109,13 +110,13 @@ def summarize(
 
 def load_matches(
     rows: Sequence[Row], seeds: Sequence[int], runs: Sequence[dict[str, Any]], out_dir: Path
-) -> tuple[bool, dict[tuple[str, int], RunMatches]] | None:
+) -> tuple[bool, dict[tuple[str, int], MatchedRun]] | None:
     """Every run's test detections (its ``voc_results/``) judged against the test set, which is
     rebuilt from the first run's checkpoint; with the setting's AP rule (11-point or not). Each
     run's mAP from these must be the one it logged. None (with a warning) for data without the
     VOC metric."""
     # deferred: building the test set needs the model and data stack, the table code does not
-    from dssd.inference import load_checkpoint, load_test_data
+    from dssd.deployment.inference import load_checkpoint, load_test_data
 
     first = run_dir(out_dir, rows[0].id, seeds[0])
     _, run_cfg = load_checkpoint(first / "checkpoints" / "last.ckpt")
@@ -131,13 +132,13 @@ def load_matches(
     for record in runs:
         directory = out_dir / record["run_dir"]
         try:
-            found = RunMatches.from_results(
+            found = MatchedRun.from_results(
                 directory / RESULTS_DIR, image_ids, targets, datamodule.class_names
             )
         except (OSError, ValueError) as err:
             raise UserError(f"{directory}: cannot read its test detections ({err})") from None
         logged = record["voc_map"]
-        recomputed = 100 * float(mean_ap(found, use_07_metric=datamodule.use_07_metric)[0])
+        recomputed = 100 * float(found.mean_ap(use_07_metric=datamodule.use_07_metric)[0])
         if logged is not None and abs(recomputed - logged) > 0.01:
             log.warning(
                 "%s: the mAP of its result files (%.3f) is not the logged one (%.3f)",

@@ -12,10 +12,11 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from dssd.callbacks import COCOResultsWriter, VOCResultsWriter
-from dssd.module import DetectionEvaluation, DetectionModule
+from dssd.evaluation.module import DetectionEvaluation
 from dssd.results.runs import write_results_json
 from dssd.results.tables import results_tables, write_results
+from dssd.training.callbacks import COCOResultsWriter, VOCResultsWriter
+from dssd.training.module import DetectionModule
 
 log = logging.getLogger(__name__)
 

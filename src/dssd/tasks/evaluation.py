@@ -11,11 +11,11 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dssd.deployment.export import ExportedModel
+from dssd.deployment.inference import load_checkpoint, restore_detector
 from dssd.errors import UserError
-from dssd.export import ExportedModel
-from dssd.inference import load_checkpoint, restore_detector
+from dssd.evaluation.module import DetectionEvaluation, ExportedModelEvaluation
 from dssd.models import fold_batchnorm
-from dssd.module import DetectionEvaluation, ExportedModelEvaluation
 from dssd.tasks.common import build_trainer, report_test_results, result_writers, scalar_metrics
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from dssd.callbacks import writable_directory
-from dssd.detector import Detector
+from dssd.deployment.detector import Detector
+from dssd.deployment.export import (
+    FORMATS,
+    ExportedModel,
+    agreement_with,
+    check_format,
+    export_detector,
+)
 from dssd.errors import UserError
-from dssd.export import FORMATS, ExportedModel, agreement_with, check_format, export_detector
 from dssd.ops import Tolerance
+from dssd.training.callbacks import writable_directory
 
 log = logging.getLogger(__name__)
 

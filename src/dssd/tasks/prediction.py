@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.data.voc import read_image
-from dssd.detector import Detector, batches
+from dssd.deployment.detector import Detector, batches
+from dssd.deployment.inference import choose_device
 from dssd.errors import UserError
-from dssd.inference import choose_device
 from dssd.results.wandb import wandb_image
 from dssd.tasks.common import instantiate_group
 

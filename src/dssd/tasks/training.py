@@ -13,13 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from dssd.checkpoints import read_checkpoint
 from dssd.config import training_stage
+from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
-from dssd.inference import load_checkpoint
-from dssd.module import DetectionModule
-from dssd.stages import load_initial_weights
 from dssd.tasks.common import build_trainer, report_test_results, result_writers, scalar_metrics
+from dssd.training.checkpoints import read_checkpoint
+from dssd.training.module import DetectionModule
+from dssd.training.stages import load_initial_weights
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def best_checkpoint(trainer: pl.Trainer) -> str:
     """The ``best.ckpt`` the fit wrote (the first ``ModelCheckpoint``); empty: none.
 
     Not ``trainer.checkpoint_callback``: with ``model_checkpoint`` switched off, that is
-    ``dssd.callbacks.LastCheckpoint``, which keeps no best checkpoint.
+    ``dssd.training.callbacks.LastCheckpoint``, which keeps no best checkpoint.
     """
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint):

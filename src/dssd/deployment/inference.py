@@ -1,6 +1,6 @@
 """A trained checkpoint outside Lightning's loops: the detector rebuilt from the run config stored
-in the checkpoint (``src/eval.py``, :class:`dssd.detector.Detector`), its test data, and its
-detections matched to the ground truth (the detection notebook)."""
+in the checkpoint (``src/eval.py``, :class:`dssd.deployment.detector.Detector`), its test data, and
+its detections matched to the ground truth (the detection notebook)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import ConcatDataset
 
-from dssd.checkpoints import not_a_checkpoint, read_checkpoint
 from dssd.data.datamodule import DetectionDataModule
 from dssd.data.voc import read_image
 from dssd.errors import UserError
-from dssd.metrics import match_image
-from dssd.module import DetectionModule
+from dssd.evaluation.matching import match_image
+from dssd.training.checkpoints import not_a_checkpoint, read_checkpoint
+from dssd.training.module import DetectionModule
 
 
 def choose_device(name: str) -> torch.device:
@@ -32,18 +32,41 @@ def choose_device(name: str) -> torch.device:
         raise UserError(f"device={name}: {err}") from None
 
 
+# Classes that older checkpoints' run configurations name by a module path that has moved.
+_MOVED_MODULES = {
+    "dssd.module.": "dssd.training.module.",
+    "dssd.schedules.": "dssd.training.schedules.",
+    "dssd.callbacks.": "dssd.training.callbacks.",
+}
+
+
+def _current_targets(config: Any) -> Any:
+    """``config`` (plain dicts and lists) with every ``_target_`` under a moved module path
+    rewritten to its new one."""
+    if isinstance(config, list):
+        return [_current_targets(value) for value in config]
+    if not isinstance(config, dict):
+        return config
+    out = {key: _current_targets(value) for key, value in config.items()}
+    target = out.get("_target_")
+    for old, new in _MOVED_MODULES.items():
+        if isinstance(target, str) and target.startswith(old):
+            out["_target_"] = new + target[len(old) :]
+    return out
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
     """The checkpoint at ``path`` (on the CPU) and the run configuration ``src/train.py`` stored
     in it (the module's ``run_config`` hyper-parameter; ``dssd_config`` in older checkpoint
-    files); a missing file, a file that is not a checkpoint or one without that configuration is
-    a :class:`UserError`."""
+    files, whose class paths are brought up to date); a missing file, a file that is not a
+    checkpoint or one without that configuration is a :class:`UserError`."""
     checkpoint = read_checkpoint(path, "ckpt_path", require=("state_dict",))
     run_config = checkpoint.get("hyper_parameters", {}).get("run_config")
     if run_config is None:
         run_config = checkpoint.get("dssd_config")
     if run_config is None:
         raise not_a_checkpoint(path, "it holds no run configuration")
-    return checkpoint, OmegaConf.create(run_config)
+    return checkpoint, OmegaConf.create(_current_targets(run_config))
 
 
 def restore_detector(checkpoint: dict[str, Any], model_cfg: DictConfig) -> DetectionModule:
@@ -90,9 +113,9 @@ def match_detections(
     detections: dict[str, Tensor], truth: dict[str, Tensor], iou_threshold: float = 0.5
 ) -> dict[str, Any]:
     """Count one image's true and false positives with the VOC metric's own matcher
-    (:func:`dssd.metrics.match_image`: best-IoU ground truth of the class, IoU strictly above
-    ``iou_threshold``, duplicates are false positives, detections on difficult objects neither),
-    so that the counts are those behind the reported mAP. Returns the counts "tp", "fp",
+    (:func:`dssd.evaluation.matching.match_image`: best-IoU ground truth of the class, IoU strictly
+    above ``iou_threshold``, duplicates are false positives, detections on difficult objects
+    neither), so that the counts are those behind the reported mAP. Returns the counts "tp", "fp",
     "missed" (non-difficult objects left unmatched) and "is_tp" (bool per detection, in the
     input's order)."""
     difficult = truth.get("difficult")

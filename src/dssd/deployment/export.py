@@ -33,7 +33,7 @@ from dssd.ops import (
 )
 
 if TYPE_CHECKING:
-    from dssd.detector import Detector
+    from dssd.deployment.detector import Detector
 
 log = logging.getLogger(__name__)
 

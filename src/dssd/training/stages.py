@@ -15,8 +15,8 @@ from pathlib import Path
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dssd.checkpoints import not_a_checkpoint, read_checkpoint
 from dssd.errors import UserError
+from dssd.training.checkpoints import not_a_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 

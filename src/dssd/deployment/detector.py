@@ -18,10 +18,10 @@ from torch import Tensor
 
 from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from dssd.data.voc import read_image
+from dssd.deployment.inference import load_checkpoint, restore_detector
 from dssd.errors import UserError
-from dssd.inference import load_checkpoint, restore_detector
 from dssd.models import fold_batchnorm
-from dssd.module import DetectionModule
+from dssd.training.module import DetectionModule
 
 ImageInput = str | Path | Image.Image | np.ndarray
 T = TypeVar("T")
