@@ -8,6 +8,7 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -162,6 +163,29 @@ def test_datamodule_loaders_iterate(shapes_root: Path) -> None:
     assert images.shape[0] == 4 and targets[0]["image_id"] == "000017"  # the val split, after test
     dm.setup("test")
     assert len(dm.test_dataloader().dataset) == len(dm.predict_dataloader().dataset) == 4
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_training_batches_depend_on_the_seed_alone(shapes_root: Path, num_workers: int) -> None:
+    """Two runs with one seed get the same batches, augmentations included, however many random
+    numbers building their networks drew before the loader started (the training transform
+    flips at random); another seed, others."""
+
+    def first_batches(seed: int, draws: int) -> list[tuple[torch.Tensor, list[str]]]:
+        pl.seed_everything(seed, workers=True, verbose=False)
+        dm = VOCDataModule(
+            str(shapes_root), CLASSES, image_size=SIZE, batch_size=3, num_workers=num_workers
+        )
+        dm.setup("fit")
+        torch.randn(draws)  # a network's initialisation
+        return [
+            (images, [t["image_id"] for t in targets]) for images, targets in dm.train_dataloader()
+        ]
+
+    one, other = first_batches(3, 10), first_batches(3, 100_000)
+    assert [ids for _, ids in one] == [ids for _, ids in other]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(one, other, strict=True))
+    assert [ids for _, ids in first_batches(4, 10)] != [ids for _, ids in one]
 
 
 def test_only_the_shapes_datamodule_builds_its_data_and_only_when_missing(

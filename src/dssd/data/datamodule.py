@@ -256,10 +256,16 @@ class DetectionDataModule(pl.LightningDataModule):
         # that resizes an inherited pool can deadlock. (PyTorch gives each worker one thread.)
         cv2.setNumThreads(1)
         dataset = self.datasets[role]
+        # The training order and the workers' random streams come from the run's seed alone
+        # (torch.initial_seed(), which seed_everything sets), not from the global random stream,
+        # which building each network consumes differently: two networks trained with one seed
+        # see the same batches with the same augmentations (Table 4's rows are paired by seed).
+        generator = torch.Generator().manual_seed(torch.initial_seed()) if train else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            generator=generator,
             sampler=None if train else self._evaluation_shard(dataset),
             drop_last=train,
             num_workers=self.num_workers,
