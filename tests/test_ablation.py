@@ -16,6 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from conftest import ROOT, TINY_ROWS, TINY_SEEDS, run_entry_point
 from dssd.config import register_resolvers
 from dssd.errors import UserError
+from dssd.evaluation.bootstrap import holm
 from dssd.results.tables import table4_markdown
 from dssd.table4 import (
     Row,
@@ -88,7 +89,7 @@ def test_rows_are_table4_in_dependency_order() -> None:
     assert by_id["ssd_pm_c_control"].init_from == "ssd_pm_c"
 
 
-def test_control_row_continues_pm_c_frozen_like_stage_1_but_loads_everything() -> None:
+def test_control_row_is_the_dssd_rows_stage_1_without_the_deconvolution_module() -> None:
     cfg = compose_table4()
     control = {r.id: r for r in parse_rows(cfg.rows)}["ssd_pm_c_control"]
     overrides = [*cfg.ablation[control.net], *control.overrides, f"stage={control.stage}"]
@@ -99,7 +100,9 @@ def test_control_row_continues_pm_c_frozen_like_stage_1_but_loads_everything() -
     )
     assert "deconv" not in train.model.net or train.model.net.deconv is None
     assert train.model.freeze == dssd_train.model.freeze == ["backbone", "extras"]
-    assert train.stages[1].init_modules is None  # PM and heads continue from PM(c) too
+    # the same parts loaded from PM(c) as the DSSD rows; prediction modules and heads start fresh
+    assert train.stages[1].init_modules == dssd_train.stages[1].init_modules
+    assert list(train.stages[1].init_modules) == ["backbone", "extras"]
     assert train.trainer.max_steps == dssd_train.trainer.max_steps
     assert train.schedules[1] == dssd_train.schedules[1]
 
@@ -252,8 +255,13 @@ def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
             assert low <= high and record["delta_excludes_zero"] in ("True", "False")
             excludes_zero = record["delta_excludes_zero"] == "True"  # (bounds rounded here)
             assert (low >= 0 or high <= 0) if excludes_zero else (low <= 0 <= high)
+            assert 0 <= float(record["delta_p"]) <= 1
         else:
-            assert record["delta"] == ""
+            assert record["delta"] == "" and record["delta_holm"] == ""
+    # the stars: Holm's correction over the table's differences, at 1 - confidence
+    compared = [r for r in records if r["ablates"]]
+    marks = holm([float(r["delta_p"]) for r in compared], 0.05)
+    assert [r["delta_holm"] == "True" for r in compared] == marks
     params = {r["row"]: int(r["parameters"]) for r in records}
     # PM (c) adds a residual block per source; DSSD adds the deconvolution modules
     assert params["ssd_pm_a"] < params["ssd_pm_c"] == params["ssd_pm_c_control"]
@@ -365,7 +373,7 @@ def test_done_rows_are_skipped_and_a_failing_row_names_its_log(
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
-def test_table_marks_only_intervals_that_exclude_zero() -> None:
+def test_table_stars_the_differences_significant_after_the_correction() -> None:
     base = {
         "paper_voc_map": 77.1,
         "voc_map": 50.0,
@@ -390,19 +398,22 @@ def test_table_marks_only_intervals_that_exclude_zero() -> None:
             "delta_low": 1.0,
             "delta_high": 5.0,
             "delta_excludes_zero": True,
+            "delta_holm": True,
         },  # fmt: skip
         {
             **base,
             "name": "flat",
             "ablates": "base",
             "delta": 0.5,
-            "delta_low": -1.0,
+            "delta_low": 0.1,
             "delta_high": 2.0,
-            "delta_excludes_zero": False,
+            "delta_excludes_zero": True,  # but not after the correction: no star
+            "delta_holm": False,
         },  # fmt: skip
     ]
     text = table4_markdown(records, "shapes", [0, 1, 2])
     assert "| base | 77.1 | 50.0 ± 1.2 | – | – |" in text
     assert "| up | 77.1 | 50.0 ± 1.2 | +3.0 [+1.0, +5.0]* | base |" in text
-    assert "| flat | 77.1 | 50.0 ± 1.2 | +0.5 [-1.0, +2.0] | base |" in text
+    assert "| flat | 77.1 | 50.0 ± 1.2 | +0.5 [+0.1, +2.0] | base |" in text
+    assert "Holm's correction" in text
     assert "3 seeds (0, 1, 2)" in text and "Total wall time of the runs: 22.5 min." in text

@@ -11,7 +11,7 @@ import torch
 from torchvision.ops import box_iou
 
 from dssd.data.voc import write_voc_results
-from dssd.evaluation.bootstrap import paired_bootstrap
+from dssd.evaluation.bootstrap import holm, paired_bootstrap
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.metrics import VOCMeanAP
 from test_metrics import random_case
@@ -50,6 +50,7 @@ def test_identical_rows_have_an_interval_around_zero() -> None:
     difference = paired_bootstrap([run, run], [run, run], num_samples=300)
     assert difference.delta == 0.0 and difference.low <= 0.0 <= difference.high
     assert not difference.excludes_zero and difference.seeds == 2
+    assert difference.p_value == 1.0  # every resampled difference is 0
 
 
 def missing_one_object_per_image(
@@ -86,6 +87,43 @@ def test_a_row_with_more_true_positives_on_every_image_is_better() -> None:
     assert up.delta == pytest.approx(float(better.mean_ap()[0] - base.mean_ap()[0]))
     down = paired_bootstrap([base], [better], num_samples=500)
     assert down.delta == pytest.approx(-up.delta) and down.high < 0 and down.excludes_zero
+    # no resample reverses the sign (the interval at every level excludes 0)
+    assert up.p_value == down.p_value == 0.0
+
+
+def test_the_p_value_is_the_level_at_which_the_interval_reaches_zero() -> None:
+    """A percentile interval at confidence 1 - p has 0 at its edge: a little wider includes it,
+    a little narrower does not."""
+    runs = [
+        MatchedRun.build(*random_case(seed, n_images=15, num_classes=NUM_CLASSES), NUM_CLASSES)
+        for seed in (5, 6)
+    ]
+    for a, b in (runs, runs[::-1]):
+        difference = paired_bootstrap([a], [b], num_samples=400)
+        assert 0.0 < difference.p_value < 1.0
+        wider = paired_bootstrap(
+            [a], [b], num_samples=400, confidence=1 - difference.p_value + 0.01
+        )
+        narrower = paired_bootstrap(
+            [a], [b], num_samples=400, confidence=1 - difference.p_value - 0.01
+        )
+        assert not wider.excludes_zero and narrower.excludes_zero
+
+
+def test_holm_on_worked_cases_and_against_adjusted_p_values() -> None:
+    # sorted 0.005 <= 0.05/4 and 0.01 <= 0.05/3, then 0.03 > 0.05/2 stops the procedure
+    assert holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    # NaN is never significant and does not count as a test: 0.02 <= 0.05/2, 0.03 <= 0.05/1
+    assert holm([0.02, float("nan"), 0.03]) == [True, False, True]
+    assert holm([]) == []
+    # Holm's adjusted p-values, the usual other formulation: max over j <= i of (m - j) p_(j)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.uniform(0, 0.1, rng.integers(1, 12)) ** rng.uniform(0.5, 2)
+        order = np.argsort(p)
+        adjusted = np.empty(len(p))
+        adjusted[order] = np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order])
+        assert holm(p, 0.05) == (adjusted <= 0.05).tolist()
 
 
 def test_seeds_are_averaged_pairwise() -> None:

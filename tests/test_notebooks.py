@@ -27,7 +27,7 @@ TABLE4_ROWS = [
     ("ssd_pm_b", "SSD 321 + PM(b)", 76.9),
     ("ssd_pm_c", "SSD 321 + PM(c)", 77.1),
     ("ssd_pm_d", "SSD 321 + PM(d)", 77.0),
-    ("ssd_pm_c_control", "SSD 321 + PM(c), continued as stage 1 (control)", None),
+    ("ssd_pm_c_control", "SSD 321 + PM(c), stage 1 without DM (control)", None),
     ("dssd_sum", "SSD 321 + PM(c) + DM(Eltw-sum)", 78.4),
     ("dssd_prod", "SSD 321 + PM(c) + DM(Eltw-prod)", 78.6),
     ("dssd_prod_stage2", "SSD 321 + PM(c) + DM(Eltw-prod) + Stage 2", 77.9),

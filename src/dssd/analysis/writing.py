@@ -21,7 +21,8 @@ from dssd.analysis.breakdown import (
 )
 from dssd.analysis.comparison import Comparison, DeltaRow
 from dssd.analysis.errors import ERROR_TYPES
-from dssd.results.tables import markdown_table, write_rows
+from dssd.evaluation.bootstrap import holm
+from dssd.results.tables import SIGNIFICANCE, markdown_table, write_rows
 
 
 def _pct(value: float) -> str:
@@ -217,7 +218,9 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
     return "\n".join(lines)
 
 
-def _delta_rows(rows: Sequence[DeltaRow]) -> list[list[Any]]:
+def _delta_rows(rows: Sequence[DeltaRow], alpha: float) -> list[list[Any]]:
+    """One table's rows, starred by Holm's correction over the table's differences."""
+    marks = holm([r.difference.p_value for r in rows], alpha)
     return [
         [
             r.name,
@@ -225,16 +228,17 @@ def _delta_rows(rows: Sequence[DeltaRow]) -> list[list[Any]]:
             _pct(r.baseline),
             _signed(r.difference.delta),
             f"[{_signed(r.difference.low)}, {_signed(r.difference.high)}]",
-            "*" if r.difference.excludes_zero else "",
+            "*" if significant else "",
         ]
-        for r in rows
+        for r, significant in zip(rows, marks, strict=True)
     ]
 
 
-def _delta_csv(path: Path, rows: Sequence[DeltaRow]) -> Path:
+def _delta_csv(path: Path, rows: Sequence[DeltaRow], alpha: float) -> Path:
+    marks = holm([r.difference.p_value for r in rows], alpha)
     return write_rows(
         path,
-        ["name", "run_ap", "baseline_ap", "delta", "low", "high", "excludes_zero"],
+        ["name", "run_ap", "baseline_ap", "delta", "low", "high", "excludes_zero", "p", "holm"],
         [
             [
                 r.name,
@@ -244,8 +248,10 @@ def _delta_csv(path: Path, rows: Sequence[DeltaRow]) -> Path:
                 _number(r.difference.low),
                 _number(r.difference.high),
                 r.difference.excludes_zero,
+                _number(r.difference.p_value),
+                significant,
             ]
-            for r in rows
+            for r, significant in zip(rows, marks, strict=True)
         ],
     )
 
@@ -262,9 +268,10 @@ def write_comparison(
     """Write the comparison's tables and figures into ``out_dir``; ``pair`` (the first seed's
     run and baseline) gives the gallery of images one finds objects in that the other misses.
     Return its markdown section and the files written."""
+    alpha = 1.0 - result.confidence
     files = [
-        _delta_csv(out_dir / "comparison_classes.csv", [result.overall, *result.classes]),
-        _delta_csv(out_dir / "comparison_sizes.csv", result.sizes),
+        _delta_csv(out_dir / "comparison_classes.csv", [result.overall, *result.classes], alpha),
+        _delta_csv(out_dir / "comparison_sizes.csv", result.sizes, alpha),
         write_rows(
             out_dir / "comparison_errors.csv",
             ["size", "type", "run_count", "baseline_count", "run_dap", "baseline_dap"],
@@ -305,20 +312,21 @@ def write_comparison(
         f"## {run_name} against {baseline_name}",
         "",
         f"{result.seeds} paired seed(s). Differences are run minus baseline, in AP points, with "
-        f"the {level} interval of a paired bootstrap over the test images; * where it excludes "
-        "0.",
+        f"the {level} interval of a paired bootstrap over the test images; * "
+        + SIGNIFICANCE.format(alpha=f"{100 * alpha:g}%"),
         "",
         "### AP per class",
         "",
         markdown_table(
             ["class", run_name, baseline_name, "Δ", "interval", ""],
-            _delta_rows([result.overall, *result.classes]),
+            _delta_rows([result.overall, *result.classes], alpha),
         ),
         "",
         "### AP per object size (sqrt(area), original-image pixels)",
         "",
         markdown_table(
-            ["size", run_name, baseline_name, "Δ", "interval", ""], _delta_rows(result.sizes)
+            ["size", run_name, baseline_name, "Δ", "interval", ""],
+            _delta_rows(result.sizes, alpha),
         ),
         "",
         f"### Errors: dAP of {run_name} / {baseline_name} (mAP points gained if that type "

@@ -6,27 +6,37 @@ replacement, the same draw for every run) and recompute each run's mAP on the re
 matched once (:class:`dssd.evaluation.matched_run.MatchedRun`) and every resample only reweights
 its images. :func:`paired_bootstrap` gives a difference of mean mAPs (or of any such statistic,
 e.g. one class's AP, :func:`paired_differences`) between two rows, over the seeds both have, with
-its percentile interval.
+its percentile interval. A table of many such differences marks the ones that stay significant
+after Holm's correction for the number of differences in it (:func:`holm`), from each difference's
+bootstrap p-value.
+
+What an interval or a mark measures is the sampling of the test images, for the seeds that were
+run: not the spread over training seeds, which only more seeds show.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dssd.evaluation.matched_run import MatchedRun
+if TYPE_CHECKING:  # the statistics take matched runs; the intervals and holm need numpy only
+    from dssd.evaluation.matched_run import MatchedRun
 
 
 @dataclass(frozen=True)
 class Difference:
-    """A difference of mean mAP (row minus baseline, over paired seeds) and its interval."""
+    """A difference of mean mAP (row minus baseline, over paired seeds), its interval and its
+    two-sided bootstrap p-value: twice the smaller share of resampled differences on either side
+    of 0 (at most 1), the smallest ``1 - confidence`` whose percentile interval excludes 0."""
 
     delta: float
     low: float
     high: float
     seeds: int
+    p_value: float = float("nan")
 
     @property
     def excludes_zero(self) -> bool:
@@ -81,5 +91,27 @@ def paired_differences(
     for k in range(samples.shape[1]):
         column = samples[:, k][~np.isnan(samples[:, k])]
         low, high = np.percentile(column, [tail, 100 - tail]) if column.size else (np.nan, np.nan)
-        differences.append(Difference(float(plain[k]), float(low), float(high), len(runs)))
+        p_value = (
+            min(1.0, 2 * min(np.mean(column <= 0), np.mean(column >= 0))) if column.size else np.nan
+        )
+        differences.append(
+            Difference(float(plain[k]), float(low), float(high), len(runs), float(p_value))
+        )
     return differences
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down correction: which of the ``p_values`` (one family of tests) are
+    significant with a family-wise error rate of at most ``alpha``. The i-th smallest p-value
+    (from 0) is compared with ``alpha / (m - i)``, m the number of finite p-values, until the first
+    that fails; NaN is never significant. (scipy has no Holm correction, and statsmodels' would
+    be a dependency for these lines.)"""
+    p = np.asarray(p_values, np.float64)
+    finite = np.flatnonzero(np.isfinite(p))
+    significant = np.zeros(len(p), bool)
+    order = finite[np.argsort(p[finite], kind="stable")]
+    for i, index in enumerate(order):
+        if p[index] > alpha / (len(order) - i):
+            break
+        significant[index] = True
+    return significant.tolist()

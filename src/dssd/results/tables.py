@@ -14,11 +14,17 @@ import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dssd.evaluation.bootstrap import Difference
+from dssd.evaluation.bootstrap import Difference, holm
 
+# What a star in a table of differences means (``alpha``: the family-wise error rate)
+SIGNIFICANCE = (
+    "where the difference stays significant after Holm's correction over every difference in "
+    "this table (family-wise error rate {alpha}, from the bootstrap p-values; the intervals are "
+    "uncorrected). Intervals and stars measure the sampling of the test images for the seeds "
+    "run, not the spread over training seeds."
+)
 # Table 6's columns: header -> the logged metric (torchmetrics' MeanAveragePrecision names).
 COCO_COLUMNS = {
     "AP": "map",
@@ -51,6 +57,8 @@ TABLE4_COLUMNS = [
     "delta_low",
     "delta_high",
     "delta_excludes_zero",
+    "delta_p",
+    "delta_holm",
     "coco_map",
     "coco_map_std",
     "coco_map_50",
@@ -158,12 +166,12 @@ def write_results(text: str, directory: str | Path, role: str = "test") -> Path:
     return path
 
 
-def delta_cell(delta: float | None, low: float, high: float, excludes_zero: bool) -> str:
-    """A difference in points and its interval, ``Δ [low, high]``, starred where the interval
-    excludes 0; ``–`` for none."""
+def delta_cell(delta: float | None, low: float, high: float, significant: bool) -> str:
+    """A difference in points and its interval, ``Δ [low, high]``, starred where it is
+    ``significant`` (after the table's correction for multiple comparisons); ``–`` for none."""
     if delta is None or not math.isfinite(delta):
         return "–"
-    star = "*" if excludes_zero else ""
+    star = "*" if significant else ""
     return f"{delta:+.1f} [{low:+.1f}, {high:+.1f}]{star}"
 
 
@@ -172,7 +180,7 @@ def _record_delta(record: Mapping[str, Any]) -> str:
     if record.get("delta") is None:
         return "–"
     return delta_cell(
-        record["delta"], record["delta_low"], record["delta_high"], record["delta_excludes_zero"]
+        record["delta"], record["delta_low"], record["delta_high"], record["delta_holm"]
     )
 
 
@@ -224,8 +232,8 @@ def table4_markdown(
         f"Table 4 ablation, setting `{setting_name}`, {seeds_text}: VOC mAP @ 0.5 on the test "
         "split (%), the paper's on VOC2007 test. Δ: mean difference from the row in `vs` over "
         f"paired seeds, with its {100 * confidence:.0f}% interval from a paired bootstrap over "
-        "the test images; * where it excludes 0. AP_S/M/L: COCO AP by object size. Train and "
-        "wall times are per run."
+        f"the test images; * {SIGNIFICANCE.format(alpha=f'{100 * (1 - confidence):g}%')} "
+        "AP_S/M/L: COCO AP by object size. Train and wall times are per run."
     )
     walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
     total = f"Total wall time of the runs: {sum(walls):.1f} min."
@@ -254,14 +262,17 @@ def comparisons_index(
 ) -> str:
     """``make ablation``'s index of its row-against-row analyses: per ``(row, ablated row,
     differences by size ("all", "small", "medium", "large"), folder)`` the AP differences in
-    points with their intervals."""
+    points with their intervals, starred by Holm's correction over every cell of the index."""
+    sizes = ("all", "small", "medium", "large")
+    cells = [by_size[size] for _, _, by_size, _ in entries for size in sizes]
+    marks = iter(holm([d.p_value for d in cells], 1.0 - confidence))
     rows = [
         [
             row,
             against,
             *(
-                delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, d.excludes_zero)
-                for d in (by_size[size] for size in ("all", "small", "medium", "large"))
+                delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, next(marks))
+                for d in (by_size[size] for size in sizes)
             ),
             str(folder),
         ]
@@ -272,7 +283,8 @@ def comparisons_index(
         "# Table 4, each row against the row it ablates\n\n"
         f"Seeds {', '.join(map(str, seeds))}, paired. Δ: AP difference in points (VOC AP at IoU "
         f"0.5; by size with COCO's rule) with its {100 * confidence:g}% paired-bootstrap "
-        "interval; * where it excludes 0. Each folder holds the row's analysis (its first seed) "
+        f"interval; * {SIGNIFICANCE.format(alpha=f'{100 * (1 - confidence):g}%')} "
+        "Each folder holds the row's analysis (its first seed) "
         "and the comparison: summary.md, figures and tables.\n\n"
         f"{markdown_table(header, rows)}\n"
     )

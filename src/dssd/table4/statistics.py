@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dssd.errors import UserError
-from dssd.evaluation.bootstrap import Difference, paired_bootstrap
+from dssd.evaluation.bootstrap import Difference, holm, paired_bootstrap
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.tables import percent
@@ -67,7 +67,9 @@ def summarize(
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
     """One record per row: mean and standard deviation over the seeds, and the difference of
-    VOC mAP from the row it ablates with its paired-bootstrap interval over the test images."""
+    VOC mAP from the row it ablates with its paired-bootstrap interval over the test images and
+    its p-value, marked significant or not by Holm's correction over the table's differences
+    (family-wise error rate ``1 - confidence``)."""
     matches = load_matches(rows, seeds, runs, out_dir)
     records = []
     for row in rows:
@@ -104,7 +106,12 @@ def summarize(
             record["delta_low"] = round(100 * difference.low, 2)
             record["delta_high"] = round(100 * difference.high, 2)
             record["delta_excludes_zero"] = difference.excludes_zero
+            record["delta_p"] = round(difference.p_value, 4)
         records.append(record)
+    compared = [r for r in records if "delta" in r]
+    marks = holm([r["delta_p"] for r in compared], 1.0 - confidence)
+    for record, significant in zip(compared, marks, strict=True):
+        record["delta_holm"] = significant
     return records
 
 
