@@ -97,7 +97,7 @@ def test_authors_code_recipe_switches_every_config_level_difference() -> None:
     dssd = resolve_with_hydra(
         compose_train("experiment=dssd321_voc0712_authors", "init_from=/x/last.ckpt")
     )
-    assert dssd.stage == 1 and dssd.training.schedules == code.schedules
+    assert dssd.stage == 1 and dssd.schedules == code.schedules
     assert dssd.model.net.head_kernel_sizes == [5, 5, 3]
 
 

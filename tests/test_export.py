@@ -127,7 +127,10 @@ def test_export_check_catches_a_broken_graph(
     assert found, message
     missing, extra = int(found[1]), int(found[2])
     # moved boxes are missing where they were and extra where they went; a looser NMS keeps more
-    assert extra > 0 and (missing > 0) == (edit is shift_one_box_head)
+    # boxes (and, at the cap of 200 per image, can push low-scored ones out: missing either way)
+    assert extra > 0
+    if edit is shift_one_box_head:
+        assert missing > 0
     # the intact file passes the same check
     check_exported(detector, ExportedModel(exported["onnx"]), tiny_checkpoint, tolerance)
 

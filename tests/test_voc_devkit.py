@@ -203,7 +203,9 @@ def test_voc_layout_and_coco_json_of_the_embedded_data_give_the_same_coco_figure
     assert len(figures["coco"]) >= 10 and figures["coco"].keys() <= figures["voc"].keys()
     for key, value in figures["coco"].items():
         assert value == pytest.approx(figures["voc"][key], abs=1e-6), key
-    assert figures["voc"]["test/map"] > 0
+    # (the tiny checkpoint trains 2 steps, so these figures may all be 0; the crowd marks are
+    # checked on hand-built data: read from COCO JSON in test_coco.py, written for the COCO
+    # metric in test_module.py)
 
 
 def pycocotools_ap(annotation_file: Path, results: list[dict]) -> float:
