@@ -64,6 +64,50 @@ def test_backbone_channels_and_dilation(depth, channels):
     assert convs3x3 and all(m.dilation == (2, 2) and m.stride == (1, 1) for m in convs3x3)
 
 
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("width", [64, 32, 16])
+def test_narrow_backbone_scales_every_layer_of_torchvision_resnet(depth, width):
+    """Each parameter has torchvision's shape with every channel count (but the image's 3)
+    scaled by width/64, and the source maps keep their sizes."""
+    reference = torchvision.models.get_model(f"resnet{depth}")
+
+    def scaled(name: str, shape: torch.Size) -> tuple[int, ...]:
+        dims = [n * width // 64 for n in shape[:2]] + list(shape[2:])
+        if name == "conv1.weight":
+            dims[1] = 3  # the image's channels
+        return tuple(dims)
+
+    expected = {
+        name: scaled(name, p.shape)
+        for name, p in reference.named_parameters()
+        if not name.startswith("fc.")
+    }
+    backbone = ResNetBackbone(depth, width=width)
+    parts = {
+        "stem.0": "conv1",
+        "stem.1": "bn1",
+        "conv2": "layer1",
+        "conv3": "layer2",
+        "conv4": "layer3",
+        "conv5": "layer4",
+    }
+    got = {}
+    for name, p in backbone.named_parameters():
+        prefix = next(k for k in parts if name.startswith(k + "."))
+        got[parts[prefix] + name[len(prefix) :]] = tuple(p.shape)
+    assert got == expected
+    c3, c5 = backbone.eval()(torch.zeros(1, 3, 129, 129))
+    assert [c3.shape[1], c5.shape[1]] == backbone.out_channels
+    assert c3.shape[-1] == 16 and c5.shape[-1] == 8
+
+
+def test_narrow_backbone_refuses_imagenet_weights_and_odd_widths():
+    with pytest.raises(ValueError, match="pretrained=false"):
+        ResNetBackbone(18, pretrained=True, width=32)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ResNetBackbone(18, width=20)
+
+
 def test_resnet101_trunk_has_all_imagenet_parameters_but_fc():
     reference = torchvision.models.resnet101()
     expected = sum(p.numel() for p in reference.parameters()) - sum(

@@ -10,6 +10,10 @@ feature maps at the resolutions of the paper's Table 2:
 
 The backbone returns the two source maps the detector predicts from: the last block of conv3_x
 (stride 8) and of conv5_x (stride 16).
+
+``width`` scales every stage's channels (64 = the paper's ResNets): the CPU-sized models on the
+embedded data use a narrower ResNet-18 with the same surgery (docs/reproducing.md, the network
+search); only the standard width can load ImageNet weights.
 """
 
 from __future__ import annotations
@@ -20,10 +24,19 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from dssd.errors import UserError
 
-RESNET_DEPTHS = (18, 34, 50, 101, 152)
+# torchvision's ResNets: residual block and blocks per stage (conv2_x .. conv5_x)
+_BLOCKS = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
+RESNET_DEPTHS = tuple(_BLOCKS)
 
 
 class PretrainedWeightsNotFoundError(UserError, FileNotFoundError):
@@ -58,15 +71,50 @@ def load_imagenet_weights(
         )
 
 
+class _ScaledResNet(torchvision.models.ResNet):
+    """torchvision's ResNet with ``width`` channels after the stem instead of 64, and every
+    later stage scaled alike (conv3_x: 2 x width, ..., conv5_x: 8 x width, times the block's
+    expansion)."""
+
+    def __init__(self, block: type[nn.Module], layers: list[int], width: int) -> None:
+        self.width = width
+        super().__init__(block, layers)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(
+        self,
+        block: type[nn.Module],
+        planes: int,
+        blocks: int,
+        stride: int = 1,
+        dilate: bool = False,
+    ) -> nn.Sequential:
+        if planes == 64:  # conv2_x: its input is the stem's output
+            self.inplanes = self.width
+        return super()._make_layer(block, planes * self.width // 64, blocks, stride, dilate)
+
+
 class ResNetBackbone(nn.Module):
     """ResNet-{18,34,50,101,152} encoder returning the conv3_x and conv5_x source maps."""
 
-    def __init__(self, depth: int = 101, pretrained: bool = False) -> None:
+    def __init__(self, depth: int = 101, pretrained: bool = False, width: int = 64) -> None:
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"ResNet depth must be one of {RESNET_DEPTHS}, got {depth}")
+        if width <= 0 or width % 8:
+            raise ValueError(f"ResNet width must be a positive multiple of 8, got {width}")
+        if pretrained and width != 64:
+            raise ValueError(
+                f"ImageNet weights exist only for width 64, got width={width}: "
+                "set model.net.backbone.pretrained=false or width=64"
+            )
         arch = f"resnet{depth}"
-        resnet = torchvision.models.get_model(arch, weights=None)
+        if width == 64:
+            resnet = torchvision.models.get_model(arch, weights=None)
+        else:
+            resnet = _ScaledResNet(*_BLOCKS[depth], width)
         resnet.fc = nn.Identity()
         if pretrained:
             load_imagenet_weights(resnet, arch)
@@ -80,7 +128,7 @@ class ResNetBackbone(nn.Module):
         self.conv4 = resnet.layer3
         self.conv5 = resnet.layer4
         expansion = 4 if depth >= 50 else 1
-        self.out_channels: list[int] = [128 * expansion, 512 * expansion]
+        self.out_channels: list[int] = [2 * width * expansion, 8 * width * expansion]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.conv2(self.stem(x))
