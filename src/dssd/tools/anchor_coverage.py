@@ -224,6 +224,28 @@ def compose_run(overrides: Sequence[str]) -> Any:
         return compose("train", overrides=list(overrides))
 
 
+def measure(
+    net: Any, data_cfg: Any, split: str, threshold: float
+) -> tuple[dict[str, Any], list[tuple[Any, int]], list[dict[str, Any]]]:
+    """The coverage report of ``net``'s default boxes on a split of the ``data_cfg`` dataset,
+    with the split's (reader, index) items and their annotations."""
+    priors = net.priors
+    layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
+    datamodule = instantiate(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit" if split != "test" else "test")
+    items = dataset_items(datamodule.datasets[split])
+    anns = [reader.annotations[i] for reader, i in items]
+    boxes, areas = object_boxes(anns)
+    if not len(boxes):
+        raise UserError(f"the {split} split of data={data_cfg._target_} holds no objects")
+    result = coverage(priors, layers, boxes, threshold)
+    side = net.image_size * np.sqrt(
+        ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).numpy()
+    )
+    return report(result, areas, side), items, anns
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=ssd321")
@@ -240,20 +262,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = compose_run(args.overrides)
     net = instantiate(cfg.model.net)
     priors = net.priors
+    data, items, anns = measure(net, cfg.data, args.split, args.threshold)
     layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit" if args.split != "test" else "test")
-    items = dataset_items(datamodule.datasets[args.split])
-    anns = [reader.annotations[i] for reader, i in items]
-    boxes, areas = object_boxes(anns)
-    if not len(boxes):
-        raise UserError(f"the {args.split} split of data={cfg.data._target_} holds no objects")
-    result = coverage(priors, layers, boxes, args.threshold)
-    side = net.image_size * np.sqrt(
-        ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).numpy()
-    )
-    data = report(result, areas, side)
     name = " ".join(args.overrides) or "train.yaml defaults"
     text = markdown(f"{name} ({args.split}, {len(priors)} default boxes)", data, args.threshold)
     print(text)

@@ -1,0 +1,174 @@
+"""The CPU-sized network search: what each candidate network for the embedded data costs.
+
+The default experiment (``experiment=shapes``) trains from scratch on 2 CPU cores, so its network
+is chosen by measurement: for each candidate (``CANDIDATES``: the same SSD code paths as the
+paper's networks, only input size, backbone width, extra-layer and prediction-module channels and
+default-box scales differ) this prints
+
+- default boxes and GMAC per image (one forward pass, ``torch.utils.flop_counter``);
+- the share of the embedded training objects its default boxes reach (best IoU > 0.5, the
+  ``dssd.tools.anchor_coverage`` measure);
+- seconds per training step (forward, MultiBoxLoss, backward, AdamW step, as in
+  ``benchmarks.speed``) at the experiment's batch, in float32 and in bf16 autocast + channels-last,
+  and each as a ratio to the first candidate measured in the same run.
+
+The candidates' accuracy comes from training them (docs/reproducing.md, "The CPU-sized network").
+
+    python -m benchmarks.search
+    python -m benchmarks.search --candidates r18w64-193 r18w32-321 --iters 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from pytorch_lightning.utilities import move_data_to_device
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.common import compose_config, environment, median, random_targets, time_in_turn
+from benchmarks.speed import images, training_step
+from dssd.tools.anchor_coverage import measure
+
+# candidate -> overrides of conf/train.yaml with experiment=shapes (its model is ssd_r18)
+CANDIDATES: dict[str, list[str]] = {
+    "r18w64-193": [],
+    "r18w32-193": ["model.net.backbone.width=32"],
+    "r18w32-257": [
+        "model.net.backbone.width=32",
+        "model.net.image_size=257",
+        "model.net.scales=[0.05,0.12,0.25,0.45,0.7,0.92]",
+    ],
+    "r18w32-321": [
+        "model.net.backbone.width=32",
+        "model.net.image_size=321",
+        "model.net.scales=[0.05,0.12,0.25,0.45,0.7,0.92]",
+    ],
+    "r18w24-321": [
+        "model.net.backbone.width=24",
+        "model.net.image_size=321",
+        "model.net.scales=[0.05,0.12,0.25,0.45,0.7,0.92]",
+        "model.net.extras.mid_channels=96",
+        "model.net.extras.out_channels=192",
+        "model.net.prediction_module.mid_channels=48",
+        "model.net.prediction_module.out_channels=192",
+    ],
+    "r18w16-321": [
+        "model.net.backbone.width=16",
+        "model.net.image_size=321",
+        "model.net.scales=[0.05,0.12,0.25,0.45,0.7,0.92]",
+        "model.net.extras.mid_channels=64",
+        "model.net.extras.out_channels=128",
+        "model.net.prediction_module.mid_channels=32",
+        "model.net.prediction_module.out_channels=128",
+    ],
+}
+
+
+def gmac(net: torch.nn.Module) -> float:
+    """Multiply-accumulates of one forward pass on one image, in billions."""
+    x = torch.zeros(1, 3, net.image_size, net.image_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net.eval()(x)
+    return counter.get_total_flops() / 2e9
+
+
+def seconds_per_step(
+    cfgs: Sequence[Any], batch: int, iters: int, warmup: int, bf16: bool
+) -> list[float]:
+    """Median seconds per training step of each candidate, all timed in turn."""
+    args = SimpleNamespace(
+        device=torch.device("cpu"), bf16=bf16, channels_last=bf16, compile=False, seed=0
+    )
+    runs = []
+    for cfg in cfgs:
+        net = instantiate(cfg.model.net)
+        if bf16:
+            net = net.to(memory_format=torch.channels_last)
+        x = images(batch, net.image_size, args)
+        targets = move_data_to_device(random_targets(batch, net.num_classes, seed=0), x.device)
+        runs.append([functools.partial(training_step(net, cfg, args), x, targets)])
+    times = time_in_turn(runs, iters, warmup)
+    return [median(stages[0]) for stages in times]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.search",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES)
+    )
+    parser.add_argument("--batch", type=int, default=16, help="training batch")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps per precision")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 timing")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides for every candidate, e.g. data.root=DIR"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    env = environment(torch.device("cpu"))
+    print(f"network search on {env['device']}", flush=True)
+    start = time.perf_counter()
+    cfgs = [
+        compose_config("ssd_r18", None, ["experiment=shapes", *CANDIDATES[name], *args.overrides])
+        for name in args.candidates
+    ]
+    rows = []
+    for name, cfg in zip(args.candidates, cfgs, strict=True):
+        net = instantiate(cfg.model.net)
+        report, _, _ = measure(net, cfg.data, "train", 0.5)
+        rows.append(
+            {
+                "candidate": name,
+                "image_size": net.image_size,
+                "default_boxes": int(net.priors.shape[0]),
+                "gmac": gmac(net),
+                "covered": report["covered"],
+            }
+        )
+    precisions = ["float32"] if args.no_bf16 else ["float32", "bf16"]
+    for precision in precisions:
+        times = seconds_per_step(cfgs, args.batch, args.iters, args.warmup, precision == "bf16")
+        for row, seconds in zip(rows, times, strict=True):
+            row[f"s_per_step_{precision}"] = seconds
+            row[f"ratio_{precision}"] = seconds / times[0]
+    header = ["candidate", "input", "default boxes", "GMAC/img", "objects reached %"]
+    header += [f"s/step {p} (x first)" for p in precisions]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [
+            r["candidate"],
+            str(r["image_size"]),
+            f"{r['default_boxes']:,}",
+            f"{r['gmac']:.2f}",
+            f"{100 * r['covered']:.1f}",
+        ]
+        cells += [f"{r[f's_per_step_{p}']:.3f} ({r[f'ratio_{p}']:.2f})" for p in precisions]
+        lines.append("| " + " | ".join(cells) + " |")
+    print(f"\nbatch {args.batch}, median of {args.iters} steps after {args.warmup} untimed\n")
+    print("\n".join(lines))
+    print(f"\n(wall time {time.perf_counter() - start:.0f} s)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The CPU-sized network search (benchmarks.search): its cost figures against independent counts."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from benchmarks import search
+from benchmarks.common import compose_config
+from conftest import tiny_data
+
+CHOSEN = ["r18w64-193", "r18w16-321"]
+
+
+def conv_gmac(net: nn.Module) -> float:
+    """MACs of every convolution of one forward pass, counted from the output shapes by hooks."""
+    total = 0
+
+    def count(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        total += output.numel() * module.in_channels // module.groups * k
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 3, net.image_size, net.image_size))
+    for hook in hooks:
+        hook.remove()
+    return total / 1e9
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_shapes: Path) -> tuple[list[dict], str]:
+    argv = ["--candidates", *CHOSEN, "--batch", "2", "--iters", "1", "--warmup", "0"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = search.main([*argv, *tiny_data(tiny_shapes)])
+    return result, printed.getvalue()
+
+
+@pytest.mark.parametrize("name", CHOSEN)
+def test_gmac_and_boxes_are_the_networks(name: str, rows, tiny_shapes: Path) -> None:
+    cfg = compose_config("ssd_r18", None, ["experiment=shapes", *search.CANDIDATES[name]])
+    net = instantiate(cfg.model.net)
+    row = next(r for r in rows[0] if r["candidate"] == name)
+    assert row["image_size"] == net.image_size
+    assert row["default_boxes"] == net.priors.shape[0]
+    assert row["gmac"] == pytest.approx(conv_gmac(net), rel=1e-9)
+
+
+def test_table_prints_every_candidate_with_ratios_to_the_first(rows) -> None:
+    result, printed = rows
+    assert [r["candidate"] for r in result] == CHOSEN
+    for precision in ("float32", "bf16"):
+        assert result[0][f"ratio_{precision}"] == 1.0
+        for r in result:
+            assert r[f"s_per_step_{precision}"] > 0
+            assert r[f"ratio_{precision}"] == pytest.approx(
+                r[f"s_per_step_{precision}"] / result[0][f"s_per_step_{precision}"]
+            )
+    for r in result:
+        assert 0 < r["covered"] <= 1
+        assert f"| {r['candidate']} | {r['image_size']} | {r['default_boxes']:,} |" in printed
+    # the 321 input with smaller boxes reaches more of the tiny set's objects than the 193 one
+    assert result[1]["covered"] > result[0]["covered"]
+
+
+def test_the_chosen_candidate_is_what_its_experiment_trains() -> None:
+    candidate = compose_config(
+        "ssd_r18", None, ["experiment=shapes", *search.CANDIDATES["r18w32-321"]]
+    )
+    chosen = compose_config("ssd_r18w32", None, ["experiment=shapes_r18w32"])
+    assert OmegaConf.to_container(chosen.model.net, resolve=True) == OmegaConf.to_container(
+        candidate.model.net, resolve=True
+    )
+    assert chosen.schedules == compose_config("ssd_r18", None, ["experiment=shapes"]).schedules
