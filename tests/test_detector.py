@@ -50,7 +50,7 @@ def test_detector_is_exported_lazily() -> None:
 
 
 def test_attributes_come_from_the_checkpoint(detector: Detector) -> None:
-    assert detector.image_size == detector.run_config.model.net.image_size == 193
+    assert detector.image_size == detector.run_config.model.net.image_size == 321
     assert detector.class_names == detector.module.class_names
     assert len(detector.class_names) == 6 and detector.device == torch.device("cpu")
     assert detector.mean == (0.485, 0.456, 0.406) and detector.std == (0.229, 0.224, 0.225)
@@ -115,7 +115,7 @@ def test_grayscale_images_are_converted_to_rgb(detector: Detector, test_images: 
     assert_same(detector.predict(gray[..., None]), expected)
     assert_same(detector.predict(Image.fromarray(gray)), expected)
     inputs, sizes = detector.preprocess([gray])
-    assert inputs.shape == (1, 3, 193, 193) and sizes.tolist() == [list(gray.shape)]
+    assert inputs.shape == (1, 3, 321, 321) and sizes.tolist() == [list(gray.shape)]
     assert sizes.dtype == torch.int64
 
 

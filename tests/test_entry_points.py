@@ -44,7 +44,7 @@ def test_eval_reproduces_the_test_map_of_train(
     last = train_dir / "checkpoints" / "last.ckpt"
     assert last.is_file()
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-    assert checkpoint["hyper_parameters"]["run_config"]["model"]["net"]["image_size"] == 193
+    assert checkpoint["hyper_parameters"]["run_config"]["model"]["net"]["image_size"] == 321
 
     run_entry_point(
         "eval.py", f"ckpt_path={last}", "trainer.accelerator=cpu", f"hydra.run.dir={eval_dir}"

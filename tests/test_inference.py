@@ -25,7 +25,7 @@ def test_the_checkpoint_rebuilds_the_trained_model(tiny_checkpoint: Path) -> Non
     detector = Detector.from_checkpoint(tiny_checkpoint, fold_bn=False)
     model, run_cfg = detector.module, detector.run_config
     assert isinstance(model, DetectionModule) and not model.training
-    assert run_cfg.model.net.image_size == 193
+    assert run_cfg.model.net.image_size == 321
     stored = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     weights = model.state_dict()
     assert weights.keys() == stored.keys()
@@ -79,7 +79,7 @@ def test_test_data_and_examples_in_original_pixels(
         example = load_example(data, index)
         image, truth = raw[index]
         assert example["image_id"] == truth["image_id"]
-        assert example["input"].shape == (3, 193, 193)
+        assert example["input"].shape == (3, 321, 321)
         assert (example["image"] == image).all()
         assert example["orig_size"].tolist() == list(image.shape[:2])
         torch.testing.assert_close(

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from benchmarks import search
-from benchmarks.common import compose_config
+from benchmarks.common import CONF, compose_config
 from conftest import tiny_data
+from dssd.config import register_resolvers
 
 CHOSEN = ["r18w64-193", "r18w16-321"]
 
@@ -72,12 +74,17 @@ def test_table_prints_every_candidate_with_ratios_to_the_first(rows) -> None:
     assert result[1]["covered"] > result[0]["covered"]
 
 
-def test_the_chosen_candidate_is_what_its_experiment_trains() -> None:
+def test_the_default_experiment_trains_the_chosen_candidate() -> None:
     candidate = compose_config(
         "ssd_r18", None, ["experiment=shapes", *search.CANDIDATES["r18w32-321"]]
     )
-    chosen = compose_config("ssd_r18w32", None, ["experiment=shapes_r18w32"])
-    assert OmegaConf.to_container(chosen.model.net, resolve=True) == OmegaConf.to_container(
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        default = compose("train")
+    assert OmegaConf.to_container(default.model.net, resolve=True) == OmegaConf.to_container(
         candidate.model.net, resolve=True
     )
-    assert chosen.schedules == compose_config("ssd_r18", None, ["experiment=shapes"]).schedules
+    # the earlier default stays available on the same recipe
+    earlier = compose_config("ssd_r18", None, ["experiment=shapes_r18_193"])
+    assert earlier.model.net.image_size == 193 and earlier.model.net.backbone.width == 64
+    assert earlier.schedules == default.schedules

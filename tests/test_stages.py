@@ -25,7 +25,8 @@ def build(*overrides: str) -> DetectionModule:
 def one_step(module: DetectionModule) -> None:
     """One SGD step of the MultiBox loss on random images with one box each."""
     module.train()
-    images = torch.randn(2, 3, 193, 193)
+    size = module.net.image_size
+    images = torch.randn(2, 3, size, size)
     targets = [
         {"boxes": torch.tensor([[0.1, 0.2, 0.5, 0.6]]), "labels": torch.tensor([1])},
         {"boxes": torch.tensor([[0.3, 0.3, 0.9, 0.8]]), "labels": torch.tensor([2])},
@@ -45,14 +46,14 @@ def batchnorms(module: torch.nn.Module) -> list[_BatchNorm]:
 
 
 def test_stage0_trains_everything() -> None:
-    module = build("model=dssd_r18")
+    module = build("model=dssd_r18w32")
     module.train()
     assert all(p.requires_grad for p in module.parameters())
     assert all(m.training for m in batchnorms(module))
 
 
 def test_stage1_freezes_backbone_and_extras_with_their_batchnorm() -> None:
-    module = build("model=dssd_r18", "stage=1", "init_from=unused.ckpt")
+    module = build("model=dssd_r18w32", "stage=1", "init_from=unused.ckpt")
     net = module.net
     before = snapshot(module)
     one_step(module)
@@ -82,9 +83,9 @@ def test_stage1_freezes_backbone_and_extras_with_their_batchnorm() -> None:
 
 
 def test_stage2_freezes_every_batchnorm_at_a_lower_lr() -> None:
-    cfg = compose_train("model=dssd_r18", "stage=2", "init_from=unused.ckpt")
+    cfg = compose_train("model=dssd_r18w32", "stage=2", "init_from=unused.ckpt")
     assert cfg.model.optimizer.lr == pytest.approx(cfg.schedules[0].lr / 10)
-    module = build("model=dssd_r18", "stage=2", "init_from=unused.ckpt")
+    module = build("model=dssd_r18w32", "stage=2", "init_from=unused.ckpt")
     before = snapshot(module)
     one_step(module)
     after = snapshot(module)
@@ -118,7 +119,7 @@ def test_init_from_loads_the_stage0_encoder_and_reports(tmp_path: Path) -> None:
     ssd = build("pm=c")
     path = tmp_path / "stage0.ckpt"
     torch.save({"state_dict": ssd.state_dict()}, path)
-    dssd = build("model=dssd_r18", "stage=1", "init_from=x")
+    dssd = build("model=dssd_r18w32", "stage=1", "init_from=x")
 
     report = load_initial_weights(dssd, path, ["backbone", "extras"])
     loaded = dssd.state_dict()
@@ -135,7 +136,7 @@ def test_init_from_refuses_mismatched_shapes(tmp_path: Path) -> None:
     ssd = build("pm=c")
     path = tmp_path / "stage0.ckpt"
     torch.save({"state_dict": ssd.state_dict()}, path)
-    dssd = build("model=dssd_r18")
+    dssd = build("model=dssd_r18w32")
     # loading everything: the prediction modules see 128-channel decoder maps in DSSD
     with pytest.raises(UserError, match=r"net\.prediction_modules\.\d+\.\S+: checkpoint"):
         load_initial_weights(dssd, path)
@@ -158,7 +159,8 @@ def test_init_from_refuses_missing_modules_and_files(tmp_path: Path) -> None:
 def test_three_stage_chain_from_the_command_line(tiny_shapes: Path, tmp_path: Path) -> None:
     common = [*tiny_run(tiny_shapes), "logger=csv", "trainer.val_check_interval=2"]
     dirs = [tmp_path / f"stage{s}" for s in range(3)]
-    run_entry_point("train.py", *common, "pm=c", "trainer.max_steps=2", f"hydra.run.dir={dirs[0]}")
+    stage0 = ["model=ssd_r18", "pm=c", "trainer.max_steps=2", f"hydra.run.dir={dirs[0]}"]
+    run_entry_point("train.py", *common, *stage0)
     for stage in (1, 2):
         proc = run_entry_point(
             "train.py",
@@ -187,7 +189,7 @@ def test_three_stage_chain_from_the_command_line(tiny_shapes: Path, tmp_path: Pa
 
 def test_frozen_batchnorms_stay_frozen_after_sync_batchnorm_conversion() -> None:
     # DDP with sync BN swaps every BatchNorm module for a SyncBatchNorm one
-    module = build("model=dssd_r18", "stage=1", "init_from=unused.ckpt")
+    module = build("model=dssd_r18w32", "stage=1", "init_from=unused.ckpt")
     module.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module.net)
     module.train()
     backbone = [m for m in module.net.backbone.modules() if isinstance(m, _BatchNorm)]
