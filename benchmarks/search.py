@@ -91,9 +91,7 @@ def seconds_per_step(
     )
     runs = []
     for cfg in cfgs:
-        net = instantiate(cfg.model.net)
-        if bf16:
-            net = net.to(memory_format=torch.channels_last)
+        net = instantiate(cfg.model.net)  # training_step makes it channels-last with bf16
         x = images(batch, net.image_size, args)
         targets = move_data_to_device(random_targets(batch, net.num_classes, seed=0), x.device)
         runs.append([functools.partial(training_step(net, cfg, args), x, targets)])

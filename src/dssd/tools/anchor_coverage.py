@@ -263,7 +263,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     net = instantiate(cfg.model.net)
     priors = net.priors
     data, items, anns = measure(net, cfg.data, args.split, args.threshold)
-    layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
     name = " ".join(args.overrides) or "train.yaml defaults"
     text = markdown(f"{name} ({args.split}, {len(priors)} default boxes)", data, args.threshold)
     print(text)
@@ -280,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reader, index = items[first]
             image = read_image(reader.image_paths[index])
             truth = np.asarray(anns[first]["boxes"])
+            layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
             picture = draw_layer(image, priors, layers, args.layer, truth)
             Image.fromarray(picture).save(args.out / f"layer{args.layer}.png")
     return data
