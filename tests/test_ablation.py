@@ -98,7 +98,7 @@ def test_control_row_is_the_dssd_rows_stage_1_without_the_deconvolution_module()
     dssd_train = resolve_with_hydra(
         compose_train(*cfg.ablation[dssd.net], *dssd.overrides, "stage=1", "init_from=/x/last.ckpt")
     )
-    assert "deconv" not in train.model.net or train.model.net.deconv is None
+    assert train.model.net.neck is None
     assert train.model.freeze == dssd_train.model.freeze == ["backbone", "extras"]
     # the same parts loaded from PM(c) as the DSSD rows; prediction modules and heads start fresh
     assert train.stages[1].init_modules == dssd_train.stages[1].init_modules
@@ -212,13 +212,13 @@ def test_every_setting_composes_each_row_into_a_train_config(setting: str) -> No
         assert train.stage == row.stage
         assert train.trainer.max_steps == train.schedules[row.stage].max_steps
         net = train.model.net
-        assert ("deconv" in net and net.deconv is not None) == (row.net == "dssd")
+        assert (net.neck is not None) == (row.net == "dssd")
         pm = next(o.split("=")[1] for o in row.overrides if o.startswith("pm="))
         assert train.voc_results is None and train.test_ckpt == "last"
         assert net.prediction_module.variant == pm
         if row.net == "dssd":
             fusion = next(o.split("=")[1] for o in row.overrides if o.startswith("fusion="))
-            assert net.deconv.fusion == fusion
+            assert net.neck.fusion == fusion
 
 
 def test_out_dir_is_named_after_the_setting() -> None:

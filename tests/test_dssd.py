@@ -8,7 +8,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from dssd.models import SSD, DeconvolutionModule, ExtraLayers, PredictionModule, ResNetBackbone
+from dssd.models import (
+    SSD,
+    Decoder,
+    DeconvolutionModule,
+    ExtraLayers,
+    PredictionModule,
+    ResNetBackbone,
+)
 from dssd.models.deconvolution import transposed_conv_shape
 from test_configs import compose_train
 
@@ -19,11 +26,18 @@ def tiny_net(pm: str = "a", fusion: str | None = None, upsample: str = "deconv")
     torch.manual_seed(0)
     extras = partial(ExtraLayers, layers=[(2, 2), (2, 2)], mid_channels=16, out_channels=32)
     module = partial(PredictionModule, variant=pm, mid_channels=8, out_channels=24)
-    deconv = None
+    neck = None
     if fusion is not None:
-        deconv = partial(DeconvolutionModule, channels=16, fusion=fusion, upsample=upsample)
+        neck = partial(Decoder, fusion=fusion, upsample=upsample)
     return SSD(
-        ResNetBackbone(18), extras, 3, 129, TINY_SCALES, prediction_module=module, deconv=deconv
+        ResNetBackbone(18),
+        extras,
+        3,
+        129,
+        TINY_SCALES,
+        prediction_module=module,
+        neck=neck,
+        neck_channels=16,
     )
 
 
@@ -146,9 +160,10 @@ def test_dssd321_uses_the_paper_defaults() -> None:
     assert all(m.variant == "d" for m in sum_net.prediction_modules)
 
 
-def test_fusion_on_a_plain_ssd_model_is_a_clear_error() -> None:
-    with pytest.raises(Exception, match="DSSD models only"):
-        instantiate(compose_train("model=ssd_r18", "fusion=sum").model.net)
+@pytest.mark.parametrize("neck", ["none", "fpn"])
+def test_fusion_without_dssds_neck_is_a_clear_error(neck: str) -> None:
+    with pytest.raises(Exception, match="neck=dssd only"):
+        instantiate(compose_train("model=ssd_r18", f"neck={neck}", "fusion=sum").model.net)
 
 
 @pytest.mark.parametrize(

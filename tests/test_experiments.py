@@ -68,7 +68,7 @@ def test_paper_recipes_hold_the_papers_batch_and_schedules(
         assert cfg.run_name.startswith(net)
         # SSD starts from ImageNet weights; DSSD from the SSD checkpoint (init_from)
         assert cfg.model.net.backbone.pretrained == (first_stage == 0)
-        assert ("deconv" in cfg.model.net and cfg.model.net.deconv is not None) == (net[0] == "d")
+        assert (cfg.model.net.neck is not None) == (net[0] == "d")
 
 
 def test_authors_code_recipe_switches_every_config_level_difference() -> None:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from dssd.models import (
     SSD,
-    DeconvolutionModule,
+    Decoder,
     ExtraLayers,
     PredictionModule,
     ResNetBackbone,
@@ -32,7 +32,8 @@ def make_ssd(depth: int, dssd: bool) -> SSD:
             "prediction_module": partial(
                 PredictionModule, variant="c", mid_channels=8, out_channels=16
             ),
-            "deconv": partial(DeconvolutionModule, channels=16),
+            "neck": Decoder,
+            "neck_channels": 16,
         }
     return SSD(ResNetBackbone(depth), extras, 3, SIZE, SCALES, **kwargs)
 

@@ -115,11 +115,13 @@ def test_check_stage_refuses(overrides: list[str], message: str) -> None:
         check_stage(compose_train(*overrides))
 
 
-def test_init_from_loads_the_stage0_encoder_and_reports(tmp_path: Path) -> None:
+@pytest.mark.parametrize("neck", ["dssd", "fpn", "panet", "bifpn"])
+def test_init_from_loads_the_stage0_encoder_and_reports(neck: str, tmp_path: Path) -> None:
+    """Stage 1 starts any neck alike: the stage-0 encoder is loaded, the neck is new."""
     ssd = build("pm=c")
     path = tmp_path / "stage0.ckpt"
     torch.save({"state_dict": ssd.state_dict()}, path)
-    dssd = build("model=dssd_r18w32", "stage=1", "init_from=x")
+    dssd = build("model=dssd_r18w32", f"neck={neck}", "stage=1", "init_from=x")
 
     report = load_initial_weights(dssd, path, ["backbone", "extras"])
     loaded = dssd.state_dict()

@@ -157,7 +157,7 @@ def test_every_run_of_the_sweep_composes_with_its_parameters(path: Path) -> None
                 assert resolved["model"]["net"]["prediction_module"]["variant"] == value
                 assert f"pm_{value}" in resolved["run_name"]
             elif name == "fusion":
-                assert resolved["model"]["net"]["deconv"]["fusion"] == value
+                assert resolved["model"]["net"]["neck"]["fusion"] == value
             elif name == "optimizer":
                 assert cfg.hydra.runtime.choices.optimizer == value
                 assert (

@@ -31,20 +31,30 @@ def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
 
 
 def _run_parts(model: str, root: DictConfig) -> dict[str, str]:
-    """What tells the rows of the paper's ablation (Table 4) apart: model, PM, fusion, stage."""
+    """What tells the rows of the paper's ablation (Table 4) and of the necks' table apart: model,
+    PM, neck (DSSD's decoder by its fusion, the others by name), stage."""
     net = root.model.net
     parts = {"model": model, "pm": OmegaConf.select(net, "prediction_module.variant", default="a")}
-    fusion = OmegaConf.select(net, "deconv.fusion", default=None)
-    if fusion:
-        parts["fusion"] = fusion
+    neck = OmegaConf.select(net, "neck._target_", default=None)
+    if neck == "dssd.models.Decoder":
+        parts["fusion"] = OmegaConf.select(net, "neck.fusion", default="prod")
+    elif neck:
+        parts["neck"] = neck.rsplit(".", 1)[-1].lower()
     parts["stage"] = str(root.stage)
     return parts
 
 
 def run_name(model: str, _root_: DictConfig) -> str:
-    """``${run_name:${hydra:runtime.choices.model}}``, e.g. ``dssd321-pm_c-prod-stage1``."""
+    """``${run_name:${hydra:runtime.choices.model}}``, e.g. ``dssd321-pm_c-prod-stage1`` or
+    ``ssd_r18-pm_c-fpn-stage1``."""
     parts = _run_parts(model, _root_)
-    words = [parts["model"], f"pm_{parts['pm']}", parts.get("fusion"), f"stage{parts['stage']}"]
+    words = [
+        parts["model"],
+        f"pm_{parts['pm']}",
+        parts.get("neck"),
+        parts.get("fusion"),
+        f"stage{parts['stage']}",
+    ]
     return "-".join(w for w in words if w)
 
 

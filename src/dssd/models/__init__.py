@@ -7,13 +7,17 @@ from dssd.models.default_boxes import DefaultBoxes
 from dssd.models.extra_layers import ExtraLayers
 from dssd.models.fold_bn import count_batchnorms, fold_batchnorm
 from dssd.models.heads import PredictionHeads
+from dssd.models.necks import FPN, BiFPN, PANet
 from dssd.models.prediction_modules import PredictionModule
 from dssd.models.ssd import SSD
 from dssd.models.vgg import L2Norm, VGGBackbone, VGGExtraLayers
 
 __all__ = [
     "SSD",
+    "BiFPN",
     "Decoder",
+    "FPN",
+    "PANet",
     "DeconvolutionModule",
     "DefaultBoxes",
     "ExtraLayers",

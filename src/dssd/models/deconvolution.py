@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -73,33 +73,43 @@ class DeconvolutionModule(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The DSSD decoder: starts at the coarsest encoder map and climbs back to the largest.
+    """The DSSD decoder (the ``dssd`` neck): starts at the coarsest encoder map and climbs back to
+    the largest with one deconvolution module per step.
 
-    Returns the fused maps, largest first, followed by the coarsest encoder map: the maps that
-    DSSD predicts from.
+    Returns the fused maps (``channels`` each), largest first, followed by the coarsest encoder
+    map: the maps that DSSD predicts from.
+
+    Args:
+        in_channels, sizes: the encoder maps' channels and sizes, largest first.
+        channels, fusion, upsample: of every :class:`DeconvolutionModule` (the paper: 512,
+            ``prod``, ``deconv``).
     """
 
     def __init__(
         self,
-        deconv: Callable[..., DeconvolutionModule],
-        encoder_channels: Sequence[int],
-        encoder_sizes: Sequence[int],
+        in_channels: Sequence[int],
+        sizes: Sequence[int],
+        channels: int = 512,
+        fusion: str = "prod",
+        upsample: str = "deconv",
     ) -> None:
         super().__init__()
         modules = []
-        decoder_channels = encoder_channels[-1]
-        for k in reversed(range(len(encoder_channels) - 1)):
-            module = deconv(
-                decoder_channels=decoder_channels,
-                encoder_channels=encoder_channels[k],
-                decoder_size=encoder_sizes[k + 1],
-                encoder_size=encoder_sizes[k],
+        decoder_channels = in_channels[-1]
+        for k in reversed(range(len(in_channels) - 1)):
+            module = DeconvolutionModule(
+                decoder_channels,
+                in_channels[k],
+                sizes[k + 1],
+                sizes[k],
+                channels=channels,
+                fusion=fusion,
+                upsample=upsample,
             )
             modules.append(module)
             decoder_channels = module.out_channels
         self.modules_coarse_to_fine = nn.ModuleList(modules)
-        fused = [m.out_channels for m in reversed(modules)]
-        self.out_channels: list[int] = [*fused, encoder_channels[-1]]
+        self.out_channels: list[int] = [channels] * len(modules) + [in_channels[-1]]
 
     def forward(self, encoder_maps: Sequence[Tensor]) -> list[Tensor]:
         x = encoder_maps[-1]

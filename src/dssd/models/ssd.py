@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from dssd.models.deconvolution import Decoder, DeconvolutionModule
 from dssd.models.default_boxes import DefaultBoxes
 from dssd.models.heads import PredictionHeads
 from dssd.models.prediction_modules import PredictionModule
 
 
 class SSD(nn.Module):
-    """Single Shot Detector; with ``deconv`` it is DSSD (paper Figure 1).
+    """Single Shot Detector; with DSSD's decoder as its ``neck`` it is DSSD (paper Figure 1).
 
     ``net(images) -> (loc [B, P, 4], conf [B, P, C + 1])``; ``net.priors`` holds the ``[P, 4]``
     default boxes (cx, cy, w, h) normalised to the input, in the same order as the predictions.
 
-    The encoder is ``backbone`` followed by ``extras``; SSD predicts from its maps. DSSD's decoder
-    climbs back from the coarsest map with one deconvolution module per step and predicts from
-    every fused map plus the coarsest encoder map. A prediction module sits before each
-    pair of loc/conf heads.
+    The encoder is ``backbone`` followed by ``extras``; SSD predicts from its maps. A neck
+    (``self.decoder``) turns them into as many maps of the same sizes: DSSD's decoder climbs back
+    from the coarsest map with one deconvolution module per step and predicts from every fused map
+    plus the coarsest encoder map; FPN, PANet and BiFPN (:mod:`dssd.models.necks`) are the
+    alternatives. A prediction module sits before each pair of loc/conf heads.
 
     Args:
         backbone: returns a list of source maps and exposes ``out_channels``.
@@ -35,7 +37,10 @@ class SSD(nn.Module):
         head_kernel_sizes: loc/conf conv kernel, one int for all sources, or a list from the
             largest source on whose last value repeats (see :class:`PredictionHeads`).
         prediction_module: builds a prediction module from a map's channels; default (a).
-        deconv: builds a deconvolution module (see :class:`Decoder`); ``None`` for plain SSD.
+        neck: builds the neck as ``neck(in_channels, sizes, channels=neck_channels)``
+            (a Hydra partial of :class:`~dssd.models.Decoder`, :class:`~dssd.models.FPN`, ...);
+            ``None`` for plain SSD.
+        neck_channels: the width of the neck's maps (DSSD's deconvolution modules: 512).
     """
 
     def __init__(
@@ -48,14 +53,11 @@ class SSD(nn.Module):
         aspect_ratios: Sequence[float] | Sequence[Sequence[float]] = (1.6, 2.0, 3.0),
         head_kernel_sizes: Sequence[int] | int = 3,
         prediction_module: Callable[[int], PredictionModule] | None = None,
-        deconv: Callable[..., DeconvolutionModule] | None = None,
+        neck: Callable[..., nn.Module] | None = None,
+        neck_channels: int = 512,
     ) -> None:
         super().__init__()
-        if deconv is not None and not callable(deconv):
-            raise ValueError(
-                f"deconv must build a deconvolution module, got {deconv!r}: fusion=... and "
-                "upsample=... apply to DSSD models only (e.g. model=dssd321)"
-            )
+        _check_neck(neck)
         self.num_classes = num_classes
         self.image_size = image_size
         self.backbone = backbone
@@ -63,7 +65,9 @@ class SSD(nn.Module):
         encoder_channels = [*backbone.out_channels, *self.extras.out_channels]
         self.feature_sizes = self._encoder_sizes()
         self.decoder = (
-            Decoder(deconv, encoder_channels, self.feature_sizes) if deconv is not None else None
+            neck(encoder_channels, self.feature_sizes, channels=neck_channels)
+            if neck is not None
+            else None
         )
         source_channels = self.decoder.out_channels if self.decoder else encoder_channels
         if prediction_module is None:
@@ -109,3 +113,16 @@ class SSD(nn.Module):
         if len(set(sizes)) != len(sizes):
             raise ValueError(f"extra layers give source-map sizes {sizes}: check extra_layers")
         return sizes
+
+
+def _check_neck(neck: Callable[..., nn.Module] | None) -> None:
+    """A clear error for options given to a neck that does not take them (``fusion=`` and
+    ``upsample=`` with a neck other than DSSD's, or with none)."""
+    hint = "fusion=... and upsample=... apply to neck=dssd only (e.g. model=dssd321)"
+    if neck is not None and not callable(neck):
+        raise ValueError(f"neck must build a neck, got {neck!r}: {hint}")
+    if isinstance(neck, functools.partial):
+        accepted = inspect.signature(neck.func).parameters
+        unknown = sorted(set(neck.keywords) - set(accepted))
+        if unknown:
+            raise ValueError(f"neck {neck.func.__name__} takes no {unknown}: {hint}")
