@@ -144,6 +144,30 @@ def test_init_from_refuses_mismatched_shapes(tmp_path: Path) -> None:
         load_initial_weights(dssd, path)
 
 
+def test_init_from_another_class_list_reinitialises_only_the_classification_heads(
+    tmp_path: Path,
+) -> None:
+    """Fine-tuning on data with another class count: all but the conf heads is loaded."""
+    trained = build("pm=c")
+    path = tmp_path / "six_classes.ckpt"
+    torch.save({"state_dict": trained.state_dict()}, path)
+    fresh = build("pm=c", "data.class_names=[a,b,c]")
+    initial = {k: v.clone() for k, v in fresh.state_dict().items()}
+
+    report = load_initial_weights(fresh, path)
+    after = fresh.state_dict()
+    conf_heads = [k for k in after if k.startswith("net.heads.conf.")]
+    assert conf_heads and sorted(report.reinitialised) == sorted(conf_heads)
+    assert sorted(report.loaded) == sorted(set(after) - set(conf_heads))
+    for key in conf_heads:  # as initialised, for 3 classes + background
+        assert torch.equal(after[key], initial[key])
+        assert after[key].shape[0] % 4 == 0 and after[key].shape != trained.state_dict()[key].shape
+    for key in report.loaded:
+        assert torch.equal(after[key], trained.state_dict()[key]), key
+    assert not report.new and not report.dropped
+    assert "re-initialised (classification heads of another class count)" in report.summary()
+
+
 def test_init_from_refuses_missing_modules_and_files(tmp_path: Path) -> None:
     ssd = build()
     path = tmp_path / "partial.ckpt"

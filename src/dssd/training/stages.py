@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InitReport:
-    """Which tensors of the network came from the checkpoint, which are new, which were left."""
+    """Which tensors of the network came from the checkpoint, which are new, which were left, and
+    which classification heads were re-initialised because the class count differs."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    reinitialised: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"init_from {self.source}:"]
@@ -36,6 +38,7 @@ class InitReport:
             ("loaded", self.loaded),
             ("new (initialised here)", self.new),
             ("dropped (in the checkpoint, not used)", self.dropped),
+            ("re-initialised (classification heads of another class count)", self.reinitialised),
         ):
             lines.append(f"  {title}: {len(names)} tensors{_by_module(names)}")
         return "\n".join(lines)
@@ -70,9 +73,14 @@ def load_initial_weights(
             must all come from the checkpoint; tensors elsewhere are left as initialised. ``None``
             loads every tensor whose name is in both.
 
+    A checkpoint trained on another class list (fine-tuning on new data) differs only in the
+    classification heads' output channels: those are left as initialised and reported as
+    re-initialised, and everything else is loaded.
+
     Raises:
-        UserError: a tensor to load has another shape in the checkpoint, or a module listed in
-            ``modules`` is missing from it, naming the tensors.
+        UserError: a tensor to load has another shape in the checkpoint (other than the
+            classification heads' class count), or a module listed in ``modules`` is missing
+            from it, naming the tensors.
     """
     source = read_state_dict(path)
     target = model.state_dict()
@@ -92,6 +100,9 @@ def load_initial_weights(
                 f"{missing[:3]}: was it trained with another backbone or extra layers?"
             )
     load = {n: t for n, t in source.items() if n in target and wanted(n)}
+    reinitialised = [n for n, t in load.items() if _other_class_count(n, t, target[n])]
+    for name in reinitialised:
+        del load[name]
     mismatched = [n for n, t in load.items() if t.shape != target[n].shape]
     if mismatched:
         details = "; ".join(
@@ -107,11 +118,29 @@ def load_initial_weights(
     report = InitReport(
         source=str(path),
         loaded=list(load),
-        new=[n for n in target if n not in load],
-        dropped=[n for n in source if n not in load],
+        new=[n for n in target if n not in load and n not in reinitialised],
+        dropped=[n for n in source if n not in load and n not in reinitialised],
+        reinitialised=reinitialised,
     )
     log.info(report.summary())
+    if reinitialised:
+        log.warning(
+            "init_from %s was trained with another number of classes: its classification heads "
+            "(%d tensors) are re-initialised, everything else is loaded",
+            path,
+            len(reinitialised),
+        )
     return report
+
+
+def _other_class_count(name: str, saved: Tensor, current: Tensor) -> bool:
+    """Whether ``name`` is a classification head's tensor that differs only in its output
+    channels (``boxes x (classes + 1)``), as when the checkpoint has another class list."""
+    return (
+        name.startswith("net.heads.conf.")
+        and saved.shape != current.shape
+        and saved.shape[1:] == current.shape[1:]
+    )
 
 
 def freeze_modules(net: nn.Module, modules: Sequence[str], batchnorm: bool) -> list[_BatchNorm]:
