@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from pytorch_lightning.utilities import move_data_to_device
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import compose_config, environment, median, random_targets, time_in_turn
 from benchmarks.speed import images, training_step
+from dssd.models.cost import gmac
 from dssd.tools.anchor_coverage import measure
 
 # candidate -> overrides of conf/train.yaml with experiment=shapes (its model is ssd_r18)
@@ -71,15 +71,6 @@ CANDIDATES: dict[str, list[str]] = {
         "model.net.prediction_module.out_channels=128",
     ],
 }
-
-
-def gmac(net: torch.nn.Module) -> float:
-    """Multiply-accumulates of one forward pass on one image, in billions."""
-    x = torch.zeros(1, 3, net.image_size, net.image_size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net.eval()(x)
-    return counter.get_total_flops() / 2e9
 
 
 def seconds_per_step(

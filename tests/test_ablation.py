@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import ROOT, TINY_ROWS, TINY_SEEDS, run_entry_point
 from dssd.config import register_resolvers
@@ -199,6 +199,15 @@ def test_train_command_chains_final_weights_per_seed_and_puts_extra_overrides_la
     assert not any(arg.startswith(("init_from=", "ckpt_path=")) for arg in first)
 
 
+NECK_TARGETS = {
+    "none": None,
+    "dssd": "dssd.models.Decoder",
+    "fpn": "dssd.models.FPN",
+    "panet": "dssd.models.PANet",
+    "bifpn": "dssd.models.BiFPN",
+}
+
+
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_every_setting_composes_each_row_into_a_train_config(setting: str) -> None:
     """Each row's overrides, under every setting, give a train config with its stage, model and
@@ -212,13 +221,46 @@ def test_every_setting_composes_each_row_into_a_train_config(setting: str) -> No
         assert train.stage == row.stage
         assert train.trainer.max_steps == train.schedules[row.stage].max_steps
         net = train.model.net
-        assert (net.neck is not None) == (row.net == "dssd")
-        pm = next(o.split("=")[1] for o in row.overrides if o.startswith("pm="))
+        chosen = dict(o.split("=", 1) for o in row.overrides)
+        neck = chosen.get("neck", "dssd" if row.net == "dssd" else "none")
+        assert (net.neck or {}).get("_target_") == NECK_TARGETS[neck]
         assert train.voc_results is None and train.test_ckpt == "last"
-        assert net.prediction_module.variant == pm
-        if row.net == "dssd":
-            fusion = next(o.split("=")[1] for o in row.overrides if o.startswith("fusion="))
-            assert net.neck.fusion == fusion
+        assert net.prediction_module.variant == chosen["pm"]
+        if "fusion" in chosen:
+            assert net.neck.fusion == chosen["fusion"]
+
+
+def test_the_necks_setting_shares_table_4s_network_and_runs_every_neck() -> None:
+    """ABLATION=necks_shapes: PM(c), the control and DSSD's decoder compose to the same train
+    configs as Table 4's rows of the same setting; then one row per later neck, compared with
+    DSSD's decoder."""
+    table4 = compose_table4("ablation=shapes")
+    necks = compose_table4("ablation=necks_shapes")
+    assert list(necks.ablation.ssd) == list(table4.ablation.ssd)
+
+    def train_config(cfg: DictConfig, row_id: str) -> dict:
+        row = {r.id: r for r in parse_rows(cfg.rows)}[row_id]
+        overrides = [*cfg.ablation[row.net], *row.overrides, f"stage={row.stage}"]
+        if row.init_from:
+            overrides.append("init_from=/x/last.ckpt")
+        train = OmegaConf.to_container(resolve_with_hydra(compose_train(*overrides)))
+        names = ("run_name", "run_tags", "hydra", "logger")  # named after the model choice
+        return {k: v for k, v in train.items() if k not in names}
+
+    for mine, theirs in [
+        ("ssd_pm_c", "ssd_pm_c"),
+        ("control", "ssd_pm_c_control"),
+        ("dssd", "dssd_prod"),
+    ]:
+        assert train_config(necks, mine) == train_config(table4, theirs), mine
+    rows = {r.id: r for r in parse_rows(necks.rows)}
+    assert [rows[n].ablates for n in ("control", "dssd", "fpn", "panet", "bifpn")] == [
+        "ssd_pm_c",
+        "control",
+        "dssd",
+        "dssd",
+        "dssd",
+    ]
 
 
 def test_out_dir_is_named_after_the_setting() -> None:
@@ -266,6 +308,9 @@ def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
     # PM (c) adds a residual block per source; DSSD adds the deconvolution modules
     assert params["ssd_pm_a"] < params["ssd_pm_c"] == params["ssd_pm_c_control"]
     assert params["ssd_pm_c"] < params["dssd_prod"] == params["dssd_prod_stage2"]
+    gmac = {r["row"]: float(r["gmac"]) for r in records}
+    assert gmac["ssd_pm_a"] < gmac["ssd_pm_c"] == gmac["ssd_pm_c_control"] < gmac["dssd_prod"]
+    assert gmac["dssd_prod"] == gmac["dssd_prod_stage2"]
     markdown = (out_dir / "table4.md").read_text()
     if len(seeds) > 1:
         listed = ", ".join(map(str, seeds))

@@ -73,7 +73,7 @@ def run_dirs_by_label(run_dirs: RunDirs) -> dict[str, Path]:
 
 def load_runs(run_dirs: RunDirs) -> pd.DataFrame:
     """One row per run dir (index: the mapping's labels or the dirs' names) from its
-    ``test_results.json``: run_name, stage, parameters, trainable_parameters, fit_seconds,
+    ``test_results.json``: run_name, stage, parameters, trainable_parameters, gmac, fit_seconds,
     run_dir, then every test metric (``test/map``, ``test/voc_map``, ``test/ap/<class>``...)."""
     rows = {}
     for label, run_dir in run_dirs_by_label(run_dirs).items():
@@ -83,6 +83,7 @@ def load_runs(run_dirs: RunDirs) -> pd.DataFrame:
             "stage": record.get("stage"),
             "parameters": record.get("parameters"),
             "trainable_parameters": record.get("trainable_parameters"),
+            "gmac": record.get("gmac"),
             "fit_seconds": record.get("fit_seconds"),
             "run_dir": str(run_dir),
             **{k: v for k, v in record.get("metrics", {}).items() if k.startswith("test/")},

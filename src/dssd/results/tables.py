@@ -66,6 +66,7 @@ TABLE4_COLUMNS = [
     "ap_medium",
     "ap_large",
     "parameters",
+    "gmac",
     "fit_minutes",
     "wall_minutes",
 ]
@@ -205,6 +206,7 @@ def table4_markdown(
         "AP_L",
         f"COCO AP{spread}",
         "params (M)",
+        "GMAC",
         "train (min)",
         "wall (min)",
     ]
@@ -220,6 +222,7 @@ def table4_markdown(
             cell(r["ap_large"]),
             mean_std_cell(r["coco_map"], r.get("coco_map_std")),
             cell(r["parameters"] / 1e6 if r["parameters"] else None, 2),
+            cell(r.get("gmac"), 2),
             cell(r["fit_minutes"]),
             cell(r["wall_minutes"]),
         ]
@@ -233,7 +236,8 @@ def table4_markdown(
         "split (%), the paper's on VOC2007 test. Δ: mean difference from the row in `vs` over "
         f"paired seeds, with its {100 * confidence:.0f}% interval from a paired bootstrap over "
         f"the test images; * {SIGNIFICANCE.format(alpha=f'{100 * (1 - confidence):g}%')} "
-        "AP_S/M/L: COCO AP by object size. Train and wall times are per run."
+        "AP_S/M/L: COCO AP by object size. GMAC: multiply-accumulates per image. Train and wall "
+        "times are per run."
     )
     walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
     total = f"Total wall time of the runs: {sum(walls):.1f} min."

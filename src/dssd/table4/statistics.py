@@ -53,6 +53,7 @@ def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[di
                     "run_dir": str(directory.relative_to(out_dir)),
                     "model": result.get("run_name", ""),
                     "parameters": result.get("parameters"),
+                    "gmac": result.get("gmac"),
                 }
             )
     return records
@@ -94,6 +95,7 @@ def summarize(
             "seeds": len(mine),
             "paper_voc_map": row.paper_voc_map,
             "parameters": mine[0]["parameters"],
+            "gmac": mine[0]["gmac"],
         }
         for key in (*METRICS, "fit_minutes", "wall_minutes"):
             values = [r[key] for r in mine if r[key] is not None]

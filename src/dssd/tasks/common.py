@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from dssd.evaluation.module import DetectionEvaluation
+from dssd.models.cost import gmac
 from dssd.results.runs import write_results_json
 from dssd.results.tables import results_tables, write_results
 from dssd.training.callbacks import COCOResultsWriter, VOCResultsWriter
@@ -65,8 +66,8 @@ def report_test_results(
 
     ``test_results.md`` holds the tables; ``test_results.json`` the same figures for programs
     (``make ablation``, the notebooks): every scalar metric, per-class AP, the network's parameter
-    counts (of a checkpoint's network), the checkpoint or exported file tested and, after
-    training, the fit time in seconds (``extra``).
+    counts and GMAC per image (of a checkpoint's network), the checkpoint or exported file tested
+    and, after training, the fit time in seconds (``extra``).
     """
     per_class = model.per_class_ap.get("test", {})
     name = cfg.get("run_name", cfg.task_name)
@@ -84,5 +85,6 @@ def report_test_results(
         record["trainable_parameters"] = sum(
             p.numel() for p in model.net.parameters() if p.requires_grad
         )
+        record["gmac"] = round(gmac(model.net), 4)
     write_results_json(record, cfg.paths.output_dir)
     log.info("Test results (also in %s):\n%s", path, text)
