@@ -1,6 +1,10 @@
 """Networks: backbones, extra layers, prediction heads, default boxes and the detectors."""
 
-from dssd.models.backbones import PretrainedWeightsNotFoundError, ResNetBackbone
+from dssd.models.backbones import (
+    PretrainedWeightsNotFoundError,
+    ResNetBackbone,
+    TorchvisionBackbone,
+)
 from dssd.models.blocks import ResidualBottleneck, conv_bn
 from dssd.models.deconvolution import Decoder, DeconvolutionModule
 from dssd.models.default_boxes import DefaultBoxes
@@ -30,6 +34,7 @@ __all__ = [
     "VGGExtraLayers",
     "PretrainedWeightsNotFoundError",
     "ResNetBackbone",
+    "TorchvisionBackbone",
     "count_batchnorms",
     "fold_batchnorm",
 ]
