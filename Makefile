@@ -20,6 +20,9 @@ BENCH_ARGS ?=
 BENCH_ARGS_BASELINES ?=
 # and of the exported models' benchmark (python -m benchmarks.export --help)
 BENCH_ARGS_EXPORT ?=
+# and of the necks' speed (the CPU-sized DSSD with each neck in turn)
+BENCH_ARGS_NECKS ?=
+NECK_MODELS := ssd_r18:pm=c dssd_r18 dssd_r18:neck=fpn dssd_r18:neck=panet dssd_r18:neck=bifpn
 
 .PHONY: install data train ablation bench test test-full lint format clean
 
@@ -50,13 +53,15 @@ ablation: data
 
 # Speed in the layout of the paper's Table 7 (images/s at batch 1 and a large batch, BN unfolded
 # and folded, with and without NMS, training in memory and fed by the shapes loader), then the
-# baselines, then the exported models (onnxruntime, TorchScript) against eager; see
+# baselines, then the exported models (onnxruntime, TorchScript) against eager, then the CPU-sized
+# DSSD with each neck (neck=dssd|fpn|panet|bifpn, and none); see
 # docs/benchmarks.md. `BENCH_ARGS="--profile DIR"` adds profiler traces.
 # On a GPU: make bench BENCH_ARGS="--bf16 --channels-last --large-batch 64 data.num_workers=12"
 bench: install
 	$(PY) -m benchmarks.speed $(BENCH_ARGS)
 	$(PY) -m benchmarks.baselines $(BENCH_ARGS_BASELINES)
 	$(PY) -m benchmarks.export $(BENCH_ARGS_EXPORT)
+	$(PY) -m benchmarks.speed --models $(NECK_MODELS) --train-data none $(BENCH_ARGS_NECKS)
 
 # Fast suite (slow tests excluded); `make test-full` runs everything.
 test: install

@@ -14,12 +14,11 @@ from typing import Any
 
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from dssd.config import register_resolvers
+from dssd.config import compose_train
 
 ROOT = Path(os.environ.get("PROJECT_ROOT", Path(__file__).resolve().parents[1]))
 CONF = ROOT / "conf"
@@ -38,13 +37,10 @@ def compose_config(
     ``model.net``, ``model.loss``, ``model.postprocess``, ``model.optimizer`` and ``data`` can be
     instantiated from it; ``paths.output_dir`` and what reads it need a running Hydra app.
     """
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    register_resolvers()
     overrides = [f"model={model}", *overrides]
     if image_size is not None:
         overrides.append(f"model.net.image_size={image_size}")
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_train(overrides)
 
 
 def build_net(model: str, image_size: int | None, overrides: Sequence[str] = ()) -> nn.Module:

@@ -31,6 +31,7 @@ of the timed passes, after untimed warm-up passes.
     python -m benchmarks.speed --models dssd321 --profile profiles data.num_workers=12
     python -m benchmarks.speed --models dssd321 --only inference --large-batch 1 --iters 20
     python -m benchmarks.speed --only loader --models ssd321 ssd513 --train-data voc0712
+    python -m benchmarks.speed --models dssd321 dssd321:neck=fpn dssd321:neck=bifpn  # the necks
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from benchmarks.common import (
     time_in_turn,
 )
 from dssd.models import count_batchnorms, fold_batchnorm
+from dssd.tools.network_table import spec_overrides
 
 DEFAULT_MODELS = ("ssd321", "dssd321", "ssd513", "dssd513", "ssd300_vgg")
 # The paper's SSD321 and SSD513 rows (Tables 3, 6 and 7) include prediction module (c).
@@ -101,7 +103,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--models", nargs="+", default=list(DEFAULT_MODELS), choices=model_names(), metavar="NAME"
+        "--models",
+        nargs="+",
+        default=list(DEFAULT_MODELS),
+        type=model_spec,
+        metavar="NAME[:OVERRIDES]",
+        help="model configs, each optionally with comma-separated overrides of its own, e.g. "
+        "dssd_r18:neck=fpn (one of: " + ", ".join(model_names()) + ")",
     )
     parser.add_argument(
         "--only", nargs="+", choices=SECTIONS, default=["inference", "training"], help="sections"
@@ -332,9 +340,21 @@ def time_training(
     return median(times)
 
 
-def model_config(name: str, image_size: int | None, overrides: Sequence[str]) -> DictConfig:
-    """The config of model ``name`` as the paper's tables time it (``PAPER_VARIANTS``)."""
-    return compose_config(name, image_size, [*PAPER_VARIANTS.get(name, ()), *overrides])
+def model_spec(spec: str) -> str:
+    """``--models`` entry: a model config's name, optionally ``:`` and comma-separated overrides
+    of that model's own (``dssd_r18:neck=fpn``), checked."""
+    name = spec.split(":", 1)[0]
+    if name not in model_names():
+        raise argparse.ArgumentTypeError(f"no model config {name!r} in conf/model/")
+    return spec
+
+
+def model_config(spec: str, image_size: int | None, overrides: Sequence[str]) -> DictConfig:
+    """The config of a ``--models`` entry as the paper's tables time it (``PAPER_VARIANTS``),
+    with the entry's own overrides after the benchmark's."""
+    name = spec.partition(":")[0]
+    own = spec_overrides(spec)[1:]
+    return compose_config(name, image_size, [*PAPER_VARIANTS.get(name, ()), *overrides, *own])
 
 
 def fed_overrides(args: argparse.Namespace) -> list[str]:

@@ -201,3 +201,15 @@ def test_bf16_is_lightnings_mixed_precision() -> None:
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
     with speed.precision(speed.parse_args(["--device", "cpu"])).train_step_context():
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_models_entry_carries_its_own_overrides() -> None:
+    """`--models dssd_r18:neck=fpn` times the CPU-sized DSSD with FPN as its neck (make bench's
+    necks section); an unknown model name is refused by the parser."""
+    args = speed.parse_args(["--models", "dssd_r18", "dssd_r18:neck=fpn,fusion=sum"])
+    assert args.models == ["dssd_r18", "dssd_r18:neck=fpn,fusion=sum"]
+    assert speed.model_config("dssd_r18", None, []).model.net.neck._target_.endswith("Decoder")
+    fpn = speed.model_config("dssd_r18:neck=fpn", None, ["optimizer=sgd"]).model.net.neck
+    assert fpn._target_ == "dssd.models.FPN"
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--models", "no_such_model:neck=fpn"])

@@ -42,12 +42,24 @@ def tiny_net(pm: str = "a", fusion: str | None = None, upsample: str = "deconv")
 
 
 @pytest.mark.parametrize(
-    "in_size,out_size,kernel,stride",
-    [(1, 3, 3, 1), (3, 5, 3, 1), (5, 10, 2, 2), (1, 2, 2, 1), (20, 40, 2, 2), (3, 6, 2, 2)],
+    "in_size,out_size,shape",
+    [
+        (1, 3, (3, 1, 0)),
+        (3, 5, (3, 1, 0)),
+        (5, 10, (2, 2, 0)),
+        (1, 2, (2, 1, 0)),
+        (20, 40, (2, 2, 0)),
+        (3, 6, (2, 2, 0)),
+        (21, 41, (3, 2, 1)),  # MobileNetV3's maps round up: not a 21x21 kernel
+        (33, 65, (3, 2, 1)),
+        (10, 21, (3, 2, 0)),
+    ],
 )
-def test_transposed_conv_shape_needs_no_cropping(in_size, out_size, kernel, stride) -> None:
-    assert transposed_conv_shape(in_size, out_size) == (kernel, stride)
-    conv = torch.nn.ConvTranspose2d(1, 1, kernel, stride)
+def test_transposed_conv_shape_needs_no_cropping(in_size, out_size, shape) -> None:
+    assert transposed_conv_shape(in_size, out_size) == shape
+    kernel, stride, padding = shape
+    assert kernel <= 3 or in_size == 1
+    conv = torch.nn.ConvTranspose2d(1, 1, kernel, stride, padding)
     assert conv(torch.zeros(1, 1, in_size, in_size)).shape[-1] == out_size
 
 

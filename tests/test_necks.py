@@ -23,6 +23,7 @@ SIZES = {
     "321": [40, 20, 10, 5, 3, 1],
     "513": [64, 32, 16, 8, 4, 2, 1],
     "193": [24, 12, 6, 3, 1],
+    "321, maps rounded up": [41, 21, 10, 5, 3, 1],
 }
 
 
@@ -89,7 +90,7 @@ def decoder_count(channels: list[int], sizes: list[int], width: int) -> int:
     # the decoder path, 3x3 conv + BN, 3x3 conv + BN on the encoder path (Figure 3)
     total, decoder_channels = 0, channels[-1]
     for k in reversed(range(len(channels) - 1)):
-        kernel, _ = transposed_conv_shape(sizes[k + 1], sizes[k])
+        kernel, _, _ = transposed_conv_shape(sizes[k + 1], sizes[k])
         total += decoder_channels * width * kernel**2 + width
         total += 9 * width**2 + 2 * width
         total += 9 * channels[k] * width + 2 * width + 9 * width**2 + 2 * width

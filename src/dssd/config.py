@@ -1,11 +1,16 @@
-"""OmegaConf resolvers the configs use, registered by the entry points before composing, and the
-check of the training stage that indexes the per-stage lists."""
+"""OmegaConf resolvers the configs use, registered by the entry points before composing, the
+check of the training stage that indexes the per-stage lists, and ``conf/train.yaml`` composed
+outside a Hydra app (for the tools and benchmarks)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from dssd.errors import UserError
@@ -93,3 +98,13 @@ def register_resolvers() -> None:
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` (``model=...``, ``neck=...``), not
+    resolved: ``model.net`` and ``data`` can be instantiated from it; what reads
+    ``paths.output_dir`` needs a running Hydra app."""
+    root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2])))
+    register_resolvers()
+    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))

@@ -12,17 +12,25 @@ FUSIONS = ("prod", "sum")
 UPSAMPLING = ("deconv", "bilinear")
 
 
-def transposed_conv_shape(in_size: int, out_size: int) -> tuple[int, int]:
-    """Kernel and stride of a transposed convolution mapping ``in_size`` to ``out_size``.
+def transposed_conv_shape(in_size: int, out_size: int) -> tuple[int, int, int]:
+    """Kernel, stride and padding of a transposed convolution mapping ``in_size`` to
+    ``out_size``: ``out = (in - 1) * stride - 2 * padding + kernel``.
 
-    ``out = (in - 1) * stride + kernel`` with no padding or cropping: doubling gives 2/2, and
-    1 -> 3 or 3 -> 5 give a 3x3 kernel (the paper's 321 and 513 decoders).
+    Without padding where the kernel stays small: doubling gives 2/2, and 1 -> 3 or 3 -> 5 give
+    a 3x3/1 kernel (the paper's 321 and 513 decoders). Where that kernel would be larger than 3
+    (an odd map just under twice the size, e.g. 21 -> 41 behind a backbone that rounds up), the
+    stride goes up by one and a padding of 1 or more keeps the kernel at 2 or 3.
     """
     if out_size <= in_size:
         raise ValueError(f"the decoder must grow the map, got {in_size} -> {out_size}")
     stride = max(1, out_size // in_size) if in_size > 1 else 1
     kernel = out_size - (in_size - 1) * stride
-    return kernel, stride
+    if kernel <= 3 or in_size == 1:
+        return kernel, stride, 0
+    stride += 1
+    rest = out_size - (in_size - 1) * stride  # kernel - 2 * padding
+    padding = max(0, (3 - rest) // 2)
+    return rest + 2 * padding, stride, padding
 
 
 class DeconvolutionModule(nn.Module):
@@ -50,9 +58,9 @@ class DeconvolutionModule(nn.Module):
             raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
         self.fusion = fusion
         if upsample == "deconv":
-            kernel, stride = transposed_conv_shape(decoder_size, encoder_size)
+            kernel, stride, padding = transposed_conv_shape(decoder_size, encoder_size)
             self.upsample: nn.Module = nn.ConvTranspose2d(
-                decoder_channels, channels, kernel, stride
+                decoder_channels, channels, kernel, stride, padding
             )
             up_channels = channels
         else:

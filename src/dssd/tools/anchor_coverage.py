@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,11 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 
+from dssd.config import compose_train
 from dssd.data.datamodule import dataset_items
 from dssd.errors import UserError
 
@@ -214,16 +213,6 @@ def draw_layer(
     return drawn.permute(1, 2, 0).numpy()
 
 
-def compose_run(overrides: Sequence[str]) -> Any:
-    """``conf/train.yaml`` composed with ``overrides`` (``model=...``, ``data=...``)."""
-    from dssd.config import register_resolvers
-
-    root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[3])))
-    register_resolvers()
-    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
 def measure(
     net: Any, data_cfg: Any, split: str, threshold: float
 ) -> tuple[dict[str, Any], list[tuple[Any, int]], list[dict[str, Any]]]:
@@ -259,7 +248,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Compose, build the network's default boxes and the split's objects, measure, write."""
-    cfg = compose_run(args.overrides)
+    cfg = compose_train(args.overrides)
     net = instantiate(cfg.model.net)
     priors = net.priors
     data, items, anns = measure(net, cfg.data, args.split, args.threshold)

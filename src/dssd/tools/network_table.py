@@ -1,0 +1,136 @@
+"""The paper's Table 2 for any network, from the code: its source maps, default boxes, parameters
+and multiply-accumulates per image.
+
+A network is a model config, optionally with overrides of its own after a colon
+(``dssd321:backbone=convnext_tiny,neck=fpn``). Without arguments the table holds the paper's
+SSD321/DSSD321 and SSD513/DSSD513, DSSD321 with each later neck and each other backbone, and the
+CPU-sized DSSD with each neck (the networks of ``make ablation ABLATION=necks_shapes``).
+
+    python -m dssd.tools.network_table
+    python -m dssd.tools.network_table dssd321:backbone=mobilenet_v3_large ssd_r18w32:neck=bifpn
+    python -m dssd.tools.network_table --out docs/networks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+
+from dssd.config import compose_train
+from dssd.errors import UserError
+from dssd.models.cost import gmac
+from dssd.results.tables import markdown_table
+
+DEFAULT_NETWORKS = (
+    "ssd321:pm=c",
+    "dssd321",
+    "dssd321:neck=fpn",
+    "dssd321:neck=panet",
+    "dssd321:neck=bifpn",
+    "dssd321:backbone=resnet50",
+    "dssd321:backbone=mobilenet_v3_large",
+    "dssd321:backbone=convnext_tiny",
+    "ssd513:pm=c",
+    "dssd513",
+    "dssd513:backbone=mobilenet_v3_large",
+    "ssd_r18:pm=c",
+    "dssd_r18",
+    "dssd_r18:neck=fpn",
+    "dssd_r18:neck=panet",
+    "dssd_r18:neck=bifpn",
+)
+
+
+def spec_overrides(spec: str) -> list[str]:
+    """``dssd321:neck=fpn,backbone=resnet50`` -> ``["model=dssd321", "neck=fpn",
+    "backbone=resnet50"]``."""
+    name, _, own = spec.partition(":")
+    return [f"model={name}", *(o for o in own.split(",") if o)]
+
+
+def backbone_name(backbone: Any) -> str:
+    """``resnet101``, ``resnet18 w32``, ``mobilenet_v3_large``, ``VGGBackbone``: a backbone
+    config's short name."""
+    if "name" in backbone:
+        return str(backbone.name)
+    if "depth" in backbone:
+        width = backbone.get("width", 64)
+        return f"resnet{backbone.depth}" + (f" w{width}" if width != 64 else "")
+    return str(backbone._target_).rsplit(".", 1)[-1]
+
+
+def network_row(spec: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """One network's row: backbone and neck, input size, source maps (size and channels, after
+    the neck), default boxes, parameters and GMAC per image."""
+    cfg = compose_train([*spec_overrides(spec), *overrides])
+    net = instantiate(cfg.model.net)
+    neck = cfg.model.net.neck
+    sources = net.decoder.out_channels if net.decoder is not None else None
+    sources = sources or [*net.backbone.out_channels, *net.extras.out_channels]
+    return {
+        "network": spec,
+        "backbone": backbone_name(cfg.model.net.backbone),
+        "neck": neck._target_.rsplit(".", 1)[-1] if neck else "none",
+        "input": net.image_size,
+        "sources": [f"{s}x{s}x{c}" for s, c in zip(net.feature_sizes, sources, strict=True)],
+        "boxes": len(net.priors),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "gmac": gmac(net),
+    }
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["network", "backbone", "neck", "input", "source maps", "boxes", "params (M)", "GMAC"]
+    lines = [
+        [
+            f"`{r['network']}`",
+            r["backbone"],
+            r["neck"],
+            r["input"],
+            ", ".join(r["sources"]),
+            f"{r['boxes']:,}",
+            f"{r['parameters'] / 1e6:.2f}",
+            f"{r['gmac']:.2f}",
+        ]
+        for r in rows
+    ]
+    return markdown_table(header, lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m dssd.tools.network_table", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "networks",
+        nargs="*",
+        default=list(DEFAULT_NETWORKS),
+        help="model configs, each optionally with ':' and comma-separated overrides",
+    )
+    parser.add_argument("--classes", type=int, default=20, help="object classes (VOC: 20)")
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    classes = ",".join(f"c{i}" for i in range(args.classes))
+    try:
+        rows = [network_row(spec, [f"data.class_names=[{classes}]"]) for spec in args.networks]
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    text = markdown(rows)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
