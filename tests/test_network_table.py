@@ -36,7 +36,7 @@ def test_rows_are_the_networks_counted_independently(table: tuple[list[dict], st
         assert row["parameters"] == sum(p.numel() for p in net.parameters())
         # every MAC of these networks is a convolution's, which hooks count from the shapes
         assert row["gmac"] == pytest.approx(conv_gmac(net), rel=1e-9)
-    assert [r["neck"] for r in rows] == ["none", "FPN", "none"]
+    assert [r["neck"] for r in rows] == ["none", "fpn", "none"]
     assert [r["backbone"] for r in rows] == ["resnet18", "resnet18", "mobilenet_v3_large"]
     assert rows[0]["boxes"] == 6128  # ssd_r18: 24, 12, 6, 3, 1 maps
     assert rows[2]["sources"][:2] == ["41x41x40", "21x21x960"]

@@ -255,7 +255,7 @@ def override_value(row: Row, key: str) -> str:
     return dict(o.split("=", 1) for o in row.overrides)[key]
 
 
-@pytest.mark.parametrize("setting", ["shapes", "voc0712_321"])
+@pytest.mark.parametrize("setting", ["shapes", "voc0712_321", "necks_shapes"])
 def test_table4_sweeps_run_every_row_as_make_ablation_composes_it(setting: str) -> None:
     """Every row of conf/table4.yaml runs once: a grid point of its stage's sweep, or a command in
     a sweep file's header; each run composes to the config of `make ablation`'s run of the row
@@ -264,7 +264,8 @@ def test_table4_sweeps_run_every_row_as_make_ablation_composes_it(setting: str) 
     cfg, files = generated_table4_sweeps(setting)
     rows = parse_rows(cfg.rows)
     sweeps = plan_sweeps(rows)
-    assert sorted(r.id for s in sweeps for r in (*s.rows, *s.singles)) == sorted(r.id for r in rows)
+    listed = [r.id for s in sweeps for r in (*s.before, *s.rows, *s.singles)]
+    assert sorted(listed) == sorted(r.id for r in rows)
     run_dirs: dict[str, str] = {}
 
     def check(row: Row, overrides: list[str]) -> None:
@@ -279,13 +280,18 @@ def test_table4_sweeps_run_every_row_as_make_ablation_composes_it(setting: str) 
 
     for sweep in sweeps:
         config = yaml.safe_load(files[sweep.file_name])
+        commands = header_commands(files[sweep.file_name])
+        assert len(commands) == len(sweep.before) + len(sweep.singles)
+        # the header's commands before the grid (rows it starts from), then after it
+        for row, command in zip(sweep.before, commands, strict=False):
+            words = shlex.split(command)
+            assert words[:2] == ["python", "src/train.py"]
+            check(row, words[2:])
         values = [override_value(row, sweep.key) for row in sweep.rows]
         assert config["parameters"] == {sweep.key: {"values": values}}
         for row, value in zip(sweep.rows, values, strict=True):
             check(row, hydra_overrides(config, agent_command(config, {sweep.key: value})))
-        commands = header_commands(files[sweep.file_name])
-        assert len(commands) == len(sweep.singles)
-        for row, command in zip(sweep.singles, commands, strict=True):
+        for row, command in zip(sweep.singles, commands[len(sweep.before) :], strict=True):
             words = shlex.split(command)
             assert words[:2] == ["python", "src/train.py"]
             check(row, words[2:])

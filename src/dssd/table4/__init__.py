@@ -1,8 +1,8 @@
 """The paper's Table 4 as one command (``src/ablation.py``, ``make ablation``): a
 ``src/train.py`` run per row and seed, in dependency order.
 
-Rows (``rows`` in ``conf/table4.yaml``) are the SSD prediction-module variants at stage 0, a
-control (the SSD PM(c) run continued for stage 1's iterations with the same parts frozen, but no
+Rows (``conf/rows/table4.yaml``; a setting may pick others, e.g. ``conf/rows/necks.yaml``)
+are the SSD prediction-module variants at stage 0, a control (the SSD PM(c) run continued for stage 1's iterations with the same parts frozen, but no
 deconvolution module), the DSSD fusions at stage 1 from the PM(c) row, and stage 2 from the
 product row. Every row runs once per seed in ``seeds``; a row starting from another one starts
 from that row's run with the same seed, from its final weights (``last.ckpt``). Each run is its

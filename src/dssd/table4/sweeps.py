@@ -1,13 +1,16 @@
-"""Table 4's W&B sweep files (``sweeps/table4_stage<k>.yaml``), generated from its rows.
+"""The ablation's W&B sweep files (``sweeps/<rows>_stage<k>.yaml``, e.g. Table 4's
+``table4_stage1.yaml``), generated from its rows.
 
-``conf/table4.yaml`` lists the rows and ``conf/ablation/<setting>.yaml`` what the SSD and DSSD rows
-run; ``python src/ablation.py sweeps=true`` writes the sweep files from them (a test keeps the
-committed files equal to what it writes for the default setting). A stage's sweep is a W&B grid
-over the one override that tells apart its rows that share the network and the row they start
-from (stage 0: ``pm``; stage 1: ``fusion``). The other rows (the control, stage 2) are single
-``src/train.py`` runs, whose commands the header of their stage's sweep file lists (or the last
-sweep file before it). Every run lands in ``logs/sweeps/table4/<run name>``, so a row's runs find
-the checkpoint of the row they start from.
+``conf/rows/<rows>.yaml`` lists the rows and ``conf/ablation/<setting>.yaml`` what the SSD and
+DSSD rows run; ``python src/ablation.py sweeps=true`` writes the sweep files from them (a test
+keeps the committed files equal to what it writes for the default setting). A stage's sweep is a
+W&B grid over the one override that tells apart its rows that share the network and the row
+they start from (Table 4's stage 0: ``pm``; stage 1: ``fusion``; the necks' stage 1: ``neck``).
+The other rows (Table 4's control and stage 2, the necks' stage-0 row) are single
+``src/train.py`` runs, whose commands the header of a sweep file lists: after its grid for the
+rows of its stage or a later one, before it for rows that no earlier sweep lists. Every run lands
+in ``logs/sweeps/table4/<run name>``, so a row's runs find the checkpoint of the row they start
+from.
 """
 
 from __future__ import annotations
@@ -33,17 +36,21 @@ AGENT_PREFIX = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
 
 @dataclass(frozen=True)
 class Sweep:
-    """One sweep file: a grid over ``key`` whose points are ``rows`` (one run each), and the rows
-    run one by one after it (``singles``)."""
+    """One sweep file: a grid over ``key`` whose points are ``rows`` (one run each), the rows run
+    one by one before it (``before``: rows its runs start from that no earlier sweep lists) and
+    after it (``singles``)."""
 
     stage: int
     key: str
     rows: tuple[Row, ...]
     singles: tuple[Row, ...] = ()
+    before: tuple[Row, ...] = ()
+    # the rows' config (conf/rows/<rows>.yaml), which names the file
+    rows_name: str = "table4"
 
     @property
     def file_name(self) -> str:
-        return f"table4_stage{self.stage}.yaml"
+        return f"{self.rows_name}_stage{self.stage}.yaml"
 
 
 def _override_map(row: Row) -> dict[str, str]:
@@ -63,9 +70,11 @@ def grid_key(rows: Sequence[Row]) -> str:
     return differing[0]
 
 
-def plan_sweeps(rows: Sequence[Row]) -> list[Sweep]:
+def plan_sweeps(rows: Sequence[Row], rows_name: str = "table4") -> list[Sweep]:
     """A sweep per stage whose rows (sharing network and starting row) form a grid; every other
-    row goes with the sweep of its stage, or else of the last stage before it."""
+    row goes with the sweep of its stage, or else of the last stage before it, or else (a row
+    before every grid, e.g. the one stage-0 row the necks' rows start from) before the first
+    sweep after it."""
     groups: dict[tuple[int, str, str | None], list[Row]] = {}
     for row in rows:
         groups.setdefault((row.stage, row.net, row.init_from), []).append(row)
@@ -74,16 +83,20 @@ def plan_sweeps(rows: Sequence[Row]) -> list[Sweep]:
         if len(group) > 1:
             if stage in grids:
                 raise UserError(f"stage {stage} has two groups of rows to sweep: one file each")
-            grids[stage] = Sweep(stage, grid_key(group), tuple(group))
+            grids[stage] = Sweep(stage, grid_key(group), tuple(group), rows_name=rows_name)
+    if not grids:
+        raise UserError("no stage has rows that form a grid: there is no sweep to write")
     singles: dict[int, list[Row]] = {stage: [] for stage in grids}
+    before: dict[int, list[Row]] = {stage: [] for stage in grids}
     for row in rows:
         if not any(row in sweep.rows for sweep in grids.values()):
             hosts = [stage for stage in grids if stage <= row.stage]
-            if not hosts:
-                raise UserError(f"row {row.id}: no sweep at stage {row.stage} or before to list it")
-            singles[max(hosts)].append(row)
+            if hosts:
+                singles[max(hosts)].append(row)
+            else:
+                before[min(grids)].append(row)
     return [
-        Sweep(s.stage, s.key, s.rows, tuple(singles[s.stage]))
+        Sweep(s.stage, s.key, s.rows, tuple(singles[s.stage]), tuple(before[s.stage]), rows_name)
         for s in sorted(grids.values(), key=lambda s: s.stage)
     ]
 
@@ -135,9 +148,11 @@ def _header(
 ) -> list[str]:
     """What a sweep file runs, how, where, and the single runs after it, as comment lines."""
     lines = _comment(
-        f"W&B sweep: Table 4's stage-{sweep.stage} rows in the setting `{setting_name}` "
+        f"W&B sweep: the stage-{sweep.stage} rows of conf/rows/{sweep.rows_name}.yaml in the "
+        f"setting `{setting_name}` "
         f"(conf/ablation/{setting_name}.yaml), one run each, a grid over `{sweep.key}`. Generated "
-        "by `python src/ablation.py sweeps=true` from conf/table4.yaml: edit that and run it "
+        f"by `python src/ablation.py sweeps=true` from conf/rows/{sweep.rows_name}.yaml: edit that "
+        "and run it "
         "again, not this file."
     )
     points = [f"{sweep.key}={_override_map(r)[sweep.key]}" for r in sweep.rows]
@@ -159,16 +174,28 @@ def _header(
         "and Hydra resolves ${run_name} from the composed config."
     )
     if first.init_from is not None:
-        parent = next(s for s in sweeps if first.init_from in {r.id for r in (*s.rows, *s.singles)})
-        where += (
-            f" Run it after sweeps/{parent.file_name}: its runs start from "
-            f"{RUNS_DIR}/{run_names[first.init_from]}/checkpoints/last.ckpt."
+        parent = next(
+            s for s in sweeps if first.init_from in {r.id for r in (*s.before, *s.rows, *s.singles)}
         )
+        start = f"{RUNS_DIR}/{run_names[first.init_from]}/checkpoints/last.ckpt"
+        if parent is sweep:
+            where += f" Its runs start from {start}, which the run below writes."
+        else:
+            where += f" Run it after sweeps/{parent.file_name}: its runs start from {start}."
     lines += _comment(where)
+    if sweep.before:
+        lines += ["#"]
+        lines += _comment(
+            "First the rows its runs start from, one run each, in this order (shell commands: "
+            "the quotes keep ${run_name} for Hydra):"
+        )
+        for row in sweep.before:
+            lines += ["#", f"#   # {row.name}"]
+            lines += _shell_command(fixed_overrides([row], None, setting, run_names))
     if sweep.singles:
         lines += ["#"]
         lines += _comment(
-            "Then Table 4's other rows, one run each, in this order (shell commands: the quotes "
+            "Then the other rows, one run each, in this order (shell commands: the quotes "
             "keep ${run_name} for Hydra):"
         )
         for row in sweep.singles:
@@ -196,7 +223,7 @@ def sweep_text(
     config = {
         "program": "src/train.py",
         "project": train_cfg.logger.wandb.project,
-        "name": f"table4-{setting_name}-stage{sweep.stage}",
+        "name": f"{sweep.rows_name}-{setting_name}-stage{sweep.stage}",
         "method": "grid",
         "metric": {"name": train_cfg.optimized_metric, "goal": "maximize"},
         "parameters": {sweep.key: {"values": [_override_map(r)[sweep.key] for r in sweep.rows]}},
@@ -206,11 +233,11 @@ def sweep_text(
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
 
 
-def sweep_files(cfg: DictConfig, setting_name: str) -> dict[str, str]:
-    """The text of each sweep file, by file name, for the rows and setting of ``cfg`` (the
-    composed ``conf/table4.yaml``)."""
+def sweep_files(cfg: DictConfig, setting_name: str, rows_name: str = "table4") -> dict[str, str]:
+    """The text of each sweep file, by file name, for the rows (``conf/rows/<rows_name>.yaml``)
+    and setting of ``cfg`` (the composed ``conf/table4.yaml``)."""
     rows = parse_rows(cfg.rows)
-    sweeps = plan_sweeps(rows)
+    sweeps = plan_sweeps(rows, rows_name)
     run_names = {row.id: row_run_name(row, cfg.ablation) for row in rows}
     train_cfg = compose_row(rows[0], cfg.ablation)
     return {
@@ -219,12 +246,12 @@ def sweep_files(cfg: DictConfig, setting_name: str) -> dict[str, str]:
     }
 
 
-def write_sweeps(cfg: DictConfig, setting_name: str) -> list[Path]:
+def write_sweeps(cfg: DictConfig, setting_name: str, rows_name: str = "table4") -> list[Path]:
     """Write the sweep files into ``cfg.sweeps_dir`` and return their paths."""
     directory = Path(cfg.sweeps_dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in sweep_files(cfg, setting_name).items():
+    for name, text in sweep_files(cfg, setting_name, rows_name).items():
         path = directory / name
         path.write_text(text)
         paths.append(path)

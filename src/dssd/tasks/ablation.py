@@ -11,9 +11,10 @@ from dssd.table4 import run_ablation, write_sweeps
 
 def ablation(cfg: DictConfig) -> None:
     """Run the setting's rows and write the table, or with ``cfg.sweeps`` the sweep files."""
-    setting_name = HydraConfig.get().runtime.choices.ablation
+    choices = HydraConfig.get().runtime.choices
+    setting_name = choices.ablation
     if cfg.sweeps:
-        for path in write_sweeps(cfg, setting_name):
+        for path in write_sweeps(cfg, setting_name, choices.rows):
             print(f"wrote {path}")
     else:
         run_ablation(cfg, setting_name)

@@ -26,6 +26,13 @@ from dssd.errors import UserError
 from dssd.models.cost import gmac
 from dssd.results.tables import markdown_table
 
+# the neck= choice of each neck class
+NECK_NAMES = {
+    "dssd.models.Decoder": "dssd",
+    "dssd.models.FPN": "fpn",
+    "dssd.models.PANet": "panet",
+    "dssd.models.BiFPN": "bifpn",
+}
 DEFAULT_NETWORKS = (
     "ssd321:pm=c",
     "dssd321",
@@ -75,7 +82,7 @@ def network_row(spec: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "network": spec,
         "backbone": backbone_name(cfg.model.net.backbone),
-        "neck": neck._target_.rsplit(".", 1)[-1] if neck else "none",
+        "neck": NECK_NAMES.get(neck._target_, neck._target_) if neck else "none",
         "input": net.image_size,
         "sources": [f"{s}x{s}x{c}" for s, c in zip(net.feature_sizes, sources, strict=True)],
         "boxes": len(net.priors),
