@@ -1,15 +1,16 @@
 """The paper's Table 4 as one command (``src/ablation.py``, ``make ablation``): a
 ``src/train.py`` run per row and seed, in dependency order.
 
-Rows (``conf/rows/table4.yaml``; a setting may pick others, e.g. ``conf/rows/necks.yaml``)
-are the SSD prediction-module variants at stage 0, a control (the SSD PM(c) run continued for stage 1's iterations with the same parts frozen, but no
-deconvolution module), the DSSD fusions at stage 1 from the PM(c) row, and stage 2 from the
-product row. Every row runs once per seed in ``seeds``; a row starting from another one starts
-from that row's run with the same seed, from its final weights (``last.ckpt``). Each run is its
-own process, so it can use DDP, and its directory ``<out_dir>/<row id>/seed<seed>`` is a normal
-run directory that also holds the test detections as devkit result files (``voc_results/``). A
-run that is done (``last.ckpt``, ``test_results.json`` and ``voc_results/`` there) is skipped
-unless forced; one that was interrupted resumes from its ``last.ckpt``.
+Rows (``conf/rows/table4.yaml``; a setting may pick others, e.g. ``conf/rows/necks.yaml``) are
+the SSD prediction-module variants at stage 0, a control (the DSSD rows' stage 1 from the PM(c)
+row without the deconvolution module), the DSSD fusions at stage 1 from the PM(c) row, and stage
+2 from the product row. Every row runs once per seed in ``seeds``; a row starting from another
+one starts from that row's run with the same seed, from its final weights (``last.ckpt``). Each
+run is its own process, so it can use DDP, and its directory ``<out_dir>/<row id>/seed<seed>``
+is a normal run directory that also holds the test detections as devkit result files
+(``voc_results/``). A run that is done (``last.ckpt``, ``test_results.json`` and
+``voc_results/`` there) is skipped unless forced; one that was interrupted resumes from its
+``last.ckpt``.
 
 At the end the runs become a table in Table 4's layout next to the paper's numbers (markdown and
 CSV): per row the mean and standard deviation over the seeds of the VOC mAP, COCO AP and AP by
