@@ -359,3 +359,17 @@ def test_new_backbones_build_ssd321_and_dssd513(model: str, backbone: str) -> No
     boxes = sum(s * s * b for s, b in zip(net.feature_sizes, per_location, strict=True))
     assert len(net.priors) == boxes
     assert (net.decoder is not None) == model.startswith("dssd")
+
+
+def test_vgg_loads_torchvisions_features_from_a_file(tmp_path) -> None:
+    """VGGBackbone(weights=f): torchvision's VGG16 convolutions (the classifier is not SSD's);
+    fc6/fc7 and the L2 norm start from scratch as with ImageNet weights."""
+    torch.manual_seed(0)
+    state = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if "features" in k}
+    path = tmp_path / "vgg16_features.pth"
+    torch.save(state, path)
+    vgg = VGGBackbone(weights=str(path))
+    assert torch.equal(vgg.conv4_3[0].weight, state["features.0.weight"])
+    assert torch.equal(vgg.conv5[1].weight, state["features.24.weight"])  # after pool4
+    with pytest.raises(UserError, match="choose one"):
+        VGGBackbone(pretrained=True, weights=str(path))

@@ -199,7 +199,7 @@ def _first_few(names: list[str], count: int = 5) -> str:
     return f" ({', '.join(names[:count])}{more})"
 
 
-def _check_weight_choice(pretrained: bool, weights: str | os.PathLike[str] | None) -> None:
+def check_weight_choice(pretrained: bool, weights: str | os.PathLike[str] | None) -> None:
     if pretrained and weights is not None:
         raise UserError(
             f"the backbone got both pretrained=true and weights={weights}: choose one "
@@ -264,7 +264,7 @@ class ResNetBackbone(nn.Module):
         weights: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
-        _check_weight_choice(pretrained, weights)
+        check_weight_choice(pretrained, weights)
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"ResNet depth must be one of {RESNET_DEPTHS}, got {depth}")
         if width <= 0 or width % 8:
@@ -377,7 +377,7 @@ class TorchvisionBackbone(nn.Module):
                 f"unknown torchvision backbone {name!r}: choose one of "
                 f"{', '.join(TORCHVISION_BACKBONES)} (or dssd.models.ResNetBackbone)"
             )
-        _check_weight_choice(pretrained, weights)
+        check_weight_choice(pretrained, weights)
         spec = _TORCHVISION_BACKBONES[name]
         model = torchvision.models.get_model(name, weights=None, **spec.kwargs)
         if pretrained:

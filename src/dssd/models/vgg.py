@@ -9,6 +9,7 @@ from it. Sources: conv4_3 (stride 8) and fc7 (stride 16).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from dssd.models.backbones import load_imagenet_weights
+from dssd.models.backbones import check_weight_choice, load_imagenet_weights, load_weights_file
 from dssd.models.extra_layers import BlockChain
 
 
@@ -35,14 +36,19 @@ class VGGBackbone(nn.Module):
     """VGG16 with SSD's atrous fc6/fc7, returning conv4_3 (L2-normalised) and fc7.
 
     With ``pretrained``, torchvision's ImageNet VGG16 convolution weights are loaded (fc6/fc7
-    start from scratch: SSD's subsampled fully-connected weights are not in torchvision).
+    start from scratch: SSD's subsampled fully-connected weights are not in torchvision);
+    ``weights`` loads a local file in torchvision's VGG16 naming instead
+    (:func:`~dssd.models.backbones.load_weights_file`).
     """
 
-    def __init__(self, pretrained: bool = False) -> None:
+    def __init__(self, pretrained: bool = False, weights: str | os.PathLike[str] | None = None):
         super().__init__()
+        check_weight_choice(pretrained, weights)
         vgg = torchvision.models.vgg16(weights=None)
         if pretrained:
             load_imagenet_weights(vgg, "vgg16", skip_prefixes=("classifier.",))
+        elif weights is not None:
+            load_weights_file(vgg, weights, "vgg16", {}, skip_prefixes=("classifier.",))
         layers = list(vgg.features)
         for i, layer in enumerate(layers):
             if isinstance(layer, nn.MaxPool2d):
