@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from dssd.config import compose_train
 from dssd.data.voc import VOCDataset
 from dssd.deployment.detector import Detector
 from dssd.deployment.inference import (
@@ -66,6 +69,35 @@ def test_checkpoints_naming_moved_modules_still_rebuild(
     assert isinstance(model, DetectionModule)
     weights = model.state_dict()
     assert all(torch.equal(weights[k], v) for k, v in stored["state_dict"].items())
+
+
+def test_dssd_checkpoints_written_before_the_neck_group_still_rebuild(tmp_path: Path) -> None:
+    """A DSSD checkpoint whose run config gives the decoder as ``model.net.deconv`` (a partial of
+    the deconvolution module with its channels) rebuilds as ``neck`` + ``neck_channels``, with
+    the same weights and outputs."""
+    cfg = compose_train(["model=dssd_r18w32", "fusion=sum", "upsample=bilinear"])
+    run_config = {"model": OmegaConf.to_container(cfg.model, resolve=True)}
+    torch.manual_seed(0)
+    module = instantiate(cfg.model).eval()
+    net = run_config["model"]["net"]
+    net.pop("neck_channels")
+    net["deconv"] = {
+        "_target_": "dssd.models.DeconvolutionModule",
+        "_partial_": True,
+        "channels": 128,
+        "fusion": net.pop("neck")["fusion"],
+        "upsample": "bilinear",
+    }
+    older = tmp_path / "older_dssd.ckpt"
+    torch.save({"state_dict": module.state_dict(), "dssd_config": run_config}, older)
+    stored, run_cfg = load_checkpoint(older)
+    assert "deconv" not in run_cfg.model.net and run_cfg.model.net.neck_channels == 128
+    assert run_cfg.model.net.neck.fusion == "sum" and run_cfg.model.net.neck.upsample == "bilinear"
+    rebuilt = restore_detector(stored, run_cfg.model)
+    x = torch.randn(1, 3, 321, 321)
+    with torch.no_grad():
+        for a, b in zip(module.net(x), rebuilt.net(x), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_test_data_and_examples_in_original_pixels(

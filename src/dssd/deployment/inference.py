@@ -55,18 +55,34 @@ def _current_targets(config: Any) -> Any:
     return out
 
 
+def _current_neck(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with an older checkpoint's DSSD decoder brought up to date: it was
+    ``model.net.deconv`` (a partial of the deconvolution module with its channels, fusion and
+    upsampling) and is now the neck ``model.net.neck`` (a partial of ``Decoder``) with its width
+    in ``model.net.neck_channels``; the weights' names did not change."""
+    net = config.get("model", {}).get("net", {})
+    if isinstance(net, dict) and "deconv" in net:
+        deconv = net.pop("deconv")
+        net["neck"] = None
+        if deconv:
+            net["neck"] = {"_target_": "dssd.models.Decoder", "_partial_": True}
+            net["neck"].update({k: deconv[k] for k in ("fusion", "upsample") if k in deconv})
+            net["neck_channels"] = deconv.get("channels", 512)
+    return config
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
     """The checkpoint at ``path`` (on the CPU) and the run configuration ``src/train.py`` stored
     in it (the module's ``run_config`` hyper-parameter; ``dssd_config`` in older checkpoint
-    files, whose class paths are brought up to date); a missing file, a file that is not a
-    checkpoint or one without that configuration is a :class:`UserError`."""
+    files; class paths and the DSSD decoder's config are brought up to date); a missing file, a
+    file that is not a checkpoint or one without that configuration is a :class:`UserError`."""
     checkpoint = read_checkpoint(path, "ckpt_path", require=("state_dict",))
     run_config = checkpoint.get("hyper_parameters", {}).get("run_config")
     if run_config is None:
         run_config = checkpoint.get("dssd_config")
     if run_config is None:
         raise not_a_checkpoint(path, "it holds no run configuration")
-    return checkpoint, OmegaConf.create(_current_targets(run_config))
+    return checkpoint, OmegaConf.create(_current_neck(_current_targets(run_config)))
 
 
 def restore_detector(checkpoint: dict[str, Any], model_cfg: DictConfig) -> DetectionModule:
