@@ -183,22 +183,18 @@ def _header(
         else:
             where += f" Run it after sweeps/{parent.file_name}: its runs start from {start}."
     lines += _comment(where)
-    if sweep.before:
+    for rows, first_words in (
+        (sweep.before, "First the rows its runs start from"),
+        (sweep.singles, "Then the other rows"),
+    ):
+        if not rows:
+            continue
         lines += ["#"]
         lines += _comment(
-            "First the rows its runs start from, one run each, in this order (shell commands: "
-            "the quotes keep ${run_name} for Hydra):"
+            f"{first_words}, one run each, in this order (shell commands: the quotes keep "
+            "${run_name} for Hydra):"
         )
-        for row in sweep.before:
-            lines += ["#", f"#   # {row.name}"]
-            lines += _shell_command(fixed_overrides([row], None, setting, run_names))
-    if sweep.singles:
-        lines += ["#"]
-        lines += _comment(
-            "Then the other rows, one run each, in this order (shell commands: the quotes "
-            "keep ${run_name} for Hydra):"
-        )
-        for row in sweep.singles:
+        for row in rows:
             lines += ["#", f"#   # {row.name}"]
             lines += _shell_command(fixed_overrides([row], None, setting, run_names))
     lines += ["#"]
