@@ -4,6 +4,7 @@ table with its intervals."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -230,6 +231,18 @@ def test_every_setting_composes_each_row_into_a_train_config(setting: str) -> No
             assert net.neck.fusion == chosen["fusion"]
 
 
+def setting_train_config(cfg: DictConfig, row_id: str) -> dict:
+    """The resolved train config of a row of a composed ablation setting, less what is named
+    after the model choice."""
+    row = {r.id: r for r in parse_rows(cfg.rows)}[row_id]
+    overrides = [*cfg.ablation[row.net], *row.overrides, f"stage={row.stage}"]
+    if row.init_from:
+        overrides.append("init_from=/x/last.ckpt")
+    train = OmegaConf.to_container(resolve_with_hydra(compose_train(*overrides)))
+    names = ("run_name", "run_tags", "hydra", "logger")
+    return {k: v for k, v in train.items() if k not in names}
+
+
 def test_the_necks_setting_shares_table_4s_network_and_runs_every_neck() -> None:
     """ABLATION=necks_shapes: PM(c), the control and DSSD's decoder compose to the same train
     configs as Table 4's rows of the same setting; then one row per later neck, compared with
@@ -237,22 +250,12 @@ def test_the_necks_setting_shares_table_4s_network_and_runs_every_neck() -> None
     table4 = compose_table4("ablation=shapes")
     necks = compose_table4("ablation=necks_shapes")
     assert list(necks.ablation.ssd) == list(table4.ablation.ssd)
-
-    def train_config(cfg: DictConfig, row_id: str) -> dict:
-        row = {r.id: r for r in parse_rows(cfg.rows)}[row_id]
-        overrides = [*cfg.ablation[row.net], *row.overrides, f"stage={row.stage}"]
-        if row.init_from:
-            overrides.append("init_from=/x/last.ckpt")
-        train = OmegaConf.to_container(resolve_with_hydra(compose_train(*overrides)))
-        names = ("run_name", "run_tags", "hydra", "logger")  # named after the model choice
-        return {k: v for k, v in train.items() if k not in names}
-
     for mine, theirs in [
         ("ssd_pm_c", "ssd_pm_c"),
         ("control", "ssd_pm_c_control"),
         ("dssd", "dssd_prod"),
     ]:
-        assert train_config(necks, mine) == train_config(table4, theirs), mine
+        assert setting_train_config(necks, mine) == setting_train_config(table4, theirs), mine
     rows = {r.id: r for r in parse_rows(necks.rows)}
     assert [rows[n].ablates for n in ("control", "dssd", "fpn", "panet", "bifpn")] == [
         "ssd_pm_c",
@@ -261,6 +264,25 @@ def test_the_necks_setting_shares_table_4s_network_and_runs_every_neck() -> None
         "dssd",
         "dssd",
     ]
+
+
+def test_the_context_probe_is_table_4s_rows_on_the_context_data() -> None:
+    """ABLATION=shapes_context: Table 4's PM(c), control and DSSD rows, with the same ids and
+    comparisons, composing to Table 4's train configs but for the data (the context variant)."""
+    table4 = compose_table4("ablation=shapes")
+    probe = compose_table4("ablation=shapes_context")
+    rows = parse_rows(probe.rows)
+    assert [r.id for r in rows] == ["ssd_pm_c", "ssd_pm_c_control", "dssd_sum", "dssd_prod"]
+    theirs = {r.id: r for r in parse_rows(table4.rows)}
+    # (PM(c) is the first row here: there is no plain SSD row for it to ablate)
+    assert rows[0] == dataclasses.replace(theirs["ssd_pm_c"], ablates=None)
+    assert rows[1:] == [theirs[r.id] for r in rows[1:]]
+    for row in rows:
+        mine, plain = setting_train_config(probe, row.id), setting_train_config(table4, row.id)
+        data, plain_data = mine.pop("data"), plain.pop("data")
+        assert mine == plain, row.id
+        assert (data.pop("root"), data.pop("variant")) == (f"{ROOT}/data/shapes_context", "context")
+        assert plain_data.pop("root") == f"{ROOT}/data/shapes" and data == plain_data
 
 
 def test_out_dir_is_named_after_the_setting() -> None:

@@ -192,7 +192,7 @@ def test_only_the_shapes_datamodule_builds_its_data_and_only_when_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    monkeypatch.setattr(shapes, "generate_shapes", lambda root: calls.append(root))
+    monkeypatch.setattr(shapes, "generate_shapes", lambda root, **_: calls.append(root))
     VOCDataModule(str(tmp_path), CLASSES).prepare_data()
     assert calls == []
     ShapesDataModule(str(tmp_path), CLASSES).prepare_data()

@@ -361,10 +361,17 @@ class VOCDataModule(DetectionDataModule):
 
 class ShapesDataModule(VOCDataModule):
     """The VOC loaders over the embedded shapes dataset at ``root``, which ``prepare_data`` builds
-    there on first use (:func:`dssd.data.shapes.ensure_shapes`)."""
+    there on first use (:func:`dssd.data.shapes.ensure_shapes`); ``variant`` is ``plain`` or
+    ``context`` (small rings whose class only the large shape around them tells)."""
+
+    def __init__(
+        self, root: str, class_names: Sequence[str], *, variant: str = "plain", **options: Any
+    ) -> None:
+        super().__init__(root, class_names, **options)
+        self.variant = variant
 
     def prepare_data(self) -> None:
-        shapes.ensure_shapes(self.root)
+        shapes.ensure_shapes(self.root, self.variant)
 
 
 class COCODataModule(DetectionDataModule):

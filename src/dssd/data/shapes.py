@@ -36,6 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dssd.errors import UserError
+
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ellipse")
 
 FORMAT_VERSION = 2
@@ -58,6 +60,17 @@ MIN_COLOUR_DISTANCE = 120.0  # RGB distance of an object's colour from what lies
 EMPTY_FRACTION = 0.02
 CROWDED_FRACTION = 0.1
 PLACEMENT_TRIES = 30
+# The ``context`` variant (render_context_image): region sizes as fractions of the shorter side,
+# the rings' outer diameters in pixels, rings per region, and how far (pixels) every ring's box
+# lies inside its region's outline.
+CONTEXT_REGION_FRACTION = (0.55, 0.9)
+CONTEXT_MARKER_SIZES = (12.0, 24.0)
+CONTEXT_MARKERS = (1, 3)
+CONTEXT_DISTANCE = 40
+CONTEXT_TRIES = 200  # geometries tried per region before it is left out
+# Stars and crosses are too thin to hold a ring that deep at these sizes: they carry none.
+CONTEXT_RING_CLASSES = ("circle", "square", "triangle", "ellipse")
+VARIANTS = ("plain", "context")
 _IMAGES_PER_WORKER = 256
 
 
@@ -280,23 +293,114 @@ def render_image(
     else:
         count, max_object = int(rng.integers(1, 7)), MAX_OBJECT_FRACTION * min(width, height)
     placed, visible = _place_objects(rng, width, height, count, max_object)
+    objects = [_fill(rng, img, shape, vis) for shape, vis in zip(placed, visible, strict=True)]
+    return _finish(rng, img), objects
 
+
+def render_context_image(
+    rng: np.random.Generator, min_size: int, max_size: int, empty: bool = False
+) -> tuple[np.ndarray, list[ShapeObject]]:
+    """Draw one image of the ``context`` variant (uint8 RGB) and its annotations from ``rng``.
+
+    One or two large shapes that do not overlap (the regions, annotated with their class as in
+    the plain data) carry small rings that all look alike (CONTEXT_MARKERS of them in each region
+    of CONTEXT_RING_CLASSES, none in the others). A ring's class is
+    that of the region it lies in, and every pixel within CONTEXT_DISTANCE of its box is that
+    region's flat fill or another ring, so nothing near a ring tells its class: only the region's
+    outline, far away, does. A region's class and ring count are drawn first and its geometry is
+    redrawn until the rings fit, so those classes carry as many rings each.
+    """
+    width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+    img = _background(rng, width, height)
+    log_lo, log_hi = (math.log(f * min(width, height)) for f in CONTEXT_REGION_FRACTION)
+    taken = np.zeros((height, width), bool)
+    regions: list[tuple[_Placed, list[tuple[int, int, float]]]] = []
+    for _ in range(0 if empty else int(rng.integers(1, 3))):
+        label = int(rng.integers(len(CLASSES)))
+        count = int(rng.integers(CONTEXT_MARKERS[0], CONTEXT_MARKERS[1] + 1))
+        if CLASSES[label] not in CONTEXT_RING_CLASSES:
+            count = 0
+        for _ in range(CONTEXT_TRIES):
+            size = math.exp(rng.uniform(log_lo, log_hi))
+            pts = _sample_polygon(rng, CLASSES[label], size, width, height)
+            shape = _rasterise(pts, label, width, height)
+            if shape is None or taken[shape.roi][shape.mask].any():
+                continue
+            inside = np.zeros((height + 2, width + 2), np.uint8)  # the image border is an edge
+            inside[1:-1, 1:-1][shape.roi] = shape.mask
+            depth = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            rings = _plan_rings(rng, depth[1:-1, 1:-1], count)
+            if len(rings) == count:
+                taken[shape.roi] |= shape.mask
+                regions.append((shape, rings))
+                break
     objects = []
-    for shape, vis in zip(placed, visible, strict=True):
-        region = img[shape.roi]
-        region[shape.mask] = _contrasting_colour(rng, region[shape.mask])
-        x0, y0, x1, y1 = shape.box
-        small = math.sqrt((x1 - x0 + 1) * (y1 - y0 + 1)) < DIFFICULT_SIZE
-        difficult = bool(vis < DIFFICULT_VISIBLE or small)
-        objects.append(ShapeObject(shape.label, shape.box, shape.truncated, difficult))
+    for shape, rings in regions:
+        objects.append(_fill(rng, img, shape, visible=1.0))
+        colour = _contrasting_colour(rng, img[shape.roi][shape.mask][:1])
+        objects += [_draw_ring(img, ring, colour, shape.label) for ring in rings]
+    return _finish(rng, img), objects
 
+
+def _plan_rings(
+    rng: np.random.Generator, depth: np.ndarray, count: int
+) -> list[tuple[int, int, float]]:
+    """Up to ``count`` rings (centre row, centre column, radius) whose boxes lie at least
+    CONTEXT_DISTANCE inside a region (``depth``: each pixel's distance to the region's edge) and
+    clear of each other's surroundings."""
+    log_lo, log_hi = (math.log(s) for s in CONTEXT_MARKER_SIZES)
+    free = depth.copy()
+    rings = []
+    for _ in range(count):
+        radius = math.exp(rng.uniform(log_lo, log_hi)) / 2
+        # the box's corners are radius * sqrt(2) from the centre
+        rows, cols = np.nonzero(free >= CONTEXT_DISTANCE + radius * math.sqrt(2) + 1)
+        if rows.size == 0:
+            break
+        pick = int(rng.integers(rows.size))
+        rings.append((int(rows[pick]), int(cols[pick]), radius))
+        centre = (int(cols[pick]), int(rows[pick]))
+        cv2.circle(free, centre, math.ceil(2 * radius + CONTEXT_MARKER_SIZES[1]), 0.0, -1)
+    return rings
+
+
+def _draw_ring(
+    img: np.ndarray, ring: tuple[int, int, float], colour: np.ndarray, label: int
+) -> ShapeObject:
+    """Paint one ring marker (outer radius, inner radius half of it) and return its annotation."""
+    cy, cx, radius = ring
+    r = math.ceil(radius)
+    yy, xx = np.ogrid[-r : r + 1, -r : r + 1]
+    distance = np.sqrt(yy**2 + xx**2)
+    mask = (distance <= radius) & (distance >= radius / 2)
+    img[cy - r : cy + r + 1, cx - r : cx + r + 1][mask] = colour
+    rows, cols = np.nonzero(mask)
+    box = (cx - r + int(cols.min()), cy - r + int(rows.min()))
+    box += (cx - r + int(cols.max()), cy - r + int(rows.max()))
+    small = math.sqrt((box[2] - box[0] + 1) * (box[3] - box[1] + 1)) < DIFFICULT_SIZE
+    return ShapeObject(label, box, False, small)
+
+
+def _fill(rng: np.random.Generator, img: np.ndarray, shape: _Placed, visible: float) -> ShapeObject:
+    """Paint a placed shape in a colour that contrasts with what lies beneath; its annotation."""
+    region = img[shape.roi]
+    region[shape.mask] = _contrasting_colour(rng, region[shape.mask])
+    x0, y0, x1, y1 = shape.box
+    small = math.sqrt((x1 - x0 + 1) * (y1 - y0 + 1)) < DIFFICULT_SIZE
+    return ShapeObject(
+        shape.label, shape.box, shape.truncated, bool(visible < DIFFICULT_VISIBLE or small)
+    )
+
+
+def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Blur (sometimes) and pixel noise over the whole float image; the uint8 result."""
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), 0)
     # OpenCV's generator, seeded from ``rng``, draws the pixel noise twice as fast as numpy's.
     cv2.setRNGSeed(int(rng.integers(2**31)))
     noise = np.empty_like(img)
     cv2.randn(noise, (0.0,) * 3, (float(rng.uniform(3, 15)),) * 3)
-    return np.clip(img + noise, 0, 255).astype(np.uint8), objects
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
 def _voc_xml(image_id: str, width: int, height: int, objects: list[ShapeObject]) -> bytes:
@@ -363,13 +467,15 @@ class _ImageTask:
     min_size: int
     max_size: int
     empty: bool
+    variant: str = "plain"
 
 
 def _write_image(task: _ImageTask) -> _Record:
     """Render one image from its own random stream and write its JPEG and VOC XML."""
     image_id = f"{task.index + 1:06d}"
     rng = np.random.default_rng(np.random.SeedSequence(task.seed, spawn_key=(task.index,)))
-    image, objects = render_image(rng, task.min_size, task.max_size, empty=task.empty)
+    render = render_context_image if task.variant == "context" else render_image
+    image, objects = render(rng, task.min_size, task.max_size, empty=task.empty)
     height, width = image.shape[:2]
     jpg = task.root / "JPEGImages" / f"{image_id}.jpg"
     cv2.imwrite(str(jpg), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -426,8 +532,12 @@ def generate_shapes(
     max_size: int = 384,
     overwrite: bool = False,
     workers: int | None = None,
+    variant: str = "plain",
 ) -> Path:
     """Write the shapes dataset under ``root`` in VOC and COCO form and return ``root``.
+
+    ``variant`` is ``plain`` (every object carries its own class) or ``context`` (small markers
+    whose class only their surroundings tell: :func:`render_context_image`).
 
     Idempotent: when ``root`` already holds a complete dataset made with the same parameters it
     returns at once; different parameters or ``overwrite=True`` regenerate it. Images are rendered
@@ -435,6 +545,8 @@ def generate_shapes(
     """
     if not 0 < min_size <= max_size:
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown shapes variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     root = Path(root)
     stamp = {
         "format_version": FORMAT_VERSION,
@@ -444,6 +556,8 @@ def generate_shapes(
         "seed": seed,
         "min_size": min_size,
         "max_size": max_size,
+        # the plain data's stamp predates variants, and stays as it was
+        **({"variant": variant} if variant != "plain" else {}),
     }
     if not overwrite and read_stamp(root) == stamp:
         return root
@@ -461,7 +575,7 @@ def generate_shapes(
         n_empty = math.ceil(EMPTY_FRACTION * count)
         empty = set(layout_rng.choice(count, n_empty, replace=False).tolist())
         tasks += [
-            _ImageTask(root, seed, len(tasks) + i, min_size, max_size, i in empty)
+            _ImageTask(root, seed, len(tasks) + i, min_size, max_size, i in empty, variant)
             for i in range(count)
         ]
         split_of += [split] * count
@@ -479,13 +593,19 @@ def generate_shapes(
     return root
 
 
-def ensure_shapes(root: str | Path) -> Path:
-    """``root``, holding a shapes dataset: built there with the default parameters unless it
-    already holds a complete one of this format, whatever its sizes and seed (e.g. a small one
-    for tests)."""
+def ensure_shapes(root: str | Path, variant: str = "plain") -> Path:
+    """``root``, holding a shapes dataset of ``variant``: built there with the default parameters
+    unless it already holds a complete one of this format, whatever its sizes and seed (e.g. a
+    small one for tests). A complete dataset of the other variant there is an error."""
     stamp = read_stamp(root)
     if stamp is None or stamp.get("format_version") != FORMAT_VERSION:
-        return generate_shapes(root)
+        return generate_shapes(root, variant=variant)
+    if stamp.get("variant", "plain") != variant:
+        raise UserError(
+            f"{root} holds the {stamp.get('variant', 'plain')!r} shapes data, not {variant!r}: "
+            f"point data.root at another directory, or build it there with python -m "
+            f"dssd.data.shapes --out {root} --variant {variant} --overwrite"
+        )
     return Path(root)
 
 
@@ -520,6 +640,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-size", type=int, default=256)
     parser.add_argument("--max-size", type=int, default=384)
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="plain",
+        help="plain, or context (small markers whose class only the large shape around them tells)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
     args = parser.parse_args(argv)
 
@@ -534,6 +660,7 @@ def main(argv: list[str] | None = None) -> None:
         min_size=args.min_size,
         max_size=args.max_size,
         overwrite=args.overwrite,
+        variant=args.variant,
     )
     fresh = args.overwrite or before != read_stamp(root)
     state = f"generated in {time.perf_counter() - start:.1f}s" if fresh else "already up to date"
