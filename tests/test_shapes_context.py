@@ -16,7 +16,7 @@ from dssd.data import shapes
 from dssd.data.shapes import CLASSES, CONTEXT_DISTANCE, CONTEXT_RING_CLASSES, generate_shapes
 from dssd.errors import UserError
 
-RING = 24  # no ring's box is wider; every region's is far wider
+RING = 31  # no ring's box is wider; every region's is far wider
 
 
 @pytest.fixture(scope="module")

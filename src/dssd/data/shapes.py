@@ -64,7 +64,7 @@ PLACEMENT_TRIES = 30
 # the rings' outer diameters in pixels, rings per region, and how far (pixels) every ring's box
 # lies inside its region's outline.
 CONTEXT_REGION_FRACTION = (0.55, 0.9)
-CONTEXT_MARKER_SIZES = (12.0, 24.0)
+CONTEXT_MARKER_SIZES = (20.0, 31.0)
 CONTEXT_MARKERS = (1, 3)
 CONTEXT_DISTANCE = 40
 CONTEXT_TRIES = 200  # geometries tried per region before it is left out
