@@ -15,6 +15,7 @@ from conftest import run_entry_point, tiny_overrides
 from dssd.data import shapes
 from dssd.data.shapes import CLASSES, CONTEXT_DISTANCE, CONTEXT_RING_CLASSES, generate_shapes
 from dssd.errors import UserError
+from dssd.tools import context_reach
 
 RING = 31  # no ring's box is wider; every region's is far wider
 
@@ -163,10 +164,13 @@ def test_the_plain_data_is_unchanged_by_the_variants(tmp_path: Path) -> None:
     assert shapes.ensure_shapes(context, "context") == context
 
 
-def test_a_tiny_run_of_the_context_probe(tmp_path: Path) -> None:
+def test_a_tiny_run_of_the_context_probe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`make ablation ABLATION=shapes_context`, 2 iterations a row on tiny context data (the
     product fusion and the rows it needs): every run trained and tested on the context variant,
-    and the table and the analysis compare DSSD with the control."""
+    and the table and the analysis compare DSSD with the control; then how far the control's
+    and DSSD's predictions at the rings reach (`python -m dssd.tools.context_reach`)."""
     data = generate_shapes(
         tmp_path / "data", num_trainval=16, num_test=8, num_val=8, variant="context"
     )
@@ -188,3 +192,16 @@ def test_a_tiny_run_of_the_context_probe(tmp_path: Path) -> None:
         config = yaml.safe_load((out / row / "seed0" / ".hydra" / "config.yaml").read_text())
         assert config["data"]["variant"] == "context" and config["data"]["root"] == str(data)
     assert (out / "analysis" / "dssd_prod_vs_ssd_pm_c_control" / "summary.md").is_file()
+
+    capsys.readouterr()
+    context_reach.main(
+        [
+            str(out / "ssd_pm_c_control" / "seed0"),
+            str(out / "dssd_prod" / "seed0"),
+            "--objects",
+            "4",
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| run | objects | maps | share beyond 40 px |")
+    assert len(lines) == 4 and all("| 4 |" in line for line in lines[2:])

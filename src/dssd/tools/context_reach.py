@@ -1,0 +1,161 @@
+"""How far a detector looks when it predicts a small object: of the input gradient of what its
+heads read at that object's default box, the share that lies farther than ``--distance`` pixels
+from the object's box (its context), and the radii around the object's centre that hold half and
+90% of it (the effective receptive field, Luo et al. 2016, measured where the object is).
+
+The context probe's question (``make ablation ABLATION=shapes_context``): does DSSD's
+deconvolution module make the prediction at a small ring reach the outline of the shape it lies
+in, 40 px away, where the plain SSD map does not?
+
+    python -m dssd.tools.context_reach logs/ablation/shapes_context/ssd_pm_c_control/seed0 \\
+        logs/ablation/shapes_context/dssd_prod/seed0
+
+Each argument is a run directory or a checkpoint; the objects are the first ``--objects``
+non-difficult objects under ``--max-size`` px (sqrt of the box area) of the run's test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import box_convert, box_iou
+
+from dssd.analysis.analyser import find_run
+from dssd.deployment.inference import load_checkpoint, load_test_data, restore_detector
+from dssd.errors import user_errors
+from dssd.models.ssd import SSD
+from dssd.results.tables import markdown_table
+
+
+@dataclass(frozen=True)
+class Reach:
+    """One object's measurement: the source map it is predicted from, the share of the gradient
+    beyond the distance, and the radii (original-image pixels) holding 50% and 90% of it."""
+
+    level: int
+    share_beyond: float
+    radius_50: float
+    radius_90: float
+
+
+def best_default_box(net: SSD, box: Tensor) -> tuple[int, int, int]:
+    """Source map, row and column of the default box that overlaps ``box`` (xyxy, normalised to
+    the input) most."""
+    priors = box_convert(net.priors, "cxcywh", "xyxy")
+    index = int(box_iou(box[None], priors)[0].argmax())
+    sizes, per_cell = net.feature_sizes, net.default_boxes.boxes_per_location
+    for level, (size, boxes) in enumerate(zip(sizes, per_cell, strict=True)):
+        if index < size * size * boxes:
+            row, col = divmod(index // boxes, size)
+            return level, row, col
+        index -= size * size * boxes
+    raise AssertionError("the prior index lies beyond the priors")
+
+
+def input_gradient(net: SSD, image: Tensor, level: int, row: int, col: int) -> Tensor:
+    """|d(||f||^2 / 2) / d input| summed over the colour channels, ``[S, S]``: ``f`` is what the
+    heads read at (``row``, ``col``) of source ``level``, its prediction module's output."""
+    x = image[None].detach().clone().requires_grad_(True)
+    maps = net.sources(x)
+    feature = net.prediction_modules[level](maps[level])[0, :, row, col]
+    (feature.float().pow(2).sum() / 2).backward()
+    return x.grad[0].abs().sum(0)
+
+
+def measure(
+    gradient: Tensor, box: Sequence[float], size: tuple[int, int], distance: float, level: int
+) -> Reach:
+    """The :class:`Reach` of a ``[S, S]`` input gradient for an object ``box`` (xyxy, pixels of an
+    image of ``size`` = (height, width))."""
+    height, width = size
+    side = gradient.shape[-1]
+    # each input pixel's centre in original-image pixels
+    ys = (torch.arange(side, dtype=torch.float64) + 0.5) * height / side
+    xs = (torch.arange(side, dtype=torch.float64) + 0.5) * width / side
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    x0, y0, x1, y1 = box
+    dx = torch.clamp(torch.maximum(x0 - xx, xx - x1), min=0)
+    dy = torch.clamp(torch.maximum(y0 - yy, yy - y1), min=0)
+    weight = gradient.double() / gradient.sum().clamp(min=1e-30)
+    beyond = float(weight[(dx**2 + dy**2).sqrt() > distance].sum())
+    from_centre = ((xx - (x0 + x1) / 2) ** 2 + (yy - (y0 + y1) / 2) ** 2).sqrt().flatten()
+    order = from_centre.argsort()
+    cumulative = weight.flatten()[order].cumsum(0)
+    radii = [float(from_centre[order][torch.searchsorted(cumulative, q)]) for q in (0.5, 0.9)]
+    return Reach(level, beyond, *radii)
+
+
+def run_reach(
+    path: str, objects: int, max_size: float, distance: float, data_root: str | None
+) -> tuple[str, list[Reach]]:
+    """The run's name and the :class:`Reach` of its first ``objects`` small test objects."""
+    run = find_run(path)
+    checkpoint, config = load_checkpoint(run.checkpoint)
+    net: SSD = restore_detector(checkpoint, config.model).net.float().eval()
+    datamodule = load_test_data(config, **({"root": data_root} if data_root else {}))
+    reaches: list[Reach] = []
+    dataset = datamodule.datasets["test"]
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        height, width = target["orig_size"].tolist()
+        for box, difficult in zip(target["boxes"], target["difficult"], strict=True):
+            pixels = box * torch.tensor([width, height, width, height])
+            area = float((pixels[2] - pixels[0]) * (pixels[3] - pixels[1]))
+            if difficult or area >= max_size**2:
+                continue
+            level, row, col = best_default_box(net, box.float())
+            gradient = input_gradient(net, image, level, row, col)
+            reaches.append(measure(gradient, pixels.tolist(), (height, width), distance, level))
+            if len(reaches) == objects:
+                return run.name, reaches
+    return run.name, reaches
+
+
+def reach_table(results: Sequence[tuple[str, list[Reach]]], distance: float) -> str:
+    """A markdown table: per run, the objects measured, the source maps they are predicted from,
+    and the mean share beyond ``distance`` and median radii."""
+    header = ["run", "objects", "maps", f"share beyond {distance:g} px", "r50 (px)", "r90 (px)"]
+    rows = []
+    for name, reaches in results:
+        if not reaches:
+            rows.append([name, 0, "–", "–", "–", "–"])
+            continue
+        levels = np.bincount([r.level for r in reaches])
+        shares = np.array([r.share_beyond for r in reaches])
+        rows.append(
+            [
+                name,
+                len(reaches),
+                ", ".join(f"{k}: {n}" for k, n in enumerate(levels) if n),
+                f"{100 * shares.mean():.1f}% ± {100 * shares.std():.1f}",
+                f"{np.median([r.radius_50 for r in reaches]):.1f}",
+                f"{np.median([r.radius_90 for r in reaches]):.1f}",
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``python -m dssd.tools.context_reach RUN [RUN ...]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run directories or checkpoints")
+    parser.add_argument("--objects", type=int, default=100, help="objects per run")
+    parser.add_argument("--max-size", type=float, default=32.0, help="sqrt(box area) below this")
+    parser.add_argument("--distance", type=float, default=40.0, help="context beyond this, px")
+    parser.add_argument("--data-root", help="the test data's root, if not the run's data.root")
+    args = parser.parse_args(argv)
+    results = []
+    for path in args.runs:
+        results.append(run_reach(path, args.objects, args.max_size, args.distance, args.data_root))
+    print(reach_table(results, args.distance))
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(sys.argv[1:])
