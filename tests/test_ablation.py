@@ -30,6 +30,7 @@ from dssd.table4 import (
     train_command,
 )
 from dssd.table4.rows import is_done
+from dssd.table4.statistics import last_quarter_rise, validation_curve
 from test_configs import compose_train, resolve_with_hydra
 
 CONF = ROOT / "conf"
@@ -285,6 +286,23 @@ def test_the_context_probe_is_table_4s_rows_on_the_context_data() -> None:
         assert plain_data.pop("root") == f"{ROOT}/data/shapes" and data == plain_data
 
 
+def test_a_rows_rise_is_over_the_last_quarter_of_its_validations() -> None:
+    history = [
+        {"step": 40, "val/voc_map": 0.05},
+        {"step": 80, "val/voc_map": 0.10, "val/map_50": 0.2},
+        {"step": 120, "val/voc_map": 0.14},
+        {"step": 160, "val/voc_map": 0.145},
+        {"step": 170},  # (a point without the metric is left out)
+    ]
+    curve = validation_curve(history)
+    assert [step for step, _ in curve] == [40, 80, 120, 160]
+    assert [value for _, value in curve] == pytest.approx([5.0, 10.0, 14.0, 14.5])
+    assert last_quarter_rise(curve) == 0.5  # 14.5 at 160 less 14.0 at 120 (= 3/4 of 160)
+    assert last_quarter_rise(curve[:3]) == 4.0  # 14.0 at 120 less 10.0 at 80 (<= 90)
+    assert last_quarter_rise([(160, 9.0)]) is None  # one validation: no earlier point
+    assert last_quarter_rise([]) is None
+
+
 def test_out_dir_is_named_after_the_setting() -> None:
     cfg = compose_table4("ablation=voc0712_321")
     with open_dict(cfg):
@@ -312,6 +330,8 @@ def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
         assert float(record["fit_minutes"]) > 0 and float(record["wall_minutes"]) > 0
         for size in ("ap_small", "ap_medium", "ap_large"):
             assert record[size] == "" or 0 <= float(record[size]) <= 100
+        # one validation per run: a curve of one point, no last quarter to rise over
+        assert 0 <= float(record["val_curve"]) <= 100 and record["val_rise"] == ""
         if record["ablates"]:
             # (a percentile interval need not hold the estimate: on 8 test images, AP is far
             # from linear in the images' weights)
@@ -362,6 +382,10 @@ def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
             result = json.loads((directory / "test_results.json").read_text())
             assert result["stage"] == row.stage
             assert result["tested_checkpoint"] == "final weights"
+            # the validation curve: the one validation of a 2-iteration run, as logged
+            (point,) = result["val_history"]
+            assert point["step"] == 2
+            assert point["val/voc_map"] == pytest.approx(result["metrics"]["val/voc_map"])
 
     # stage 1 froze the backbone it loaded from PM(c)'s final weights: the same tensors
     for seed in seeds:

@@ -21,7 +21,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import ROOT, run_entry_point, tiny_run
 from dssd.errors import UserError
 from dssd.tasks.training import best_checkpoint, resume_checkpoint
-from dssd.training.callbacks import LastCheckpoint, NonFiniteLossError, NonFiniteLossStop
+from dssd.training.callbacks import (
+    LastCheckpoint,
+    NonFiniteLossError,
+    NonFiniteLossStop,
+    ValidationHistory,
+)
 
 # --- unit tests on a tiny model: fast -------------------------------------------------------------
 
@@ -65,6 +70,7 @@ def tiny_fit(
     callbacks = [
         LastCheckpoint(dirpath=str(directory), every_n_train_steps=every),
         NonFiniteLossStop(),
+        ValidationHistory(["val/score", "val/absent"]),
         recorder,
     ]
     if val_every:
@@ -100,6 +106,9 @@ def test_last_checkpoint_every_n_steps_after_validation_and_at_the_end(tmp_path:
     keys = [k for k in checkpoint["callbacks"] if "Checkpoint" in k]
     assert len(keys) == 2 and any(k.startswith("LastCheckpoint") for k in keys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+    # the validation curve: each validation's step and value, kept in the checkpoint
+    history = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationHistory")]
+    assert history == [{"history": [{"step": 4, "val/score": 4.0}, {"step": 8, "val/score": 8.0}]}]
 
 
 def test_non_finite_loss_stops_before_backward_and_writes_no_checkpoint(tmp_path: Path) -> None:
@@ -212,6 +221,9 @@ def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Pat
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == max_steps
     adam_steps = {int(s["step"]) for s in checkpoint["optimizer_states"][0]["state"].values()}
     assert adam_steps == {max_steps}
+    # the validation curve holds the killed run's validations (4) and the resumed run's (8, 12)
+    (curve,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationHistory")]
+    assert [point["step"] for point in curve["history"]] == [4, 8, 12]
     # the resumed run logs to csv/version_1, from the step after the saved one on
     resumed = train_steps(run_dir / "csv" / "version_1" / "metrics.csv")
     assert resumed == list(range(saved, max_steps))

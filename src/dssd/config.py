@@ -86,9 +86,11 @@ def fast_precision() -> str:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers above and ``len`` (``${len:${data.class_names}}``)."""
+    """Register the resolvers above, ``len`` (``${len:${data.class_names}}``) and ``div``
+    (integer division, ``${div:${stage:schedules,max_steps},4}``)."""
     resolvers = {
         "len": lambda x: len(x),
+        "div": lambda a, b: int(a) // int(b),
         "stage": stage_entry,
         "run_name": run_name,
         "run_tags": run_tags,

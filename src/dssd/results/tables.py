@@ -67,6 +67,8 @@ TABLE4_COLUMNS = [
     "ap_large",
     "parameters",
     "gmac",
+    "val_curve",
+    "val_rise",
     "fit_minutes",
     "wall_minutes",
 ]
@@ -80,6 +82,8 @@ RUN_COLUMNS = [
     "ap_small",
     "ap_medium",
     "ap_large",
+    "val_curve",
+    "val_rise",
     "fit_minutes",
     "wall_minutes",
     "run_dir",
@@ -207,6 +211,8 @@ def table4_markdown(
         f"COCO AP{spread}",
         "params (M)",
         "GMAC",
+        "val mAP by validation",
+        "val rise, last ¼",
         "train (min)",
         "wall (min)",
     ]
@@ -223,6 +229,8 @@ def table4_markdown(
             mean_std_cell(r["coco_map"], r.get("coco_map_std")),
             cell(r["parameters"] / 1e6 if r["parameters"] else None, 2),
             cell(r.get("gmac"), 2),
+            (r.get("val_curve") or "–").replace(";", " → "),
+            cell(r.get("val_rise")),
             cell(r["fit_minutes"]),
             cell(r["wall_minutes"]),
         ]
@@ -236,8 +244,10 @@ def table4_markdown(
         "split (%), the paper's on VOC2007 test. Δ: mean difference from the row in `vs` over "
         f"paired seeds, with its {100 * confidence:.0f}% interval from a paired bootstrap over "
         f"the test images; * {SIGNIFICANCE.format(alpha=f'{100 * (1 - confidence):g}%')} "
-        "AP_S/M/L: COCO AP by object size. GMAC: multiply-accumulates per image. Train and wall "
-        "times are per run."
+        "AP_S/M/L: COCO AP by object size. GMAC: multiply-accumulates per image. Val mAP: the "
+        "VOC mAP on the validation split after each validation of the run's stage (mean over "
+        "the seeds); its rise over the last quarter of the schedule says whether the row "
+        "converged (under 1 point). Train and wall times are per run."
     )
     walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
     total = f"Total wall time of the runs: {sum(walls):.1f} min."

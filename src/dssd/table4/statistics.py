@@ -20,6 +20,8 @@ from dssd.table4.rows import Row, read_run_record, run_dir
 
 log = logging.getLogger(__name__)
 
+# the validation metric of each run's curve (val_history in its test_results.json)
+VAL_METRIC = "val/voc_map"
 # test metric (as logged) of each per-run column (in %)
 METRICS = {
     "voc_map": "test/voc_map",
@@ -43,6 +45,7 @@ def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[di
             except FileNotFoundError as err:
                 raise UserError(f"row {row.id}, seed {seed}: {err}") from None
             metrics = result.get("metrics", {})
+            curve = validation_curve(result.get("val_history", []))
             records.append(
                 {
                     "row": row.id,
@@ -54,9 +57,26 @@ def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[di
                     "model": result.get("run_name", ""),
                     "parameters": result.get("parameters"),
                     "gmac": result.get("gmac"),
+                    "val_curve": ";".join(f"{v:.1f}" for _, v in curve) or None,
+                    "val_rise": last_quarter_rise(curve),
                 }
             )
     return records
+
+
+def validation_curve(history: Sequence[dict[str, float]]) -> list[tuple[int, float]]:
+    """``(step, val VOC mAP in %)`` after each validation of a run (its ``val_history``)."""
+    return [(int(p["step"]), 100 * p[VAL_METRIC]) for p in history if VAL_METRIC in p]
+
+
+def last_quarter_rise(curve: Sequence[tuple[int, float]]) -> float | None:
+    """How much the curve rose over the last quarter of the run's steps: its last value less its
+    value at the last validation no later than 3/4 of the last step; None without one."""
+    if not curve:
+        return None
+    last_step, last_value = curve[-1]
+    before = [v for step, v in curve if step <= 0.75 * last_step]
+    return round(last_value - before[-1], 2) if before else None
 
 
 def summarize(
@@ -97,7 +117,11 @@ def summarize(
             "parameters": mine[0]["parameters"],
             "gmac": mine[0]["gmac"],
         }
-        for key in (*METRICS, "fit_minutes", "wall_minutes"):
+        curves = [r["val_curve"].split(";") for r in mine if r["val_curve"]]
+        if curves and len(curves) == len(mine) and len({len(c) for c in curves}) == 1:
+            means = np.mean(np.array(curves, dtype=float), axis=0)
+            record["val_curve"] = ";".join(f"{v:.1f}" for v in means)
+        for key in (*METRICS, "val_rise", "fit_minutes", "wall_minutes"):
             values = [r[key] for r in mine if r[key] is not None]
             record[key] = round(float(np.mean(values)), 2) if values else None
             if key in ("voc_map", "coco_map"):

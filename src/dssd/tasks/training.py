@@ -17,6 +17,7 @@ from dssd.config import training_stage
 from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
 from dssd.tasks.common import build_trainer, report_test_results, result_writers, scalar_metrics
+from dssd.training.callbacks import ValidationHistory
 from dssd.training.checkpoints import read_checkpoint
 from dssd.training.module import DetectionModule
 from dssd.training.stages import load_initial_weights
@@ -131,6 +132,9 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(scalar_metrics(trainer.callback_metrics))
         if trainer.is_global_zero:
             record = {**timings, "tested_checkpoint": tested or "final weights"}
+            history = [c for c in trainer.callbacks if isinstance(c, ValidationHistory)]
+            if history and cfg.get("train", True):
+                record["val_history"] = history[0].history
             report_test_results(cfg, model, metrics, record)
 
     value = metrics.get(cfg.get("optimized_metric", ""))

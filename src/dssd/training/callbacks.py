@@ -1,5 +1,5 @@
-"""Lightning callbacks of the suite: data skip report, periodic last checkpoint, NaN stop, and the
-test detections as COCO or VOC devkit result files."""
+"""Lightning callbacks of the suite: data skip report, periodic last checkpoint, NaN stop, the
+validation curve, and the test detections as COCO or VOC devkit result files."""
 
 from __future__ import annotations
 
@@ -119,6 +119,31 @@ class LastCheckpoint(Checkpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("dirpath") == self.dirpath:
             self.last_model_path = state_dict.get("last_model_path", "")
+
+
+class ValidationHistory(pl.Callback):
+    """The fit's validation curve: after every validation (not the sanity check), the training
+    step and ``metrics`` as logged. ``src/train.py`` keeps it in ``test_results.json``
+    (``val_history``), where ``make ablation`` reads whether each row converged; it is saved in
+    checkpoints, so a resumed run keeps its earlier points."""
+
+    def __init__(self, metrics: tuple[str, ...] | list[str] = ("val/voc_map",)) -> None:
+        self.metrics = tuple(metrics)
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        logged = trainer.callback_metrics
+        point = {"step": trainer.global_step}
+        point.update({name: float(logged[name]) for name in self.metrics if name in logged})
+        self.history.append(point)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
 
 
 class NonFiniteLossError(UserError):
