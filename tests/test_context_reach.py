@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from torchvision.ops import box_iou
 
 from dssd.config import compose_train
-from dssd.tools.context_reach import best_default_box, input_gradient, measure
+from dssd.tools.context_reach import best_default_box, input_gradients, measure
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +65,16 @@ def test_dssd_reaches_beyond_what_the_ssd_map_can_see(nets) -> None:
     (beyond the stride-8 map's receptive field), DSSD's decoder brings the deepest maps there."""
     image = torch.randn(3, 193, 193, generator=torch.Generator().manual_seed(2))
     far_corner = (slice(150, None), slice(150, None))
-    ssd = input_gradient(nets["ssd"], image, 0, 0, 0)
-    dssd = input_gradient(nets["dssd"], image, 0, 0, 0)
+    (ssd,) = input_gradients(nets["ssd"], image, [(0, 0, 0)])
+    (dssd,) = input_gradients(nets["dssd"], image, [(0, 0, 0)])
     assert ssd.shape == dssd.shape == (193, 193)
     assert ssd[:20, :20].sum() > 0 and dssd[:20, :20].sum() > 0
     assert ssd[far_corner].abs().sum() == 0
     assert dssd[far_corner].abs().sum() > 0
     box = [0.0, 0.0, 8.0, 8.0]
+    # several cells of one image on one forward pass: each as if computed alone
+    both = input_gradients(nets["dssd"], image, [(0, 0, 0), (1, 3, 4), (0, 0, 0)])
+    assert torch.equal(both[0], dssd) and torch.equal(both[2], dssd)
+    assert torch.equal(both[1], input_gradients(nets["dssd"], image, [(1, 3, 4)])[0])
     assert measure(dssd, box, (193, 193), 100, 0).share_beyond > 0
     assert measure(ssd, box, (193, 193), 100, 0).share_beyond == 0

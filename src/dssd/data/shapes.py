@@ -64,8 +64,8 @@ PLACEMENT_TRIES = 30
 # the rings' outer diameters in pixels, rings per region, and how far (pixels) every ring's box
 # lies inside its region's outline.
 CONTEXT_REGION_FRACTION = (0.55, 0.9)
-CONTEXT_MARKER_SIZES = (20.0, 31.0)
-CONTEXT_MARKERS = (1, 3)
+CONTEXT_RING_SIZES = (20.0, 31.0)
+CONTEXT_RINGS = (1, 3)
 CONTEXT_DISTANCE = 40
 CONTEXT_TRIES = 200  # geometries tried per region before it is left out
 # Stars and crosses are too thin to hold a ring that deep at these sizes: they carry none.
@@ -303,12 +303,12 @@ def render_context_image(
     """Draw one image of the ``context`` variant (uint8 RGB) and its annotations from ``rng``.
 
     One or two large shapes that do not overlap (the regions, annotated with their class as in
-    the plain data) carry small rings that all look alike (CONTEXT_MARKERS of them in each region
-    of CONTEXT_RING_CLASSES, none in the others). A ring's class is
-    that of the region it lies in, and every pixel within CONTEXT_DISTANCE of its box is that
-    region's flat fill or another ring, so nothing near a ring tells its class: only the region's
-    outline, far away, does. A region's class and ring count are drawn first and its geometry is
-    redrawn until the rings fit, so those classes carry as many rings each.
+    the plain data) carry small rings that all look alike (CONTEXT_RINGS of them in each region
+    of CONTEXT_RING_CLASSES, none in the others). A ring's class is that of the region it lies
+    in, and every pixel within CONTEXT_DISTANCE of its box is that region's flat fill or another
+    ring, so nothing near a ring tells its class: only the region's outline, far away, does. A
+    region's class and ring count are drawn first and its geometry is redrawn until the rings
+    fit, so those classes carry as many rings each.
     """
     width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
     img = _background(rng, width, height)
@@ -317,7 +317,7 @@ def render_context_image(
     regions: list[tuple[_Placed, list[tuple[int, int, float]]]] = []
     for _ in range(0 if empty else int(rng.integers(1, 3))):
         label = int(rng.integers(len(CLASSES)))
-        count = int(rng.integers(CONTEXT_MARKERS[0], CONTEXT_MARKERS[1] + 1))
+        count = int(rng.integers(CONTEXT_RINGS[0], CONTEXT_RINGS[1] + 1))
         if CLASSES[label] not in CONTEXT_RING_CLASSES:
             count = 0
         for _ in range(CONTEXT_TRIES):
@@ -348,7 +348,7 @@ def _plan_rings(
     """Up to ``count`` rings (centre row, centre column, radius) whose boxes lie at least
     CONTEXT_DISTANCE inside a region (``depth``: each pixel's distance to the region's edge) and
     clear of each other's surroundings."""
-    log_lo, log_hi = (math.log(s) for s in CONTEXT_MARKER_SIZES)
+    log_lo, log_hi = (math.log(s) for s in CONTEXT_RING_SIZES)
     free = depth.copy()
     rings = []
     for _ in range(count):
@@ -360,7 +360,7 @@ def _plan_rings(
         pick = int(rng.integers(rows.size))
         rings.append((int(rows[pick]), int(cols[pick]), radius))
         centre = (int(cols[pick]), int(rows[pick]))
-        cv2.circle(free, centre, math.ceil(2 * radius + CONTEXT_MARKER_SIZES[1]), 0.0, -1)
+        cv2.circle(free, centre, math.ceil(2 * radius + CONTEXT_RING_SIZES[1]), 0.0, -1)
     return rings
 
 
@@ -536,7 +536,7 @@ def generate_shapes(
 ) -> Path:
     """Write the shapes dataset under ``root`` in VOC and COCO form and return ``root``.
 
-    ``variant`` is ``plain`` (every object carries its own class) or ``context`` (small markers
+    ``variant`` is ``plain`` (every object carries its own class) or ``context`` (small rings
     whose class only their surroundings tell: :func:`render_context_image`).
 
     Idempotent: when ``root`` already holds a complete dataset made with the same parameters it
@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> None:
         "--variant",
         choices=VARIANTS,
         default="plain",
-        help="plain, or context (small markers whose class only the large shape around them tells)",
+        help="plain, or context (small rings whose class only the large shape around them tells)",
     )
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
     args = parser.parse_args(argv)

@@ -58,14 +58,21 @@ def best_default_box(net: SSD, box: Tensor) -> tuple[int, int, int]:
     raise AssertionError("the prior index lies beyond the priors")
 
 
-def input_gradient(net: SSD, image: Tensor, level: int, row: int, col: int) -> Tensor:
-    """|d(||f||^2 / 2) / d input| summed over the colour channels, ``[S, S]``: ``f`` is what the
-    heads read at (``row``, ``col``) of source ``level``, its prediction module's output."""
+def input_gradients(net: SSD, image: Tensor, cells: Sequence[tuple[int, int, int]]) -> list[Tensor]:
+    """Per (source ``level``, ``row``, ``col``) of ``cells``: |d(||f||^2 / 2) / d input| summed
+    over the colour channels, ``[S, S]``, where ``f`` is what the heads read at that cell, its
+    prediction module's output. One forward pass serves every cell of the image."""
     x = image[None].detach().clone().requires_grad_(True)
     maps = net.sources(x)
-    feature = net.prediction_modules[level](maps[level])[0, :, row, col]
-    (feature.float().pow(2).sum() / 2).backward()
-    return x.grad[0].abs().sum(0)
+    outputs: dict[int, Tensor] = {}
+    gradients = []
+    for number, (level, row, col) in enumerate(cells):
+        if level not in outputs:
+            outputs[level] = net.prediction_modules[level](maps[level])
+        energy = outputs[level][0, :, row, col].float().pow(2).sum() / 2
+        (gradient,) = torch.autograd.grad(energy, x, retain_graph=number < len(cells) - 1)
+        gradients.append(gradient[0].abs().sum(0))
+    return gradients
 
 
 def measure(
@@ -104,16 +111,23 @@ def run_reach(
     for index in range(len(dataset)):
         image, target = dataset[index]
         height, width = target["orig_size"].tolist()
-        for box, difficult in zip(target["boxes"], target["difficult"], strict=True):
-            pixels = box * torch.tensor([width, height, width, height])
-            area = float((pixels[2] - pixels[0]) * (pixels[3] - pixels[1]))
-            if difficult or area >= max_size**2:
-                continue
-            level, row, col = best_default_box(net, box.float())
-            gradient = input_gradient(net, image, level, row, col)
-            reaches.append(measure(gradient, pixels.tolist(), (height, width), distance, level))
-            if len(reaches) == objects:
-                return run.name, reaches
+        scale = torch.tensor([width, height, width, height])
+        small = [
+            box
+            for box, difficult in zip(target["boxes"], target["difficult"], strict=True)
+            if not difficult
+            and float((box[2] - box[0]) * (box[3] - box[1]) * width * height) < max_size**2
+        ][: objects - len(reaches)]
+        if not small:
+            continue
+        cells = [best_default_box(net, box.float()) for box in small]
+        for box, cell, gradient in zip(
+            small, cells, input_gradients(net, image, cells), strict=True
+        ):
+            pixels = (box * scale).tolist()
+            reaches.append(measure(gradient, pixels, (height, width), distance, cell[0]))
+        if len(reaches) == objects:
+            break
     return run.name, reaches
 
 
