@@ -38,7 +38,9 @@ from benchmarks.speed import images, training_step
 from dssd.models.cost import gmac
 from dssd.tools.anchor_coverage import measure
 
-# candidate -> overrides of conf/train.yaml with experiment=shapes (its model is ssd_r18)
+# the recipe the candidates were trained with for the accuracy column (docs/reproducing.md)
+RECIPE = "experiment=shapes_r18w32"
+# candidate -> overrides of conf/train.yaml with model=ssd_r18 and RECIPE
 CANDIDATES: dict[str, list[str]] = {
     "r18w64-193": [],
     "r18w32-193": ["model.net.backbone.width=32"],
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"network search on {env['device']}", flush=True)
     start = time.perf_counter()
     cfgs = [
-        compose_config("ssd_r18", None, ["experiment=shapes", *CANDIDATES[name], *args.overrides])
+        compose_config("ssd_r18", None, [RECIPE, *CANDIDATES[name], *args.overrides])
         for name in args.candidates
     ]
     rows = []

@@ -301,6 +301,7 @@ def test_torchvision_backbone_imagenet_weights_come_from_the_hub_cache(tmp_path,
 CONFIGS = {
     "resnet18": (ResNetBackbone, [128, 512]),
     "resnet18_w32": (ResNetBackbone, [64, 256]),
+    "resnet18_w16": (ResNetBackbone, [32, 128]),
     "resnet50": (ResNetBackbone, [512, 2048]),
     "resnet101": (ResNetBackbone, [512, 2048]),
     "mobilenet_v3_large": (TorchvisionBackbone, [40, 960]),
@@ -336,6 +337,8 @@ def test_backbone_config_instantiates(name):
         ("dssd513", "resnet101"),
         ("ssd_r18", "resnet18"),
         ("dssd_r18w32", "resnet18_w32"),
+        ("ssd_r18w16", "resnet18_w16"),
+        ("dssd_r18w16", "resnet18_w16"),
     ],
 )
 def test_each_model_takes_its_backbone_from_the_group(model: str, backbone: str) -> None:

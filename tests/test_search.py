@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from benchmarks import search
-from benchmarks.common import CONF, compose_config
+from benchmarks.common import compose_config
 from conftest import tiny_data
-from dssd.config import register_resolvers
+from dssd.config import compose_train
 
 CHOSEN = ["r18w64-193", "r18w16-321"]
 
@@ -49,7 +48,7 @@ def rows(tiny_shapes: Path) -> tuple[list[dict], str]:
 
 @pytest.mark.parametrize("name", CHOSEN)
 def test_gmac_and_boxes_are_the_networks(name: str, rows, tiny_shapes: Path) -> None:
-    cfg = compose_config("ssd_r18", None, ["experiment=shapes", *search.CANDIDATES[name]])
+    cfg = compose_config("ssd_r18", None, [search.RECIPE, *search.CANDIDATES[name]])
     net = instantiate(cfg.model.net)
     row = next(r for r in rows[0] if r["candidate"] == name)
     assert row["image_size"] == net.image_size
@@ -74,17 +73,19 @@ def test_table_prints_every_candidate_with_ratios_to_the_first(rows) -> None:
     assert result[1]["covered"] > result[0]["covered"]
 
 
-def test_the_default_experiment_trains_the_chosen_candidate() -> None:
-    candidate = compose_config(
-        "ssd_r18", None, ["experiment=shapes", *search.CANDIDATES["r18w32-321"]]
-    )
-    register_resolvers()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        default = compose("train")
-    assert OmegaConf.to_container(default.model.net, resolve=True) == OmegaConf.to_container(
-        candidate.model.net, resolve=True
-    )
-    # the earlier default stays available on the same recipe
-    earlier = compose_config("ssd_r18", None, ["experiment=shapes_r18_193"])
+def test_the_default_experiments_train_the_chosen_candidates() -> None:
+    networks = {
+        "r18w16-321": compose_train(),
+        "r18w32-321": compose_train(["experiment=shapes_r18w32"]),
+    }
+    for name, cfg in networks.items():
+        candidate = compose_config("ssd_r18", None, [search.RECIPE, *search.CANDIDATES[name]])
+        assert OmegaConf.to_container(cfg.model.net, resolve=True) == OmegaConf.to_container(
+            candidate.model.net, resolve=True
+        ), name
+    # the earlier defaults stay available, on the recipe the search measured them with
+    earlier = compose_train(["experiment=shapes_r18_193"])
     assert earlier.model.net.image_size == 193 and earlier.model.net.backbone.width == 64
-    assert earlier.schedules == default.schedules
+    recipe = networks["r18w32-321"]
+    assert earlier.schedules == recipe.schedules
+    assert {**earlier.data, "image_size": None} == {**recipe.data, "image_size": None}

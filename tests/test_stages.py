@@ -46,14 +46,14 @@ def batchnorms(module: torch.nn.Module) -> list[_BatchNorm]:
 
 
 def test_stage0_trains_everything() -> None:
-    module = build("model=dssd_r18w32")
+    module = build("model=dssd_r18w16")
     module.train()
     assert all(p.requires_grad for p in module.parameters())
     assert all(m.training for m in batchnorms(module))
 
 
 def test_stage1_freezes_backbone_and_extras_with_their_batchnorm() -> None:
-    module = build("model=dssd_r18w32", "stage=1", "init_from=unused.ckpt")
+    module = build("model=dssd_r18w16", "stage=1", "init_from=unused.ckpt")
     net = module.net
     before = snapshot(module)
     one_step(module)
@@ -83,9 +83,9 @@ def test_stage1_freezes_backbone_and_extras_with_their_batchnorm() -> None:
 
 
 def test_stage2_freezes_every_batchnorm_at_a_lower_lr() -> None:
-    cfg = compose_train("model=dssd_r18w32", "stage=2", "init_from=unused.ckpt")
+    cfg = compose_train("model=dssd_r18w16", "stage=2", "init_from=unused.ckpt")
     assert cfg.model.optimizer.lr == pytest.approx(cfg.schedules[0].lr / 10)
-    module = build("model=dssd_r18w32", "stage=2", "init_from=unused.ckpt")
+    module = build("model=dssd_r18w16", "stage=2", "init_from=unused.ckpt")
     before = snapshot(module)
     one_step(module)
     after = snapshot(module)
@@ -121,7 +121,7 @@ def test_init_from_loads_the_stage0_encoder_and_reports(neck: str, tmp_path: Pat
     ssd = build("pm=c")
     path = tmp_path / "stage0.ckpt"
     torch.save({"state_dict": ssd.state_dict()}, path)
-    dssd = build("model=dssd_r18w32", f"neck={neck}", "stage=1", "init_from=x")
+    dssd = build("model=dssd_r18w16", f"neck={neck}", "stage=1", "init_from=x")
 
     report = load_initial_weights(dssd, path, ["backbone", "extras"])
     loaded = dssd.state_dict()
@@ -138,8 +138,8 @@ def test_init_from_refuses_mismatched_shapes(tmp_path: Path) -> None:
     ssd = build("pm=c")
     path = tmp_path / "stage0.ckpt"
     torch.save({"state_dict": ssd.state_dict()}, path)
-    dssd = build("model=dssd_r18w32")
-    # loading everything: the prediction modules see 128-channel decoder maps in DSSD
+    dssd = build("model=dssd_r18w16")
+    # loading everything: the prediction modules see 64-channel decoder maps in DSSD
     with pytest.raises(UserError, match=r"net\.prediction_modules\.\d+\.\S+: checkpoint"):
         load_initial_weights(dssd, path)
 
@@ -215,7 +215,7 @@ def test_three_stage_chain_from_the_command_line(tiny_shapes: Path, tmp_path: Pa
 
 def test_frozen_batchnorms_stay_frozen_after_sync_batchnorm_conversion() -> None:
     # DDP with sync BN swaps every BatchNorm module for a SyncBatchNorm one
-    module = build("model=dssd_r18w32", "stage=1", "init_from=unused.ckpt")
+    module = build("model=dssd_r18w16", "stage=1", "init_from=unused.ckpt")
     module.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module.net)
     module.train()
     backbone = [m for m in module.net.backbone.modules() if isinstance(m, _BatchNorm)]
