@@ -97,3 +97,36 @@ def test_default_experiment_uses_bf16_only_where_it_is_native(
     cfg = resolve_with_hydra(compose_train())
     assert cfg.trainer.precision == precision
     assert cfg.model.channels_last is (precision == "bf16-mixed")
+
+
+def flatten(node: object, prefix: str = "") -> dict[str, object]:
+    """A resolved config as {dotted key: leaf value}, list items by index."""
+    if isinstance(node, dict | list):
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        return {k: v for key, value in items for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def test_the_default_recipe_changes_only_what_the_10_minute_search_chose() -> None:
+    """experiment=shapes is experiment=shapes_r18w32's recipe with the network, batch,
+    augmentation, loader and schedule the recipe search chose (docs/reproducing.md), and the
+    ablation keeps shapes_r18w32's loader, with which its figures were measured."""
+
+    def flat(*overrides: str) -> dict[str, object]:
+        cfg = compose_train("logger=csv", *overrides)
+        return flatten(OmegaConf.to_container(resolve_with_hydra(cfg)))
+
+    default, earlier = flat(), flat("experiment=shapes_r18w32")
+    changed = {k for k in default.keys() | earlier.keys() if default.get(k) != earlier.get(k)}
+    chosen = ("model.net.", "schedules.", "model.scheduler.", "data.batch_size", "data.augment")
+    names = ("run_name", "run_group", "run_tags", "tags")  # follow the experiment's and model's
+    others = {k for k in changed if not k.startswith((*chosen, *names))}
+    assert others == {
+        "data.num_workers",
+        "trainer.max_steps",
+        "trainer.val_check_interval",
+        "callbacks.last_checkpoint.every_n_train_steps",
+    }
+    assert default["data.num_workers"] == 0 and default["data.augment"] is None
+    ablation = flat("experiment=shapes_ablation")
+    assert ablation["data.num_workers"] == earlier["data.num_workers"] == 1
