@@ -107,7 +107,10 @@ def test_reference_authors_code_builds_on_any_model_and_data() -> None:
     from dssd.data.augment import MinIoURandomCrop, PhotometricDistort
 
     for model in ("ssd_r18", "dssd_r18"):
-        cfg = compose_train(f"model={model}", "pm=c", "reference=authors_code")
+        # on the recipe with SSD augmentation (the default trains without it)
+        cfg = compose_train(
+            f"model={model}", "pm=c", "reference=authors_code", "experiment=shapes_r18w32"
+        )
         net = instantiate(cfg.model.net)
         assert [c.kernel_size[0] for c in net.heads.loc] == [5, 5, 3, 3, 3]
         for module in net.prediction_modules:  # 1x1 -> 3x3 -> 1x1 bottlenecks
