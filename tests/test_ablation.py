@@ -189,7 +189,7 @@ def test_train_command_chains_final_weights_per_seed_and_puts_extra_overrides_la
     step = Step(rows["dssd_prod_stage2"], 3, "resume", "")
     command = train_command(step, cfg.ablation, tmp_path, "shapes", "logger=csv")
     assert command[1].endswith("src/train.py")
-    assert "model=dssd_r18" in command and "fusion=prod" in command and "stage=2" in command
+    assert "model=dssd_r18w16" in command and "fusion=prod" in command and "stage=2" in command
     assert "seed=3" in command
     assert f"init_from={tmp_path / 'dssd_prod' / 'seed3' / 'checkpoints' / 'last.ckpt'}" in command
     assert f"hydra.run.dir={tmp_path / 'dssd_prod_stage2' / 'seed3'}" in command
@@ -248,7 +248,7 @@ def test_the_necks_setting_shares_table_4s_network_and_runs_every_neck() -> None
     """ABLATION=necks_shapes: PM(c), the control and DSSD's decoder compose to the same train
     configs as Table 4's rows of the same setting; then one row per later neck, compared with
     DSSD's decoder."""
-    table4 = compose_table4("ablation=shapes")
+    table4 = compose_table4("ablation=shapes_r18")
     necks = compose_table4("ablation=necks_shapes")
     assert list(necks.ablation.ssd) == list(table4.ablation.ssd)
     for mine, theirs in [
@@ -270,7 +270,7 @@ def test_the_necks_setting_shares_table_4s_network_and_runs_every_neck() -> None
 def test_the_context_probe_is_table_4s_rows_on_the_context_data() -> None:
     """ABLATION=shapes_context: Table 4's PM(c), control and DSSD rows, with the same ids and
     comparisons, composing to Table 4's train configs but for the data (the context variant)."""
-    table4 = compose_table4("ablation=shapes")
+    table4 = compose_table4("ablation=shapes_r18")
     probe = compose_table4("ablation=shapes_context")
     rows = parse_rows(probe.rows)
     assert [r.id for r in rows] == ["ssd_pm_c", "ssd_pm_c_control", "dssd_sum", "dssd_prod"]

@@ -128,5 +128,34 @@ def test_the_default_recipe_changes_only_what_the_10_minute_search_chose() -> No
         "callbacks.last_checkpoint.every_n_train_steps",
     }
     assert default["data.num_workers"] == 0 and default["data.augment"] is None
-    ablation = flat("experiment=shapes_ablation")
+    ablation = flat("experiment=shapes_ablation_r18")
     assert ablation["data.num_workers"] == earlier["data.num_workers"] == 1
+
+
+def test_the_ablation_is_the_default_recipe_on_shorter_schedules() -> None:
+    """experiment=shapes_ablation (make ablation's rows) is experiment=shapes with every stage at
+    45% of the iterations, the milestones and warm-up scaled alike, so that it keeps the recipe
+    chosen on the validation split and changes only the length the time budget set."""
+
+    def flat(*overrides: str) -> dict[str, object]:
+        cfg = compose_train("logger=csv", *overrides)
+        return flatten(OmegaConf.to_container(resolve_with_hydra(cfg)))
+
+    for stage in range(3):
+        default = flat(f"stage={stage}", *(["init_from=/x/last.ckpt"] if stage else []))
+        ablation = flat(
+            "experiment=shapes_ablation",
+            f"stage={stage}",
+            *(["init_from=/x/last.ckpt"] if stage else []),
+        )
+        changed = {k for k in default.keys() | ablation.keys() if default[k] != ablation.get(k)}
+        names = ("run_name", "run_group", "run_tags", "tags")
+        lengths = ("schedules.", "model.scheduler.", "trainer.max_steps")
+        assert {k for k in changed if not k.startswith((*names, *lengths))} == {
+            "trainer.val_check_interval",
+            "callbacks.last_checkpoint.every_n_train_steps",
+        }
+        for key in changed:
+            if key.startswith(("schedules.", "trainer.max_steps")) and not key.endswith(".lr"):
+                assert abs(ablation[key] - 0.45 * default[key]) <= 1, key
+        assert ablation["trainer.val_check_interval"] * 4 == ablation["trainer.max_steps"]

@@ -181,7 +181,7 @@ def test_table4_stage0_runs_land_in_their_own_named_dirs() -> None:
     for pm in "abcd":
         _, run = compose_run(hydra_overrides(sweep, agent_command(sweep, {"pm": pm})))
         assert run["stage"] == 0 and run["init_from"] is None
-        assert run["run_name"] == f"ssd_r18-pm_{pm}-stage0"
+        assert run["run_name"] == f"ssd_r18w16-pm_{pm}-stage0"
         assert run["run_dir"] == f"logs/sweeps/table4/{run['run_name']}"
 
 
@@ -197,7 +197,7 @@ def test_table4_stage1_starts_from_the_stage0_pm_c_checkpoint() -> None:
         # stage 1 freezes what it loads, and DSSD builds on prediction module (c)
         assert run["stages"][1]["freeze"] == ["backbone", "extras"]
         assert run["model"]["net"]["prediction_module"]["variant"] == "c"
-        assert run["run_name"] == f"dssd_r18-pm_c-{fusion}-stage1"
+        assert run["run_name"] == f"dssd_r18w16-pm_c-{fusion}-stage1"
         assert run["run_dir"] == f"logs/sweeps/table4/{run['run_name']}"
 
 
