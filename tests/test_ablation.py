@@ -267,6 +267,32 @@ def test_the_necks_setting_shares_table_4s_network_and_runs_every_neck() -> None
     ]
 
 
+def test_the_full_length_setting_is_table_4s_rows_on_make_trains_schedules() -> None:
+    """ABLATION=shapes_full: every row composes to the default setting's train config but for the
+    length (iterations, milestones, warm-up, validation and checkpoint intervals), which is make
+    train's: the rows' schedules are experiment=shapes's."""
+    full, short = compose_table4("ablation=shapes_full"), compose_table4("ablation=shapes")
+    default = OmegaConf.to_container(resolve_with_hydra(compose_train()).schedules)
+    lengths = ("schedules", "trainer", "callbacks", "model")
+    for row in parse_rows(full.rows):
+        mine, theirs = setting_train_config(full, row.id), setting_train_config(short, row.id)
+        assert mine["schedules"] == default, row.id
+        assert mine["trainer"]["max_steps"] == default[row.stage]["max_steps"], row.id
+        assert {k: v for k, v in mine.items() if k not in (*lengths, "tags", "run_group")} == {
+            k: v for k, v in theirs.items() if k not in (*lengths, "tags", "run_group")
+        }, row.id
+        mine["model"].pop("scheduler"), theirs["model"].pop("scheduler")
+        assert mine["model"] == theirs["model"], row.id
+        for group in ("trainer", "callbacks"):
+            changed = {k for k in mine[group] if mine[group][k] != theirs[group].get(k)} | (
+                theirs[group].keys() - mine[group].keys()
+            )
+            assert changed <= {"max_steps", "val_check_interval", "last_checkpoint"}, (
+                row.id,
+                group,
+            )
+
+
 def test_the_context_probe_is_table_4s_rows_on_the_context_data() -> None:
     """ABLATION=shapes_context: Table 4's PM(c), control and DSSD rows, with the same ids and
     comparisons, composing to Table 4's train configs but for the data (the context variant)."""
