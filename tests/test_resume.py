@@ -111,6 +111,31 @@ def test_last_checkpoint_every_n_steps_after_validation_and_at_the_end(tmp_path:
     assert history == [{"history": [{"step": 4, "val/score": 4.0}, {"step": 8, "val/score": 8.0}]}]
 
 
+def test_a_step_that_validates_is_written_after_its_validation_only(tmp_path: Path) -> None:
+    """Lightning resumes from a checkpoint of a validating step as if its validation had run:
+    written before the validation, it would lose that point if the run died during it."""
+    recorder = tiny_fit(tmp_path, TinyModule(), max_steps=9, every=2, val_every=4)
+    assert [step for step, stage in recorder.saves if stage == "train"] == [2, 6, 9]
+    assert [step for step, stage in recorder.saves if stage == "validate"] == [4, 4, 8, 8]
+
+
+def test_a_validation_at_each_epoch_end_defers_that_steps_write(tmp_path: Path) -> None:
+    recorder = SaveRecorder()
+    trainer = pl.Trainer(
+        max_steps=7,
+        callbacks=[LastCheckpoint(dirpath=str(tmp_path), every_n_train_steps=1), recorder],
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=4)  # 3 batches an epoch
+    trainer.fit(TinyModule(), train_dataloaders=data, val_dataloaders=data)
+    assert [step for step, stage in recorder.saves if stage == "train"] == [1, 2, 4, 5, 7]
+    assert [step for step, stage in recorder.saves if stage == "validate"] == [3, 6]
+
+
 def test_non_finite_loss_stops_before_backward_and_writes_no_checkpoint(tmp_path: Path) -> None:
     module = TinyModule(nan_at=5)
     with pytest.raises(NonFiniteLossError) as info:
@@ -221,7 +246,8 @@ def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Pat
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == max_steps
     adam_steps = {int(s["step"]) for s in checkpoint["optimizer_states"][0]["state"].values()}
     assert adam_steps == {max_steps}
-    # the validation curve holds the killed run's validations (4) and the resumed run's (8, 12)
+    # the validation curve holds every validation once, the killed run's and the resumed run's,
+    # wherever the kill fell (last.ckpt is written at a validating step only after validating)
     (curve,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationHistory")]
     assert [point["step"] for point in curve["history"]] == [4, 8, 12]
     # the resumed run logs to csv/version_1, from the step after the saved one on

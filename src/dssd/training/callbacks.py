@@ -67,6 +67,10 @@ class LastCheckpoint(Checkpoint):
     written when training stops on an exception. Only Lightning's public API is used: the
     ``Checkpoint`` base class and ``Trainer.save_checkpoint``.
 
+    A step that ends in a validation is written only after it: Lightning resumes from a
+    checkpoint of such a step as if its validation had run, so one written before the validation
+    would, if the run were killed during it, lose that point of the validation curve.
+
     Args:
         dirpath: where ``last.ckpt`` goes (the run's ``checkpoints/``; default
             ``<trainer.default_root_dir>/checkpoints``).
@@ -90,7 +94,7 @@ class LastCheckpoint(Checkpoint):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         every = self.every_n_train_steps
-        if every > 0 and trainer.global_step % every == 0:
+        if every > 0 and trainer.global_step % every == 0 and not validates_next(trainer):
             self.save(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -144,6 +148,22 @@ class ValidationHistory(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+
+
+def validates_next(trainer: pl.Trainer) -> bool:
+    """Whether Lightning validates right after the training batch that just ended, by its rule
+    for a validation every N batches or at an epoch's end (a time-based interval counts as no)."""
+    every_n_epochs = trainer.check_val_every_n_epoch
+    if not trainer.enable_validation or (
+        every_n_epochs is not None and (trainer.current_epoch + 1) % every_n_epochs
+    ):
+        return False
+    every_n_batches = trainer.val_check_batch
+    if every_n_batches is None or every_n_batches == float("inf"):
+        return trainer.is_last_batch
+    epoch_loop = trainer.fit_loop.epoch_loop
+    batch = epoch_loop.total_batch_idx if every_n_epochs is None else epoch_loop.batch_idx
+    return (batch + 1) % every_n_batches == 0
 
 
 class NonFiniteLossError(UserError):
