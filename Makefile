@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` / `make test-full`: one per core, at most 4 (each builds the
+# session fixtures it needs); PYTEST_WORKERS=0 runs the suite in one process
+PYTEST_WORKERS ?= auto
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadfile
 # `make ablation`: the setting (conf/ablation/), chosen by name or by DATA and MODEL_SIZE, and
 # extra overrides for every row's src/train.py
 DATA ?=
@@ -65,10 +69,10 @@ bench: install
 
 # Fast suite (slow tests excluded); `make test-full` runs everything.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-full: install
-	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -9,8 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from dssd.data.shapes import generate_shapes
+
+# `make test` runs the suite in one pytest-xdist worker per core: each worker, and every process it
+# starts, computes on one thread, so that the workers share the cores instead of contending.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
