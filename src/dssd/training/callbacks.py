@@ -65,7 +65,7 @@ class LastCheckpoint(Checkpoint):
     last multiple of N would be lost. The file is always overwritten in place (no
     ``last-v1.ckpt``), also when a resumed run finds it from the interrupted one. Nothing is
     written when training stops on an exception. Only Lightning's public API is used: the
-    ``Checkpoint`` base class and ``Trainer.save_checkpoint``.
+    ``Checkpoint`` base class, ``Trainer.save_checkpoint`` and the trainer's validation settings.
 
     A step that ends in a validation is written only after it: Lightning resumes from a
     checkpoint of such a step as if its validation had run, so one written before the validation
@@ -94,7 +94,7 @@ class LastCheckpoint(Checkpoint):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         every = self.every_n_train_steps
-        if every > 0 and trainer.global_step % every == 0 and not validates_next(trainer):
+        if every > 0 and trainer.global_step % every == 0 and not _validates_next(trainer):
             self.save(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -150,7 +150,7 @@ class ValidationHistory(pl.Callback):
         self.history = list(state_dict["history"])
 
 
-def validates_next(trainer: pl.Trainer) -> bool:
+def _validates_next(trainer: pl.Trainer) -> bool:
     """Whether Lightning validates right after the training batch that just ended, by its rule
     for a validation every N batches or at an epoch's end (a time-based interval counts as no)."""
     every_n_epochs = trainer.check_val_every_n_epoch
