@@ -6,14 +6,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import albumentations as A
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.config import register_resolvers
+from dssd.errors import UserError
 from dssd.training.module import DetectionModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -82,6 +85,27 @@ def test_default_experiment_composes_trainer_callbacks_and_data() -> None:
     datamodule = instantiate(cfg.data)
     assert datamodule.num_classes == 6
     assert datamodule.image_size == cfg.model.net.image_size
+
+
+def test_augmentation_is_switched_on_by_its_config_and_a_bare_name_is_refused() -> None:
+    """The override docs/configuration.md gives turns SSD's augmentation on in the default
+    experiment; ``data.augment=ssd`` (a string) fails with the override to use instead."""
+    assert instantiate(compose_train().data).augment is None
+    on = compose_train("data.augment={_target_:dssd.data.augment.ssd_augmentation}")
+    augment = instantiate(on.data).augment
+    assert {type(a).__name__ for a in augment} >= {"PhotometricDistort", "Expand"}
+    assert all(isinstance(a, A.BasicTransform) for a in augment)
+    with pytest.raises(InstantiationException) as raised:  # Hydra prints the cause's message
+        instantiate(compose_train("data.augment=ssd").data)
+    assert isinstance(raised.value.__cause__, UserError)
+    assert "'data.augment={_target_:dssd.data.augment.ssd_augmentation}'" in str(raised.value)
+
+
+@pytest.mark.parametrize("data", ["voc0712", "voc07++12", "coco"])
+def test_every_data_config_takes_pin_memory(data: str) -> None:
+    """``data.pin_memory=true``, as the GPU commands in docs/benchmarks.md give it, composes
+    for every dataset (not only the embedded one)."""
+    assert compose_train(f"data={data}", "data.pin_memory=true").data.pin_memory is True
 
 
 @pytest.mark.parametrize(

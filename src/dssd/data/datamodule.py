@@ -35,6 +35,7 @@ from dssd.data.transforms import (
     Augment,
     DetectionTransform,
     build_transforms,
+    check_augment,
     seed_worker,
 )
 from dssd.data.voc import DetectionImages, VOCDataset
@@ -168,6 +169,7 @@ class DetectionDataModule(pl.LightningDataModule):
             raise UserError(
                 f"data.val_holdout must be a number of images >= 0, got {val_holdout!r}"
             )
+        check_augment(augment)
         self.val_holdout = val_holdout
         self.val_holdout_seed = val_holdout_seed
         self.image_size = image_size

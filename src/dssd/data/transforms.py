@@ -20,6 +20,8 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
+from dssd.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -76,6 +78,19 @@ class DetectionTransform:
             "orig_size": torch.tensor([height, width], dtype=torch.int64),
             "skipped_images": target.get("skipped_images", 0),
         }
+
+
+def check_augment(augment: object) -> None:
+    """Refuse a ``data.augment`` that is neither a transform nor a sequence of them, such as the
+    string ``ssd`` that ``data.augment=ssd`` gives, before any image is read."""
+    items = augment if isinstance(augment, Sequence) and not isinstance(augment, str) else [augment]
+    if augment is None or all(isinstance(a, AlbumentationsTransform) for a in items):
+        return
+    raise UserError(
+        f"data.augment must be a transform config (or a list of them), or null; got {augment!r}. "
+        "To switch SSD's augmentation on, give its config: "
+        "'data.augment={_target_:dssd.data.augment.ssd_augmentation}'"
+    )
 
 
 def build_transforms(
