@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from dssd.table4 import (
     train_command,
 )
 from dssd.table4.rows import is_done
-from dssd.table4.statistics import last_quarter_rise, validation_curve
+from dssd.table4.statistics import last_quarter_rise, seed_differences, validation_curve
 from test_configs import compose_train, flatten, resolve_with_hydra
 
 CONF = ROOT / "conf"
@@ -359,6 +360,7 @@ def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
             assert 0 <= float(record["delta_p"]) <= 1
         else:
             assert record["delta"] == "" and record["delta_holm"] == ""
+            assert record["delta_seed_std"] == ""
     # the stars: Holm's correction over the table's differences, at 1 - confidence
     compared = [r for r in records if r["ablates"]]
     marks = holm([float(r["delta_p"]) for r in compared], 0.05)
@@ -381,6 +383,15 @@ def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
     with (out_dir / "runs.csv").open() as f:
         runs = list(csv.DictReader(f))
     assert [(r["row"], r["seed"]) for r in runs] == [(i, str(s)) for i in TINY_ROWS for s in seeds]
+    # Δ seed std: the spread of the per-seed differences, recomputed from runs.csv
+    maps = {(r["row"], r["seed"]): float(r["voc_map"]) for r in runs}
+    for record in (r for r in records if r["ablates"]):
+        spread = record["delta_seed_std"]
+        if len(seeds) == 1:
+            assert spread == ""
+            continue
+        per_seed = [maps[record["row"], str(s)] - maps[record["ablates"], str(s)] for s in seeds]
+        assert float(spread) == pytest.approx(statistics.stdev(per_seed), abs=0.015)
     for row in rows:
         for seed in seeds:
             directory = run_dir(out_dir, row.id, seed)
@@ -507,6 +518,7 @@ def test_table_stars_the_differences_significant_after_the_correction() -> None:
             "delta_high": 5.0,
             "delta_excludes_zero": True,
             "delta_holm": True,
+            "delta_seed_std": 0.25,
         },  # fmt: skip
         {
             **base,
@@ -517,11 +529,31 @@ def test_table_stars_the_differences_significant_after_the_correction() -> None:
             "delta_high": 2.0,
             "delta_excludes_zero": True,  # but not after the correction: no star
             "delta_holm": False,
+            "delta_seed_std": 1.75,
         },  # fmt: skip
     ]
     text = table4_markdown(records, "shapes", [0, 1, 2])
-    assert "| base | 77.1 | 50.0 ± 1.2 | – | – |" in text
-    assert "| up | 77.1 | 50.0 ± 1.2 | +3.0 [+1.0, +5.0]* | base |" in text
-    assert "| flat | 77.1 | 50.0 ± 1.2 | +0.5 [+0.1, +2.0] | base |" in text
+    assert "| Δ mAP [95% CI] | Δ seed std | vs |" in text and "Δ seed std: the standard" in text
+    assert "| base | 77.1 | 50.0 ± 1.2 | – | – | – |" in text
+    assert "| up | 77.1 | 50.0 ± 1.2 | +3.0 [+1.0, +5.0]* | 0.2 | base |" in text
+    assert "| flat | 77.1 | 50.0 ± 1.2 | +0.5 [+0.1, +2.0] | 1.8 | base |" in text
     assert "Holm's correction" in text
     assert "3 seeds (0, 1, 2)" in text and "Total wall time of the runs: 22.5 min." in text
+    # one seed: no spread over seeds, so neither the column nor its note
+    one = table4_markdown([{**r, "voc_map_std": None} for r in records], "shapes", [0])
+    assert "seed std" not in one and "| up | 77.1 | 50.0 | +3.0 [+1.0, +5.0]* | base |" in one
+
+
+def test_a_differences_seed_spread_is_over_its_paired_seeds() -> None:
+    """Δ seed std reads the per-seed differences: a seed that lifts both rows alike leaves it
+    small however wide the rows' own spread; a seed either row lacks is left out."""
+    runs = [
+        {"row": row, "seed": seed, "voc_map": value}
+        for row, values in {"a": [70.0, 66.0, 74.0, None], "b": [71.0, 67.5, 74.5, 80.0]}.items()
+        for seed, value in enumerate(values)
+    ]
+    runs.append({"row": "a", "seed": 7, "voc_map": 50.0})  # b has no seed 7
+    differences = seed_differences(runs, "b", "a")
+    assert differences == pytest.approx([1.0, 1.5, 0.5])
+    assert statistics.stdev(differences) == pytest.approx(0.5)
+    assert statistics.stdev([70.0, 66.0, 74.0]) == pytest.approx(4.0)  # the row's own spread

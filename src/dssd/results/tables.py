@@ -25,6 +25,11 @@ SIGNIFICANCE = (
     "uncorrected). Intervals and stars measure the sampling of the test images for the seeds "
     "run, not the spread over training seeds."
 )
+SEED_SPREAD = (
+    "Δ seed std: the standard deviation over the seeds of the per-seed differences, which says "
+    "whether a difference holds from seed to seed (a seed that lifts every row alike widens the "
+    "rows' ± std, not this). "
+)
 # Table 6's columns: header -> the logged metric (torchmetrics' MeanAveragePrecision names).
 COCO_COLUMNS = {
     "AP": "map",
@@ -59,6 +64,7 @@ TABLE4_COLUMNS = [
     "delta_excludes_zero",
     "delta_p",
     "delta_holm",
+    "delta_seed_std",
     "coco_map",
     "coco_map_std",
     "coco_map_50",
@@ -204,6 +210,7 @@ def table4_markdown(
         "paper mAP",
         f"mAP{spread}",
         f"Δ mAP [{100 * confidence:.0f}% CI]",
+        *(["Δ seed std"] if many else []),
         "vs",
         "AP_S",
         "AP_M",
@@ -222,6 +229,7 @@ def table4_markdown(
             cell(r["paper_voc_map"]),
             mean_std_cell(r["voc_map"], r.get("voc_map_std")),
             _record_delta(r),
+            *([cell(r.get("delta_seed_std"))] if many else []),
             r["ablates"] or "–",
             cell(r["ap_small"]),
             cell(r["ap_medium"]),
@@ -244,10 +252,11 @@ def table4_markdown(
         "split (%), the paper's on VOC2007 test. Δ: mean difference from the row in `vs` over "
         f"paired seeds, with its {100 * confidence:.0f}% interval from a paired bootstrap over "
         f"the test images; * {SIGNIFICANCE.format(alpha=f'{100 * (1 - confidence):g}%')} "
-        "AP_S/M/L: COCO AP by object size. GMAC: multiply-accumulates per image. Val mAP: the "
-        "VOC mAP on the validation split after each validation of the run's stage (mean over "
-        "the seeds); its rise over the last quarter of the schedule says whether the row "
-        "converged (under 1 point). Train and wall times are per run."
+        f"{SEED_SPREAD if many else ''}AP_S/M/L: COCO AP by object size. GMAC: "
+        "multiply-accumulates per image. Val mAP: the VOC mAP on the validation split after "
+        "each validation of the run's stage (mean over the seeds); its rise over the last "
+        "quarter of the schedule says whether the row converged (under 1 point). Train and "
+        "wall times are per run."
     )
     walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
     total = f"Total wall time of the runs: {sum(walls):.1f} min."

@@ -127,6 +127,10 @@ def summarize(
             if key in ("voc_map", "coco_map"):
                 std = float(np.std(values, ddof=1)) if len(values) > 1 else None
                 record[f"{key}_std"] = None if std is None else round(std, 2)
+        if row.ablates is not None:
+            by_seed = seed_differences(runs, row.id, row.ablates)
+            spread = float(np.std(by_seed, ddof=1)) if len(by_seed) > 1 else None
+            record["delta_seed_std"] = None if spread is None else round(spread, 2)
         if difference is not None:
             record["delta"] = round(100 * difference.delta, 2)
             record["delta_low"] = round(100 * difference.low, 2)
@@ -139,6 +143,22 @@ def summarize(
     for record, significant in zip(compared, marks, strict=True):
         record["delta_holm"] = significant
     return records
+
+
+def seed_differences(
+    runs: Sequence[dict[str, Any]], row_id: str, ablated_id: str, key: str = "voc_map"
+) -> list[float]:
+    """Per seed, the row's figure (``key`` of its run record) less the ablated row's: the
+    paired differences whose mean the table's Δ is. Their spread over the seeds says whether a
+    difference holds from seed to seed, which the bootstrap interval (over test images) does not;
+    the rows' own spread overstates it when a seed lifts every row alike."""
+    figures = {(r["row"], r["seed"]): r[key] for r in runs if r[key] is not None}
+    seeds = [r["seed"] for r in runs if r["row"] == row_id]
+    return [
+        figures[row_id, s] - figures[ablated_id, s]
+        for s in seeds
+        if (row_id, s) in figures and (ablated_id, s) in figures
+    ]
 
 
 def load_matches(
