@@ -285,6 +285,32 @@ def test_the_full_length_setting_is_table_4s_rows_on_make_trains_schedules() -> 
         assert {k for k in changed if not k.startswith((*lengths, *names))} == set(), row.id
 
 
+def test_the_long_setting_is_the_full_length_rows_at_twice_their_schedules() -> None:
+    """ABLATION=shapes_long: every row composes to the full-length setting's train config but for
+    the length, and each stage's iterations, LR milestones and warm-up are twice make train's."""
+    long, full = compose_table4("ablation=shapes_long"), compose_table4("ablation=shapes_full")
+    default = OmegaConf.to_container(resolve_with_hydra(compose_train()).schedules)
+    doubled = [
+        {
+            **stage,
+            "max_steps": 2 * stage["max_steps"],
+            "milestones": [2 * m for m in stage["milestones"]],
+            "warmup_iters": 2 * stage["warmup_iters"],
+        }
+        for stage in default
+    ]
+    lengths = ("schedules.", "model.scheduler.", "trainer.max_steps", "trainer.val_check_interval")
+    names = ("tags", "run_group")
+    for row in parse_rows(long.rows):
+        mine = setting_train_config(long, row.id)
+        assert mine["schedules"] == doubled, row.id
+        assert mine["trainer"]["max_steps"] == doubled[row.stage]["max_steps"], row.id
+        assert mine["trainer"]["val_check_interval"] == doubled[row.stage]["max_steps"] // 4
+        mine, theirs = flatten(mine), flatten(setting_train_config(full, row.id))
+        changed = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+        assert {k for k in changed if not k.startswith((*lengths, *names))} == set(), row.id
+
+
 def test_the_context_probe_is_table_4s_rows_on_the_context_data() -> None:
     """ABLATION=shapes_context: Table 4's PM(c), control and DSSD rows, with the same ids and
     comparisons, composing to Table 4's train configs but for the data (the context variant)."""
