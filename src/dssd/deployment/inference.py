@@ -146,10 +146,8 @@ def match_detections(
         difficult.cpu().bool(),
         iou_threshold,
     )
-    is_tp = torch.zeros_like(tp_sorted)
-    is_tp[order] = tp_sorted
-    ignored = torch.zeros_like(ignored_sorted)
-    ignored[order] = ignored_sorted
+    unsort = order.argsort()  # back to the input's order
+    is_tp, ignored = tp_sorted[unsort], ignored_sorted[unsort]
     found = int(is_tp.sum())
     return {
         "tp": found,

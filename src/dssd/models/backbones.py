@@ -9,18 +9,11 @@ feature maps at the resolutions of the paper's Table 2:
   dilated by 2, so the receptive field still grows.
 
 The backbone returns the two source maps the detector predicts from: the last block of conv3_x
-(stride 8) and of conv5_x (stride 16).
-
-``width`` scales every stage's channels (64 = the paper's ResNets): the CPU-sized models on the
-embedded data use a narrower ResNet-18 with the same surgery (docs/reproducing.md, the network
-search); only the standard width can load ImageNet weights.
-
-:class:`TorchvisionBackbone` gives newer torchvision networks (MobileNetV3, ConvNeXt) the same
-contract: a stride-8 and a stride-16 source map, read off with
-``torchvision.models.feature_extraction``.
-
-Every backbone starts from scratch, from torchvision's ImageNet weights in the torch hub cache
-(``pretrained``) or from a local state-dict file (``weights``, see :func:`load_weights_file`).
+(stride 8) and of conv5_x (stride 16); :class:`TorchvisionBackbone` gives newer torchvision
+networks (MobileNetV3, ConvNeXt) the same contract. ``width`` narrows a ResNet for the CPU-sized
+models on the embedded data (docs/reproducing.md, the network search). Every backbone starts from
+scratch, from torchvision's ImageNet weights in the torch hub cache (``pretrained``) or from a
+local state-dict file (``weights``, see :func:`load_weights_file`).
 """
 
 from __future__ import annotations
@@ -327,16 +320,14 @@ class _TorchvisionSpec:
 
 
 _TORCHVISION_BACKBONES = {
-    # dilated=True: the last stage keeps stride 16 with dilated convolutions. features.6 is the
-    # last stride-8 block (its residual add), features.16 the final 1x1 conv with hardswish.
+    # features.6: the last stride-8 block (its residual add); features.16: the final 1x1 conv
     "mobilenet_v3_large": _TorchvisionSpec(
         nodes=("features.6.add", "features.16"),
         out_channels=(40, 960),
         unused=("classifier.",),
         kwargs={"dilated": True},
     ),
-    # features.3 / features.5 are the stride-8 / stride-16 stages (their last block's residual
-    # add); features.6-7 (downsampling and the stride-32 stage) are left out.
+    # features.3 / features.5: the stride-8 / stride-16 stages (their last block's residual add)
     "convnext_tiny": _TorchvisionSpec(
         nodes=("features.3.2.add", "features.5.8.add"),
         out_channels=(192, 384),

@@ -120,11 +120,9 @@ class Decoder(nn.Module):
         self.out_channels: list[int] = [channels] * len(modules) + [in_channels[-1]]
 
     def forward(self, encoder_maps: Sequence[Tensor]) -> list[Tensor]:
-        x = encoder_maps[-1]
-        fused = []
+        maps = [encoder_maps[-1]]  # the coarsest encoder map, then each fused map
         for module, skip in zip(
             self.modules_coarse_to_fine, reversed(encoder_maps[:-1]), strict=True
         ):
-            x = module(x, skip)
-            fused.append(x)
-        return [*reversed(fused), encoder_maps[-1]]
+            maps.append(module(maps[-1], skip))
+        return maps[::-1]

@@ -68,9 +68,7 @@ class DefaultBoxes:
         for k, f in enumerate(feature_sizes):
             centres = (torch.arange(f, dtype=torch.float64) + 0.5) / f
             cy, cx = torch.meshgrid(centres, centres, indexing="ij")
-            wh = torch.tensor(self.shapes(k), dtype=torch.float64)  # [A, 2]
-            num_boxes = wh.shape[0]
-            xy = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, num_boxes, 2)
-            wh = wh.expand(f * f, num_boxes, 2)
+            wh = torch.tensor(self.shapes(k), dtype=torch.float64).expand(f * f, -1, 2)
+            xy = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand_as(wh)
             priors.append(torch.cat([xy, wh], dim=-1).reshape(-1, 4))
         return torch.cat(priors).float()

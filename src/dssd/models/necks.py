@@ -104,7 +104,6 @@ class BiFPNLayer(nn.Module):
     def __init__(self, sizes: Sequence[int], channels: int) -> None:
         super().__init__()
         levels = len(sizes)
-        self.sizes = list(sizes)
         self.top_down = nn.ModuleList(WeightedFusion(2, channels) for _ in range(levels - 1))
         self.bottom_up = nn.ModuleList(
             WeightedFusion(3 if i < levels - 1 else 2, channels) for i in range(1, levels)

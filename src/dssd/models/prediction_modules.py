@@ -54,10 +54,5 @@ class PredictionModule(nn.Module):
         self.body = nn.Sequential(*blocks)
         self.out_channels = out_channels if variant in ("c", "d") else in_channels
 
-    @classmethod
-    def plain(cls, in_channels: int) -> PredictionModule:
-        """Prediction module (a): the heads sit directly on the map."""
-        return cls(in_channels, variant="a")
-
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)

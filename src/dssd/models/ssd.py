@@ -70,8 +70,8 @@ class SSD(nn.Module):
             else None
         )
         source_channels = self.decoder.out_channels if self.decoder else encoder_channels
-        if prediction_module is None:
-            prediction_module = PredictionModule.plain
+        if prediction_module is None:  # (a): the heads sit directly on the maps
+            prediction_module = functools.partial(PredictionModule, variant="a")
         self.prediction_modules = nn.ModuleList(prediction_module(c) for c in source_channels)
         self.default_boxes = DefaultBoxes(scales, aspect_ratios)
         self.heads = PredictionHeads(

@@ -131,11 +131,8 @@ class DetectionModule(DetectionEvaluation):
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def _evaluation_step(self, role: str, batch: tuple[Tensor, list[dict]]) -> list[dict]:
         """Log the losses, update the metrics; return the detections (for callbacks)."""

@@ -101,8 +101,7 @@ def load_initial_weights(
             )
     load = {n: t for n, t in source.items() if n in target and wanted(n)}
     reinitialised = [n for n, t in load.items() if _other_class_count(n, t, target[n])]
-    for name in reinitialised:
-        del load[name]
+    load = {n: t for n, t in load.items() if n not in reinitialised}
     mismatched = [n for n, t in load.items() if t.shape != target[n].shape]
     if mismatched:
         details = "; ".join(
@@ -160,12 +159,9 @@ def freeze_modules(net: nn.Module, modules: Sequence[str], batchnorm: bool) -> l
     frozen = [children[m] for m in modules]
     for module in frozen:
         module.requires_grad_(False)
-    norms = {id(m): m for f in frozen for m in f.modules() if isinstance(m, _BatchNorm)}
-    if batchnorm:
-        for m in net.modules():
-            if isinstance(m, _BatchNorm):
-                m.requires_grad_(False)
-                norms[id(m)] = m
+    scope = [net] if batchnorm else frozen
+    norms = {id(m): m for f in scope for m in f.modules() if isinstance(m, _BatchNorm)}
     for m in norms.values():
+        m.requires_grad_(False)
         m.eval()
     return list(norms.values())
