@@ -66,8 +66,7 @@ def find_run(path: str | Path) -> Run:
             "writes it when its test ends); test it first, or give its checkpoint file instead"
         )
     results = read_test_results(path)
-    tested = results.get("tested_checkpoint") or FINAL_WEIGHTS
-    checkpoint = path / "checkpoints" / "last.ckpt" if tested == FINAL_WEIGHTS else Path(tested)
+    tested, checkpoint = _tested_checkpoint(path, results)
     if not checkpoint.is_file():
         raise UserError(
             f"run={path}: the checkpoint its test used ({tested}) is missing: expected "
@@ -76,17 +75,20 @@ def find_run(path: str | Path) -> Run:
     return Run(path, checkpoint, results, results.get("run_name") or path.name)
 
 
+def _tested_checkpoint(directory: Path, results: dict[str, Any]) -> tuple[str, Path]:
+    """What the test ``results`` of ``directory`` say it tested, and that checkpoint's path."""
+    tested = results.get("tested_checkpoint") or FINAL_WEIGHTS
+    last = directory / "checkpoints" / "last.ckpt"
+    return tested, last if tested == FINAL_WEIGHTS else Path(tested)
+
+
 def _test_results_of(directory: Path, checkpoint: Path) -> dict[str, Any]:
     """The test results of ``directory`` when they are those of ``checkpoint``, else nothing."""
     if not (directory / "test_results.json").is_file():
         return {}
     results = read_test_results(directory)
-    tested = results.get("tested_checkpoint") or FINAL_WEIGHTS
-    last = directory / "checkpoints" / "last.ckpt"
-    same = (tested == FINAL_WEIGHTS and checkpoint.resolve() == last.resolve()) or (
-        tested != FINAL_WEIGHTS and Path(tested).resolve() == checkpoint.resolve()
-    )
-    return results if same else {}
+    _, tested = _tested_checkpoint(directory, results)
+    return results if tested.resolve() == checkpoint.resolve() else {}
 
 
 @dataclass(frozen=True)
@@ -139,14 +141,8 @@ def load_test_detections(
             raise UserError(f"{results}: cannot read its test detections ({err})") from None
     else:
         preds = _predict(run, split.image_paths, device, batch_size)
-    return RunDetections(
-        image_ids=split.image_ids,
-        image_paths=split.image_paths,
-        preds=tuple({k: np.asarray(v) for k, v in p.items() if k != "names"} for p in preds),
-        targets=split.targets,
-        class_names=split.class_names,
-        use_07_metric=split.use_07_metric,
-    )
+    preds = tuple({k: np.asarray(v) for k, v in p.items() if k != "names"} for p in preds)
+    return RunDetections(preds=preds, **vars(split))  # the split's fields, by name
 
 
 def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -245,12 +241,9 @@ def write_analysis(
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = [analyser(r) for r in runs]
     run_name = run_name or runs[0].name
-    sections, files, result = [], [], None
-    text, written = write_run_analysis(
-        out_dir, mine[0][0], mine[0][1], run_name, options.gallery_size
-    )
-    sections.append(text)
-    files += written
+    result = None
+    text, files = write_run_analysis(out_dir, *mine[0], run_name, options.gallery_size)
+    sections = [text]
     if baselines:
         theirs = [analyser(r) for r in baselines]
         baseline_name = baseline_name or baselines[0].name

@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 from dssd.analysis.confusion import confusion_matrix
 from dssd.analysis.errors import ErrorAnalysis, Verdict, analyse_errors
 from dssd.evaluation.matched_run import MatchedRun
-from dssd.evaluation.matching import match_image
+from dssd.evaluation.matching import best_matches, match_image
 
 # COCO's size classes, as bounds on sqrt(area) in original-image pixels
 COCO_SIZES: dict[str, tuple[float, float]] = {
@@ -149,10 +148,7 @@ def found_objects(
     difficult = torch.as_tensor(np.asarray(target["difficult"]), dtype=torch.bool)
     found = np.zeros(len(gt_labels), bool)
     tp, _ = match_image(boxes, labels, gt_boxes, gt_labels, difficult, iou_threshold)
-    if tp.any():
-        iou = box_iou(boxes[tp], gt_boxes).nan_to_num(0.0)
-        iou = iou.masked_fill(labels[tp][:, None] != gt_labels[None, :], float("-inf"))
-        found[iou.argmax(dim=1).numpy()] = True
+    found[best_matches(boxes, labels, gt_boxes, gt_labels)[0][tp].numpy()] = True
     return found
 
 
@@ -239,9 +235,8 @@ def worst_false_positives(
     test: RunDetections, errors: ErrorAnalysis, count: int
 ) -> list[tuple[int, int, str]]:
     """The ``count`` highest-scored false positives as (image, detection, error type)."""
-    names = {int(v): v.name.lower() for v in Verdict}
     found = [
-        (float(pred["scores"][k]), i, k, names[int(v)])
+        (float(pred["scores"][k]), i, k, Verdict(v).name.lower())
         for i, (pred, image) in enumerate(zip(test.preds, errors.images, strict=True))
         for k, v in enumerate(image.verdict.tolist())
         if v not in (Verdict.TP, Verdict.IGNORED)

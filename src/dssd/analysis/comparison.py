@@ -127,34 +127,26 @@ def compare(
         values = np.asarray(values, np.float64)
         return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
-    overall = DeltaRow(
-        "all",
-        mean([a.map for a in analyses]),
-        mean([a.map for a in baseline_analyses]),
-        differences(None, map_statistic)[0],
-    )
-    class_rows = tuple(
-        DeltaRow(
-            name,
-            mean([a.ap_per_class[c] for a in analyses]),
-            mean([a.ap_per_class[c] for a in baseline_analyses]),
-            difference,
-        )
-        for c, (name, difference) in enumerate(
-            zip(tests[0].class_names, differences(None, class_statistic), strict=True)
-        )
-    )
+    def delta_rows(
+        names: Sequence[str],
+        figures: Callable[[RunAnalysis], Sequence[float]],
+        deltas: Sequence[Difference],
+    ) -> tuple[DeltaRow, ...]:
+        """A row per name: the mean of that entry of ``figures`` over the runs and over the
+        baselines, and its difference."""
+        runs = [mean(column) for column in zip(*map(figures, analyses), strict=True)]
+        baselines = [mean(column) for column in zip(*map(figures, baseline_analyses), strict=True)]
+        return tuple(DeltaRow(*row) for row in zip(names, runs, baselines, deltas, strict=True))
 
     def size_aps(analysis: RunAnalysis) -> list[float]:
         return [size.ap for size in (*analysis.coco_sizes, *analysis.fine_sizes)]
 
     names = [size.name for size in (*analyses[0].coco_sizes, *analyses[0].fine_sizes)]
-    run_aps = [mean(column) for column in zip(*map(size_aps, analyses), strict=True)]
-    baseline_aps = [mean(column) for column in zip(*map(size_aps, baseline_analyses), strict=True)]
-    size_rows = [
-        DeltaRow(name, mine, theirs, differences(name, map_statistic)[0])
-        for name, mine, theirs in zip(names, run_aps, baseline_aps, strict=True)
-    ]
+    overall = delta_rows(["all"], lambda a: [a.map], differences(None, map_statistic))[0]
+    class_rows = delta_rows(
+        tests[0].class_names, lambda a: a.ap_per_class, differences(None, class_statistic)
+    )
+    size_rows = delta_rows(names, size_aps, [differences(n, map_statistic)[0] for n in names])
 
     def by_size(analysis: RunAnalysis) -> dict[str, ErrorAnalysis]:
         return {"all": analysis.errors, **analysis.size_errors}
@@ -174,7 +166,7 @@ def compare(
     return Comparison(
         overall,
         class_rows,
-        tuple(size_rows),
+        size_rows,
         error_rows,
         found_by_one_side(tests[0], analyses, baseline_analyses),
         len(tests),

@@ -72,7 +72,7 @@ def confusion_matrix(
         raise ValueError(f"iou_threshold must lie in (0, 1), got {iou_threshold}")
     if len(preds) != len(targets):
         raise ValueError(f"got {len(preds)} prediction dicts but {len(targets)} target dicts")
-    detections, annotations, crowd_ids = [], [], set()
+    detections, annotations = [], []
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
         p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
             i,
@@ -88,10 +88,9 @@ def confusion_matrix(
         for box, size, label, difficult in zip(
             t_boxes.tolist(), sizes.tolist(), t_labels.tolist(), t_difficult.tolist(), strict=True
         ):
-            ann_id = len(annotations) + 1
             annotations.append(
                 {
-                    "id": ann_id,
+                    "id": len(annotations) + 1,
                     "image_id": i + 1,
                     "bbox": [box[0], box[1], size[0], size[1]],
                     "area": size[0] * size[1],
@@ -99,8 +98,6 @@ def confusion_matrix(
                     "category_id": label,
                 }
             )
-            if difficult:
-                crowd_ids.add(ann_id)
     classes = range(1, num_classes + 1)
     truth = {
         "images": [{"id": i + 1} for i in range(len(targets))],
@@ -120,8 +117,9 @@ def confusion_matrix(
             raise RuntimeError("faster_coco_eval failed to match detections to objects")
         # The library counts a matched pair from the object's side and a false positive only
         # for an unmatched detection, so without the difficult objects their detections vanish.
-        for gt_id in crowd_ids:
-            del preview.cocoGt.anns[gt_id]
+        for annotation in annotations:
+            if annotation["iscrowd"]:
+                del preview.cocoGt.anns[annotation["id"]]
         counts = preview.compute_confusion_matrix()  # [C, C + 2]: pairs, then fp and fn columns
     matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
     matrix[:num_classes, :num_classes] = counts[:, :num_classes]

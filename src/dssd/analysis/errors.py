@@ -59,13 +59,7 @@ class Verdict(IntEnum):
 
 # TIDE's order of its main error types; "miss" is about objects, the others about detections.
 ERROR_TYPES: tuple[str, ...] = ("cls", "loc", "both", "dupl", "bkg", "miss")
-_DETECTION_ERRORS: dict[str, Verdict] = {
-    "cls": Verdict.CLS,
-    "loc": Verdict.LOC,
-    "both": Verdict.BOTH,
-    "dupl": Verdict.DUPL,
-    "bkg": Verdict.BKG,
-}
+_DETECTION_ERRORS: dict[str, Verdict] = {e: Verdict[e.upper()] for e in ERROR_TYPES if e != "miss"}
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,7 @@ from dssd.analysis.breakdown import (
 from dssd.analysis.comparison import Comparison, DeltaRow
 from dssd.analysis.errors import ERROR_TYPES
 from dssd.evaluation.bootstrap import holm
-from dssd.results.tables import SIGNIFICANCE, markdown_table, write_rows
-
-
-def _pct(value: float) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+from dssd.results.tables import SIGNIFICANCE, markdown_table, percent_cell, write_rows
 
 
 def _signed(value: float) -> str:
@@ -54,18 +50,10 @@ def write_run_analysis(
     files written."""
     names = test.class_names
     errors = analysis.errors
-    files = []
-    class_rows = [
-        [
-            names[c],
-            int(analysis.positives[c]),
-            _number(analysis.ap_per_class[c]),
-            *(int(errors.counts_per_class[e][c]) for e in ERROR_TYPES),
-            *(_number(float(errors.delta_ap_per_class[e][c])) for e in ERROR_TYPES),
-        ]
-        for c in range(test.num_classes)
-    ]
-    files.append(
+    labels = [*names, "background"]
+    worst = worst_false_positives(test, errors, gallery_size)
+    missed = largest_missed(test, errors, gallery_size)
+    files = [
         write_rows(
             out_dir / "per_class.csv",
             [
@@ -75,22 +63,26 @@ def write_run_analysis(
                 *(f"{e}_errors" for e in ERROR_TYPES),
                 *(f"{e}_dap" for e in ERROR_TYPES),
             ],
-            class_rows,
-        )
-    )
-    size_rows = [
-        [kind, b.name, b.low, b.high, b.objects, _number(b.ap), b.found]
-        for kind, bins in (("coco", analysis.coco_sizes), ("fine", analysis.fine_sizes))
-        for b in bins
-    ]
-    files.append(
+            [
+                [
+                    names[c],
+                    int(analysis.positives[c]),
+                    _number(analysis.ap_per_class[c]),
+                    *(int(errors.counts_per_class[e][c]) for e in ERROR_TYPES),
+                    *(_number(float(errors.delta_ap_per_class[e][c])) for e in ERROR_TYPES),
+                ]
+                for c in range(test.num_classes)
+            ],
+        ),
         write_rows(
             out_dir / "sizes.csv",
             ["kind", "bin", "low_px", "high_px", "objects", "ap", "found"],
-            size_rows,
-        )
-    )
-    files.append(
+            [
+                [kind, b.name, b.low, b.high, b.objects, _number(b.ap), b.found]
+                for kind, bins in (("coco", analysis.coco_sizes), ("fine", analysis.fine_sizes))
+                for b in bins
+            ],
+        ),
         write_rows(
             out_dir / "errors.csv",
             ["size", "type", "count", "dap"],
@@ -99,19 +91,12 @@ def write_run_analysis(
                 for size, found in {"all": errors, **analysis.size_errors}.items()
                 for e in ERROR_TYPES
             ],
-        )
-    )
-    labels = [*names, "background"]
-    files.append(
+        ),
         write_rows(
             out_dir / "confusion_matrix.csv",
             ["true \\ predicted", *labels],
             [[label, *row.tolist()] for label, row in zip(labels, analysis.confusion, strict=True)],
-        )
-    )
-    worst = worst_false_positives(test, errors, gallery_size)
-    missed = largest_missed(test, errors, gallery_size)
-    files.append(
+        ),
         write_rows(
             out_dir / "worst_false_positives.csv",
             ["image_id", "type", "class", "score", "x1", "y1", "x2", "y2"],
@@ -125,9 +110,7 @@ def write_run_analysis(
                 ]
                 for i, k, kind in worst
             ],
-        )
-    )
-    files.append(
+        ),
         write_rows(
             out_dir / "missed_objects.csv",
             ["image_id", "class", "size_px", "x1", "y1", "x2", "y2"],
@@ -140,15 +123,14 @@ def write_run_analysis(
                 ]
                 for i, j in missed
             ],
-        )
-    )
-    files.append(_save(figures.pr_curves(analysis, names), out_dir / "pr_curves.png"))
-    files.append(_save(figures.confusion(analysis, names), out_dir / "confusion_matrix.png"))
-    files.append(_save(figures.errors(analysis), out_dir / "errors.png"))
-    files.append(_save(figures.sizes(analysis), out_dir / "sizes.png"))
-    gallery = figures.false_positive_gallery(test, worst)
-    files.append(_save(gallery, out_dir / "worst_false_positives.png"))
-    files.append(_save(figures.missed_gallery(test, missed), out_dir / "missed_objects.png"))
+        ),
+        _save(figures.pr_curves(analysis, names), out_dir / "pr_curves.png"),
+        _save(figures.confusion(analysis, names), out_dir / "confusion_matrix.png"),
+        _save(figures.errors(analysis), out_dir / "errors.png"),
+        _save(figures.sizes(analysis), out_dir / "sizes.png"),
+        _save(figures.false_positive_gallery(test, worst), out_dir / "worst_false_positives.png"),
+        _save(figures.missed_gallery(test, missed), out_dir / "missed_objects.png"),
+    ]
     return run_markdown(test, analysis, name), files
 
 
@@ -161,7 +143,7 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
         "",
         f"{len(test.image_ids)} test images, {objects} objects (difficult ones not counted). "
         f"VOC mAP at IoU 0.5 ({'11-point' if test.use_07_metric else 'all-point'}): "
-        f"**{_pct(analysis.map)}**.",
+        f"**{percent_cell(analysis.map)}**.",
         "",
         "### AP by object size (COCO's rule at IoU 0.5; sqrt(area) in original-image pixels)",
         "",
@@ -172,7 +154,7 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
                     b.name,
                     f"{b.low:g}–{b.high:g}" if np.isfinite(b.high) else f"{b.low:g}+",
                     b.objects,
-                    _pct(b.ap),
+                    percent_cell(b.ap),
                     f"{100 * b.found / b.objects:.0f}%" if b.objects else "–",
                 ]
                 for b in (*analysis.coco_sizes, *analysis.fine_sizes)
@@ -198,7 +180,7 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
                 [
                     test.class_names[c],
                     int(analysis.positives[c]),
-                    _pct(analysis.ap_per_class[c]),
+                    percent_cell(analysis.ap_per_class[c]),
                     *(
                         f"{int(errors.counts_per_class[e][c])} "
                         f"({_signed(float(errors.delta_ap_per_class[e][c]))})"
@@ -224,8 +206,8 @@ def _delta_rows(rows: Sequence[DeltaRow], alpha: float) -> list[list[Any]]:
     return [
         [
             r.name,
-            _pct(r.run),
-            _pct(r.baseline),
+            percent_cell(r.run),
+            percent_cell(r.baseline),
             _signed(r.difference.delta),
             f"[{_signed(r.difference.low)}, {_signed(r.difference.high)}]",
             "*" if significant else "",

@@ -22,6 +22,8 @@ PathLike = str | Path
 # a run's test detections as the VOC devkit's result files (``voc_results=``), inside its directory
 RESULTS_DIR = "voc_results"
 RunDirs = Mapping[str, PathLike] | Iterable[PathLike]
+# the keys of test_results.json that load_runs gives a column each, before run_dir and the metrics
+_RUN_KEYS = ("run_name", "stage", "parameters", "trainable_parameters", "gmac", "fit_seconds")
 
 
 def write_results_json(record: Mapping, directory: str | Path, role: str = "test") -> Path:
@@ -79,12 +81,7 @@ def load_runs(run_dirs: RunDirs) -> pd.DataFrame:
     for label, run_dir in run_dirs_by_label(run_dirs).items():
         record = read_test_results(run_dir)
         rows[label] = {
-            "run_name": record.get("run_name"),
-            "stage": record.get("stage"),
-            "parameters": record.get("parameters"),
-            "trainable_parameters": record.get("trainable_parameters"),
-            "gmac": record.get("gmac"),
-            "fit_seconds": record.get("fit_seconds"),
+            **{key: record.get(key) for key in _RUN_KEYS},
             "run_dir": str(run_dir),
             **{k: v for k, v in record.get("metrics", {}).items() if k.startswith("test/")},
         }

@@ -43,21 +43,26 @@ def box_data(
 ) -> list[dict[str, Any]]:
     """W&B box entries from normalised xyxy boxes (fractions of the image, W&B's default)."""
     entries = []
-    for i, ((x0, y0, x1, y1), label) in enumerate(
-        zip(boxes.tolist(), labels.tolist(), strict=True)
-    ):
+    listed = [None] * len(labels) if scores is None else scores.tolist()
+    for (x0, y0, x1, y1), label, score in zip(boxes.tolist(), labels.tolist(), listed, strict=True):
         caption = class_names[label - 1]
         entry: dict[str, Any] = {
             "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
             "class_id": int(label),
         }
-        if scores is not None:
-            score = float(scores[i])
+        if score is not None:
             caption = f"{caption} {score:.2f}"
             entry["scores"] = {"score": score}
         entry["box_caption"] = caption
         entries.append(entry)
     return entries
+
+
+def _image_boxes(class_names: Sequence[str], **groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """W&B's ``boxes`` of an image: each group's box entries (:func:`box_data`) by name, with the
+    class names of the labels."""
+    class_labels = dict(enumerate(class_names, start=1))
+    return {name: {"box_data": data, "class_labels": class_labels} for name, data in groups.items()}
 
 
 class WandbDetectionReport(pl.Callback):
@@ -143,22 +148,10 @@ class WandbDetectionReport(pl.Callback):
         pixels = (image.contiguous().numpy() * self.std + self.mean) * 255
         pixels = np.clip(pixels, 0, 255).astype(np.uint8).transpose(1, 2, 0)
         names = pl_module.class_names
-        class_labels = {i: name for i, name in enumerate(names, start=1)}
-        return wandb.Image(
-            pixels,
-            boxes={
-                "predictions": {
-                    "box_data": box_data(
-                        predicted["boxes"], predicted["labels"], names, predicted["scores"]
-                    ),
-                    "class_labels": class_labels,
-                },
-                "ground_truth": {
-                    "box_data": box_data(truth["boxes"], truth["labels"], names),
-                    "class_labels": class_labels,
-                },
-            },
-        )
+        predictions = box_data(predicted["boxes"], predicted["labels"], names, predicted["scores"])
+        ground_truth = box_data(truth["boxes"], truth["labels"], names)
+        boxes = _image_boxes(names, predictions=predictions, ground_truth=ground_truth)
+        return wandb.Image(pixels, boxes=boxes)
 
 
 def wandb_image(
@@ -172,8 +165,7 @@ def wandb_image(
     keep = detections["scores"] >= threshold
     boxes = detections["boxes"][keep] / torch.tensor([width, height, width, height])
     entries = box_data(boxes, detections["labels"][keep], class_names, detections["scores"][keep])
-    classes = dict(enumerate(class_names, start=1))
-    return wandb.Image(image, boxes={"predictions": {"box_data": entries, "class_labels": classes}})
+    return wandb.Image(image, boxes=_image_boxes(class_names, predictions=entries))
 
 
 def log_files(
