@@ -144,8 +144,7 @@ class MatchedRun:
         ``targets`` ("boxes", "labels", "difficult"), aligned image by image."""
         if len(detections) != len(targets):
             raise ValueError(f"{len(detections)} images of detections, {len(targets)} of targets")
-        det: dict[str, list[np.ndarray]] = {name: [] for name in _DETECTION_FIELDS}
-        gt: dict[str, list[np.ndarray]] = {name: [] for name in _OBJECT_FIELDS}
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in _FIELDS}
         for i, (found, truth) in enumerate(zip(detections, targets, strict=True)):
             gt_boxes = torch.as_tensor(np.asarray(truth["boxes"]), dtype=torch.float64)
             gt_boxes = gt_boxes.reshape(-1, 4)
@@ -159,26 +158,25 @@ class MatchedRun:
             tp, ignored = match_image(boxes, labels, gt_boxes, gt_labels, difficult, iou_threshold)
             index, best = best_matches(boxes, labels, gt_boxes, gt_labels)
             areas = box_area(gt_boxes)
-            det["image"].append(np.full(len(labels), i))
-            det["label"].append(labels.numpy())
-            det["score"].append(scores[order].numpy())
-            det["tp"].append(tp.numpy())
-            det["ignored"].append(ignored.numpy())
-            det["det_above"].append((best > iou_threshold).numpy())
-            det["det_match_area"].append(areas[index].numpy() if len(areas) else best.numpy())
-            det["det_area"].append(box_area(boxes).numpy())
-            gt["gt_image"].append(np.full(len(gt_labels), i))
-            gt["gt_label"].append(gt_labels.numpy())
-            gt["gt_difficult"].append(difficult.numpy())
-            gt["gt_area"].append(areas.numpy())
-        flat = {name: _concatenate(parts, _DETECTION_FIELDS[name]) for name, parts in det.items()}
-        objects = {name: _concatenate(parts, _OBJECT_FIELDS[name]) for name, parts in gt.items()}
-        counted = ~objects["gt_difficult"]
+            columns["image"].append(np.full(len(labels), i))
+            columns["label"].append(labels.numpy())
+            columns["score"].append(scores[order].numpy())
+            columns["tp"].append(tp.numpy())
+            columns["ignored"].append(ignored.numpy())
+            columns["det_above"].append((best > iou_threshold).numpy())
+            columns["det_match_area"].append(areas[index].numpy() if len(areas) else best.numpy())
+            columns["det_area"].append(box_area(boxes).numpy())
+            columns["gt_image"].append(np.full(len(gt_labels), i))
+            columns["gt_label"].append(gt_labels.numpy())
+            columns["gt_difficult"].append(difficult.numpy())
+            columns["gt_area"].append(areas.numpy())
+        flat = {name: _concatenate(parts, _FIELDS[name]) for name, parts in columns.items()}
+        counted = ~flat["gt_difficult"]
         npos = _count_positives(
-            objects["gt_image"][counted], objects["gt_label"][counted], len(targets), num_classes
+            flat["gt_image"][counted], flat["gt_label"][counted], len(targets), num_classes
         )
         verdicts = {name: flat.pop(name) for name in ("image", "label", "score", "tp", "ignored")}
-        return cls(**verdicts, npos=npos, sizes=ObjectSizes(**flat, **objects))
+        return cls(**verdicts, npos=npos, sizes=ObjectSizes(**flat))
 
     @classmethod
     def from_results(
@@ -247,12 +245,7 @@ class MatchedRun:
         detection adds neither a TP nor an FP, only a repeat of the curve's last point: leaving it
         out changes no AP."""
         keep = ~self.ignored
-        image, label, score, tp = (
-            self.image[keep],
-            self.label[keep],
-            self.score[keep],
-            self.tp[keep],
-        )
+        image, label, score, tp = (a[keep] for a in (self.image, self.label, self.score, self.tp))
         per_class = []
         for c in range(1, self.num_classes + 1):
             mask = label == c
@@ -293,8 +286,8 @@ class MatchedRun:
         return recall.astype(np.float64), precision.astype(np.float64)
 
 
-# the flat per-detection and per-object arrays of MatchedRun.build and their dtypes
-_DETECTION_FIELDS = {
+# the flat per-detection, then per-object, arrays of MatchedRun.build and their dtypes
+_FIELDS = {
     "image": np.int64,
     "label": np.int64,
     "score": np.float64,
@@ -303,8 +296,6 @@ _DETECTION_FIELDS = {
     "det_above": bool,
     "det_match_area": np.float64,
     "det_area": np.float64,
-}
-_OBJECT_FIELDS = {
     "gt_image": np.int64,
     "gt_label": np.int64,
     "gt_difficult": bool,

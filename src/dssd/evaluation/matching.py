@@ -62,10 +62,8 @@ def match_image(
     ``(tp, ignored)`` per detection; a detection that is neither is a false positive.
     """
     n = boxes.shape[0]
-    tp = torch.zeros(n, dtype=torch.bool)
-    ignored = torch.zeros(n, dtype=torch.bool)
     if n == 0 or gt_boxes.shape[0] == 0:
-        return tp, ignored
+        return torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
     jmax, ovmax = best_matches(boxes, labels, gt_boxes, gt_labels)
     above = ovmax > iou_threshold
     ignored = above & gt_difficult[jmax]

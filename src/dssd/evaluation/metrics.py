@@ -126,7 +126,7 @@ class VOCMeanAP(Metric):
                 f"preds and targets must have one entry per image: got {len(preds)} preds and "
                 f"{len(targets)} targets"
             )
-        scores_out, labels_out, tp_out, ignored_out = [], [], [], []
+        per_image = []  # (scores, labels, tp, ignored) of each image
         npos = torch.zeros(self.num_classes, dtype=torch.long)
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
             p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
@@ -136,17 +136,15 @@ class VOCMeanAP(Metric):
             tp, ignored = match_image(
                 p_boxes, p_labels, t_boxes, t_labels, t_difficult, self.iou_threshold
             )
-            scores_out.append(p_scores)
-            labels_out.append(p_labels)
-            tp_out.append(tp)
-            ignored_out.append(ignored)
-        if not scores_out:
+            per_image.append((p_scores, p_labels, tp, ignored))
+        if not per_image:
             return
+        scores, labels, tp, ignored = (torch.cat(parts) for parts in zip(*per_image, strict=True))
         device = self.device
-        self.scores.append(torch.cat(scores_out).to(device))
-        self.labels.append(torch.cat(labels_out).to(device))
-        self.tp.append(torch.cat(tp_out).to(device=device, dtype=torch.uint8))
-        self.ignored.append(torch.cat(ignored_out).to(device=device, dtype=torch.uint8))
+        self.scores.append(scores.to(device))
+        self.labels.append(labels.to(device))
+        self.tp.append(tp.to(device=device, dtype=torch.uint8))
+        self.ignored.append(ignored.to(device=device, dtype=torch.uint8))
         self.npos += npos.to(device)
 
     def compute(self) -> dict[str, Tensor]:

@@ -100,19 +100,15 @@ def pixel_targets(targets: Iterable[dict[str, Tensor]]) -> list[dict[str, Tensor
     rather than count them as false positives or misses, close to the VOC rule (which the VOC
     metric applies exactly, from ``difficult``).
     """
-    out = []
-    for t in targets:
-        height, width = t["orig_size"].tolist()
-        scale = t["boxes"].new_tensor([width, height, width, height])
-        out.append(
-            {
-                "boxes": t["boxes"] * scale,
-                "labels": t["labels"],
-                "iscrowd": t["difficult"].long(),
-                "difficult": t["difficult"],
-            }
-        )
-    return out
+    return [
+        {
+            "boxes": t["boxes"] * t["orig_size"].flip(-1).repeat(2).to(t["boxes"]),  # (w, h, w, h)
+            "labels": t["labels"],
+            "iscrowd": t["difficult"].long(),
+            "difficult": t["difficult"],
+        }
+        for t in targets
+    ]
 
 
 class DetectionEvaluation(pl.LightningModule):
@@ -180,10 +176,8 @@ class DetectionEvaluation(pl.LightningModule):
             self.log(f"{role}/voc_map", voc["map"], prog_bar=True, sync_dist=False)
             labels, aps = voc["classes"], voc["ap_per_class"]
         else:  # COCO reports -1 for a class without ground truth
-            labels, aps = (
-                coco["classes"],
-                coco["map_per_class"].where(coco["map_per_class"] >= 0, torch.nan),
-            )
+            labels, aps = coco["classes"], coco["map_per_class"]
+            aps = aps.where(aps >= 0, torch.nan)
         ap_by_label = dict(zip(labels.reshape(-1).tolist(), aps.reshape(-1).tolist(), strict=True))
         self.per_class_ap[role] = {
             name: ap_by_label.get(label, float("nan"))

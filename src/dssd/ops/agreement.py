@@ -175,13 +175,6 @@ def _tie_explains(
     return bool((same & (at_threshold | flip)).any())
 
 
-def _candidate(side: _Side, candidates: _Side, tol: Tolerance) -> np.ndarray:
-    """Which detections of ``side`` the reference computed too (one of its ``candidates``)."""
-    if not len(side) or not len(candidates):
-        return np.zeros(len(side), bool)
-    return _close(side, candidates, tol)[0].any(1)
-
-
 def compare_detections(
     reference: Sequence[dict[str, Tensor]],
     other: Sequence[dict[str, Tensor]],
@@ -213,7 +206,8 @@ def compare_detections(
             result.score_gap = max(result.score_gap, float(score_gap))
         computed = np.zeros(len(oth), bool)
         if candidates is not None:
-            computed = _candidate(oth, _Side.of(candidates[image]), tolerance)
+            # which of them the reference computed too (one of its candidates)
+            computed = _close(oth, _Side.of(candidates[image]), tolerance)[0].any(1)
         state = {
             "ref": np.full(len(ref), VERIFIED),
             "oth": np.where(computed, VERIFIED, UNVERIFIED),

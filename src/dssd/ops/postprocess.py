@@ -56,7 +56,6 @@ class PostProcessor(nn.Module):
             ``[K]`` and ``"labels"`` int64 ``[K]`` in ``1..C``, sorted by decreasing score.
         """
         batch_size, num_priors, num_classes = conf.shape[0], conf.shape[1], conf.shape[2] - 1
-        device = conf.device
         k = min(self.top_k, num_priors)
         scores = conf.float().softmax(dim=-1)[..., 1:]  # [B, P, C]
         image_index, prior_index, class_index = (scores > self.score_threshold).nonzero(
@@ -65,28 +64,21 @@ class PostProcessor(nn.Module):
         if len(image_index) > 2 * batch_size * num_classes * k:
             # most scores pass (an untrained network): a dense per-(image, class) top-k is cheaper
             # than sorting all of them
-            scores, prior_index = scores.transpose(1, 2).topk(k, dim=2)  # [B, C, k]
-            above = scores > self.score_threshold
-            image_index = torch.arange(batch_size, device=device)[:, None, None].expand_as(above)
-            class_index = torch.arange(num_classes, device=device)[None, :, None].expand_as(above)
-            image_index, class_index = image_index[above], class_index[above]
-            prior_index, scores = prior_index[above], scores[above]
-            groups = image_index * num_classes + class_index
+            candidates = _top_k_per_class(scores, k)
+            above = candidates[0] > self.score_threshold
+            scores, prior_index, image_index, class_index = (t[above] for t in candidates)
         else:
             # the few passing scores, ordered by (image, class) then by decreasing score
             scores = scores[image_index, prior_index, class_index]
             groups = image_index * num_classes + class_index
             order = scores.argsort(descending=True, stable=True)
             order = order[groups[order].argsort(stable=True)]
-            rank = _rank_in_group(groups[order], batch_size * num_classes)
-            order = order[rank < k]
-            image_index, prior_index, class_index = (
-                image_index[order],
-                prior_index[order],
-                class_index[order],
+            order = order[_rank_in_group(groups[order], batch_size * num_classes) < k]
+            scores, prior_index, image_index, class_index = (
+                t[order] for t in (scores, prior_index, image_index, class_index)
             )
-            scores, groups = scores[order], groups[order]
         # candidates are now contiguous per (image, class), by decreasing score within a group
+        groups = image_index * num_classes + class_index
         boxes = self.box_coder.decode(
             loc[image_index, prior_index].float(), priors[prior_index].float()
         )
@@ -154,19 +146,14 @@ class GraphPostProcessor(nn.Module):
     def forward(
         self, loc: Tensor, conf: Tensor, priors: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        batch_size, num_classes = conf.shape[0], conf.shape[2] - 1
+        batch_size = conf.shape[0]
         device = conf.device
         k = min(self.top_k, priors.shape[0])
         scores = conf.float().softmax(dim=-1)[..., 1:]  # [B, P, C]
         boxes = self.box_coder.decode(loc.float(), priors.float()).clamp(0.0, 1.0)  # [B, P, 4]
-        scores, prior_index = scores.transpose(1, 2).topk(k, dim=2)  # [B, C, k]
-        image_index = torch.arange(batch_size, device=device)[:, None, None].expand_as(prior_index)
-        class_index = torch.arange(num_classes, device=device)[None, :, None].expand_as(prior_index)
-        passing = (scores > self.score_threshold).reshape(-1).nonzero().squeeze(1)
-        scores = scores.reshape(-1)[passing]
-        prior_index = prior_index.reshape(-1)[passing]
-        image_index = image_index.reshape(-1)[passing]
-        class_index = class_index.reshape(-1)[passing]
+        candidates = _top_k_per_class(scores, k)
+        passing = (candidates[0] > self.score_threshold).reshape(-1).nonzero().squeeze(1)
+        scores, prior_index, image_index, class_index = (t.reshape(-1)[passing] for t in candidates)
         boxes = boxes[image_index, prior_index]
         shift = torch.stack([class_index, image_index], dim=1).to(boxes).repeat(1, 2) * 2.0
         keep = nms(boxes + shift, scores, self.nms_iou)
@@ -193,6 +180,16 @@ class GraphPostProcessor(nn.Module):
             out_scores.reshape(batch_size, self.max_detections),
             out_labels.reshape(batch_size, self.max_detections),
         )
+
+
+def _top_k_per_class(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``k`` best of ``scores [B, P, C]`` per image and class, as ``[B, C, k]`` scores, prior
+    indices, image indices and class indices (0-based)."""
+    scores, prior_index = scores.transpose(1, 2).topk(k, dim=2)
+    batch_size, num_classes = scores.shape[0], scores.shape[1]
+    image_index = torch.arange(batch_size, device=scores.device)[:, None, None]
+    class_index = torch.arange(num_classes, device=scores.device)[None, :, None]
+    return scores, prior_index, image_index.expand_as(scores), class_index.expand_as(scores)
 
 
 def _rank_in_group(groups: Tensor, num_groups: int) -> Tensor:

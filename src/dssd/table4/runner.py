@@ -90,17 +90,14 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
                 f"wrote one), or force=[{step.row.id}] to start the row over."
             )
     runs = collect(rows, seeds, out_dir)
-    records = summarize(
-        rows, seeds, runs, out_dir, cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
-    )
-    markdown = table4_markdown(records, setting_name, seeds, cfg.get("confidence", 0.95))
+    num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
+    records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
+    markdown = table4_markdown(records, setting_name, seeds, confidence)
     paths = write_table4(markdown, records, runs, out_dir)
     print(markdown)
     log.info("Table written to %s", ", ".join(map(str, paths)))
     if cfg.get("analysis", True):
-        index = write_comparisons(
-            rows, seeds, out_dir, cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
-        )
+        index = write_comparisons(rows, seeds, out_dir, num_samples, confidence)
         log.info("Each row against the row it ablates: %s", index)
     return paths[0]
 

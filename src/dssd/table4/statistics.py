@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dssd.errors import UserError
-from dssd.evaluation.bootstrap import Difference, holm, paired_bootstrap
+from dssd.evaluation.bootstrap import holm, paired_bootstrap
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.tables import percent
@@ -95,16 +95,6 @@ def summarize(
     records = []
     for row in rows:
         mine = [r for r in runs if r["row"] == row.id]
-        difference: Difference | None = None
-        if row.ablates is not None and matches is not None:
-            use_07, by_run = matches
-            difference = paired_bootstrap(
-                [by_run[row.id, s] for s in seeds],
-                [by_run[row.ablates, s] for s in seeds],
-                num_samples=num_samples,
-                confidence=confidence,
-                use_07_metric=use_07,
-            )
         record = {
             "row": row.id,
             "name": row.name,
@@ -125,13 +115,18 @@ def summarize(
             values = [r[key] for r in mine if r[key] is not None]
             record[key] = round(float(np.mean(values)), 2) if values else None
             if key in ("voc_map", "coco_map"):
-                std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-                record[f"{key}_std"] = None if std is None else round(std, 2)
+                record[f"{key}_std"] = _std(values)
         if row.ablates is not None:
-            by_seed = seed_differences(runs, row.id, row.ablates)
-            spread = float(np.std(by_seed, ddof=1)) if len(by_seed) > 1 else None
-            record["delta_seed_std"] = None if spread is None else round(spread, 2)
-        if difference is not None:
+            record["delta_seed_std"] = _std(seed_differences(runs, row.id, row.ablates))
+        if row.ablates is not None and matches is not None:
+            use_07, by_run = matches
+            difference = paired_bootstrap(
+                [by_run[row.id, s] for s in seeds],
+                [by_run[row.ablates, s] for s in seeds],
+                num_samples=num_samples,
+                confidence=confidence,
+                use_07_metric=use_07,
+            )
             record["delta"] = round(100 * difference.delta, 2)
             record["delta_low"] = round(100 * difference.low, 2)
             record["delta_high"] = round(100 * difference.high, 2)
@@ -201,6 +196,11 @@ def load_matches(
             )
         by_run[record["row"], record["seed"]] = found
     return bool(datamodule.use_07_metric), by_run
+
+
+def _std(values: Sequence[float]) -> float | None:
+    """The sample standard deviation (rounded to 0.01); None with fewer than two values."""
+    return round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None
 
 
 def _minutes(seconds: float | None) -> float | None:
