@@ -139,8 +139,7 @@ class Expand(A.DualTransform):
         fill = np.asarray(self.fill, np.float32)
         if np.issubdtype(img.dtype, np.integer):
             fill = np.round(fill)
-        canvas = np.empty((*canvas_shape, *img.shape[2:]), img.dtype)
-        canvas[...] = fill.astype(img.dtype)
+        canvas = np.full((*canvas_shape, *img.shape[2:]), fill.astype(img.dtype), img.dtype)
         canvas[top : top + img.shape[0], left : left + img.shape[1]] = img
         return canvas
 

@@ -86,8 +86,7 @@ def holdout_indices(size: int, count: int, seed: int) -> dict[str, list[int]]:
     """Split ``range(size)`` into "val" (``count`` indices drawn with ``seed``) and "train" (the
     rest), both in increasing order: the same split for the same size, count and seed."""
     chosen = np.random.default_rng(seed).permutation(size)[:count]
-    val = np.zeros(size, bool)
-    val[chosen] = True
+    val = np.isin(np.arange(size), chosen)
     return {"val": np.flatnonzero(val).tolist(), "train": np.flatnonzero(~val).tolist()}
 
 
@@ -212,9 +211,8 @@ class DetectionDataModule(pl.LightningDataModule):
         }[stage]
         for role in needed:
             if role not in self.datasets:
-                train = role == "train"
                 transform = build_transforms(
-                    self.image_size, train, self.mean, self.std, self.augment
+                    self.image_size, role == "train", self.mean, self.std, self.augment
                 )
                 dataset = self.datasets[role] = self._role_dataset(role, transform)
                 if dataset.skips:
@@ -306,11 +304,10 @@ class VOCDataModule(DetectionDataModule):
     the concatenation of several ``{root, split}`` sets, relative roots resolved against ``root``
     (VOC07+12: train_sets = VOC2007/trainval + VOC2012/trainval). Validation reads its own split
     or sets, or with ``val_holdout`` > 0 that many training images (left out of training; the
-    val split is then not read). Labels
-    are 1..C in the order of ``class_names`` (0 is background). Evaluation adds the VOC devkit's
-    mAP, 11-point with ``use_07_metric`` (VOC2007 test) or all-point (VOC2012). The other
-    options (input size, batch size, workers, augmentation, strictness, validation hold-out) are
-    :class:`DetectionDataModule`'s.
+    val split is then not read). Labels are 1..C in the order of ``class_names`` (0 is
+    background). Evaluation adds the VOC devkit's mAP, 11-point with ``use_07_metric`` (VOC2007
+    test) or all-point (VOC2012). The other options (input size, batch size, workers,
+    augmentation, strictness, validation hold-out) are :class:`DetectionDataModule`'s.
     """
 
     def __init__(

@@ -136,15 +136,15 @@ def _unit_polygon(rng: np.random.Generator, cls: str) -> tuple[np.ndarray, float
     raise ValueError(f"unknown shape class {cls!r}")
 
 
-def _sample_polygon(
-    rng: np.random.Generator, cls: str, size: float, width: int, height: int
-) -> np.ndarray:
-    """Vertices [K, 2] (x, y) in image coordinates of one shape of ``cls``.
+def _sample_shape(
+    rng: np.random.Generator, label: int, size: float, width: int, height: int
+) -> _Placed | None:
+    """One shape of class ``label`` at a random place, rasterised (:func:`_rasterise`).
 
     ``size`` is sqrt(area) of the unrotated bounding box. Large shapes are shrunk to fit the
     image; about one in eight is allowed to hang over the border by up to a third of its extent.
     """
-    pts, aspect, rotatable = _unit_polygon(rng, cls)
+    pts, aspect, rotatable = _unit_polygon(rng, CLASSES[label])
     pts = pts * np.array([size * math.sqrt(aspect), size / math.sqrt(aspect)])
     if rotatable and rng.random() < 0.7:
         angle = rng.uniform(0.0, 2.0 * np.pi)
@@ -155,7 +155,7 @@ def _sample_polygon(
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     overhang = (hi - lo) / 3.0 if rng.random() < 0.125 else np.zeros(2)
     centre = rng.uniform(-lo - overhang, np.array([width, height]) - hi + overhang)
-    return pts + centre
+    return _rasterise(pts + centre, label, width, height)
 
 
 def _rasterise(pts: np.ndarray, label: int, width: int, height: int) -> _Placed | None:
@@ -213,8 +213,7 @@ def _place_objects(
         label = int(rng.integers(len(CLASSES)))
         for _ in range(PLACEMENT_TRIES):
             size = math.exp(rng.uniform(log_lo, log_hi))
-            pts = _sample_polygon(rng, CLASSES[label], size, width, height)
-            shape = _rasterise(pts, label, width, height)
+            shape = _sample_shape(rng, label, size, width, height)
             if shape is None:
                 continue
             if (
@@ -322,8 +321,7 @@ def render_context_image(
             count = 0
         for _ in range(CONTEXT_TRIES):
             size = math.exp(rng.uniform(log_lo, log_hi))
-            pts = _sample_polygon(rng, CLASSES[label], size, width, height)
-            shape = _rasterise(pts, label, width, height)
+            shape = _sample_shape(rng, label, size, width, height)
             if shape is None or taken[shape.roi][shape.mask].any():
                 continue
             inside = np.zeros((height + 2, width + 2), np.uint8)  # the image border is an edge
@@ -647,22 +645,13 @@ def main(argv: list[str] | None = None) -> None:
         help="plain, or context (small rings whose class only the large shape around them tells)",
     )
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))  # generate_shapes's keyword arguments, and --out
+    out = args.pop("out")
 
-    before = read_stamp(args.out)
+    before = read_stamp(out)
     start = time.perf_counter()
-    root = generate_shapes(
-        args.out,
-        num_trainval=args.num_trainval,
-        num_test=args.num_test,
-        num_val=args.num_val,
-        seed=args.seed,
-        min_size=args.min_size,
-        max_size=args.max_size,
-        overwrite=args.overwrite,
-        variant=args.variant,
-    )
-    fresh = args.overwrite or before != read_stamp(root)
+    root = generate_shapes(out, **args)
+    fresh = args["overwrite"] or before != read_stamp(root)
     state = f"generated in {time.perf_counter() - start:.1f}s" if fresh else "already up to date"
     print(f"shapes dataset at {root.resolve()}: {state}")
     for split, counts in summarize(root).items():

@@ -329,11 +329,9 @@ def write_voc_results(
             lines[class_names[label - 1]].append(f"{name} {score!r} {coords}\n")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for class_name, class_lines in lines.items():
-        path = directory / RESULTS_FILE.format(class_name)
+    paths = [directory / RESULTS_FILE.format(class_name) for class_name in lines]
+    for path, class_lines in zip(paths, lines.values(), strict=True):
         path.write_text("".join(class_lines))
-        paths.append(path)
     return paths
 
 
