@@ -89,7 +89,7 @@ def register_resolvers() -> None:
     """Register the resolvers above, ``len`` (``${len:${data.class_names}}``) and ``div``
     (integer division, ``${div:${stage:schedules,max_steps},4}``)."""
     resolvers = {
-        "len": lambda x: len(x),
+        "len": len,
         "div": lambda a, b: int(a) // int(b),
         "stage": stage_entry,
         "run_name": run_name,

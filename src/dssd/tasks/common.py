@@ -81,10 +81,9 @@ def report_test_results(
         **(extra or {}),
     }
     if isinstance(model, DetectionModule):
-        record["parameters"] = sum(p.numel() for p in model.net.parameters())
-        record["trainable_parameters"] = sum(
-            p.numel() for p in model.net.parameters() if p.requires_grad
-        )
+        parameters = list(model.net.parameters())
+        record["parameters"] = sum(p.numel() for p in parameters)
+        record["trainable_parameters"] = sum(p.numel() for p in parameters if p.requires_grad)
         record["gmac"] = round(gmac(model.net), 4)
     write_results_json(record, cfg.paths.output_dir)
     log.info("Test results (also in %s):\n%s", path, text)

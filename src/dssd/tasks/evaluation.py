@@ -115,10 +115,7 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     with open_dict(cfg):  # the tables and W&B name the file's format
         cfg.run_name = f"{cfg.get('run_name', cfg.task_name)} ({exported.format})"
     model = ExportedModelEvaluation(
-        exported,
-        cfg.model.class_names,
-        cfg.model.use_07_metric,
-        cfg.model.coco_max_detections,
+        exported, cfg.model.class_names, cfg.model.use_07_metric, cfg.model.coco_max_detections
     )
     log.info("Testing %s (%s) on %s", exported.path, exported.format, cfg.data._target_)
     metrics = run_test(cfg, model, datamodule)

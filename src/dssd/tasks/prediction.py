@@ -176,10 +176,8 @@ class Outputs:
             height, width = drawn.shape[:2]
             path = self.path(frame.name, video=True)
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            self.video = (
-                frame.source,
-                cv2.VideoWriter(str(path), fourcc, frame.fps, (width, height)),
-            )
+            writer = cv2.VideoWriter(str(path), fourcc, frame.fps, (width, height))
+            self.video = (frame.source, writer)
         self.video[1].write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
     def close(self) -> None:

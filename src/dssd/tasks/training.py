@@ -138,8 +138,8 @@ def train(cfg: DictConfig) -> float | None:
             report_test_results(cfg, model, metrics, record)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
-    if best_checkpoint(trainer):
-        log.info("Best checkpoint (validation split): %s", best_checkpoint(trainer))
+    if best := best_checkpoint(trainer):
+        log.info("Best checkpoint (validation split): %s", best)
     if value is not None:
         log.info("%s = %.4f", cfg.optimized_metric, value)
     return value
@@ -158,25 +158,24 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     if not ckpt_path:
         return None
     if str(ckpt_path) == "last":
-        callbacks = cfg.get("callbacks") or {}
-        directory = (callbacks.get("last_checkpoint") or {}).get("dirpath") or os.path.join(
-            cfg.paths.output_dir, "checkpoints"
+        directory = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath")
+        path = os.path.join(
+            directory or os.path.join(cfg.paths.output_dir, "checkpoints"), "last.ckpt"
         )
-        path = os.path.join(directory, "last.ckpt")
-        if not os.path.isfile(path):
-            raise UserError(
-                f"ckpt_path=last, but there is no {path} to resume from. Every run writes to a "
-                "new directory: to resume an interrupted run, run src/train.py again with the "
-                "same overrides plus hydra.run.dir=<that run's directory, e.g. "
-                "logs/train/runs/<date_time>> ckpt_path=last, or give the file itself, "
-                "ckpt_path=<that run's directory>/checkpoints/last.ckpt."
-            )
+        missing = (
+            f"ckpt_path=last, but there is no {path} to resume from. Every run writes to a "
+            "new directory: to resume an interrupted run, run src/train.py again with the "
+            "same overrides plus hydra.run.dir=<that run's directory, e.g. "
+            "logs/train/runs/<date_time>> ckpt_path=last, or give the file itself, "
+            "ckpt_path=<that run's directory>/checkpoints/last.ckpt."
+        )
     else:
         path = str(ckpt_path)
-        if not os.path.isfile(path):
-            raise UserError(
-                f"ckpt_path={path}: no such checkpoint to resume from. Give a checkpoint file "
-                "(e.g. <run dir>/checkpoints/last.ckpt), or hydra.run.dir=<run dir> ckpt_path=last."
-            )
+        missing = (
+            f"ckpt_path={path}: no such checkpoint to resume from. Give a checkpoint file "
+            "(e.g. <run dir>/checkpoints/last.ckpt), or hydra.run.dir=<run dir> ckpt_path=last."
+        )
+    if not os.path.isfile(path):
+        raise UserError(missing)
     load_checkpoint(path)  # a checkpoint of src/train.py, with its run configuration
     return path

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,11 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_area, box_convert, box_iou
 
 from dssd.config import compose_train
 from dssd.data.datamodule import dataset_items
-from dssd.errors import UserError
+from dssd.errors import UserError, user_errors
 
 # COCO's size classes: area in original-image pixels
 COCO_AREAS = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, np.inf)}
@@ -218,8 +217,6 @@ def measure(
 ) -> tuple[dict[str, Any], list[tuple[Any, int]], list[dict[str, Any]]]:
     """The coverage report of ``net``'s default boxes on a split of the ``data_cfg`` dataset,
     with the split's (reader, index) items and their annotations."""
-    priors = net.priors
-    layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
     datamodule = instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("fit" if split != "test" else "test")
@@ -228,10 +225,9 @@ def measure(
     boxes, areas = object_boxes(anns)
     if not len(boxes):
         raise UserError(f"the {split} split of data={data_cfg._target_} holds no objects")
-    result = coverage(priors, layers, boxes, threshold)
-    side = net.image_size * np.sqrt(
-        ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).numpy()
-    )
+    layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
+    result = coverage(net.priors, layers, boxes, threshold)
+    side = net.image_size * np.sqrt(box_area(boxes).numpy())
     return report(result, areas, side), items, anns
 
 
@@ -250,10 +246,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Compose, build the network's default boxes and the split's objects, measure, write."""
     cfg = compose_train(args.overrides)
     net = instantiate(cfg.model.net)
-    priors = net.priors
     data, items, anns = measure(net, cfg.data, args.split, args.threshold)
     name = " ".join(args.overrides) or "train.yaml defaults"
-    text = markdown(f"{name} ({args.split}, {len(priors)} default boxes)", data, args.threshold)
+    text = markdown(f"{name} ({args.split}, {len(net.priors)} default boxes)", data, args.threshold)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -269,18 +264,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             image = read_image(reader.image_paths[index])
             truth = np.asarray(anns[first]["boxes"])
             layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
-            picture = draw_layer(image, priors, layers, args.layer, truth)
+            picture = draw_layer(image, net.priors, layers, args.layer, truth)
             Image.fromarray(picture).save(args.out / f"layer{args.layer}.png")
     return data
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with user_errors():
+        run(parse_args(argv))
 
 
 if __name__ == "__main__":

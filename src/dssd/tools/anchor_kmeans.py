@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from scipy.cluster.vq import kmeans2
 from dssd.data.coco import trained_on
 from dssd.data.shapes import CLASSES
 from dssd.data.voc import VOCDataset
-from dssd.errors import UserError
+from dssd.errors import UserError, user_errors
 
 
 @dataclass(frozen=True)
@@ -209,7 +208,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with user_errors():
         if args.coco is not None:
             widths, heights = coco_boxes(args.coco, args.size)
         else:
@@ -217,9 +216,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             widths, heights = voc_boxes(args.root, args.split, classes, args.size)
         if widths.size == 0:
             raise UserError("the dataset holds no boxes")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     results = grow_clusters(
         widths, heights, args.start, args.min_improvement, args.max_k, args.seed
     )

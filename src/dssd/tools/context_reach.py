@@ -164,9 +164,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--distance", type=float, default=40.0, help="context beyond this, px")
     parser.add_argument("--data-root", help="the test data's root, if not the run's data.root")
     args = parser.parse_args(argv)
-    results = []
-    for path in args.runs:
-        results.append(run_reach(path, args.objects, args.max_size, args.distance, args.data_root))
+    results = [
+        run_reach(path, args.objects, args.max_size, args.distance, args.data_root)
+        for path in args.runs
+    ]
     print(reach_table(results, args.distance))
 
 

@@ -14,7 +14,6 @@ CPU-sized DSSD with each neck (the networks of ``make ablation ABLATION=necks_sh
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from hydra.utils import instantiate
 
 from dssd.config import compose_train
-from dssd.errors import UserError
+from dssd.errors import user_errors
 from dssd.models.cost import gmac
 from dssd.results.tables import markdown_table
 
@@ -127,11 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     classes = ",".join(f"c{i}" for i in range(args.classes))
-    try:
+    with user_errors():
         rows = [network_row(spec, [f"data.class_names=[{classes}]"]) for spec in args.networks]
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     text = markdown(rows)
     print(text)
     if args.out:
