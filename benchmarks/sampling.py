@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     dataset = VOCDataset(args.data_root, args.split, args.classes)
-    detections = {str(d): results_per_image(d, dataset.ids, args.classes) for d in args.results}
+    # each run by its path below the directory all of them share
+    common = Path(os.path.commonpath([d.resolve() for d in args.results]))
+    detections = {
+        str(d.resolve().relative_to(common)): results_per_image(d, dataset.ids, args.classes)
+        for d in args.results
+    }
+    if len(detections) < len(args.results):
+        parser.error("--results names a directory more than once")
     sampling = measure(
         detections,
         dataset.annotations,

@@ -103,5 +103,9 @@ def test_command_prints_every_run_and_pair(
     sampling.main([*argv, "--samples", "100", "--results", *map(str, dirs)])
     out = capsys.readouterr().out
     assert out.startswith("VOC mAP on 3 chunks of 10 test images | on all 30")
-    assert all(f"  {d}: " in out for d in dirs)
-    assert f"  {dirs[0]} - {dirs[1]}: " in out and "intervals cover" in out
+    # each run named by its path below their shared directory
+    assert "  results: " in out and "  other: " in out
+    assert "  results - other: " in out and "intervals cover" in out
+    with pytest.raises(SystemExit):
+        sampling.main([*argv, "--results", str(dirs[0]), str(dirs[0])])
+    assert "names a directory more than once" in capsys.readouterr().err
