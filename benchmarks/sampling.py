@@ -97,23 +97,22 @@ def measure(
     if chunks < 2:
         raise ValueError(f"{len(targets)} test images hold fewer than two chunks of {chunk}")
 
-    def voc_map(run: MatchedRun) -> float:
-        return 100 * float(run.mean_ap(use_07_metric=use_07_metric)[0])
-
     names = list(detections)
     parts = [slice(k * chunk, (k + 1) * chunk) for k in range(chunks)]
+    # image weights of the whole split: each chunk alone [chunks], then each chunk's complement
+    weights = np.zeros((2 * chunks, len(targets)))
+    for k, p in enumerate(parts):
+        weights[k, p] = 1.0
+    weights[chunks:] = 1.0 - weights[:chunks]
+    whole_runs = [MatchedRun.build(detections[n], targets, num_classes) for n in names]
+    whole_maps = np.array([100 * run.mean_ap(use_07_metric=use_07_metric)[0] for run in whole_runs])
+    weighted = np.array([100 * run.mean_ap(weights, use_07_metric) for run in whole_runs])
+    chunk_maps, rest_maps = weighted[:, :chunks], weighted[:, chunks:]
+    # the bootstrap resamples a run's every image, so it needs each chunk matched on its own
     matched = {
         name: [MatchedRun.build(found[p], targets[p], num_classes) for p in parts]
         for name, found in detections.items()
     }
-    whole_runs = [MatchedRun.build(detections[n], targets, num_classes) for n in names]
-    chunk_maps = np.array([[voc_map(run) for run in matched[name]] for name in names])
-    whole_maps = np.array([voc_map(run) for run in whole_runs])
-    # each chunk's complement, as image weights of the whole split: [chunks, images]
-    rest = np.ones((chunks, len(targets)))
-    for k, p in enumerate(parts):
-        rest[k, p] = 0.0
-    rest_maps = np.array([100 * run.mean_ap(rest, use_07_metric) for run in whole_runs])
     pairs = []
     for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
         intervals = [
