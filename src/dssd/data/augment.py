@@ -1,13 +1,6 @@
 """SSD training augmentation as albumentations transforms (photometric distortion, zoom-out, crop).
 
-``ssd_augmentation()`` returns [PhotometricDistort, Expand, MinIoURandomCrop], the ``augment``
-slot of ``build_transforms`` (which then resizes, flips, normalises). The transforms draw all their
-randomness from albumentations' own generators (``py_random``), so ``A.Compose(seed=...)`` and
-``DetectionTransform.reseed`` make them reproducible and different in every DataLoader worker.
-
-Boxes reach ``apply_to_bboxes`` in albumentations' internal format: [x_min, y_min, x_max, y_max]
-normalised to the current image size, followed by extra columns (the encoded label fields), which
-these transforms carry along untouched; dropping a row drops its labels with it.
+They draw from ``py_random``, which ``A.Compose(seed=...)`` and ``DetectionTransform.reseed`` seed.
 """
 
 from __future__ import annotations
@@ -23,21 +16,14 @@ from torchvision.ops import box_iou
 
 from dssd.data.transforms import IMAGENET_MEAN
 
-# SSD crop options: None keeps the whole image, a number is the minimum IoU of the patch with some
-# box, 0.0 is any patch (only the box-centre rule applies). Caffe SSD's VOC batch samplers.
+# Caffe SSD's VOC crop samplers: the whole image, or a patch's minimum IoU with some box
 SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, 0.0)
 
 
 class PhotometricDistort(A.ImageOnlyTransform):
-    """SSD's photometric distortion of a uint8 RGB image.
-
-    Brightness delta in [-brightness, brightness], then, in random order (as in the SSD
-    reference), contrast factor in [1 - contrast, 1 + contrast] before or after the HSV changes:
-    saturation factor in [1 - saturation, 1 + saturation] and hue shift in [-hue, hue] degrees.
-    Each of the four is applied with probability ``op_p``. Brightness and contrast are an additive
-    and a multiplicative pixel change (no pivot around the mean), and saturation scales the HSV
-    S channel: albumentations' ColorJitter / HueSaturationValue implement other formulas, hence
-    this transform. Values are clipped to [0, 255] after each step, like Caffe's uint8 pipeline.
+    """SSD's photometric distortion of a uint8 RGB image, each step with probability ``op_p``:
+    brightness delta, then contrast factor before or after (random order) saturation factor and hue
+    shift (degrees). Not ColorJitter's formulas; clipped to [0, 255] after each step, as in Caffe.
     """
 
     def __init__(
@@ -97,12 +83,8 @@ class PhotometricDistort(A.ImageOnlyTransform):
 
 
 class Expand(A.DualTransform):
-    """SSD's zoom-out: put the image at a random place on a larger canvas filled with ``fill``.
-
-    The canvas is ``ratio`` times the image on each side, ratio uniform in [1, max_ratio]; boxes
-    move with the image. It makes objects smaller, which trains the low-resolution priors.
-    ``fill`` is the dataset mean colour (RGB, 0-255), i.e. zero after normalisation.
-    """
+    """SSD's zoom-out: the image at a random place on a canvas up to ``max_ratio`` times larger,
+    filled with ``fill`` (the mean RGB colour, 0-255: zero after normalisation)."""
 
     def __init__(
         self,
@@ -170,19 +152,10 @@ def centres_inside(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 class MinIoURandomCrop(A.DualTransform):
-    """SSD's crop sampler: a random patch that overlaps some box by at least a random minimum IoU.
-
-    ``min_ious`` lists the samplers: None keeps the whole image; a number m tries up to
-    ``max_tries`` patches (each side scaled by [min_scale, 1] of the image, aspect ratio h/w in
-    ``aspect_range``, random position) and takes the first whose IoU with some box (the max over
-    boxes, as SSD's Caffe sampler; ssd.pytorch uses the min) is >= m and which contains at least
-    one box centre. ``selection="mode"`` (default) picks one sampler uniformly and keeps the
-    image whole if it finds no patch; ``selection="pooled"`` runs every sampler and picks
-    uniformly among those that found one (the whole image is always among them), as the released
-    Caffe code does. Boxes whose centre lies in the patch are kept, clipped to it and re-expressed
-    in its coordinates; the others are dropped with their labels. An image without boxes is kept
-    whole. The applied params (``patch`` in pixels or None, and ``min_iou``) are in
-    ``get_applied_params()``.
+    """SSD's crop sampler: a random patch holding a box centre whose IoU with some box (the max, as
+    Caffe SSD; ssd.pytorch uses the min) is at least a random ``min_ious`` entry. ``selection``
+    "mode" picks one sampler, "pooled" (the released Caffe code) one among those that succeed.
+    Boxes centred in the patch are clipped to it, the others dropped.
     """
 
     def __init__(
@@ -222,8 +195,7 @@ class MinIoURandomCrop(A.DualTransform):
     def _sample(
         self, min_iou: float | None, boxes: np.ndarray, width: int, height: int
     ) -> tuple[int, int, int, int] | None:
-        """A patch meeting ``min_iou``, or None (the whole image: no constraint, no box, or no
-        try succeeded)."""
+        """A patch meeting ``min_iou``, or None (the whole image)."""
         if min_iou is None or len(boxes) == 0:
             return None
         rnd = self.py_random
@@ -256,15 +228,11 @@ class MinIoURandomCrop(A.DualTransform):
         if patch is None:
             return bboxes
         height, width = shape[:2]
-        x0, y0, x1, y1 = patch
-        scale = np.array([width, height, width, height], np.float64)
-        boxes = bboxes[:, :4] * scale
+        boxes = bboxes[:, :4] * np.array([width, height, width, height], np.float64)
         keep = centres_inside(np.asarray(patch, np.float64), boxes)
+        low, high = np.tile(patch[:2], 2), np.tile(patch[2:], 2)
         out = bboxes[keep].copy()
-        boxes = boxes[keep]
-        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], x0, x1) - x0
-        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], y0, y1) - y0
-        out[:, :4] = boxes / [x1 - x0, y1 - y0, x1 - x0, y1 - y0]
+        out[:, :4] = (np.clip(boxes[keep], low, high) - low) / (high - low)
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
@@ -280,12 +248,7 @@ def ssd_augmentation(
     crop_selection: str = "mode",
 ) -> list[A.BasicTransform]:
     """The SSD augmentation for ``build_transforms(augment=...)``: distort, zoom out, crop.
-
-    ``mean`` is the normalisation mean (0-1 per RGB channel); the zoom-out canvas is filled with
-    it so that the padding becomes zero after normalisation. ``hue``: the largest hue shift in
-    degrees (the released Caffe code's 18 are OpenCV units of 2 degrees: 36). ``crop_selection``:
-    how :class:`MinIoURandomCrop` chooses among its samplers.
-    """
+    ``hue`` is in degrees (the released Caffe code's 18 are OpenCV units of 2 degrees: 36)."""
     head: list[A.BasicTransform] = [PhotometricDistort(hue=hue)] if photometric else []
     fill = tuple(255.0 * m for m in mean)
     crop = MinIoURandomCrop(selection=crop_selection)

@@ -1,19 +1,7 @@
-"""COCO reader (instances_*.json through faster_coco_eval's COCO API, the one the COCO metric
-uses) and export of detections as COCO results.
+"""COCO reader (faster_coco_eval's COCO API, as the COCO metric) and COCO results export.
 
-COCO category ids are not contiguous (1..90 for 80 classes); labels are 1..C in increasing
-category-id order, and ``label_to_category_id`` maps them back for the results file. Crowd boxes
-(``iscrowd=1``) are left out of training targets and kept with ``difficult=True`` for evaluation,
-where the metric treats them as crowd regions (neither true nor false positives), as pycocotools
-does. An annotation with a non-standard ``difficult: 1`` (the embedded dataset writes its VOC
-difficult objects so, also as ``iscrowd=1`` for pycocotools) is flagged the same way in
-evaluation but still trained on, as the VOC reader does with difficult objects.
-
-Errors and bad samples follow the policy of ``dssd.data.voc``: an annotation file that is missing,
-is not JSON, lacks "images", "annotations" or "categories", or whose categories differ from the
-configured class names raises ``COCOAnnotationError`` naming the file; with ``strict=False`` an
-annotation without a usable bbox or category is dropped ("malformed_objects"), and boxes and
-undecodable images are handled as in ``DetectionImages``.
+Labels are 1..C in category-id order. Crowd boxes are not trained on and are ignored in evaluation
+(``difficult``), as is a non-standard ``difficult: 1``, which is still trained on (the VOC rule).
 """
 
 from __future__ import annotations
@@ -53,10 +41,7 @@ def load_coco(path: str | Path) -> COCO:
     missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
         raise COCOAnnotationError(f"{path}: not a COCO instances file, it lacks {missing}")
-    coco = COCO()
-    coco.dataset = data
-    coco.createIndex()
-    return coco
+    return COCO(data)
 
 
 def category_names(coco: COCO) -> tuple[str, ...]:
@@ -65,31 +50,13 @@ def category_names(coco: COCO) -> tuple[str, ...]:
 
 
 def trained_on(ann: Mapping[str, Any]) -> bool:
-    """Whether training uses an annotation: every one but the crowd regions, except those also
-    flagged ``difficult`` (the embedded data's difficult objects, see the module doc)."""
+    """Whether training uses an annotation: not crowd, or also ``difficult`` (the embedded data)."""
     return not ann.get("iscrowd", 0) or bool(ann.get("difficult", 0))
 
 
-def _xyxy(ann: dict[str, Any]) -> tuple[float, float, float, float]:
-    """The bbox [x, y, w, h] of an annotation as pixel xyxy; ValueError when it is not usable."""
-    bbox = ann.get("bbox")
-    if not isinstance(bbox, list) or len(bbox) != 4:
-        raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
-    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox):
-        raise ValueError(f"bbox {bbox!r} has non-numeric values")
-    x, y, w, h = (float(v) for v in bbox)
-    return x, y, x + w, y + h
-
-
 class COCODataset(DetectionImages):
-    """The images of one COCO instances file, with VOCDataset's target format.
-
-    ``annotation_file`` and ``image_dir`` are relative to ``root`` (absolute paths work too).
-    Targets hold "boxes" (float32 [N, 4] xyxy pixel edges, see ``dssd.data.voc``), "labels"
-    (int64 [N], 1..C), "difficult" (bool [N], true for crowd boxes in evaluation) and "image_id"
-    (the COCO image id).
-    With ``class_names``, the file's categories must be exactly those names in category-id order.
-    """
+    """The images of one COCO instances file with VOCDataset's targets ("image_id": the COCO id);
+    paths are relative to ``root``. Its categories must be ``class_names``, if given."""
 
     def __init__(
         self,
@@ -115,8 +82,7 @@ class COCODataset(DetectionImages):
                 f"{self.annotation_file}: its categories {list(self.class_names)} (in category-id "
                 f"order) differ from the configured class names {list(class_names)}"
             )
-        cat_ids = sorted(coco.getCatIds())
-        self.category_id_to_label = {cat_id: i + 1 for i, cat_id in enumerate(cat_ids)}
+        self.category_id_to_label = {c: i + 1 for i, c in enumerate(sorted(coco.getCatIds()))}
         self.label_to_category_id = {label: cat for cat, label in self.category_id_to_label.items()}
         for image in coco.dataset["images"]:
             try:
@@ -138,7 +104,12 @@ class COCODataset(DetectionImages):
             if self.train and not trained_on(ann):
                 continue
             try:
-                box = _xyxy(ann)
+                bbox = ann.get("bbox")
+                if not isinstance(bbox, list) or len(bbox) != 4:
+                    raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
+                if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox):
+                    raise ValueError(f"bbox {bbox!r} has non-numeric values")
+                x, y, w, h = (float(v) for v in bbox)
                 if ann.get("category_id") not in self.category_id_to_label:
                     raise ValueError(f"unknown category_id {ann.get('category_id')!r}")
             except ValueError as err:
@@ -149,7 +120,7 @@ class COCODataset(DetectionImages):
                     ) from None
                 self.skips["malformed_objects"] += 1
                 continue
-            boxes.append(box)
+            boxes.append((x, y, x + w, y + h))
             labels.append(self.category_id_to_label[ann["category_id"]])
             ignored.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("difficult", 0)))
         return {
@@ -164,10 +135,7 @@ def detections_to_coco_results(
     image_ids: Sequence[int],
     label_to_category_id: Mapping[int, int],
 ) -> list[dict[str, Any]]:
-    """COCO results entries for per-image detections (pixel xyxy "boxes", "scores", "labels").
-
-    Boxes become [x, y, w, h] floats and labels the original COCO category ids.
-    """
+    """COCO results entries (bbox [x, y, w, h], category ids) for per-image detections."""
     results = []
     for det, image_id in zip(detections, image_ids, strict=True):
         boxes = torch.as_tensor(det["boxes"]).reshape(-1, 4).tolist()

@@ -1,15 +1,5 @@
 """LightningDataModules over VOC-layout datasets (PASCAL VOC, VOC07+12, the embedded shapes) and
-over COCO.
-
-Data problems follow the policy in ``dssd.data.voc``: configuration mistakes raise at ``setup``,
-bad samples are dropped and counted when ``strict=False``. The counts made while reading the
-annotations are logged once per dataset, as a warning, when ``setup`` builds it; undecodable images
-are met later, in the DataLoader workers, and are warned about there, each time they are skipped.
-
-Model selection never sees the test split: validation reads its own files or ``val_holdout``
-images held out of the training data (a seeded, deterministic choice), and ``setup("fit")``
-refuses training or validation images that are also test images.
-"""
+COCO; model selection never sees a test image."""
 
 from __future__ import annotations
 
@@ -57,8 +47,7 @@ def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[T
 
 
 class ConcatDetection(ConcatDataset):
-    """Concatenated datasets sharing one transform, exposed as ``transform`` so that
-    ``seed_worker`` reseeds it; ``skips`` adds up the parts' counts."""
+    """Concatenated datasets sharing one ``transform`` (which ``seed_worker`` reseeds)."""
 
     def __init__(self, datasets: Sequence[Dataset], transform: DetectionTransform) -> None:
         super().__init__(datasets)
@@ -70,8 +59,7 @@ class ConcatDetection(ConcatDataset):
 
 
 class HeldOut(Subset):
-    """Some images of a detection dataset (the training part or the validation part of a
-    ``val_holdout`` split), with its ``transform`` and ``skips``."""
+    """The train or val part of a ``val_holdout`` split, with its dataset's ``transform``."""
 
     @property
     def transform(self) -> DetectionTransform:
@@ -83,16 +71,13 @@ class HeldOut(Subset):
 
 
 def holdout_indices(size: int, count: int, seed: int) -> dict[str, list[int]]:
-    """Split ``range(size)`` into "val" (``count`` indices drawn with ``seed``) and "train" (the
-    rest), both in increasing order: the same split for the same size, count and seed."""
-    chosen = np.random.default_rng(seed).permutation(size)[:count]
-    val = np.isin(np.arange(size), chosen)
+    """``range(size)`` as "val" (``count`` indices drawn with ``seed``) and "train", both sorted."""
+    val = np.isin(np.arange(size), np.random.default_rng(seed).permutation(size)[:count])
     return {"val": np.flatnonzero(val).tolist(), "train": np.flatnonzero(~val).tolist()}
 
 
 def dataset_items(dataset: Dataset) -> list[tuple[DetectionImages, int]]:
-    """Each item of a detection dataset (also concatenated or held out) as its reader and its
-    index there, in item order: the way to its annotation and image file without decoding it."""
+    """Each item of a detection dataset as its reader and index there, without decoding it."""
     if isinstance(dataset, DetectionImages):
         return [(dataset, i) for i in range(len(dataset))]
     if isinstance(dataset, ConcatDataset):
@@ -104,26 +89,14 @@ def dataset_items(dataset: Dataset) -> list[tuple[DetectionImages, int]]:
 
 
 def image_files(dataset: Dataset) -> list[str]:
-    """The image files of a detection dataset (also concatenated or held out), as absolute
-    paths, in item order."""
+    """The absolute image paths of a detection dataset, in item order."""
     return [os.path.abspath(reader.image_paths[i]) for reader, i in dataset_items(dataset)]
 
 
 class EvaluationShard(DistributedSampler):
-    """One process's share of an evaluation dataset under DDP: a contiguous block of it.
-
-    Lightning gives val and test a plain ``DistributedSampler``, which pads the shares to equal
-    length by repeating images, so that up to N-1 images count twice in the metrics and the
-    result files. Here the shares are left unequal (by one image at most) and nothing repeats,
-    and since the blocks follow the processes' ranks, the detections gathered from all processes
-    come in the dataset's own order, as one process gives them: the same metrics, to the
-    order in which tied scores are ranked, and the same result files. Lightning keeps a
-    ``DistributedSampler`` it is given rather than injecting its own.
-
-    Processes with fewer batches are safe in evaluation: DDP synchronises buffers only on the
-    first forward pass without gradients, and the metrics and logged values gather once, at the
-    end. Every process needs one image, though, for that first forward pass.
-    """
+    """One process's contiguous block of an evaluation dataset under DDP: unlike Lightning's sampler
+    it repeats no image, and the blocks gather back in dataset order (the same metrics and result
+    files as one process). Unequal batch counts are safe in evaluation."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
@@ -142,12 +115,8 @@ class EvaluationShard(DistributedSampler):
 
 
 class DetectionDataModule(pl.LightningDataModule):
-    """Loaders shared by the VOC and COCO DataModules; subclasses build the datasets.
-
-    Training batches are shuffled and the last incomplete one is dropped; predict uses the test
-    data. With ``val_holdout`` > 0, validation uses that many images of the training data, drawn
-    with ``val_holdout_seed`` and left out of training; otherwise it reads its own files.
-    """
+    """Loaders shared by the VOC and COCO DataModules; ``val_holdout`` > 0 validates on that many
+    training images (left out of training) instead of the val files."""
 
     def __init__(
         self,
@@ -181,8 +150,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.strict = strict
         self.datasets: dict[str, Dataset] = {}
-        # The VOC devkit's AP for this data: 11-point (VOC2007 test) or all-point (VOC2010+);
-        # None for COCO-style data, which is evaluated with COCO's metrics only.
+        # The devkit AP: 11-point (VOC2007 test), all-point (VOC2010+) or None (COCO metrics only)
         self.use_07_metric: bool | None = None
 
     @property
@@ -195,28 +163,19 @@ class DetectionDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
-        """The dataset read from the files of a role (``files``: "train", "val" or "test"),
-        items passed through ``transform``; ``train`` for training targets."""
+        """The dataset of the files of a role; ``train`` for training targets."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        # Fitting also builds the test set (reused by the test), to check that neither training
-        # nor validation sees a test image.
-        needed = {
-            "fit": ROLES,
-            "validate": ("val",),
-            "test": ("test",),
-            "predict": ("test",),
-            None: ROLES,
-        }[stage]
-        for role in needed:
-            if role not in self.datasets:
-                transform = build_transforms(
-                    self.image_size, role == "train", self.mean, self.std, self.augment
-                )
-                dataset = self.datasets[role] = self._role_dataset(role, transform)
-                if dataset.skips:
-                    log.warning("%s data: %s", role, dict(sorted(dataset.skips.items())))
+        # fitting builds the test set too, to check that no test image is seen
+        needed = {"validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, ROLES)
+        for role in [r for r in needed if r not in self.datasets]:
+            transform = build_transforms(
+                self.image_size, role == "train", self.mean, self.std, self.augment
+            )
+            dataset = self.datasets[role] = self._role_dataset(role, transform)
+            if dataset.skips:
+                log.warning("%s data: %s", role, dict(sorted(dataset.skips.items())))
         if "test" in self.datasets:
             self._check_test_images_unseen()
 
@@ -237,9 +196,7 @@ class DetectionDataModule(pl.LightningDataModule):
     def _check_test_images_unseen(self) -> None:
         """Refuse training or validation images that are test images too."""
         test = set(image_files(self.datasets["test"]))
-        for role in ("train", "val"):
-            if role not in self.datasets:
-                continue
+        for role in [r for r in ("train", "val") if r in self.datasets]:
             shared = [f for f in image_files(self.datasets[role]) if f in test]
             if shared:
                 raise UserError(
@@ -251,15 +208,12 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def _loader(self, role: str) -> DataLoader:
         train = role == "train"
-        # One OpenCV thread: loader workers run beside the training process, and an OpenCV pool in
-        # each would fight it for the cores. Set here, before the workers fork: a forked worker
-        # that resizes an inherited pool can deadlock. (PyTorch gives each worker one thread.)
+        # One OpenCV thread, set before workers fork: pools would fight training for the cores,
+        # and a forked worker resizing an inherited pool can deadlock.
         cv2.setNumThreads(1)
         dataset = self.datasets[role]
-        # The training order and the workers' random streams come from the run's seed alone
-        # (torch.initial_seed(), which seed_everything sets), not from the global random stream,
-        # which building each network consumes differently: two networks trained with one seed
-        # see the same batches with the same augmentations (Table 4's rows are paired by seed).
+        # Training order and worker streams come from the run's seed alone, not the global stream
+        # that building each network consumes differently: Table 4's rows are paired by seed.
         generator = torch.Generator().manual_seed(torch.initial_seed()) if train else None
         return DataLoader(
             dataset,
@@ -276,10 +230,8 @@ class DetectionDataModule(pl.LightningDataModule):
         )
 
     def _evaluation_shard(self, dataset: Dataset) -> EvaluationShard | None:
-        """This process's :class:`EvaluationShard` of ``dataset`` when the trainer runs several
-        processes (Lightning's own sampler settings), else None: the whole dataset in order."""
-        trainer = self.trainer
-        settings = trainer.distributed_sampler_kwargs if trainer is not None else None
+        """This process's :class:`EvaluationShard` of ``dataset`` under DDP, else None."""
+        settings = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         if not settings or settings["num_replicas"] < 2:
             return None
         return EvaluationShard(dataset, settings["num_replicas"], settings["rank"])
@@ -298,17 +250,8 @@ class DetectionDataModule(pl.LightningDataModule):
 
 
 class VOCDataModule(DetectionDataModule):
-    """Train / val / test / predict loaders over VOC-layout splits.
-
-    Each role reads ``<root>/ImageSets/Main/<role>_split.txt``, or, when ``<role>_sets`` is given,
-    the concatenation of several ``{root, split}`` sets, relative roots resolved against ``root``
-    (VOC07+12: train_sets = VOC2007/trainval + VOC2012/trainval). Validation reads its own split
-    or sets, or with ``val_holdout`` > 0 that many training images (left out of training; the
-    val split is then not read). Labels are 1..C in the order of ``class_names`` (0 is
-    background). Evaluation adds the VOC devkit's mAP, 11-point with ``use_07_metric`` (VOC2007
-    test) or all-point (VOC2012). The other options (input size, batch size, workers,
-    augmentation, strictness, validation hold-out) are :class:`DetectionDataModule`'s.
-    """
+    """Loaders over VOC-layout splits: each role reads its ``<role>_split`` of ``root`` or, given
+    ``<role>_sets``, several ``{root, split}`` sets (e.g. VOC2007 + VOC2012 trainval)."""
 
     def __init__(
         self,
@@ -359,9 +302,7 @@ class VOCDataModule(DetectionDataModule):
 
 
 class ShapesDataModule(VOCDataModule):
-    """The VOC loaders over the embedded shapes dataset at ``root``, which ``prepare_data`` builds
-    there on first use (:func:`dssd.data.shapes.ensure_shapes`); ``variant`` is ``plain`` or
-    ``context`` (small rings whose class only the large shape around them tells)."""
+    """The VOC loaders over the embedded shapes dataset, which ``prepare_data`` builds."""
 
     def __init__(
         self, root: str, class_names: Sequence[str], *, variant: str = "plain", **options: Any
@@ -374,17 +315,8 @@ class ShapesDataModule(VOCDataModule):
 
 
 class COCODataModule(DetectionDataModule):
-    """Train / val / test / predict loaders over COCO instances files under ``root``.
-
-    Test reads ``test_annotations`` / ``test_images`` (val2017 by default). Validation holds out
-    ``val_holdout`` images of the training file (5,000 by default), or, with ``val_holdout=0``,
-    reads ``val_annotations`` / ``val_images`` (e.g. the paper's minival beside trainval35k as
-    ``train_annotations``). With ``class_names`` configured, every annotation file must have
-    exactly those categories (in category-id order); without, they are read from the test
-    annotation file. Crowd boxes are left out of training and flagged ``difficult`` in evaluation.
-    The other options (input size, batch size, workers, augmentation, strictness, validation
-    hold-out) are :class:`DetectionDataModule`'s.
-    """
+    """Loaders over COCO instances files under ``root``, whose categories must all be
+    ``class_names`` (by default the test file's)."""
 
     def __init__(
         self,
@@ -431,13 +363,6 @@ class COCODataModule(DetectionDataModule):
         return dataset.label_to_category_id
 
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
-        annotations, images = self.files[files]
         return COCODataset(
-            self.root,
-            annotations,
-            images,
-            transform,
-            train=train,
-            class_names=self.class_names,
-            strict=self.strict,
+            self.root, *self.files[files], transform, train, self.class_names, self.strict
         )

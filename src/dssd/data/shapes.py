@@ -1,27 +1,13 @@
 """Deterministic generator of the embedded "shapes" detection dataset.
 
-The dataset lets the project train and evaluate with no download: it is written in a real
-PASCAL VOC layout (JPEGImages/, Annotations/, ImageSets/Main/) plus COCO-format JSON of the same
-images (annotations/instances_<split>.json). Images have textured, noisy backgrounds and filled
-shapes of six classes over a wide range of sizes, with many small objects, some occlusion,
-truncation at the border, and VOC-style ``difficult`` flags.
-
-Every image is drawn from its own random stream derived from ``(seed, image index)``, so the output
-depends only on the parameters. A stamp file written last makes repeated calls free.
-
-Three disjoint splits: ``trainval`` (training), ``val`` (validation and model selection) and
-``test`` (the reported figures). Objects flagged ``difficult`` are ignored by evaluation in both
-forms: the VOC XML carries ``<difficult>1</difficult>``, the COCO JSON ``iscrowd: 1`` (what
-pycocotools ignores) plus ``difficult: 1`` (so that the COCO reader still trains on them, as the
-VOC reader does).
-
-CLI: ``python -m dssd.data.shapes --out data/shapes [--num-trainval N --num-val N --num-test N
---seed S]``.
+Filled shapes of six classes (many small, some occluded or truncated) on noisy backgrounds, in VOC
+layout plus COCO JSON, so the project runs with no download; each image has its own random stream.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import multiprocessing
@@ -31,6 +17,7 @@ import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -43,8 +30,7 @@ CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "el
 FORMAT_VERSION = 2
 STAMP_FILE = ".complete"
 PARTIAL_STAMP_FILE = ".complete.partial"  # present while a generation is under way
-# Generated in this order (image ids count on across splits); val comes last so that the
-# trainval and test images do not depend on the size of the val split.
+# Generation order (ids count on across splits): trainval and test do not depend on val's size.
 SPLITS = ("trainval", "test", "val")
 # Output entries owned by the generator; only these are removed when regenerating.
 _MANAGED = ("JPEGImages", "Annotations", "ImageSets", "annotations", STAMP_FILE)
@@ -60,15 +46,14 @@ MIN_COLOUR_DISTANCE = 120.0  # RGB distance of an object's colour from what lies
 EMPTY_FRACTION = 0.02
 CROWDED_FRACTION = 0.1
 PLACEMENT_TRIES = 30
-# The ``context`` variant (render_context_image): region sizes as fractions of the shorter side,
-# the rings' outer diameters in pixels, rings per region, and how far (pixels) every ring's box
-# lies inside its region's outline.
+# Context variant: region sizes (of the shorter side), ring diameters, rings per region, and each
+# ring box's least distance inside its region (pixels).
 CONTEXT_REGION_FRACTION = (0.55, 0.9)
 CONTEXT_RING_SIZES = (20.0, 31.0)
 CONTEXT_RINGS = (1, 3)
 CONTEXT_DISTANCE = 40
 CONTEXT_TRIES = 200  # geometries tried per region before it is left out
-# Stars and crosses are too thin to hold a ring that deep at these sizes: they carry none.
+# stars and crosses are too thin to hold a ring that deep
 CONTEXT_RING_CLASSES = ("circle", "square", "triangle", "ellipse")
 VARIANTS = ("plain", "context")
 _IMAGES_PER_WORKER = 256
@@ -76,10 +61,7 @@ _IMAGES_PER_WORKER = 256
 
 @dataclass(frozen=True)
 class ShapeObject:
-    """One annotated object: its class, tight pixel box and the flags derived from drawing it.
-
-    ``box`` holds inclusive 0-based pixel indices (col0, row0, col1, row1) of the drawn shape.
-    """
+    """One annotated object; ``box``: inclusive 0-based pixels (col0, row0, col1, row1)."""
 
     label: int  # index into CLASSES
     box: tuple[int, int, int, int]
@@ -102,11 +84,7 @@ class _Placed:
 
 
 def _unit_polygon(rng: np.random.Generator, cls: str) -> tuple[np.ndarray, float, bool]:
-    """Outline of a shape in a unit box centred at the origin.
-
-    Returns the vertices [K, 2], the width:height aspect ratio to stretch it to and whether it
-    may be rotated.
-    """
+    """Outline [K, 2] in a unit box at the origin, width:height aspect to stretch it, rotatable."""
     if cls in ("circle", "ellipse"):
         t = np.linspace(0.0, 2.0 * np.pi, 48, endpoint=False)
         pts = 0.5 * np.stack([np.cos(t), np.sin(t)], axis=1)
@@ -139,29 +117,21 @@ def _unit_polygon(rng: np.random.Generator, cls: str) -> tuple[np.ndarray, float
 def _sample_shape(
     rng: np.random.Generator, label: int, size: float, width: int, height: int
 ) -> _Placed | None:
-    """One shape of class ``label`` at a random place, rasterised (:func:`_rasterise`).
-
-    ``size`` is sqrt(area) of the unrotated bounding box. Large shapes are shrunk to fit the
-    image; about one in eight is allowed to hang over the border by up to a third of its extent.
-    """
+    """One shape of class ``label`` and sqrt(unrotated box area) ``size``, shrunk to fit, at a
+    random place (one in eight may overhang by a third), rasterised; None if wholly outside."""
     pts, aspect, rotatable = _unit_polygon(rng, CLASSES[label])
     pts = pts * np.array([size * math.sqrt(aspect), size / math.sqrt(aspect)])
     if rotatable and rng.random() < 0.7:
         angle = rng.uniform(0.0, 2.0 * np.pi)
         c, s = math.cos(angle), math.sin(angle)
         pts = pts @ np.array([[c, s], [-s, c]])
-    extent = pts.max(axis=0) - pts.min(axis=0)
-    pts = pts * min(1.0, 0.9 * min(width, height) / extent.max())
+    pts = pts * min(1.0, 0.9 * min(width, height) / (pts.max(axis=0) - pts.min(axis=0)).max())
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     overhang = (hi - lo) / 3.0 if rng.random() < 0.125 else np.zeros(2)
-    centre = rng.uniform(-lo - overhang, np.array([width, height]) - hi + overhang)
-    return _rasterise(pts + centre, label, width, height)
-
-
-def _rasterise(pts: np.ndarray, label: int, width: int, height: int) -> _Placed | None:
-    """Mask, tight box and truncation flag of a polygon; None when no pixel is inside the image."""
-    x0, y0 = np.maximum(np.floor(pts.min(axis=0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(pts.max(axis=0)).astype(int) + 1, [width, height])
+    pts = pts + rng.uniform(-lo - overhang, np.array([width, height]) - hi + overhang)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    x0, y0 = np.maximum(np.floor(lo).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(hi).astype(int) + 1, [width, height])
     if x1 <= x0 or y1 <= y0:
         return None
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
@@ -173,52 +143,45 @@ def _rasterise(pts: np.ndarray, label: int, width: int, height: int) -> _Placed 
         return None
     box = (int(x0 + cols[0]), int(y0 + rows[0]), int(x0 + cols[-1]), int(y0 + rows[-1]))
     # cv2 puts pixel centres on integer coordinates, so the image spans [-0.5, size - 0.5].
-    truncated = bool(
-        (pts.min(axis=0) < -0.5).any() or (pts.max(axis=0) > [width - 0.5, height - 0.5]).any()
-    )
+    truncated = bool((lo < -0.5).any() or (hi > [width - 0.5, height - 0.5]).any())
     return _Placed(label, (slice(y0, y1), slice(x0, x1)), mask.astype(bool), box, truncated)
 
 
-def _box_iou(box: tuple[int, int, int, int], others: np.ndarray) -> np.ndarray:
-    """IoU of one inclusive pixel box with an array [N, 4] of them.
-
-    The suite's IoU is ``torchvision.ops.box_iou``; this generator keeps its own because the
-    library costs it a torch import in every worker process and a tensor round trip per
-    candidate object: the embedded data took 42.0 s to generate with it against 28.1 s with this
-    function (same files, measured on a 2-core CPU)."""
-    b = np.asarray(box)
-    iw = np.minimum(b[2], others[:, 2]) - np.maximum(b[0], others[:, 0]) + 1
-    ih = np.minimum(b[3], others[:, 3]) - np.maximum(b[1], others[:, 1]) + 1
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
-    areas = (others[:, 2] - others[:, 0] + 1) * (others[:, 3] - others[:, 1] + 1)
+def _box_iou(box: tuple[int, int, int, int], boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """IoU of one inclusive pixel box with others; ``torchvision.ops.box_iou`` made generation take
+    42.0 s against 28.1 s (2-core CPU)."""
+    b, others = np.asarray(box), np.array(boxes)
+    overlap = np.minimum(b[2:], others[:, 2:]) - np.maximum(b[:2], others[:, :2]) + 1
+    inter = np.clip(overlap, 0, None).prod(axis=1)
+    area = (b[2:] - b[:2] + 1).prod()
+    areas = (others[:, 2:] - others[:, :2] + 1).prod(axis=1)
     return inter / (area + areas - inter)
 
 
-def _place_objects(
-    rng: np.random.Generator, width: int, height: int, count: int, max_size: float
-) -> tuple[list[_Placed], np.ndarray]:
-    """Place up to ``count`` shapes, each resampled until it respects the overlap rules.
-
-    A candidate is rejected when its box IoU with an earlier box exceeds MAX_BOX_IOU, or when it
-    would leave an earlier object less than MIN_VISIBLE visible. Returns the placed shapes in
-    drawing order and the visible fraction of each once all are drawn.
-    """
+def render_image(
+    rng: np.random.Generator, min_size: int, max_size: int, empty: bool = False
+) -> tuple[np.ndarray, list[ShapeObject]]:
+    """Draw one image (uint8 RGB) and its annotations; each shape is resampled until it respects
+    MAX_BOX_IOU and MIN_VISIBLE."""
+    width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+    img = _background(rng, width, height)
+    if empty:
+        count, max_object = 0, 0.0
+    elif rng.random() < CROWDED_FRACTION:
+        count, max_object = int(rng.integers(10, 26)), CROWDED_MAX_SIZE
+    else:
+        count, max_object = int(rng.integers(1, 7)), MAX_OBJECT_FRACTION * min(width, height)
     owner = np.full((height, width), -1, np.int16)  # index of the topmost object per pixel
     placed: list[_Placed] = []
     total: list[int] = []
     visible = np.zeros(0, np.int64)
-    log_lo, log_hi = math.log(MIN_OBJECT_SIZE), math.log(max(max_size, MIN_OBJECT_SIZE))
+    log_lo, log_hi = math.log(MIN_OBJECT_SIZE), math.log(max(max_object, MIN_OBJECT_SIZE))
     for _ in range(count):
         label = int(rng.integers(len(CLASSES)))
         for _ in range(PLACEMENT_TRIES):
-            size = math.exp(rng.uniform(log_lo, log_hi))
-            shape = _sample_shape(rng, label, size, width, height)
-            if shape is None:
-                continue
-            if (
-                placed
-                and _box_iou(shape.box, np.array([p.box for p in placed])).max() > MAX_BOX_IOU
+            shape = _sample_shape(rng, label, math.exp(rng.uniform(log_lo, log_hi)), width, height)
+            if shape is None or (
+                placed and _box_iou(shape.box, [p.box for p in placed]).max() > MAX_BOX_IOU
             ):
                 continue
             below = owner[shape.roi][shape.mask]
@@ -230,7 +193,9 @@ def _place_objects(
             total.append(int(shape.mask.sum()))
             visible = np.append(visible - hidden, total[-1])
             break
-    return placed, visible / np.maximum(np.array(total, np.float64), 1.0)
+    fractions = visible / np.maximum(np.array(total, np.float64), 1.0)
+    objects = [_fill(rng, img, shape, f) for shape, f in zip(placed, fractions, strict=True)]
+    return _finish(rng, img), objects
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -275,40 +240,11 @@ def _contrasting_colour(rng: np.random.Generator, beneath: np.ndarray) -> np.nda
     return np.where(mean > 127.5, 0.0, 255.0)  # the farthest corner of the colour cube
 
 
-def render_image(
-    rng: np.random.Generator, min_size: int, max_size: int, empty: bool = False
-) -> tuple[np.ndarray, list[ShapeObject]]:
-    """Draw one image (uint8 RGB) and its annotations from ``rng``.
-
-    Crowded images (about CROWDED_FRACTION) hold 10-25 small objects; the others 1-6 objects of
-    sizes log-uniform from MIN_OBJECT_SIZE to MAX_OBJECT_FRACTION of the shorter side.
-    """
-    width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-    img = _background(rng, width, height)
-    if empty:
-        count, max_object = 0, 0.0
-    elif rng.random() < CROWDED_FRACTION:
-        count, max_object = int(rng.integers(10, 26)), CROWDED_MAX_SIZE
-    else:
-        count, max_object = int(rng.integers(1, 7)), MAX_OBJECT_FRACTION * min(width, height)
-    placed, visible = _place_objects(rng, width, height, count, max_object)
-    objects = [_fill(rng, img, shape, vis) for shape, vis in zip(placed, visible, strict=True)]
-    return _finish(rng, img), objects
-
-
 def render_context_image(
     rng: np.random.Generator, min_size: int, max_size: int, empty: bool = False
 ) -> tuple[np.ndarray, list[ShapeObject]]:
-    """Draw one image of the ``context`` variant (uint8 RGB) and its annotations from ``rng``.
-
-    One or two large shapes that do not overlap (the regions, annotated with their class as in
-    the plain data) carry small rings that all look alike (CONTEXT_RINGS of them in each region
-    of CONTEXT_RING_CLASSES, none in the others). A ring's class is that of the region it lies
-    in, and every pixel within CONTEXT_DISTANCE of its box is that region's flat fill or another
-    ring, so nothing near a ring tells its class: only the region's outline, far away, does. A
-    region's class and ring count are drawn first and its geometry is redrawn until the rings
-    fit, so those classes carry as many rings each.
-    """
+    """Draw one ``context`` image: small, alike rings whose class only the far outline of the large
+    shape (region) around them tells."""
     width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
     img = _background(rng, width, height)
     log_lo, log_hi = (math.log(f * min(width, height)) for f in CONTEXT_REGION_FRACTION)
@@ -317,11 +253,9 @@ def render_context_image(
     for _ in range(0 if empty else int(rng.integers(1, 3))):
         label = int(rng.integers(len(CLASSES)))
         count = int(rng.integers(CONTEXT_RINGS[0], CONTEXT_RINGS[1] + 1))
-        if CLASSES[label] not in CONTEXT_RING_CLASSES:
-            count = 0
+        count *= CLASSES[label] in CONTEXT_RING_CLASSES  # drawn for every class, kept for these
         for _ in range(CONTEXT_TRIES):
-            size = math.exp(rng.uniform(log_lo, log_hi))
-            shape = _sample_shape(rng, label, size, width, height)
+            shape = _sample_shape(rng, label, math.exp(rng.uniform(log_lo, log_hi)), width, height)
             if shape is None or taken[shape.roi][shape.mask].any():
                 continue
             inside = np.zeros((height + 2, width + 2), np.uint8)  # the image border is an edge
@@ -343,9 +277,7 @@ def render_context_image(
 def _plan_rings(
     rng: np.random.Generator, depth: np.ndarray, count: int
 ) -> list[tuple[int, int, float]]:
-    """Up to ``count`` rings (centre row, centre column, radius) whose boxes lie at least
-    CONTEXT_DISTANCE inside a region (``depth``: each pixel's distance to the region's edge) and
-    clear of each other's surroundings."""
+    """Up to ``count`` rings (row, column, radius) CONTEXT_DISTANCE inside ``depth``'s region."""
     log_lo, log_hi = (math.log(s) for s in CONTEXT_RING_SIZES)
     free = depth.copy()
     rings = []
@@ -385,9 +317,8 @@ def _fill(rng: np.random.Generator, img: np.ndarray, shape: _Placed, visible: fl
     region[shape.mask] = _contrasting_colour(rng, region[shape.mask])
     x0, y0, x1, y1 = shape.box
     small = math.sqrt((x1 - x0 + 1) * (y1 - y0 + 1)) < DIFFICULT_SIZE
-    return ShapeObject(
-        shape.label, shape.box, shape.truncated, bool(visible < DIFFICULT_VISIBLE or small)
-    )
+    difficult = bool(visible < DIFFICULT_VISIBLE or small)
+    return ShapeObject(shape.label, shape.box, shape.truncated, difficult)
 
 
 def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -455,41 +386,27 @@ def _coco_split(records: list[_Record]) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class _ImageTask:
-    """Everything needed to render and write one image, independently of all the others."""
-
-    root: Path
-    seed: int
-    index: int  # position in the whole dataset; the image id is index + 1
-    min_size: int
-    max_size: int
-    empty: bool
-    variant: str = "plain"
-
-
-def _write_image(task: _ImageTask) -> _Record:
-    """Render one image from its own random stream and write its JPEG and VOC XML."""
-    image_id = f"{task.index + 1:06d}"
-    rng = np.random.default_rng(np.random.SeedSequence(task.seed, spawn_key=(task.index,)))
-    render = render_context_image if task.variant == "context" else render_image
-    image, objects = render(rng, task.min_size, task.max_size, empty=task.empty)
+def _write_image(
+    root: Path, seed: int, min_size: int, max_size: int, variant: str, index: int, empty: bool
+) -> _Record:
+    """Render image ``index`` (id index + 1) from its own random stream; write its JPEG and XML."""
+    image_id = f"{index + 1:06d}"
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+    render = render_context_image if variant == "context" else render_image
+    image, objects = render(rng, min_size, max_size, empty=empty)
     height, width = image.shape[:2]
-    jpg = task.root / "JPEGImages" / f"{image_id}.jpg"
+    jpg = root / "JPEGImages" / f"{image_id}.jpg"
     cv2.imwrite(str(jpg), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
     xml = _voc_xml(image_id, width, height, objects)
-    (task.root / "Annotations" / f"{image_id}.xml").write_bytes(xml)
+    (root / "Annotations" / f"{image_id}.xml").write_bytes(xml)
     return image_id, width, height, objects
 
 
-def _write_images(tasks: list[_ImageTask], workers: int | None) -> list[_Record]:
-    """Run ``_write_image`` over the tasks, in order, in up to ``workers`` processes.
-
-    Each process gets at least _IMAGES_PER_WORKER images, so small datasets stay in-process.
-    """
-    workers = min(workers or os.cpu_count() or 1, math.ceil(len(tasks) / _IMAGES_PER_WORKER))
+def _write_images(write: partial[_Record], empty: list[bool], workers: int | None) -> list[_Record]:
+    """``write(index, empty[index])`` for every image, in order, in up to ``workers`` processes."""
+    workers = min(workers or os.cpu_count() or 1, math.ceil(len(empty) / _IMAGES_PER_WORKER))
     if workers <= 1:
-        return [_write_image(task) for task in tasks]
+        return list(map(write, range(len(empty)), empty))
     # "spawn" rather than fork: the caller may be a multi-threaded training process.
     with ProcessPoolExecutor(
         workers,
@@ -497,15 +414,11 @@ def _write_images(tasks: list[_ImageTask], workers: int | None) -> list[_Record]
         initializer=cv2.setNumThreads,  # one OpenCV thread per process avoids oversubscription
         initargs=(1,),
     ) as pool:
-        return list(pool.map(_write_image, tasks, chunksize=16))
+        return list(pool.map(write, range(len(empty)), empty, chunksize=16))
 
 
 def _clear(root: Path) -> None:
-    """Remove the generator's own outputs; refuse to touch a directory that is not ours.
-
-    A directory holding VOC folders with neither a finished nor an in-progress stamp may be a real
-    dataset, so it is never deleted.
-    """
+    """Remove the generator's outputs; unstamped VOC folders may be a real dataset: refuse."""
     existing = [root / name for name in _MANAGED if (root / name).exists()]
     ours = (root / STAMP_FILE).exists() or (root / PARTIAL_STAMP_FILE).exists()
     if existing and not ours:
@@ -532,15 +445,8 @@ def generate_shapes(
     workers: int | None = None,
     variant: str = "plain",
 ) -> Path:
-    """Write the shapes dataset under ``root`` in VOC and COCO form and return ``root``.
-
-    ``variant`` is ``plain`` (every object carries its own class) or ``context`` (small rings
-    whose class only their surroundings tell: :func:`render_context_image`).
-
-    Idempotent: when ``root`` already holds a complete dataset made with the same parameters it
-    returns at once; different parameters or ``overwrite=True`` regenerate it. Images are rendered
-    by up to ``workers`` processes (default: one per CPU); the output does not depend on it.
-    """
+    """Write the shapes dataset under ``root`` and return it; a no-op when it is complete with the
+    same parameters, unless ``overwrite``. ``workers`` do not change the output."""
     if not 0 < min_size <= max_size:
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
     if variant not in VARIANTS:
@@ -568,17 +474,15 @@ def generate_shapes(
 
     # Empty images are chosen up front so that every split is sure to contain some.
     layout_rng = np.random.default_rng(seed)
-    tasks, split_of = [], []
+    empty, split_of = [], []
     for split, count in zip(SPLITS, (num_trainval, num_test, num_val), strict=True):
         n_empty = math.ceil(EMPTY_FRACTION * count)
-        empty = set(layout_rng.choice(count, n_empty, replace=False).tolist())
-        tasks += [
-            _ImageTask(root, seed, len(tasks) + i, min_size, max_size, i in empty, variant)
-            for i in range(count)
-        ]
+        chosen = set(layout_rng.choice(count, n_empty, replace=False).tolist())
+        empty += [i in chosen for i in range(count)]
         split_of += [split] * count
 
-    records = _write_images(tasks, workers)
+    write = partial(_write_image, root, seed, min_size, max_size, variant)
+    records = _write_images(write, empty, workers)
     for split in SPLITS:
         split_records = [r for r, s in zip(records, split_of, strict=True) if s == split]
         ids = "".join(f"{r[0]}\n" for r in split_records)
@@ -592,9 +496,8 @@ def generate_shapes(
 
 
 def ensure_shapes(root: str | Path, variant: str = "plain") -> Path:
-    """``root``, holding a shapes dataset of ``variant``: built there with the default parameters
-    unless it already holds a complete one of this format, whatever its sizes and seed (e.g. a
-    small one for tests). A complete dataset of the other variant there is an error."""
+    """``root``, built with the default parameters unless it holds a complete dataset of this format
+    and ``variant`` (any size or seed)."""
     stamp = read_stamp(root)
     if stamp is None or stamp.get("format_version") != FORMAT_VERSION:
         return generate_shapes(root, variant=variant)
@@ -618,12 +521,11 @@ def summarize(root: str | Path) -> dict[str, dict[str, int]]:
     summary = {}
     for split in SPLITS:
         coco = json.loads((Path(root) / "annotations" / f"instances_{split}.json").read_text())
-        with_objects = {a["image_id"] for a in coco["annotations"]}
         summary[split] = {
             "images": len(coco["images"]),
             "objects": len(coco["annotations"]),
             "difficult": sum(a["difficult"] for a in coco["annotations"]),
-            "empty": len(coco["images"]) - len(with_objects),
+            "empty": len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]}),
         }
     return summary
 
@@ -632,12 +534,9 @@ def main(argv: list[str] | None = None) -> None:
     """Command line entry point used by ``make data``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/shapes"), help="output directory")
-    parser.add_argument("--num-trainval", type=int, default=2000)
-    parser.add_argument("--num-test", type=int, default=300)
-    parser.add_argument("--num-val", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-size", type=int, default=256)
-    parser.add_argument("--max-size", type=int, default=384)
+    defaults = inspect.signature(generate_shapes).parameters
+    for name in ("num_trainval", "num_test", "num_val", "seed", "min_size", "max_size"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name].default)
     parser.add_argument(
         "--variant",
         choices=VARIANTS,

@@ -1,12 +1,6 @@
-"""Albumentations pipelines that turn a VOC sample into a network input and a normalised target.
-
-Training: [augment] -> Resize(S, S) -> HorizontalFlip(0.5) -> Normalize -> ToTensorV2.
-Evaluation: Resize(S, S) -> Normalize -> ToTensorV2.
-
-``augment`` is the slot for the SSD data augmentation (photometric distortion, zoom-out, IoU
-crops): any albumentations transforms placed there run on the original-size RGB uint8 image with
-pixel ``pascal_voc`` boxes, before the resize.
-"""
+"""Albumentations pipelines that turn a VOC sample into a network input and a normalised target:
+[augment] -> Resize(S, S) -> HorizontalFlip(0.5) -> Normalize -> ToTensorV2 (no augment or flip in
+evaluation)."""
 
 from __future__ import annotations
 
@@ -30,14 +24,9 @@ Augment = AlbumentationsTransform | Sequence[AlbumentationsTransform]
 
 
 class DetectionTransform:
-    """Applies an albumentations pipeline to an (image, target) pair with boxes and their flags.
-
-    Input: an HxWx3 uint8 RGB image and a target with "boxes" (float [N, 4] pixel xyxy),
-    "labels" (int [N]), "difficult" (bool [N]) and "image_id". Output: a float tensor [3, S, S]
-    and a target with "boxes" (float32 [N, 4] xyxy normalised to [0, 1]), "labels" (int64 [N]),
-    "difficult" (bool [N]), "image_id" (unchanged) and "orig_size" (int64 [2], original
-    height and width). Boxes are clipped to the image; boxes that vanish are dropped together with
-    their label and difficult flag.
+    """An albumentations pipeline over (HxWx3 uint8 RGB image, target with pixel xyxy "boxes"):
+    gives a float tensor [3, S, S] and the target with "boxes" in [0, 1] and "orig_size" (H, W).
+    Boxes that vanish are dropped with their label and difficult flag.
     """
 
     def __init__(self, transforms: Sequence[AlbumentationsTransform]) -> None:
@@ -49,8 +38,7 @@ class DetectionTransform:
                 clip=True,
                 filter_invalid_bboxes=True,
             ),
-            # Seeded from torch so that pl.seed_everything makes augmentation reproducible;
-            # seed_worker reseeds it in each DataLoader worker.
+            # from torch, so that pl.seed_everything makes augmentation reproducible
             seed=torch.initial_seed() % 2**32,
         )
 
@@ -59,7 +47,6 @@ class DetectionTransform:
         self.pipeline.set_random_seed(seed)
 
     def __call__(self, image: np.ndarray, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        height, width = image.shape[:2]
         out = self.pipeline(
             image=image,
             bboxes=np.asarray(target["boxes"], np.float32).reshape(-1, 4),
@@ -75,14 +62,13 @@ class DetectionTransform:
             "labels": torch.as_tensor(np.asarray(out["labels"], np.int64)),
             "difficult": torch.as_tensor(np.asarray(out["difficult"], bool)),
             "image_id": target["image_id"],
-            "orig_size": torch.tensor([height, width], dtype=torch.int64),
+            "orig_size": torch.tensor(image.shape[:2], dtype=torch.int64),
             "skipped_images": target.get("skipped_images", 0),
         }
 
 
 def check_augment(augment: object) -> None:
-    """Refuse a ``data.augment`` that is neither a transform nor a sequence of them, such as the
-    string ``ssd`` that ``data.augment=ssd`` gives, before any image is read."""
+    """Refuse a ``data.augment`` that is not a transform or sequence of them (e.g. ``ssd``)."""
     items = augment if isinstance(augment, Sequence) and not isinstance(augment, str) else [augment]
     if augment is None or all(isinstance(a, AlbumentationsTransform) for a in items):
         return
@@ -100,10 +86,7 @@ def build_transforms(
     std: Sequence[float] = IMAGENET_STD,
     augment: Augment | None = None,
 ) -> DetectionTransform:
-    """The training or evaluation pipeline for square ``size`` x ``size`` inputs.
-
-    ``augment`` (one transform or a sequence) is inserted before the resize in training only.
-    """
+    """The training or evaluation pipeline for ``size`` x ``size`` inputs."""
     head: list[AlbumentationsTransform] = []
     if train and augment is not None:
         head = [augment] if isinstance(augment, AlbumentationsTransform) else list(augment)
@@ -113,14 +96,8 @@ def build_transforms(
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker its own random streams.
-
-    Every worker starts with a copy of the same albumentations state, so without this all workers
-    would produce the same augmentations. The worker's torch seed (distinct per worker and each
-    time the workers start, and derived from the main seed) reseeds numpy, ``random`` and the
-    dataset transform. Under DDP every process has the same main seed, so the process's rank is
-    mixed in too: otherwise every GPU would draw the same augmentations.
-    """
+    """DataLoader ``worker_init_fn``: reseed numpy, ``random`` and the transform from the worker's
+    torch seed and the DDP rank, so that workers and GPUs draw different augmentations."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     seed = int(np.random.SeedSequence([torch.initial_seed() % 2**32, rank]).generate_state(1)[0])

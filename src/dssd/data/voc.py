@@ -1,35 +1,10 @@
-"""PASCAL VOC reader: annotation parsing and a map-style detection dataset.
+"""PASCAL VOC reader (VOC2007/2012 layout, also the embedded shapes data) and devkit result files.
 
-Works for the real VOC2007/2012 layout and for the embedded shapes dataset, which uses the same
-layout. All annotations are parsed when the dataset is built, so a broken file fails at once rather
-than in the middle of an epoch.
-
-Robustness policy (shared with the COCO reader, which builds on ``DetectionImages`` below):
-
-- Configuration mistakes always raise a ``UserError`` naming the file at construction: a missing
-  root, split or annotation file, a class name that is not configured, an annotation file that
-  cannot be parsed at all (with ``strict=True``).
-- Box geometry is always repaired: boxes partly outside the image are clipped (counted as
-  "clipped_boxes"), boxes of zero area or wholly outside it are dropped ("invalid_boxes").
-- ``strict=False`` is meant for large real datasets with a few bad samples: an object with missing
-  or non-numeric fields is dropped ("malformed_objects"), an annotation file that cannot be parsed
-  skips its image ("unreadable_annotations"), and an image that cannot be decoded is replaced by
-  the next readable one ("unreadable_images", with a warning naming the file). ``strict=True``
-  raises instead.
-- Images without objects are kept; they are counted as "empty_images" for the log only.
-
-The counts are in ``dataset.skips``. Those made at construction reach the main process (the
-DataModule logs them); "unreadable_images" is counted in the process that reads the image, so with
-DataLoader workers it shows in the workers' warnings rather than in the main process's counter.
-
-Box convention (the one used everywhere, from the annotation file to the score): boxes are xyxy
-in continuous pixel coordinates, pixel edges, where 0-based pixel ``i`` spans ``[i, i + 1)``. A
-VOC box ``xmin..xmax`` counts pixels 1-based and inclusively, so it is ``[xmin - 1, xmax]``
-(:func:`voc_to_edges`) and its width ``xmax - xmin + 1`` is the devkit's own; a COCO
-``[x, y, w, h]`` is already in edges. The network sees them divided by the image size, the
-post-processor gives them back in pixels, and the metrics take plain continuous IoUs (no ``+1``).
-The devkit's result files are written back in its 1-based inclusive indices
-(:func:`edges_to_voc`, :func:`write_voc_results`).
+Policy, shared with the COCO reader: configuration mistakes raise a ``UserError`` naming the file
+when the dataset is built; boxes are clipped to the image, those left without area dropped;
+``strict=False`` drops malformed objects and annotation files and replaces an undecodable image by
+the next. ``dataset.skips`` counts each case. Boxes are xyxy pixel edges everywhere (pixel ``i``
+spans ``[i, i + 1)``): VOC ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, xmax]``.
 """
 
 from __future__ import annotations
@@ -66,10 +41,10 @@ class UnknownClassError(VOCAnnotationError):
 
 def _text(node: ET.Element, tag: str, path: Path) -> str:
     """Stripped text of the required child ``tag`` of ``node``."""
-    child = node.find(tag)
-    if child is None or child.text is None or not child.text.strip():
+    text = (node.findtext(tag) or "").strip()
+    if not text:
         raise VOCAnnotationError(f"{path}: missing <{tag}> in <{node.tag}>")
-    return child.text.strip()
+    return text
 
 
 def _number(node: ET.Element, tag: str, path: Path) -> float:
@@ -83,8 +58,7 @@ def _number(node: ET.Element, tag: str, path: Path) -> float:
 
 def _flag(node: ET.Element, tag: str) -> bool:
     """Optional 0/1 child ``tag``; a missing tag means 0, as in the VOC devkit."""
-    child = node.find(tag)
-    return child is not None and child.text is not None and child.text.strip() not in ("", "0")
+    return (node.findtext(tag) or "").strip() not in ("", "0")
 
 
 # A VOC box (xmin, ymin, xmax, ymax) minus this is the same box in pixel edges.
@@ -101,37 +75,11 @@ def edges_to_voc(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     return np.asarray(boxes, np.float64).reshape(-1, 4) + _VOC_INDEX_OFFSET
 
 
-def _object_box(
-    obj: ET.Element, path: Path, class_to_index: dict[str, int], strict: bool
-) -> tuple[str, tuple[float, float, float, float]]:
-    """Class name and raw VOC box (1-based xmin, ymin, xmax, ymax) of one <object>."""
-    name = _text(obj, "name", path)
-    if name not in class_to_index:
-        raise UnknownClassError(
-            f"{path}: object class {name!r} is not among the configured classes "
-            f"{list(class_to_index)}"
-        )
-    bndbox = obj.find("bndbox")
-    if bndbox is None:
-        raise VOCAnnotationError(f"{path}: object {name!r} has no <bndbox>")
-    x0, y0, x1, y1 = (_number(bndbox, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
-    if strict and (x1 < x0 or y1 < y0):
-        raise VOCAnnotationError(f"{path}: object {name!r} has an empty box {x0, y0, x1, y1}")
-    return name, (x0, y0, x1, y1)
-
-
 def parse_voc_xml(
     path: Path, class_to_index: dict[str, int], skips: Counter[str] | None = None
 ) -> dict[str, Any]:
-    """Parse one VOC annotation file.
-
-    Returns "boxes" (float32 [N, 4] xyxy pixel edges: xmin - 1, ymin - 1, xmax, ymax; see "Box
-    convention"), "labels" (int64 [N], values of ``class_to_index``; 0 is reserved for background),
-    "difficult" and "truncated" (bool [N]), "width" and "height" (int).
-    Raises VOCAnnotationError for malformed files and for class names not in ``class_to_index``.
-    With a ``skips`` counter (not strict), objects with missing or non-numeric fields are dropped
-    and counted as "malformed_objects", and empty boxes are returned for ``sanitize`` to drop.
-    """
+    """One VOC annotation file as "boxes" (float32 [N, 4] pixel edges), "labels", "difficult",
+    "truncated", "width", "height"; with ``skips`` (not strict) malformed objects are dropped."""
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
@@ -147,15 +95,24 @@ def parse_voc_xml(
     boxes, labels, difficult, truncated = [], [], [], []
     for obj in root.iter("object"):
         try:
-            name, (x0, y0, x1, y1) = _object_box(obj, path, class_to_index, skips is None)
-        except UnknownClassError:
-            raise
-        except VOCAnnotationError:
-            if skips is None:
+            name = _text(obj, "name", path)
+            if name not in class_to_index:
+                raise UnknownClassError(
+                    f"{path}: object class {name!r} is not among the configured classes "
+                    f"{list(class_to_index)}"
+                )
+            bndbox = obj.find("bndbox")
+            if bndbox is None:
+                raise VOCAnnotationError(f"{path}: object {name!r} has no <bndbox>")
+            box = tuple(_number(bndbox, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
+            if skips is None and (box[2] < box[0] or box[3] < box[1]):
+                raise VOCAnnotationError(f"{path}: object {name!r} has an empty box {box}")
+        except VOCAnnotationError as err:
+            if skips is None or isinstance(err, UnknownClassError):
                 raise
             skips["malformed_objects"] += 1
             continue
-        boxes.append((x0, y0, x1, y1))
+        boxes.append(box)
         labels.append(class_to_index[name])
         difficult.append(_flag(obj, "difficult"))
         truncated.append(_flag(obj, "truncated"))
@@ -176,13 +133,9 @@ def select_objects(ann: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
 
 
 def sanitize(ann: dict[str, Any], skips: Counter[str]) -> dict[str, Any]:
-    """Clip the boxes of ``ann`` to its width x height and drop those left without area.
-
-    Counts "clipped_boxes", "invalid_boxes" and (after dropping) "empty_images" in ``skips``.
-    """
+    """Clip the boxes of ``ann`` to its width x height and drop those left without area."""
     boxes = ann["boxes"]
-    limits = np.array([ann["width"], ann["height"]] * 2, np.float32)
-    clipped = np.clip(boxes, 0.0, limits)
+    clipped = np.clip(boxes, 0.0, np.array([ann["width"], ann["height"]] * 2, np.float32))
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     skips["invalid_boxes"] += int((~keep).sum())
     skips["clipped_boxes"] += int((keep & (clipped != boxes).any(axis=1)).sum())
@@ -201,13 +154,8 @@ def read_image(path: Path) -> np.ndarray:
 
 
 class DetectionImages(Dataset):
-    """Images decoded on access, annotations parsed up front: the base of the VOC and COCO readers.
-
-    Subclasses fill ``ids``, ``image_paths`` and ``annotations`` (dicts with "boxes", "labels" and
-    "difficult"). Items are ``transform(image, target)``, or ``(image, target)`` without a
-    transform, where ``target`` holds those three arrays and "image_id". With ``strict=False`` an
-    undecodable image is replaced by the next readable one instead of stopping the epoch.
-    """
+    """Base of the VOC and COCO readers: annotations parsed up front (a broken file fails at once)
+    into ``ids``, ``image_paths`` and ``annotations``, images decoded on access."""
 
     def __init__(self, transform: Transform | None, strict: bool) -> None:
         self.transform = transform
@@ -231,25 +179,16 @@ class DetectionImages(Dataset):
                 self.skips["unreadable_images"] += 1
                 log.warning("skipping unreadable image %s", self.image_paths[i])
                 continue
-            ann = self.annotations[i]
-            target = {k: ann[k] for k in ("boxes", "labels", "difficult")}
-            target["image_id"] = self.ids[i]
-            # how many unreadable images were passed over to get here: counted in the worker,
-            # carried with the sample so the main process can report it (DataSkipReport)
-            target["skipped_images"] = offset
+            target = {k: self.annotations[i][k] for k in ("boxes", "labels", "difficult")}
+            # skipped_images: unreadable images passed over, for the main process's DataSkipReport
+            target |= {"image_id": self.ids[i], "skipped_images": offset}
             return (image, target) if self.transform is None else self.transform(image, target)
         raise OSError(f"none of the {len(self)} images of the dataset can be read or decoded")
 
 
 class VOCDataset(DetectionImages):
-    """A split of a VOC-layout dataset (ImageSets/Main/<split>.txt, Annotations/, JPEGImages/).
-
-    Items are ``transform(image, target)``; without a transform, ``image`` is the RGB uint8 array
-    and ``target`` holds "boxes" (float32 [N, 4] xyxy pixel edges), "labels" (int64 [N], 1..C),
-    "difficult" (bool [N]) and "image_id" (the id string from the split file). Labels follow the
-    order of ``class_names``, starting at 1. With ``keep_difficult=False`` difficult objects are
-    dropped. ``strict`` and ``skips``: see the module docstring.
-    """
+    """A split of a VOC-layout dataset (ImageSets/Main/<split>.txt, Annotations/, JPEGImages/);
+    labels are 1..C in ``class_names`` order."""
 
     def __init__(
         self,
@@ -281,10 +220,8 @@ class VOCDataset(DetectionImages):
             xml = self.root / "Annotations" / f"{image_id}.xml"
             try:
                 ann = parse_voc_xml(xml, class_to_index, None if strict else self.skips)
-            except UnknownClassError:
-                raise
             except VOCAnnotationError as err:
-                if strict:
+                if strict or isinstance(err, UnknownClassError):
                     raise
                 self.skips["unreadable_annotations"] += 1
                 log.warning("skipping image %s: %s", image_id, err)
@@ -305,15 +242,8 @@ def write_voc_results(
     detections: Sequence[dict[str, Any]],
     class_names: Sequence[str],
 ) -> list[Path]:
-    """Write detections as the devkit's result files, ``comp4_det_test_<class>.txt``, one per
-    class (empty when the class has no detection), and return their paths.
-
-    Each line is ``<image id> <score> <xmin> <ymin> <xmax> <ymax>`` in the devkit's 1-based
-    inclusive pixel indices, which the official ``VOCevaldet`` and ``voc_eval.py`` read.
-    ``detections`` are per image, aligned with ``image_ids``: "boxes" [N, 4] (pixel edges),
-    "scores" [N] and "labels" [N] (1..C, indices into ``class_names`` + 1). Numbers are written
-    at full precision, so the devkit scores exactly the boxes the metric scored.
-    """
+    """Write detections as the devkit's ``comp4_det_test_<class>.txt`` files (1-based inclusive
+    boxes, full precision: the devkit scores exactly the metric's boxes); their paths."""
     lines: dict[str, list[str]] = {name: [] for name in class_names}
     for image_id, det in zip(image_ids, detections, strict=True):
         name = str(image_id)
@@ -325,11 +255,10 @@ def write_voc_results(
         for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
             if not 1 <= label <= len(class_names):
                 raise ValueError(f"label {label} is not in 1..{len(class_names)}")
-            coords = " ".join(repr(v) for v in box)
+            coords = " ".join(map(repr, box))
             lines[class_names[label - 1]].append(f"{name} {score!r} {coords}\n")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / RESULTS_FILE.format(class_name) for class_name in lines]
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    paths = [Path(directory) / RESULTS_FILE.format(class_name) for class_name in lines]
     for path, class_lines in zip(paths, lines.values(), strict=True):
         path.write_text("".join(class_lines))
     return paths
@@ -338,12 +267,8 @@ def write_voc_results(
 def read_voc_results(
     directory: str | Path, class_names: Sequence[str]
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Read the result files of :func:`write_voc_results` (or any devkit result files) back.
-
-    Returns the detections by image id: "boxes" (float64 [N, 4], pixel edges), "scores"
-    (float64 [N]) and "labels" (int64 [N], 1..C). A missing file or a malformed line raises
-    :class:`VOCAnnotationError` naming the file (and line).
-    """
+    """Detections by image id ("boxes" in pixel edges, "scores", "labels") from devkit result
+    files; a missing file or malformed line raises VOCAnnotationError."""
     rows: dict[str, list[tuple[float, ...]]] = {}
     for label, class_name in enumerate(class_names, start=1):
         path = Path(directory) / RESULTS_FILE.format(class_name)
