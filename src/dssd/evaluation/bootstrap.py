@@ -1,18 +1,7 @@
-"""Paired bootstrap over test images for differences of VOC mAP between runs.
-
-Two rows of an ablation are scored on the same test images, so the uncertainty of their
-difference comes from which images happen to be in the test set: resample the images (with
-replacement, the same draw for every run) and recompute each run's mAP on the resample. A run is
-matched once (:class:`dssd.evaluation.matched_run.MatchedRun`) and every resample only reweights
-its images. :func:`paired_bootstrap` gives a difference of mean mAPs (or of any such statistic,
-e.g. one class's AP, :func:`paired_differences`) between two rows, over the seeds both have, with
-its percentile interval. A table of many such differences marks the ones that stay significant
-after Holm's correction for the number of differences in it (:func:`holm`), from each difference's
-bootstrap p-value.
-
-What an interval or a mark measures is the sampling of the test images, for the seeds that were
-run: not the spread over training seeds, which only more seeds show.
-"""
+"""Paired bootstrap over test images for differences of VOC mAP between runs scored on the same
+images: resample the images (one draw for every run), rescore each matched run under the image
+weights, and give percentile intervals and p-values (for :func:`holm`). This measures the sampling
+of the test images for the seeds run, not the spread over training seeds."""
 
 from __future__ import annotations
 
@@ -22,15 +11,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # the statistics take matched runs; the intervals and holm need numpy only
+if TYPE_CHECKING:
     from dssd.evaluation.matched_run import MatchedRun
 
 
 @dataclass(frozen=True)
 class Difference:
-    """A difference of mean mAP (row minus baseline, over paired seeds), its interval and its
-    two-sided bootstrap p-value: twice the smaller share of resampled differences on either side
-    of 0 (at most 1), the smallest ``1 - confidence`` whose percentile interval excludes 0."""
+    """A difference of mean mAP (row minus baseline, over paired seeds), its interval and two-sided
+    bootstrap p-value (twice the smaller share of resamples on either side of 0, at most 1)."""
 
     delta: float
     low: float
@@ -51,8 +39,7 @@ def paired_bootstrap(
     seed: int = 0,
     use_07_metric: bool = True,
 ) -> Difference:
-    """Mean over the paired runs of ``mAP(run) - mAP(baseline)``, with its percentile interval
-    from ``num_samples`` resamples of the test images (one draw shared by every run)."""
+    """Mean over the paired runs of ``mAP(run) - mAP(baseline)``, with its bootstrap interval."""
 
     def statistic(run: MatchedRun, weights: np.ndarray | None) -> np.ndarray:
         return run.mean_ap(weights, use_07_metric)[:, None]
@@ -68,10 +55,8 @@ def paired_differences(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> list[Difference]:
-    """:func:`paired_bootstrap` of several figures at once: ``statistic(run, weights)`` gives
-    [R, K] values (e.g. every class's AP, :meth:`MatchedRun.class_aps`) for image weights [R,
-    images] and the plain ones for ``None``; one :class:`Difference` per column. Resamples where a
-    figure is NaN (it has no positive there) are left out of its interval; NaN without any."""
+    """:func:`paired_bootstrap` of each of the K figures ``statistic(run, weights)`` gives as [R, K]
+    (plain for ``weights=None``), e.g. :meth:`MatchedRun.class_aps`, over its non-NaN resamples."""
     if not runs or len(runs) != len(baselines):
         raise ValueError(f"need paired runs, got {len(runs)} and {len(baselines)}")
     sizes = {r.num_images for r in (*runs, *baselines)}
@@ -90,10 +75,10 @@ def paired_differences(
     differences = []
     for k in range(samples.shape[1]):
         column = samples[:, k][~np.isnan(samples[:, k])]
-        low, high = np.percentile(column, [tail, 100 - tail]) if column.size else (np.nan, np.nan)
-        p_value = (
-            min(1.0, 2 * min(np.mean(column <= 0), np.mean(column >= 0))) if column.size else np.nan
-        )
+        low = high = p_value = np.nan
+        if column.size:
+            low, high = np.percentile(column, [tail, 100 - tail])
+            p_value = min(1.0, 2 * min(np.mean(column <= 0), np.mean(column >= 0)))
         differences.append(
             Difference(float(plain[k]), float(low), float(high), len(runs), float(p_value))
         )
@@ -101,11 +86,8 @@ def paired_differences(
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
-    """Holm's step-down correction: which of the ``p_values`` (one family of tests) are
-    significant with a family-wise error rate of at most ``alpha``. The i-th smallest p-value
-    (from 0) is compared with ``alpha / (m - i)``, m the number of finite p-values, until the first
-    that fails; NaN is never significant. (scipy has no Holm correction, and statsmodels' would
-    be a dependency for these lines.)"""
+    """Holm's step-down correction: which ``p_values`` of one family stay significant at family-wise
+    error rate ``alpha`` (the i-th smallest of m finite ones must be <= ``alpha / (m - i)``)."""
     p = np.asarray(p_values, np.float64)
     finite = np.flatnonzero(np.isfinite(p))
     significant = np.zeros(len(p), bool)

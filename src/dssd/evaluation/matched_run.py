@@ -1,18 +1,6 @@
-"""A run's detections matched to the ground truth once, by the devkit's rule: the one type every
-VOC figure of the suite reads from.
-
-:class:`MatchedRun` holds the verdict of each detection (true positive, false positive, or
-ignored on a difficult object; :func:`dssd.evaluation.matching.match_image`) and each image's
-count of positives. From it come the VOC metric's AP (:class:`dssd.evaluation.metrics.VOCMeanAP`),
-AP by object size by COCO's rule (:meth:`MatchedRun.for_size`), the bootstrap's AP under
-resampled images (per-image weights, :mod:`dssd.evaluation.bootstrap`), the error analysis'
-AP with each error type fixed (:mod:`dssd.analysis.errors`) and the precision-recall curves,
-all through one AP function, :func:`average_precision`.
-
-An image drawn k times by a resample counts its detections and its positives k times. (This
-equals the AP of the resample with the image copied k times: the points of a precision/recall
-curve that the copies would add in between are always dominated by a neighbour.)
-"""
+"""A run's detections matched once by the devkit's rule, scored by one AP function for every VOC
+figure. An image drawn k times by a resample counts k times: the AP with the image copied k times
+(the curve points the copies would add are always dominated by a neighbour)."""
 
 from __future__ import annotations
 
@@ -30,9 +18,8 @@ from torchvision.ops import box_area
 from dssd.data.voc import read_voc_results
 from dssd.evaluation.matching import best_matches, match_image
 
-# voc_eval.py iterates over ``np.arange(0.0, 1.1, 0.1)``, whose elements are ``i * 0.1``: 0.3, 0.6
-# and 0.7 come out one ulp above their decimal values, so a recall of exactly 3/10 does not reach
-# the 0.3 threshold. Kept as is so that the figures match the reference implementation.
+# voc_eval.py's ``np.arange(0.0, 1.1, 0.1)``, i.e. ``i * 0.1``: 0.3, 0.6 and 0.7 are one ulp above
+# their decimal values (a recall of exactly 3/10 misses 0.3), kept to match the reference.
 ELEVEN_POINTS: tuple[float, ...] = tuple(i * 0.1 for i in range(11))
 # At most this many replicate x detection cells are built at once (float64: 8 bytes each).
 _CHUNK_CELLS = 4_000_000
@@ -41,27 +28,18 @@ _CHUNK_CELLS = 4_000_000
 def average_precision(
     images: np.ndarray, tp: np.ndarray, npos: np.ndarray, weights: np.ndarray, use_07_metric: bool
 ) -> np.ndarray:
-    """VOC AP of one class under each row of image ``weights`` [R, images], as [R]: the one AP
-    function of the suite (the metric, the analyses and the bootstrap all score with it).
-
-    ``images`` and ``tp`` are the class's detections in descending score order (ignored ones
-    left out): the image of each and whether it is a true positive; ``npos`` [images] counts
-    each image's positives. An image of weight k counts its detections and positives k times
-    (every image once: ``weights = np.ones((1, images))``, the plain AP). NaN where the class
-    has no positive under a row's weights, 0 where it has positives but no true positive.
-    ``use_07_metric``: the VOC2007 11-point interpolation, the mean over t in 0, 0.1, ..., 1 of
-    the highest precision at recall >= t (0 where the curve never reaches t); otherwise the
-    VOC2010+ area under the monotone precision envelope."""
+    """VOC AP [R] of one class under each row of image ``weights`` [R, images] (NaN: no positive).
+    ``images``, ``tp``: image and TP flag of its non-ignored detections by descending score;
+    ``npos`` [images]: positives per image. ``use_07_metric``: VOC2007's mean over t in 0, 0.1, ...,
+    1 of the best precision at recall >= t, else VOC2010+'s area under the precision envelope."""
     positives = weights @ npos  # [R]
     ap = np.full(weights.shape[0], np.nan)
     has = positives > 0
     if not tp.any():  # no true positive: AP 0 wherever the class has positives
         ap[has] = 0.0
         return ap
-    # Detections after the last true positive only add false positives at the final recall:
-    # they change no AP under any weights. And either AP reads the precision only where the
-    # recall grows or at its best beyond a recall level, which is always at a true positive
-    # (false positives after one only lower the precision): only those columns are kept.
+    # Either AP reads the precision only where the recall grows or at its best beyond a recall
+    # level, i.e. at a TP: only TP columns are kept, and nothing after the last TP matters.
     last = int(np.flatnonzero(tp)[-1]) + 1
     images, tp = images[:last], tp[:last]
     columns = np.flatnonzero(tp)
@@ -93,9 +71,8 @@ def average_precision(
 
 @dataclass(frozen=True, eq=False)
 class ObjectSizes:
-    """What COCO's rule for AP by object size needs besides the verdicts. Per detection: whether
-    its IoU with its best object of the class is above the threshold, that object's area and its
-    own box's area; per object: its image, label, difficult flag and area (pixels)."""
+    """What AP by object size needs (areas in pixels). Per detection: its best object's IoU above
+    the threshold, that object's area, its own area; per object: image, label, difficult, area."""
 
     det_above: np.ndarray
     det_match_area: np.ndarray
@@ -108,13 +85,9 @@ class ObjectSizes:
 
 @dataclass(frozen=True, eq=False)
 class MatchedRun:
-    """One run's detections judged by the devkit's rules, flat over the images.
-
-    Per detection: its ``image`` index, ``label`` (``1..C``), ``score``, and the ``tp`` and
-    ``ignored`` flags (neither: a false positive). ``npos`` [images, C] counts each image's
-    non-difficult objects per class. ``sizes`` is set when the run was built from boxes
-    (:meth:`build`), for :meth:`for_size`.
-    """
+    """One run's detections judged by the devkit's rules, flat over the images: per detection its
+    ``image`` index, ``label`` (``1..C``), ``score``, ``tp`` and ``ignored`` flags (neither: FP);
+    ``npos`` [images, C], each image's non-difficult objects; ``sizes`` from :meth:`build`."""
 
     image: np.ndarray
     label: np.ndarray
@@ -140,12 +113,14 @@ class MatchedRun:
         num_classes: int,
         iou_threshold: float = 0.5,
     ) -> MatchedRun:
-        """Match per-image ``detections`` ("boxes" in pixel edges, "scores", "labels") to
-        ``targets`` ("boxes", "labels", "difficult"), aligned image by image."""
+        """Match per-image ``detections`` (boxes in pixel edges, scores, labels) to ``targets``."""
         if len(detections) != len(targets):
             raise ValueError(f"{len(detections)} images of detections, {len(targets)} of targets")
-        columns: dict[str, list[np.ndarray]] = {name: [] for name in _FIELDS}
-        for i, (found, truth) in enumerate(zip(detections, targets, strict=True)):
+        # with no image, one without detections or objects gives the arrays their dtypes
+        empty = {"boxes": [], "scores": [], "labels": [], "difficult": []}
+        pairs = list(zip(detections, targets, strict=True)) or [(empty, empty)]
+        parts = []
+        for i, (found, truth) in enumerate(pairs):
             gt_boxes = torch.as_tensor(np.asarray(truth["boxes"]), dtype=torch.float64)
             gt_boxes = gt_boxes.reshape(-1, 4)
             gt_labels = torch.as_tensor(np.asarray(truth["labels"]), dtype=torch.long)
@@ -158,19 +133,23 @@ class MatchedRun:
             tp, ignored = match_image(boxes, labels, gt_boxes, gt_labels, difficult, iou_threshold)
             index, best = best_matches(boxes, labels, gt_boxes, gt_labels)
             areas = box_area(gt_boxes)
-            columns["image"].append(np.full(len(labels), i))
-            columns["label"].append(labels.numpy())
-            columns["score"].append(scores[order].numpy())
-            columns["tp"].append(tp.numpy())
-            columns["ignored"].append(ignored.numpy())
-            columns["det_above"].append((best > iou_threshold).numpy())
-            columns["det_match_area"].append(areas[index].numpy() if len(areas) else best.numpy())
-            columns["det_area"].append(box_area(boxes).numpy())
-            columns["gt_image"].append(np.full(len(gt_labels), i))
-            columns["gt_label"].append(gt_labels.numpy())
-            columns["gt_difficult"].append(difficult.numpy())
-            columns["gt_area"].append(areas.numpy())
-        flat = {name: _concatenate(parts, _FIELDS[name]) for name, parts in columns.items()}
+            parts.append(
+                {
+                    "image": np.full(len(labels), i),
+                    "label": labels.numpy(),
+                    "score": scores[order].numpy(),
+                    "tp": tp.numpy(),
+                    "ignored": ignored.numpy(),
+                    "det_above": (best > iou_threshold).numpy(),
+                    "det_match_area": (areas[index] if len(areas) else best).numpy(),
+                    "det_area": box_area(boxes).numpy(),
+                    "gt_image": np.full(len(gt_labels), i),
+                    "gt_label": gt_labels.numpy(),
+                    "gt_difficult": difficult.numpy(),
+                    "gt_area": areas.numpy(),
+                }
+            )
+        flat = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         counted = ~flat["gt_difficult"]
         npos = _count_positives(
             flat["gt_image"][counted], flat["gt_label"][counted], len(targets), num_classes
@@ -187,17 +166,14 @@ class MatchedRun:
         class_names: Sequence[str],
         iou_threshold: float = 0.5,
     ) -> MatchedRun:
-        """Match the devkit result files in ``directory`` (``voc_results=``) to the test set
-        given by ``image_ids`` and ``targets`` (:func:`results_per_image`)."""
+        """Match the devkit result files in ``directory`` (:func:`results_per_image`)."""
         detections = results_per_image(directory, image_ids, class_names)
         return cls.build(detections, targets, len(class_names), iou_threshold)
 
     @classmethod
     def pooled(cls, score: Any, label: Any, tp: Any, ignored: Any, npos: Any) -> MatchedRun:
-        """Verdicts already made, with every image's detections pooled as if of one image and
-        ``npos`` [C] the positives of all: enough for the plain AP (no image weights), which is
-        what the VOC metric's states and the error analysis hold. Arrays or tensors; ties in
-        score keep the order given."""
+        """Verdicts already made (arrays or tensors), pooled as if of one image with ``npos`` [C]
+        positives: enough for the plain AP. Ties in score keep the order given."""
 
         def array(value: Any, dtype: Any) -> np.ndarray:
             if isinstance(value, torch.Tensor):
@@ -215,15 +191,9 @@ class MatchedRun:
         )
 
     def for_size(self, area_range: tuple[float, float]) -> MatchedRun:
-        """The run's verdicts by COCO's rule for AP by object size, for box areas (pixels) in
-        ``[low, high)``: objects outside the range are ignored like difficult ones (so are the
-        detections that match them), and so are the false positives whose own box is outside
-        it.
-
-        The devkit gives every detection its best object of the class whatever that object's
-        size, so the rule only relabels the verdicts of all sizes: a true positive on an object
-        outside the range is ignored, and the first detection on an object inside it stays
-        its true positive."""
+        """The verdicts by COCO's rule for AP by size, areas (pixels) in ``[low, high)``: objects
+        outside are ignored like difficult ones, with the detections on them, and so are the false
+        positives whose own box is outside; detections keep their best object of any size."""
         s = self.sizes
         if s is None:
             raise ValueError("this run holds no boxes: build it with MatchedRun.build")
@@ -240,24 +210,18 @@ class MatchedRun:
 
     @cached_property
     def by_class(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-        """For class ``c + 1`` at index ``c``: the (image index, TP flag) of every detection that
-        is not ignored, by descending score (stable: ties keep the order of the run). An ignored
-        detection adds neither a TP nor an FP, only a repeat of the curve's last point: leaving it
-        out changes no AP."""
+        """Per class (``c + 1`` at index ``c``): the (image index, TP flag) of its non-ignored
+        detections (which alone move the AP), by descending score, ties in the run's order."""
         keep = ~self.ignored
         image, label, score, tp = (a[keep] for a in (self.image, self.label, self.score, self.tp))
-        per_class = []
-        for c in range(1, self.num_classes + 1):
-            mask = label == c
-            order = np.argsort(-score[mask], kind="stable")
-            per_class.append((image[mask][order], tp[mask][order]))
-        return tuple(per_class)
+        order = np.argsort(-score, kind="stable")
+        image, label, tp = image[order], label[order], tp[order]
+        return tuple((image[label == c], tp[label == c]) for c in range(1, self.num_classes + 1))
 
     def class_aps(
         self, weights: np.ndarray | None = None, use_07_metric: bool = True
     ) -> np.ndarray:
-        """The VOC AP of every class under each row of image ``weights`` [R, images] (default:
-        every image once), as [R, C]; NaN where a class has no positive."""
+        """VOC AP [R, C] of every class under image ``weights`` [R, images] (default: each once)."""
         if weights is None:
             weights = np.ones((1, self.num_images))
         weights = np.asarray(weights, np.float64)
@@ -270,8 +234,7 @@ class MatchedRun:
         )
 
     def mean_ap(self, weights: np.ndarray | None = None, use_07_metric: bool = True) -> np.ndarray:
-        """The VOC mAP under each row of image ``weights`` [R, images] (default: every image
-        once, the plain mAP), as [R]: the mean AP over the classes with positives."""
+        """VOC mAP [R] over the classes with positives, ``weights`` as in :meth:`class_aps`."""
         aps = self.class_aps(weights, use_07_metric)
         with warnings.catch_warnings():  # a resample without any positive: NaN, no warning
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -280,31 +243,8 @@ class MatchedRun:
     def precision_recall(self, c: int) -> tuple[np.ndarray, np.ndarray]:
         """Class ``c + 1``'s recall and precision after each of its detections, in score order."""
         _, tp = self.by_class[c]
-        tps, fps = np.cumsum(tp), np.cumsum(~tp)
-        recall = tps / max(int(self.npos[:, c].sum()), 1)
-        precision = tps / np.maximum(tps + fps, 1)
-        return recall.astype(np.float64), precision.astype(np.float64)
-
-
-# the flat per-detection, then per-object, arrays of MatchedRun.build and their dtypes
-_FIELDS = {
-    "image": np.int64,
-    "label": np.int64,
-    "score": np.float64,
-    "tp": bool,
-    "ignored": bool,
-    "det_above": bool,
-    "det_match_area": np.float64,
-    "det_area": np.float64,
-    "gt_image": np.int64,
-    "gt_label": np.int64,
-    "gt_difficult": bool,
-    "gt_area": np.float64,
-}
-
-
-def _concatenate(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+        tps = np.cumsum(tp)
+        return tps / max(int(self.npos[:, c].sum()), 1), tps / np.maximum(tps + np.cumsum(~tp), 1)
 
 
 def _count_positives(
@@ -318,12 +258,10 @@ def _count_positives(
 def results_per_image(
     directory: str | Path, image_ids: Sequence[Any], class_names: Sequence[str]
 ) -> list[dict[str, np.ndarray]]:
-    """The detections of the devkit result files in ``directory`` per image of ``image_ids``
-    ("boxes" in pixel edges, "scores", "labels"): an image without a line has no detections, a
-    line for an image outside the list is an error."""
+    """The detections ("boxes" in pixel edges, "scores", "labels") of the devkit result files in
+    ``directory`` per image of ``image_ids``; an image outside the list is an error."""
     results = read_voc_results(directory, class_names)
-    known = {str(i) for i in image_ids}
-    unknown = sorted(set(results) - known)
+    unknown = sorted(set(results) - {str(i) for i in image_ids})
     if unknown:
         raise ValueError(
             f"{directory}: detections for {len(unknown)} images that are not in the test set, "

@@ -1,21 +1,6 @@
-"""The PASCAL VOC devkit's matching of one image's detections to its ground truth, and the checks
-of the per-image dicts every scorer here takes.
-
-The VOC07 test figures of the SSD/DSSD papers come from the official devkit, whose rules differ from
-COCO-style evaluation in ways that move AP by a point or more: a strict ``>`` IoU threshold,
-"difficult" objects that are neither counted nor penalised, and a detection matched to its
-highest-IoU ground truth even when that one is already taken (then it is a duplicate, a false
-positive). :func:`match_image` reproduces ``voc_eval.py`` of py-faster-rcnn (the Python port of the
-MATLAB ``VOCevaldet``); it is the suite's one matcher by that rule.
-
-Boxes are in the project's one pixel convention (``dssd.data.voc``, "Box convention"): continuous
-pixel edges, so a VOC box ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, xmax]`` and its
-width ``xmax - xmin + 1`` is already the devkit's. The IoU is therefore the plain continuous one,
-with no ``+1``: it equals the devkit's IoU of the same boxes written in the devkit's coordinates.
-
-A detection's fate depends only on the higher-scored detections of its class in its own image, so
-a run is matched image by image, once (:class:`dssd.evaluation.matched_run.MatchedRun`).
-"""
+"""The PASCAL VOC devkit's matching of one image's detections (py-faster-rcnn's ``voc_eval.py``)
+and the checks of per-image dicts. Boxes are continuous pixel edges: a VOC box ``xmin..xmax`` is
+``[xmin - 1, xmax]``, so the plain IoU, without ``+1``, is the devkit's."""
 
 from __future__ import annotations
 
@@ -30,14 +15,11 @@ from torchvision.ops import box_iou
 def best_matches(
     boxes: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Each detection's highest-IoU ground truth of its class (the first one on ties, like
-    ``np.argmax``) and that IoU, in float64 as the devkit's numpy so that IoUs at a threshold
-    compare the same way; ``-inf`` where the image has no object of the class (index 0 then)."""
+    """Each detection's first highest-IoU ground truth of its class (like ``np.argmax``) and that
+    IoU, in float64 like the devkit's numpy; ``-inf`` (index 0) without an object of the class."""
     if gt_boxes.shape[0] == 0:
         n = boxes.shape[0]
-        return torch.zeros(n, dtype=torch.long), torch.full(
-            (n,), float("-inf"), dtype=torch.float64
-        )
+        return torch.zeros(n, dtype=torch.long), torch.full((n,), -torch.inf, dtype=torch.float64)
     iou = box_iou(boxes.to(torch.float64), gt_boxes.to(torch.float64)).nan_to_num(0.0)
     iou = iou.masked_fill(labels[:, None] != gt_labels[None, :], float("-inf"))
     jmax = iou.argmax(dim=1)
@@ -52,15 +34,10 @@ def match_image(
     gt_difficult: Tensor,
     iou_threshold: float = 0.5,
 ) -> tuple[Tensor, Tensor]:
-    """The devkit's verdict on one image's detections, given in descending score order.
-
-    Each detection takes its highest-IoU ground truth of the same class (the first one on ties,
-    like ``np.argmax``), taken or difficult alike. Above the threshold (strictly): a difficult
-    ground truth makes it ignored (neither TP nor FP); of the detections on a non-difficult one,
-    the first (highest-scored) is the TP and the later ones are duplicates (FP). Below it: FP.
-    Boxes are xyxy in continuous pixel edges (see the module doc). Returns the bool flags
-    ``(tp, ignored)`` per detection; a detection that is neither is a false positive.
-    """
+    """The devkit's bool flags ``(tp, ignored)`` (neither: FP) of one image's detections, given by
+    descending score. Each takes its best ground truth (:func:`best_matches`), taken or not; above
+    the threshold (strictly, unlike COCO) a difficult one makes it ignored, and on another the
+    first detection is the TP, later ones duplicates (FP)."""
     n = boxes.shape[0]
     if n == 0 or gt_boxes.shape[0] == 0:
         return torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
@@ -75,29 +52,21 @@ def match_image(
     return tp, ignored
 
 
-def _as_boxes(value: Any, where: str) -> Tensor:
+def _checked(value: Any, n: int | None, where: str) -> Tensor:
+    """``value`` checked as boxes [N, 4] (``n`` None) or as one entry for each of ``n`` boxes."""
     if not isinstance(value, Tensor):
         raise ValueError(f"{where}: expected a tensor, got {type(value).__name__}")
-    if value.numel() == 0:
-        return value.reshape(0, 4)
-    if value.ndim != 2 or value.shape[1] != 4:
+    if value.numel() == 0 and not n:
+        return value.reshape(0, 4) if n is None else value.reshape(0)
+    if n is None and (value.ndim != 2 or value.shape[1] != 4):
         raise ValueError(f"{where}: expected shape [N, 4] (xyxy), got {list(value.shape)}")
-    return value
-
-
-def _as_vector(value: Any, n: int, where: str) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise ValueError(f"{where}: expected a tensor, got {type(value).__name__}")
-    if value.numel() == 0 and n == 0:
-        return value.reshape(0)
-    if value.ndim != 1 or value.shape[0] != n:
+    if n is not None and (value.ndim != 1 or value.shape[0] != n):
         raise ValueError(f"{where}: expected shape [{n}] (one per box), got {list(value.shape)}")
     return value
 
 
 def in_area_range(boxes: Tensor, area_range: tuple[float, float]) -> Tensor:
-    """Whether each xyxy box's area (pixels) is in ``[low, high)``: COCO's rule for AP by object
-    size compares box areas with such ranges."""
+    """Whether each xyxy box's area (pixels) is in ``[low, high)``, COCO's rule for AP by size."""
     area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
     return (area >= area_range[0]) & (area < area_range[1])
 
@@ -116,9 +85,8 @@ def as_tensors(value: Any, keys: Sequence[str]) -> Any:
 def check_image(
     i: int, pred: Any, target: Any, num_classes: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Validate image ``i``'s dicts (those of :meth:`dssd.evaluation.metrics.VOCMeanAP.update`,
-    labels in ``1..num_classes``); return its detections sorted by descending score (stable) and
-    its ground truths, on the CPU (boxes in float64)."""
+    """Validate image ``i``'s dicts (:meth:`dssd.evaluation.metrics.VOCMeanAP.update`); return its
+    detections by descending score (stable) and its ground truths, on the CPU (boxes float64)."""
     required = (
         ("preds", pred, ("boxes", "scores", "labels")),
         ("targets", target, ("boxes", "labels")),
@@ -129,17 +97,17 @@ def check_image(
         missing = [k for k in keys if k not in d]
         if missing:
             raise ValueError(f"{name}[{i}] lacks key(s) {missing} (has {sorted(d)})")
-    p_boxes = _as_boxes(pred["boxes"], f"preds[{i}]['boxes']")
+    p_boxes = _checked(pred["boxes"], None, f"preds[{i}]['boxes']")
     n = p_boxes.shape[0]
-    p_scores = _as_vector(pred["scores"], n, f"preds[{i}]['scores']")
-    p_labels = _as_vector(pred["labels"], n, f"preds[{i}]['labels']")
-    t_boxes = _as_boxes(target["boxes"], f"targets[{i}]['boxes']")
+    p_scores = _checked(pred["scores"], n, f"preds[{i}]['scores']")
+    p_labels = _checked(pred["labels"], n, f"preds[{i}]['labels']")
+    t_boxes = _checked(target["boxes"], None, f"targets[{i}]['boxes']")
     m = t_boxes.shape[0]
-    t_labels = _as_vector(target["labels"], m, f"targets[{i}]['labels']")
+    t_labels = _checked(target["labels"], m, f"targets[{i}]['labels']")
     if target.get("difficult") is None:
         t_difficult = torch.zeros(m, dtype=torch.bool)
     else:
-        t_difficult = _as_vector(target["difficult"], m, f"targets[{i}]['difficult']")
+        t_difficult = _checked(target["difficult"], m, f"targets[{i}]['difficult']")
     for name, labels in (("preds", p_labels), ("targets", t_labels)):
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"{name}[{i}]['labels'] must be integers, got {labels.dtype}")

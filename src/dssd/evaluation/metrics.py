@@ -1,16 +1,5 @@
-"""PASCAL VOC mean average precision as a torchmetrics ``Metric``.
-
-The devkit's rules (strict IoU threshold, difficult objects, duplicates) are those of
-:func:`dssd.evaluation.matching.match_image`; the AP is the 11-point interpolated one of VOC2007
-test (the papers' figures) or the all-point one of VOC2010+, including the devkit's 11 recall
-thresholds ``numpy.arange(0.0, 1.1, 0.1)`` (:func:`dssd.evaluation.matched_run.average_precision`).
-
-A detection's fate depends only on the higher-scored detections of the same class in the same
-image, so ``update`` decides TP/FP/ignored per image right away and the metric keeps flat
-per-detection states (score, label, TP flag, ignored flag) plus a per-class count of positives:
-torchmetrics' default cross-process gather (concatenate, sum) is then all DDP needs, and
-``compute`` scores them as one :class:`dssd.evaluation.matched_run.MatchedRun`.
-"""
+"""PASCAL VOC mean average precision as a torchmetrics ``Metric``, DDP-friendly: ``update`` judges
+each image at once, into states that torchmetrics' default gather (concatenate, sum) handles."""
 
 from __future__ import annotations
 
@@ -29,41 +18,15 @@ __all__ = ["VOCMeanAP"]
 
 
 class VOCMeanAP(Metric):
-    """PASCAL VOC mAP with the official devkit's matching rules, DDP-friendly.
+    """PASCAL VOC mAP by the devkit's rules (:func:`dssd.evaluation.matching.match_image`), for
+    labels ``1..num_classes``, IoU strictly above ``iou_threshold``; ``use_07_metric``: VOC2007's
+    11-point AP (the papers' figures), else VOC2010+'s all-point AP; ``class_names``: for reports.
 
-    Args:
-        num_classes: number of foreground classes; labels are ``1..num_classes`` (0 is background
-            and must not appear in predictions or targets).
-        iou_threshold: a detection can match a ground truth only when their IoU is strictly
-            greater than this (the devkit's ``ovmax > ovthresh``).
-        use_07_metric: VOC2007 11-point interpolated AP (default, the papers' VOC07 test figures);
-            ``False`` gives the VOC2010+ all-point AP.
-        class_names: optional names of classes ``1..num_classes`` (kept as ``self.class_names``
-            for reports; not part of the computed result).
-
-    ``update(preds, targets)`` takes the same lists of dicts as
-    ``torchmetrics.detection.MeanAveragePrecision``: per image, ``preds`` has ``boxes`` [N, 4]
-    xyxy in continuous pixel edges (what the readers and the post-processor give), ``scores``
-    [N] and ``labels`` [N]; ``targets`` has ``boxes`` [M, 4], ``labels`` [M] and optionally
-    ``difficult`` (bool [M], all False when absent).
-
-    Per class, detections of all images are ranked by descending score (ties keep the order of
-    arrival) and judged by :func:`match_image`. The number of positives is the number of
-    non-difficult ground truths of the class.
-
-    ``compute()`` returns a dict of tensors:
-
-    - ``map``: scalar, mean of ``ap_per_class`` over the classes with at least one non-difficult
-      ground truth (NaN if there is none);
-    - ``ap_per_class``: [num_classes], the AP of classes ``1..num_classes``; **NaN** for a class
-      without any non-difficult ground truth (AP is undefined: there is no recall), which is thus
-      left out of ``map``. A class with positives but no detections has AP 0;
-    - ``classes``: [num_classes] int64, ``1..num_classes``, the label of each AP entry.
-
-    (torchmetrics squeezes one-element results, so with ``num_classes=1`` the last two are 0-d.)
-
-    The matching runs on the CPU in float64 (exact at the threshold, like the devkit's numpy);
-    states live on the metric's device. Scores are kept as float32.
+    ``update(preds, targets)`` takes torchmetrics' ``MeanAveragePrecision`` lists of dicts (boxes
+    xyxy in pixel edges, targets with an optional bool ``difficult``). ``compute()`` returns
+    ``map``, ``ap_per_class`` [num_classes] (NaN without positives, which ``map`` leaves out) and
+    ``classes`` (``1..num_classes``; both 0-d when ``num_classes=1``). Ties in score keep the
+    order of arrival; matching runs on the CPU in float64, like the devkit.
     """
 
     is_differentiable = False
@@ -102,12 +65,9 @@ class VOCMeanAP(Metric):
         self.use_07_metric = bool(use_07_metric)
         self.class_names: tuple[str, ...] | None = class_names
 
-        # One entry per detection, in per-image descending-score order. The flags are uint8 so
-        # that every backend's all_gather takes them.
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("labels", default=[], dist_reduce_fx="cat")
-        self.add_state("tp", default=[], dist_reduce_fx="cat")
-        self.add_state("ignored", default=[], dist_reduce_fx="cat")
+        # One entry per detection; the flags are uint8 so that every backend's all_gather takes them
+        for name in ("scores", "labels", "tp", "ignored"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
         self.add_state(
             "npos", default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum"
         )
@@ -140,26 +100,20 @@ class VOCMeanAP(Metric):
         if not per_image:
             return
         scores, labels, tp, ignored = (torch.cat(parts) for parts in zip(*per_image, strict=True))
-        device = self.device
-        self.scores.append(scores.to(device))
-        self.labels.append(labels.to(device))
-        self.tp.append(tp.to(device=device, dtype=torch.uint8))
-        self.ignored.append(ignored.to(device=device, dtype=torch.uint8))
-        self.npos += npos.to(device)
+        self.scores.append(scores.to(self.device))
+        self.labels.append(labels.to(self.device))
+        self.tp.append(tp.to(device=self.device, dtype=torch.uint8))
+        self.ignored.append(ignored.to(device=self.device, dtype=torch.uint8))
+        self.npos += npos.to(self.device)
 
     def compute(self) -> dict[str, Tensor]:
         """Per-class AP and their mean over the classes with positives (see the class doc)."""
-        if isinstance(self.scores, list) and not self.scores:
-            scores = torch.zeros(0)
-            labels = torch.zeros(0, dtype=torch.long)
-            tp = ignored = torch.zeros(0, dtype=torch.bool)
-        else:
-            scores = dim_zero_cat(self.scores).cpu()
-            # .long()/.bool(): a rank without data contributes a float32 empty tensor to the gather.
-            labels = dim_zero_cat(self.labels).cpu().long()
-            tp = dim_zero_cat(self.tp).cpu().bool()
-            ignored = dim_zero_cat(self.ignored).cpu().bool()
-        run = MatchedRun.pooled(scores, labels, tp, ignored, self.npos)
+        states = (self.scores, self.labels, self.tp, self.ignored)
+        # pooled() casts the dtypes: a rank without data gathers float32 empty tensors
+        run = MatchedRun.pooled(
+            *(dim_zero_cat(s) if isinstance(s, Tensor) or s else torch.zeros(0) for s in states),
+            self.npos,
+        )
         ap = torch.from_numpy(run.class_aps(use_07_metric=self.use_07_metric)[0])
         valid = ~torch.isnan(ap)
         mean = ap[valid].mean() if valid.any() else torch.tensor(float("nan"), dtype=torch.float64)

@@ -1,6 +1,5 @@
-"""Scoring detections inside Lightning: COCO mAP (and, on VOC data, the VOC devkit's mAP and the
-AP of each class) on validation and test, shared by the training module and by an exported file's
-evaluation, so that a file is scored by the same code as its checkpoint."""
+"""Scoring detections inside Lightning, shared by the training module and an exported file's
+evaluation: COCO mAP, and on VOC data the devkit's mAP and per-class AP."""
 
 from __future__ import annotations
 
@@ -18,31 +17,15 @@ from dssd.evaluation.metrics import VOCMeanAP
 
 
 def coco_metric_names(max_detections: Sequence[int]) -> list[str]:
-    """The scalar entries of MeanAveragePrecision.compute() logged each evaluation: the columns
-    of the paper's COCO table (Table 6), AR at each detection cap and AR by size at the largest."""
-    return [
-        "map",
-        "map_50",
-        "map_75",
-        "map_small",
-        "map_medium",
-        "map_large",
-        *(f"mar_{cap}" for cap in max_detections),
-        "mar_small",
-        "mar_medium",
-        "mar_large",
-    ]
+    """The COCO scalars logged each evaluation: Table 6's columns, AR per cap and AR by size."""
+    sizes = ("small", "medium", "large")
+    maps = ["map", "map_50", "map_75", *(f"map_{size}" for size in sizes)]
+    return [*maps, *(f"mar_{cap}" for cap in max_detections), *(f"mar_{size}" for size in sizes)]
 
 
 class GatheredMeanAveragePrecision(MeanAveragePrecision):
-    """torchmetrics' COCO mAP, whose per-image states every process gathers in one collective,
-    in rank order.
-
-    torchmetrics gathers each image's tensors in a collective of their own and interleaves the
-    processes' images: processes holding different numbers of images (the unequal shares of
-    :class:`dssd.data.datamodule.EvaluationShard`) would call different numbers of collectives
-    and hang or crash, and the order would not be the dataset's.
-    """
+    """torchmetrics' COCO mAP, gathering the states in one collective, in rank order: its own
+    gather (one per image) hangs on unequal shares (``EvaluationShard``) and reorders images."""
 
     def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
         group = process_group or self.process_group
@@ -56,18 +39,9 @@ class GatheredMeanAveragePrecision(MeanAveragePrecision):
 def coco_map_metric(
     max_detections: Sequence[int] = (1, 10, 200), class_metrics: bool = False
 ) -> GatheredMeanAveragePrecision:
-    """COCO-style mAP, gathered across processes in rank order; AP and AR by size are taken at
-    the largest of the three detection caps.
-
-    SSD keeps 200 detections per image, hence the default caps; ``(1, 10, 100)`` is the official
-    COCO protocol. The faster_coco_eval backend is used because pycocotools' backend reports -1
-    whenever the largest cap is not 100. ``class_metrics`` adds the AP of each class.
-
-    The IoU and recall thresholds are pycocotools' own float64 values: torchmetrics' defaults
-    come from a float32 ``linspace`` (0.55 becomes 0.5500000119...), which moves a recall of
-    exactly 3/10 or an IoU of exactly 0.55 to the other side and the AP away from the official
-    evaluation's.
-    """
+    """COCO-style mAP gathered in rank order, by size at the largest detection cap (SSD keeps 200;
+    pycocotools' backend reports -1 unless it is COCO's 100), with pycocotools' float64 IoU and
+    recall thresholds (torchmetrics' float32 ones, 0.5500000119..., move an IoU of 0.55)."""
     return GatheredMeanAveragePrecision(
         box_format="xyxy",
         iou_type="bbox",
@@ -82,24 +56,17 @@ def coco_map_metric(
 def evaluation_metrics(
     num_classes: int, use_07_metric: bool | None, max_detections: Sequence[int]
 ) -> nn.ModuleDict:
-    """COCO mAP for any data; with ``use_07_metric`` set (VOC data), the VOC devkit's mAP too.
-
-    The per-class AP comes from the VOC metric on VOC data and from the COCO one otherwise.
-    """
-    coco = coco_map_metric(max_detections, class_metrics=use_07_metric is None)
-    metrics: dict[str, nn.Module] = {"coco": coco}
+    """COCO mAP; with ``use_07_metric`` set (VOC data), the VOC devkit's mAP too, which then
+    gives the per-class AP instead of the COCO one."""
+    metrics: dict[str, nn.Module] = {"coco": coco_map_metric(max_detections, use_07_metric is None)}
     if use_07_metric is not None:
         metrics["voc"] = VOCMeanAP(num_classes, use_07_metric=use_07_metric)
     return nn.ModuleDict(metrics)
 
 
 def pixel_targets(targets: Iterable[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Targets in the metrics' format: boxes in original-image pixels, difficult also as crowd.
-
-    Marking difficult objects ``iscrowd`` makes the COCO evaluator ignore detections on them
-    rather than count them as false positives or misses, close to the VOC rule (which the VOC
-    metric applies exactly, from ``difficult``).
-    """
+    """Targets in the metrics' format: boxes in original-image pixels, difficult objects also
+    ``iscrowd``, so that the COCO evaluator ignores detections on them, close to the VOC rule."""
     return [
         {
             "boxes": t["boxes"] * t["orig_size"].flip(-1).repeat(2).to(t["boxes"]),  # (w, h, w, h)
@@ -112,11 +79,8 @@ def pixel_targets(targets: Iterable[dict[str, Tensor]]) -> list[dict[str, Tensor
 
 
 class DetectionEvaluation(pl.LightningModule):
-    """The evaluation every detector here shares: COCO mAP on validation and test, and on VOC data
-    the VOC devkit's mAP and the AP of each class, logged at the end of each evaluation.
-
-    Subclasses produce the detections and hand them to :meth:`update_metrics`.
-    """
+    """The evaluation every detector shares (:func:`evaluation_metrics` on validation and test);
+    subclasses hand their detections to :meth:`update_metrics`."""
 
     def __init__(
         self,
@@ -127,11 +91,9 @@ class DetectionEvaluation(pl.LightningModule):
         super().__init__()
         self.class_names = tuple(class_names)
         self.coco_max_detections = tuple(coco_max_detections)
+        spec = (len(self.class_names), use_07_metric, coco_max_detections)
         self.evaluators = nn.ModuleDict(
-            {
-                role: evaluation_metrics(len(self.class_names), use_07_metric, coco_max_detections)
-                for role in ("val", "test")
-            }
+            {role: evaluation_metrics(*spec) for role in ("val", "test")}
         )
         # The last evaluation's AP of each class, by role then class name (NaN: no ground truth).
         self.per_class_ap: dict[str, dict[str, float]] = {}
@@ -139,8 +101,7 @@ class DetectionEvaluation(pl.LightningModule):
     def update_metrics(
         self, role: str, detections: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
     ) -> None:
-        """Add a batch's detections (original-image pixels) and its ground truth (the data's
-        targets, normalised boxes) to the ``role`` metrics."""
+        """Add a batch's detections (pixels) and targets (normalised) to the ``role`` metrics."""
         ground_truth = pixel_targets(targets)
         for metric in self.evaluators[role].values():
             metric.update(detections, ground_truth)
@@ -158,10 +119,8 @@ class DetectionEvaluation(pl.LightningModule):
         self._log_metrics("test")
 
     def _reset_metrics(self, role: str) -> None:
-        """Start an evaluation from empty metric states, which are this process's own: the states
-        built in ``__init__`` are shared with other processes when ``ddp_spawn`` hands them the
-        module through shared memory, and summing into them would count every process's data
-        in each."""
+        """Start from empty states of this process's own: ``ddp_spawn`` shares the ones built in
+        ``__init__`` between processes, which would then count each other's data."""
         for metric in self.evaluators[role].values():
             metric.reset()
 
@@ -186,21 +145,12 @@ class DetectionEvaluation(pl.LightningModule):
         for name, ap in self.per_class_ap[role].items():
             if ap == ap:  # NaN: no ground truth of the class
                 self.log(f"{role}/ap/{name}", ap, sync_dist=False)
-        for metric in metrics.values():
-            metric.reset()
+        self._reset_metrics(role)
 
 
 class ExportedModelEvaluation(DetectionEvaluation):
-    """Tests an exported detector file (:class:`dssd.deployment.export.ExportedModel`, run by
-    onnxruntime or TorchScript) with the same metrics, and the same result writers, as a checkpoint.
-
-    Args:
-        model: the exported model: ``model.detect(images, orig_sizes) -> list[dict]`` and
-            ``model.class_names``.
-        class_names: the names of labels 1..C of the evaluated data.
-        use_07_metric: the VOC devkit's AP rule of the evaluated data (as in DetectionModule).
-        coco_max_detections: the three detection caps of the COCO metrics.
-    """
+    """Tests an exported file (:class:`dssd.deployment.export.ExportedModel`: ``detect(images,
+    orig_sizes)``, ``class_names``) with the same metrics and result writers as a checkpoint."""
 
     def __init__(
         self,
@@ -219,10 +169,9 @@ class ExportedModelEvaluation(DetectionEvaluation):
 
     def test_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> list[dict]:
         images, targets = batch
-        orig_sizes = torch.stack([t["orig_size"] for t in targets])
         detections = [
             {key: value.to(images.device) for key, value in found.items()}
-            for found in self.model.detect(images, orig_sizes)
+            for found in self.model.detect(images, torch.stack([t["orig_size"] for t in targets]))
         ]
         self.update_metrics("test", detections, targets)
         return detections

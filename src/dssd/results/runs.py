@@ -1,12 +1,5 @@
-"""Finished runs: each run's ``test_results.json`` (written here for ``src/train.py`` and
-``src/eval.py``, read back for ``make ablation``) and the files of finished runs as pandas
-DataFrames, for the notebooks and for comparing runs by hand.
-
-Sources: ``make ablation``'s ``table4.csv`` (a line per row) and ``runs.csv`` (a line per run:
-row and seed); each run directory's ``test_results.json`` and CSV logger files (written next to
-every other logger, W&B included). Metrics stay as logged (0..1), except in ``table4.csv`` and
-``runs.csv``, which hold percentages like the paper.
-"""
+"""Finished runs: each run's ``test_results.json`` (written by training and evaluation), and runs'
+files as DataFrames (metrics in % in ``table4.csv`` and ``runs.csv``, like the paper, else 0..1)."""
 
 from __future__ import annotations
 
@@ -19,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 PathLike = str | Path
-# a run's test detections as the VOC devkit's result files (``voc_results=``), inside its directory
+# a run's test detections as the VOC devkit's result files, inside its directory
 RESULTS_DIR = "voc_results"
 RunDirs = Mapping[str, PathLike] | Iterable[PathLike]
 # the keys of test_results.json that load_runs gives a column each, before run_dir and the metrics
@@ -28,8 +21,7 @@ _RUN_KEYS = ("run_name", "stage", "parameters", "trainable_parameters", "gmac", 
 
 def write_results_json(record: Mapping, directory: str | Path, role: str = "test") -> Path:
     """Write ``record`` (metrics, per-class AP, parameter counts, timings) to
-    ``<directory>/<role>_results.json``, the machine-readable twin of the markdown tables that
-    ``make ablation`` and the notebooks read. NaN (a class without ground truth) becomes null."""
+    ``<directory>/<role>_results.json``, the markdown tables' machine-readable twin; NaN -> null."""
     path = Path(directory) / f"{role}_results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
@@ -56,9 +48,8 @@ def read_test_results(run_dir: PathLike) -> dict[str, Any]:
 
 
 def load_table(out_dir: PathLike, name: str = "table4.csv") -> pd.DataFrame:
-    """``<out_dir>/table4.csv`` (or the CSV file itself) as written by ``make ablation``: a
-    line per row; ``name="runs.csv"``: a line per run (row and seed) with its ``run_dir``,
-    relative to ``out_dir``."""
+    """``make ablation``'s ``<out_dir>/table4.csv`` (or the CSV file itself), a line per row;
+    ``name="runs.csv"``: a line per run (row and seed) with its ``run_dir``."""
     path = Path(out_dir)
     path = path if path.suffix == ".csv" else path / name
     if not path.is_file():
@@ -74,8 +65,7 @@ def run_dirs_by_label(run_dirs: RunDirs) -> dict[str, Path]:
 
 
 def load_runs(run_dirs: RunDirs) -> pd.DataFrame:
-    """One row per run dir (index: the mapping's labels or the dirs' names) from its
-    ``test_results.json``: run_name, stage, parameters, trainable_parameters, gmac, fit_seconds,
+    """One row per run dir (index: its label) from its ``test_results.json``: ``_RUN_KEYS``,
     run_dir, then every test metric (``test/map``, ``test/voc_map``, ``test/ap/<class>``...)."""
     rows = {}
     for label, run_dir in run_dirs_by_label(run_dirs).items():
@@ -89,8 +79,7 @@ def load_runs(run_dirs: RunDirs) -> pd.DataFrame:
 
 
 def per_class_ap(run_dirs: RunDirs) -> pd.DataFrame:
-    """Test AP (0..1) of each class: runs (as in :func:`load_runs`) x classes; NaN where a
-    class had no ground truth."""
+    """Test AP (0..1): runs (as in :func:`load_runs`) x classes; NaN without ground truth."""
     rows = {
         label: read_test_results(run_dir).get("per_class_ap", {})
         for label, run_dir in run_dirs_by_label(run_dirs).items()
@@ -99,9 +88,8 @@ def per_class_ap(run_dirs: RunDirs) -> pd.DataFrame:
 
 
 def load_csv_metrics(run_dir: PathLike) -> pd.DataFrame:
-    """Every row a CSV logger wrote in ``<run_dir>/csv/version_*/metrics.csv`` (a resumed run
-    has several versions), with its ``step`` column (the trainer's global step); empty when
-    there are none."""
+    """Every row of ``<run_dir>/csv/version_*/metrics.csv`` (a resumed run has several), with
+    its ``step`` column (the trainer's global step); empty when there are none."""
     files = sorted(Path(run_dir).glob("csv/version_*/metrics.csv"))
     if not files:
         return pd.DataFrame()

@@ -1,18 +1,11 @@
-"""Results as tables in the paper's layouts: the cells, the markdown and CSV writers, and the two
-documents built from them.
-
-A run's test (``test_results.md``): VOC data gets Table 3's row (VOC mAP and the AP of each
-class); every dataset gets Table 6's COCO row (AP at IoU 0.5:0.95, 0.5, 0.75, by object size, and
-AR by detection cap and size; the caps are 1/10/200 by default, SSD's, 1/10/100 in COCO's
-protocol). ``make ablation``'s Table 4 (``table4.md``, ``table4.csv``, ``runs.csv``). Values are
-percentages with one decimal in markdown, as in the paper, two in CSV.
-"""
+"""Results in the paper's table layouts, as markdown (one decimal, like the paper) and CSV (two):
+a run's ``test_results.md`` (Tables 3 and 6) and ``make ablation``'s Table 4 files."""
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,53 +40,17 @@ COCO_COLUMNS = {
     "AR_L": "mar_large",
 }
 # table4.csv: one line per row (metrics in %, mean and standard deviation over the seeds)
-TABLE4_COLUMNS = [
-    "row",
-    "name",
-    "model",
-    "stage",
-    "init_from",
-    "ablates",
-    "seeds",
-    "paper_voc_map",
-    "voc_map",
-    "voc_map_std",
-    "delta",
-    "delta_low",
-    "delta_high",
-    "delta_excludes_zero",
-    "delta_p",
-    "delta_holm",
-    "delta_seed_std",
-    "coco_map",
-    "coco_map_std",
-    "coco_map_50",
-    "ap_small",
-    "ap_medium",
-    "ap_large",
-    "parameters",
-    "gmac",
-    "val_curve",
-    "val_rise",
-    "fit_minutes",
-    "wall_minutes",
-]
+TABLE4_COLUMNS = (
+    "row name model stage init_from ablates seeds paper_voc_map voc_map voc_map_std delta "
+    "delta_low delta_high delta_excludes_zero delta_p delta_holm delta_seed_std coco_map "
+    "coco_map_std coco_map_50 ap_small ap_medium ap_large parameters gmac val_curve val_rise "
+    "fit_minutes wall_minutes"
+).split()
 # runs.csv: one line per run (row and seed)
-RUN_COLUMNS = [
-    "row",
-    "seed",
-    "voc_map",
-    "coco_map",
-    "coco_map_50",
-    "ap_small",
-    "ap_medium",
-    "ap_large",
-    "val_curve",
-    "val_rise",
-    "fit_minutes",
-    "wall_minutes",
-    "run_dir",
-]
+RUN_COLUMNS = (
+    "row seed voc_map coco_map coco_map_50 ap_small ap_medium ap_large val_curve val_rise "
+    "fit_minutes wall_minutes run_dir"
+).split()
 
 
 def _missing(value: float | None) -> bool:
@@ -131,9 +88,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def write_rows(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
     """A CSV file of ``header`` and ``rows`` (None as an empty field); returns ``path``."""
     with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+        csv.writer(f).writerows([header, *rows])
     return path
 
 
@@ -148,11 +103,8 @@ def results_tables(
     name: str,
     role: str = "test",
 ) -> str:
-    """Markdown tables of ``role``'s metrics (as logged, e.g. ``test/map``) for the run ``name``.
-
-    ``per_class_ap`` maps class names to AP (NaN: no ground truth); with a VOC mAP logged
-    (``<role>/voc_map``) they form Table 3's row, otherwise (COCO) a class / AP list.
-    """
+    """Markdown tables of ``role``'s logged metrics for the run ``name``; ``per_class_ap`` (NaN: no
+    ground truth) forms Table 3's row with a VOC mAP logged, a class / AP list otherwise."""
     sections = []
     voc_map = metrics.get(f"{role}/voc_map")
     if voc_map is not None:
@@ -178,21 +130,15 @@ def write_results(text: str, directory: str | Path, role: str = "test") -> Path:
 
 
 def delta_cell(delta: float | None, low: float, high: float, significant: bool) -> str:
-    """A difference in points and its interval, ``Δ [low, high]``, starred where it is
-    ``significant`` (after the table's correction for multiple comparisons); ``–`` for none."""
+    """``Δ [low, high]`` in points, starred where ``significant``; ``–`` for none."""
     if delta is None or not math.isfinite(delta):
         return "–"
-    star = "*" if significant else ""
-    return f"{delta:+.1f} [{low:+.1f}, {high:+.1f}]{star}"
+    return f"{delta:+.1f} [{low:+.1f}, {high:+.1f}]{'*' if significant else ''}"
 
 
-def _record_delta(record: Mapping[str, Any]) -> str:
-    """A Table 4 record's difference cell (its figures are in % already)."""
-    if record.get("delta") is None:
-        return "–"
-    return delta_cell(
-        record["delta"], record["delta_low"], record["delta_high"], record["delta_holm"]
-    )
+def _points_cell(d: Difference, significant: bool) -> str:
+    """:func:`delta_cell` of a difference of APs (0..1), in points."""
+    return delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, significant)
 
 
 def table4_markdown(
@@ -201,49 +147,30 @@ def table4_markdown(
     seeds: Sequence[int],
     confidence: float = 0.95,
 ) -> str:
-    """Table 4's layout from the rows' records (``TABLE4_COLUMNS``): the paper's row and mAP,
-    then this run's figures."""
+    """Table 4's markdown from the rows' records (``TABLE4_COLUMNS``)."""
     many = len(seeds) > 1
     spread = " ± std" if many else ""
-    header = [
-        "Table 4 row",
-        "paper mAP",
-        f"mAP{spread}",
-        f"Δ mAP [{100 * confidence:.0f}% CI]",
-        *(["Δ seed std"] if many else []),
-        "vs",
-        "AP_S",
-        "AP_M",
-        "AP_L",
-        f"COCO AP{spread}",
-        "params (M)",
-        "GMAC",
-        "val mAP by validation",
-        "val rise, last ¼",
-        "train (min)",
-        "wall (min)",
-    ]
-    rows = [
-        [
-            r["name"],
-            cell(r["paper_voc_map"]),
-            mean_std_cell(r["voc_map"], r.get("voc_map_std")),
-            _record_delta(r),
-            *([cell(r.get("delta_seed_std"))] if many else []),
-            r["ablates"] or "–",
-            cell(r["ap_small"]),
-            cell(r["ap_medium"]),
-            cell(r["ap_large"]),
-            mean_std_cell(r["coco_map"], r.get("coco_map_std")),
-            cell(r["parameters"] / 1e6 if r["parameters"] else None, 2),
-            cell(r.get("gmac"), 2),
-            (r.get("val_curve") or "–").replace(";", " → "),
-            cell(r.get("val_rise")),
-            cell(r["fit_minutes"]),
-            cell(r["wall_minutes"]),
-        ]
-        for r in records
-    ]
+    columns: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+        "Table 4 row": lambda r: r["name"],
+        "paper mAP": lambda r: cell(r["paper_voc_map"]),
+        f"mAP{spread}": lambda r: mean_std_cell(r["voc_map"], r.get("voc_map_std")),
+        f"Δ mAP [{100 * confidence:.0f}% CI]": lambda r: delta_cell(
+            r.get("delta"), r.get("delta_low"), r.get("delta_high"), r.get("delta_holm")
+        ),
+        **({"Δ seed std": lambda r: cell(r.get("delta_seed_std"))} if many else {}),
+        "vs": lambda r: r["ablates"] or "–",
+        "AP_S": lambda r: cell(r["ap_small"]),
+        "AP_M": lambda r: cell(r["ap_medium"]),
+        "AP_L": lambda r: cell(r["ap_large"]),
+        f"COCO AP{spread}": lambda r: mean_std_cell(r["coco_map"], r.get("coco_map_std")),
+        "params (M)": lambda r: cell(r["parameters"] / 1e6 if r["parameters"] else None, 2),
+        "GMAC": lambda r: cell(r.get("gmac"), 2),
+        "val mAP by validation": lambda r: (r.get("val_curve") or "–").replace(";", " → "),
+        "val rise, last ¼": lambda r: cell(r.get("val_rise")),
+        "train (min)": lambda r: cell(r["fit_minutes"]),
+        "wall (min)": lambda r: cell(r["wall_minutes"]),
+    }
+    rows = [[value(r) for value in columns.values()] for r in records]
     seeds_text = (
         f"{len(seeds)} seeds ({', '.join(map(str, seeds))})" if many else f"seed {seeds[0]}"
     )
@@ -260,7 +187,7 @@ def table4_markdown(
     )
     walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
     total = f"Total wall time of the runs: {sum(walls):.1f} min."
-    return f"{caption}\n\n{markdown_table(header, rows)}\n\n{total}\n"
+    return f"{caption}\n\n{markdown_table(list(columns), rows)}\n\n{total}\n"
 
 
 def write_table4(
@@ -269,8 +196,7 @@ def write_table4(
     runs: Sequence[Mapping[str, Any]],
     out_dir: Path,
 ) -> list[Path]:
-    """``make ablation``'s files in ``out_dir``: ``table4.md`` (``markdown``), ``table4.csv`` (a
-    line per row of ``records``) and ``runs.csv`` (a line per run of ``runs``)."""
+    """Write ``table4.md``, ``table4.csv`` (``records``), ``runs.csv`` (``runs``) in ``out_dir``."""
     paths = [out_dir / "table4.md", out_dir / "table4.csv", out_dir / "runs.csv"]
     paths[0].write_text(markdown)
     write_csv(records, paths[1], TABLE4_COLUMNS)
@@ -283,22 +209,13 @@ def comparisons_index(
     seeds: Sequence[int],
     confidence: float = 0.95,
 ) -> str:
-    """``make ablation``'s index of its row-against-row analyses: per ``(row, ablated row,
-    differences by size ("all", "small", "medium", "large"), folder)`` the AP differences in
-    points with their intervals, starred by Holm's correction over every cell of the index."""
+    """``make ablation``'s index of its ``(row, ablated row, differences by size, folder)``
+    analyses, starred by Holm's correction over every cell of the index."""
     sizes = ("all", "small", "medium", "large")
     cells = [by_size[size] for _, _, by_size, _ in entries for size in sizes]
     marks = iter(holm([d.p_value for d in cells], 1.0 - confidence))
     rows = [
-        [
-            row,
-            against,
-            *(
-                delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, next(marks))
-                for d in (by_size[size] for size in sizes)
-            ),
-            str(folder),
-        ]
+        [row, against, *(_points_cell(by_size[size], next(marks)) for size in sizes), str(folder)]
         for row, against, by_size, folder in entries
     ]
     header = ["row", "against", "Δ all", "Δ small", "Δ medium", "Δ large", "folder"]

@@ -1,17 +1,6 @@
-"""Everything this suite says to and reads from Weights & Biases, in one place.
-
-- During training: :class:`WandbDetectionReport`, the callback that logs validation images with
-  their boxes and the per-class AP tables (``callbacks.wandb_report``).
-- After it: :func:`wandb_image` (an image with its detections, for ``src/predict.py``'s table) and
-  :func:`log_files` (an analysis's figures and tables, for ``src/analyze.py``).
-- Reading runs back as pandas DataFrames: a project's online runs through W&B's public API, and
-  the offline runs that finished runs hold (``<run dir>/wandb/offline-run-<time>-<id>/``, for
-  ``wandb sync``). What an offline run logged is read from the CSV log written next to it
-  (:func:`dssd.results.runs.load_csv_metrics`), not from W&B's run file, whose binary format is
-  W&B's own.
-
-``wandb`` itself is imported where it is used: it is slow to import.
-"""
+"""Everything said to and read from Weights & Biases: the training callback, images, analysis
+files, and runs as DataFrames (online through W&B's API; an offline run's metrics are in the CSV
+log beside it). ``wandb`` is imported where used: it is slow to import."""
 
 from __future__ import annotations
 
@@ -45,34 +34,25 @@ def box_data(
     entries = []
     listed = [None] * len(labels) if scores is None else scores.tolist()
     for (x0, y0, x1, y1), label, score in zip(boxes.tolist(), labels.tolist(), listed, strict=True):
+        position = {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1}
+        entry: dict[str, Any] = {"position": position, "class_id": int(label)}
         caption = class_names[label - 1]
-        entry: dict[str, Any] = {
-            "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
-            "class_id": int(label),
-        }
         if score is not None:
             caption = f"{caption} {score:.2f}"
             entry["scores"] = {"score": score}
-        entry["box_caption"] = caption
-        entries.append(entry)
+        entries.append({**entry, "box_caption": caption})
     return entries
 
 
 def _image_boxes(class_names: Sequence[str], **groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """W&B's ``boxes`` of an image: each group's box entries (:func:`box_data`) by name, with the
-    class names of the labels."""
+    """W&B's ``boxes`` of an image: each group's :func:`box_data` by name, with the class names."""
     class_labels = dict(enumerate(class_names, start=1))
     return {name: {"box_data": data, "class_labels": class_labels} for name, data in groups.items()}
 
 
 class WandbDetectionReport(pl.Callback):
-    """Logs to W&B, after each validation, ``num_images`` validation images with their predicted
-    (score >= ``min_score``) and ground-truth boxes, and the per-class AP as a table; after a
-    test, the test's per-class AP table. Does nothing unless a ``WandbLogger`` is in use.
-
-    ``mean`` and ``std`` are the normalisation the images were given (the data modules' default,
-    ImageNet's), undone to draw them.
-    """
+    """With a ``WandbLogger``, logs the per-class AP table of each evaluation, and ``num_images``
+    validation images with their ground truth and detections scoring at least ``min_score``."""
 
     def __init__(
         self,
@@ -113,14 +93,12 @@ class WandbDetectionReport(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._log(trainer, pl_module, "val", with_images=True)
+            self._log(trainer, pl_module, "val")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer, pl_module, "test", with_images=False)
+        self._log(trainer, pl_module, "test")
 
-    def _log(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, role: str, with_images: bool
-    ) -> None:
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, role: str) -> None:
         logger = _wandb_logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
@@ -131,7 +109,7 @@ class WandbDetectionReport(pl.Callback):
         if per_class:
             rows = [[name, None if ap != ap else ap] for name, ap in per_class.items()]
             data[f"{role}/per_class_ap"] = wandb.Table(columns=["class", "AP"], data=rows)
-        if with_images and self.samples:
+        if role == "val" and self.samples:
             data[f"{role}/examples"] = [self._image(pl_module, *s) for s in self.samples]
         if data:
             logger.log_metrics(data, step=trainer.global_step)
@@ -157,8 +135,7 @@ class WandbDetectionReport(pl.Callback):
 def wandb_image(
     image: np.ndarray, detections: dict[str, Any], threshold: float, class_names: Sequence[str]
 ) -> wandb.Image:
-    """A W&B image with the detections (pixel boxes) scoring at least ``threshold`` as boxes to
-    toggle."""
+    """A W&B image with the detections (pixel boxes) scoring at least ``threshold``."""
     import wandb
 
     height, width = image.shape[:2]
@@ -176,10 +153,8 @@ def log_files(
     prefix: str,
     job_type: str,
 ) -> None:
-    """Log ``metrics`` (the finite ones), the PNG files as images and the CSV files as tables
-    (under ``<prefix>/<file stem>``) to a new W&B run of the project, name, group and tags of a
-    run's ``logger.wandb`` ``settings`` (``name`` when it has none), offline unless those say
-    otherwise, saved beside the files."""
+    """Log the finite ``metrics``, PNG ``files`` as images and CSV ones as tables (``<prefix>/<file
+    stem>``) to a new W&B run beside the files, with a run's ``logger.wandb`` ``settings``."""
     logger = WandbLogger(
         project=settings.get("project", "dssd"),
         name=settings.get("name") or name,
@@ -206,9 +181,8 @@ WANDB_COLUMNS = ["run_id", "name", "group", "tags", "project", "config", "source
 
 
 def wandb_offline_runs(run_dirs: RunDirs) -> pd.DataFrame:
-    """The W&B offline runs in ``run_dirs`` (labelled as in
-    :func:`dssd.results.runs.load_runs`): one line each with the run's label, its W&B run id
-    and its folder (what ``wandb sync`` uploads); a resumed run has several."""
+    """The W&B offline runs in ``run_dirs``: label (as in :func:`dssd.results.runs.load_runs`),
+    W&B run id and folder (what ``wandb sync`` uploads); a resumed run has several."""
     rows = []
     for label, run_dir in run_dirs_by_label(run_dirs).items():
         for folder in sorted(run_dir.glob("wandb/offline-run-*")):
@@ -219,7 +193,7 @@ def wandb_offline_runs(run_dirs: RunDirs) -> pd.DataFrame:
 
 
 def _wandb_runs(project: str, group: str | None, entity: str | None) -> list[Any]:
-    import wandb  # slow to import; only the online loaders need it
+    import wandb
 
     path = f"{entity}/{project}" if entity else project
     return list(wandb.Api().runs(path, filters={"group": group} if group else None))
@@ -228,10 +202,8 @@ def _wandb_runs(project: str, group: str | None, entity: str | None) -> list[Any
 def load_wandb_project(
     project: str, group: str | None = None, entity: str | None = None
 ) -> pd.DataFrame:
-    """One line per online run of a W&B project (optionally one group, e.g. the experiment
-    name): run_id, name, group, tags, project, config (dict), source (the run's URL), then the
-    last value of each logged scalar (W&B's summary: ``test/voc_map``, ``val/map_50``, ...).
-    Needs ``wandb login`` and network access."""
+    """One line per online run of a W&B project (or of one ``group``): ``WANDB_COLUMNS`` (source:
+    the run's URL), then each logged scalar's last value (W&B's summary). Needs ``wandb login``."""
     rows = []
     for run in _wandb_runs(project, group, entity):
         summary = {
@@ -250,8 +222,8 @@ def wandb_project_history(
     group: str | None = None,
     entity: str | None = None,
 ) -> pd.DataFrame:
-    """The logged values of ``keys`` in the online runs of a W&B project: columns run_id, name,
-    step (the trainer's global step) and ``keys``; only the rows that log every one of them."""
+    """The logged ``keys`` of a W&B project's online runs, with run_id, name and step (the
+    trainer's global step); only the rows that log every one of them."""
     frames = []
     for run in _wandb_runs(project, group, entity):
         history = run.history(keys=[*keys, "trainer/global_step"], pandas=True)
