@@ -1,3 +1,2 @@
-"""A trained checkpoint outside training: rebuilding it with its test data (``inference``), the
-``Detector`` API (``detector``), and ONNX / TorchScript export with the exported file's runner
-(``export``)."""
+"""A trained checkpoint outside training: rebuilt with its test data (``inference``), the
+``Detector`` API (``detector``), and ONNX / TorchScript export and its runner (``export``)."""

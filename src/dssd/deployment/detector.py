@@ -28,8 +28,7 @@ T = TypeVar("T")
 
 # the target the evaluation transform expects alongside an image: no boxes
 _NO_BOXES = {"boxes": np.zeros((0, 4), np.float32), "labels": [], "difficult": [], "image_id": None}
-# Lightning's precision settings the detector runs in: float32, or autocast to the given type
-# (what Lightning's mixed-precision plugin wraps each evaluation step in)
+# Lightning's precisions: float32, or autocast to a type (as Lightning runs an evaluation step)
 PRECISIONS: dict[str, torch.dtype | None] = {
     "32-true": None,
     "32": None,
@@ -46,13 +45,9 @@ def batches(items: Sequence[T] | Iterator[T], size: int) -> Iterator[list[T]]:
 
 
 def rgb_array(image: ImageInput) -> np.ndarray:
-    """``image`` as an HxWx3 uint8 RGB array.
-
-    A path is decoded as the datasets decode their images (:func:`dssd.data.voc.read_image`); one
-    that cannot be read is a :class:`UserError` naming it. PIL images of any mode are converted
-    to RGB; arrays must be uint8, HxW (grayscale), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA, alpha
-    dropped), anything else is a ``ValueError``.
-    """
+    """``image`` as an HxWx3 uint8 RGB array: a path decoded as the datasets do (unreadable: a
+    :class:`UserError`), a PIL image converted, or a uint8 HxW, HxWx1, HxWx3 or HxWx4 array (alpha
+    dropped; any other array is a ``ValueError``)."""
     if isinstance(image, (str, Path)):
         try:
             return read_image(Path(image))
@@ -77,18 +72,10 @@ def rgb_array(image: ImageInput) -> np.ndarray:
 
 
 class Detector:
-    """A :class:`DetectionModule` ready for inference on any images.
-
-    ``predict`` takes one image or a list of them (paths, PIL images, RGB uint8 arrays), resizes
-    and normalises them exactly as the evaluation data pipeline does, runs the network and its
-    post-processing in batches of ``batch_size`` on ``device``, and returns the detections in the
-    pixels of each original image.
-
-    ``precision`` (one of :data:`PRECISIONS`) is the numeric precision of the network and its
-    post-processing; by default the training run's (``trainer.precision``), which ``src/eval.py``
-    also tests in, so that the detections are those it scores. ``"32-true"`` gives float32
-    everywhere (bf16 autocast is slow on CPUs without native bf16).
-    """
+    """A :class:`DetectionModule` run on any images in batches of ``batch_size`` on ``device``,
+    preprocessed as the evaluation pipeline does. ``precision`` (one of :data:`PRECISIONS`) is by
+    default the run's ``trainer.precision``, which ``src/eval.py`` tests in too; ``"32-true"``
+    gives float32 everywhere (bf16 autocast is slow on CPUs without native bf16)."""
 
     def __init__(
         self,
@@ -100,9 +87,8 @@ class Detector:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if precision is None:
-            precision = OmegaConf.select(run_config, "trainer.precision", default="32-true")
-        precision = str(precision)
+        default = OmegaConf.select(run_config, "trainer.precision", default="32-true")
+        precision = str(default if precision is None else precision)
         if precision not in PRECISIONS:
             raise UserError(
                 f"precision={precision}: the detector runs in one of {', '.join(PRECISIONS)}"
@@ -128,9 +114,8 @@ class Detector:
         batch_size: int = 8,
         precision: str | None = None,
     ) -> Detector:
-        """The detector of a checkpoint written by ``src/train.py``, its network rebuilt from the
-        run configuration stored in it; ``fold_bn`` folds every batch norm into the preceding
-        convolution (same detections to float rounding, fewer operations)."""
+        """The detector of a ``src/train.py`` checkpoint, rebuilt from its stored run config;
+        ``fold_bn`` folds the batch norms into the convolutions (same detections to rounding)."""
         checkpoint, run_config = load_checkpoint(path)
         module = restore_detector(checkpoint, run_config.model)
         if fold_bn:
@@ -140,23 +125,17 @@ class Detector:
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[Tensor, Tensor]:
         """The network's input batch ``[B, 3, S, S]`` (on the CPU) and the original sizes
         ``[B, 2]`` (height, width; int64) of ``images``."""
-        tensors, sizes = [], []
-        for image in images:
-            tensor, target = self.transform(rgb_array(image), _NO_BOXES)
-            tensors.append(tensor)
-            sizes.append(target["orig_size"])
-        return torch.stack(tensors), torch.stack(sizes)
+        pairs = [self.transform(rgb_array(image), _NO_BOXES) for image in images]
+        sizes = [target["orig_size"] for _, target in pairs]
+        return torch.stack([tensor for tensor, _ in pairs]), torch.stack(sizes)
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], score_threshold: float | None = None
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        """Detections of one image (a dict) or of a list of images (a list of dicts).
-
-        Each dict holds "boxes" (float32 ``[K, 4]`` xyxy, original-image pixels), "scores"
-        (``[K]``), "labels" (int64 ``[K]`` in ``1..C``) and "names" (the labels' class names), on
-        the CPU, best score first. ``score_threshold`` replaces the post-processing's own
-        (``postprocess.score_threshold`` of the checkpoint) for this call.
-        """
+        """Detections of one image (a dict) or a list of images (a list of dicts), on the CPU, best
+        score first: "boxes" (float32 ``[K, 4]`` xyxy, original-image pixels), "scores" ``[K]``,
+        "labels" (int64 ``[K]``, ``1..C``) and "names"; ``score_threshold`` overrides the
+        post-processing's own for this call."""
         single = not isinstance(images, (list, tuple))
         found = []
         with self._score_threshold(score_threshold), torch.inference_mode(), self.autocast():
@@ -164,20 +143,17 @@ class Detector:
                 inputs, orig_sizes = self.preprocess(batch)
                 inputs = inputs.to(self.device).contiguous(memory_format=self.module.memory_format)
                 for detections in self.module.predict(inputs, orig_sizes.to(self.device)):
-                    found.append(self._named({k: v.cpu() for k, v in detections.items()}))
+                    detections = {k: v.cpu() for k, v in detections.items()}
+                    names = [self.class_names[i - 1] for i in detections["labels"].tolist()]
+                    found.append({**detections, "names": names})
         return found[0] if single else found
 
     def autocast(self) -> AbstractContextManager:
-        """The context the network and its post-processing run in: autocast to the type of a
-        mixed ``precision``, as Lightning runs an evaluation step, or nothing for float32."""
+        """The context the network and post-processing run in: autocast for a mixed precision."""
         dtype = PRECISIONS[self.precision]
         if dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
-
-    def _named(self, detections: dict[str, Tensor]) -> dict[str, Any]:
-        names = [self.class_names[label - 1] for label in detections["labels"].tolist()]
-        return {**detections, "names": names}
 
     @contextmanager
     def _score_threshold(self, threshold: float | None) -> Iterator[None]:

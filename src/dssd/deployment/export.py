@@ -1,12 +1,7 @@
-"""A trained detector as one file for deployment, and that file run again.
-
-The exported graph is the BN-folded network with box decoding and NMS inside
-(:class:`ExportableDetector`): a batch of preprocessed images in, fixed-size detections out, with
-a dynamic batch size. ONNX files are written by ``torch.onnx``'s dynamo exporter and run by
-onnxruntime; TorchScript files by ``torch.jit.trace``. Each file carries its metadata (input size,
-mean, std, class names, post-processing settings and the training run's configuration): in the
-ONNX model's ``metadata_props`` or the TorchScript archive's extra files, and in a JSON file next
-to it, so that ``src/eval.py model_file=...`` can score it on the checkpoint's test split.
+"""A trained detector as one ONNX (dynamo exporter, run by onnxruntime) or TorchScript (traced)
+file, and that file run again: the BN-folded network with decoding and NMS inside, any batch size.
+Its metadata (input, class names, post-processing, run config) is inside the file and in a JSON file
+next to it, so that ``src/eval.py model_file=...`` can score it on the checkpoint's test split.
 """
 
 from __future__ import annotations
@@ -24,32 +19,21 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from dssd.errors import UserError
-from dssd.ops import (
-    Agreement,
-    GraphPostProcessor,
-    PostProcessor,
-    Tolerance,
-    compare_with_network,
-)
+from dssd.ops import Agreement, GraphPostProcessor, PostProcessor, Tolerance, compare_with_network
 
 if TYPE_CHECKING:
     from dssd.deployment.detector import Detector
 
-log = logging.getLogger(__name__)
-
-# file suffix of each format
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # file suffix of each format
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels")
-# the metadata's key in the ONNX metadata_props, and its name in the TorchScript archive
-METADATA_KEY = "dssd"
+METADATA_KEY = "dssd"  # the key in ONNX metadata_props, the file name in a TorchScript archive
 
 
 class ExportableDetector(nn.Module):
-    """The network and its post-processing as one module: ``images [B, 3, S, S]`` (RGB, resized
-    to the network's size and normalised) to ``num_detections [B]``, ``boxes [B, K, 4]`` (xyxy,
-    normalised to [0, 1]), ``scores [B, K]`` and ``labels [B, K]`` (1..C), padded with zeros
-    after each image's ``num_detections`` (:class:`~dssd.ops.GraphPostProcessor`)."""
+    """The network and its post-processing as one module (:class:`~dssd.ops.GraphPostProcessor`):
+    preprocessed ``images [B, 3, S, S]`` to ``num_detections [B]``, ``boxes [B, K, 4]`` (xyxy in
+    [0, 1]), ``scores [B, K]`` and ``labels [B, K]`` (1..C), zero-padded after the count."""
 
     def __init__(self, net: nn.Module, post: PostProcessor) -> None:
         super().__init__()
@@ -62,23 +46,9 @@ class ExportableDetector(nn.Module):
         return self.postprocess(loc, conf, self.priors)
 
 
-def padded_to_detections(
-    outputs: tuple[Tensor, Tensor, Tensor, Tensor], orig_sizes: Tensor
-) -> list[dict[str, Tensor]]:
-    """The padded outputs of :class:`ExportableDetector` as the post-processor's per-image
-    dicts, boxes scaled to the original images (``orig_sizes [B, 2]``, height and width)."""
-    counts, boxes, scores, labels = outputs
-    scale = orig_sizes.flip(-1).repeat(1, 2).to(boxes)
-    return [
-        {"boxes": boxes[i, :n] * scale[i], "scores": scores[i, :n], "labels": labels[i, :n]}
-        for i, n in enumerate(counts.tolist())
-    ]
-
-
 def metadata(detector: Detector, fmt: str, checkpoint: str | Path | None) -> dict[str, Any]:
-    """What a user of the exported file needs: the input it takes, the outputs it returns, the
-    class names, the post-processing settings baked in, and the training run's configuration
-    (``run_config``, used to find the checkpoint's test data)."""
+    """What a user of the exported file needs: its input and outputs, the class names, the
+    post-processing baked in, and the run's config (to find the checkpoint's test data)."""
     post = detector.module.postprocess
     size = detector.image_size
     return {
@@ -123,9 +93,8 @@ def check_format(fmt: str) -> None:
 def export_detector(
     detector: Detector, fmt: str, output: str | Path, checkpoint: str | Path | None = None
 ) -> Path:
-    """Write ``detector`` (its network should be BN-folded already) as an ONNX or TorchScript
-    file at ``output``, with its metadata inside and in ``<output>.json`` (``checkpoint``: the
-    file it came from, recorded there); return the path."""
+    """Write ``detector`` (BN-folded already) as ``fmt`` at ``output``, with its metadata (naming
+    ``checkpoint``) inside and in ``<output>.json``; return the path."""
     module = ExportableDetector(detector.module.net, detector.module.postprocess)
     info = metadata(detector, fmt, checkpoint)
     path = export_module(module, fmt, output, detector.image_size, info)
@@ -136,8 +105,8 @@ def export_detector(
 def export_module(
     module: ExportableDetector, fmt: str, output: str | Path, image_size: int, info: dict[str, Any]
 ) -> Path:
-    """Write ``module`` as ``fmt`` at ``output`` with the metadata ``info`` inside (ONNX
-    ``metadata_props`` or a TorchScript extra file); the batch size stays dynamic."""
+    """Write ``module`` as ``fmt`` at ``output`` with the metadata ``info`` inside, the batch size
+    dynamic."""
     check_format(fmt)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -179,28 +148,31 @@ def _quiet(*loggers: str) -> Iterator[None]:
 
 
 class ExportedModel:
-    """An exported detector file run by onnxruntime (``.onnx``) or TorchScript (``.pt``).
-
-    ``model(images)`` returns the padded outputs as tensors; :meth:`detect` returns per-image
-    detections in original-image pixels, as the post-processor does.
-    """
+    """An exported detector file run by onnxruntime (``.onnx``) or TorchScript (``.pt``):
+    ``model(images)`` gives the padded outputs, :meth:`detect` per-image detections in pixels."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"model_file={path}: no such file (write one with src/export.py)")
-        if self.path.suffix == FORMATS["onnx"]:
-            self._load_onnx(threads)
-        elif self.path.suffix == FORMATS["torchscript"]:
-            self._load_torchscript()
-        else:
+        formats = {suffix: fmt for fmt, suffix in FORMATS.items()}
+        if self.path.suffix not in formats:
             raise UserError(
                 f"model_file={path}: expected an .onnx or .pt file written by src/export.py"
             )
+        self.format = formats[self.path.suffix]
+        text = self._load_onnx(threads) if self.format == "onnx" else self._load_torchscript()
+        if not text:
+            raise UserError(
+                f"model_file={self.path}: holds no {METADATA_KEY!r} metadata; "
+                "export it with src/export.py"
+            )
+        self.metadata: dict[str, Any] = json.loads(text)
         self.class_names: list[str] = self.metadata["class_names"]
         self.image_size: int = self.metadata["input"]["image_size"]
 
-    def _load_onnx(self, threads: int | None) -> None:
+    def _load_onnx(self, threads: int | None) -> str | None:
+        """Open the onnxruntime session; return the metadata's text."""
         try:
             import onnxruntime
         except ImportError as err:
@@ -216,26 +188,16 @@ class ExportedModel:
             )
         except Exception as err:  # onnxruntime raises its own exception types
             raise UserError(f"model_file={self.path}: not a readable ONNX model ({err})") from err
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = self._parse(props.get(METADATA_KEY))
-        self.format = "onnx"
+        return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
 
-    def _load_torchscript(self) -> None:
+    def _load_torchscript(self) -> str | bytes:
+        """Load the TorchScript module; return the metadata's text."""
         extra = {METADATA_KEY: ""}
         try:
             self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
         except RuntimeError as err:
             raise UserError(f"model_file={self.path}: not a TorchScript archive ({err})") from err
-        self.metadata = self._parse(extra[METADATA_KEY] or None)
-        self.format = "torchscript"
-
-    def _parse(self, text: str | bytes | None) -> dict[str, Any]:
-        if not text:
-            raise UserError(
-                f"model_file={self.path}: holds no {METADATA_KEY!r} metadata; "
-                "export it with src/export.py"
-            )
-        return json.loads(text)
+        return extra[METADATA_KEY]
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Padded outputs (:class:`ExportableDetector`) for a preprocessed batch."""
@@ -250,14 +212,19 @@ class ExportedModel:
     def detect(self, images: Tensor, orig_sizes: Tensor) -> list[dict[str, Tensor]]:
         """Per-image detections: boxes in pixels of the original images (``orig_sizes [B, 2]``,
         height and width), scores and labels, sorted by decreasing score."""
-        return padded_to_detections(self(images), orig_sizes.cpu())
+        counts, boxes, scores, labels = self(images)
+        scale = orig_sizes.cpu().flip(-1).repeat(1, 2).to(boxes)
+        return [
+            {"boxes": boxes[i, :n] * scale[i], "scores": scores[i, :n], "labels": labels[i, :n]}
+            for i, n in enumerate(counts.tolist())
+        ]
 
 
 def agreement_with(
     detector: Detector, exported: ExportedModel, batch_size: int, tolerance: Tolerance
 ) -> Agreement:
-    """How the exported file's detections agree, as sets, with the detector's own on the same
-    batch of ``batch_size`` seeded noise images of the network's size (boxes in its pixels)."""
+    """How the exported file's detections agree, as sets, with the detector's own on
+    ``batch_size`` seeded noise images of the network's size."""
     size = detector.image_size
     generator = torch.Generator().manual_seed(batch_size)
     images = torch.randn(batch_size, 3, size, size, generator=generator)

@@ -4,7 +4,6 @@ its detections matched to the ground truth (the detection notebook)."""
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from torch.utils.data import ConcatDataset
 
-from dssd.data.datamodule import DetectionDataModule
+from dssd.data.datamodule import DetectionDataModule, dataset_items
 from dssd.data.voc import read_image
 from dssd.errors import UserError
 from dssd.evaluation.matching import match_image
@@ -32,7 +30,7 @@ def choose_device(name: str) -> torch.device:
         raise UserError(f"device={name}: {err}") from None
 
 
-# Classes that older checkpoints' run configurations name by a module path that has moved.
+# module paths, named by older checkpoints' run configurations, that have moved
 _MOVED_MODULES = {
     "dssd.module.": "dssd.training.module.",
     "dssd.schedules.": "dssd.training.schedules.",
@@ -42,7 +40,7 @@ _MOVED_MODULES = {
 
 def _current_targets(config: Any) -> Any:
     """``config`` (plain dicts and lists) with every ``_target_`` under a moved module path
-    rewritten to its new one."""
+    rewritten."""
     if isinstance(config, list):
         return [_current_targets(value) for value in config]
     if not isinstance(config, dict):
@@ -56,10 +54,9 @@ def _current_targets(config: Any) -> Any:
 
 
 def _current_neck(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with an older checkpoint's DSSD decoder brought up to date: it was
-    ``model.net.deconv`` (a partial of the deconvolution module with its channels, fusion and
-    upsampling) and is now the neck ``model.net.neck`` (a partial of ``Decoder``) with its width
-    in ``model.net.neck_channels``; the weights' names did not change."""
+    """``config`` with an older checkpoint's ``model.net.deconv`` (the deconvolution module's
+    partial: channels, fusion, upsampling) as the neck ``model.net.neck`` (a ``Decoder`` partial)
+    and ``model.net.neck_channels``; the weights' names did not change."""
     net = config.get("model", {}).get("net", {})
     if isinstance(net, dict) and "deconv" in net:
         deconv = net.pop("deconv")
@@ -72,10 +69,9 @@ def _current_neck(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
-    """The checkpoint at ``path`` (on the CPU) and the run configuration ``src/train.py`` stored
-    in it (the module's ``run_config`` hyper-parameter; ``dssd_config`` in older checkpoint
-    files; class paths and the DSSD decoder's config are brought up to date); a missing file, a
-    file that is not a checkpoint or one without that configuration is a :class:`UserError`."""
+    """The checkpoint at ``path`` (on the CPU) and the run config ``src/train.py`` stored in it
+    (``run_config`` hyper-parameter, or older files' ``dssd_config``), brought up to date; a
+    missing file, a non-checkpoint or one without that config is a :class:`UserError`."""
     checkpoint = read_checkpoint(path, "ckpt_path", require=("state_dict",))
     run_config = checkpoint.get("hyper_parameters", {}).get("run_config")
     if run_config is None:
@@ -106,10 +102,7 @@ def load_example(datamodule: DetectionDataModule, index: int) -> dict[str, Any]:
     original-image pixels xyxy), "labels" and "difficult"."""
     dataset = datamodule.datasets["test"]
     tensor, target = dataset[index]
-    part, local = dataset, index
-    if isinstance(dataset, ConcatDataset):  # e.g. several VOC test sets
-        k = bisect.bisect_right(dataset.cumulative_sizes, index)
-        part, local = dataset.datasets[k], index - ([0, *dataset.cumulative_sizes])[k]
+    part, local = dataset_items(dataset)[index]  # e.g. in one of several VOC test sets
     # an unreadable image is replaced by the next readable one (strict=False)
     local = (local + target.get("skipped_images", 0)) % len(part)
     height, width = target["orig_size"].tolist()
@@ -128,17 +121,14 @@ def load_example(datamodule: DetectionDataModule, index: int) -> dict[str, Any]:
 def match_detections(
     detections: dict[str, Tensor], truth: dict[str, Tensor], iou_threshold: float = 0.5
 ) -> dict[str, Any]:
-    """Count one image's true and false positives with the VOC metric's own matcher
-    (:func:`dssd.evaluation.matching.match_image`: best-IoU ground truth of the class, IoU strictly
-    above ``iou_threshold``, duplicates are false positives, detections on difficult objects
-    neither), so that the counts are those behind the reported mAP. Returns the counts "tp", "fp",
-    "missed" (non-difficult objects left unmatched) and "is_tp" (bool per detection, in the
-    input's order)."""
+    """One image's "tp", "fp", "missed" (non-difficult objects unmatched) and "is_tp" (bool per
+    detection, input order), by the VOC metric's own matcher
+    (:func:`dssd.evaluation.matching.match_image`), so that they are those behind the mAP."""
     difficult = truth.get("difficult")
     if difficult is None:
         difficult = torch.zeros(len(truth["labels"]), dtype=torch.bool)
     order = torch.sort(detections["scores"].cpu(), descending=True, stable=True).indices
-    tp_sorted, ignored_sorted = match_image(
+    matched = match_image(
         detections["boxes"].cpu()[order],
         detections["labels"].cpu()[order],
         truth["boxes"].cpu(),
@@ -146,8 +136,7 @@ def match_detections(
         difficult.cpu().bool(),
         iou_threshold,
     )
-    unsort = order.argsort()  # back to the input's order
-    is_tp, ignored = tp_sorted[unsort], ignored_sorted[unsort]
+    is_tp, ignored = (flags[order.argsort()] for flags in matched)  # back to the input's order
     found = int(is_tp.sum())
     return {
         "tp": found,

@@ -1,2 +1,2 @@
-"""Command-line tools that are not experiments: the box-shape analysis of the paper's Table 1
-(anchor_kmeans) and a grid of augmented training samples (show_augmentation)."""
+"""Command-line tools that are not experiments: anchor_coverage, anchor_kmeans (Table 1),
+context_reach, network_table (Table 2) and show_augmentation."""

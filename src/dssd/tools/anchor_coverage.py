@@ -1,23 +1,10 @@
 """Default-box coverage: can a model's default boxes reach a dataset's objects at all?
 
-Training matches a ground-truth box to the default boxes it overlaps with IoU > 0.5 (and to its
-best one whatever the IoU). An object no default box reaches at 0.5 only ever gets that one
-forced, poorly fitting positive. For every object of a split this tool takes the IoU with every
-default box of a model, in the network's square input (the image resized to S x S, without
-augmentation). IoU does not change when both axes are scaled, so it is also the IoU that
-matching sees. It reports:
-
-- the share of objects covered (best IoU > 0.5), overall and by object size: COCO's small /
-  medium / large by area in original pixels, and finer bins of sqrt(area) in input pixels;
-- the same by source layer: how many objects have their best default box on each layer, and the
-  share of all objects each layer alone covers;
-- positives per object (default boxes with IoU > 0.5);
-- the histogram of each object's best IoU;
-- with ``--picture``, one layer's default boxes at the locations nearest the image centre over
-  an image, with the image's objects.
+An object that no default box overlaps with IoU > 0.5 gets only its best box as a (poor) positive.
+Per object of a split, in the S x S input (IoU is invariant to scaling the axes), this reports the
+share covered by size and source layer, positives per object and the best-IoU histogram.
 
     python -m dssd.tools.anchor_coverage model=ssd321 data=shapes
-    python -m dssd.tools.anchor_coverage model=ssd300_vgg data=voc0712 --split train --layer 0
     python -m dssd.tools.anchor_coverage model=dssd513 --out coverage/ --picture
 """
 
@@ -76,50 +63,38 @@ def coverage(
     (``[P, 4]`` cxcywh, normalised) whose source layers are ``layers`` (``[P]``)."""
     anchors = box_convert(priors.double(), "cxcywh", "xyxy")
     num_layers = int(layers.max()) + 1
-    best, best_layer, positives, per_layer = [], [], [], []
+    parts = []
     for part in boxes.double().split(chunk):
         iou = box_iou(part, anchors)  # [n, P]
         value, index = iou.max(dim=1)
-        best.append(value)
-        best_layer.append(layers[index])
-        positives.append((iou > threshold).sum(dim=1))
-        layer_iou = torch.full((len(part), num_layers), 0.0, dtype=torch.float64)
+        layer_iou = iou.new_zeros(len(part), num_layers)
         layer_iou.scatter_reduce_(1, layers.expand_as(iou), iou, reduce="amax")
-        per_layer.append(layer_iou)
-    return Coverage(
-        best_iou=torch.cat(best).numpy(),
-        best_layer=torch.cat(best_layer).numpy(),
-        positives=torch.cat(positives).numpy(),
-        layer_best_iou=torch.cat(per_layer).numpy(),
-        threshold=threshold,
-    )
+        parts.append((value, layers[index], (iou > threshold).sum(dim=1), layer_iou))
+    return Coverage(*(torch.cat(column).numpy() for column in zip(*parts, strict=True)), threshold)
 
 
 def object_boxes(anns: Sequence[dict[str, Any]]) -> tuple[Tensor, np.ndarray]:
     """Every object's box normalised to its image (``[N, 4]`` xyxy) and its area in pixels."""
-    boxes, areas = [], []
-    for ann in anns:
-        pixels = np.asarray(ann["boxes"], np.float64).reshape(-1, 4)
-        scale = np.array([ann["width"], ann["height"]] * 2, np.float64)
-        boxes.append(pixels / scale)
-        areas.append((pixels[:, 2] - pixels[:, 0]) * (pixels[:, 3] - pixels[:, 1]))
-    if not boxes:
-        return torch.zeros(0, 4, dtype=torch.float64), np.zeros(0)
-    return torch.from_numpy(np.concatenate(boxes)), np.concatenate(areas)
+    pixels = [np.asarray(ann["boxes"], np.float64).reshape(-1, 4) for ann in anns]
+    scales = [np.array([ann["width"], ann["height"]] * 2, np.float64) for ann in anns]
+    boxes = np.concatenate([p / s for p, s in zip(pixels, scales, strict=True)])
+    p = np.concatenate(pixels)
+    return torch.from_numpy(boxes), (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
 
 
 def report(result: Coverage, areas: np.ndarray, input_side: np.ndarray) -> dict[str, Any]:
     """The tables of the report as plain data (``input_side``: sqrt(area) in input pixels)."""
     covered = result.covered
-    num_layers = result.layer_best_iou.shape[1]
+
+    def mean(values: np.ndarray) -> float | None:
+        return float(values.mean()) if len(values) else None
 
     def row(mask: np.ndarray) -> dict[str, Any]:
-        n = int(mask.sum())
         return {
-            "objects": n,
-            "covered": float(covered[mask].mean()) if n else None,
-            "mean_best_iou": float(result.best_iou[mask].mean()) if n else None,
-            "mean_positives": float(result.positives[mask].mean()) if n else None,
+            "objects": int(mask.sum()),
+            "covered": mean(covered[mask]),
+            "mean_best_iou": mean(result.best_iou[mask]),
+            "mean_positives": mean(result.positives[mask]),
         }
 
     by_coco = {name: row((areas >= lo) & (areas < hi)) for name, (lo, hi) in COCO_AREAS.items()}
@@ -131,17 +106,15 @@ def report(result: Coverage, areas: np.ndarray, input_side: np.ndarray) -> dict[
         {
             "layer": k,
             "best_here": int((result.best_layer == k).sum()),
-            "covered_by_layer": float((result.layer_best_iou[:, k] > result.threshold).mean())
-            if len(covered)
-            else None,
+            "covered_by_layer": mean(result.layer_best_iou[:, k] > result.threshold),
         }
-        for k in range(num_layers)
+        for k in range(result.layer_best_iou.shape[1])
     ]
     histogram = np.histogram(result.best_iou, bins=IOU_EDGES)[0]
     return {
         "objects": len(covered),
-        "covered": float(covered.mean()) if len(covered) else None,
-        "mean_positives": float(result.positives.mean()) if len(covered) else None,
+        "covered": mean(covered),
+        "mean_positives": mean(result.positives),
         "no_positive": int((result.positives == 0).sum()),
         "by_coco_size": by_coco,
         "by_input_size": by_side,
@@ -176,15 +149,17 @@ def markdown(name: str, data: dict[str, Any], threshold: float) -> str:
         **{f"COCO {k}": v for k, v in data["by_coco_size"].items()},
         **{f"sqrt(area) {k} px": v for k, v in data["by_input_size"].items()},
     }
-    for label, r in sizes.items():
-        lines.append(
-            f"| {label} | {r['objects']} | {pct(r['covered'])} | {num(r['mean_best_iou'])} "
-            f"| {num(r['mean_positives'])} |"
-        )
+    lines += [
+        f"| {label} | {r['objects']} | {pct(r['covered'])} | {num(r['mean_best_iou'])} "
+        f"| {num(r['mean_positives'])} |"
+        for label, r in sizes.items()
+    ]
     lines += ["", "| layer | objects whose best box is here | covered by this layer alone % |"]
     lines.append("|---:|---:|---:|")
-    for r in data["by_layer"]:
-        lines.append(f"| {r['layer']} | {r['best_here']} | {pct(r['covered_by_layer'])} |")
+    lines += [
+        f"| {r['layer']} | {r['best_here']} | {pct(r['covered_by_layer'])} |"
+        for r in data["by_layer"]
+    ]
     lines += ["", "| best IoU | objects |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in data["best_iou_histogram"].items()]
     return "\n".join(lines)
@@ -193,15 +168,13 @@ def markdown(name: str, data: dict[str, Any], threshold: float) -> str:
 def draw_layer(
     image: np.ndarray, priors: Tensor, layers: Tensor, layer: int, truth: np.ndarray
 ) -> np.ndarray:
-    """``image`` (original size) with the default boxes of ``layer`` at the locations nearest the
-    image centre (blue; four of them on an even map) and the ground-truth boxes ``truth``
-    (pixels, green) drawn."""
+    """``image`` with the default boxes of ``layer`` at the locations nearest its centre (blue;
+    four of them on an even map) and the ground-truth boxes ``truth`` (pixels, green)."""
     from torchvision.utils import draw_bounding_boxes
 
     height, width = image.shape[:2]
     boxes = priors[layers == layer].double()
-    centre = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    nearest = (boxes[:, :2] - centre).abs().sum(dim=1)
+    nearest = (boxes[:, :2] - 0.5).abs().sum(dim=1)
     boxes = boxes[nearest <= nearest.min() + 1e-9]
     scale = torch.tensor([width, height, width, height], dtype=torch.float64)
     anchors = box_convert(boxes, "cxcywh", "xyxy") * scale
@@ -215,16 +188,16 @@ def draw_layer(
 def measure(
     net: Any, data_cfg: Any, split: str, threshold: float
 ) -> tuple[dict[str, Any], list[tuple[Any, int]], list[dict[str, Any]]]:
-    """The coverage report of ``net``'s default boxes on a split of the ``data_cfg`` dataset,
-    with the split's (reader, index) items and their annotations."""
+    """The coverage report of ``net``'s default boxes on a split of ``data_cfg``'s dataset, and
+    the split's (reader, index) items and their annotations."""
     datamodule = instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("fit" if split != "test" else "test")
     items = dataset_items(datamodule.datasets[split])
     anns = [reader.annotations[i] for reader, i in items]
-    boxes, areas = object_boxes(anns)
-    if not len(boxes):
+    if not any(len(ann["boxes"]) for ann in anns):
         raise UserError(f"the {split} split of data={data_cfg._target_} holds no objects")
+    boxes, areas = object_boxes(anns)
     layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
     result = coverage(net.priors, layers, boxes, threshold)
     side = net.image_size * np.sqrt(box_area(boxes).numpy())
@@ -262,9 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             first = next(k for k, a in enumerate(anns) if len(a["boxes"]))
             reader, index = items[first]
             image = read_image(reader.image_paths[index])
-            truth = np.asarray(anns[first]["boxes"])
             layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
-            picture = draw_layer(image, net.priors, layers, args.layer, truth)
+            picture = draw_layer(image, net.priors, layers, args.layer, anns[first]["boxes"])
             Image.fromarray(picture).save(args.out / f"layer{args.layer}.png")
     return data
 

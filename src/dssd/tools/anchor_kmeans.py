@@ -1,15 +1,10 @@
 """Box-shape analysis of the DSSD paper's Table 1: k-means of the training boxes on sqrt(area).
 
-The paper clusters the training boxes (VOC 07+12 trainval, measured on the square network input)
-with the square root of the box area as the feature, starting at two clusters and adding one while
-the clustering error improves by more than 20%; it stopped at seven and, from the W/H ratios of the
-clusters, added the 1.6 default-box aspect ratio. This tool reruns the analysis on any VOC-layout
-dataset or COCO annotation file and prints the table.
-
-Choices: scipy's ``kmeans2``: the centres start from k-means++ seeded by ``seed`` (deterministic),
-then Lloyd's algorithm runs for ``iters`` rounds (1-D k-means converges in far fewer); per
-cluster the W/H column is the *mean* W/H of its boxes and the last column the mean of
-max(W/H, H/W). Crowd boxes of COCO files and boxes with no width or height are skipped.
+The paper clusters VOC 07+12 trainval boxes (on the square network input) from two clusters up,
+adding one while the error drops by more than 20%; it stopped at seven and, from the clusters'
+W/H, added the 1.6 aspect ratio. This reruns it on a VOC-layout dataset or COCO annotation file.
+Per cluster, W/H is the *mean* W/H of its boxes and the last column the mean of max(W/H, H/W);
+COCO crowd boxes and boxes with no width or height are skipped.
 
     python -m dssd.tools.anchor_kmeans --root data/shapes --split trainval --size 321
     python -m dssd.tools.anchor_kmeans --coco instances_train2017.json --size 513
@@ -59,17 +54,13 @@ def _features(widths: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.n
 def kmeans_boxes(
     widths: np.ndarray, heights: np.ndarray, k: int, seed: int = 0, iters: int = 100
 ) -> KMeansResult:
-    """k-means of boxes on sqrt(W * H) (``scipy.cluster.vq.kmeans2``: k-means++ init from ``seed``,
-    then Lloyd's algorithm).
-
-    Needs at least ``k`` distinct box areas.
-    """
+    """k-means of boxes on sqrt(W * H); needs at least ``k`` distinct box areas."""
     w, h = _features(widths, heights)
     x = np.sqrt(w * h)
     if not 1 <= k <= np.unique(x).size:
         raise ValueError(f"k={k} needs 1 <= k <= {np.unique(x).size} (distinct box areas)")
-    # scipy's k-means (k-means++ start, then ``iters`` rounds of Lloyd's algorithm); a cluster
-    # that loses all its points keeps its centre ("warn", silenced: it is rare and harmless)
+    # scipy: k-means++ start seeded by ``seed``, then ``iters`` rounds of Lloyd's algorithm (1-D
+    # converges in far fewer); an emptied cluster keeps its centre (warning silenced: harmless)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         centres, labels = kmeans2(
@@ -79,8 +70,7 @@ def kmeans_boxes(
     centres, labels = centres[order], np.argsort(order)[labels]
 
     counts = np.bincount(labels, minlength=k)
-    ratio = w / h
-    denom = np.maximum(counts, 1)  # an emptied cluster reports zeros
+    ratio, denom = w / h, np.maximum(counts, 1)  # an emptied cluster reports zeros
     return KMeansResult(
         k=k,
         centres=centres,
@@ -105,11 +95,9 @@ def grow_clusters(
     max_k: int = 12,
     seed: int = 0,
 ) -> list[KMeansResult]:
-    """The paper's schedule: from ``start`` clusters, add one while the error drops by more than
-    ``min_improvement``. Returns the accepted clusterings; the last one is the chosen k.
-
-    Growth also stops at ``max_k`` and at the number of distinct box areas.
-    """
+    """The paper's schedule: from ``start`` clusters, add one (up to ``max_k`` and the number of
+    distinct areas) while the error drops by more than ``min_improvement``. Returns the accepted
+    clusterings; the last one is the chosen k."""
     w, h = _features(widths, heights)
     limit = min(max_k, np.unique(np.sqrt(w * h)).size)
     results = [kmeans_boxes(w, h, min(start, limit), seed)]
@@ -146,30 +134,23 @@ def format_table(results: Sequence[KMeansResult]) -> str:
     return "\n".join(lines)
 
 
-def _keep_positive(w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop degenerate boxes, whose W/H is undefined."""
-    keep = (w > 0) & (h > 0)
-    return w[keep], h[keep]
+def _keep_positive(wh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The widths and heights of ``wh`` (``[N, 2]``) without degenerate boxes (W/H undefined)."""
+    wh = wh[(wh > 0).all(axis=1)]
+    return wh[:, 0], wh[:, 1]
 
 
 def voc_boxes(
     root: str | Path, split: str, class_names: Sequence[str], size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Widths and heights (pixels; on an S x S input when ``size`` is given) of a VOC split.
-
-    Reads the annotations parsed by :class:`VOCDataset`, difficult objects included; no image is
-    decoded.
-    """
-    dataset = VOCDataset(root, split, class_names)
-    ws, hs = [], []
-    for ann in dataset.annotations:
+    """Widths and heights (pixels; on an S x S input when ``size`` is given) of a VOC split's
+    boxes, difficult ones included (annotations only, no image decoded)."""
+    wh = [np.zeros((0, 2))]
+    for ann in VOCDataset(root, split, class_names).annotations:
         boxes = ann["boxes"].astype(np.float64)  # 0-based xyxy: x1 - x0 is the pixel width
-        sx, sy = (size / ann["width"], size / ann["height"]) if size else (1.0, 1.0)
-        ws.append((boxes[:, 2] - boxes[:, 0]) * sx)
-        hs.append((boxes[:, 3] - boxes[:, 1]) * sy)
-    if not ws:
-        return np.zeros(0), np.zeros(0)
-    return _keep_positive(np.concatenate(ws), np.concatenate(hs))
+        scale = (size / ann["width"], size / ann["height"]) if size else (1.0, 1.0)
+        wh.append((boxes[:, 2:] - boxes[:, :2]) * scale)
+    return _keep_positive(np.concatenate(wh))
 
 
 def coco_boxes(path: str | Path, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -181,15 +162,14 @@ def coco_boxes(path: str | Path, size: int | None = None) -> tuple[np.ndarray, n
     coco = json.loads(path.read_text())
     image_size = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
     anns = [a for a in coco["annotations"] if trained_on(a)]
-    w = np.array([a["bbox"][2] for a in anns], np.float64)
-    h = np.array([a["bbox"][3] for a in anns], np.float64)
+    wh = np.array([a["bbox"][2:4] for a in anns], np.float64).reshape(-1, 2)
     if size:
-        dims = np.array([image_size[a["image_id"]] for a in anns], np.float64).reshape(-1, 2)
-        w, h = w * size / dims[:, 0], h * size / dims[:, 1]
-    return _keep_positive(w, h)
+        wh = wh * size / np.array([image_size[a["image_id"]] for a in anns]).reshape(-1, 2)
+    return _keep_positive(wh)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: read the boxes, grow the clusters, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--root", type=Path, help="VOC-layout dataset root")
@@ -203,11 +183,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-improvement", type=float, default=0.2)
     parser.add_argument("--max-k", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     with user_errors():
         if args.coco is not None:
             widths, heights = coco_boxes(args.coco, args.size)

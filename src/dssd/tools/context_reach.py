@@ -1,23 +1,17 @@
 """How far a detector looks when it predicts a small object: of the input gradient of what its
 heads read at that object's default box, the share that lies farther than ``--distance`` pixels
 from the object's box (its context), and the radii around the object's centre that hold half and
-90% of it (the effective receptive field, Luo et al. 2016, measured where the object is).
-
-The context probe's question (``make ablation ABLATION=shapes_context``): does DSSD's
-deconvolution module make the prediction at a small ring reach the outline of the shape it lies
-in, 40 px away, where the plain SSD map does not?
+90% of it (the effective receptive field, Luo et al. 2016, measured where the object is). The
+context probe (``make ablation ABLATION=shapes_context``) asks whether DSSD's deconvolution module
+makes the prediction at a small ring reach its shape's outline, 40 px away, where SSD's does not.
 
     python -m dssd.tools.context_reach logs/ablation/shapes_context/ssd_pm_c_control/seed0 \\
         logs/ablation/shapes_context/dssd_prod/seed0
-
-Each argument is a run directory or a checkpoint; the objects are the first ``--objects``
-non-difficult objects under ``--max-size`` px (sqrt of the box area) of the run's test split.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +25,7 @@ from dssd.deployment.inference import load_checkpoint, load_test_data, restore_d
 from dssd.errors import user_errors
 from dssd.models.ssd import SSD
 from dssd.results.tables import markdown_table
+from dssd.tools.anchor_coverage import prior_layers
 
 
 @dataclass(frozen=True)
@@ -45,23 +40,20 @@ class Reach:
 
 
 def best_default_box(net: SSD, box: Tensor) -> tuple[int, int, int]:
-    """Source map, row and column of the default box that overlaps ``box`` (xyxy, normalised to
-    the input) most."""
+    """Source map, row and column of the default box overlapping ``box`` (xyxy, normalised) most."""
     priors = box_convert(net.priors, "cxcywh", "xyxy")
     index = int(box_iou(box[None], priors)[0].argmax())
     sizes, per_cell = net.feature_sizes, net.default_boxes.boxes_per_location
-    for level, (size, boxes) in enumerate(zip(sizes, per_cell, strict=True)):
-        if index < size * size * boxes:
-            row, col = divmod(index // boxes, size)
-            return level, row, col
-        index -= size * size * boxes
-    raise AssertionError("the prior index lies beyond the priors")
+    layers = prior_layers(sizes, per_cell)
+    level = int(layers[index])
+    row, col = divmod((index - int((layers < level).sum())) // per_cell[level], sizes[level])
+    return level, row, col
 
 
 def input_gradients(net: SSD, image: Tensor, cells: Sequence[tuple[int, int, int]]) -> list[Tensor]:
     """Per (source ``level``, ``row``, ``col``) of ``cells``: |d(||f||^2 / 2) / d input| summed
-    over the colour channels, ``[S, S]``, where ``f`` is what the heads read at that cell, its
-    prediction module's output. One forward pass serves every cell of the image."""
+    over colours, ``[S, S]``, where ``f`` is the prediction module's output the heads read at that
+    cell. One forward pass serves every cell of the image."""
     x = image[None].detach().clone().requires_grad_(True)
     maps = net.sources(x)
     outputs: dict[int, Tensor] = {}
@@ -83,9 +75,8 @@ def measure(
     height, width = size
     side = gradient.shape[-1]
     # each input pixel's centre in original-image pixels
-    ys = (torch.arange(side, dtype=torch.float64) + 0.5) * height / side
-    xs = (torch.arange(side, dtype=torch.float64) + 0.5) * width / side
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    pixel = torch.arange(side, dtype=torch.float64) + 0.5
+    yy, xx = torch.meshgrid(pixel * height / side, pixel * width / side, indexing="ij")
     x0, y0, x1, y1 = box
     dx = torch.clamp(torch.maximum(x0 - xx, xx - x1), min=0)
     dy = torch.clamp(torch.maximum(y0 - yy, yy - y1), min=0)
@@ -101,13 +92,13 @@ def measure(
 def run_reach(
     path: str, objects: int, max_size: float, distance: float, data_root: str | None
 ) -> tuple[str, list[Reach]]:
-    """The run's name and the :class:`Reach` of its first ``objects`` small test objects."""
+    """The run's name and the :class:`Reach` of its first ``objects`` non-difficult test objects
+    under ``max_size`` px (sqrt of the box area)."""
     run = find_run(path)
     checkpoint, config = load_checkpoint(run.checkpoint)
     net: SSD = restore_detector(checkpoint, config.model).net.float().eval()
-    datamodule = load_test_data(config, **({"root": data_root} if data_root else {}))
+    dataset = load_test_data(config, **({"root": data_root} if data_root else {})).datasets["test"]
     reaches: list[Reach] = []
-    dataset = datamodule.datasets["test"]
     for index in range(len(dataset)):
         image, target = dataset[index]
         height, width = target["orig_size"].tolist()
@@ -121,9 +112,8 @@ def run_reach(
         if not small:
             continue
         cells = [best_default_box(net, box.float()) for box in small]
-        for box, cell, gradient in zip(
-            small, cells, input_gradients(net, image, cells), strict=True
-        ):
+        gradients = input_gradients(net, image, cells)
+        for box, cell, gradient in zip(small, cells, gradients, strict=True):
             pixels = (box * scale).tolist()
             reaches.append(measure(gradient, pixels, (height, width), distance, cell[0]))
         if len(reaches) == objects:
@@ -132,8 +122,8 @@ def run_reach(
 
 
 def reach_table(results: Sequence[tuple[str, list[Reach]]], distance: float) -> str:
-    """A markdown table: per run, the objects measured, the source maps they are predicted from,
-    and the mean share beyond ``distance`` and median radii."""
+    """A markdown table: per run, the objects measured, their source maps, the mean share beyond
+    ``distance`` and the median radii."""
     header = ["run", "objects", "maps", f"share beyond {distance:g} px", "r50 (px)", "r90 (px)"]
     rows = []
     for name, reaches in results:
@@ -173,4 +163,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     with user_errors():
-        main(sys.argv[1:])
+        main()

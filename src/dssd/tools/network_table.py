@@ -1,10 +1,8 @@
 """The paper's Table 2 for any network, from the code: its source maps, default boxes, parameters
 and multiply-accumulates per image.
 
-A network is a model config, optionally with overrides of its own after a colon
-(``dssd321:backbone=convnext_tiny,neck=fpn``). Without arguments the table holds the paper's
-SSD321/DSSD321 and SSD513/DSSD513, DSSD321 with each later neck and each other backbone, and the
-CPU-sized DSSD with each neck (the networks of ``make ablation ABLATION=necks_shapes``).
+A network is a model config, optionally with its own overrides after a colon
+(``dssd321:backbone=convnext_tiny,neck=fpn``); by default, :data:`DEFAULT_NETWORKS`.
 
     python -m dssd.tools.network_table
     python -m dssd.tools.network_table dssd321:backbone=mobilenet_v3_large ssd_r18w32:neck=bifpn
@@ -25,30 +23,25 @@ from dssd.errors import user_errors
 from dssd.models.cost import gmac
 from dssd.results.tables import markdown_table
 
-# the neck= choice of each neck class
-NECK_NAMES = {
+NECK_NAMES = {  # the neck= choice of each neck class
     "dssd.models.Decoder": "dssd",
     "dssd.models.FPN": "fpn",
     "dssd.models.PANet": "panet",
     "dssd.models.BiFPN": "bifpn",
 }
+# the paper's SSD321/DSSD321 and SSD513/DSSD513, DSSD321 with each later neck and other backbone,
+# and the CPU-sized DSSD with each neck (the networks of ``make ablation ABLATION=necks_shapes``)
 DEFAULT_NETWORKS = (
     "ssd321:pm=c",
     "dssd321",
-    "dssd321:neck=fpn",
-    "dssd321:neck=panet",
-    "dssd321:neck=bifpn",
-    "dssd321:backbone=resnet50",
-    "dssd321:backbone=mobilenet_v3_large",
-    "dssd321:backbone=convnext_tiny",
+    *(f"dssd321:neck={neck}" for neck in ("fpn", "panet", "bifpn")),
+    *(f"dssd321:backbone={b}" for b in ("resnet50", "mobilenet_v3_large", "convnext_tiny")),
     "ssd513:pm=c",
     "dssd513",
     "dssd513:backbone=mobilenet_v3_large",
     "ssd_r18:pm=c",
     "dssd_r18",
-    "dssd_r18:neck=fpn",
-    "dssd_r18:neck=panet",
-    "dssd_r18:neck=bifpn",
+    *(f"dssd_r18:neck={neck}" for neck in ("fpn", "panet", "bifpn")),
 )
 
 
@@ -60,8 +53,7 @@ def spec_overrides(spec: str) -> list[str]:
 
 
 def backbone_name(backbone: Any) -> str:
-    """``resnet101``, ``resnet18 w32``, ``mobilenet_v3_large``, ``VGGBackbone``: a backbone
-    config's short name."""
+    """A backbone config's short name: ``resnet101``, ``resnet18 w32``, ``VGGBackbone``..."""
     if "name" in backbone:
         return str(backbone.name)
     if "depth" in backbone:
@@ -91,6 +83,7 @@ def network_row(spec: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a markdown table."""
     header = ["network", "backbone", "neck", "input", "source maps", "boxes", "params (M)", "GMAC"]
     lines = [
         [
@@ -108,7 +101,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return markdown_table(header, lines)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Command line: print (and write) the table; return its rows."""
     parser = argparse.ArgumentParser(
         prog="python -m dssd.tools.network_table", description=__doc__.split("\n\n")[0]
     )
@@ -120,11 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--classes", type=int, default=20, help="object classes (VOC: 20)")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     classes = ",".join(f"c{i}" for i in range(args.classes))
     with user_errors():
         rows = [network_row(spec, [f"data.class_names=[{classes}]"]) for spec in args.networks]

@@ -1,7 +1,7 @@
 """Write a grid of augmented training samples with their boxes, to eyeball the SSD augmentation.
 
-The samples go through the real training pipeline (``build_transforms(size, train=True,
-augment=ssd_augmentation())``), then are un-normalised; difficult boxes are drawn in orange.
+The samples go through the training pipeline (``build_transforms(size, train=True,
+augment=ssd_augmentation())``) and are un-normalised; difficult boxes are orange.
 
     python -m dssd.tools.show_augmentation --root data/shapes --out augmented.png
 """
@@ -56,7 +56,8 @@ def grid(tiles: Sequence[np.ndarray], rows: int, cols: int) -> np.ndarray:
     return sheet
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: write the grid and print its path."""
     parser = argparse.ArgumentParser(
         prog="python -m dssd.tools.show_augmentation", description=__doc__.split("\n\n")[0]
     )
@@ -67,12 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cols", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="picks the images and augmentations")
     parser.add_argument("--classes", help="comma-separated class names (default: the shapes set)")
-    parser.add_argument("--out", default="augmented.png", help="PNG to write")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+    parser.add_argument("--out", type=Path, default="augmented.png", help="PNG to write")
+    args = parser.parse_args(argv)
     class_names = args.classes.split(",") if args.classes else list(CLASSES)
     transform = build_transforms(args.size, train=True, augment=ssd_augmentation())
     transform.reseed(args.seed)
@@ -81,12 +78,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     indices = rng.choice(len(dataset), size=count, replace=count > len(dataset))
     tiles = [draw_sample(*dataset[int(i)], class_names) for i in indices]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     sheet = grid(tiles, args.rows, args.cols)
-    if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {out}")
-    print(out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {args.out}")
+    print(args.out)
 
 
 if __name__ == "__main__":
