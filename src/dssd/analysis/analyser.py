@@ -1,13 +1,10 @@
-"""Runs analysed from disk: a run directory or checkpoint, its test detections beside the ground
-truth, taken apart by :mod:`dssd.analysis.breakdown` and, with a baseline, compared with it
-(:mod:`dssd.analysis.comparison`); written by :mod:`dssd.analysis.writing`. What ``src/analyze.py``
-and ``make ablation``'s comparisons run.
-
-A run directory must hold ``test_results.json`` (what its test scored, and which weights) and the
-checkpoint tested (``checkpoints/last.ckpt`` for the final weights). The test detections are the
-run's own devkit result files (``voc_results/``, written by ``make ablation``) when it has them,
-otherwise the checkpoint is run again on its test split (:class:`dssd.deployment.detector.Detector`,
-the same detections as its test to float rounding).
+"""Runs analysed from disk, what ``src/analyze.py`` and ``make ablation``'s comparisons run: a run
+directory (with ``test_results.json`` and the checkpoint it tested, ``checkpoints/last.ckpt`` for
+the final weights) or a checkpoint; its test detections beside the ground truth, taken apart
+(:mod:`dssd.analysis.breakdown`), compared with a baseline (:mod:`dssd.analysis.comparison`) and
+written (:mod:`dssd.analysis.writing`). The detections are the run's ``voc_results/`` files (from
+``make ablation``) when it has them, else its checkpoint run again on the test split
+(:class:`dssd.deployment.detector.Detector`, the same detections as its test to float rounding).
 """
 
 from __future__ import annotations
@@ -56,7 +53,10 @@ def find_run(path: str | Path) -> Run:
     path = Path(path)
     if path.is_file():
         directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        results = _test_results_of(directory, path)
+        has_results = (directory / "test_results.json").is_file()
+        results = read_test_results(directory) if has_results else {}
+        if results and _tested_checkpoint(directory, results)[1].resolve() != path.resolve():
+            results = {}  # the test results of other weights
         return Run(directory, path, results, results.get("run_name") or directory.name)
     if not path.is_dir():
         raise UserError(f"run={path}: no such run directory or checkpoint file")
@@ -80,15 +80,6 @@ def _tested_checkpoint(directory: Path, results: dict[str, Any]) -> tuple[str, P
     tested = results.get("tested_checkpoint") or FINAL_WEIGHTS
     last = directory / "checkpoints" / "last.ckpt"
     return tested, last if tested == FINAL_WEIGHTS else Path(tested)
-
-
-def _test_results_of(directory: Path, checkpoint: Path) -> dict[str, Any]:
-    """The test results of ``directory`` when they are those of ``checkpoint``, else nothing."""
-    if not (directory / "test_results.json").is_file():
-        return {}
-    results = read_test_results(directory)
-    _, tested = _tested_checkpoint(directory, results)
-    return results if tested.resolve() == checkpoint.resolve() else {}
 
 
 @dataclass(frozen=True)
@@ -123,9 +114,8 @@ def load_test_detections(
     split: GroundTruth | None = None,
 ) -> RunDetections:
     """The run's test split (rebuilt from its checkpoint's run config unless given) and its
-    detections: the run's ``voc_results/`` files (``source=auto`` when they exist, or
-    ``voc_results``) or the checkpoint run on the images (``source=checkpoint``, or ``auto``
-    without files)."""
+    detections: its ``voc_results/`` files (``source=voc_results``, or ``auto`` when they exist)
+    or its checkpoint run on the images (``source=checkpoint``, or ``auto`` without files)."""
     if source not in ("auto", "voc_results", "checkpoint"):
         raise UserError(f"detections={source}: choose auto, voc_results or checkpoint")
     if split is None:
@@ -148,12 +138,10 @@ def load_test_detections(
 def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
     boxes = np.asarray(annotation["boxes"], np.float64).reshape(-1, 4)
     difficult = annotation.get("difficult")
-    if difficult is None:
-        difficult = np.zeros(len(boxes), bool)
     return {
         "boxes": boxes,
         "labels": np.asarray(annotation["labels"], np.int64),
-        "difficult": np.asarray(difficult, bool),
+        "difficult": np.asarray(np.zeros(len(boxes)) if difficult is None else difficult, bool),
     }
 
 
@@ -170,19 +158,6 @@ def _predict(run: Run, paths: Sequence[str], device: str, batch_size: int | None
             found += detector.predict(batch)
             progress.update(len(batch))
     return found
-
-
-def check_against_test(run: Run, analysis: RunAnalysis) -> None:
-    """Warn when the analysed detections do not score what the run's test logged."""
-    logged = run.test_results.get("metrics", {}).get("test/voc_map")
-    if logged is not None and abs(logged - analysis.map) > 1e-3:
-        log.warning(
-            "%s: the analysed detections score a VOC mAP of %.4f, its test logged %.4f (on "
-            "another device, or with other weights, the checkpoint detects other boxes)",
-            run.name,
-            analysis.map,
-            logged,
-        )
 
 
 @dataclass(frozen=True)
@@ -221,7 +196,15 @@ class Analyser:
             )
             log.info("%s: analysing %d test images", run.name, len(test.image_ids))
             analysis = analyse_run(test, options.score_threshold)
-            check_against_test(run, analysis)
+            logged = run.test_results.get("metrics", {}).get("test/voc_map")
+            if logged is not None and abs(logged - analysis.map) > 1e-3:
+                log.warning(
+                    "%s: the analysed detections score a VOC mAP of %.4f, its test logged %.4f (on "
+                    "another device, or with other weights, the checkpoint detects other boxes)",
+                    run.name,
+                    analysis.map,
+                    logged,
+                )
             self._done[key] = (test, analysis)
         return self._done[key]
 
@@ -238,6 +221,7 @@ def write_analysis(
     and, given ``baselines`` paired with them, compare; write everything into ``out_dir`` and
     return the summary's path and the comparison."""
     options = analyser.options
+    run_dirs = ", ".join(str(r.directory) for r in runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = [analyser(r) for r in runs]
     run_name = run_name or runs[0].name
@@ -249,20 +233,12 @@ def write_analysis(
         baseline_name = baseline_name or baselines[0].name
         if baseline_name == run_name:
             baseline_name = f"{baseline_name} (baseline)"
+        sides = [*zip(*mine, strict=True), *zip(*theirs, strict=True)]  # tests, then analyses
         try:
-            result = compare(
-                [t for t, _ in mine],
-                [a for _, a in mine],
-                [t for t, _ in theirs],
-                [a for _, a in theirs],
-                options.bootstrap_samples,
-                options.confidence,
-            )
+            result = compare(*sides, options.bootstrap_samples, options.confidence)
         except ValueError as err:
-            raise UserError(
-                f"{', '.join(str(r.directory) for r in runs)} against "
-                f"{', '.join(str(r.directory) for r in baselines)}: {err}"
-            ) from None
+            against = ", ".join(str(r.directory) for r in baselines)
+            raise UserError(f"{run_dirs} against {against}: {err}") from None
         text, written = write_comparison(
             out_dir, mine[0][0], (mine[0][1], theirs[0][1]), result, run_name, baseline_name
         )
@@ -271,8 +247,7 @@ def write_analysis(
     header = [
         f"# Analysis of {run_name}",
         "",
-        f"Run(s): {', '.join(str(r.directory) for r in runs)}; checkpoint(s): "
-        f"{', '.join(str(r.checkpoint) for r in runs)}.",
+        f"Run(s): {run_dirs}; checkpoint(s): {', '.join(str(r.checkpoint) for r in runs)}.",
     ]
     if len(runs) > 1:
         header.append(f"The figures and tables of the run itself are those of {runs[0].directory}.")
@@ -285,9 +260,8 @@ def write_analysis(
 
 
 def log_to_wandb(when: bool | str, run: Run, files: Sequence[Path], analysis: RunAnalysis) -> None:
-    """For a run that logged to W&B (``when="auto"``) or always (``True``): its analysis
-    (headline figures, figures and tables) to a W&B run of the same project, name and group
-    (:func:`dssd.results.wandb.log_files`)."""
+    """Log the analysis (headline figures, figures, tables) to a W&B run of the run's project, name
+    and group: always (``when=True``) or if the run logged to W&B (``"auto"``)."""
     if when is False:
         return
     settings = (load_checkpoint(run.checkpoint)[1].get("logger") or {}).get("wandb")

@@ -1,14 +1,12 @@
 """One run's test detections taken apart: AP per class and per object size, precision-recall
-curves, the TIDE-style error breakdown (:mod:`dssd.analysis.errors`), the confusion matrix with
-background (:mod:`dssd.analysis.confusion`) and the errors worth looking at.
+curves, TIDE-style errors (:mod:`dssd.analysis.errors`), the confusion matrix with background
+(:mod:`dssd.analysis.confusion`) and the errors worth looking at.
 
-Every AP here is the VOC AP at IoU 0.5 of the run matched once by the devkit's rule
-(:class:`dssd.evaluation.matched_run.MatchedRun`), so the per-class figures are those of the run's
-test results. AP by object size follows COCO's rule at IoU 0.5 (:meth:`MatchedRun.for_size`):
-objects of other sizes are ignored, and so are false positives of other sizes. Sizes are measured as
-COCO does, in pixels of the original image: small below 32², medium up to 96², large above, plus
-finer bins of sqrt(area). The confusion matrix and the "found" share of a size bin need an operating
-point: detections scored at least ``score_threshold``.
+Every AP is the VOC AP at IoU 0.5 of the run matched once by the devkit's rule
+(:class:`dssd.evaluation.matched_run.MatchedRun`), so per-class figures are the test results'. AP by
+object size follows COCO's rule (:meth:`MatchedRun.for_size`): objects and false positives of other
+sizes are ignored. Sizes are sqrt(area) in original-image pixels, as COCO measures them. The
+confusion matrix and the "found" objects count the detections scored at least ``score_threshold``.
 """
 
 from __future__ import annotations
@@ -40,11 +38,9 @@ RECALL_GRID = np.linspace(0.0, 1.0, 101)
 
 @dataclass(frozen=True)
 class RunDetections:
-    """A run's detections on its test split beside the ground truth, image by image.
-
-    ``preds``: "boxes" [K, 4] (xyxy pixel edges of the original image), "scores" [K], "labels"
-    [K] in ``1..C``; ``targets``: "boxes" [N, 4], "labels" [N], "difficult" [N]; numpy arrays.
-    """
+    """A run's detections on its test split beside the ground truth, image by image, in numpy:
+    ``preds`` "boxes" [K, 4] (xyxy pixel edges of the original image), "scores" [K], "labels" [K]
+    in ``1..C``; ``targets`` "boxes" [N, 4], "labels" [N], "difficult" [N]."""
 
     image_ids: tuple[Any, ...]
     image_paths: tuple[str, ...]
@@ -64,9 +60,7 @@ class RunDetections:
 
     def matches(self, size: tuple[float, float] | None = None) -> MatchedRun:
         """The devkit's verdicts, for objects of sqrt(area) in ``size`` only if given."""
-        if size is None:
-            return self.matched
-        return self.matched.for_size((size[0] ** 2, size[1] ** 2))
+        return self.matched if size is None else self.matched.for_size((size[0] ** 2, size[1] ** 2))
 
 
 @dataclass(frozen=True)
@@ -83,15 +77,11 @@ class SizeBin:
 
 @dataclass(frozen=True)
 class RunAnalysis:
-    """What :func:`analyse_run` finds; per-class arrays are [C] in label order.
-
-    ``curves[c]`` is class ``c + 1``'s precision-recall curve (recall, precision per detection in
-    score order); ``size_errors[name]`` the error analysis of one COCO size (COCO's rule, as its
-    AP); ``size_curves[name]`` the mean over classes of the interpolated precision at
-    :data:`RECALL_GRID` for that size bin; ``found[i]`` flags image ``i``'s objects matched by a
-    detection at the operating point; ``matches`` and ``size_matches`` are the devkit's verdicts
-    behind the APs (for paired comparisons, :mod:`dssd.analysis.comparison`).
-    """
+    """What :func:`analyse_run` finds; per-class arrays are [C] in label order. ``curves[c]``: class
+    ``c + 1``'s (recall, precision) per detection in score order; ``size_errors``: the error
+    analysis per COCO size; ``size_curves``: per size bin, the mean interpolated precision at
+    :data:`RECALL_GRID`; ``found[i]``: image ``i``'s objects found at the operating point;
+    ``matches``, ``size_matches``: the devkit's verdicts behind the APs (for comparisons)."""
 
     map: float
     ap_per_class: np.ndarray

@@ -1,12 +1,10 @@
 """A run against a baseline on the same test images: where the AP moves and which objects one
 finds that the other misses.
 
-Runs are paired seed by seed (one run per side is the plain case); every difference is the mean
-over the pairs, with the percentile interval of the paired bootstrap over the test images that
-``make ablation`` uses (:func:`dssd.evaluation.bootstrap.paired_differences`): per class, per object
-size (COCO's and the finer bins of :mod:`dssd.analysis.breakdown`) and overall. Error counts and the
-AP each error type costs (overall and per COCO size) are compared as means over the seeds,
-without an interval.
+Runs are paired seed by seed. AP differences (overall, per class, per object size) are the mean
+over the pairs, with the percentile interval of ``make ablation``'s paired bootstrap over the test
+images (:func:`dssd.evaluation.bootstrap.paired_differences`); error counts and dAPs are compared as
+means over the seeds, without an interval.
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ class DeltaRow:
 
 @dataclass(frozen=True)
 class ErrorRow:
-    """An error type's mean count and mean AP cost (dAP) for the run and for the baseline, over
-    all objects (``size`` "all") or one COCO size."""
+    """An error type's mean count and AP cost (dAP), run and baseline, over all objects (``size``
+    "all") or one COCO size."""
 
     name: str
     size: str
@@ -105,17 +103,11 @@ def compare(
     def differences(size: str | None, statistic: Statistic) -> list[Difference]:
         """Bootstrap the run's verdicts (of one size bin, if given) against the baseline's; every
         figure uses the same draw of images (seed 0)."""
-
-        def side(analysis: RunAnalysis) -> MatchedRun:
-            return analysis.matches if size is None else analysis.size_matches[size]
-
-        return paired_differences(
-            [side(a) for a in analyses],
-            [side(a) for a in baseline_analyses],
-            statistic,
-            num_samples,
-            confidence,
-        )
+        sides = [
+            [a.matches if size is None else a.size_matches[size] for a in side]
+            for side in (analyses, baseline_analyses)
+        ]
+        return paired_differences(*sides, statistic, num_samples, confidence)
 
     def map_statistic(run: MatchedRun, weights: np.ndarray | None) -> np.ndarray:
         return run.mean_ap(weights, use_07)[:, None]

@@ -1,26 +1,18 @@
 """Confusion matrix with background: which classes a detector mistakes for which, and how often
-it fires on background or misses an object.
+it fires on background or misses an object, at one operating point (detections scoring at least
+``score_threshold``; AP, by contrast, sweeps over all scores).
 
-The matrix has one row per true class and one column per predicted class, plus a background row
-and column (index ``C``). Objects and detections are matched class-agnostically by COCO's greedy
-rule (detections by descending score, each taking the free object of highest IoU, at least
-``iou_threshold``), so a detection on an object of another class is a class confusion rather than
-a false positive plus a miss:
+Rows are true classes, columns predicted classes, index ``C`` background: ``[t, p]`` counts objects
+of class ``t`` matched by a detection of class ``p``, ``[C, p]`` detections that matched no object
+(background or duplicates), ``[t, C]`` missed objects. Matching is class-agnostic, by COCO's greedy
+rule (by descending score, each detection takes the free object of highest IoU, at least
+``iou_threshold``; faster_coco_eval's ``PreviewResults``), so a detection on an object of another
+class is a confusion rather than a false positive plus a miss.
 
-- ``[t, p]``: objects of class ``t`` matched by a detection of class ``p`` (diagonal: correct);
-- ``[C, p]``: detections of class ``p`` that matched no object (background or duplicates);
-- ``[t, C]``: objects of class ``t`` that no detection matched (misses).
-
-Unlike a ranking metric such as AP, which sweeps over all scores, a confusion matrix counts the
-detections at one operating point: only those scoring at least ``score_threshold`` take part.
-
-Difficult objects are COCO's ignored (``iscrowd``) regions and appear nowhere in the matrix,
-neither as objects nor through the detections that land on them. As in COCO, a detection takes a
-free non-difficult object first; failing that it is ignored when its overlap with a difficult
-object (intersection over the detection's area, COCO's crowd overlap) is at least
-``iou_threshold``, however many detections land there. The matching and counting are
-faster_coco_eval's (``PreviewResults``); that library counts a detection on a crowd region as a
-matched pair with it and an unmatched crowd region as a miss, so the difficult objects are removed
+Difficult objects are COCO's ignored (``iscrowd``) regions and appear nowhere: a detection that
+takes no free non-difficult object is ignored when its crowd overlap (intersection over its own
+area) with a difficult one is at least ``iou_threshold``. As the library counts a detection on a
+crowd region as a matched pair and an unmatched one as a miss, the difficult objects are removed
 from its ground truth before counting.
 """
 
@@ -58,14 +50,9 @@ def confusion_matrix(
     iou_threshold: float = 0.5,
     score_threshold: float = 0.3,
 ) -> np.ndarray:
-    """The ``[C + 1, C + 1]`` int64 confusion matrix of the detections ``preds`` against the ground
-    truth ``targets`` (rows: true class, columns: predicted class, index ``C``: background).
-
-    ``preds`` and ``targets`` are per-image dicts of tensors or numpy arrays, as
-    :class:`dssd.evaluation.metrics.VOCMeanAP` takes them: pixel xyxy ``"boxes"``, ``"scores"`` and
-    ``"labels"`` in ``1..num_classes``, and on the targets an optional boolean ``"difficult"``.
-    Raises ``ValueError`` naming the image at fault.
-    """
+    """The ``[C + 1, C + 1]`` int64 confusion matrix (module doc) of ``preds`` against ``targets``,
+    per-image dicts as :class:`dssd.evaluation.metrics.VOCMeanAP` takes them; raises ``ValueError``
+    naming the image at fault."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if not 0 < iou_threshold < 1:
@@ -84,16 +71,15 @@ def confusion_matrix(
         detections.append(
             {"boxes": p_boxes[keep], "scores": p_scores[keep], "labels": p_labels[keep]}
         )
-        sizes = t_boxes[:, 2:] - t_boxes[:, :2]
-        for box, size, label, difficult in zip(
-            t_boxes.tolist(), sizes.tolist(), t_labels.tolist(), t_difficult.tolist(), strict=True
+        for (x0, y0, x1, y1), label, difficult in zip(
+            t_boxes.tolist(), t_labels.tolist(), t_difficult.tolist(), strict=True
         ):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": i + 1,
-                    "bbox": [box[0], box[1], size[0], size[1]],
-                    "area": size[0] * size[1],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
                     "iscrowd": int(difficult),
                     "category_id": label,
                 }

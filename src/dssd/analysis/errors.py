@@ -1,39 +1,26 @@
 """Which errors cost a detector its VOC mAP, in the manner of TIDE (Bolya et al. 2020).
 
-Every detection that the VOC devkit counts as a false positive
-(:func:`dssd.evaluation.matching.match_image`) gets one error type, tested in TIDE's order against
-the image's non-difficult objects, with a foreground IoU ``t_f`` (0.5) and a background IoU ``t_b``
-(0.1):
+Each devkit false positive (:func:`dssd.evaluation.matching.match_image`) gets the first error type
+that fits, against the image's non-difficult objects, with IoUs ``t_f`` = 0.5 and ``t_b`` = 0.1:
+``loc`` (best IoU with its own class in ``[t_b, t_f]``), ``cls`` (IoU ``>= t_f`` with another
+class), ``dupl`` (IoU ``>= t_f`` with an object of its class taken by a higher-scored detection),
+``bkg`` (IoU ``<= t_b`` with every object), else ``both``. A non-difficult object is ``miss`` when
+no detection took it and no ``cls``/``loc`` error points at it. True positives and detections on
+difficult objects (ignored) have no error type.
 
-- ``loc``: its best IoU with an object of its own class is in ``[t_b, t_f]``;
-- ``cls``: IoU ``>= t_f`` with an object of another class;
-- ``dupl``: IoU ``>= t_f`` with an object of its class already taken by a higher-scored detection;
-- ``bkg``: IoU ``<= t_b`` with every object;
-- ``both``: anything else, i.e. a wrong class and an IoU between ``t_b`` and ``t_f``.
-
-A non-difficult object is ``miss`` when no detection took it and no ``cls``/``loc`` error points
-at it (TIDE: no fixed detection would find it). True positives and ignored detections (on a
-difficult object, the devkit's rule) have no error type; difficult objects are never missed.
-
-The cost of an error type is TIDE's dAP: fix every error of that type alone, rescore with the
-project's VOC AP (:meth:`dssd.evaluation.matched_run.MatchedRun.class_aps`) and take the mAP gained.
-Fixing ``loc`` or ``cls`` turns the highest-scored such error on an object nobody took into a true
-positive of the object's class (the other errors on that object, of either type, would be duplicates
-then and are removed, as TIDE does); ``dupl``, ``bkg`` and ``both`` errors are removed; fixing
-``miss`` removes the missed objects from the positives. The mAP is the mean over the classes with
-positives, as :class:`dssd.evaluation.metrics.VOCMeanAP`; with the foreground IoU as its threshold
-the base mAP is the metric's own.
-
-Two deliberate departures from the ``tidecv`` package: a detection is a true positive by the
-devkit's rule (IoU strictly above ``t_f`` with its best object of the class, taken or not; TIDE
-looks for the best object not yet taken), and a detection on a difficult object is ignored
-rather than given an error type. On images whose objects do not overlap the two agree.
+An error type's cost, TIDE's dAP, is the mAP (over the classes with positives; at ``t_f``, that of
+:class:`dssd.evaluation.metrics.VOCMeanAP`) gained by fixing that type alone: the highest-scored
+``loc``/``cls`` error on an object nobody took becomes a true positive of the object's class (the
+other errors on it are removed, as TIDE does); ``dupl``, ``bkg`` and ``both`` errors are removed;
+missed objects leave the positives. Unlike ``tidecv``, a true positive follows the devkit's rule
+(IoU above ``t_f`` with its best object of the class, taken or not) and a detection on a difficult
+object is ignored; on images whose objects do not overlap the two agree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
@@ -64,13 +51,10 @@ _DETECTION_ERRORS: dict[str, Verdict] = {e: Verdict[e.upper()] for e in ERROR_TY
 
 @dataclass(frozen=True)
 class ImageErrors:
-    """One image's verdicts.
-
-    ``verdict`` [K] (:class:`Verdict` values) per detection; ``fixed`` [K] True for the ``cls`` and
-    ``loc`` errors that become true positives when their type is fixed (the other errors are
-    removed then); ``fixed_label`` [K] the label a detection has once fixed (the object's class for
-    ``cls``, its own otherwise); ``missed`` [N] per ground-truth object.
-    """
+    """One image's verdicts: ``verdict`` [K] (:class:`Verdict` values); ``fixed`` [K] the ``cls``
+    and ``loc`` errors that become true positives when their type is fixed (the others are removed);
+    ``fixed_label`` [K] a detection's label once fixed (the object's class for ``cls``);
+    ``missed`` [N] per ground-truth object."""
 
     verdict: Tensor
     fixed: Tensor
@@ -80,15 +64,11 @@ class ImageErrors:
 
 @dataclass(frozen=True)
 class ErrorAnalysis:
-    """The result of :func:`analyse_errors`.
-
-    ``map`` and ``ap_per_class`` [C] (NaN for a class without positives) are the VOC figures of
-    the detections as they are; for each name of :data:`ERROR_TYPES`, ``counts`` and
-    ``counts_per_class`` [C] give how many errors of that type there are (by the detection's
-    label; by the object's for ``miss``), ``delta_map`` and ``delta_ap_per_class`` [C] what fixing
-    them alone gains. ``images`` holds each image's :class:`ImageErrors`, detections in the input's
-    order.
-    """
+    """The result of :func:`analyse_errors`: the VOC ``map`` and ``ap_per_class`` [C] (NaN without
+    positives) as they are; per name of :data:`ERROR_TYPES`, the errors' ``counts`` and
+    ``counts_per_class`` [C] (by the detection's label; the object's for ``miss``) and the gain of
+    fixing them alone, ``delta_map`` and ``delta_ap_per_class`` [C]; ``images`` each image's
+    :class:`ImageErrors`, detections in the input's order."""
 
     map: float
     ap_per_class: Tensor
@@ -108,20 +88,17 @@ def classify_image(
     fg_iou: float = 0.5,
     bg_iou: float = 0.1,
 ) -> ImageErrors:
-    """TIDE's verdict on one image's detections, given in descending score order (see the module
-    doc). Boxes are xyxy in continuous pixel edges, as
-    :func:`dssd.evaluation.matching.match_image`."""
+    """TIDE's verdict on one image's detections, given in descending score order (module doc);
+    boxes xyxy in continuous pixel edges, as :func:`dssd.evaluation.matching.match_image`."""
     k, n = boxes.shape[0], gt_boxes.shape[0]
     tp, ignored = match_image(boxes, labels, gt_boxes, gt_labels, gt_difficult, fg_iou)
     verdict = torch.full((k,), int(Verdict.BKG), dtype=torch.long)
     verdict[tp] = Verdict.TP
     verdict[ignored] = Verdict.IGNORED
-    fixed = torch.zeros(k, dtype=torch.bool)
-    fixed_label = labels.clone()
-    missed = ~gt_difficult.clone()
+    missed = ~gt_difficult
     keep = ~gt_difficult
     if k == 0 or not keep.any():
-        return ImageErrors(verdict, fixed, fixed_label, missed)
+        return ImageErrors(verdict, torch.zeros(k, dtype=torch.bool), labels.clone(), missed)
 
     iou_all = box_iou(boxes.to(torch.float64), gt_boxes.to(torch.float64)).nan_to_num(0.0)
     same_all = labels[:, None] == gt_labels[None, :]
@@ -173,14 +150,10 @@ def analyse_errors(
 ) -> ErrorAnalysis:
     """Count the errors of each TIDE type and the mAP each would gain if fixed (module doc).
 
-    ``preds`` and ``targets`` are per-image dicts as
-    :meth:`dssd.evaluation.metrics.VOCMeanAP.update` takes them (tensors or numpy arrays): ``boxes``
-    [K, 4] xyxy pixel edges, ``scores`` [K], ``labels`` [K] in ``1..num_classes``; ``boxes`` [N, 4],
-    ``labels`` [N], optionally ``difficult`` [N]. ``use_07_metric`` chooses the 11-point or the
-    all-point VOC AP. With ``area_range`` (box area in pixels, ``[low, high)``) the analysis is that
-    of one object size, by COCO's rule: objects of other sizes are ignored like difficult ones, and
-    so are the false positives whose box is of another size (an object that only such an error
-    pointed at is not counted as missed).
+    ``preds`` and ``targets``: per-image dicts, as :meth:`dssd.evaluation.metrics.VOCMeanAP.update`
+    takes them; ``use_07_metric`` picks the 11-point or all-point VOC AP. With ``area_range`` (box
+    area in pixels, ``[low, high)``) only one object size counts, by COCO's rule: objects and false
+    positives of other sizes are ignored (an object only such an error pointed at is not missed).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -188,53 +161,32 @@ def analyse_errors(
         raise ValueError(f"need 0 < bg_iou < fg_iou < 1, got bg_iou={bg_iou}, fg_iou={fg_iou}")
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} images of preds but {len(targets)} of targets")
-    images, scores, labels, verdicts, fixed, fixed_labels = [], [], [], [], [], []
+    empty = torch.zeros(0, dtype=torch.long)
+    images, pooled = [], [(torch.zeros(0), empty, empty, empty.bool(), empty)]
     npos = torch.zeros(num_classes, dtype=torch.long)
     missed = torch.zeros(num_classes, dtype=torch.long)
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
         pred = as_tensors(pred, ("boxes", "scores", "labels"))
-        target = as_tensors(target, ("boxes", "labels", "difficult"))
         p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
-            i, pred, target, num_classes
+            i, pred, as_tensors(target, ("boxes", "labels", "difficult")), num_classes
         )
         if area_range is not None:  # objects of other sizes are ignored, as difficult ones
             t_difficult = t_difficult | ~in_area_range(t_boxes, area_range)
         image = classify_image(p_boxes, p_labels, t_boxes, t_labels, t_difficult, fg_iou, bg_iou)
         if area_range is not None:  # and so are false positives of other sizes
             other = (image.verdict >= Verdict.CLS) & ~in_area_range(p_boxes, area_range)
-            image = ImageErrors(
-                image.verdict.masked_fill(other, int(Verdict.IGNORED)),
-                image.fixed & ~other,
-                image.fixed_label,
-                image.missed,
-            )
+            verdict = image.verdict.masked_fill(other, int(Verdict.IGNORED))
+            image = replace(image, verdict=verdict, fixed=image.fixed & ~other)
         npos += torch.bincount(t_labels[~t_difficult] - 1, minlength=num_classes)
         missed += torch.bincount(t_labels[image.missed] - 1, minlength=num_classes)
-        scores.append(p_scores)
-        labels.append(p_labels)
-        verdicts.append(image.verdict)
-        fixed.append(image.fixed)
-        fixed_labels.append(image.fixed_label)
+        pooled.append((p_scores, p_labels, image.verdict, image.fixed, image.fixed_label))
         # back to the input's order (check_image sorted by score, stably)
-        order = torch.sort(
-            pred["scores"].detach().to("cpu", torch.float32), descending=True, stable=True
-        ).indices
-        inverse = torch.argsort(order)
-        images.append(
-            ImageErrors(
-                image.verdict[inverse],
-                image.fixed[inverse],
-                image.fixed_label[inverse],
-                image.missed,
-            )
-        )
+        scores = pred["scores"].detach().to("cpu", torch.float32)
+        inverse = torch.argsort(torch.sort(scores, descending=True, stable=True).indices)
+        reordered = [t[inverse] for t in (image.verdict, image.fixed, image.fixed_label)]
+        images.append(ImageErrors(*reordered, image.missed))
 
-    empty = torch.zeros(0, dtype=torch.long)
-    score = torch.cat(scores) if scores else torch.zeros(0)
-    label = torch.cat(labels) if labels else empty
-    verdict = torch.cat(verdicts) if verdicts else empty
-    fix = torch.cat(fixed) if fixed else empty.bool()
-    fix_label = torch.cat(fixed_labels) if fixed_labels else empty
+    score, label, verdict, fix, fix_label = map(torch.cat, zip(*pooled, strict=True))
     ignored = verdict == Verdict.IGNORED
     tp = verdict == Verdict.TP
 

@@ -124,31 +124,24 @@ def sizes(analysis: RunAnalysis) -> Figure:
     return fig
 
 
-def _crop(box: np.ndarray, shape: tuple[int, ...], context: float = 0.5, least: int = 48) -> tuple:
-    """The region around ``box`` (xyxy) with ``context`` of its size on each side and at least
-    ``least`` pixels across, within an image of ``shape``: (x0, y0, x1, y1)."""
-    width, height = box[2] - box[0], box[3] - box[1]
-    pad_x = max(context * width, (least - width) / 2, 0)
-    pad_y = max(context * height, (least - height) / 2, 0)
-    return (
-        int(max(0, box[0] - pad_x)),
-        int(max(0, box[1] - pad_y)),
-        int(min(shape[1], np.ceil(box[2] + pad_x))),
-        int(min(shape[0], np.ceil(box[3] + pad_y))),
-    )
-
-
 def _tile(
-    image: np.ndarray,
-    region: tuple[int, int, int, int],
+    path: str,
+    focus: np.ndarray | None,
     boxes: np.ndarray,
     colours: Sequence[str],
     caption: str,
     side: int,
 ) -> torch.Tensor:
-    """``region`` of ``image`` scaled into a ``side`` x ``side`` square (padded) with ``boxes``
-    drawn in it, under a strip with ``caption``: [3, side + 18, side] uint8."""
-    x0, y0, x1, y1 = region
+    """The image at ``path`` (cropped around the ``focus`` box if given) scaled into a padded
+    ``side``-pixel square with ``boxes`` drawn, under a ``caption``: [3, side + 18, side] uint8."""
+    image = read_image(path)
+    x0, y0, x1, y1 = 0, 0, image.shape[1], image.shape[0]
+    if focus is not None:  # half the box's size on each side, at least 48 pixels across
+        box_w, box_h = focus[2] - focus[0], focus[3] - focus[1]
+        pad_x = max(0.5 * box_w, (48 - box_w) / 2, 0)
+        pad_y = max(0.5 * box_h, (48 - box_h) / 2, 0)
+        x0, y0 = int(max(0, focus[0] - pad_x)), int(max(0, focus[1] - pad_y))
+        x1, y1 = int(min(x1, np.ceil(focus[2] + pad_x))), int(min(y1, np.ceil(focus[3] + pad_y)))
     part = image[y0:y1, x0:x1]
     scale = side / max(part.shape[:2])
     width, height = max(1, round(part.shape[1] * scale)), max(1, round(part.shape[0] * scale))
@@ -181,22 +174,14 @@ def false_positive_gallery(
     near them (green), from :func:`dssd.analysis.breakdown.worst_false_positives`."""
     tiles = []
     for i, k, kind in picks:
-        pred, target = test.preds[i], test.targets[i]
-        image = read_image(test.image_paths[i])
+        pred = test.preds[i]
         box = np.asarray(pred["boxes"], np.float64)[k]
-        truth = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
+        truth = np.asarray(test.targets[i]["boxes"], np.float64).reshape(-1, 4)
         name = test.class_names[int(pred["labels"][k]) - 1]
         caption = f"{kind}: {name} {float(pred['scores'][k]):.2f}, image {test.image_ids[i]}"
-        tiles.append(
-            _tile(
-                image,
-                _crop(box, image.shape),
-                np.vstack([truth, box[None]]),
-                [TRUTH_COLOUR] * len(truth) + [DETECTION_COLOUR],
-                caption,
-                side,
-            )
-        )
+        colours = [TRUTH_COLOUR] * len(truth) + [DETECTION_COLOUR]
+        boxes = np.vstack([truth, box[None]])
+        tiles.append(_tile(test.image_paths[i], box, boxes, colours, caption, side))
     return _grid(tiles, side)
 
 
@@ -208,17 +193,15 @@ def missed_gallery(
     tiles = []
     for i, j in picks:
         target = test.targets[i]
-        image = read_image(test.image_paths[i])
         box = np.asarray(target["boxes"], np.float64).reshape(-1, 4)[j]
         name = test.class_names[int(target["labels"][j]) - 1]
-        size = object_sizes(target)[j]
-        caption = f"{name}, {size:.0f} px, image {test.image_ids[i]}"
-        region = _crop(box, image.shape)
-        tiles.append(_tile(image, region, box[None], [TRUTH_COLOUR], caption, side))
+        caption = f"{name}, {object_sizes(target)[j]:.0f} px, image {test.image_ids[i]}"
+        tiles.append(_tile(test.image_paths[i], box, box[None], [TRUTH_COLOUR], caption, side))
     return _grid(tiles, side)
 
 
 def _deltas(ax, rows: Sequence[DeltaRow], title: str) -> None:
+    """``rows``' differences (points, first at the top) with their intervals, drawn into ``ax``."""
     names = [r.name for r in rows][::-1]
     delta = np.array([100 * r.difference.delta for r in rows])[::-1]
     low = np.array([100 * r.difference.low for r in rows])[::-1]
@@ -228,14 +211,8 @@ def _deltas(ax, rows: Sequence[DeltaRow], title: str) -> None:
         for lo, hi in zip(low, high, strict=True)
     ]
     positions = np.arange(len(rows))
-    ax.errorbar(
-        delta,
-        positions,
-        xerr=np.abs(np.vstack([delta - low, high - delta])),
-        fmt="none",
-        ecolor="#7f7f7f",
-        capsize=3,
-    )
+    error = np.abs(np.vstack([delta - low, high - delta]))
+    ax.errorbar(delta, positions, xerr=error, fmt="none", ecolor="#7f7f7f", capsize=3)
     ax.scatter(delta, positions, c=colours, zorder=3)
     ax.axvline(0, color="black", linewidth=1)
     ax.set_yticks(positions, names)
@@ -264,7 +241,6 @@ def found_gallery(
     (blue), the others in green; ``rows`` are (image, run-only flags, baseline-only flags)."""
     tiles = []
     for i, run_only, baseline_only in rows:
-        image = read_image(test.image_paths[i])
         boxes = np.asarray(test.targets[i]["boxes"], np.float64).reshape(-1, 4)
         colours = np.where(
             run_only, DETECTION_COLOUR, np.where(baseline_only, BASELINE_COLOUR, TRUTH_COLOUR)
@@ -273,6 +249,5 @@ def found_gallery(
             f"image {test.image_ids[i]}: {int(run_only.sum())} run only, "
             f"{int(baseline_only.sum())} baseline only"
         )
-        region = (0, 0, image.shape[1], image.shape[0])
-        tiles.append(_tile(image, region, boxes, colours.tolist(), caption, side))
+        tiles.append(_tile(test.image_paths[i], None, boxes, colours.tolist(), caption, side))
     return _grid(tiles, side)

@@ -53,16 +53,11 @@ def write_run_analysis(
     labels = [*names, "background"]
     worst = worst_false_positives(test, errors, gallery_size)
     missed = largest_missed(test, errors, gallery_size)
+    error_columns = [f"{e}_{figure}" for figure in ("errors", "dap") for e in ERROR_TYPES]
     files = [
         write_rows(
             out_dir / "per_class.csv",
-            [
-                "class",
-                "objects",
-                "ap",
-                *(f"{e}_errors" for e in ERROR_TYPES),
-                *(f"{e}_dap" for e in ERROR_TYPES),
-            ],
+            ["class", "objects", "ap", *error_columns],
             [
                 [
                     names[c],
@@ -138,15 +133,12 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
     """One run's summary: mAP, AP by size, the error breakdown and per-class figures."""
     errors = analysis.errors
     objects = int(analysis.positives.sum())
-    lines = [
+    sections = [
         f"## {name}",
-        "",
         f"{len(test.image_ids)} test images, {objects} objects (difficult ones not counted). "
         f"VOC mAP at IoU 0.5 ({'11-point' if test.use_07_metric else 'all-point'}): "
         f"**{percent_cell(analysis.map)}**.",
-        "",
         "### AP by object size (COCO's rule at IoU 0.5; sqrt(area) in original-image pixels)",
-        "",
         markdown_table(
             ["size", "px", "objects", "AP", f"found at score >= {analysis.score_threshold:g}"],
             [
@@ -160,10 +152,8 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
                 for b in (*analysis.coco_sizes, *analysis.fine_sizes)
             ],
         ),
-        "",
         "### Errors (TIDE's types: count, and in brackets the dAP, the mAP points gained if that "
         "type alone were fixed; per size by COCO's rule)",
-        "",
         markdown_table(
             ["objects", *ERROR_TYPES],
             [
@@ -171,9 +161,7 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
                 for size, found in {"all": errors, **analysis.size_errors}.items()
             ],
         ),
-        "",
         "### Per class",
-        "",
         markdown_table(
             ["class", "objects", "AP", *(f"{e} (dAP)" for e in ERROR_TYPES)],
             [
@@ -190,52 +178,31 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
                 for c in range(test.num_classes)
             ],
         ),
-        "",
         "Figures: pr_curves.png, confusion_matrix.png, errors.png, sizes.png; "
         "worst_false_positives.png (the highest-scored false positives in red, with error "
         "type, class, score and image above; the objects in green) and missed_objects.png (the "
         "largest missed objects). Tables: per_class.csv, sizes.csv, errors.csv, "
         "confusion_matrix.csv, worst_false_positives.csv, missed_objects.csv.",
     ]
-    return "\n".join(lines)
+    return "\n\n".join(sections)
 
 
-def _delta_rows(rows: Sequence[DeltaRow], alpha: float) -> list[list[Any]]:
-    """One table's rows, starred by Holm's correction over the table's differences."""
+def _delta_table(
+    path: Path, rows: Sequence[DeltaRow], alpha: float
+) -> tuple[Path, list[list[Any]]]:
+    """Write ``rows`` as CSV to ``path``; return it and the rows of their markdown table, both
+    marking the differences significant after Holm's correction over the table."""
     marks = holm([r.difference.p_value for r in rows], alpha)
-    return [
-        [
-            r.name,
-            percent_cell(r.run),
-            percent_cell(r.baseline),
-            _signed(r.difference.delta),
-            f"[{_signed(r.difference.low)}, {_signed(r.difference.high)}]",
-            "*" if significant else "",
-        ]
-        for r, significant in zip(rows, marks, strict=True)
-    ]
-
-
-def _delta_csv(path: Path, rows: Sequence[DeltaRow], alpha: float) -> Path:
-    marks = holm([r.difference.p_value for r in rows], alpha)
-    return write_rows(
-        path,
-        ["name", "run_ap", "baseline_ap", "delta", "low", "high", "excludes_zero", "p", "holm"],
-        [
-            [
-                r.name,
-                _number(r.run),
-                _number(r.baseline),
-                _number(r.difference.delta),
-                _number(r.difference.low),
-                _number(r.difference.high),
-                r.difference.excludes_zero,
-                _number(r.difference.p_value),
-                significant,
-            ]
-            for r, significant in zip(rows, marks, strict=True)
-        ],
-    )
+    csv_rows, markdown_rows = [], []
+    for r, significant in zip(rows, marks, strict=True):
+        d = r.difference
+        values = [_number(v) for v in (r.run, r.baseline, d.delta, d.low, d.high)]
+        csv_rows.append([r.name, *values, d.excludes_zero, _number(d.p_value), significant])
+        interval = f"[{_signed(d.low)}, {_signed(d.high)}]"
+        cells = [percent_cell(r.run), percent_cell(r.baseline), _signed(d.delta), interval]
+        markdown_rows.append([r.name, *cells, "*" if significant else ""])
+    header = ["name", "run_ap", "baseline_ap", "delta", "low", "high", "excludes_zero", "p", "holm"]
+    return write_rows(path, header, csv_rows), markdown_rows
 
 
 def write_comparison(
@@ -247,13 +214,15 @@ def write_comparison(
     baseline_name: str,
     gallery_size: int = 8,
 ) -> tuple[str, list[Path]]:
-    """Write the comparison's tables and figures into ``out_dir``; ``pair`` (the first seed's
-    run and baseline) gives the gallery of images one finds objects in that the other misses.
-    Return its markdown section and the files written."""
+    """Write the comparison's tables and figures into ``out_dir`` (the gallery from ``pair``, the
+    first seed's run and baseline analyses); return its markdown section and the files written."""
     alpha = 1.0 - result.confidence
+    classes = [result.overall, *result.classes]
+    classes_csv, class_rows = _delta_table(out_dir / "comparison_classes.csv", classes, alpha)
+    sizes_csv, size_rows = _delta_table(out_dir / "comparison_sizes.csv", result.sizes, alpha)
     files = [
-        _delta_csv(out_dir / "comparison_classes.csv", [result.overall, *result.classes], alpha),
-        _delta_csv(out_dir / "comparison_sizes.csv", result.sizes, alpha),
+        classes_csv,
+        sizes_csv,
         write_rows(
             out_dir / "comparison_errors.csv",
             ["size", "type", "run_count", "baseline_count", "run_dap", "baseline_dap"],
@@ -290,51 +259,30 @@ def write_comparison(
     level = f"{100 * result.confidence:g}%"
     sizes = list(dict.fromkeys(e.size for e in result.errors))
     cost = {(e.name, e.size): (e.run_cost, e.baseline_cost) for e in result.errors}
-    lines = [
+    sections = [
         f"## {run_name} against {baseline_name}",
-        "",
         f"{result.seeds} paired seed(s). Differences are run minus baseline, in AP points, with "
         f"the {level} interval of a paired bootstrap over the test images; * "
         + SIGNIFICANCE.format(alpha=f"{100 * alpha:g}%"),
-        "",
         "### AP per class",
-        "",
-        markdown_table(
-            ["class", run_name, baseline_name, "Δ", "interval", ""],
-            _delta_rows([result.overall, *result.classes], alpha),
-        ),
-        "",
+        markdown_table(["class", run_name, baseline_name, "Δ", "interval", ""], class_rows),
         "### AP per object size (sqrt(area), original-image pixels)",
-        "",
-        markdown_table(
-            ["size", run_name, baseline_name, "Δ", "interval", ""],
-            _delta_rows(result.sizes, alpha),
-        ),
-        "",
+        markdown_table(["size", run_name, baseline_name, "Δ", "interval", ""], size_rows),
         f"### Errors: dAP of {run_name} / {baseline_name} (mAP points gained if that type "
         "alone were fixed; mean over the seeds; counts in comparison_errors.csv)",
-        "",
         markdown_table(
             ["type", *sizes],
             [
-                [
-                    name,
-                    *(
-                        f"{_signed(cost[name, size][0])} / {_signed(cost[name, size][1])}"
-                        for size in sizes
-                    ),
-                ]
+                [name, *(" / ".join(map(_signed, cost[name, size])) for size in sizes)]
                 for name in ERROR_TYPES
             ],
         ),
-        "",
         f"Objects found by {run_name} only: {run_only}; by {baseline_name} only: "
         f"{baseline_only} (summed over the seed pairs, at score >= {mine.score_threshold:g}; "
         f"{len(result.images)} images differ, listed in comparison_images.csv).",
-        "",
         f"Figures: comparison.png; found_by_one_side.png (the first seed pair's images where "
         f"they differ most: objects found by {run_name} only in red, by {baseline_name} only in "
         "blue, the others in green). Tables: comparison_classes.csv, "
         "comparison_sizes.csv, comparison_errors.csv, comparison_images.csv.",
     ]
-    return "\n".join(lines), files
+    return "\n\n".join(sections), files
