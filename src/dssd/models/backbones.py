@@ -1,20 +1,4 @@
-"""ResNet trunks with the DSSD paper's surgery.
-
-DSSD (and the ResNet SSD baseline) uses a ResNet as the encoder with two changes that keep the
-feature maps at the resolutions of the paper's Table 2:
-
-* the stem's max-pool is 3x3 / stride 2 with *no padding* and ceil rounding, as in the released
-  Caffe model (torchvision pads by 1, which gives 321 -> 41 instead of 40);
-* conv5_x keeps stride 16: its stride-2 convolutions become stride 1 and its 3x3 convolutions are
-  dilated by 2, so the receptive field still grows.
-
-The backbone returns the two source maps the detector predicts from: the last block of conv3_x
-(stride 8) and of conv5_x (stride 16); :class:`TorchvisionBackbone` gives newer torchvision
-networks (MobileNetV3, ConvNeXt) the same contract. ``width`` narrows a ResNet for the CPU-sized
-models on the embedded data (docs/reproducing.md, the network search). Every backbone starts from
-scratch, from torchvision's ImageNet weights in the torch hub cache (``pretrained``) or from a
-local state-dict file (``weights``, see :func:`load_weights_file`).
-"""
+"""Backbones returning the stride-8 and stride-16 source maps, and their weight loading."""
 
 from __future__ import annotations
 
@@ -47,21 +31,16 @@ RESNET_DEPTHS = tuple(_BLOCKS)
 
 
 class PretrainedWeightsNotFoundError(UserError, FileNotFoundError):
-    """Raised when ImageNet weights or a weights file are asked for but are not on disk (no
-    download here)."""
+    """ImageNet weights or a weights file were asked for but are not on disk (no download)."""
 
 
 def load_imagenet_weights(
     model: nn.Module, arch: str, skip_prefixes: tuple[str, ...] = ("fc.",)
 ) -> None:
-    """Load torchvision's ImageNet weights for ``arch`` from the local torch hub cache.
-
-    The weights are never downloaded implicitly: a cluster node or CI box often has no internet,
-    and a silent multi-hundred-MB download in the middle of a launch is worse than a clear error.
-    """
+    """Load torchvision's ImageNet weights for ``arch`` from the local torch hub cache, never
+    downloaded: a node without internet should get a clear error, not a silent download."""
     weights = torchvision.models.get_model_weights(arch).DEFAULT
-    file_name = Path(weights.url).name
-    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not path.is_file():
         raise PretrainedWeightsNotFoundError(
             f"ImageNet weights for {arch} not found at {path}.\n"
@@ -86,19 +65,9 @@ def load_weights_file(
     own_prefixes: Mapping[str, str],
     skip_prefixes: tuple[str, ...] = (),
 ) -> None:
-    """Load a local state-dict file into ``model``, the torchvision ``arch`` a backbone is cut from.
-
-    The file holds a bare state dict, or a dict with one under ``"state_dict"`` or ``"model"``.
-    Its keys follow torchvision's naming for ``arch`` (``conv1.weight``, ``layer1.0.conv1.weight``,
-    ...) or the backbone's own (its ``state_dict()`` keys); the naming that matches more keys wins.
-    ``own_prefixes`` maps the backbone's key prefixes to torchvision's (``"stem.0." -> "conv1."``).
-    Keys under ``skip_prefixes`` (torchvision's naming: the classifier, stages the backbone does
-    not use) are ignored on both sides.
-
-    Logs how many tensors were loaded and which were missing or unexpected; raises a
-    :class:`UserError` naming the file when a tensor's shape does not fit or nothing matches, and
-    :class:`PretrainedWeightsNotFoundError` when the file is not there.
-    """
+    """Load a local state-dict file (bare or under ``"state_dict"`` or ``"model"``) into ``model``,
+    the torchvision ``arch`` a backbone is cut from, in torchvision's naming or the backbone's own
+    (``own_prefixes`` -> torchvision's), whichever matches more; ignoring ``skip_prefixes``."""
     file = Path(path).expanduser()
     if not file.is_file():
         where = "" if file.is_absolute() else f" (absolute path: {file.absolute()})"
@@ -110,36 +79,27 @@ def load_weights_file(
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights_only errors alike
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first_line = (str(err).strip().splitlines() or [""])[0]
         raise UserError(
             f"cannot read backbone weights {file} as a state dict "
             f"({type(err).__name__}: {first_line}); save one with "
             "torch.save(model.state_dict(), path)"
         ) from err
     if isinstance(loaded, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(loaded.get(key), Mapping):
-                loaded = loaded[key]
-                break
+        inner = [loaded[k] for k in ("state_dict", "model") if isinstance(loaded.get(k), Mapping)]
+        loaded = inner[0] if inner else loaded
     if not isinstance(loaded, Mapping):
         raise UserError(f"backbone weights {file} hold a {type(loaded).__name__}, not a state dict")
     state = {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, Tensor)}
 
     network = {k: v for k, v in model.state_dict().items() if not k.startswith(skip_prefixes)}
-
-    def from_own(key: str) -> str | None:
-        for own, theirs in own_prefixes.items():
-            if key.startswith(own):
-                return theirs + key[len(own) :]
-        return None
+    to_theirs = {k: _renamed(k, own_prefixes) for k in state}
+    back = {theirs: own for own, theirs in own_prefixes.items()}
 
     def to_own(key: str) -> str:
-        for own, theirs in own_prefixes.items():
-            if key.startswith(theirs):
-                return own + key[len(theirs) :]
-        return key
+        return _renamed(key, back) or key
 
-    own_hits = sum(from_own(k) in network for k in state)
+    own_hits = sum(n in network for n in to_theirs.values())
     torchvision_hits = sum(k in network for k in state)
     if not own_hits and not torchvision_hits:
         examples = list(network)[:2]
@@ -152,12 +112,11 @@ def load_weights_file(
     own_naming = own_hits > torchvision_hits
     naming = "the backbone's own" if own_naming else f"torchvision's {arch}"
     # file key -> the network's (torchvision) key, or None where the network has no such tensor
-    names = {k: from_own(k) if own_naming else k for k in state}
+    names = to_theirs if own_naming else {k: k for k in state}
     ignored = [k for k, n in names.items() if n is not None and n.startswith(skip_prefixes)]
     matched = {k: n for k, n in names.items() if n in network}
     unexpected = [k for k in state if k not in matched and k not in ignored]
     loaded_names = set(matched.values())
-    # in the file's naming
     missing = [to_own(n) if own_naming else n for n in network if n not in loaded_names]
 
     misfits = [k for k, n in matched.items() if state[k].shape != network[n].shape]
@@ -172,24 +131,23 @@ def load_weights_file(
             f"width or architecture?)\n{listing}"
         )
     model.load_state_dict({matched[k]: state[k] for k in matched}, strict=False)
+    counts = f"{_count(missing, 'missing')}; {_count(unexpected, 'unexpected')}; {len(ignored)}"
     log.info(
-        "loaded %d tensors from %s (%s naming); %d missing%s; %d unexpected%s; %d ignored",
-        len(matched),
-        file,
-        naming,
-        len(missing),
-        _first_few(missing),
-        len(unexpected),
-        _first_few(unexpected),
-        len(ignored),
+        "loaded %d tensors from %s (%s naming); %s ignored", len(matched), file, naming, counts
     )
 
 
-def _first_few(names: list[str], count: int = 5) -> str:
-    if not names:
-        return ""
-    more = f", ... ({len(names) - count} more)" if len(names) > count else ""
-    return f" ({', '.join(names[:count])}{more})"
+def _renamed(key: str, prefixes: Mapping[str, str]) -> str | None:
+    """``key`` with the first of ``prefixes`` it starts with replaced by its value, else None."""
+    return next(
+        (new + key[len(old) :] for old, new in prefixes.items() if key.startswith(old)), None
+    )
+
+
+def _count(names: list[str], what: str, shown: int = 5) -> str:
+    """``"2 missing (a, b)"``: how many names, and the first few."""
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return f"{len(names)} {what} ({', '.join(names[:shown])}{more})" if names else f"0 {what}"
 
 
 def check_weight_choice(pretrained: bool, weights: str | os.PathLike[str] | None) -> None:
@@ -202,9 +160,8 @@ def check_weight_choice(pretrained: bool, weights: str | os.PathLike[str] | None
 
 
 class _ScaledResNet(torchvision.models.ResNet):
-    """torchvision's ResNet with ``width`` channels after the stem instead of 64, and every
-    later stage scaled alike (conv3_x: 2 x width, ..., conv5_x: 8 x width, times the block's
-    expansion)."""
+    """torchvision's ResNet with ``width`` channels after the stem instead of 64, every later
+    stage scaled alike (conv5_x: 8 x width, times the block's expansion)."""
 
     def __init__(self, block: type[nn.Module], layers: list[int], width: int) -> None:
         self.width = width
@@ -213,41 +170,26 @@ class _ScaledResNet(torchvision.models.ResNet):
         self.bn1 = nn.BatchNorm2d(width)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
 
-    def _make_layer(
-        self,
-        block: type[nn.Module],
-        planes: int,
-        blocks: int,
-        stride: int = 1,
-        dilate: bool = False,
-    ) -> nn.Sequential:
+    def _make_layer(self, block: type[nn.Module], planes: int, *args, **kwargs) -> nn.Sequential:
         if planes == 64:  # conv2_x: its input is the stem's output
             self.inplanes = self.width
-        return super()._make_layer(block, planes * self.width // 64, blocks, stride, dilate)
+        return super()._make_layer(block, planes * self.width // 64, *args, **kwargs)
 
 
 # ResNetBackbone's key prefixes -> torchvision's
 _RESNET_OWN_PREFIXES = {
     "stem.0.": "conv1.",
     "stem.1.": "bn1.",
-    "conv2.": "layer1.",
-    "conv3.": "layer2.",
-    "conv4.": "layer3.",
-    "conv5.": "layer4.",
+    **{f"conv{i + 1}.": f"layer{i}." for i in range(1, 5)},
 }
 
 
 class ResNetBackbone(nn.Module):
-    """ResNet-{18,34,50,101,152} encoder returning the conv3_x and conv5_x source maps.
-
-    Args:
-        depth: 18, 34, 50, 101 or 152.
-        pretrained: start from torchvision's ImageNet weights (torch hub cache; width 64 only).
-        width: channels after the stem (64: the paper's ResNets).
-        weights: a local state-dict file to start from instead, in torchvision's naming for the
-            ResNet (``fc.*`` is ignored) or this backbone's; any width (see
-            :func:`load_weights_file`).
-    """
+    """ResNet-``depth`` encoder returning the conv3_x and conv5_x maps, with DSSD's surgery for the
+    paper's Table 2: the stem's max-pool is 3x3/2 unpadded with ceil rounding as in the released
+    Caffe model (torchvision's gives 321 -> 41, not 40); conv5_x keeps stride 16, its 3x3 convs
+    dilated by 2. ``width``: channels after the stem (64: the paper's). ``pretrained``: ImageNet
+    weights (width 64 only); ``weights``: a local file, in torchvision's naming or its own."""
 
     def __init__(
         self,
@@ -278,83 +220,55 @@ class ResNetBackbone(nn.Module):
         elif weights is not None:
             load_weights_file(resnet, weights, arch, _RESNET_OWN_PREFIXES, skip_prefixes=("fc.",))
 
-        resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-        _dilate_stage(resnet.layer4, dilation=2)
-
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        for conv in resnet.layer4.modules():  # conv5_x: stride 1, 3x3 convolutions dilated by 2
+            if isinstance(conv, nn.Conv2d):
+                conv.stride = (1, 1)
+                if conv.kernel_size == (3, 3):
+                    conv.dilation = conv.padding = (2, 2)
+        pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, pool)
         self.conv2 = resnet.layer1
         self.conv3 = resnet.layer2
         self.conv4 = resnet.layer3
         self.conv5 = resnet.layer4
-        expansion = 4 if depth >= 50 else 1
+        expansion = _BLOCKS[depth][0].expansion
         self.out_channels: list[int] = [2 * width * expansion, 8 * width * expansion]
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.conv2(self.stem(x))
-        c3 = self.conv3(x)
-        c5 = self.conv5(self.conv4(c3))
-        return [c3, c5]
-
-
-def _dilate_stage(stage: nn.Module, dilation: int) -> None:
-    """Turn a stride-2 ResNet stage into a stride-1 stage with dilated 3x3 convolutions."""
-    for module in stage.modules():
-        if not isinstance(module, nn.Conv2d):
-            continue
-        module.stride = (1, 1)
-        if module.kernel_size == (3, 3):
-            module.dilation = (dilation, dilation)
-            module.padding = (dilation, dilation)
+        c3 = self.conv3(self.conv2(self.stem(x)))
+        return [c3, self.conv5(self.conv4(c3))]
 
 
 @dataclass(frozen=True)
 class _TorchvisionSpec:
     """How to cut a torchvision classifier into a stride-8 / stride-16 backbone."""
 
-    # graph nodes (get_graph_node_names) of the stride-8 and the stride-16 source map
-    nodes: tuple[str, str]
+    nodes: tuple[str, str]  # graph nodes (get_graph_node_names) of the two source maps
     out_channels: tuple[int, int]
-    # torchvision key prefixes the backbone does not use
-    unused: tuple[str, ...]
+    unused: tuple[str, ...]  # torchvision key prefixes the backbone does not use
     kwargs: dict[str, object] = field(default_factory=dict)
 
 
 _TORCHVISION_BACKBONES = {
-    # features.6: the last stride-8 block (its residual add); features.16: the final 1x1 conv
+    # the last stride-8 block (its residual add) and the final 1x1 conv
     "mobilenet_v3_large": _TorchvisionSpec(
-        nodes=("features.6.add", "features.16"),
-        out_channels=(40, 960),
-        unused=("classifier.",),
-        kwargs={"dilated": True},
+        ("features.6.add", "features.16"), (40, 960), ("classifier.",), {"dilated": True}
     ),
-    # features.3 / features.5: the stride-8 / stride-16 stages (their last block's residual add)
+    # the stride-8 and stride-16 stages (their last block's residual add)
     "convnext_tiny": _TorchvisionSpec(
-        nodes=("features.3.2.add", "features.5.8.add"),
-        out_channels=(192, 384),
-        unused=("classifier.", "features.6.", "features.7."),
+        ("features.3.2.add", "features.5.8.add"),
+        (192, 384),
+        ("classifier.", "features.6.", "features.7."),
     ),
 }
 TORCHVISION_BACKBONES = tuple(_TORCHVISION_BACKBONES)
 
 
 class TorchvisionBackbone(nn.Module):
-    """A torchvision classifier cut into a stride-8 and a stride-16 source map.
-
-    * ``mobilenet_v3_large``: built with ``dilated=True`` (the last stage keeps stride 16 with
-      dilated convolutions); sources: the last stride-8 block (40 channels) and the final 1x1
-      conv (960 channels, stride 16).
-    * ``convnext_tiny``: sources: the stride-8 stage (192 channels) and the stride-16 stage (384
-      channels); the stride-32 stage (and its downsampling layer) is not used. Its stem is a 4x4
-      stride-4 patchify conv without padding, so the maps are floor(S / 8) and floor(S / 16)
-      (321 -> 40, 20); torchvision's stochastic depth (0.1) stays on in training.
-
-    Args:
-        name: one of :data:`TORCHVISION_BACKBONES`.
-        pretrained: start from torchvision's ImageNet weights (torch hub cache, never downloaded).
-        weights: a local state-dict file to start from instead, in torchvision's naming for
-            ``name`` or this backbone's (``body.`` + torchvision's); see
-            :func:`load_weights_file`.
-    """
+    """A torchvision classifier (:data:`TORCHVISION_BACKBONES`) cut into a stride-8 and a stride-16
+    map, weights as for :class:`ResNetBackbone` (own naming: ``body.`` + torchvision's). MobileNetV3
+    is built ``dilated`` (stride 16 at the end); ConvNeXt drops its stride-32 stage, its 4x4/4 stem
+    gives maps of floor(S / 8), floor(S / 16) (321 -> 40, 20); its stochastic depth stays on."""
 
     def __init__(
         self,
@@ -386,14 +300,10 @@ class TorchvisionBackbone(nn.Module):
         return [maps["stride8"], maps["stride16"]]
 
     def __deepcopy__(self, memo: dict[int, object]) -> TorchvisionBackbone:
-        # torchvision's feature extractor comes out of a deep copy in training mode whatever
-        # mode it was in (its __deepcopy__ re-runs its __init__, which calls train()): copy as
-        # nn.Module does, then put back the extractor's graph and every module's mode.
+        # torchvision's extractor comes out of a deep copy in training mode: put every mode back
         copied = type(self).__new__(type(self))
         memo[id(self)] = copied
         copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
-        copied.body.train(self.body.training)
-        modes = {name: module.training for name, module in self.named_modules()}
-        for name, module in copied.named_modules():
-            module.training = modes[name]
+        for original, module in zip(self.modules(), copied.modules(), strict=True):
+            module.training = original.training
         return copied

@@ -14,23 +14,15 @@ def conv_bn(
     relu: bool = True,
 ) -> nn.Sequential:
     """Convolution (no bias) followed by batch norm and, optionally, ReLU."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+    activation = [nn.ReLU(inplace=True)] if relu else []
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), *activation)
 
 
 class ResidualBottleneck(nn.Module):
-    """``k x k/s -> m x m -> 1x1`` bottleneck with BN after each conv, plus a skip, then ReLU.
-
-    The first convolution and the skip carry the block's kernel ``k`` and stride ``s`` with no
-    padding (SSD's extra layers shrink maps this way); the middle one is ``m x m`` with "same"
-    padding. The skip is a ``k x k/s`` projection (conv + BN) or, with ``projection=False``, the
-    identity (then the block keeps the channel count and the map size).
-    """
+    """``k x k/s -> m x m -> 1x1`` bottleneck, BN after each conv, plus a skip, then ReLU: the first
+    conv and the projection skip (conv + BN; identity with ``projection=False``) are ``k x k/s``
+    unpadded (how SSD's extra layers shrink maps), the middle one "same"-padded."""
 
     def __init__(
         self,
@@ -50,11 +42,9 @@ class ResidualBottleneck(nn.Module):
             conv_bn(mid_channels, mid_channels, mid_kernel_size, padding=mid_kernel_size // 2),
             conv_bn(mid_channels, out_channels, 1, relu=False),
         )
-        self.skip = (
-            conv_bn(in_channels, out_channels, kernel_size, stride, relu=False)
-            if projection
-            else nn.Identity()
-        )
+        self.skip: nn.Module = nn.Identity()
+        if projection:
+            self.skip = conv_bn(in_channels, out_channels, kernel_size, stride, relu=False)
         self.relu = nn.ReLU(inplace=True)
         self.out_channels = out_channels
 

@@ -13,14 +13,9 @@ UPSAMPLING = ("deconv", "bilinear")
 
 
 def transposed_conv_shape(in_size: int, out_size: int) -> tuple[int, int, int]:
-    """Kernel, stride and padding of a transposed convolution mapping ``in_size`` to
-    ``out_size``: ``out = (in - 1) * stride - 2 * padding + kernel``.
-
-    Without padding where the kernel stays small: doubling gives 2/2, and 1 -> 3 or 3 -> 5 give
-    a 3x3/1 kernel (the paper's 321 and 513 decoders). Where that kernel would be larger than 3
-    (an odd map just under twice the size, e.g. 21 -> 41 behind a backbone that rounds up), the
-    stride goes up by one and a padding of 1 or more keeps the kernel at 2 or 3.
-    """
+    """Kernel, stride, padding of a transposed conv mapping ``in_size`` to ``out_size``: unpadded
+    while the kernel stays <= 3 (2/2 doubles; 1 -> 3, 3 -> 5: 3x3/1 as in the paper), else (e.g.
+    21 -> 41) one more stride and the padding that keeps the kernel at 2-3."""
     if out_size <= in_size:
         raise ValueError(f"the decoder must grow the map, got {in_size} -> {out_size}")
     stride = max(1, out_size // in_size) if in_size > 1 else 1
@@ -34,12 +29,9 @@ def transposed_conv_shape(in_size: int, out_size: int) -> tuple[int, int, int]:
 
 
 class DeconvolutionModule(nn.Module):
-    """Join a coarse decoder map with the encoder map of the next size up (Figure 3).
-
-    decoder path: upsample (learned transposed conv, or bilinear) -> 3x3 conv -> BN;
-    encoder path: 3x3 conv -> BN -> ReLU -> 3x3 conv -> BN;
-    fusion: element-wise product (the paper's best) or sum, then ReLU.
-    """
+    """Join a coarse decoder map with the encoder map of the next size up (Figure 3): upsample
+    (transposed conv, or bilinear) -> 3x3 conv -> BN, times (the paper's best) or plus the encoder
+    map's 3x3 conv -> BN -> ReLU -> 3x3 conv -> BN, then ReLU."""
 
     def __init__(
         self,
@@ -58,10 +50,8 @@ class DeconvolutionModule(nn.Module):
             raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
         self.fusion = fusion
         if upsample == "deconv":
-            kernel, stride, padding = transposed_conv_shape(decoder_size, encoder_size)
-            self.upsample: nn.Module = nn.ConvTranspose2d(
-                decoder_channels, channels, kernel, stride, padding
-            )
+            shape = transposed_conv_shape(decoder_size, encoder_size)  # kernel, stride, padding
+            self.upsample: nn.Module = nn.ConvTranspose2d(decoder_channels, channels, *shape)
             up_channels = channels
         else:
             self.upsample = nn.Upsample(size=encoder_size, mode="bilinear", align_corners=False)
@@ -81,17 +71,9 @@ class DeconvolutionModule(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The DSSD decoder (the ``dssd`` neck): starts at the coarsest encoder map and climbs back to
-    the largest with one deconvolution module per step.
-
-    Returns the fused maps (``channels`` each), largest first, followed by the coarsest encoder
-    map: the maps that DSSD predicts from.
-
-    Args:
-        in_channels, sizes: the encoder maps' channels and sizes, largest first.
-        channels, fusion, upsample: of every :class:`DeconvolutionModule` (the paper: 512,
-            ``prod``, ``deconv``).
-    """
+    """The DSSD decoder (``dssd`` neck): from the coarsest encoder map (channels and sizes largest
+    first) back to the largest, one :class:`DeconvolutionModule` per step, it returns the fused
+    maps, largest first, then the coarsest encoder map: DSSD's sources."""
 
     def __init__(
         self,
@@ -102,22 +84,20 @@ class Decoder(nn.Module):
         upsample: str = "deconv",
     ) -> None:
         super().__init__()
-        modules = []
-        decoder_channels = in_channels[-1]
-        for k in reversed(range(len(in_channels) - 1)):
-            module = DeconvolutionModule(
-                decoder_channels,
+        steps = len(in_channels) - 1
+        self.modules_coarse_to_fine = nn.ModuleList(
+            DeconvolutionModule(
+                in_channels[-1] if k == steps - 1 else channels,  # the coarsest map, or fused
                 in_channels[k],
                 sizes[k + 1],
                 sizes[k],
-                channels=channels,
-                fusion=fusion,
-                upsample=upsample,
+                channels,
+                fusion,
+                upsample,
             )
-            modules.append(module)
-            decoder_channels = module.out_channels
-        self.modules_coarse_to_fine = nn.ModuleList(modules)
-        self.out_channels: list[int] = [channels] * len(modules) + [in_channels[-1]]
+            for k in reversed(range(steps))
+        )
+        self.out_channels: list[int] = [channels] * steps + [in_channels[-1]]
 
     def forward(self, encoder_maps: Sequence[Tensor]) -> list[Tensor]:
         maps = [encoder_maps[-1]]  # the coarsest encoder map, then each fused map

@@ -10,20 +10,10 @@ from torch import Tensor
 
 
 class DefaultBoxes:
-    """Generates the default boxes for a list of square source maps.
-
-    On source ``k`` with map size ``f_k`` and scale ``s_k`` (fraction of the input), every location
-    ``(i, j)`` gets boxes centred at ``((j + 0.5) / f_k, (i + 0.5) / f_k)``: a square of side
-    ``s_k``, a square of side ``sqrt(s_k * s_{k+1})``, and for every aspect ratio ``a`` a box of
-    size ``(s_k sqrt(a), s_k / sqrt(a))`` and its flip. With DSSD's ratios {1.6, 2, 3} that is 8
-    boxes per location. Boxes are not clipped to the image (as in the paper).
-
-    Args:
-        scales: ``num_sources + 1`` scales; the last one only sizes the extra square of the
-            last map.
-        aspect_ratios: the ratios other than 1 (flips are added): one list shared by all sources
-            (DSSD) or one list per source (SSD300's {2} / {2, 3}).
-    """
+    """The default boxes of square source maps: at each location ``(i, j)`` of source ``k`` (size
+    ``f_k``, scale ``s_k``), centred at ``((j + 0.5) / f_k, (i + 0.5) / f_k)``, squares of side
+    ``s_k`` and ``sqrt(s_k * s_{k+1})`` and per aspect ratio ``a`` (shared, or per source) a
+    ``(s_k sqrt(a), s_k / sqrt(a))`` box and its flip; not clipped to the image, as in the paper."""
 
     def __init__(
         self,
@@ -52,8 +42,7 @@ class DefaultBoxes:
         """Widths and heights of the boxes at one location of source ``k``."""
         s, s_next = self.scales[k], self.scales[k + 1]
         shapes = [(s, s), (math.sqrt(s * s_next),) * 2]
-        for a in self.aspect_ratios[k]:
-            r = math.sqrt(a)
+        for r in map(math.sqrt, self.aspect_ratios[k]):
             shapes += [(s * r, s / r), (s / r, s * r)]
         return shapes
 

@@ -24,16 +24,9 @@ class BlockChain(nn.Module):
 
 
 class ExtraLayers(BlockChain):
-    """A chain of residual bottlenecks ``k x k/s -> 3x3 -> 1x1`` with ``k x k/s`` projection skips.
-
-    Each block maps an ``n x n`` map to ``floor((n - k) / s) + 1`` (the paper's
-    20 -> 10 -> 5 -> 3 -> 1 at 321); every block's output is a source map.
-
-    Args:
-        in_channels: channels of the last backbone map.
-        layers: ``(kernel, stride)`` of each block.
-        mid_channels, out_channels: block widths (256 and 1024 in the paper).
-    """
+    """Residual bottlenecks ``k x k/s -> 3x3 -> 1x1`` with ``k x k/s`` projection skips, one per
+    ``(kernel, stride)`` of ``layers``, each mapping ``n x n`` to ``floor((n - k) / s) + 1`` (the
+    paper's 20 -> 10 -> 5 -> 3 -> 1 at 321, with 256 mid and 1024 out channels) as a source map."""
 
     def __init__(
         self,
@@ -43,11 +36,8 @@ class ExtraLayers(BlockChain):
         out_channels: int = 1024,
     ) -> None:
         super().__init__()
-        blocks = []
-        for kernel_size, stride in layers:
-            blocks.append(
-                ResidualBottleneck(in_channels, mid_channels, out_channels, kernel_size, stride)
-            )
-            in_channels = out_channels
-        self.blocks = nn.ModuleList(blocks)
-        self.out_channels = [out_channels] * len(blocks)
+        self.blocks = nn.ModuleList(
+            ResidualBottleneck(out_channels if i else in_channels, mid_channels, out_channels, k, s)
+            for i, (k, s) in enumerate(layers)
+        )
+        self.out_channels = [out_channels] * len(layers)

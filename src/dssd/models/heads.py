@@ -9,13 +9,9 @@ from torch import Tensor, nn
 
 
 class PredictionHeads(nn.Module):
-    """One 3x3 (or k x k) loc conv and one conf conv per source map, with bias and no BN.
-
-    ``kernel_sizes``: one size for every map, or a list for the maps from the largest on, its last
-    value repeated for the remaining ones (``[5, 5, 3]``: the released DSSD code's 5, 5, 3, 3, ...
-    on any number of maps). Outputs are flattened in the order source, row, column, box, matching
-    :class:`~dssd.models.default_boxes.DefaultBoxes`.
-    """
+    """A loc and a conf conv (bias, no BN) per source map, outputs flattened by source, row,
+    column, box as :class:`~dssd.models.default_boxes.DefaultBoxes`. ``kernel_sizes``: one, or
+    per map from the largest, the last repeated (``[5, 5, 3]``: the released DSSD code's)."""
 
     def __init__(
         self,
@@ -25,16 +21,13 @@ class PredictionHeads(nn.Module):
         kernel_sizes: Sequence[int] | int = 3,
     ) -> None:
         super().__init__()
+        sources = len(in_channels)
         kernel_sizes = [kernel_sizes] if isinstance(kernel_sizes, int) else list(kernel_sizes)
-        if not 1 <= len(kernel_sizes) <= len(in_channels):
-            raise ValueError(
-                f"got {len(kernel_sizes)} head kernel sizes for {len(in_channels)} source maps"
-            )
-        kernel_sizes += kernel_sizes[-1:] * (len(in_channels) - len(kernel_sizes))
-        if len(boxes_per_location) != len(in_channels):
-            raise ValueError(
-                f"got {len(boxes_per_location)} box counts for {len(in_channels)} source maps"
-            )
+        if not 1 <= len(kernel_sizes) <= sources:
+            raise ValueError(f"got {len(kernel_sizes)} head kernel sizes for {sources} source maps")
+        kernel_sizes += kernel_sizes[-1:] * (sources - len(kernel_sizes))
+        if len(boxes_per_location) != sources:
+            raise ValueError(f"got {len(boxes_per_location)} box counts for {sources} source maps")
         self.num_outputs = num_classes + 1  # + background
         self.loc = nn.ModuleList()
         self.conf = nn.ModuleList()

@@ -1,16 +1,9 @@
 """Necks that followed DSSD's decoder: FPN, PANet and BiFPN, as choices of the ``neck`` group.
 
-A neck sits between the encoder (backbone + extra layers) and the prediction modules. Every neck
-here is built as ``neck(in_channels, sizes, channels)`` from the encoder maps' channels and
-sizes (largest first) and the width of its output maps, returns as many maps as it is given, at
-the same sizes, and exposes ``out_channels``; so the prediction modules, heads and default boxes
-are the same whichever neck feeds them. DSSD's own decoder
-(:class:`~dssd.models.deconvolution.Decoder`) has the same signature.
-
-SSD's maps are not all halves of each other (321: 40, 20, 10, 5, 3, 1), so every 2x step is
-sized per level: up by nearest interpolation to the target size (as torchvision's FPN does) and
-down by a 3x3 stride-2 convolution or max-pool whose padding gives the target size.
-"""
+Each is built like :class:`~dssd.models.deconvolution.Decoder`, ``neck(in_channels, sizes,
+channels)`` from the encoder maps (largest first), and returns as many maps of the same sizes; as
+SSD's maps are not all halves (321: 40, 20, 10, 5, 3, 1), a step up interpolates to the target
+size (nearest), a step down is a 3x3/2 window padded to give it."""
 
 from __future__ import annotations
 
@@ -24,8 +17,7 @@ from torchvision.ops import FeaturePyramidNetwork
 
 
 def stride2_padding(in_size: int, out_size: int) -> int:
-    """Padding of a 3x3 stride-2 window that maps ``in_size`` to ``out_size`` (1 for a halving,
-    0 for e.g. 3 -> 1)."""
+    """Padding of a 3x3/2 window mapping ``in_size`` to ``out_size`` (1 to halve, 0 for 3 -> 1)."""
     for padding in (1, 0):
         if (in_size + 2 * padding - 3) // 2 + 1 == out_size:
             return padding
@@ -46,11 +38,8 @@ class FPN(nn.Module):
 
 
 class PANet(nn.Module):
-    """FPN followed by PANet's bottom-up path augmentation (Liu et al. 2018, Figure 1b).
-
-    ``N_0 = P_0``; ``N_{i+1} = ReLU(conv3x3(ReLU(conv3x3/2(N_i)) + P_{i+1}))``: a short path from
-    the finest map back to every coarser one.
-    """
+    """FPN, then PANet's bottom-up path augmentation (Liu et al. 2018, Figure 1b), a short path
+    from ``N_0 = P_0``: ``N_{i+1} = ReLU(conv3x3(ReLU(conv3x3/2(N_i)) + P_{i+1}))``."""
 
     def __init__(self, in_channels: Sequence[int], sizes: Sequence[int], channels: int) -> None:
         super().__init__()

@@ -10,16 +10,9 @@ VARIANTS = ("a", "b", "c", "d")
 
 
 class PredictionModule(nn.Module):
-    """One of the paper's prediction modules (Figure 2, Table 4).
-
-    * ``a``: none — the loc/conf convolutions sit on the source map (plain SSD);
-    * ``b``: one residual bottleneck with an identity skip (keeps the channel count);
-    * ``c``: one residual bottleneck ``mid -> mid -> out`` with a 1x1 projection skip (DSSD's);
-    * ``d``: two stacked ``c`` blocks.
-
-    The figure draws 1x1 convolutions; the released code's middle convolution is 3x3, so
-    ``mid_kernel_size`` is configurable.
-    """
+    """A prediction module of the paper (Figure 2, Table 4): ``a`` none (plain SSD), ``b`` a
+    residual bottleneck with an identity skip, ``c`` one ``mid -> mid -> out`` with a 1x1 projection
+    skip (DSSD's), ``d`` two; ``mid_kernel_size``: 1 as in the figure, 3 in the released code."""
 
     def __init__(
         self,
@@ -33,26 +26,20 @@ class PredictionModule(nn.Module):
         if variant not in VARIANTS:
             raise ValueError(f"prediction module must be one of {VARIANTS}, got {variant!r}")
         self.variant = variant
-        blocks: list[nn.Module] = []
-        if variant == "b":
-            blocks.append(
-                ResidualBottleneck(
-                    in_channels,
-                    mid_channels,
-                    in_channels,
-                    mid_kernel_size=mid_kernel_size,
-                    projection=False,
-                )
-            )
-        for i in range({"c": 1, "d": 2}.get(variant, 0)):
-            channels = in_channels if i == 0 else out_channels
-            blocks.append(
-                ResidualBottleneck(
-                    channels, mid_channels, out_channels, mid_kernel_size=mid_kernel_size
-                )
-            )
-        self.body = nn.Sequential(*blocks)
         self.out_channels = out_channels if variant in ("c", "d") else in_channels
+        inputs = {"a": [], "b": [in_channels], "c": [in_channels], "d": [in_channels, out_channels]}
+        self.body = nn.Sequential(
+            *(
+                ResidualBottleneck(
+                    c,
+                    mid_channels,
+                    self.out_channels,
+                    mid_kernel_size=mid_kernel_size,
+                    projection=variant != "b",
+                )
+                for c in inputs[variant]
+            )
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)

@@ -1,11 +1,4 @@
-"""VGG16 trunk and extra layers of the original SSD300/SSD512 (Liu et al. 2016), the baseline of
-the DSSD paper's Table 3.
-
-Changes to VGG16: pool3 rounds up (75 -> 38 at 300), pool5 is 3x3/1 with padding 1, fc6/fc7
-become convolutions (fc6 3x3 atrous with dilation 6, 1024 channels; fc7 1x1, 1024), and conv4_3 is
-L2-normalised with a learned per-channel scale (initialised to 20) before predictions are made
-from it. Sources: conv4_3 (stride 8) and fc7 (stride 16).
-"""
+"""VGG16 trunk and extra layers of SSD300/SSD512 (Liu et al. 2016), DSSD's Table 3 baseline."""
 
 from __future__ import annotations
 
@@ -33,13 +26,10 @@ class L2Norm(nn.Module):
 
 
 class VGGBackbone(nn.Module):
-    """VGG16 with SSD's atrous fc6/fc7, returning conv4_3 (L2-normalised) and fc7.
-
-    With ``pretrained``, torchvision's ImageNet VGG16 convolution weights are loaded (fc6/fc7
-    start from scratch: SSD's subsampled fully-connected weights are not in torchvision);
-    ``weights`` loads a local file in torchvision's VGG16 naming instead
-    (:func:`~dssd.models.backbones.load_weights_file`).
-    """
+    """VGG16 as in SSD, returning conv4_3 (stride 8, L2-normalised) and fc7 (stride 16): pool3
+    rounds up (75 -> 38 at 300), pool5 is 3x3/1 padded, fc6/fc7 become convolutions (3x3 with
+    dilation 6, then 1x1; 1024 channels). ``pretrained``: torchvision's ImageNet conv weights (not
+    SSD's subsampled fc6/fc7); ``weights``: a local file (torchvision's naming) instead."""
 
     def __init__(self, pretrained: bool = False, weights: str | os.PathLike[str] | None = None):
         super().__init__()
@@ -69,31 +59,23 @@ class VGGBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         c4 = self.conv4_3(x)
-        fc7 = self.fc7(self.conv5(c4))
-        return [self.l2norm(c4), fc7]
+        return [self.l2norm(c4), self.fc7(self.conv5(c4))]
 
 
 class VGGExtraLayers(BlockChain):
-    """SSD's extra layers on VGG: pairs ``1x1 mid -> k x k/s out`` (no BN), each pair a source.
-
-    Args:
-        in_channels: channels of fc7.
-        layers: ``(mid, out, kernel, stride, padding)`` per pair; SSD300 uses
-            (256, 512, 3, 2, 1), (128, 256, 3, 2, 1), (128, 256, 3, 1, 0), (128, 256, 3, 1, 0).
-    """
+    """SSD's extra layers on VGG's fc7 (``in_channels``): pairs ``1x1 mid -> k x k/s out`` (no
+    BN), each a source; ``layers``: ``(mid, out, kernel, stride, padding)`` per pair, SSD300's
+    (256, 512, 3, 2, 1), (128, 256, 3, 2, 1), (128, 256, 3, 1, 0), (128, 256, 3, 1, 0)."""
 
     def __init__(self, in_channels: int, layers: Sequence[Sequence[int]]) -> None:
         super().__init__()
-        blocks = []
-        for mid, out, kernel, stride, padding in layers:
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(in_channels, mid, 1),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(mid, out, kernel, stride, padding),
-                    nn.ReLU(inplace=True),
-                )
-            )
-            in_channels = out
-        self.blocks = nn.ModuleList(blocks)
         self.out_channels = [layer[1] for layer in layers]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(layers[i - 1][1] if i else in_channels, mid, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(mid, out, kernel, stride, padding),
+                nn.ReLU(inplace=True),
+            )
+            for i, (mid, out, kernel, stride, padding) in enumerate(layers)
+        )

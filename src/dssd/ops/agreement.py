@@ -1,17 +1,6 @@
-"""Two code paths' detections on the same images, compared as sets.
-
-Eager PyTorch and an exported graph, batch norms folded or not, one batch size or another: two
-paths that compute one detector differ in the last bits of their scores. Detections are sorted by
-score, so two whose scores nearly tie can swap places, and one whose score or overlap nearly ties
-with a decision of the post-processing (the score threshold, NMS against an overlapping box of its
-class, the per-image cap) can be kept on one side only. A comparison position by position reports
-such cases as large box gaps although both sides are right.
-
-:func:`compare_detections` matches each image's detections one to one instead (same label, boxes
-within ``box_px`` or at IoU >= ``iou``, scores within ``score``) and reports the largest gaps of
-the matched pairs. An unmatched detection is forgiven only when a near-tie at one of those
-decisions explains it (:func:`_tie_explains`); every other one is a disagreement.
-"""
+"""Two code paths' detections on the same images (eager and exported, BN folded or not, ...),
+compared as sets: their scores differ in the last bits, so near-ties can swap detections or keep
+one on one side only, which a position-by-position comparison would report as large gaps."""
 
 from __future__ import annotations
 
@@ -26,30 +15,20 @@ from torchvision.ops import box_iou
 
 from dssd.ops.postprocess import PostProcessor
 
-# how many unexplained detections a report spells out
-SHOWN = 3
-# what a detection of one side is, after matching: matched with one of the other side, explained
-# by a near-tie, unmatched but computed by both sides (a reference detection, or one of the
-# reference's candidates), or unmatched and computed by the other side only
+SHOWN = 3  # how many unexplained detections a report spells out
+# a detection after matching: matched, explained by a near-tie, unmatched but computed by both
+# sides (a reference detection or candidate), or unmatched and computed by the other side only
 MATCHED, TIED, VERIFIED, UNVERIFIED = range(4)
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """What two detections of one label may differ by and still be one detection.
+    """What two detections of one label may differ by and still be one detection."""
 
-    Attributes:
-        box_px: the largest coordinate gap, in the pixels the boxes are given in.
-        score: the largest score gap; also the margin within which two scores count as tied.
-        iou: boxes at least this close also match (their gap is then reported, and fails
-            :attr:`Agreement.agrees` when above ``box_px``).
-        nms_margin: an overlap within this of the NMS threshold may fall on either side of it.
-    """
-
-    box_px: float = 1e-3
-    score: float = 1e-4
-    iou: float = 0.99
-    nms_margin: float = 1e-4
+    box_px: float = 1e-3  # the largest coordinate gap, in the pixels the boxes are given in
+    score: float = 1e-4  # the largest score gap; also the margin within which scores tie
+    iou: float = 0.99  # boxes this close match too (a gap above box_px then fails agrees)
+    nms_margin: float = 1e-4  # an overlap this close to the NMS threshold may fall either side
 
 
 @dataclass
@@ -58,13 +37,10 @@ class Agreement:
 
     tolerance: Tolerance
     matched: int = 0
-    # unmatched detections that a near-tie at a post-processing decision explains
-    tied: int = 0
-    # descriptions of the unexplained ones: the reference's that the other lacks, and the reverse
-    missing: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    # the largest gaps between matched detections
-    box_gap: float = 0.0
+    tied: int = 0  # unmatched detections that a near-tie explains
+    missing: list[str] = field(default_factory=list)  # unexplained ones of the reference
+    extra: list[str] = field(default_factory=list)  # unexplained ones of the other side
+    box_gap: float = 0.0  # the largest gaps between matched detections
     score_gap: float = 0.0
 
     @property
@@ -86,11 +62,12 @@ class Agreement:
 
 @dataclass
 class _Side:
-    """One side's detections of one image, as float64 numpy arrays."""
+    """One side's detections of one image, as float64 numpy arrays, and their states."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    state: np.ndarray | None = None  # MATCHED, ... per detection, once matched
 
     @classmethod
     def of(cls, detections: dict[str, Tensor]) -> _Side:
@@ -108,14 +85,14 @@ class _Side:
         return f"image {image}: label {self.labels[i]} score {self.scores[i]:.4f} at [{box}]"
 
 
-def _iou(a: _Side, b: _Side) -> np.ndarray:
-    return box_iou(torch.from_numpy(a.boxes), torch.from_numpy(b.boxes)).numpy()
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 def _close(a: _Side, b: _Side, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
     """Which pairs of ``a`` x ``b`` may be one detection, and their box gaps."""
     gap = np.abs(a.boxes[:, None, :] - b.boxes[None, :, :]).max(-1, initial=0.0)
-    close = (gap <= tol.box_px) | (_iou(a, b) >= tol.iou)
+    close = (gap <= tol.box_px) | (_iou(a.boxes, b.boxes) >= tol.iou)
     close &= a.labels[:, None] == b.labels[None, :]
     close &= np.abs(a.scores[:, None] - b.scores[None, :]) <= tol.score
     return close, gap
@@ -127,50 +104,35 @@ def _one_to_one(a: _Side, b: _Side, tol: Tolerance) -> tuple[np.ndarray, np.ndar
     close, gap = _close(a, b, tol)
     if not close.any():
         return np.zeros(0, int), np.zeros(0, int), gap
-    cost = np.where(close, gap, gap[close].sum() + 1.0)
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = linear_sum_assignment(np.where(close, gap, gap[close].sum() + 1.0))
     keep = close[rows, cols]
     return rows[keep], cols[keep], gap
 
 
 def _tie_explains(
-    side: _Side,
-    i: int,
-    verified: bool,
-    opposite: _Side,
-    opposite_state: np.ndarray,
-    post: PostProcessor,
-    tol: Tolerance,
+    side: _Side, i: int, opposite: _Side, post: PostProcessor, tol: Tolerance
 ) -> bool:
-    """Whether a near-tie explains why detection ``i`` of ``side`` is missing from ``opposite``
-    (whose detections are each in one of the states above):
-
-    - its score is within ``score`` of the score threshold;
-    - ``opposite`` is full (``max_detections``) and its score ties with the lowest kept there;
-    - both sides computed it (``verified``), and a detection of ``opposite`` of its label that
-      both computed, scored at least as high (to ``score``), overlaps it beyond the NMS threshold
-      (less ``nms_margin``), so may have suppressed it there, where that overlap is at the
-      threshold (to ``nms_margin``); or, for an unmatched one, where the two scores tie (which
-      of the two NMS keeps can flip) or a tie already explains that one (the flip's knock-on
-      effect on the boxes it suppresses).
-    """
+    """Whether a near-tie explains why detection ``i`` of ``side`` is missing from ``opposite``:
+    its score ties with the threshold or with the lowest of a full ``opposite``; or it is
+    ``VERIFIED`` and a detection of ``opposite`` of its label, computed by both sides and scored as
+    high, may have suppressed it: their overlap ties with the NMS IoU, or, for an unmatched one,
+    their scores tie or a tie explains that one."""
     score = side.scores[i]
     if score <= post.score_threshold + tol.score:
         return True
     if len(opposite) >= post.max_detections and score <= opposite.scores.min() + tol.score:
         return True
-    if not verified:
+    if side.state[i] != VERIFIED:
         return False
     same = (opposite.labels == side.labels[i]) & (opposite.scores >= score - tol.score)
-    same &= opposite_state != UNVERIFIED
+    same &= opposite.state != UNVERIFIED
     if not same.any():
         return False
-    single = _Side(side.boxes[i : i + 1], side.scores[i : i + 1], side.labels[i : i + 1])
-    iou = _iou(single, opposite)[0]
+    iou = _iou(side.boxes[i : i + 1], opposite.boxes)[0]
     same &= iou > post.nms_iou - tol.nms_margin
     at_threshold = iou <= post.nms_iou + tol.nms_margin
-    flip = (opposite_state != MATCHED) & (
-        (np.abs(opposite.scores - score) <= tol.score) | (opposite_state == TIED)
+    flip = (opposite.state != MATCHED) & (
+        (np.abs(opposite.scores - score) <= tol.score) | (opposite.state == TIED)
     )
     return bool((same & (at_threshold | flip)).any())
 
@@ -182,15 +144,10 @@ def compare_detections(
     postprocess: PostProcessor | None = None,
     candidates: Sequence[dict[str, Tensor]] | None = None,
 ) -> Agreement:
-    """Compare two lists of per-image detections (dicts of ``boxes`` xyxy, ``scores``,
-    ``labels``) of the same images, as sets: see the module doc.
-
-    ``postprocess``: the settings both sides ran with (score threshold, NMS IoU, per-image cap),
-    which lets a near-tie at one of its decisions explain an unmatched detection. ``candidates``:
-    the reference's detections before NMS and the cap (:meth:`PostProcessor.candidates`), which
-    tell a detection the other side kept at a near-tie (the reference computed it too) from one
-    it made up; without them, only the reference's unmatched detections can be explained by NMS.
-    """
+    """Match two lists of per-image detections (``boxes`` xyxy, ``scores``, ``labels``) one to one,
+    forgiving an unmatched one only when a near-tie at a decision of ``postprocess`` (both sides'
+    settings) explains it. ``candidates`` (:meth:`PostProcessor.candidates` of the reference) tell
+    one kept at a near-tie from one made up: without them only the reference's are explained."""
     if len(reference) != len(other):
         raise ValueError(f"detections of {len(reference)} and {len(other)} images to compare")
     if candidates is not None and len(candidates) != len(reference):
@@ -200,38 +157,27 @@ def compare_detections(
         ref, oth = _Side.of(ours), _Side.of(theirs)
         rows, cols, gap = _one_to_one(ref, oth, tolerance)
         result.matched += len(rows)
-        if len(rows):
-            result.box_gap = max(result.box_gap, float(gap[rows, cols].max()))
-            score_gap = np.abs(ref.scores[rows] - oth.scores[cols]).max()
-            result.score_gap = max(result.score_gap, float(score_gap))
-        computed = np.zeros(len(oth), bool)
-        if candidates is not None:
-            # which of them the reference computed too (one of its candidates)
-            computed = _close(oth, _Side.of(candidates[image]), tolerance)[0].any(1)
-        state = {
-            "ref": np.full(len(ref), VERIFIED),
-            "oth": np.where(computed, VERIFIED, UNVERIFIED),
-        }
-        state["ref"][rows] = MATCHED
-        state["oth"][cols] = MATCHED
-        sides = {"ref": (ref, "oth"), "oth": (oth, "ref")}
+        result.box_gap = max(result.box_gap, float(gap[rows, cols].max(initial=0.0)))
+        score_gap = np.abs(ref.scores[rows] - oth.scores[cols]).max(initial=0.0)
+        result.score_gap = max(result.score_gap, float(score_gap))
+        ref.state = np.full(len(ref), VERIFIED)
+        oth.state = np.full(len(oth), UNVERIFIED)
+        if candidates is not None:  # those the reference computed too
+            oth.state[_close(oth, _Side.of(candidates[image]), tolerance)[0].any(1)] = VERIFIED
+        ref.state[rows] = MATCHED
+        oth.state[cols] = MATCHED
         # a flip's knock-on effects: repeat until no new tie explains a detection
         changed = postprocess is not None
         while changed:
             changed = False
-            for name, (side, opposite) in sides.items():
-                for i in np.flatnonzero(state[name] >= VERIFIED):
-                    verified = state[name][i] == VERIFIED
-                    opp = sides[opposite][0]
-                    if _tie_explains(
-                        side, i, verified, opp, state[opposite], postprocess, tolerance
-                    ):
-                        state[name][i] = TIED
+            for side, opposite in ((ref, oth), (oth, ref)):
+                for i in np.flatnonzero(side.state >= VERIFIED):
+                    if _tie_explains(side, i, opposite, postprocess, tolerance):
+                        side.state[i] = TIED
                         changed = True
-        result.tied += int((state["ref"] == TIED).sum() + (state["oth"] == TIED).sum())
-        for name, out in (("ref", result.missing), ("oth", result.extra)):
-            side = sides[name][0]
-            out += [side.describe(image, i) for i in np.flatnonzero(state[name] >= VERIFIED)]
+        result.tied += int((ref.state == TIED).sum() + (oth.state == TIED).sum())
+        result.missing += [ref.describe(image, i) for i in np.flatnonzero(ref.state >= VERIFIED)]
+        result.extra += [oth.describe(image, i) for i in np.flatnonzero(oth.state >= VERIFIED)]
     return result
 
 
@@ -245,8 +191,7 @@ def compare_with_network(
     tolerance: Tolerance = Tolerance(),
 ) -> Agreement:
     """:func:`compare_detections` of ``other``, another computation's detections of ``images``
-    (original sizes ``orig_sizes``), against those of ``net`` with ``postprocess``, whose
-    candidates it takes too."""
+    (original sizes ``orig_sizes``), against ``net``'s with ``postprocess`` (and its candidates)."""
     loc, conf = net(images)
     reference = postprocess(loc, conf, net.priors, orig_sizes)
     candidates = postprocess.candidates(loc, conf, net.priors, orig_sizes)

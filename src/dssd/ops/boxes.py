@@ -16,16 +16,9 @@ def _area(boxes: Tensor) -> Tensor:
 
 
 def batched_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of every pair of xyxy boxes, image by image.
-
-    Args:
-        boxes1: ``[B, N, 4]``.
-        boxes2: ``[P, 4]`` (shared by all images, e.g. the priors) or ``[B, P, 4]``.
-
-    Returns:
-        ``[B, N, P]``. Same arithmetic as :func:`torchvision.ops.box_iou`, so a zero
-        (padding) box has IoU 0 with any box of positive area.
-    """
+    """IoU ``[B, N, P]`` of xyxy ``boxes1 [B, N, 4]`` and ``boxes2`` (``[P, 4]``, shared by all
+    images like the priors, or ``[B, P, 4]``), with :func:`torchvision.ops.box_iou`'s arithmetic:
+    a zero (padding) box has IoU 0 with any box of positive area."""
     if boxes2.dim() == 2:
         boxes2 = boxes2.unsqueeze(0)
     # one coordinate at a time: contiguous [B, N, P] tensors, no strided [B, N, P, 2] ones
@@ -40,34 +33,20 @@ def batched_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class BoxCoder:
-    """SSD box coding: a box as offsets from its prior (default box), scaled by ``variances``.
-
-    The loss encodes its regression targets and the post-processor decodes the predictions with
-    the same coder, so that both read the offsets alike.
-
-    Attributes:
-        variances: scales of the ``(cx, cy, w, h)`` offsets; SSD's are ``(0.1, 0.1, 0.2, 0.2)``.
-    """
+    """SSD box coding: a box as offsets from its prior, scaled by ``variances`` of ``(cx, cy, w,
+    h)``; the loss encodes and the post-processor decodes with one coder, so both agree."""
 
     variances: Sequence[float] = (0.1, 0.1, 0.2, 0.2)
 
     def __post_init__(self) -> None:
-        # a plain tuple of four floats, whatever sequence the config gives
-        variances = tuple(float(v) for v in self.variances)
+        variances = tuple(float(v) for v in self.variances)  # whatever sequence the config gives
         if len(variances) != 4:
             raise ValueError(f"need 4 variances (cx, cy, w, h), got {variances}")
         object.__setattr__(self, "variances", variances)
 
     def encode(self, boxes: Tensor, priors: Tensor) -> Tensor:
-        """Encode xyxy boxes as offsets from their priors.
-
-        Args:
-            boxes: ``[..., 4]`` xyxy, the box assigned to each prior.
-            priors: ``[..., 4]`` cxcywh, broadcastable with ``boxes``.
-
-        Returns:
-            ``[..., 4]`` regression targets ``((g_c - p_c) / (v * p_wh), log(g_wh / p_wh) / v)``.
-        """
+        """Encode xyxy ``boxes [..., 4]`` as offsets from their cxcywh ``priors`` (broadcastable):
+        ``((g_c - p_c) / (v * p_wh), log(g_wh / p_wh) / v)``."""
         var = priors.new_tensor(self.variances)
         g = box_convert(boxes, "xyxy", "cxcywh")
         cxcy = (g[..., :2] - priors[..., :2]) / (var[:2] * priors[..., 2:])
@@ -85,17 +64,8 @@ class BoxCoder:
 def pad_targets(
     targets: list[dict[str, Tensor]], device: torch.device | str | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Stack variable-length ground truth into padded batch tensors.
-
-    Args:
-        targets: one dict per image with ``"boxes"`` ``[N_i, 4]`` and ``"labels"`` ``[N_i]``.
-        device: where to put the result (default: where the targets are).
-
-    Returns:
-        ``boxes [B, N, 4]`` float32 and ``labels [B, N]`` int64 with ``N = max(1, max N_i)``;
-        padding rows have label 0 (background) and an all-zero box, so that code vectorised
-        over the padded batch can mask them out with ``labels > 0``.
-    """
+    """Stack per-image ``"boxes"`` and ``"labels"`` into ``boxes [B, N, 4]`` float32 and ``labels
+    [B, N]`` int64 (``N = max(1, max N_i)``), padded with label 0 and a zero box."""
     boxes = pad_sequence([t["boxes"].reshape(-1, 4).float() for t in targets], batch_first=True)
     labels = pad_sequence([t["labels"].long() for t in targets], batch_first=True)
     if labels.shape[1] == 0:  # every image is empty: keep one padding row
