@@ -1,10 +1,6 @@
 """Reproduce the paper's Table 4: every row a src/train.py run per seed, then the results table.
 
-python src/ablation.py                        # CPU-sized, embedded data (what `make ablation` runs)
-python src/ablation.py ablation=voc0712_321   # the paper's setting
-python src/ablation.py seeds=[0,1,2]          # every row once per seed (`make ablation SEEDS=3`)
-python src/ablation.py force=[ssd_pm_c]       # rerun a row and the rows that start from it
-python src/ablation.py sweeps=true            # write the rows' W&B sweep files (sweeps/)
+python src/ablation.py [ablation=voc0712_321] [seeds=[0,1,2]] [force=[ssd_pm_c]] [sweeps=true]
 """
 
 import hydra

@@ -1,5 +1,4 @@
-"""Export a checkpoint written by src/train.py as one ONNX or TorchScript file: the BN-folded
-network with box decoding and NMS inside (docs/export.md).
+"""Export a checkpoint of src/train.py as one ONNX or TorchScript file (docs/export.md).
 
 python src/export.py ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt format=onnx
 """

@@ -1,8 +1,6 @@
 """Train a detector, then test it (its final weights, or test_ckpt=best|<file>).
 
-python src/train.py                                  # CPU-sized SSD on the embedded data
-python src/train.py model=ssd321 trainer=gpu         # the paper's SSD321
-python src/train.py --help                           # every config group and option
+python src/train.py [model=ssd321 trainer=gpu]   # (the paper's SSD321; --help: every option)
 """
 
 import hydra

@@ -1,8 +1,5 @@
-"""DSSD / SSD detectors.
-
-``from dssd import Detector`` imports the inference API (and with it torch and Lightning) on
-first use only, so that light modules such as ``dssd.data.shapes`` stay light to import.
-"""
+"""DSSD / SSD detectors. ``from dssd import Detector`` imports the inference API (with torch and
+Lightning) on first use only, so light modules such as ``dssd.data.shapes`` stay light."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""OmegaConf resolvers the configs use, registered by the entry points before composing, the
-check of the training stage that indexes the per-stage lists, and ``conf/train.yaml`` composed
+"""The configs' OmegaConf resolvers, the training stage check, and ``conf/train.yaml`` composed
 outside a Hydra app (for the tools and benchmarks)."""
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from dssd.errors import UserError
 
 
 def training_stage(cfg: DictConfig, table: str = "stages") -> int:
-    """DSSD's training stage ``cfg.stage`` (0 when unset), checked to index the per-stage list
-    ``table``; a :class:`UserError` otherwise."""
+    """DSSD's training stage ``cfg.stage`` (default 0), checked to index the list ``table``."""
     entries = cfg.get(table) or [{}]
     stage = cfg.get("stage", 0)
     if not isinstance(stage, int) or not 0 <= stage < len(entries):
@@ -27,17 +25,12 @@ def training_stage(cfg: DictConfig, table: str = "stages") -> int:
 
 
 def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
-    """``${stage:schedules,lr}``: ``key`` of the current stage's entry in the list ``table``.
-
-    The training stage (``stage=0|1|2``) indexes the per-stage lists ``stages`` (what is trained)
-    and ``schedules`` (for how long, at which LR), so one command-line choice switches them all.
-    """
+    """``${stage:schedules,lr}``: ``key`` of the current stage's entry in the list ``table``."""
     return _root_[table][training_stage(_root_, table)][key]
 
 
 def _run_parts(model: str, root: DictConfig) -> dict[str, str]:
-    """What tells the rows of the paper's ablation (Table 4) and of the necks' table apart: model,
-    PM, neck (DSSD's decoder by its fusion, the others by name), stage."""
+    """What tells the ablations' rows apart: model, PM, neck (DSSD's by its fusion), stage."""
     net = root.model.net
     parts = {"model": model, "pm": OmegaConf.select(net, "prediction_module.variant", default="a")}
     neck = OmegaConf.select(net, "neck._target_", default=None)
@@ -50,16 +43,9 @@ def _run_parts(model: str, root: DictConfig) -> dict[str, str]:
 
 
 def run_name(model: str, _root_: DictConfig) -> str:
-    """``${run_name:${hydra:runtime.choices.model}}``, e.g. ``dssd321-pm_c-prod-stage1`` or
-    ``ssd_r18-pm_c-fpn-stage1``."""
-    parts = _run_parts(model, _root_)
-    words = [
-        parts["model"],
-        f"pm_{parts['pm']}",
-        parts.get("neck"),
-        parts.get("fusion"),
-        f"stage{parts['stage']}",
-    ]
+    """``${run_name:<model>}``, e.g. ``dssd321-pm_c-prod-stage1``, ``ssd_r18-pm_c-fpn-stage1``."""
+    p = _run_parts(model, _root_)
+    words = [p["model"], f"pm_{p['pm']}", p.get("neck"), p.get("fusion"), f"stage{p['stage']}"]
     return "-".join(w for w in words if w)
 
 
@@ -70,9 +56,8 @@ def run_tags(model: str, _root_: DictConfig) -> list[str]:
 
 
 def native_bf16() -> bool:
-    """Whether bf16 arithmetic runs natively here: a CUDA GPU that supports it, or a CPU with
-    AMX or AVX-512 BF16. Elsewhere PyTorch emulates bf16, and autocast makes a CPU-sized run
-    about 10x slower than float32 (measured on an AVX2 CPU) instead of 2-3x faster."""
+    """Whether bf16 runs natively here (a CUDA GPU supporting it, a CPU with AMX or AVX-512 BF16);
+    emulated, autocast is about 10x slower than float32 (AVX2 CPU) instead of 2-3x faster."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
@@ -80,14 +65,12 @@ def native_bf16() -> bool:
 
 
 def fast_precision() -> str:
-    """``${fast_precision:}``: ``bf16-mixed`` where bf16 is native (:func:`native_bf16`), else
-    ``32-true``: the faster of the two on this machine."""
+    """``${fast_precision:}``: the faster here, ``bf16-mixed`` if native, else ``32-true``."""
     return "bf16-mixed" if native_bf16() else "32-true"
 
 
 def register_resolvers() -> None:
-    """Register the resolvers above, ``len`` (``${len:${data.class_names}}``) and ``div``
-    (integer division, ``${div:${stage:schedules,max_steps},4}``)."""
+    """Register the resolvers above, ``len`` and ``div`` (integer division)."""
     resolvers = {
         "len": len,
         "div": lambda a, b: int(a) // int(b),
@@ -103,9 +86,8 @@ def register_resolvers() -> None:
 
 
 def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
-    """``conf/train.yaml`` composed with ``overrides`` (``model=...``, ``neck=...``), not
-    resolved: ``model.net`` and ``data`` can be instantiated from it; what reads
-    ``paths.output_dir`` needs a running Hydra app."""
+    """``conf/train.yaml`` composed with ``overrides``, unresolved: ``model.net`` and ``data``
+    instantiate from it, not what reads ``paths.output_dir`` (needs a running Hydra app)."""
     root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2])))
     register_resolvers()
     with initialize_config_dir(str(root / "conf"), version_base="1.3"):

@@ -1,8 +1,4 @@
-"""Errors that describe a problem with the user's data or configuration, not a bug.
-
-The entry points print their message alone (no traceback) and exit with status 2; set
-``HYDRA_FULL_ERROR=1`` to see the traceback anyway.
-"""
+"""Errors that describe a problem with the user's data or configuration, not a bug."""
 
 from __future__ import annotations
 
@@ -22,11 +18,8 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Report a :class:`UserError` as its message alone and exit with status 2.
-
-    These errors name the file or option at fault and the fix; a traceback through Lightning
-    would only bury that. ``HYDRA_FULL_ERROR=1`` re-raises them with the traceback.
-    """
+    """Report a :class:`UserError` as its message alone (no traceback burying it) and exit with
+    status 2; ``HYDRA_FULL_ERROR=1`` re-raises it with the traceback."""
     try:
         yield
     except UserError as err:

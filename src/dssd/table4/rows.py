@@ -1,5 +1,4 @@
-"""Table 4's rows and their runs: the rows of the config, checked, the seeds, where each run lives
-and what the runner does with it (run, resume or skip)."""
+"""Table 4's rows, seeds and run directories, and what the runner does with each run."""
 
 from __future__ import annotations
 
@@ -17,8 +16,7 @@ from dssd.results.runs import RESULTS_DIR
 
 @dataclass(frozen=True)
 class Row:
-    """One row of Table 4: the overrides of its runs, its stage, the row it starts from and the
-    row it is compared with."""
+    """One row of Table 4: its runs' overrides and stage, the rows it starts from and ablates."""
 
     id: str
     name: str
@@ -72,9 +70,7 @@ def parse_rows(entries: Sequence[Any]) -> list[Row]:
 
 
 def select_rows(rows: Sequence[Row], only: str | Sequence[str] | None) -> list[Row]:
-    """The rows named in ``only`` (one id or a list) and every row they need (the rows they start
-    from and the rows they are compared with, recursively), in table order; all rows when
-    ``only`` is None."""
+    """The rows named in ``only`` (None: all) and, recursively, those they start from and ablate."""
     if only is None:
         return list(rows)
     only = [only] if isinstance(only, str) else list(only)
@@ -125,9 +121,8 @@ def is_done(directory: Path) -> bool:
 def plan(
     rows: Sequence[Row], seeds: Sequence[int], out_dir: Path, force: bool | Sequence[str] = False
 ) -> list[Step]:
-    """Decide each run's action, seed by seed. Forced rows rerun, and so does every row that
-    starts from a row that reruns with the same seed (its starting weights change); done runs
-    are skipped; a run with a ``last.ckpt`` but no results resumes; the others run."""
+    """Each run's action: forced rows and rows starting from a rerun run again, done runs are
+    skipped, runs with a ``last.ckpt`` but no results resume, the others run."""
     if isinstance(force, bool):
         forced = {r.id for r in rows} if force else set()
     else:
@@ -157,8 +152,7 @@ def plan(
 
 
 def row_overrides(row: Row, setting: DictConfig) -> list[str]:
-    """The ``src/train.py`` overrides that make a run of ``row``: the setting's for its net
-    first, then the row's own (so they win) and its stage."""
+    """The ``src/train.py`` overrides of ``row``: the setting's for its net, then its own."""
     return [*setting[row.net], *row.overrides, f"stage={row.stage}"]
 
 
@@ -172,5 +166,6 @@ def add_wall_time(directory: Path, seconds: float, resumed: bool) -> None:
 
 
 def read_run_record(directory: Path) -> dict[str, Any]:
+    """The run's ``ablation.json`` (empty if none)."""
     path = directory / "ablation.json"
     return json.loads(path.read_text()) if path.is_file() else {}

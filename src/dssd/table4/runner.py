@@ -69,25 +69,28 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     seeds = parse_seeds(cfg.seeds)
     force = cfg.force if isinstance(cfg.force, bool) else list(cfg.force)
     steps = plan(rows, seeds, out_dir, force)
-    log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, _plan_text(steps))
+    width = max(len(s.row.id) for s in steps)
+    plan_text = "\n".join(
+        f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
+    )
+    log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, plan_text)
     for number, step in enumerate(steps, 1):
         if step.action == "skip":
             continue
         command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
-        label = f"{step.row.id} seed {step.seed}"
-        log.info(
-            "[%d/%d] %s (%s): %s", number, len(steps), label, step.row.name, shlex.join(command)
-        )
-        directory = run_dir(out_dir, step.row.id, step.seed)
+        row, seed = step.row, step.seed
+        label = f"{row.id} seed {seed}"
+        log.info("[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command))
+        directory = run_dir(out_dir, row.id, seed)
         start = time.perf_counter()
         returncode = subprocess.call(command)
         add_wall_time(directory, time.perf_counter() - start, step.action == "resume")
         if returncode != 0:
             raise UserError(
-                f"row {step.row.id} ({step.row.name}), seed {step.seed}, failed with exit status "
+                f"row {row.id} ({row.name}), seed {seed}, failed with exit status "
                 f"{returncode}; its log is {directory / 'train.log'}. Runs done so far are kept: "
                 "run the same command again to go on (this run resumes from its last.ckpt if it "
-                f"wrote one), or force=[{step.row.id}] to start the row over."
+                f"wrote one), or force=[{row.id}] to start the row over."
             )
     runs = collect(rows, seeds, out_dir)
     num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
@@ -110,17 +113,12 @@ def write_comparisons(
     confidence: float = 0.95,
 ) -> Path:
     """``src/analyze.py`` of every row against the row it ablates, over the paired seeds, into
-    ``<out_dir>/analysis/<row>_vs_<ablated row>/``; an index of them with the AP differences
-    overall and by object size goes to ``<out_dir>/analysis/README.md``."""
+    ``<out_dir>/analysis/<row>_vs_<ablated>/``, indexed with the AP differences in ``README.md``."""
     # files beside the table, which is not logged to W&B either
-    analyser = Analyser(
-        Options(
-            detections=RESULTS_DIR,
-            bootstrap_samples=num_samples,
-            confidence=confidence,
-            wandb=False,
-        )
+    options = Options(
+        detections=RESULTS_DIR, bootstrap_samples=num_samples, confidence=confidence, wandb=False
     )
+    analyser = Analyser(options)
     names = {row.id: row.name for row in rows}
     entries = []
     for row in rows:
@@ -141,10 +139,3 @@ def write_comparisons(
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(comparisons_index(entries, seeds, confidence))
     return index
-
-
-def _plan_text(steps: Sequence[Step]) -> str:
-    width = max(len(s.row.id) for s in steps)
-    return "\n".join(
-        f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
-    )

@@ -1,6 +1,5 @@
-"""Table 4's figures: per run from its ``test_results.json``, per row the mean and spread over
-the seeds, and each row's difference from the row it ablates with a paired-bootstrap interval
-over the test images (:mod:`dssd.evaluation.bootstrap`)."""
+"""Table 4's figures: per run, per row over the seeds, and each row's difference from the row it
+ablates with a paired-bootstrap interval (:mod:`dssd.evaluation.bootstrap`)."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ METRICS = {
 
 
 def collect(rows: Sequence[Row], seeds: Sequence[int], out_dir: Path) -> list[dict[str, Any]]:
-    """One record per run (row and seed) from its ``test_results.json`` (metrics in %, times in
-    minutes), also holding the run's parameter count and name."""
+    """One record per run from its ``test_results.json`` (metrics in %, times in minutes)."""
     records = []
     for row in rows:
         for seed in seeds:
@@ -70,8 +68,8 @@ def validation_curve(history: Sequence[dict[str, float]]) -> list[tuple[int, flo
 
 
 def last_quarter_rise(curve: Sequence[tuple[int, float]]) -> float | None:
-    """How much the curve rose over the last quarter of the run's steps: its last value less its
-    value at the last validation no later than 3/4 of the last step; None without one."""
+    """The curve's rise over the last quarter of the steps: its last value less its last one at
+    no later than 3/4 of the last step; None without one."""
     if not curve:
         return None
     last_step, last_value = curve[-1]
@@ -87,10 +85,9 @@ def summarize(
     num_samples: int = 1000,
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """One record per row: mean and standard deviation over the seeds, and the difference of
-    VOC mAP from the row it ablates with its paired-bootstrap interval over the test images and
-    its p-value, marked significant or not by Holm's correction over the table's differences
-    (family-wise error rate ``1 - confidence``)."""
+    """One record per row: mean and standard deviation over the seeds, and the VOC mAP difference
+    from the row it ablates with its paired-bootstrap interval and p-value, significant or not by
+    Holm's correction over the table (family-wise error rate ``1 - confidence``)."""
     matches = load_matches(rows, seeds, runs, out_dir)
     records = []
     for row in rows:
@@ -143,10 +140,9 @@ def summarize(
 def seed_differences(
     runs: Sequence[dict[str, Any]], row_id: str, ablated_id: str, key: str = "voc_map"
 ) -> list[float]:
-    """Per seed, the row's figure (``key`` of its run record) less the ablated row's: the
-    paired differences whose mean the table's Δ is. Their spread over the seeds says whether a
-    difference holds from seed to seed, which the bootstrap interval (over test images) does not;
-    the rows' own spread overstates it when a seed lifts every row alike."""
+    """Per seed, the row's ``key`` less the ablated row's: whether the table's Δ holds from seed to
+    seed, which the bootstrap (over test images) does not say and the rows' own spread overstates
+    when a seed lifts every row alike."""
     figures = {(r["row"], r["seed"]): r[key] for r in runs if r[key] is not None}
     seeds = [r["seed"] for r in runs if r["row"] == row_id]
     return [
@@ -159,10 +155,9 @@ def seed_differences(
 def load_matches(
     rows: Sequence[Row], seeds: Sequence[int], runs: Sequence[dict[str, Any]], out_dir: Path
 ) -> tuple[bool, dict[tuple[str, int], MatchedRun]] | None:
-    """Every run's test detections (its ``voc_results/``) judged against the test set, which is
-    rebuilt from the first run's checkpoint; with the setting's AP rule (11-point or not). Each
-    run's mAP from these must be the one it logged. None (with a warning) for data without the
-    VOC metric."""
+    """The AP rule and every run's test detections (``voc_results/``) matched to the test set
+    rebuilt from the first run's checkpoint, warning when a run's mAP is not the logged one;
+    None (with a warning) for data without the VOC metric."""
     # deferred: building the test set needs the model and data stack, the table code does not
     from dssd.deployment.inference import load_checkpoint, load_test_data
 
@@ -204,4 +199,5 @@ def _std(values: Sequence[float]) -> float | None:
 
 
 def _minutes(seconds: float | None) -> float | None:
+    """Seconds as minutes (rounded to 0.01)."""
     return None if seconds is None else round(seconds / 60, 2)

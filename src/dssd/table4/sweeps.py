@@ -1,17 +1,7 @@
-"""The ablation's W&B sweep files (``sweeps/<rows>_stage<k>.yaml``, e.g. Table 4's
-``table4_stage1.yaml``), generated from its rows.
-
-``conf/rows/<rows>.yaml`` lists the rows and ``conf/ablation/<setting>.yaml`` what the SSD and
-DSSD rows run; ``python src/ablation.py sweeps=true`` writes the sweep files from them (a test
-keeps the committed files equal to what it writes for the default setting). A stage's sweep is a
-W&B grid over the one override that tells apart its rows that share the network and the row
-they start from (Table 4's stage 0: ``pm``; stage 1: ``fusion``; the necks' stage 1: ``neck``).
-The other rows (Table 4's control and stage 2, the necks' stage-0 row) are single
-``src/train.py`` runs, whose commands the header of a sweep file lists: after its grid for the
-rows of its stage or a later one, before it for rows that no earlier sweep lists. Every run lands
-in ``logs/sweeps/table4/<run name>``, so a row's runs find the checkpoint of the row they start
-from.
-"""
+"""The ablation's W&B sweep files (``sweeps/<rows>_stage<k>.yaml``), written by ``python
+src/ablation.py sweeps=true``: per stage a grid over the one override telling its rows apart
+(Table 4's stage 0: ``pm``; stage 1: ``fusion``), the other rows as single runs in the header.
+Every run lands in ``logs/sweeps/table4/<run name>``, where the rows starting from it look."""
 
 from __future__ import annotations
 
@@ -36,9 +26,8 @@ AGENT_PREFIX = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
 
 @dataclass(frozen=True)
 class Sweep:
-    """One sweep file: a grid over ``key`` whose points are ``rows`` (one run each), the rows run
-    one by one before it (``before``: rows its runs start from that no earlier sweep lists) and
-    after it (``singles``)."""
+    """One sweep file: a grid over ``key`` of ``rows`` (one run each), and the single runs
+    before it (``before``: rows its runs start from that no earlier sweep lists) and after it."""
 
     stage: int
     key: str
@@ -72,9 +61,7 @@ def grid_key(rows: Sequence[Row]) -> str:
 
 def plan_sweeps(rows: Sequence[Row], rows_name: str = "table4") -> list[Sweep]:
     """A sweep per stage whose rows (sharing network and starting row) form a grid; every other
-    row goes with the sweep of its stage, or else of the last stage before it, or else (a row
-    before every grid, e.g. the one stage-0 row the necks' rows start from) before the first
-    sweep after it."""
+    row goes after the sweep of its stage or the last one before it, else before the first."""
     groups: dict[tuple[int, str, str | None], list[Row]] = {}
     for row in rows:
         groups.setdefault((row.stage, row.net, row.init_from), []).append(row)
@@ -102,22 +89,15 @@ def plan_sweeps(rows: Sequence[Row], rows_name: str = "table4") -> list[Sweep]:
 
 
 def compose_row(row: Row, setting: DictConfig) -> DictConfig:
-    """The train config of a run of ``row`` (with its Hydra node), composed in the running
-    Hydra app or ``initialize_config_dir`` context."""
+    """The train config (with its Hydra node) of a run of ``row``."""
     return compose("train", overrides=row_overrides(row, setting), return_hydra_config=True)
-
-
-def row_run_name(row: Row, setting: DictConfig) -> str:
-    """The run name of ``row``'s runs, e.g. ``ssd_r18-pm_c-stage0``: their directory's name."""
-    cfg = compose_row(row, setting)
-    return run_name(cfg.hydra.runtime.choices.model, cfg)
 
 
 def fixed_overrides(
     rows: Sequence[Row], key: str | None, setting: DictConfig, run_names: Mapping[str, str]
 ) -> list[str]:
-    """What every run of ``rows`` gets besides ``key=<value>``: the setting's overrides, the rows'
-    shared ones, the stage, the starting row's checkpoint, the pinned directory, W&B online."""
+    """What every run of ``rows`` gets besides ``key=<value>``: the row overrides, the starting
+    row's checkpoint, the pinned directory, W&B online."""
     row = rows[0]
     overrides = [o for o in row_overrides(row, setting) if o.split("=", 1)[0] != key]
     if row.init_from is not None:
@@ -134,9 +114,7 @@ def _shell_command(overrides: Sequence[str]) -> list[str]:
     """``python src/train.py <overrides>`` as comment lines, continued with backslashes."""
     command = shlex.join(["python", "src/train.py", *overrides])
     parts = textwrap.wrap(command, 88, break_long_words=False, break_on_hyphens=False)
-    ends = [" \\"] * (len(parts) - 1) + [""]
-    indents = ["#   "] + ["#       "] * (len(parts) - 1)
-    return [f"{indent}{part}{end}" for indent, part, end in zip(indents, parts, ends, strict=True)]
+    return ("#   " + " \\\n#       ".join(parts)).splitlines()
 
 
 def _header(
@@ -155,9 +133,8 @@ def _header(
     )
     points = [f"{sweep.key}={_override_map(r)[sweep.key]}" for r in sweep.rows]
     width = max(map(len, points))
-    lines += ["#"]
-    lines += [f"#   {p:<{width}}  {r.name}" for p, r in zip(points, sweep.rows, strict=True)]
-    lines += ["#"]
+    table = [f"#   {p:<{width}}  {r.name}" for p, r in zip(points, sweep.rows, strict=True)]
+    lines += ["#", *table, "#"]
     lines += _comment("Run from the repository root (`wandb login` first: sweeps log online):")
     lines += [
         "#",
@@ -212,8 +189,7 @@ def sweep_text(
     run_names: Mapping[str, str],
     train_cfg: DictConfig,
 ) -> str:
-    """A sweep file: the header and the W&B sweep configuration (the project and the metric to
-    maximise are the train config's, ``train_cfg``)."""
+    """A sweep file: the header, then the W&B sweep configuration."""
     config = {
         "program": "src/train.py",
         "project": train_cfg.logger.wandb.project,
@@ -228,12 +204,13 @@ def sweep_text(
 
 
 def sweep_files(cfg: DictConfig, setting_name: str, rows_name: str = "table4") -> dict[str, str]:
-    """The text of each sweep file, by file name, for the rows (``conf/rows/<rows_name>.yaml``)
-    and setting of ``cfg`` (the composed ``conf/table4.yaml``)."""
+    """The text of each sweep file by name, for ``cfg`` (the composed ``conf/table4.yaml``)."""
     rows = parse_rows(cfg.rows)
     sweeps = plan_sweeps(rows, rows_name)
-    run_names = {row.id: row_run_name(row, cfg.ablation) for row in rows}
-    train_cfg = compose_row(rows[0], cfg.ablation)
+    configs = {row.id: compose_row(row, cfg.ablation) for row in rows}
+    # the run names, e.g. ``ssd_r18-pm_c-stage0``: the names of the runs' directories
+    run_names = {i: run_name(c.hydra.runtime.choices.model, c) for i, c in configs.items()}
+    train_cfg = configs[rows[0].id]
     return {
         sweep.file_name: sweep_text(sweep, sweeps, cfg.ablation, setting_name, run_names, train_cfg)
         for sweep in sweeps

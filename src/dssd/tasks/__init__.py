@@ -1,10 +1,6 @@
-"""What the entry points do, built from their Hydra config: train (fit, then test), evaluate a
-checkpoint, export it, predict with it, analyse a run and run the Table 4 ablation. What they
-share (the Trainer, the test report) lives in ``common``, and what the ``src/*.py`` scripts run
-around them in ``entry``; they never import each other, and no library module imports them.
-
-``dssd.tasks.<task>`` imports the task's module on first use only (like ``dssd.Detector``).
-"""
+"""What the entry points do with their Hydra config: train, evaluate, export, predict, analyse
+and the Table 4 ablation; shared parts in ``common``, the scripts' wrapper in ``entry``.
+``dssd.tasks.<task>`` imports the task's module on first use only (like ``dssd.Detector``)."""
 
 from __future__ import annotations
 

@@ -12,9 +12,8 @@ from dssd.table4 import run_ablation, write_sweeps
 def ablation(cfg: DictConfig) -> None:
     """Run the setting's rows and write the table, or with ``cfg.sweeps`` the sweep files."""
     choices = HydraConfig.get().runtime.choices
-    setting_name = choices.ablation
     if cfg.sweeps:
-        for path in write_sweeps(cfg, setting_name, choices.rows):
+        for path in write_sweeps(cfg, choices.ablation, choices.rows):
             print(f"wrote {path}")
     else:
-        run_ablation(cfg, setting_name)
+        run_ablation(cfg, choices.ablation)

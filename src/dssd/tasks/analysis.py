@@ -1,5 +1,5 @@
-"""``src/analyze.py``: analyse a run (a run directory or checkpoint) and, given a baseline,
-compare it with that, through :mod:`dssd.analysis.analyser`; written to ``<run>/analysis/``."""
+"""``src/analyze.py``: analyse a run (directory or checkpoint), compared with a baseline if given
+(:mod:`dssd.analysis.analyser`), into ``<run>/analysis/``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""What the tasks share: the Lightning Trainer of a run built from its config (callbacks,
-loggers, result writers), and the test figures printed in the paper's table layouts and saved
-next to its logs."""
+"""What the tasks share: the Lightning Trainer built from a run's config, and the test report in
+the paper's table layouts."""
 
 from __future__ import annotations
 
@@ -24,15 +23,11 @@ log = logging.getLogger(__name__)
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a config group that maps names to objects (callbacks, loggers)."""
-    if not group:
-        return []
-    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+    return [instantiate(e) for e in (group or {}).values() if e and "_target_" in e]
 
 
 def result_writers(cfg: DictConfig, datamodule: pl.LightningDataModule) -> list[pl.Callback]:
-    """Callbacks that write the test detections of ``datamodule`` as result files
-    (``coco_results``: a COCO results JSON; ``voc_results``: the VOC devkit's files), checked to
-    be writable first."""
+    """Callbacks writing the test detections as ``coco_results`` and ``voc_results`` files."""
     writers: list[pl.Callback] = []
     if cfg.get("coco_results"):
         writers.append(COCOResultsWriter(cfg.coco_results, datamodule))
@@ -44,8 +39,7 @@ def result_writers(cfg: DictConfig, datamodule: pl.LightningDataModule) -> list[
 def build_trainer(
     cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (), with_loggers: bool = True
 ) -> pl.Trainer:
-    """``cfg.trainer`` with the ``callbacks`` and ``logger`` groups (and ``extra_callbacks``);
-    without loggers when ``with_loggers`` is false."""
+    """``cfg.trainer`` with the ``callbacks`` group, ``extra_callbacks`` and the loggers."""
     callbacks = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_group(cfg.get("logger")) if with_loggers else []
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -62,13 +56,9 @@ def report_test_results(
     metrics: dict[str, float],
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Print the test metrics in the paper's table layouts and save them next to the logs.
-
-    ``test_results.md`` holds the tables; ``test_results.json`` the same figures for programs
-    (``make ablation``, the notebooks): every scalar metric, per-class AP, the network's parameter
-    counts and GMAC per image (of a checkpoint's network), the checkpoint or exported file tested
-    and, after training, the fit time in seconds (``extra``).
-    """
+    """Print the test metrics in the paper's table layouts and save them as ``test_results.md``
+    and ``test_results.json`` (for ``make ablation`` and the notebooks: the metrics, per-class AP,
+    a checkpoint network's parameter counts and GMAC per image, and ``extra``)."""
     per_class = model.per_class_ap.get("test", {})
     name = cfg.get("run_name", cfg.task_name)
     text = results_tables(metrics, per_class, name=name)

@@ -15,16 +15,14 @@ from dssd.errors import user_errors
 
 
 def prepare(script: str) -> None:
-    """``PROJECT_ROOT`` (the folder above ``src/``, where ``conf/``, ``data/`` and ``logs/`` live,
-    unless set) and the config resolvers, before the Hydra app of ``script`` composes."""
+    """Set ``PROJECT_ROOT`` (unless set: the folder above ``src/``, holding ``conf/``, ``data/``,
+    ``logs/``) and register the config resolvers, before ``script``'s Hydra app composes."""
     os.environ.setdefault("PROJECT_ROOT", str(Path(script).resolve().parents[1]))
     register_resolvers()
 
 
 def run_task(name: str, cfg: DictConfig) -> Any:
-    """Run the task ``dssd.tasks.<name>`` on the composed config and return what it returns; a
-    :class:`~dssd.errors.UserError` is printed as its message alone (exit status 2). The task's
-    module is imported only now, so that ``--help`` and ``--cfg`` print without loading
-    Lightning."""
+    """Run the task ``dssd.tasks.<name>`` on ``cfg`` (a :class:`~dssd.errors.UserError` printed
+    alone, exit status 2); imported only now, so ``--help`` and ``--cfg`` skip Lightning."""
     with user_errors():
         return getattr(dssd.tasks, name)(cfg)

@@ -1,5 +1,5 @@
-"""Evaluation: test a checkpoint of src/train.py, its network rebuilt from the run configuration
-stored in it, or a file of src/export.py beside the checkpoint it came from."""
+"""Evaluation: test a checkpoint of src/train.py (rebuilt from its stored run configuration), or a
+file of src/export.py beside its checkpoint."""
 
 from __future__ import annotations
 
@@ -25,29 +25,17 @@ PARITY_METRICS = ("voc_map", "map", "map_50", "map_75", "map_small")
 
 
 def data_to_evaluate(chosen: DictConfig | None, trained: DictConfig) -> DictConfig:
-    """The data config to test on, from eval.py's own ``data`` (``chosen``) and the training
-    run's (``trained``).
-
-    A whole data config (``data=<name>`` on the command line: it names its ``_target_``) replaces
-    the training run's; fields alone (``+data.root=...``) change the training run's; nothing
-    chosen keeps it.
-    """
+    """The data config to test on: eval.py's ``chosen`` one if whole (``data=<name>``: it names a
+    ``_target_``), else the training run's ``trained`` with the fields chosen (``+data.root=``)."""
     if not chosen:
         return trained
-    if "_target_" in chosen:
-        return chosen
-    return OmegaConf.merge(trained, chosen)
+    return chosen if "_target_" in chosen else OmegaConf.merge(trained, chosen)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test the checkpoint ``cfg.ckpt_path``, or the exported file ``cfg.model_file``
-    (:func:`evaluate_exported`), and return the test metrics.
-
-    The network is rebuilt from the run configuration stored in the checkpoint by ``train``; so is
-    the datamodule, unless ``cfg.data`` says otherwise (:func:`data_to_evaluate`). The metrics
-    follow the data tested (its class names and VOC AP rule), and the numeric precision is the
-    training run's unless ``trainer.precision`` is given, so that the test figures repeat.
-    """
+    """Test the checkpoint ``cfg.ckpt_path`` (or the exported ``cfg.model_file``) and return the
+    test metrics. Network, data and precision are those of the run configuration stored in the
+    checkpoint (so the figures repeat) unless ``cfg.data`` or ``trainer.precision`` is given."""
     if cfg.get("model_file"):
         return evaluate_exported(cfg)
     if not cfg.get("ckpt_path"):
@@ -92,8 +80,7 @@ def run_test(
     datamodule: pl.LightningDataModule,
     with_loggers: bool = True,
 ) -> dict[str, float]:
-    """``trainer.test`` of ``model`` on ``datamodule`` with ``cfg``'s trainer, result writers and
-    loggers (neither of the two when ``with_loggers`` is false); the scalar test metrics."""
+    """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked)."""
     writers = result_writers(cfg, datamodule) if with_loggers else []
     trainer = build_trainer(cfg, writers, with_loggers)
     trainer.test(model, datamodule=datamodule)
@@ -101,13 +88,9 @@ def run_test(
 
 
 def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
-    """Test the exported file ``cfg.model_file`` (onnxruntime or TorchScript) on the test split of
-    the run it was exported from, with the same metrics and result writers as a checkpoint.
-
-    Then, unless ``compare=false``, test the checkpoint it came from (``ckpt_path``, by default
-    the one recorded in the file) in float32 and report both side by side: the export is faithful
-    when they agree to 0.001 (``parity`` in test_results.json).
-    """
+    """Test the exported file ``cfg.model_file`` (onnxruntime or TorchScript) on its run's test
+    split like a checkpoint; then, unless ``compare=false``, its checkpoint (``ckpt_path``, default
+    the file's) in float32 beside it: faithful when they agree to 0.001 (``parity``)."""
     exported = ExportedModel(cfg.model_file)
     run_cfg = OmegaConf.create(exported.metadata["run_config"])
     # the exported graph computes in float32

@@ -60,10 +60,9 @@ def export_checkpoint(cfg: DictConfig) -> Path:
 def check_exported(
     detector: Detector, exported: ExportedModel, checkpoint: Path, tolerance: Tolerance
 ) -> None:
-    """Run ``exported`` and ``detector`` on batches of 1 and 3 noise images and compare their
-    detections as sets (:func:`dssd.ops.compare_detections`): a :class:`UserError` naming what
-    differs unless every detection has its partner within ``tolerance``, or a near-tie at a
-    post-processing decision explains its absence."""
+    """Compare the detections of ``exported`` and ``detector`` on noise batches as sets
+    (:func:`dssd.ops.compare_detections`): a :class:`UserError` naming what differs unless each
+    has its partner within ``tolerance`` or a near-tie explains its absence."""
     for batch_size in CHECK_BATCH_SIZES:
         agreement = agreement_with(detector, exported, batch_size, tolerance)
         log.info("batch %d against the checkpoint: %s", batch_size, agreement)

@@ -1,5 +1,5 @@
-"""Prediction: a checkpoint's detections on image files, a folder, a glob pattern or videos,
-drawn on copies of the inputs and written as one COCO results JSON, through :class:`Detector`."""
+"""Prediction: a checkpoint's detections on images (a file, folder or glob pattern) or videos,
+drawn on copies of the inputs and written as one COCO results JSON."""
 
 from __future__ import annotations
 
@@ -64,9 +64,8 @@ class Summary:
 
 
 def input_files(spec: str) -> tuple[Path, list[Path]]:
-    """The directory that names are relative to and the files ``spec`` stands for: a file, the
-    files directly in a folder (sorted, hidden ones left out), or a glob pattern's files
-    (sorted; ``**`` recurses). Nothing found is a :class:`UserError`."""
+    """The directory names are relative to, and the files of ``spec``: a file, a folder's files
+    (not hidden), or a glob pattern's (``**`` recurses), sorted; none is a :class:`UserError`."""
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -84,6 +83,7 @@ def input_files(spec: str) -> tuple[Path, list[Path]]:
 
 
 def is_video(path: Path) -> bool:
+    """Whether ``path`` is a video, by its suffix."""
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
@@ -118,17 +118,14 @@ def read_video(path: Path, name: str) -> Iterator[Frame]:
 def read_frames(
     files: Sequence[Path], root: Path, summary: Summary, progress: tqdm
 ) -> Iterator[Frame]:
-    """The images and video frames of ``files``; a file that cannot be decoded is a skip (and
-    one step of ``progress``)."""
+    """The images and video frames of ``files``; an undecodable file is skipped."""
     for path in files:
         name = path.relative_to(root).as_posix()
+        video = is_video(path)
         try:
-            if is_video(path):
-                yield from read_video(path, name)
-            else:
-                yield Frame(path, name, read_image(path))
+            yield from read_video(path, name) if video else [Frame(path, name, read_image(path))]
         except OSError:
-            summary.skip(name, "not a readable video" if is_video(path) else "not a readable image")
+            summary.skip(name, f"not a readable {'video' if video else 'image'}")
             progress.update(1)
 
 
@@ -157,8 +154,7 @@ class Outputs:
         self.video: tuple[Path, cv2.VideoWriter] | None = None
 
     def path(self, name: str, video: bool) -> Path:
-        """The output path of input ``name``: the same name, with ``.mp4`` (videos) or ``.png``
-        (images) added unless it ends so already."""
+        """The output path of input ``name``, ``.mp4`` or ``.png`` added unless it ends so."""
         suffixes, added = ({".mp4"}, ".mp4") if video else (DRAWN_SUFFIXES, ".png")
         out = name if Path(name).suffix.lower() in suffixes else f"{name}{added}"
         self.summary.outputs.append(out)
@@ -173,10 +169,9 @@ class Outputs:
             return
         if self.video is None or self.video[0] != frame.source:
             self.close()
-            height, width = drawn.shape[:2]
             path = self.path(frame.name, video=True)
-            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            writer = cv2.VideoWriter(str(path), fourcc, frame.fps, (width, height))
+            size = (drawn.shape[1], drawn.shape[0])  # width, height
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps, size)
             self.video = (frame.source, writer)
         self.video[1].write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
@@ -187,9 +182,9 @@ class Outputs:
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Detect objects in ``cfg.input`` with the checkpoint ``cfg.ckpt_path`` and write into
-    ``cfg.output_dir`` the drawn images and videos, ``detections.json`` (COCO results entries
-    with ``file_name``, and ``frame`` for videos) and ``summary.json``; return the summary."""
+    """Detect objects in ``cfg.input`` with the checkpoint ``cfg.ckpt_path``; write into
+    ``cfg.output_dir`` the drawn images and videos, ``detections.json`` (COCO results with
+    ``file_name``, and ``frame`` for videos) and ``summary.json``, and return the summary."""
     if cfg.batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size}: must be at least 1")
     root, files = input_files(str(cfg.input))
@@ -267,11 +262,8 @@ def log_run(
     loggers: list[Logger], wandb_loggers: list[WandbLogger], summary: Summary, table: list[list]
 ) -> None:
     """The run's counts to every logger, and the table of images with their boxes to W&B."""
-    counts = {
-        "images": summary.images,
-        "detections": summary.detections,
-        "skipped": len(summary.skipped),
-    }
+    skipped = len(summary.skipped)
+    counts = {"images": summary.images, "detections": summary.detections, "skipped": skipped}
     for logger in loggers:
         logger.log_metrics(counts)
         if logger in wandb_loggers:

@@ -1,12 +1,11 @@
-"""Training: fit the configured detector from its Hydra config (a DSSD stage, maybe resumed or
-started from another stage's weights), then test it."""
+"""Training: fit the configured detector (a DSSD stage, maybe resumed or started from another
+stage's weights), then test it."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -37,16 +36,10 @@ def check_stage(cfg: DictConfig) -> None:
 
 
 def check_test_ckpt(cfg: DictConfig) -> None:
-    """Refuse a ``test_ckpt`` that cannot be tested, before anything is trained.
-
-    ``last`` (the default) tests the weights the fit ends with, the paper's final snapshot;
-    ``best`` the run's ``best.ckpt``, chosen by ``optimized_metric`` on the validation split
-    (which the datamodules keep apart from the test split); anything else must be a checkpoint
-    file.
-    """
+    """Refuse a ``test_ckpt`` that cannot be tested, before anything is trained: ``last`` (the
+    default, the paper's final weights), ``best`` (the run's ``best.ckpt``, chosen by
+    ``optimized_metric`` on the validation split) or a checkpoint file."""
     value = cfg.get("test_ckpt") or "last"
-    if value == "last":
-        return
     if value == "best":
         if not (cfg.get("callbacks") or {}).get("model_checkpoint"):
             raise UserError(
@@ -58,20 +51,15 @@ def check_test_ckpt(cfg: DictConfig) -> None:
                 "test_ckpt=best picks the best checkpoint of this run's fit, but train=false: "
                 "give the file instead, test_ckpt=<run dir>/checkpoints/best.ckpt"
             )
-        return
-    read_checkpoint(value, "test_ckpt (last, best or a checkpoint file)", require=("state_dict",))
+    elif value != "last":
+        option = "test_ckpt (last, best or a checkpoint file)"
+        read_checkpoint(value, option, require=("state_dict",))
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str:
-    """The ``best.ckpt`` the fit wrote (the first ``ModelCheckpoint``); empty: none.
-
-    Not ``trainer.checkpoint_callback``: with ``model_checkpoint`` switched off, that is
-    ``dssd.training.callbacks.LastCheckpoint``, which keeps no best checkpoint.
-    """
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            return callback.best_model_path
-    return ""
+    """The ``best.ckpt`` of the fit's first ``ModelCheckpoint``; empty: none."""
+    callbacks = trainer.checkpoint_callbacks
+    return next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")
 
 
 def checkpoint_to_test(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
@@ -93,15 +81,6 @@ def checkpoint_to_test(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
     return str(value)
 
 
-def build_module(cfg: DictConfig, run_config: dict[str, Any]) -> DetectionModule:
-    """The LightningModule of ``cfg.model``, keeping ``run_config`` to store in its checkpoints.
-
-    ``run_config`` is handed over once Hydra has built the module's parts: passed to
-    ``instantiate`` itself, its nested ``_target_`` entries would be instantiated too.
-    """
-    return instantiate(cfg.model, _partial_=True)(run_config=run_config)
-
-
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model, test it (``test_ckpt``) and return ``cfg.optimized_metric``."""
     check_stage(cfg)
@@ -112,7 +91,9 @@ def train(cfg: DictConfig) -> float | None:
     run_config = OmegaConf.to_container(cfg, resolve=True)
 
     datamodule = instantiate(cfg.data)
-    model = build_module(cfg, run_config)
+    # run_config goes in after Hydra built the parts: through instantiate, its own nested
+    # ``_target_`` entries would be instantiated too
+    model: DetectionModule = instantiate(cfg.model, _partial_=True)(run_config=run_config)
     if cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
     trainer = build_trainer(cfg, result_writers(cfg, datamodule))
@@ -146,14 +127,8 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint that ``trainer.fit`` resumes from (``cfg.ckpt_path``), checked to exist.
-
-    Resuming restores the weights, the optimiser state, the LR schedule, the step counter and the
-    callbacks' state. ``ckpt_path=last`` is ``last.ckpt`` in this run's checkpoint directory; as
-    every run gets a new directory, resuming an interrupted run means running it again with the
-    same overrides plus ``hydra.run.dir=<its directory> ckpt_path=last``. (Lightning itself only
-    warns when there is no last checkpoint, and trains from scratch.)
-    """
+    """The checkpoint ``trainer.fit`` resumes from (``cfg.ckpt_path``; ``last``: ``last.ckpt`` in
+    this run's checkpoint directory), checked to exist: Lightning only warns and starts over."""
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path:
         return None

@@ -1,3 +1,2 @@
-"""Training a detector: the LightningModule (``module``), DSSD's stages (frozen modules, initial
-weights from another run: ``stages``), the learning-rate schedule (``schedules``), the training
-callbacks (``callbacks``) and reading checkpoint files (``checkpoints``)."""
+"""Training a detector: the LightningModule, DSSD's stages, the LR schedule, the callbacks and
+reading checkpoint files."""

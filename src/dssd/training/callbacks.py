@@ -24,13 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class DataSkipReport(pl.Callback):
-    """Reports, once per training epoch, the bad samples the data pipeline skipped or repaired.
-
-    Two sources: the counts made when the training set was built (``dataset.skips``: dropped or
-    clipped boxes, unparseable annotations, ...) and the unreadable images passed over while
-    loading this epoch, which DataLoader workers report through each sample's
-    ``"skipped_images"`` field. Logged as ``data/<kind>`` and, when any is non-zero, as a warning.
-    """
+    """Reports, once per training epoch, as ``data/<kind>`` (and a warning when any is non-zero)
+    the bad samples skipped or repaired: the training set's ``dataset.skips`` counts and this
+    epoch's unreadable images, reported by the workers in each sample's ``"skipped_images"``."""
 
     def __init__(self) -> None:
         self.unreadable_images = 0
@@ -56,29 +52,10 @@ class DataSkipReport(pl.Callback):
 
 
 class LastCheckpoint(Checkpoint):
-    """Writes ``last.ckpt``, the point ``ckpt_path=last`` resumes from, every N training steps.
-
-    Also after every validation (so that the checkpoint holds its results: the best score so far,
-    the validation having run) and when ``fit`` ends. Lightning's ``ModelCheckpoint`` with
-    ``save_last=True`` does not do this alone: it writes ``last.ckpt`` only when a top-k checkpoint
-    is written, and at the end of ``fit`` only if it never wrote one, so the final steps after the
-    last multiple of N would be lost. The file is always overwritten in place (no
-    ``last-v1.ckpt``), also when a resumed run finds it from the interrupted one. Nothing is
-    written when training stops on an exception. Only Lightning's public API is used: the
-    ``Checkpoint`` base class, ``Trainer.save_checkpoint`` and the trainer's validation settings.
-
-    A step that ends in a validation is written only after it: Lightning resumes from a
-    checkpoint of such a step as if its validation had run, so one written before the validation
-    would, if the run were killed during it, lose that point of the validation curve.
-
-    Args:
-        dirpath: where ``last.ckpt`` goes (the run's ``checkpoints/``; default
-            ``<trainer.default_root_dir>/checkpoints``).
-        every_n_train_steps: write it every that many optimizer steps (0: only after validation
-            and at the end).
-    """
-
-    FILE_NAME = "last.ckpt"
+    """Writes ``last.ckpt`` (resumed by ``ckpt_path=last``) into ``dirpath`` every
+    ``every_n_train_steps`` steps (0: never), after each validation (a step ending in one only
+    after it: Lightning resumes it as validated) and when ``fit`` ends. ``ModelCheckpoint`` with
+    ``save_last`` writes it only with a top-k checkpoint, losing the final steps."""
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 1000) -> None:
         self.dirpath = dirpath
@@ -107,13 +84,13 @@ class LastCheckpoint(Checkpoint):
 
     def save(self, trainer: pl.Trainer, again: bool = False) -> None:
         """Write ``last.ckpt`` (on every process: the strategy decides who writes), unless this
-        step is already saved (``again``: write it anyway) or nothing has been trained."""
+        step is saved already (``again``: write anyway) or nothing has been trained."""
         fitting = trainer.state.fn == TrainerFn.FITTING
         if not fitting or trainer.sanity_checking or trainer.fast_dev_run:
             return
         if trainer.global_step == 0 or (not again and self.saved_step == trainer.global_step):
             return
-        self.last_model_path = os.path.join(self.dirpath, self.FILE_NAME)
+        self.last_model_path = os.path.join(self.dirpath, "last.ckpt")
         trainer.save_checkpoint(self.last_model_path)
         self.saved_step = trainer.global_step
 
@@ -126,10 +103,7 @@ class LastCheckpoint(Checkpoint):
 
 
 class ValidationHistory(pl.Callback):
-    """The fit's validation curve: after every validation (not the sanity check), the training
-    step and ``metrics`` as logged. ``src/train.py`` keeps it in ``test_results.json``
-    (``val_history``), where ``make ablation`` reads whether each row converged; it is saved in
-    checkpoints, so a resumed run keeps its earlier points."""
+    """The fit's validation curve (step and ``metrics``), in checkpoints and ``val_history``."""
 
     def __init__(self, metrics: tuple[str, ...] | list[str] = ("val/voc_map",)) -> None:
         self.metrics = tuple(metrics)
@@ -139,9 +113,8 @@ class ValidationHistory(pl.Callback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         logged = trainer.callback_metrics
-        point = {"step": trainer.global_step}
-        point.update({name: float(logged[name]) for name in self.metrics if name in logged})
-        self.history.append(point)
+        values = {name: float(logged[name]) for name in self.metrics if name in logged}
+        self.history.append({"step": trainer.global_step, **values})
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -151,8 +124,7 @@ class ValidationHistory(pl.Callback):
 
 
 def _validates_next(trainer: pl.Trainer) -> bool:
-    """Whether Lightning validates right after the training batch that just ended, by its rule
-    for a validation every N batches or at an epoch's end (a time-based interval counts as no)."""
+    """Whether Lightning validates right after the batch that just ended (by its own rule)."""
     every_n_epochs = trainer.check_val_every_n_epoch
     if not trainer.enable_validation or (
         every_n_epochs is not None and (trainer.current_epoch + 1) % every_n_epochs
@@ -171,39 +143,28 @@ class NonFiniteLossError(UserError):
 
 
 class NonFiniteLossStop(pl.Callback):
-    """Stops training with :class:`NonFiniteLossError` as soon as the training loss is not finite.
-
-    The check runs before ``backward``, so the step that produced the loss neither computes
-    gradients nor updates the weights, and no checkpoint is written on the way out: the last
-    checkpoint on disk is the last good state. Under DDP the processes agree (any one non-finite
-    loss stops them all), so none is left waiting in a collective.
-    """
+    """Stops training with :class:`NonFiniteLossError` once the loss is not finite on any process,
+    before ``backward``: that step updates nothing; the last checkpoint is the last good state."""
 
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
         finite = bool(torch.isfinite(loss.detach()).all())
-        if trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            raise NonFiniteLossError(self._message(trainer, loss, finite))
-
-    @staticmethod
-    def _message(trainer: pl.Trainer, loss: Tensor, finite: bool) -> str:
+        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            return
         where = f"loss {loss.detach().float().item()}" if not finite else "on another process"
+        last = _last_checkpoint(trainer)
         lines = [
             f"training stopped: the loss is not finite at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}, {where}); this step did not update the weights."
-        ]
-        last = _last_checkpoint(trainer)
-        if last:
-            lines.append(f"The last checkpoint, from before it: {last} (resume: ckpt_path={last}).")
-        else:
-            lines.append("No checkpoint was written before it.")
-        lines.append(
+            f"(epoch {trainer.current_epoch}, {where}); this step did not update the weights.",
+            f"The last checkpoint, from before it: {last} (resume: ckpt_path={last})."
+            if last
+            else "No checkpoint was written before it.",
             "To avoid it: lower the learning rate (model.optimizer.lr=...; a resumed run keeps the "
             "checkpoint's), clip gradients (trainer.gradient_clip_val=1.0), or train in float32 "
-            f"(trainer.precision=32-true; this run: {trainer.precision})."
-        )
-        return "\n  ".join(lines)
+            f"(trainer.precision=32-true; this run: {trainer.precision}).",
+        ]
+        raise NonFiniteLossError("\n  ".join(lines))
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -219,8 +180,8 @@ def _last_checkpoint(trainer: pl.Trainer) -> str | None:
 
 
 def writable_directory(directory: str | Path, option: str) -> Path:
-    """``directory``, created if needed, after checking that a file can be written there; a
-    :class:`UserError` naming ``option`` otherwise (raised before any training or testing)."""
+    """``directory``, created if needed and checked writable (else a :class:`UserError` naming
+    ``option``, raised before any training or testing)."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -234,28 +195,25 @@ def writable_directory(directory: str | Path, option: str) -> Path:
 
 
 class TestDetectionsWriter(pl.Callback):
-    """Collects the test detections and their image ids, gathered from every DDP process, and
-    hands them to :meth:`write` on process 0 when the test ends."""
+    """Gathers the test detections and image ids of every process for :meth:`write` on rank 0."""
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.image_ids: list[Any] = []
-        self.detections: list[dict[str, Tensor]] = []
+        self.pairs: list[tuple[Any, dict[str, Tensor]]] = []  # (image id, detections)
 
     def on_test_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
-        self.detections += [{k: v.cpu() for k, v in d.items()} for d in outputs]
-        self.image_ids += [t["image_id"] for t in batch[1]]
+        detections = [{k: v.cpu() for k, v in d.items()} for d in outputs]
+        self.pairs += zip([t["image_id"] for t in batch[1]], detections, strict=True)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pairs = list(zip(self.image_ids, self.detections, strict=True))
+        pairs = self.pairs
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, pairs)
             pairs = [pair for part in gathered for pair in part]
         if trainer.is_global_zero:
-            ids = [image_id for image_id, _ in pairs]
-            self.write(trainer, ids, [det for _, det in pairs])
+            self.write(trainer, [i for i, _ in pairs], [d for _, d in pairs])
 
     def write(
         self, trainer: pl.Trainer, image_ids: list[Any], detections: list[dict[str, Tensor]]
@@ -264,11 +222,8 @@ class TestDetectionsWriter(pl.Callback):
 
 
 class COCOResultsWriter(TestDetectionsWriter):
-    """Writes the test detections of ``datamodule`` to ``path`` as a COCO results JSON.
-
-    The file is what the COCO evaluation server and ``COCO.loadRes`` read: ``[x, y, w, h]`` boxes
-    in pixels and the dataset's own category ids, hence COCO data only (``data=coco``).
-    """
+    """Writes the test detections of ``datamodule`` to ``path`` as a COCO results JSON
+    (``[x, y, w, h]`` pixel boxes, the dataset's category ids: COCO data only)."""
 
     def __init__(self, path: str, datamodule: pl.LightningDataModule) -> None:
         if not isinstance(datamodule, COCODataModule):
@@ -290,9 +245,7 @@ class COCOResultsWriter(TestDetectionsWriter):
 
 
 class VOCResultsWriter(TestDetectionsWriter):
-    """Writes the test detections into ``directory`` as the VOC devkit's result files,
-    ``comp4_det_test_<class>.txt`` (1-based pixel indices, classes named by the module's
-    ``class_names``), which the official devkit scores."""
+    """Writes the test detections as the VOC devkit's ``comp4_det_test_<class>.txt`` files."""
 
     def __init__(self, directory: str) -> None:
         self.directory = writable_directory(directory, "voc_results")
@@ -302,10 +255,9 @@ class VOCResultsWriter(TestDetectionsWriter):
     ) -> None:
         class_names = trainer.lightning_module.class_names
         write_voc_results(self.directory, image_ids, detections, class_names)
-        count = sum(len(d["scores"]) for d in detections)
         log.info(
             "Wrote %d detections of %d images to %s/comp4_det_test_<class>.txt",
-            count,
+            sum(len(d["scores"]) for d in detections),
             len(image_ids),
             self.directory,
         )

@@ -1,11 +1,6 @@
-"""Reading checkpoint files, with one clear error for anything that is not a checkpoint.
-
-``torch.load`` on a truncated download, a text file or a foreign pickle raises deep inside
-PyTorch (a zip reader error, an unpickling error, an end-of-file error). Every entry point that
-takes a checkpoint (``eval.py``'s ``ckpt_path``, ``init_from``, a resumed ``ckpt_path``) reads it
-through :func:`read_checkpoint`, so the user sees ``<file> is not a checkpoint written by
-src/train.py (<why>)`` instead.
-"""
+"""Reading checkpoint files, with one clear error (``<file> is not a checkpoint written by
+src/train.py (<why>)``) instead of whatever ``torch.load`` raises deep inside PyTorch on a
+truncated download, a text file or a foreign pickle."""
 
 from __future__ import annotations
 
@@ -23,15 +18,13 @@ class CheckpointError(UserError):
 
 
 def not_a_checkpoint(path: str | Path, reason: str) -> CheckpointError:
+    """The error for a file that is not a checkpoint, saying why."""
     return CheckpointError(f"{path} is not a checkpoint written by src/train.py ({reason})")
 
 
 def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The dict saved at ``path`` (tensors on the CPU, loaded with ``weights_only=True``).
-
-    ``option`` names the setting the path came from, for the error of a missing file; ``require``
-    lists keys the dict must hold (e.g. ``state_dict``, which ``src/train.py`` stores).
-    """
+    """The dict saved at ``path`` (CPU tensors, ``weights_only=True``), holding the keys
+    ``require``; ``option`` names the setting the path came from, for a missing file's error."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{option}={path}: no such checkpoint file")
     try:

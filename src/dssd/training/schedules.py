@@ -16,12 +16,9 @@ def warmup_multistep(
     warmup_iters: int = 0,
     warmup_factor: float = 1.0 / 3,
 ) -> LambdaLR:
-    """Multiply the LR by ``gamma`` at each milestone, after a linear warm-up.
-
-    During the first ``warmup_iters`` iterations the factor rises linearly from ``warmup_factor``
-    to 1, which keeps the first steps of a randomly initialised detector from diverging.
-    Step the scheduler once per iteration.
-    """
+    """Multiply the LR by ``gamma`` at each milestone, after a linear warm-up from
+    ``warmup_factor`` to 1 over ``warmup_iters`` iterations (keeps a randomly initialised detector
+    from diverging). Step it once per iteration."""
     milestones = sorted(milestones)
 
     def factor(step: int) -> float:

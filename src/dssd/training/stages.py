@@ -1,14 +1,11 @@
-"""DSSD's staged training: start from an earlier stage's weights, keep parts of the network fixed.
-
-Stage 1 loads the stage-0 SSD's backbone and extra layers and trains only the new deconvolution
-side, prediction modules and heads; stage 2 fine-tunes everything with every batch norm fixed.
-"""
+"""DSSD's staged training: start from an earlier stage's weights, keep parts of the network fixed
+(stage 1: the stage-0 SSD's backbone and extras; stage 2: every batch norm)."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InitReport:
-    """Which tensors of the network came from the checkpoint, which are new, which were left, and
-    which classification heads were re-initialised because the class count differs."""
+    """Which tensors were loaded, new, dropped or re-initialised (heads of another class count)."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
@@ -40,16 +36,11 @@ class InitReport:
             ("dropped (in the checkpoint, not used)", self.dropped),
             ("re-initialised (classification heads of another class count)", self.reinitialised),
         ):
-            lines.append(f"  {title}: {len(names)} tensors{_by_module(names)}")
+            # counts per top-level module: ' in net.backbone (120), net.extras (30)'
+            counts = Counter(".".join(name.split(".")[:2]) for name in names)
+            where = " in " + ", ".join(f"{m} ({n})" for m, n in counts.items()) if counts else ""
+            lines.append(f"  {title}: {len(names)} tensors{where}")
         return "\n".join(lines)
-
-
-def _by_module(names: Iterable[str]) -> str:
-    """' in net.backbone (120), net.extras (30)': counts per top-level module of the network."""
-    counts = Counter(".".join(name.split(".")[:2]) for name in names)
-    if not counts:
-        return ""
-    return " in " + ", ".join(f"{module} ({n})" for module, n in counts.items())
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -64,24 +55,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def load_initial_weights(
     model: nn.Module, path: str | Path, modules: Sequence[str] | None = None
 ) -> InitReport:
-    """Load the weights of checkpoint ``path`` into ``model`` and report what was loaded.
-
-    Args:
-        model: the module being trained (its ``state_dict`` names, e.g. ``net.backbone.…``).
-        path: a checkpoint from ``src/train.py`` (or a file holding a bare ``state_dict``).
-        modules: network modules (``backbone``, ``extras``, … under ``model.net``) whose tensors
-            must all come from the checkpoint; tensors elsewhere are left as initialised. ``None``
-            loads every tensor whose name is in both.
-
-    A checkpoint trained on another class list (fine-tuning on new data) differs only in the
-    classification heads' output channels: those are left as initialised and reported as
-    re-initialised, and everything else is loaded.
-
-    Raises:
-        UserError: a tensor to load has another shape in the checkpoint (other than the
-            classification heads' class count), or a module listed in ``modules`` is missing
-            from it, naming the tensors.
-    """
+    """Load the weights of checkpoint ``path`` into ``model``: all of ``modules`` (``backbone``,
+    ... of ``model.net``; None: every tensor named in both), except classification heads of
+    another class count (re-initialised); another shape or a missing module is a UserError."""
     source = read_state_dict(path)
     target = model.state_dict()
     prefixes = None if modules is None else tuple(f"net.{m}." for m in modules)
@@ -100,7 +76,14 @@ def load_initial_weights(
                 f"{missing[:3]}: was it trained with another backbone or extra layers?"
             )
     load = {n: t for n, t in source.items() if n in target and wanted(n)}
-    reinitialised = [n for n, t in load.items() if _other_class_count(n, t, target[n])]
+    # classification heads that differ only in their output channels (boxes x (classes + 1))
+    reinitialised = [
+        n
+        for n, t in load.items()
+        if n.startswith("net.heads.conf.")
+        and t.shape != target[n].shape
+        and t.shape[1:] == target[n].shape[1:]
+    ]
     load = {n: t for n, t in load.items() if n not in reinitialised}
     mismatched = [n for n, t in load.items() if t.shape != target[n].shape]
     if mismatched:
@@ -132,23 +115,9 @@ def load_initial_weights(
     return report
 
 
-def _other_class_count(name: str, saved: Tensor, current: Tensor) -> bool:
-    """Whether ``name`` is a classification head's tensor that differs only in its output
-    channels (``boxes x (classes + 1)``), as when the checkpoint has another class list."""
-    return (
-        name.startswith("net.heads.conf.")
-        and saved.shape != current.shape
-        and saved.shape[1:] == current.shape[1:]
-    )
-
-
 def freeze_modules(net: nn.Module, modules: Sequence[str], batchnorm: bool) -> list[_BatchNorm]:
-    """Fix the named submodules of ``net`` (and with ``batchnorm``, every BN of ``net``).
-
-    Their parameters stop receiving gradients and their batch norms are put in eval mode (running
-    statistics fixed). Returns those batch norms, which must stay in eval mode whenever the network
-    is put back in training mode.
-    """
+    """Fix the named submodules of ``net`` (with ``batchnorm``, every BN of ``net``): no gradients,
+    batch norms in eval mode. Returns those batch norms, to keep in eval mode in training."""
     children = dict(net.named_children())
     unknown = [m for m in modules if m not in children]
     if unknown:
