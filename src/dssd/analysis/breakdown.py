@@ -145,9 +145,7 @@ def found_objects(
 def object_sizes(target: dict[str, np.ndarray]) -> np.ndarray:
     """sqrt(area) of each object's box, in pixels."""
     boxes = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
-    return np.sqrt(
-        np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    )
+    return np.sqrt(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).prod(axis=1))
 
 
 def size_bins(
@@ -225,22 +223,20 @@ def worst_false_positives(
     test: RunDetections, errors: ErrorAnalysis, count: int
 ) -> list[tuple[int, int, str]]:
     """The ``count`` highest-scored false positives as (image, detection, error type)."""
-    found = [
-        (float(pred["scores"][k]), i, k, Verdict(v).name.lower())
+    found = sorted(
+        (-float(pred["scores"][k]), i, k, Verdict(v).name.lower())
         for i, (pred, image) in enumerate(zip(test.preds, errors.images, strict=True))
         for k, v in enumerate(image.verdict.tolist())
         if v not in (Verdict.TP, Verdict.IGNORED)
-    ]
-    found.sort(key=lambda item: (-item[0], item[1], item[2]))
+    )
     return [(i, k, kind) for _, i, k, kind in found[:count]]
 
 
 def largest_missed(test: RunDetections, errors: ErrorAnalysis, count: int) -> list[tuple[int, int]]:
     """The ``count`` largest objects that no detection found, TIDE's "miss", as (image, object)."""
-    missed = [
-        (float(object_sizes(target)[j]), i, j)
+    missed = sorted(
+        (-float(object_sizes(target)[j]), i, int(j))
         for i, (target, image) in enumerate(zip(test.targets, errors.images, strict=True))
         for j in np.flatnonzero(image.missed.numpy())
-    ]
-    missed.sort(key=lambda item: (-item[0], item[1], item[2]))
-    return [(i, int(j)) for _, i, j in missed[:count]]
+    )
+    return [(i, j) for _, i, j in missed[:count]]

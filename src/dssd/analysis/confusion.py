@@ -101,8 +101,6 @@ def confusion_matrix(
         preview.evaluate()
         if not preview.cocoEval.matched:
             raise RuntimeError("faster_coco_eval failed to match detections to objects")
-        # The library counts a matched pair from the object's side and a false positive only
-        # for an unmatched detection, so without the difficult objects their detections vanish.
         for annotation in annotations:
             if annotation["iscrowd"]:
                 del preview.cocoGt.anns[annotation["id"]]

@@ -18,7 +18,6 @@ from matplotlib.figure import Figure  # noqa: E402
 from torchvision.utils import draw_bounding_boxes, make_grid  # noqa: E402
 
 from dssd.analysis.breakdown import (  # noqa: E402
-    COCO_SIZES,
     RECALL_GRID,
     RunAnalysis,
     RunDetections,
@@ -34,7 +33,7 @@ TRUTH_COLOUR, DETECTION_COLOUR, BASELINE_COLOUR = "#2ca02c", "#d62728", "#1f77b4
 def pr_curves(analysis: RunAnalysis, class_names: Sequence[str]) -> Figure:
     """Each class's precision-recall curve (its VOC AP in the legend), and the mean interpolated
     curve of each COCO object size."""
-    fig, (by_class, by_size) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (by_class, by_size) = plt.subplots(1, 2, figsize=(12, 5), layout="tight")
     for name, (recall, precision), ap in zip(
         class_names, analysis.curves, analysis.ap_per_class, strict=True
     ):
@@ -52,7 +51,6 @@ def pr_curves(analysis: RunAnalysis, class_names: Sequence[str]) -> Figure:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small", loc="lower left")
-    fig.tight_layout()
     return fig
 
 
@@ -62,7 +60,7 @@ def confusion(analysis: RunAnalysis, class_names: Sequence[str]) -> Figure:
     labels = [*class_names, "background"]
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     side = 1.2 + 0.55 * len(labels)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    fig, ax = plt.subplots(figsize=(side + 1.5, side), layout="tight")
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (t, p), count in np.ndenumerate(matrix):
         if count:
@@ -73,16 +71,14 @@ def confusion(analysis: RunAnalysis, class_names: Sequence[str]) -> Figure:
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(f"confusion matrix (IoU 0.5, score >= {analysis.score_threshold:g})")
     fig.colorbar(image, ax=ax, label="share of the true class's row")
-    fig.tight_layout()
     return fig
 
 
 def errors(analysis: RunAnalysis) -> Figure:
     """How many errors of each type, and the mAP each would gain if fixed (TIDE's dAP), over all
     objects and per COCO size."""
-    counts = [analysis.errors.counts[name] for name in ERROR_TYPES]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    left.bar(ERROR_TYPES, counts, color="#7f7f7f")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4), layout="tight")
+    left.bar(ERROR_TYPES, [analysis.errors.counts[e] for e in ERROR_TYPES], color="#7f7f7f")
     left.set(title="errors (all sizes)", ylabel="count")
     groups = {"all": analysis.errors, **analysis.size_errors}
     width = 0.8 / len(groups)
@@ -93,7 +89,6 @@ def errors(analysis: RunAnalysis) -> Figure:
     right.set_xticks(positions, ERROR_TYPES)
     right.set(title=f"mAP gained if fixed (base {100 * analysis.map:.1f})", ylabel="dAP (points)")
     right.legend(fontsize="small")
-    fig.tight_layout()
     return fig
 
 
@@ -101,7 +96,7 @@ def sizes(analysis: RunAnalysis) -> Figure:
     """Objects per size bin, with the AP and the share found at the operating point."""
     bins = analysis.fine_sizes
     names = [b.name for b in bins]
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(10, 4), layout="tight")
     ax.bar(names, [b.objects for b in bins], color="#c7c7c7", label="objects")
     ax.set(xlabel="sqrt(area) of the object, original-image pixels", ylabel="objects")
     share = ax.twinx()
@@ -110,17 +105,15 @@ def sizes(analysis: RunAnalysis) -> Figure:
     label = f"found at score >= {analysis.score_threshold:g}"
     share.plot(names, found, "s--", color="#1f77b4", label=label)
     share.set(ylabel="%", ylim=(0, 100))
-    for edge in (32, 96):  # COCO's small / medium / large bounds
-        if f"{edge}-" in " ".join(names):
-            position = next(i for i, b in enumerate(bins) if b.low == edge) - 0.5
-            ax.axvline(position, color="black", linestyle=":", linewidth=1)
+    for position, b in enumerate(bins):
+        if b.low in (32, 96):  # COCO's small / medium / large bounds
+            ax.axvline(position - 0.5, color="black", linestyle=":", linewidth=1)
     share.legend(loc="upper right", fontsize="small")
     ax.set_title(
         "AP by object size: "
         + ", ".join(f"{b.name} {100 * b.ap:.1f}" for b in analysis.coco_sizes)
-        + f" (COCO bounds {', '.join(f'{v[1]:g}' for v in list(COCO_SIZES.values())[:-1])} px)"
+        + f" (COCO bounds {', '.join(f'{b.high:g}' for b in analysis.coco_sizes[:-1])} px)"
     )
-    fig.tight_layout()
     return fig
 
 
@@ -224,13 +217,12 @@ def comparison(result: Comparison, run_name: str, baseline_name: str) -> Figure:
     """AP differences per class and per object size with their bootstrap intervals (green: the
     interval excludes 0 upwards, red: downwards)."""
     fig, (left, right) = plt.subplots(
-        1, 2, figsize=(12, 0.8 + 0.35 * max(len(result.classes), len(result.sizes)))
+        1, 2, figsize=(12, 0.8 + 0.35 * max(len(result.classes), len(result.sizes))), layout="tight"
     )
     level = f"{100 * result.confidence:g}%"
     _deltas(left, [result.overall, *result.classes], f"per class, {level} interval")
     _deltas(right, result.sizes, f"per object size (sqrt(area), px), {level} interval")
     fig.suptitle(f"{run_name} vs {baseline_name} ({result.seeds} paired seed(s))")
-    fig.tight_layout()
     return fig
 
 
