@@ -115,8 +115,9 @@ class EvaluationShard(DistributedSampler):
 
 
 class DetectionDataModule(pl.LightningDataModule):
-    """Loaders shared by the VOC and COCO DataModules; ``val_holdout`` > 0 validates on that many
-    training images (left out of training) instead of the val files."""
+    """Loaders shared by the VOC and COCO DataModules, which give ``class_names`` and ``_dataset``;
+    ``val_holdout`` > 0 validates on that many training images (left out of training) instead of
+    the val files."""
 
     def __init__(
         self,
@@ -152,10 +153,6 @@ class DetectionDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         # The devkit AP: 11-point (VOC2007 test), all-point (VOC2010+) or None (COCO metrics only)
         self.use_07_metric: bool | None = None
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
@@ -273,14 +270,10 @@ class VOCDataModule(DetectionDataModule):
                 "validate on) or data.val_sets (files of its own), not both"
             )
         self.root = root
-        self._class_names = tuple(class_names)
+        self.class_names = tuple(class_names)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.sets = {"train": train_sets, "val": val_sets, "test": test_sets}
         self.use_07_metric = use_07_metric
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
 
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
         sets = self.sets[files]

@@ -476,9 +476,8 @@ def generate_shapes(
     layout_rng = np.random.default_rng(seed)
     empty, split_of = [], []
     for split, count in zip(SPLITS, (num_trainval, num_test, num_val), strict=True):
-        n_empty = math.ceil(EMPTY_FRACTION * count)
-        chosen = set(layout_rng.choice(count, n_empty, replace=False).tolist())
-        empty += [i in chosen for i in range(count)]
+        chosen = layout_rng.choice(count, math.ceil(EMPTY_FRACTION * count), replace=False)
+        empty += np.isin(np.arange(count), chosen).tolist()
         split_of += [split] * count
 
     write = partial(_write_image, root, seed, min_size, max_size, variant)
