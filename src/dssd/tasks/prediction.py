@@ -42,8 +42,7 @@ PALETTE = ["red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "purple
 class Frame:
     """One image to detect on: a file, or frame ``index`` of a video playing at ``fps``."""
 
-    source: Path
-    name: str  # the file's path relative to the input's directory
+    name: str  # the file's path relative to the input's directory, unique per file
     image: np.ndarray  # HxWx3 uint8 RGB
     index: int | None = None
     fps: float | None = None
@@ -107,7 +106,7 @@ def read_video(path: Path, name: str) -> Iterator[Frame]:
             ok, bgr = capture.read()
             if not ok:
                 break
-            yield Frame(path, name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index, fps)
+            yield Frame(name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index, fps)
             index += 1
     finally:
         capture.release()
@@ -123,7 +122,7 @@ def read_frames(
         name = path.relative_to(root).as_posix()
         video = is_video(path)
         try:
-            yield from read_video(path, name) if video else [Frame(path, name, read_image(path))]
+            yield from read_video(path, name) if video else [Frame(name, read_image(path))]
         except OSError:
             summary.skip(name, f"not a readable {'video' if video else 'image'}")
             progress.update(1)
@@ -151,7 +150,7 @@ class Outputs:
     def __init__(self, directory: Path, summary: Summary) -> None:
         self.directory = directory
         self.summary = summary
-        self.video: tuple[Path, cv2.VideoWriter] | None = None
+        self.video: tuple[str, cv2.VideoWriter] | None = None
 
     def path(self, name: str, video: bool) -> Path:
         """The output path of input ``name``, ``.mp4`` or ``.png`` added unless it ends so."""
@@ -167,12 +166,12 @@ class Outputs:
             # JPEG quality 95: the drawn image close to its input
             Image.fromarray(drawn).save(self.path(frame.name, video=False), quality=95)
             return
-        if self.video is None or self.video[0] != frame.source:
+        if self.video is None or self.video[0] != frame.name:
             self.close()
             path = self.path(frame.name, video=True)
             size = (drawn.shape[1], drawn.shape[0])  # width, height
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps, size)
-            self.video = (frame.source, writer)
+            self.video = (frame.name, writer)
         self.video[1].write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
     def close(self) -> None:
@@ -223,11 +222,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             for frame, detections in zip(batch, found, strict=True):
                 summary.images += 1
                 entries = detections_to_coco_results([detections], [summary.images], labels)
-                for entry in entries:
-                    entry["file_name"] = frame.name
-                    if frame.index is not None:
-                        entry["frame"] = frame.index
-                results += entries
+                where: dict[str, Any] = {"file_name": frame.name}
+                if frame.index is not None:
+                    where["frame"] = frame.index
+                results += [entry | where for entry in entries]
                 outputs.write(frame, draw(frame.image, detections, cfg.draw_threshold))
                 if wandb_loggers and len(table) < cfg.max_logged_images:
                     image = wandb_image(

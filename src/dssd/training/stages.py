@@ -60,22 +60,19 @@ def load_initial_weights(
     another class count (re-initialised); another shape or a missing module is a UserError."""
     source = read_state_dict(path)
     target = model.state_dict()
-    prefixes = None if modules is None else tuple(f"net.{m}." for m in modules)
-
-    def wanted(name: str) -> bool:
-        return prefixes is None or name.startswith(prefixes)
-
-    if prefixes is not None:
+    # every name starts with "": no modules named, every tensor is wanted
+    prefixes = ("",) if modules is None else tuple(f"net.{m}." for m in modules)
+    if modules is not None:
         unknown = [m for m in modules if not any(n.startswith(f"net.{m}.") for n in target)]
         if unknown:
             raise UserError(f"init_modules names {unknown}, which this network does not have")
-        missing = [n for n in target if wanted(n) and n not in source]
+        missing = [n for n in target if n.startswith(prefixes) and n not in source]
         if missing:
             raise UserError(
                 f"init_from {path} lacks {len(missing)} tensors of {list(modules)}, e.g. "
                 f"{missing[:3]}: was it trained with another backbone or extra layers?"
             )
-    load = {n: t for n, t in source.items() if n in target and wanted(n)}
+    load = {n: t for n, t in source.items() if n in target and n.startswith(prefixes)}
     # classification heads that differ only in their output channels (boxes x (classes + 1))
     reinitialised = [
         n
