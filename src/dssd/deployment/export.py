@@ -105,8 +105,7 @@ def export_detector(
 def export_module(
     module: ExportableDetector, fmt: str, output: str | Path, image_size: int, info: dict[str, Any]
 ) -> Path:
-    """Write ``module`` as ``fmt`` at ``output`` with the metadata ``info`` inside, the batch size
-    dynamic."""
+    """Write ``module`` (dynamic batch size) as ``fmt`` at ``output`` with ``info`` inside."""
     check_format(fmt)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -116,14 +115,13 @@ def export_module(
     text = json.dumps(info)
     with torch.no_grad(), _quiet("onnx_ir", "onnxscript"):
         if fmt == "onnx":
-            batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.onnx.export(
                 module,
                 (example,),
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
                 verbose=False,
             )
             program.model.metadata_props[METADATA_KEY] = text

@@ -39,8 +39,7 @@ _MOVED_MODULES = {
 
 
 def _current_targets(config: Any) -> Any:
-    """``config`` (plain dicts and lists) with every ``_target_`` under a moved module path
-    rewritten."""
+    """``config`` (plain dicts and lists) with each ``_target_`` under a moved module rewritten."""
     if isinstance(config, list):
         return [_current_targets(value) for value in config]
     if not isinstance(config, dict):

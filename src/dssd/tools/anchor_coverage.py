@@ -145,14 +145,12 @@ def markdown(name: str, data: dict[str, Any], threshold: float) -> str:
         "| size | objects | covered % | mean best IoU | positives / object |",
         "|---|---:|---:|---:|---:|",
     ]
-    sizes = {
-        **{f"COCO {k}": v for k, v in data["by_coco_size"].items()},
-        **{f"sqrt(area) {k} px": v for k, v in data["by_input_size"].items()},
-    }
+    sizes = [(f"COCO {k}", r) for k, r in data["by_coco_size"].items()]
+    sizes += [(f"sqrt(area) {k} px", r) for k, r in data["by_input_size"].items()]
     lines += [
         f"| {label} | {r['objects']} | {pct(r['covered'])} | {num(r['mean_best_iou'])} "
         f"| {num(r['mean_positives'])} |"
-        for label, r in sizes.items()
+        for label, r in sizes
     ]
     lines += ["", "| layer | objects whose best box is here | covered by this layer alone % |"]
     lines.append("|---:|---:|---:|")
@@ -172,11 +170,10 @@ def draw_layer(
     four of them on an even map) and the ground-truth boxes ``truth`` (pixels, green)."""
     from torchvision.utils import draw_bounding_boxes
 
-    height, width = image.shape[:2]
     boxes = priors[layers == layer].double()
     nearest = (boxes[:, :2] - 0.5).abs().sum(dim=1)
     boxes = boxes[nearest <= nearest.min() + 1e-9]
-    scale = torch.tensor([width, height, width, height], dtype=torch.float64)
+    scale = torch.tensor(image.shape[1::-1] * 2, dtype=torch.float64)  # W, H, W, H
     anchors = box_convert(boxes, "cxcywh", "xyxy") * scale
     drawn = torch.from_numpy(image).permute(2, 0, 1)
     drawn = draw_bounding_boxes(drawn, anchors, colors="blue", width=1)

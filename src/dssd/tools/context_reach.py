@@ -56,11 +56,9 @@ def input_gradients(net: SSD, image: Tensor, cells: Sequence[tuple[int, int, int
     cell. One forward pass serves every cell of the image."""
     x = image[None].detach().clone().requires_grad_(True)
     maps = net.sources(x)
-    outputs: dict[int, Tensor] = {}
+    outputs = {level: net.prediction_modules[level](maps[level]) for level in {c[0] for c in cells}}
     gradients = []
     for number, (level, row, col) in enumerate(cells):
-        if level not in outputs:
-            outputs[level] = net.prediction_modules[level](maps[level])
         energy = outputs[level][0, :, row, col].float().pow(2).sum() / 2
         (gradient,) = torch.autograd.grad(energy, x, retain_graph=number < len(cells) - 1)
         gradients.append(gradient[0].abs().sum(0))
@@ -122,8 +120,7 @@ def run_reach(
 
 
 def reach_table(results: Sequence[tuple[str, list[Reach]]], distance: float) -> str:
-    """A markdown table: per run, the objects measured, their source maps, the mean share beyond
-    ``distance`` and the median radii."""
+    """Each run's measurements as a markdown table: mean share beyond ``distance``, median radii."""
     header = ["run", "objects", "maps", f"share beyond {distance:g} px", "r50 (px)", "r90 (px)"]
     rows = []
     for name, reaches in results:

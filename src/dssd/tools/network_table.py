@@ -63,8 +63,7 @@ def backbone_name(backbone: Any) -> str:
 
 
 def network_row(spec: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """One network's row: backbone and neck, input size, source maps (size and channels, after
-    the neck), default boxes, parameters and GMAC per image."""
+    """One network's row of Table 2 (source maps after the neck, GMAC per image)."""
     cfg = compose_train([*spec_overrides(spec), *overrides])
     net = instantiate(cfg.model.net)
     neck = cfg.model.net.neck
