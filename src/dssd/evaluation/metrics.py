@@ -54,16 +54,14 @@ class VOCMeanAP(Metric):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not 0.0 <= float(iou_threshold) < 1.0:
             raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold!r}")
-        if class_names is not None:
-            class_names = tuple(class_names)
-            if len(class_names) != num_classes:
-                raise ValueError(
-                    f"class_names has {len(class_names)} names but num_classes is {num_classes}"
-                )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(class_names)} names but num_classes is {num_classes}"
+            )
         self.num_classes = num_classes
         self.iou_threshold = float(iou_threshold)
         self.use_07_metric = bool(use_07_metric)
-        self.class_names: tuple[str, ...] | None = class_names
+        self.class_names = None if class_names is None else tuple(class_names)
 
         # One entry per detection; the flags are uint8 so that every backend's all_gather takes them
         for name in ("scores", "labels", "tp", "ignored"):

@@ -74,14 +74,12 @@ class WandbDetectionReport(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         wanted = self.num_images - len(self.samples)
-        if wanted <= 0 or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        if _wandb_logger(trainer) is None:
+        skip = trainer.sanity_checking or not trainer.is_global_zero
+        if wanted <= 0 or skip or _wandb_logger(trainer) is None:
             return
         images, targets = batch
         for image, target, detections in list(zip(images, targets, outputs, strict=True))[:wanted]:
-            height, width = target["orig_size"].tolist()
-            scale = detections["boxes"].new_tensor([width, height, width, height])
+            scale = target["orig_size"].flip(-1).repeat(2).to(detections["boxes"])  # (w, h, w, h)
             keep = detections["scores"] >= self.min_score
             predicted = {
                 "boxes": (detections["boxes"][keep] / scale).float().cpu(),
@@ -230,12 +228,9 @@ def wandb_project_history(
         if history.empty:
             continue
         # Lightning's global step (logged as trainer/global_step), else W&B's own _step
-        step = "trainer/global_step" if "trainer/global_step" in history else "_step"
-        frame = history.reindex(columns=list(keys))
-        frame.insert(0, "step", history[step].astype(int))
-        frame.insert(0, "name", run.name)
-        frame.insert(0, "run_id", run.id)
-        frames.append(frame)
+        step = history["trainer/global_step" if "trainer/global_step" in history else "_step"]
+        frame = pd.DataFrame({"run_id": run.id, "name": run.name, "step": step.astype(int)})
+        frames.append(frame.join(history.reindex(columns=list(keys))))
     if not frames:
         return pd.DataFrame(columns=["run_id", "name", "step", *keys])
     return pd.concat(frames, ignore_index=True)
