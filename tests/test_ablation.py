@@ -268,12 +268,13 @@ def test_the_necks_setting_shares_table_4s_network_and_runs_every_neck() -> None
     ]
 
 
-def test_the_full_length_setting_is_table_4s_rows_on_make_trains_schedules() -> None:
+def test_the_full_length_setting_is_table_4s_rows_on_the_full_length_schedules() -> None:
     """ABLATION=shapes_full: every row composes to the default setting's train config but for the
-    length (iterations, milestones, warm-up, validation and checkpoint intervals), which is make
-    train's: the rows' schedules are experiment=shapes's."""
+    length (iterations, milestones, warm-up, validation and checkpoint intervals): the rows'
+    schedules are experiment=shapes_full's."""
     full, short = compose_table4("ablation=shapes_full"), compose_table4("ablation=shapes")
-    default = OmegaConf.to_container(resolve_with_hydra(compose_train()).schedules)
+    full_length = compose_train("experiment=shapes_full")
+    default = OmegaConf.to_container(resolve_with_hydra(full_length).schedules)
     lengths = ("schedules.", "model.scheduler.", "trainer.max_steps", "trainer.val_check_interval")
     names = ("tags", "run_group", "callbacks.last_checkpoint.")
     for row in parse_rows(full.rows):
@@ -287,9 +288,10 @@ def test_the_full_length_setting_is_table_4s_rows_on_make_trains_schedules() -> 
 
 def test_the_long_setting_is_the_full_length_rows_at_twice_their_schedules() -> None:
     """ABLATION=shapes_long: every row composes to the full-length setting's train config but for
-    the length, and each stage's iterations, LR milestones and warm-up are twice make train's."""
+    the length, and each stage's iterations, LR milestones and warm-up are twice shapes_full's."""
     long, full = compose_table4("ablation=shapes_long"), compose_table4("ablation=shapes_full")
-    default = OmegaConf.to_container(resolve_with_hydra(compose_train()).schedules)
+    full_length = compose_train("experiment=shapes_full")
+    default = OmegaConf.to_container(resolve_with_hydra(full_length).schedules)
     doubled = [
         {
             **stage,

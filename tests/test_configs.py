@@ -133,8 +133,9 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
 
 def test_the_default_recipe_changes_only_what_the_10_minute_search_chose() -> None:
     """experiment=shapes is experiment=shapes_r18w32's recipe with the network, batch,
-    augmentation, loader and schedule the recipe search chose (docs/reproducing.md), and the
-    ablation keeps shapes_r18w32's loader, with which its figures were measured."""
+    augmentation, loader and schedule the recipe search chose and the learning rate the LR search
+    chose (docs/reproducing.md), and the ablation keeps shapes_r18w32's loader, with which its
+    figures were measured."""
 
     def flat(*overrides: str) -> dict[str, object]:
         cfg = compose_train("logger=csv", *overrides)
@@ -142,7 +143,14 @@ def test_the_default_recipe_changes_only_what_the_10_minute_search_chose() -> No
 
     default, earlier = flat(), flat("experiment=shapes_r18w32")
     changed = {k for k in default.keys() | earlier.keys() if default.get(k) != earlier.get(k)}
-    chosen = ("model.net.", "schedules.", "model.scheduler.", "data.batch_size", "data.augment")
+    chosen = (
+        "model.net.",
+        "schedules.",
+        "model.scheduler.",
+        "model.optimizer.lr",
+        "data.batch_size",
+    )
+    chosen += ("data.augment",)
     names = ("run_name", "run_group", "run_tags", "tags")  # follow the experiment's and model's
     others = {k for k in changed if not k.startswith((*chosen, *names))}
     assert others == {
@@ -156,9 +164,36 @@ def test_the_default_recipe_changes_only_what_the_10_minute_search_chose() -> No
     assert ablation["data.num_workers"] == earlier["data.num_workers"] == 1
 
 
-def test_the_ablation_is_the_default_recipe_on_shorter_schedules() -> None:
-    """experiment=shapes_ablation (make ablation's rows) is experiment=shapes with every stage at
-    45% of the iterations, the milestones and warm-up scaled alike, so that it keeps the recipe
+def test_the_default_differs_from_the_full_length_recipe_by_stage_0s_schedule() -> None:
+    """experiment=shapes (make train) is experiment=shapes_full, the recipe before the learning-rate
+    search, with stage 0 at LR 4e-3 for 1,200 iterations; stages 1 and 2 are the same."""
+
+    def flat(*overrides: str) -> dict[str, object]:
+        cfg = compose_train("logger=csv", *overrides)
+        return flatten(OmegaConf.to_container(resolve_with_hydra(cfg)))
+
+    default, full = flat(), flat("experiment=shapes_full")
+    changed = {k for k in default.keys() | full.keys() if default.get(k) != full.get(k)}
+    assert {k for k in changed if not k.startswith(("run_group", "schedules.0."))} == {
+        "model.scheduler.milestones.0",
+        "model.scheduler.milestones.1",
+        "model.scheduler.warmup_iters",
+        "model.optimizer.lr",
+        "trainer.max_steps",
+        "trainer.val_check_interval",
+    }
+    assert (default["schedules.0.lr"], full["schedules.0.lr"]) == (4.0e-3, 1.0e-3)
+    assert (default["trainer.max_steps"], full["trainer.max_steps"]) == (1200, 1780)
+    for stage in (1, 2):
+        later = ("logger=csv", f"stage={stage}", "init_from=/x/last.ckpt")
+        default, full = flat(*later), flat(*later, "experiment=shapes_full")
+        changed = {k for k in default if default[k] != full[k]}
+        assert {k for k in changed if not k.startswith("schedules.0.")} == {"run_group"}
+
+
+def test_the_ablation_is_the_full_length_recipe_on_shorter_schedules() -> None:
+    """experiment=shapes_ablation (make ablation's rows) is experiment=shapes_full with every stage
+    at 45% of the iterations, the milestones and warm-up scaled alike, so that it keeps the recipe
     chosen on the validation split and changes only the length the time budget set."""
 
     def flat(*overrides: str) -> dict[str, object]:
@@ -166,7 +201,11 @@ def test_the_ablation_is_the_default_recipe_on_shorter_schedules() -> None:
         return flatten(OmegaConf.to_container(resolve_with_hydra(cfg)))
 
     for stage in range(3):
-        default = flat(f"stage={stage}", *(["init_from=/x/last.ckpt"] if stage else []))
+        default = flat(
+            "experiment=shapes_full",
+            f"stage={stage}",
+            *(["init_from=/x/last.ckpt"] if stage else []),
+        )
         ablation = flat(
             "experiment=shapes_ablation",
             f"stage={stage}",

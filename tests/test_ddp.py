@@ -170,8 +170,9 @@ class DDPFit:
 def ddp_fit(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> DDPFit:
     """Five optimiser steps on two processes, then one validation.
 
-    No LR warm-up and no augmentation: after these steps the weights find some of the training
-    images' objects, which the metric test below needs (untrained weights score 0 everywhere).
+    No LR warm-up, LR 1e-3 and no augmentation: after these steps the weights find some of the
+    training images' objects, which the metric test below needs (untrained weights score 0
+    everywhere).
     """
     cfg = tiny_run_config(
         tiny_shapes,
@@ -181,6 +182,7 @@ def ddp_fit(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> DDPF
         "trainer.check_val_every_n_epoch=null",
         "trainer.log_every_n_steps=1",
         "model.scheduler=null",
+        "schedules.0.lr=1.0e-3",
         "data.augment=null",
     )
     pl.seed_everything(0)
