@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from dssd.analysis.analyser import find_run, load_test_detections
+from dssd.deployment.detector import Detector
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.matching import as_tensors, check_image, match_image
 
@@ -70,11 +71,19 @@ def ap_range_over_ties(
 SCORE_TOLERANCE = 1e-5
 
 
-def analysed_ap_ranges(run: Path) -> dict[str, tuple[float, float]]:
+def analysed_ap_ranges(run: Path, precision: str | None = None) -> dict[str, tuple[float, float]]:
     """The range over near-ties of each class's AP (class name to lowest and highest), of the
-    test detections that src/analyze.py computes for ``run`` (a run directory or checkpoint)."""
-    test = load_test_detections(find_run(run), source="checkpoint")
-    preds = [as_tensors(p, ("boxes", "scores", "labels")) for p in test.preds]
+    test detections that src/analyze.py computes for ``run`` (a run directory or checkpoint), in
+    the run's precision or in ``precision``: near-ties are ties within one precision, so a
+    float32 code path (an exported file) is compared with the checkpoint in float32."""
+    found = find_run(run)
+    test = load_test_detections(found, source="checkpoint")
+    preds = test.preds
+    if precision is not None:
+        detector = Detector.from_checkpoint(found.checkpoint, fold_bn=False, precision=precision)
+        detector.batch_size = int(detector.run_config.data.batch_size)
+        preds = detector.predict(list(test.image_paths))
+    preds = [as_tensors(p, ("boxes", "scores", "labels")) for p in preds]
     targets = [as_tensors(t, ("boxes", "labels", "difficult")) for t in test.targets]
     low, high = ap_range_over_ties(
         preds, targets, len(test.class_names), SCORE_TOLERANCE, test.use_07_metric
