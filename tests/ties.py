@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dssd.analysis.analyser import find_run, load_test_detections
+from dssd.analysis.analyser import GroundTruth, find_run, load_test_detections
 from dssd.deployment.detector import Detector
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.matching import as_tensors, check_image, match_image
@@ -77,11 +77,13 @@ def analysed_ap_ranges(run: Path, precision: str | None = None) -> dict[str, tup
     the run's precision or in ``precision``: near-ties are ties within one precision, so a
     float32 code path (an exported file) is compared with the checkpoint in float32."""
     found = find_run(run)
-    test = load_test_detections(found, source="checkpoint")
-    preds = test.preds
-    if precision is not None:
+    if precision is None:
+        test = load_test_detections(found, source="checkpoint")
+        preds = test.preds
+    else:  # the same images and batches, in ``precision``
         detector = Detector.from_checkpoint(found.checkpoint, fold_bn=False, precision=precision)
         detector.batch_size = int(detector.run_config.data.batch_size)
+        test = GroundTruth.of_run(detector.run_config)
         preds = detector.predict(list(test.image_paths))
     preds = [as_tensors(p, ("boxes", "scores", "labels")) for p in preds]
     targets = [as_tensors(t, ("boxes", "labels", "difficult")) for t in test.targets]
