@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 
 from dssd.data.voc import write_voc_results
 from dssd.evaluation.bootstrap import holm, paired_bootstrap
-from dssd.evaluation.matched_run import MatchedRun
+from dssd.evaluation.matched_run import MatchedRun, results_per_image
 from dssd.evaluation.metrics import VOCMeanAP
 from test_metrics import random_case
 
@@ -142,8 +142,8 @@ def test_runs_read_from_devkit_result_files_match_the_in_memory_ones(tmp_path: P
     ids = [f"img{i}" for i in range(10)]
     names = [f"c{c}" for c in range(1, NUM_CLASSES + 1)]
     write_voc_results(tmp_path, ids, preds, names)
-    from_files = MatchedRun.from_results(tmp_path, ids, targets, names)
+    from_files = MatchedRun.build(results_per_image(tmp_path, ids, names), targets, NUM_CLASSES)
     in_memory = MatchedRun.build(preds, targets, NUM_CLASSES)
     assert from_files.mean_ap()[0] == pytest.approx(in_memory.mean_ap()[0], abs=1e-9)
     with pytest.raises(ValueError, match="not in the test set"):
-        MatchedRun.from_results(tmp_path, ids[:5], targets[:5], names)
+        results_per_image(tmp_path, ids[:5], names)

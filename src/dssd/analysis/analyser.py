@@ -84,13 +84,14 @@ def _tested_checkpoint(directory: Path, results: dict[str, Any]) -> tuple[str, P
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """A test split's images and their objects, in the order of its dataset."""
+    """A test split's images and their objects, in the order of its dataset; ``use_07_metric`` the
+    data's devkit AP (None without the VOC metric, e.g. COCO: AP all-point, as for False)."""
 
     image_ids: tuple[Any, ...]
     image_paths: tuple[str, ...]
     targets: tuple[dict[str, np.ndarray], ...]
     class_names: tuple[str, ...]
-    use_07_metric: bool
+    use_07_metric: bool | None
 
     @classmethod
     def of_run(cls, run_cfg: DictConfig) -> GroundTruth:
@@ -102,7 +103,7 @@ class GroundTruth:
             image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
             targets=tuple(_target(reader.annotations[i]) for reader, i in items),
             class_names=tuple(datamodule.class_names),
-            use_07_metric=bool(datamodule.use_07_metric),
+            use_07_metric=datamodule.use_07_metric,
         )
 
 

@@ -158,19 +158,6 @@ class MatchedRun:
         return cls(**verdicts, npos=npos, sizes=ObjectSizes(**flat))
 
     @classmethod
-    def from_results(
-        cls,
-        directory: str | Path,
-        image_ids: Sequence[Any],
-        targets: Sequence[Mapping[str, Any]],
-        class_names: Sequence[str],
-        iou_threshold: float = 0.5,
-    ) -> MatchedRun:
-        """Match the devkit result files in ``directory`` (:func:`results_per_image`)."""
-        detections = results_per_image(directory, image_ids, class_names)
-        return cls.build(detections, targets, len(class_names), iou_threshold)
-
-    @classmethod
     def pooled(cls, score: Any, label: Any, tp: Any, ignored: Any, npos: Any) -> MatchedRun:
         """Verdicts already made (arrays or tensors), pooled as if of one image with ``npos`` [C]
         positives: enough for the plain AP. Ties in score keep the order given."""

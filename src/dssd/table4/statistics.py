@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from dssd.analysis.analyser import GroundTruth
+from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
 from dssd.evaluation.bootstrap import holm, paired_bootstrap
-from dssd.evaluation.matched_run import MatchedRun
+from dssd.evaluation.matched_run import MatchedRun, results_per_image
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.tables import percent
 from dssd.table4.rows import Row, read_run_record, run_dir
@@ -158,30 +160,23 @@ def load_matches(
     """The AP rule and every run's test detections (``voc_results/``) matched to the test set
     rebuilt from the first run's checkpoint, warning when a run's mAP is not the logged one;
     None (with a warning) for data without the VOC metric."""
-    # deferred: building the test set needs the model and data stack, the table code does not
-    from dssd.deployment.inference import load_checkpoint, load_test_data
-
     first = run_dir(out_dir, rows[0].id, seeds[0])
-    _, run_cfg = load_checkpoint(first / "checkpoints" / "last.ckpt")
-    datamodule = load_test_data(run_cfg)
-    if datamodule.use_07_metric is None:
+    split = GroundTruth.of_run(load_checkpoint(first / "checkpoints" / "last.ckpt")[1])
+    if split.use_07_metric is None:
         log.warning("The test data has no VOC metric: no intervals for the differences.")
         return None
-    dataset = datamodule.datasets["test"]
-    parts = getattr(dataset, "datasets", [dataset])
-    image_ids = [i for part in parts for i in part.ids]
-    targets = [a for part in parts for a in part.annotations]
     by_run = {}
     for record in runs:
         directory = out_dir / record["run_dir"]
         try:
-            found = MatchedRun.from_results(
-                directory / RESULTS_DIR, image_ids, targets, datamodule.class_names
+            detections = results_per_image(
+                directory / RESULTS_DIR, split.image_ids, split.class_names
             )
+            found = MatchedRun.build(detections, split.targets, len(split.class_names))
         except (OSError, ValueError) as err:
             raise UserError(f"{directory}: cannot read its test detections ({err})") from None
         logged = record["voc_map"]
-        recomputed = 100 * float(found.mean_ap(use_07_metric=datamodule.use_07_metric)[0])
+        recomputed = 100 * float(found.mean_ap(use_07_metric=split.use_07_metric)[0])
         if logged is not None and abs(recomputed - logged) > 0.01:
             log.warning(
                 "%s: the mAP of its result files (%.3f) is not the logged one (%.3f)",
@@ -190,7 +185,7 @@ def load_matches(
                 logged,
             )
         by_run[record["row"], record["seed"]] = found
-    return bool(datamodule.use_07_metric), by_run
+    return split.use_07_metric, by_run
 
 
 def _std(values: Sequence[float]) -> float | None:
