@@ -11,8 +11,9 @@ fixed tolerance (a class with few objects), and a fixed large one would hide rea
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,12 +21,12 @@ from torch import Tensor
 from dssd.analysis.analyser import GroundTruth, find_run, load_test_detections
 from dssd.deployment.detector import Detector
 from dssd.evaluation.matched_run import MatchedRun
-from dssd.evaluation.matching import as_tensors, check_image, match_image
+from dssd.evaluation.matching import check_image, match_image
 
 
 def ap_range_over_ties(
-    preds: Sequence[dict[str, Tensor]],
-    targets: Sequence[dict[str, Tensor]],
+    preds: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
     num_classes: int,
     tolerance: float,
     use_07_metric: bool = True,
@@ -85,10 +86,8 @@ def analysed_ap_ranges(run: Path, precision: str | None = None) -> dict[str, tup
         detector.batch_size = int(detector.run_config.data.batch_size)
         test = GroundTruth.of_run(detector.run_config)
         preds = detector.predict(list(test.image_paths))
-    preds = [as_tensors(p, ("boxes", "scores", "labels")) for p in preds]
-    targets = [as_tensors(t, ("boxes", "labels", "difficult")) for t in test.targets]
     low, high = ap_range_over_ties(
-        preds, targets, len(test.class_names), SCORE_TOLERANCE, test.use_07_metric
+        preds, test.targets, len(test.class_names), SCORE_TOLERANCE, test.use_07_metric
     )
     return {name: (float(low[i]), float(high[i])) for i, name in enumerate(test.class_names)}
 

@@ -28,7 +28,7 @@ from faster_coco_eval import COCO
 from faster_coco_eval.extra import PreviewResults
 
 from dssd.data.coco import detections_to_coco_results
-from dssd.evaluation.matching import as_tensors, check_image
+from dssd.evaluation.matching import check_image
 
 
 @contextmanager
@@ -62,10 +62,7 @@ def confusion_matrix(
     detections, annotations = [], []
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
         p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
-            i,
-            as_tensors(pred, ("boxes", "scores", "labels")),
-            as_tensors(target, ("boxes", "labels", "difficult")),
-            num_classes,
+            i, pred, target, num_classes
         )
         keep = p_scores >= score_threshold
         detections.append(

@@ -29,7 +29,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from dssd.evaluation.matched_run import MatchedRun
-from dssd.evaluation.matching import as_tensors, check_image, in_area_range, match_image
+from dssd.evaluation.matching import check_image, in_area_range, match_image
 
 
 class Verdict(IntEnum):
@@ -166,9 +166,8 @@ def analyse_errors(
     npos = torch.zeros(num_classes, dtype=torch.long)
     missed = torch.zeros(num_classes, dtype=torch.long)
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
-        pred = as_tensors(pred, ("boxes", "scores", "labels"))
         p_boxes, p_scores, p_labels, t_boxes, t_labels, t_difficult = check_image(
-            i, pred, as_tensors(target, ("boxes", "labels", "difficult")), num_classes
+            i, pred, target, num_classes
         )
         if area_range is not None:  # objects of other sizes are ignored, as difficult ones
             t_difficult = t_difficult | ~in_area_range(t_boxes, area_range)
@@ -181,7 +180,7 @@ def analyse_errors(
         missed += torch.bincount(t_labels[image.missed] - 1, minlength=num_classes)
         pooled.append((p_scores, p_labels, image.verdict, image.fixed, image.fixed_label))
         # back to the input's order (check_image sorted by score, stably)
-        scores = pred["scores"].detach().to("cpu", torch.float32)
+        scores = torch.as_tensor(pred["scores"]).detach().to("cpu", torch.float32)
         inverse = torch.argsort(torch.sort(scores, descending=True, stable=True).indices)
         reordered = [t[inverse] for t in (image.verdict, image.fixed, image.fixed_label)]
         images.append(ImageErrors(*reordered, image.missed))

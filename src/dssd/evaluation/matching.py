@@ -4,7 +4,7 @@ and the checks of per-image dicts. Boxes are continuous pixel edges: a VOC box `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -53,9 +53,12 @@ def match_image(
 
 
 def _checked(value: Any, n: int | None, where: str) -> Tensor:
-    """``value`` checked as boxes [N, 4] (``n`` None) or as one entry for each of ``n`` boxes."""
-    if not isinstance(value, Tensor):
-        raise ValueError(f"{where}: expected a tensor, got {type(value).__name__}")
+    """``value`` (a tensor, or a numpy array or list made one) checked as boxes [N, 4] (``n`` None)
+    or as one entry for each of ``n`` boxes."""
+    try:
+        value = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{where}: expected an array, got {type(value).__name__}") from None
     if value.numel() == 0 and not n:
         return value.reshape(0, 4) if n is None else value.reshape(0)
     if n is None and (value.ndim != 2 or value.shape[1] != 4):
@@ -71,22 +74,12 @@ def in_area_range(boxes: Tensor, area_range: tuple[float, float]) -> Tensor:
     return (area >= area_range[0]) & (area < area_range[1])
 
 
-def as_tensors(value: Any, keys: Sequence[str]) -> Any:
-    """The dict with its ``keys`` entries (numpy arrays or tensors) as tensors, so that numpy
-    input passes :func:`check_image`; anything else as is, for it to reject."""
-    if not isinstance(value, Mapping):
-        return value
-    return {
-        key: torch.as_tensor(item) if key in keys and item is not None else item
-        for key, item in value.items()
-    }
-
-
 def check_image(
     i: int, pred: Any, target: Any, num_classes: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Validate image ``i``'s dicts (:meth:`dssd.evaluation.metrics.VOCMeanAP.update`); return its
-    detections by descending score (stable) and its ground truths, on the CPU (boxes float64)."""
+    """Validate image ``i``'s dicts (:meth:`dssd.evaluation.metrics.VOCMeanAP.update`; tensors or
+    numpy arrays); return its detections by descending score (stable) and its ground truths, on
+    the CPU (boxes float64)."""
     required = (
         ("preds", pred, ("boxes", "scores", "labels")),
         ("targets", target, ("boxes", "labels")),
