@@ -19,10 +19,10 @@ RunDirs = Mapping[str, PathLike] | Iterable[PathLike]
 _RUN_KEYS = ("run_name", "stage", "parameters", "trainable_parameters", "gmac", "fit_seconds")
 
 
-def write_results_json(record: Mapping, directory: str | Path, role: str = "test") -> Path:
+def write_results_json(record: Mapping, directory: str | Path) -> Path:
     """Write ``record`` (metrics, per-class AP, parameter counts, timings) to
-    ``<directory>/<role>_results.json``, the markdown tables' machine-readable twin; NaN -> null."""
-    path = Path(directory) / f"{role}_results.json"
+    ``<directory>/test_results.json``, the markdown tables' machine-readable twin; NaN -> null."""
+    path = Path(directory) / "test_results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
     return path

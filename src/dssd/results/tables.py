@@ -98,35 +98,24 @@ def write_csv(records: Sequence[Mapping[str, Any]], path: Path, columns: Sequenc
 
 
 def results_tables(
-    metrics: Mapping[str, float],
-    per_class_ap: Mapping[str, float],
-    name: str,
-    role: str = "test",
+    metrics: Mapping[str, float], per_class_ap: Mapping[str, float], name: str
 ) -> str:
-    """Markdown tables of ``role``'s logged metrics for the run ``name``; ``per_class_ap`` (NaN: no
+    """Markdown tables of the logged test metrics for the run ``name``; ``per_class_ap`` (NaN: no
     ground truth) forms Table 3's row with a VOC mAP logged, a class / AP list otherwise."""
     sections = []
-    voc_map = metrics.get(f"{role}/voc_map")
+    voc_map = metrics.get("test/voc_map")
     if voc_map is not None:
         header = ["model", "mAP", *per_class_ap]
         row = [name, percent_cell(voc_map), *map(percent_cell, per_class_ap.values())]
         sections.append("VOC mAP @ IoU 0.5 (Table 3 layout)\n\n" + markdown_table(header, [row]))
-    columns = {h: k for h, k in COCO_COLUMNS.items() if f"{role}/{k}" in metrics}
-    coco_row = [name, *(percent_cell(metrics[f"{role}/{key}"]) for key in columns.values())]
+    columns = {h: k for h, k in COCO_COLUMNS.items() if f"test/{k}" in metrics}
+    coco_row = [name, *(percent_cell(metrics[f"test/{key}"]) for key in columns.values())]
     coco_table = markdown_table(["model", *columns], [coco_row])
     sections.append("COCO metrics (Table 6 layout)\n\n" + coco_table)
     if voc_map is None and per_class_ap:
         rows = [[cls, percent_cell(ap)] for cls, ap in per_class_ap.items()]
         sections.append("COCO AP per class\n\n" + markdown_table(["class", "AP"], rows))
     return "\n\n".join(sections) + "\n"
-
-
-def write_results(text: str, directory: str | Path, role: str = "test") -> Path:
-    """Write the tables to ``<directory>/<role>_results.md`` and return the path."""
-    path = Path(directory) / f"{role}_results.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 def delta_cell(delta: float | None, low: float, high: float, significant: bool) -> str:
