@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from dssd.analysis.breakdown import RunAnalysis, RunDetections, analyse_run
+from dssd.analysis.breakdown import GroundTruth, RunAnalysis, RunDetections, analyse_run
 from dssd.analysis.comparison import Comparison, compare
 from dssd.analysis.writing import write_comparison, write_run_analysis
-from dssd.data.datamodule import dataset_items
 from dssd.deployment.detector import Detector, batches
-from dssd.deployment.inference import choose_device, load_checkpoint, load_test_data
+from dssd.deployment.inference import choose_device, load_checkpoint
 from dssd.errors import UserError
 from dssd.evaluation.matched_run import results_per_image
 from dssd.results.runs import RESULTS_DIR, read_test_results
@@ -82,31 +81,6 @@ def _tested_checkpoint(directory: Path, results: dict[str, Any]) -> tuple[str, P
     return tested, last if tested == FINAL_WEIGHTS else Path(tested)
 
 
-@dataclass(frozen=True)
-class GroundTruth:
-    """A test split's images and their objects, in the order of its dataset; ``use_07_metric`` the
-    data's devkit AP (None without the VOC metric, e.g. COCO: AP all-point, as for False)."""
-
-    image_ids: tuple[Any, ...]
-    image_paths: tuple[str, ...]
-    targets: tuple[dict[str, np.ndarray], ...]
-    class_names: tuple[str, ...]
-    use_07_metric: bool | None
-
-    @classmethod
-    def of_run(cls, run_cfg: DictConfig) -> GroundTruth:
-        """The test split of the data a run was trained with (its ``data`` config)."""
-        datamodule = load_test_data(run_cfg)
-        items = dataset_items(datamodule.datasets["test"])
-        return cls(
-            image_ids=tuple(reader.ids[i] for reader, i in items),
-            image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
-            targets=tuple(_target(reader.annotations[i]) for reader, i in items),
-            class_names=tuple(datamodule.class_names),
-            use_07_metric=datamodule.use_07_metric,
-        )
-
-
 def load_test_detections(
     run: Run,
     source: str = "auto",
@@ -133,17 +107,7 @@ def load_test_detections(
     else:
         preds = _predict(run, split.image_paths, device, batch_size)
     preds = tuple({k: np.asarray(v) for k, v in p.items() if k != "names"} for p in preds)
-    return RunDetections(preds=preds, **vars(split))  # the split's fields, by name
-
-
-def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
-    boxes = np.asarray(annotation["boxes"], np.float64).reshape(-1, 4)
-    difficult = annotation.get("difficult")
-    return {
-        "boxes": boxes,
-        "labels": np.asarray(annotation["labels"], np.int64),
-        "difficult": np.asarray(np.zeros(len(boxes)) if difficult is None else difficult, bool),
-    }
+    return RunDetections(**vars(split), preds=preds)  # the split's fields, by name
 
 
 def _predict(run: Run, paths: Sequence[str], device: str, batch_size: int | None) -> list[dict]:

@@ -1,6 +1,7 @@
-"""One run's test detections taken apart: AP per class and per object size, precision-recall
-curves, TIDE-style errors (:mod:`dssd.analysis.errors`), the confusion matrix with background
-(:mod:`dssd.analysis.confusion`) and the errors worth looking at.
+"""A test split (:class:`GroundTruth`) and one run's detections on it (:class:`RunDetections`),
+taken apart: AP per class and per object size, precision-recall curves, TIDE-style errors
+(:mod:`dssd.analysis.errors`), the confusion matrix with background (:mod:`dssd.analysis.confusion`)
+and the errors worth looking at.
 
 Every AP is the VOC AP at IoU 0.5 of the run matched once by the devkit's rule
 (:class:`dssd.evaluation.matched_run.MatchedRun`), so per-class figures are the test results'. AP by
@@ -18,9 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from dssd.analysis.confusion import confusion_matrix
 from dssd.analysis.errors import ErrorAnalysis, Verdict, analyse_errors
+from dssd.data.datamodule import dataset_items
+from dssd.deployment.inference import load_test_data
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.matching import best_matches, match_image
 
@@ -37,21 +41,53 @@ RECALL_GRID = np.linspace(0.0, 1.0, 101)
 
 
 @dataclass(frozen=True)
-class RunDetections:
-    """A run's detections on its test split beside the ground truth, image by image, in numpy:
-    ``preds`` "boxes" [K, 4] (xyxy pixel edges of the original image), "scores" [K], "labels" [K]
-    in ``1..C``; ``targets`` "boxes" [N, 4], "labels" [N], "difficult" [N]."""
+class GroundTruth:
+    """A test split's images and their objects, in the order of its dataset, in numpy: ``targets``
+    "boxes" [N, 4] (xyxy pixel edges of the original image), "labels" [N], "difficult" [N];
+    ``use_07_metric`` the data's devkit AP (None without the VOC metric, e.g. COCO: AP all-point,
+    as for False)."""
 
     image_ids: tuple[Any, ...]
     image_paths: tuple[str, ...]
-    preds: tuple[dict[str, np.ndarray], ...]
     targets: tuple[dict[str, np.ndarray], ...]
     class_names: tuple[str, ...]
-    use_07_metric: bool
+    use_07_metric: bool | None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @classmethod
+    def of_run(cls, run_cfg: DictConfig) -> GroundTruth:
+        """The test split of the data a run was trained with (its ``data`` config)."""
+        datamodule = load_test_data(run_cfg)
+        items = dataset_items(datamodule.datasets["test"])
+        return cls(
+            image_ids=tuple(reader.ids[i] for reader, i in items),
+            image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
+            targets=tuple(_target(reader.annotations[i]) for reader, i in items),
+            class_names=tuple(datamodule.class_names),
+            use_07_metric=datamodule.use_07_metric,
+        )
+
+
+def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
+    boxes = np.asarray(annotation["boxes"], np.float64).reshape(-1, 4)
+    difficult = annotation.get("difficult")
+    return {
+        "boxes": boxes,
+        "labels": np.asarray(annotation["labels"], np.int64),
+        "difficult": np.asarray(np.zeros(len(boxes)) if difficult is None else difficult, bool),
+    }
+
+
+@dataclass(frozen=True)
+class RunDetections(GroundTruth):
+    """A run's detections on its test split beside the ground truth, image by image, in numpy:
+    ``preds`` "boxes" [K, 4] (xyxy pixel edges of the original image), "scores" [K], "labels" [K]
+    in ``1..C``."""
+
+    preds: tuple[dict[str, np.ndarray], ...]
 
     @cached_property
     def matched(self) -> MatchedRun:
