@@ -20,7 +20,7 @@ __all__ = ["VOCMeanAP"]
 class VOCMeanAP(Metric):
     """PASCAL VOC mAP by the devkit's rules (:func:`dssd.evaluation.matching.match_image`), for
     labels ``1..num_classes``, IoU strictly above ``iou_threshold``; ``use_07_metric``: VOC2007's
-    11-point AP (the papers' figures), else VOC2010+'s all-point AP; ``class_names``: for reports.
+    11-point AP (the papers' figures), else VOC2010+'s all-point AP.
 
     ``update(preds, targets)`` takes torchmetrics' ``MeanAveragePrecision`` lists of dicts (boxes
     xyxy in pixel edges, targets with an optional bool ``difficult``). ``compute()`` returns
@@ -46,7 +46,6 @@ class VOCMeanAP(Metric):
         num_classes: int,
         iou_threshold: float = 0.5,
         use_07_metric: bool = True,
-        class_names: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -54,14 +53,9 @@ class VOCMeanAP(Metric):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not 0.0 <= float(iou_threshold) < 1.0:
             raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold!r}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(
-                f"class_names has {len(class_names)} names but num_classes is {num_classes}"
-            )
         self.num_classes = num_classes
         self.iou_threshold = float(iou_threshold)
         self.use_07_metric = bool(use_07_metric)
-        self.class_names = None if class_names is None else tuple(class_names)
 
         # One entry per detection; the flags are uint8 so that every backend's all_gather takes them
         for name in ("scores", "labels", "tp", "ignored"):
