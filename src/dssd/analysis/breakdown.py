@@ -212,6 +212,13 @@ def fine_size_bounds() -> dict[str, tuple[float, float]]:
     }
 
 
+def nan_mean(values: Any) -> float:
+    """The mean of ``values`` without their NaNs (e.g. the APs of the classes with positives); NaN,
+    without numpy's warning, when none is finite."""
+    values = np.asarray(values, np.float64)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
 def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysis:
     """Everything :class:`RunAnalysis` holds, for one run's test detections."""
     if not test.preds:
@@ -236,7 +243,7 @@ def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysi
     fine = fine_size_bounds()
     size_matches = {name: test.matches(b) for name, b in {**COCO_SIZES, **fine}.items()}
     return RunAnalysis(
-        map=float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan"),
+        map=nan_mean(aps),
         ap_per_class=aps,
         positives=matches.npos.sum(axis=0),
         coco_sizes=size_bins(test, COCO_SIZES, size_matches, found),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dssd.analysis.breakdown import RunAnalysis, RunDetections
+from dssd.analysis.breakdown import RunAnalysis, RunDetections, nan_mean
 from dssd.analysis.errors import ERROR_TYPES, ErrorAnalysis
 from dssd.evaluation.bootstrap import Difference, paired_differences
 from dssd.evaluation.matched_run import MatchedRun
@@ -115,10 +115,6 @@ def compare(
     def class_statistic(run: MatchedRun, weights: np.ndarray | None) -> np.ndarray:
         return run.class_aps(weights, use_07)
 
-    def mean(values: Sequence[float]) -> float:
-        values = np.asarray(values, np.float64)
-        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-
     def delta_rows(
         names: Sequence[str],
         figures: Callable[[RunAnalysis], Sequence[float]],
@@ -126,8 +122,10 @@ def compare(
     ) -> tuple[DeltaRow, ...]:
         """A row per name: the mean of that entry of ``figures`` over the runs and over the
         baselines, and its difference."""
-        runs = [mean(column) for column in zip(*map(figures, analyses), strict=True)]
-        baselines = [mean(column) for column in zip(*map(figures, baseline_analyses), strict=True)]
+        runs = [nan_mean(column) for column in zip(*map(figures, analyses), strict=True)]
+        baselines = [
+            nan_mean(column) for column in zip(*map(figures, baseline_analyses), strict=True)
+        ]
         return tuple(DeltaRow(*row) for row in zip(names, runs, baselines, deltas, strict=True))
 
     def size_aps(analysis: RunAnalysis) -> list[float]:
@@ -147,10 +145,10 @@ def compare(
         ErrorRow(
             name,
             size,
-            mean([by_size(a)[size].counts[name] for a in analyses]),
-            mean([by_size(a)[size].counts[name] for a in baseline_analyses]),
-            mean([by_size(a)[size].delta_map[name] for a in analyses]),
-            mean([by_size(a)[size].delta_map[name] for a in baseline_analyses]),
+            nan_mean([by_size(a)[size].counts[name] for a in analyses]),
+            nan_mean([by_size(a)[size].counts[name] for a in baseline_analyses]),
+            nan_mean([by_size(a)[size].delta_map[name] for a in analyses]),
+            nan_mean([by_size(a)[size].delta_map[name] for a in baseline_analyses]),
         )
         for size in by_size(analyses[0])
         for name in ERROR_TYPES

@@ -30,6 +30,7 @@ from torchvision.ops import box_iou
 
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.matching import check_image, in_area_range, match_image
+from dssd.evaluation.metrics import valid_mean
 
 
 class Verdict(IntEnum):
@@ -134,11 +135,6 @@ def classify_image(
     return ImageErrors(verdict, fixed, fixed_label, missed)
 
 
-def _mean(ap: Tensor) -> float:
-    valid = ~torch.isnan(ap)
-    return float(ap[valid].mean()) if valid.any() else float("nan")
-
-
 def analyse_errors(
     preds: Sequence[Mapping[str, Any]],
     targets: Sequence[Mapping[str, Any]],
@@ -202,13 +198,13 @@ def analyse_errors(
         new_label = torch.where(error & fix, fix_label, label)
         fixed_ap[name] = class_aps(tp | (error & fix), new_label, ignored | (error & ~fix), npos)
     fixed_ap["miss"] = class_aps(tp, label, ignored, npos - missed)
-    base_map = _mean(base)
+    base_map = float(valid_mean(base))
     return ErrorAnalysis(
         map=base_map,
         ap_per_class=base,
         counts={name: int(counts_per_class[name].sum()) for name in ERROR_TYPES},
         counts_per_class={name: counts_per_class[name] for name in ERROR_TYPES},
-        delta_map={name: _mean(fixed_ap[name]) - base_map for name in ERROR_TYPES},
+        delta_map={name: float(valid_mean(fixed_ap[name])) - base_map for name in ERROR_TYPES},
         delta_ap_per_class={name: fixed_ap[name] - base for name in ERROR_TYPES},
         images=tuple(images),
     )

@@ -14,7 +14,13 @@ from torchmetrics.utilities import dim_zero_cat
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.matching import check_image, match_image
 
-__all__ = ["VOCMeanAP"]
+__all__ = ["VOCMeanAP", "valid_mean"]
+
+
+def valid_mean(ap: Tensor) -> Tensor:
+    """The mean of ``ap`` over its non-NaN entries (the classes with positives), NaN without one."""
+    valid = ~torch.isnan(ap)
+    return ap[valid].mean() if valid.any() else torch.tensor(float("nan"), dtype=ap.dtype)
 
 
 class VOCMeanAP(Metric):
@@ -107,11 +113,9 @@ class VOCMeanAP(Metric):
             self.npos,
         )
         ap = torch.from_numpy(run.class_aps(use_07_metric=self.use_07_metric)[0])
-        valid = ~torch.isnan(ap)
-        mean = ap[valid].mean() if valid.any() else torch.tensor(float("nan"), dtype=torch.float64)
         device = self.npos.device
         return {
-            "map": mean.to(device=device, dtype=torch.float32),
+            "map": valid_mean(ap).to(device=device, dtype=torch.float32),
             "ap_per_class": ap.to(device=device, dtype=torch.float32),
             "classes": torch.arange(1, self.num_classes + 1, dtype=torch.long, device=device),
         }
