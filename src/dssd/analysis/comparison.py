@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from dssd.analysis.breakdown import RunAnalysis, RunDetections, nan_mean
 from dssd.analysis.errors import ERROR_TYPES, ErrorAnalysis
-from dssd.evaluation.bootstrap import Difference, paired_differences
+from dssd.evaluation.bootstrap import Difference, map_statistic, paired_differences
 from dssd.evaluation.matched_run import MatchedRun
 
 Statistic = Callable[[MatchedRun, np.ndarray | None], np.ndarray]
@@ -109,11 +110,8 @@ def compare(
         ]
         return paired_differences(*sides, statistic, num_samples, confidence)
 
-    def map_statistic(run: MatchedRun, weights: np.ndarray | None) -> np.ndarray:
-        return run.mean_ap(weights, use_07)[:, None]
-
-    def class_statistic(run: MatchedRun, weights: np.ndarray | None) -> np.ndarray:
-        return run.class_aps(weights, use_07)
+    mean_ap = partial(map_statistic, use_07_metric=use_07)
+    class_aps = partial(MatchedRun.class_aps, use_07_metric=use_07)
 
     def delta_rows(
         names: Sequence[str],
@@ -132,11 +130,11 @@ def compare(
         return [size.ap for size in (*analysis.coco_sizes, *analysis.fine_sizes)]
 
     names = [size.name for size in (*analyses[0].coco_sizes, *analyses[0].fine_sizes)]
-    overall = delta_rows(["all"], lambda a: [a.map], differences(None, map_statistic))[0]
+    overall = delta_rows(["all"], lambda a: [a.map], differences(None, mean_ap))[0]
     class_rows = delta_rows(
-        tests[0].class_names, lambda a: a.ap_per_class, differences(None, class_statistic)
+        tests[0].class_names, lambda a: a.ap_per_class, differences(None, class_aps)
     )
-    size_rows = delta_rows(names, size_aps, [differences(n, map_statistic)[0] for n in names])
+    size_rows = delta_rows(names, size_aps, [differences(n, mean_ap)[0] for n in names])
 
     def by_size(analysis: RunAnalysis) -> dict[str, ErrorAnalysis]:
         return {"all": analysis.errors, **analysis.size_errors}

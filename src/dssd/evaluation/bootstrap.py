@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +32,11 @@ class Difference:
         return self.low > 0.0 or self.high < 0.0
 
 
+def map_statistic(run: MatchedRun, weights: np.ndarray | None, use_07_metric: bool) -> np.ndarray:
+    """The VOC mAP [R, 1] under image ``weights``: a statistic of :func:`paired_differences`."""
+    return run.mean_ap(weights, use_07_metric)[:, None]
+
+
 def paired_bootstrap(
     runs: Sequence[MatchedRun],
     baselines: Sequence[MatchedRun],
@@ -40,10 +46,7 @@ def paired_bootstrap(
     use_07_metric: bool = True,
 ) -> Difference:
     """Mean over the paired runs of ``mAP(run) - mAP(baseline)``, with its bootstrap interval."""
-
-    def statistic(run: MatchedRun, weights: np.ndarray | None) -> np.ndarray:
-        return run.mean_ap(weights, use_07_metric)[:, None]
-
+    statistic = partial(map_statistic, use_07_metric=use_07_metric)
     return paired_differences(runs, baselines, statistic, num_samples, confidence, seed)[0]
 
 
