@@ -157,13 +157,10 @@ def mean_curve(run: MatchedRun) -> np.ndarray:
 
 
 def found_objects(
-    pred: dict[str, np.ndarray],
-    target: dict[str, np.ndarray],
-    score_threshold: float,
-    iou_threshold: float = 0.5,
+    pred: dict[str, np.ndarray], target: dict[str, np.ndarray], score_threshold: float
 ) -> np.ndarray:
     """Which of an image's objects a true positive scored at least ``score_threshold`` takes
-    (the devkit's matching: each detection takes its best object of the class)."""
+    (the devkit's matching at IoU 0.5: each detection takes its best object of the class)."""
     keep = np.asarray(pred["scores"]) >= score_threshold
     scores = torch.as_tensor(np.asarray(pred["scores"])[keep], dtype=torch.float64)
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -173,7 +170,7 @@ def found_objects(
     gt_labels = torch.as_tensor(np.asarray(target["labels"]), dtype=torch.long)
     difficult = torch.as_tensor(np.asarray(target["difficult"]), dtype=torch.bool)
     found = np.zeros(len(gt_labels), bool)
-    tp, _ = match_image(boxes, labels, gt_boxes, gt_labels, difficult, iou_threshold)
+    tp, _ = match_image(boxes, labels, gt_boxes, gt_labels, difficult)
     found[best_matches(boxes, labels, gt_boxes, gt_labels)[0][tp].numpy()] = True
     return found
 

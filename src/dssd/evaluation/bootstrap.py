@@ -24,7 +24,6 @@ class Difference:
     delta: float
     low: float
     high: float
-    seeds: int
     p_value: float = float("nan")
 
     @property
@@ -82,9 +81,7 @@ def paired_differences(
         if column.size:
             low, high = np.percentile(column, [tail, 100 - tail])
             p_value = min(1.0, 2 * min(np.mean(column <= 0), np.mean(column >= 0)))
-        differences.append(
-            Difference(float(plain[k]), float(low), float(high), len(runs), float(p_value))
-        )
+        differences.append(Difference(float(plain[k]), float(low), float(high), float(p_value)))
     return differences
 
 

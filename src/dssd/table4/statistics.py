@@ -139,13 +139,11 @@ def summarize(
     return records
 
 
-def seed_differences(
-    runs: Sequence[dict[str, Any]], row_id: str, ablated_id: str, key: str = "voc_map"
-) -> list[float]:
-    """Per seed, the row's ``key`` less the ablated row's: whether the table's Δ holds from seed to
+def seed_differences(runs: Sequence[dict[str, Any]], row_id: str, ablated_id: str) -> list[float]:
+    """Per seed, the row's VOC mAP less the ablated row's: whether the table's Δ holds from seed to
     seed, which the bootstrap (over test images) does not say and the rows' own spread overstates
     when a seed lifts every row alike."""
-    figures = {(r["row"], r["seed"]): r[key] for r in runs if r[key] is not None}
+    figures = {(r["row"], r["seed"]): r["voc_map"] for r in runs if r["voc_map"] is not None}
     seeds = [r["seed"] for r in runs if r["row"] == row_id]
     return [
         figures[row_id, s] - figures[ablated_id, s]
