@@ -236,5 +236,5 @@ def log_to_wandb(when: bool | str, run: Run, files: Sequence[Path], analysis: Ru
     metrics.update({f"analysis/ap_{b.name}": b.ap for b in analysis.coco_sizes})
     metrics.update({f"analysis/dap_{k}": v for k, v in analysis.errors.delta_map.items()})
     settings = OmegaConf.to_container(settings, resolve=True) if settings else {}
-    log_files(settings, run.name, files, metrics, "analysis", job_type="analyze")
+    log_files(settings, run.name, files, metrics)
     log.info("Logged the analysis to W&B under %s", files[0].parent / "wandb")

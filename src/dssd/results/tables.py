@@ -125,11 +125,6 @@ def delta_cell(delta: float | None, low: float, high: float, significant: bool) 
     return f"{delta:+.1f} [{low:+.1f}, {high:+.1f}]{'*' if significant else ''}"
 
 
-def _points_cell(d: Difference, significant: bool) -> str:
-    """:func:`delta_cell` of a difference of APs (0..1), in points."""
-    return delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, significant)
-
-
 def table4_markdown(
     records: Sequence[Mapping[str, Any]],
     setting_name: str,
@@ -203,9 +198,11 @@ def comparisons_index(
     sizes = ("all", "small", "medium", "large")
     cells = [by_size[size] for _, _, by_size, _ in entries for size in sizes]
     marks = iter(holm([d.p_value for d in cells], 1.0 - confidence))
+    # each cell's difference of APs (0..1) in points, in the order of the rows
+    points = (delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, next(marks)) for d in cells)
     rows = [
-        [row, against, *(_points_cell(by_size[size], next(marks)) for size in sizes), str(folder)]
-        for row, against, by_size, folder in entries
+        [row, against, *(next(points) for _ in sizes), str(folder)]
+        for row, against, _, folder in entries
     ]
     header = ["row", "against", "Δ all", "Δ small", "Δ medium", "Δ large", "folder"]
     return (

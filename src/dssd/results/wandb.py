@@ -144,21 +144,18 @@ def wandb_image(
 
 
 def log_files(
-    settings: Mapping[str, Any],
-    name: str,
-    files: Sequence[Path],
-    metrics: Mapping[str, float],
-    prefix: str,
-    job_type: str,
+    settings: Mapping[str, Any], name: str, files: Sequence[Path], metrics: Mapping[str, float]
 ) -> None:
-    """Log the finite ``metrics``, PNG ``files`` as images and CSV ones as tables (``<prefix>/<file
-    stem>``) to a new W&B run beside the files, with a run's ``logger.wandb`` ``settings``."""
+    """Log the finite ``metrics``, PNG ``files`` as images and CSV ones as tables (``analysis/<file
+    stem>``) to a new W&B run (job type ``analyze``, tag ``analysis``) beside the files, with a
+    run's ``logger.wandb`` ``settings``."""
+    prefix = "analysis"
     logger = WandbLogger(
         project=settings.get("project", "dssd"),
         name=settings.get("name") or name,
         group=settings.get("group"),
         tags=[*(settings.get("tags") or []), prefix],
-        job_type=job_type,
+        job_type="analyze",
         save_dir=str(files[0].parent),
         offline=settings.get("offline", True),
     )
