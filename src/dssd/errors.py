@@ -1,7 +1,9 @@
-"""Errors that describe a problem with the user's data or configuration, not a bug."""
+"""Errors that describe a problem with the user's data or configuration, not a bug; and the
+libraries' log lines a command should not show (:func:`quiet_loggers`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -27,3 +29,16 @@ def user_errors() -> Iterator[None]:
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+@contextmanager
+def quiet_loggers(*names: str, level: int) -> Iterator[None]:
+    """The named loggers at ``level`` meanwhile (their lines below it hidden), then as they were."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in names]
+    for logger, _ in saved:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in saved:
+            logger.setLevel(old)

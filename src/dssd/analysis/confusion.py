@@ -19,8 +19,7 @@ from its ground truth before counting.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,19 +27,8 @@ from faster_coco_eval import COCO
 from faster_coco_eval.extra import PreviewResults
 
 from dssd.data.coco import detections_to_coco_results
+from dssd.errors import quiet_loggers
 from dssd.evaluation.matching import check_image
-
-
-@contextmanager
-def _quiet_library() -> Iterator[None]:
-    """Silence faster_coco_eval's progress and warning log lines (its errors still show)."""
-    library_logger = logging.getLogger("faster_coco_eval")
-    level = library_logger.level
-    library_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        library_logger.setLevel(level)
 
 
 def confusion_matrix(
@@ -87,7 +75,8 @@ def confusion_matrix(
         "annotations": annotations,
         "categories": [{"id": c, "name": str(c)} for c in classes],
     }
-    with _quiet_library():
+    # faster_coco_eval's progress and warning log lines hidden (its errors still show)
+    with quiet_loggers("faster_coco_eval", level=logging.ERROR):
         gt = COCO(truth)
         results = detections_to_coco_results(
             detections, range(1, len(preds) + 1), {c: c for c in classes}

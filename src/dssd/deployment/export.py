@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from dssd.errors import UserError
+from dssd.errors import UserError, quiet_loggers
 from dssd.ops import Agreement, GraphPostProcessor, PostProcessor, Tolerance, compare_with_network
 
 if TYPE_CHECKING:
@@ -113,7 +111,8 @@ def export_module(
     # two images: a batch of one would let the exporter specialise the batch dimension to 1
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     text = json.dumps(info)
-    with torch.no_grad(), _quiet("onnx_ir", "onnxscript"):
+    # the ONNX graph passes log every step at INFO
+    with torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript", level=logging.WARNING):
         if fmt == "onnx":
             program = torch.onnx.export(
                 module,
@@ -130,19 +129,6 @@ def export_module(
             traced = torch.jit.trace(module, (example,), check_trace=False)
             torch.jit.save(traced, str(output), _extra_files={METADATA_KEY: text})
     return output
-
-
-@contextmanager
-def _quiet(*loggers: str) -> Iterator[None]:
-    """The named loggers at WARNING meanwhile (the ONNX graph passes log every step at INFO)."""
-    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
-    for logger, _ in saved:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in saved:
-            logger.setLevel(level)
 
 
 class ExportedModel:
