@@ -20,17 +20,17 @@ from dssd.config import register_resolvers
 from dssd.errors import UserError
 from dssd.evaluation.bootstrap import holm
 from dssd.results.tables import table4_markdown
-from dssd.table4 import (
+from dssd.table4.rows import (
     Row,
     Step,
+    is_done,
     parse_rows,
     parse_seeds,
     plan,
     run_dir,
     select_rows,
-    train_command,
 )
-from dssd.table4.rows import is_done
+from dssd.table4.runner import train_command
 from dssd.table4.statistics import last_quarter_rise, seed_differences, validation_curve
 from test_configs import compose_train, flatten, resolve_with_hydra
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dssd.analysis import ERROR_TYPES, Verdict, analyse_errors
+from dssd.analysis.errors import ERROR_TYPES, Verdict, analyse_errors
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.metrics import VOCMeanAP
 from hand_built import box, image

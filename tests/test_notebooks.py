@@ -119,8 +119,8 @@ def table_rows(text: str, index: str) -> tuple[list[str], list[list[str]]]:
 def test_detections_notebook(
     tiny_checkpoint: Path, tiny_shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dssd.analysis import ERROR_TYPES
     from dssd.analysis.breakdown import COCO_SIZES, fine_size_bounds
+    from dssd.analysis.errors import ERROR_TYPES
     from dssd.data.voc import VOCDataset
 
     # last.ckpt: the weights the run's test scored, which the analysis is checked against

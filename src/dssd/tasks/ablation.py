@@ -1,12 +1,13 @@
 """``src/ablation.py``: the paper's Table 4 in the chosen setting (``ablation=``), run row by row
-(:func:`dssd.table4.run_ablation`), or its W&B sweep files written (``sweeps=true``)."""
+(:func:`dssd.table4.runner.run_ablation`), or its W&B sweep files written (``sweeps=true``)."""
 
 from __future__ import annotations
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dssd.table4 import run_ablation, write_sweeps
+from dssd.table4.runner import run_ablation
+from dssd.table4.sweeps import write_sweeps
 
 
 def ablation(cfg: DictConfig) -> None:
