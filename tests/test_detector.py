@@ -149,7 +149,7 @@ def test_score_threshold_replaces_the_post_processing_threshold(
     count = 5 + int((scores[5:] == scores[4]).sum())
     threshold = float(scores[count - 1 : count + 1].mean())
     found = detector.predict(test_images[0], score_threshold=threshold)
-    assert postprocess.score_threshold == checkpoints  # restored
+    assert postprocess.score_threshold == checkpoints  # unchanged: a copy took the threshold
     best = {key: default[key][:count] for key in ("boxes", "scores", "labels")}
     agreement = compare_detections([best], [found], Tolerance(box_px=1e-4))
     assert agreement.agrees and agreement.matched == count, agreement

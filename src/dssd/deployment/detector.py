@@ -4,8 +4,9 @@ those ``src/eval.py`` scores."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -138,11 +139,13 @@ class Detector:
         post-processing's own for this call."""
         single = not isinstance(images, (list, tuple))
         found = []
-        with self._score_threshold(score_threshold), torch.inference_mode(), self.autocast():
+        net, postprocess = self.module.net, self._postprocess(score_threshold)
+        with torch.inference_mode(), self.autocast():
             for batch in batches([images] if single else images, self.batch_size):
                 inputs, orig_sizes = self.preprocess(batch)
                 inputs = inputs.to(self.device).contiguous(memory_format=self.module.memory_format)
-                for detections in self.module.predict(inputs, orig_sizes.to(self.device)):
+                loc, conf = net(inputs)
+                for detections in postprocess(loc, conf, net.priors, orig_sizes.to(self.device)):
                     detections = {k: v.cpu() for k, v in detections.items()}
                     names = [self.class_names[i - 1] for i in detections["labels"].tolist()]
                     found.append({**detections, "names": names})
@@ -155,17 +158,13 @@ class Detector:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
 
-    @contextmanager
-    def _score_threshold(self, threshold: float | None) -> Iterator[None]:
-        """The post-processing's score threshold set to ``threshold`` (unless None) meanwhile."""
+    def _postprocess(self, threshold: float | None) -> torch.nn.Module:
+        """The post-processing, or a copy with its score threshold ``threshold`` (unless None)."""
         postprocess = self.module.postprocess
         if threshold is None:
-            yield
-            return
+            return postprocess
         if not hasattr(postprocess, "score_threshold"):
             raise ValueError(f"{type(postprocess).__name__} has no score_threshold to replace")
-        saved, postprocess.score_threshold = postprocess.score_threshold, float(threshold)
-        try:
-            yield
-        finally:
-            postprocess.score_threshold = saved
+        postprocess = copy.copy(postprocess)
+        postprocess.score_threshold = float(threshold)
+        return postprocess
