@@ -184,7 +184,7 @@ def full_target(boxes: np.ndarray) -> dict:
 
 def test_full_training_pipeline_with_and_without_boxes() -> None:
     transform = build_transforms(64, train=True, augment=ssd_augmentation())
-    transform.reseed(0)
+    transform.pipeline.set_random_seed(0)
     rng = np.random.default_rng(2)
     for i in range(60):
         image, boxes = random_sample(rng)
@@ -205,7 +205,7 @@ def augmented(seed: int, global_seed: int) -> list[torch.Tensor]:
     np.random.seed(global_seed)
     torch.manual_seed(global_seed)
     transform = build_transforms(48, train=True, augment=ssd_augmentation())
-    transform.reseed(seed)
+    transform.pipeline.set_random_seed(seed)
     rng = np.random.default_rng(0)
     outs = []
     for _ in range(8):

@@ -1,6 +1,6 @@
 """SSD training augmentation as albumentations transforms (photometric distortion, zoom-out, crop).
 
-They draw from ``py_random``, which ``A.Compose(seed=...)`` and ``DetectionTransform.reseed`` seed.
+They draw from ``py_random``, which ``A.Compose(seed=...)`` and ``Compose.set_random_seed`` seed.
 """
 
 from __future__ import annotations

@@ -42,10 +42,6 @@ class DetectionTransform:
             seed=torch.initial_seed() % 2**32,
         )
 
-    def reseed(self, seed: int) -> None:
-        """Reset the random state of the pipeline (albumentations ignores the global seeds)."""
-        self.pipeline.set_random_seed(seed)
-
     def __call__(self, image: np.ndarray, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         out = self.pipeline(
             image=image,
@@ -106,4 +102,4 @@ def seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if isinstance(transform, DetectionTransform):
-        transform.reseed(seed)
+        transform.pipeline.set_random_seed(seed)  # albumentations ignores the global seeds

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     class_names = args.classes.split(",") if args.classes else list(CLASSES)
     transform = build_transforms(args.size, train=True, augment=ssd_augmentation())
-    transform.reseed(args.seed)
+    transform.pipeline.set_random_seed(args.seed)
     dataset = VOCDataset(args.root, args.split, class_names, transform)
     count = args.rows * args.cols
     rng = np.random.default_rng(args.seed)
