@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for name, cfg in zip(args.candidates, cfgs, strict=True):
         net = instantiate(cfg.model.net)
-        report, _, _ = measure(net, cfg.data, "train", 0.5)
+        report, *_ = measure(net, cfg.data, "train", 0.5)
         rows.append(
             {
                 "candidate": name,

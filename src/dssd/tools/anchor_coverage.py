@@ -184,9 +184,9 @@ def draw_layer(
 
 def measure(
     net: Any, data_cfg: Any, split: str, threshold: float
-) -> tuple[dict[str, Any], list[tuple[Any, int]], list[dict[str, Any]]]:
-    """The coverage report of ``net``'s default boxes on a split of ``data_cfg``'s dataset, and
-    the split's (reader, index) items and their annotations."""
+) -> tuple[dict[str, Any], list[tuple[Any, int]], list[dict[str, Any]], Tensor]:
+    """The coverage report of ``net``'s default boxes on a split of ``data_cfg``'s dataset, the
+    split's (reader, index) items and their annotations, and each default box's source layer."""
     datamodule = instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("fit" if split != "test" else "test")
@@ -198,7 +198,7 @@ def measure(
     layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
     result = coverage(net.priors, layers, boxes, threshold)
     side = net.image_size * np.sqrt(box_area(boxes).numpy())
-    return report(result, areas, side), items, anns
+    return report(result, areas, side), items, anns, layers
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Compose, build the network's default boxes and the split's objects, measure, write."""
     cfg = compose_train(args.overrides)
     net = instantiate(cfg.model.net)
-    data, items, anns = measure(net, cfg.data, args.split, args.threshold)
+    data, items, anns, layers = measure(net, cfg.data, args.split, args.threshold)
     name = " ".join(args.overrides) or "train.yaml defaults"
     text = markdown(f"{name} ({args.split}, {len(net.priors)} default boxes)", data, args.threshold)
     print(text)
@@ -232,7 +232,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             first = next(k for k, a in enumerate(anns) if len(a["boxes"]))
             reader, index = items[first]
             image = read_image(reader.image_paths[index])
-            layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
             picture = draw_layer(image, net.priors, layers, args.layer, anns[first]["boxes"])
             Image.fromarray(picture).save(args.out / f"layer{args.layer}.png")
     return data
