@@ -294,6 +294,11 @@ def _plan_rings(
     return rings
 
 
+def _too_small(box: tuple[int, int, int, int]) -> bool:
+    """Whether a box (inclusive pixels) is below DIFFICULT_SIZE, so difficult."""
+    return math.sqrt((box[2] - box[0] + 1) * (box[3] - box[1] + 1)) < DIFFICULT_SIZE
+
+
 def _draw_ring(
     img: np.ndarray, ring: tuple[int, int, float], colour: np.ndarray, label: int
 ) -> ShapeObject:
@@ -307,17 +312,14 @@ def _draw_ring(
     rows, cols = np.nonzero(mask)
     box = (cx - r + int(cols.min()), cy - r + int(rows.min()))
     box += (cx - r + int(cols.max()), cy - r + int(rows.max()))
-    small = math.sqrt((box[2] - box[0] + 1) * (box[3] - box[1] + 1)) < DIFFICULT_SIZE
-    return ShapeObject(label, box, False, small)
+    return ShapeObject(label, box, False, _too_small(box))
 
 
 def _fill(rng: np.random.Generator, img: np.ndarray, shape: _Placed, visible: float) -> ShapeObject:
     """Paint a placed shape in a colour that contrasts with what lies beneath; its annotation."""
     region = img[shape.roi]
     region[shape.mask] = _contrasting_colour(rng, region[shape.mask])
-    x0, y0, x1, y1 = shape.box
-    small = math.sqrt((x1 - x0 + 1) * (y1 - y0 + 1)) < DIFFICULT_SIZE
-    difficult = bool(visible < DIFFICULT_VISIBLE or small)
+    difficult = bool(visible < DIFFICULT_VISIBLE or _too_small(shape.box))
     return ShapeObject(shape.label, shape.box, shape.truncated, difficult)
 
 
