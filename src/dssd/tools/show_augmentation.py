@@ -14,7 +14,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from torch import Tensor
+from torchvision.utils import make_grid
 
 from dssd.data.augment import ssd_augmentation
 from dssd.data.shapes import CLASSES
@@ -46,14 +48,11 @@ def draw_sample(tensor: Tensor, target: dict, class_names: Sequence[str]) -> np.
     return image
 
 
-def grid(tiles: Sequence[np.ndarray], rows: int, cols: int) -> np.ndarray:
-    """Tiles of one size laid out row by row on a white sheet."""
-    h, w = tiles[0].shape[:2]
-    sheet = np.full((rows * (h + GAP) - GAP, cols * (w + GAP) - GAP, 3), 255, np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        sheet[r * (h + GAP) : r * (h + GAP) + h, c * (w + GAP) : c * (w + GAP) + w] = tile
-    return sheet
+def grid(tiles: Sequence[np.ndarray], cols: int) -> np.ndarray:
+    """Tiles of one size laid out row by row on a white sheet (no margin outside them)."""
+    tensors = [torch.from_numpy(tile).permute(2, 0, 1) for tile in tiles]
+    sheet = make_grid(tensors, nrow=cols, padding=GAP, pad_value=255)[:, GAP:-GAP, GAP:-GAP]
+    return sheet.permute(1, 2, 0).numpy()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -78,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     indices = rng.choice(len(dataset), size=count, replace=count > len(dataset))
     tiles = [draw_sample(*dataset[int(i)], class_names) for i in indices]
-    sheet = grid(tiles, args.rows, args.cols)
+    sheet = grid(tiles, args.cols)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {args.out}")
