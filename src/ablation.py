@@ -13,7 +13,9 @@ prepare(__file__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="table4")
 def main(cfg: DictConfig) -> None:
-    return run_task("ablation", cfg)
+    from dssd.tasks.ablation import ablation
+
+    return run_task(ablation, cfg)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ prepare(__file__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 def main(cfg: DictConfig) -> Path:
-    return run_task("analyze", cfg)
+    from dssd.tasks.analysis import analyze
+
+    return run_task(analyze, cfg)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ prepare(__file__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> dict[str, float]:
-    return run_task("evaluate", cfg)
+    from dssd.tasks.evaluation import evaluate
+
+    return run_task(evaluate, cfg)
 
 
 if __name__ == "__main__":

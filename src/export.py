@@ -13,7 +13,9 @@ prepare(__file__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    return run_task("export_checkpoint", cfg)
+    from dssd.tasks.exporting import export_checkpoint
+
+    return run_task(export_checkpoint, cfg)
 
 
 if __name__ == "__main__":

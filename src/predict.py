@@ -16,7 +16,9 @@ prepare(__file__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    return run_task("predict", cfg)
+    from dssd.tasks.prediction import predict
+
+    return run_task(predict, cfg)
 
 
 if __name__ == "__main__":

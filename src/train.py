@@ -13,7 +13,9 @@ prepare(__file__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run_task("train", cfg)
+    from dssd.tasks.training import train
+
+    return run_task(train, cfg)
 
 
 if __name__ == "__main__":

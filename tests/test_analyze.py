@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import ROOT, run_entry_point
 from dssd.errors import UserError
-from dssd.tasks import analyze
+from dssd.tasks.analysis import analyze
 from ties import analysed_ap_ranges, map_range, within
 
 RUN_FILES = [

@@ -20,8 +20,7 @@ from dssd.deployment.export import ExportedModel
 from dssd.deployment.inference import load_test_data
 from dssd.errors import UserError
 from dssd.ops import Tolerance, compare_with_network
-from dssd.tasks import export_checkpoint
-from dssd.tasks.exporting import check_exported
+from dssd.tasks.exporting import check_exported, export_checkpoint
 from ties import analysed_ap_ranges, map_range, within
 
 pytest.importorskip("onnxruntime")

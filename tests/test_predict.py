@@ -20,7 +20,7 @@ from dssd import Detector
 from dssd.data.voc import read_image
 from dssd.errors import UserError, user_errors
 from dssd.ops import Tolerance, compare_detections
-from dssd.tasks import predict
+from dssd.tasks.prediction import predict
 
 IMAGES = ["000001.jpg", "000002.jpg", "000003.jpg"]
 UNREADABLE = ["broken.jpg", "notes.txt"]

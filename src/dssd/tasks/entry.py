@@ -4,12 +4,12 @@ composes the config, :func:`run_task` inside it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-import dssd.tasks
 from dssd.config import register_resolvers
 from dssd.errors import user_errors
 
@@ -21,8 +21,9 @@ def prepare(script: str) -> None:
     register_resolvers()
 
 
-def run_task(name: str, cfg: DictConfig) -> Any:
-    """Run the task ``dssd.tasks.<name>`` on ``cfg`` (a :class:`~dssd.errors.UserError` printed
-    alone, exit status 2); imported only now, so ``--help`` and ``--cfg`` skip Lightning."""
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``task`` on ``cfg`` (a :class:`~dssd.errors.UserError` printed alone, exit status 2);
+    the scripts import ``task`` inside their Hydra app, so ``--help`` and ``--cfg`` skip Lightning.
+    """
     with user_errors():
-        return getattr(dssd.tasks, name)(cfg)
+        return task(cfg)
