@@ -5,12 +5,10 @@ from dssd.models.backbones import (
     ResNetBackbone,
     TorchvisionBackbone,
 )
-from dssd.models.blocks import ResidualBottleneck, conv_bn
 from dssd.models.deconvolution import Decoder, DeconvolutionModule
 from dssd.models.default_boxes import DefaultBoxes
 from dssd.models.extra_layers import ExtraLayers
 from dssd.models.fold_bn import count_batchnorms, fold_batchnorm
-from dssd.models.heads import PredictionHeads
 from dssd.models.necks import FPN, BiFPN, PANet
 from dssd.models.prediction_modules import PredictionModule
 from dssd.models.ssd import SSD
@@ -25,10 +23,7 @@ __all__ = [
     "DeconvolutionModule",
     "DefaultBoxes",
     "ExtraLayers",
-    "PredictionHeads",
     "PredictionModule",
-    "ResidualBottleneck",
-    "conv_bn",
     "L2Norm",
     "VGGBackbone",
     "VGGExtraLayers",
