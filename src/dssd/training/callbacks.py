@@ -11,7 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
@@ -169,12 +169,11 @@ class NonFiniteLossStop(pl.Callback):
 
 def _last_checkpoint(trainer: pl.Trainer) -> str | None:
     """The most recently written checkpoint of the run's checkpoint callbacks, if any."""
-    written = []
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            written += [callback.last_model_path, callback.best_model_path]
-        elif isinstance(callback, LastCheckpoint):
-            written.append(callback.last_model_path)
+    written = [
+        getattr(callback, attr, "")
+        for callback in trainer.checkpoint_callbacks
+        for attr in ("last_model_path", "best_model_path")
+    ]
     paths = {path for path in written if path and os.path.isfile(path)}
     return max(paths, key=os.path.getmtime) if paths else None
 
