@@ -57,15 +57,11 @@ class LastCheckpoint(Checkpoint):
     after it: Lightning resumes it as validated) and when ``fit`` ends. ``ModelCheckpoint`` with
     ``save_last`` writes it only with a top-k checkpoint, losing the final steps."""
 
-    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 1000) -> None:
+    def __init__(self, dirpath: str, every_n_train_steps: int = 1000) -> None:
         self.dirpath = dirpath
         self.every_n_train_steps = every_n_train_steps
         self.last_model_path = ""
         self.saved_step: int | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
