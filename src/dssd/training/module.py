@@ -56,9 +56,7 @@ class DetectionModule(DetectionEvaluation):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
         # names, not modules, of the frozen batch norms: sync BN (DDP) replaces the modules
-        names = {id(m): name for name, m in self.net.named_modules()}
-        frozen = freeze_modules(self.net, freeze, freeze_batchnorm)
-        self.frozen_batchnorms = [names[id(m)] for m in frozen]
+        self.frozen_batchnorms = freeze_modules(self.net, freeze, freeze_batchnorm)
         self.criterion = loss
         means = {role: nn.ModuleDict({n: MeanMetric() for n in LOSSES}) for role in ("val", "test")}
         self.loss_means = nn.ModuleDict(means)

@@ -112,9 +112,10 @@ def load_initial_weights(
     return report
 
 
-def freeze_modules(net: nn.Module, modules: Sequence[str], batchnorm: bool) -> list[_BatchNorm]:
+def freeze_modules(net: nn.Module, modules: Sequence[str], batchnorm: bool) -> list[str]:
     """Fix the named submodules of ``net`` (with ``batchnorm``, every BN of ``net``): no gradients,
-    batch norms in eval mode. Returns those batch norms, to keep in eval mode in training."""
+    batch norms in eval mode. Returns those batch norms' names in ``net``, to keep in eval mode
+    in training (names, not modules: sync BN under DDP replaces the modules)."""
     children = dict(net.named_children())
     unknown = [m for m in modules if m not in children]
     if unknown:
@@ -130,4 +131,5 @@ def freeze_modules(net: nn.Module, modules: Sequence[str], batchnorm: bool) -> l
     for m in norms.values():
         m.requires_grad_(False)
         m.eval()
-    return list(norms.values())
+    names = {id(m): name for name, m in net.named_modules()}
+    return [names[id(m)] for m in norms.values()]
