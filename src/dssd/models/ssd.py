@@ -86,14 +86,13 @@ class SSD(nn.Module):
     @torch.no_grad()
     def _encoder_sizes(self) -> list[int]:
         """Run a dummy input to read off the map sizes (eval mode: 1x1 maps break BN)."""
-        was_training = self.training
         self.eval()
         sizes = []
         for x in self.encoder(torch.zeros(1, 3, self.image_size, self.image_size)):
             if x.shape[-1] != x.shape[-2]:
                 raise ValueError(f"source maps must be square, got {tuple(x.shape[-2:])}")
             sizes.append(int(x.shape[-1]))
-        self.train(was_training)
+        self.train()  # as nn.Module.__init__ left it (__init__ is the only caller)
         if len(set(sizes)) != len(sizes):
             raise ValueError(f"extra layers give source-map sizes {sizes}: check extra_layers")
         return sizes
