@@ -289,7 +289,6 @@ class TorchvisionBackbone(nn.Module):
             load_imagenet_weights(model, name, skip_prefixes=("classifier.",))
         elif weights is not None:
             load_weights_file(model, weights, name, {"body.": ""}, skip_prefixes=spec.unused)
-        self.name = name
         self.body = create_feature_extractor(
             model, return_nodes={spec.nodes[0]: "stride8", spec.nodes[1]: "stride16"}
         )
