@@ -251,24 +251,23 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "outputs": summary.outputs,
     }
     (output_dir / "summary.json").write_text(json.dumps(record, indent=2))
-    log_run(loggers, wandb_loggers, summary, table)
+    log_run(loggers, summary, table)
     print_summary(summary, score_threshold, output_dir)
     return record
 
 
-def log_run(
-    loggers: list[Logger], wandb_loggers: list[WandbLogger], summary: Summary, table: list[list]
-) -> None:
+def log_run(loggers: list[Logger], summary: Summary, table: list[list]) -> None:
     """The run's counts to every logger, and the table of images with their boxes to W&B."""
     skipped = len(summary.skipped)
     counts = {"images": summary.images, "detections": summary.detections, "skipped": skipped}
     for logger in loggers:
         logger.log_metrics(counts)
-        if logger in wandb_loggers:
+        if isinstance(logger, WandbLogger):
             logger.log_table("predictions", ["file_name", "frame", "image", "detections"], table)
         logger.finalize("success")
-    for logger in wandb_loggers:
-        logger.experiment.finish()
+    for logger in loggers:  # once every logger is finalised
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
 
 
 def print_summary(summary: Summary, score_threshold: float, output_dir: Path) -> None:
