@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dssd.analysis.analyser import GroundTruth, find_run, load_test_detections
+from dssd.analysis.analyser import find_run, load_test_detections, load_test_split
 from dssd.deployment.detector import Detector
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.matching import check_image, match_image
@@ -84,7 +84,7 @@ def analysed_ap_ranges(run: Path, precision: str | None = None) -> dict[str, tup
     else:  # the same images and batches, in ``precision``
         detector = Detector.from_checkpoint(found.checkpoint, fold_bn=False, precision=precision)
         detector.batch_size = int(detector.run_config.data.batch_size)
-        test = GroundTruth.of_run(detector.run_config)
+        test = load_test_split(detector.run_config)
         preds = detector.predict(list(test.image_paths))
     low, high = ap_range_over_ties(
         preds, test.targets, len(test.class_names), SCORE_TOLERANCE, test.use_07_metric

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dssd.analysis.breakdown import GroundTruth, RunAnalysis, RunDetections, analyse_run
 from dssd.analysis.comparison import Comparison, compare
 from dssd.analysis.writing import write_comparison, write_run_analysis
+from dssd.data.datamodule import dataset_items
 from dssd.deployment.detector import Detector, batches
-from dssd.deployment.inference import choose_device, load_checkpoint
+from dssd.deployment.inference import choose_device, load_checkpoint, load_test_data
 from dssd.errors import UserError
 from dssd.evaluation.matched_run import results_per_image
 from dssd.results.runs import RESULTS_DIR, read_test_results
@@ -81,6 +82,29 @@ def _tested_checkpoint(directory: Path, results: dict[str, Any]) -> tuple[str, P
     return tested, last if tested == FINAL_WEIGHTS else Path(tested)
 
 
+def load_test_split(run_cfg: DictConfig) -> GroundTruth:
+    """The test split of the data a run was trained with (its ``data`` config)."""
+    datamodule = load_test_data(run_cfg)
+    items = dataset_items(datamodule.datasets["test"])
+    return GroundTruth(
+        image_ids=tuple(reader.ids[i] for reader, i in items),
+        image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
+        targets=tuple(_target(reader.annotations[i]) for reader, i in items),
+        class_names=tuple(datamodule.class_names),
+        use_07_metric=datamodule.use_07_metric,
+    )
+
+
+def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
+    boxes = np.asarray(annotation["boxes"], np.float64).reshape(-1, 4)
+    difficult = annotation.get("difficult")
+    return {
+        "boxes": boxes,
+        "labels": np.asarray(annotation["labels"], np.int64),
+        "difficult": np.asarray(np.zeros(len(boxes)) if difficult is None else difficult, bool),
+    }
+
+
 def load_test_detections(
     run: Run,
     source: str = "auto",
@@ -94,7 +118,7 @@ def load_test_detections(
     if source not in ("auto", "voc_results", "checkpoint"):
         raise UserError(f"detections={source}: choose auto, voc_results or checkpoint")
     if split is None:
-        split = GroundTruth.of_run(load_checkpoint(run.checkpoint)[1])
+        split = load_test_split(load_checkpoint(run.checkpoint)[1])
     results = run.directory / RESULTS_DIR
     if source == "voc_results" and not results.is_dir():
         raise UserError(f"detections=voc_results, but {run.directory} has no {RESULTS_DIR}/")
@@ -155,7 +179,7 @@ class Analyser:
             run_cfg = load_checkpoint(run.checkpoint)[1]
             data = OmegaConf.to_yaml(run_cfg.data)
             if data not in self._splits:
-                self._splits[data] = GroundTruth.of_run(run_cfg)
+                self._splits[data] = load_test_split(run_cfg)
             test = load_test_detections(
                 run, options.detections, options.device, options.batch_size, self._splits[data]
             )

@@ -19,12 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from dssd.analysis.confusion import confusion_matrix
 from dssd.analysis.errors import ErrorAnalysis, Verdict, analyse_errors
-from dssd.data.datamodule import dataset_items
-from dssd.deployment.inference import load_test_data
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.matching import best_matches, match_image
 
@@ -56,29 +53,6 @@ class GroundTruth:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    @classmethod
-    def of_run(cls, run_cfg: DictConfig) -> GroundTruth:
-        """The test split of the data a run was trained with (its ``data`` config)."""
-        datamodule = load_test_data(run_cfg)
-        items = dataset_items(datamodule.datasets["test"])
-        return cls(
-            image_ids=tuple(reader.ids[i] for reader, i in items),
-            image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
-            targets=tuple(_target(reader.annotations[i]) for reader, i in items),
-            class_names=tuple(datamodule.class_names),
-            use_07_metric=datamodule.use_07_metric,
-        )
-
-
-def _target(annotation: dict[str, Any]) -> dict[str, np.ndarray]:
-    boxes = np.asarray(annotation["boxes"], np.float64).reshape(-1, 4)
-    difficult = annotation.get("difficult")
-    return {
-        "boxes": boxes,
-        "labels": np.asarray(annotation["labels"], np.int64),
-        "difficult": np.asarray(np.zeros(len(boxes)) if difficult is None else difficult, bool),
-    }
 
 
 @dataclass(frozen=True)

@@ -139,13 +139,13 @@ class Detector:
         post-processing's own for this call."""
         single = not isinstance(images, (list, tuple))
         found = []
-        net, postprocess = self.module.net, self._postprocess(score_threshold)
+        postprocess = self._postprocess(score_threshold)
         with torch.inference_mode(), self.autocast():
             for batch in batches([images] if single else images, self.batch_size):
                 inputs, orig_sizes = self.preprocess(batch)
                 inputs = inputs.to(self.device).contiguous(memory_format=self.module.memory_format)
-                loc, conf = net(inputs)
-                for detections in postprocess(loc, conf, net.priors, orig_sizes.to(self.device)):
+                sizes = orig_sizes.to(self.device)
+                for detections in self.module.predict(inputs, sizes, postprocess):
                     detections = {k: v.cpu() for k, v in detections.items()}
                     names = [self.class_names[i - 1] for i in detections["labels"].tolist()]
                     found.append({**detections, "names": names})

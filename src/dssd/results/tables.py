@@ -118,6 +118,14 @@ def results_tables(
     return "\n\n".join(sections) + "\n"
 
 
+def write_results(text: str, directory: str | Path) -> Path:
+    """Write the tables to ``<directory>/test_results.md`` and return the path."""
+    path = Path(directory) / "test_results.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def delta_cell(delta: float | None, low: float, high: float, significant: bool) -> str:
     """``Δ [low, high]`` in points, starred where ``significant``; ``–`` for none."""
     if delta is None or not math.isfinite(delta):
@@ -198,11 +206,13 @@ def comparisons_index(
     sizes = ("all", "small", "medium", "large")
     cells = [by_size[size] for _, _, by_size, _ in entries for size in sizes]
     marks = iter(holm([d.p_value for d in cells], 1.0 - confidence))
-    # each cell's difference of APs (0..1) in points, in the order of the rows
-    points = (delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, next(marks)) for d in cells)
+
+    def points(d: Difference) -> str:  # a difference of APs (0..1) in points, starred in order
+        return delta_cell(100 * d.delta, 100 * d.low, 100 * d.high, next(marks))
+
     rows = [
-        [row, against, *(next(points) for _ in sizes), str(folder)]
-        for row, against, _, folder in entries
+        [row, against, *(points(by_size[size]) for size in sizes), str(folder)]
+        for row, against, by_size, folder in entries
     ]
     header = ["row", "against", "Δ all", "Δ small", "Δ medium", "Δ large", "folder"]
     return (

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dssd.analysis.analyser import GroundTruth
+from dssd.analysis.analyser import load_test_split
 from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
 from dssd.evaluation.bootstrap import holm, paired_bootstrap
@@ -159,7 +159,7 @@ def load_matches(
     rebuilt from the first run's checkpoint, warning when a run's mAP is not the logged one;
     None (with a warning) for data without the VOC metric."""
     first = run_dir(out_dir, rows[0].id, seeds[0])
-    split = GroundTruth.of_run(load_checkpoint(first / "checkpoints" / "last.ckpt")[1])
+    split = load_test_split(load_checkpoint(first / "checkpoints" / "last.ckpt")[1])
     if split.use_07_metric is None:
         log.warning("The test data has no VOC metric: no intervals for the differences.")
         return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,7 +14,7 @@ from omegaconf import DictConfig
 from dssd.evaluation.module import DetectionEvaluation
 from dssd.models.cost import gmac
 from dssd.results.runs import write_results_json
-from dssd.results.tables import results_tables
+from dssd.results.tables import results_tables, write_results
 from dssd.training.callbacks import COCOResultsWriter, VOCResultsWriter
 from dssd.training.module import DetectionModule
 
@@ -63,9 +62,7 @@ def report_test_results(
     per_class = model.per_class_ap.get("test", {})
     name = cfg.get("run_name", cfg.task_name)
     text = results_tables(metrics, per_class, name=name)
-    path = Path(cfg.paths.output_dir) / "test_results.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path = write_results(text, cfg.paths.output_dir)
     record = {
         "run_name": name,
         "stage": cfg.get("stage", 0),

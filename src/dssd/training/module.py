@@ -75,10 +75,14 @@ class DetectionModule(DetectionEvaluation):
         return self
 
     @torch.no_grad()
-    def predict(self, images: Tensor, orig_sizes: Tensor) -> list[dict[str, Tensor]]:
-        """Detections for a batch: boxes in original-image pixels, scores, labels."""
+    def predict(
+        self, images: Tensor, orig_sizes: Tensor, postprocess: nn.Module | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Detections for a batch: boxes in original-image pixels, scores, labels; by
+        ``postprocess`` instead of the module's own when given."""
         loc, conf = self.net(images)
-        return self.postprocess(loc, conf, self.net.priors, orig_sizes)
+        postprocess = self.postprocess if postprocess is None else postprocess
+        return postprocess(loc, conf, self.net.priors, orig_sizes)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets = batch
