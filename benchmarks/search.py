@@ -9,13 +9,15 @@ default-box scales differ) this prints
 - the share of the embedded training objects its default boxes reach (best IoU > 0.5, the
   ``dssd.tools.anchor_coverage`` measure);
 - seconds per training step (forward, MultiBoxLoss, backward, AdamW step, as in
-  ``benchmarks.speed``) at the experiment's batch, in float32 and in bf16 autocast + channels-last,
-  and each as a ratio to the first candidate measured in the same run.
+  ``benchmarks.speed``) at the experiment's batch (or each of several, ``--batch 8 4``), in
+  float32 and in bf16 autocast + channels-last, and each as a ratio to the first row measured in
+  the same run.
 
 The candidates' accuracy comes from training them (docs/reproducing.md, "The CPU-sized network").
 
     python -m benchmarks.search
     python -m benchmarks.search --candidates r18w64-193 r18w32-321 --iters 5
+    python -m benchmarks.search --candidates r18w16-321 --batch 8 4 --no-bf16
 """
 
 from __future__ import annotations
@@ -76,14 +78,14 @@ CANDIDATES: dict[str, list[str]] = {
 
 
 def seconds_per_step(
-    cfgs: Sequence[Any], batch: int, iters: int, warmup: int, bf16: bool
+    cfgs: Sequence[tuple[Any, int]], iters: int, warmup: int, bf16: bool
 ) -> list[float]:
-    """Median seconds per training step of each candidate, all timed in turn."""
+    """Median seconds per training step of each (candidate's config, batch), all timed in turn."""
     args = SimpleNamespace(
         device=torch.device("cpu"), bf16=bf16, channels_last=bf16, compile=False, seed=0
     )
     runs = []
-    for cfg in cfgs:
+    for cfg, batch in cfgs:
         net = instantiate(cfg.model.net)  # training_step makes it channels-last with bf16
         x = images(batch, net.image_size, args)
         targets = move_data_to_device(random_targets(batch, net.num_classes, seed=0), x.device)
@@ -101,7 +103,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES)
     )
-    parser.add_argument("--batch", type=int, default=16, help="training batch")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[16], help="training batch; several: one row each"
+    )
     parser.add_argument("--iters", type=int, default=5, help="timed steps per precision")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 timing")
@@ -125,22 +129,25 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for name, cfg in zip(args.candidates, cfgs, strict=True):
         net = instantiate(cfg.model.net)
         report, *_ = measure(net, cfg.data, "train", 0.5)
-        rows.append(
+        rows += [
             {
                 "candidate": name,
+                "batch": batch,
                 "image_size": net.image_size,
                 "default_boxes": int(net.priors.shape[0]),
                 "gmac": gmac(net),
                 "covered": report["covered"],
             }
-        )
+            for batch in args.batch
+        ]
+    timed = [(cfg, batch) for cfg in cfgs for batch in args.batch]  # in the rows' order
     precisions = ["float32"] if args.no_bf16 else ["float32", "bf16"]
     for precision in precisions:
-        times = seconds_per_step(cfgs, args.batch, args.iters, args.warmup, precision == "bf16")
+        times = seconds_per_step(timed, args.iters, args.warmup, precision == "bf16")
         for row, seconds in zip(rows, times, strict=True):
             row[f"s_per_step_{precision}"] = seconds
             row[f"ratio_{precision}"] = seconds / times[0]
-    header = ["candidate", "input", "default boxes", "GMAC/img", "objects reached %"]
+    header = ["candidate", "input", "default boxes", "GMAC/img", "objects reached %", "batch"]
     header += [f"s/step {p} (x first)" for p in precisions]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -150,10 +157,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             f"{r['default_boxes']:,}",
             f"{r['gmac']:.2f}",
             f"{100 * r['covered']:.1f}",
+            str(r["batch"]),
         ]
         cells += [f"{r[f's_per_step_{p}']:.3f} ({r[f'ratio_{p}']:.2f})" for p in precisions]
         lines.append("| " + " | ".join(cells) + " |")
-    print(f"\nbatch {args.batch}, median of {args.iters} steps after {args.warmup} untimed\n")
+    print(f"\nmedian of {args.iters} steps after {args.warmup} untimed\n")
     print("\n".join(lines))
     print(f"\n(wall time {time.perf_counter() - start:.0f} s)")
     if args.json is not None:

@@ -73,6 +73,21 @@ def test_table_prints_every_candidate_with_ratios_to_the_first(rows) -> None:
     assert result[1]["covered"] > result[0]["covered"]
 
 
+def test_several_batches_give_one_row_each_timed_against_the_first(tiny_shapes: Path) -> None:
+    argv = ["--candidates", "r18w16-321", "--batch", "2", "1", "--iters", "1", "--warmup", "0"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = search.main([*argv, "--no-bf16", *tiny_data(tiny_shapes)])
+    assert [(r["candidate"], r["batch"]) for r in result] == [("r18w16-321", 2), ("r18w16-321", 1)]
+    assert result[0]["ratio_float32"] == 1.0
+    assert result[1]["ratio_float32"] == pytest.approx(
+        result[1]["s_per_step_float32"] / result[0]["s_per_step_float32"]
+    )
+    assert "s_per_step_bf16" not in result[0]
+    for r in result:
+        assert f"| {100 * r['covered']:.1f} | {r['batch']} |" in printed.getvalue()
+
+
 def test_the_default_experiments_train_the_chosen_candidates() -> None:
     networks = {
         "r18w16-321": compose_train(),
