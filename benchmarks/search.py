@@ -129,17 +129,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for name, cfg in zip(args.candidates, cfgs, strict=True):
         net = instantiate(cfg.model.net)
         report, *_ = measure(net, cfg.data, "train", 0.5)
-        rows += [
-            {
-                "candidate": name,
-                "batch": batch,
-                "image_size": net.image_size,
-                "default_boxes": int(net.priors.shape[0]),
-                "gmac": gmac(net),
-                "covered": report["covered"],
-            }
-            for batch in args.batch
-        ]
+        cost = {
+            "image_size": net.image_size,
+            "default_boxes": int(net.priors.shape[0]),
+            "gmac": gmac(net),
+            "covered": report["covered"],
+        }
+        rows += [{"candidate": name, "batch": batch, **cost} for batch in args.batch]
     timed = [(cfg, batch) for cfg in cfgs for batch in args.batch]  # in the rows' order
     precisions = ["float32"] if args.no_bf16 else ["float32", "bf16"]
     for precision in precisions:
