@@ -42,10 +42,10 @@ def test_pixel_targets_scale_boxes_and_mark_difficult_as_crowd() -> None:
     assert out["labels"].tolist() == [1, 2]
 
 
-def tiny_module(channels_last: bool = False, **options: Any) -> DetectionModule:
+def tiny_module(channels_last: bool = False, width: int = 64, **options: Any) -> DetectionModule:
     torch.manual_seed(0)
     extras = partial(ExtraLayers, layers=[(2, 2), (2, 2)], mid_channels=16, out_channels=32)
-    net = SSD(ResNetBackbone(18), extras, 3, 129, [0.1, 0.3, 0.5, 0.7, 0.9])
+    net = SSD(ResNetBackbone(18, width=width), extras, 3, 129, [0.1, 0.3, 0.5, 0.7, 0.9])
     return DetectionModule(
         net,
         MultiBoxLoss(),
@@ -85,3 +85,11 @@ def test_channels_last_changes_layout_not_results() -> None:
     with torch.no_grad():
         for a, b in zip(plain(images), fast(batch[0]), strict=True):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_channels_last_refuses_the_convolutions_onednn_corrupts_on_a_cpu() -> None:
+    # width 8: conv3_x's downsampling is a 1x1 stride-2 convolution of 8 input channels
+    with pytest.raises(UserError, match=r"in backbone\.conv3\.0\.downsample\.0 \(.* of 8 input"):
+        tiny_module(True, width=8).on_fit_start()
+    tiny_module(False, width=8).on_fit_start()  # contiguous: oneDNN's other kernels are sound
+    tiny_module(True, width=16).on_fit_start()

@@ -84,6 +84,28 @@ class DetectionModule(DetectionEvaluation):
         postprocess = self.postprocess if postprocess is None else postprocess
         return postprocess(loc, conf, self.net.priors, orig_sizes)
 
+    def on_fit_start(self) -> None:
+        """Refuse to train channels-last on a CPU where oneDNN's backward would corrupt memory:
+        its AVX-512 kernel for a 1x1 stride-2 convolution with fewer than 16 input channels
+        (a ResNet of width 8's downsampling) writes outside its buffers (measured, torch 2.14)."""
+        if self.memory_format != torch.channels_last or self.device.type != "cpu":
+            return
+        unsafe = [
+            name
+            for name, m in self.net.named_modules()
+            if isinstance(m, nn.Conv2d)
+            and m.kernel_size == (1, 1)
+            and m.stride == (2, 2)
+            and m.in_channels < 16
+        ]
+        if unsafe:
+            raise UserError(
+                f"channels-last training on a CPU would crash in {unsafe[0]} (a 1x1 stride-2 "
+                f"convolution of {self.net.get_submodule(unsafe[0]).in_channels} input channels: "
+                "oneDNN's AVX-512 backward corrupts memory below 16): set "
+                "model.channels_last=false, or a backbone width of 16 or more"
+            )
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets = batch
         return images.contiguous(memory_format=self.memory_format), targets
