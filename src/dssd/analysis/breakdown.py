@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -197,17 +197,9 @@ def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysi
     matches = test.matches()
     aps = matches.class_aps(use_07_metric=test.use_07_metric)[0]
 
-    def errors_of(size: tuple[float, float] | None) -> ErrorAnalysis:
-        area = None if size is None else (size[0] ** 2, size[1] ** 2)
-        return analyse_errors(
-            test.preds,
-            test.targets,
-            test.num_classes,
-            use_07_metric=test.use_07_metric,
-            area_range=area,
-        )
-
-    errors = errors_of(None)
+    errors_of = partial(
+        analyse_errors, test.preds, test.targets, test.num_classes, use_07_metric=test.use_07_metric
+    )
     found = tuple(
         found_objects(p, t, score_threshold) for p, t in zip(test.preds, test.targets, strict=True)
     )
@@ -221,8 +213,10 @@ def analyse_run(test: RunDetections, score_threshold: float = 0.3) -> RunAnalysi
         fine_sizes=size_bins(test, fine, size_matches, found),
         curves=tuple(matches.precision_recall(c) for c in range(test.num_classes)),
         size_curves={name: mean_curve(m) for name, m in size_matches.items()},
-        errors=errors,
-        size_errors={name: errors_of(bounds) for name, bounds in COCO_SIZES.items()},
+        errors=errors_of(),
+        size_errors={
+            name: errors_of(area_range=(lo**2, hi**2)) for name, (lo, hi) in COCO_SIZES.items()
+        },
         confusion=confusion_matrix(
             test.preds, test.targets, test.num_classes, score_threshold=score_threshold
         ),

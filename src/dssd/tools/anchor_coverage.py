@@ -26,6 +26,7 @@ from torchvision.ops import box_area, box_convert, box_iou
 from dssd.config import compose_train
 from dssd.data.datamodule import dataset_items
 from dssd.errors import UserError, user_errors
+from dssd.results.tables import cell, percent_cell
 
 # COCO's size classes: area in original-image pixels
 COCO_AREAS = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, np.inf)}
@@ -128,19 +129,12 @@ def report(result: Coverage, areas: np.ndarray, input_side: np.ndarray) -> dict[
 
 def markdown(name: str, data: dict[str, Any], threshold: float) -> str:
     """The report as markdown tables."""
-
-    def pct(value: float | None) -> str:
-        return "–" if value is None else f"{100 * value:.1f}"
-
-    def num(value: float | None) -> str:
-        return "–" if value is None else f"{value:.2f}"
-
     lines = [
         f"## Default-box coverage: {name}",
         "",
-        f"{data['objects']} objects; covered (best IoU > {threshold}): {pct(data['covered'])}%; "
-        f"positives per object: {num(data['mean_positives'])}; objects without a positive: "
-        f"{data['no_positive']}",
+        f"{data['objects']} objects; covered (best IoU > {threshold}): "
+        f"{percent_cell(data['covered'])}%; positives per object: "
+        f"{cell(data['mean_positives'], 2)}; objects without a positive: {data['no_positive']}",
         "",
         "| size | objects | covered % | mean best IoU | positives / object |",
         "|---|---:|---:|---:|---:|",
@@ -148,14 +142,14 @@ def markdown(name: str, data: dict[str, Any], threshold: float) -> str:
     sizes = [(f"COCO {k}", r) for k, r in data["by_coco_size"].items()]
     sizes += [(f"sqrt(area) {k} px", r) for k, r in data["by_input_size"].items()]
     lines += [
-        f"| {label} | {r['objects']} | {pct(r['covered'])} | {num(r['mean_best_iou'])} "
-        f"| {num(r['mean_positives'])} |"
+        f"| {label} | {r['objects']} | {percent_cell(r['covered'])} "
+        f"| {cell(r['mean_best_iou'], 2)} | {cell(r['mean_positives'], 2)} |"
         for label, r in sizes
     ]
     lines += ["", "| layer | objects whose best box is here | covered by this layer alone % |"]
     lines.append("|---:|---:|---:|")
     lines += [
-        f"| {r['layer']} | {r['best_here']} | {pct(r['covered_by_layer'])} |"
+        f"| {r['layer']} | {r['best_here']} | {percent_cell(r['covered_by_layer'])} |"
         for r in data["by_layer"]
     ]
     lines += ["", "| best IoU | objects |", "|---|---:|"]
