@@ -65,6 +65,7 @@ from benchmarks.common import (
 )
 from dssd.models import count_batchnorms, fold_batchnorm
 from dssd.tools.network_table import spec_overrides
+from dssd.training.module import check_channels_last_training
 
 DEFAULT_MODELS = ("ssd321", "dssd321", "ssd513", "dssd513", "ssd300_vgg")
 # The paper's SSD321 and SSD513 rows (Tables 3, 6 and 7) include prediction module (c).
@@ -303,6 +304,8 @@ def training_step(
     precision plugin's training context, backward, then a step of the config's optimiser
     (``cfg.model.optimizer`` over the trainable parameters, as
     ``DetectionModule.configure_optimizers`` builds it); ``net`` is put in training mode."""
+    if args.channels_last and args.device.type == "cpu":
+        check_channels_last_training(net)
     model = prepare(net.train(), args)
     priors = net.priors
     loss = instantiate(cfg.model.loss)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,8 +15,11 @@ from torch import nn
 
 from benchmarks import search
 from benchmarks.common import compose_config
+from benchmarks.speed import training_step
 from conftest import tiny_data
 from dssd.config import compose_train
+from dssd.errors import UserError
+from dssd.training.module import channels_last_hazards
 
 CHOSEN = ["r18w64-193", "r18w16-321"]
 
@@ -104,3 +108,18 @@ def test_the_default_experiments_train_the_chosen_candidates() -> None:
     recipe = networks["r18w32-321"]
     assert earlier.schedules == recipe.schedules
     assert {**earlier.data, "image_size": None} == {**recipe.data, "image_size": None}
+
+
+def test_width_8_is_timed_in_bf16_without_the_layout_onednn_cannot_train() -> None:
+    names = ("r18w16-321", "r18w8-321", "r18w8-257")
+    cfgs = {
+        n: compose_config("ssd_r18", None, [search.RECIPE, *search.CANDIDATES[n]]) for n in names
+    }
+    nets = {n: instantiate(cfg.model.net) for n, cfg in cfgs.items()}
+    assert channels_last_hazards(nets["r18w16-321"]) == []
+    for name in ("r18w8-321", "r18w8-257"):
+        assert channels_last_hazards(nets[name]) == ["backbone.conv3.0.downsample.0"], name
+    # what the search leaves out for them: channels-last training refuses the net on a CPU
+    args = SimpleNamespace(device=torch.device("cpu"), bf16=True, channels_last=True, compile=False)
+    with pytest.raises(UserError, match=r"backbone\.conv3\.0\.downsample\.0"):
+        training_step(nets["r18w8-257"], cfgs["r18w8-257"], args)

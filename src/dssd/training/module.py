@@ -20,6 +20,32 @@ from dssd.training.stages import freeze_modules
 LOSSES = ("loss", "loss_loc", "loss_conf")
 
 
+def channels_last_hazards(net: nn.Module) -> list[str]:
+    """The convolutions of ``net`` that oneDNN's AVX-512 backward corrupts memory on in
+    channels-last layout: 1x1, stride 2, fewer than 16 input channels (a ResNet of width 8's
+    downsampling; measured with torch 2.14, in float32 and bf16 alike)."""
+    return [
+        name
+        for name, m in net.named_modules()
+        if isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and m.stride == (2, 2)
+        and m.in_channels < 16
+    ]
+
+
+def check_channels_last_training(net: nn.Module) -> None:
+    """A UserError naming the first of ``net``'s :func:`channels_last_hazards`, if any: training
+    channels-last on a CPU would crash in native code, or silently corrupt memory."""
+    if hazards := channels_last_hazards(net):
+        raise UserError(
+            f"channels-last training on a CPU would crash in {hazards[0]} (a 1x1 stride-2 "
+            f"convolution of {net.get_submodule(hazards[0]).in_channels} input channels: "
+            "oneDNN's AVX-512 backward corrupts memory below 16): set "
+            "model.channels_last=false, or a backbone width of 16 or more"
+        )
+
+
 class DetectionModule(DetectionEvaluation):
     """Trains ``net`` (an SSD/DSSD network: ``net(images) -> (loc, conf)``) with ``loss`` and
     reports mAP on validation and test: COCO's, and on VOC data the devkit's (``voc_map``, 11-point
@@ -85,26 +111,8 @@ class DetectionModule(DetectionEvaluation):
         return postprocess(loc, conf, self.net.priors, orig_sizes)
 
     def on_fit_start(self) -> None:
-        """Refuse to train channels-last on a CPU where oneDNN's backward would corrupt memory:
-        its AVX-512 kernel for a 1x1 stride-2 convolution with fewer than 16 input channels
-        (a ResNet of width 8's downsampling) writes outside its buffers (measured, torch 2.14)."""
-        if self.memory_format != torch.channels_last or self.device.type != "cpu":
-            return
-        unsafe = [
-            name
-            for name, m in self.net.named_modules()
-            if isinstance(m, nn.Conv2d)
-            and m.kernel_size == (1, 1)
-            and m.stride == (2, 2)
-            and m.in_channels < 16
-        ]
-        if unsafe:
-            raise UserError(
-                f"channels-last training on a CPU would crash in {unsafe[0]} (a 1x1 stride-2 "
-                f"convolution of {self.net.get_submodule(unsafe[0]).in_channels} input channels: "
-                "oneDNN's AVX-512 backward corrupts memory below 16): set "
-                "model.channels_last=false, or a backbone width of 16 or more"
-            )
+        if self.memory_format == torch.channels_last and self.device.type == "cpu":
+            check_channels_last_training(self.net)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, targets = batch
