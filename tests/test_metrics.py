@@ -112,9 +112,9 @@ def random_case(seed: int, n_images: int = 12, num_classes: int = 4, ties: bool 
 
 def pred(boxes, scores, labels) -> dict[str, torch.Tensor]:
     return {
-        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "scores": torch.tensor(scores, dtype=torch.float32),
-        "labels": torch.tensor(labels, dtype=torch.long),
+        "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.as_tensor(scores, dtype=torch.float32),
+        "labels": torch.as_tensor(labels, dtype=torch.long),
     }
 
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 
+from conftest import tiny_data
 from dssd.errors import UserError
 from dssd.evaluation.module import pixel_targets
 from dssd.models import SSD, ExtraLayers, ResNetBackbone
 from dssd.ops import MultiBoxLoss, PostProcessor
 from dssd.training.module import DetectionModule
 from dssd.training.schedules import warmup_multistep
+from test_configs import compose_train
 
 
 def test_warmup_multistep_factors() -> None:
@@ -93,3 +98,33 @@ def test_channels_last_refuses_the_convolutions_onednn_corrupts_on_a_cpu() -> No
         tiny_module(True, width=8).on_fit_start()
     tiny_module(False, width=8).on_fit_start()  # contiguous: oneDNN's other kernels are sound
     tiny_module(True, width=16).on_fit_start()
+
+
+def test_the_sanity_check_reports_the_validation_losses_of_a_validation_run(
+    tiny_shapes: Path,
+) -> None:
+    """In the sanity check Lightning computes the logged loss means after
+    ``on_validation_epoch_end``: they must still hold the batches' losses then (not NaN)."""
+    cfg = compose_train(*tiny_data(tiny_shapes), "model.channels_last=false")
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
+    options = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False}
+    options |= {"enable_model_summary": False, "enable_checkpointing": False}
+
+    def losses(trainer: pl.Trainer) -> dict[str, float]:
+        metrics = trainer.callback_metrics
+        return {k: float(v) for k, v in metrics.items() if k.startswith("val/loss")}
+
+    validation = pl.Trainer(limit_val_batches=1, **options)
+    validation.validate(model, datamodule=datamodule, verbose=False)
+    expected = losses(validation)
+    assert set(expected) == {"val/loss", "val/loss_loc", "val/loss_conf"}
+
+    sanity: dict[str, float] = {}
+
+    class Record(pl.Callback):
+        def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            sanity.update(losses(trainer))
+
+    fit = pl.Trainer(max_steps=1, limit_val_batches=1, callbacks=[Record()], **options)
+    fit.fit(model, datamodule=datamodule)
+    assert sanity == pytest.approx(expected, rel=1e-6)

@@ -145,7 +145,10 @@ class DetectionEvaluation(pl.LightningModule):
         for name, ap in self.per_class_ap[role].items():
             if ap == ap:  # NaN: no ground truth of the class
                 self.log(f"{role}/ap/{name}", ap, sync_dist=False)
-        self._reset_metrics(role)
+        # free the stored detections; not ``_reset_metrics``: a subclass's logged torchmetrics
+        # are computed by Lightning after this hook (in the sanity check) and reset by it
+        for metric in metrics.values():
+            metric.reset()
 
 
 class ExportedModelEvaluation(DetectionEvaluation):
