@@ -28,7 +28,7 @@ from dssd.data.transforms import (
     check_augment,
     seed_worker,
 )
-from dssd.data.voc import DetectionImages, VOCDataset
+from dssd.data.voc import DetectionImages, VOCDataset, repaired
 from dssd.errors import DatasetNotFoundError, UserError
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ class DetectionDataModule(pl.LightningDataModule):
             )
             dataset = self.datasets[role] = self._role_dataset(role, transform)
             if dataset.skips:
-                log.warning("%s data: %s", role, dict(sorted(dataset.skips.items())))
+                level = logging.WARNING if repaired(dataset.skips) else logging.INFO
+                log.log(level, "%s data: %s", role, dict(sorted(dataset.skips.items())))
         if "test" in self.datasets:
             self._check_test_images_unseen()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,11 @@ def sanitize(ann: dict[str, Any], skips: Counter[str]) -> dict[str, Any]:
     if len(ann["boxes"]) == 0:
         skips["empty_images"] += 1
     return ann
+
+
+def repaired(skips: Mapping[str, int]) -> bool:
+    """Whether any sample was dropped or changed; images without objects are kept, as negatives."""
+    return any(n for kind, n in skips.items() if kind != "empty_images")
 
 
 def read_image(path: Path) -> np.ndarray:

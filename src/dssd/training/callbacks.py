@@ -17,7 +17,7 @@ from torch import Tensor
 
 from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.data.datamodule import COCODataModule
-from dssd.data.voc import write_voc_results
+from dssd.data.voc import repaired, write_voc_results
 from dssd.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class DataSkipReport(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         counts = dict(trainer.train_dataloader.dataset.skips)
         counts["unreadable_images"] = self.unreadable_images  # this epoch, from the loaders
-        if any(v for k, v in counts.items() if k != "empty_images"):  # empty images are fine
+        if repaired(counts):
             log.warning(
                 "epoch %d, training data skipped or repaired: %s",
                 trainer.current_epoch,
