@@ -3,6 +3,7 @@ evaluation: COCO mAP, and on VOC data the devkit's mAP and per-class AP."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from dssd.errors import UserError
+from dssd.errors import UserError, quiet_loggers
 from dssd.evaluation.metrics import VOCMeanAP
 
 
@@ -127,7 +128,8 @@ class DetectionEvaluation(pl.LightningModule):
     def _log_metrics(self, role: str) -> None:
         """Log the metrics of the epoch (already gathered across processes) and reset them."""
         metrics = self.evaluators[role]
-        coco = metrics["coco"].compute()
+        with quiet_loggers("faster_coco_eval", level=logging.WARNING):  # its 20-line summary
+            coco = metrics["coco"].compute()
         for name in coco_metric_names(self.coco_max_detections):
             self.log(f"{role}/{name}", coco[name], prog_bar=name == "map_50", sync_dist=False)
         if "voc" in metrics:
