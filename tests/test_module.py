@@ -86,11 +86,14 @@ def test_the_run_config_is_the_only_hyperparameter() -> None:
 def test_channels_last_changes_layout_not_results() -> None:
     images = torch.randn(2, 3, 129, 129)
     plain, fast = tiny_module(False), tiny_module(True)
-    batch = fast.on_after_batch_transfer((images, []), 0)
-    assert batch[0].is_contiguous(memory_format=torch.channels_last)
+    layouts = []
+    fast.net.register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
     with torch.no_grad():
-        for a, b in zip(plain(images), fast(batch[0]), strict=True):
+        for a, b in zip(plain(images), fast(images), strict=True):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert layouts == [True]  # the module converts the contiguous batch itself
 
 
 def test_channels_last_refuses_the_convolutions_onednn_corrupts_on_a_cpu() -> None:

@@ -143,8 +143,7 @@ class Detector:
         with torch.inference_mode(), self.autocast():
             for batch in batches([images] if single else images, self.batch_size):
                 inputs, orig_sizes = self.preprocess(batch)
-                inputs = inputs.to(self.device).contiguous(memory_format=self.module.memory_format)
-                sizes = orig_sizes.to(self.device)
+                inputs, sizes = inputs.to(self.device), orig_sizes.to(self.device)
                 for detections in self.module.predict(inputs, sizes, postprocess):
                     detections = {k: v.cpu() for k, v in detections.items()}
                     names = [self.class_names[i - 1] for i in detections["labels"].tolist()]

@@ -91,7 +91,8 @@ class DetectionModule(DetectionEvaluation):
         self.scheduler_factory = scheduler
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.net(images)
+        """The network's raw outputs, the images first put in the module's memory format."""
+        return self.net(images.contiguous(memory_format=self.memory_format))
 
     def train(self, mode: bool = True) -> DetectionModule:
         """Switch modes, keeping the frozen batch norms on their running statistics."""
@@ -106,17 +107,13 @@ class DetectionModule(DetectionEvaluation):
     ) -> list[dict[str, Tensor]]:
         """Detections for a batch: boxes in original-image pixels, scores, labels; by
         ``postprocess`` instead of the module's own when given."""
-        loc, conf = self.net(images)
+        loc, conf = self(images)
         postprocess = self.postprocess if postprocess is None else postprocess
         return postprocess(loc, conf, self.net.priors, orig_sizes)
 
     def on_fit_start(self) -> None:
         if self.memory_format == torch.channels_last and self.device.type == "cpu":
             check_channels_last_training(self.net)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, targets = batch
-        return images.contiguous(memory_format=self.memory_format), targets
 
     def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor:
         return self._step("train", batch)
@@ -141,7 +138,7 @@ class DetectionModule(DetectionEvaluation):
     def _step(self, role: str, batch: tuple[Tensor, list[dict]]) -> Any:
         """Log the losses; return the loss (training) or the detections, the metrics updated."""
         images, targets = batch
-        loc, conf = self.net(images)
+        loc, conf = self(images)
         losses = self.criterion(loc, conf, self.net.priors, targets)
         self._log_losses(role, losses, batch_size=images.shape[0])
         if role == "train":
