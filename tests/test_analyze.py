@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
@@ -118,6 +120,31 @@ def test_a_checkpoint_alone_is_analysed(tiny_checkpoint: Path, tmp_path: Path) -
     assert summary == tmp_path / "summary.md"
     assert all((tmp_path / name).is_file() for name in RUN_FILES)
     assert not (tmp_path / "wandb").exists()
+
+
+def test_a_score_unlike_the_logged_one_says_why_it_may_differ(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The analysed mAP is checked against the mAP the run's test logged; the warning names a
+    test on part of the split when the run's config says so, else other boxes."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    results = json.loads((run / "test_results.json").read_text())
+    results["metrics"]["test/voc_map"] += 0.25
+    (run / "test_results.json").write_text(json.dumps(results))
+
+    def warning(out: str) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dssd.analysis.analyser"):
+            analyze(config(f"run={run}", f"out_dir={tmp_path / out}", "gallery_size=1"))
+        (record,) = [r for r in caplog.records if "its test logged" in r.getMessage()]
+        return record.getMessage()
+
+    assert "the checkpoint detects other boxes" in warning("whole")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint["hyper_parameters"]["run_config"]["trainer"]["limit_test_batches"] = 2
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+    assert "trainer.limit_test_batches=2" in warning("part")
 
 
 def test_missing_pieces_are_named(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -187,12 +187,19 @@ class Analyser:
             analysis = analyse_run(test, options.score_threshold)
             logged = run.test_results.get("metrics", {}).get("test/voc_map")
             if logged is not None and abs(logged - analysis.map) > 1e-3:
+                limit = run_cfg.trainer.get("limit_test_batches")
+                why = (
+                    f"its test ran on part of the split, trainer.limit_test_batches={limit}"
+                    if limit not in (None, 1.0)
+                    else "on another device, or with other weights, the checkpoint detects "
+                    "other boxes"
+                )
                 log.warning(
-                    "%s: the analysed detections score a VOC mAP of %.4f, its test logged %.4f (on "
-                    "another device, or with other weights, the checkpoint detects other boxes)",
+                    "%s: the analysed detections score VOC mAP %.4f, its test logged %.4f (%s)",
                     run.name,
                     analysis.map,
                     logged,
+                    why,
                 )
             self._done[key] = (test, analysis)
         return self._done[key]
