@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,8 +112,14 @@ def export_module(
     # two images: a batch of one would let the exporter specialise the batch dimension to 1
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     text = json.dumps(info)
-    # the ONNX graph passes log every step at INFO
-    with torch.no_grad(), quiet_loggers("onnx_ir", "onnxscript", level=logging.WARNING):
+    # the ONNX graph passes log every step at INFO, and warn of attribute types they default
+    # themselves; torchvision's NMS registration warns of a torch API it calls
+    with (
+        torch.no_grad(),
+        quiet_loggers("onnx_ir", "onnxscript", level=logging.ERROR),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", "`create_unbacked_symint` is deprecated", FutureWarning)
         if fmt == "onnx":
             program = torch.onnx.export(
                 module,
