@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from dssd.errors import UserError
+from dssd.errors import UserError, user_errors
 from dssd.models import (
     PretrainedWeightsNotFoundError,
     ResNetBackbone,
@@ -226,6 +226,24 @@ def test_weights_of_another_width_name_the_file_and_the_tensor(tmp_path):
     assert str(path) in message
     assert "conv1.weight: file [64, 3, 7, 7], network [32, 3, 7, 7]" in message
     assert message.count("network [") == 5  # the first five of many
+
+
+def test_a_missing_weights_file_in_a_config_is_reported_as_its_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``instantiate`` wraps the constructor's error in its own; the entry points print the
+    constructor's message alone and exit with status 2, as for any user error."""
+    path = tmp_path / "nowhere" / "resnet18.pth"
+    cfg = {"_target_": "dssd.models.ResNetBackbone", "depth": 18, "weights": str(path)}
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        hydra.utils.instantiate(cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: backbone weights file") and str(path) in err
+    assert "Error in call to target" not in err
+    with pytest.raises(hydra.errors.InstantiationException) as bug, user_errors():
+        hydra.utils.instantiate({"_target_": "operator.truediv", "_args_": [1, 0]})
+    assert isinstance(bug.value.__cause__, ZeroDivisionError)  # a bug keeps its traceback
 
 
 def test_missing_weights_file_names_the_path_and_the_fix(tmp_path):

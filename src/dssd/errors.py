@@ -9,6 +9,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from hydra.errors import InstantiationException
+
 
 class UserError(Exception):
     """Base class: a mistake the user can fix, with a message that says how."""
@@ -20,14 +22,18 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Report a :class:`UserError` as its message alone (no traceback burying it) and exit with
-    status 2; ``HYDRA_FULL_ERROR=1`` re-raises it with the traceback."""
+    """Report a :class:`UserError`, also one raised in a constructor that ``instantiate`` called,
+    as its message alone (no traceback burying it) and exit with status 2;
+    ``HYDRA_FULL_ERROR=1`` re-raises it with the traceback."""
     try:
         yield
-    except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        cause = err
+        while isinstance(cause, InstantiationException):  # raised ``from`` the constructor's error
+            cause = cause.__cause__
+        if not isinstance(cause, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
