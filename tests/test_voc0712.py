@@ -69,7 +69,8 @@ def test_missing_set_root_names_path_and_layout(devkit: Path) -> None:
     )
     with pytest.raises(DatasetNotFoundError) as err:
         dm.setup("fit")
-    assert str(devkit / "VOC2010") in str(err.value) and "VOCdevkit/VOC2007" in str(err.value)
+    message = str(err.value)
+    assert str(devkit / "VOC2010") in message and "VOCdevkit, the folder holding VOC2007" in message
 
 
 @pytest.mark.parametrize(

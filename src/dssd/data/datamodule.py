@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test")
 VOCDEVKIT_LAYOUT = (
-    "set data.root=/path/to/VOCdevkit, the folder holding VOCdevkit/VOC2007 (and VOCdevkit/VOC2012"
-    " for 07+12), each with Annotations/, ImageSets/Main/ and JPEGImages/"
+    "set data.root=/path/to/VOCdevkit, the folder holding VOC2007 (and VOC2012 for 07+12), each"
+    " with Annotations/, ImageSets/Main/ and JPEGImages/"
 )
 
 

@@ -25,7 +25,8 @@ from dssd.errors import DatasetNotFoundError, UserError
 log = logging.getLogger(__name__)
 
 MISSING_DATA_HINT = (
-    "build the embedded dataset with `make data`, or set data.root=/path/to/VOCdevkit/VOC2007"
+    "a dataset in the VOC layout holds Annotations/, ImageSets/Main/<split>.txt and JPEGImages/ "
+    "(`make data` builds the embedded one in data/shapes)"
 )
 
 Transform = Callable[[np.ndarray, dict[str, Any]], Any]
