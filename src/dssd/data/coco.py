@@ -22,6 +22,12 @@ from dssd.errors import DatasetNotFoundError, UserError
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
 
+COCO_LAYOUT = (
+    "expected data.root=/path/to/coco with annotations/instances_{train,val}2017.json and the "
+    "train2017/, val2017/ images"
+)
+
+
 class COCOAnnotationError(UserError, ValueError):
     """A COCO annotation file that cannot be used; the message names the file and the problem."""
 
@@ -30,10 +36,7 @@ def load_coco(path: str | Path) -> COCO:
     """The COCO API's index of an instances JSON file, checked for the keys the reader needs."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetNotFoundError(
-            f"COCO annotation file {path} does not exist: expected data.root=/path/to/coco with "
-            "annotations/instances_{train,val}2017.json and the train2017/, val2017/ images"
-        )
+        raise DatasetNotFoundError(f"COCO annotation file {path} does not exist: {COCO_LAYOUT}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -74,7 +77,9 @@ class COCODataset(DetectionImages):
         self.image_dir = self.root / image_dir
         self.train = train
         if not self.image_dir.is_dir():
-            raise DatasetNotFoundError(f"COCO image directory {self.image_dir} does not exist")
+            raise DatasetNotFoundError(
+                f"COCO image directory {self.image_dir} does not exist: {COCO_LAYOUT}"
+            )
         coco = load_coco(self.annotation_file)
         self.class_names = category_names(coco)
         if class_names is not None and tuple(class_names) != self.class_names:
