@@ -142,9 +142,10 @@ def test_a_score_unlike_the_logged_one_says_why_it_may_differ(
 
     assert "the checkpoint detects other boxes" in warning("whole")
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    checkpoint["hyper_parameters"]["run_config"]["trainer"]["limit_test_batches"] = 2
-    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
-    assert "trainer.limit_test_batches=2" in warning("part")
+    for limit in (2, 1):  # batches; Lightning's 1.0, a float, is the whole split
+        checkpoint["hyper_parameters"]["run_config"]["trainer"]["limit_test_batches"] = limit
+        torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+        assert f"trainer.limit_test_batches={limit}" in warning(f"part{limit}")
 
 
 def test_missing_pieces_are_named(tiny_checkpoint: Path, tmp_path: Path) -> None:

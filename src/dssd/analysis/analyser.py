@@ -190,7 +190,7 @@ class Analyser:
                 limit = run_cfg.trainer.get("limit_test_batches")
                 why = (
                     f"its test ran on part of the split, trainer.limit_test_batches={limit}"
-                    if limit not in (None, 1.0)
+                    if limit is not None and (isinstance(limit, int) or limit < 1)  # int: batches
                     else "on another device, or with other weights, the checkpoint detects "
                     "other boxes"
                 )
