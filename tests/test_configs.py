@@ -87,6 +87,17 @@ def test_default_experiment_composes_trainer_callbacks_and_data() -> None:
     assert datamodule.image_size == cfg.model.net.image_size
 
 
+def test_run_names_tell_a_swapped_backbone_apart() -> None:
+    """Two runs that differ only by ``backbone=`` get different names and tags; without it the
+    name is the model's and the rows' (what the sweeps' run directories use)."""
+    swapped = resolve_with_hydra(compose_train("model=dssd_r18w32", "backbone=mobilenet_v3_large"))
+    own = resolve_with_hydra(compose_train("model=dssd_r18w32"))
+    assert swapped.run_name == "dssd_r18w32-mobilenet_v3_large-pm_c-prod-stage0"
+    assert own.run_name == "dssd_r18w32-pm_c-prod-stage0"
+    assert "backbone=mobilenet_v3_large" in swapped.run_tags
+    assert not any(tag.startswith("backbone=") for tag in own.run_tags)
+
+
 def test_augmentation_is_switched_on_by_its_config_and_a_bare_name_is_refused() -> None:
     """The override docs/configuration.md gives turns SSD's augmentation on in the default
     experiment; ``data.augment=ssd`` (a string) fails with the override to use instead."""

@@ -29,10 +29,16 @@ def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
     return _root_[table][training_stage(_root_, table)][key]
 
 
-def _run_parts(model: str, root: DictConfig) -> dict[str, str]:
-    """What tells the ablations' rows apart: model, PM, neck (DSSD's by its fusion), stage."""
+def _run_parts(model: str, overrides: Sequence[str], root: DictConfig) -> dict[str, str]:
+    """What tells runs apart: model, a backbone chosen with ``backbone=`` in ``overrides`` (the
+    command line's), PM, neck (DSSD's by its fusion), stage."""
     net = root.model.net
-    parts = {"model": model, "pm": OmegaConf.select(net, "prediction_module.variant", default="a")}
+    parts = {"model": model}
+    for override in overrides:  # the last backbone= wins, as in Hydra
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "backbone" and value:
+            parts["backbone"] = value
+    parts["pm"] = OmegaConf.select(net, "prediction_module.variant", default="a")
     neck = OmegaConf.select(net, "neck._target_", default=None)
     if neck == "dssd.models.Decoder":
         parts["fusion"] = OmegaConf.select(net, "neck.fusion", default="prod")
@@ -42,16 +48,17 @@ def _run_parts(model: str, root: DictConfig) -> dict[str, str]:
     return parts
 
 
-def run_name(model: str, _root_: DictConfig) -> str:
-    """``${run_name:<model>}``, e.g. ``dssd321-pm_c-prod-stage1``, ``ssd_r18-pm_c-fpn-stage1``."""
-    p = _run_parts(model, _root_)
-    words = [p["model"], f"pm_{p['pm']}", p.get("neck"), p.get("fusion"), f"stage{p['stage']}"]
-    return "-".join(w for w in words if w)
+def run_name(model: str, overrides: Sequence[str], _root_: DictConfig) -> str:
+    """``${run_name:<model>,<overrides>}``, e.g. ``dssd321-pm_c-prod-stage1``,
+    ``ssd_r18-pm_c-fpn-stage1``, ``dssd321-mobilenet_v3_large-pm_c-prod-stage0``."""
+    p = _run_parts(model, overrides, _root_)
+    words = [p["model"], p.get("backbone"), f"pm_{p['pm']}", p.get("neck"), p.get("fusion")]
+    return "-".join(w for w in [*words, f"stage{p['stage']}"] if w)
 
 
-def run_tags(model: str, _root_: DictConfig) -> list[str]:
-    """``${run_tags:${hydra:runtime.choices.model}}``: ``tags`` plus e.g. ``pm=c``, ``stage=1``."""
-    parts = _run_parts(model, _root_)
+def run_tags(model: str, overrides: Sequence[str], _root_: DictConfig) -> list[str]:
+    """``${run_tags:<model>,<overrides>}``: ``tags`` plus e.g. ``pm=c``, ``stage=1``."""
+    parts = _run_parts(model, overrides, _root_)
     return [*_root_.get("tags", []), *(f"{key}={value}" for key, value in parts.items())]
 
 

@@ -209,7 +209,10 @@ def sweep_files(cfg: DictConfig, setting_name: str, rows_name: str = "table4") -
     sweeps = plan_sweeps(rows, rows_name)
     configs = {row.id: compose_row(row, cfg.ablation) for row in rows}
     # the run names, e.g. ``ssd_r18-pm_c-stage0``: the names of the runs' directories
-    run_names = {i: run_name(c.hydra.runtime.choices.model, c) for i, c in configs.items()}
+    run_names = {
+        i: run_name(c.hydra.runtime.choices.model, c.hydra.overrides.task, c)
+        for i, c in configs.items()
+    }
     train_cfg = configs[rows[0].id]
     return {
         sweep.file_name: sweep_text(sweep, sweeps, cfg.ablation, setting_name, run_names, train_cfg)
