@@ -202,13 +202,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     labels = {label: label for label in classes}  # category ids: the network's labels
     loggers = instantiate_group(cfg.get("logger"))
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
-    log.info(
-        "Detecting in %d files of %s with %s on %s",
-        len(files),
-        root,
-        cfg.ckpt_path,
-        detector.device,
-    )
+    where = files[0] if len(files) == 1 else f"{len(files)} files of {root}"
+    log.info("Detecting in %s with %s on %s", where, cfg.ckpt_path, detector.device)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
