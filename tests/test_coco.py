@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -138,11 +139,17 @@ def test_missing_files_are_user_errors(tmp_path: Path) -> None:
         COCODataset(root, ANN_FILE, "val2014")
 
 
-def test_category_mismatch_names_the_file(tmp_path: Path) -> None:
-    root = write_coco(tmp_path, instances())
+def test_category_mismatch_names_the_file_and_the_override_that_fits_it(tmp_path: Path) -> None:
+    data = instances()
+    quoted = 'tooth "brush"'  # a name an override must quote
+    data["categories"] = [{**c, "name": quoted} if c["id"] == 90 else c for c in CATEGORIES]
+    root = write_coco(tmp_path, data)
     with pytest.raises(COCOAnnotationError) as err:
         COCODataset(root, ANN_FILE, "val2017", class_names=("person", "bus", "toothbrush"))
     assert ANN_FILE in str(err.value) and "'bus'" in str(err.value)
+    override = re.search(r"'(data\.class_names=.*)'$", str(err.value)).group(1)
+    cfg = compose_train("data=coco", override)  # Hydra parses the hint as the file's names
+    assert tuple(cfg.data.class_names) == ("person", "car", quoted)
 
 
 def test_malformed_annotation_raises_or_is_counted(tmp_path: Path) -> None:

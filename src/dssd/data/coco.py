@@ -52,6 +52,18 @@ def category_names(coco: COCO) -> tuple[str, ...]:
     return tuple(cat["name"] for cat in coco.loadCats(sorted(coco.getCatIds())))
 
 
+def _listed(names: Sequence[str], shown: int = 8) -> str:
+    """``names`` counted and quoted, the first ``shown`` of a long list only."""
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return f"{len(names)} ({', '.join(map(repr, names[:shown]))}{more})"
+
+
+def _class_names_override(names: Sequence[str]) -> str:
+    """The Hydra override that sets ``data.class_names`` to ``names`` (quoted where needed)."""
+    quoted = (n if n.isidentifier() else '"' + n.replace('"', '\\"') + '"' for n in names)
+    return f"data.class_names=[{','.join(quoted)}]"
+
+
 def trained_on(ann: Mapping[str, Any]) -> bool:
     """Whether training uses an annotation: not crowd, or also ``difficult`` (the embedded data)."""
     return not ann.get("iscrowd", 0) or bool(ann.get("difficult", 0))
@@ -84,8 +96,9 @@ class COCODataset(DetectionImages):
         self.class_names = category_names(coco)
         if class_names is not None and tuple(class_names) != self.class_names:
             raise COCOAnnotationError(
-                f"{self.annotation_file}: its categories {list(self.class_names)} (in category-id "
-                f"order) differ from the configured class names {list(class_names)}"
+                f"{self.annotation_file}: its {_listed(self.class_names)} categories (in "
+                f"category-id order) differ from the {_listed(class_names)} configured class "
+                f"names; to train on the file's: '{_class_names_override(self.class_names)}'"
             )
         self.category_id_to_label = {c: i + 1 for i, c in enumerate(sorted(coco.getCatIds()))}
         self.label_to_category_id = {label: cat for cat, label in self.category_id_to_label.items()}
