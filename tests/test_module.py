@@ -11,11 +11,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.utilities.model_summary import ModelSummary
 
 from conftest import tiny_data
 from dssd.errors import UserError
 from dssd.evaluation.module import pixel_targets
 from dssd.models import SSD, ExtraLayers, ResNetBackbone
+from dssd.models.cost import gmac
 from dssd.ops import MultiBoxLoss, PostProcessor
 from dssd.training.module import DetectionModule
 from dssd.training.schedules import warmup_multistep
@@ -81,6 +83,20 @@ def test_class_names_must_match_the_network() -> None:
 def test_the_run_config_is_the_only_hyperparameter() -> None:
     module = tiny_module(run_config={"stage": 1})
     assert dict(module.hparams) == {"run_config": {"stage": 1}}
+
+
+def test_the_model_summary_counts_the_networks_flops_and_shows_its_maps() -> None:
+    """Lightning's summary (printed at the start of every fit) reads ``example_input_array``:
+    without it every FLOPs figure is 0 and no map size is shown."""
+    module = tiny_module()
+    summary = ModelSummary(module, max_depth=2)
+    assert summary.total_flops == pytest.approx(2e9 * gmac(module.net), rel=1e-9)
+    rows = dict(zip(summary.layer_names, summary.out_sizes, strict=True))
+    num_priors = module.net.priors.shape[0]
+    assert rows["net"] == [[1, num_priors, 4], [1, num_priors, 4]]  # 3 classes + background
+    with torch.no_grad():
+        maps = module.net.encoder(module.example_input_array)
+    assert rows["net.backbone"] == [list(m.shape) for m in maps[:2]]  # its two source maps
 
 
 def test_channels_last_changes_layout_not_results() -> None:

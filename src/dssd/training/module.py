@@ -81,6 +81,8 @@ class DetectionModule(DetectionEvaluation):
         self.save_hyperparameters("run_config", logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
+        # one image: Lightning's model summary counts each part's FLOPs with it
+        self.example_input_array = torch.zeros(1, 3, net.image_size, net.image_size)
         # names, not modules, of the frozen batch norms: sync BN (DDP) replaces the modules
         self.frozen_batchnorms = freeze_modules(self.net, freeze, freeze_batchnorm)
         self.criterion = loss
