@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -93,8 +94,13 @@ def tiny_fit(
     return recorder
 
 
-def test_last_checkpoint_every_n_steps_after_validation_and_at_the_end(tmp_path: Path) -> None:
-    recorder = tiny_fit(tmp_path, TinyModule(), max_steps=11, every=3, val_every=4)
+def test_last_checkpoint_every_n_steps_after_validation_and_at_the_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning"):
+        recorder = tiny_fit(tmp_path, TinyModule(), max_steps=11, every=3, val_every=4)
+    # full, resumable checkpoints by choice (Lightning otherwise logs that it chose for us)
+    assert "weights_only" not in caplog.text
     last = [step for step, stage in recorder.saves if stage == "train"]
     # every 3 steps, and at step 11 when fit ends (Lightning's save_last alone would stop at 9)
     assert last == [3, 6, 9, 11]

@@ -104,12 +104,15 @@ def train(cfg: DictConfig) -> float | None:
     timings: dict[str, float] = {}
     if cfg.get("train", True):
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
+        # checkpoints hold plain values only (DetectionModule), so they load as weights
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg), weights_only=True
+        )
         timings["fit_seconds"] = time.perf_counter() - start
         metrics.update(scalar_metrics(trainer.callback_metrics))
     if cfg.get("test", True):
         tested = checkpoint_to_test(cfg, trainer)
-        trainer.test(model, datamodule=datamodule, ckpt_path=tested)
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
         if trainer.is_global_zero:
             record = {**timings, "tested_checkpoint": tested or "final weights"}

@@ -87,7 +87,7 @@ class LastCheckpoint(Checkpoint):
         if trainer.global_step == 0 or (not again and self.saved_step == trainer.global_step):
             return
         self.last_model_path = os.path.join(self.dirpath, "last.ckpt")
-        trainer.save_checkpoint(self.last_model_path)
+        trainer.save_checkpoint(self.last_model_path, weights_only=False)  # resumable: full state
         self.saved_step = trainer.global_step
 
     def state_dict(self) -> dict[str, Any]:
