@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -31,7 +33,12 @@ from dssd.table4.rows import (
     select_rows,
 )
 from dssd.table4.runner import train_command
-from dssd.table4.statistics import last_quarter_rise, seed_differences, validation_curve
+from dssd.table4.statistics import (
+    last_quarter_rise,
+    pooled_seed_spread,
+    seed_differences,
+    validation_curve,
+)
 from test_configs import compose_train, flatten, resolve_with_hydra
 
 CONF = ROOT / "conf"
@@ -420,6 +427,15 @@ def check_chain(out_dir: Path, seeds: tuple[int, ...]) -> None:
             continue
         per_seed = [maps[record["row"], str(s)] - maps[record["ablates"], str(s)] for s in seeds]
         assert float(spread) == pytest.approx(statistics.stdev(per_seed), abs=0.015)
+    # the seed std pooled over the rows, recomputed from runs.csv: two seeds, one df a row
+    if len(seeds) == 2:
+        pooled = statistics.mean(
+            statistics.variance([maps[i, "0"], maps[i, "1"]]) for i in TINY_ROWS
+        )
+        printed = re.search(r"Seed std pooled over the rows: ([\d.]+) points", markdown)
+        assert float(printed.group(1)) == pytest.approx(pooled**0.5, abs=0.011)
+    else:
+        assert "pooled" not in markdown
     for row in rows:
         for seed in seeds:
             directory = run_dir(out_dir, row.id, seed)
@@ -585,3 +601,43 @@ def test_a_differences_seed_spread_is_over_its_paired_seeds() -> None:
     assert differences == pytest.approx([1.0, 1.5, 0.5])
     assert statistics.stdev(differences) == pytest.approx(0.5)
     assert statistics.stdev([70.0, 66.0, 74.0]) == pytest.approx(4.0)  # the row's own spread
+
+
+def test_the_seed_spread_pooled_over_the_rows_and_its_interval() -> None:
+    """Each row's variance about its own mean, pooled by degrees of freedom (a row lifted as a
+    whole adds nothing), an interval from the chi-square law that covers the true spread 95 times
+    in 100 (checked by simulation), and the line the table prints."""
+    values = {"a": [70.0, 66.0, 74.0], "b": [90.0, 91.0, 92.0, 93.0], "c": [50.0]}
+    runs = [
+        {"row": row, "seed": seed, "voc_map": value}
+        for row, figures in values.items()
+        for seed, value in enumerate(figures)
+    ]
+    runs.append({"row": "c", "seed": 1, "voc_map": None})  # a missing figure counts for nothing
+    spread = pooled_seed_spread(runs)
+    # a: 2 df, variance 16; b: 3 df, variance 5/3; c: one figure, no df
+    assert spread["df"] == 5 and spread["std"] == pytest.approx(((2 * 16 + 3 * 5 / 3) / 5) ** 0.5)
+    assert spread["low"] < spread["std"] < spread["high"]
+    assert 0 < spread["bartlett_p"] < 0.2  # 16 against 1.7: unequal, weakly with 2 and 3 df
+    assert pooled_seed_spread([r for r in runs if r["seed"] == 0]) is None  # one seed
+
+    rng = np.random.default_rng(0)
+    trials, covered = 2000, 0
+    for _ in range(trials):
+        sample = [
+            {"row": row, "seed": seed, "voc_map": 60.0 + 10 * row + rng.normal(0.0, 1.3)}
+            for row in range(8)
+            for seed in range(3)
+        ]
+        found = pooled_seed_spread(sample)
+        covered += found["low"] <= 1.3 <= found["high"]
+    assert abs(covered / trials - 0.95) < 0.015
+
+    record = {
+        "name": "a", "paper_voc_map": None, "voc_map": 70.0, "voc_map_std": 4.0,
+        "coco_map": None, "ap_small": None, "ap_medium": None, "ap_large": None,
+        "parameters": None, "fit_minutes": None, "wall_minutes": 1.0, "seeds": 3, "ablates": "",
+    }  # fmt: skip
+    text = table4_markdown([record], "shapes", [0, 1, 2], pooled=spread)
+    assert f"Seed std pooled over the rows: {spread['std']:.2f} points" in text
+    assert "(95% interval, 5 degrees of freedom)" in text and "Bartlett's test at p = 0." in text

@@ -138,8 +138,10 @@ def table4_markdown(
     setting_name: str,
     seeds: Sequence[int],
     confidence: float = 0.95,
+    pooled: Mapping[str, float] | None = None,
 ) -> str:
-    """Table 4's markdown from the rows' records (``TABLE4_COLUMNS``)."""
+    """Table 4's markdown from the rows' records (``TABLE4_COLUMNS``), with the seed spread
+    pooled over the rows (:func:`dssd.table4.statistics.pooled_seed_spread`) when given."""
     many = len(seeds) > 1
     spread = " ± std" if many else ""
     columns: dict[str, Callable[[Mapping[str, Any]], Any]] = {
@@ -178,8 +180,16 @@ def table4_markdown(
         "wall times are per run."
     )
     walls = [r["wall_minutes"] * r["seeds"] for r in records if r["wall_minutes"] is not None]
-    total = f"Total wall time of the runs: {sum(walls):.1f} min."
-    return f"{caption}\n\n{markdown_table(list(columns), rows)}\n\n{total}\n"
+    notes = [f"Total wall time of the runs: {sum(walls):.1f} min."]
+    if pooled is not None:
+        equal = pooled["bartlett_p"]
+        notes.append(
+            f"Seed std pooled over the rows: {pooled['std']:.2f} points "
+            f"[{pooled['low']:.2f}, {pooled['high']:.2f}] ({100 * confidence:g}% interval, "
+            f"{pooled['df']:.0f} degrees of freedom); the rows' spreads differ by Bartlett's "
+            + (f"test at p = {equal:.2f}." if math.isfinite(equal) else "test: not computable.")
+        )
+    return f"{caption}\n\n{markdown_table(list(columns), rows)}\n\n{' '.join(notes)}\n"
 
 
 def write_table4(

@@ -28,7 +28,7 @@ from dssd.table4.rows import (
     run_dir,
     select_rows,
 )
-from dssd.table4.statistics import collect, summarize
+from dssd.table4.statistics import collect, pooled_seed_spread, summarize
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     runs = collect(rows, seeds, out_dir)
     num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
     records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
-    markdown = table4_markdown(records, setting_name, seeds, confidence)
+    spread = pooled_seed_spread(runs, confidence)
+    markdown = table4_markdown(records, setting_name, seeds, confidence, spread)
     paths = write_table4(markdown, records, runs, out_dir)
     print(markdown)
     log.info("Table written to %s", ", ".join(map(str, paths)))

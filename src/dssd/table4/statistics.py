@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from dssd.analysis.analyser import load_test_split
 from dssd.deployment.inference import load_checkpoint
@@ -137,6 +138,36 @@ def summarize(
     for record, significant in zip(compared, marks, strict=True):
         record["delta_holm"] = significant
     return records
+
+
+def pooled_seed_spread(
+    runs: Sequence[dict[str, Any]], confidence: float = 0.95
+) -> dict[str, float] | None:
+    """The seeds' standard deviation of VOC mAP pooled over the rows (each row's variance about
+    its own mean, weighted by its degrees of freedom), its chi-square interval, and Bartlett's p
+    for the rows' spreads being equal. A row's own std over three seeds is a rough figure (a true
+    1 point is measured above 1 about one time in three); the pooled one is the table's answer to
+    how far a seed moves a row. None with fewer than two seeds a row."""
+    by_row: dict[str, list[float]] = {}
+    for run in runs:
+        if run["voc_map"] is not None:
+            by_row.setdefault(run["row"], []).append(run["voc_map"])
+    samples = [values for values in by_row.values() if len(values) > 1]
+    if not samples:
+        return None
+    df = sum(len(values) - 1 for values in samples)
+    variance = sum((len(v) - 1) * np.var(v, ddof=1) for v in samples) / df
+    tail = (1 - confidence) / 2
+    low, high = (np.sqrt(df * variance / stats.chi2.ppf(q, df)) for q in (1 - tail, tail))
+    spreads = len(samples) > 1 and all(np.ptp(v) > 0 for v in samples)  # Bartlett takes logs
+    equal = stats.bartlett(*samples).pvalue if spreads else float("nan")
+    return {
+        "std": float(np.sqrt(variance)),
+        "low": float(low),
+        "high": float(high),
+        "df": df,
+        "bartlett_p": float(equal),
+    }
 
 
 def seed_differences(runs: Sequence[dict[str, Any]], row_id: str, ablated_id: str) -> list[float]:
