@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 from hydra import compose, initialize_config_dir
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -244,6 +245,22 @@ def test_a_missing_weights_file_in_a_config_is_reported_as_its_message(
     with pytest.raises(hydra.errors.InstantiationException) as bug, user_errors():
         hydra.utils.instantiate({"_target_": "operator.truediv", "_args_": [1, 0]})
     assert isinstance(bug.value.__cause__, ZeroDivisionError)  # a bug keeps its traceback
+
+
+def test_lightnings_verdict_on_a_trainer_config_is_reported_as_its_message(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A ``MisconfigurationException`` from a constructor ``instantiate`` called (the trainer
+    group's arguments) is the config's fault: its message, exit status 2; raised elsewhere (e.g.
+    in a training step) it may be a bug and keeps its traceback."""
+    cfg = {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "devices": 0}
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        hydra.utils.instantiate(cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Trainer settings: `Trainer(devices=0)` value is not a valid")
+    with pytest.raises(MisconfigurationException), user_errors():
+        raise MisconfigurationException("outside a constructor")
 
 
 def test_missing_weights_file_names_the_path_and_the_fix(tmp_path):

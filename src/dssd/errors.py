@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 
 class UserError(Exception):
@@ -23,17 +25,23 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Report a :class:`UserError`, also one raised in a constructor that ``instantiate`` called,
-    as its message alone (no traceback burying it) and exit with status 2;
-    ``HYDRA_FULL_ERROR=1`` re-raises it with the traceback."""
+    and Lightning's verdict on a config's arguments (a ``MisconfigurationException`` from such a
+    constructor, e.g. ``trainer=gpu`` without a GPU) as its message alone (no traceback burying
+    it) and exit with status 2; ``HYDRA_FULL_ERROR=1`` re-raises it with the traceback."""
     try:
         yield
     except Exception as err:
-        cause = err
+        cause, target = err, None
         while isinstance(cause, InstantiationException):  # raised ``from`` the constructor's error
+            target = target or re.search(r"target '([\w.]+)'", str(cause))
             cause = cause.__cause__
-        if not isinstance(cause, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        configured = target is not None and isinstance(cause, MisconfigurationException)
+        if not (isinstance(cause, UserError) or configured):
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        where = f"{target.group(1).rsplit('.', 1)[-1]} settings: " if configured else ""
+        print(f"error: {where}{cause}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
