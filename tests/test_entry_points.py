@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 
 from conftest import run_entry_point, tiny_overrides, tiny_run
+from dssd import errors
+from dssd.tasks.entry import run_task
 
 
 def logged_metrics(run_dir: Path) -> dict[str, float]:
@@ -226,3 +231,20 @@ def test_paper_models_fast_dev_run_on_cpu(model: list[str], tiny_shapes: Path, t
         f"hydra.run.dir={tmp_path}",
     )
     assert "test/map_50" in proc.stdout
+
+
+def test_tasks_run_without_lightnings_product_tips(caplog: pytest.LogCaptureFixture) -> None:
+    """Lightning advertises products at INFO when a trainer is built; a task's output keeps
+    Lightning's lines about the run (here: the accelerators) and loses those."""
+    lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    lightning.removeFilter(errors._NO_TIPS)  # as before any task ran in this process
+
+    def build(_: object) -> pl.Trainer:
+        return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning"):
+        build(None)
+        assert "💡 Tip" in caplog.text  # what the filter is for
+        caplog.clear()
+        run_task(build, OmegaConf.create({}))
+    assert "💡 Tip" not in caplog.text and "GPU available" in caplog.text

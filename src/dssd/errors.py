@@ -1,5 +1,6 @@
 """Errors that describe a problem with the user's data or configuration, not a bug; and the
-libraries' log lines a command should not show (:func:`quiet_loggers`)."""
+libraries' log lines a command should not show (:func:`quiet_loggers`,
+:func:`hide_lightning_tips`)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,18 @@ def quiet_loggers(*names: str, level: int) -> Iterator[None]:
     finally:
         for logger, old in saved:
             logger.setLevel(old)
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing <product>" lines: not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+def hide_lightning_tips() -> None:
+    """Keep Lightning's product tips out of the commands' output (its other lines stay)."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_TIPS)
+
+
+_NO_TIPS = _NoTips()
