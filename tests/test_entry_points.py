@@ -6,12 +6,15 @@ import csv
 import json
 import logging
 import re
+import warnings
+from functools import partial
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from pytorch_lightning.utilities._pytree import _tree_flatten
 
 from conftest import run_entry_point, tiny_overrides, tiny_run
 from dssd import errors
@@ -233,7 +236,9 @@ def test_paper_models_fast_dev_run_on_cpu(model: list[str], tiny_shapes: Path, t
     assert "test/map_50" in proc.stdout
 
 
-def test_tasks_run_without_lightnings_product_tips(caplog: pytest.LogCaptureFixture) -> None:
+def test_tasks_run_without_lightnings_product_tips_or_its_torch_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Lightning advertises products at INFO when a trainer is built; a task's output keeps
     Lightning's lines about the run (here: the accelerators) and loses those."""
     lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
@@ -248,3 +253,13 @@ def test_tasks_run_without_lightnings_product_tips(caplog: pytest.LogCaptureFixt
         caplog.clear()
         run_task(build, OmegaConf.create({}))
     assert "💡 Tip" not in caplog.text and "GPU available" in caplog.text
+
+    # nor the FutureWarning torch raises at Lightning's batch handling
+    def flatten(_: object) -> None:
+        _tree_flatten({"images": torch.zeros(1)})
+
+    for task in (flatten, partial(run_task, flatten)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            task(OmegaConf.create({}))
+        assert any("LeafSpec" in str(w.message) for w in seen) == (task is flatten)

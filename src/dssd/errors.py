@@ -1,6 +1,6 @@
 """Errors that describe a problem with the user's data or configuration, not a bug; and the
 libraries' log lines a command should not show (:func:`quiet_loggers`,
-:func:`hide_lightning_tips`)."""
+:func:`quiet_lightning`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -66,9 +67,12 @@ class _NoTips(logging.Filter):
         return not record.getMessage().startswith("💡 Tip")
 
 
-def hide_lightning_tips() -> None:
-    """Keep Lightning's product tips out of the commands' output (its other lines stay)."""
+def quiet_lightning() -> None:
+    """Keep out of the commands' output Lightning's product tips and the FutureWarning its
+    batch handling draws from torch (``LeafSpec``), which asks nothing of the user; Lightning's
+    other lines stay."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_TIPS)
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
 
 
 _NO_TIPS = _NoTips()

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from dssd.config import register_resolvers
-from dssd.errors import hide_lightning_tips, user_errors
+from dssd.errors import quiet_lightning, user_errors
 
 
 def prepare(script: str) -> None:
@@ -25,6 +25,6 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task`` on ``cfg`` (a :class:`~dssd.errors.UserError` printed alone, exit status 2;
     no Lightning product tips); the scripts import ``task`` inside their Hydra app, so ``--help``
     and ``--cfg`` skip Lightning."""
-    hide_lightning_tips()
+    quiet_lightning()
     with user_errors():
         return task(cfg)
