@@ -68,11 +68,13 @@ class _NoTips(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Keep out of the commands' output Lightning's product tips and the FutureWarning its
-    batch handling draws from torch (``LeafSpec``), which asks nothing of the user; Lightning's
+    """Keep out of the commands' output what asks nothing of the user: Lightning's product tips,
+    the FutureWarning its batch handling draws from torch (``LeafSpec``), and its model summary's
+    caveat on bf16-mixed (whose weights are float32, as the summary counts them). Lightning's
     other lines stay."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_TIPS)
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
+    warnings.filterwarnings("ignore", "Precision bf16-mixed is not supported by the model summary")
 
 
 _NO_TIPS = _NoTips()
