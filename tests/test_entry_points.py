@@ -6,6 +6,8 @@ import csv
 import json
 import logging
 import re
+import subprocess
+import sys
 import warnings
 from functools import partial
 from pathlib import Path
@@ -273,3 +275,13 @@ def test_tasks_run_without_lightnings_product_tips_or_its_torch_warning(
                 warnings.simplefilter("always")
                 task(OmegaConf.create({}))
             assert any(expected in str(w.message) for w in seen) == (task is emit), expected
+
+
+def test_the_entry_points_helper_leaves_lightning_to_the_hydra_app() -> None:
+    """Imported before the Hydra app sets up logging, Lightning would give its loggers their own
+    handler, and its lines ("Seed set to", "GPU available") would miss the run's log file."""
+    code = (
+        "import sys, dssd.tasks.entry; "
+        "assert not [m for m in sys.modules if 'lightning' in m], 'Lightning imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
-from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 
 class UserError(Exception):
@@ -33,6 +32,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as err:
+        # imported here: Lightning set up before Hydra's logging would print past its log file
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+
         cause, target = err, None
         while isinstance(cause, InstantiationException):  # raised ``from`` the constructor's error
             target = target or re.search(r"target '([\w.]+)'", str(cause))
