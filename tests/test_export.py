@@ -201,6 +201,23 @@ def test_a_run_trained_in_bf16_exports_and_passes_the_check(
     assert agreement.agrees and agreement.matched > 0, agreement
 
 
+def test_a_torchscript_export_says_once_that_torch_deprecates_it(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """torch.jit warns at each call (trace, save, load) and the tracer of a constant it is right
+    to fix (the number of default boxes); the export says it in one line instead."""
+    path = tmp_path / "tiny.pt"
+    cfg = {"ckpt_path": str(tiny_checkpoint), "format": "torchscript", "output": str(path)}
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        assert export_checkpoint(OmegaConf.merge(EXPORT_DEFAULTS, cfg)) == path
+        ExportedModel(path)
+    assert not [w for w in caught if "torch.jit" in str(w.message)], caught
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)], caught
+    (record,) = [r for r in caplog.records if "TorchScript" in r.getMessage()]
+    assert "format=onnx" in record.getMessage()
+
+
 def test_eval_scores_the_onnx_file_like_its_checkpoint(
     exported: dict[str, Path], tiny_checkpoint: Path, tiny_shapes: Path, tmp_path: Path
 ) -> None:

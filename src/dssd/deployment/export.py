@@ -27,6 +27,9 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # file suffix of each format
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "labels")
 METADATA_KEY = "dssd"  # the key in ONNX metadata_props, the file name in a TorchScript archive
+JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"  # torch.jit's warning at every call
+
+log = logging.getLogger(__name__)
 
 
 class ExportableDetector(nn.Module):
@@ -113,13 +116,17 @@ def export_module(
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     text = json.dumps(info)
     # the ONNX graph passes log every step at INFO, and warn of attribute types they default
-    # themselves; torchvision's NMS registration warns of a torch API it calls
+    # themselves; torchvision's NMS registration warns of a torch API it calls; torch.jit warns
+    # at each call that it is deprecated (said once, below), and the tracer that the number of
+    # default boxes becomes a constant, which it is for a network
     with (
         torch.no_grad(),
         quiet_loggers("onnx_ir", "onnxscript", level=logging.ERROR),
         warnings.catch_warnings(),
     ):
         warnings.filterwarnings("ignore", "`create_unbacked_symint` is deprecated", FutureWarning)
+        warnings.filterwarnings("ignore", JIT_DEPRECATION, FutureWarning)
+        warnings.filterwarnings("ignore", "Converting a tensor to a", torch.jit.TracerWarning)
         if fmt == "onnx":
             program = torch.onnx.export(
                 module,
@@ -133,6 +140,7 @@ def export_module(
             program.model.metadata_props[METADATA_KEY] = text
             program.save(str(output), external_data=False)
         else:
+            log.warning("PyTorch deprecates TorchScript: format=onnx is the one to deploy")
             traced = torch.jit.trace(module, (example,), check_trace=False)
             torch.jit.save(traced, str(output), _extra_files={METADATA_KEY: text})
     return output
@@ -185,7 +193,9 @@ class ExportedModel:
         """Load the TorchScript module; return the metadata's text."""
         extra = {METADATA_KEY: ""}
         try:
-            self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", JIT_DEPRECATION, FutureWarning)  # said at export
+                self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
         except RuntimeError as err:
             raise UserError(f"model_file={self.path}: not a TorchScript archive ({err})") from err
         return extra[METADATA_KEY]
