@@ -16,7 +16,7 @@ from pytorch_lightning.utilities.model_summary import ModelSummary
 from conftest import tiny_data
 from dssd.errors import UserError
 from dssd.evaluation.module import pixel_targets
-from dssd.models import SSD, ExtraLayers, ResNetBackbone
+from dssd.models import SSD, ExtraLayers, PredictionModule, ResNetBackbone
 from dssd.models.cost import gmac
 from dssd.ops import MultiBoxLoss, PostProcessor
 from dssd.training.module import DetectionModule
@@ -87,10 +87,21 @@ def test_the_run_config_is_the_only_hyperparameter() -> None:
 
 def test_the_model_summary_counts_the_networks_flops_and_shows_its_maps() -> None:
     """Lightning's summary (printed at the start of every fit) reads ``example_input_array``:
-    without it every FLOPs figure is 0 and no map size is shown."""
-    module = tiny_module()
+    without it every FLOPs figure is 0 and no map size is shown; the prediction modules are
+    called as one module, so their FLOPs show too."""
+    torch.manual_seed(0)
+    extras = partial(ExtraLayers, layers=[(2, 2), (2, 2)], mid_channels=16, out_channels=32)
+    pm = partial(PredictionModule, variant="c", mid_channels=8, out_channels=16)
+    scales = [0.1, 0.3, 0.5, 0.7, 0.9]
+    net = SSD(ResNetBackbone(18, width=16), extras, 3, 129, scales, prediction_module=pm)
+    module = DetectionModule(net, MultiBoxLoss(), PostProcessor(), torch.optim.SGD, ["a", "b", "c"])
     summary = ModelSummary(module, max_depth=2)
     assert summary.total_flops == pytest.approx(2e9 * gmac(module.net), rel=1e-9)
+    # the net's parts, prediction modules included, account for every FLOP of the net
+    flops = {name: sum(ops.values()) for name, ops in summary.flop_counts.items()}
+    assert flops["net.prediction_modules"] > 0
+    parts = [flops[name] for name in flops if name.startswith("net.")]
+    assert sum(parts) == flops["net"]
     rows = dict(zip(summary.layer_names, summary.out_sizes, strict=True))
     num_priors = module.net.priors.shape[0]
     assert rows["net"] == [[1, num_priors, 4], [1, num_priors, 4]]  # 3 classes + background

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from dssd.models.blocks import ResidualBottleneck
@@ -43,3 +45,11 @@ class PredictionModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+
+class PredictionModules(nn.ModuleList):
+    """One prediction module per source map, applied map by map (a module, so that the model
+    summary counts what the prediction modules compute)."""
+
+    def forward(self, maps: Sequence[Tensor]) -> list[Tensor]:
+        return [module(x) for module, x in zip(self, maps, strict=True)]

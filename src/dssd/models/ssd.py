@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from dssd.models.default_boxes import DefaultBoxes
 from dssd.models.heads import PredictionHeads
-from dssd.models.prediction_modules import PredictionModule
+from dssd.models.prediction_modules import PredictionModule, PredictionModules
 
 
 class SSD(nn.Module):
@@ -59,7 +59,7 @@ class SSD(nn.Module):
             source_channels = self.decoder.out_channels
         if prediction_module is None:  # (a): the heads sit directly on the maps
             prediction_module = functools.partial(PredictionModule, variant="a")
-        self.prediction_modules = nn.ModuleList(prediction_module(c) for c in source_channels)
+        self.prediction_modules = PredictionModules(prediction_module(c) for c in source_channels)
         self.default_boxes = DefaultBoxes(scales, aspect_ratios)
         self.heads = PredictionHeads(
             [m.out_channels for m in self.prediction_modules],
@@ -80,8 +80,7 @@ class SSD(nn.Module):
         return self.decoder(maps) if self.decoder is not None else maps
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        maps = zip(self.prediction_modules, self.sources(images), strict=True)
-        return self.heads([module(x) for module, x in maps])
+        return self.heads(self.prediction_modules(self.sources(images)))
 
     @torch.no_grad()
     def _encoder_sizes(self) -> list[int]:
