@@ -88,14 +88,20 @@ def test_default_experiment_composes_trainer_callbacks_and_data() -> None:
 
 
 def test_run_names_tell_a_swapped_backbone_apart() -> None:
-    """Two runs that differ only by ``backbone=`` get different names and tags; without it the
-    name is the model's and the rows' (what the sweeps' run directories use)."""
+    """Two runs that differ only by ``backbone=`` (or ``upsample=``, ``optimizer=``,
+    ``reference=``) get different names and tags; without it the name is the model's and the
+    rows' (what the sweeps' run directories use)."""
     swapped = resolve_with_hydra(compose_train("model=dssd_r18w32", "backbone=mobilenet_v3_large"))
     own = resolve_with_hydra(compose_train("model=dssd_r18w32"))
     assert swapped.run_name == "dssd_r18w32-mobilenet_v3_large-pm_c-prod-stage0"
     assert own.run_name == "dssd_r18w32-pm_c-prod-stage0"
     assert "backbone=mobilenet_v3_large" in swapped.run_tags
     assert not any(tag.startswith("backbone=") for tag in own.run_tags)
+    # so do the decoder's upsampling, the optimiser and the reference, after the rows' parts
+    overrides = ("upsample=bilinear", "optimizer=adamw", "backbone=resnet18", "stage=0")
+    several = resolve_with_hydra(compose_train("model=dssd_r18w32", *overrides))
+    assert several.run_name == "dssd_r18w32-resnet18-pm_c-prod-bilinear-adamw-stage0"
+    assert {"upsample=bilinear", "optimizer=adamw", "stage=0"} <= set(several.run_tags)
 
 
 def test_augmentation_is_switched_on_by_its_config_and_a_bare_name_is_refused() -> None:

@@ -29,31 +29,38 @@ def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
     return _root_[table][training_stage(_root_, table)][key]
 
 
+# config groups whose choice on the command line joins a run's name and tags; the rest of what
+# tells Table 4's rows apart (PM, neck or fusion, stage) is read from the config itself
+NAMED_OVERRIDES = ("backbone", "upsample", "optimizer", "reference")
+
+
 def _run_parts(model: str, overrides: Sequence[str], root: DictConfig) -> dict[str, str]:
-    """What tells runs apart: model, a backbone chosen with ``backbone=`` in ``overrides`` (the
-    command line's), PM, neck (DSSD's by its fusion), stage."""
-    net = root.model.net
-    parts = {"model": model}
-    for override in overrides:  # the last backbone= wins, as in Hydra
+    """What tells runs apart, in name order: model, backbone (if chosen in ``overrides``, the
+    command line's), PM, neck (DSSD's by its fusion), the other NAMED_OVERRIDES chosen, stage."""
+    chosen = {}
+    for override in overrides:  # the last choice wins, as in Hydra
         key, _, value = override.partition("=")
-        if key.lstrip("+~") == "backbone" and value:
-            parts["backbone"] = value
+        if key.lstrip("+~") in NAMED_OVERRIDES and value:
+            chosen[key.lstrip("+~")] = value
+    net = root.model.net
+    parts = {"model": model, **{k: v for k, v in chosen.items() if k == "backbone"}}
     parts["pm"] = OmegaConf.select(net, "prediction_module.variant", default="a")
     neck = OmegaConf.select(net, "neck._target_", default=None)
     if neck == "dssd.models.Decoder":
         parts["fusion"] = OmegaConf.select(net, "neck.fusion", default="prod")
     elif neck:
         parts["neck"] = neck.rsplit(".", 1)[-1].lower()
+    parts.update({k: chosen[k] for k in NAMED_OVERRIDES[1:] if k in chosen})
     parts["stage"] = str(root.stage)
     return parts
 
 
 def run_name(model: str, overrides: Sequence[str], _root_: DictConfig) -> str:
     """``${run_name:<model>,<overrides>}``, e.g. ``dssd321-pm_c-prod-stage1``,
-    ``ssd_r18-pm_c-fpn-stage1``, ``dssd321-mobilenet_v3_large-pm_c-prod-stage0``."""
-    p = _run_parts(model, overrides, _root_)
-    words = [p["model"], p.get("backbone"), f"pm_{p['pm']}", p.get("neck"), p.get("fusion")]
-    return "-".join(w for w in [*words, f"stage{p['stage']}"] if w)
+    ``ssd_r18-pm_c-fpn-stage1``, ``dssd321-mobilenet_v3_large-pm_c-prod-bilinear-stage0``."""
+    words = {"pm": "pm_{}", "stage": "stage{}"}
+    parts = _run_parts(model, overrides, _root_)
+    return "-".join(words.get(key, "{}").format(value) for key, value in parts.items())
 
 
 def run_tags(model: str, overrides: Sequence[str], _root_: DictConfig) -> list[str]:
