@@ -49,7 +49,10 @@ def test_sets_are_concatenated(devkit: Path, caplog: pytest.LogCaptureFixture) -
         dm.setup("fit")
     # an image without objects is kept as a negative: counted, not a warning
     (record,) = [r for r in caplog.records if r.getMessage().startswith("train data")]
-    assert record.levelno == logging.INFO and "'empty_images': 1" in record.getMessage()
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == "train data: 5 images (1 empty_images)"
+    val = [r.getMessage() for r in caplog.records if r.getMessage().startswith("val data")]
+    assert val == ["val data: 1 images"]  # nothing skipped or repaired: the count alone
     train = dm.datasets["train"]
     assert len(train) == 5 and len(dm.datasets["val"]) == 1 and len(dm.datasets["test"]) == 1
     ids = [train[i][1]["image_id"] for i in range(5)]
@@ -188,4 +191,4 @@ def test_datamodule_forwards_strict_and_logs_the_counts(
         dm.setup("validate")
     assert len(dm.datasets["val"]) == 3
     (record,) = [r for r in caplog.records if r.getMessage().startswith("val data")]
-    assert record.levelno == logging.WARNING and "'invalid_boxes': 2" in record.getMessage()
+    assert record.levelno == logging.WARNING and "2 invalid_boxes" in record.getMessage()

@@ -171,9 +171,10 @@ class DetectionDataModule(pl.LightningDataModule):
                 self.image_size, role == "train", self.mean, self.std, self.augment
             )
             dataset = self.datasets[role] = self._role_dataset(role, transform)
-            if dataset.skips:
-                level = logging.WARNING if repaired(dataset.skips) else logging.INFO
-                log.log(level, "%s data: %s", role, dict(sorted(dataset.skips.items())))
+            level = logging.WARNING if repaired(dataset.skips) else logging.INFO
+            counts = [f"{n} {kind}" for kind, n in sorted(dataset.skips.items()) if n]
+            details = f" ({', '.join(counts)})" if counts else ""
+            log.log(level, "%s data: %d images%s", role, len(dataset), details)
         if "test" in self.datasets:
             self._check_test_images_unseen()
 
