@@ -43,7 +43,9 @@ def _run_parts(model: str, overrides: Sequence[str], root: DictConfig) -> dict[s
         if key.lstrip("+~") in NAMED_OVERRIDES and value:
             chosen[key.lstrip("+~")] = value
     net = root.model.net
-    parts = {"model": model, **{k: v for k, v in chosen.items() if k == "backbone"}}
+    parts = {"model": model}
+    if "backbone" in chosen:
+        parts["backbone"] = chosen["backbone"]
     parts["pm"] = OmegaConf.select(net, "prediction_module.variant", default="a")
     neck = OmegaConf.select(net, "neck._target_", default=None)
     if neck == "dssd.models.Decoder":
