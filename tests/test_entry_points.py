@@ -16,6 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import ModelSummary as ModelSummaryCallback
 from pytorch_lightning.utilities._pytree import _tree_flatten
 from pytorch_lightning.utilities.model_summary import ModelSummary
 
@@ -242,20 +243,25 @@ def test_paper_models_fast_dev_run_on_cpu(model: list[str], tiny_shapes: Path, t
 def test_tasks_run_without_lightnings_product_tips_or_its_torch_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Lightning advertises products at INFO when a trainer is built; a task's output keeps
-    Lightning's lines about the run (here: the accelerators) and loses those."""
+    """Lightning advertises products at INFO when a trainer is built, and notes that a configured
+    ModelSummary replaces its default one; a task's output keeps Lightning's lines about the run
+    (here: the accelerators) and loses those."""
     lightning = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     lightning.removeFilter(errors._NO_TIPS)  # as before any task ran in this process
 
     def build(_: object) -> pl.Trainer:
-        return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+        summary = ModelSummaryCallback(max_depth=1)  # as conf/callbacks/default.yaml configures
+        return pl.Trainer(
+            accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[summary]
+        )
 
+    unasked = ("💡 Tip", "Trainer already configured with model summary")
     with caplog.at_level(logging.INFO, logger="pytorch_lightning"):
         build(None)
-        assert "💡 Tip" in caplog.text  # what the filter is for
+        assert all(line in caplog.text for line in unasked)  # what the filter is for
         caplog.clear()
         run_task(build, OmegaConf.create({}))
-    assert "💡 Tip" not in caplog.text and "GPU available" in caplog.text
+    assert not any(line in caplog.text for line in unasked) and "GPU available" in caplog.text
 
     # nor the FutureWarning torch raises at Lightning's batch handling, nor the model summary's
     # caveat on bf16-mixed (its weights are float32, as the summary counts them)

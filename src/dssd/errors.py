@@ -63,17 +63,19 @@ def quiet_loggers(*names: str, level: int) -> Iterator[None]:
 
 
 class _NoTips(logging.Filter):
-    """Drops Lightning's "💡 Tip: ... try installing <product>" lines: not about the run."""
+    """Drops Lightning's "💡 Tip: ... try installing <product>" lines and its note that the
+    configured ``ModelSummary`` callback replaces its default one: neither is about the run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("💡 Tip")
+        message = record.getMessage()
+        return not message.startswith(("💡 Tip", "Trainer already configured with model summary"))
 
 
 def quiet_lightning() -> None:
-    """Keep out of the commands' output what asks nothing of the user: Lightning's product tips,
-    the FutureWarning its batch handling draws from torch (``LeafSpec``), and its model summary's
-    caveat on bf16-mixed (whose weights are float32, as the summary counts them). Lightning's
-    other lines stay."""
+    """Keep out of the commands' output what asks nothing of the user: Lightning's product tips
+    and its note on the configured model summary, the FutureWarning its batch handling draws from
+    torch (``LeafSpec``), and its model summary's caveat on bf16-mixed (whose weights are float32,
+    as the summary counts them). Lightning's other lines stay."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_TIPS)
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
     warnings.filterwarnings("ignore", "Precision bf16-mixed is not supported by the model summary")
