@@ -291,3 +291,23 @@ def test_the_entry_points_helper_leaves_lightning_to_the_hydra_app() -> None:
         "assert not [m for m in sys.modules if 'lightning' in m], 'Lightning imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("script", "given", "missing"),
+    [
+        ("predict.py", [], "ckpt_path=... and input=..."),
+        ("predict.py", ["input=data"], "ckpt_path=..."),
+        ("export.py", [], "ckpt_path=..."),
+        ("analyze.py", [], "run=..."),
+    ],
+)
+def test_settings_left_to_the_command_line_are_named_when_not_given(
+    script: str, given: list[str], missing: str, tmp_path: Path
+) -> None:
+    """A ``???`` setting of an entry config that the command does not give is one line naming
+    it and the config that describes it, before any work, not OmegaConf's traceback."""
+    proc = run_entry_point(script, *given, f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    config = f"conf/{script.removesuffix('.py')}.yaml"
+    assert f"error: give {missing} on the command line ({config} says" in proc.stderr

@@ -122,5 +122,18 @@ def test_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path: Path) -> N
     )
     with pytest.raises(UserError, match="leaves no training images"):
         datamodule.setup("fit")
-    with pytest.raises(UserError, match="val_holdout must be a number of images"):
+    with pytest.raises(UserError, match="val_holdout must be a whole number >= 0, got -1"):
         VOCDataModule(str(root), CLASSES, val_holdout=-1)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "least"),
+    [("batch_size", 0, 1), ("num_workers", -1, 0), ("image_size", 0, 1), ("batch_size", 2.5, 1)],
+)
+def test_a_count_below_its_least_or_not_whole_is_named(
+    tmp_path: Path, setting: str, value: object, least: int
+) -> None:
+    """A loader setting no loader can take fails when the config is built, naming the setting,
+    not at the first batch inside torch's DataLoader."""
+    with pytest.raises(UserError, match=rf"data\.{setting} must be a whole number >= {least}"):
+        VOCDataModule(str(tmp_path), CLASSES, **{setting: value})

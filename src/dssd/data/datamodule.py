@@ -134,10 +134,14 @@ class DetectionDataModule(pl.LightningDataModule):
         val_holdout_seed: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(val_holdout, int) or isinstance(val_holdout, bool) or val_holdout < 0:
-            raise UserError(
-                f"data.val_holdout must be a number of images >= 0, got {val_holdout!r}"
-            )
+        for name, value, least in (
+            ("image_size", image_size, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("val_holdout", val_holdout, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise UserError(f"data.{name} must be a whole number >= {least}, got {value!r}")
         check_augment(augment)
         self.val_holdout = val_holdout
         self.val_holdout_seed = val_holdout_seed

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dssd.config import register_resolvers
-from dssd.errors import quiet_lightning, user_errors
+from dssd.errors import UserError, quiet_lightning, user_errors
 
 
 def prepare(script: str) -> None:
@@ -27,4 +28,17 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     and ``--cfg`` skip Lightning."""
     quiet_lightning()
     with user_errors():
+        _require_given(cfg)
         return task(cfg)
+
+
+def _require_given(cfg: DictConfig) -> None:
+    """Name every setting the config leaves to the command line (``???``) that was not given,
+    before the task starts, rather than at its first use deep inside the task."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return
+    message = "give " + " and ".join(f"{key}=..." for key in missing) + " on the command line"
+    if HydraConfig.initialized():
+        message += f" (conf/{HydraConfig.get().job.config_name}.yaml says what each takes)"
+    raise UserError(message)
