@@ -141,6 +141,8 @@ def test_dap_classification_moves_the_detection_to_the_right_class() -> None:
     assert result.map == pytest.approx(1 / 4)
     assert result.delta_map["cls"] == pytest.approx(3 / 4)
     assert result.delta_ap_per_class["cls"].tolist() == pytest.approx([1 / 2, 1])
+    # counted in the detection's class; class 2 gains AP from a fix with no cls error of its own
+    assert result.counts_per_class["cls"].tolist() == [1, 0]
 
 
 def test_dap_both_removes_the_detection() -> None:

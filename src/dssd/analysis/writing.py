@@ -161,7 +161,8 @@ def run_markdown(test: RunDetections, analysis: RunAnalysis, name: str) -> str:
                 for size, found in {"all": errors, **analysis.size_errors}.items()
             ],
         ),
-        "### Per class",
+        "### Per class (errors in the class of the detection; fixing a cls error also raises "
+        "the AP of the object's class, which may have none of its own)",
         markdown_table(
             ["class", "objects", "AP", *(f"{e} (dAP)" for e in ERROR_TYPES)],
             [
