@@ -390,6 +390,28 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_p
     assert results["best_value"] == pytest.approx(max(values))
 
 
+def test_a_trial_too_short_to_validate_says_why_it_failed(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    """A trial that ends before its first validation returns nothing; its log says why, beside
+    the sweeper's "Return value must be float-castable"."""
+    proc = run_entry_point(
+        "train.py",
+        HPARAMS_SEARCH,
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweep.dir={tmp_path}",
+        "data.batch_size=2",
+        f"data.root={tiny_shapes}",
+        "data.num_workers=0",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "test=false",
+        check=False,
+    )
+    assert "(optimized_metric, what a sweep's trial returns) was never logged" in proc.stdout
+    assert "no validation ran" in proc.stdout
+
+
 # --- SLURM launcher ------------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ import os
 import time
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -126,7 +128,25 @@ def train(cfg: DictConfig) -> float | None:
         log.info("Best checkpoint (validation split): %s", best)
     if value is not None:
         log.info("%s = %.4f", cfg.optimized_metric, value)
+    elif cfg.get("optimized_metric") and _in_multirun():
+        _warn_objective_missing(cfg.optimized_metric)
     return value
+
+
+def _in_multirun() -> bool:
+    """Whether this run is one job of a Hydra sweep (``-m`` or ``hparams_search``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _warn_objective_missing(metric: str) -> None:
+    """Say why a sweep's trial returns nothing: no validation ran, so its objective (a
+    validation metric; a misnamed one stops the checkpoint callback first) was never logged."""
+    log.warning(
+        "%s (optimized_metric, what a sweep's trial returns) was never logged: no validation "
+        "ran (one runs at each epoch's end, or every trainer.val_check_interval steps: give one "
+        "below trainer.max_steps); the sweeper counts this trial as failed",
+        metric,
+    )
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
