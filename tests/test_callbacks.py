@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from dssd.data import VOCDataModule
 from dssd.data.shapes import CLASSES, generate_shapes
@@ -18,7 +21,9 @@ class RecordingModule:
         self.logged.update(values)
 
 
-def test_unreadable_images_found_in_workers_reach_the_report(tmp_path: Path) -> None:
+def test_unreadable_images_found_in_workers_reach_the_report(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = generate_shapes(tmp_path / "shapes", num_trainval=8, num_test=2, num_val=2)
     broken = sorted((root / "JPEGImages").glob("*.jpg"))[1:6:3]  # not neighbours
     for path in broken:
@@ -34,7 +39,11 @@ def test_unreadable_images_found_in_workers_reach_the_report(tmp_path: Path) -> 
     report.on_train_epoch_start(trainer, module)
     for batch_idx, batch in enumerate(loader):
         report.on_train_batch_end(trainer, module, None, batch, batch_idx)
-    report.on_train_epoch_end(trainer, module)
+    with caplog.at_level(logging.WARNING):
+        report.on_train_epoch_end(trainer, module)
     # each broken image is drawn once per epoch and passed over (the next image replaces it);
     # with batch 2 and drop_last all 8 samples are drawn
     assert module.logged["data/unreadable_images"] == len(broken)
+    # the warning gives the counts in words, as the datamodule's line does
+    (warning,) = [r.getMessage() for r in caplog.records if "skipped or repaired" in r.getMessage()]
+    assert warning.endswith(f"skipped or repaired: 1 empty_images, {len(broken)} unreadable_images")

@@ -66,6 +66,28 @@ def test_sets_are_concatenated(devkit: Path, caplog: pytest.LogCaptureFixture) -
     assert dm.val_dataloader().dataset[0][1]["image_id"] == "d"
 
 
+def test_held_out_roles_say_what_they_are_part_of(
+    devkit: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With val_holdout, train and val are parts of the training files, whose counts they share:
+    their lines say so rather than each claiming the whole files' counts."""
+    dm = VOCDataModule(
+        str(devkit),
+        CLASSES,
+        train_sets=[{"root": "VOC2007", "split": "trainval"}],
+        test_sets=[{"root": "VOC2007", "split": "test"}],
+        val_holdout=1,
+    )
+    with caplog.at_level(logging.INFO):
+        dm.setup("fit")
+    lines = [r.getMessage() for r in caplog.records if " data: " in r.getMessage()]
+    assert lines == [
+        "train data: 1 of the 2 training images, the rest (the 2: 1 empty_images)",
+        "val data: 1 of the 2 training images, held out (the 2: 1 empty_images)",
+        "test data: 1 images",
+    ]
+
+
 def test_missing_set_root_names_path_and_layout(devkit: Path) -> None:
     dm = VOCDataModule(
         str(devkit), CLASSES, train_sets=[{"root": "VOC2010", "split": "trainval"}], val_holdout=1

@@ -28,7 +28,7 @@ from dssd.data.transforms import (
     check_augment,
     seed_worker,
 )
-from dssd.data.voc import DetectionImages, VOCDataset, repaired
+from dssd.data.voc import DetectionImages, VOCDataset, describe_skips, repaired
 from dssd.errors import DatasetNotFoundError, UserError
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,19 @@ def dataset_items(dataset: Dataset) -> list[tuple[DetectionImages, int]]:
 def image_files(dataset: Dataset) -> list[str]:
     """The absolute image paths of a detection dataset, in item order."""
     return [os.path.abspath(reader.image_paths[i]) for reader, i in dataset_items(dataset)]
+
+
+def _describe(role: str, dataset: Dataset) -> str:
+    """How many images a role holds and what was skipped or repaired in its files, e.g. "500 of
+    the 3999 training images, held out (the 3999: 80 empty_images)"."""
+    counts = describe_skips(dataset.skips)
+    if not isinstance(dataset, HeldOut):
+        return f"{len(dataset)} images" + (f" ({counts})" if counts else "")
+    total = len(dataset.dataset)
+    part = "held out" if role == "val" else "the rest"
+    return f"{len(dataset)} of the {total} training images, {part}" + (
+        f" (the {total}: {counts})" if counts else ""
+    )
 
 
 class EvaluationShard(DistributedSampler):
@@ -176,9 +189,7 @@ class DetectionDataModule(pl.LightningDataModule):
             )
             dataset = self.datasets[role] = self._role_dataset(role, transform)
             level = logging.WARNING if repaired(dataset.skips) else logging.INFO
-            counts = [f"{n} {kind}" for kind, n in sorted(dataset.skips.items()) if n]
-            details = f" ({', '.join(counts)})" if counts else ""
-            log.log(level, "%s data: %d images%s", role, len(dataset), details)
+            log.log(level, "%s data: %s", role, _describe(role, dataset))
         if "test" in self.datasets:
             self._check_test_images_unseen()
 

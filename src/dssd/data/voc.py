@@ -151,6 +151,11 @@ def repaired(skips: Mapping[str, int]) -> bool:
     return any(n for kind, n in skips.items() if kind != "empty_images")
 
 
+def describe_skips(skips: Mapping[str, int]) -> str:
+    """The non-zero counts in words, e.g. "40 empty_images, 1 unreadable_annotations"."""
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(skips.items()) if n)
+
+
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 RGB array."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)

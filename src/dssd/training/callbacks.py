@@ -17,7 +17,7 @@ from torch import Tensor
 
 from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.data.datamodule import COCODataModule
-from dssd.data.voc import repaired, write_voc_results
+from dssd.data.voc import describe_skips, repaired, write_voc_results
 from dssd.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class DataSkipReport(pl.Callback):
             log.warning(
                 "epoch %d, training data skipped or repaired: %s",
                 trainer.current_epoch,
-                dict(sorted(counts.items())),
+                describe_skips(counts),
             )
         pl_module.log_dict({f"data/{k}": float(v) for k, v in counts.items()})
 
