@@ -22,6 +22,7 @@ from pytorch_lightning.utilities.model_summary import ModelSummary
 
 from conftest import run_entry_point, tiny_overrides, tiny_run
 from dssd import errors
+from dssd.data.shapes import CLASSES as SHAPES_CLASSES
 from dssd.tasks.entry import run_task
 
 
@@ -80,17 +81,22 @@ def test_eval_data_is_the_checkpoints_unless_chosen() -> None:
     assert data_to_evaluate(chosen, trained) == chosen
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["a field", "a data config"])
 def test_eval_changes_a_field_of_the_checkpoints_data(
-    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
+    whole: bool, tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
+    """``+data.test_split=`` changes the checkpoint's data (its root stays); ``data=voc0712``
+    replaces it, its ``${model.net.image_size}`` resolved against the checkpoint's network."""
+    chosen = ["data=voc0712", f"data.root={tiny_shapes}", "data.test_sets=null"]
+    chosen.append(f"data.class_names=[{','.join(SHAPES_CLASSES)}]")
     proc = run_entry_point(
         "eval.py",
         f"ckpt_path={tiny_checkpoint}",
+        *(chosen if whole else []),
         "+data.test_split=nosuch",
         f"hydra.run.dir={tmp_path}",
         check=False,
     )
-    # the checkpoint's data (its root) with the split asked for
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"no split 'nosuch' in {tiny_shapes}" in proc.stderr
 

@@ -33,9 +33,10 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 
 def _require_given(cfg: DictConfig) -> None:
-    """Name every setting the config leaves to the command line (``???``) that was not given,
-    before the task starts, rather than at its first use deep inside the task."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    """Name every top-level setting the config leaves to the command line (``???``) that was not
+    given, before the task starts, rather than at its first use deep inside the task. Nothing is
+    resolved: an interpolation may refer to what the task adds (eval.py's ``model``)."""
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
     if not missing:
         return
     message = "give " + " and ".join(f"{key}=..." for key in missing) + " on the command line"
