@@ -20,7 +20,7 @@ from dssd.data.coco import (
     write_coco_results,
 )
 from dssd.data.datamodule import COCODataModule
-from dssd.errors import DatasetNotFoundError
+from dssd.errors import DatasetNotFoundError, UserError
 from test_configs import compose_train
 
 # Non-contiguous ids, listed out of order: labels follow the sorted ids.
@@ -164,12 +164,25 @@ def test_malformed_annotation_raises_or_is_counted(tmp_path: Path) -> None:
 
 
 def test_undecodable_image_is_skipped_or_named(tmp_path: Path) -> None:
+    """Not strict, a training set passes over it; an evaluation set refuses, as strict does."""
     root = write_coco(tmp_path, instances())
     (root / "val2017" / "a.jpg").write_bytes(b"\xff\xd8 truncated")
-    dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
+    dataset = COCODataset(root, ANN_FILE, "val2017", train=True, strict=False)
     assert dataset[0][1]["image_id"] == 7 and dataset.skips["unreadable_images"] == 1
+    with pytest.raises(UserError, match="a.jpg.*an evaluation image cannot be passed over"):
+        COCODataset(root, ANN_FILE, "val2017", strict=False)[0]
     with pytest.raises(OSError, match="a.jpg"):
         COCODataset(root, ANN_FILE, "val2017")[0]
+
+
+def test_images_without_a_file_are_named_or_skipped_when_built(tmp_path: Path) -> None:
+    root = write_coco(tmp_path, instances())
+    (root / "val2017" / "a.jpg").unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"1 of the 2 images listed in .*json have no"):
+        COCODataset(root, ANN_FILE, "val2017")
+    dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
+    assert dataset.ids == [7] and dataset.skips["missing_images"] == 1
+    assert dataset[0][1]["image_id"] == 7 and len(dataset.annotations) == 1
 
 
 def test_datamodule_reads_class_names_and_iterates(tmp_path: Path) -> None:

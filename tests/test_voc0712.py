@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra.utils import instantiate
+from torch._utils import ExceptionWrapper
 
 from dssd.data.datamodule import VOCDataModule
 from dssd.data.transforms import DetectionTransform
 from dssd.data.voc import VOCAnnotationError, VOCDataset
-from dssd.errors import DatasetNotFoundError
+from dssd.errors import DatasetNotFoundError, UserError, user_errors
 from test_configs import compose_train
 from test_voc import voc_object, voc_xml, write_voc
 
@@ -192,14 +193,35 @@ def test_undecodable_image_is_skipped_when_not_strict(
 ) -> None:
     root = write_voc(tmp_path, {"a": voc_xml(voc_object("cat")), "b": voc_xml(voc_object("dog"))})
     (root / "JPEGImages" / "a.jpg").write_bytes(b"not a jpeg")
-    dataset = VOCDataset(root, "trainval", CLASSES, strict=False)
+    dataset = VOCDataset(root, "trainval", CLASSES, strict=False, train=True)
     with caplog.at_level(logging.WARNING):
         assert dataset[0][1]["image_id"] == "b"  # the next readable sample
     assert "a.jpg" in caplog.text
     assert dataset[1][1]["image_id"] == "b"
     assert dataset.skips["unreadable_images"] == 1
+    # an evaluation set would score "b" twice and "a" never: it stops, naming the file
+    with pytest.raises(UserError, match="a.jpg.*an evaluation image cannot be passed over"):
+        VOCDataset(root, "trainval", CLASSES, strict=False)[0]
     with pytest.raises(OSError, match="a.jpg"):
         VOCDataset(root, "trainval", CLASSES)[0]
+
+
+def test_images_without_a_file_are_named_or_skipped_when_built(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partly unpacked dataset shows when it is built: strict, as an error naming the split
+    file, the count and an example; not strict, as a counted skip of those images."""
+    xmls = {i: voc_xml(voc_object("cat")) for i in "abc"}
+    root = write_voc(tmp_path, xmls)
+    for image_id in "ac":
+        (root / "JPEGImages" / f"{image_id}.jpg").unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"2 of the 3 images listed in .*trainval.txt"):
+        VOCDataset(root, "trainval", CLASSES)
+    with caplog.at_level(logging.WARNING):
+        dataset = VOCDataset(root, "trainval", CLASSES, strict=False)
+    assert dataset.ids == ["b"] and len(dataset.annotations) == 1
+    assert +dataset.skips == {"missing_images": 2}  # + drops the zero counts
+    assert "a.jpg): skipping them" in caplog.text
 
 
 def test_datamodule_forwards_strict_and_logs_the_counts(
@@ -214,3 +236,18 @@ def test_datamodule_forwards_strict_and_logs_the_counts(
     assert len(dm.datasets["val"]) == 3
     (record,) = [r for r in caplog.records if r.getMessage().startswith("val data")]
     assert record.levelno == logging.WARNING and "2 invalid_boxes" in record.getMessage()
+
+
+def test_a_user_error_in_a_loader_worker_is_reported_as_its_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """DataLoader re-raises a worker's error with the worker's traceback in its text; the
+    command prints the message alone, as for an error raised in the main process."""
+    message = "cannot read or decode image a.jpg: repair it\nor remove it"
+    try:
+        raise UserError(message)
+    except UserError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(SystemExit), user_errors():
+        wrapped.reraise()
+    assert capsys.readouterr().err == f"error: {message}\n"

@@ -45,8 +45,18 @@ def user_errors() -> Iterator[None]:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         where = f"{target.group(1).rsplit('.', 1)[-1]} settings: " if configured else ""
-        print(f"error: {where}{cause}", file=sys.stderr)
+        print(f"error: {where}{_message(cause)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _message(err: Exception) -> str:
+    """An error's message; one raised in a DataLoader worker comes back holding the worker's
+    traceback too, of which only the message is kept."""
+    text = str(err)
+    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+    if text.startswith(f"Caught {type(err).__name__} in DataLoader worker") and marker in text:
+        return text.rsplit(marker, 1)[1].rstrip()
+    return text
 
 
 @contextmanager

@@ -83,11 +83,10 @@ class COCODataset(DetectionImages):
         class_names: Sequence[str] | None = None,
         strict: bool = True,
     ) -> None:
-        super().__init__(transform, strict)
+        super().__init__(transform, strict, train)
         self.root = Path(root)
         self.annotation_file = self.root / annotation_file
         self.image_dir = self.root / image_dir
-        self.train = train
         if not self.image_dir.is_dir():
             raise DatasetNotFoundError(
                 f"COCO image directory {self.image_dir} does not exist: {COCO_LAYOUT}"
@@ -102,18 +101,29 @@ class COCODataset(DetectionImages):
             )
         self.category_id_to_label = {c: i + 1 for i, c in enumerate(sorted(coco.getCatIds()))}
         self.label_to_category_id = {label: cat for cat, label in self.category_id_to_label.items()}
-        for image in coco.dataset["images"]:
-            try:
-                image_id, name = int(image["id"]), image["file_name"]
-                size = {"width": int(image["width"]), "height": int(image["height"])}
-            except (KeyError, TypeError, ValueError) as err:
-                raise COCOAnnotationError(
-                    f"{self.annotation_file}: malformed image entry {image!r} ({err!r})"
-                ) from None
+        entries = coco.dataset["images"]
+        images = [self._image_entry(entry) for entry in entries]
+        image_paths = [self.image_dir / name for _, name, _ in images]
+        present = self._check_images(image_paths, self.annotation_file)
+        for entry, (image_id, _, size), path, found in zip(
+            entries, images, image_paths, present, strict=True
+        ):
+            if not found:
+                continue
             self.ids.append(image_id)
-            self.image_paths.append(self.image_dir / name)
-            ann = self._objects(coco.imgToAnns[image["id"]], image_id)
+            self.image_paths.append(path)
+            ann = self._objects(coco.imgToAnns[entry["id"]], image_id)
             self.annotations.append(sanitize({**ann, **size}, self.skips))
+
+    def _image_entry(self, image: Any) -> tuple[int, str, dict[str, int]]:
+        """An ``images`` entry's id, file name and size, or an error naming the file."""
+        try:
+            size = {"width": int(image["width"]), "height": int(image["height"])}
+            return int(image["id"]), str(image["file_name"]), size
+        except (KeyError, TypeError, ValueError) as err:
+            raise COCOAnnotationError(
+                f"{self.annotation_file}: malformed image entry {image!r} ({err!r})"
+            ) from None
 
     def _objects(self, anns: list[dict[str, Any]], image_id: int) -> dict[str, np.ndarray]:
         """Boxes, labels and difficult flags (crowd or difficult) of one image's annotations."""

@@ -177,7 +177,8 @@ class DetectionDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
-        """The dataset of the files of a role; ``train`` for training targets."""
+        """The dataset of the files of a role; ``train`` for training targets (and the skipping
+        of undecodable images, which an evaluation set refuses)."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
@@ -294,10 +295,9 @@ class VOCDataModule(DetectionDataModule):
 
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
         sets = self.sets[files]
+        options = {"transform": transform, "strict": self.strict, "train": train}
         if sets is None:
-            return VOCDataset(
-                self.root, self.splits[files], self.class_names, transform, strict=self.strict
-            )
+            return VOCDataset(self.root, self.splits[files], self.class_names, **options)
         parts = []
         for entry in sets:
             root = Path(self.root) / entry["root"]
@@ -305,9 +305,7 @@ class VOCDataModule(DetectionDataModule):
                 raise DatasetNotFoundError(
                     f"VOC root {root} ({files} set) does not exist: {VOCDEVKIT_LAYOUT}"
                 )
-            parts.append(
-                VOCDataset(root, entry["split"], self.class_names, transform, strict=self.strict)
-            )
+            parts.append(VOCDataset(root, entry["split"], self.class_names, **options))
         return ConcatDetection(parts, transform)
 
 

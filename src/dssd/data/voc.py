@@ -2,8 +2,10 @@
 
 Policy, shared with the COCO reader: configuration mistakes raise a ``UserError`` naming the file
 when the dataset is built; boxes are clipped to the image, those left without area dropped;
-``strict=False`` drops malformed objects and annotation files and replaces an undecodable image by
-the next. ``dataset.skips`` counts each case. Boxes are xyxy pixel edges everywhere (pixel ``i``
+``strict=False`` drops malformed objects, annotation files and listed images whose file is missing,
+and, in a training set, replaces an image that cannot be decoded by the next (an evaluation set
+stops instead: passing over one of its images would change the figures).
+``dataset.skips`` counts each case. Boxes are xyxy pixel edges everywhere (pixel ``i``
 spans ``[i, i + 1)``): VOC ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, xmax]``.
 """
 
@@ -166,11 +168,13 @@ def read_image(path: Path) -> np.ndarray:
 
 class DetectionImages(Dataset):
     """Base of the VOC and COCO readers: annotations parsed up front (a broken file fails at once)
-    into ``ids``, ``image_paths`` and ``annotations``, images decoded on access."""
+    into ``ids``, ``image_paths`` and ``annotations``, images decoded on access. ``train``: a
+    training set, where (not ``strict``) an undecodable image is replaced by the next."""
 
-    def __init__(self, transform: Transform | None, strict: bool) -> None:
+    def __init__(self, transform: Transform | None, strict: bool, train: bool) -> None:
         self.transform = transform
         self.strict = strict
+        self.train = train
         self.skips: Counter[str] = Counter()
         self.ids: list[Any] = []
         self.image_paths: list[Path] = []
@@ -184,9 +188,14 @@ class DetectionImages(Dataset):
             i = (index + offset) % len(self)
             try:
                 image = read_image(self.image_paths[i])
-            except OSError:
+            except OSError as err:
                 if self.strict:
                     raise
+                if not self.train:
+                    raise UserError(
+                        f"{err}: an evaluation image cannot be passed over without changing the "
+                        "figures; repair the file or remove its image from the split"
+                    ) from None
                 self.skips["unreadable_images"] += 1
                 log.warning("skipping unreadable image %s", self.image_paths[i])
                 continue
@@ -195,6 +204,25 @@ class DetectionImages(Dataset):
             target |= {"image_id": self.ids[i], "skipped_images": offset}
             return (image, target) if self.transform is None else self.transform(image, target)
         raise OSError(f"none of the {len(self)} images of the dataset can be read or decoded")
+
+    def _check_images(self, image_paths: Sequence[Path], listed_in: Path) -> list[bool]:
+        """Which of the images listed in ``listed_in`` have a file (one stat each, so that a
+        partly unpacked dataset shows when it is built, not mid-run). Missing ones raise when
+        ``strict``, else they are counted as ``missing_images`` and their images skipped."""
+        present = [path.is_file() for path in image_paths]
+        missing = [path for path, found in zip(image_paths, present, strict=True) if not found]
+        if missing:
+            message = (
+                f"{len(missing)} of the {len(present)} images listed in {listed_in} have no file "
+                f"(e.g. {missing[0]})"
+            )
+            if self.strict:
+                raise DatasetNotFoundError(
+                    f"{message}: restore them, or data.strict=false skips them"
+                )
+            self.skips["missing_images"] += len(missing)
+            log.warning("%s: skipping them", message)
+        return present
 
 
 class VOCDataset(DetectionImages):
@@ -209,8 +237,9 @@ class VOCDataset(DetectionImages):
         transform: Transform | None = None,
         keep_difficult: bool = True,
         strict: bool = True,
+        train: bool = False,
     ) -> None:
-        super().__init__(transform, strict)
+        super().__init__(transform, strict, train)
         self.root = Path(root)
         self.split = split
         self.class_names = tuple(class_names)
@@ -225,8 +254,11 @@ class VOCDataset(DetectionImages):
                 f"{MISSING_DATA_HINT}"
             )
         class_to_index = {name: i + 1 for i, name in enumerate(self.class_names)}
-        for image_id in (line.strip() for line in split_file.read_text().splitlines()):
-            if not image_id:
+        image_ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        image_paths = [self.root / "JPEGImages" / f"{image_id}.jpg" for image_id in image_ids]
+        present = self._check_images(image_paths, split_file)
+        for image_id, image_path, found in zip(image_ids, image_paths, present, strict=True):
+            if not found:
                 continue
             xml = self.root / "Annotations" / f"{image_id}.xml"
             try:
@@ -240,7 +272,7 @@ class VOCDataset(DetectionImages):
             if not keep_difficult:
                 ann = select_objects(ann, ~ann["difficult"])
             self.ids.append(image_id)
-            self.image_paths.append(self.root / "JPEGImages" / f"{image_id}.jpg")
+            self.image_paths.append(image_path)
             self.annotations.append(sanitize(ann, self.skips))
 
 
