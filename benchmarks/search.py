@@ -110,7 +110,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 timing")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument(
-        "overrides", nargs="*", help="Hydra overrides for every candidate, e.g. data.root=DIR"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="Hydra overrides for every candidate, e.g. data.root=DIR",
     )
     return parser.parse_args(argv)
 

@@ -155,7 +155,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "overrides",
         nargs="*",
-        help="Hydra overrides for every model (default: data=voc0712 optimizer=sgd)",
+        default=[],
+        help="Hydra overrides for every model; data=voc0712 and optimizer=sgd unless they "
+        "choose those groups",
     )
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
