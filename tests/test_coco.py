@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from pycocotools.coco import COCO
 
 from dssd.data.coco import (
@@ -20,7 +21,7 @@ from dssd.data.coco import (
     write_coco_results,
 )
 from dssd.data.datamodule import COCODataModule
-from dssd.errors import DatasetNotFoundError, UserError
+from dssd.errors import DatasetNotFoundError, UserError, user_errors
 from test_configs import compose_train
 
 # Non-contiguous ids, listed out of order: labels follow the sorted ids.
@@ -150,6 +151,18 @@ def test_category_mismatch_names_the_file_and_the_override_that_fits_it(tmp_path
     override = re.search(r"'(data\.class_names=.*)'$", str(err.value)).group(1)
     cfg = compose_train("data=coco", override)  # Hydra parses the hint as the file's names
     assert tuple(cfg.data.class_names) == ("person", "car", quoted)
+
+
+@pytest.mark.parametrize("names", ["null", "[]"])
+def test_no_class_names_is_one_error_line_not_a_resolver_traceback(
+    names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The network's class count resolves from data.class_names before any file is read."""
+    cfg = compose_train("data=coco", f"data.class_names={names}")
+    with pytest.raises(SystemExit), user_errors():
+        OmegaConf.to_container(cfg.model, resolve=True)
+    expected = "null" if names == "null" else "empty"
+    assert capsys.readouterr().err.startswith(f"error: data.class_names is {expected}: ")
 
 
 def test_malformed_annotation_raises_or_is_counted(tmp_path: Path) -> None:

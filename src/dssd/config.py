@@ -34,6 +34,18 @@ def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
 NAMED_OVERRIDES = ("backbone", "upsample", "optimizer", "reference")
 
 
+def num_classes(class_names: Sequence[str] | None) -> int:
+    """``${num_classes:${data.class_names}}``: how many classes the network predicts, built
+    before any annotation file is read, so the data config must list them."""
+    if not class_names:
+        raise UserError(
+            f"data.class_names is {'null' if class_names is None else 'empty'}: the network is "
+            "built from the dataset's class names before any file is read, so the data config "
+            "lists them (COCO: in category-id order; a wrong list prints the one that fits)"
+        )
+    return len(class_names)
+
+
 def _run_parts(model: str, overrides: Sequence[str], root: DictConfig) -> dict[str, str]:
     """What tells runs apart, in name order: model, backbone (if chosen in ``overrides``, the
     command line's), PM, neck (DSSD's by its fusion), the other NAMED_OVERRIDES chosen, stage."""
@@ -86,9 +98,9 @@ def fast_precision() -> str:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers above, ``len`` and ``div`` (integer division)."""
+    """Register the resolvers above and ``div`` (integer division)."""
     resolvers = {
-        "len": len,
+        "num_classes": num_classes,
         "div": lambda a, b: int(a) // int(b),
         "stage": stage_entry,
         "run_name": run_name,

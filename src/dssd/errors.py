@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hydra.errors import InstantiationException
+from omegaconf.errors import InterpolationResolutionError
 
 
 class UserError(Exception):
@@ -25,10 +26,11 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Report a :class:`UserError`, also one raised in a constructor that ``instantiate`` called,
-    and Lightning's verdict on a config's arguments (a ``MisconfigurationException`` from such a
-    constructor, e.g. ``trainer=gpu`` without a GPU) as its message alone (no traceback burying
-    it) and exit with status 2; ``HYDRA_FULL_ERROR=1`` re-raises it with the traceback."""
+    """Report a :class:`UserError`, also one raised in a constructor that ``instantiate`` called
+    or in a config resolver, and Lightning's verdict on a config's arguments (a
+    ``MisconfigurationException`` from such a constructor, e.g. ``trainer=gpu`` without a GPU) as
+    its message alone (no traceback burying it) and exit with status 2; ``HYDRA_FULL_ERROR=1``
+    re-raises it with the traceback."""
     try:
         yield
     except Exception as err:
@@ -36,9 +38,12 @@ def user_errors() -> Iterator[None]:
         from lightning_fabric.utilities.exceptions import MisconfigurationException
 
         cause, target = err, None
-        while isinstance(cause, InstantiationException):  # raised ``from`` the constructor's error
-            target = target or re.search(r"target '([\w.]+)'", str(cause))
-            cause = cause.__cause__
+        while isinstance(cause, InstantiationException | InterpolationResolutionError):
+            if isinstance(cause, InstantiationException):  # ``from`` the constructor's error
+                target = target or re.search(r"target '([\w.]+)'", str(cause))
+                cause = cause.__cause__
+            else:  # raised while handling the resolver's error
+                cause = cause.__context__
         configured = target is not None and isinstance(cause, MisconfigurationException)
         if not (isinstance(cause, UserError) or configured):
             raise
