@@ -312,3 +312,24 @@ def test_train_py_runs_under_ddp_on_two_processes(tiny_shapes: Path, tmp_path: P
     (metrics_file,) = tmp_path.glob("csv/version_*/metrics.csv")
     header = metrics_file.read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/map_50", "test/map_50", "test/voc_map"} <= set(header)
+
+
+@pytest.mark.parametrize("sweep", [["-m"], ["hparams_search=optuna", "hydra.sweeper.n_trials=1"]])
+def test_ddp_that_reruns_the_command_is_refused_in_a_local_sweep(
+    sweep: list[str], tiny_shapes: Path, tmp_path: Path
+) -> None:
+    """Each process that ``ddp`` starts by running the command line again would run the whole
+    sweep too; the job stops before starting any, and names the ways that work."""
+    proc = run_entry_point(
+        "train.py",
+        *sweep,
+        *ddp_cpu(spawn=False),
+        f"data.root={tiny_shapes}",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.max_steps=2",
+        "logger=csv",
+        check=False,
+    )
+    assert "error: trainer.strategy=ddp in a sweep" in proc.stderr, proc.stderr[-2000:]
+    assert "hydra/launcher=slurm" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("train_ddp_process_1.log"))

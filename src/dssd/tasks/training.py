@@ -37,6 +37,24 @@ def check_stage(cfg: DictConfig) -> None:
         )
 
 
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse Lightning's ``ddp`` on several devices inside a local Hydra sweep: it starts the
+    other processes by running the command line again, so each would start the whole sweep."""
+    strategy = str(cfg.trainer.get("strategy", ""))
+    relaunches = strategy.startswith("ddp") and not strategy.startswith(
+        ("ddp_spawn", "ddp_fork", "ddp_notebook")
+    )
+    devices = cfg.trainer.get("devices", 1)
+    if relaunches and devices != 1 and _in_multirun():
+        if HydraConfig.get().launcher._target_.endswith("BasicLauncher"):
+            raise UserError(
+                f"trainer.strategy={strategy} in a sweep (-m or hparams_search): Lightning starts "
+                "its other processes by running this command again, and each would start the "
+                "whole sweep. Run one DDP job per command (a shell loop), or launch the sweep "
+                "on SLURM (hydra/launcher=slurm); see docs/distributed.md"
+            )
+
+
 def check_test_ckpt(cfg: DictConfig) -> None:
     """Refuse a ``test_ckpt`` that cannot be tested, before anything is trained: ``last`` (the
     default, the paper's final weights), ``best`` (the run's ``best.ckpt``, chosen by
@@ -86,6 +104,7 @@ def checkpoint_to_test(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model, test it (``test_ckpt``) and return ``cfg.optimized_metric``."""
     check_stage(cfg)
+    check_launch(cfg)
     if cfg.get("test", True):
         check_test_ckpt(cfg)
     if cfg.get("seed") is not None:
