@@ -23,8 +23,9 @@ from conftest import run_entry_point
 from dssd.data.datamodule import EvaluationShard
 from dssd.data.shapes import CLASSES
 from dssd.errors import UserError
+from dssd.tasks.training import check_launch
 from dssd.training.callbacks import VOCResultsWriter
-from test_configs import compose_train
+from test_configs import compose_train, hydra_runtime
 
 WORLD_SIZE = 2
 # Per process, in training; evaluation runs in batches of 1 (see the metric test).
@@ -333,3 +334,16 @@ def test_ddp_that_reruns_the_command_is_refused_in_a_local_sweep(
     assert "error: trainer.strategy=ddp in a sweep" in proc.stderr, proc.stderr[-2000:]
     assert "hydra/launcher=slurm" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("train_ddp_process_1.log"))
+
+
+def test_ddp_in_a_sweep_is_left_alone_under_srun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under srun (or torchrun) every process exists already and Lightning starts none, so a
+    sweep of DDP runs is each task's own, not refused; ddp_spawn is never refused."""
+    cfg = compose_train("hparams_search=optuna", *ddp_cpu(spawn=False))
+    with hydra_runtime(cfg):
+        with pytest.raises(UserError, match="in a sweep"):
+            check_launch(cfg)
+        check_launch(compose_train("hparams_search=optuna", *DDP_CPU))
+        monkeypatch.setenv("SLURM_NTASKS", "2")
+        monkeypatch.setenv("SLURM_JOB_NAME", "sweep")
+        check_launch(cfg)

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -39,7 +40,10 @@ def check_stage(cfg: DictConfig) -> None:
 
 def check_launch(cfg: DictConfig) -> None:
     """Refuse Lightning's ``ddp`` on several devices inside a local Hydra sweep: it starts the
-    other processes by running the command line again, so each would start the whole sweep."""
+    other processes by running the command line again, so each would start the whole sweep
+    (under srun or torchrun the processes exist already, and nothing is started)."""
+    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+        return
     strategy = str(cfg.trainer.get("strategy", ""))
     relaunches = strategy.startswith("ddp") and not strategy.startswith(
         ("ddp_spawn", "ddp_fork", "ddp_notebook")
