@@ -209,6 +209,11 @@ def test_bad_inputs(
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "batch_size=0"))
     with pytest.raises(UserError, match="device=nowhere"):
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "device=nowhere"))
+    # nothing readable: the summary says why, and the command fails (exit status 2)
+    unreadable = f"{folder}/*o*"  # broken.jpg and notes.txt
+    with pytest.raises(UserError, match=r"none of its 2 files could be read"):
+        predict(config(f"ckpt_path={tiny_checkpoint}", f"input={unreadable}", out))
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["images"] == 0
 
 
 def test_predict_py_logs_a_wandb_table(

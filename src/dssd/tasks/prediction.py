@@ -248,6 +248,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "summary.json").write_text(json.dumps(record, indent=2))
     log_run(loggers, summary, table)
     print_summary(summary, score_threshold, output_dir)
+    if not summary.images:
+        raise UserError(f"input={cfg.input}: none of its {len(files)} files could be read")
     return record
 
 
