@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import ROOT, run_entry_point, tiny_run
+from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
 from dssd.tasks.training import best_checkpoint, resume_checkpoint
 from dssd.training.callbacks import (
@@ -183,6 +185,23 @@ def test_resume_checkpoint_resolves_and_checks_the_path(tmp_path: Path) -> None:
     torch.save({"state_dict": {}, "hyper_parameters": {"run_config": {}}}, last)
     assert resume_checkpoint(cfg("last")) == str(last)
     assert resume_checkpoint(cfg(str(last))) == str(last)
+
+
+def test_resuming_into_another_network_is_named_before_lightning_loads_it(
+    tiny_checkpoint: Path,
+) -> None:
+    """The configured network must be the checkpoint's: one with other tensors is refused with
+    the way out (the run's overrides, or init_from), not Lightning's list of every shape."""
+    checkpoint, run_cfg = load_checkpoint(tiny_checkpoint)
+    cfg = OmegaConf.create({"ckpt_path": str(tiny_checkpoint)})
+    model = instantiate(run_cfg.model)
+    assert resume_checkpoint(cfg, model) == str(tiny_checkpoint)
+    model.net.heads.conf[0] = nn.Conv2d(model.net.heads.conf[0].in_channels, 5, 3, padding=1)
+    with pytest.raises(UserError, match=r"another network .*2 tensors .*heads\.conf\.0\.weight"):
+        resume_checkpoint(cfg, model)
+    model.net.probe = nn.Linear(1, 1)
+    with pytest.raises(UserError, match=r"4 tensors differ in name or shape, e.g. net\.probe"):
+        resume_checkpoint(cfg, model)
 
 
 # --- src/train.py end to end ----------------------------------------------------------------------

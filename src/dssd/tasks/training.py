@@ -131,7 +131,7 @@ def train(cfg: DictConfig) -> float | None:
         start = time.perf_counter()
         # checkpoints hold plain values only (DetectionModule), so they load as weights
         trainer.fit(
-            model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg), weights_only=True
+            model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, model), weights_only=True
         )
         timings["fit_seconds"] = time.perf_counter() - start
         metrics.update(scalar_metrics(trainer.callback_metrics))
@@ -172,9 +172,10 @@ def _warn_objective_missing(metric: str) -> None:
     )
 
 
-def resume_checkpoint(cfg: DictConfig) -> str | None:
+def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> str | None:
     """The checkpoint ``trainer.fit`` resumes from (``cfg.ckpt_path``; ``last``: ``last.ckpt`` in
-    this run's checkpoint directory), checked to exist: Lightning only warns and starts over."""
+    this run's checkpoint directory), checked to exist (Lightning only warns and starts over) and,
+    given ``model``, to hold its network (Lightning fails with every tensor's shape)."""
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path:
         return None
@@ -198,5 +199,16 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
         )
     if not os.path.isfile(path):
         raise UserError(missing)
-    load_checkpoint(path)  # a checkpoint of src/train.py, with its run configuration
+    checkpoint, _ = load_checkpoint(path)  # a checkpoint of src/train.py, with its run config
+    if model is not None:
+        ours, theirs = model.state_dict(), checkpoint["state_dict"]
+        differ = sorted(set(ours) ^ set(theirs))
+        differ += [n for n in ours if n in theirs and ours[n].shape != theirs[n].shape]
+        if differ:
+            raise UserError(
+                f"ckpt_path={path} holds another network than the one configured here "
+                f"({len(differ)} tensors differ in name or shape, e.g. {differ[0]}). Resume with "
+                "the overrides its run was trained with (its .hydra/overrides.yaml), or start a "
+                "new run from its weights with init_from=<that file>."
+            )
     return path
