@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import numbers
 from collections.abc import Mapping, Sequence
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -103,23 +104,18 @@ class COCODataset(DetectionImages):
         self.label_to_category_id = {label: cat for cat, label in self.category_id_to_label.items()}
         entries = coco.dataset["images"]
         images = [self._image_entry(entry) for entry in entries]
-        image_paths = [self.image_dir / name for _, name, _ in images]
-        present = self._check_images(image_paths, self.annotation_file)
-        for entry, (image_id, _, size), path, found in zip(
-            entries, images, image_paths, present, strict=True
-        ):
-            if not found:
-                continue
+        present = self._check_images([path for _, path, _ in images], self.annotation_file)
+        for entry, (image_id, path, size) in compress(zip(entries, images, strict=True), present):
             self.ids.append(image_id)
             self.image_paths.append(path)
             ann = self._objects(coco.imgToAnns[entry["id"]], image_id)
             self.annotations.append(sanitize({**ann, **size}, self.skips))
 
-    def _image_entry(self, image: Any) -> tuple[int, str, dict[str, int]]:
-        """An ``images`` entry's id, file name and size, or an error naming the file."""
+    def _image_entry(self, image: Any) -> tuple[int, Path, dict[str, int]]:
+        """An ``images`` entry's id, image path and size, or an error naming the file."""
         try:
             size = {"width": int(image["width"]), "height": int(image["height"])}
-            return int(image["id"]), str(image["file_name"]), size
+            return int(image["id"]), self.image_dir / str(image["file_name"]), size
         except (KeyError, TypeError, ValueError) as err:
             raise COCOAnnotationError(
                 f"{self.annotation_file}: malformed image entry {image!r} ({err!r})"

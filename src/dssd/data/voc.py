@@ -15,6 +15,7 @@ import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -257,9 +258,7 @@ class VOCDataset(DetectionImages):
         image_ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         image_paths = [self.root / "JPEGImages" / f"{image_id}.jpg" for image_id in image_ids]
         present = self._check_images(image_paths, split_file)
-        for image_id, image_path, found in zip(image_ids, image_paths, present, strict=True):
-            if not found:
-                continue
+        for image_id, image_path in compress(zip(image_ids, image_paths, strict=True), present):
             xml = self.root / "Annotations" / f"{image_id}.xml"
             try:
                 ann = parse_voc_xml(xml, class_to_index, None if strict else self.skips)

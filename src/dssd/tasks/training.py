@@ -48,15 +48,14 @@ def check_launch(cfg: DictConfig) -> None:
     relaunches = strategy.startswith("ddp") and not strategy.startswith(
         ("ddp_spawn", "ddp_fork", "ddp_notebook")
     )
-    devices = cfg.trainer.get("devices", 1)
-    if relaunches and devices != 1 and _in_multirun():
-        if HydraConfig.get().launcher._target_.endswith("BasicLauncher"):
-            raise UserError(
-                f"trainer.strategy={strategy} in a sweep (-m or hparams_search): Lightning starts "
-                "its other processes by running this command again, and each would start the "
-                "whole sweep. Run one DDP job per command (a shell loop), or launch the sweep "
-                "on SLURM (hydra/launcher=slurm); see docs/distributed.md"
-            )
+    local = _in_multirun() and HydraConfig.get().launcher._target_.endswith("BasicLauncher")
+    if relaunches and cfg.trainer.get("devices", 1) != 1 and local:
+        raise UserError(
+            f"trainer.strategy={strategy} in a sweep (-m or hparams_search): Lightning starts "
+            "its other processes by running this command again, and each would start the "
+            "whole sweep. Run one DDP job per command (a shell loop), or launch the sweep "
+            "on SLURM (hydra/launcher=slurm); see docs/distributed.md"
+        )
 
 
 def check_test_ckpt(cfg: DictConfig) -> None:
