@@ -23,6 +23,7 @@ from pytorch_lightning.utilities.model_summary import ModelSummary
 from conftest import run_entry_point, tiny_overrides, tiny_run
 from dssd import errors
 from dssd.data.shapes import CLASSES as SHAPES_CLASSES
+from dssd.tasks.common import build_trainer
 from dssd.tasks.entry import run_task
 
 
@@ -216,18 +217,35 @@ def test_train_tests_the_final_weights_by_default_and_best_on_request(
 
 
 def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    """Also before the loggers start: no W&B run is opened (whose closing lines would follow
+    the error) for a run that cannot read its data."""
     missing = tmp_path / "VOCdevkit" / "VOC2007"
     proc = run_entry_point(
         "train.py",
         f"data.root={missing}",
         "data._target_=dssd.data.VOCDataModule",  # ShapesDataModule would build it there
-        "logger=csv",
+        "logger=wandb",
         f"hydra.run.dir={tmp_path / 'run'}",
         check=False,
     )
     assert proc.returncode == 2
     assert f"error: dataset root {missing} does not exist" in proc.stderr
     assert "make data" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: dataset root")
+    assert not (tmp_path / "run" / "wandb").exists()
+
+
+def test_a_gpu_trainer_without_a_gpu_says_how_to_run_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer"}})
+    for accelerator in ("gpu", "cuda"):
+        cfg.trainer.accelerator = accelerator
+        with pytest.raises(errors.UserError, match=f"accelerator={accelerator} .* trainer=cpu"):
+            build_trainer(cfg)
+    cfg.trainer.accelerator = "cpu"
+    assert isinstance(build_trainer(cfg, with_loggers=False), pl.Trainer)
 
 
 @pytest.mark.slow

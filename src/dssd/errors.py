@@ -28,7 +28,7 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 def user_errors() -> Iterator[None]:
     """Report a :class:`UserError`, also one raised in a constructor that ``instantiate`` called
     or in a config resolver, and Lightning's verdict on a config's arguments (a
-    ``MisconfigurationException`` from such a constructor, e.g. ``trainer=gpu`` without a GPU) as
+    ``MisconfigurationException`` from such a constructor, e.g. ``trainer.devices=0``) as
     its message alone (no traceback burying it) and exit with status 2; ``HYDRA_FULL_ERROR=1``
     re-raises it with the traceback."""
     try:

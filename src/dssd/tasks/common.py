@@ -4,13 +4,17 @@ the paper's table layouts."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig
 
+from dssd.errors import UserError
 from dssd.evaluation.module import DetectionEvaluation
 from dssd.models.cost import gmac
 from dssd.results.runs import write_results_json
@@ -36,10 +40,34 @@ def result_writers(cfg: DictConfig, datamodule: pl.LightningDataModule) -> list[
     return writers
 
 
+def several_processes_started() -> bool:
+    """Whether this is one of several processes started already: by SLURM's srun, torchrun, or
+    Lightning's ``ddp`` (its other processes run the command again with ``LOCAL_RANK`` set)."""
+    return (
+        SLURMEnvironment.detect() or TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ
+    )
+
+
+def read_data(datamodule: pl.LightningDataModule, stage: str) -> None:
+    """Prepare and set up ``datamodule`` for ``stage`` before the trainer opens its loggers (a
+    W&B run), so that a data mistake stops the command first. A single process only: where
+    several are started, Lightning prepares the data once for all of them within ``fit``."""
+    if not several_processes_started():
+        datamodule.prepare_data()
+        datamodule.setup(stage)
+
+
 def build_trainer(
     cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (), with_loggers: bool = True
 ) -> pl.Trainer:
     """``cfg.trainer`` with the ``callbacks`` group, ``extra_callbacks`` and the loggers."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={accelerator} (trainer=gpu, which the GPU experiments set), "
+            f"but PyTorch {torch.__version__} sees no CUDA GPU here: add trainer=cpu to run on "
+            "the CPU, or trainer.accelerator=auto to take a GPU where there is one"
+        )
     callbacks = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_group(cfg.get("logger")) if with_loggers else []
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -16,7 +16,13 @@ from dssd.deployment.inference import load_checkpoint, restore_detector
 from dssd.errors import UserError
 from dssd.evaluation.module import DetectionEvaluation, ExportedModelEvaluation
 from dssd.models import fold_batchnorm
-from dssd.tasks.common import build_trainer, report_test_results, result_writers, scalar_metrics
+from dssd.tasks.common import (
+    build_trainer,
+    read_data,
+    report_test_results,
+    result_writers,
+    scalar_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,7 @@ def run_test(
     with_loggers: bool = True,
 ) -> dict[str, float]:
     """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked)."""
+    read_data(datamodule, "test")
     writers = result_writers(cfg, datamodule) if with_loggers else []
     trainer = build_trainer(cfg, writers, with_loggers)
     trainer.test(model, datamodule=datamodule)

@@ -11,14 +11,20 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dssd.config import training_stage
 from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
-from dssd.tasks.common import build_trainer, report_test_results, result_writers, scalar_metrics
+from dssd.tasks.common import (
+    build_trainer,
+    read_data,
+    report_test_results,
+    result_writers,
+    scalar_metrics,
+    several_processes_started,
+)
 from dssd.training.callbacks import ValidationHistory
 from dssd.training.checkpoints import read_checkpoint
 from dssd.training.module import DetectionModule
@@ -42,7 +48,7 @@ def check_launch(cfg: DictConfig) -> None:
     """Refuse Lightning's ``ddp`` on several devices inside a local Hydra sweep: it starts the
     other processes by running the command line again, so each would start the whole sweep
     (under srun or torchrun the processes exist already, and nothing is started)."""
-    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+    if several_processes_started():
         return
     strategy = str(cfg.trainer.get("strategy", ""))
     relaunches = strategy.startswith("ddp") and not strategy.startswith(
@@ -120,6 +126,7 @@ def train(cfg: DictConfig) -> float | None:
     model: DetectionModule = instantiate(cfg.model, _partial_=True)(run_config=run_config)
     if cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
+    read_data(datamodule, "fit" if cfg.get("train", True) else "test")
     trainer = build_trainer(cfg, result_writers(cfg, datamodule))
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)
