@@ -173,6 +173,23 @@ def test_cli_reports_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "already up to date" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--num-test", "-3"], "image counts cannot be negative"),
+        (["--min-size", "500", "--max-size", "300"], "need 0 < min_size <= max_size"),
+    ],
+)
+def test_cli_refuses_impossible_settings_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], problem: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2
+    assert problem in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_worker_processes_do_not_change_the_output(tmp_path: Path) -> None:
     kwargs = {"num_trainval": 500, "num_test": 20, "num_val": 20}

@@ -451,6 +451,8 @@ def generate_shapes(
     same parameters, unless ``overwrite``. ``workers`` do not change the output."""
     if not 0 < min_size <= max_size:
         raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
+    if min(num_trainval, num_test, num_val) < 0:
+        raise ValueError(f"image counts cannot be negative: {num_trainval}, {num_test}, {num_val}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown shapes variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     root = Path(root)
@@ -533,11 +535,21 @@ def summarize(root: str | Path) -> dict[str, dict[str, int]]:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point used by ``make data``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("data/shapes"), help="output directory")
     defaults = inspect.signature(generate_shapes).parameters
-    for name in ("num_trainval", "num_test", "num_val", "seed", "min_size", "max_size"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name].default)
+    for name, meaning in (
+        ("num_trainval", "training images (trainval split)"),
+        ("num_test", "test images (test split)"),
+        ("num_val", "validation images (val split, drawn after the others)"),
+        ("seed", "of every image's layout and drawing"),
+        ("min_size", "least image width and height, px"),
+        ("max_size", "largest image width and height, px"),
+    ):
+        option = f"--{name.replace('_', '-')}"
+        parser.add_argument(option, type=int, default=defaults[name].default, help=meaning)
     parser.add_argument(
         "--variant",
         choices=VARIANTS,
@@ -550,7 +562,10 @@ def main(argv: list[str] | None = None) -> None:
 
     before = read_stamp(out)
     start = time.perf_counter()
-    root = generate_shapes(out, **args)
+    try:
+        root = generate_shapes(out, **args)
+    except ValueError as err:
+        parser.error(str(err))
     fresh = args["overwrite"] or before != read_stamp(root)
     state = f"generated in {time.perf_counter() - start:.1f}s" if fresh else "already up to date"
     print(f"shapes dataset at {root.resolve()}: {state}")
