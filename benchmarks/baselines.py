@@ -45,6 +45,7 @@ from dssd.ops import (
     match,
     pad_targets,
 )
+from dssd.tools import HelpFormatter
 
 NUM_CLASSES = 21  # VOC: 20 classes + background
 LOSS_TARGET = 5.0
@@ -550,7 +551,9 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.baselines", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.baselines",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes and iterations")
     parser.add_argument("--iters", type=int, help="timed calls per side (default 5, quick 2)")

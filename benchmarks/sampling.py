@@ -35,6 +35,7 @@ from dssd.data.shapes import CLASSES
 from dssd.data.voc import VOCDataset
 from dssd.evaluation.bootstrap import paired_bootstrap
 from dssd.evaluation.matched_run import MatchedRun, results_per_image
+from dssd.tools import HelpFormatter
 
 Z95 = 1.959964  # a normal interval's half-width in standard deviations
 
@@ -170,10 +171,14 @@ def report(sampling: Sampling, chunk: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.sampling",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--data-root", type=Path, required=True, help="VOC-layout dataset root")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--classes", nargs="+", default=list(CLASSES))
+    parser.add_argument("--split", default="test", help="VOC split (ImageSets/Main/<split>)")
+    parser.add_argument("--classes", nargs="+", default=list(CLASSES), help="VOC class names")
     parser.add_argument(
         "--results", type=Path, nargs="+", required=True, help="voc_results= directories"
     )

@@ -38,6 +38,7 @@ from pytorch_lightning.utilities import move_data_to_device
 from benchmarks.common import compose_config, environment, median, random_targets, time_in_turn
 from benchmarks.speed import images, training_step
 from dssd.models.cost import gmac
+from dssd.tools import HelpFormatter
 from dssd.tools.anchor_coverage import measure
 from dssd.training.module import channels_last_hazards
 
@@ -97,10 +98,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.search",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
-        "--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES)
+        "--candidates",
+        nargs="+",
+        default=list(CANDIDATES),
+        choices=list(CANDIDATES),
+        help="the networks timed",
     )
     parser.add_argument(
         "--batch", type=int, nargs="+", default=[16], help="training batch; several: one row each"

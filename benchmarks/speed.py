@@ -64,6 +64,7 @@ from benchmarks.common import (
     time_in_turn,
 )
 from dssd.models import count_batchnorms, fold_batchnorm
+from dssd.tools import HelpFormatter
 from dssd.tools.network_table import spec_overrides
 from dssd.training.module import check_channels_last_training
 
@@ -101,7 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.speed",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--models",
@@ -149,7 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, help="write a profiler trace and op table per model here"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="of the weights, inputs and targets")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument(

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from dssd.errors import UserError
+from dssd.tools import HelpFormatter
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ellipse")
 
@@ -536,7 +537,9 @@ def summarize(root: str | Path) -> dict[str, dict[str, int]]:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point used by ``make data``."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="python -m dssd.data.shapes",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("data/shapes"), help="output directory")
     defaults = inspect.signature(generate_shapes).parameters

@@ -27,6 +27,7 @@ from dssd.config import compose_train
 from dssd.data.datamodule import dataset_items
 from dssd.errors import UserError, user_errors
 from dssd.results.tables import cell, percent_cell
+from dssd.tools import HelpFormatter
 
 # COCO's size classes: area in original-image pixels
 COCO_AREAS = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, np.inf)}
@@ -196,13 +197,21 @@ def measure(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dssd.tools.anchor_coverage",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=ssd321")
-    parser.add_argument("--split", default="train", choices=["train", "val", "test"])
+    parser.add_argument(
+        "--split", default="train", choices=["train", "val", "test"], help="the objects measured"
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="matching IoU threshold")
     parser.add_argument("--layer", type=int, default=0, help="the source layer of --picture")
     parser.add_argument("--picture", action="store_true", help="draw --layer over an image")
-    parser.add_argument("--out", type=Path, help="write coverage.md, .json (and .png) here")
+    parser.add_argument(
+        "--out", type=Path, help="write coverage.md, .json (and .png) here; default: print only"
+    )
     return parser.parse_args(argv)
 
 

@@ -26,6 +26,7 @@ from dssd.data.coco import trained_on
 from dssd.data.shapes import CLASSES
 from dssd.data.voc import VOCDataset
 from dssd.errors import UserError, user_errors
+from dssd.tools import HelpFormatter
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,11 @@ def coco_boxes(path: str | Path, size: int | None = None) -> tuple[np.ndarray, n
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: read the boxes, grow the clusters, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dssd.tools.anchor_kmeans",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--root", type=Path, help="VOC-layout dataset root")
     source.add_argument("--coco", type=Path, help="COCO instances JSON file")
@@ -178,11 +183,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--classes", default=",".join(CLASSES), help="comma-separated VOC class names"
     )
-    parser.add_argument("--size", type=int, help="measure boxes on an S x S resized input")
+    parser.add_argument(
+        "--size", type=int, help="measure boxes on an S x S resized input; default: as stored"
+    )
     parser.add_argument("--start", type=int, default=2, help="first number of clusters")
-    parser.add_argument("--min-improvement", type=float, default=0.2)
-    parser.add_argument("--max-k", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--min-improvement",
+        type=float,
+        default=0.2,
+        help="stop adding clusters when one more lowers the error by less than this share",
+    )
+    parser.add_argument("--max-k", type=int, default=12, help="most clusters")
+    parser.add_argument("--seed", type=int, default=0, help="of the k-means initialisation")
     args = parser.parse_args(argv)
     with user_errors():
         if args.coco is not None:

@@ -25,6 +25,7 @@ from dssd.deployment.inference import load_checkpoint, load_test_data, restore_d
 from dssd.errors import user_errors
 from dssd.models.ssd import SSD
 from dssd.results.tables import markdown_table
+from dssd.tools import HelpFormatter
 from dssd.tools.anchor_coverage import prior_layers
 
 
@@ -144,12 +145,16 @@ def reach_table(results: Sequence[tuple[str, list[Reach]]], distance: float) -> 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m dssd.tools.context_reach RUN [RUN ...]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dssd.tools.context_reach",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("runs", nargs="+", help="run directories or checkpoints")
     parser.add_argument("--objects", type=int, default=100, help="objects per run")
     parser.add_argument("--max-size", type=float, default=32.0, help="sqrt(box area) below this")
     parser.add_argument("--distance", type=float, default=40.0, help="context beyond this, px")
-    parser.add_argument("--data-root", help="the test data's root, if not the run's data.root")
+    parser.add_argument("--data-root", help="the test data's root (default: the run's data.root)")
     args = parser.parse_args(argv)
     results = [
         run_reach(path, args.objects, args.max_size, args.distance, args.data_root)

@@ -22,6 +22,7 @@ from dssd.config import compose_train
 from dssd.errors import user_errors
 from dssd.models.cost import gmac
 from dssd.results.tables import markdown_table
+from dssd.tools import HelpFormatter
 
 NECK_NAMES = {  # the neck= choice of each neck class
     "dssd.models.Decoder": "dssd",
@@ -103,7 +104,9 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Command line: print (and write) the table; return its rows."""
     parser = argparse.ArgumentParser(
-        prog="python -m dssd.tools.network_table", description=__doc__.split("\n\n")[0]
+        prog="python -m dssd.tools.network_table",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "networks",
@@ -112,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         help="model configs, each optionally with ':' and comma-separated overrides",
     )
     parser.add_argument("--classes", type=int, default=20, help="object classes (VOC: 20)")
-    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument(
+        "--out", type=Path, help="also write the markdown table here; default: print only"
+    )
     args = parser.parse_args(argv)
     classes = ",".join(f"c{i}" for i in range(args.classes))
     with user_errors():

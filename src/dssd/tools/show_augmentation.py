@@ -22,6 +22,7 @@ from dssd.data.augment import ssd_augmentation
 from dssd.data.shapes import CLASSES
 from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from dssd.data.voc import VOCDataset
+from dssd.tools import HelpFormatter
 
 BOX_COLOUR = (0, 255, 0)  # RGB
 DIFFICULT_COLOUR = (255, 140, 0)
@@ -58,13 +59,15 @@ def grid(tiles: Sequence[np.ndarray], cols: int) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: write the grid and print its path."""
     parser = argparse.ArgumentParser(
-        prog="python -m dssd.tools.show_augmentation", description=__doc__.split("\n\n")[0]
+        prog="python -m dssd.tools.show_augmentation",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--root", required=True, help="VOC-layout dataset root")
-    parser.add_argument("--split", default="trainval")
+    parser.add_argument("--split", default="trainval", help="VOC split (ImageSets/Main/<split>)")
     parser.add_argument("--size", type=int, default=321, help="network input size")
-    parser.add_argument("--rows", type=int, default=3)
-    parser.add_argument("--cols", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=3, help="rows of the grid")
+    parser.add_argument("--cols", type=int, default=4, help="columns of the grid")
     parser.add_argument("--seed", type=int, default=0, help="picks the images and augmentations")
     parser.add_argument("--classes", help="comma-separated class names (default: the shapes set)")
     parser.add_argument("--out", type=Path, default="augmented.png", help="PNG to write")

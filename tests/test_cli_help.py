@@ -1,0 +1,72 @@
+"""Every command-line tool's ``--help``: each option says what it does, and its default where it
+has one (not "default: None")."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import pytest
+
+from dssd.tools import HelpFormatter
+
+COMMANDS = [
+    "dssd.data.shapes",
+    "dssd.tools.anchor_coverage",
+    "dssd.tools.anchor_kmeans",
+    "dssd.tools.context_reach",
+    "dssd.tools.network_table",
+    "dssd.tools.show_augmentation",
+    "benchmarks.speed",
+    "benchmarks.baselines",
+    "benchmarks.export",
+    "benchmarks.sampling",
+    "benchmarks.search",
+]
+
+
+class _StopAtParseError(Exception):
+    """Raised in place of parsing, carrying the parser that the command built."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+def built_parser(module: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The parser that ``module``'s command line builds, caught as it parses."""
+
+    def catch(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        raise _StopAtParseError(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    command = importlib.import_module(module)
+    entry = getattr(command, "parse_args", None) or command.main
+    with pytest.raises(_StopAtParseError) as caught:
+        entry([])
+    return caught.value.parser
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_option_says_what_it_does_and_its_default(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parser = built_parser(module, monkeypatch)
+    assert parser.formatter_class is HelpFormatter
+    assert parser.prog == f"python -m {module}"
+    undocumented = [a.dest for a in parser._actions if not a.help]
+    assert not undocumented, f"{module}: options without help: {undocumented}"
+    text = parser.format_help()
+    assert "default: None" not in text and "default: False" not in text
+
+
+def test_help_formatter_adds_only_defaults_worth_saying() -> None:
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    parser.add_argument("--seed", type=int, default=0, help="the seed")
+    parser.add_argument("--out", help="where")
+    parser.add_argument("--quick", action="store_true", help="fast")
+    parser.add_argument("--size", type=int, default=3, help="side (default: the model's)")
+    text = " ".join(parser.format_help().split())
+    assert "the seed (default: 0)" in text
+    assert "where" in text and "fast" in text and "default: None" not in text
+    assert "default: False" not in text
+    assert "side (default: the model's)" in text and "(default: 3)" not in text
