@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.config import register_resolvers
 from dssd.errors import UserError
+from dssd.tasks.training import warn_shapes_recipe
 from dssd.training.module import DetectionModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -239,3 +240,28 @@ def test_the_ablation_is_the_full_length_recipe_on_shorter_schedules() -> None:
             if key.startswith(("schedules.", "trainer.max_steps")) and not key.endswith(".lr"):
                 assert abs(ablation[key] - 0.45 * default[key]) <= 1, key
         assert ablation["trainer.val_check_interval"] * 4 == ablation["trainer.max_steps"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warned"),
+    [
+        (["data=voc0712"], True),
+        (["data=coco", "data.batch_size=32"], True),
+        ([], False),
+        (["experiment=ssd321_voc0712"], False),
+        (["experiment=shapes_full", "data=shapes_context"], False),
+    ],
+)
+def test_a_shapes_recipe_on_other_data_is_named(
+    overrides: list[str], warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shapes experiments set the data's batch size, augmentation and workers, which replace
+    those of another data config; the run says so, with the values it trains with."""
+    cfg = compose_train(*overrides)
+    with hydra_runtime(cfg), caplog.at_level("WARNING", logger="dssd.tasks.training"):
+        warn_shapes_recipe(resolve_with_hydra(cfg))
+    assert bool(caplog.records) == warned
+    if warned:
+        batch = 32 if "data.batch_size=32" in overrides else 8
+        assert f"batch {batch}, augmentation none, 0 workers, 1200 iterations" in caplog.text
+        assert "experiment=ssd321_voc0712" in caplog.text

@@ -44,6 +44,30 @@ def check_stage(cfg: DictConfig) -> None:
         )
 
 
+def warn_shapes_recipe(cfg: DictConfig) -> None:
+    """Say when a recipe for the embedded data (``experiment=shapes*``, the default) trains other
+    data: the experiment's batch size, augmentation and schedule replace the data config's."""
+    if not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    experiment, data = str(choices.get("experiment")), str(choices.get("data"))
+    if experiment.startswith("shapes") and not data.startswith("shapes"):
+        augment = cfg.data.get("augment")
+        log.warning(
+            "experiment=%s is a recipe for the embedded shapes data; with data=%s it sets the "
+            "batch size, augmentation, loader workers and schedule over the data config's "
+            "(here: batch %s, augmentation %s, %s workers, %s iterations). Choose an "
+            "experiment for this data (e.g. experiment=ssd321_voc0712) or write one "
+            "(docs/data.md, Your own dataset); command-line overrides still apply",
+            experiment,
+            data,
+            cfg.data.get("batch_size"),
+            augment.get("_target_", "").rsplit(".", 1)[-1] if augment else "none",
+            cfg.data.get("num_workers"),
+            cfg.trainer.max_steps,
+        )
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Refuse Lightning's ``ddp`` on several devices inside a local Hydra sweep: it starts the
     other processes by running the command line again, so each would start the whole sweep
@@ -114,6 +138,7 @@ def train(cfg: DictConfig) -> float | None:
     """Fit the configured model, test it (``test_ckpt``) and return ``cfg.optimized_metric``."""
     check_stage(cfg)
     check_launch(cfg)
+    warn_shapes_recipe(cfg)
     if cfg.get("test", True):
         check_test_ckpt(cfg)
     if cfg.get("seed") is not None:
