@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.config import register_resolvers
 from dssd.errors import UserError
-from dssd.tasks.training import warn_shapes_recipe
+from dssd.tasks.training import warn_no_validation, warn_shapes_recipe
 from dssd.training.module import DetectionModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -265,3 +265,28 @@ def test_a_shapes_recipe_on_other_data_is_named(
         batch = 32 if "data.batch_size=32" in overrides else 8
         assert f"batch {batch}, augmentation none, 0 workers, 1200 iterations" in caplog.text
         assert "experiment=ssd321_voc0712" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warned"),
+    [
+        (["trainer.max_steps=200"], True),
+        (["schedules.0.max_steps=200"], False),
+        (["trainer.max_steps=200", "trainer.val_check_interval=50"], False),
+        (["experiment=shapes_r18w32", "trainer.max_steps=100"], True),
+        ([], False),
+    ],
+)
+def test_a_fit_that_ends_before_its_first_validation_is_named(
+    overrides: list[str], warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = resolve_with_hydra(compose_train(*overrides))
+    with caplog.at_level("WARNING", logger="dssd.tasks.training"):
+        warn_no_validation(cfg)
+    assert bool(caplog.records) == warned
+    if warned:
+        interval = cfg.trainer.val_check_interval
+        assert f"ends before the first validation (trainer.val_check_interval={interval}," in (
+            caplog.text
+        )
+        assert f"schedules.0.max_steps={cfg.trainer.max_steps}" in caplog.text

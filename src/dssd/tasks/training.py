@@ -68,6 +68,24 @@ def warn_shapes_recipe(cfg: DictConfig) -> None:
         )
 
 
+def warn_no_validation(cfg: DictConfig) -> None:
+    """Say at start-up when the fit will never validate: ``trainer.val_check_interval`` (which
+    an experiment sets) beyond ``trainer.max_steps``, e.g. a run shortened by the latter alone."""
+    interval, steps = cfg.trainer.get("val_check_interval"), cfg.trainer.get("max_steps")
+    if isinstance(interval, int) and isinstance(steps, int) and 0 < steps < interval:
+        log.warning(
+            "trainer.max_steps=%d ends before the first validation (trainer.val_check_interval="
+            "%d, set by the experiment): no validation curve and no best.ckpt. Give "
+            "trainer.val_check_interval below %d, or shorten the schedule itself with "
+            "schedules.%d.max_steps=%d (the shapes experiments validate every quarter of it)",
+            steps,
+            interval,
+            steps,
+            training_stage(cfg),
+            steps,
+        )
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Refuse Lightning's ``ddp`` on several devices inside a local Hydra sweep: it starts the
     other processes by running the command line again, so each would start the whole sweep
@@ -139,6 +157,8 @@ def train(cfg: DictConfig) -> float | None:
     check_stage(cfg)
     check_launch(cfg)
     warn_shapes_recipe(cfg)
+    if cfg.get("train", True):
+        warn_no_validation(cfg)
     if cfg.get("test", True):
         check_test_ckpt(cfg)
     if cfg.get("seed") is not None:
