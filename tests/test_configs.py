@@ -290,3 +290,13 @@ def test_a_fit_that_ends_before_its_first_validation_is_named(
             caplog.text
         )
         assert f"schedules.0.max_steps={cfg.trainer.max_steps}" in caplog.text
+
+
+def test_the_config_resolves_in_place_as_cfg_job_resolve_does() -> None:
+    """``src/train.py --cfg job --resolve`` resolves the config in place, which refuses a
+    resolver's plain list (``run_tags``)."""
+    cfg = compose_train("pm=c")
+    with hydra_runtime(cfg):
+        app = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        OmegaConf.resolve(app)
+    assert "pm=c" in app.run_tags and app.run_tags[0] == "shapes"

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dssd.errors import UserError
 
@@ -77,10 +77,12 @@ def run_name(model: str, overrides: Sequence[str], _root_: DictConfig) -> str:
     return "-".join(words.get(key, "{}").format(value) for key, value in parts.items())
 
 
-def run_tags(model: str, overrides: Sequence[str], _root_: DictConfig) -> list[str]:
-    """``${run_tags:<model>,<overrides>}``: ``tags`` plus e.g. ``pm=c``, ``stage=1``."""
+def run_tags(model: str, overrides: Sequence[str], _root_: DictConfig) -> ListConfig:
+    """``${run_tags:<model>,<overrides>}``: ``tags`` plus e.g. ``pm=c``, ``stage=1`` (a
+    ListConfig: ``OmegaConf.resolve``, as in ``--cfg job --resolve``, refuses a plain list)."""
     parts = _run_parts(model, overrides, _root_)
-    return [*_root_.get("tags", []), *(f"{key}={value}" for key, value in parts.items())]
+    tags = [*_root_.get("tags", []), *(f"{key}={value}" for key, value in parts.items())]
+    return ListConfig(tags)
 
 
 def native_bf16() -> bool:
