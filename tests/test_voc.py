@@ -112,6 +112,11 @@ def test_dataset_reads_rgb_images_and_targets(tmp_path: Path) -> None:
 
     easy = VOCDataset(root, "trainval", CLASSES, keep_difficult=False)
     assert easy[0][1]["labels"].tolist() == [1]
+    # a sequence: iterating ends after the last image, an index past it is an IndexError
+    assert [target["image_id"] for _, target in dataset] == ["a", "b"]
+    assert dataset[-1][1]["image_id"] == "b"
+    with pytest.raises(IndexError, match="index 2 is out of range for 2 images"):
+        dataset[2]
 
 
 def test_dataset_applies_transform(tmp_path: Path) -> None:

@@ -185,6 +185,8 @@ class DetectionImages(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> Any:
+        if not -len(self) <= index < len(self):  # also ends ``for sample in dataset``
+            raise IndexError(f"index {index} is out of range for {len(self)} images")
         for offset in range(len(self)):
             i = (index + offset) % len(self)
             try:
