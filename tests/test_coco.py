@@ -123,7 +123,7 @@ def test_detections_round_trip_to_category_ids(tmp_path: Path) -> None:
     [
         ('{"images": [', "not valid JSON"),
         (json.dumps({"images": [], "annotations": []}), "lacks ['categories']"),
-        (json.dumps([]), "lacks ['images', 'annotations', 'categories']"),
+        (json.dumps([]), "lacks ['images', 'categories']"),
     ],
 )
 def test_malformed_files_name_the_file(tmp_path: Path, text: str, problem: str) -> None:
@@ -196,6 +196,27 @@ def test_images_without_a_file_are_named_or_skipped_when_built(tmp_path: Path) -
     dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
     assert dataset.ids == [7] and dataset.skips["missing_images"] == 1
     assert dataset[0][1]["image_id"] == 7 and len(dataset.annotations) == 1
+
+
+def test_an_image_info_file_is_read_as_an_unlabelled_test_set_only(tmp_path: Path) -> None:
+    """COCO's test-dev ships its images' ids and the categories without annotations: the test
+    role reads its images (no objects), the training and validation roles refuse it."""
+    data = instances()
+    del data["annotations"]
+    root = write_coco(tmp_path, data)
+    test = COCODataset(root, ANN_FILE, "val2017")
+    assert not test.labelled and test.ids == [42, 7] and test.class_names == NAMES
+    assert [len(target["boxes"]) for _, target in test] == [0, 0]
+    assert COCODataset(write_coco(tmp_path / "labelled", instances()), ANN_FILE, "val2017").labelled
+    with pytest.raises(COCOAnnotationError, match="image-info file .* nothing to train on"):
+        COCODataset(root, ANN_FILE, "val2017", train=True)
+    options = {"image_size": 32, "batch_size": 1, "num_workers": 0}
+    dm = COCODataModule(str(root), val_annotations=ANN_FILE, val_images="val2017", **options)
+    assert dm.unlabelled_test_file() == str(root / ANN_FILE)
+    with pytest.raises(UserError, match="cannot be the val files; only the test files may"):
+        dm.setup("validate")
+    labelled = write_coco(tmp_path / "labelled", instances())
+    assert COCODataModule(str(labelled), val_holdout=1, **options).unlabelled_test_file() is None
 
 
 def test_datamodule_reads_class_names_and_iterates(tmp_path: Path) -> None:

@@ -180,6 +180,52 @@ def test_eval_writes_coco_results_that_pycocotools_scores_alike(
     assert logged_metrics(tmp_path)["test/map"] == pytest.approx(reference, abs=1e-4)
 
 
+def test_eval_on_an_image_info_file_writes_the_same_detections_and_scores_nothing(
+    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """COCO's test-dev is an image-info file (no annotations): eval.py writes its detections
+    for the server under its image and category ids, the same as on the annotated file, and
+    prints no scores; without coco_results it refuses before testing."""
+    info = json.loads((tiny_shapes / "annotations" / "instances_test.json").read_text())
+    del info["annotations"]
+    info_file = tmp_path / "image_info_test.json"
+    info_file.write_text(json.dumps(info))
+    runs = {}
+    for name, test_file in (("annotated", "annotations/instances_test.json"), ("info", info_file)):
+        results = tmp_path / f"{name}.json"
+        runs[name] = run_entry_point(
+            "eval.py",
+            f"ckpt_path={tiny_checkpoint}",
+            *coco_data(tiny_shapes),
+            f"data.test_annotations={test_file}",
+            f"coco_results={results}",
+            f"hydra.run.dir={tmp_path / name}",
+        )
+
+    def entries(name: str) -> set[tuple]:
+        found = json.loads((tmp_path / f"{name}.json").read_text())
+        return {(e["image_id"], e["category_id"], *e["bbox"], e["score"]) for e in found}
+
+    assert entries("info") == entries("annotated") and entries("info")
+    assert (tmp_path / "annotated" / "test_results.md").is_file()
+    assert not (tmp_path / "info" / "test_results.md").exists()
+    output = runs["info"].stdout + runs["info"].stderr
+    assert f"Nothing scored: {info_file} holds no annotations" in output
+    assert "test/map" not in output  # no table of the -1s COCO reports without ground truth
+
+    refused = run_entry_point(
+        "eval.py",
+        f"ckpt_path={tiny_checkpoint}",
+        *coco_data(tiny_shapes),
+        f"data.test_annotations={info_file}",
+        f"hydra.run.dir={tmp_path / 'refused'}",
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert f"error: {info_file} holds no annotations" in refused.stderr
+    assert "coco_results=<file.json>" in refused.stderr
+
+
 def test_coco_results_need_coco_data(tiny_checkpoint: Path, tmp_path: Path) -> None:
     proc = run_entry_point(
         "eval.py",

@@ -2,6 +2,8 @@
 
 Labels are 1..C in category-id order. Crowd boxes are not trained on and are ignored in evaluation
 (``difficult``), as is a non-standard ``difficult: 1``, which is still trained on (the VOC rule).
+A test file may be an image-info file without ``annotations`` (COCO's test-dev): nothing to score,
+its detections are written for the evaluation server.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from faster_coco_eval import COCO
 from dssd.data.voc import DetectionImages, Transform, sanitize
 from dssd.errors import DatasetNotFoundError, UserError
 
-REQUIRED_KEYS = ("images", "annotations", "categories")
+REQUIRED_KEYS = ("images", "categories")  # and "annotations", but for an image-info file
 
 
 COCO_LAYOUT = (
@@ -34,7 +36,8 @@ class COCOAnnotationError(UserError, ValueError):
 
 
 def load_coco(path: str | Path) -> COCO:
-    """The COCO API's index of an instances JSON file, checked for the keys the reader needs."""
+    """The COCO API's index of an instances JSON file (or of an image-info file, without
+    ``annotations``), checked for the keys the reader needs."""
     path = Path(path)
     if not path.is_file():
         raise DatasetNotFoundError(f"COCO annotation file {path} does not exist: {COCO_LAYOUT}")
@@ -44,7 +47,9 @@ def load_coco(path: str | Path) -> COCO:
         raise COCOAnnotationError(f"{path}: not valid JSON ({err})") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
-        raise COCOAnnotationError(f"{path}: not a COCO instances file, it lacks {missing}")
+        raise COCOAnnotationError(
+            f"{path}: not a COCO instances or image-info file, it lacks {missing}"
+        )
     return COCO(data)
 
 
@@ -72,7 +77,9 @@ def trained_on(ann: Mapping[str, Any]) -> bool:
 
 class COCODataset(DetectionImages):
     """The images of one COCO instances file with VOCDataset's targets ("image_id": the COCO id);
-    paths are relative to ``root``. Its categories must be ``class_names``, if given."""
+    paths are relative to ``root``. Its categories must be ``class_names``, if given. An
+    evaluation set may read an image-info file (``labelled`` false: every image without
+    objects)."""
 
     def __init__(
         self,
@@ -93,6 +100,12 @@ class COCODataset(DetectionImages):
                 f"COCO image directory {self.image_dir} does not exist: {COCO_LAYOUT}"
             )
         coco = load_coco(self.annotation_file)
+        self.labelled = "annotations" in coco.dataset
+        if train and not self.labelled:
+            raise COCOAnnotationError(
+                f"{self.annotation_file}: an image-info file without annotations (such as "
+                "test-dev's) has nothing to train on"
+            )
         self.class_names = category_names(coco)
         if class_names is not None and tuple(class_names) != self.class_names:
             raise COCOAnnotationError(

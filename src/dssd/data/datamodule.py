@@ -181,6 +181,11 @@ class DetectionDataModule(pl.LightningDataModule):
         of undecodable images, which an evaluation set refuses)."""
         raise NotImplementedError
 
+    def unlabelled_test_file(self) -> str | None:
+        """The test annotation file when it holds no annotations to score against (COCO's
+        test-dev image info), else None."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         # fitting builds the test set too, to check that no test image is seen
         needed = {"validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, ROLES)
@@ -370,7 +375,21 @@ class COCODataModule(DetectionDataModule):
             dataset = dataset.dataset
         return dataset.label_to_category_id
 
+    def unlabelled_test_file(self) -> str | None:
+        if "test" in self.datasets:
+            labelled = self.datasets["test"].labelled
+        else:
+            labelled = "annotations" in load_coco(Path(self.root) / self.files["test"][0]).dataset
+        return None if labelled else str(Path(self.root) / self.files["test"][0])
+
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
-        return COCODataset(
+        dataset = COCODataset(
             self.root, *self.files[files], transform, train, self.class_names, self.strict
         )
+        if files != "test" and not dataset.labelled:
+            raise UserError(
+                f"{dataset.annotation_file}: an image-info file without annotations (such as "
+                f"test-dev's) cannot be the {files} files; only the test files may be, to write "
+                "their detections for the evaluation server (coco_results=...)"
+            )
+        return dataset

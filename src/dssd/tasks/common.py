@@ -73,6 +73,19 @@ def build_trainer(
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
+def check_scorable(cfg: DictConfig, datamodule: pl.LightningDataModule) -> str | None:
+    """The test annotation file when it holds no annotations (COCO's test-dev image info), else
+    None; such a test scores nothing, so its detections must be written (``coco_results``)."""
+    unlabelled = datamodule.unlabelled_test_file()
+    if unlabelled and not cfg.get("coco_results"):
+        raise UserError(
+            f"{unlabelled} holds no annotations (an image-info file such as COCO's test-dev): "
+            "there is nothing to score, so give coco_results=<file.json> to write its "
+            "detections for the evaluation server"
+        )
+    return unlabelled
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The one-number entries of Lightning's ``callback_metrics``, as floats."""
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
@@ -83,10 +96,20 @@ def report_test_results(
     model: DetectionEvaluation,
     metrics: dict[str, float],
     extra: dict[str, Any] | None = None,
+    unscored: str | None = None,
 ) -> None:
     """Print the test metrics in the paper's table layouts and save them as ``test_results.md``
     and ``test_results.json`` (for ``make ablation`` and the notebooks: the metrics, per-class AP,
-    a checkpoint network's parameter counts and GMAC per image, and ``extra``)."""
+    a checkpoint network's parameter counts and GMAC per image, and ``extra``); or, for the
+    ``unscored`` file of :func:`check_scorable`, where its detections went."""
+    if unscored:
+        log.info(
+            "Nothing scored: %s holds no annotations. Its detections are in %s, for the "
+            "evaluation server.",
+            unscored,
+            cfg.coco_results,
+        )
+        return
     per_class = model.per_class_ap.get("test", {})
     name = cfg.get("run_name", cfg.task_name)
     text = results_tables(metrics, per_class, name=name)

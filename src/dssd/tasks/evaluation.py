@@ -18,6 +18,7 @@ from dssd.evaluation.module import DetectionEvaluation, ExportedModelEvaluation
 from dssd.models import fold_batchnorm
 from dssd.tasks.common import (
     build_trainer,
+    check_scorable,
     read_data,
     report_test_results,
     result_writers,
@@ -51,12 +52,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     checkpoint, run_cfg = load_checkpoint(cfg.ckpt_path)
     datamodule = configure(cfg, run_cfg, precision=run_cfg.trainer.precision)
+    unscored = check_scorable(cfg, datamodule)
     model = restore_detector(checkpoint, cfg.model)
     if cfg.get("fold_bn", False):
         model.net = fold_batchnorm(model.net)
         log.info("Evaluating with every batch norm folded into its convolution.")
-    metrics = run_test(cfg, model, datamodule)
-    report_test_results(cfg, model, metrics, {"tested_checkpoint": str(cfg.ckpt_path)})
+    metrics = run_test(cfg, model, datamodule, verbose=not unscored)
+    extra = {"tested_checkpoint": str(cfg.ckpt_path)}
+    report_test_results(cfg, model, metrics, extra, unscored)
     return metrics
 
 
@@ -85,12 +88,14 @@ def run_test(
     model: DetectionEvaluation,
     datamodule: pl.LightningDataModule,
     with_loggers: bool = True,
+    verbose: bool = True,
 ) -> dict[str, float]:
-    """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked)."""
+    """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked, and
+    Lightning's table of them if ``verbose``)."""
     read_data(datamodule, "test")
     writers = result_writers(cfg, datamodule) if with_loggers else []
     trainer = build_trainer(cfg, writers, with_loggers)
-    trainer.test(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule, verbose=verbose)
     return scalar_metrics(trainer.callback_metrics)
 
 
@@ -102,16 +107,17 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     run_cfg = OmegaConf.create(exported.metadata["run_config"])
     # the exported graph computes in float32
     datamodule = configure(cfg, run_cfg, precision="32-true")
+    unscored = check_scorable(cfg, datamodule)
     with open_dict(cfg):  # the tables and W&B name the file's format
         cfg.run_name = f"{cfg.get('run_name', cfg.task_name)} ({exported.format})"
     model = ExportedModelEvaluation(
         exported, cfg.model.class_names, cfg.model.use_07_metric, cfg.model.coco_max_detections
     )
     log.info("Testing %s (%s) on %s", exported.path, exported.format, cfg.data._target_)
-    metrics = run_test(cfg, model, datamodule)
+    metrics = run_test(cfg, model, datamodule, verbose=not unscored)
     extra: dict[str, Any] = {"tested_model_file": str(exported.path), "format": exported.format}
     ckpt_path = cfg.get("ckpt_path") or exported.metadata.get("checkpoint")
-    if cfg.get("compare", True) and ckpt_path:
+    if cfg.get("compare", True) and ckpt_path and not unscored:
         if not Path(ckpt_path).is_file():
             raise UserError(
                 f"the checkpoint to compare with, {ckpt_path}, does not exist: give "
@@ -122,7 +128,7 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
         checkpoint_metrics = run_test(cfg, reference, datamodule, with_loggers=False)
         extra["parity"] = parity(metrics, checkpoint_metrics, ckpt_path)
         log.info("Exported file against its checkpoint:\n%s", parity_table(extra["parity"]))
-    report_test_results(cfg, model, metrics, extra)
+    report_test_results(cfg, model, metrics, extra, unscored)
     return metrics
 
 

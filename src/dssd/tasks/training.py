@@ -19,6 +19,7 @@ from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
 from dssd.tasks.common import (
     build_trainer,
+    check_scorable,
     read_data,
     report_test_results,
     result_writers,
@@ -172,6 +173,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
     read_data(datamodule, "fit" if cfg.get("train", True) else "test")
+    unscored = check_scorable(cfg, datamodule) if cfg.get("test", True) else None
     trainer = build_trainer(cfg, result_writers(cfg, datamodule))
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)
@@ -188,14 +190,20 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(scalar_metrics(trainer.callback_metrics))
     if cfg.get("test", True):
         tested = checkpoint_to_test(cfg, trainer)
-        trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
+        trainer.test(
+            model,
+            datamodule=datamodule,
+            ckpt_path=tested,
+            weights_only=True,
+            verbose=not unscored,
+        )
         metrics.update(scalar_metrics(trainer.callback_metrics))
         if trainer.is_global_zero:
             record = {**timings, "tested_checkpoint": tested or "final weights"}
             history = [c for c in trainer.callbacks if isinstance(c, ValidationHistory)]
             if history and cfg.get("train", True):
                 record["val_history"] = history[0].history
-            report_test_results(cfg, model, metrics, record)
+            report_test_results(cfg, model, metrics, record, unscored)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
     if best := best_checkpoint(trainer):
