@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import statistics
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from dssd.table4.rows import (
     run_dir,
     select_rows,
 )
-from dssd.table4.runner import train_command
+from dssd.table4.runner import run_ablation, train_command
 from dssd.table4.statistics import (
     last_quarter_rise,
     pooled_seed_spread,
@@ -166,6 +167,16 @@ def test_seeds_must_be_a_list_of_distinct_ints(seeds) -> None:
         parse_seeds(seeds)
     assert parse_seeds([0, 1, 2]) == [0, 1, 2]
     assert parse_seeds(OmegaConf.create({"s": [3, 1]}).s) == [3, 1]
+
+
+@pytest.mark.parametrize("setting", ["confidence=95", "bootstrap_samples=0"])
+def test_a_bad_interval_setting_is_refused_before_any_row_runs(
+    tmp_path: Path, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("a row was started"))
+    cfg = compose_table4(f"out_dir={tmp_path}", setting)
+    with pytest.raises(UserError, match=f"{setting}: choose"):
+        run_ablation(cfg, "shapes")
 
 
 @pytest.mark.slow  # parse_seeds is checked in process above; this is its command-line exit

@@ -165,6 +165,27 @@ def test_missing_pieces_are_named(tiny_checkpoint: Path, tmp_path: Path) -> None
         analyze(config(f"run=[{run},{run}]", f"baseline={run}"))
     with pytest.raises(UserError, match="wandb=sometimes"):
         analyze(config(f"run={run}", "wandb=sometimes"))
+    with pytest.raises(UserError, match=f"baseline={tmp_path / 'nowhere'}: no such run"):
+        analyze(config(f"run={run}", f"baseline={tmp_path / 'nowhere'}"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("score_threshold=2", "score_threshold=2: choose a score in [0, 1]"),
+        ("gallery_size=-1", "gallery_size=-1: choose a whole number >= 0"),
+        ("bootstrap_samples=0", "bootstrap_samples=0: choose a whole number >= 1"),
+        ("confidence=95", "confidence=95: choose a level in (0, 1)"),
+        ("batch_size=0", "batch_size=0: choose null or >= 1"),
+    ],
+)
+def test_settings_no_analysis_can_use_are_refused_before_detecting(
+    tiny_checkpoint: Path, tmp_path: Path, setting: str, problem: str
+) -> None:
+    out_dir = tmp_path / "analysis"
+    with pytest.raises(UserError) as err:
+        analyze(config(f"run={tiny_checkpoint}", setting, f"out_dir={out_dir}"))
+    assert str(err.value) == problem and not out_dir.exists()
 
 
 @pytest.mark.slow

@@ -47,9 +47,10 @@ class Run:
     name: str
 
 
-def find_run(path: str | Path) -> Run:
+def find_run(path: str | Path, option: str = "run") -> Run:
     """The run of a run directory or of a checkpoint file; a directory without its test results
-    or without the checkpoint they name is a :class:`UserError` saying what is missing."""
+    or without the checkpoint they name is a :class:`UserError` saying what is missing (of the
+    setting ``option``)."""
     path = Path(path)
     if path.is_file():
         directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -59,18 +60,18 @@ def find_run(path: str | Path) -> Run:
             results = {}  # the test results of other weights
         return Run(directory, path, results, results.get("run_name") or directory.name)
     if not path.is_dir():
-        raise UserError(f"run={path}: no such run directory or checkpoint file")
+        raise UserError(f"{option}={path}: no such run directory or checkpoint file")
     if not (path / "test_results.json").is_file():
         raise UserError(
-            f"run={path}: the run directory has no test_results.json (a run of src/train.py "
+            f"{option}={path}: the run directory has no test_results.json (a run of src/train.py "
             "writes it when its test ends); test it first, or give its checkpoint file instead"
         )
     results = read_test_results(path)
     tested, checkpoint = _tested_checkpoint(path, results)
     if not checkpoint.is_file():
         raise UserError(
-            f"run={path}: the checkpoint its test used ({tested}) is missing: expected "
-            f"{checkpoint}; give a checkpoint file instead (run=<file>.ckpt)"
+            f"{option}={path}: the checkpoint its test used ({tested}) is missing: expected "
+            f"{checkpoint}; give a checkpoint file instead ({option}=<file>.ckpt)"
         )
     return Run(path, checkpoint, results, results.get("run_name") or path.name)
 
@@ -161,6 +162,28 @@ class Options:
     bootstrap_samples: int = 1000
     confidence: float = 0.95
     wandb: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        """Refuse a setting no analysis can use, naming it (not a numpy error halfway)."""
+
+        def number(value: Any) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+
+        def whole(value: Any, least: int) -> bool:
+            return number(value) and isinstance(value, int) and value >= least
+
+        score, confidence = self.score_threshold, self.confidence
+        checks = (
+            ("score_threshold", number(score) and 0 <= score <= 1, "a score in [0, 1]"),
+            ("gallery_size", whole(self.gallery_size, 0), "a whole number >= 0"),
+            ("bootstrap_samples", whole(self.bootstrap_samples, 1), "a whole number >= 1"),
+            ("confidence", number(confidence) and 0 < confidence < 1, "a level in (0, 1)"),
+            ("batch_size", self.batch_size is None or whole(self.batch_size, 1), "null or >= 1"),
+            ("wandb", self.wandb in ("auto", True, False), "auto, true or false"),
+        )
+        for name, valid, what in checks:
+            if not valid:
+                raise UserError(f"{name}={getattr(self, name)}: choose {what}")
 
 
 class Analyser:

@@ -67,6 +67,8 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     out_dir = Path(cfg.out_dir)
     rows = select_rows(parse_rows(cfg.rows), cfg.get("only"))
     seeds = parse_seeds(cfg.seeds)
+    num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
+    Options(bootstrap_samples=num_samples, confidence=confidence)  # refused before any run
     force = cfg.force if isinstance(cfg.force, bool) else list(cfg.force)
     steps = plan(rows, seeds, out_dir, force)
     width = max(len(s.row.id) for s in steps)
@@ -93,7 +95,6 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
                 f"wrote one), or force=[{row.id}] to start the row over."
             )
     runs = collect(rows, seeds, out_dir)
-    num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
     records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
     pooled = pooled_seed_spread(runs, confidence)
     markdown = table4_markdown(records, setting_name, seeds, confidence, pooled)

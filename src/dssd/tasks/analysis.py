@@ -32,11 +32,9 @@ def analyze(cfg: DictConfig) -> Path:
             "baseline per run (seeds are paired in order)"
         )
     runs = [find_run(p) for p in run_paths]
-    baselines = [find_run(p) for p in baseline_paths]
+    baselines = [find_run(p, "baseline") for p in baseline_paths]
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else runs[0].directory / "analysis"
     options = Options(**{key: cfg[key] for key in Options.__dataclass_fields__})
-    if options.wandb not in ("auto", True, False):
-        raise UserError(f"wandb={options.wandb}: choose auto, true or false")
     summary, _ = write_analysis(
         runs, baselines, out_dir, Analyser(options), cfg.get("run_name"), cfg.get("baseline_name")
     )
