@@ -209,7 +209,6 @@ def test_bad_inputs(
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "batch_size=0"))
     for setting, problem in (
         ("score_threshold=2", "score_threshold=2: a score threshold lies in [0, 1]"),
-        ("draw_threshold=-0.5", "draw_threshold=-0.5: a score threshold lies in [0, 1]"),
         ("max_logged_images=-1", "max_logged_images=-1: must be at least 0"),
     ):
         with pytest.raises(UserError, match=re.escape(problem)):

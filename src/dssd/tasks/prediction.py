@@ -186,10 +186,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     ``file_name``, and ``frame`` for videos) and ``summary.json``, and return the summary."""
     if cfg.batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size}: must be at least 1")
-    for name in ("score_threshold", "draw_threshold"):
-        value = cfg.get(name)
-        if value is not None and not 0 <= value <= 1:
-            raise UserError(f"{name}={value}: a score threshold lies in [0, 1]")
+    if cfg.get("score_threshold") is not None and not 0 <= cfg.score_threshold <= 1:
+        raise UserError(f"score_threshold={cfg.score_threshold}: a score threshold lies in [0, 1]")
     if cfg.max_logged_images < 0:
         raise UserError(f"max_logged_images={cfg.max_logged_images}: must be at least 0")
     root, files = input_files(str(cfg.input))
