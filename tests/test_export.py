@@ -174,10 +174,18 @@ def test_exported_model_errors(tmp_path: Path) -> None:
         ExportedModel(archive)
 
 
-def test_export_rejects_an_unknown_format(tiny_checkpoint: Path) -> None:
-    cfg = OmegaConf.create({"ckpt_path": str(tiny_checkpoint), "format": "tflite"})
+def test_export_rejects_an_unknown_format_or_a_negative_tolerance(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    tolerances = {"tolerance_px": 0.001, "tolerance_score": 1e-4}
+    cfg = OmegaConf.create({"ckpt_path": str(tiny_checkpoint), "format": "tflite", **tolerances})
     with pytest.raises(UserError, match="format=tflite: choose one of onnx, torchscript"):
         export_checkpoint(cfg)
+    cfg.format, cfg.output = "onnx", str(tmp_path / "model.onnx")
+    for name in tolerances:
+        with pytest.raises(UserError, match=f"{name}=-1.0: a tolerance is a gap, at least 0"):
+            export_checkpoint(OmegaConf.merge(cfg, {name: -1.0}))
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_a_run_trained_in_bf16_exports_and_passes_the_check(

@@ -31,6 +31,9 @@ def export_checkpoint(cfg: DictConfig) -> Path:
     ``cfg.format`` at ``cfg.output`` (default: beside the checkpoint), then check the file
     (:func:`check_exported`). Returns the file's path."""
     check_format(cfg.format)
+    for name in ("tolerance_px", "tolerance_score"):
+        if not cfg[name] >= 0:
+            raise UserError(f"{name}={cfg[name]}: a tolerance is a gap, at least 0")
     # the exported graph computes in float32
     detector = Detector.from_checkpoint(cfg.ckpt_path, "cpu", fold_bn=True, precision="32-true")
     checkpoint = Path(cfg.ckpt_path).resolve()
