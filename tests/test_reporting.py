@@ -211,7 +211,13 @@ def test_eval_on_an_image_info_file_writes_the_same_detections_and_scores_nothin
     assert not (tmp_path / "info" / "test_results.md").exists()
     output = runs["info"].stdout + runs["info"].stderr
     assert f"Nothing scored: {info_file} holds no annotations" in output
-    assert "test/map" not in output  # no table of the -1s COCO reports without ground truth
+    count = len(info["images"])
+    assert f"test data: {count} images of an image-info file, without annotations to" in output
+    # nothing logged: no table or logger holds the -1s COCO reports without ground truth
+    assert "test/map" not in output
+    logged = (tmp_path / "info").glob("csv/version_*/metrics.csv")
+    assert not any("test/" in f.read_text() for f in logged)
+    assert "test/map" in (next((tmp_path / "annotated").glob("csv/*/metrics.csv")).read_text())
 
     refused = run_entry_point(
         "eval.py",

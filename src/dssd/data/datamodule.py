@@ -97,6 +97,8 @@ def _describe(role: str, dataset: Dataset) -> str:
     """How many images a role holds and what was skipped or repaired in its files, e.g. "500 of
     the 3999 training images, held out (the 3999: 80 empty_images)"."""
     counts = describe_skips(dataset.skips)
+    if not getattr(dataset, "labelled", True):
+        return f"{len(dataset)} images of an image-info file, without annotations to score"
     if not isinstance(dataset, HeldOut):
         return f"{len(dataset)} images" + (f" ({counts})" if counts else "")
     total = len(dataset.dataset)

@@ -98,11 +98,15 @@ class DetectionEvaluation(pl.LightningModule):
         )
         # The last evaluation's AP of each class, by role then class name (NaN: no ground truth).
         self.per_class_ap: dict[str, dict[str, float]] = {}
+        # false for a test set without annotations (COCO's test-dev): nothing to score or log
+        self.test_scored = True
 
     def update_metrics(
         self, role: str, detections: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
     ) -> None:
         """Add a batch's detections (pixels) and targets (normalised) to the ``role`` metrics."""
+        if role == "test" and not self.test_scored:
+            return
         ground_truth = pixel_targets(targets)
         for metric in self.evaluators[role].values():
             metric.update(detections, ground_truth)
@@ -128,6 +132,8 @@ class DetectionEvaluation(pl.LightningModule):
     def _log_metrics(self, role: str) -> None:
         """Log the metrics of the epoch (already gathered across processes) and reset them."""
         metrics = self.evaluators[role]
+        if role == "test" and not self.test_scored:
+            return
         with quiet_loggers("faster_coco_eval", level=logging.WARNING):  # its 20-line summary
             coco = metrics["coco"].compute()
         for name in coco_metric_names(self.coco_max_detections):

@@ -57,7 +57,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("fold_bn", False):
         model.net = fold_batchnorm(model.net)
         log.info("Evaluating with every batch norm folded into its convolution.")
-    metrics = run_test(cfg, model, datamodule, verbose=not unscored)
+    model.test_scored = not unscored
+    metrics = run_test(cfg, model, datamodule)
     extra = {"tested_checkpoint": str(cfg.ckpt_path)}
     report_test_results(cfg, model, metrics, extra, unscored)
     return metrics
@@ -88,14 +89,12 @@ def run_test(
     model: DetectionEvaluation,
     datamodule: pl.LightningDataModule,
     with_loggers: bool = True,
-    verbose: bool = True,
 ) -> dict[str, float]:
-    """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked, and
-    Lightning's table of them if ``verbose``)."""
+    """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked)."""
     read_data(datamodule, "test")
     writers = result_writers(cfg, datamodule) if with_loggers else []
     trainer = build_trainer(cfg, writers, with_loggers)
-    trainer.test(model, datamodule=datamodule, verbose=verbose)
+    trainer.test(model, datamodule=datamodule)
     return scalar_metrics(trainer.callback_metrics)
 
 
@@ -114,7 +113,8 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
         exported, cfg.model.class_names, cfg.model.use_07_metric, cfg.model.coco_max_detections
     )
     log.info("Testing %s (%s) on %s", exported.path, exported.format, cfg.data._target_)
-    metrics = run_test(cfg, model, datamodule, verbose=not unscored)
+    model.test_scored = not unscored
+    metrics = run_test(cfg, model, datamodule)
     extra: dict[str, Any] = {"tested_model_file": str(exported.path), "format": exported.format}
     ckpt_path = cfg.get("ckpt_path") or exported.metadata.get("checkpoint")
     if cfg.get("compare", True) and ckpt_path and not unscored:

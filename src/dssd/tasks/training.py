@@ -190,13 +190,8 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(scalar_metrics(trainer.callback_metrics))
     if cfg.get("test", True):
         tested = checkpoint_to_test(cfg, trainer)
-        trainer.test(
-            model,
-            datamodule=datamodule,
-            ckpt_path=tested,
-            weights_only=True,
-            verbose=not unscored,
-        )
+        model.test_scored = not unscored
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
         if trainer.is_global_zero:
             record = {**timings, "tested_checkpoint": tested or "final weights"}

@@ -141,8 +141,9 @@ class DetectionModule(DetectionEvaluation):
         """Log the losses; return the loss (training) or the detections, the metrics updated."""
         images, targets = batch
         loc, conf = self(images)
-        losses = self.criterion(loc, conf, self.net.priors, targets)
-        self._log_losses(role, losses, batch_size=images.shape[0])
+        if role != "test" or self.test_scored:
+            losses = self.criterion(loc, conf, self.net.priors, targets)
+            self._log_losses(role, losses, batch_size=images.shape[0])
         if role == "train":
             return losses["loss"]
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
