@@ -168,7 +168,8 @@ def test_cli_reports_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     args = ["--out", str(tmp_path), "--num-trainval", "3", "--num-test", "2", "--num-val", "1"]
     main(args)
     out = capsys.readouterr().out
-    assert "generated" in out and "3 images" in out and "2 images" in out and "1 images" in out
+    assert "generated" in out and "3 images" in out and "2 images" in out
+    assert "val       1 image, " in out and "1 images" not in out
     main(args)
     assert "already up to date" in capsys.readouterr().out
 

@@ -573,7 +573,8 @@ def main(argv: list[str] | None = None) -> None:
     state = f"generated in {time.perf_counter() - start:.1f}s" if fresh else "already up to date"
     print(f"shapes dataset at {root.resolve()}: {state}")
     for split, counts in summarize(root).items():
-        print(f"  {split:9s} " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        words = (f"{v} {k.removesuffix('s') if v == 1 else k}" for k, v in counts.items())
+        print(f"  {split:9s} " + ", ".join(words))
 
 
 if __name__ == "__main__":
