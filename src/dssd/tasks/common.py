@@ -64,9 +64,10 @@ def build_trainer(
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
-            f"trainer.accelerator={accelerator} (trainer=gpu, which the GPU experiments set), "
-            f"but PyTorch {torch.__version__} sees no CUDA GPU here: add trainer=cpu to run on "
-            "the CPU, or trainer.accelerator=auto to take a GPU where there is one"
+            f"trainer.accelerator={accelerator} (from trainer=gpu or trainer=ddp, which the GPU "
+            f"experiments choose), but PyTorch {torch.__version__} sees no CUDA GPU here: add "
+            "trainer=cpu to run on the CPU, or trainer.accelerator=auto to take a GPU where "
+            "there is one"
         )
     callbacks = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_group(cfg.get("logger")) if with_loggers else []
