@@ -98,14 +98,15 @@ class DetectionEvaluation(pl.LightningModule):
         )
         # The last evaluation's AP of each class, by role then class name (NaN: no ground truth).
         self.per_class_ap: dict[str, dict[str, float]] = {}
-        # false for a test set without annotations (COCO's test-dev): nothing to score or log
-        self.test_scored = True
+        # the test annotation file when it holds no annotations (COCO's test-dev): nothing to
+        # score or log
+        self.unscored_test_file: str | None = None
 
     def update_metrics(
         self, role: str, detections: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
     ) -> None:
         """Add a batch's detections (pixels) and targets (normalised) to the ``role`` metrics."""
-        if role == "test" and not self.test_scored:
+        if role == "test" and self.unscored_test_file:
             return
         ground_truth = pixel_targets(targets)
         for metric in self.evaluators[role].values():
@@ -132,7 +133,7 @@ class DetectionEvaluation(pl.LightningModule):
     def _log_metrics(self, role: str) -> None:
         """Log the metrics of the epoch (already gathered across processes) and reset them."""
         metrics = self.evaluators[role]
-        if role == "test" and not self.test_scored:
+        if role == "test" and self.unscored_test_file:
             return
         with quiet_loggers("faster_coco_eval", level=logging.WARNING):  # its 20-line summary
             coco = metrics["coco"].compute()

@@ -97,17 +97,16 @@ def report_test_results(
     model: DetectionEvaluation,
     metrics: dict[str, float],
     extra: dict[str, Any] | None = None,
-    unscored: str | None = None,
 ) -> None:
     """Print the test metrics in the paper's table layouts and save them as ``test_results.md``
     and ``test_results.json`` (for ``make ablation`` and the notebooks: the metrics, per-class AP,
-    a checkpoint network's parameter counts and GMAC per image, and ``extra``); or, for the
-    ``unscored`` file of :func:`check_scorable`, where its detections went."""
-    if unscored:
+    a checkpoint network's parameter counts and GMAC per image, and ``extra``); or, for a test
+    file without annotations (``model.unscored_test_file``), where its detections went."""
+    if model.unscored_test_file:
         log.info(
             "Nothing scored: %s holds no annotations. Its detections are in %s, for the "
             "evaluation server.",
-            unscored,
+            model.unscored_test_file,
             cfg.coco_results,
         )
         return

@@ -57,16 +57,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("fold_bn", False):
         model.net = fold_batchnorm(model.net)
         log.info("Evaluating with every batch norm folded into its convolution.")
-    model.test_scored = not unscored
+    model.unscored_test_file = unscored
     metrics = run_test(cfg, model, datamodule)
-    extra = {"tested_checkpoint": str(cfg.ckpt_path)}
-    report_test_results(cfg, model, metrics, extra, unscored)
+    report_test_results(cfg, model, metrics, {"tested_checkpoint": str(cfg.ckpt_path)})
     return metrics
 
 
 def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.LightningDataModule:
     """Fill ``cfg`` from the training run's configuration (model, data, W&B names; ``precision``
-    unless ``trainer.precision`` is given), seed, and return the datamodule to test on."""
+    unless ``trainer.precision`` is given), seed, and return the datamodule to test on, its test
+    data read (:func:`read_data`)."""
     with open_dict(cfg):  # a data config chosen here may refer to ${model.net.image_size}
         cfg.model = run_cfg.model
         cfg.data = data_to_evaluate(cfg.get("data"), run_cfg.data)
@@ -78,6 +78,7 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
+    read_data(datamodule, "test")
     with open_dict(cfg):  # the metrics of the data tested
         cfg.model.class_names = list(datamodule.class_names)
         cfg.model.use_07_metric = datamodule.use_07_metric
@@ -91,7 +92,6 @@ def run_test(
     with_loggers: bool = True,
 ) -> dict[str, float]:
     """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked)."""
-    read_data(datamodule, "test")
     writers = result_writers(cfg, datamodule) if with_loggers else []
     trainer = build_trainer(cfg, writers, with_loggers)
     trainer.test(model, datamodule=datamodule)
@@ -113,7 +113,7 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
         exported, cfg.model.class_names, cfg.model.use_07_metric, cfg.model.coco_max_detections
     )
     log.info("Testing %s (%s) on %s", exported.path, exported.format, cfg.data._target_)
-    model.test_scored = not unscored
+    model.unscored_test_file = unscored
     metrics = run_test(cfg, model, datamodule)
     extra: dict[str, Any] = {"tested_model_file": str(exported.path), "format": exported.format}
     ckpt_path = cfg.get("ckpt_path") or exported.metadata.get("checkpoint")
@@ -128,7 +128,7 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
         checkpoint_metrics = run_test(cfg, reference, datamodule, with_loggers=False)
         extra["parity"] = parity(metrics, checkpoint_metrics, ckpt_path)
         log.info("Exported file against its checkpoint:\n%s", parity_table(extra["parity"]))
-    report_test_results(cfg, model, metrics, extra, unscored)
+    report_test_results(cfg, model, metrics, extra)
     return metrics
 
 

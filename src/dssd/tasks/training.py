@@ -173,7 +173,8 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
     read_data(datamodule, "fit" if cfg.get("train", True) else "test")
-    unscored = check_scorable(cfg, datamodule) if cfg.get("test", True) else None
+    if cfg.get("test", True):
+        model.unscored_test_file = check_scorable(cfg, datamodule)
     trainer = build_trainer(cfg, result_writers(cfg, datamodule))
     for logger in trainer.loggers:
         logger.log_hyperparams(run_config)
@@ -190,7 +191,6 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(scalar_metrics(trainer.callback_metrics))
     if cfg.get("test", True):
         tested = checkpoint_to_test(cfg, trainer)
-        model.test_scored = not unscored
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
         if trainer.is_global_zero:
@@ -198,7 +198,7 @@ def train(cfg: DictConfig) -> float | None:
             history = [c for c in trainer.callbacks if isinstance(c, ValidationHistory)]
             if history and cfg.get("train", True):
                 record["val_history"] = history[0].history
-            report_test_results(cfg, model, metrics, record, unscored)
+            report_test_results(cfg, model, metrics, record)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
     if best := best_checkpoint(trainer):

@@ -141,7 +141,7 @@ class DetectionModule(DetectionEvaluation):
         """Log the losses; return the loss (training) or the detections, the metrics updated."""
         images, targets = batch
         loc, conf = self(images)
-        if role != "test" or self.test_scored:
+        if role != "test" or not self.unscored_test_file:
             losses = self.criterion(loc, conf, self.net.priors, targets)
             self._log_losses(role, losses, batch_size=images.shape[0])
         if role == "train":
