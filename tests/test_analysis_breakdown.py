@@ -14,7 +14,7 @@ from dssd.analysis.breakdown import (
     found_objects,
     interpolated_precision,
 )
-from dssd.analysis.comparison import compare
+from dssd.analysis.comparison import compare, most_different
 from dssd.evaluation.bootstrap import paired_differences
 from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.matching import in_area_range, match_image
@@ -225,6 +225,25 @@ def test_comparison_finds_the_gain_where_it_is() -> None:
     back = compare([theirs], [b], [mine], [a], num_samples=200)
     assert {r.name: r for r in back.sizes}["small"].difference.high < 0
     assert [(r.run_only, r.baseline_only) for r in back.images] == [(0, 1)] * 30
+
+
+def test_the_gallery_shows_where_the_runs_differ_most_whichever_side_wins() -> None:
+    """Ten images where the run finds one object more, one where the baseline finds both: the
+    table lists the run's wins first, the gallery leads with the baseline's double win."""
+    elsewhere = [60, 60, 70, 70]
+    targets = [image([SMALL, LARGE], [1, 1]) for _ in range(11)]
+    mine = [detections([LARGE, SMALL], [0.9, 0.8], [1, 1]) for _ in range(10)]
+    theirs = [detections([LARGE, elsewhere], [0.9, 0.8], [1, 1]) for _ in range(10)]
+    mine.append(detections([elsewhere], [0.9], [1]))
+    theirs.append(detections([LARGE, SMALL], [0.9, 0.8], [1, 1]))
+    run, baseline = make_split(mine, targets), make_split(theirs, targets)
+    a, b = analyse_run(run), analyse_run(baseline)
+    result = compare([run], [a], [baseline], [b], num_samples=20)
+    assert [(r.run_only, r.baseline_only) for r in result.images] == [(1, 0)] * 10 + [(0, 2)]
+    picks = most_different(run, result.images, (a, b), 3)
+    assert [i for i, _, _ in picks] == [10, 0, 1]
+    assert picks[0][1].tolist() == [False, False] and picks[0][2].tolist() == [True, True]
+    assert picks[1][1].tolist() == [True, False] and not picks[1][2].any()
 
 
 def test_identical_runs_differ_nowhere() -> None:

@@ -122,6 +122,26 @@ def test_a_checkpoint_alone_is_analysed(tiny_checkpoint: Path, tmp_path: Path) -
     assert not (tmp_path / "wandb").exists()
 
 
+def test_voc_results_are_read_only_for_the_weights_the_test_used(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A run's voc_results/ hold its tested weights' detections (last.ckpt here): the run and
+    that checkpoint read them, best.ckpt is run again, and reading them for best.ckpt is refused.
+    The files name an image outside the test set, so reading them is an error."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    (run / "voc_results").mkdir()
+    (run / "voc_results" / "comp4_det_test_circle.txt").write_text("elsewhere 0.9 1 2 3 4\n")
+    for tested in (run, run / "checkpoints" / "last.ckpt"):
+        with pytest.raises(UserError, match="cannot read its test detections"):
+            analyze(config(f"run={tested}", f"out_dir={tmp_path / 'out'}"))
+    other = run / "checkpoints" / tiny_checkpoint.name
+    summary = analyze(config(f"run={other}", f"out_dir={tmp_path / 'best'}", "gallery_size=0"))
+    assert summary.is_file()
+    with pytest.raises(UserError, match="not of .*best.ckpt; use detections=checkpoint"):
+        analyze(config(f"run={other}", "detections=voc_results", f"out_dir={tmp_path / 'x'}"))
+
+
 def test_a_score_unlike_the_logged_one_says_why_it_may_differ(
     tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

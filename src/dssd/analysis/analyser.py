@@ -114,16 +114,27 @@ def load_test_detections(
     split: GroundTruth | None = None,
 ) -> RunDetections:
     """The run's test split (rebuilt from its checkpoint's run config unless given) and its
-    detections: its ``voc_results/`` files (``source=voc_results``, or ``auto`` when they exist)
-    or its checkpoint run on the images (``source=checkpoint``, or ``auto`` without files)."""
+    detections: its ``voc_results/`` files (``source=voc_results``, or ``auto`` when they exist
+    and are this checkpoint's) or its checkpoint run on the images (``source=checkpoint``, or
+    ``auto`` otherwise)."""
     if source not in ("auto", "voc_results", "checkpoint"):
         raise UserError(f"detections={source}: choose auto, voc_results or checkpoint")
     if split is None:
         split = load_test_split(load_checkpoint(run.checkpoint)[1])
     results = run.directory / RESULTS_DIR
-    if source == "voc_results" and not results.is_dir():
-        raise UserError(f"detections=voc_results, but {run.directory} has no {RESULTS_DIR}/")
-    if source != "checkpoint" and results.is_dir():
+    # the files hold the detections of the weights the run's test used; a checkpoint given alone
+    # (no test results) is other weights, or cannot be told apart from them
+    own = results.is_dir() and bool(run.test_results)
+    if source == "voc_results" and not own:
+        raise UserError(
+            f"detections=voc_results, but {run.directory} has no {RESULTS_DIR}/"
+            if not results.is_dir()
+            else f"detections=voc_results: {results} holds the detections of the weights "
+            f"{run.directory}'s test used, not of {run.checkpoint}; use detections=checkpoint"
+        )
+    if source == "auto" and results.is_dir() and not own:
+        log.info("%s: %s are other weights' detections; running the checkpoint", run.name, results)
+    if source != "checkpoint" and own:
         log.info("%s: test detections from %s", run.name, results)
         try:
             preds = results_per_image(results, split.image_ids, split.class_names)

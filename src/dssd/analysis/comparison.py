@@ -166,15 +166,43 @@ def found_by_one_side(
     test: RunDetections, analyses: Sequence[RunAnalysis], baseline_analyses: Sequence[RunAnalysis]
 ) -> tuple[ImageRow, ...]:
     """Per image, the non-difficult objects only the run finds and only the baseline finds, summed
-    over the seed pairs; images where the two agree are left out."""
+    over the seed pairs; images where the two agree are left out. Ordered from the image where
+    the run is furthest ahead to the one where the baseline is."""
     rows = []
-    for i, target in enumerate(test.targets):
-        counted = ~np.asarray(target["difficult"], bool)
+    for i in range(len(test.targets)):
         run_only = baseline_only = 0
         for mine, theirs in zip(analyses, baseline_analyses, strict=True):
-            run_only += int((mine.found[i] & ~theirs.found[i] & counted).sum())
-            baseline_only += int((theirs.found[i] & ~mine.found[i] & counted).sum())
+            flags = one_side_flags(test, i, mine, theirs)
+            run_only += int(flags[0].sum())
+            baseline_only += int(flags[1].sum())
         if run_only or baseline_only:
             rows.append(ImageRow(i, str(test.image_ids[i]), run_only, baseline_only))
     rows.sort(key=lambda r: (r.baseline_only - r.run_only, -r.run_only, r.index))
     return tuple(rows)
+
+
+def one_side_flags(
+    test: RunDetections, index: int, mine: RunAnalysis, theirs: RunAnalysis
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flags over image ``index``'s objects: non-difficult and found by the run only, and by the
+    baseline only."""
+    counted = ~np.asarray(test.targets[index]["difficult"], bool)
+    found, found_by_baseline = mine.found[index], theirs.found[index]
+    return found & ~found_by_baseline & counted, found_by_baseline & ~found & counted
+
+
+def most_different(
+    test: RunDetections,
+    images: Sequence[ImageRow],
+    pair: tuple[RunAnalysis, RunAnalysis],
+    count: int,
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Up to ``count`` images on which the two differ most (objects found by either side only,
+    summed over the seed pairs), with :func:`one_side_flags` of one seed ``pair``; images on
+    which that pair agrees are passed over."""
+    picks = []
+    for row in sorted(images, key=lambda r: (-(r.run_only + r.baseline_only), r.index)):
+        flags = one_side_flags(test, row.index, *pair)
+        if len(picks) < count and (flags[0].any() or flags[1].any()):
+            picks.append((row.index, *flags))
+    return picks

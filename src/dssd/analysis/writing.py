@@ -19,7 +19,7 @@ from dssd.analysis.breakdown import (
     object_sizes,
     worst_false_positives,
 )
-from dssd.analysis.comparison import Comparison, DeltaRow
+from dssd.analysis.comparison import Comparison, DeltaRow, most_different
 from dssd.analysis.errors import ERROR_TYPES
 from dssd.evaluation.bootstrap import holm
 from dssd.results.tables import SIGNIFICANCE, markdown_table, percent_cell, write_rows
@@ -215,8 +215,9 @@ def write_comparison(
     baseline_name: str,
     gallery_size: int = 8,
 ) -> tuple[str, list[Path]]:
-    """Write the comparison's tables and figures into ``out_dir`` (the gallery from ``pair``, the
-    first seed's run and baseline analyses); return its markdown section and the files written."""
+    """Write the comparison's tables and figures into ``out_dir`` (the gallery of the
+    ``gallery_size`` images where the two differ most, drawn from ``pair``, the first seed's run
+    and baseline analyses); return its markdown section and the files written."""
     alpha = 1.0 - result.confidence
     classes = [result.overall, *result.classes]
     classes_csv, class_rows = _delta_table(out_dir / "comparison_classes.csv", classes, alpha)
@@ -246,14 +247,7 @@ def write_comparison(
         ),
         _save(figures.comparison(result, run_name, baseline_name), out_dir / "comparison.png"),
     ]
-    mine, theirs = pair
-    picks = []
-    for row in result.images[:gallery_size]:
-        counted = ~np.asarray(test.targets[row.index]["difficult"], bool)
-        run_only = mine.found[row.index] & ~theirs.found[row.index] & counted
-        baseline_only = theirs.found[row.index] & ~mine.found[row.index] & counted
-        if run_only.any() or baseline_only.any():
-            picks.append((row.index, run_only, baseline_only))
+    picks = most_different(test, result.images, pair, gallery_size)
     files.append(_save(figures.found_gallery(test, picks), out_dir / "found_by_one_side.png"))
     run_only = sum(r.run_only for r in result.images)
     baseline_only = sum(r.baseline_only for r in result.images)
@@ -279,10 +273,11 @@ def write_comparison(
             ],
         ),
         f"Objects found by {run_name} only: {run_only}; by {baseline_name} only: "
-        f"{baseline_only} (summed over the seed pairs, at score >= {mine.score_threshold:g}; "
+        f"{baseline_only} (summed over the seed pairs, at score >= {pair[0].score_threshold:g}; "
         f"{len(result.images)} images differ, listed in comparison_images.csv).",
-        f"Figures: comparison.png; found_by_one_side.png (the first seed pair's images where "
-        f"they differ most: objects found by {run_name} only in red, by {baseline_name} only in "
+        f"Figures: comparison.png; found_by_one_side.png (up to {gallery_size} images where they "
+        f"differ most, drawn for the first seed pair: objects found by {run_name} only in red, "
+        f"by {baseline_name} only in "
         "blue, the others in green). Tables: comparison_classes.csv, "
         "comparison_sizes.csv, comparison_errors.csv, comparison_images.csv.",
     ]
