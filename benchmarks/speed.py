@@ -93,9 +93,11 @@ DEFAULTS = {
     },
 }
 QUICK = {"iters": 1, "iters_large": 1, "train_iters": 1, "warmup": 0}
-# Config groups unless the overrides choose them: VOC's 21 classes and the paper's SGD
-# (conf/optimizer/sgd.yaml; the default experiment's is AdamW) for the training step.
-GROUPS = {"data": "voc0712", "optimizer": "sgd"}
+# Config groups unless the overrides choose them: VOC's 21 classes, the paper's SGD
+# (conf/optimizer/sgd.yaml; the default experiment's is AdamW) for the training step, and no
+# experiment, so that the fed training reads the data config's own loader (SSD augmentation, its
+# workers), not the CPU recipe's (experiment=shapes: resize and flip only, in the main process).
+GROUPS = {"data": "voc0712", "optimizer": "sgd", "experiment": None}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -172,7 +174,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if "loader" in args.only and (args.train_batch < 1 or args.train_data == "none"):
         parser.error("--only loader needs --train-batch >= 1 and a --train-data config")
     chosen = {o.lstrip("+~").split("=", 1)[0] for o in args.overrides}
-    groups = [f"{group}={choice}" for group, choice in GROUPS.items() if group not in chosen]
+    groups = [
+        f"{group}={choice}" if choice else f"~{group}"
+        for group, choice in GROUPS.items()
+        if group not in chosen
+    ]
     args.overrides = [*groups, *args.overrides]
     return args
 
@@ -464,7 +470,7 @@ def fed_training(
         "bottleneck": "data loading" if loader_rate < synthetic_images_per_s else compute,
     }
     if args.profile is not None:
-        # one step to start the workers, two profiled ones
+        # three steps in the trace: one warm-up (which starts the loader's workers), two timed
         result["profile"] = write_profile(
             lambda: time_fed_training(net, cfg, loader, 2, 1, sync, args),
             args.device,
@@ -494,7 +500,8 @@ def benchmark_inference(
         )
     }
     nets = [prepare(net, args), prepare(folded, args)]
-    for batch, iters in sorted({1: args.iters, args.large_batch: args.iters_large}.items()):
+    # batch 1 takes --iters, also when --large-batch is 1
+    for batch, iters in sorted({args.large_batch: args.iters_large, 1: args.iters}.items()):
         x = images(batch, net.image_size, args)
         timed = time_inference(nets, postprocess, priors, x, iters, args.warmup, sync, args)
         for bn, t in zip(("unfolded", "folded"), timed, strict=True):

@@ -104,11 +104,23 @@ def test_profiles_name_the_operators(run: tuple[dict, str, str]) -> None:
 
 def test_fed_overrides_replace_the_data_config() -> None:
     args = speed.parse_args(["--train-data", "coco", "data.num_workers=3"])
-    assert args.overrides == ["data=voc0712", "optimizer=sgd", "data.num_workers=3"]
-    assert speed.fed_overrides(args) == ["data=coco", "optimizer=sgd", "data.num_workers=3"]
-    # a chosen data config or optimiser is kept
-    args = speed.parse_args(["data=coco", "optimizer=adamw"])
-    assert args.overrides == ["data=coco", "optimizer=adamw"]
+    assert args.overrides == ["data=voc0712", "optimizer=sgd", "~experiment", "data.num_workers=3"]
+    fed = ["data=coco", "optimizer=sgd", "~experiment", "data.num_workers=3"]
+    assert speed.fed_overrides(args) == fed
+    # a chosen data config, optimiser or experiment is kept
+    args = speed.parse_args(["data=coco", "optimizer=adamw", "experiment=shapes"])
+    assert args.overrides == ["data=coco", "optimizer=adamw", "experiment=shapes"]
+
+
+@pytest.mark.parametrize("data", ["shapes", "voc0712"])
+def test_the_fed_loader_is_the_data_configs_own(data: str) -> None:
+    """SSD augmentation and the data config's workers, not the default experiment's recipe
+    (resize and flip only, no worker)."""
+    args = speed.parse_args(["--train-data", data])
+    cfg = speed.model_config("ssd321", None, speed.fed_overrides(args))
+    own = compose_config("ssd321", None, [f"data={data}", "~experiment"]).data
+    assert cfg.data.augment._target_ == "dssd.data.augment.ssd_augmentation"
+    assert cfg.data.num_workers == own.num_workers >= 1
 
 
 def test_too_few_images_for_a_batch_is_a_clear_error(tiny_shapes: Path) -> None:
@@ -213,3 +225,24 @@ def test_a_models_entry_carries_its_own_overrides() -> None:
     assert fpn._target_ == "dssd.models.FPN"
     with pytest.raises(SystemExit):
         speed.parse_args(["--models", "no_such_model:neck=fpn"])
+
+
+@pytest.mark.parametrize("large_batch", [1, 2])
+def test_batch_one_gets_iters_timed_passes(large_batch: int, monkeypatch, tmp_path: Path) -> None:
+    """`--iters` passes at batch 1 and `--iters-large` at the large batch; with
+    `--large-batch 1` the single batch-1 row keeps `--iters`, which the header reports."""
+    timed = speed.time_inference
+    passes: dict[int, int] = {}
+
+    def counting(nets, postprocess, priors, x, iters, *rest):
+        passes[x.shape[0]] = iters
+        return timed(nets, postprocess, priors, x, iters, *rest)
+
+    monkeypatch.setattr(speed, "time_inference", counting)
+    args = ["--models", "ssd_r18", "--only", "inference", "--device", "cpu", "--warmup", "0"]
+    args += ["--image-size", "193", "--iters", "3", "--iters-large", "1"]
+    args += ["--large-batch", str(large_batch), "--out", str(tmp_path / "bench.md")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        speed.main(args)
+    assert passes == ({1: 3} if large_batch == 1 else {1: 3, 2: 1})
+    assert "3 timed passes at batch 1" in (tmp_path / "bench.md").read_text()
