@@ -132,6 +132,63 @@ def test_malformed_files_name_the_file(tmp_path: Path, text: str, problem: str) 
     assert ANN_FILE in str(err.value) and problem in str(err.value)
 
 
+def with_changes(**lists: list) -> dict:
+    """instances() with some of its lists replaced."""
+    return {**instances(), **lists}
+
+
+def images_plus(*entries: dict) -> list[dict]:
+    return [*instances()["images"], *entries]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (with_changes(annotations=None), "'annotations' is a NoneType, not a list"),
+        (with_changes(images={"id": 1}), "'images' is a dict, not a list"),
+        (with_changes(categories=[*CATEGORIES, "dog"]), "categories[3] is not an object"),
+        (with_changes(categories=[{"id": 5}]), "categories[0] lacks ['name']"),
+        (with_changes(images=[{"file_name": "a.jpg"}]), "images[0] lacks ['id']"),
+        (with_changes(annotations=[{"image_id": 42, "bbox": []}]), "lacks ['category_id']"),
+        (with_changes(images=[{"id": [1], "file_name": "a.jpg"}]), "['id'] not a number or"),
+        # two entries under one id or name: boxes pooled, a class lost, a file read twice
+        (with_changes(images=images_plus({"id": "7", "file_name": "c.jpg"})), "the id '7'"),
+        (with_changes(images=images_plus({"id": 8, "file_name": "a.jpg"})), "file_name 'a.jpg'"),
+        (
+            with_changes(categories=[*CATEGORIES, {"id": 3, "name": "bus"}]),
+            "categories have the id 3",
+        ),
+        (with_changes(categories=[*CATEGORIES, {"id": 4, "name": "car"}]), "the name 'car'"),
+    ],
+)
+def test_entries_the_index_cannot_use_name_the_file_and_the_entry(
+    tmp_path: Path, data: dict, problem: str
+) -> None:
+    with pytest.raises(COCOAnnotationError) as err:
+        COCODataset(write_coco(tmp_path, data), ANN_FILE, "val2017")
+    assert ANN_FILE in str(err.value) and problem in str(err.value)
+
+
+def test_annotations_without_an_id_or_an_image(tmp_path: Path) -> None:
+    """Annotation ids are optional (home-made files leave them out); an annotation of an image
+    the file does not list is an error, or a counted malformed object when not strict."""
+    data = instances()
+    for ann in data["annotations"]:
+        del ann["id"]
+    dataset = COCODataset(write_coco(tmp_path, data), ANN_FILE, "val2017")
+    assert dataset[0][1]["labels"].tolist() == [2, 3, 1]
+    data["annotations"] += [
+        annotation(9, 99, 1, [1, 1, 5, 5]),
+        annotation(10, 100, 1, [1, 1, 5, 5]),
+        annotation(11, "42", 1, [1, 1, 5, 5]),  # the index reads it as image 42's
+    ]
+    root = write_coco(tmp_path, data)
+    with pytest.raises(COCOAnnotationError, match="2 annotations belong to no listed image"):
+        COCODataset(root, ANN_FILE, "val2017")
+    dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
+    assert dataset.skips["malformed_objects"] == 2 and len(dataset[0][1]["labels"]) == 4
+
+
 def test_missing_files_are_user_errors(tmp_path: Path) -> None:
     root = write_coco(tmp_path, instances())
     with pytest.raises(DatasetNotFoundError, match="instances_minival2014.json"):

@@ -62,6 +62,14 @@ def test_parse_converts_boxes_and_reads_flags(tmp_path: Path) -> None:
     assert (ann["width"], ann["height"]) == (40, 30)
 
 
+def test_flags_read_as_the_devkit_reads_them_or_as_words(tmp_path: Path) -> None:
+    """The devkit reads <difficult> as an integer; annotation tools also write true/false."""
+    flags = ["0", "1", "2", "false", "True", " FALSE "]
+    objects = [voc_object(extra=f"<difficult>{flag}</difficult>") for flag in flags]
+    ann = parse(tmp_path, voc_xml(*objects))
+    assert ann["difficult"].tolist() == [False, True, True, False, True, False]
+
+
 def test_parse_image_without_objects(tmp_path: Path) -> None:
     ann = parse(tmp_path, voc_xml())
     assert ann["boxes"].shape == (0, 4) and ann["boxes"].dtype == np.float32
@@ -76,8 +84,11 @@ def test_parse_image_without_objects(tmp_path: Path) -> None:
         (voc_xml(size="<width>40</width>"), "missing <height>"),
         (voc_xml(voc_object(box="1 2 10")), "missing <ymax>"),
         (voc_xml("<object><name>cat</name></object>"), "no <bndbox>"),
-        (voc_xml(voc_object(box="1 2 ten 20")), "<xmax> is not a number: 'ten'"),
+        (voc_xml(voc_object(box="1 2 ten 20")), "<xmax> is not a finite number: 'ten'"),
+        (voc_xml(voc_object(box="1 2 nan 20")), "<xmax> is not a finite number: 'nan'"),
+        (voc_xml(size="<width>inf</width><height>30</height>"), "<width> is not a finite number"),
         (voc_xml(voc_object(box="10 2 1 20")), "empty box"),
+        (voc_xml(voc_object(extra="<difficult>yes</difficult>")), "<difficult> is not 0, 1, true"),
     ],
 )
 def test_parse_errors_name_the_file_and_the_problem(tmp_path: Path, xml: str, problem: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from hydra.utils import instantiate
@@ -202,8 +203,48 @@ def test_undecodable_image_is_skipped_when_not_strict(
     # an evaluation set would score "b" twice and "a" never: it stops, naming the file
     with pytest.raises(UserError, match="a.jpg.*an evaluation image cannot be passed over"):
         VOCDataset(root, "trainval", CLASSES, strict=False)[0]
-    with pytest.raises(OSError, match="a.jpg"):
+    # strict: an error naming the file and the setting that skips it, which commands print alone
+    with pytest.raises(UserError, match="a.jpg; data.strict=false skips it in training"):
         VOCDataset(root, "trainval", CLASSES)[0]
+
+
+def test_an_image_of_another_size_than_its_annotation_is_named_or_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Boxes are in the annotation's pixels: an image decoded at another size (a photo turned by
+    its EXIF tag) is an error naming both sizes, or a counted skip in a non-strict training set."""
+    root = write_voc(tmp_path, {"a": voc_xml(voc_object("cat")), "b": voc_xml(voc_object("dog"))})
+    cv2.imwrite(str(root / "JPEGImages" / "a.jpg"), np.zeros((40, 30, 3), np.uint8))  # turned
+    with pytest.raises(UserError, match="a.jpg decodes to 30x40, but its annotation gives 40x30"):
+        VOCDataset(root, "trainval", CLASSES)[0]
+    with pytest.raises(UserError, match="a.jpg decodes.*an evaluation image cannot be passed"):
+        VOCDataset(root, "trainval", CLASSES, strict=False)[0]
+    dataset = VOCDataset(root, "trainval", CLASSES, strict=False, train=True)
+    with caplog.at_level(logging.WARNING):
+        assert dataset[0][1]["image_id"] == "b"
+    assert +dataset.skips == {"unreadable_images": 1} and "a.jpg decodes to 30x40" in caplog.text
+
+
+def test_split_files_listing_an_image_again_or_not_utf8(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An id listed twice would be trained on and scored twice (and could land in both halves
+    of a held-out split): strict, an error; not strict, read once and counted. A byte-order mark
+    is read past; a file in another encoding is an error naming it."""
+    root = write_voc(tmp_path, {i: voc_xml(voc_object("cat")) for i in "abc"})
+    split = root / "ImageSets" / "Main" / "trainval.txt"
+    split.write_text("a\nb\na\nc\na\n")
+    with pytest.raises(VOCAnnotationError, match=r"lists 2 image ids again \(e.g. 'a'\)"):
+        VOCDataset(root, "trainval", CLASSES)
+    with caplog.at_level(logging.WARNING):
+        dataset = VOCDataset(root, "trainval", CLASSES, strict=False)
+    assert dataset.ids == ["a", "b", "c"] and +dataset.skips == {"duplicate_images": 2}
+    assert "reading each once" in caplog.text
+    split.write_bytes("a\nb\n".encode("utf-8-sig"))
+    assert VOCDataset(root, "trainval", CLASSES).ids == ["a", "b"]
+    split.write_bytes("a\nb\n".encode("utf-16"))
+    with pytest.raises(VOCAnnotationError, match="trainval.txt: not UTF-8 text"):
+        VOCDataset(root, "trainval", CLASSES)
 
 
 def test_images_without_a_file_are_named_or_skipped_when_built(

@@ -23,6 +23,13 @@ from dssd.data.voc import DetectionImages, Transform, sanitize
 from dssd.errors import DatasetNotFoundError, UserError
 
 REQUIRED_KEYS = ("images", "categories")  # and "annotations", but for an image-info file
+# what each entry of a list must hold for the COCO index and the reader (ids: numbers or strings)
+ENTRY_KEYS = {
+    "images": ("id", "file_name"),
+    "categories": ("id", "name"),
+    "annotations": ("image_id", "category_id"),
+}
+ID_KEYS = ("id", "image_id", "category_id")
 
 
 COCO_LAYOUT = (
@@ -50,7 +57,49 @@ def load_coco(path: str | Path) -> COCO:
         raise COCOAnnotationError(
             f"{path}: not a COCO instances or image-info file, it lacks {missing}"
         )
+    for key, needed in ENTRY_KEYS.items():
+        if key in data:
+            _check_entries(path, key, data[key], needed)
+    for key, field in (("images", "id"), ("images", "file_name"), ("categories", "id")):
+        _check_unique(path, key, field, data[key])
+    _check_unique(path, "categories", "name", data["categories"])
+    # the index files annotations by their id: give id-less ones (home-made files) their place
+    for number, ann in enumerate(data.get("annotations", []), start=1):
+        ann.setdefault("id", f"#{number}")
     return COCO(data)
+
+
+def _check_entries(path: Path, key: str, entries: Any, needed: Sequence[str]) -> None:
+    """``entries`` (the file's list ``key``) are objects holding ``needed``, with ids that are
+    numbers or strings; else an error naming the file and the first bad entry."""
+    if not isinstance(entries, list):
+        raise COCOAnnotationError(f"{path}: {key!r} is a {type(entries).__name__}, not a list")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise COCOAnnotationError(f"{path}: {key}[{i}] is not an object: {entry!r:.200}")
+        lacking = [k for k in needed if k not in entry]
+        bad_ids = [k for k in ID_KEYS if k in entry and not _is_id(entry[k])]
+        if lacking or bad_ids:
+            problem = f"lacks {lacking}" if lacking else f"has {bad_ids} not a number or string"
+            raise COCOAnnotationError(f"{path}: {key}[{i}] {problem}: {entry!r:.200}")
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+def _check_unique(path: Path, key: str, field: str, entries: Sequence[dict]) -> None:
+    """No two of ``entries`` share ``field`` (ids compared as text: 7 and "7" are one image):
+    two images under one id would pool their boxes, two categories under one id or name lose a
+    class, one file under two ids be read twice."""
+    seen: set[str] = set()
+    for entry in entries:
+        value = str(entry[field])
+        if value in seen:
+            raise COCOAnnotationError(
+                f"{path}: two {key} have the {field} {entry[field]!r}; give each its own"
+            )
+        seen.add(value)
 
 
 def category_names(coco: COCO) -> tuple[str, ...]:
@@ -116,6 +165,7 @@ class COCODataset(DetectionImages):
         self.category_id_to_label = {c: i + 1 for i, c in enumerate(sorted(coco.getCatIds()))}
         self.label_to_category_id = {label: cat for cat, label in self.category_id_to_label.items()}
         entries = coco.dataset["images"]
+        self._check_orphans(coco, {entry["id"] for entry in entries})
         images = [self._image_entry(entry) for entry in entries]
         present = self._check_images([path for _, path, _ in images], self.annotation_file)
         for entry, (image_id, path, size) in compress(zip(entries, images, strict=True), present):
@@ -123,6 +173,18 @@ class COCODataset(DetectionImages):
             self.image_paths.append(path)
             ann = self._objects(coco.imgToAnns[entry["id"]], image_id)
             self.annotations.append(sanitize({**ann, **size}, self.skips))
+
+    def _check_orphans(self, coco: COCO, image_ids: set[Any]) -> None:
+        """Annotations of an image the file does not list are an error when ``strict``, else
+        counted as ``malformed_objects`` (no image holds them)."""
+        orphans = [a for a in coco.dataset.get("annotations", []) if a["image_id"] not in image_ids]
+        if orphans and self.strict:
+            raise COCOAnnotationError(
+                f"{self.annotation_file}: {len(orphans)} annotations belong to no listed image "
+                f"(e.g. annotation {orphans[0]['id']!r} of image_id {orphans[0]['image_id']!r})"
+            )
+        if orphans:
+            self.skips["malformed_objects"] += len(orphans)
 
     def _image_entry(self, image: Any) -> tuple[int, Path, dict[str, int]]:
         """An ``images`` entry's id, image path and size, or an error naming the file."""

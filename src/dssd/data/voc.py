@@ -2,9 +2,10 @@
 
 Policy, shared with the COCO reader: configuration mistakes raise a ``UserError`` naming the file
 when the dataset is built; boxes are clipped to the image, those left without area dropped;
-``strict=False`` drops malformed objects, annotation files and listed images whose file is missing,
-and, in a training set, replaces an image that cannot be decoded by the next (an evaluation set
-stops instead: passing over one of its images would change the figures).
+``strict=False`` drops malformed objects, annotation files, listed images whose file is missing
+and repeats of a listed image, and, in a training set, replaces an image that cannot be decoded
+or decodes at another size than its annotation's by the next (an evaluation set stops instead:
+passing over one of its images would change the figures).
 ``dataset.skips`` counts each case. Boxes are xyxy pixel edges everywhere (pixel ``i``
 spans ``[i, i + 1)``): VOC ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, xmax]``.
 """
@@ -52,17 +53,27 @@ def _text(node: ET.Element, tag: str, path: Path) -> str:
 
 
 def _number(node: ET.Element, tag: str, path: Path) -> float:
-    """Numeric value of the required child ``tag`` of ``node``."""
+    """Finite numeric value of the required child ``tag`` of ``node``."""
     text = _text(node, tag, path)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise VOCAnnotationError(f"{path}: <{tag}> is not a number: {text!r}") from None
+        value = np.nan
+    if not np.isfinite(value):
+        raise VOCAnnotationError(f"{path}: <{tag}> is not a finite number: {text!r}")
+    return value
 
 
-def _flag(node: ET.Element, tag: str) -> bool:
-    """Optional 0/1 child ``tag``; a missing tag means 0, as in the VOC devkit."""
-    return (node.findtext(tag) or "").strip() not in ("", "0")
+def _flag(node: ET.Element, tag: str, path: Path) -> bool:
+    """Optional flag child ``tag``: an integer (0 false, as the devkit reads it) or true/false; a
+    missing tag means 0, as in the VOC devkit."""
+    text = (node.findtext(tag) or "0").strip().lower()
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text) != 0
+    except ValueError:
+        raise VOCAnnotationError(f"{path}: <{tag}> is not 0, 1, true or false: {text!r}") from None
 
 
 # A VOC box (xmin, ymin, xmax, ymax) minus this is the same box in pixel edges.
@@ -111,6 +122,7 @@ def parse_voc_xml(
             box = tuple(_number(bndbox, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
             if skips is None and (box[2] < box[0] or box[3] < box[1]):
                 raise VOCAnnotationError(f"{path}: object {name!r} has an empty box {box}")
+            flags = _flag(obj, "difficult", path), _flag(obj, "truncated", path)
         except VOCAnnotationError as err:
             if skips is None or isinstance(err, UnknownClassError):
                 raise
@@ -118,8 +130,8 @@ def parse_voc_xml(
             continue
         boxes.append(box)
         labels.append(class_to_index[name])
-        difficult.append(_flag(obj, "difficult"))
-        truncated.append(_flag(obj, "truncated"))
+        difficult.append(flags[0])
+        truncated.append(flags[1])
     return {
         "boxes": voc_to_edges(boxes).astype(np.float32),
         "labels": np.asarray(labels, np.int64),
@@ -159,12 +171,29 @@ def describe_skips(skips: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in sorted(skips.items()) if n)
 
 
+class ImageError(UserError, OSError):
+    """An image that cannot be used, where it cannot be passed over; the message says why."""
+
+
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 RGB array."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise OSError(f"cannot read or decode image {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_size(image: np.ndarray, annotation: Mapping[str, Any], path: Path) -> None:
+    """Raise OSError when ``image`` is not the width x height of its ``annotation``: its boxes
+    would fall elsewhere on it, so it is as unusable as an image that cannot be decoded."""
+    height, width = image.shape[:2]
+    expected = annotation.get("width"), annotation.get("height")
+    if expected != (None, None) and expected != (width, height):
+        raise OSError(
+            f"image {path} decodes to {width}x{height}, but its annotation gives "
+            f"{expected[0]}x{expected[1]} (an EXIF orientation tag, which the decoder applies, "
+            "turns a photo): correct the annotation's size, or store the image upright"
+        )
 
 
 class DetectionImages(Dataset):
@@ -191,16 +220,17 @@ class DetectionImages(Dataset):
             i = (index + offset) % len(self)
             try:
                 image = read_image(self.image_paths[i])
+                check_size(image, self.annotations[i], self.image_paths[i])
             except OSError as err:
                 if self.strict:
-                    raise
+                    raise ImageError(f"{err}; data.strict=false skips it in training") from None
                 if not self.train:
-                    raise UserError(
+                    raise ImageError(
                         f"{err}: an evaluation image cannot be passed over without changing the "
                         "figures; repair the file or remove its image from the split"
                     ) from None
                 self.skips["unreadable_images"] += 1
-                log.warning("skipping unreadable image %s", self.image_paths[i])
+                log.warning("skipping image: %s", err)
                 continue
             target = {k: self.annotations[i][k] for k in ("boxes", "labels", "difficult")}
             # skipped_images: unreadable images passed over, for the main process's DataSkipReport
@@ -257,7 +287,7 @@ class VOCDataset(DetectionImages):
                 f"{MISSING_DATA_HINT}"
             )
         class_to_index = {name: i + 1 for i, name in enumerate(self.class_names)}
-        image_ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        image_ids = self._read_split(split_file)
         image_paths = [self.root / "JPEGImages" / f"{image_id}.jpg" for image_id in image_ids]
         present = self._check_images(image_paths, split_file)
         for image_id, image_path in compress(zip(image_ids, image_paths, strict=True), present):
@@ -275,6 +305,27 @@ class VOCDataset(DetectionImages):
             self.ids.append(image_id)
             self.image_paths.append(image_path)
             self.annotations.append(sanitize(ann, self.skips))
+
+    def _read_split(self, split_file: Path) -> list[str]:
+        """The image ids of ``split_file``, one a line; an id listed again is an error when
+        ``strict``, else counted as ``duplicate_images`` and read once."""
+        try:
+            lines = split_file.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as err:
+            raise VOCAnnotationError(f"{split_file}: not UTF-8 text ({err})") from None
+        listed = [line.strip() for line in lines if line.strip()]
+        image_ids = list(dict.fromkeys(listed))
+        if len(image_ids) < len(listed):
+            again = next(i for i, n in Counter(listed).items() if n > 1)
+            message = (
+                f"{split_file} lists {len(listed) - len(image_ids)} image ids again (e.g. "
+                f"{again!r}), which would weigh those images twice"
+            )
+            if self.strict:
+                raise VOCAnnotationError(f"{message}: list each once, or data.strict=false does")
+            self.skips["duplicate_images"] += len(listed) - len(image_ids)
+            log.warning("%s: reading each once", message)
+        return image_ids
 
 
 RESULTS_FILE = "comp4_det_test_{}.txt"
