@@ -87,6 +87,7 @@ def test_parse_image_without_objects(tmp_path: Path) -> None:
         (voc_xml(voc_object(box="1 2 ten 20")), "<xmax> is not a finite number: 'ten'"),
         (voc_xml(voc_object(box="1 2 nan 20")), "<xmax> is not a finite number: 'nan'"),
         (voc_xml(size="<width>inf</width><height>30</height>"), "<width> is not a finite number"),
+        (voc_xml(size="<width>0</width><height>0</height>"), "<size> of 0x0 pixels"),
         (voc_xml(voc_object(box="10 2 1 20")), "empty box"),
         (voc_xml(voc_object(extra="<difficult>yes</difficult>")), "<difficult> is not 0, 1, true"),
     ],

@@ -106,6 +106,8 @@ def parse_voc_xml(
     if size is None:
         raise VOCAnnotationError(f"{path}: missing <size>")
     width, height = int(_number(size, "width", path)), int(_number(size, "height", path))
+    if width < 1 or height < 1:  # every box would be clipped away
+        raise VOCAnnotationError(f"{path}: <size> of {width}x{height} pixels")
 
     boxes, labels, difficult, truncated = [], [], [], []
     for obj in root.iter("object"):
