@@ -304,3 +304,18 @@ def test_config_lists_the_80_categories_and_checks_them(tmp_path: Path) -> None:
     write_coco(tmp_path, instances())
     with pytest.raises(COCOAnnotationError, match="instances_train2017.json"):
         dm.setup("fit")
+
+
+def test_a_coco_results_path_that_cannot_be_written_is_refused_up_front(tmp_path: Path) -> None:
+    """Checked when the writer is built, before any test: a directory, or a file's child."""
+    from dssd.training.callbacks import COCOResultsWriter
+
+    root = write_coco(tmp_path / "coco", instances())
+    dm = COCODataModule(str(root), image_size=32, batch_size=1, val_holdout=1)
+    (tmp_path / "a_file").write_text("")
+    folder, under_a_file = tmp_path / "coco", tmp_path / "a_file" / "results.json"
+    with pytest.raises(UserError, match=f"coco_results={folder} is a directory: give the path"):
+        COCOResultsWriter(str(folder), dm)
+    with pytest.raises(UserError, match=f"coco_results={under_a_file.parent}: cannot write"):
+        COCOResultsWriter(str(under_a_file), dm)
+    assert COCOResultsWriter(str(tmp_path / "new" / "results.json"), dm).path

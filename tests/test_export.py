@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -174,18 +175,40 @@ def test_exported_model_errors(tmp_path: Path) -> None:
         ExportedModel(archive)
 
 
-def test_export_rejects_an_unknown_format_or_a_negative_tolerance(
+def test_export_refuses_settings_and_outputs_it_cannot_use(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
+    """Before anything is written: an unknown format, a tolerance that is not a gap, an output
+    whose suffix is not its format's (eval.py tells formats by suffix), an output that is a
+    directory, and an output that is the checkpoint itself (the export would overwrite it)."""
     tolerances = {"tolerance_px": 0.001, "tolerance_score": 1e-4}
     cfg = OmegaConf.create({"ckpt_path": str(tiny_checkpoint), "format": "tflite", **tolerances})
     with pytest.raises(UserError, match="format=tflite: choose one of onnx, torchscript"):
         export_checkpoint(cfg)
     cfg.format, cfg.output = "onnx", str(tmp_path / "model.onnx")
     for name in tolerances:
-        with pytest.raises(UserError, match=f"{name}=-1.0: a tolerance is a gap, at least 0"):
-            export_checkpoint(OmegaConf.merge(cfg, {name: -1.0}))
-    assert not (tmp_path / "model.onnx").exists()
+        for bad in (-1.0, "abc"):
+            with pytest.raises(UserError, match=f"{name}={bad}: choose a gap in .* >= 0"):
+                export_checkpoint(OmegaConf.merge(cfg, {name: bad}))
+    (tmp_path / "folder.onnx").mkdir()
+    for output, problem in (
+        (tmp_path / "model", "onnx files end in .onnx"),
+        (tmp_path / "model.pt", "onnx files end in .onnx"),
+        (tmp_path / "folder.onnx", "is a directory"),
+    ):
+        with pytest.raises(UserError, match=f"output={output}.*{problem}"):
+            export_checkpoint(OmegaConf.merge(cfg, {"output": str(output)}))
+    assert not any(tmp_path.glob("model*"))
+    # a checkpoint named like an export: written over by default, so refused
+    named_pt = tmp_path / "weights.pt"
+    shutil.copy(tiny_checkpoint, named_pt)
+    with pytest.raises(UserError, match="is the checkpoint itself"):
+        export_checkpoint(
+            OmegaConf.merge(
+                cfg, {"ckpt_path": str(named_pt), "format": "torchscript", "output": None}
+            )
+        )
+    assert named_pt.read_bytes() == tiny_checkpoint.read_bytes()
 
 
 def test_a_run_trained_in_bf16_exports_and_passes_the_check(
@@ -253,3 +276,25 @@ def test_eval_scores_the_onnx_file_like_its_checkpoint(
     low, high = map_range(analysed_ap_ranges(tiny_checkpoint, precision="32-true"))
     assert within(parity["metrics"]["voc_map"]["exported"], (low, high))
     assert record["metrics"]["test/voc_map"] == parity["metrics"]["voc_map"]["exported"]
+
+
+def test_eval_refuses_to_compare_with_another_networks_checkpoint(
+    exported: dict[str, Path], tiny_wandb_run: Path, tiny_shapes: Path, tmp_path: Path
+) -> None:
+    """ckpt_path= of a DSSD run beside the SSD file: one error before the test, not a
+    state-dict traceback after it."""
+    other = tiny_wandb_run / "checkpoints" / "last.ckpt"
+    proc = run_entry_point(
+        "eval.py",
+        f"model_file={exported['onnx']}",
+        f"ckpt_path={other}",
+        f"+data.root={tiny_shapes}",
+        "+data.num_workers=0",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: ckpt_path={other} (to compare with {exported['onnx']}) holds another network"
+    )
+    assert "Testing" not in proc.stdout + proc.stderr

@@ -143,6 +143,26 @@ def test_thresholds(folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None
     assert undrawn < 1.5 < drawn
 
 
+def test_two_inputs_of_one_output_name_keep_both_drawings(
+    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """scan.bmp is drawn as scan.bmp.png, which a scan.bmp.png beside it also takes: the later
+    one gets -2 instead of overwriting the first."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = read_image(tiny_shapes / "JPEGImages" / IMAGES[0])
+    cv2.imwrite(str(inputs / "scan.bmp"), image)
+    cv2.imwrite(str(inputs / "scan.bmp.png"), np.ascontiguousarray(image[::-1]))
+    out = tmp_path / "out"
+    summary = predict(
+        config(f"ckpt_path={tiny_checkpoint}", f"input={inputs}", f"output_dir={out}")
+    )
+    assert summary["outputs"] == ["scan.bmp.png", "scan.bmp-2.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["scan.bmp-2.png", "scan.bmp.png"]
+    entries = json.loads((out / "detections.json").read_text())
+    assert {e["file_name"] for e in entries} == {"scan.bmp", "scan.bmp.png"}
+
+
 def test_a_glob_pattern_keeps_the_folders_apart(
     folder: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -205,16 +225,29 @@ def test_bad_inputs(
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={folder}"))
     with pytest.raises(UserError, match="no such checkpoint file"):
         predict(config(f"ckpt_path={tmp_path / 'none.ckpt'}", f"input={folder}", out))
-    with pytest.raises(UserError, match="batch_size=0: must be at least 1"):
-        predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "batch_size=0"))
     for setting, problem in (
-        ("score_threshold=2", "score_threshold=2: a score threshold lies in [0, 1]"),
-        ("max_logged_images=-1", "max_logged_images=-1: must be at least 0"),
+        ("batch_size=0", "batch_size=0: choose a whole number >= 1"),
+        ("batch_size=2.5", "batch_size=2.5: choose a whole number >= 1"),
+        ("score_threshold=2", "score_threshold=2: choose null or a score in [0, 1]"),
+        ("score_threshold=high", "score_threshold=high: choose null or a score"),
+        ("draw_threshold=null", "draw_threshold=None: choose a score"),
+        ("max_logged_images=-1", "max_logged_images=-1: choose a whole number >= 0"),
     ):
         with pytest.raises(UserError, match=re.escape(problem)):
             predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, setting))
+    with pytest.raises(UserError, match="input= is empty"):
+        predict(config(f"ckpt_path={tiny_checkpoint}", "input=", out))
+    (tmp_path / "a_file").write_text("")
+    for where in (tmp_path / "a_file", tmp_path / "a_file" / "out"):  # cannot be a directory
+        with pytest.raises(UserError, match=f"output_dir={where}: cannot write there"):
+            predict(
+                config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={where}")
+            )
     with pytest.raises(UserError, match="device=nowhere"):
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "device=nowhere"))
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="device=cuda: this machine has no cuda device"):
+            predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "device=cuda"))
     # nothing readable: the summary says why, and the command fails (exit status 2)
     unreadable = f"{folder}/*o*"  # broken.jpg and notes.txt
     with pytest.raises(UserError, match=r"none of its 2 files could be read"):

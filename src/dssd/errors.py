@@ -5,12 +5,14 @@ libraries' log lines a command should not show (:func:`quiet_loggers`,
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from hydra.errors import InstantiationException
 from omegaconf.errors import InterpolationResolutionError
@@ -22,6 +24,31 @@ class UserError(Exception):
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset directory or split file is missing."""
+
+
+def is_number(value: Any) -> bool:
+    """Whether a setting's ``value`` is a number (``true`` is not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def number(low: float = -math.inf, high: float = math.inf) -> Callable[[Any], bool]:
+    """A check of a setting: a number in [``low``, ``high``]."""
+    return lambda value: is_number(value) and low <= value <= high
+
+
+def whole(least: int) -> Callable[[Any], bool]:
+    """A check of a setting: a whole number of at least ``least``."""
+    return lambda value: is_number(value) and isinstance(value, int) and value >= least
+
+
+def check_settings(settings: Any, *checks: tuple[str, Callable[[Any], bool], str]) -> None:
+    """Refuse the first setting no run can use, as ``<name>=<value>: choose <what>``, before any
+    work; ``checks`` are (name, check of the value, what to choose), the values ``settings``'s
+    attributes (a config or a dataclass)."""
+    for name, valid, what in checks:
+        value = getattr(settings, name)
+        if not valid(value):
+            raise UserError(f"{name}={value}: choose {what}")
 
 
 @contextmanager

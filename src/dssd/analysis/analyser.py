@@ -25,7 +25,7 @@ from dssd.analysis.writing import write_comparison, write_run_analysis
 from dssd.data.datamodule import dataset_items
 from dssd.deployment.detector import Detector, batches
 from dssd.deployment.inference import choose_device, load_checkpoint, load_test_data
-from dssd.errors import UserError
+from dssd.errors import UserError, check_settings, is_number, number, whole
 from dssd.evaluation.matched_run import results_per_image
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.wandb import log_files
@@ -176,25 +176,15 @@ class Options:
 
     def __post_init__(self) -> None:
         """Refuse a setting no analysis can use, naming it (not a numpy error halfway)."""
-
-        def number(value: Any) -> bool:
-            return isinstance(value, int | float) and not isinstance(value, bool)
-
-        def whole(value: Any, least: int) -> bool:
-            return number(value) and isinstance(value, int) and value >= least
-
-        score, confidence = self.score_threshold, self.confidence
-        checks = (
-            ("score_threshold", number(score) and 0 <= score <= 1, "a score in [0, 1]"),
-            ("gallery_size", whole(self.gallery_size, 0), "a whole number >= 0"),
-            ("bootstrap_samples", whole(self.bootstrap_samples, 1), "a whole number >= 1"),
-            ("confidence", number(confidence) and 0 < confidence < 1, "a level in (0, 1)"),
-            ("batch_size", self.batch_size is None or whole(self.batch_size, 1), "null or >= 1"),
-            ("wandb", self.wandb in ("auto", True, False), "auto, true or false"),
+        check_settings(
+            self,
+            ("score_threshold", number(0, 1), "a score in [0, 1]"),
+            ("gallery_size", whole(0), "a whole number >= 0"),
+            ("bootstrap_samples", whole(1), "a whole number >= 1"),
+            ("confidence", lambda v: is_number(v) and 0 < v < 1, "a level in (0, 1)"),
+            ("batch_size", lambda v: v is None or whole(1)(v), "null or >= 1"),
+            ("wandb", lambda v: v in ("auto", True, False), "auto, true or false"),
         )
-        for name, valid, what in checks:
-            if not valid:
-                raise UserError(f"{name}={getattr(self, name)}: choose {what}")
 
 
 class Analyser:

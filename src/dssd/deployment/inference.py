@@ -21,13 +21,18 @@ from dssd.training.module import DetectionModule
 
 
 def choose_device(name: str) -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU; otherwise the device named."""
+    """``auto``: the GPU when there is one, else the CPU; otherwise the device named, which must
+    be here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
         raise UserError(f"device={name}: {err}") from None
+    here = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not here.get(device.type, True):
+        raise UserError(f"device={name}: this machine has no {device.type} device; device=cpu")
+    return device
 
 
 # module paths, named by older checkpoints' run configurations, that have moved
@@ -80,9 +85,25 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
     return checkpoint, OmegaConf.create(_current_neck(_current_targets(run_config)))
 
 
-def restore_detector(checkpoint: dict[str, Any], model_cfg: DictConfig) -> DetectionModule:
-    """The model ``model_cfg`` describes, with the weights of ``checkpoint``, in eval mode."""
+def differing_tensors(model: torch.nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
+    """The names of the tensors that ``model`` and ``state_dict`` do not share in one shape."""
+    ours = model.state_dict()
+    differ = sorted(set(ours) ^ set(state_dict))
+    return differ + [n for n in ours if n in state_dict and ours[n].shape != state_dict[n].shape]
+
+
+def restore_detector(
+    checkpoint: dict[str, Any], model_cfg: DictConfig, source: str = "the checkpoint"
+) -> DetectionModule:
+    """The model ``model_cfg`` describes, with the weights of ``checkpoint``, in eval mode; weights
+    of another network are a :class:`UserError` naming ``source`` and a differing tensor."""
     model = instantiate(model_cfg)
+    differ = differing_tensors(model, checkpoint["state_dict"])
+    if differ:
+        raise UserError(
+            f"{source} holds another network than the one configured for it ({len(differ)} "
+            f"tensors differ in name or shape, e.g. {differ[0]})"
+        )
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 

@@ -112,18 +112,22 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     model = ExportedModelEvaluation(
         exported, cfg.model.class_names, cfg.model.use_07_metric, cfg.model.coco_max_detections
     )
-    log.info("Testing %s (%s) on %s", exported.path, exported.format, cfg.data._target_)
-    model.unscored_test_file = unscored
-    metrics = run_test(cfg, model, datamodule)
-    extra: dict[str, Any] = {"tested_model_file": str(exported.path), "format": exported.format}
+    # the checkpoint to compare with, checked before the test: the file's run config's network
     ckpt_path = cfg.get("ckpt_path") or exported.metadata.get("checkpoint")
+    reference = None
     if cfg.get("compare", True) and ckpt_path and not unscored:
         if not Path(ckpt_path).is_file():
             raise UserError(
                 f"the checkpoint to compare with, {ckpt_path}, does not exist: give "
                 "ckpt_path=<the checkpoint exported>, or compare=false"
             )
-        reference = restore_detector(load_checkpoint(ckpt_path)[0], cfg.model)
+        source = f"ckpt_path={ckpt_path} (to compare with {exported.path})"
+        reference = restore_detector(load_checkpoint(ckpt_path)[0], cfg.model, source)
+    log.info("Testing %s (%s) on %s", exported.path, exported.format, cfg.data._target_)
+    model.unscored_test_file = unscored
+    metrics = run_test(cfg, model, datamodule)
+    extra: dict[str, Any] = {"tested_model_file": str(exported.path), "format": exported.format}
+    if reference is not None:
         log.info("Testing the checkpoint %s in float32 for comparison", ckpt_path)
         checkpoint_metrics = run_test(cfg, reference, datamodule, with_loggers=False)
         extra["parity"] = parity(metrics, checkpoint_metrics, ckpt_path)

@@ -16,9 +16,9 @@ from dssd.deployment.export import (
     check_format,
     export_detector,
 )
-from dssd.errors import UserError
+from dssd.errors import UserError, check_settings, number
 from dssd.ops import Tolerance
-from dssd.training.callbacks import writable_directory
+from dssd.training.callbacks import writable_file
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,24 @@ def export_checkpoint(cfg: DictConfig) -> Path:
     ``cfg.format`` at ``cfg.output`` (default: beside the checkpoint), then check the file
     (:func:`check_exported`). Returns the file's path."""
     check_format(cfg.format)
-    for name in ("tolerance_px", "tolerance_score"):
-        if not cfg[name] >= 0:
-            raise UserError(f"{name}={cfg[name]}: a tolerance is a gap, at least 0")
+    check_settings(
+        cfg,
+        ("tolerance_px", number(0), "a gap in pixels >= 0"),
+        ("tolerance_score", number(0), "a gap in score >= 0"),
+    )
     # the exported graph computes in float32
     detector = Detector.from_checkpoint(cfg.ckpt_path, "cpu", fold_bn=True, precision="32-true")
     checkpoint = Path(cfg.ckpt_path).resolve()
-    output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(FORMATS[cfg.format])
-    writable_directory(output.parent, "output")
+    suffix = FORMATS[cfg.format]
+    output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(suffix)
+    if output.suffix != suffix:  # eval.py model_file= and ExportedModel tell formats by suffix
+        raise UserError(f"output={output}: {cfg.format} files end in {suffix}")
+    if output.resolve() == checkpoint:
+        raise UserError(
+            f"output={output} is the checkpoint itself, which the export would overwrite: give "
+            "another output=..."
+        )
+    writable_file(output, "output")
     log.info("Exporting %s as %s to %s", checkpoint, cfg.format, output)
     export_detector(detector, cfg.format, output, checkpoint=checkpoint)
     tolerance = Tolerance(box_px=cfg.tolerance_px, score=cfg.tolerance_score)

@@ -25,9 +25,10 @@ from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.data.voc import read_image
 from dssd.deployment.detector import Detector, batches
 from dssd.deployment.inference import choose_device
-from dssd.errors import UserError
+from dssd.errors import UserError, check_settings, number, whole
 from dssd.results.wandb import wandb_image
 from dssd.tasks.common import instantiate_group
+from dssd.training.callbacks import writable_directory
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,19 @@ class Outputs:
     def __init__(self, directory: Path, summary: Summary) -> None:
         self.directory = directory
         self.summary = summary
+        self.taken: set[str] = set()  # output names so far
         self.video: tuple[str, cv2.VideoWriter] | None = None
 
     def path(self, name: str, video: bool) -> Path:
-        """The output path of input ``name``, ``.mp4`` or ``.png`` added unless it ends so."""
+        """The output path of input ``name``, ``.mp4`` or ``.png`` added unless it ends so; a
+        name an earlier input took (``scan.bmp`` and ``scan.bmp.png``) gets ``-2``, ``-3``, ..."""
         suffixes, added = ({".mp4"}, ".mp4") if video else (DRAWN_SUFFIXES, ".png")
         out = name if Path(name).suffix.lower() in suffixes else f"{name}{added}"
+        stem, suffix = os.path.splitext(out)
+        copy = 2
+        while out in self.taken:
+            out, copy = f"{stem}-{copy}{suffix}", copy + 1
+        self.taken.add(out)
         self.summary.outputs.append(out)
         path = self.directory / out
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,18 +192,22 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Detect objects in ``cfg.input`` with the checkpoint ``cfg.ckpt_path``; write into
     ``cfg.output_dir`` the drawn images and videos, ``detections.json`` (COCO results with
     ``file_name``, and ``frame`` for videos) and ``summary.json``, and return the summary."""
-    if cfg.batch_size < 1:
-        raise UserError(f"batch_size={cfg.batch_size}: must be at least 1")
-    if cfg.get("score_threshold") is not None and not 0 <= cfg.score_threshold <= 1:
-        raise UserError(f"score_threshold={cfg.score_threshold}: a score threshold lies in [0, 1]")
-    if cfg.max_logged_images < 0:
-        raise UserError(f"max_logged_images={cfg.max_logged_images}: must be at least 0")
+    check_settings(
+        cfg,
+        ("batch_size", whole(1), "a whole number >= 1"),
+        ("score_threshold", lambda v: v is None or number(0, 1)(v), "null or a score in [0, 1]"),
+        ("draw_threshold", number(), "a score (above 1: nothing drawn)"),
+        ("max_logged_images", whole(0), "a whole number >= 0"),
+    )
+    if not str(cfg.input):
+        raise UserError("input= is empty: give an image, a video, a folder or a glob")
     root, files = input_files(str(cfg.input))
     output_dir = Path(cfg.output_dir)
     if output_dir.resolve() == root.resolve():
         raise UserError(
             f"output_dir={output_dir}: the input's own folder, whose files it would overwrite"
         )
+    writable_directory(output_dir, "output_dir")
     detector = Detector.from_checkpoint(
         cfg.ckpt_path, choose_device(cfg.device), cfg.fold_bn, cfg.batch_size, cfg.precision
     )
@@ -209,7 +221,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     where = files[0] if len(files) == 1 else f"{len(files)} files of {root}"
     log.info("Detecting in %s with %s on %s", where, cfg.ckpt_path, detector.device)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     outputs = Outputs(output_dir, summary)
     results: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dssd.config import training_stage
-from dssd.deployment.inference import load_checkpoint
+from dssd.deployment.inference import differing_tensors, load_checkpoint
 from dssd.errors import UserError
 from dssd.tasks.common import (
     build_trainer,
@@ -255,10 +255,7 @@ def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> 
         raise UserError(missing)
     checkpoint, _ = load_checkpoint(path)  # a checkpoint of src/train.py, with its run config
     if model is not None:
-        ours, theirs = model.state_dict(), checkpoint["state_dict"]
-        differ = sorted(set(ours) ^ set(theirs))
-        differ += [n for n in ours if n in theirs and ours[n].shape != theirs[n].shape]
-        if differ:
+        if differ := differing_tensors(model, checkpoint["state_dict"]):
             raise UserError(
                 f"ckpt_path={path} holds another network than the one configured here "
                 f"({len(differ)} tensors differ in name or shape, e.g. {differ[0]}). Resume with "

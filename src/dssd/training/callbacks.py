@@ -189,6 +189,16 @@ def writable_directory(directory: str | Path, option: str) -> Path:
     return directory
 
 
+def writable_file(path: str | Path, option: str) -> Path:
+    """``path``, a file to be written: not a directory, in a directory :func:`writable_directory`
+    accepts (else a :class:`UserError` naming ``option``, raised before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option}={path} is a directory: give the path of a file to write")
+    writable_directory(path.parent, option)
+    return path
+
+
 class TestDetectionsWriter(pl.Callback):
     """Gathers the test detections and image ids of every process for :meth:`write` on rank 0."""
 
@@ -226,7 +236,7 @@ class COCOResultsWriter(TestDetectionsWriter):
                 f"coco_results={path}: COCO results files need COCO data (data=coco), whose "
                 "category ids they use"
             )
-        writable_directory(Path(path).parent, "coco_results")
+        writable_file(path, "coco_results")
         self.path = path
         self.datamodule = datamodule
 
