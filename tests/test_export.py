@@ -294,7 +294,11 @@ def test_eval_refuses_to_compare_with_another_networks_checkpoint(
         check=False,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"error: ckpt_path={other} (to compare with {exported['onnx']}) holds another network"
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: ckpt_path={other} (to compare with {exported['onnx']}) holds another network"
+        )
     )
     assert "Testing" not in proc.stdout + proc.stderr
