@@ -161,6 +161,14 @@ def test_broken_checkpoint_files_are_named_not_tracebacks(
             with pytest.raises(CheckpointError) as err:
                 read(path)
             assert str(err.value).startswith(message), str(err.value)
+    # an exported model given as a checkpoint: where it goes instead, not torch's advice to
+    # load it with weights_only=False
+    archive, onnx = tmp_path / "model.pt", tmp_path / "model.onnx"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(archive))
+    onnx.write_bytes(b"\x08\x07not a pickle")
+    for path in (archive, onnx):
+        with pytest.raises(CheckpointError, match="it is an exported model: src/eval.py scores"):
+            load_checkpoint(path)
     truncated = tmp_path / "truncated.ckpt"
     for script, option in (("eval.py", "ckpt_path"), ("train.py", "init_from")):
         proc = run_entry_point(

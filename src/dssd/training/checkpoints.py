@@ -30,7 +30,12 @@ def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # whatever torch.load fails on, the file is not a checkpoint
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if Path(path).suffix == ".onnx" or "TorchScript" in str(err):
+            raise not_a_checkpoint(
+                path, "it is an exported model: src/eval.py scores it as model_file=..."
+            ) from None
+        # the first sentence: torch's advice that follows (weights_only=False) does not apply
+        reason = str(err).strip().split("\n")[0].split(". ")[0] or type(err).__name__
         raise not_a_checkpoint(path, f"torch.load failed: {reason[:200]}") from None
     if not isinstance(checkpoint, dict):
         raise not_a_checkpoint(path, f"it holds a {type(checkpoint).__name__}, not a dict")
