@@ -153,11 +153,13 @@ def test_two_inputs_of_one_output_name_keep_both_drawings(
     image = read_image(tiny_shapes / "JPEGImages" / IMAGES[0])
     cv2.imwrite(str(inputs / "scan.bmp"), image)
     cv2.imwrite(str(inputs / "scan.bmp.png"), np.ascontiguousarray(image[::-1]))
+    (inputs / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a broken link: reported
     out = tmp_path / "out"
     summary = predict(
         config(f"ckpt_path={tiny_checkpoint}", f"input={inputs}", f"output_dir={out}")
     )
     assert summary["outputs"] == ["scan.bmp.png", "scan.bmp-2.png"]
+    assert [s["file"] for s in summary["skipped"]] == ["gone.jpg"]
     assert sorted(p.name for p in out.glob("*.png")) == ["scan.bmp-2.png", "scan.bmp.png"]
     entries = json.loads((out / "detections.json").read_text())
     assert {e["file_name"] for e in entries} == {"scan.bmp", "scan.bmp.png"}

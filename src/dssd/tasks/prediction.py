@@ -65,15 +65,16 @@ class Summary:
 
 def input_files(spec: str) -> tuple[Path, list[Path]]:
     """The directory names are relative to, and the files of ``spec``: a file, a folder's files
-    (not hidden), or a glob pattern's (``**`` recurses), sorted; none is a :class:`UserError`."""
+    (not hidden), or a glob pattern's (``**`` recurses), sorted; none is a :class:`UserError`.
+    Entries that are not folders count as files, so a broken link is reported as unreadable."""
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in path.iterdir() if not p.is_dir() and not p.name.startswith("."))
         root = path
     elif path.is_file():
         files, root = [path], path.parent
     elif glob.has_magic(spec):
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if not Path(p).is_dir())
         root = Path(os.path.commonpath([p.parent for p in files])) if files else path.parent
     else:
         raise UserError(f"input={spec}: no such file or directory")
