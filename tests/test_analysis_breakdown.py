@@ -246,6 +246,15 @@ def test_the_gallery_shows_where_the_runs_differ_most_whichever_side_wins() -> N
     assert picks[1][1].tolist() == [True, False] and not picks[1][2].any()
 
 
+def test_runs_of_other_data_under_the_same_image_ids_are_refused() -> None:
+    """Two VOC-layout sets both number their images from 1: same ids, other objects."""
+    mine, theirs = two_runs(3)
+    relabelled = [{**t, "labels": t["labels"] + 1} for t in theirs.targets]
+    other = make_split(theirs.preds, relabelled)
+    with pytest.raises(ValueError, match="differ in their objects .first at image 000000"):
+        compare([mine], [analyse_run(mine)], [other], [analyse_run(other)], num_samples=20)
+
+
 def test_identical_runs_differ_nowhere() -> None:
     test = random_test_set(5, True)
     analysis = analyse_run(test)

@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -18,6 +19,9 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from conftest import ROOT, run_entry_point
+from dssd.analysis.analyser import Analyser, Options, config_of_test, find_run, load_test_split
+from dssd.data.voc import write_voc_results
+from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
 from dssd.tasks.analysis import analyze
 from ties import analysed_ap_ranges, map_range, within
@@ -189,14 +193,76 @@ def test_missing_pieces_are_named(tiny_checkpoint: Path, tmp_path: Path) -> None
         analyze(config(f"run={run}", f"baseline={tmp_path / 'nowhere'}"))
 
 
+def test_damaged_results_and_an_out_dir_that_is_a_file_are_named(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=f"out_dir={tmp_path / 'a_file'}: cannot write there"):
+        analyze(config(f"run={run}", f"out_dir={tmp_path / 'a_file'}"))
+    for text, problem in (('{"metrics": {', "not valid JSON"), ("[]", "holds a list")):
+        (run / "test_results.json").write_text(text)
+        with pytest.raises(UserError, match=f"test_results.json: {problem}"):
+            analyze(config(f"run={run}"))
+
+
+def test_a_moved_run_reads_its_own_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """test_results.json names the tested checkpoint by its path when tested: after a move (or
+    a copy), the run's own copy of it is the one analysed."""
+    run = tmp_path / "moved"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    results = json.loads((run / "test_results.json").read_text())
+    results["tested_checkpoint"] = str(tmp_path / "before" / "checkpoints" / "best.ckpt")
+    (run / "test_results.json").write_text(json.dumps(results))
+    found = find_run(run)
+    assert found.checkpoint == run / "checkpoints" / "best.ckpt" and found.test_results
+
+
+def test_runs_that_share_a_checkpoint_keep_their_own_detections(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two eval.py runs of one checkpoint (say, folded and not): each directory's voc_results
+    are its own; the mAP warning says that the files, not the checkpoint, differ from the test.
+    The analysis rebuilds the data the test recorded."""
+    results = json.loads((tiny_checkpoint.parent.parent / "test_results.json").read_text())
+    assert Path(results["test_data"]["root"]) == Path(load_checkpoint(tiny_checkpoint)[1].data.root)
+    results["tested_checkpoint"] = str(tiny_checkpoint)
+    runs = []
+    for name in ("none_found", "all_found"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "test_results.json").write_text(json.dumps(results))
+        runs.append(find_run(run))
+    split = load_test_split(config_of_test(runs[0]))
+    nothing = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}
+    truth = [{**t, "scores": np.ones(len(t["labels"]))} for t in split.targets]
+    for run, found in zip(runs, ([nothing] * len(truth), truth), strict=True):
+        write_voc_results(run.directory / "voc_results", split.image_ids, found, split.class_names)
+    analyser = Analyser(Options(device="cpu"))
+    with caplog.at_level(logging.WARNING, logger="dssd.analysis.analyser"):
+        maps = [analyser(run)[1].map for run in runs]
+    assert maps == [0.0, pytest.approx(1.0)]
+    assert "its voc_results/ files are not those its test wrote" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("setting", "problem"),
     [
         ("score_threshold=2", "score_threshold=2: choose a score in [0, 1]"),
         ("gallery_size=-1", "gallery_size=-1: choose a whole number >= 0"),
-        ("bootstrap_samples=0", "bootstrap_samples=0: choose a whole number >= 1"),
+        (
+            "bootstrap_samples=0",
+            "bootstrap_samples=0: choose a whole number >= 2 / (1 - confidence) = 40",
+        ),
+        # one draw would put the interval beside the difference: "significant" by construction
+        (
+            "bootstrap_samples=1",
+            "bootstrap_samples=1: choose a whole number >= 2 / (1 - confidence) = 40",
+        ),
         ("confidence=95", "confidence=95: choose a level in (0, 1)"),
         ("batch_size=0", "batch_size=0: choose null or >= 1"),
+        ("detections=files", "detections=files: choose auto, voc_results or checkpoint"),
     ],
 )
 def test_settings_no_analysis_can_use_are_refused_before_detecting(

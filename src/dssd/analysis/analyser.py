@@ -10,13 +10,14 @@ written (:mod:`dssd.analysis.writing`). The detections are the run's ``voc_resul
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from dssd.analysis.breakdown import GroundTruth, RunAnalysis, RunDetections, analyse_run
@@ -29,11 +30,13 @@ from dssd.errors import UserError, check_settings, is_number, number, whole
 from dssd.evaluation.matched_run import results_per_image
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.wandb import log_files
+from dssd.training.callbacks import writable_directory
 
 log = logging.getLogger(__name__)
 
 # what test_results.json records when a run tested the weights it ended with
 FINAL_WEIGHTS = "final weights"
+DETECTION_SOURCES = ("auto", RESULTS_DIR, "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -77,16 +80,35 @@ def find_run(path: str | Path, option: str = "run") -> Run:
 
 
 def _tested_checkpoint(directory: Path, results: dict[str, Any]) -> tuple[str, Path]:
-    """What the test ``results`` of ``directory`` say it tested, and that checkpoint's path."""
+    """What the test ``results`` of ``directory`` say it tested, and that checkpoint's path: in
+    the directory's own ``checkpoints/`` when it is there (the run may have been moved or
+    copied since its test recorded the path)."""
     tested = results.get("tested_checkpoint") or FINAL_WEIGHTS
-    last = directory / "checkpoints" / "last.ckpt"
-    return tested, last if tested == FINAL_WEIGHTS else Path(tested)
+    if tested == FINAL_WEIGHTS:
+        return tested, directory / "checkpoints" / "last.ckpt"
+    own = directory / "checkpoints" / Path(tested).name
+    return tested, own if Path(tested).parent.name == "checkpoints" and own.is_file() else Path(
+        tested
+    )
+
+
+def config_of_test(run: Run) -> DictConfig:
+    """The run config of ``run``'s checkpoint, with ``data`` as the run's test recorded it
+    (``src/eval.py`` may test other data than the checkpoint was trained on)."""
+    run_cfg = load_checkpoint(run.checkpoint)[1]
+    if recorded := run.test_results.get("test_data"):
+        run_cfg = run_cfg.copy()
+        with open_dict(run_cfg):
+            run_cfg.data = OmegaConf.create(recorded)
+    return run_cfg
 
 
 def load_test_split(run_cfg: DictConfig) -> GroundTruth:
-    """The test split of the data a run was trained with (its ``data`` config)."""
+    """The test split of a run config's ``data``; one without images is a :class:`UserError`."""
     datamodule = load_test_data(run_cfg)
     items = dataset_items(datamodule.datasets["test"])
+    if not items:
+        raise UserError(f"the test split of {run_cfg.data.get('root')} holds no images to analyse")
     return GroundTruth(
         image_ids=tuple(reader.ids[i] for reader, i in items),
         image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
@@ -117,13 +139,27 @@ def load_test_detections(
     detections: its ``voc_results/`` files (``source=voc_results``, or ``auto`` when they exist
     and are this checkpoint's) or its checkpoint run on the images (``source=checkpoint``, or
     ``auto`` otherwise)."""
-    if source not in ("auto", "voc_results", "checkpoint"):
-        raise UserError(f"detections={source}: choose auto, voc_results or checkpoint")
     if split is None:
-        split = load_test_split(load_checkpoint(run.checkpoint)[1])
+        split = load_test_split(config_of_test(run))
     results = run.directory / RESULTS_DIR
-    # the files hold the detections of the weights the run's test used; a checkpoint given alone
-    # (no test results) is other weights, or cannot be told apart from them
+    if detection_source(run, source) == RESULTS_DIR:
+        log.info("%s: test detections from %s", run.name, results)
+        try:
+            preds = results_per_image(results, split.image_ids, split.class_names)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{results}: cannot read its test detections ({err})") from None
+    else:
+        preds = _predict(run, split.image_paths, device, batch_size)
+    preds = tuple({k: np.asarray(v) for k, v in p.items() if k != "names"} for p in preds)
+    return RunDetections(**vars(split), preds=preds)  # the split's fields, by name
+
+
+def detection_source(run: Run, source: str = "auto") -> str:
+    """Where ``run``'s test detections come from: ``voc_results`` (its result files, which hold
+    the detections of the weights its test used) or ``checkpoint`` (the checkpoint run again);
+    ``source`` asks for one or, ``auto``, the files when they are the checkpoint's."""
+    results = run.directory / RESULTS_DIR
+    # a checkpoint given alone (no test results) is other weights, or cannot be told apart
     own = results.is_dir() and bool(run.test_results)
     if source == "voc_results" and not own:
         raise UserError(
@@ -134,16 +170,7 @@ def load_test_detections(
         )
     if source == "auto" and results.is_dir() and not own:
         log.info("%s: %s are other weights' detections; running the checkpoint", run.name, results)
-    if source != "checkpoint" and own:
-        log.info("%s: test detections from %s", run.name, results)
-        try:
-            preds = results_per_image(results, split.image_ids, split.class_names)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{results}: cannot read its test detections ({err})") from None
-    else:
-        preds = _predict(run, split.image_paths, device, batch_size)
-    preds = tuple({k: np.asarray(v) for k, v in p.items() if k != "names"} for p in preds)
-    return RunDetections(**vars(split), preds=preds)  # the split's fields, by name
+    return RESULTS_DIR if source != "checkpoint" and own else "checkpoint"
 
 
 def _predict(run: Run, paths: Sequence[str], device: str, batch_size: int | None) -> list[dict]:
@@ -180,10 +207,20 @@ class Options:
             self,
             ("score_threshold", number(0, 1), "a score in [0, 1]"),
             ("gallery_size", whole(0), "a whole number >= 0"),
-            ("bootstrap_samples", whole(1), "a whole number >= 1"),
             ("confidence", lambda v: is_number(v) and 0 < v < 1, "a level in (0, 1)"),
+            ("detections", lambda v: v in DETECTION_SOURCES, "auto, voc_results or checkpoint"),
             ("batch_size", lambda v: v is None or whole(1)(v), "null or >= 1"),
             ("wandb", lambda v: v in ("auto", True, False), "auto, true or false"),
+        )
+        # each tail of the interval holds a draw at least
+        least = math.ceil(2 / (1 - self.confidence) - 1e-9)
+        check_settings(
+            self,
+            (
+                "bootstrap_samples",
+                whole(least),
+                f"a whole number >= 2 / (1 - confidence) = {least}",
+            ),
         )
 
 
@@ -193,14 +230,15 @@ class Analyser:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self._done: dict[Path, tuple[RunDetections, RunAnalysis]] = {}
+        self._done: dict[tuple[Path, Path], tuple[RunDetections, RunAnalysis]] = {}
         self._splits: dict[str, GroundTruth] = {}  # the test splits, by data config
 
     def __call__(self, run: Run) -> tuple[RunDetections, RunAnalysis]:
-        key = run.checkpoint.resolve()
+        # two directories may hold one checkpoint's detections made another way (eval.py)
+        key = (run.directory.resolve(), run.checkpoint.resolve())
         if key not in self._done:
             options = self.options
-            run_cfg = load_checkpoint(run.checkpoint)[1]
+            run_cfg = config_of_test(run)
             data = OmegaConf.to_yaml(run_cfg.data)
             if data not in self._splits:
                 self._splits[data] = load_test_split(run_cfg)
@@ -212,12 +250,13 @@ class Analyser:
             logged = run.test_results.get("metrics", {}).get("test/voc_map")
             if logged is not None and abs(logged - analysis.map) > 1e-3:
                 limit = run_cfg.trainer.get("limit_test_batches")
-                why = (
-                    f"its test ran on part of the split, trainer.limit_test_batches={limit}"
-                    if limit is not None and (isinstance(limit, int) or limit < 1)  # int: batches
-                    else "on another device, or with other weights, the checkpoint detects "
-                    "other boxes"
-                )
+                if limit is not None and (isinstance(limit, int) or limit < 1):  # int: batches
+                    why = f"its test ran on part of the split, trainer.limit_test_batches={limit}"
+                elif detection_source(run, options.detections) == RESULTS_DIR:
+                    why = f"its {RESULTS_DIR}/ files are not those its test wrote"
+                else:
+                    why = "on another device, or with other weights, the checkpoint detects "
+                    why += "other boxes"
                 log.warning(
                     "%s: the analysed detections score VOC mAP %.4f, its test logged %.4f (%s)",
                     run.name,
@@ -242,7 +281,7 @@ def write_analysis(
     return the summary's path and the comparison."""
     options = analyser.options
     run_dirs = ", ".join(str(r.directory) for r in runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_directory(out_dir, "out_dir")
     mine = [analyser(r) for r in runs]
     run_name = run_name or runs[0].name
     result = None
@@ -291,5 +330,11 @@ def log_to_wandb(when: bool | str, run: Run, files: Sequence[Path], analysis: Ru
     metrics.update({f"analysis/ap_{b.name}": b.ap for b in analysis.coco_sizes})
     metrics.update({f"analysis/dap_{k}": v for k, v in analysis.errors.delta_map.items()})
     settings = OmegaConf.to_container(settings, resolve=True) if settings else {}
-    log_files(settings, run.name, files, metrics)
+    import wandb.errors  # here: wandb loads only when an analysis is logged
+
+    try:
+        log_files(settings, run.name, files, metrics)
+    except wandb.errors.Error as err:  # e.g. an online run's project, and no W&B login here
+        log.warning("Did not log the analysis to W&B (%s); wandb=false leaves W&B out", err)
+        return
     log.info("Logged the analysis to W&B under %s", files[0].parent / "wandb")

@@ -85,6 +85,19 @@ def same_test_set(tests: Sequence[RunDetections]) -> None:
                 f"the runs were tested on different images ({len(first.image_ids)} and "
                 f"{len(other.image_ids)} images, not the same list): compare runs of one test set"
             )
+        # ids repeat across datasets (two VOC-layout sets both number their images): the objects
+        # must be the same too
+        for image_id, mine, theirs in zip(
+            first.image_ids, first.targets, other.targets, strict=True
+        ):
+            if any(
+                not np.array_equal(mine[k], theirs[k]) for k in ("boxes", "labels", "difficult")
+            ):
+                raise ValueError(
+                    f"the runs' test sets name the same images but differ in their objects (first "
+                    f"at image {image_id}): the runs were tested on other data; compare runs of "
+                    "one test set"
+                )
 
 
 def compare(

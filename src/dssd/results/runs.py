@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from dssd.errors import UserError
+
 PathLike = str | Path
 # a run's test detections as the VOC devkit's result files, inside its directory
 RESULTS_DIR = "voc_results"
@@ -40,11 +42,18 @@ def _json_safe(value: Any) -> Any:
 
 
 def read_test_results(run_dir: PathLike) -> dict[str, Any]:
-    """A run's ``test_results.json``; FileNotFoundError when the run did not finish its test."""
+    """A run's ``test_results.json``; FileNotFoundError when the run did not finish its test, a
+    :class:`UserError` when the file is damaged."""
     path = Path(run_dir) / "test_results.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run did not finish its test")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); test the run again") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: holds a {type(record).__name__}, not a run's test results")
+    return record
 
 
 def load_table(out_dir: PathLike, name: str = "table4.csv") -> pd.DataFrame:

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dssd.errors import UserError
 from dssd.evaluation.module import DetectionEvaluation
@@ -119,6 +119,9 @@ def report_test_results(
         "stage": cfg.get("stage", 0),
         "metrics": metrics,
         "per_class_ap": per_class,
+        # the data tested, which src/analyze.py rebuilds (eval.py may test other data than the
+        # checkpoint was trained on)
+        "test_data": OmegaConf.to_container(cfg.data, resolve=True),
         **(extra or {}),
     }
     if isinstance(model, DetectionModule):
