@@ -280,3 +280,22 @@ def test_analyze_py_prints_an_error(tmp_path: Path) -> None:
     proc = run_entry_point("analyze.py", f"run={tmp_path}", check=False)
     assert proc.returncode == 2
     assert f"error: run={tmp_path}: the run directory has no test_results.json" in proc.stderr
+
+
+def test_a_wandb_refusal_is_a_warning_after_the_files(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An online run's project on a machine without a W&B login: the analysis is written, and
+    W&B's refusal is one warning, not a traceback."""
+    import wandb.errors
+
+    def refuse(*args, **kwargs):
+        raise wandb.errors.UsageError("No API key configured")
+
+    monkeypatch.setattr("dssd.analysis.analyser.log_files", refuse)
+    with caplog.at_level(logging.WARNING, logger="dssd.analysis.analyser"):
+        summary = analyze(
+            config(f"run={tiny_checkpoint}", f"out_dir={tmp_path}", "wandb=true", "gallery_size=0")
+        )
+    assert summary.is_file()
+    assert "Did not log the analysis to W&B (No API key configured)" in caplog.text
