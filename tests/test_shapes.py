@@ -159,9 +159,12 @@ def test_stamp_makes_generation_idempotent(tmp_path: Path) -> None:
 
 def test_refuses_to_overwrite_foreign_voc_data(tmp_path: Path) -> None:
     (tmp_path / "Annotations").mkdir()
-    with pytest.raises(FileExistsError, match="not written by the shapes generator"):
+    with pytest.raises(FileExistsError, match="holds Annotations that the shapes generator did"):
         generate_shapes(tmp_path, num_trainval=2, num_test=1, num_val=1)
     assert (tmp_path / "Annotations").is_dir()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="a_file is a file, not a directory"):
+        generate_shapes(tmp_path / "a_file", num_trainval=2, num_test=1, num_val=1)
 
 
 def test_cli_reports_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,17 +181,24 @@ def test_cli_reports_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ("args", "problem"),
     [
         (["--num-test", "-3"], "image counts cannot be negative"),
-        (["--min-size", "500", "--max-size", "300"], "need 0 < min_size <= max_size"),
+        (["--min-size", "500", "--max-size", "300"], "need 4 <= min_size <= max_size"),
+        (["--min-size", "2", "--max-size", "2"], "need 4 <= min_size <= max_size (px), got 2"),
+        (["--seed", "-1"], "the seed must be >= 0, got -1"),
     ],
 )
 def test_cli_refuses_impossible_settings_before_writing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], problem: str
 ) -> None:
+    """Before anything on disk changes: a finished dataset at --out stays whole."""
+    counts = ["--num-trainval", "2", "--num-test", "1", "--num-val", "1"]
+    main(["--out", str(tmp_path / "out"), *counts])
+    before = sorted(p.name for p in (tmp_path / "out" / "JPEGImages").iterdir())
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["--out", str(tmp_path / "out"), *args])
+        main(["--out", str(tmp_path / "out"), *counts, *args])
     assert exit_info.value.code == 2
     assert problem in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "out" / "JPEGImages").iterdir()) == before
 
 
 @pytest.mark.slow

@@ -45,6 +45,8 @@ DIFFICULT_VISIBLE = 0.5  # less visible than this -> difficult
 DIFFICULT_SIZE = 12.0  # sqrt(box area) below this -> difficult
 MIN_COLOUR_DISTANCE = 120.0  # RGB distance of an object's colour from what lies beneath it
 EMPTY_FRACTION = 0.02
+# the smallest image side that holds a shape, px
+MIN_IMAGE_SIZE = 4
 CROWDED_FRACTION = 0.1
 PLACEMENT_TRIES = 30
 # Context variant: region sizes (of the shorter side), ring diameters, rings per region, and each
@@ -420,14 +422,18 @@ def _write_images(write: partial[_Record], empty: list[bool], workers: int | Non
         return list(pool.map(write, range(len(empty)), empty, chunksize=16))
 
 
+class ForeignDataError(UserError, FileExistsError):
+    """The output directory holds a dataset the generator did not write."""
+
+
 def _clear(root: Path) -> None:
     """Remove the generator's outputs; unstamped VOC folders may be a real dataset: refuse."""
     existing = [root / name for name in _MANAGED if (root / name).exists()]
     ours = (root / STAMP_FILE).exists() or (root / PARTIAL_STAMP_FILE).exists()
     if existing and not ours:
-        raise FileExistsError(
-            f"{root} holds VOC data that was not written by the shapes generator; "
-            "refusing to overwrite it. Choose another --out directory."
+        raise ForeignDataError(
+            f"{root} holds {', '.join(p.name for p in existing)} that the shapes generator did "
+            "not write (another dataset?); refusing to overwrite them: choose another directory"
         )
     for path in existing:
         if path.is_dir():
@@ -450,10 +456,15 @@ def generate_shapes(
 ) -> Path:
     """Write the shapes dataset under ``root`` and return it; a no-op when it is complete with the
     same parameters, unless ``overwrite``. ``workers`` do not change the output."""
-    if not 0 < min_size <= max_size:
-        raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
+    # checked before anything on disk changes: a finished dataset at ``root`` is cleared below
+    if not MIN_IMAGE_SIZE <= min_size <= max_size:
+        raise ValueError(
+            f"need {MIN_IMAGE_SIZE} <= min_size <= max_size (px), got {min_size}, {max_size}"
+        )
     if min(num_trainval, num_test, num_val) < 0:
         raise ValueError(f"image counts cannot be negative: {num_trainval}, {num_test}, {num_val}")
+    if seed < 0:
+        raise ValueError(f"the seed must be >= 0, got {seed}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown shapes variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     root = Path(root)
@@ -470,6 +481,8 @@ def generate_shapes(
     }
     if not overwrite and read_stamp(root) == stamp:
         return root
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file, not a directory to write the dataset into")
 
     root.mkdir(parents=True, exist_ok=True)
     _clear(root)
@@ -567,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     try:
         root = generate_shapes(out, **args)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:
         parser.error(str(err))
     fresh = args["overwrite"] or before != read_stamp(root)
     state = f"generated in {time.perf_counter() - start:.1f}s" if fresh else "already up to date"
