@@ -70,3 +70,35 @@ def test_help_formatter_adds_only_defaults_worth_saying() -> None:
     assert "where" in text and "fast" in text and "default: None" not in text
     assert "default: False" not in text
     assert "side (default: the model's)" in text and "(default: 3)" not in text
+
+
+def bad_invocations(data: str, tmp: str) -> list[tuple[str, list[str], str]]:
+    """(module, arguments, what its one error line says) of mistakes a tool must name, not
+    answer with a traceback or a silent wrong result."""
+    return [
+        ("dssd.tools.anchor_coverage", ["--picture"], "--picture draws into --out"),
+        ("dssd.tools.anchor_coverage", ["--threshold", "0"], "an IoU in (0, 1]"),
+        ("dssd.tools.anchor_coverage", ["model=nonexistent"], "Could not find 'model/nonexistent'"),
+        ("dssd.tools.anchor_kmeans", ["--root", data, "--start", "0"], "need 1 <= --start"),
+        ("dssd.tools.anchor_kmeans", ["--coco", data], "is not a file"),
+        (
+            "dssd.tools.anchor_kmeans",
+            ["--coco", f"{data}/ImageSets/Main/test.txt"],
+            "not valid JSON",
+        ),
+        ("dssd.tools.network_table", ["--classes", "0"], "--classes 0: at least 1"),
+        ("dssd.tools.network_table", ["ssd_r18", "--out", tmp], "is a directory"),
+        ("dssd.tools.context_reach", [tmp, "--objects", "0"], "--objects 0: at least 1"),
+        ("dssd.tools.show_augmentation", ["--root", data, "--rows", "0"], "--rows 0: at least 1"),
+        ("dssd.tools.show_augmentation", ["--root", data, "--out", tmp], "a .png or .jpg file"),
+        ("dssd.tools.show_augmentation", ["--root", f"{tmp}/none"], "does not exist"),
+    ]
+
+
+def test_mistakes_are_one_error_line(tiny_shapes, tmp_path, capsys) -> None:
+    for module, args, problem in bad_invocations(str(tiny_shapes), str(tmp_path)):
+        with pytest.raises(SystemExit) as exit_info:
+            importlib.import_module(module).main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (module, args, err)
+        assert problem in err and "Traceback" not in err, (module, args, err)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dssd.errors import UserError
@@ -117,8 +118,13 @@ def register_resolvers() -> None:
 
 def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides``, unresolved: ``model.net`` and ``data``
-    instantiate from it, not what reads ``paths.output_dir`` (needs a running Hydra app)."""
+    instantiate from it, not what reads ``paths.output_dir`` (needs a running Hydra app). An
+    override Hydra cannot apply (an unknown config, a bad value) is a :class:`UserError` with
+    Hydra's message, as the Hydra apps report it."""
     root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2])))
     register_resolvers()
     with initialize_config_dir(str(root / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        try:
+            return compose("train", overrides=list(overrides))
+        except HydraException as err:
+            raise UserError(str(err)) from None

@@ -212,13 +212,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, help="write coverage.md, .json (and .png) here; default: print only"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 < args.threshold <= 1:
+        parser.error(f"--threshold {args.threshold}: an IoU in (0, 1]")
+    if args.picture and not args.out:
+        parser.error("--picture draws into --out: give --out DIR")
+    if args.out and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file: give a directory")
+    return args
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Compose, build the network's default boxes and the split's objects, measure, write."""
     cfg = compose_train(args.overrides)
     net = instantiate(cfg.model.net)
+    if args.picture and not 0 <= args.layer < len(net.feature_sizes):
+        raise UserError(
+            f"--layer {args.layer}: the network's source layers are 0..{len(net.feature_sizes) - 1}"
+        )
     data, items, anns, layers = measure(net, cfg.data, args.split, args.threshold)
     name = " ".join(args.overrides) or "train.yaml defaults"
     text = markdown(f"{name} ({args.split}, {len(net.priors)} default boxes)", data, args.threshold)

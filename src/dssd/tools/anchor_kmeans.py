@@ -13,7 +13,6 @@ COCO crowd boxes and boxes with no width or height are skipped.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.cluster.vq import kmeans2
 
-from dssd.data.coco import trained_on
+from dssd.data.coco import load_coco, trained_on
 from dssd.data.shapes import CLASSES
 from dssd.data.voc import VOCDataset
 from dssd.errors import UserError, user_errors
@@ -159,13 +158,16 @@ def coco_boxes(path: str | Path, size: int | None = None) -> tuple[np.ndarray, n
     see :func:`dssd.data.coco.trained_on`), as :func:`voc_boxes` gives them."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"COCO annotation file {path} does not exist")
-    coco = json.loads(path.read_text())
-    image_size = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
-    anns = [a for a in coco["annotations"] if trained_on(a)]
-    wh = np.array([a["bbox"][2:4] for a in anns], np.float64).reshape(-1, 2)
-    if size:
-        wh = wh * size / np.array([image_size[a["image_id"]] for a in anns]).reshape(-1, 2)
+        raise UserError(f"COCO annotation file {path} is not a file")
+    coco = load_coco(path).dataset  # a file the COCO reader accepts
+    try:
+        image_size = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+        anns = [a for a in coco["annotations"] if trained_on(a)]
+        wh = np.array([a["bbox"][2:4] for a in anns], np.float64).reshape(-1, 2)
+        if size:
+            wh = wh * size / np.array([image_size[a["image_id"]] for a in anns]).reshape(-1, 2)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: an image or annotation lacks a usable {err}") from None
     return _keep_positive(wh)
 
 
@@ -196,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-k", type=int, default=12, help="most clusters")
     parser.add_argument("--seed", type=int, default=0, help="of the k-means initialisation")
     args = parser.parse_args(argv)
+    if not 1 <= args.start <= args.max_k:
+        parser.error(f"need 1 <= --start <= --max-k, got {args.start}, {args.max_k}")
+    if args.size is not None and args.size < 1:
+        parser.error(f"--size {args.size}: an input side of at least 1 px")
     with user_errors():
         if args.coco is not None:
             widths, heights = coco_boxes(args.coco, args.size)
@@ -204,9 +210,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             widths, heights = voc_boxes(args.root, args.split, classes, args.size)
         if widths.size == 0:
             raise UserError("the dataset holds no boxes")
-    results = grow_clusters(
-        widths, heights, args.start, args.min_improvement, args.max_k, args.seed
-    )
+        results = grow_clusters(
+            widths, heights, args.start, args.min_improvement, args.max_k, args.seed
+        )
     units = f"on a {args.size}x{args.size} input" if args.size else "in original pixels"
     print(f"k-means of {widths.size} boxes on sqrt(box area), {units}")
     print(format_table(results))

@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--distance", type=float, default=40.0, help="context beyond this, px")
     parser.add_argument("--data-root", help="the test data's root (default: the run's data.root)")
     args = parser.parse_args(argv)
+    if args.objects < 1:
+        parser.error(f"--objects {args.objects}: at least 1")
     results = [
         run_reach(path, args.objects, args.max_size, args.distance, args.data_root)
         for path in args.runs

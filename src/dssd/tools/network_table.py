@@ -23,6 +23,7 @@ from dssd.errors import user_errors
 from dssd.models.cost import gmac
 from dssd.results.tables import markdown_table
 from dssd.tools import HelpFormatter
+from dssd.training.callbacks import writable_file
 
 NECK_NAMES = {  # the neck= choice of each neck class
     "dssd.models.Decoder": "dssd",
@@ -119,8 +120,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "--out", type=Path, help="also write the markdown table here; default: print only"
     )
     args = parser.parse_args(argv)
+    if args.classes < 1:
+        parser.error(f"--classes {args.classes}: at least 1")
     classes = ",".join(f"c{i}" for i in range(args.classes))
     with user_errors():
+        if args.out:
+            writable_file(args.out, "--out")
         rows = [network_row(spec, [f"data.class_names=[{classes}]"]) for spec in args.networks]
     text = markdown(rows)
     print(text)

@@ -22,7 +22,9 @@ from dssd.data.augment import ssd_augmentation
 from dssd.data.shapes import CLASSES
 from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from dssd.data.voc import VOCDataset
+from dssd.errors import UserError, user_errors
 from dssd.tools import HelpFormatter
+from dssd.training.callbacks import writable_file
 
 BOX_COLOUR = (0, 255, 0)  # RGB
 DIFFICULT_COLOUR = (255, 140, 0)
@@ -72,18 +74,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--classes", help="comma-separated class names (default: the shapes set)")
     parser.add_argument("--out", type=Path, default="augmented.png", help="PNG to write")
     args = parser.parse_args(argv)
-    class_names = args.classes.split(",") if args.classes else list(CLASSES)
-    transform = build_transforms(args.size, train=True, augment=ssd_augmentation())
-    transform.pipeline.set_random_seed(args.seed)
-    dataset = VOCDataset(args.root, args.split, class_names, transform)
-    count = args.rows * args.cols
-    rng = np.random.default_rng(args.seed)
-    indices = rng.choice(len(dataset), size=count, replace=count > len(dataset))
-    tiles = [draw_sample(*dataset[int(i)], class_names) for i in indices]
-    sheet = grid(tiles, args.cols)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {args.out}")
+    for name in ("size", "rows", "cols"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: at least 1")
+    if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        parser.error(f"--out {args.out}: a .png or .jpg file")
+    with user_errors():
+        writable_file(args.out, "--out")
+        class_names = args.classes.split(",") if args.classes else list(CLASSES)
+        transform = build_transforms(args.size, train=True, augment=ssd_augmentation())
+        transform.pipeline.set_random_seed(args.seed)
+        dataset = VOCDataset(args.root, args.split, class_names, transform)
+        if not len(dataset):
+            raise UserError(f"split {args.split} of {args.root} lists no images")
+        count = args.rows * args.cols
+        rng = np.random.default_rng(args.seed)
+        indices = rng.choice(len(dataset), size=count, replace=count > len(dataset))
+        tiles = [draw_sample(*dataset[int(i)], class_names) for i in indices]
+        sheet = grid(tiles, args.cols)
+        if not cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+            raise UserError(f"--out {args.out}: could not write the image")
     print(args.out)
 
 
