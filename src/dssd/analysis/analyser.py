@@ -3,8 +3,9 @@ directory (with ``test_results.json`` and the checkpoint it tested, ``checkpoint
 the final weights) or a checkpoint; its test detections beside the ground truth, taken apart
 (:mod:`dssd.analysis.breakdown`), compared with a baseline (:mod:`dssd.analysis.comparison`) and
 written (:mod:`dssd.analysis.writing`). The detections are the run's ``voc_results/`` files (from
-``make ablation``) when it has them, else its checkpoint run again on the test split
-(:class:`dssd.deployment.detector.Detector`, the same detections as its test to float rounding).
+``make ablation``) when it has them for the checkpoint analysed, else that checkpoint run again on
+the test split (:class:`dssd.deployment.detector.Detector`, the same detections as its test to
+float rounding).
 """
 
 from __future__ import annotations
@@ -86,10 +87,10 @@ def _tested_checkpoint(directory: Path, results: dict[str, Any]) -> tuple[str, P
     tested = results.get("tested_checkpoint") or FINAL_WEIGHTS
     if tested == FINAL_WEIGHTS:
         return tested, directory / "checkpoints" / "last.ckpt"
-    own = directory / "checkpoints" / Path(tested).name
-    return tested, own if Path(tested).parent.name == "checkpoints" and own.is_file() else Path(
-        tested
-    )
+    recorded = Path(tested)
+    own = directory / "checkpoints" / recorded.name
+    moved = recorded.parent.name == "checkpoints" and own.is_file()
+    return tested, own if moved else recorded
 
 
 def config_of_test(run: Run) -> DictConfig:
@@ -135,7 +136,7 @@ def load_test_detections(
     batch_size: int | None = None,
     split: GroundTruth | None = None,
 ) -> RunDetections:
-    """The run's test split (rebuilt from its checkpoint's run config unless given) and its
+    """The run's test split (rebuilt from the data its test recorded unless given) and its
     detections: its ``voc_results/`` files (``source=voc_results``, or ``auto`` when they exist
     and are this checkpoint's) or its checkpoint run on the images (``source=checkpoint``, or
     ``auto`` otherwise)."""
