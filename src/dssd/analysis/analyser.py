@@ -243,8 +243,9 @@ class Analyser:
             data = OmegaConf.to_yaml(run_cfg.data)
             if data not in self._splits:
                 self._splits[data] = load_test_split(run_cfg)
+            source = detection_source(run, options.detections)  # decided once, logged once
             test = load_test_detections(
-                run, options.detections, options.device, options.batch_size, self._splits[data]
+                run, source, options.device, options.batch_size, self._splits[data]
             )
             log.info("%s: analysing %d test images", run.name, len(test.image_ids))
             analysis = analyse_run(test, options.score_threshold)
@@ -253,7 +254,7 @@ class Analyser:
                 limit = run_cfg.trainer.get("limit_test_batches")
                 if limit is not None and (isinstance(limit, int) or limit < 1):  # int: batches
                     why = f"its test ran on part of the split, trainer.limit_test_batches={limit}"
-                elif detection_source(run, options.detections) == RESULTS_DIR:
+                elif source == RESULTS_DIR:
                     why = f"its {RESULTS_DIR}/ files are not those its test wrote"
                 else:
                     why = "on another device, or with other weights, the checkpoint detects "
