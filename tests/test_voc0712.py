@@ -13,7 +13,7 @@ from torch._utils import ExceptionWrapper
 
 from dssd.data.datamodule import VOCDataModule
 from dssd.data.transforms import DetectionTransform
-from dssd.data.voc import VOCAnnotationError, VOCDataset
+from dssd.data.voc import VOCAnnotationError, VOCDataset, read_image
 from dssd.errors import DatasetNotFoundError, UserError, user_errors
 from test_configs import compose_train
 from test_voc import voc_object, voc_xml, write_voc
@@ -204,7 +204,9 @@ def test_undecodable_image_is_skipped_when_not_strict(
     with pytest.raises(UserError, match="a.jpg.*an evaluation image cannot be passed over"):
         VOCDataset(root, "trainval", CLASSES, strict=False)[0]
     # strict: an error naming the file and the setting that skips it, which commands print alone
-    with pytest.raises(UserError, match="a.jpg; data.strict=false skips it in training"):
+    with pytest.raises(
+        UserError, match="a.jpg: not an image file, or its end is missing; data.strict=false skips"
+    ):
         VOCDataset(root, "trainval", CLASSES)[0]
 
 
@@ -223,6 +225,30 @@ def test_an_image_of_another_size_than_its_annotation_is_named_or_skipped(
     with caplog.at_level(logging.WARNING):
         assert dataset[0][1]["image_id"] == "b"
     assert +dataset.skips == {"unreadable_images": 1} and "a.jpg decodes to 30x40" in caplog.text
+
+
+def test_a_truncated_jpeg_is_named_or_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``cv2.imread`` returns a JPEG cut short with its missing rows grey and only a line on
+    stderr; the reader treats it as undecodable. A whole JPEG with bytes after its end marker (a
+    camera's trailer) reads as ``cv2.imread`` reads it."""
+    root = write_voc(tmp_path, {"a": voc_xml(voc_object("cat")), "b": voc_xml(voc_object("dog"))})
+    noise = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    whole = cv2.imencode(".jpg", noise)[1].tobytes()
+    path = root / "JPEGImages" / "a.jpg"
+    path.write_bytes(whole + b"trailer")
+    assert np.array_equal(read_image(path), cv2.imread(str(path))[..., ::-1])
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    assert cv2.imread(str(path)) is not None  # what the check is for
+    with pytest.raises(
+        UserError, match="a.jpg: not an image file, or its end is missing; data.strict=false"
+    ):
+        VOCDataset(root, "trainval", CLASSES)[0]
+    dataset = VOCDataset(root, "trainval", CLASSES, strict=False, train=True)
+    with caplog.at_level(logging.WARNING):
+        assert dataset[0][1]["image_id"] == "b"
+    assert +dataset.skips == {"unreadable_images": 1} and "its end is missing" in caplog.text
 
 
 def test_split_files_listing_an_image_again_or_not_utf8(

@@ -178,10 +178,16 @@ class ImageError(UserError, OSError):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to an HxWx3 uint8 RGB array."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Decode an image file to an HxWx3 uint8 RGB array; OSError if it cannot be read or decoded.
+    Decoding from memory also refuses a JPEG whose end is missing, which ``cv2.imread`` would
+    return with its missing rows grey and only a line on stderr."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as err:
+        raise OSError(f"cannot read image {path}: {err.strerror or err}") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
-        raise OSError(f"cannot read or decode image {path}")
+        raise OSError(f"cannot decode image {path}: not an image file, or its end is missing")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
