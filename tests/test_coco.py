@@ -233,6 +233,27 @@ def test_malformed_annotation_raises_or_is_counted(tmp_path: Path) -> None:
     assert dataset[0][1]["labels"].tolist() == [2, 3, 1]
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_a_crowd_flag_other_than_0_or_1_is_malformed(tmp_path: Path, train: bool) -> None:
+    """``"iscrowd": "0"`` is a true value, so it would silently ignore the object (and drop it from
+    training); booleans and 0/1 read as they are."""
+    data = instances()
+    data["annotations"] += [
+        annotation(6, 7, 1, [1, 1, 9, 9], iscrowd="0"),
+        {**annotation(7, 7, 1, [2, 2, 9, 9]), "difficult": None},
+        annotation(8, 7, 3, [3, 3, 9, 9], iscrowd=False),
+        annotation(9, 7, 3, [4, 4, 9, 9], iscrowd=True),
+    ]
+    root = write_coco(tmp_path, data)
+    with pytest.raises(COCOAnnotationError, match="annotation 6 of image 7: iscrowd '0' is not 0"):
+        COCODataset(root, ANN_FILE, "val2017", train=train)
+    dataset = COCODataset(root, ANN_FILE, "val2017", train=train, strict=False)
+    assert dataset.skips["malformed_objects"] == 2  # annotations 6 and 7
+    target = dataset[1][1] if not train else dataset.annotations[1]
+    assert target["labels"].tolist() == ([2] if train else [2, 2])  # category 3
+    assert target["difficult"].tolist() == ([False] if train else [False, True])
+
+
 def test_undecodable_image_is_skipped_or_named(tmp_path: Path) -> None:
     """Not strict, a training set passes over it; an evaluation set refuses, as strict does."""
     root = write_coco(tmp_path, instances())

@@ -200,9 +200,11 @@ class COCODataset(DetectionImages):
         """Boxes, labels and difficult flags (crowd or difficult) of one image's annotations."""
         boxes, labels, ignored = [], [], []
         for ann in anns:
-            if self.train and not trained_on(ann):
-                continue
             try:
+                for flag in ("iscrowd", "difficult"):
+                    value = ann.get(flag, 0)
+                    if isinstance(value, str) or value not in (0, 1):
+                        raise ValueError(f"{flag} {value!r} is not 0 or 1")
                 bbox = ann.get("bbox")
                 if not isinstance(bbox, list) or len(bbox) != 4:
                     raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
@@ -218,6 +220,8 @@ class COCODataset(DetectionImages):
                         f"{image_id}: {err}"
                     ) from None
                 self.skips["malformed_objects"] += 1
+                continue
+            if self.train and not trained_on(ann):
                 continue
             boxes.append((x, y, x + w, y + h))
             labels.append(self.category_id_to_label[ann["category_id"]])
