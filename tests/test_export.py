@@ -175,6 +175,23 @@ def test_exported_model_errors(tmp_path: Path) -> None:
         ExportedModel(archive)
 
 
+@pytest.mark.parametrize("text", ["{not json", '{"class_names": ["a"]}', '["a"]'])
+def test_damaged_metadata_is_one_error(
+    exported: dict[str, Path], tmp_path: Path, text: str
+) -> None:
+    """Metadata edited by hand (or by another tool) is named, in either format."""
+    model = onnx.load(str(exported["onnx"]))
+    for prop in model.metadata_props:
+        if prop.key == "dssd":
+            prop.value = text
+    onnx.save(model, str(tmp_path / "edited.onnx"))
+    archive = tmp_path / "edited.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(archive), _extra_files={"dssd": text})
+    for path in (tmp_path / "edited.onnx", archive):
+        with pytest.raises(UserError, match=f"model_file={path}: its 'dssd' metadata is damaged"):
+            ExportedModel(path)
+
+
 def test_export_refuses_settings_and_outputs_it_cannot_use(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -166,9 +166,17 @@ class ExportedModel:
                 f"model_file={self.path}: holds no {METADATA_KEY!r} metadata; "
                 "export it with src/export.py"
             )
-        self.metadata: dict[str, Any] = json.loads(text)
-        self.class_names: list[str] = self.metadata["class_names"]
-        self.image_size: int = self.metadata["input"]["image_size"]
+        try:  # a file edited by hand, or by another tool
+            self.metadata: dict[str, Any] = json.loads(text)
+            self.class_names: list[str] = list(self.metadata["class_names"])
+            self.image_size: int = int(self.metadata["input"]["image_size"])
+            if not isinstance(self.metadata["run_config"], dict):
+                raise TypeError("run_config is not an object")
+        except (ValueError, LookupError, TypeError) as err:
+            raise UserError(
+                f"model_file={self.path}: its {METADATA_KEY!r} metadata is damaged ({err!r}); "
+                "export the checkpoint again with src/export.py"
+            ) from None
 
     def _load_onnx(self, threads: int | None) -> str | None:
         """Open the onnxruntime session; return the metadata's text."""
