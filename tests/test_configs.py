@@ -90,8 +90,8 @@ def test_default_experiment_composes_trainer_callbacks_and_data() -> None:
 
 def test_run_names_tell_a_swapped_backbone_apart() -> None:
     """Two runs that differ only by ``backbone=`` (or ``upsample=``, ``optimizer=``,
-    ``reference=``) get different names and tags; without it the name is the model's and the
-    rows' (what the sweeps' run directories use)."""
+    ``reference=``, ``data=``) get different names and tags; without it the name is the model's
+    and the rows' (what the sweeps' run directories use)."""
     swapped = resolve_with_hydra(compose_train("model=dssd_r18w32", "backbone=mobilenet_v3_large"))
     own = resolve_with_hydra(compose_train("model=dssd_r18w32"))
     assert swapped.run_name == "dssd_r18w32-mobilenet_v3_large-pm_c-prod-stage0"
@@ -99,10 +99,12 @@ def test_run_names_tell_a_swapped_backbone_apart() -> None:
     assert "backbone=mobilenet_v3_large" in swapped.run_tags
     assert not any(tag.startswith("backbone=") for tag in own.run_tags)
     # so do the decoder's upsampling, the optimiser and the reference, after the rows' parts
-    overrides = ("upsample=bilinear", "optimizer=adamw", "backbone=resnet18", "stage=0")
+    overrides = ("upsample=bilinear", "data=shapes_context", "optimizer=adamw", "backbone=resnet18")
     several = resolve_with_hydra(compose_train("model=dssd_r18w32", *overrides))
-    assert several.run_name == "dssd_r18w32-resnet18-pm_c-prod-bilinear-adamw-stage0"
-    assert {"upsample=bilinear", "optimizer=adamw", "stage=0"} <= set(several.run_tags)
+    assert several.run_name == "dssd_r18w32-resnet18-pm_c-prod-bilinear-adamw-shapes_context-stage0"
+    assert {"upsample=bilinear", "data=shapes_context", "backbone=resnet18", "stage=0"} <= set(
+        several.run_tags
+    )
 
 
 def test_augmentation_is_switched_on_by_its_config_and_a_bare_name_is_refused() -> None:

@@ -32,7 +32,7 @@ def stage_entry(table: str, key: str, _root_: DictConfig) -> Any:
 
 # config groups whose choice on the command line joins a run's name and tags; the rest of what
 # tells Table 4's rows apart (PM, neck or fusion, stage) is read from the config itself
-NAMED_OVERRIDES = ("backbone", "upsample", "optimizer", "reference")
+NAMED_OVERRIDES = ("backbone", "upsample", "optimizer", "reference", "data")
 
 
 def num_classes(class_names: Sequence[str] | None) -> int:
