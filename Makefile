@@ -18,6 +18,12 @@ ABLATION ?= $(if $(DATA),$(DATA)_$(MODEL_SIZE),shapes)
 TRAIN_ARGS ?=
 # `make ablation SEEDS=3`: every row once per seed, seeds 0..SEEDS-1 (default: the config's [0])
 SEEDS ?=
+# checked before anything is installed or trained (a leading 0 would read as octal)
+ifneq ($(SEEDS),)
+ifeq ($(shell echo '$(SEEDS)' | grep -Ex '[1-9][0-9]*'),)
+$(error SEEDS=$(SEEDS): give the number of seeds, a whole number from 1 (seeds 0 to SEEDS-1), e.g. SEEDS=3)
+endif
+endif
 # `make bench`: options of the speed benchmark (python -m benchmarks.speed --help) and of the
 # baselines' benchmark (python -m benchmarks.baselines --help)
 BENCH_ARGS ?=
@@ -53,7 +59,7 @@ train: data
 # paper's setting; ARGS go to src/ablation.py (e.g. ARGS="force=true"), TRAIN_ARGS to each run.
 ablation: data
 	$(PY) src/ablation.py ablation=$(ABLATION) 'train_args="$(TRAIN_ARGS)"' \
-		$(if $(SEEDS),'seeds=[$(shell seq -s, 0 $$(($(SEEDS) - 1)) 2>/dev/null)]') $(ARGS)
+		$(if $(SEEDS),'seeds=[$(shell seq -s, 0 $$(($(SEEDS) - 1)))]') $(ARGS)
 
 # Speed in the layout of the paper's Table 7 (images/s at batch 1 and a large batch, BN unfolded
 # and folded, with and without NMS, training in memory and fed by the shapes loader), then the

@@ -137,11 +137,16 @@ def run_tiny_ablation(out_dir: Path, data_root: Path, seeds: Sequence[int]) -> P
         f"seeds=[{','.join(map(str, seeds))}]",
         "only=[dssd_prod_stage2]",
         "bootstrap_samples=200",
-        # W&B (offline), the default logger, as `make ablation` uses it: the notebook reads it
-        f'train_args="{" ".join(tiny_overrides(data_root))} trainer.log_every_n_steps=1"',
+        tiny_train_args(data_root),
         timeout=1800,
     )
     return out_dir
+
+
+def tiny_train_args(data_root: Path) -> str:
+    """The ``train_args`` override of the tiny ablation chain: W&B (offline), the default logger,
+    as `make ablation` uses it (the notebook reads it)."""
+    return f'train_args="{" ".join(tiny_overrides(data_root))} trainer.log_every_n_steps=1"'
 
 
 @pytest.fixture(scope="session")

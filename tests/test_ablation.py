@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import re
+import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -16,9 +18,10 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from conftest import ROOT, TINY_ROWS, TINY_SEEDS, run_entry_point
+from conftest import ROOT, TINY_ROWS, TINY_SEEDS, run_entry_point, tiny_train_args
 from dssd.config import register_resolvers
 from dssd.errors import UserError
 from dssd.evaluation.bootstrap import holm
@@ -26,20 +29,23 @@ from dssd.results.tables import table4_markdown
 from dssd.table4.rows import (
     Row,
     Step,
+    add_wall_time,
     is_done,
     parse_rows,
     parse_seeds,
     plan,
+    read_run_record,
     run_dir,
     select_rows,
 )
-from dssd.table4.runner import run_ablation, train_command
+from dssd.table4.runner import check_same_settings, run_ablation, train_command, train_overrides
 from dssd.table4.statistics import (
     last_quarter_rise,
     pooled_seed_spread,
     seed_differences,
     validation_curve,
 )
+from dssd.tasks.ablation import check_overrides
 from test_configs import compose_train, flatten, resolve_with_hydra
 
 CONF = ROOT / "conf"
@@ -218,6 +224,161 @@ def test_train_command_chains_final_weights_per_seed_and_puts_extra_overrides_la
     assert command[-1] == "logger=csv"
     first = train_command(Step(rows["ssd_pm_a"], 0, "run", ""), cfg.ablation, tmp_path, "g")
     assert not any(arg.startswith(("init_from=", "ckpt_path=")) for arg in first)
+
+
+@pytest.mark.parametrize(
+    "train_args, message",
+    [
+        (None, "give src/train.py overrides as one string"),
+        (5, "give src/train.py overrides as one string"),
+        ("logger='csv", "No closing quotation"),
+        ("logger=csv seed=7", "seed=7 sets what the runner sets for each run"),
+        ("+init_from=/x.ckpt", r"\+init_from=/x.ckpt sets what the runner sets"),
+        ("hydra.run.dir=/tmp/x", "hydra.run.dir=/tmp/x sets what the runner sets"),
+    ],
+)
+def test_train_args_that_cannot_be_used_are_refused(train_args, message: str) -> None:
+    """(``train_args=null`` used to make shlex read the terminal; the runner's own keys, set in
+    train_args, silently made every seed the same run.)"""
+    with pytest.raises(UserError, match=message):
+        train_overrides(train_args)
+    assert train_overrides(" logger=csv 'trainer.precision=32-true' ") == [
+        "logger=csv",
+        "trainer.precision=32-true",
+    ]
+
+
+@pytest.mark.parametrize("name", ["a,b", "with space", "it's", "[x]=y", "plain-name_1.0"])
+def test_paths_in_the_train_command_survive_hydras_parser(tmp_path: Path, name: str) -> None:
+    """A comma in out_dir made Hydra read every run as a multirun sweep."""
+    step = Step(table4_rows()[5], 0, "run", "")  # a row with init_from
+    command = train_command(step, compose_table4().ablation, tmp_path / name, "shapes")
+    parsed = OverridesParser.create().parse_overrides(command[2:])
+    values = {o.key_or_group: o.value() for o in parsed}
+    directory = tmp_path / name / step.row.id / "seed0"
+    assert values["hydra.run.dir"] == str(directory)
+    assert values["voc_results"] == str(directory / "voc_results")
+    assert values["init_from"] == str(
+        tmp_path / name / step.row.init_from / "seed0" / "checkpoints" / "last.ckpt"
+    )
+    assert not any(o.is_sweep_override() for o in parsed)
+
+
+def test_a_run_is_reused_only_with_the_settings_it_was_trained_with(tmp_path: Path) -> None:
+    """Skipping or resuming compares the run's recorded overrides with this command's, less the
+    paths (a moved table) and ckpt_path (a resumed run)."""
+    cfg, row = compose_table4(), table4_rows()[5]
+    trained = train_command(
+        Step(row, 0, "run", ""), cfg.ablation, tmp_path / "old", "shapes", "logger=csv"
+    )
+    directory = tmp_path / "new" / row.id / "seed0"
+    (directory / ".hydra").mkdir(parents=True)
+    (directory / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(trained[2:]))
+    for action in ("skip", "resume"):
+        step = Step(row, 0, action, "")
+        same = train_command(step, cfg.ablation, tmp_path / "new", "shapes", "logger=csv")
+        check_same_settings(step, same, directory)
+        other = train_command(step, cfg.ablation, tmp_path / "new", "shapes", "logger=wandb")
+        with pytest.raises(
+            UserError, match=r"\['logger=csv'\] there, \['logger=wandb'\] here.*force=\[dssd_sum\]"
+        ):
+            check_same_settings(step, other, directory)
+    check_same_settings(step, other, tmp_path / "never_run")  # nothing recorded: nothing to compare
+
+
+def test_a_forced_row_stopped_part_way_is_run_again_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its earlier results go when it starts: old results beside new weights were taken for a
+    done run, and old weights alone were resumed."""
+    for row in table4_rows():
+        make_done(run_dir(tmp_path, row.id, 0))
+    directory = run_dir(tmp_path, "ssd_pm_a", 0)
+
+    def interrupted(command: list[str]) -> int:
+        (directory / "checkpoints").mkdir()
+        (directory / "checkpoints" / "last.ckpt").write_bytes(b"new weights")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "call", interrupted)
+    cfg = compose_table4(f"out_dir={tmp_path}", "only=[ssd_pm_b]", "force=ssd_pm_a")
+    with pytest.raises(
+        UserError, match="row ssd_pm_a .*seed 0: interrupted .*the same command goes on"
+    ):
+        run_ablation(cfg, "shapes")
+    assert not (directory / "test_results.json").exists()
+    assert read_run_record(directory)["attempts"] == 1
+    steps = plan(select_rows(table4_rows(), ["ssd_pm_b"]), [0], tmp_path)
+    assert [(s.row.id, s.action) for s in steps] == [("ssd_pm_a", "resume"), ("ssd_pm_b", "skip")]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("only=[]", "only=\\[\\]: give a row id or a list of them"),
+        ("only=5", "only=5: give a row id"),
+        ("force=1", "force=1: give a row id"),
+        ("force=null", "force=null: choose true"),
+        ("'force=[ssd_pm_c]'", "force: no row \\['ssd_pm_c'\\] among the rows this command runs"),
+        ("seeds=[4294967296]", "distinct integers from 0 to 4294967295"),
+        (
+            "rows.0.paper_voc_map=abc",
+            "rows.0 .* is not a row .*paper_voc_map 'abc' is not a number",
+        ),
+        ("rows.0.net=foo", "the rows use net \\['foo'\\], which ablation=shapes does not define"),
+        ("out_dir=", "out_dir is empty"),
+    ],
+)
+def test_settings_no_table_can_use_are_refused_before_any_row_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: str, message: str
+) -> None:
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("a row was started"))
+    overrides = [f"out_dir={tmp_path}", "only=[ssd_pm_b]", override.strip("'")]
+    with pytest.raises(UserError, match=message):
+        run_ablation(compose_table4(*overrides), "shapes")
+
+
+def test_a_damaged_run_record_costs_only_its_wall_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "ablation.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        assert read_run_record(tmp_path) == {}
+    assert "ablation.json is damaged" in caplog.text
+    add_wall_time(tmp_path, 2.0, resumed=True)
+    assert read_run_record(tmp_path) == {"wall_seconds": 2.0, "attempts": 1}
+
+
+def test_new_keys_and_running_settings_with_sweeps_are_refused() -> None:
+    """``+trainer.max_steps=5`` was accepted and read by nothing; sweeps=true ignored them."""
+    with pytest.raises(
+        UserError, match="src/ablation.py has no setting trainer.max_steps.*train_args="
+    ):
+        check_overrides(["+trainer.max_steps=5"], False)
+    with pytest.raises(UserError, match="seeds=\\[0,1\\]: sweeps=true only writes"):
+        check_overrides(["seeds=[0,1]"], True)
+    check_overrides(["seeds=[0,1]", "ablation=shapes_full"], False)
+    check_overrides(["sweeps_dir=/tmp/s", "ablation=shapes_full", 'train_args=""'], True)
+
+
+@pytest.mark.slow  # the checks are in process above; this is the command's exit
+def test_a_setting_of_the_wrong_type_stops_the_command_with_a_clear_error(tmp_path: Path) -> None:
+    proc = run_entry_point("ablation.py", f"out_dir={tmp_path}", "sweeps=no", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: sweeps=no: choose true or false" in proc.stderr
+
+
+@pytest.mark.parametrize("seeds", ["abc", "0", "010", "1 2", "x=5"])
+def test_make_ablation_refuses_a_seeds_count_it_cannot_use(seeds: str) -> None:
+    """Before anything is installed or trained (``010`` would have read as octal, 8 seeds)."""
+    proc = subprocess.run(
+        ["make", "-n", "ablation", f"SEEDS={seeds}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and f"SEEDS={seeds}: give the number of seeds" in proc.stderr
+    proc = subprocess.run(
+        ["make", "-n", "ablation", "SEEDS=3"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "'seeds=[0,1,2]'" in proc.stdout
 
 
 NECK_TARGETS = {
@@ -520,31 +681,39 @@ def test_tiny_chain_with_two_seeds_averages_them(tiny_ablation_two_seeds: Path) 
     assert not all(torch.equal(v, second[k]) for k, v in first.items())
 
 
-def test_done_rows_are_skipped_and_a_failing_row_names_its_log(
-    tiny_ablation: Path, tiny_shapes: Path
+def test_done_rows_are_skipped_a_failing_row_names_its_log_and_other_settings_are_refused(
+    tiny_ablation: Path, tiny_shapes: Path, tmp_path: Path
 ) -> None:
-    """Rerunning the chain with the stage-2 row forced and broken: the done rows are skipped
-    (their checkpoints untouched), the forced row fails, and the error names its log."""
-    forced = "dssd_prod_stage2"
+    """A copy of the chain (moved: its runs' paths differ), the stage-2 row forced while the
+    checkpoint it starts from is broken: the done rows are skipped (their checkpoints untouched),
+    the forced row fails, the error names its log, and its earlier results are gone, so that the
+    next command runs it again rather than skipping it. Other train_args than the runs had are
+    refused before any row runs."""
+    table = tmp_path / "table"
+    shutil.copytree(tiny_ablation, table)
+    forced, seeds = "dssd_prod_stage2", f"seeds=[{','.join(map(str, TINY_SEEDS))}]"
+    parent = table / "dssd_prod" / f"seed{TINY_SEEDS[0]}" / "checkpoints" / "last.ckpt"
+    parent.write_bytes(parent.read_bytes()[:1000])
     stamps = {
         p: p.stat().st_mtime_ns
-        for p in tiny_ablation.glob("*/seed*/checkpoints/last.ckpt")
+        for p in table.glob("*/seed*/checkpoints/last.ckpt")
         if p.parts[-4] != forced
     }
     assert len(stamps) == len(TINY_SEEDS) * (len(TINY_ROWS) - 1)
-    proc = run_entry_point(
-        "ablation.py",
-        f"out_dir={tiny_ablation}",
-        f"seeds=[{','.join(map(str, TINY_SEEDS))}]",
-        f"only=[{forced}]",
-        f"force=[{forced}]",
-        f'train_args="data.root={tiny_shapes} trainer.max_steps=not_a_number"',
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert f"row {forced}" in proc.stderr
-    assert str(tiny_ablation / forced / f"seed{TINY_SEEDS[0]}" / "train.log") in proc.stderr
+    common = (f"out_dir={table}", seeds, f"only=[{forced}]", "bootstrap_samples=200")
+    train_args = tiny_train_args(tiny_shapes)
+    proc = run_entry_point("ablation.py", *common, f"force={forced}", train_args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    run = table / forced / f"seed{TINY_SEEDS[0]}"
+    assert f"row {forced}" in proc.stderr and str(run / "train.log") in proc.stderr
+    assert not (run / "test_results.json").exists() and not (run / "checkpoints").exists()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    other = train_args[:-1] + ' trainer.precision=bf16-mixed"'
+    proc = run_entry_point("ablation.py", *common, other, check=False)
+    assert proc.returncode == 2
+    assert "was trained with other settings than this command gives it" in proc.stderr
+    assert "['trainer.precision=bf16-mixed'] here" in proc.stderr
+    assert "[1/" not in proc.stdout + proc.stderr  # no row started
 
 
 def test_table_stars_the_differences_significant_after_the_correction() -> None:

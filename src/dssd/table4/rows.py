@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dssd.errors import UserError
+from dssd.errors import UserError, is_number
 from dssd.results.runs import RESULTS_DIR
+
+log = logging.getLogger(__name__)
+
+# the seeds Lightning's seed_everything accepts
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -41,18 +47,13 @@ class Step:
 def parse_rows(entries: Sequence[Any]) -> list[Row]:
     """Rows from the config, checked: unique ids, ``init_from`` and ``ablates`` earlier rows."""
     rows: list[Row] = []
-    for entry in entries:
-        entry = dict(entry)
-        row = Row(
-            id=str(entry["id"]),
-            name=str(entry.get("name", entry["id"])),
-            net=str(entry["net"]),
-            overrides=tuple(entry.get("overrides") or ()),
-            stage=int(entry.get("stage", 0)),
-            init_from=entry.get("init_from"),
-            ablates=entry.get("ablates"),
-            paper_voc_map=entry.get("paper_voc_map"),
-        )
+    for number, entry in enumerate(entries):
+        try:
+            row = _row(dict(entry))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(
+                f"ablation rows: rows.{number} {entry} is not a row ({err!r})"
+            ) from None
         earlier = {r.id for r in rows}
         if row.id in earlier:
             raise UserError(f"ablation rows: row id {row.id!r} appears twice")
@@ -69,11 +70,41 @@ def parse_rows(entries: Sequence[Any]) -> list[Row]:
     return rows
 
 
+def _row(entry: dict[str, Any]) -> Row:
+    """One row entry as a :class:`Row`; KeyError, TypeError or ValueError if it is not one."""
+    paper = entry.get("paper_voc_map")
+    if paper is not None and not is_number(paper):
+        raise ValueError(f"paper_voc_map {paper!r} is not a number")
+    return Row(
+        id=str(entry["id"]),
+        name=str(entry.get("name", entry["id"])),
+        net=str(entry["net"]),
+        overrides=tuple(entry.get("overrides") or ()),
+        stage=int(entry.get("stage", 0)),
+        init_from=entry.get("init_from"),
+        ablates=entry.get("ablates"),
+        paper_voc_map=paper,
+    )
+
+
+def row_ids(value: Any, setting: str) -> list[str] | None:
+    """``only`` or ``force`` as a list of row ids (one id alone is a list of one); None for
+    null; else a :class:`UserError`."""
+    if value is None or isinstance(value, str):
+        return None if value is None else [value]
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else None
+    if not items or not all(isinstance(i, str) for i in items):
+        raise UserError(
+            f"{setting}={value}: give a row id or a list of them, e.g. {setting}=[dssd_prod]"
+        )
+    return items
+
+
 def select_rows(rows: Sequence[Row], only: str | Sequence[str] | None) -> list[Row]:
     """The rows named in ``only`` (None: all) and, recursively, those they start from and ablate."""
+    only = row_ids(only, "only")
     if only is None:
         return list(rows)
-    only = [only] if isinstance(only, str) else list(only)
     by_id = {r.id: r for r in rows}
     unknown = sorted(set(only) - set(by_id))
     if unknown:
@@ -95,11 +126,12 @@ def parse_seeds(value: Any) -> list[int]:
         not items
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in items)
         or len(set(items)) != len(items)
+        or not all(0 <= s <= MAX_SEED for s in items)
     ):
         shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
         raise UserError(
-            f"seeds must be a non-empty list of distinct integers, e.g. seeds=[0,1,2] "
-            f"(make ablation SEEDS=3); got {shown!r}"
+            f"seeds must be a non-empty list of distinct integers from 0 to {MAX_SEED}, e.g. "
+            f"seeds=[0,1,2] (make ablation SEEDS=3); got {shown!r}"
         )
     return items
 
@@ -126,10 +158,16 @@ def plan(
     if isinstance(force, bool):
         forced = {r.id for r in rows} if force else set()
     else:
-        forced = set(force)
+        ids = row_ids(force, "force")
+        if ids is None:
+            raise UserError("force=null: choose true (every row), false, or row ids")
+        forced = set(ids)
         unknown = forced - {r.id for r in rows}
         if unknown:
-            raise UserError(f"force: no row {sorted(unknown)}; the rows are {[r.id for r in rows]}")
+            raise UserError(
+                f"force: no row {sorted(unknown)} among the rows this command runs "
+                f"{[r.id for r in rows]} (only= selects them); force=true forces them all"
+            )
     steps: list[Step] = []
     for seed in seeds:
         rerun: set[str] = set()
@@ -166,6 +204,16 @@ def add_wall_time(directory: Path, seconds: float, resumed: bool) -> None:
 
 
 def read_run_record(directory: Path) -> dict[str, Any]:
-    """The run's ``ablation.json`` (empty if none)."""
+    """The run's ``ablation.json`` (empty if none, or, with a warning, if damaged: it only holds
+    the wall time)."""
     path = directory / "ablation.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        record = err
+    if not isinstance(record, dict):
+        log.warning("%s is damaged (%s): the run's wall time is not known", path, record)
+        return {}
+    return record

@@ -4,13 +4,17 @@ table and each row's analysis against the row it ablates."""
 from __future__ import annotations
 
 import logging
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import yaml
 from omegaconf import DictConfig
 
 from dssd.analysis.analyser import Analyser, Options, find_run, write_analysis
@@ -34,6 +38,52 @@ log = logging.getLogger(__name__)
 
 # the training entry point each run is a process of
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
+# what the runner sets for each run, so train_args may not; those naming a path under out_dir
+# (which may have moved since) are left out when a run's settings are compared
+RUNNER_KEYS = (
+    "seed",
+    "stage",
+    "run_group",
+    "ckpt_path",
+    "hydra.run.dir",
+    "voc_results",
+    "init_from",
+)
+PATH_KEYS = RUNNER_KEYS[-3:]
+
+
+def override_key(override: str) -> str:
+    """The config key of a Hydra override (``+a.b=1`` -> ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def path_value(path: Path) -> str:
+    """``path`` as a Hydra override value, quoted where a comma (a multirun), a bracket, a quote
+    or a space would change its meaning."""
+    text = str(path)
+    if not re.search(r"[\s,\[\](){}'\"=]", text):
+        return text
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def train_overrides(train_args: Any) -> list[str]:
+    """``train_args`` split as a shell would: overrides, none of what the runner sets."""
+    if not isinstance(train_args, str):
+        raise UserError(
+            f"train_args={train_args}: give src/train.py overrides as one string, e.g. "
+            "'train_args=\"logger=csv trainer.precision=32-true\"'"
+        )
+    try:
+        overrides = shlex.split(train_args)
+    except ValueError as err:
+        raise UserError(f"train_args={train_args}: {err}") from None
+    for override in overrides:
+        if override_key(override) in RUNNER_KEYS:
+            raise UserError(
+                f"train_args: {override} sets what the runner sets for each run "
+                f"({', '.join(RUNNER_KEYS)}: from seeds=, out_dir= and the rows); leave it out"
+            )
+    return overrides
 
 
 def train_command(
@@ -50,49 +100,106 @@ def train_command(
     command = [sys.executable, str(TRAIN_SCRIPT), *row_overrides(row, setting)]
     command += [
         f"seed={seed}",
-        f"hydra.run.dir={directory}",
+        f"hydra.run.dir={path_value(directory)}",
         f"run_group=table4-{setting_name}-{row.id}",
-        f"voc_results={directory / RESULTS_DIR}",
+        f"voc_results={path_value(directory / RESULTS_DIR)}",
     ]
     if row.init_from is not None:
         parent = run_dir(out_dir, row.init_from, seed)
-        command.append(f"init_from={parent / 'checkpoints' / 'last.ckpt'}")
+        command.append(f"init_from={path_value(parent / 'checkpoints' / 'last.ckpt')}")
     if step.action == "resume":
         command.append("ckpt_path=last")
-    return command + shlex.split(train_args)
+    return command + train_overrides(train_args)
+
+
+def check_same_settings(step: Step, command: Sequence[str], directory: Path) -> None:
+    """Refuse to reuse (skip or resume) a run trained with other overrides than ``command`` gives
+    it (its ``.hydra/overrides.yaml``): the table would mix two configurations."""
+    try:
+        recorded = yaml.safe_load((directory / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return  # not run by src/train.py: nothing to compare with
+    there, here = (
+        [o for o in overrides if override_key(o) not in (*PATH_KEYS, "ckpt_path")]
+        for overrides in (recorded or [], command[2:])
+    )
+    if there != here:
+        differ = [o for o in there if o not in here], [o for o in here if o not in there]
+        raise UserError(
+            f"{directory} was trained with other settings than this command gives it ("
+            f"{differ[0] or 'the same in another order'} there, {differ[1]} here): choose "
+            f"another out_dir for a table of these settings, or force=[{step.row.id}] "
+            "(force=true: every row) to train it again with them"
+        )
+
+
+def clear_earlier_run(directory: Path) -> None:
+    """Remove an earlier run's checkpoints and results before its row runs again, so that a
+    rerun stopped part way is not later taken for done (old results beside new weights) or
+    resumed from the old weights."""
+    for path in (
+        directory / "checkpoints",
+        directory / "test_results.json",
+        directory / RESULTS_DIR,
+    ):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     """Run the runs that need it, then write and print the table; returns the markdown path."""
+    if not str(cfg.out_dir or "").strip():
+        raise UserError("out_dir is empty: give the directory of the table and its runs")
     out_dir = Path(cfg.out_dir)
     rows = select_rows(parse_rows(cfg.rows), cfg.get("only"))
+    undefined = sorted({r.net for r in rows} - set(cfg.ablation))
+    if undefined:
+        raise UserError(
+            f"the rows use net {undefined}, which ablation={setting_name} does not define "
+            f"(it defines {list(cfg.ablation)})"
+        )
     seeds = parse_seeds(cfg.seeds)
     num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
     Options(bootstrap_samples=num_samples, confidence=confidence)  # refused before any run
-    force = cfg.force if isinstance(cfg.force, bool) else list(cfg.force)
-    steps = plan(rows, seeds, out_dir, force)
+    steps = plan(rows, seeds, out_dir, cfg.force)
+    commands = [
+        train_command(s, cfg.ablation, out_dir, setting_name, cfg.train_args) for s in steps
+    ]
+    for step, command in zip(steps, commands, strict=True):
+        if step.action != "run":
+            check_same_settings(step, command, run_dir(out_dir, step.row.id, step.seed))
     width = max(len(s.row.id) for s in steps)
     plan_text = "\n".join(
         f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
     )
     log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, plan_text)
-    for number, step in enumerate(steps, 1):
+    for number, (step, command) in enumerate(zip(steps, commands, strict=True), 1):
         if step.action == "skip":
             continue
-        command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
         row, seed = step.row, step.seed
         label = f"{row.id} seed {seed}"
         log.info("[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command))
         directory = run_dir(out_dir, row.id, seed)
+        if step.action == "run":
+            clear_earlier_run(directory)
         start = time.perf_counter()
-        returncode = subprocess.call(command)
-        add_wall_time(directory, time.perf_counter() - start, step.action == "resume")
+        try:
+            returncode = subprocess.call(command)
+        except KeyboardInterrupt:
+            returncode = "interrupted"
+        finally:
+            add_wall_time(directory, time.perf_counter() - start, step.action == "resume")
         if returncode != 0:
+            log_file = directory / "train.log"
+            where = f", and its log is {log_file}" if log_file.is_file() else ""
             raise UserError(
-                f"row {row.id} ({row.name}), seed {seed}, failed with exit status "
-                f"{returncode}; its log is {directory / 'train.log'}. Runs done so far are kept: "
-                "run the same command again to go on (this run resumes from its last.ckpt if it "
-                f"wrote one), or force=[{row.id}] to start the row over."
+                f"row {row.id} ({row.name}), seed {seed}: "
+                f"{returncode if returncode == 'interrupted' else f'exit status {returncode}'} "
+                f"(its output is above{where}). Runs done so far are kept: once the cause is "
+                "dealt with, the same command goes on (this run resumes from its last.ckpt if it "
+                f"wrote one), or force=[{row.id}] starts the row over."
             )
     runs = collect(rows, seeds, out_dir)
     records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
