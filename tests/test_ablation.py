@@ -716,6 +716,32 @@ def test_done_rows_are_skipped_a_failing_row_names_its_log_and_other_settings_ar
     assert "[1/" not in proc.stdout + proc.stderr  # no row started
 
 
+def test_rows_starting_from_a_run_that_was_only_tested_again_are_not_retrained(
+    tiny_ablation: Path, tiny_shapes: Path, tmp_path: Path
+) -> None:
+    """PM(c)'s test results removed: it resumes, which only tests its final weights again, so
+    the done rows that start from those weights keep their runs."""
+    table = tmp_path / "table"
+    shutil.copytree(tiny_ablation, table)
+    seed = TINY_SEEDS[0]
+    (run_dir(table, "ssd_pm_c", seed) / "test_results.json").unlink()
+    children = ("ssd_pm_c_control", "dssd_prod", "dssd_prod_stage2")
+    checkpoints = [run_dir(table, row, seed) / "checkpoints" / "last.ckpt" for row in children]
+    stamps = {p: p.stat().st_mtime_ns for p in checkpoints}
+    proc = run_entry_point(
+        "ablation.py",
+        f"out_dir={table}",
+        f"seeds=[{seed}]",
+        "only=[dssd_prod_stage2]",
+        "bootstrap_samples=200",
+        "analysis=false",
+        tiny_train_args(tiny_shapes),
+    )
+    assert (run_dir(table, "ssd_pm_c", seed) / "test_results.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == stamps, proc.stdout[-3000:]
+    assert "skipped: ssd_pm_c's final weights are as they were" in proc.stdout + proc.stderr
+
+
 def test_table_stars_the_differences_significant_after_the_correction() -> None:
     base = {
         "paper_voc_map": 77.1,

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # the seeds Lightning's seed_everything accepts
 MAX_SEED = 2**32 - 1
+# how a step's reason begins when it runs because the run it starts from runs
+STARTS_FROM = "starts from"
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,9 @@ def is_done(directory: Path) -> bool:
 def plan(
     rows: Sequence[Row], seeds: Sequence[int], out_dir: Path, force: bool | Sequence[str] = False
 ) -> list[Step]:
-    """Each run's action: forced rows and rows starting from a rerun run again, done runs are
-    skipped, runs with a ``last.ckpt`` but no results resume, the others run."""
+    """Each run's action: forced rows and rows starting from a rerun or resumed run run again
+    (the runner skips them after all where that run's final weights stay as they were), the
+    others as :func:`own_step` says."""
     if isinstance(force, bool):
         forced = {r.id for r in rows} if force else set()
     else:
@@ -170,23 +173,29 @@ def plan(
             )
     steps: list[Step] = []
     for seed in seeds:
-        rerun: set[str] = set()
+        rerun: dict[str, str] = {}  # row id -> action, of the rows that run or resume
         for row in rows:
-            directory = run_dir(out_dir, row.id, seed)
             if row.id in forced:
                 step = Step(row, seed, "run", "forced")
             elif row.init_from in rerun:
-                step = Step(row, seed, "run", f"starts from {row.init_from}, which reruns")
-            elif is_done(directory):
-                step = Step(row, seed, "skip", "done")
-            elif (directory / "checkpoints" / "last.ckpt").is_file():
-                step = Step(row, seed, "resume", "interrupted: resumes from its last.ckpt")
+                how = "reruns" if rerun[row.init_from] == "run" else "resumes"
+                step = Step(row, seed, "run", f"{STARTS_FROM} {row.init_from}, which {how}")
             else:
-                step = Step(row, seed, "run", "not run yet")
+                step = own_step(row, seed, run_dir(out_dir, row.id, seed))
             steps.append(step)
             if step.action != "skip":
-                rerun.add(row.id)
+                rerun[row.id] = step.action
     return steps
+
+
+def own_step(row: Row, seed: int, directory: Path) -> Step:
+    """A run's action by its directory alone: a done run is skipped, one with a ``last.ckpt``
+    but no results resumes, the others run."""
+    if is_done(directory):
+        return Step(row, seed, "skip", "done")
+    if (directory / "checkpoints" / "last.ckpt").is_file():
+        return Step(row, seed, "resume", "interrupted: resumes from its last.ckpt")
+    return Step(row, seed, "run", "not run yet")
 
 
 def row_overrides(row: Row, setting: DictConfig) -> list[str]:

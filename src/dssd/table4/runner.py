@@ -22,9 +22,11 @@ from dssd.errors import UserError
 from dssd.results.runs import RESULTS_DIR
 from dssd.results.tables import comparisons_index, table4_markdown, write_table4
 from dssd.table4.rows import (
+    STARTS_FROM,
     Row,
     Step,
     add_wall_time,
+    own_step,
     parse_rows,
     parse_seeds,
     plan,
@@ -133,6 +135,12 @@ def check_same_settings(step: Step, command: Sequence[str], directory: Path) -> 
         )
 
 
+def fingerprint(path: Path) -> tuple[int, int] | None:
+    """When a checkpoint was last written and its size (None if there is none): a resumed run
+    that only tests again leaves its ``last.ckpt`` as it was."""
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+
+
 def clear_earlier_run(directory: Path) -> None:
     """Remove an earlier run's checkpoints and results before its row runs again, so that a
     rerun stopped part way is not later taken for done (old results beside new weights) or
@@ -163,27 +171,38 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     seeds = parse_seeds(cfg.seeds)
     num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
     Options(bootstrap_samples=num_samples, confidence=confidence)  # refused before any run
+    train_overrides(cfg.train_args)  # refused before any run
     steps = plan(rows, seeds, out_dir, cfg.force)
-    commands = [
-        train_command(s, cfg.ablation, out_dir, setting_name, cfg.train_args) for s in steps
-    ]
-    for step, command in zip(steps, commands, strict=True):
-        if step.action != "run":
-            check_same_settings(step, command, run_dir(out_dir, step.row.id, step.seed))
+    for step in [s for s in steps if s.action != "run"]:
+        command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
+        check_same_settings(step, command, run_dir(out_dir, step.row.id, step.seed))
     width = max(len(s.row.id) for s in steps)
     plan_text = "\n".join(
         f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
     )
     log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, plan_text)
-    for number, (step, command) in enumerate(zip(steps, commands, strict=True), 1):
-        if step.action == "skip":
-            continue
+    changed: set[tuple[str, int]] = set()  # (row id, seed) of the runs whose weights changed
+    for number, step in enumerate(steps, 1):
         row, seed = step.row, step.seed
         label = f"{row.id} seed {seed}"
-        log.info("[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command))
         directory = run_dir(out_dir, row.id, seed)
+        if step.reason.startswith(STARTS_FROM) and (row.init_from, seed) not in changed:
+            step = own_step(row, seed, directory)
+            if step.action == "skip":
+                log.info(
+                    "[%d/%d] %s skipped: %s's final weights are as they were",
+                    *(number, len(steps), label, row.init_from),
+                )
+            if step.action != "run":
+                command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
+                check_same_settings(step, command, directory)
+        if step.action == "skip":
+            continue
+        command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
+        log.info("[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command))
         if step.action == "run":
             clear_earlier_run(directory)
+        weights = fingerprint(directory / "checkpoints" / "last.ckpt")
         start = time.perf_counter()
         try:
             returncode = subprocess.call(command)
@@ -201,6 +220,8 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
                 "dealt with, the same command goes on (this run resumes from its last.ckpt if it "
                 f"wrote one), or force=[{row.id}] starts the row over."
             )
+        if fingerprint(directory / "checkpoints" / "last.ckpt") != weights:
+            changed.add((row.id, seed))
     runs = collect(rows, seeds, out_dir)
     records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
     pooled = pooled_seed_spread(runs, confidence)
