@@ -45,7 +45,7 @@ from dssd.ops import (
     match,
     pad_targets,
 )
-from dssd.tools import HelpFormatter
+from dssd.tools import HelpFormatter, at_least, check_outputs
 
 NUM_CLASSES = 21  # VOC: 20 classes + background
 LOSS_TARGET = 5.0
@@ -556,16 +556,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes and iterations")
-    parser.add_argument("--iters", type=int, help="timed calls per side (default 5, quick 2)")
-    parser.add_argument("--batch-size", type=int, help="loss batch (default 32, quick 4)")
-    parser.add_argument("--coco-images", type=int, help="COCO images (default 5000, quick 200)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--iters", type=at_least(1), help="timed calls per side (default 5, quick 2)"
+    )
+    parser.add_argument("--batch-size", type=at_least(1), help="loss batch (default 32, quick 4)")
+    parser.add_argument(
+        "--coco-images", type=at_least(1), help="COCO images (default 5000, quick 200)"
+    )
+    parser.add_argument("--threads", type=at_least(1), help="CPU threads (default: torch's)")
     parser.add_argument(
         "--only", nargs="+", choices=["loss", "postprocess", "coco", "e2e"], help="a subset"
     )
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out, "--json": args.json})
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:

@@ -33,7 +33,7 @@ from dssd.deployment.detector import Detector
 from dssd.deployment.export import FORMATS, ExportableDetector, ExportedModel, export_module
 from dssd.models import fold_batchnorm
 from dssd.ops import PostProcessor
-from dssd.tools import HelpFormatter
+from dssd.tools import HelpFormatter, at_least, check_outputs
 
 # the paper's Table 7 model; more with e.g. --models "ssd321 pm=c" dssd321 (SSD321 with
 # prediction module (c), as in benchmarks.speed)
@@ -55,15 +55,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(e.g. 'ssd321 pm=c'); ignored with --ckpt",
     )
     parser.add_argument("--ckpt", help="a checkpoint of src/train.py instead of --models")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="batch sizes timed")
-    parser.add_argument("--iters", type=int, default=3, help="timed passes per batch size")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed passes first")
     parser.add_argument(
-        "--threads", type=int, help="torch and onnxruntime threads (default: their own)"
+        "--batches", nargs="+", type=at_least(1), default=[1, 8], help="batch sizes timed"
+    )
+    parser.add_argument("--iters", type=at_least(1), default=3, help="timed passes per batch size")
+    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed passes first")
+    parser.add_argument(
+        "--threads", type=at_least(1), help="torch and onnxruntime threads (default: their own)"
     )
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out, "--json": args.json})
+    return args
 
 
 def untrained(spec: str) -> tuple[str, nn.Module, PostProcessor, int]:

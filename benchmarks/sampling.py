@@ -35,7 +35,7 @@ from dssd.data.shapes import CLASSES
 from dssd.data.voc import VOCDataset
 from dssd.evaluation.bootstrap import paired_bootstrap
 from dssd.evaluation.matched_run import MatchedRun, results_per_image
-from dssd.tools import HelpFormatter
+from dssd.tools import HelpFormatter, at_least
 
 Z95 = 1.959964  # a normal interval's half-width in standard deviations
 
@@ -182,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--results", type=Path, nargs="+", required=True, help="voc_results= directories"
     )
-    parser.add_argument("--chunk", type=int, default=300, help="images per chunk")
-    parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--chunk", type=at_least(1), default=300, help="images per chunk")
+    parser.add_argument("--samples", type=at_least(2), default=1000, help="bootstrap resamples")
     parser.add_argument(
         "--no-07-metric", action="store_true", help="the area under the curve, not 11 points"
     )

@@ -38,7 +38,7 @@ from pytorch_lightning.utilities import move_data_to_device
 from benchmarks.common import compose_config, environment, median, random_targets, time_in_turn
 from benchmarks.speed import images, training_step
 from dssd.models.cost import gmac
-from dssd.tools import HelpFormatter
+from dssd.tools import HelpFormatter, at_least, check_outputs
 from dssd.tools.anchor_coverage import measure
 from dssd.training.module import channels_last_hazards
 
@@ -108,10 +108,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the networks timed",
     )
     parser.add_argument(
-        "--batch", type=int, nargs="+", default=[16], help="training batch; several: one row each"
+        "--batch",
+        type=at_least(1),
+        nargs="+",
+        default=[16],
+        help="training batch; several: one row each",
     )
-    parser.add_argument("--iters", type=int, default=5, help="timed steps per precision")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
+    parser.add_argument("--iters", type=at_least(1), default=5, help="timed steps per precision")
+    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed steps before timing")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 timing")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.add_argument(
@@ -120,7 +124,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         help="Hydra overrides for every candidate, e.g. data.root=DIR",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_outputs(parser, {"--json": args.json})
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ from benchmarks.common import (
     time_in_turn,
 )
 from dssd.models import count_batchnorms, fold_batchnorm
-from dssd.tools import HelpFormatter
+from dssd.tools import HelpFormatter, at_least, check_outputs
 from dssd.tools.network_table import spec_overrides
 from dssd.training.module import check_channels_last_training
 
@@ -118,20 +118,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", nargs="+", choices=SECTIONS, default=["inference", "training"], help="sections"
     )
-    parser.add_argument("--large-batch", type=int, help="default: 8 on CPU, 64 on GPU")
+    parser.add_argument("--large-batch", type=at_least(1), help="default: 8 on CPU, 64 on GPU")
     parser.add_argument(
-        "--train-batch", type=int, help="training and loader batch (CPU 4, GPU 32); 0: no training"
+        "--train-batch",
+        type=at_least(0),
+        help="training and loader batch (CPU 4, GPU 32); 0: no training",
     )
-    parser.add_argument("--iters", type=int, help="timed passes at batch 1 (CPU 5, GPU 50)")
-    parser.add_argument("--iters-large", type=int, help="timed passes at the large batch")
-    parser.add_argument("--train-iters", type=int, help="timed training steps")
-    parser.add_argument("--warmup", type=int, help="untimed passes before each timing")
+    parser.add_argument("--iters", type=at_least(1), help="timed passes at batch 1 (CPU 5, GPU 50)")
+    parser.add_argument("--iters-large", type=at_least(1), help="timed passes at the large batch")
+    parser.add_argument("--train-iters", type=at_least(1), help="timed training steps")
+    parser.add_argument("--warmup", type=at_least(0), help="untimed passes before each timing")
     parser.add_argument("--quick", action="store_true", help="one pass each, no warm-up (smoke)")
     parser.add_argument("--bf16", action="store_true", help="Lightning's bf16-mixed precision")
     parser.add_argument("--channels-last", action="store_true", help="channels-last tensors")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=at_least(1), help="CPU threads (default: torch's)")
     parser.add_argument("--image-size", type=int, help="input size (default: the model's)")
     parser.add_argument(
         "--score-threshold", type=float, help="post-processing score threshold (default: 0.01)"
@@ -144,10 +146,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "data.num_workers=...); 'none' skips the fed row",
     )
     parser.add_argument(
-        "--loader-workers", type=int, nargs="+", default=[0, 1, 2], help="loader section's workers"
+        "--loader-workers",
+        type=at_least(0),
+        nargs="+",
+        default=[0, 1, 2],
+        help="loader section's workers",
     )
     parser.add_argument(
-        "--loader-batches", type=int, default=20, help="timed batches per loader row"
+        "--loader-batches", type=at_least(1), default=20, help="timed batches per loader row"
     )
     parser.add_argument(
         "--profile", type=Path, help="write a profiler trace and op table per model here"
@@ -163,6 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "choose those groups",
     )
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out, "--json": args.json}, {"--profile": args.profile})
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.device = torch.device(device)
     defaults = dict(DEFAULTS["cuda" if args.device.type == "cuda" else "cpu"])

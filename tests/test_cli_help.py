@@ -92,6 +92,29 @@ def bad_invocations(data: str, tmp: str) -> list[tuple[str, list[str], str]]:
         ("dssd.tools.show_augmentation", ["--root", data, "--rows", "0"], "--rows 0: at least 1"),
         ("dssd.tools.show_augmentation", ["--root", data, "--out", tmp], "a .png or .jpg file"),
         ("dssd.tools.show_augmentation", ["--root", f"{tmp}/none"], "does not exist"),
+        # benchmarks: counts below what a timing needs, outputs that cannot be written
+        ("benchmarks.speed", ["--iters", "0"], "--iters: '0': give a whole number of at least 1"),
+        ("benchmarks.speed", ["--large-batch", "0"], "--large-batch: '0': give a whole number"),
+        (
+            "benchmarks.speed",
+            ["--warmup", "-1"],
+            "--warmup: '-1': give a whole number of at least 0",
+        ),
+        (
+            "benchmarks.speed",
+            ["--profile", "/proc/dssd_profile"],
+            "--profile=/proc/dssd_profile: cannot write",
+        ),
+        ("benchmarks.speed", ["--out", tmp], "is a directory"),
+        ("benchmarks.baselines", ["--batch-size", "x"], "--batch-size: 'x': give a whole number"),
+        ("benchmarks.baselines", ["--json", tmp], "is a directory"),
+        ("benchmarks.export", ["--batches", "1", "0"], "--batches: '0': give a whole number"),
+        ("benchmarks.search", ["--iters", "0"], "--iters: '0': give a whole number"),
+        (
+            "benchmarks.sampling",
+            ["--data-root", data, "--results", tmp, "--samples", "1"],
+            "--samples: '1': give a whole number of at least 2",
+        ),
     ]
 
 

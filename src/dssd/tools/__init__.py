@@ -5,6 +5,8 @@ they, the benchmarks and the shapes generator share."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -15,3 +17,40 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``least`` (a count of passes, images or
+    threads); anything else is a usage error naming the option."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least {least}")
+        return value
+
+    return whole
+
+
+def check_outputs(
+    parser: argparse.ArgumentParser,
+    files: Mapping[str, Path | None],
+    directories: Mapping[str, Path | None] | None = None,
+) -> None:
+    """Refuse, as a usage error before any work, an output option (``files``: option -> path,
+    ``directories`` likewise) whose path cannot be written."""
+    from dssd.errors import UserError
+    from dssd.training.callbacks import writable_directory, writable_file
+
+    try:
+        for option, path in files.items():
+            if path is not None:
+                writable_file(path, option)
+        for option, path in (directories or {}).items():
+            if path is not None:
+                writable_directory(path, option)
+    except UserError as err:
+        parser.error(str(err))
