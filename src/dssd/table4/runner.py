@@ -156,6 +156,32 @@ def clear_earlier_run(directory: Path) -> None:
             path.unlink()
 
 
+def run_step(step: Step, command: list[str], directory: Path) -> bool:
+    """Run (after clearing what an earlier run left) or resume one run, keeping its wall time;
+    whether its ``last.ckpt`` changed. A failure or Ctrl-C is an error naming the row."""
+    if step.action == "run":
+        clear_earlier_run(directory)
+    weights = fingerprint(directory / "checkpoints" / "last.ckpt")
+    start = time.perf_counter()
+    try:
+        returncode = subprocess.call(command)
+    except KeyboardInterrupt:
+        returncode = "interrupted"
+    finally:
+        add_wall_time(directory, time.perf_counter() - start, step.action == "resume")
+    if returncode != 0:
+        log_file = directory / "train.log"
+        where = f", and its log is {log_file}" if log_file.is_file() else ""
+        raise UserError(
+            f"row {step.row.id} ({step.row.name}), seed {step.seed}: "
+            f"{returncode if returncode == 'interrupted' else f'exit status {returncode}'} "
+            f"(its output is above{where}). Runs done so far are kept: once the cause is "
+            "dealt with, the same command goes on (this run resumes from its last.ckpt if it "
+            f"wrote one), or force=[{step.row.id}] starts the row over."
+        )
+    return fingerprint(directory / "checkpoints" / "last.ckpt") != weights
+
+
 def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     """Run the runs that need it, then write and print the table; returns the markdown path."""
     if not str(cfg.out_dir or "").strip():
@@ -200,27 +226,7 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
             continue
         command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
         log.info("[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command))
-        if step.action == "run":
-            clear_earlier_run(directory)
-        weights = fingerprint(directory / "checkpoints" / "last.ckpt")
-        start = time.perf_counter()
-        try:
-            returncode = subprocess.call(command)
-        except KeyboardInterrupt:
-            returncode = "interrupted"
-        finally:
-            add_wall_time(directory, time.perf_counter() - start, step.action == "resume")
-        if returncode != 0:
-            log_file = directory / "train.log"
-            where = f", and its log is {log_file}" if log_file.is_file() else ""
-            raise UserError(
-                f"row {row.id} ({row.name}), seed {seed}: "
-                f"{returncode if returncode == 'interrupted' else f'exit status {returncode}'} "
-                f"(its output is above{where}). Runs done so far are kept: once the cause is "
-                "dealt with, the same command goes on (this run resumes from its last.ckpt if it "
-                f"wrote one), or force=[{row.id}] starts the row over."
-            )
-        if fingerprint(directory / "checkpoints" / "last.ckpt") != weights:
+        if run_step(step, command, directory):
             changed.add((row.id, seed))
     runs = collect(rows, seeds, out_dir)
     records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
