@@ -24,6 +24,7 @@ from conftest import ROOT, run_entry_point, tiny_run
 from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
 from dssd.tasks.training import best_checkpoint, resume_checkpoint
+from dssd.training import callbacks as callbacks_module
 from dssd.training.callbacks import (
     LastCheckpoint,
     NonFiniteLossError,
@@ -115,8 +116,49 @@ def test_last_checkpoint_every_n_steps_after_validation_and_at_the_end(
     assert len(keys) == 2 and any(k.startswith("LastCheckpoint") for k in keys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
     # the validation curve: each validation's step and value, kept in the checkpoint
-    history = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationHistory")]
-    assert history == [{"history": [{"step": 4, "val/score": 4.0}, {"step": 8, "val/score": 8.0}]}]
+    (history,) = [
+        v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationHistory")
+    ]
+    assert history["history"] == [{"step": 4, "val/score": 4.0}, {"step": 8, "val/score": 8.0}]
+    assert history["fit_seconds"] > 0
+
+
+def test_a_resumed_fit_counts_the_training_time_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fit_seconds`` of a resumed run is its whole fit's: the time up to the checkpoint it
+    resumed from (kept by ValidationHistory) and its own."""
+
+    class Clock:  # 10 s between readings
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 10.0
+            return self.now
+
+    monkeypatch.setattr(callbacks_module, "time", Clock())
+    tiny_fit(tmp_path, TinyModule(), max_steps=6, every=3)
+    first = history_state(tmp_path / "last.ckpt")["fit_seconds"]
+    assert first > 0
+    history = ValidationHistory()
+    trainer = pl.Trainer(
+        max_steps=9,
+        callbacks=[LastCheckpoint(dirpath=str(tmp_path), every_n_train_steps=3), history],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=4)
+    trainer.fit(TinyModule(), data, ckpt_path=tmp_path / "last.ckpt", weights_only=True)
+    assert history.earlier_seconds == first
+    assert history_state(tmp_path / "last.ckpt")["fit_seconds"] > first
+
+
+def history_state(path: Path) -> dict:
+    checkpoint = torch.load(path, weights_only=True)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationHistory")]
+    return state
 
 
 def test_a_step_that_validates_is_written_after_its_validation_only(tmp_path: Path) -> None:

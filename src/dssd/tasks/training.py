@@ -181,13 +181,15 @@ def train(cfg: DictConfig) -> float | None:
 
     metrics: dict[str, float] = {}
     timings: dict[str, float] = {}
+    history = next((c for c in trainer.callbacks if isinstance(c, ValidationHistory)), None)
     if cfg.get("train", True):
         start = time.perf_counter()
         # checkpoints hold plain values only (DetectionModule), so they load as weights
         trainer.fit(
             model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, model), weights_only=True
         )
-        timings["fit_seconds"] = time.perf_counter() - start
+        earlier = history.earlier_seconds if history else 0.0  # a resumed fit's attempts
+        timings["fit_seconds"] = earlier + time.perf_counter() - start
         metrics.update(scalar_metrics(trainer.callback_metrics))
     if cfg.get("test", True):
         tested = checkpoint_to_test(cfg, trainer)
@@ -195,9 +197,8 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(scalar_metrics(trainer.callback_metrics))
         if trainer.is_global_zero:
             record = {**timings, "tested_checkpoint": tested or "final weights"}
-            history = [c for c in trainer.callbacks if isinstance(c, ValidationHistory)]
             if history and cfg.get("train", True):
-                record["val_history"] = history[0].history
+                record["val_history"] = history.history
             report_test_results(cfg, model, metrics, record)
 
     value = metrics.get(cfg.get("optimized_metric", ""))

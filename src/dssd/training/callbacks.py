@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,18 @@ class LastCheckpoint(Checkpoint):
 
 
 class ValidationHistory(pl.Callback):
-    """The fit's validation curve (step and ``metrics``), in checkpoints and ``val_history``."""
+    """The fit's validation curve (step and ``metrics``), in checkpoints and ``val_history``; and
+    the training time of the attempts before a resume, up to the checkpoint it resumed from
+    (``earlier_seconds``), so that a resumed run's ``fit_seconds`` is its whole fit's."""
 
     def __init__(self, metrics: tuple[str, ...] | list[str] = ("val/voc_map",)) -> None:
         self.metrics = tuple(metrics)
         self.history: list[dict[str, float]] = []
+        self.earlier_seconds = 0.0
+        self._fit_start: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -113,10 +121,13 @@ class ValidationHistory(pl.Callback):
         self.history.append({"step": trainer.global_step, **values})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        started = self._fit_start if self._fit_start is not None else time.perf_counter()
+        seconds = self.earlier_seconds + time.perf_counter() - started
+        return {"history": self.history, "fit_seconds": seconds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+        self.earlier_seconds = float(state_dict.get("fit_seconds", 0.0))  # older checkpoints: 0
 
 
 def _validates_next(trainer: pl.Trainer) -> bool:
