@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine: `make train` and `make test`.
-# Pass Hydra overrides to training with ARGS, e.g. `make train ARGS="logger=csv schedules.0.max_steps=200"`.
+# Pass Hydra overrides to training with ARGS, e.g. `make train ARGS="logger=csv schedules.0.max_steps=200 'schedules.0.milestones=[136,172]' schedules.0.warmup_iters=18"`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -200,6 +200,57 @@ def test_a_test_ckpt_that_cannot_be_tested_is_refused_before_training(
         check_test_ckpt(compose_train(*overrides))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train=no"], "train=no: choose true or false"),
+        (["train=false", "test=false"], "train=false test=false: nothing to do"),
+        # it tested an untrained network and wrote its figures as the run's (into a finished
+        # run's directory too, with hydra.run.dir=<run>)
+        (["train=false"], "without init_from or test_ckpt=<file> are untrained"),
+        (["train=false", "ckpt_path=/x/last.ckpt"], "ckpt_path resumes a fit, but train=false"),
+        (["seed=-1"], "seed=-1: choose a whole number from 0 to 4294967295, or null"),
+        (["data.image_size=300"], "data.image_size=300, but the network takes 321"),
+        (["schedules.0.max_steps=0"], "trainer.max_steps=0 (schedules.0 unless overridden)"),
+        (["schedules.0.lr=-1"], "model.optimizer.lr=-1 (schedules.0 unless overridden)"),
+        (["schedules.0.lr=abc"], "model.optimizer.lr=abc"),
+        (["schedules.0.milestones=[abc]"], "model.scheduler.milestones=['abc']"),
+        # a loss chose the worst checkpoint as best.ckpt; a typo failed after the first validation
+        (["optimized_metric=val/loss"], "optimized_metric=val/loss: best.ckpt and the sweeps"),
+        (["optimized_metric=val/mAP"], "choose a validation metric that is higher when better"),
+    ],
+)
+def test_a_run_that_cannot_mean_anything_is_refused_before_any_work(
+    overrides: list[str], message: str
+) -> None:
+    from dssd.errors import UserError
+    from dssd.tasks.common import seed_run
+    from dssd.tasks.training import check_run
+    from test_configs import compose_train
+
+    cfg = compose_train(*overrides)
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_run(cfg)
+        seed_run(cfg)
+
+
+def test_a_schedule_shortened_by_its_length_alone_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``schedules.0.max_steps=200`` alone kept the LR steps at 816 and 1,032: no decay."""
+    from dssd.tasks.training import check_run
+    from test_configs import compose_train
+
+    with caplog.at_level(logging.WARNING):
+        check_run(compose_train())
+        assert not caplog.text
+        check_run(compose_train("schedules.0.max_steps=200"))
+    assert (
+        "The fit ends at iteration 200, before its LR step at 816, LR step at 1032:" in caplog.text
+    )
+    assert "schedules.0.milestones=[...]" in caplog.text
+
+
 def test_train_tests_the_final_weights_by_default_and_best_on_request(
     tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -244,6 +244,10 @@ def test_resuming_into_another_network_is_named_before_lightning_loads_it(
     model.net.probe = nn.Linear(1, 1)
     with pytest.raises(UserError, match=r"4 tensors differ in name or shape, e.g. net\.probe"):
         resume_checkpoint(cfg, model)
+    # a stage-0 checkpoint resumed as stage 1: Lightning failed on the optimiser's param groups
+    later = OmegaConf.merge(cfg, {"stage": 1, "stages": [{}, {}]})
+    with pytest.raises(UserError, match="is a stage-0 run's checkpoint, resumed here as stage 1"):
+        resume_checkpoint(later)
 
 
 # --- src/train.py end to end ----------------------------------------------------------------------

@@ -41,6 +41,15 @@ def whole(least: int) -> Callable[[Any], bool]:
     return lambda value: is_number(value) and isinstance(value, int) and value >= least
 
 
+# the seeds Lightning's seed_everything accepts
+MAX_SEED = 2**32 - 1
+
+
+def is_seed(value: Any) -> bool:
+    """Whether a ``seed`` setting is one Lightning's ``seed_everything`` accepts, or None."""
+    return value is None or (whole(0)(value) and value <= MAX_SEED)
+
+
 def check_settings(settings: Any, *checks: tuple[str, Callable[[Any], bool], str]) -> None:
     """Refuse the first setting no run can use, as ``<name>=<value>: choose <what>``, before any
     work; ``checks`` are (name, check of the value, what to choose), the values ``settings``'s

@@ -11,13 +11,11 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dssd.errors import UserError, is_number
+from dssd.errors import MAX_SEED, UserError, is_number
 from dssd.results.runs import RESULTS_DIR
 
 log = logging.getLogger(__name__)
 
-# the seeds Lightning's seed_everything accepts
-MAX_SEED = 2**32 - 1
 # how a step's reason begins when it runs because the run it starts from runs
 STARTS_FROM = "starts from"
 

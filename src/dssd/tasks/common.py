@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from dssd.errors import UserError
+from dssd.errors import MAX_SEED, UserError, check_settings, is_seed
 from dssd.evaluation.module import DetectionEvaluation
 from dssd.models.cost import gmac
 from dssd.results.runs import write_results_json
@@ -131,3 +131,10 @@ def report_test_results(
         record["gmac"] = round(gmac(model.net), 4)
     write_results_json(record, cfg.paths.output_dir)
     log.info("Test results (also in %s):\n%s", path, text)
+
+
+def seed_run(cfg: DictConfig) -> None:
+    """Seed everything with ``cfg.seed`` (null: no seeding), refusing a seed Lightning refuses."""
+    check_settings(cfg, ("seed", is_seed, f"a whole number from 0 to {MAX_SEED}, or null"))
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)

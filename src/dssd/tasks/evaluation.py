@@ -23,6 +23,7 @@ from dssd.tasks.common import (
     report_test_results,
     result_writers,
     scalar_metrics,
+    seed_run,
 )
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
     if "run_name" in run_cfg:  # W&B names: the training run's, tagged eval
         cfg.run_name = run_cfg.run_name
         cfg.run_tags = [*run_cfg.run_tags, "eval"]
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+    seed_run(cfg)
     datamodule = instantiate(cfg.data)
     read_data(datamodule, "test")
     with open_dict(cfg):  # the metrics of the data tested

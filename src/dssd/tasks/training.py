@@ -16,7 +16,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dssd.config import training_stage
 from dssd.deployment.inference import differing_tensors, load_checkpoint
-from dssd.errors import UserError
+from dssd.errors import UserError, check_settings, number, whole
+from dssd.evaluation.module import coco_metric_names
 from dssd.tasks.common import (
     build_trainer,
     check_scorable,
@@ -24,6 +25,7 @@ from dssd.tasks.common import (
     report_test_results,
     result_writers,
     scalar_metrics,
+    seed_run,
     several_processes_started,
 )
 from dssd.training.callbacks import ValidationHistory
@@ -42,6 +44,73 @@ def check_stage(cfg: DictConfig) -> None:
             f"stage {stage} starts from a stage-{stage - 1} checkpoint: add "
             "init_from=<that run's dir>/checkpoints/last.ckpt (see docs/configuration.md, "
             "Training stages)"
+        )
+
+
+def check_run(cfg: DictConfig) -> None:
+    """Refuse, before any work, a run that would do nothing, or test an untrained network as if
+    it were the run's result, or one whose schedule, seed, metric or input size no fit can use."""
+    boolean = (lambda value: isinstance(value, bool), "true or false")
+    check_settings(cfg, ("train", *boolean), ("test", *boolean))
+    if not cfg.train and not cfg.test:
+        raise UserError("train=false test=false: nothing to do")
+    if not cfg.train and cfg.get("ckpt_path"):
+        raise UserError(
+            "ckpt_path resumes a fit, but train=false: test a checkpoint with src/eval.py "
+            "ckpt_path=<file>, or here with test_ckpt=<file>"
+        )
+    if not cfg.train and (cfg.get("test_ckpt") or "last") == "last" and not cfg.get("init_from"):
+        raise UserError(
+            "train=false tests the weights this run starts from, which without init_from or "
+            "test_ckpt=<file> are untrained: test a run with src/eval.py "
+            "ckpt_path=<run dir>/checkpoints/last.ckpt"
+        )
+    if cfg.data.get("image_size", cfg.model.net.image_size) != cfg.model.net.image_size:
+        raise UserError(
+            f"data.image_size={cfg.data.image_size}, but the network takes "
+            f"{cfg.model.net.image_size} (model.net.image_size): set the model's size, which the "
+            "data follows"
+        )
+    if cfg.train:
+        check_schedule(cfg)
+    metrics = [f"val/{n}" for n in [*coco_metric_names(cfg.model.coco_max_detections), "voc_map"]]
+    name = cfg.get("optimized_metric")
+    if name is not None and name not in metrics and not str(name).startswith("val/ap/"):
+        raise UserError(
+            f"optimized_metric={name}: best.ckpt and the sweeps take the highest value of it, "
+            f"so choose a validation metric that is higher when better: {', '.join(metrics)}, "
+            "or val/ap/<class>"
+        )
+
+
+def check_schedule(cfg: DictConfig) -> None:
+    """The stage's iterations, learning rate and LR steps (``schedules.<stage>`` unless
+    overridden) are numbers a fit can use; a warm-up or LR step at or past the end (a schedule
+    shortened by its max_steps alone) is worth a warning."""
+    scheduler, stage = cfg.model.scheduler, training_stage(cfg)
+    steps, warmup = cfg.trainer.max_steps, scheduler.get("warmup_iters", 0)
+    milestones = scheduler.get("milestones") or []
+    for name, value, valid, what in (
+        ("trainer.max_steps", steps, whole(1), "a whole number of iterations >= 1"),
+        ("model.optimizer.lr", cfg.model.optimizer.lr, number(0), "a learning rate > 0"),
+        ("model.scheduler.warmup_iters", warmup, whole(0), "a whole number >= 0"),
+        (
+            "model.scheduler.milestones",
+            milestones,
+            lambda v: all(whole(1)(m) for m in v),
+            "a list of iterations >= 1",
+        ),
+    ):
+        if not valid(value) or (name == "model.optimizer.lr" and value == 0):
+            raise UserError(f"{name}={value} (schedules.{stage} unless overridden): choose {what}")
+    late = [f"LR step at {m}" for m in milestones if m >= steps]
+    late += [f"warm-up to {warmup}"] if warmup > steps else []
+    if late:
+        log.warning(
+            "The fit ends at iteration %d, before its %s: the learning rate is not decayed as "
+            "the schedule intends. Shorten those with it, e.g. schedules.%d.milestones=[...] "
+            "schedules.%d.warmup_iters=...",
+            *(steps, ", ".join(late), stage, stage),
         )
 
 
@@ -156,14 +225,14 @@ def checkpoint_to_test(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model, test it (``test_ckpt``) and return ``cfg.optimized_metric``."""
     check_stage(cfg)
+    check_run(cfg)
     check_launch(cfg)
     warn_shapes_recipe(cfg)
     if cfg.get("train", True):
         warn_no_validation(cfg)
     if cfg.get("test", True):
         check_test_ckpt(cfg)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+    seed_run(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
 
     datamodule = instantiate(cfg.data)
@@ -254,7 +323,14 @@ def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> 
         )
     if not os.path.isfile(path):
         raise UserError(missing)
-    checkpoint, _ = load_checkpoint(path)  # a checkpoint of src/train.py, with its run config
+    checkpoint, run_config = load_checkpoint(path)  # a checkpoint of src/train.py
+    if run_config.get("stage", 0) != training_stage(cfg):
+        raise UserError(
+            f"ckpt_path={path} is a stage-{run_config.stage} run's checkpoint, resumed here as "
+            f"stage {training_stage(cfg)}: resume it with stage={run_config.stage} (its run's "
+            f".hydra/overrides.yaml), or start stage {training_stage(cfg)} from it with "
+            "init_from=<that file>"
+        )
     if model is not None:
         if differ := differing_tensors(model, checkpoint["state_dict"]):
             raise UserError(
