@@ -200,6 +200,24 @@ def test_a_test_ckpt_that_cannot_be_tested_is_refused_before_training(
         check_test_ckpt(compose_train(*overrides))
 
 
+def test_a_test_ckpt_of_another_network_is_refused_before_training(tiny_checkpoint: Path) -> None:
+    """It failed with Lightning's list of shapes after the whole fit."""
+    from hydra.utils import instantiate
+    from torch import nn
+
+    from dssd.deployment.inference import load_checkpoint
+    from dssd.errors import UserError
+    from dssd.tasks.training import check_test_ckpt
+    from test_configs import compose_train
+
+    cfg = compose_train(f"test_ckpt={tiny_checkpoint}")
+    model = instantiate(load_checkpoint(tiny_checkpoint)[1].model)
+    check_test_ckpt(cfg, model)
+    model.net.heads.conf[0] = nn.Conv2d(model.net.heads.conf[0].in_channels, 5, 3, padding=1)
+    with pytest.raises(UserError, match=r"holds another network .*src/eval.py ckpt_path="):
+        check_test_ckpt(cfg, model)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

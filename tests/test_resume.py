@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import ROOT, run_entry_point, tiny_run
 from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
-from dssd.tasks.training import best_checkpoint, resume_checkpoint
+from dssd.tasks.training import best_checkpoint, check_fresh_directory, resume_checkpoint
 from dssd.training import callbacks as callbacks_module
 from dssd.training.callbacks import (
     LastCheckpoint,
@@ -230,7 +230,7 @@ def test_resume_checkpoint_resolves_and_checks_the_path(tmp_path: Path) -> None:
 
 
 def test_resuming_into_another_network_is_named_before_lightning_loads_it(
-    tiny_checkpoint: Path,
+    tiny_checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The configured network must be the checkpoint's: one with other tensors is refused with
     the way out (the run's overrides, or init_from), not Lightning's list of every shape."""
@@ -244,10 +244,32 @@ def test_resuming_into_another_network_is_named_before_lightning_loads_it(
     model.net.probe = nn.Linear(1, 1)
     with pytest.raises(UserError, match=r"4 tensors differ in name or shape, e.g. net\.probe"):
         resume_checkpoint(cfg, model)
+    # a changed learning rate: Lightning restores the checkpoint's, silently
+    faster = OmegaConf.merge(cfg, {"model": {"optimizer": {"lr": 0.5}}})
+    with caplog.at_level(logging.WARNING):
+        resume_checkpoint(faster)
+    assert (
+        "model.optimizer.lr=0.5, but" in caplog.text and "the new rate has no effect" in caplog.text
+    )
     # a stage-0 checkpoint resumed as stage 1: Lightning failed on the optimiser's param groups
     later = OmegaConf.merge(cfg, {"stage": 1, "stages": [{}, {}]})
     with pytest.raises(UserError, match="is a stage-0 run's checkpoint, resumed here as stage 1"):
         resume_checkpoint(later)
+
+
+def test_a_new_fit_in_a_directory_holding_a_run_is_refused(tmp_path: Path) -> None:
+    """``hydra.run.dir=<run>`` without ``ckpt_path=last`` overwrote that run's checkpoints."""
+
+    def cfg(**settings):
+        return OmegaConf.create({"train": True, "paths": {"output_dir": str(tmp_path)}, **settings})
+
+    check_fresh_directory(cfg())
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(UserError, match="holds an earlier run, .* ckpt_path=last resumes it"):
+        check_fresh_directory(cfg())
+    check_fresh_directory(cfg(ckpt_path="last"))
+    check_fresh_directory(cfg(train=False))
 
 
 # --- src/train.py end to end ----------------------------------------------------------------------

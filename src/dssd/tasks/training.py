@@ -176,10 +176,11 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
-def check_test_ckpt(cfg: DictConfig) -> None:
+def check_test_ckpt(cfg: DictConfig, model: DetectionModule | None = None) -> None:
     """Refuse a ``test_ckpt`` that cannot be tested, before anything is trained: ``last`` (the
     default, the paper's final weights), ``best`` (the run's ``best.ckpt``, chosen by
-    ``optimized_metric`` on the validation split) or a checkpoint file."""
+    ``optimized_metric`` on the validation split) or a checkpoint file (of ``model``'s network,
+    given it)."""
     value = cfg.get("test_ckpt") or "last"
     if value == "best":
         if not (cfg.get("callbacks") or {}).get("model_checkpoint"):
@@ -194,7 +195,13 @@ def check_test_ckpt(cfg: DictConfig) -> None:
             )
     elif value != "last":
         option = "test_ckpt (last, best or a checkpoint file)"
-        read_checkpoint(value, option, require=("state_dict",))
+        checkpoint = read_checkpoint(value, option, require=("state_dict",))
+        if model is not None and (differ := differing_tensors(model, checkpoint["state_dict"])):
+            raise UserError(
+                f"test_ckpt={value} holds another network than the one configured here "
+                f"({len(differ)} tensors differ in name or shape, e.g. {differ[0]}): test it with "
+                "src/eval.py ckpt_path=<that file>"
+            )
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str:
@@ -230,8 +237,7 @@ def train(cfg: DictConfig) -> float | None:
     warn_shapes_recipe(cfg)
     if cfg.get("train", True):
         warn_no_validation(cfg)
-    if cfg.get("test", True):
-        check_test_ckpt(cfg)
+    check_fresh_directory(cfg)
     seed_run(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -239,6 +245,8 @@ def train(cfg: DictConfig) -> float | None:
     # run_config goes in after Hydra built the parts: through instantiate, its own nested
     # ``_target_`` entries would be instantiated too
     model: DetectionModule = instantiate(cfg.model, _partial_=True)(run_config=run_config)
+    if cfg.get("test", True):
+        check_test_ckpt(cfg, model)
     if cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
     read_data(datamodule, "fit" if cfg.get("train", True) else "test")
@@ -296,6 +304,24 @@ def _warn_objective_missing(metric: str) -> None:
     )
 
 
+def last_checkpoint(cfg: DictConfig) -> str:
+    """Where this run writes its ``last.ckpt`` (and ``ckpt_path=last`` resumes from)."""
+    directory = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath")
+    return os.path.join(directory or os.path.join(cfg.paths.output_dir, "checkpoints"), "last.ckpt")
+
+
+def check_fresh_directory(cfg: DictConfig) -> None:
+    """Refuse a new fit in a directory that holds a run (its ``last.ckpt``): it would overwrite
+    that run's checkpoints and results (``hydra.run.dir=<run>`` without ``ckpt_path=last``)."""
+    path = last_checkpoint(cfg)
+    if cfg.train and not cfg.get("ckpt_path") and os.path.isfile(path):
+        raise UserError(
+            f"{path} exists: this directory holds an earlier run, which a new fit would "
+            "overwrite. ckpt_path=last resumes it; to train anew, choose another hydra.run.dir "
+            "(or remove that run)"
+        )
+
+
 def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> str | None:
     """The checkpoint ``trainer.fit`` resumes from (``cfg.ckpt_path``; ``last``: ``last.ckpt`` in
     this run's checkpoint directory), checked to exist (Lightning only warns and starts over) and,
@@ -304,10 +330,7 @@ def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> 
     if not ckpt_path:
         return None
     if str(ckpt_path) == "last":
-        directory = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath")
-        path = os.path.join(
-            directory or os.path.join(cfg.paths.output_dir, "checkpoints"), "last.ckpt"
-        )
+        path = last_checkpoint(cfg)
         missing = (
             f"ckpt_path=last, but there is no {path} to resume from. Every run writes to a "
             "new directory: to resume an interrupted run, run src/train.py again with the "
@@ -324,6 +347,14 @@ def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> 
     if not os.path.isfile(path):
         raise UserError(missing)
     checkpoint, run_config = load_checkpoint(path)  # a checkpoint of src/train.py
+    then, now = (OmegaConf.select(c, "model.optimizer.lr") for c in (run_config, cfg))
+    if now is not None and then != now:
+        log.warning(
+            "model.optimizer.lr=%s, but %s was trained at %s: resuming restores the optimiser's "
+            "state, learning rate included, so the new rate has no effect (init_from=<that file> "
+            "starts a new fit from its weights)",
+            *(now, path, then),
+        )
     if run_config.get("stage", 0) != training_stage(cfg):
         raise UserError(
             f"ckpt_path={path} is a stage-{run_config.stage} run's checkpoint, resumed here as "
