@@ -236,6 +236,11 @@ def test_a_test_ckpt_of_another_network_is_refused_before_training(tiny_checkpoi
         # a loss chose the worst checkpoint as best.ckpt; a typo failed after the first validation
         (["optimized_metric=val/loss"], "optimized_metric=val/loss: best.ckpt and the sweeps"),
         (["optimized_metric=val/mAP"], "choose a validation metric that is higher when better"),
+        # Lightning switched clipping off for a negative value, or failed with a traceback
+        (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1: choose a norm >= 0"),
+        (["trainer.val_check_interval=0"], "trainer.val_check_interval=0: choose a number"),
+        (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: choose"),
+        (["trainer.precision=bf16-true"], "trainer.precision=bf16-true: choose one of 32-true"),
     ],
 )
 def test_a_run_that_cannot_mean_anything_is_refused_before_any_work(

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dssd.config import training_stage
+from dssd.deployment.detector import PRECISIONS
 from dssd.deployment.inference import differing_tensors, load_checkpoint
 from dssd.errors import UserError, check_settings, number, whole
 from dssd.evaluation.module import coco_metric_names
@@ -73,6 +74,7 @@ def check_run(cfg: DictConfig) -> None:
         )
     if cfg.train:
         check_schedule(cfg)
+        check_trainer(cfg.trainer)
     metrics = [f"val/{n}" for n in [*coco_metric_names(cfg.model.coco_max_detections), "voc_map"]]
     name = cfg.get("optimized_metric")
     if name is not None and name not in metrics and not str(name).startswith("val/ap/"):
@@ -112,6 +114,24 @@ def check_schedule(cfg: DictConfig) -> None:
             "schedules.%d.warmup_iters=...",
             *(steps, ", ".join(late), stage, stage),
         )
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """Trainer settings of a fit that Lightning would take without a word (a negative clipping
+    value switches clipping off) or fail on with a traceback; null: Lightning's default."""
+    for name, valid, what in (
+        ("precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        ("gradient_clip_val", number(0), "a norm >= 0, or null for no clipping"),
+        (
+            "val_check_interval",
+            lambda v: whole(1)(v) or (isinstance(v, float) and 0 < v <= 1),
+            "a number of iterations >= 1, or a fraction of an epoch in (0, 1]",
+        ),
+        ("accumulate_grad_batches", whole(1), "a whole number >= 1"),
+    ):
+        value = trainer.get(name)
+        if value is not None and not valid(value):
+            raise UserError(f"trainer.{name}={value}: choose {what}")
 
 
 def warn_shapes_recipe(cfg: DictConfig) -> None:
