@@ -201,7 +201,13 @@ def test_damaged_results_and_an_out_dir_that_is_a_file_are_named(
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=f"out_dir={tmp_path / 'a_file'}: cannot write there"):
         analyze(config(f"run={run}", f"out_dir={tmp_path / 'a_file'}"))
-    for text, problem in (('{"metrics": {', "not valid JSON"), ("[]", "holds a list")):
+    # ("{}" counted as a finished run, with "–" for every figure in Table 4)
+    damaged = (
+        ('{"metrics": {', "not valid JSON"),
+        ("[]", "holds a list"),
+        ("{}", "holds no metrics"),
+    )
+    for text, problem in damaged:
         (run / "test_results.json").write_text(text)
         with pytest.raises(UserError, match=f"test_results.json: {problem}"):
             analyze(config(f"run={run}"))
