@@ -284,6 +284,9 @@ def test_a_run_is_reused_only_with_the_settings_it_was_trained_with(tmp_path: Pa
         ):
             check_same_settings(step, other, directory)
     check_same_settings(step, other, tmp_path / "never_run")  # nothing recorded: nothing to compare
+    twice = train_command(step, cfg.ablation, tmp_path / "new", "shapes", "logger=csv logger=csv")
+    with pytest.raises(UserError, match=r"\(\[\] there, \['logger=csv'\] here\)"):
+        check_same_settings(step, twice, directory)
 
 
 def test_a_forced_row_stopped_part_way_is_run_again_next_time(
@@ -708,11 +711,11 @@ def test_done_rows_are_skipped_a_failing_row_names_its_log_and_other_settings_ar
     assert f"row {forced}" in proc.stderr and str(run / "train.log") in proc.stderr
     assert not (run / "test_results.json").exists() and not (run / "checkpoints").exists()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    other = train_args[:-1] + ' trainer.precision=bf16-mixed"'
+    other = train_args[:-1] + ' tags=[other]"'
     proc = run_entry_point("ablation.py", *common, other, check=False)
     assert proc.returncode == 2
     assert "was trained with other settings than this command gives it" in proc.stderr
-    assert "['trainer.precision=bf16-mixed'] here" in proc.stderr
+    assert "([] there, ['tags=[other]'] here)" in proc.stderr
     assert "[1/" not in proc.stdout + proc.stderr  # no row started
 
 

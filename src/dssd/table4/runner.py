@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,13 @@ def check_same_settings(step: Step, command: Sequence[str], directory: Path) -> 
         for overrides in (recorded or [], command[2:])
     )
     if there != here:
-        differ = [o for o in there if o not in here], [o for o in here if o not in there]
+        differ = [
+            list((Counter(a) - Counter(b)).elements()) for a, b in ((there, here), (here, there))
+        ]
+        what = f"{differ[0]} there, {differ[1]} here" if any(differ) else "in another order"
         raise UserError(
-            f"{directory} was trained with other settings than this command gives it ("
-            f"{differ[0] or 'the same in another order'} there, {differ[1]} here): choose "
-            f"another out_dir for a table of these settings, or force=[{step.row.id}] "
+            f"{directory} was trained with other settings than this command gives it ({what}): "
+            f"choose another out_dir for a table of these settings, or force=[{step.row.id}] "
             "(force=true: every row) to train it again with them"
         )
 
