@@ -175,7 +175,7 @@ def test_exported_model_errors(tmp_path: Path) -> None:
         ExportedModel(archive)
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"class_names": ["a"]}', '["a"]'])
+@pytest.mark.parametrize("text", ["{not json", '{"class_names": ["a"]}', '["a"]', '{"input": 1}'])
 def test_damaged_metadata_is_one_error(
     exported: dict[str, Path], tmp_path: Path, text: str
 ) -> None:
@@ -190,6 +190,20 @@ def test_damaged_metadata_is_one_error(
     for path in (tmp_path / "edited.onnx", archive):
         with pytest.raises(UserError, match=f"model_file={path}: its 'dssd' metadata is damaged"):
             ExportedModel(path)
+
+
+def test_an_exported_file_without_its_run_config_cannot_be_scored(tmp_path: Path) -> None:
+    """eval.py finds the test data through it; other users of the file do not need it."""
+    from dssd.tasks.evaluation import evaluate_exported
+
+    archive = tmp_path / "bare.pt"
+    metadata = '{"class_names": ["a"], "input": {"image_size": 8}}'
+    torch.jit.save(
+        torch.jit.script(torch.nn.Identity()), str(archive), _extra_files={"dssd": metadata}
+    )
+    assert ExportedModel(archive).class_names == ["a"]
+    with pytest.raises(UserError, match="its metadata holds no run_config"):
+        evaluate_exported(OmegaConf.create({"model_file": str(archive)}))
 
 
 def test_export_refuses_settings_and_outputs_it_cannot_use(

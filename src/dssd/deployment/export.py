@@ -170,8 +170,6 @@ class ExportedModel:
             self.metadata: dict[str, Any] = json.loads(text)
             self.class_names: list[str] = list(self.metadata["class_names"])
             self.image_size: int = int(self.metadata["input"]["image_size"])
-            if not isinstance(self.metadata["run_config"], dict):
-                raise TypeError("run_config is not an object")
         except (ValueError, LookupError, TypeError) as err:
             raise UserError(
                 f"model_file={self.path}: its {METADATA_KEY!r} metadata is damaged ({err!r}); "

@@ -103,6 +103,11 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     split like a checkpoint; then, unless ``compare=false``, its checkpoint (``ckpt_path``, default
     the file's) in float32 beside it: faithful when they agree to 0.001 (``parity``)."""
     exported = ExportedModel(cfg.model_file)
+    if not isinstance(exported.metadata.get("run_config"), dict):
+        raise UserError(
+            f"model_file={cfg.model_file}: its metadata holds no run_config, which names the "
+            "test data; export the checkpoint again with src/export.py"
+        )
     run_cfg = OmegaConf.create(exported.metadata["run_config"])
     # the exported graph computes in float32
     datamodule = configure(cfg, run_cfg, precision="32-true")
