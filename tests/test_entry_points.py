@@ -187,6 +187,8 @@ def test_broken_checkpoint_files_are_named_not_tracebacks(
         (["test_ckpt=/nowhere/model.ckpt"], "test_ckpt (last, best or a checkpoint file)="),
         (["test_ckpt=best", "train=false"], "train=false"),
         (["test_ckpt=best", "~callbacks.model_checkpoint"], "switched off"),
+        (["test_ckpt=Best"], "test_ckpt=Best: did you mean test_ckpt=best?"),
+        (["test_ckpt=LAST"], "did you mean test_ckpt=last?"),
     ],
 )
 def test_a_test_ckpt_that_cannot_be_tested_is_refused_before_training(

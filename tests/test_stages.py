@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,16 @@ def test_init_from_refuses_missing_modules_and_files(tmp_path: Path) -> None:
         load_initial_weights(build(), path, ["trunk"])
     with pytest.raises(UserError, match="no such checkpoint file"):
         load_initial_weights(build(), tmp_path / "missing.ckpt")
+    # a run directory names the checkpoint it holds; a directory without one says so
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError, match="is a directory: .*none lies in it"):
+        load_initial_weights(build(), run_dir)
+    path.rename(run_dir / "checkpoints" / "last.ckpt")
+    hint = f"e.g. {run_dir / 'checkpoints' / 'last.ckpt'}"
+    with pytest.raises(UserError, match=re.escape(f"init_from={run_dir} is a directory")) as err:
+        load_initial_weights(build(), run_dir)
+    assert hint in str(err.value)
 
 
 @pytest.mark.slow

@@ -213,6 +213,8 @@ def check_test_ckpt(cfg: DictConfig, model: DetectionModule | None = None) -> No
                 "test_ckpt=best picks the best checkpoint of this run's fit, but train=false: "
                 "give the file instead, test_ckpt=<run dir>/checkpoints/best.ckpt"
             )
+    elif value != "last" and str(value).lower() in ("last", "best"):
+        raise UserError(f"test_ckpt={value}: did you mean test_ckpt={str(value).lower()}?")
     elif value != "last":
         option = "test_ckpt (last, best or a checkpoint file)"
         checkpoint = read_checkpoint(value, option, require=("state_dict",))

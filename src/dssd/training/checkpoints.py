@@ -25,6 +25,12 @@ def not_a_checkpoint(path: str | Path, reason: str) -> CheckpointError:
 def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()) -> dict[str, Any]:
     """The dict saved at ``path`` (CPU tensors, ``weights_only=True``), holding the keys
     ``require``; ``option`` names the setting the path came from, for a missing file's error."""
+    if os.path.isdir(path):
+        # a run directory holds its checkpoints under checkpoints/
+        candidates = [*Path(path).glob("*.ckpt"), *Path(path).glob("checkpoints/*.ckpt")]
+        found = sorted(map(str, candidates))
+        hint = f"e.g. {found[0]}" if found else "none lies in it or its checkpoints/"
+        raise CheckpointError(f"{option}={path} is a directory: give a checkpoint file ({hint})")
     if not os.path.isfile(path):
         raise CheckpointError(f"{option}={path}: no such checkpoint file")
     try:
