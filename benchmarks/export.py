@@ -61,7 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=at_least(1), default=3, help="timed passes per batch size")
     parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed passes first")
     parser.add_argument(
-        "--threads", type=at_least(1), help="torch and onnxruntime threads (default: their own)"
+        "--threads",
+        type=at_least(1),
+        help="torch and onnxruntime threads (default: torch's own; onnxruntime uses as many)",
     )
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
