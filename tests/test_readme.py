@@ -1,9 +1,10 @@
 """The documentation's commands, links and paths point at things that exist.
 
 The README's quick-start commands must compose (``src/*.py`` with ``--cfg job``, which prints the
-configuration without running) or be Makefile targets (``make -n``); every relative link in the
-documentation must reach a file, and its ``#anchor`` a heading; every repository path, module
-(``python -m ...``) and make target the documentation names must exist.
+configuration without running) or be Makefile targets (``make -n``); every other documented
+``python src/*.py`` command must compose too (in process, placeholders settled); every relative
+link in the documentation must reach a file, and its ``#anchor`` a heading; every repository
+path, module (``python -m ...``) and make target the documentation names must exist.
 """
 
 from __future__ import annotations
@@ -255,3 +256,95 @@ def test_named_paths_modules_and_make_targets_exist(doc: Path) -> None:
         f"make target {t}" for t in sorted(set(MAKE_COMMAND.findall(text))) if t not in targets
     ]
     assert not missing, f"{doc.relative_to(ROOT)} names what does not exist:\n" + "\n".join(missing)
+
+
+# the config each entry point composes (its @hydra.main config_name)
+ENTRY_CONFIGS = {
+    "train": "train",
+    "eval": "eval",
+    "predict": "predict",
+    "export": "export",
+    "analyze": "analyze",
+    "ablation": "table4",
+}
+# configs a page tells the reader to write before running its commands
+CONFIGS_TO_WRITE = {"model=ssd_mynet"}
+PLACEHOLDER = re.compile(r"<([^<>]+)>")
+SHELL_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\}|\([^)]*\))")
+
+
+def documented_commands(text: str) -> list[str]:
+    """The ``python src/<entry>.py ...`` commands of a page: code spans and shell-block lines,
+    continuations joined, anything after a ``;`` dropped."""
+    spans = [m.group(1) for m in re.finditer(r"`(python3? src/\w+\.py[^`]*)`", text)]
+    blocks, _ = split_fenced(text)
+    lines = [
+        line[line.index("python") :]
+        for info, block in blocks
+        if info.split()[:1] in (["bash"], ["sh"], ["shell"], ["console"])
+        for line in "\n".join(block).replace("\\\n", " ").splitlines()
+        if re.search(r"python3? src/\w+\.py", line)
+    ]
+    return [" ".join(command.split(";")[0].split()) for command in spans + lines]
+
+
+def composable_overrides(command: str) -> tuple[str, list[str]]:
+    """The config and overrides a documented command composes, its placeholders settled: an
+    override whose key or value is only a placeholder (``data=<name>``, ``model=$m``) or a bare
+    placeholder (``<the same overrides>``, ``...``) is the reader's to fill in and is dropped; a
+    placeholder inside a value (``<run>/checkpoints/last.ckpt``) becomes a word; an optional
+    ``[key=value]`` counts; a sweep (``-m``, ``a,b``) composes its first value."""
+    command = PLACEHOLDER.sub(lambda m: "<" + re.sub(r"\W+", "_", m.group(1)) + ">", command)
+    words = shlex.split(command, comments=True)
+    entry = re.fullmatch(r"src/(\w+)\.py", words[1])
+    assert entry and entry.group(1) in ENTRY_CONFIGS, f"{command}: not an entry point"
+    sweep = "-m" in words
+    overrides = []
+    for word in words[2:]:
+        word = re.sub(r"^\[(\S+=\S*)\]$", r"\1", word)
+        key, equals, value = word.partition("=")
+        if word.startswith("-") or word in ("job", "...") or not equals:
+            continue  # --cfg job, -m, ..., a bare placeholder
+        settled_later = [PLACEHOLDER.fullmatch(key), PLACEHOLDER.fullmatch(value), value == "..."]
+        if any(settled_later) or SHELL_VARIABLE.fullmatch(value):
+            continue
+        value = SHELL_VARIABLE.sub("0", PLACEHOLDER.sub(r"\1", value)).replace("...", "x")
+        if sweep and re.fullmatch(r"[\w./-]+(,[\w./-]+)+", value):
+            value = value.split(",")[0]
+        overrides.append(f"{key}={value}")
+    return ENTRY_CONFIGS[entry.group(1)], overrides
+
+
+def test_placeholders_of_documented_commands_are_settled() -> None:
+    text = """run `python src/analyze.py run=<run dir> baseline=<baseline run dir>` and
+```bash
+for s in 0 1; do python src/eval.py ckpt_path=logs/seed_$s/last.ckpt \\
+    +data.root=<root>/x [data.batch_size=8]; done
+python src/train.py -m model=ssd321,dssd321 data=<name> <key>=<a>,<b> <the same overrides> --cfg job
+```"""
+    commands = documented_commands(text)
+    assert [composable_overrides(c) for c in commands] == [
+        ("analyze", []),
+        ("eval", ["ckpt_path=logs/seed_0/last.ckpt", "+data.root=root/x", "data.batch_size=8"]),
+        ("train", ["model=ssd321"]),
+    ]
+
+
+def test_documented_commands_compose() -> None:
+    """Every ``python src/<entry>.py`` command of the documentation composes: its config groups,
+    options and keys exist (a key a config lacks needs ``+``), placeholders aside."""
+    from hydra import compose, initialize_config_dir
+
+    commands = [(doc, c) for doc in DOCS for c in documented_commands(doc.read_text())]
+    assert len(commands) >= 60, f"only {len(commands)} commands found in the documentation"
+    failures = []
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        for doc, command in commands:
+            config, overrides = composable_overrides(command)
+            overrides = [o for o in overrides if o not in CONFIGS_TO_WRITE]
+            try:
+                compose(config, overrides=overrides)
+            except Exception as err:  # Hydra's composition errors have no common base
+                reason = str(err).strip().splitlines()[0]
+                failures.append(f"{doc.relative_to(ROOT)}: {command}\n    {reason}")
+    assert not failures, "\n".join(failures)
