@@ -102,6 +102,31 @@ def test_eval_changes_a_field_of_the_checkpoints_data(
     assert f"no split 'nosuch' in {tiny_shapes}" in proc.stderr
 
 
+SWAPPED_CLASSES = [SHAPES_CLASSES[1], SHAPES_CLASSES[0], *SHAPES_CLASSES[2:]]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            f"+data.class_names=[{','.join(SWAPPED_CLASSES)}]",
+            f"the test data's classes ['{SWAPPED_CLASSES[0]}', '{SWAPPED_CLASSES[1]}',",
+        ),
+        ("+data.image_size=193", "data.image_size=193, but the network takes 321"),
+    ],
+    ids=["classes in another order", "another input size"],
+)
+def test_eval_refuses_data_the_network_was_not_built_for(
+    override: str, message: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Classes in another order would score each output as another class; another input size
+    failed deep inside the loss."""
+    command = [f"ckpt_path={tiny_checkpoint}", override, f"hydra.run.dir={tmp_path}"]
+    proc = run_entry_point("eval.py", *command, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: {message}" in proc.stderr
+
+
 @pytest.mark.slow
 def test_eval_folds_batch_norm_on_request(tiny_checkpoint: Path, tmp_path: Path) -> None:
     last = tiny_checkpoint.parent / "last.ckpt"

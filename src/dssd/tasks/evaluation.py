@@ -77,12 +77,30 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
         cfg.run_name = run_cfg.run_name
         cfg.run_tags = [*run_cfg.run_tags, "eval"]
     seed_run(cfg)
+    size = cfg.model.net.image_size
+    if cfg.data.get("image_size", size) != size:
+        raise UserError(
+            f"data.image_size={cfg.data.image_size}, but the network takes {size}: "
+            "drop the data.image_size override"
+        )
     datamodule = instantiate(cfg.data)
     read_data(datamodule, "test")
+    check_class_names(list(datamodule.class_names), list(run_cfg.model.class_names))
     with open_dict(cfg):  # the metrics of the data tested
         cfg.model.class_names = list(datamodule.class_names)
         cfg.model.use_07_metric = datamodule.use_07_metric
     return datamodule
+
+
+def check_class_names(data: list[str], trained: list[str]) -> None:
+    """Refuse test data whose classes are not the trained network's, in its order: each output of
+    the network would be scored as another class."""
+    if data == trained:
+        return
+    raise UserError(
+        f"the test data's classes {data} are not the {trained} the network was trained on, in "
+        "that order: evaluate a network on data with its own class list"
+    )
 
 
 def run_test(
