@@ -206,6 +206,39 @@ def test_an_exported_file_without_its_run_config_cannot_be_scored(tmp_path: Path
         evaluate_exported(OmegaConf.create({"model_file": str(archive)}))
 
 
+def test_eval_of_an_exported_file_refuses_another_precision(exported: dict[str, Path]) -> None:
+    """The file computes in float32; bf16 autocast would change the checkpoint's figures (and a
+    TorchScript file's) and make a faithful export look broken."""
+    from dssd.tasks.evaluation import evaluate_exported
+
+    for precision in ("bf16-mixed", "16-mixed"):
+        cfg = {"model_file": str(exported["onnx"]), "trainer": {"precision": precision}}
+        with pytest.raises(UserError, match=f"trainer.precision={precision}: an exported file"):
+            evaluate_exported(OmegaConf.create(cfg))
+
+
+def test_a_parity_gap_is_a_warning_that_names_the_checkpoint_exported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dssd.tasks.evaluation import PARITY_TOLERANCE, parity, warn_of_disagreement
+
+    checkpoint = {"test/voc_map": 0.5, "test/map": 0.3}
+    exported_from, other = str(tmp_path / "a" / "last.ckpt"), str(tmp_path / "b" / "last.ckpt")
+    close = {"test/voc_map": 0.5 + PARITY_TOLERANCE / 2, "test/map": 0.3}
+    far = {"test/voc_map": 0.5 + PARITY_TOLERANCE * 2, "test/map": 0.3}
+    with caplog.at_level(logging.WARNING, logger="dssd.tasks.evaluation"):
+        warn_of_disagreement(parity(close, checkpoint, exported_from), exported_from)
+        assert not caplog.records
+        warn_of_disagreement(parity(far, checkpoint, exported_from), exported_from)
+        (record,) = caplog.records
+        assert "disagree by up to 2.00e-03" in record.getMessage()
+        assert "was exported from" not in record.getMessage()
+        caplog.clear()
+        warn_of_disagreement(parity(far, checkpoint, other), exported_from)
+        (record,) = caplog.records
+        assert f"the file was exported from {exported_from}, not {other}" in record.getMessage()
+
+
 def test_export_refuses_settings_and_outputs_it_cannot_use(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -28,8 +28,10 @@ from dssd.tasks.common import (
 
 log = logging.getLogger(__name__)
 
-# the metrics compared between an exported file and its checkpoint
+# the metrics compared between an exported file and its checkpoint, and the largest difference
+# at which they agree
 PARITY_METRICS = ("voc_map", "map", "map_50", "map_75", "map_small")
+PARITY_TOLERANCE = 1e-3
 
 
 def data_to_evaluate(chosen: DictConfig | None, trained: DictConfig) -> DictConfig:
@@ -120,6 +122,12 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     """Test the exported file ``cfg.model_file`` (onnxruntime or TorchScript) on its run's test
     split like a checkpoint; then, unless ``compare=false``, its checkpoint (``ckpt_path``, default
     the file's) in float32 beside it: faithful when they agree to 0.001 (``parity``)."""
+    precision = (cfg.get("trainer") or {}).get("precision")
+    if precision not in (None, "32-true", "32"):
+        raise UserError(
+            f"trainer.precision={precision}: an exported file computes in float32, and its "
+            "checkpoint is compared with it in float32; drop the trainer.precision override"
+        )
     exported = ExportedModel(cfg.model_file)
     if not isinstance(exported.metadata.get("run_config"), dict):
         raise UserError(
@@ -155,6 +163,7 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
         checkpoint_metrics = run_test(cfg, reference, datamodule, with_loggers=False)
         extra["parity"] = parity(metrics, checkpoint_metrics, ckpt_path)
         log.info("Exported file against its checkpoint:\n%s", parity_table(extra["parity"]))
+        warn_of_disagreement(extra["parity"], exported.metadata.get("checkpoint"))
     report_test_results(cfg, model, metrics, extra)
     return metrics
 
@@ -170,6 +179,30 @@ def parity(
     }
     gap = max(abs(r["exported"] - r["checkpoint"]) for r in rows.values())
     return {"checkpoint": str(ckpt_path), "metrics": rows, "max_abs_difference": gap}
+
+
+def warn_of_disagreement(record: dict[str, Any], exported_from: str | None) -> None:
+    """Warn when the :func:`parity` record's figures differ by more than
+    :data:`PARITY_TOLERANCE`, naming the checkpoint the file was exported from when the one
+    compared is another file."""
+    gap = record["max_abs_difference"]
+    if gap <= PARITY_TOLERANCE:
+        return
+    compared = record["checkpoint"]
+    same = exported_from is not None and Path(exported_from).resolve() == Path(compared).resolve()
+    cause = (
+        f"; the file was exported from {exported_from}, not {compared}"
+        if exported_from is not None and not same
+        else ""
+    )
+    log.warning(
+        "the exported file and the checkpoint %s disagree by up to %.2e (more than %g): the "
+        "file does not compute what the checkpoint does%s",
+        compared,
+        gap,
+        PARITY_TOLERANCE,
+        cause,
+    )
 
 
 def parity_table(record: dict[str, Any]) -> str:
