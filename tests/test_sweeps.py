@@ -27,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, RunMode
 from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 from submitit.slurm.slurm import SlurmExecutor
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
@@ -334,8 +334,8 @@ def test_optuna_search_composes_and_searches_existing_keys() -> None:
     assert cfg.optimized_metric == OPTIMIZED_METRIC
 
     space = optuna_search_space(cfg)
-    assert set(space) == {"schedules.0.lr", "data.batch_size", "model.optimizer.weight_decay"}
-    assert isinstance(space["schedules.0.lr"], LogUniformDistribution)
+    assert set(space) == {"model.optimizer.lr", "data.batch_size", "model.optimizer.weight_decay"}
+    assert isinstance(space["model.optimizer.lr"], LogUniformDistribution)
     assert isinstance(space["model.optimizer.weight_decay"], LogUniformDistribution)
     assert isinstance(space["data.batch_size"], CategoricalDistribution)
     for optimizer in ("sgd", "adamw"):
@@ -348,8 +348,31 @@ def test_optuna_search_composes_and_searches_existing_keys() -> None:
         run = compose_train(HPARAMS_SEARCH, f"optimizer={optimizer}", *overrides)
         for key, value in trial.items():
             assert OmegaConf.select(run, key) == value
-        assert run.model.optimizer.lr == trial["schedules.0.lr"]
         assert run.model.optimizer.weight_decay == trial["model.optimizer.weight_decay"]
+
+
+def test_a_search_whose_study_would_mean_nothing_is_refused() -> None:
+    """Minimising a metric that is better higher picks the worst trial; searching another
+    stage's schedule varies a value no trial uses (the shipped space searched schedules.0.lr)."""
+    from dssd.errors import UserError
+    from dssd.tasks.training import check_search
+
+    for stage in (["stage=0"], ["stage=1", "init_from=x.ckpt"]):
+        cfg = compose_train(HPARAMS_SEARCH, *stage)
+        with hydra_runtime(cfg):
+            check_search(cfg)  # the shipped search, at any stage
+    cfg = compose_train(HPARAMS_SEARCH, "hydra.sweeper.direction=minimize")
+    with hydra_runtime(cfg), pytest.raises(UserError, match="direction=.*must maximize"):
+        check_search(cfg)
+    cfg = compose_train(HPARAMS_SEARCH, "stage=1", "init_from=x.ckpt")
+    with open_dict(cfg):
+        cfg.hydra.sweeper.params["schedules.0.lr"] = "tag(log, interval(1e-4, 1e-2))"
+    message = "the search varies schedules.0.lr, but stage 1 trains with schedules.1"
+    with hydra_runtime(cfg), pytest.raises(UserError, match=message):
+        check_search(cfg)
+    cfg = compose_train("stage=1", "init_from=x.ckpt")
+    with hydra_runtime(cfg):
+        check_search(cfg)  # not a sweep
 
 
 @pytest.mark.slow
@@ -375,7 +398,7 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_p
     for trial in trials:
         overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text())
         keys = {o.split("=", 1)[0] for o in overrides}
-        assert {"schedules.0.lr", "model.optimizer.weight_decay"} <= keys
+        assert {"model.optimizer.lr", "model.optimizer.weight_decay"} <= keys
         assert {"data.batch_size=2", "data.batch_size=4"} & set(overrides)
         with open(next(trial.glob("csv/version_*/metrics.csv"))) as f:
             logged = [row[OPTIMIZED_METRIC] for row in csv.DictReader(f) if row[OPTIMIZED_METRIC]]
@@ -383,7 +406,7 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_p
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna"
     assert set(results["best_params"]) == {
-        "schedules.0.lr",
+        "model.optimizer.lr",
         "data.batch_size",
         "model.optimizer.weight_decay",
     }

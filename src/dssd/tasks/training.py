@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 import pytorch_lightning as pl
@@ -196,6 +197,30 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
+def check_search(cfg: DictConfig) -> None:
+    """Refuse a hyperparameter search (``hparams_search``) whose study would mean nothing: one
+    that minimises a metric that is better higher (every ``optimized_metric``), or one that
+    searches another stage's schedule (``schedules.0.lr`` at ``stage=1``), which no trial uses."""
+    if not _in_multirun():
+        return
+    sweeper = HydraConfig.get().sweeper
+    direction = sweeper.get("direction")
+    # a string, or the sweeper's Direction enum ("Direction.maximize")
+    if direction is not None and str(direction).lower().rsplit(".")[-1] != "maximize":
+        raise UserError(
+            f"hydra.sweeper.direction={direction}: {cfg.get('optimized_metric')} "
+            "(optimized_metric) is better higher, so the search must maximize it"
+        )
+    stage = training_stage(cfg)
+    for key in sweeper.get("params") or {}:
+        match = re.match(r"schedules\.(\d+)\.", str(key))
+        if match and int(match.group(1)) != stage:
+            raise UserError(
+                f"the search varies {key}, but stage {stage} trains with schedules.{stage}: "
+                f"search model.optimizer.lr (the LR of the stage trained) or schedules.{stage}.*"
+            )
+
+
 def check_test_ckpt(cfg: DictConfig, model: DetectionModule | None = None) -> None:
     """Refuse a ``test_ckpt`` that cannot be tested, before anything is trained: ``last`` (the
     default, the paper's final weights), ``best`` (the run's ``best.ckpt``, chosen by
@@ -256,6 +281,7 @@ def train(cfg: DictConfig) -> float | None:
     check_stage(cfg)
     check_run(cfg)
     check_launch(cfg)
+    check_search(cfg)
     warn_shapes_recipe(cfg)
     if cfg.get("train", True):
         warn_no_validation(cfg)
