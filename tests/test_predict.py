@@ -237,22 +237,23 @@ def test_bad_inputs(
     ):
         with pytest.raises(UserError, match=re.escape(problem)):
             predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, setting))
-    with pytest.raises(UserError, match="input= is empty"):
-        predict(config(f"ckpt_path={tiny_checkpoint}", "input=", out))
+    for spec in ("", f"[{folder},{folder}]", "null"):  # a list was read as a glob
+        with pytest.raises(UserError, match=r"give one image, video, folder or glob pattern"):
+            predict(config(f"ckpt_path={tiny_checkpoint}", f"input={spec}", out))
     (tmp_path / "a_file").write_text("")
     for where in (tmp_path / "a_file", tmp_path / "a_file" / "out"):  # cannot be a directory
         with pytest.raises(UserError, match=f"output_dir={where}: cannot write there"):
             predict(
                 config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={where}")
             )
-    with pytest.raises(UserError, match="device=nowhere"):
+    with pytest.raises(UserError, match="device=nowhere: not a device name; choose auto, cpu"):
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "device=nowhere"))
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="device=cuda: this machine has no cuda device"):
             predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "device=cuda"))
     # nothing readable: the summary says why, and the command fails (exit status 2)
     unreadable = f"{folder}/*o*"  # broken.jpg and notes.txt
-    with pytest.raises(UserError, match=r"none of its 2 files could be read"):
+    with pytest.raises(UserError, match=r"could not read any of its 2 files"):
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={unreadable}", out))
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["images"] == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,7 @@ def test_init_from_refuses_missing_modules_and_files(tmp_path: Path) -> None:
     (run_dir / "checkpoints").mkdir(parents=True)
     with pytest.raises(UserError, match="is a directory: .*none lies in it"):
         load_initial_weights(build(), run_dir)
+    shutil.copy(path, run_dir / "checkpoints" / "best.ckpt")
     path.rename(run_dir / "checkpoints" / "last.ckpt")
     hint = f"e.g. {run_dir / 'checkpoints' / 'last.ckpt'}"
     with pytest.raises(UserError, match=re.escape(f"init_from={run_dir} is a directory")) as err:

@@ -435,6 +435,15 @@ def test_a_trial_too_short_to_validate_says_why_it_failed(
     assert "no validation ran" in proc.stdout
 
 
+def test_a_trial_without_validation_batches_is_told_so(caplog: pytest.LogCaptureFixture) -> None:
+    from dssd.tasks.training import _warn_objective_missing
+
+    for limit, cause in ((0, "trainer.limit_val_batches=0 switches it off"), (None, "below")):
+        caplog.clear()
+        _warn_objective_missing("val/map_50", limit)
+        assert cause in caplog.text and ("limit_val_batches" in caplog.text) == (limit == 0)
+
+
 # --- SLURM launcher ------------------------------------------------------------------------------
 
 

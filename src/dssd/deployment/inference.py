@@ -27,8 +27,10 @@ def choose_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"device={name}: {err}") from None
+    except RuntimeError:  # torch's message lists every device type it knows
+        raise UserError(
+            f"device={name}: not a device name; choose auto, cpu, cuda, cuda:<index> or mps"
+        ) from None
     here = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not here.get(device.type, True):
         raise UserError(f"device={name}: this machine has no {device.type} device; device=cpu")

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from pytorch_lightning.loggers import Logger, WandbLogger
 from torchvision.utils import draw_bounding_boxes
@@ -200,8 +200,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         ("draw_threshold", number(), "a score (above 1: nothing drawn)"),
         ("max_logged_images", whole(0), "a whole number >= 0"),
     )
-    if not str(cfg.input):
-        raise UserError("input= is empty: give an image, a video, a folder or a glob")
+    # a list was read as a glob pattern; a number (input=2024) is a name
+    if OmegaConf.is_config(cfg.input) or cfg.input is None or cfg.input == "":
+        raise UserError(
+            f"input={cfg.input}: give one image, video, folder or glob pattern (several files: "
+            "a folder, or a pattern such as 'input=images/*.jpg')"
+        )
     root, files = input_files(str(cfg.input))
     output_dir = Path(cfg.output_dir)
     if output_dir.resolve() == root.resolve():
@@ -265,7 +269,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     log_run(loggers, summary, table)
     print_summary(summary, score_threshold, output_dir)
     if not summary.images:
-        raise UserError(f"input={cfg.input}: none of its {len(files)} files could be read")
+        count = "its file" if len(files) == 1 else f"any of its {len(files)} files"
+        raise UserError(f"input={cfg.input}: could not read {count} (see the skips above)")
     return record
 
 

@@ -332,7 +332,7 @@ def train(cfg: DictConfig) -> float | None:
     if value is not None:
         log.info("%s = %.4f", cfg.optimized_metric, value)
     elif cfg.get("optimized_metric") and _in_multirun():
-        _warn_objective_missing(cfg.optimized_metric)
+        _warn_objective_missing(cfg.optimized_metric, cfg.trainer.get("limit_val_batches"))
     return value
 
 
@@ -341,14 +341,20 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _warn_objective_missing(metric: str) -> None:
+def _warn_objective_missing(metric: str, limit_val_batches: float | None) -> None:
     """Say why a sweep's trial returns nothing: no validation ran, so its objective (a
     validation metric; a misnamed one stops the checkpoint callback first) was never logged."""
+    why = (
+        "trainer.limit_val_batches=0 switches it off"
+        if limit_val_batches == 0
+        else "one runs at each epoch's end, or every trainer.val_check_interval steps: give one "
+        "below trainer.max_steps"
+    )
     log.warning(
         "%s (optimized_metric, what a sweep's trial returns) was never logged: no validation "
-        "ran (one runs at each epoch's end, or every trainer.val_check_interval steps: give one "
-        "below trainer.max_steps); the sweeper counts this trial as failed",
+        "ran (%s); the sweeper counts this trial as failed",
         metric,
+        why,
     )
 
 

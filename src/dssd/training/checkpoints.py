@@ -26,9 +26,10 @@ def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()
     """The dict saved at ``path`` (CPU tensors, ``weights_only=True``), holding the keys
     ``require``; ``option`` names the setting the path came from, for a missing file's error."""
     if os.path.isdir(path):
-        # a run directory holds its checkpoints under checkpoints/
+        # a run directory holds its checkpoints under checkpoints/; last.ckpt, the final
+        # weights, is what the next stage and a test start from
         candidates = [*Path(path).glob("*.ckpt"), *Path(path).glob("checkpoints/*.ckpt")]
-        found = sorted(map(str, candidates))
+        found = sorted(map(str, candidates), key=lambda p: (Path(p).name != "last.ckpt", p))
         hint = f"e.g. {found[0]}" if found else "none lies in it or its checkpoints/"
         raise CheckpointError(f"{option}={path} is a directory: give a checkpoint file ({hint})")
     if not os.path.isfile(path):
