@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import ModelSummary as ModelSummaryCallback
 from pytorch_lightning.utilities._pytree import _tree_flatten
 from pytorch_lightning.utilities.model_summary import ModelSummary
 
-from conftest import run_entry_point, tiny_overrides, tiny_run
+from conftest import ROOT, run_entry_point, tiny_overrides, tiny_run
 from dssd import errors
 from dssd.data.shapes import CLASSES as SHAPES_CLASSES
 from dssd.tasks.common import build_trainer
@@ -67,6 +67,20 @@ def test_eval_reproduces_the_test_map_of_train(
     # the loss is never 0, so it shows that weights, data and precision are the training run's
     for name in ("test/loss", "test/map", "test/map_50", "test/mar_200"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-6), name
+
+
+@pytest.mark.parametrize("setting", ["fold_bn=no", "compare=maybe"])
+def test_eval_switches_must_be_true_or_false(setting: str) -> None:
+    """Any other value would count as true: ``fold_bn=no`` folded."""
+    from hydra import compose, initialize_config_dir
+
+    from dssd.errors import UserError
+    from dssd.tasks.evaluation import evaluate
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval", overrides=["ckpt_path=/nowhere.ckpt", setting])
+    with pytest.raises(UserError, match=re.escape(f"{setting}: choose true or false")):
+        evaluate(cfg)
 
 
 def test_eval_data_is_the_checkpoints_unless_chosen() -> None:

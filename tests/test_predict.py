@@ -234,6 +234,7 @@ def test_bad_inputs(
         ("score_threshold=high", "score_threshold=high: choose null or a score"),
         ("draw_threshold=null", "draw_threshold=None: choose a score"),
         ("max_logged_images=-1", "max_logged_images=-1: choose a whole number >= 0"),
+        ("fold_bn=no", "fold_bn=no: choose true or false"),  # "no" would count as true
     ):
         with pytest.raises(UserError, match=re.escape(problem)):
             predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, setting))

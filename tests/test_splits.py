@@ -137,3 +137,11 @@ def test_a_count_below_its_least_or_not_whole_is_named(
     not at the first batch inside torch's DataLoader."""
     with pytest.raises(UserError, match=rf"data\.{setting} must be a whole number >= {least}"):
         VOCDataModule(str(tmp_path), CLASSES, **{setting: value})
+
+
+@pytest.mark.parametrize("setting", ["strict", "pin_memory", "persistent_workers"])
+def test_a_switch_that_is_not_true_or_false_is_named(tmp_path: Path, setting: str) -> None:
+    """``data.strict=no`` is the string "no", which would count as true."""
+    for value in ("no", 1, None):
+        with pytest.raises(UserError, match=rf"data\.{setting} must be true or false, got"):
+            VOCDataModule(str(tmp_path), CLASSES, **{setting: value})

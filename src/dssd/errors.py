@@ -41,6 +41,9 @@ def whole(least: int) -> Callable[[Any], bool]:
     return lambda value: is_number(value) and isinstance(value, int) and value >= least
 
 
+# a check of a setting that is a switch: any other value (``no``, ``maybe``) would count as true
+BOOLEAN = (lambda value: isinstance(value, bool), "true or false")
+
 # the seeds Lightning's seed_everything accepts
 MAX_SEED = 2**32 - 1
 

@@ -157,6 +157,13 @@ class DetectionDataModule(pl.LightningDataModule):
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserError(f"data.{name} must be a whole number >= {least}, got {value!r}")
+        for name, value in (
+            ("pin_memory", pin_memory),
+            ("persistent_workers", persistent_workers),
+            ("strict", strict),
+        ):
+            if not isinstance(value, bool):  # strict=no would read as true
+                raise UserError(f"data.{name} must be true or false, got {value!r}")
         check_augment(augment)
         self.val_holdout = val_holdout
         self.val_holdout_seed = val_holdout_seed

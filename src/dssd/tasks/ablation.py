@@ -6,7 +6,7 @@ from __future__ import annotations
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dssd.errors import UserError, check_settings
+from dssd.errors import BOOLEAN, UserError, check_settings
 from dssd.table4.runner import override_key, run_ablation
 from dssd.table4.sweeps import write_sweeps
 
@@ -26,8 +26,7 @@ def ablation(cfg: DictConfig) -> None:
     """Run the setting's rows and write the table, or with ``cfg.sweeps`` the sweep files."""
     hydra = HydraConfig.get()
     check_overrides(hydra.overrides.task, cfg.sweeps)
-    boolean = (lambda value: isinstance(value, bool), "true or false")
-    check_settings(cfg, ("sweeps", *boolean), ("analysis", *boolean))
+    check_settings(cfg, ("sweeps", *BOOLEAN), ("analysis", *BOOLEAN))
     if cfg.sweeps:
         for path in write_sweeps(cfg, hydra.runtime.choices.ablation, hydra.runtime.choices.rows):
             print(f"wrote {path}")

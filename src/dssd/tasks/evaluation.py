@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.deployment.export import ExportedModel
 from dssd.deployment.inference import load_checkpoint, restore_detector
-from dssd.errors import UserError
+from dssd.errors import BOOLEAN, UserError, check_settings
 from dssd.evaluation.module import DetectionEvaluation, ExportedModelEvaluation
 from dssd.models import fold_batchnorm
 from dssd.tasks.common import (
@@ -46,6 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint ``cfg.ckpt_path`` (or the exported ``cfg.model_file``) and return the
     test metrics. Network, data and precision are those of the run configuration stored in the
     checkpoint (so the figures repeat) unless ``cfg.data`` or ``trainer.precision`` is given."""
+    check_settings(cfg, ("fold_bn", *BOOLEAN), ("compare", *BOOLEAN))
     if cfg.get("model_file"):
         return evaluate_exported(cfg)
     if not cfg.get("ckpt_path"):

@@ -25,7 +25,7 @@ from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.data.voc import read_image
 from dssd.deployment.detector import Detector, batches
 from dssd.deployment.inference import choose_device
-from dssd.errors import UserError, check_settings, number, whole
+from dssd.errors import BOOLEAN, UserError, check_settings, number, whole
 from dssd.results.wandb import wandb_image
 from dssd.tasks.common import instantiate_group
 from dssd.training.callbacks import writable_directory
@@ -199,6 +199,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         ("score_threshold", lambda v: v is None or number(0, 1)(v), "null or a score in [0, 1]"),
         ("draw_threshold", number(), "a score (above 1: nothing drawn)"),
         ("max_logged_images", whole(0), "a whole number >= 0"),
+        ("fold_bn", *BOOLEAN),
     )
     # a list was read as a glob pattern; a number (input=2024) is a name
     if OmegaConf.is_config(cfg.input) or cfg.input is None or cfg.input == "":

@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from dssd.config import training_stage
 from dssd.deployment.detector import PRECISIONS
 from dssd.deployment.inference import differing_tensors, load_checkpoint
-from dssd.errors import UserError, check_settings, number, whole
+from dssd.errors import BOOLEAN, UserError, check_settings, number, whole
 from dssd.evaluation.module import coco_metric_names
 from dssd.tasks.common import (
     build_trainer,
@@ -52,8 +52,7 @@ def check_stage(cfg: DictConfig) -> None:
 def check_run(cfg: DictConfig) -> None:
     """Refuse, before any work, a run that would do nothing, or test an untrained network as if
     it were the run's result, or one whose schedule, seed, metric or input size no fit can use."""
-    boolean = (lambda value: isinstance(value, bool), "true or false")
-    check_settings(cfg, ("train", *boolean), ("test", *boolean))
+    check_settings(cfg, ("train", *BOOLEAN), ("test", *BOOLEAN))
     if not cfg.train and not cfg.test:
         raise UserError("train=false test=false: nothing to do")
     if not cfg.train and cfg.get("ckpt_path"):
