@@ -209,3 +209,22 @@ def test_worker_processes_do_not_change_the_output(tmp_path: Path) -> None:
     for path in sorted(a.rglob("*")):
         if path.is_file():
             assert path.read_bytes() == (b / path.relative_to(a)).read_bytes(), path
+
+
+def test_building_the_data_where_none_is_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mistyped ``data.root`` builds a new dataset there: the log says where, and only then."""
+    from dssd.data import shapes
+
+    built = []
+    monkeypatch.setattr(shapes, "generate_shapes", lambda root, variant: built.append(root))
+    with caplog.at_level("INFO", logger="dssd.data.shapes"):
+        shapes.ensure_shapes(tmp_path / "typo")
+        assert built == [tmp_path / "typo"]
+        assert f"No complete shapes dataset in {tmp_path / 'typo'}: building" in caplog.text
+        caplog.clear()
+        stamp = {"format_version": shapes.FORMAT_VERSION, "variant": "plain"}
+        (tmp_path / STAMP_FILE).write_text(json.dumps(stamp))
+        shapes.ensure_shapes(tmp_path)
+        assert built == [tmp_path / "typo"] and not caplog.text

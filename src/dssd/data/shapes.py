@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -25,6 +26,8 @@ import numpy as np
 
 from dssd.errors import UserError
 from dssd.tools import HelpFormatter
+
+log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ellipse")
 
@@ -517,6 +520,8 @@ def ensure_shapes(root: str | Path, variant: str = "plain") -> Path:
     and ``variant`` (any size or seed)."""
     stamp = read_stamp(root)
     if stamp is None or stamp.get("format_version") != FORMAT_VERSION:
+        # said, so that a mistyped data.root is seen for what it is
+        log.info("No complete shapes dataset in %s: building the %r data there", root, variant)
         return generate_shapes(root, variant=variant)
     if stamp.get("variant", "plain") != variant:
         raise UserError(

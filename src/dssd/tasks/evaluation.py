@@ -15,7 +15,7 @@ from dssd.deployment.export import ExportedModel
 from dssd.deployment.inference import load_checkpoint, restore_detector
 from dssd.errors import BOOLEAN, UserError, check_settings
 from dssd.evaluation.module import DetectionEvaluation, ExportedModelEvaluation
-from dssd.models import fold_batchnorm
+from dssd.models import count_batchnorms, fold_batchnorm
 from dssd.tasks.common import (
     build_trainer,
     check_scorable,
@@ -59,8 +59,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     unscored = check_scorable(cfg, datamodule)
     model = restore_detector(checkpoint, cfg.model)
     if cfg.get("fold_bn", False):
+        count = count_batchnorms(model.net)
         model.net = fold_batchnorm(model.net)
-        log.info("Evaluating with every batch norm folded into its convolution.")
+        log.info("Evaluating with every batch norm folded into its convolution (%d folded).", count)
     model.unscored_test_file = unscored
     metrics = run_test(cfg, model, datamodule)
     report_test_results(cfg, model, metrics, {"tested_checkpoint": str(cfg.ckpt_path)})

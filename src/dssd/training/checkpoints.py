@@ -5,6 +5,7 @@ truncated download, a text file or a foreign pickle."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()
     if not os.path.isfile(path):
         raise CheckpointError(f"{option}={path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a TorchScript archive before failing
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # whatever torch.load fails on, the file is not a checkpoint
         if Path(path).suffix == ".onnx" or "TorchScript" in str(err):
             raise not_a_checkpoint(
