@@ -191,6 +191,22 @@ def test_missing_pieces_are_named(tiny_checkpoint: Path, tmp_path: Path) -> None
         analyze(config(f"run={run}", "wandb=sometimes"))
     with pytest.raises(UserError, match=f"baseline={tmp_path / 'nowhere'}: no such run"):
         analyze(config(f"run={run}", f"baseline={tmp_path / 'nowhere'}"))
+    with pytest.raises(UserError, match="are the same run"):
+        analyze(config(f"run={run}", f"baseline={run}", f"out_dir={tmp_path / 'out'}"))
+
+
+def test_a_baseline_tested_on_other_classes_is_refused_before_detecting(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tiny_checkpoint.parent.parent
+    other = tmp_path / "other"
+    shutil.copytree(run / "checkpoints", other / "checkpoints")
+    results = json.loads((run / "test_results.json").read_text())
+    results["test_data"]["class_names"] = results["test_data"]["class_names"][::-1]
+    (other / "test_results.json").write_text(json.dumps(results))
+    monkeypatch.setattr(Analyser, "__call__", lambda *_: pytest.fail("detected first"))
+    with pytest.raises(UserError, match="a comparison needs the same test data"):
+        analyze(config(f"run={run}", f"baseline={other}", f"out_dir={tmp_path / 'out'}"))
 
 
 def test_damaged_results_and_an_out_dir_that_is_a_file_are_named(

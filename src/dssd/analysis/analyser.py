@@ -270,6 +270,25 @@ class Analyser:
         return self._done[key]
 
 
+def check_pairs(runs: Sequence[Run], baselines: Sequence[Run]) -> None:
+    """Refuse, before any detection, a baseline that is its run itself (every difference would be
+    zero) or whose test data has other classes than its run's (nothing to pair)."""
+    for run, baseline in zip(runs, baselines, strict=False):  # no baselines: no pairs
+        pairs = ((run.directory, baseline.directory), (run.checkpoint, baseline.checkpoint))
+        if all(a.resolve() == b.resolve() for a, b in pairs):
+            raise UserError(
+                f"run={run.directory} and baseline={baseline.directory} are the same run "
+                f"({run.checkpoint}): compare two runs"
+            )
+        classes = [config_of_test(r).data.get("class_names") for r in (run, baseline)]
+        if None not in classes and list(classes[0]) != list(classes[1]):
+            raise UserError(
+                f"run={run.directory} was tested on the classes {list(classes[0])}, "
+                f"baseline={baseline.directory} on {list(classes[1])}: a comparison needs the "
+                "same test data"
+            )
+
+
 def write_analysis(
     runs: Sequence[Run],
     baselines: Sequence[Run],
@@ -284,6 +303,7 @@ def write_analysis(
     options = analyser.options
     run_dirs = ", ".join(str(r.directory) for r in runs)
     writable_directory(out_dir, "out_dir")
+    check_pairs(runs, baselines)
     mine = [analyser(r) for r in runs]
     run_name = run_name or runs[0].name
     result = None
