@@ -133,6 +133,17 @@ def report_test_results(
     log.info("Test results (also in %s):\n%s", path, text)
 
 
+def check_image_size(cfg: DictConfig, fix: str) -> None:
+    """Refuse a ``data.image_size`` other than the network's (a shape error deep in the loss),
+    saying ``fix``."""
+    size = cfg.model.net.image_size
+    if cfg.data.get("image_size", size) != size:
+        raise UserError(
+            f"data.image_size={cfg.data.image_size}, but the network takes {size} "
+            f"(model.net.image_size): {fix}"
+        )
+
+
 def seed_run(cfg: DictConfig) -> None:
     """Seed everything with ``cfg.seed`` (null: no seeding), refusing a seed Lightning refuses."""
     check_settings(cfg, ("seed", is_seed, f"a whole number from 0 to {MAX_SEED}, or null"))

@@ -18,6 +18,7 @@ from dssd.evaluation.module import DetectionEvaluation, ExportedModelEvaluation
 from dssd.models import count_batchnorms, fold_batchnorm
 from dssd.tasks.common import (
     build_trainer,
+    check_image_size,
     check_scorable,
     read_data,
     report_test_results,
@@ -81,12 +82,7 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
         cfg.run_name = run_cfg.run_name
         cfg.run_tags = [*run_cfg.run_tags, "eval"]
     seed_run(cfg)
-    size = cfg.model.net.image_size
-    if cfg.data.get("image_size", size) != size:
-        raise UserError(
-            f"data.image_size={cfg.data.image_size}, but the network takes {size}: "
-            "drop the data.image_size override"
-        )
+    check_image_size(cfg, "drop the data.image_size override")
     datamodule = instantiate(cfg.data)
     read_data(datamodule, "test")
     check_class_names(list(datamodule.class_names), list(run_cfg.model.class_names))

@@ -22,6 +22,7 @@ from dssd.errors import BOOLEAN, UserError, check_settings, number, whole
 from dssd.evaluation.module import coco_metric_names
 from dssd.tasks.common import (
     build_trainer,
+    check_image_size,
     check_scorable,
     read_data,
     report_test_results,
@@ -66,12 +67,7 @@ def check_run(cfg: DictConfig) -> None:
             "test_ckpt=<file> are untrained: test a run with src/eval.py "
             "ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
-    if cfg.data.get("image_size", cfg.model.net.image_size) != cfg.model.net.image_size:
-        raise UserError(
-            f"data.image_size={cfg.data.image_size}, but the network takes "
-            f"{cfg.model.net.image_size} (model.net.image_size): set the model's size, which the "
-            "data follows"
-        )
+    check_image_size(cfg, "set the model's size, which the data follows")
     if cfg.train:
         check_schedule(cfg)
         check_trainer(cfg.trainer)
