@@ -185,17 +185,19 @@ def _last_checkpoint(trainer: pl.Trainer) -> str | None:
     return max(paths, key=os.path.getmtime) if paths else None
 
 
-def writable_directory(directory: str | Path, option: str) -> Path:
+def writable_directory(directory: str | Path, option: str, file: Path | None = None) -> Path:
     """``directory``, created if needed and checked writable (else a :class:`UserError` naming
-    ``option``, raised before any training or testing)."""
+    ``option`` and the ``file`` to be written there, if given, raised before any work)."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=directory).close()
     except OSError as err:
+        where = f"{directory}: cannot write there"
+        if file is not None:
+            where = f"{file}: cannot write in {directory}"
         raise UserError(
-            f"{option}={directory}: cannot write there ({err.strerror or err}); choose a "
-            "directory you can write to"
+            f"{option}={where} ({err.strerror or err}); choose a directory you can write to"
         ) from None
     return directory
 
@@ -206,7 +208,7 @@ def writable_file(path: str | Path, option: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option}={path} is a directory: give the path of a file to write")
-    writable_directory(path.parent, option)
+    writable_directory(path.parent, option, path)
     return path
 
 
