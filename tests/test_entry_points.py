@@ -342,6 +342,24 @@ def test_train_tests_the_final_weights_by_default_and_best_on_request(
     assert "Testing the final weights" not in (run_dirs["best"] / "train.log").read_text()
 
 
+def test_the_val_history_is_the_fits_whatever_checkpoint_is_tested(
+    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Testing a checkpoint file (or best.ckpt) restores its callbacks' state: the record kept
+    that checkpoint's validation curve (here another run's, one validation at step 2)."""
+    run_entry_point(
+        "train.py",
+        *tiny_run(tiny_shapes),
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=1",
+        "logger=csv",
+        f"test_ckpt={tiny_checkpoint}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    record = json.loads((tmp_path / "test_results.json").read_text())
+    assert [entry["step"] for entry in record["val_history"]] == [1, 2, 3]
+
+
 def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     """Also before the loggers start: no W&B run is opened (whose closing lines would follow
     the error) for a run that cannot read its data."""

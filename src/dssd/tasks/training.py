@@ -300,7 +300,7 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(run_config)
 
     metrics: dict[str, float] = {}
-    timings: dict[str, float] = {}
+    fit_record: dict[str, float] = {}
     history = next((c for c in trainer.callbacks if isinstance(c, ValidationHistory)), None)
     if cfg.get("train", True):
         start = time.perf_counter()
@@ -309,16 +309,17 @@ def train(cfg: DictConfig) -> float | None:
             model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, model), weights_only=True
         )
         earlier = history.earlier_seconds if history else 0.0  # a resumed fit's attempts
-        timings["fit_seconds"] = earlier + time.perf_counter() - start
+        fit_record["fit_seconds"] = earlier + time.perf_counter() - start
         metrics.update(scalar_metrics(trainer.callback_metrics))
+        # read now: testing a checkpoint restores the callbacks' state, this history included
+        if history:
+            fit_record["val_history"] = list(history.history)
     if cfg.get("test", True):
         tested = checkpoint_to_test(cfg, trainer)
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
         if trainer.is_global_zero:
-            record = {**timings, "tested_checkpoint": tested or "final weights"}
-            if history and cfg.get("train", True):
-                record["val_history"] = history.history
+            record = {**fit_record, "tested_checkpoint": tested or "final weights"}
             report_test_results(cfg, model, metrics, record)
 
     value = metrics.get(cfg.get("optimized_metric", ""))
