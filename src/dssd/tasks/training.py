@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
@@ -300,7 +301,7 @@ def train(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(run_config)
 
     metrics: dict[str, float] = {}
-    fit_record: dict[str, float] = {}
+    fit_record: dict[str, Any] = {}
     history = next((c for c in trainer.callbacks if isinstance(c, ValidationHistory)), None)
     if cfg.get("train", True):
         start = time.perf_counter()
