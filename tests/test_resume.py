@@ -224,9 +224,15 @@ def test_resume_checkpoint_resolves_and_checks_the_path(tmp_path: Path) -> None:
     for value in ("last", str(last)):
         with pytest.raises(UserError, match="is not a checkpoint written by src/train.py"):
             resume_checkpoint(cfg(value))
-    torch.save({"state_dict": {}, "hyper_parameters": {"run_config": {}}}, last)
+    torch.save({"state_dict": {}, "hyper_parameters": {"run_config": {}}, "global_step": 8}, last)
     assert resume_checkpoint(cfg("last")) == str(last)
     assert resume_checkpoint(cfg(str(last))) == str(last)
+    # a schedule shorter than the fit: Lightning stopped at once and tested the step-8 weights
+    shorter = OmegaConf.merge(cfg("last"), {"trainer": {"max_steps": 4}})
+    with pytest.raises(UserError, match="trained for 8 steps, more than trainer.max_steps=4"):
+        resume_checkpoint(shorter)
+    for steps in (8, 12):  # a finished fit tested again; an extended one
+        assert resume_checkpoint(OmegaConf.merge(shorter, {"trainer": {"max_steps": steps}}))
 
 
 def test_resuming_into_another_network_is_named_before_lightning_loads_it(
@@ -258,7 +264,8 @@ def test_resuming_into_another_network_is_named_before_lightning_loads_it(
 
 
 def test_a_new_fit_in_a_directory_holding_a_run_is_refused(tmp_path: Path) -> None:
-    """``hydra.run.dir=<run>`` without ``ckpt_path=last`` overwrote that run's checkpoints."""
+    """``hydra.run.dir=<run>`` without ``ckpt_path=last``, or with another run's checkpoint,
+    overwrote that run's checkpoints."""
 
     def cfg(**settings):
         return OmegaConf.create({"train": True, "paths": {"output_dir": str(tmp_path)}, **settings})
@@ -269,7 +276,13 @@ def test_a_new_fit_in_a_directory_holding_a_run_is_refused(tmp_path: Path) -> No
     with pytest.raises(UserError, match="holds an earlier run, .* ckpt_path=last resumes it"):
         check_fresh_directory(cfg())
     check_fresh_directory(cfg(ckpt_path="last"))
+    check_fresh_directory(cfg(ckpt_path=str(tmp_path / "checkpoints" / "best.ckpt")))
     check_fresh_directory(cfg(train=False))
+    # another run's checkpoint resumed here overwrote this run
+    other = tmp_path / "other" / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match="resumes another run into this directory"):
+        check_fresh_directory(cfg(ckpt_path=str(other)))
+    check_fresh_directory(cfg(ckpt_path=str(other), paths={"output_dir": str(tmp_path / "new")}))
 
 
 # --- src/train.py end to end ----------------------------------------------------------------------

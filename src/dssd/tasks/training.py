@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -362,14 +363,25 @@ def last_checkpoint(cfg: DictConfig) -> str:
 
 
 def check_fresh_directory(cfg: DictConfig) -> None:
-    """Refuse a new fit in a directory that holds a run (its ``last.ckpt``): it would overwrite
-    that run's checkpoints and results (``hydra.run.dir=<run>`` without ``ckpt_path=last``)."""
+    """Refuse a fit in a directory that holds a run (its ``last.ckpt``) unless it resumes that
+    run (``ckpt_path=last`` or one of its checkpoints): a new fit, or one resumed from another
+    run's checkpoint, would overwrite that run's checkpoints and results."""
     path = last_checkpoint(cfg)
-    if cfg.train and not cfg.get("ckpt_path") and os.path.isfile(path):
+    if not cfg.train or not os.path.isfile(path):
+        return
+    resumed = cfg.get("ckpt_path")
+    if not resumed:
         raise UserError(
             f"{path} exists: this directory holds an earlier run, which a new fit would "
             "overwrite. ckpt_path=last resumes it; to train anew, choose another hydra.run.dir "
             "(or remove that run)"
+        )
+    own = Path(path).resolve().parent
+    if str(resumed) != "last" and Path(resumed).resolve().parent != own:
+        raise UserError(
+            f"ckpt_path={resumed} resumes another run into this directory, which holds its own "
+            f"({path}) and would be overwritten: resume it in its own directory, or here with "
+            "ckpt_path=last"
         )
 
 
@@ -398,6 +410,16 @@ def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> 
     if not os.path.isfile(path):
         raise UserError(missing)
     checkpoint, run_config = load_checkpoint(path)  # a checkpoint of src/train.py
+    step = checkpoint.get("global_step", 0)
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    if 0 < max_steps < step:
+        raise UserError(
+            f"ckpt_path={path} was trained for {step} steps, more than trainer.max_steps="
+            f"{max_steps}: the fit would stop at once and test weights of step {step} as a "
+            f"{max_steps}-step run's. Test it with src/eval.py ckpt_path={path}"
+        )
+    if step == max_steps:
+        log.info("%s finished its fit (step %d): only the test runs again", path, step)
     then, now = (OmegaConf.select(c, "model.optimizer.lr") for c in (run_config, cfg))
     if now is not None and then != now:
         log.warning(
