@@ -360,6 +360,21 @@ def test_the_val_history_is_the_fits_whatever_checkpoint_is_tested(
     assert [entry["step"] for entry in record["val_history"]] == [1, 2, 3]
 
 
+def test_logger_none_builds_a_trainer_without_the_lr_monitor() -> None:
+    """Lightning stops a fit at its start when a LearningRateMonitor has no logger."""
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    from dssd.tasks.common import build_trainer
+    from test_configs import compose_train, hydra_runtime
+
+    for logger, monitored in (("none", False), ("csv", True)):
+        cfg = compose_train(f"logger={logger}", "trainer.accelerator=cpu")
+        with hydra_runtime(cfg):
+            trainer = build_trainer(cfg)
+        assert bool(trainer.loggers) == monitored
+        assert any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks) == monitored
+
+
 def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     """Also before the loggers start: no W&B run is opened (whose closing lines would follow
     the error) for a run that cannot read its data."""

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from dssd.errors import MAX_SEED, UserError, check_settings, is_seed
 from dssd.evaluation.module import DetectionEvaluation
@@ -71,6 +72,8 @@ def build_trainer(
         )
     callbacks = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_group(cfg.get("logger")) if with_loggers else []
+    if not loggers:  # it writes to the loggers only, and Lightning stops a fit without one
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
