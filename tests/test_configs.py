@@ -105,6 +105,9 @@ def test_run_names_tell_a_swapped_backbone_apart() -> None:
     assert {"upsample=bilinear", "data=shapes_context", "backbone=resnet18", "stage=0"} <= set(
         several.run_tags
     )
+    # a single tag given as a word is one tag, not its letters
+    tagged = resolve_with_hydra(compose_train("tags=ablation"))
+    assert tagged.run_tags[0] == "ablation" and "a" not in tagged.run_tags
 
 
 def test_augmentation_is_switched_on_by_its_config_and_a_bare_name_is_refused() -> None:

@@ -82,8 +82,9 @@ def run_tags(model: str, overrides: Sequence[str], _root_: DictConfig) -> ListCo
     """``${run_tags:<model>,<overrides>}``: ``tags`` plus e.g. ``pm=c``, ``stage=1`` (a
     ListConfig: ``OmegaConf.resolve``, as in ``--cfg job --resolve``, refuses a plain list)."""
     parts = _run_parts(model, overrides, _root_)
-    tags = [*_root_.get("tags", []), *(f"{key}={value}" for key, value in parts.items())]
-    return ListConfig(tags)
+    given = _root_.get("tags") or []
+    given = [given] if isinstance(given, str) else list(given)  # tags=ablation: one tag
+    return ListConfig([*given, *(f"{key}={value}" for key, value in parts.items())])
 
 
 def native_bf16() -> bool:
