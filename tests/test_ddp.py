@@ -338,7 +338,8 @@ def test_ddp_that_reruns_the_command_is_refused_in_a_local_sweep(
 
 def test_ddp_in_a_sweep_is_left_alone_under_srun(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under srun (or torchrun) every process exists already and Lightning starts none, so a
-    sweep of DDP runs is each task's own, not refused; ddp_spawn is never refused."""
+    sweep of DDP runs is each task's own, not refused; nor is ddp_spawn here, which starts its
+    processes itself (check_trainer refuses it in a fit for another reason)."""
     cfg = compose_train("hparams_search=optuna", *ddp_cpu(spawn=False))
     with hydra_runtime(cfg):
         with pytest.raises(UserError, match="in a sweep"):

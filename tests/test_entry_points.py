@@ -285,6 +285,13 @@ def test_a_test_ckpt_of_another_network_is_refused_before_training(tiny_checkpoi
         (["trainer.val_check_interval=0"], "trainer.val_check_interval=0: choose a number"),
         (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: choose"),
         (["trainer.precision=bf16-true"], "trainer.precision=bf16-true: choose one of 32-true"),
+        # DDP on the CPU: sync BN fails in the started processes; ddp_spawn loses the record
+        (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], "sync_batchnorm=false"),
+        (
+            ["trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=false"]
+            + ["trainer.strategy=ddp_spawn"],
+            "use trainer.strategy=ddp",
+        ),
     ],
 )
 def test_a_run_that_cannot_mean_anything_is_refused_before_any_work(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -130,6 +131,20 @@ def check_trainer(trainer: DictConfig) -> None:
         value = trainer.get(name)
         if value is not None and not valid(value):
             raise UserError(f"trainer.{name}={value}: choose {what}")
+    cpu = str(trainer.get("accelerator", "auto")) == "cpu" or (
+        str(trainer.get("accelerator", "auto")) == "auto" and not torch.cuda.is_available()
+    )
+    if trainer.get("sync_batchnorm") and cpu:
+        raise UserError(
+            "trainer.sync_batchnorm=true (from trainer=ddp) needs GPUs, PyTorch's SyncBatchNorm "
+            "refuses CPU tensors: add trainer.sync_batchnorm=false on the CPU"
+        )
+    if str(trainer.get("strategy", "")).startswith("ddp_spawn"):
+        raise UserError(
+            f"trainer.strategy={trainer.strategy}: the processes it starts keep the fit's "
+            "validation curve and logs to themselves, so the run's record and CSV log would "
+            "lose them; use trainer.strategy=ddp (on the CPU too)"
+        )
 
 
 def warn_shapes_recipe(cfg: DictConfig) -> None:
