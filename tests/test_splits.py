@@ -145,3 +145,23 @@ def test_a_switch_that_is_not_true_or_false_is_named(tmp_path: Path, setting: st
     for value in ("no", 1, None):
         with pytest.raises(UserError, match=rf"data\.{setting} must be true or false, got"):
             VOCDataModule(str(tmp_path), CLASSES, **{setting: value})
+
+
+def test_a_split_without_images_or_smaller_than_a_batch_is_named(tmp_path: Path) -> None:
+    """An empty split tested or validated nothing and reported blank tables at exit 0; a training
+    split smaller than a batch gave no batch at all (incomplete ones are dropped)."""
+    box = voc_object("cat", "1 2 30 20")
+    root = write_voc(tmp_path, {f"a{i}": voc_xml(box) for i in range(3)})
+    write_voc(root, {"t0": voc_xml(box)}, split="test")
+    write_voc(root, {"v0": voc_xml(box)}, split="val")
+    (root / "ImageSets" / "Main" / "empty.txt").write_text("")
+    sets = {"train_split": "trainval", "val_split": "empty", "test_split": "test"}
+    with pytest.raises(UserError, match="the val data holds no images: 0 images"):
+        VOCDataModule(str(root), CLASSES, **sets).setup("fit")
+    sets["val_split"] = "val"
+    datamodule = VOCDataModule(str(root), CLASSES, **sets, batch_size=4, num_workers=0)
+    datamodule.setup("fit")
+    with pytest.raises(UserError, match="data.batch_size=4, but the training data holds 3 images"):
+        datamodule.train_dataloader()
+    datamodule.batch_size = 3
+    assert len(datamodule.train_dataloader()) == 1

@@ -203,6 +203,8 @@ class DetectionDataModule(pl.LightningDataModule):
                 self.image_size, role == "train", self.mean, self.std, self.augment
             )
             dataset = self.datasets[role] = self._role_dataset(role, transform)
+            if len(dataset) == 0:
+                raise UserError(f"the {role} data holds no images: {_describe(role, dataset)}")
             level = logging.WARNING if repaired(dataset.skips) else logging.INFO
             log.log(level, "%s data: %s", role, _describe(role, dataset))
         if "test" in self.datasets:
@@ -241,6 +243,12 @@ class DetectionDataModule(pl.LightningDataModule):
         # and a forked worker resizing an inherited pool can deadlock.
         cv2.setNumThreads(1)
         dataset = self.datasets[role]
+        if train and len(dataset) < self.batch_size:
+            raise UserError(
+                f"data.batch_size={self.batch_size}, but the training data holds {len(dataset)} "
+                "images: every batch would be incomplete, and incomplete training batches are "
+                "dropped"
+            )
         # Training order and worker streams come from the run's seed alone, not the global stream
         # that building each network consumes differently: Table 4's rows are paired by seed.
         generator = torch.Generator().manual_seed(torch.initial_seed()) if train else None
