@@ -152,7 +152,11 @@ def test_stamp_makes_generation_idempotent(tmp_path: Path) -> None:
     generate_shapes(tmp_path, num_trainval=4, num_test=2, num_val=2, seed=1, overwrite=True)
     assert image.stat().st_mtime_ns != mtime
 
-    generate_shapes(tmp_path, num_trainval=3, num_test=1, num_val=1, seed=1)
+    # other settings: runs trained on the dataset would be tested on other images
+    with pytest.raises(FileExistsError, match="num_trainval 4 .asked 3., num_test 2 .asked 1."):
+        generate_shapes(tmp_path, num_trainval=3, num_test=1, num_val=1, seed=1)
+    assert image.stat().st_mtime_ns != mtime and read_stamp(tmp_path)["num_trainval"] == 4
+    generate_shapes(tmp_path, num_trainval=3, num_test=1, num_val=1, seed=1, overwrite=True)
     assert read_stamp(tmp_path)["num_trainval"] == 3
     assert len(list((root / "JPEGImages").glob("*.jpg"))) == 5  # 3 + 1 + 1
 

@@ -426,7 +426,12 @@ def _write_images(write: partial[_Record], empty: list[bool], workers: int | Non
 
 
 class ForeignDataError(UserError, FileExistsError):
-    """The output directory holds a dataset the generator did not write."""
+    """The output directory holds a dataset the generator did not write, or one it wrote with
+    other parameters (replaced only with ``overwrite``)."""
+
+
+class ShapesSettingError(UserError, ValueError):
+    """A generator setting that cannot be used, or an output path that is not a directory."""
 
 
 def _clear(root: Path) -> None:
@@ -458,18 +463,21 @@ def generate_shapes(
     variant: str = "plain",
 ) -> Path:
     """Write the shapes dataset under ``root`` and return it; a no-op when it is complete with the
-    same parameters, unless ``overwrite``. ``workers`` do not change the output."""
+    same parameters, unless ``overwrite``, which a complete dataset of other parameters needs to
+    be replaced. ``workers`` do not change the output."""
     # checked before anything on disk changes: a finished dataset at ``root`` is cleared below
     if not MIN_IMAGE_SIZE <= min_size <= max_size:
-        raise ValueError(
+        raise ShapesSettingError(
             f"need {MIN_IMAGE_SIZE} <= min_size <= max_size (px), got {min_size}, {max_size}"
         )
     if min(num_trainval, num_test, num_val) < 0:
-        raise ValueError(f"image counts cannot be negative: {num_trainval}, {num_test}, {num_val}")
+        counts = f"{num_trainval}, {num_test}, {num_val}"
+        raise ShapesSettingError(f"image counts cannot be negative: {counts}")
     if seed < 0:
-        raise ValueError(f"the seed must be >= 0, got {seed}")
+        raise ShapesSettingError(f"the seed must be >= 0, got {seed}")
     if variant not in VARIANTS:
-        raise ValueError(f"unknown shapes variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        choices = ", ".join(VARIANTS)
+        raise ShapesSettingError(f"unknown shapes variant {variant!r}; choose one of {choices}")
     root = Path(root)
     stamp = {
         "format_version": FORMAT_VERSION,
@@ -482,10 +490,23 @@ def generate_shapes(
         # the plain data's stamp predates variants, and stays as it was
         **({"variant": variant} if variant != "plain" else {}),
     }
-    if not overwrite and read_stamp(root) == stamp:
+    existing = read_stamp(root)
+    if not overwrite and existing == stamp:
         return root
+    if not overwrite and existing and existing.get("format_version") == FORMAT_VERSION:
+        settings = [({**{"variant": "plain"}, **d}) for d in (existing, stamp)]
+        asked = ", ".join(
+            f"{key} {settings[0].get(key)} (asked {value})"
+            for key, value in settings[1].items()
+            if settings[0].get(key) != value
+        )
+        raise ForeignDataError(
+            f"{root} holds a shapes dataset made with other settings: {asked}. Runs trained on "
+            "it would be tested on other images: give its settings, another directory, or "
+            "--overwrite (overwrite=True) to replace it"
+        )
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} is a file, not a directory to write the dataset into")
+        raise ShapesSettingError(f"{root} is a file, not a directory to write the dataset into")
 
     root.mkdir(parents=True, exist_ok=True)
     _clear(root)
