@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 
 from dssd.data.shapes import CLASSES, STAMP_FILE, generate_shapes, main, read_stamp
 from dssd.data.voc import parse_voc_xml
+from dssd.errors import UserError
 
 CLASS_TO_INDEX = {name: i + 1 for i, name in enumerate(CLASSES)}
 SPLITS = ("trainval", "test", "val")
@@ -167,7 +168,8 @@ def test_refuses_to_overwrite_foreign_voc_data(tmp_path: Path) -> None:
         generate_shapes(tmp_path, num_trainval=2, num_test=1, num_val=1)
     assert (tmp_path / "Annotations").is_dir()
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(ValueError, match="a_file is a file, not a directory"):
+    # a UserError: train.py data.root=<a file> prints it as one line
+    with pytest.raises(UserError, match="a_file is a file, not a directory"):
         generate_shapes(tmp_path / "a_file", num_trainval=2, num_test=1, num_val=1)
 
 
