@@ -215,7 +215,7 @@ def test_damaged_results_and_an_out_dir_that_is_a_file_are_named(
     run = tmp_path / "run"
     shutil.copytree(tiny_checkpoint.parent.parent, run)
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(UserError, match=f"out_dir={tmp_path / 'a_file'}: cannot write there"):
+    with pytest.raises(UserError, match=f"out_dir={tmp_path / 'a_file'} is a file, not a dir"):
         analyze(config(f"run={run}", f"out_dir={tmp_path / 'a_file'}"))
     # ("{}" counted as a finished run, with "–" for every figure in Table 4)
     damaged = (

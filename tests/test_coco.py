@@ -337,7 +337,7 @@ def test_a_coco_results_path_that_cannot_be_written_is_refused_up_front(tmp_path
     folder, under_a_file = tmp_path / "coco", tmp_path / "a_file" / "results.json"
     with pytest.raises(UserError, match=f"coco_results={folder} is a directory: give the path"):
         COCOResultsWriter(str(folder), dm)
-    message = f"coco_results={under_a_file}: cannot write in {under_a_file.parent} ("
+    message = f"coco_results={under_a_file}: {under_a_file.parent} is a file, not a directory"
     with pytest.raises(UserError, match=re.escape(message)):
         COCOResultsWriter(str(under_a_file), dm)
     assert COCOResultsWriter(str(tmp_path / "new" / "results.json"), dm).path

@@ -242,8 +242,11 @@ def test_bad_inputs(
         with pytest.raises(UserError, match=r"give one image, video, folder or glob pattern"):
             predict(config(f"ckpt_path={tiny_checkpoint}", f"input={spec}", out))
     (tmp_path / "a_file").write_text("")
-    for where in (tmp_path / "a_file", tmp_path / "a_file" / "out"):  # cannot be a directory
-        with pytest.raises(UserError, match=f"output_dir={where}: cannot write there"):
+    for where, problem in (  # neither can be a directory
+        (tmp_path / "a_file", "is a file, not a directory"),
+        (tmp_path / "a_file" / "out", ": cannot write there"),
+    ):
+        with pytest.raises(UserError, match=f"output_dir={where} ?{problem}"):
             predict(
                 config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={where}")
             )

@@ -189,6 +189,9 @@ def writable_directory(directory: str | Path, option: str, file: Path | None = N
     """``directory``, created if needed and checked writable (else a :class:`UserError` naming
     ``option`` and the ``file`` to be written there, if given, raised before any work)."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        given = f"{file}: {directory}" if file is not None else f"{directory}"
+        raise UserError(f"{option}={given} is a file, not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=directory).close()
