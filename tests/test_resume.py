@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from dssd.errors import UserError
 from dssd.tasks.training import best_checkpoint, check_fresh_directory, resume_checkpoint
 from dssd.training import callbacks as callbacks_module
 from dssd.training.callbacks import (
+    BestCheckpoint,
     LastCheckpoint,
     NonFiniteLossError,
     NonFiniteLossStop,
@@ -413,3 +415,30 @@ def test_best_checkpoint_is_the_model_checkpoints_not_last_checkpoints(tmp_path:
     best.best_model_path = str(tmp_path / "best.ckpt")
     trainer = pl.Trainer(callbacks=[last, best], logger=False, enable_progress_bar=False)
     assert best_checkpoint(trainer) == str(tmp_path / "best.ckpt")
+
+
+def test_a_moved_run_keeps_its_best_score_when_resumed(tmp_path: Path) -> None:
+    """Lightning drops the best score of a checkpoint whose directory changed, so the first
+    validation after resuming a moved run replaced best.ckpt however poor it was."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    new.mkdir()
+    state = ModelCheckpoint(old, "best", monitor="val/score", mode="max").state_dict()
+    state.update(best_model_path=str(old / "best.ckpt"), best_model_score=torch.tensor(0.7))
+    state["best_k_models"] = {str(old / "best.ckpt"): torch.tensor(0.7)}
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False)
+
+    def resumed(kind: type[ModelCheckpoint]) -> ModelCheckpoint:
+        callback = kind(new, "best", monitor="val/score", mode="max", save_top_k=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's "The dirpath has changed"
+            callback.load_state_dict(dict(state))
+        return callback
+
+    assert resumed(ModelCheckpoint).best_model_score is None  # what Lightning does
+    assert resumed(BestCheckpoint).best_model_score is None  # best.ckpt did not move with it
+    (new / "best.ckpt").write_bytes(b"")
+    best = resumed(BestCheckpoint)
+    assert best.best_model_score == pytest.approx(0.7)
+    assert best.best_model_path == str(new / "best.ckpt")
+    assert not best.check_monitor_top_k(trainer, torch.tensor(0.1))  # a poorer score: kept
+    assert best.check_monitor_top_k(trainer, torch.tensor(0.9))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
@@ -50,6 +50,24 @@ class DataSkipReport(pl.Callback):
                 describe_skips(counts),
             )
         pl_module.log_dict({f"data/{k}": float(v) for k, v in counts.items()})
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps the best score of a run resumed after its directory moved
+    (copied off a cluster, renamed): Lightning drops the score when ``dirpath`` changed, and the
+    first validation after the resume, however poor, would replace ``best.ckpt``. The score is
+    kept when the best checkpoint is found under the new ``dirpath``."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        before, best = state_dict.get("dirpath"), state_dict.get("best_model_path") or ""
+        moved = os.path.join(str(self.dirpath), os.path.basename(best)) if best else ""
+        if before not in (None, self.dirpath) and moved and os.path.isfile(moved):
+            log.info("The run moved from %s: its best checkpoint is %s", before, moved)
+            paths = {"best_model_path": moved, "kth_best_model_path": moved}
+            score = state_dict.get("best_model_score")
+            state_dict = {**state_dict, "dirpath": self.dirpath, **paths, "last_model_path": ""}
+            state_dict["best_k_models"] = {moved: score} if score is not None else {}
+        super().load_state_dict(state_dict)
 
 
 class LastCheckpoint(Checkpoint):
