@@ -388,13 +388,13 @@ def training_loader(cfg: DictConfig, batch: int) -> DataLoader:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    loader = datamodule.train_dataloader()
-    if len(loader) == 0:
+    images = len(datamodule.datasets["train"])
+    if images < batch:  # said before the datamodule does, with this command's option
         raise ValueError(
-            f"{cfg.data.root}: {len(loader.dataset)} training images, fewer than one batch "
-            f"of {batch}; lower --train-batch"
+            f"{cfg.data.root}: {images} training images, fewer than one batch of {batch}; "
+            "lower --train-batch"
         )
-    return loader
+    return datamodule.train_dataloader()
 
 
 def endless(loader: DataLoader) -> Iterator[Any]:

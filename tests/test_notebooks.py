@@ -14,6 +14,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 from conftest import ROOT, TINY_ROWS, TINY_SEEDS
 from ties import analysed_ap_ranges, map_range, within
@@ -182,3 +183,32 @@ def test_detections_notebook(
     assert within(metrics["test/voc_map"], (low, high))
     summary_map = float(re.search(r"\*\*([\d.]+)\*\*", (analysis / "summary.md").read_text())[1])
     assert 100 * low - 0.05 - 1e-9 <= summary_map <= 100 * high + 0.05 + 1e-9  # printed to 0.1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DSSD_CHECKPOINT", "nowhere.ckpt", "DSSD_CHECKPOINT=.*nowhere.ckpt: no such checkpoint"),
+        ("DSSD_NUM_IMAGES", "0", "DSSD_NUM_IMAGES=0: give the number of images to draw"),
+    ],
+)
+def test_the_detections_notebook_names_a_bad_variable(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    """Not a loader's "ckpt_path=..." the reader never set, nor matplotlib's "rows must be
+    positive"."""
+    monkeypatch.setenv("DSSD_CHECKPOINT", str(tiny_checkpoint))
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(CellExecutionError, match=message):
+        execute("detections")
+
+
+def test_the_ablation_notebook_writes_nothing_where_there_is_no_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped DSSD_ABLATION_DIR got a figures/ folder before the missing table was named."""
+    typo = tmp_path / "ablation_typo"
+    monkeypatch.setenv("DSSD_ABLATION_DIR", str(typo))
+    with pytest.raises(CellExecutionError, match="table4.csv does not exist"):
+        execute("ablation")
+    assert not typo.exists()
