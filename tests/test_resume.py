@@ -259,6 +259,24 @@ def test_resuming_into_another_network_is_named_before_lightning_loads_it(
     assert (
         "model.optimizer.lr=0.5, but" in caplog.text and "the new rate has no effect" in caplog.text
     )
+    # other data or model settings: warned of, by name (loading, schedule and LR aside)
+    caplog.clear()
+    changed = OmegaConf.merge(
+        run_cfg,
+        {"ckpt_path": str(tiny_checkpoint), "seed": run_cfg.seed},
+        {"data": {"batch_size": run_cfg.data.batch_size + 1, "num_workers": 7}},
+        {"model": {"scheduler": {"milestones": [99]}}},
+    )
+    with caplog.at_level(logging.WARNING):
+        resume_checkpoint(changed)
+    (message,) = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
+    size = run_cfg.data.batch_size
+    assert f"data.batch_size: {size} -> {size + 1}" in message
+    assert "num_workers" not in message and "milestones" not in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resume_checkpoint(OmegaConf.merge(run_cfg, {"ckpt_path": str(tiny_checkpoint)}))
+    assert "other settings" not in caplog.text
     # a stage-0 checkpoint resumed as stage 1: Lightning failed on the optimiser's param groups
     later = OmegaConf.merge(cfg, {"stage": 1, "stages": [{}, {}]})
     with pytest.raises(UserError, match="is a stage-0 run's checkpoint, resumed here as stage 1"):

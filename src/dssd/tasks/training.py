@@ -400,6 +400,46 @@ def check_fresh_directory(cfg: DictConfig) -> None:
         )
 
 
+# what a resumed run may change without a warning: how data are loaded, the schedule (a longer
+# one extends the run: the LR steps follow it) and the learning rate (warned of on its own)
+RESUMABLE_CHANGES = (
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "model.optimizer.lr",
+    "model.scheduler.",
+)
+
+
+def changed_settings(run_config: DictConfig, cfg: DictConfig) -> list[str]:
+    """The data, model, seed and trainer-numerics settings of ``cfg`` that differ from the
+    checkpoint's ``run_config``, as ``key: then -> now``."""
+
+    def flat(node: object, prefix: str) -> dict[str, object]:
+        if isinstance(node, dict):
+            return {
+                k: v
+                for key, value in node.items()
+                for k, v in flat(value, f"{prefix}.{key}").items()
+            }
+        return {prefix: node}
+
+    keys = ("data", "model", "seed", "trainer.precision", "trainer.accumulate_grad_batches")
+    changed = []
+    for key in keys:
+        sides = [OmegaConf.select(c, key) for c in (run_config, cfg)]
+        if None in sides:  # not in an older checkpoint's config, or not configured here
+            continue
+        then, now = (
+            flat(OmegaConf.to_container(s, resolve=True) if OmegaConf.is_config(s) else s, key)
+            for s in sides
+        )
+        for name in sorted(then.keys() | now.keys()):
+            if then.get(name) != now.get(name) and not name.startswith(RESUMABLE_CHANGES):
+                changed.append(f"{name}: {then.get(name)} -> {now.get(name)}")
+    return changed
+
+
 def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> str | None:
     """The checkpoint ``trainer.fit`` resumes from (``cfg.ckpt_path``; ``last``: ``last.ckpt`` in
     this run's checkpoint directory), checked to exist (Lightning only warns and starts over) and,
@@ -442,6 +482,14 @@ def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> 
             "state, learning rate included, so the new rate has no effect (init_from=<that file> "
             "starts a new fit from its weights)",
             *(now, path, then),
+        )
+    if changed := changed_settings(run_config, cfg):
+        log.warning(
+            "resuming %s with other settings than its run's: %s. The run's record (its figures, "
+            "its validation curve) will mix the two; give the run's overrides (its "
+            ".hydra/overrides.yaml) to go on as it was",
+            path,
+            "; ".join(changed),
         )
     if run_config.get("stage", 0) != training_stage(cfg):
         raise UserError(
