@@ -247,6 +247,16 @@ def test_the_ablation_is_the_full_length_recipe_on_shorter_schedules() -> None:
         assert ablation["trainer.val_check_interval"] * 4 == ablation["trainer.max_steps"]
 
 
+@pytest.mark.parametrize(("steps", "interval"), [(1200, 300), (10, 2), (3, 1), (1, 1)])
+def test_the_shapes_experiments_validate_every_quarter_and_at_least_every_step(
+    steps: int, interval: int
+) -> None:
+    """A schedule shortened below 4 iterations validated every 0 steps: an error naming a
+    setting the command never gave."""
+    cfg = resolve_with_hydra(compose_train(f"schedules.0.max_steps={steps}"))
+    assert cfg.trainer.val_check_interval == interval
+
+
 @pytest.mark.parametrize(
     ("overrides", "warned"),
     [

@@ -501,3 +501,18 @@ def test_settings_left_to_the_command_line_are_named_when_not_given(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     config = f"conf/{script.removesuffix('.py')}.yaml"
     assert f"error: give {missing} on the command line ({config} says" in proc.stderr
+
+
+def test_a_logger_that_cannot_write_is_named(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import CSVLogger
+
+    from dssd.errors import UserError
+    from dssd.tasks.training import log_run_config
+
+    (tmp_path / "a_file").write_text("")
+    trainer = pl.Trainer(logger=CSVLogger(tmp_path / "a_file"), enable_progress_bar=False)
+    with pytest.raises(UserError, match=r"the CSVLogger cannot write its logs into .*a_file"):
+        log_run_config(trainer, {"seed": 1})
+    trainer = pl.Trainer(logger=CSVLogger(tmp_path / "logs"), enable_progress_bar=False)
+    log_run_config(trainer, {"seed": 1})
+    assert "seed: 1" in next((tmp_path / "logs").rglob("hparams.yaml")).read_text()

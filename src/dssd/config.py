@@ -102,10 +102,12 @@ def fast_precision() -> str:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers above and ``div`` (integer division)."""
+    """Register the resolvers above and ``every`` (``${every:<steps>,<n>}``: the interval that
+    validates ``n`` times in ``steps`` iterations, at least 1, so that a schedule shortened below
+    ``n`` iterations still validates)."""
     resolvers = {
         "num_classes": num_classes,
-        "div": lambda a, b: int(a) // int(b),
+        "every": lambda steps, n: max(1, int(steps) // int(n)),
         "stage": stage_entry,
         "run_name": run_name,
         "run_tags": run_tags,

@@ -313,8 +313,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("test", True):
         model.unscored_test_file = check_scorable(cfg, datamodule)
     trainer = build_trainer(cfg, result_writers(cfg, datamodule))
-    for logger in trainer.loggers:
-        logger.log_hyperparams(run_config)
+    log_run_config(trainer, run_config)
 
     metrics: dict[str, float] = {}
     fit_record: dict[str, Any] = {}
@@ -347,6 +346,19 @@ def train(cfg: DictConfig) -> float | None:
     elif cfg.get("optimized_metric") and _in_multirun():
         _warn_objective_missing(cfg.optimized_metric, cfg.trainer.get("limit_val_batches"))
     return value
+
+
+def log_run_config(trainer: pl.Trainer, run_config: dict[str, Any]) -> None:
+    """Give every logger the run's configuration, its first write: a logger that cannot write
+    (a ``save_dir`` that is a file) is a :class:`UserError`, not a traceback."""
+    for logger in trainer.loggers:
+        try:
+            logger.log_hyperparams(run_config)
+        except OSError as err:
+            raise UserError(
+                f"the {type(logger).__name__} cannot write its logs into {logger.save_dir} "
+                f"({err.strerror or err}): choose another logger.<name>.save_dir"
+            ) from None
 
 
 def _in_multirun() -> bool:
