@@ -83,6 +83,22 @@ def test_eval_switches_must_be_true_or_false(setting: str) -> None:
         evaluate(cfg)
 
 
+def test_eval_logs_to_the_training_runs_wandb_project_unless_given_one() -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dssd.tasks.evaluation import follow_wandb_project
+    from test_configs import hydra_runtime
+
+    trained = OmegaConf.create({"logger": {"wandb": {"project": "myproj", "entity": "lab"}}})
+    for given, project in (([], "myproj"), (["logger.wandb.project=mine"], "mine")):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("eval", ["logger=wandb", *given], return_hydra_config=True)
+        with hydra_runtime(cfg):
+            follow_wandb_project(cfg, trained)
+        assert (cfg.logger.wandb.project, cfg.logger.wandb.entity) == (project, "lab")
+
+
 def test_eval_data_is_the_checkpoints_unless_chosen() -> None:
     from omegaconf import OmegaConf
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -81,6 +82,7 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
     if "run_name" in run_cfg:  # W&B names: the training run's, tagged eval
         cfg.run_name = run_cfg.run_name
         cfg.run_tags = [*run_cfg.run_tags, "eval"]
+    follow_wandb_project(cfg, run_cfg)
     seed_run(cfg)
     check_image_size(cfg, "drop the data.image_size override")
     datamodule = instantiate(cfg.data)
@@ -90,6 +92,19 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
         cfg.model.class_names = list(datamodule.class_names)
         cfg.model.use_07_metric = datamodule.use_07_metric
     return datamodule
+
+
+def follow_wandb_project(cfg: DictConfig, run_cfg: DictConfig) -> None:
+    """Log to the training run's W&B project and entity (``logger.wandb.project=myproj`` at
+    training), unless this command gives its own."""
+    ours, theirs = (OmegaConf.select(c, "logger.wandb") for c in (cfg, run_cfg))
+    if ours is None or theirs is None:
+        return
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    for key in ("project", "entity"):
+        if key in theirs and not any(o.startswith(f"logger.wandb.{key}=") for o in given):
+            with open_dict(ours):
+                ours[key] = theirs[key]
 
 
 def check_class_names(data: list[str], trained: list[str]) -> None:
