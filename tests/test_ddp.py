@@ -292,6 +292,30 @@ def test_an_evaluation_shard_is_a_contiguous_block_without_repeats() -> None:
         EvaluationShard(dataset, 16, 0)
 
 
+def test_too_few_evaluation_images_for_the_processes_is_said_before_training(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    """It was said at the first validation, after the training up to it (and twice)."""
+    root = tmp_path / "shapes"
+    shutil.copytree(tiny_shapes, root)
+    splits = root / "ImageSets" / "Main"
+    (splits / "one.txt").write_text((splits / "test.txt").read_text().split()[0] + "\n")
+    proc = run_entry_point(
+        "train.py",
+        *ddp_cpu(spawn=False),
+        f"data.root={root}",
+        "data.test_split=one",
+        "data.num_workers=0",
+        "trainer.max_steps=2",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: 1 test images for 2 processes: each process needs one" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.slow
 def test_train_py_runs_under_ddp_on_two_processes(tiny_shapes: Path, tmp_path: Path) -> None:
     """src/train.py with ``trainer=ddp``: Lightning starts process 1 by running the command line

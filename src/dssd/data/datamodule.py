@@ -108,6 +108,15 @@ def _describe(role: str, dataset: Dataset) -> str:
     )
 
 
+def check_shardable(size: int, processes: int, role: str = "evaluation") -> None:
+    """Refuse evaluation data too small for one image per process."""
+    if size < processes:
+        raise UserError(
+            f"{size} {role} images for {processes} processes: each process needs one; "
+            "evaluate on fewer devices (src/eval.py tests on one)"
+        )
+
+
 class EvaluationShard(DistributedSampler):
     """One process's contiguous block of an evaluation dataset under DDP: unlike Lightning's sampler
     it repeats no image, and the blocks gather back in dataset order (the same metrics and result
@@ -116,11 +125,7 @@ class EvaluationShard(DistributedSampler):
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         size = len(dataset)
-        if size < num_replicas:
-            raise UserError(
-                f"{size} evaluation images for {num_replicas} processes: each process needs one; "
-                "evaluate on fewer devices (src/eval.py tests on one)"
-            )
+        check_shardable(size, num_replicas)
         self.start, self.end = rank * size // num_replicas, (rank + 1) * size // num_replicas
         self.num_samples = self.end - self.start
         self.total_size = size

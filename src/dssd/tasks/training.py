@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dssd.config import training_stage
+from dssd.data.datamodule import check_shardable
 from dssd.deployment.detector import PRECISIONS
 from dssd.deployment.inference import differing_tensors, load_checkpoint
 from dssd.errors import BOOLEAN, UserError, check_settings, number, whole
@@ -313,6 +314,9 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("test", True):
         model.unscored_test_file = check_scorable(cfg, datamodule)
     trainer = build_trainer(cfg, result_writers(cfg, datamodule))
+    for role, dataset in getattr(datamodule, "datasets", {}).items():
+        if role != "train":  # said now, not at the first validation after hours of training
+            check_shardable(len(dataset), trainer.world_size, role)
     log_run_config(trainer, run_config)
 
     metrics: dict[str, float] = {}
