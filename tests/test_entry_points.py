@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.warnings import PossibleUserWarning
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelSummary as ModelSummaryCallback
 from pytorch_lightning.utilities._pytree import _tree_flatten
@@ -481,7 +482,15 @@ def test_tasks_run_without_lightnings_product_tips_or_its_torch_warning(
         module._trainer = trainer
         ModelSummary(module)
 
-    for emit, expected in ((flatten, "LeafSpec"), (summarize, "not supported by the model")):
+    def start_frozen(_: object) -> None:  # what Lightning says of stage 1's frozen batch norms
+        text = "Found 32 module(s) in eval mode at the start of training. This may lead to"
+        warnings.warn(text, PossibleUserWarning, stacklevel=1)
+
+    for emit, expected in (
+        (flatten, "LeafSpec"),
+        (summarize, "not supported by the model"),
+        (start_frozen, "in eval mode at the start of training"),
+    ):
         for task in (emit, partial(run_task, emit)):
             with warnings.catch_warnings(record=True) as seen:
                 warnings.simplefilter("always")

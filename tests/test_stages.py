@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -54,8 +55,13 @@ def test_stage0_trains_everything() -> None:
     assert all(m.training for m in batchnorms(module))
 
 
-def test_stage1_freezes_backbone_and_extras_with_their_batchnorm() -> None:
-    module = build("model=dssd_r18w16", "stage=1", "init_from=unused.ckpt")
+def test_stage1_freezes_backbone_and_extras_with_their_batchnorm(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="dssd.training.stages"):
+        module = build("model=dssd_r18w16", "stage=1", "init_from=unused.ckpt")
+    frozen = len(batchnorms(module.net.backbone)) + len(batchnorms(module.net.extras))
+    assert f"Frozen: backbone, extras; {frozen} batch norms kept in eval mode" in caplog.text
     net = module.net
     before = snapshot(module)
     one_step(module)

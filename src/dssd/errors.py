@@ -128,9 +128,12 @@ class _NoTips(logging.Filter):
 def quiet_lightning() -> None:
     """Keep out of the commands' output what asks nothing of the user: Lightning's product tips
     and its note on the configured model summary, the FutureWarning its batch handling draws from
-    torch (``LeafSpec``), and its model summary's caveat on bf16-mixed (whose weights are float32,
-    as the summary counts them). Lightning's other lines stay."""
+    torch (``LeafSpec``), its model summary's caveat on bf16-mixed (whose weights are float32,
+    as the summary counts them) and its note on modules in eval mode when a fit starts: they are
+    the batch norms that stages 1 and 2 freeze, which the stage logs. Lightning's other lines
+    stay."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NO_TIPS)
+    warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode at the start of train")
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
     warnings.filterwarnings("ignore", "Precision bf16-mixed is not supported by the model summary")
 

@@ -131,5 +131,11 @@ def freeze_modules(net: nn.Module, modules: Sequence[str], batchnorm: bool) -> l
     for m in norms.values():
         m.requires_grad_(False)
         m.eval()
+    if frozen or norms:
+        log.info(
+            "Frozen: %s; %d batch norms kept in eval mode, on their running statistics",
+            ", ".join(modules) or "no module",
+            len(norms),
+        )
     names = {id(m): name for name, m in net.named_modules()}
     return [names[id(m)] for m in norms.values()]
