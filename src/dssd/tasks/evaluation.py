@@ -101,6 +101,7 @@ def follow_wandb_project(cfg: DictConfig, run_cfg: DictConfig) -> None:
     if ours is None or theirs is None:
         return
     given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    given = [o.lstrip("+") for o in given]  # +logger.wandb.entity=... gives one too
     for key in ("project", "entity"):
         if key in theirs and not any(o.startswith(f"logger.wandb.{key}=") for o in given):
             with open_dict(ours):

@@ -132,9 +132,8 @@ def check_trainer(trainer: DictConfig) -> None:
         value = trainer.get(name)
         if value is not None and not valid(value):
             raise UserError(f"trainer.{name}={value}: choose {what}")
-    cpu = str(trainer.get("accelerator", "auto")) == "cpu" or (
-        str(trainer.get("accelerator", "auto")) == "auto" and not torch.cuda.is_available()
-    )
+    accelerator = str(trainer.get("accelerator", "auto"))
+    cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if trainer.get("sync_batchnorm") and cpu:
         raise UserError(
             "trainer.sync_batchnorm=true (from trainer=ddp) needs GPUs, PyTorch's SyncBatchNorm "
