@@ -370,7 +370,15 @@ def test_a_search_whose_study_would_mean_nothing_is_refused() -> None:
     message = "the search varies schedules.0.lr, but stage 1 trains with schedules.1"
     with hydra_runtime(cfg), pytest.raises(UserError, match=message):
         check_search(cfg)
-    cfg = compose_train("stage=1", "init_from=x.ckpt")
+    for never, why in (
+        ("trainer.limit_val_batches=0", "limit_val_batches=0"),
+        ("train=false", "train=false"),
+        ("trainer.max_steps=2", "max_steps=2 < trainer.val_check_interval"),
+    ):
+        cfg = compose_train(HPARAMS_SEARCH, never)
+        with hydra_runtime(cfg), pytest.raises(UserError, match=f"would validate .*{why}"):
+            check_search(cfg)
+    cfg = compose_train("stage=1", "init_from=x.ckpt", "trainer.limit_val_batches=0")
     with hydra_runtime(cfg):
         check_search(cfg)  # not a sweep
 
@@ -417,7 +425,9 @@ def test_a_trial_too_short_to_validate_says_why_it_failed(
     tiny_shapes: Path, tmp_path: Path
 ) -> None:
     """A trial that ends before its first validation returns nothing; its log says why, beside
-    the sweeper's "Return value must be float-castable"."""
+    the sweeper's "Return value must be float-castable". (A whole number of steps between
+    validations beyond max_steps is refused before the trial trains; an epoch's fraction is
+    not: the epoch's length is known only once the data is read.)"""
     proc = run_entry_point(
         "train.py",
         HPARAMS_SEARCH,
@@ -428,6 +438,8 @@ def test_a_trial_too_short_to_validate_says_why_it_failed(
         "data.num_workers=0",
         "logger=csv",
         "trainer.max_steps=2",
+        "trainer.val_check_interval=1.0",
+        "trainer.check_val_every_n_epoch=1",
         "test=false",
         check=False,
     )

@@ -171,11 +171,30 @@ def warn_shapes_recipe(cfg: DictConfig) -> None:
         )
 
 
+def _ends_before_validation(cfg: DictConfig) -> tuple[int, int] | None:
+    """``(max_steps, val_check_interval)`` when the fit ends before its first validation."""
+    interval, steps = cfg.trainer.get("val_check_interval"), cfg.trainer.get("max_steps")
+    if isinstance(interval, int) and isinstance(steps, int) and 0 < steps < interval:
+        return steps, interval
+    return None
+
+
+def _never_validates(cfg: DictConfig) -> str | None:
+    """Why the run will never validate, or None."""
+    if not cfg.get("train", True):
+        return "train=false"
+    if cfg.trainer.get("limit_val_batches") == 0:
+        return "trainer.limit_val_batches=0"
+    if ends := _ends_before_validation(cfg):
+        return "trainer.max_steps={} < trainer.val_check_interval={}".format(*ends)
+    return None
+
+
 def warn_no_validation(cfg: DictConfig) -> None:
     """Say at start-up when the fit will never validate: ``trainer.val_check_interval`` (which
     an experiment sets) beyond ``trainer.max_steps``, e.g. a run shortened by the latter alone."""
-    interval, steps = cfg.trainer.get("val_check_interval"), cfg.trainer.get("max_steps")
-    if isinstance(interval, int) and isinstance(steps, int) and 0 < steps < interval:
+    if ends := _ends_before_validation(cfg):
+        steps, interval = ends
         log.warning(
             "trainer.max_steps=%d ends before the first validation (trainer.val_check_interval="
             "%d, set by the experiment): no validation curve and no best.ckpt. Give "
@@ -211,12 +230,19 @@ def check_launch(cfg: DictConfig) -> None:
 
 def check_search(cfg: DictConfig) -> None:
     """Refuse a hyperparameter search (``hparams_search``) whose study would mean nothing: one
-    that minimises a metric that is better higher (every ``optimized_metric``), or one that
-    searches another stage's schedule (``schedules.0.lr`` at ``stage=1``), which no trial uses."""
+    that minimises a metric that is better higher (every ``optimized_metric``), one that
+    searches another stage's schedule (``schedules.0.lr`` at ``stage=1``), which no trial uses,
+    or one whose trials never validate, so that none returns a value and each counts as failed."""
     if not _in_multirun():
         return
     sweeper = HydraConfig.get().sweeper
     direction = sweeper.get("direction")
+    never = _never_validates(cfg)
+    if direction is not None and never:
+        raise UserError(
+            f"no trial of this search would validate ({never}), so none could return "
+            f"{cfg.get('optimized_metric')} (optimized_metric) to the sweeper"
+        )
     # a string, or the sweeper's Direction enum ("Direction.maximize")
     if direction is not None and str(direction).lower().rsplit(".")[-1] != "maximize":
         raise UserError(
