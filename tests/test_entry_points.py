@@ -541,3 +541,25 @@ def test_a_logger_that_cannot_write_is_named(tmp_path: Path) -> None:
     trainer = pl.Trainer(logger=CSVLogger(tmp_path / "logs"), enable_progress_bar=False)
     log_run_config(trainer, {"seed": 1})
     assert "seed: 1" in next((tmp_path / "logs").rglob("hparams.yaml")).read_text()
+
+
+@pytest.mark.parametrize(
+    ("script", "given", "error"),
+    [
+        ("ablation.py", ["out_dir={file}"], "out_dir={file} is a file, not a directory"),
+        ("train.py", ["hydra.run.dir={file}/run"], "hydra.run.dir={file}/run: cannot write there"),
+        ("train.py", ["-m", "hydra.sweep.dir={file}"], "hydra.sweep.dir={file} is a file"),
+        ("predict.py", ["hydra.run.dir={file}"], "hydra.run.dir={file} is a file"),
+    ],
+)
+def test_an_output_directory_that_cannot_be_created_is_named(
+    script: str, given: list[str], error: str, tmp_path: Path
+) -> None:
+    """Hydra creates the run's directory before the task starts; a file in its way was its
+    traceback (``FileExistsError``), with the setting that placed it left to guess."""
+    file = tmp_path / "results.md"
+    file.write_text("")
+    proc = run_entry_point(script, *(g.format(file=file) for g in given), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {error.format(file=file)}" in proc.stderr
+    assert file.read_text() == ""

@@ -1,6 +1,6 @@
-"""Errors that describe a problem with the user's data or configuration, not a bug; and the
-libraries' log lines a command should not show (:func:`quiet_loggers`,
-:func:`quiet_lightning`)."""
+"""Errors that describe a problem with the user's data or configuration, not a bug, and the
+checks of settings and output paths that raise them; and the libraries' log lines a command
+should not show (:func:`quiet_loggers`, :func:`quiet_lightning`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import math
 import os
 import re
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -61,6 +63,36 @@ def check_settings(settings: Any, *checks: tuple[str, Callable[[Any], bool], str
         value = getattr(settings, name)
         if not valid(value):
             raise UserError(f"{name}={value}: choose {what}")
+
+
+def writable_directory(directory: str | Path, option: str, file: Path | None = None) -> Path:
+    """``directory``, created if needed and checked writable (else a :class:`UserError` naming
+    ``option`` and the ``file`` to be written there, if given, raised before any work)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        given = f"{file}: {directory}" if file is not None else f"{directory}"
+        raise UserError(f"{option}={given} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as err:
+        where = f"{directory}: cannot write there"
+        if file is not None:
+            where = f"{file}: cannot write in {directory}"
+        raise UserError(
+            f"{option}={where} ({err.strerror or err}); choose a directory you can write to"
+        ) from None
+    return directory
+
+
+def writable_file(path: str | Path, option: str) -> Path:
+    """``path``, a file to be written: not a directory, in a directory :func:`writable_directory`
+    accepts (else a :class:`UserError` naming ``option``, raised before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option}={path} is a directory: give the path of a file to write")
+    writable_directory(path.parent, option, path)
+    return path
 
 
 @contextmanager

@@ -27,11 +27,10 @@ from dssd.analysis.writing import write_comparison, write_run_analysis
 from dssd.data.datamodule import dataset_items
 from dssd.deployment.detector import Detector, batches
 from dssd.deployment.inference import choose_device, load_checkpoint, load_test_data
-from dssd.errors import UserError, check_settings, is_number, number, whole
+from dssd.errors import UserError, check_settings, is_number, number, whole, writable_directory
 from dssd.evaluation.matched_run import results_per_image
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.wandb import log_files
-from dssd.training.callbacks import writable_directory
 
 log = logging.getLogger(__name__)
 

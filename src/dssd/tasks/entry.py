@@ -4,15 +4,17 @@ composes the config, :func:`run_task` inside it."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dssd.config import register_resolvers
-from dssd.errors import UserError, quiet_lightning, user_errors
+from dssd.errors import UserError, quiet_lightning, user_errors, writable_directory
 
 
 def prepare(script: str) -> None:
@@ -43,3 +45,26 @@ def _require_given(cfg: DictConfig) -> None:
     if HydraConfig.initialized():
         message += f" (conf/{HydraConfig.get().job.config_name}.yaml says what each takes)"
     raise UserError(message)
+
+
+class OutputDirectory(Callback):
+    """A Hydra callback (conf/hydra/default.yaml) that refuses a run's or a sweep's directory
+    that cannot be created (a file on its path, no permission) with a one-line error naming the
+    setting that placed it, before Hydra creates it with a traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_directory(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_directory(config, "hydra.sweep.dir")
+
+
+def _check_output_directory(config: DictConfig, key: str) -> None:
+    """Check the directory at ``key``; the error names the setting it only refers to, if any
+    (``${out_dir}``: src/ablation.py's ``out_dir``)."""
+    parent, name = key.rsplit(".", 1)
+    given = OmegaConf.to_container(OmegaConf.select(config, parent), resolve=False)[name]
+    option = match.group(1) if (match := re.fullmatch(r"\$\{([\w.]+)\}", str(given))) else key
+    HydraConfig.instance().set_config(config)  # what ``${hydra:...}`` in the path reads
+    with user_errors():
+        writable_directory(OmegaConf.select(config, key), option)

@@ -16,9 +16,8 @@ from dssd.deployment.export import (
     check_format,
     export_detector,
 )
-from dssd.errors import UserError, check_settings, number
+from dssd.errors import UserError, check_settings, number, writable_file
 from dssd.ops import Tolerance
-from dssd.training.callbacks import writable_file
 
 log = logging.getLogger(__name__)
 

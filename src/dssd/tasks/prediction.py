@@ -25,10 +25,9 @@ from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.data.voc import read_image
 from dssd.deployment.detector import Detector, batches
 from dssd.deployment.inference import choose_device
-from dssd.errors import BOOLEAN, UserError, check_settings, number, whole
+from dssd.errors import BOOLEAN, UserError, check_settings, number, whole, writable_directory
 from dssd.results.wandb import wandb_image
 from dssd.tasks.common import instantiate_group
-from dssd.training.callbacks import writable_directory
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,7 @@ def check_outputs(
 ) -> None:
     """Refuse, as a usage error before any work, an output option (``files``: option -> path,
     ``directories`` likewise) whose path cannot be written."""
-    from dssd.errors import UserError
-    from dssd.training.callbacks import writable_directory, writable_file
+    from dssd.errors import UserError, writable_directory, writable_file
 
     try:
         for option, path in files.items():

@@ -19,11 +19,10 @@ from typing import Any
 from hydra.utils import instantiate
 
 from dssd.config import compose_train
-from dssd.errors import user_errors
+from dssd.errors import user_errors, writable_file
 from dssd.models.cost import gmac
 from dssd.results.tables import markdown_table
 from dssd.tools import HelpFormatter
-from dssd.training.callbacks import writable_file
 
 NECK_NAMES = {  # the neck= choice of each neck class
     "dssd.models.Decoder": "dssd",

@@ -22,9 +22,8 @@ from dssd.data.augment import ssd_augmentation
 from dssd.data.shapes import CLASSES
 from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from dssd.data.voc import VOCDataset
-from dssd.errors import UserError, user_errors
+from dssd.errors import UserError, user_errors, writable_file
 from dssd.tools import HelpFormatter
-from dssd.training.callbacks import writable_file
 
 BOX_COLOUR = (0, 255, 0)  # RGB
 DIFFICULT_COLOUR = (255, 140, 0)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,7 +17,7 @@ from torch import Tensor
 from dssd.data.coco import detections_to_coco_results, write_coco_results
 from dssd.data.datamodule import COCODataModule
 from dssd.data.voc import describe_skips, repaired, write_voc_results
-from dssd.errors import UserError
+from dssd.errors import UserError, writable_directory, writable_file
 
 log = logging.getLogger(__name__)
 
@@ -201,36 +199,6 @@ def _last_checkpoint(trainer: pl.Trainer) -> str | None:
     ]
     paths = {path for path in written if path and os.path.isfile(path)}
     return max(paths, key=os.path.getmtime) if paths else None
-
-
-def writable_directory(directory: str | Path, option: str, file: Path | None = None) -> Path:
-    """``directory``, created if needed and checked writable (else a :class:`UserError` naming
-    ``option`` and the ``file`` to be written there, if given, raised before any work)."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        given = f"{file}: {directory}" if file is not None else f"{directory}"
-        raise UserError(f"{option}={given} is a file, not a directory")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=directory).close()
-    except OSError as err:
-        where = f"{directory}: cannot write there"
-        if file is not None:
-            where = f"{file}: cannot write in {directory}"
-        raise UserError(
-            f"{option}={where} ({err.strerror or err}); choose a directory you can write to"
-        ) from None
-    return directory
-
-
-def writable_file(path: str | Path, option: str) -> Path:
-    """``path``, a file to be written: not a directory, in a directory :func:`writable_directory`
-    accepts (else a :class:`UserError` naming ``option``, raised before any work)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option}={path} is a directory: give the path of a file to write")
-    writable_directory(path.parent, option, path)
-    return path
 
 
 class TestDetectionsWriter(pl.Callback):
