@@ -111,6 +111,19 @@ def test_data_that_shows_test_images_to_fit_is_refused(tmp_path: Path, role: str
         datamodule.setup("fit")
 
 
+def test_validation_on_training_images_is_refused(tmp_path: Path) -> None:
+    """VOC's val.txt is a part of its trainval.txt: validating on it beside training on trainval
+    would choose best.ckpt on images the network trained on."""
+    box = voc_object("cat", "1 2 30 20")
+    root = write_voc(tmp_path, {f"a{i}": voc_xml(box) for i in range(4)})
+    write_voc(tmp_path, {"t": voc_xml(box)}, split="test")
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("a1\n")
+    datamodule = VOCDataModule(str(root), CLASSES, val_split="val")
+    with pytest.raises(UserError, match="1 of the val images are train images too .*a1.jpg"):
+        datamodule.setup("fit")
+    VOCDataModule(str(root), CLASSES, val_split="val", val_holdout=1).setup("fit")
+
+
 def test_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path: Path) -> None:
     root = devkit(tmp_path)
     datamodule = VOCDataModule(

@@ -212,8 +212,7 @@ class DetectionDataModule(pl.LightningDataModule):
                 raise UserError(f"the {role} data holds no images: {_describe(role, dataset)}")
             level = logging.WARNING if repaired(dataset.skips) else logging.INFO
             log.log(level, "%s data: %s", role, _describe(role, dataset))
-        if "test" in self.datasets:
-            self._check_test_images_unseen()
+        self._check_roles_disjoint()
 
     def _role_dataset(self, role: str, transform: DetectionTransform) -> Dataset:
         """The dataset of a role; with ``val_holdout``, train and val share the training files."""
@@ -229,17 +228,24 @@ class DetectionDataModule(pl.LightningDataModule):
             base, holdout_indices(len(base), self.val_holdout, self.val_holdout_seed)[role]
         )
 
-    def _check_test_images_unseen(self) -> None:
-        """Refuse training or validation images that are test images too."""
-        test = set(image_files(self.datasets["test"]))
-        for role in [r for r in ("train", "val") if r in self.datasets]:
-            shared = [f for f in image_files(self.datasets[role]) if f in test]
+    def _check_roles_disjoint(self) -> None:
+        """Refuse training or validation images that are test images too, and validation images
+        that are training images too (VOC's val.txt is part of its trainval.txt)."""
+        why = {
+            "test": "a test figure must come from images that neither training nor model "
+            "selection has seen",
+            "train": "best.ckpt would be chosen on images the network was trained on",
+        }
+        for role, other in (("train", "test"), ("val", "test"), ("val", "train")):
+            if role not in self.datasets or other not in self.datasets:
+                continue
+            seen = set(image_files(self.datasets[other]))
+            shared = [f for f in image_files(self.datasets[role]) if f in seen]
             if shared:
                 raise UserError(
-                    f"{len(shared)} of the {role} images are test images too (e.g. {shared[0]}): "
-                    "a test figure must come from images that neither training nor model "
-                    "selection has seen. Give the roles disjoint data (data.val_holdout, the "
-                    "val/test splits or files)."
+                    f"{len(shared)} of the {role} images are {other} images too (e.g. "
+                    f"{shared[0]}): {why[other]}. Give the roles disjoint data "
+                    "(data.val_holdout, the val/test splits or files)."
                 )
 
     def _loader(self, role: str) -> DataLoader:
