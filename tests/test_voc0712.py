@@ -23,12 +23,14 @@ CLASSES = ("cat", "dog")
 
 @pytest.fixture
 def devkit(tmp_path: Path) -> Path:
-    """VOCdevkit/VOC2007 (trainval: 2 images, test: 1), VOC2012 (trainval: 3, val: 1 of those)."""
+    """VOCdevkit/VOC2007 (trainval: 2 images, test: 1), VOC2012 (trainval: 3, of which train: 2
+    and val: 1)."""
     root = tmp_path / "VOCdevkit"
     write_voc(root / "VOC2007", {"a": voc_xml(voc_object("cat")), "b": voc_xml()})
     write_voc(root / "VOC2007", {"c": voc_xml(voc_object("dog"))}, split="test")
     dogs = {i: voc_xml(voc_object("dog"), voc_object("dog")) for i in ("d", "e", "f")}
     write_voc(root / "VOC2012", dogs)
+    (root / "VOC2012" / "ImageSets" / "Main" / "train.txt").write_text("e\nf\n")
     (root / "VOC2012" / "ImageSets" / "Main" / "val.txt").write_text("d\n")
     return root
 
@@ -42,7 +44,7 @@ def test_sets_are_concatenated(devkit: Path, caplog: pytest.LogCaptureFixture) -
         num_workers=0,
         train_sets=[
             {"root": "VOC2007", "split": "trainval"},
-            {"root": str(devkit / "VOC2012"), "split": "trainval"},  # absolute roots work too
+            {"root": str(devkit / "VOC2012"), "split": "train"},  # absolute roots work too
         ],
         val_sets=[{"root": "VOC2012", "split": "val"}],
         test_sets=[{"root": "VOC2007", "split": "test"}],
@@ -52,15 +54,15 @@ def test_sets_are_concatenated(devkit: Path, caplog: pytest.LogCaptureFixture) -
     # an image without objects is kept as a negative: counted, not a warning
     (record,) = [r for r in caplog.records if r.getMessage().startswith("train data")]
     assert record.levelno == logging.INFO
-    assert record.getMessage() == "train data: 5 images (1 empty_images)"
+    assert record.getMessage() == "train data: 4 images (1 empty_images)"
     val = [r.getMessage() for r in caplog.records if r.getMessage().startswith("val data")]
     assert val == ["val data: 1 images"]  # nothing skipped or repaired: the count alone
     train = dm.datasets["train"]
-    assert len(train) == 5 and len(dm.datasets["val"]) == 1 and len(dm.datasets["test"]) == 1
-    ids = [train[i][1]["image_id"] for i in range(5)]
-    labels = [train[i][1]["labels"].tolist() for i in range(5)]
-    assert ids == ["a", "b", "d", "e", "f"]
-    assert labels == [[1], [], [2, 2], [2, 2], [2, 2]]
+    assert len(train) == 4 and len(dm.datasets["val"]) == 1 and len(dm.datasets["test"]) == 1
+    ids = [train[i][1]["image_id"] for i in range(4)]
+    labels = [train[i][1]["labels"].tolist() for i in range(4)]
+    assert ids == ["a", "b", "e", "f"]
+    assert labels == [[1], [], [2, 2], [2, 2]]
     assert isinstance(train.transform, DetectionTransform)  # what seed_worker reseeds
     assert train.skips == {"empty_images": 1}
     batches = list(dm.train_dataloader())
@@ -111,7 +113,6 @@ def test_missing_set_root_names_path_and_layout(devkit: Path) -> None:
 def test_configs_describe_the_paper_splits(
     devkit: Path, config: str, train: list[str], test: list[str]
 ) -> None:
-    (devkit / "VOC2012" / "ImageSets" / "Main" / "train.txt").write_text("e\nf\n")
     cfg = compose_train(f"data={config}", f"data.root={devkit}", "data.val_holdout=2")
     assert cfg.data.strict is False and len(cfg.data.class_names) == 20
     assert cfg.data.class_names[0] == "aeroplane" and cfg.data.class_names[-1] == "tvmonitor"
