@@ -341,3 +341,73 @@ def test_a_coco_results_path_that_cannot_be_written_is_refused_up_front(tmp_path
     with pytest.raises(UserError, match=re.escape(message)):
         COCOResultsWriter(str(under_a_file), dm)
     assert COCOResultsWriter(str(tmp_path / "new" / "results.json"), dm).path
+
+
+def test_coco_sizes_follow_the_annotations_area_as_in_pycocotools(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    """COCO's files give each object the area of its segment, smaller than its box's, and the
+    small, medium and large figures bin objects by it. From the file on disk through the reader,
+    the evaluation transform and the metric, every COCO figure equals pycocotools' on that file
+    (detections: the objects' boxes, shifted, with random scores, and some boxes on nothing)."""
+    from pycocotools.cocoeval import COCOeval
+
+    from dssd.data.transforms import build_transforms
+    from dssd.evaluation.module import coco_metric_names, evaluation_metrics, pixel_targets
+
+    data = json.loads((tiny_shapes / "annotations" / "instances_test.json").read_text())
+    for i, ann in enumerate(data["annotations"]):
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3] * (0.3, 0.6, 1.0)[i % 3]
+    annotations = tmp_path / "segment_areas.json"
+    annotations.write_text(json.dumps(data))
+    dataset = COCODataset(
+        tiny_shapes, annotations, "JPEGImages", transform=build_transforms(64, train=False)
+    )
+    rng = np.random.default_rng(0)
+    num_classes = len(dataset.class_names)
+    metric = evaluation_metrics(num_classes, None, (1, 10, 200))["coco"]
+    detections, image_ids = [], []
+    for index in range(len(dataset)):
+        _, target = dataset[index]
+        truth = dataset.annotations[index]
+        corners = rng.uniform(0, 100, (3, 2))
+        on_nothing = np.concatenate([corners, corners + rng.uniform(8, 80, (3, 2))], axis=1)
+        shifted = truth["boxes"] + rng.uniform(-4, 4, truth["boxes"].shape)
+        boxes = np.concatenate([shifted, on_nothing])
+        labels = np.concatenate([truth["labels"], rng.integers(1, num_classes + 1, 3)])
+        found = {
+            "boxes": torch.as_tensor(boxes, dtype=torch.float32),
+            "scores": torch.as_tensor(rng.uniform(0.05, 1.0, len(boxes)), dtype=torch.float32),
+            "labels": torch.as_tensor(labels),
+        }
+        metric.update([found], pixel_targets([target]))
+        detections.append(found)
+        image_ids.append(target["image_id"])
+    results = write_coco_results(
+        tmp_path / "detections.json",
+        detections_to_coco_results(detections, image_ids, dataset.label_to_category_id),
+    )
+    computed = metric.compute()
+
+    truth = COCO(str(annotations))
+    evaluator = COCOeval(truth, truth.loadRes(str(results)), "bbox")
+    evaluator.params.maxDets = [1, 10, 200]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    # [IoU, recall, class, area, cap] and [IoU, class, area, cap]
+    precision, recall = evaluator.eval["precision"], evaluator.eval["recall"]
+
+    def mean(values: np.ndarray) -> float:
+        return float(values[values > -1].mean()) if (values > -1).any() else -1.0
+
+    reference = [
+        mean(precision[:, :, :, 0, 2]),
+        mean(precision[0, :, :, 0, 2]),
+        mean(precision[5, :, :, 0, 2]),
+        *(mean(precision[:, :, :, area, 2]) for area in (1, 2, 3)),
+        *(mean(recall[:, :, 0, cap]) for cap in range(3)),
+        *(mean(recall[:, :, area, 2]) for area in (1, 2, 3)),
+    ]
+    assert len({round(v, 6) for v in reference[3:6]}) == 3  # the sizes are told apart
+    for name, value in zip(coco_metric_names((1, 10, 200)), reference, strict=True):
+        assert float(computed[name]) == pytest.approx(value, abs=1e-6), name

@@ -2,6 +2,8 @@
 
 Labels are 1..C in category-id order. Crowd boxes are not trained on and are ignored in evaluation
 (``difficult``), as is a non-standard ``difficult: 1``, which is still trained on (the VOC rule).
+An annotation's ``area`` (in COCO's files the segment's, not the box's) places it among the small,
+medium and large objects of the COCO metric, as in pycocotools; without one, its box's area does.
 A test file may be an image-info file without ``annotations`` (COCO's test-dev): nothing to score,
 its detections are written for the evaluation server.
 """
@@ -197,8 +199,9 @@ class COCODataset(DetectionImages):
             ) from None
 
     def _objects(self, anns: list[dict[str, Any]], image_id: int) -> dict[str, np.ndarray]:
-        """Boxes, labels and difficult flags (crowd or difficult) of one image's annotations."""
-        boxes, labels, ignored = [], [], []
+        """Boxes, labels, difficult flags (crowd or difficult) and areas (0: none given) of one
+        image's annotations."""
+        boxes, labels, ignored, areas = [], [], [], []
         for ann in anns:
             try:
                 for flag in ("iscrowd", "difficult"):
@@ -211,6 +214,9 @@ class COCODataset(DetectionImages):
                 if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox):
                     raise ValueError(f"bbox {bbox!r} has non-numeric values")
                 x, y, w, h = (float(v) for v in bbox)
+                area = ann.get("area", 0.0)
+                if not isinstance(area, numbers.Real) or isinstance(area, bool) or area < 0:
+                    raise ValueError(f"area {area!r} is not a number >= 0")
                 if ann.get("category_id") not in self.category_id_to_label:
                     raise ValueError(f"unknown category_id {ann.get('category_id')!r}")
             except ValueError as err:
@@ -226,10 +232,12 @@ class COCODataset(DetectionImages):
             boxes.append((x, y, x + w, y + h))
             labels.append(self.category_id_to_label[ann["category_id"]])
             ignored.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("difficult", 0)))
+            areas.append(float(area))
         return {
             "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
             "labels": np.asarray(labels, np.int64),
             "difficult": np.asarray(ignored, bool),
+            "area": np.asarray(areas, np.float32),
         }
 
 

@@ -26,7 +26,8 @@ Augment = AlbumentationsTransform | Sequence[AlbumentationsTransform]
 class DetectionTransform:
     """An albumentations pipeline over (HxWx3 uint8 RGB image, target with pixel xyxy "boxes"):
     gives a float tensor [3, S, S] and the target with "boxes" in [0, 1] and "orig_size" (H, W).
-    Boxes that vanish are dropped with their label and difficult flag.
+    Boxes that vanish are dropped with their label, difficult flag and "area" (the annotation's
+    own, in original-image pixels, for the COCO metric's sizes; 0 where none is given).
     """
 
     def __init__(self, transforms: Sequence[AlbumentationsTransform]) -> None:
@@ -34,7 +35,7 @@ class DetectionTransform:
             list(transforms),
             bbox_params=A.BboxParams(
                 format="pascal_voc",
-                label_fields=["labels", "difficult"],
+                label_fields=["labels", "difficult", "area"],
                 clip=True,
                 filter_invalid_bboxes=True,
             ),
@@ -43,11 +44,13 @@ class DetectionTransform:
         )
 
     def __call__(self, image: np.ndarray, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4)
         out = self.pipeline(
             image=image,
-            bboxes=np.asarray(target["boxes"], np.float32).reshape(-1, 4),
+            bboxes=boxes,
             labels=np.asarray(target["labels"], np.int64),
             difficult=np.asarray(target["difficult"], bool),
+            area=np.asarray(target.get("area", np.zeros(len(boxes))), np.float32),
         )
         tensor = out["image"]
         out_h, out_w = tensor.shape[-2:]
@@ -57,6 +60,7 @@ class DetectionTransform:
             "boxes": boxes,
             "labels": torch.as_tensor(np.asarray(out["labels"], np.int64)),
             "difficult": torch.as_tensor(np.asarray(out["difficult"], bool)),
+            "area": torch.as_tensor(np.asarray(out["area"], np.float32)),
             "image_id": target["image_id"],
             "orig_size": torch.tensor(image.shape[:2], dtype=torch.int64),
             "skipped_images": target.get("skipped_images", 0),

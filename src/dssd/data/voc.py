@@ -34,6 +34,8 @@ MISSING_DATA_HINT = (
 )
 
 Transform = Callable[[np.ndarray, dict[str, Any]], Any]
+# what a sample's target takes of its annotation ("area": the COCO reader's, where given)
+TARGET_KEYS = ("boxes", "labels", "difficult", "area")
 
 
 class VOCAnnotationError(UserError, ValueError):
@@ -240,7 +242,7 @@ class DetectionImages(Dataset):
                 self.skips["unreadable_images"] += 1
                 log.warning("skipping image: %s", err)
                 continue
-            target = {k: self.annotations[i][k] for k in ("boxes", "labels", "difficult")}
+            target = {k: v for k, v in self.annotations[i].items() if k in TARGET_KEYS}
             # skipped_images: unreadable images passed over, for the main process's DataSkipReport
             target |= {"image_id": self.ids[i], "skipped_images": offset}
             return (image, target) if self.transform is None else self.transform(image, target)

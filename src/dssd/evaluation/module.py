@@ -67,7 +67,8 @@ def evaluation_metrics(
 
 def pixel_targets(targets: Iterable[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """Targets in the metrics' format: boxes in original-image pixels, difficult objects also
-    ``iscrowd``, so that the COCO evaluator ignores detections on them, close to the VOC rule."""
+    ``iscrowd``, so that the COCO evaluator ignores detections on them, close to the VOC rule;
+    an annotation's own "area" sizes its object for the COCO metric (0: its box's area does)."""
     return [
         {
             "boxes": t["boxes"] * t["orig_size"].flip(-1).repeat(2).to(t["boxes"]),  # (w, h, w, h)
@@ -75,6 +76,7 @@ def pixel_targets(targets: Iterable[dict[str, Tensor]]) -> list[dict[str, Tensor
             "iscrowd": t["difficult"].long(),
             "difficult": t["difficult"],
         }
+        | ({"area": t["area"]} if "area" in t else {})
         for t in targets
     ]
 
