@@ -228,8 +228,17 @@ def test_malformed_annotation_raises_or_is_counted(tmp_path: Path) -> None:
     root = write_coco(tmp_path, data)
     with pytest.raises(COCOAnnotationError, match="annotation 6 of image 42.*non-numeric"):
         COCODataset(root, ANN_FILE, "val2017")
-    dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
+    dataset = COCODataset(root, ANN_FILE, "val2017", train=True, strict=False)
     assert dataset.skips["malformed_objects"] == 2  # the bad bbox and the unknown category 2
+    assert dataset.annotations[0]["labels"].tolist() == [2, 3]  # crowd: not trained on
+    # an evaluation set refuses the bad bbox, strict or not, and, as pycocotools, passes over
+    # the unknown category (no class scores it) when not strict
+    with pytest.raises(COCOAnnotationError, match="non-numeric values: an evaluation set stops"):
+        COCODataset(root, ANN_FILE, "val2017", strict=False)
+    del data["annotations"][-2]
+    write_coco(tmp_path, data)
+    dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
+    assert dataset.skips["malformed_objects"] == 1
     assert dataset[0][1]["labels"].tolist() == [2, 3, 1]
 
 
@@ -246,9 +255,12 @@ def test_a_crowd_flag_other_than_0_or_1_is_malformed(tmp_path: Path, train: bool
     ]
     root = write_coco(tmp_path, data)
     with pytest.raises(COCOAnnotationError, match="annotation 6 of image 7: iscrowd '0' is not 0"):
-        COCODataset(root, ANN_FILE, "val2017", train=train)
+        COCODataset(root, ANN_FILE, "val2017", train=train, strict=train)
+    if not train:  # an evaluation set stops at a malformed object, strict or not
+        data["annotations"] = data["annotations"][:-4] + data["annotations"][-2:]
+        write_coco(tmp_path, data)
     dataset = COCODataset(root, ANN_FILE, "val2017", train=train, strict=False)
-    assert dataset.skips["malformed_objects"] == 2  # annotations 6 and 7
+    assert dataset.skips["malformed_objects"] == (2 if train else 0)  # annotations 6 and 7
     target = dataset[1][1] if not train else dataset.annotations[1]
     assert target["labels"].tolist() == ([2] if train else [2, 2])  # category 3
     assert target["difficult"].tolist() == ([False] if train else [False, True])
@@ -260,18 +272,21 @@ def test_undecodable_image_is_skipped_or_named(tmp_path: Path) -> None:
     (root / "val2017" / "a.jpg").write_bytes(b"\xff\xd8 truncated")
     dataset = COCODataset(root, ANN_FILE, "val2017", train=True, strict=False)
     assert dataset[0][1]["image_id"] == 7 and dataset.skips["unreadable_images"] == 1
-    with pytest.raises(UserError, match="a.jpg.*an evaluation image cannot be passed over"):
+    with pytest.raises(UserError, match="a.jpg.*an evaluation set stops at it even with data.st"):
         COCODataset(root, ANN_FILE, "val2017", strict=False)[0]
     with pytest.raises(OSError, match="a.jpg"):
         COCODataset(root, ANN_FILE, "val2017")[0]
 
 
 def test_images_without_a_file_are_named_or_skipped_when_built(tmp_path: Path) -> None:
+    """Not strict, a training set passes over them; an evaluation set, whose figures would be
+    another set's, refuses strict or not."""
     root = write_coco(tmp_path, instances())
     (root / "val2017" / "a.jpg").unlink()
-    with pytest.raises(DatasetNotFoundError, match=r"1 of the 2 images listed in .*json have no"):
-        COCODataset(root, ANN_FILE, "val2017")
-    dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
+    for strict in (True, False):
+        with pytest.raises(DatasetNotFoundError, match=r"1 of the 2 images listed in .*json have"):
+            COCODataset(root, ANN_FILE, "val2017", strict=strict)
+    dataset = COCODataset(root, ANN_FILE, "val2017", train=True, strict=False)
     assert dataset.ids == [7] and dataset.skips["missing_images"] == 1
     assert dataset[0][1]["image_id"] == 7 and len(dataset.annotations) == 1
 

@@ -150,7 +150,7 @@ def nasty_devkit(root: Path) -> Path:
 
 
 def test_non_strict_drops_and_counts_bad_objects_and_files(tmp_path: Path) -> None:
-    dataset = VOCDataset(nasty_devkit(tmp_path), "trainval", CLASSES, strict=False)
+    dataset = VOCDataset(nasty_devkit(tmp_path), "trainval", CLASSES, strict=False, train=True)
     assert dataset.ids == ["good", "boxes", "empty"]
     _, target = dataset[1]
     np.testing.assert_array_equal(target["boxes"], [[0, 4, 40, 20]])  # clipped to 40 x 30
@@ -202,7 +202,7 @@ def test_undecodable_image_is_skipped_when_not_strict(
     assert dataset[1][1]["image_id"] == "b"
     assert dataset.skips["unreadable_images"] == 1
     # an evaluation set would score "b" twice and "a" never: it stops, naming the file
-    with pytest.raises(UserError, match="a.jpg.*an evaluation image cannot be passed over"):
+    with pytest.raises(UserError, match="a.jpg.*an evaluation set stops at it even with data"):
         VOCDataset(root, "trainval", CLASSES, strict=False)[0]
     # strict: an error naming the file and the setting that skips it, which commands print alone
     with pytest.raises(
@@ -220,7 +220,7 @@ def test_an_image_of_another_size_than_its_annotation_is_named_or_skipped(
     cv2.imwrite(str(root / "JPEGImages" / "a.jpg"), np.zeros((40, 30, 3), np.uint8))  # turned
     with pytest.raises(UserError, match="a.jpg decodes to 30x40, but its annotation gives 40x30"):
         VOCDataset(root, "trainval", CLASSES)[0]
-    with pytest.raises(UserError, match="a.jpg decodes.*an evaluation image cannot be passed"):
+    with pytest.raises(UserError, match="a.jpg decodes.*an evaluation set stops at it even"):
         VOCDataset(root, "trainval", CLASSES, strict=False)[0]
     dataset = VOCDataset(root, "trainval", CLASSES, strict=False, train=True)
     with caplog.at_level(logging.WARNING):
@@ -277,16 +277,19 @@ def test_split_files_listing_an_image_again_or_not_utf8(
 def test_images_without_a_file_are_named_or_skipped_when_built(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A partly unpacked dataset shows when it is built: strict, as an error naming the split
-    file, the count and an example; not strict, as a counted skip of those images."""
+    """A partly unpacked dataset shows when it is built: strict, or in an evaluation set, as an
+    error naming the split file, the count and an example; in a training set not strict, as a
+    counted skip of those images."""
     xmls = {i: voc_xml(voc_object("cat")) for i in "abc"}
     root = write_voc(tmp_path, xmls)
     for image_id in "ac":
         (root / "JPEGImages" / f"{image_id}.jpg").unlink()
     with pytest.raises(DatasetNotFoundError, match=r"2 of the 3 images listed in .*trainval.txt"):
         VOCDataset(root, "trainval", CLASSES)
+    with pytest.raises(DatasetNotFoundError, match=r"2 of the 3 .*an evaluation set stops at it"):
+        VOCDataset(root, "trainval", CLASSES, strict=False)
     with caplog.at_level(logging.WARNING):
-        dataset = VOCDataset(root, "trainval", CLASSES, strict=False)
+        dataset = VOCDataset(root, "trainval", CLASSES, strict=False, train=True)
     assert dataset.ids == ["b"] and len(dataset.annotations) == 1
     assert +dataset.skips == {"missing_images": 2}  # + drops the zero counts
     assert "a.jpg): skipping them" in caplog.text
@@ -296,14 +299,19 @@ def test_datamodule_forwards_strict_and_logs_the_counts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = nasty_devkit(tmp_path)
+    for split in ("val", "test"):
+        write_voc(root, {split: voc_xml(voc_object("cat"))}, split=split)
     with pytest.raises(VOCAnnotationError):
-        VOCDataModule(str(root), CLASSES, val_split="trainval").setup("validate")  # strict
-    dm = VOCDataModule(str(root), CLASSES, val_split="trainval", strict=False)
+        VOCDataModule(str(root), CLASSES).setup("fit")  # strict
+    dm = VOCDataModule(str(root), CLASSES, strict=False)
     with caplog.at_level(logging.WARNING):
-        dm.setup("validate")
-    assert len(dm.datasets["val"]) == 3
-    (record,) = [r for r in caplog.records if r.getMessage().startswith("val data")]
+        dm.setup("fit")
+    assert len(dm.datasets["train"]) == 3
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("train data")]
     assert record.levelno == logging.WARNING and "2 invalid_boxes" in record.getMessage()
+    # validating on those files stops at the first bad object, strict or not
+    with pytest.raises(VOCAnnotationError, match="boxes.xml: .*an evaluation set stops at it"):
+        VOCDataModule(str(root), CLASSES, val_split="trainval", strict=False).setup("validate")
 
 
 def test_a_user_error_in_a_loader_worker_is_reported_as_its_message(

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from faster_coco_eval import COCO
 
-from dssd.data.voc import DetectionImages, Transform, sanitize
+from dssd.data.voc import EVALUATION_STOPS, DetectionImages, Transform, sanitize
 from dssd.errors import DatasetNotFoundError, UserError
 
 REQUIRED_KEYS = ("images", "categories")  # and "annotations", but for an image-info file
@@ -220,10 +220,12 @@ class COCODataset(DetectionImages):
                 if ann.get("category_id") not in self.category_id_to_label:
                     raise ValueError(f"unknown category_id {ann.get('category_id')!r}")
             except ValueError as err:
-                if self.strict:
+                # pycocotools, too, passes over an unknown category: no class scores its objects
+                unknown = ann.get("category_id") not in self.category_id_to_label
+                if not (self.skips_bad or (unknown and not self.strict)):
                     raise COCOAnnotationError(
                         f"{self.annotation_file}: annotation {ann.get('id')!r} of image "
-                        f"{image_id}: {err}"
+                        f"{image_id}: {err}" + ("" if self.strict else f": {EVALUATION_STOPS}")
                     ) from None
                 self.skips["malformed_objects"] += 1
                 continue

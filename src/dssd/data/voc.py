@@ -2,10 +2,10 @@
 
 Policy, shared with the COCO reader: configuration mistakes raise a ``UserError`` naming the file
 when the dataset is built; boxes are clipped to the image, those left without area dropped;
-``strict=False`` drops malformed objects, annotation files, listed images whose file is missing
-and repeats of a listed image, and, in a training set, replaces an image that cannot be decoded
-or decodes at another size than its annotation's by the next (an evaluation set stops instead:
-passing over one of its images would change the figures).
+``strict=False`` drops, in a training set, malformed objects, annotation files and listed images
+whose file is missing, and replaces an image that cannot be decoded or decodes at another size
+than its annotation's by the next (an evaluation set stops at each instead: passing over one of
+its objects or images would change the figures); it reads a repeated listing of an image once.
 ``dataset.skips`` counts each case. Boxes are xyxy pixel edges everywhere (pixel ``i``
 spans ``[i, i + 1)``): VOC ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, xmax]``.
 """
@@ -206,15 +206,25 @@ def check_size(image: np.ndarray, annotation: Mapping[str, Any], path: Path) -> 
         )
 
 
+# why an evaluation set refuses to pass over a bad image or object whatever ``strict`` says
+EVALUATION_STOPS = (
+    "an evaluation set stops at it even with data.strict=false: passing over it would change "
+    "the figures"
+)
+
+
 class DetectionImages(Dataset):
     """Base of the VOC and COCO readers: annotations parsed up front (a broken file fails at once)
     into ``ids``, ``image_paths`` and ``annotations``, images decoded on access. ``train``: a
-    training set, where (not ``strict``) an undecodable image is replaced by the next."""
+    training set, where (not ``strict``) bad objects and images are passed over, and an
+    undecodable image is replaced by the next."""
 
     def __init__(self, transform: Transform | None, strict: bool, train: bool) -> None:
         self.transform = transform
         self.strict = strict
         self.train = train
+        # whether bad objects, annotation files and listed images without a file are passed over
+        self.skips_bad = train and not strict
         self.skips: Counter[str] = Counter()
         self.ids: list[Any] = []
         self.image_paths: list[Path] = []
@@ -236,8 +246,8 @@ class DetectionImages(Dataset):
                     raise ImageError(f"{err}; data.strict=false skips it in training") from None
                 if not self.train:
                     raise ImageError(
-                        f"{err}: an evaluation image cannot be passed over without changing the "
-                        "figures; repair the file or remove its image from the split"
+                        f"{err}: {EVALUATION_STOPS}; repair the file or remove its image from "
+                        "the split"
                     ) from None
                 self.skips["unreadable_images"] += 1
                 log.warning("skipping image: %s", err)
@@ -261,7 +271,11 @@ class DetectionImages(Dataset):
             )
             if self.strict:
                 raise DatasetNotFoundError(
-                    f"{message}: restore them, or data.strict=false skips them"
+                    f"{message}: restore them, or data.strict=false skips them in training"
+                )
+            if not self.train:
+                raise DatasetNotFoundError(
+                    f"{message}: {EVALUATION_STOPS}; restore them or remove them from {listed_in}"
                 )
             self.skips["missing_images"] += len(missing)
             log.warning("%s: skipping them", message)
@@ -303,10 +317,12 @@ class VOCDataset(DetectionImages):
         for image_id, image_path in compress(zip(image_ids, image_paths, strict=True), present):
             xml = self.root / "Annotations" / f"{image_id}.xml"
             try:
-                ann = parse_voc_xml(xml, class_to_index, None if strict else self.skips)
+                ann = parse_voc_xml(xml, class_to_index, self.skips if self.skips_bad else None)
             except VOCAnnotationError as err:
                 if strict or isinstance(err, UnknownClassError):
                     raise
+                if not train:
+                    raise VOCAnnotationError(f"{err}: {EVALUATION_STOPS}") from None
                 self.skips["unreadable_annotations"] += 1
                 log.warning("skipping image %s: %s", image_id, err)
                 continue
