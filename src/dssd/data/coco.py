@@ -25,13 +25,15 @@ from dssd.data.voc import EVALUATION_STOPS, DetectionImages, Transform, sanitize
 from dssd.errors import DatasetNotFoundError, UserError
 
 REQUIRED_KEYS = ("images", "categories")  # and "annotations", but for an image-info file
-# what each entry of a list must hold for the COCO index and the reader (ids: numbers or strings)
+# what each entry of a list must hold for the COCO index and the reader
 ENTRY_KEYS = {
     "images": ("id", "file_name"),
     "categories": ("id", "name"),
     "annotations": ("image_id", "category_id"),
 }
-ID_KEYS = ("id", "image_id", "category_id")
+# the ids COCO's format gives as whole numbers, which the COCO API, the results file and
+# pycocotools' loadRes rely on; an annotation's own id may also be a string, or be left out
+INTEGER_IDS = {"images": ("id",), "categories": ("id",), "annotations": ("image_id", "category_id")}
 
 
 COCO_LAYOUT = (
@@ -72,31 +74,32 @@ def load_coco(path: str | Path) -> COCO:
 
 
 def _check_entries(path: Path, key: str, entries: Any, needed: Sequence[str]) -> None:
-    """``entries`` (the file's list ``key``) are objects holding ``needed``, with ids that are
-    numbers or strings; else an error naming the file and the first bad entry."""
+    """``entries`` (the file's list ``key``) are objects holding ``needed``, with whole-number
+    ids (:data:`INTEGER_IDS`); else an error naming the file and the first bad entry."""
     if not isinstance(entries, list):
         raise COCOAnnotationError(f"{path}: {key!r} is a {type(entries).__name__}, not a list")
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise COCOAnnotationError(f"{path}: {key}[{i}] is not an object: {entry!r:.200}")
         lacking = [k for k in needed if k not in entry]
-        bad_ids = [k for k in ID_KEYS if k in entry and not _is_id(entry[k])]
+        bad_ids = [k for k in INTEGER_IDS[key] if k in entry and not _is_integer(entry[k])]
+        if key == "annotations" and not isinstance(entry.get("id", 0), int | str):
+            bad_ids.append("id")
         if lacking or bad_ids:
-            problem = f"lacks {lacking}" if lacking else f"has {bad_ids} not a number or string"
+            problem = f"lacks {lacking}" if lacking else f"has {bad_ids} not a whole number"
             raise COCOAnnotationError(f"{path}: {key}[{i}] {problem}: {entry!r:.200}")
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int | str) and not isinstance(value, bool)
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_unique(path: Path, key: str, field: str, entries: Sequence[dict]) -> None:
-    """No two of ``entries`` share ``field`` (ids compared as text: 7 and "7" are one image):
-    two images under one id would pool their boxes, two categories under one id or name lose a
-    class, one file under two ids be read twice."""
-    seen: set[str] = set()
+    """No two of ``entries`` share ``field``: two images under one id would pool their boxes,
+    two categories under one id or name lose a class, one file under two ids be read twice."""
+    seen: set[Any] = set()
     for entry in entries:
-        value = str(entry[field])
+        value = entry[field]
         if value in seen:
             raise COCOAnnotationError(
                 f"{path}: two {key} have the {field} {entry[field]!r}; give each its own"
