@@ -242,7 +242,7 @@ def test_malformed_annotation_raises_or_is_counted(tmp_path: Path) -> None:
         COCODataset(root, ANN_FILE, "val2017")
     dataset = COCODataset(root, ANN_FILE, "val2017", train=True, strict=False)
     assert dataset.skips["malformed_objects"] == 2  # the bad bbox and the unknown category 2
-    assert dataset.annotations[0]["labels"].tolist() == [2, 3]  # crowd: not trained on
+    assert dataset[0][1]["labels"].tolist() == [2, 3]  # crowd: not trained on
     # an evaluation set refuses the bad bbox, strict or not, and, as pycocotools, passes over
     # the unknown category (no class scores it) when not strict
     with pytest.raises(COCOAnnotationError, match="non-numeric values: an evaluation set stops"):
@@ -273,7 +273,7 @@ def test_a_crowd_flag_other_than_0_or_1_is_malformed(tmp_path: Path, train: bool
         write_coco(tmp_path, data)
     dataset = COCODataset(root, ANN_FILE, "val2017", train=train, strict=False)
     assert dataset.skips["malformed_objects"] == (2 if train else 0)  # annotations 6 and 7
-    target = dataset[1][1] if not train else dataset.annotations[1]
+    target = dataset[1][1]
     assert target["labels"].tolist() == ([2] if train else [2, 2])  # category 3
     assert target["difficult"].tolist() == ([False] if train else [False, True])
 
@@ -438,3 +438,37 @@ def test_coco_sizes_follow_the_annotations_area_as_in_pycocotools(
     assert len({round(v, 6) for v in reference[3:6]}) == 3  # the sizes are told apart
     for name, value in zip(coco_metric_names((1, 10, 200)), reference, strict=True):
         assert float(computed[name]) == pytest.approx(value, abs=1e-6), name
+
+
+def test_held_out_validation_parses_the_training_files_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With val_holdout, train and val are parts of one parse of the training files (train2017's
+    JSON is 448 MB), so both lines give the same counts; the held-out part is evaluation data
+    (crowd boxes kept, as difficult) read by the training files' rules (not strict, a malformed
+    object is passed over, not refused as in the test files)."""
+    import dssd.data.datamodule as datamodule
+    from dssd.data.datamodule import holdout_indices
+
+    write_coco(tmp_path, instances())
+    train = instances()
+    train["annotations"].append(annotation(6, 42, 1, [1, 2, "x", 4]))
+    (tmp_path / "annotations" / "instances_train2017.json").write_text(json.dumps(train))
+    parsed: list[str] = []
+
+    def counted(root: Path, annotation_file: str, *args: object, **kwargs: object) -> COCODataset:
+        parsed.append(annotation_file)
+        return COCODataset(root, annotation_file, *args, **kwargs)
+
+    monkeypatch.setattr(datamodule, "COCODataset", counted)
+    seed = next(s for s in range(20) if holdout_indices(2, 1, s)["val"] == [0])  # image 42
+    dm = COCODataModule(
+        str(tmp_path), NAMES, val_holdout=1, val_holdout_seed=seed, strict=False, num_workers=0
+    )
+    dm.setup("fit")
+    assert sorted(parsed) == sorted(["annotations/instances_train2017.json", ANN_FILE])
+    val, held_in = dm.datasets["val"], dm.datasets["train"]
+    assert val.skips == held_in.skips and val.skips["malformed_objects"] == 1
+    _, target = val[0]
+    assert target["image_id"] == 42 and target["difficult"].tolist() == [False, False, True]
+    assert held_in[0][1]["image_id"] == 7 and held_in.transform is not val.transform

@@ -202,9 +202,9 @@ class COCODataset(DetectionImages):
             ) from None
 
     def _objects(self, anns: list[dict[str, Any]], image_id: int) -> dict[str, np.ndarray]:
-        """Boxes, labels, difficult flags (crowd or difficult) and areas (0: none given) of one
-        image's annotations."""
-        boxes, labels, ignored, areas = [], [], [], []
+        """Boxes, labels, difficult flags (crowd or difficult), areas (0: none given) and
+        whether training uses each object (:func:`trained_on`) of one image's annotations."""
+        boxes, labels, ignored, areas, trained = [], [], [], [], []
         for ann in anns:
             try:
                 for flag in ("iscrowd", "difficult"):
@@ -232,17 +232,17 @@ class COCODataset(DetectionImages):
                     ) from None
                 self.skips["malformed_objects"] += 1
                 continue
-            if self.train and not trained_on(ann):
-                continue
             boxes.append((x, y, x + w, y + h))
             labels.append(self.category_id_to_label[ann["category_id"]])
             ignored.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("difficult", 0)))
             areas.append(float(area))
+            trained.append(trained_on(ann))
         return {
             "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
             "labels": np.asarray(labels, np.int64),
             "difficult": np.asarray(ignored, bool),
             "area": np.asarray(areas, np.float32),
+            "trained": np.asarray(trained, bool),
         }
 
 

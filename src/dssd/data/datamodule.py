@@ -53,6 +53,10 @@ class ConcatDetection(ConcatDataset):
         super().__init__(datasets)
         self.transform = transform
 
+    def role_view(self, transform: DetectionTransform, train: bool) -> ConcatDetection:
+        """:meth:`DetectionImages.role_view` of each part."""
+        return ConcatDetection([d.role_view(transform, train) for d in self.datasets], transform)
+
     @property
     def skips(self) -> Counter[str]:
         return sum((d.skips for d in self.datasets), Counter())
@@ -182,6 +186,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.strict = strict
         self.datasets: dict[str, Dataset] = {}
+        self._training_files: Dataset | None = None  # parsed once for train and val_holdout
         # The devkit AP: 11-point (VOC2007 test), all-point (VOC2010+) or None (COCO metrics only)
         self.use_07_metric: bool | None = None
 
@@ -215,10 +220,14 @@ class DetectionDataModule(pl.LightningDataModule):
         self._check_roles_disjoint()
 
     def _role_dataset(self, role: str, transform: DetectionTransform) -> Dataset:
-        """The dataset of a role; with ``val_holdout``, train and val share the training files."""
+        """The dataset of a role; with ``val_holdout``, train and val are parts of the training
+        files, parsed once (by the training files' rules: not ``strict``, the held-out images
+        have their bad objects passed over too)."""
         if role == "test" or not self.val_holdout:
             return self._dataset(role, role == "train", transform)
-        base = self._dataset("train", role == "train", transform)
+        if self._training_files is None:
+            self._training_files = self._dataset("train", True, transform)
+        base = self._training_files.role_view(transform, role == "train")
         if self.val_holdout >= len(base):
             raise UserError(
                 f"data.val_holdout={self.val_holdout} leaves no training images: the training "

@@ -12,6 +12,7 @@ spans ``[i, i + 1)``): VOC ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, x
 
 from __future__ import annotations
 
+import copy
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -217,7 +218,8 @@ class DetectionImages(Dataset):
     """Base of the VOC and COCO readers: annotations parsed up front (a broken file fails at once)
     into ``ids``, ``image_paths`` and ``annotations``, images decoded on access. ``train``: a
     training set, where (not ``strict``) bad objects and images are passed over, and an
-    undecodable image is replaced by the next."""
+    undecodable image is replaced by the next; :meth:`role_view` gives the parsed files to
+    another role."""
 
     def __init__(self, transform: Transform | None, strict: bool, train: bool) -> None:
         self.transform = transform
@@ -232,6 +234,13 @@ class DetectionImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def role_view(self, transform: Transform | None, train: bool) -> DetectionImages:
+        """These parsed files for another role (e.g. the validation images held out of training
+        files): its own transform and ``train``, the annotations shared, not parsed again."""
+        view = copy.copy(self)
+        view.transform, view.train = transform, train
+        return view
 
     def __getitem__(self, index: int) -> Any:
         if not -len(self) <= index < len(self):  # also ends ``for sample in dataset``
@@ -252,7 +261,10 @@ class DetectionImages(Dataset):
                 self.skips["unreadable_images"] += 1
                 log.warning("skipping image: %s", err)
                 continue
-            target = {k: v for k, v in self.annotations[i].items() if k in TARGET_KEYS}
+            annotation = self.annotations[i]
+            if self.train and "trained" in annotation:  # COCO's crowd boxes are not trained on
+                annotation = select_objects(annotation, annotation["trained"])
+            target = {k: v for k, v in annotation.items() if k in TARGET_KEYS}
             # skipped_images: unreadable images passed over, for the main process's DataSkipReport
             target |= {"image_id": self.ids[i], "skipped_images": offset}
             return (image, target) if self.transform is None else self.transform(image, target)
