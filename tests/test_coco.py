@@ -469,6 +469,7 @@ def test_held_out_validation_parses_the_training_files_once(
     assert sorted(parsed) == sorted(["annotations/instances_train2017.json", ANN_FILE])
     val, held_in = dm.datasets["val"], dm.datasets["train"]
     assert val.skips == held_in.skips and val.skips["malformed_objects"] == 1
+    assert val.first_skips["malformed_objects"].endswith("instances_train2017.json, image 42")
     _, target = val[0]
     assert target["image_id"] == 42 and target["difficult"].tolist() == [False, False, True]
     assert held_in[0][1]["image_id"] == 7 and held_in.transform is not val.transform

@@ -309,6 +309,13 @@ def test_datamodule_forwards_strict_and_logs_the_counts(
     assert len(dm.datasets["train"]) == 3
     (record,) = [r for r in caplog.records if r.getMessage().startswith("train data")]
     assert record.levelno == logging.WARNING and "2 invalid_boxes" in record.getMessage()
+    # each repair names the file of its first case, so that a count leads to a file
+    xml = root / "Annotations" / "boxes.xml"
+    for kind in ("2 invalid_boxes", "1 clipped_boxes", "3 malformed_objects"):
+        assert f"{kind}, first in {xml}" in record.getMessage()
+    assert f"1 unreadable_annotations, first in {root / 'Annotations' / 'broken.xml'}" in (
+        record.getMessage()
+    )
     # validating on those files stops at the first bad object, strict or not
     with pytest.raises(VOCAnnotationError, match="boxes.xml: .*an evaluation set stops at it"):
         VOCDataModule(str(root), CLASSES, val_split="trainval", strict=False).setup("validate")

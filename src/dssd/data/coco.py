@@ -176,8 +176,9 @@ class COCODataset(DetectionImages):
         for entry, (image_id, path, size) in compress(zip(entries, images, strict=True), present):
             self.ids.append(image_id)
             self.image_paths.append(path)
-            ann = self._objects(coco.imgToAnns[entry["id"]], image_id)
-            self.annotations.append(sanitize({**ann, **size}, self.skips))
+            with self._noting_skips(f"{self.annotation_file}, image {image_id}"):
+                ann = self._objects(coco.imgToAnns[entry["id"]], image_id)
+                self.annotations.append(sanitize({**ann, **size}, self.skips))
 
     def _check_orphans(self, coco: COCO, image_ids: set[Any]) -> None:
         """Annotations of an image the file does not list are an error when ``strict``, else

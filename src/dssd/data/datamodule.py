@@ -61,6 +61,10 @@ class ConcatDetection(ConcatDataset):
     def skips(self) -> Counter[str]:
         return sum((d.skips for d in self.datasets), Counter())
 
+    @property
+    def first_skips(self) -> dict[str, str]:
+        return {k: v for d in reversed(self.datasets) for k, v in d.first_skips.items()}
+
 
 class HeldOut(Subset):
     """The train or val part of a ``val_holdout`` split, with its dataset's ``transform``."""
@@ -72,6 +76,10 @@ class HeldOut(Subset):
     @property
     def skips(self) -> Counter[str]:
         return self.dataset.skips
+
+    @property
+    def first_skips(self) -> dict[str, str]:
+        return self.dataset.first_skips
 
 
 def holdout_indices(size: int, count: int, seed: int) -> dict[str, list[int]]:
@@ -100,7 +108,7 @@ def image_files(dataset: Dataset) -> list[str]:
 def _describe(role: str, dataset: Dataset) -> str:
     """How many images a role holds and what was skipped or repaired in its files, e.g. "500 of
     the 3999 training images, held out (the 3999: 80 empty_images)"."""
-    counts = describe_skips(dataset.skips)
+    counts = describe_skips(dataset.skips, dataset.first_skips)
     if not getattr(dataset, "labelled", True):
         return f"{len(dataset)} images of an image-info file, without annotations to score"
     if not isinstance(dataset, HeldOut):

@@ -16,7 +16,8 @@ import copy
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from itertools import compress
 from pathlib import Path
 from typing import Any
@@ -171,9 +172,15 @@ def repaired(skips: Mapping[str, int]) -> bool:
     return any(n for kind, n in skips.items() if kind != "empty_images")
 
 
-def describe_skips(skips: Mapping[str, int]) -> str:
-    """The non-zero counts in words, e.g. "40 empty_images, 1 unreadable_annotations"."""
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(skips.items()) if n)
+def describe_skips(skips: Mapping[str, int], first: Mapping[str, str] | None = None) -> str:
+    """The non-zero counts in words, e.g. "40 empty_images, 1 unreadable_annotations", each
+    repair with where its ``first`` case is, if given ("2 clipped_boxes, first in a.xml")."""
+    first = first or {}
+    return ", ".join(
+        f"{n} {kind}" + (f", first in {first[kind]}" if kind in first else "")
+        for kind, n in sorted(skips.items())
+        if n
+    )
 
 
 class ImageError(UserError, OSError):
@@ -228,12 +235,24 @@ class DetectionImages(Dataset):
         # whether bad objects, annotation files and listed images without a file are passed over
         self.skips_bad = train and not strict
         self.skips: Counter[str] = Counter()
+        # where the first case of each kind of skip or repair (but empty_images) was met
+        self.first_skips: dict[str, str] = {}
         self.ids: list[Any] = []
         self.image_paths: list[Path] = []
         self.annotations: list[dict[str, Any]] = []
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @contextmanager
+    def _noting_skips(self, where: object) -> Iterator[None]:
+        """Record ``where`` as the first case of each kind of skip or repair that reading it,
+        inside the block, counts."""
+        before = Counter(self.skips)
+        yield
+        for kind in self.skips - before:
+            if kind != "empty_images":
+                self.first_skips.setdefault(kind, str(where))
 
     def role_view(self, transform: Transform | None, train: bool) -> DetectionImages:
         """These parsed files for another role (e.g. the validation images held out of training
@@ -328,21 +347,22 @@ class VOCDataset(DetectionImages):
         present = self._check_images(image_paths, split_file)
         for image_id, image_path in compress(zip(image_ids, image_paths, strict=True), present):
             xml = self.root / "Annotations" / f"{image_id}.xml"
-            try:
-                ann = parse_voc_xml(xml, class_to_index, self.skips if self.skips_bad else None)
-            except VOCAnnotationError as err:
-                if strict or isinstance(err, UnknownClassError):
-                    raise
-                if not train:
-                    raise VOCAnnotationError(f"{err}: {EVALUATION_STOPS}") from None
-                self.skips["unreadable_annotations"] += 1
-                log.warning("skipping image %s: %s", image_id, err)
-                continue
-            if not keep_difficult:
-                ann = select_objects(ann, ~ann["difficult"])
-            self.ids.append(image_id)
-            self.image_paths.append(image_path)
-            self.annotations.append(sanitize(ann, self.skips))
+            with self._noting_skips(xml):
+                try:
+                    ann = parse_voc_xml(xml, class_to_index, self.skips if self.skips_bad else None)
+                except VOCAnnotationError as err:
+                    if strict or isinstance(err, UnknownClassError):
+                        raise
+                    if not train:
+                        raise VOCAnnotationError(f"{err}: {EVALUATION_STOPS}") from None
+                    self.skips["unreadable_annotations"] += 1
+                    log.warning("skipping image %s: %s", image_id, err)
+                    continue
+                if not keep_difficult:
+                    ann = select_objects(ann, ~ann["difficult"])
+                self.ids.append(image_id)
+                self.image_paths.append(image_path)
+                self.annotations.append(sanitize(ann, self.skips))
 
     def _read_split(self, split_file: Path) -> list[str]:
         """The image ids of ``split_file``, one a line; an id listed again is an error when
