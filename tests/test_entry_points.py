@@ -563,3 +563,36 @@ def test_an_output_directory_that_cannot_be_created_is_named(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {error.format(file=file)}" in proc.stderr
     assert file.read_text() == ""
+
+
+def test_eval_says_when_the_test_files_are_files_the_run_has_seen(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``+data.test_annotations=`` the training file, or a VOC split the run validated on, gives
+    figures on seen images: eval.py says so (a warning: a look at the fit itself is legitimate)."""
+    from omegaconf import OmegaConf
+
+    from dssd.data.datamodule import COCODataModule, VOCDataModule
+    from dssd.tasks.evaluation import warn_seen_test_files
+
+    voc = {"_target_": "dssd.data.VOCDataModule", "root": str(tmp_path), "class_names": ["cat"]}
+    coco = {"_target_": "dssd.data.COCODataModule", "root": str(tmp_path), "val_holdout": 10}
+    coco_training_file = "annotations/instances_train2017.json"
+    cases = [
+        (voc, VOCDataModule(str(tmp_path), ["cat"], test_split="trainval"), "trained on"),
+        (voc, VOCDataModule(str(tmp_path / "."), ["cat"], test_split="val"), "chose its best"),
+        (voc, VOCDataModule(str(tmp_path), ["cat"]), None),
+        ({**voc, "val_holdout": 5}, VOCDataModule(str(tmp_path), ["cat"], test_split="val"), None),
+        (
+            coco,
+            COCODataModule(str(tmp_path), val_holdout=10, test_annotations=coco_training_file),
+            "trained on",
+        ),
+        (coco, COCODataModule(str(tmp_path), val_holdout=10), None),
+    ]
+    for trained, tested, said in cases:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            warn_seen_test_files(tested, OmegaConf.create(trained))
+        assert ("images it has seen" in caplog.text) == (said is not None), (trained, said)
+        assert said is None or f"the checkpoint's run {said}" in caplog.text

@@ -213,6 +213,11 @@ class DetectionDataModule(pl.LightningDataModule):
         test-dev image info), else None."""
         return None
 
+    def listing_files(self, files: str) -> list[Path]:
+        """The files that list the images of the ``files`` role ("train", "val", "test": split
+        or annotation files), resolved, which tell two configs' roles apart unread."""
+        raise NotImplementedError
+
     def setup(self, stage: str | None = None) -> None:
         # fitting builds the test set too, to check that no test image is seen
         needed = {"validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, ROLES)
@@ -343,6 +348,15 @@ class VOCDataModule(DetectionDataModule):
         self.sets = {"train": train_sets, "val": val_sets, "test": test_sets}
         self.use_07_metric = use_07_metric
 
+    def listing_files(self, files: str) -> list[Path]:
+        if files == "val" and self.val_holdout:  # a part of the training files
+            return []
+        sets = self.sets[files] or [{"root": ".", "split": self.splits[files]}]
+        return [
+            (Path(self.root) / s["root"] / "ImageSets" / "Main" / f"{s['split']}.txt").resolve()
+            for s in sets
+        ]
+
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
         sets = self.sets[files]
         options = {"transform": transform, "strict": self.strict, "train": train}
@@ -426,6 +440,10 @@ class COCODataModule(DetectionDataModule):
         else:
             labelled = "annotations" in load_coco(Path(self.root) / self.files["test"][0]).dataset
         return None if labelled else str(Path(self.root) / self.files["test"][0])
+
+    def listing_files(self, files: str) -> list[Path]:
+        annotations = self.files[files][0]
+        return [] if annotations is None else [(Path(self.root) / annotations).resolve()]
 
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
         dataset = COCODataset(

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -88,6 +89,7 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
     datamodule = instantiate(cfg.data)
     read_data(datamodule, "test")
     check_class_names(list(datamodule.class_names), list(run_cfg.model.class_names))
+    warn_seen_test_files(datamodule, run_cfg.data)
     with open_dict(cfg):  # the metrics of the data tested
         cfg.model.class_names = list(datamodule.class_names)
         cfg.model.use_07_metric = datamodule.use_07_metric
@@ -106,6 +108,27 @@ def follow_wandb_project(cfg: DictConfig, run_cfg: DictConfig) -> None:
         if key in theirs and not any(o.startswith(f"logger.wandb.{key}=") for o in given):
             with open_dict(ours):
                 ours[key] = theirs[key]
+
+
+def warn_seen_test_files(datamodule: pl.LightningDataModule, trained: DictConfig) -> None:
+    """Say when the test files are files the checkpoint's run trained on or chose ``best.ckpt``
+    on (e.g. ``+data.test_annotations=`` its training file): figures on seen images."""
+    try:
+        run_data = instantiate(trained)
+        roles = {"train": "trained on", "val": "chose its best.ckpt on"}
+        seen = {role: set(run_data.listing_files(role)) for role in roles}
+        tested = datamodule.listing_files("test")
+    except (InstantiationException, UserError, NotImplementedError):
+        return  # the run's data config cannot be built here: nothing to compare with
+    for role, what in roles.items():
+        shared = [str(f) for f in tested if f in seen[role]]
+        if shared:
+            log.warning(
+                "the test files %s are files the checkpoint's run %s: these figures are on "
+                "images it has seen, not a test",
+                ", ".join(shared),
+                what,
+            )
 
 
 def check_class_names(data: list[str], trained: list[str]) -> None:
