@@ -96,6 +96,26 @@ def test_training_targets_leave_crowd_boxes_out(tmp_path: Path) -> None:
     dataset = COCODataset(root, ANN_FILE, "val2017", train=True, class_names=NAMES)
     _, target = dataset[0]
     assert target["labels"].tolist() == [2, 3] and not target["difficult"].any()
+    assert dataset.objects(0)["labels"].tolist() == [2, 3]  # what the tools read, too
+
+
+@pytest.mark.parametrize("area", [None, -4.0, "12", float("nan")])
+def test_an_area_that_cannot_size_its_object_leaves_it_to_its_box(
+    tmp_path: Path, area: object
+) -> None:
+    """An annotation's area only sizes its object for the COCO metric: one that cannot (null,
+    negative, text) is counted and replaced by the box's area, never the box dropped."""
+    data = instances()
+    data["annotations"][0]["area"] = area
+    root = write_coco(tmp_path, data)
+    for train, strict in ((True, False), (False, True)):
+        dataset = COCODataset(root, ANN_FILE, "val2017", train=train, strict=strict)
+        assert (
+            dataset.skips["invalid_areas"] == 1
+            and "image 42" in dataset.first_skips["invalid_areas"]
+        )
+        assert dataset.objects(0)["labels"].tolist()[:2] == [2, 3]
+        assert dataset.objects(0)["area"][0] == 0.0  # the metric takes the box's area
 
 
 def test_detections_round_trip_to_category_ids(tmp_path: Path) -> None:
@@ -199,6 +219,7 @@ def test_annotations_without_an_id_or_an_image(tmp_path: Path) -> None:
     dataset = COCODataset(root, ANN_FILE, "val2017", strict=False)
     # no image holds them: an evaluation set, too, passes over them, as pycocotools does
     assert dataset.skips["malformed_objects"] == 2 and len(dataset[0][1]["labels"]) == 3
+    assert dataset.first_skips["malformed_objects"].endswith("annotation 9 of image_id 99")
 
 
 def test_missing_files_are_user_errors(tmp_path: Path) -> None:

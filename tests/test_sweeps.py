@@ -378,6 +378,12 @@ def test_a_search_whose_study_would_mean_nothing_is_refused() -> None:
         cfg = compose_train(HPARAMS_SEARCH, never)
         with hydra_runtime(cfg), pytest.raises(UserError, match=f"would validate .*{why}"):
             check_search(cfg)
+    # 2 steps of 200 accumulated batches reach the validation after batch 300
+    cfg = compose_train(
+        HPARAMS_SEARCH, "trainer.max_steps=2", "+trainer.accumulate_grad_batches=200"
+    )
+    with hydra_runtime(cfg):
+        check_search(cfg)
     cfg = compose_train("stage=1", "init_from=x.ckpt", "trainer.limit_val_batches=0")
     with hydra_runtime(cfg):
         check_search(cfg)  # not a sweep

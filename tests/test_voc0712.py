@@ -334,3 +334,16 @@ def test_a_user_error_in_a_loader_worker_is_reported_as_its_message(
     with pytest.raises(SystemExit), user_errors():
         wrapped.reraise()
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_box_geometry_is_repaired_in_evaluation_sets_too(tmp_path: Path) -> None:
+    """A box of zero width (VOC's xmax one below xmin) or wholly outside the image is dropped
+    and counted in every role, not strict; only strict refuses the empty one."""
+    xml = voc_xml(
+        voc_object("cat", "10 2 9 20"), voc_object("dog", "50 40 60 45"), voc_object("cat")
+    )
+    root = write_voc(tmp_path, {"a": xml})
+    dataset = VOCDataset(root, "trainval", CLASSES, strict=False)
+    assert +dataset.skips == {"invalid_boxes": 2} and len(dataset.objects(0)["boxes"]) == 1
+    with pytest.raises(VOCAnnotationError, match="a.xml: object 'cat' has an empty box"):
+        VOCDataset(root, "trainval", CLASSES)

@@ -112,7 +112,7 @@ def load_test_split(run_cfg: DictConfig) -> GroundTruth:
     return GroundTruth(
         image_ids=tuple(reader.ids[i] for reader, i in items),
         image_paths=tuple(str(reader.image_paths[i]) for reader, i in items),
-        targets=tuple(_target(reader.annotations[i]) for reader, i in items),
+        targets=tuple(_target(reader.objects(i)) for reader, i in items),
         class_names=tuple(datamodule.class_names),
         use_07_metric=datamodule.use_07_metric,
     )

@@ -184,13 +184,16 @@ class COCODataset(DetectionImages):
         """Annotations of an image the file does not list are an error when ``strict``, else
         counted as ``malformed_objects`` (no image holds them)."""
         orphans = [a for a in coco.dataset.get("annotations", []) if a["image_id"] not in image_ids]
-        if orphans and self.strict:
+        if not orphans:
+            return
+        example = f"annotation {orphans[0]['id']!r} of image_id {orphans[0]['image_id']!r}"
+        if self.strict:
             raise COCOAnnotationError(
                 f"{self.annotation_file}: {len(orphans)} annotations belong to no listed image "
-                f"(e.g. annotation {orphans[0]['id']!r} of image_id {orphans[0]['image_id']!r})"
+                f"(e.g. {example})"
             )
-        if orphans:
-            self.skips["malformed_objects"] += len(orphans)
+        self.skips["malformed_objects"] += len(orphans)
+        self.first_skips.setdefault("malformed_objects", f"{self.annotation_file}, {example}")
 
     def _image_entry(self, image: Any) -> tuple[int, Path, dict[str, int]]:
         """An ``images`` entry's id, image path and size, or an error naming the file."""
@@ -218,9 +221,6 @@ class COCODataset(DetectionImages):
                 if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox):
                     raise ValueError(f"bbox {bbox!r} has non-numeric values")
                 x, y, w, h = (float(v) for v in bbox)
-                area = ann.get("area", 0.0)
-                if not isinstance(area, numbers.Real) or isinstance(area, bool) or area < 0:
-                    raise ValueError(f"area {area!r} is not a number >= 0")
                 if ann.get("category_id") not in self.category_id_to_label:
                     raise ValueError(f"unknown category_id {ann.get('category_id')!r}")
             except ValueError as err:
@@ -233,6 +233,10 @@ class COCODataset(DetectionImages):
                     ) from None
                 self.skips["malformed_objects"] += 1
                 continue
+            area = ann.get("area", 0.0)
+            if not isinstance(area, numbers.Real) or isinstance(area, bool) or not area >= 0:
+                self.skips["invalid_areas"] += 1  # only sizes the object: its box's area does
+                area = 0.0
             boxes.append((x, y, x + w, y + h))
             labels.append(self.category_id_to_label[ann["category_id"]])
             ignored.append(bool(ann.get("iscrowd", 0)) or bool(ann.get("difficult", 0)))

@@ -256,7 +256,8 @@ class DetectionDataModule(pl.LightningDataModule):
         why = {
             "test": "a test figure must come from images that neither training nor model "
             "selection has seen",
-            "train": "best.ckpt would be chosen on images the network was trained on",
+            "train": "best.ckpt would be chosen on images the network was trained on (VOC's "
+            "val.txt is a part of trainval.txt: train on data.train_split=train beside it)",
         }
         for role, other in (("train", "test"), ("val", "test"), ("val", "train")):
             if role not in self.datasets or other not in self.datasets:

@@ -95,10 +95,15 @@ def edges_to_voc(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
 
 
 def parse_voc_xml(
-    path: Path, class_to_index: dict[str, int], skips: Counter[str] | None = None
+    path: Path,
+    class_to_index: dict[str, int],
+    skips: Counter[str] | None = None,
+    strict: bool | None = None,
 ) -> dict[str, Any]:
     """One VOC annotation file as "boxes" (float32 [N, 4] pixel edges), "labels", "difficult",
-    "truncated", "width", "height"; with ``skips`` (not strict) malformed objects are dropped."""
+    "truncated", "width", "height"; with ``skips`` malformed objects are dropped. ``strict``
+    (default: without ``skips``) refuses an empty box, which else is left to :func:`sanitize`."""
+    strict = skips is None if strict is None else strict
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
@@ -126,7 +131,7 @@ def parse_voc_xml(
             if bndbox is None:
                 raise VOCAnnotationError(f"{path}: object {name!r} has no <bndbox>")
             box = tuple(_number(bndbox, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
-            if skips is None and (box[2] < box[0] or box[3] < box[1]):
+            if strict and (box[2] < box[0] or box[3] < box[1]):
                 raise VOCAnnotationError(f"{path}: object {name!r} has an empty box {box}")
             flags = _flag(obj, "difficult", path), _flag(obj, "truncated", path)
         except VOCAnnotationError as err:
@@ -244,6 +249,14 @@ class DetectionImages(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def objects(self, index: int) -> dict[str, Any]:
+        """The annotation of image ``index`` as this set's targets take it: in a training set
+        without the objects training leaves out (COCO's crowd boxes)."""
+        annotation = self.annotations[index]
+        if self.train and "trained" in annotation:
+            return select_objects(annotation, annotation["trained"])
+        return annotation
+
     @contextmanager
     def _noting_skips(self, where: object) -> Iterator[None]:
         """Record ``where`` as the first case of each kind of skip or repair that reading it,
@@ -280,10 +293,7 @@ class DetectionImages(Dataset):
                 self.skips["unreadable_images"] += 1
                 log.warning("skipping image: %s", err)
                 continue
-            annotation = self.annotations[i]
-            if self.train and "trained" in annotation:  # COCO's crowd boxes are not trained on
-                annotation = select_objects(annotation, annotation["trained"])
-            target = {k: v for k, v in annotation.items() if k in TARGET_KEYS}
+            target = {k: v for k, v in self.objects(i).items() if k in TARGET_KEYS}
             # skipped_images: unreadable images passed over, for the main process's DataSkipReport
             target |= {"image_id": self.ids[i], "skipped_images": offset}
             return (image, target) if self.transform is None else self.transform(image, target)
@@ -349,7 +359,8 @@ class VOCDataset(DetectionImages):
             xml = self.root / "Annotations" / f"{image_id}.xml"
             with self._noting_skips(xml):
                 try:
-                    ann = parse_voc_xml(xml, class_to_index, self.skips if self.skips_bad else None)
+                    skips = self.skips if self.skips_bad else None
+                    ann = parse_voc_xml(xml, class_to_index, skips, strict)
                 except VOCAnnotationError as err:
                     if strict or isinstance(err, UnknownClassError):
                         raise

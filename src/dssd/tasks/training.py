@@ -172,10 +172,13 @@ def warn_shapes_recipe(cfg: DictConfig) -> None:
 
 
 def _ends_before_validation(cfg: DictConfig) -> tuple[int, int] | None:
-    """``(max_steps, val_check_interval)`` when the fit ends before its first validation."""
+    """``(max_steps, val_check_interval)`` when the fit ends before its first validation: the
+    interval counts batches, ``max_steps`` optimizer steps of ``accumulate_grad_batches`` each."""
     interval, steps = cfg.trainer.get("val_check_interval"), cfg.trainer.get("max_steps")
-    if isinstance(interval, int) and isinstance(steps, int) and 0 < steps < interval:
-        return steps, interval
+    batches = cfg.trainer.get("accumulate_grad_batches") or 1
+    if isinstance(interval, int) and isinstance(steps, int) and isinstance(batches, int):
+        if 0 < steps * batches < interval:
+            return steps, interval
     return None
 
 

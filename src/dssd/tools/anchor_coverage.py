@@ -186,7 +186,7 @@ def measure(
     datamodule.prepare_data()
     datamodule.setup("fit" if split != "test" else "test")
     items = dataset_items(datamodule.datasets[split])
-    anns = [reader.annotations[i] for reader, i in items]
+    anns = [reader.objects(i) for reader, i in items]
     if not any(len(ann["boxes"]) for ann in anns):
         raise UserError(f"the {split} split of data={data_cfg._target_} holds no objects")
     boxes, areas = object_boxes(anns)
