@@ -596,3 +596,30 @@ def test_eval_says_when_the_test_files_are_files_the_run_has_seen(
             warn_seen_test_files(tested, OmegaConf.create(trained))
         assert ("images it has seen" in caplog.text) == (said is not None), (trained, said)
         assert said is None or f"the checkpoint's run {said}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("script", "given", "error"),
+    [
+        (
+            "train.py",
+            "logger=null",
+            "logger=null: logger is a config group of conf/; choose logger=none",
+        ),
+        ("eval.py", "logger=null", "choose logger=none"),
+        (
+            "train.py",
+            "callbacks=null",
+            "callbacks=null: callbacks is a config group of conf/; choose one of ['default']",
+        ),
+        ("train.py", "+optimizer=None", "choose one of ['adamw', 'sgd']"),
+    ],
+)
+def test_a_config_group_set_to_null_is_named_with_its_choices(
+    script: str, given: str, error: str
+) -> None:
+    """Hydra's command line cannot set a config group to null: its traceback ended in "Config
+    group override must be a string or a list. Got NoneType"."""
+    proc = run_entry_point(script, given, "--cfg", "job", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {given}: ") and error in proc.stderr

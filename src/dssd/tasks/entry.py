@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,26 @@ from dssd.errors import UserError, quiet_lightning, user_errors, writable_direct
 def prepare(script: str) -> None:
     """Set ``PROJECT_ROOT`` (unless set: the folder above ``src/``, holding ``conf/``, ``data/``,
     ``logs/``) and register the config resolvers, before ``script``'s Hydra app composes."""
-    os.environ.setdefault("PROJECT_ROOT", str(Path(script).resolve().parents[1]))
+    root = Path(script).resolve().parents[1]
+    os.environ.setdefault("PROJECT_ROOT", str(root))
     register_resolvers()
+    with user_errors():
+        check_group_choices(root / "conf", sys.argv[1:])
+
+
+def check_group_choices(conf: Path, overrides: list[str]) -> None:
+    """Refuse ``<group>=null`` for a config group of ``conf``, which Hydra's command line cannot
+    take (its traceback ends in "Config group override must be a string or a list"), naming the
+    group's choices."""
+    for override in overrides:
+        group, _, value = override.lstrip("+~").partition("=")
+        if value.lower() not in ("null", "none") or not (conf / group).is_dir():
+            continue
+        choices = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        if value == "none" and "none" in choices:
+            continue
+        instead = f"{group}=none" if "none" in choices else f"one of {choices}"
+        raise UserError(f"{override}: {group} is a config group of conf/; choose {instead}")
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
