@@ -119,6 +119,33 @@ def test_grayscale_images_are_converted_to_rgb(detector: Detector, test_images: 
     assert sizes.dtype == torch.int64
 
 
+def test_sixteen_bit_grey_reads_alike_from_a_file_and_from_pil(
+    detector: Detector, test_images: list[Path], tmp_path: Path
+) -> None:
+    """OpenCV decodes a 16-bit PNG to its high 8 bits; PIL's "I;16" image converted to RGB
+    would clip every pixel white, so it is scaled alike."""
+    import cv2
+
+    gray = np.asarray(Image.open(test_images[0]).convert("L"))
+    png = tmp_path / "grey16.png"
+    cv2.imwrite(str(png), gray.astype(np.uint16) * 257)
+    expected = detector.predict(gray)
+    assert_same(detector.predict(png), expected)
+    pil = Image.open(png)
+    assert pil.mode.startswith("I")
+    assert_same(detector.predict(pil), expected)
+
+
+def test_an_empty_file_is_not_a_readable_image(detector: Detector, tmp_path: Path) -> None:
+    """OpenCV's decoder asserts on an empty buffer rather than returning None."""
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match="empty.jpg: not a readable image .*the file is empty"):
+        detector.predict(empty)
+    with pytest.raises(OSError, match="the file is empty"):
+        read_image(empty)
+
+
 def test_a_list_gives_what_each_image_gives(detector: Detector, test_images: list[Path]) -> None:
     """Batches of 2 against images one by one: another batch composition, which may change the
     last bits of the scores, so the detections are compared as sets."""

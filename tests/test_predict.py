@@ -223,8 +223,21 @@ def test_bad_inputs(
     for spec in (tmp_path / "empty", f"{tmp_path}/*.png"):
         with pytest.raises(UserError, match=re.escape(f"input={spec}: no files there")):
             predict(config(f"ckpt_path={tiny_checkpoint}", f"input={spec}"))
-    with pytest.raises(UserError, match="the input's own folder"):
+    with pytest.raises(UserError, match=f"output_dir={folder} holds input files"):
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={folder}"))
+    # a folder inside the input's that holds inputs: its a.jpg was drawn over by the top a.jpg
+    nest = tmp_path / "nest"
+    (nest / "sub").mkdir(parents=True)
+    for where in (nest, nest / "sub"):
+        shutil.copy(folder / IMAGES[0], where / "a.jpg")
+    before = (nest / "sub" / "a.jpg").read_bytes()
+    with pytest.raises(UserError, match=r"output_dir=.*sub holds input files \(e.g. .*sub/a.jpg"):
+        predict(
+            config(
+                f"ckpt_path={tiny_checkpoint}", f"input={nest}/**/*.jpg", f"output_dir={nest}/sub"
+            )
+        )
+    assert (nest / "sub" / "a.jpg").read_bytes() == before
     with pytest.raises(UserError, match="no such checkpoint file"):
         predict(config(f"ckpt_path={tmp_path / 'none.ckpt'}", f"input={folder}", out))
     for setting, problem in (

@@ -200,6 +200,8 @@ def read_image(path: Path) -> np.ndarray:
         data = np.fromfile(path, np.uint8)
     except OSError as err:
         raise OSError(f"cannot read image {path}: {err.strerror or err}") from None
+    if data.size == 0:  # which OpenCV's decoder refuses with an assertion, not None
+        raise OSError(f"cannot decode image {path}: the file is empty")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise OSError(f"cannot decode image {path}: not an image file, or its end is missing")

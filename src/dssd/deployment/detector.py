@@ -47,14 +47,18 @@ def batches(items: Sequence[T] | Iterator[T], size: int) -> Iterator[list[T]]:
 
 def rgb_array(image: ImageInput) -> np.ndarray:
     """``image`` as an HxWx3 uint8 RGB array: a path decoded as the datasets do (unreadable: a
-    :class:`UserError`), a PIL image converted, or a uint8 HxW, HxWx1, HxWx3 or HxWx4 array (alpha
-    dropped; any other array is a ``ValueError``)."""
+    :class:`UserError`), a PIL image converted (16-bit grey scaled to 8 bits, as a decoded file
+    is, where PIL's conversion would clip it white), or a uint8 HxW, HxWx1, HxWx3 or HxWx4 array
+    (alpha dropped; any other array is a ``ValueError``)."""
     if isinstance(image, (str, Path)):
         try:
             return read_image(Path(image))
         except OSError as err:
             raise UserError(f"{image}: not a readable image ({err})") from None
     if isinstance(image, Image.Image):
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: to 8 bits as OpenCV does
+            grey = (np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
         return np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
         kind = type(image).__name__

@@ -208,9 +208,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         )
     root, files = input_files(str(cfg.input))
     output_dir = Path(cfg.output_dir)
-    if output_dir.resolve() == root.resolve():
+    inside = [f for f in files if output_dir.resolve() in f.resolve().parents]
+    if inside:
         raise UserError(
-            f"output_dir={output_dir}: the input's own folder, whose files it would overwrite"
+            f"output_dir={output_dir} holds input files (e.g. {inside[0]}), which the drawn ones "
+            "would overwrite: choose a folder outside the input's"
         )
     writable_directory(output_dir, "output_dir")
     detector = Detector.from_checkpoint(
