@@ -321,3 +321,26 @@ def test_a_wandb_refusal_is_a_warning_after_the_files(
         )
     assert summary.is_file()
     assert "Did not log the analysis to W&B (No API key configured)" in caplog.text
+
+
+def test_test_data_that_moved_is_found_with_data_root(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The run's test data is no longer where its test read it: named, with the setting that
+    gives its new place (nothing is built there), and analysed from there with data_root."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    results = json.loads((run / "test_results.json").read_text())
+    moved_from = tmp_path / "gone"
+    data_root = results["test_data"]["root"]
+    results["test_data"]["root"] = str(moved_from)
+    (run / "test_results.json").write_text(json.dumps(results))
+    with pytest.raises(UserError, match=f"no complete shapes dataset in {moved_from}.*data_root="):
+        analyze(config(f"run={run}", f"out_dir={tmp_path / 'a'}", "gallery_size=0"))
+    assert not moved_from.exists()
+    analyze(
+        config(
+            f"run={run}", f"out_dir={tmp_path / 'b'}", "gallery_size=0", f"data_root={data_root}"
+        )
+    )
+    assert (tmp_path / "b" / "summary.md").is_file()

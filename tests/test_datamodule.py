@@ -221,3 +221,17 @@ def test_seed_worker_mixes_in_the_ddp_rank(monkeypatch: pytest.MonkeyPatch) -> N
         seed_worker(0)
         draws.append(np.random.rand())
     assert draws[0] != draws[1]
+
+
+def test_a_test_reads_the_shapes_data_and_never_builds_it(tmp_path: Path) -> None:
+    """Only a fit builds the embedded data where it is missing: a test of a checkpoint whose data
+    moved would else be scored on a new default dataset (300 images of other draws)."""
+    from dssd.errors import DatasetNotFoundError
+    from dssd.tasks.common import read_data
+
+    root = tmp_path / "shapes"
+    for stage in ("test", "validate"):
+        datamodule = ShapesDataModule(str(root), CLASSES, num_workers=0)
+        with pytest.raises(DatasetNotFoundError, match="no complete shapes dataset in .*shapes"):
+            read_data(datamodule, stage)
+        assert not root.exists()

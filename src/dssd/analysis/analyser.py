@@ -200,6 +200,7 @@ class Options:
     bootstrap_samples: int = 1000
     confidence: float = 0.95
     wandb: bool | str = "auto"
+    data_root: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse a setting no analysis can use, naming it (not a numpy error halfway)."""
@@ -239,6 +240,9 @@ class Analyser:
         if key not in self._done:
             options = self.options
             run_cfg = config_of_test(run)
+            if options.data_root is not None:  # the test data moved since
+                with open_dict(run_cfg):
+                    run_cfg.data.root = options.data_root
             data = OmegaConf.to_yaml(run_cfg.data)
             if data not in self._splits:
                 self._splits[data] = load_test_split(run_cfg)

@@ -384,7 +384,18 @@ class ShapesDataModule(VOCDataModule):
         self.variant = variant
 
     def prepare_data(self) -> None:
-        shapes.ensure_shapes(self.root, self.variant)
+        if self.trainer is None or self.trainer.state.fn == "fit":  # a test builds nothing
+            shapes.ensure_shapes(self.root, self.variant)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage != "fit" and shapes.read_stamp(self.root) is None:  # only a fit builds it
+            raise DatasetNotFoundError(
+                f"no complete shapes dataset in {self.root}: a test reads the one the run was "
+                "tested on, which is not built again here (it may have had other settings). "
+                "Give its place (eval.py: +data.root=<dir>; analyze.py: data_root=<dir>), or "
+                f"rebuild it with its settings: python -m dssd.data.shapes --out {self.root} ..."
+            )
+        super().setup(stage)
 
 
 class COCODataModule(DetectionDataModule):

@@ -50,11 +50,13 @@ def several_processes_started() -> bool:
 
 
 def read_data(datamodule: pl.LightningDataModule, stage: str) -> None:
-    """Prepare and set up ``datamodule`` for ``stage`` before the trainer opens its loggers (a
-    W&B run), so that a data mistake stops the command first. A single process only: where
-    several are started, Lightning prepares the data once for all of them within ``fit``."""
+    """Prepare (to fit: the shapes data is built, if missing) and set up ``datamodule`` for
+    ``stage`` before the trainer opens its loggers (a W&B run), so that a data mistake stops the
+    command first; a test reads data that exists. A single process only: where several are
+    started, Lightning prepares the data once for all of them within ``fit``."""
     if not several_processes_started():
-        datamodule.prepare_data()
+        if stage == "fit":
+            datamodule.prepare_data()
         datamodule.setup(stage)
 
 
