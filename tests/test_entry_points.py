@@ -613,13 +613,16 @@ def test_eval_says_when_the_test_files_are_files_the_run_has_seen(
             "callbacks=null: callbacks is a config group of conf/; choose one of ['default']",
         ),
         ("train.py", "+optimizer=None", "choose one of ['adamw', 'sgd']"),
+        ("export.py", "+opset=17", "export.py has no setting opset, and '+' adds one that"),
+        ("eval.py", "++fp16=true", "eval.py has no setting fp16"),
     ],
 )
-def test_a_config_group_set_to_null_is_named_with_its_choices(
+def test_a_config_group_set_to_null_or_an_added_setting_is_named(
     script: str, given: str, error: str
 ) -> None:
     """Hydra's command line cannot set a config group to null: its traceback ended in "Config
-    group override must be a string or a list. Got NoneType"."""
+    group override must be a string or a list. Got NoneType". A top-level setting added with '+'
+    (Hydra's advice for a key the config lacks) went unheeded without a word."""
     proc = run_entry_point(script, given, "--cfg", "job", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {given}: ") and error in proc.stderr
