@@ -94,7 +94,7 @@ def test_a_folder_with_unreadable_files(
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == record
-    assert summary["images"] == 3 and summary["outputs"] == IMAGES
+    assert summary["images"] == 3 and summary["outputs"] == {name: name for name in IMAGES}
     assert [s["file"] for s in summary["skipped"]] == UNREADABLE
     assert all(s["reason"] == "not a readable image" for s in summary["skipped"])
     assert summary["score_threshold"] == detector.module.postprocess.score_threshold
@@ -158,7 +158,8 @@ def test_two_inputs_of_one_output_name_keep_both_drawings(
     summary = predict(
         config(f"ckpt_path={tiny_checkpoint}", f"input={inputs}", f"output_dir={out}")
     )
-    assert summary["outputs"] == ["scan.bmp.png", "scan.bmp-2.png"]
+    # each input's drawn file, so that the renamed one can be told
+    assert summary["outputs"] == {"scan.bmp": "scan.bmp.png", "scan.bmp.png": "scan.bmp-2.png"}
     assert [s["file"] for s in summary["skipped"]] == ["gone.jpg"]
     assert sorted(p.name for p in out.glob("*.png")) == ["scan.bmp-2.png", "scan.bmp.png"]
     entries = json.loads((out / "detections.json").read_text())
@@ -175,7 +176,8 @@ def test_a_glob_pattern_keeps_the_folders_apart(
     record = predict(
         config(f"ckpt_path={tiny_checkpoint}", f"input={tmp_path}/in/*/*.jpg", f"output_dir={out}")
     )
-    assert record["outputs"] == [f"a/{IMAGES[0]}", f"b/{IMAGES[0]}"] and not record["skipped"]
+    assert record["outputs"] == {f"{d}/{IMAGES[0]}": f"{d}/{IMAGES[0]}" for d in "ab"}
+    assert not record["skipped"]
     assert (out / "a" / IMAGES[0]).is_file() and (out / "b" / IMAGES[0]).is_file()
     entries = by_file(json.loads((out / "detections.json").read_text()))
     assert sorted(entries) == [(f"a/{IMAGES[0]}", None), (f"b/{IMAGES[0]}", None)]
@@ -197,7 +199,7 @@ def test_a_video(
 
     out = tmp_path / "out"
     record = predict(config(f"ckpt_path={tiny_checkpoint}", f"input={video}", f"output_dir={out}"))
-    assert record["images"] == 5 and record["outputs"] == ["clip.avi.mp4"]
+    assert record["images"] == 5 and record["outputs"] == {"clip.avi": "clip.avi.mp4"}
     drawn = cv2.VideoCapture(str(out / "clip.avi.mp4"))
     assert drawn.get(cv2.CAP_PROP_FPS) == 5.0
     assert (drawn.get(cv2.CAP_PROP_FRAME_WIDTH), drawn.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (224, 160)
@@ -291,7 +293,7 @@ def test_predict_py_logs_a_wandb_table(
     )
     assert "Predicted 3 images" in proc.stdout and "skipped 2 files" in proc.stdout
     summary = json.loads((run_dir / "predictions" / "summary.json").read_text())
-    assert summary["outputs"] == IMAGES and len(summary["skipped"]) == 2
+    assert summary["outputs"] == {name: name for name in IMAGES} and len(summary["skipped"]) == 2
 
     (table_file,) = run_dir.glob("wandb/offline-run-*/files/media/table/predictions_*.table.json")
     table = json.loads(table_file.read_text())

@@ -55,7 +55,7 @@ class Summary:
     images: int = 0
     detections: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)  # input name -> drawn file
 
     def skip(self, name: str, reason: str) -> None:
         log.warning("skipping %s: %s", name, reason)
@@ -164,7 +164,7 @@ class Outputs:
         while out in self.taken:
             out, copy = f"{stem}-{copy}{suffix}", copy + 1
         self.taken.add(out)
-        self.summary.outputs.append(out)
+        self.summary.outputs[name] = out
         path = self.directory / out
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
