@@ -4,6 +4,7 @@ written as one COCO results JSON, with unreadable files skipped and reported."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -312,3 +313,34 @@ def test_predict_py_logs_a_wandb_table(
         boxes = [image.get("boxes", {}).get("predictions", []) for image in images]
         assert [len(b) for b in boxes] == drawn_counts
     assert (run_dir / "csv").is_dir()
+
+
+def test_boxes_are_drawn_thick_enough_to_see_on_a_large_photo() -> None:
+    from dssd.tasks.prediction import draw
+
+    box = {
+        "boxes": torch.tensor([[100.0, 100.0, 500.0, 400.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([1]),
+        "names": ["cat"],
+    }
+    for height, width, line in ((300, 600, 2), (4000, 6000, 12)):
+        drawn = draw(np.zeros((height, width, 3), np.uint8), box, threshold=0.5)
+        column = drawn[:, 300].any(axis=1)  # the box's top edge crosses it at rows 100...
+        assert column[100 : 100 + line].all() and not column[100 + line + 1 : 200].any()
+
+
+def test_an_output_dir_used_before_is_said(
+    folder: Path, tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its files of other names stay beside a summary.json that does not list them."""
+    settings = (
+        f"ckpt_path={tiny_checkpoint}",
+        f"input={folder}/{IMAGES[0]}",
+        f"output_dir={tmp_path}",
+    )
+    predict(config(*settings))
+    assert "holds an earlier prediction's outputs" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        predict(config(*settings))
+    assert f"output_dir={tmp_path} holds an earlier prediction's outputs" in caplog.text

@@ -140,7 +140,7 @@ def draw(image: np.ndarray, detections: dict[str, Any], threshold: float) -> np.
         detections["boxes"][keep],
         labels=[f"{detections['names'][i]} {scores[i]:.2f}" for i in keep],
         colors=[PALETTE[(labels[i] - 1) % len(PALETTE)] for i in keep],
-        width=2,
+        width=max(2, round(max(image.shape[:2]) / 500)),  # seen on a 6000 px photo scaled down
     )
     return drawn.permute(1, 2, 0).numpy()
 
@@ -215,6 +215,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "would overwrite: choose a folder outside the input's"
         )
     writable_directory(output_dir, "output_dir")
+    if (output_dir / "summary.json").is_file():
+        log.warning(
+            "output_dir=%s holds an earlier prediction's outputs: files of the same names are "
+            "replaced, the others stay beside this run's summary.json",
+            output_dir,
+        )
     detector = Detector.from_checkpoint(
         cfg.ckpt_path, choose_device(cfg.device), cfg.fold_bn, cfg.batch_size, cfg.precision
     )
