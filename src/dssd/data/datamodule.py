@@ -221,7 +221,8 @@ class DetectionDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         # fitting builds the test set too, to check that no test image is seen
         needed = {"validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, ROLES)
-        for role in [r for r in needed if r not in self.datasets]:
+        added = [r for r in needed if r not in self.datasets]  # Lightning calls setup again
+        for role in added:
             transform = build_transforms(
                 self.image_size, role == "train", self.mean, self.std, self.augment
             )
@@ -230,7 +231,8 @@ class DetectionDataModule(pl.LightningDataModule):
                 raise UserError(f"the {role} data holds no images: {_describe(role, dataset)}")
             level = logging.WARNING if repaired(dataset.skips) else logging.INFO
             log.log(level, "%s data: %s", role, _describe(role, dataset))
-        self._check_roles_disjoint()
+        if added:
+            self._check_roles_disjoint()
 
     def _role_dataset(self, role: str, transform: DetectionTransform) -> Dataset:
         """The dataset of a role; with ``val_holdout``, train and val are parts of the training
@@ -259,11 +261,12 @@ class DetectionDataModule(pl.LightningDataModule):
             "train": "best.ckpt would be chosen on images the network was trained on (VOC's "
             "val.txt is a part of trainval.txt: train on data.train_split=train beside it)",
         }
+        files = {role: image_files(dataset) for role, dataset in self.datasets.items()}
         for role, other in (("train", "test"), ("val", "test"), ("val", "train")):
-            if role not in self.datasets or other not in self.datasets:
+            if role not in files or other not in files:
                 continue
-            seen = set(image_files(self.datasets[other]))
-            shared = [f for f in image_files(self.datasets[role]) if f in seen]
+            seen = set(files[other])
+            shared = [f for f in files[role] if f in seen]
             if shared:
                 raise UserError(
                     f"{len(shared)} of the {role} images are {other} images too (e.g. "

@@ -25,29 +25,31 @@ def prepare(script: str) -> None:
     os.environ.setdefault("PROJECT_ROOT", str(root))
     register_resolvers()
     with user_errors():
-        check_group_choices(root / "conf", sys.argv[1:], Path(script).name)
+        check_command_line(root / "conf", sys.argv[1:], Path(script).name)
 
 
-def check_group_choices(conf: Path, overrides: list[str], script: str) -> None:
-    """Refuse ``<group>=null`` for a config group of ``conf``, which Hydra's command line cannot
-    take (its traceback ends in "Config group override must be a string or a list"), naming the
-    group's choices; and a top-level setting added with ``+`` (``+opset=17``), which no code of
-    ``script`` reads, so that it would go unheeded without a word."""
+def check_command_line(conf: Path, overrides: list[str], script: str) -> None:
+    """Refuse, before Hydra reads them, two overrides it would take badly: ``<group>=null`` for a
+    config group of ``conf``, which its command line cannot take (its traceback ends in "Config
+    group override must be a string or a list"), naming the group's choices; and a top-level
+    setting added with ``+`` (``+opset=17``), which no code of ``script`` reads, so that it would
+    go unheeded without a word."""
     for override in overrides:
-        group, _, value = override.lstrip("+~").partition("=")
-        if override.startswith("+") and "=" in override and not re.search(r"[./]", group):
-            if not (conf / group).is_dir():
-                raise UserError(
-                    f"{override}: {script} has no setting {group}, and '+' adds one that nothing "
-                    f"reads; `python src/{script} --help` lists its settings"
-                )
-        if value.lower() not in ("null", "none") or not (conf / group).is_dir():
+        key, _, value = override.lstrip("+~").partition("=")
+        group = conf / key
+        top_level = "=" in override and not re.search(r"[./]", key)
+        if override.startswith("+") and top_level and not group.is_dir():
+            raise UserError(
+                f"{override}: {script} has no setting {key}, and '+' adds one that nothing "
+                f"reads; `python src/{script} --help` lists its settings"
+            )
+        if value.lower() not in ("null", "none") or not group.is_dir():
             continue
-        choices = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        choices = sorted(p.stem for p in group.glob("*.yaml"))
         if value == "none" and "none" in choices:
             continue
-        instead = f"{group}=none" if "none" in choices else f"one of {choices}"
-        raise UserError(f"{override}: {group} is a config group of conf/; choose {instead}")
+        instead = f"{key}=none" if "none" in choices else f"one of {choices}"
+        raise UserError(f"{override}: {key} is a config group of conf/; choose {instead}")
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:

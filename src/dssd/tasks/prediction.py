@@ -208,7 +208,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         )
     root, files = input_files(str(cfg.input))
     output_dir = Path(cfg.output_dir)
-    inside = [f for f in files if output_dir.resolve() in f.resolve().parents]
+    resolved = output_dir.resolve()
+    inside = [f for f in files if resolved in f.resolve().parents]
     if inside:
         raise UserError(
             f"output_dir={output_dir} holds input files (e.g. {inside[0]}), which the drawn ones "
