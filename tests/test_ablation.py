@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -155,6 +156,78 @@ def test_forcing_a_row_reruns_the_rows_that_start_from_it(tmp_path: Path) -> Non
     assert {s.action for s in plan(rows, [0], tmp_path, True)} == {"run"}
     with pytest.raises(UserError, match="no row"):
         plan(rows, [0], tmp_path, ["ssd_pm_x"])
+
+
+def test_a_row_whose_parent_was_retrained_since_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PM(c) forced alone (``only=[ssd_pm_c]``): the rows that start from it were not in that
+    command. The next command must retrain them from the new weights, not skip them as done (the
+    table would mix DSSD rows trained from PM(c)'s old weights with its new run); a row whose
+    parent was only tested again keeps its run."""
+    rows = table4_rows()
+    ran: list[str] = []
+
+    def train(command: list[str]) -> int:
+        """A stand-in for src/train.py: a done run whose weights are its command line and the
+        weights it starts from (a resumed one only tests its weights again)."""
+        directory = Path(next(c for c in command if c.startswith("hydra.run.dir=")).split("=")[1])
+        ran.append(directory.parent.name)
+        if "ckpt_path=last" in command:
+            (directory / "test_results.json").write_text("{}")
+            return 0
+        parent = [Path(c.split("=")[1]).read_text() for c in command if "init_from=" in c]
+        make_done(directory)
+        (directory / "checkpoints" / "last.ckpt").write_text(" ".join(command[2:] + parent))
+        return 0
+
+    tabulated: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", train)
+    monkeypatch.setattr(
+        "dssd.table4.runner.collect",
+        lambda rows, *args: tabulated.append([r.id for r in rows]) or [],
+    )
+    monkeypatch.setattr("dssd.table4.runner.summarize", lambda *args: [])
+    common = (f"out_dir={tmp_path}", "analysis=false")
+    run_ablation(compose_table4(*common), "shapes")
+    assert ran == ROW_IDS
+    assert {s.action for s in plan(rows, [0], tmp_path)} == {"skip"}
+    ran.clear()
+    # PM(c) trained again with other weights, by a command that runs it alone
+    pm_c = run_dir(tmp_path, "ssd_pm_c", 0) / "checkpoints" / "last.ckpt"
+    pm_c.write_text("other weights")
+    steps = {s.row.id: s for s in plan(rows, [0], tmp_path)}
+    children = ["ssd_pm_c_control", "dssd_sum", "dssd_prod", "dssd_prod_stage2"]
+    assert [i for i, s in steps.items() if s.action == "run"] == children
+    assert steps["dssd_sum"].reason == "starts from ssd_pm_c, retrained since"
+    assert steps["dssd_prod_stage2"].reason == "starts from dssd_prod, which reruns"
+    # PM(d) was trained with other settings than this command gives it
+    overrides = run_dir(tmp_path, "ssd_pm_d", 0) / ".hydra" / "overrides.yaml"
+    overrides.parent.mkdir()
+    overrides.write_text("- logger=csv\n")
+    with caplog.at_level(logging.INFO, logger="dssd.table4.runner"):
+        run_ablation(compose_table4(*common, "only=[dssd_sum]"), "shapes")
+    assert ran == ["ssd_pm_c_control", "dssd_sum"]  # (and the row it is compared with)
+    # the table keeps the rows that are done and current, not only those the command ran
+    assert tabulated[-1] == ["ssd_pm_a", "ssd_pm_b", "ssd_pm_c", "ssd_pm_c_control", "dssd_sum"]
+    assert "Row ssd_pm_d is left out of the table (seed 0: " in caplog.text
+    assert "trained with other settings than this command" in caplog.text
+    assert (
+        "Row dssd_prod is left out of the table (seed 0: starts from ssd_pm_c, retrained since)"
+        in caplog.text
+    )
+    assert "Row dssd_prod_stage2 is left out of the table (dssd_prod is not in it)" in caplog.text
+    overrides.unlink()
+    # the run records the digest of the weights it started from
+    record = read_run_record(run_dir(tmp_path, "dssd_sum", 0))
+    assert record["init_from_sha256"] == hashlib.sha256(b"other weights").hexdigest()
+    # PM(c) resumed (its test results gone) keeps its weights: its children are not retrained
+    ran.clear()
+    (run_dir(tmp_path, "ssd_pm_c", 0) / "test_results.json").unlink()
+    run_ablation(compose_table4(*common), "shapes")
+    assert ran == ["ssd_pm_c", "dssd_prod", "dssd_prod_stage2"]  # (the last two were stale)
+    assert tabulated[-1] == ROW_IDS
+    assert {s.action for s in plan(rows, [0], tmp_path)} == {"skip"}
 
 
 def test_only_selects_rows_with_what_they_need_in_table_order() -> None:
@@ -348,7 +421,7 @@ def test_a_damaged_run_record_costs_only_its_wall_time(
     with caplog.at_level(logging.WARNING):
         assert read_run_record(tmp_path) == {}
     assert "ablation.json is damaged" in caplog.text
-    add_wall_time(tmp_path, 2.0, resumed=True)
+    add_wall_time(tmp_path, 2.0)
     assert read_run_record(tmp_path) == {"wall_seconds": 2.0, "attempts": 1}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # how a step's reason begins when it runs because the run it starts from runs
 STARTS_FROM = "starts from"
+# the key of a run's record holding the digest of the checkpoint it started from
+INIT_FROM_DIGEST = "init_from_sha256"
 
 
 @dataclass(frozen=True)
@@ -179,21 +182,48 @@ def plan(
                 how = "reruns" if rerun[row.init_from] == "run" else "resumes"
                 step = Step(row, seed, "run", f"{STARTS_FROM} {row.init_from}, which {how}")
             else:
-                step = own_step(row, seed, run_dir(out_dir, row.id, seed))
+                step = own_step(row, seed, out_dir)
             steps.append(step)
             if step.action != "skip":
                 rerun[row.id] = step.action
     return steps
 
 
-def own_step(row: Row, seed: int, directory: Path) -> Step:
-    """A run's action by its directory alone: a done run is skipped, one with a ``last.ckpt``
-    but no results resumes, the others run."""
+def own_step(row: Row, seed: int, out_dir: Path) -> Step:
+    """A run's action by its directory and its parent row's run: a run that started from other
+    weights than its parent's final ones runs again, a done run is skipped, one with a
+    ``last.ckpt`` but no results resumes, the others run."""
+    directory = run_dir(out_dir, row.id, seed)
+    if not (directory / "checkpoints" / "last.ckpt").is_file():
+        return Step(row, seed, "run", "not run yet")
+    if parent_changed(row, seed, out_dir):
+        return Step(row, seed, "run", f"{STARTS_FROM} {row.init_from}, retrained since")
     if is_done(directory):
         return Step(row, seed, "skip", "done")
-    if (directory / "checkpoints" / "last.ckpt").is_file():
-        return Step(row, seed, "resume", "interrupted: resumes from its last.ckpt")
-    return Step(row, seed, "run", "not run yet")
+    return Step(row, seed, "resume", "interrupted: resumes from its last.ckpt")
+
+
+def parent_checkpoint(row: Row, seed: int, out_dir: Path) -> Path | None:
+    """The final weights the run of ``row`` with ``seed`` starts from (None at stage 0)."""
+    if row.init_from is None:
+        return None
+    return run_dir(out_dir, row.init_from, seed) / "checkpoints" / "last.ckpt"
+
+
+def weights_digest(path: Path) -> str | None:
+    """The SHA-256 of a checkpoint file, None if there is none."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def parent_changed(row: Row, seed: int, out_dir: Path) -> bool:
+    """Whether the run started from other weights than its parent row's run holds now (it was
+    retrained since, by ``force`` or ``only``); False where the run's record does not say."""
+    recorded = read_run_record(run_dir(out_dir, row.id, seed)).get(INIT_FROM_DIGEST)
+    parent = parent_checkpoint(row, seed, out_dir)
+    return parent is not None and recorded is not None and recorded != weights_digest(parent)
 
 
 def row_overrides(row: Row, setting: DictConfig) -> list[str]:
@@ -201,18 +231,30 @@ def row_overrides(row: Row, setting: DictConfig) -> list[str]:
     return [*setting[row.net], *row.overrides, f"stage={row.stage}"]
 
 
-def add_wall_time(directory: Path, seconds: float, resumed: bool) -> None:
+def start_run_record(row: Row, seed: int, out_dir: Path) -> None:
+    """Begin a run's ``ablation.json`` afresh, with the digest of the weights it starts from."""
+    parent = parent_checkpoint(row, seed, out_dir)
+    record = {} if parent is None else {INIT_FROM_DIGEST: weights_digest(parent)}
+    write_run_record(run_dir(out_dir, row.id, seed), record)
+
+
+def add_wall_time(directory: Path, seconds: float) -> None:
     """Keep each run's wall time (summed over a run and its resumptions) in ``ablation.json``."""
-    record = read_run_record(directory) if resumed else {}
+    record = read_run_record(directory)
     record["wall_seconds"] = record.get("wall_seconds", 0.0) + seconds
     record["attempts"] = record.get("attempts", 0) + 1
+    write_run_record(directory, record)
+
+
+def write_run_record(directory: Path, record: dict[str, Any]) -> None:
+    """Write a run's ``ablation.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def read_run_record(directory: Path) -> dict[str, Any]:
-    """The run's ``ablation.json`` (empty if none, or, with a warning, if damaged: it only holds
-    the wall time)."""
+    """The run's ``ablation.json`` (empty if none, or, with a warning, if damaged: it holds the
+    wall time and the digest of the weights the run started from)."""
     path = directory / "ablation.json"
     if not path.is_file():
         return {}
@@ -221,6 +263,9 @@ def read_run_record(directory: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         record = err
     if not isinstance(record, dict):
-        log.warning("%s is damaged (%s): the run's wall time is not known", path, record)
+        log.warning(
+            "%s is damaged (%s): the run's wall time and the weights it started from are not known",
+            *(path, record),
+        )
         return {}
     return record

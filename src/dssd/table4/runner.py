@@ -23,6 +23,7 @@ from dssd.errors import UserError
 from dssd.results.runs import RESULTS_DIR
 from dssd.results.tables import comparisons_index, table4_markdown, write_table4
 from dssd.table4.rows import (
+    INIT_FROM_DIGEST,
     STARTS_FROM,
     Row,
     Step,
@@ -31,9 +32,11 @@ from dssd.table4.rows import (
     parse_rows,
     parse_seeds,
     plan,
+    read_run_record,
     row_overrides,
     run_dir,
     select_rows,
+    start_run_record,
 )
 from dssd.table4.statistics import collect, pooled_seed_spread, summarize
 
@@ -138,12 +141,6 @@ def check_same_settings(step: Step, command: Sequence[str], directory: Path) -> 
         )
 
 
-def fingerprint(path: Path) -> tuple[int, int] | None:
-    """When a checkpoint was last written and its size (None if there is none): a resumed run
-    that only tests again leaves its ``last.ckpt`` as it was."""
-    return (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
-
-
 def clear_earlier_run(directory: Path) -> None:
     """Remove an earlier run's checkpoints and results before its row runs again, so that a
     rerun stopped part way is not later taken for done (old results beside new weights) or
@@ -159,19 +156,20 @@ def clear_earlier_run(directory: Path) -> None:
             path.unlink()
 
 
-def run_step(step: Step, command: list[str], directory: Path) -> bool:
-    """Run (after clearing what an earlier run left) or resume one run, keeping its wall time;
-    whether its ``last.ckpt`` changed. A failure or Ctrl-C is an error naming the row."""
+def run_step(step: Step, command: list[str], out_dir: Path) -> None:
+    """Run (after clearing what an earlier run left, recording the weights it starts from) or
+    resume one run, keeping its wall time. A failure or Ctrl-C is an error naming the row."""
+    directory = run_dir(out_dir, step.row.id, step.seed)
     if step.action == "run":
         clear_earlier_run(directory)
-    weights = fingerprint(directory / "checkpoints" / "last.ckpt")
+        start_run_record(step.row, step.seed, out_dir)
     start = time.perf_counter()
     try:
         returncode = subprocess.call(command)
     except KeyboardInterrupt:
         returncode = "interrupted"
     finally:
-        add_wall_time(directory, time.perf_counter() - start, step.action == "resume")
+        add_wall_time(directory, time.perf_counter() - start)
     if returncode != 0:
         log_file = directory / "train.log"
         where = f", and its log is {log_file}" if log_file.is_file() else ""
@@ -182,7 +180,6 @@ def run_step(step: Step, command: list[str], directory: Path) -> bool:
             "dealt with, the same command goes on (this run resumes from its last.ckpt if it "
             f"wrote one), or force=[{step.row.id}] starts the row over."
         )
-    return fingerprint(directory / "checkpoints" / "last.ckpt") != weights
 
 
 def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
@@ -190,7 +187,8 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     if not str(cfg.out_dir or "").strip():
         raise UserError("out_dir is empty: give the directory of the table and its runs")
     out_dir = Path(cfg.out_dir)
-    rows = select_rows(parse_rows(cfg.rows), cfg.get("only"))
+    all_rows = parse_rows(cfg.rows)
+    rows = select_rows(all_rows, cfg.get("only"))
     undefined = sorted({r.net for r in rows} - set(cfg.ablation))
     if undefined:
         raise UserError(
@@ -210,13 +208,13 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
         f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
     )
     log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, plan_text)
-    changed: set[tuple[str, int]] = set()  # (row id, seed) of the runs whose weights changed
     for number, step in enumerate(steps, 1):
         row, seed = step.row, step.seed
         label = f"{row.id} seed {seed}"
         directory = run_dir(out_dir, row.id, seed)
-        if step.reason.startswith(STARTS_FROM) and (row.init_from, seed) not in changed:
-            step = own_step(row, seed, directory)
+        if step.reason.startswith(STARTS_FROM) and INIT_FROM_DIGEST in read_run_record(directory):
+            # its parent ran or resumed: the run is kept if it started from the same weights
+            step = own_step(row, seed, out_dir)
             if step.action == "skip":
                 log.info(
                     "[%d/%d] %s skipped: %s's final weights are as they were",
@@ -229,8 +227,9 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
             continue
         command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
         log.info("[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command))
-        if run_step(step, command, directory):
-            changed.add((row.id, seed))
+        run_step(step, command, out_dir)
+    if len(rows) < len(all_rows):
+        rows = with_done_rows(all_rows, rows, seeds, out_dir, cfg, setting_name)
     runs = collect(rows, seeds, out_dir)
     records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
     pooled = pooled_seed_spread(runs, confidence)
@@ -242,6 +241,39 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
         index = write_comparisons(rows, seeds, out_dir, num_samples, confidence)
         log.info("Each row against the row it ablates: %s", index)
     return paths[0]
+
+
+def with_done_rows(
+    all_rows: Sequence[Row],
+    rows: Sequence[Row],
+    seeds: Sequence[int],
+    out_dir: Path,
+    cfg: DictConfig,
+    setting_name: str,
+) -> list[Row]:
+    """``rows`` and the other rows whose runs are done for every seed, from the current weights
+    of the rows they start from and with this command's settings (where the rows they start from
+    and are compared with are in the table too): running some rows (``only=``) keeps the others
+    in the table."""
+    table = {r.id for r in rows}
+    for row in (r for r in all_rows if r.id not in table):
+        needs = [r for r in (row.init_from, row.ablates) if r is not None and r not in table]
+        why = f"{needs[0]} is not in it" if needs else None
+        for seed in seeds if why is None else ():
+            step = own_step(row, seed, out_dir)
+            try:
+                if step.action != "skip":
+                    raise UserError(step.reason)
+                command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
+                check_same_settings(step, command, run_dir(out_dir, row.id, seed))
+            except UserError as err:
+                why = f"seed {seed}: {err}"
+                break
+        if why is None:
+            table.add(row.id)
+        else:
+            log.info("Row %s is left out of the table (%s)", row.id, why)
+    return [r for r in all_rows if r.id in table]
 
 
 def write_comparisons(
