@@ -427,6 +427,21 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_p
     assert results["best_value"] == pytest.approx(max(values))
 
 
+def test_a_search_of_no_trials_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """Optuna ended it with the traceback of "No trials are completed yet" (and exit status 1)."""
+    for trials in (0, -1):
+        proc = run_entry_point(
+            "train.py",
+            HPARAMS_SEARCH,
+            f"hydra.sweeper.n_trials={trials}",
+            f"hydra.sweep.dir={tmp_path / 'search'}",
+            check=False,
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        message = f"error: hydra.sweeper.n_trials={trials}: give the number of trials"
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_a_trial_too_short_to_validate_says_why_it_failed(
     tiny_shapes: Path, tmp_path: Path
 ) -> None:

@@ -87,6 +87,21 @@ class OutputDirectory(Callback):
         _check_output_directory(config, "hydra.sweep.dir")
 
 
+class SearchTrials(Callback):
+    """A Hydra callback (conf/hparams_search/optuna.yaml) that refuses a search of no trials
+    (``hydra.sweeper.n_trials``) before it starts: Optuna would end it with the traceback of
+    "No trials are completed yet"."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
+        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+            with user_errors():
+                raise UserError(
+                    f"hydra.sweeper.n_trials={trials}: give the number of trials of the search, "
+                    "a whole number from 1"
+                )
+
+
 def _check_output_directory(config: DictConfig, key: str) -> None:
     """Check the directory at ``key``; the error names the setting it only refers to, if any
     (``${out_dir}``: src/ablation.py's ``out_dir``)."""
