@@ -24,6 +24,7 @@ from dssd.data.voc import write_voc_results
 from dssd.deployment.inference import load_checkpoint
 from dssd.errors import UserError
 from dssd.tasks.analysis import analyze
+from test_reporting import wandb_run_contents
 from ties import analysed_ap_ranges, map_range, within
 
 RUN_FILES = [
@@ -115,6 +116,14 @@ def test_a_wandb_run_gets_the_analysis_logged(analysed: Path) -> None:
     assert {"pr", "confusion", "errors", "sizes", "comparison"} <= images
     tables = list(run.glob("files/media/table/analysis/*.table.json"))
     assert any(p.name.startswith("per_class") for p in tables)
+    # a figure and its table (errors.png, errors.csv) under two keys: the table was replaced
+    (run_file,) = run.glob("run-*.wandb")
+    summary = wandb_run_contents(run_file)["summary"]
+    for stem in ("errors", "sizes", "confusion_matrix"):
+        assert (analysed / f"{stem}.png").is_file() and (analysed / f"{stem}.csv").is_file()
+        assert summary[f"analysis/{stem}/_type"] == "images/separated"
+        assert f"analysis/{stem}/nrows" not in summary
+        assert summary[f"analysis/{stem}_table/_type"] == "table-file"
 
 
 def test_a_checkpoint_alone_is_analysed(tiny_checkpoint: Path, tmp_path: Path) -> None:

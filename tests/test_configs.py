@@ -105,6 +105,12 @@ def test_run_names_tell_a_swapped_backbone_apart() -> None:
     assert {"upsample=bilinear", "data=shapes_context", "backbone=resnet18", "stage=0"} <= set(
         several.run_tags
     )
+    # the experiment's tags name no model: a DSSD run on the SSD-default experiment is not "ssd"
+    for experiment in ("shapes", "shapes_r18w32", "shapes_r18_193"):
+        tags = resolve_with_hydra(
+            compose_train(f"experiment={experiment}", "model=dssd_r18")
+        ).run_tags
+        assert "model=dssd_r18" in tags and "ssd" not in tags, experiment
     # a single tag given as a word is one tag, not its letters
     tagged = resolve_with_hydra(compose_train("tags=ablation"))
     assert tagged.run_tags[0] == "ablation" and "a" not in tagged.run_tags
@@ -234,7 +240,7 @@ def test_the_ablation_is_the_full_length_recipe_on_shorter_schedules() -> None:
             f"stage={stage}",
             *(["init_from=/x/last.ckpt"] if stage else []),
         )
-        changed = {k for k in default.keys() | ablation.keys() if default[k] != ablation.get(k)}
+        changed = {k for k in default.keys() | ablation.keys() if default.get(k) != ablation.get(k)}
         names = ("run_name", "run_group", "run_tags", "tags")
         lengths = ("schedules.", "model.scheduler.", "trainer.max_steps")
         assert {k for k in changed if not k.startswith((*names, *lengths))} == {

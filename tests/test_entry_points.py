@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -532,15 +533,54 @@ def test_a_logger_that_cannot_write_is_named(tmp_path: Path) -> None:
     from pytorch_lightning.loggers import CSVLogger
 
     from dssd.errors import UserError
-    from dssd.tasks.training import log_run_config
+    from dssd.tasks.common import log_run_config
 
     (tmp_path / "a_file").write_text("")
-    trainer = pl.Trainer(logger=CSVLogger(tmp_path / "a_file"), enable_progress_bar=False)
     with pytest.raises(UserError, match=r"the CSVLogger cannot write its logs into .*a_file"):
-        log_run_config(trainer, {"seed": 1})
-    trainer = pl.Trainer(logger=CSVLogger(tmp_path / "logs"), enable_progress_bar=False)
-    log_run_config(trainer, {"seed": 1})
+        log_run_config([CSVLogger(tmp_path / "a_file")], {"seed": 1})
+    log_run_config([CSVLogger(tmp_path / "logs")], {"seed": 1})
     assert "seed: 1" in next((tmp_path / "logs").rglob("hparams.yaml")).read_text()
+
+
+def test_an_online_wandb_run_without_a_login_is_named_before_any_work(
+    tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """W&B's "No API key configured" traceback (exit status 1): train.py's before training, but
+    predict.py's after every output was written, with no summary printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_FULL"))}
+    env["HOME"] = str(tmp_path / "home")  # no ~/.netrc, no W&B settings: no login
+    image = next((tiny_shapes / "JPEGImages").glob("*.jpg"))
+    commands = {
+        "train.py": [*tiny_overrides(tiny_shapes), f"hydra.run.dir={tmp_path / 'train'}"],
+        "eval.py": [
+            f"ckpt_path={tiny_checkpoint}",
+            "trainer.accelerator=cpu",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+            "logger=wandb",
+        ],
+        "predict.py": [
+            f"ckpt_path={tiny_checkpoint}",
+            f"input={image}",
+            f"output_dir={tmp_path / 'predict'}",
+            f"hydra.run.dir={tmp_path / 'predict_run'}",
+            "logger=wandb",
+        ],
+    }
+    for script, overrides in commands.items():
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "src" / script), *overrides, "logger.wandb.offline=false"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "error: W&B could not start the run (" in proc.stderr, script
+        assert "logger.wandb.offline=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "train" / "checkpoints").exists()
+    assert not (tmp_path / "predict" / "detections.json").exists()
+    assert not (tmp_path / "eval" / "test_results.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_entry_point, tiny_run
+from conftest import run_entry_point, tiny_overrides, tiny_run
 from dssd.results.tables import results_tables
 
 
@@ -41,6 +41,51 @@ def wandb_records(path: Path) -> Iterator[Any]:
             record.ParseFromString(payload)
             payload = b""
             yield record
+
+
+def wandb_run_contents(run_file: Path) -> dict[str, Any]:
+    """An offline W&B run file's run record, config (as JSON texts), summary and exit status."""
+    contents: dict[str, Any] = {"runs": [], "config": {}, "summary": {}, "exit_code": None}
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            contents["runs"].append(record.run)
+        elif kind == "config":
+            contents["config"].update({i.key: i.value_json for i in record.config.update})
+        elif kind == "summary":
+            for item in record.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                contents["summary"][key] = json.loads(item.value_json)
+        elif kind == "exit":
+            contents["exit_code"] = record.exit.exit_code
+    return contents
+
+
+def test_each_job_of_a_multirun_is_its_own_wandb_run_and_a_failed_one_says_so(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    """The jobs of one process (``-m``, an Optuna search) logged into the first job's W&B run,
+    overwriting its config and summary, and a run stopped by an error showed as finished."""
+    proc = run_entry_point(
+        "train.py",
+        "-m",
+        *tiny_overrides(tiny_shapes),
+        "schedules.0.warmup_iters=0",
+        "schedules.0.lr=1e-3,1e30",  # the second job's loss is not finite: it stops
+        f"hydra.sweep.dir={tmp_path}",
+        check=False,
+    )
+    assert "the loss is not finite" in proc.stderr, proc.stderr[-3000:]
+    for job, lr, exit_code in (("0", 1e-3, 0), ("1", 1e30, 2)):
+        (run_file,) = (tmp_path / job).glob("wandb/offline-run-*/run-*.wandb")
+        contents = wandb_run_contents(run_file)
+        assert json.loads(contents["config"]["paths"])["output_dir"] == str(tmp_path / job)
+        assert json.loads(contents["config"]["schedules"])[0]["lr"] == lr
+        assert contents["exit_code"] == exit_code
+    ok = json.loads((tmp_path / "0" / "test_results.json").read_text())["metrics"]
+    (first,) = (tmp_path / "0").glob("wandb/offline-run-*/run-*.wandb")
+    summary = wandb_run_contents(first)["summary"]
+    assert summary["test/voc_map"] == pytest.approx(ok["test/voc_map"])
 
 
 def test_wandb_offline_run_holds_metrics_table_and_box_images(tiny_wandb_run: Path) -> None:

@@ -5,6 +5,7 @@ log beside it). ``wandb`` is imported where used: it is slow to import."""
 from __future__ import annotations
 
 import csv
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,21 @@ from dssd.results.runs import RunDirs, run_dirs_by_label
 
 if TYPE_CHECKING:
     import wandb
+
+
+def is_wandb_error(err: BaseException) -> bool:
+    """Whether ``err`` is W&B's own (no login for an online run, a server out of reach)."""
+    errors = sys.modules.get("wandb.errors")  # loaded by whatever raised one
+    return errors is not None and isinstance(err, errors.Error)
+
+
+def finish_run(exit_code: int) -> None:
+    """End the W&B run of this process, if one is open, with the command's exit status: the next
+    job of an in-process sweep (``-m``, Optuna) would log into it, and a run that stopped on an
+    error would show as finished."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 def _wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
@@ -146,9 +162,10 @@ def wandb_image(
 def log_files(
     settings: Mapping[str, Any], name: str, files: Sequence[Path], metrics: Mapping[str, float]
 ) -> None:
-    """Log the finite ``metrics``, PNG ``files`` as images and CSV ones as tables (``analysis/<file
-    stem>``) to a new W&B run (job type ``analyze``, tag ``analysis``) beside the files, with a
-    run's ``logger.wandb`` ``settings``."""
+    """Log the finite ``metrics``, PNG ``files`` as images (``analysis/<file stem>``) and CSV ones
+    as tables (``analysis/<file stem>_table``: a figure and its table share a stem) to a new W&B
+    run (job type ``analyze``, tag ``analysis``) beside the files, with a run's ``logger.wandb``
+    ``settings``."""
     prefix = "analysis"
     logger = WandbLogger(
         project=settings.get("project", "dssd"),
@@ -167,7 +184,7 @@ def log_files(
             with path.open(newline="") as file:
                 rows = list(csv.reader(file))
             if len(rows) > 1:
-                logger.log_table(f"{prefix}/{path.stem}", rows[0], rows[1:])
+                logger.log_table(f"{prefix}/{path.stem}_table", rows[0], rows[1:])
     logger.experiment.finish()
 
 

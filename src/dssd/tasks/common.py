@@ -14,12 +14,14 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import Logger
 
 from dssd.errors import MAX_SEED, UserError, check_settings, is_seed
 from dssd.evaluation.module import DetectionEvaluation
 from dssd.models.cost import gmac
 from dssd.results.runs import write_results_json
 from dssd.results.tables import results_tables, write_results
+from dssd.results.wandb import is_wandb_error
 from dssd.training.callbacks import COCOResultsWriter, VOCResultsWriter
 from dssd.training.module import DetectionModule
 
@@ -29,6 +31,27 @@ log = logging.getLogger(__name__)
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a config group that maps names to objects (callbacks, loggers)."""
     return [instantiate(e) for e in (group or {}).values() if e and "_target_" in e]
+
+
+def log_run_config(loggers: Sequence[Logger], run_config: dict[str, Any]) -> None:
+    """Give every logger the run's configuration, its first write, before the work starts: a
+    logger that cannot write (a ``save_dir`` that is a file) or a W&B run that cannot start (online
+    without a login) is a :class:`UserError`, not a traceback."""
+    for logger in loggers:
+        try:
+            logger.log_hyperparams(run_config)
+        except OSError as err:
+            raise UserError(
+                f"the {type(logger).__name__} cannot write its logs into {logger.save_dir} "
+                f"({err.strerror or err}): choose another logger.<name>.save_dir"
+            ) from None
+        except Exception as err:
+            if not is_wandb_error(err):
+                raise
+            raise UserError(
+                f"W&B could not start the run ({err}): log in with `wandb login` (or set "
+                "WANDB_API_KEY), or log offline with logger.wandb.offline=true"
+            ) from None
 
 
 def result_writers(cfg: DictConfig, datamodule: pl.LightningDataModule) -> list[pl.Callback]:

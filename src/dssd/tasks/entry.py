@@ -54,12 +54,28 @@ def check_command_line(conf: Path, overrides: list[str], script: str) -> None:
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task`` on ``cfg`` (a :class:`~dssd.errors.UserError` printed alone, exit status 2;
-    no Lightning product tips); the scripts import ``task`` inside their Hydra app, so ``--help``
-    and ``--cfg`` skip Lightning."""
+    no Lightning product tips), then end the W&B run it opened with its exit status; the scripts
+    import ``task`` inside their Hydra app, so ``--help`` and ``--cfg`` skip Lightning."""
     quiet_lightning()
-    with user_errors():
-        _require_given(cfg)
-        return task(cfg)
+    try:
+        with user_errors():
+            _require_given(cfg)
+            result = task(cfg)
+    except BaseException as err:
+        code = err.code if isinstance(err, SystemExit) else 1
+        _finish_wandb(code if isinstance(code, int) else 1)
+        raise
+    _finish_wandb(0)
+    return result
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """:func:`dssd.results.wandb.finish_run`, where the task loaded W&B (imported only then: it
+    loads Lightning)."""
+    if "wandb" in sys.modules:
+        from dssd.results.wandb import finish_run
+
+        finish_run(exit_code)
 
 
 def _require_given(cfg: DictConfig) -> None:

@@ -22,6 +22,7 @@ from dssd.tasks.common import (
     build_trainer,
     check_image_size,
     check_scorable,
+    log_run_config,
     read_data,
     report_test_results,
     result_writers,
@@ -151,6 +152,8 @@ def run_test(
     """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked)."""
     writers = result_writers(cfg, datamodule) if with_loggers else []
     trainer = build_trainer(cfg, writers, with_loggers)
+    if trainer.loggers:
+        log_run_config(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
     trainer.test(model, datamodule=datamodule)
     return scalar_metrics(trainer.callback_metrics)
 

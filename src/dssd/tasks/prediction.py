@@ -27,7 +27,7 @@ from dssd.deployment.detector import Detector, batches
 from dssd.deployment.inference import choose_device
 from dssd.errors import BOOLEAN, UserError, check_settings, number, whole, writable_directory
 from dssd.results.wandb import wandb_image
-from dssd.tasks.common import instantiate_group
+from dssd.tasks.common import instantiate_group, log_run_config
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     classes = dict(enumerate(detector.class_names, start=1))
     labels = {label: label for label in classes}  # category ids: the network's labels
     loggers = instantiate_group(cfg.get("logger"))
+    if loggers:
+        log_run_config(loggers, OmegaConf.to_container(cfg, resolve=True))
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     where = files[0] if len(files) == 1 else f"{len(files)} files of {root}"
     log.info("Detecting in %s with %s on %s", where, cfg.ckpt_path, detector.device)

@@ -28,6 +28,7 @@ from dssd.tasks.common import (
     build_trainer,
     check_image_size,
     check_scorable,
+    log_run_config,
     read_data,
     report_test_results,
     result_writers,
@@ -345,7 +346,7 @@ def train(cfg: DictConfig) -> float | None:
     for role, dataset in getattr(datamodule, "datasets", {}).items():
         if role != "train":  # said now, not at the first validation after hours of training
             check_shardable(len(dataset), trainer.world_size, role)
-    log_run_config(trainer, run_config)
+    log_run_config(trainer.loggers, run_config)
 
     metrics: dict[str, float] = {}
     fit_record: dict[str, Any] = {}
@@ -378,19 +379,6 @@ def train(cfg: DictConfig) -> float | None:
     elif cfg.get("optimized_metric") and _in_multirun():
         _warn_objective_missing(cfg.optimized_metric, cfg.trainer.get("limit_val_batches"))
     return value
-
-
-def log_run_config(trainer: pl.Trainer, run_config: dict[str, Any]) -> None:
-    """Give every logger the run's configuration, its first write: a logger that cannot write
-    (a ``save_dir`` that is a file) is a :class:`UserError`, not a traceback."""
-    for logger in trainer.loggers:
-        try:
-            logger.log_hyperparams(run_config)
-        except OSError as err:
-            raise UserError(
-                f"the {type(logger).__name__} cannot write its logs into {logger.save_dir} "
-                f"({err.strerror or err}): choose another logger.<name>.save_dir"
-            ) from None
 
 
 def _in_multirun() -> bool:
