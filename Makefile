@@ -57,8 +57,15 @@ train: data
 # The paper's Table 4, row by row and seed by seed (src/ablation.py, conf/table4.yaml); results
 # in logs/ablation/<setting>/table4.{md,csv}. `make ablation DATA=voc0712 MODEL_SIZE=321` is the
 # paper's setting; ARGS go to src/ablation.py (e.g. ARGS="force=true"), TRAIN_ARGS to each run.
-ablation: data
-	$(PY) src/ablation.py ablation=$(ABLATION) 'train_args="$(TRAIN_ARGS)"' \
+# TRAIN_ARGS as one Hydra string (its single quotes escaped), given as one shell word (its single
+# quotes closed and reopened), so that quotes, spaces and brackets in it reach each run
+squote := '
+TRAIN_ARGS_HYDRA = '$(subst $(squote),\$(squote),$(TRAIN_ARGS))'
+TRAIN_ARGS_WORD = '$(subst $(squote),$(squote)\$(squote)$(squote),train_args=$(TRAIN_ARGS_HYDRA))'
+
+# the embedded data is built for the settings that train on it
+ablation: $(if $(findstring shapes,$(ABLATION)),data,install)
+	$(PY) src/ablation.py ablation=$(ABLATION) $(TRAIN_ARGS_WORD) \
 		$(if $(SEEDS),'seeds=[$(shell seq -s, 0 $$(($(SEEDS) - 1)))]') $(ARGS)
 
 # Speed in the layout of the paper's Table 7 (images/s at batch 1 and a large batch, BN unfolded

@@ -37,6 +37,7 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_convert, box_iou
 
 from benchmarks.common import build_net, environment, median, random_targets, time_in_turn
+from dssd.errors import user_errors
 from dssd.ops import (
     MultiBoxLoss,
     PostProcessor,
@@ -575,61 +576,70 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    quick = args.quick
-    iters = args.iters or (2 if quick else 5)
-    batch_size = args.batch_size or (4 if quick else 32)
-    coco_images = args.coco_images or (200 if quick else 5000)
-    only = set(args.only or ["loss", "postprocess", "coco", "e2e"])
-    env = environment(torch.device("cpu"))
-    print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    with user_errors():
+        args = parse_args(argv)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        quick = args.quick
+        iters = args.iters or (2 if quick else 5)
+        batch_size = args.batch_size or (4 if quick else 32)
+        coco_images = args.coco_images or (200 if quick else 5000)
+        only = set(args.only or ["loss", "postprocess", "coco", "e2e"])
+        env = environment(torch.device("cpu"))
+        print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
 
-    rows: list[Row] = []
+        rows: list[Row] = []
 
-    def report(new: list[Row]) -> None:
-        for r in new:
-            print(
-                f"{r.what}: ours {r.ours_ms:.1f} ms, baseline {r.baseline_ms:.1f} ms, ratio "
-                f"{r.ratio:.2f}x, target {r.target or '-'}, met {r.met}\n    check: {r.check}",
-                flush=True,
+        def report(new: list[Row]) -> None:
+            for r in new:
+                print(
+                    f"{r.what}: ours {r.ours_ms:.1f} ms, baseline {r.baseline_ms:.1f} ms, ratio "
+                    f"{r.ratio:.2f}x, target {r.target or '-'}, met {r.met}\n    check: {r.check}",
+                    flush=True,
+                )
+            rows.extend(new)
+
+        priors321 = model_priors("dssd321") if only & {"loss", "postprocess"} else None
+        if "loss" in only:
+            report(bench_loss(priors321, 321, batch_size, iters))
+        if "postprocess" in only:
+            post_batches = [1, 8] if not quick else [2]
+            report(
+                bench_postprocess("DSSD321", priors321, 321, post_batches, iters, worst_case=True)
             )
-        rows.extend(new)
-
-    priors321 = model_priors("dssd321") if only & {"loss", "postprocess"} else None
-    if "loss" in only:
-        report(bench_loss(priors321, 321, batch_size, iters))
-    if "postprocess" in only:
-        post_batches = [1, 8] if not quick else [2]
-        report(bench_postprocess("DSSD321", priors321, 321, post_batches, iters, worst_case=True))
-        priors513 = model_priors("dssd513")
-        report(
-            bench_postprocess("DSSD513", priors513, 513, post_batches, iters, worst_case=not quick)
-        )
-    if "coco" in only:
-        report(bench_coco(coco_images))
-    if "e2e" in only:
-        report(bench_end_to_end([1] if quick else [1, 8], max(1, iters // 2)))
-
-    table = format_table(rows)
-    print()
-    print(table)
-    if args.out:
-        args.out.write_text(
-            "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n\n" + table + "\n"
-        )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "environment": env,
-                    "rows": [asdict(r) | {"ratio": r.ratio, "met": r.met} for r in rows],
-                },
-                indent=2,
+            priors513 = model_priors("dssd513")
+            report(
+                bench_postprocess(
+                    "DSSD513", priors513, 513, post_batches, iters, worst_case=not quick
+                )
             )
-        )
-    return rows
+        if "coco" in only:
+            report(bench_coco(coco_images))
+        if "e2e" in only:
+            report(bench_end_to_end([1] if quick else [1, 8], max(1, iters // 2)))
+
+        table = format_table(rows)
+        print()
+        print(table)
+        if args.out:
+            args.out.write_text(
+                "Environment: "
+                + ", ".join(f"{k} {v}" for k, v in env.items())
+                + "\n\n"
+                + table
+                + "\n"
+            )
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "environment": env,
+                        "rows": [asdict(r) | {"ratio": r.ratio, "met": r.met} for r in rows],
+                    },
+                    indent=2,
+                )
+            )
+        return rows
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from torch import nn
 from benchmarks.common import compose_config, environment, median, time_in_turn
 from dssd.deployment.detector import Detector
 from dssd.deployment.export import FORMATS, ExportableDetector, ExportedModel, export_module
+from dssd.errors import user_errors
 from dssd.models import fold_batchnorm
 from dssd.ops import PostProcessor
 from dssd.tools import HelpFormatter, at_least, check_outputs
@@ -137,31 +138,32 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment(torch.device("cpu"))
-    models = [from_checkpoint(args.ckpt)] if args.ckpt else [untrained(m) for m in args.models]
-    rows = [row for spec in models for row in benchmark(*spec, args)]
-    text = "\n".join(
-        [
-            "## Exported detector: onnxruntime and TorchScript against PyTorch eager (CPU)",
-            "",
-            f"- device: {env['device']}, torch {env['torch']}, {env['threads']} threads, "
-            f"median of {args.iters} passes after {args.warmup} warm-up",
-            "- eager: the folded network + PostProcessor (Detector.predict); the exports: "
-            "the folded network with decoding and NMS in the graph",
-            "",
-            *table(rows),
-        ]
-    )
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    result = {"environment": env, "rows": rows}
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    with user_errors():
+        args = parse_args(argv)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        env = environment(torch.device("cpu"))
+        models = [from_checkpoint(args.ckpt)] if args.ckpt else [untrained(m) for m in args.models]
+        rows = [row for spec in models for row in benchmark(*spec, args)]
+        text = "\n".join(
+            [
+                "## Exported detector: onnxruntime and TorchScript against PyTorch eager (CPU)",
+                "",
+                f"- device: {env['device']}, torch {env['torch']}, {env['threads']} threads, "
+                f"median of {args.iters} passes after {args.warmup} warm-up",
+                "- eager: the folded network + PostProcessor (Detector.predict); the exports: "
+                "the folded network with decoding and NMS in the graph",
+                "",
+                *table(rows),
+            ]
+        )
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        result = {"environment": env, "rows": rows}
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return result
 
 
 if __name__ == "__main__":

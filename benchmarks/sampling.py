@@ -33,6 +33,7 @@ import numpy as np
 
 from dssd.data.shapes import CLASSES
 from dssd.data.voc import VOCDataset
+from dssd.errors import UserError, user_errors
 from dssd.evaluation.bootstrap import paired_bootstrap
 from dssd.evaluation.matched_run import MatchedRun, results_per_image
 from dssd.tools import HelpFormatter, at_least
@@ -93,10 +94,13 @@ def measure(
     """Score every run's per-image ``detections`` (aligned with ``targets``) on the whole split
     and on each of its ``len(targets) // chunk`` leading chunks (images in order)."""
     if len(detections) < 2:
-        raise ValueError(f"need at least two runs, got {len(detections)}")
+        raise UserError(f"--results: need at least two runs, got {len(detections)}")
     chunks = len(targets) // chunk
     if chunks < 2:
-        raise ValueError(f"{len(targets)} test images hold fewer than two chunks of {chunk}")
+        raise UserError(
+            f"--chunk {chunk}: {len(targets)} test images hold fewer than two chunks of {chunk}; "
+            f"give --chunk {len(targets) // 2} or less"
+        )
 
     names = list(detections)
     parts = [slice(k * chunk, (k + 1) * chunk) for k in range(chunks)]
@@ -171,41 +175,42 @@ def report(sampling: Sampling, chunk: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.sampling",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument("--data-root", type=Path, required=True, help="VOC-layout dataset root")
-    parser.add_argument("--split", default="test", help="VOC split (ImageSets/Main/<split>)")
-    parser.add_argument("--classes", nargs="+", default=list(CLASSES), help="VOC class names")
-    parser.add_argument(
-        "--results", type=Path, nargs="+", required=True, help="voc_results= directories"
-    )
-    parser.add_argument("--chunk", type=at_least(1), default=300, help="images per chunk")
-    parser.add_argument("--samples", type=at_least(2), default=1000, help="bootstrap resamples")
-    parser.add_argument(
-        "--no-07-metric", action="store_true", help="the area under the curve, not 11 points"
-    )
-    args = parser.parse_args(argv)
-    dataset = VOCDataset(args.data_root, args.split, args.classes)
-    # each run by its path below the directory all of them share
-    common = Path(os.path.commonpath([d.resolve() for d in args.results]))
-    detections = {
-        str(d.resolve().relative_to(common)): results_per_image(d, dataset.ids, args.classes)
-        for d in args.results
-    }
-    if len(detections) < len(args.results):
-        parser.error("--results names a directory more than once")
-    sampling = measure(
-        detections,
-        dataset.annotations,
-        len(args.classes),
-        args.chunk,
-        args.samples,
-        not args.no_07_metric,
-    )
-    print(report(sampling, args.chunk))
+    with user_errors():
+        parser = argparse.ArgumentParser(
+            prog="python -m benchmarks.sampling",
+            description=__doc__.split("\n\n")[0],
+            formatter_class=HelpFormatter,
+        )
+        parser.add_argument("--data-root", type=Path, required=True, help="VOC-layout dataset root")
+        parser.add_argument("--split", default="test", help="VOC split (ImageSets/Main/<split>)")
+        parser.add_argument("--classes", nargs="+", default=list(CLASSES), help="VOC class names")
+        parser.add_argument(
+            "--results", type=Path, nargs="+", required=True, help="voc_results= directories"
+        )
+        parser.add_argument("--chunk", type=at_least(1), default=300, help="images per chunk")
+        parser.add_argument("--samples", type=at_least(2), default=1000, help="bootstrap resamples")
+        parser.add_argument(
+            "--no-07-metric", action="store_true", help="the area under the curve, not 11 points"
+        )
+        args = parser.parse_args(argv)
+        dataset = VOCDataset(args.data_root, args.split, args.classes)
+        # each run by its path below the directory all of them share
+        common = Path(os.path.commonpath([d.resolve() for d in args.results]))
+        detections = {
+            str(d.resolve().relative_to(common)): results_per_image(d, dataset.ids, args.classes)
+            for d in args.results
+        }
+        if len(detections) < len(args.results):
+            parser.error("--results names a directory more than once")
+        sampling = measure(
+            detections,
+            dataset.annotations,
+            len(args.classes),
+            args.chunk,
+            args.samples,
+            not args.no_07_metric,
+        )
+        print(report(sampling, args.chunk))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pytorch_lightning.utilities import move_data_to_device
 
 from benchmarks.common import compose_config, environment, median, random_targets, time_in_turn
 from benchmarks.speed import images, training_step
+from dssd.errors import user_errors
 from dssd.models.cost import gmac
 from dssd.tools import HelpFormatter, at_least, check_outputs
 from dssd.tools.anchor_coverage import measure
@@ -130,52 +131,53 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    args = parse_args(argv)
-    env = environment(torch.device("cpu"))
-    print(f"network search on {env['device']}", flush=True)
-    start = time.perf_counter()
-    cfgs = [
-        compose_config("ssd_r18", None, [RECIPE, *CANDIDATES[name], *args.overrides])
-        for name in args.candidates
-    ]
-    rows = []
-    for name, cfg in zip(args.candidates, cfgs, strict=True):
-        net = instantiate(cfg.model.net)
-        report, *_ = measure(net, cfg.data, "train", 0.5)
-        cost = {
-            "image_size": net.image_size,
-            "default_boxes": int(net.priors.shape[0]),
-            "gmac": gmac(net),
-            "covered": report["covered"],
-        }
-        rows += [{"candidate": name, "batch": batch, **cost} for batch in args.batch]
-    timed = [(cfg, batch) for cfg in cfgs for batch in args.batch]  # in the rows' order
-    precisions = ["float32"] if args.no_bf16 else ["float32", "bf16"]
-    for precision in precisions:
-        times = seconds_per_step(timed, args.iters, args.warmup, precision == "bf16")
-        for row, seconds in zip(rows, times, strict=True):
-            row[f"s_per_step_{precision}"] = seconds
-            row[f"ratio_{precision}"] = seconds / times[0]
-    header = ["candidate", "input", "default boxes", "GMAC/img", "objects reached %", "batch"]
-    header += [f"s/step {p} (x first)" for p in precisions]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [
-            r["candidate"],
-            str(r["image_size"]),
-            f"{r['default_boxes']:,}",
-            f"{r['gmac']:.2f}",
-            f"{100 * r['covered']:.1f}",
-            str(r["batch"]),
+    with user_errors():
+        args = parse_args(argv)
+        env = environment(torch.device("cpu"))
+        print(f"network search on {env['device']}", flush=True)
+        start = time.perf_counter()
+        cfgs = [
+            compose_config("ssd_r18", None, [RECIPE, *CANDIDATES[name], *args.overrides])
+            for name in args.candidates
         ]
-        cells += [f"{r[f's_per_step_{p}']:.3f} ({r[f'ratio_{p}']:.2f})" for p in precisions]
-        lines.append("| " + " | ".join(cells) + " |")
-    print(f"\nmedian of {args.iters} steps after {args.warmup} untimed\n")
-    print("\n".join(lines))
-    print(f"\n(wall time {time.perf_counter() - start:.0f} s)")
-    if args.json is not None:
-        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
-    return rows
+        rows = []
+        for name, cfg in zip(args.candidates, cfgs, strict=True):
+            net = instantiate(cfg.model.net)
+            report, *_ = measure(net, cfg.data, "train", 0.5)
+            cost = {
+                "image_size": net.image_size,
+                "default_boxes": int(net.priors.shape[0]),
+                "gmac": gmac(net),
+                "covered": report["covered"],
+            }
+            rows += [{"candidate": name, "batch": batch, **cost} for batch in args.batch]
+        timed = [(cfg, batch) for cfg in cfgs for batch in args.batch]  # in the rows' order
+        precisions = ["float32"] if args.no_bf16 else ["float32", "bf16"]
+        for precision in precisions:
+            times = seconds_per_step(timed, args.iters, args.warmup, precision == "bf16")
+            for row, seconds in zip(rows, times, strict=True):
+                row[f"s_per_step_{precision}"] = seconds
+                row[f"ratio_{precision}"] = seconds / times[0]
+        header = ["candidate", "input", "default boxes", "GMAC/img", "objects reached %", "batch"]
+        header += [f"s/step {p} (x first)" for p in precisions]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            cells = [
+                r["candidate"],
+                str(r["image_size"]),
+                f"{r['default_boxes']:,}",
+                f"{r['gmac']:.2f}",
+                f"{100 * r['covered']:.1f}",
+                str(r["batch"]),
+            ]
+            cells += [f"{r[f's_per_step_{p}']:.3f} ({r[f'ratio_{p}']:.2f})" for p in precisions]
+            lines.append("| " + " | ".join(cells) + " |")
+        print(f"\nmedian of {args.iters} steps after {args.warmup} untimed\n")
+        print("\n".join(lines))
+        print(f"\n(wall time {time.perf_counter() - start:.0f} s)")
+        if args.json is not None:
+            args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+        return rows
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
 from benchmarks.common import (
+    CONF,
     compose_config,
     environment,
     median,
@@ -63,6 +64,7 @@ from benchmarks.common import (
     synchronizer,
     time_in_turn,
 )
+from dssd.errors import UserError, user_errors
 from dssd.models import count_batchnorms, fold_batchnorm
 from dssd.tools import HelpFormatter, at_least, check_outputs
 from dssd.tools.network_table import spec_overrides
@@ -171,15 +173,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     check_outputs(parser, {"--out": args.out, "--json": args.json}, {"--profile": args.profile})
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.device = torch.device(device)
+    try:
+        args.device = torch.device(device)
+    except RuntimeError:
+        parser.error(f"--device {device}: give cpu, cuda or cuda:<index>")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: no CUDA device here; give --device cpu")
     defaults = dict(DEFAULTS["cuda" if args.device.type == "cuda" else "cpu"])
     if args.quick:
         defaults.update(QUICK)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.train_data != "none" and not (CONF / "data" / f"{args.train_data}.yaml").is_file():
+        parser.error(f"--train-data {args.train_data}: no such data config (conf/data/)")
     if "loader" in args.only and (args.train_batch < 1 or args.train_data == "none"):
         parser.error("--only loader needs --train-batch >= 1 and a --train-data config")
+    if args.train_batch == 1 and "training" in args.only:
+        parser.error(
+            "--train-batch 1: batch norm cannot train on batches of one image; give 2 or more"
+        )
+    if args.only == ["training"] and args.train_batch == 0:
+        parser.error(
+            "--only training with --train-batch 0 times nothing; give a batch of 2 or more"
+        )
+    if args.score_threshold is not None and not 0 <= args.score_threshold < 1:
+        parser.error(f"--score-threshold {args.score_threshold}: give a score in [0, 1)")
     chosen = {o.lstrip("+~").split("=", 1)[0] for o in args.overrides}
     groups = [
         f"{group}={choice}" if choice else f"~{group}"
@@ -256,8 +275,9 @@ def write_profile(
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = prof.key_averages()
     out.parent.mkdir(parents=True, exist_ok=True)
-    prof.export_chrome_trace(str(out.with_suffix(".trace.json")))
-    out.with_suffix(".txt").write_text(events.table(sort_by=key, row_limit=30))
+    # names are added to, not replaced: a model's overrides may hold dots
+    prof.export_chrome_trace(f"{out}.trace.json")
+    Path(f"{out}.txt").write_text(events.table(sort_by=key, row_limit=30))
     total = sum(getattr(e, key) for e in events) or 1.0
     ranked = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
     return [
@@ -390,7 +410,7 @@ def training_loader(cfg: DictConfig, batch: int) -> DataLoader:
     datamodule.setup("fit")
     images = len(datamodule.datasets["train"])
     if images < batch:  # said before the datamodule does, with this command's option
-        raise ValueError(
+        raise UserError(
             f"{cfg.data.root}: {images} training images, fewer than one batch of {batch}; "
             "lower --train-batch"
         )
@@ -784,30 +804,31 @@ def markdown(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    env = describe(args)
-    print(f"benchmarking {', '.join(args.models)} on {env['device']}", flush=True)
-    start = time.perf_counter()
-    timed_sections = {"inference", "training"} & set(args.only)
-    results = [benchmark_model(name, args) for name in args.models] if timed_sections else []
-    loader = benchmark_loader(args) if "loader" in args.only else []
-    env["wall_s"] = time.perf_counter() - start
-    text = markdown(env, results, loader)
-    print()
-    print(text, end="")
-    print(f"\n(wall time {env['wall_s']:.0f} s)")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    report = {"environment": env, "results": results, "loader": loader}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    return report
+    with user_errors():
+        args = parse_args(argv)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        if args.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        env = describe(args)
+        print(f"benchmarking {', '.join(args.models)} on {env['device']}", flush=True)
+        start = time.perf_counter()
+        timed_sections = {"inference", "training"} & set(args.only)
+        results = [benchmark_model(name, args) for name in args.models] if timed_sections else []
+        loader = benchmark_loader(args) if "loader" in args.only else []
+        env["wall_s"] = time.perf_counter() - start
+        text = markdown(env, results, loader)
+        print()
+        print(text, end="")
+        print(f"\n(wall time {env['wall_s']:.0f} s)")
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        report = {"environment": env, "results": results, "loader": loader}
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2))
+        return report
 
 
 if __name__ == "__main__":

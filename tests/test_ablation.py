@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -455,6 +456,34 @@ def test_make_ablation_refuses_a_seeds_count_it_cannot_use(seeds: str) -> None:
         ["make", "-n", "ablation", "SEEDS=3"], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0 and "'seeds=[0,1,2]'" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "train_args",
+    [
+        "",
+        "logger=csv trainer.precision=32-true",
+        "logger=csv 'tags=[a b]'",  # a value with a space: quoted for the split
+        'logger.wandb.name="my run" data.batch_size=8',
+        "'schedules.0.milestones=[136,172]' +x='it''s'",
+    ],
+)
+def test_make_ablation_gives_train_args_to_the_runner_as_written(train_args: str) -> None:
+    """``'train_args="$(TRAIN_ARGS)"'`` broke on a quote or a space inside a quoted value: the
+    shell split it, or Hydra's parser refused it."""
+    proc = subprocess.run(
+        ["make", "-n", "ablation", f"TRAIN_ARGS={train_args}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if "src/ablation.py" in ln)
+    (given,) = [a for a in shlex.split(line.rstrip("\\")) if a.startswith("train_args=")]
+    (override,) = OverridesParser.create().parse_overrides([given])
+    assert override.value() == train_args
+    if train_args:
+        assert train_overrides(override.value()) == shlex.split(train_args)
 
 
 NECK_TARGETS = {

@@ -20,6 +20,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 from benchmarks import speed
 from benchmarks.common import build_net, compose_config, random_targets
 from conftest import tiny_data
+from dssd.errors import UserError
 from dssd.models import fold_batchnorm
 
 MODELS = ["ssd_r18", "dssd_r18"]
@@ -125,7 +126,7 @@ def test_the_fed_loader_is_the_data_configs_own(data: str) -> None:
 
 def test_too_few_images_for_a_batch_is_a_clear_error(tiny_shapes: Path) -> None:
     cfg = compose_config("ssd_r18", None, ["data=shapes", *tiny_data(tiny_shapes)])
-    with pytest.raises(ValueError, match="16 training images, fewer than one batch of 64"):
+    with pytest.raises(UserError, match="16 training images, fewer than one batch of 64"):
         speed.training_loader(cfg, 64)
 
 
@@ -246,3 +247,18 @@ def test_batch_one_gets_iters_timed_passes(large_batch: int, monkeypatch, tmp_pa
         speed.main(args)
     assert passes == ({1: 3} if large_batch == 1 else {1: 3, 2: 1})
     assert "3 timed passes at batch 1" in (tmp_path / "bench.md").read_text()
+
+
+def test_profiles_of_a_model_with_dotted_overrides_keep_their_names(tmp_path: Path) -> None:
+    """``Path.with_suffix`` cut ``ssd_r18:model.net.x_inference`` at its last dot: the inference
+    and training profiles of such a model were written to one pair of files."""
+    for section in ("inference", "training"):
+        speed.write_profile(
+            lambda: torch.ones(2) + 1, torch.device("cpu"), tmp_path / f"ssd_r18:a.b=1_{section}"
+        )
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        f"ssd_r18:a.b=1_{section}{suffix}"
+        for section in ("inference", "training")
+        for suffix in (".trace.json", ".txt")
+    ]

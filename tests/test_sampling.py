@@ -10,6 +10,7 @@ import pytest
 from benchmarks import sampling
 from devkit import voc_eval_map
 from dssd.data.voc import VOCDataset
+from dssd.errors import UserError
 from dssd.evaluation.matched_run import results_per_image
 from test_voc_devkit import CLASSES, small_object_devkit
 
@@ -89,9 +90,9 @@ def test_a_run_against_itself_has_no_spread_and_every_interval_covers(
 def test_too_few_runs_or_images_are_refused(two_runs: tuple[Path, list[Path]]) -> None:
     root, dirs = two_runs
     detections, dataset = load(root, dirs)
-    with pytest.raises(ValueError, match="at least two runs"):
+    with pytest.raises(UserError, match="at least two runs"):
         sampling.measure({"a": detections[str(dirs[0])]}, dataset.annotations, 2, CHUNK)
-    with pytest.raises(ValueError, match="fewer than two chunks of 20"):
+    with pytest.raises(UserError, match="fewer than two chunks of 20"):
         sampling.measure(detections, dataset.annotations, 2, chunk=20)
 
 

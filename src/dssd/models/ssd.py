@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from dssd.errors import UserError
 from dssd.models.default_boxes import DefaultBoxes
 from dssd.models.heads import PredictionHeads
 from dssd.models.prediction_modules import PredictionModule, PredictionModules
@@ -87,7 +88,14 @@ class SSD(nn.Module):
         """Run a dummy input to read off the map sizes (eval mode: 1x1 maps break BN)."""
         self.eval()
         sizes = []
-        for x in self.encoder(torch.zeros(1, 3, self.image_size, self.image_size)):
+        try:
+            maps = self.encoder(torch.zeros(1, 3, self.image_size, self.image_size))
+        except RuntimeError as err:  # an input the layers shrink to nothing
+            raise UserError(
+                f"model.net.image_size={self.image_size} is too small for this network ({err}); "
+                "the paper's inputs are 300/321 and 512/513 pixels"
+            ) from None
+        for x in maps:
             if x.shape[-1] != x.shape[-2]:
                 raise ValueError(f"source maps must be square, got {tuple(x.shape[-2:])}")
             sizes.append(int(x.shape[-1]))

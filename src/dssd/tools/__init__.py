@@ -41,9 +41,15 @@ def check_outputs(
     directories: Mapping[str, Path | None] | None = None,
 ) -> None:
     """Refuse, as a usage error before any work, an output option (``files``: option -> path,
-    ``directories`` likewise) whose path cannot be written."""
+    ``directories`` likewise) whose path cannot be written, or that another one names too."""
     from dssd.errors import UserError, writable_directory, writable_file
 
+    given = {o: p.resolve() for o, p in {**files, **(directories or {})}.items() if p is not None}
+    for option, path in given.items():
+        if same := [o for o, p in given.items() if p == path and o != option]:
+            parser.error(
+                f"{option} and {same[0]} name one file, {path}: the second would replace it"
+            )
     try:
         for option, path in files.items():
             if path is not None:
