@@ -129,7 +129,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=at_least(1), help="timed passes at batch 1 (CPU 5, GPU 50)")
     parser.add_argument("--iters-large", type=at_least(1), help="timed passes at the large batch")
     parser.add_argument("--train-iters", type=at_least(1), help="timed training steps")
-    parser.add_argument("--warmup", type=at_least(0), help="untimed passes before each timing")
+    parser.add_argument(
+        "--warmup",
+        type=at_least(0),
+        help="untimed passes before each timing (with --compile at least 1: the first compiles)",
+    )
     parser.add_argument("--quick", action="store_true", help="one pass each, no warm-up (smoke)")
     parser.add_argument("--bf16", action="store_true", help="Lightning's bf16-mixed precision")
     parser.add_argument("--channels-last", action="store_true", help="channels-last tensors")
@@ -185,6 +189,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.compile:  # else the compilation is timed (--quick has no warm-up)
+        args.warmup = max(args.warmup, 1)
     if args.train_data != "none" and not (CONF / "data" / f"{args.train_data}.yaml").is_file():
         parser.error(f"--train-data {args.train_data}: no such data config (conf/data/)")
     if "loader" in args.only and (args.train_batch < 1 or args.train_data == "none"):
@@ -517,6 +523,11 @@ def benchmark_inference(
     result["batchnorms"] = count_batchnorms(net)
     result["batchnorms_left_folded"] = count_batchnorms(folded)
     result["score_threshold"] = float(postprocess.score_threshold)
+    result["postprocess"] = {
+        "top_k": int(postprocess.top_k),
+        "nms_iou": float(postprocess.nms_iou),
+        "max_detections": int(postprocess.max_detections),
+    }
     result["inference"] = []
     # Outputs of the folded network against the unfolded one (float32, contiguous, eager).
     x = torch.randn(1, 3, net.image_size, net.image_size, device=args.device)
@@ -677,9 +688,14 @@ def passes_line(env: dict[str, Any]) -> str:
 
 def inference_tables(results: Sequence[dict[str, Any]]) -> list[str]:
     """Table 7's layout and the BN-folding speed-up."""
+    settings = {(r["score_threshold"], *r["postprocess"].values()) for r in results}
     lines = [
-        f"- post-processing: score > {results[0]['score_threshold']:g}, top 400 per class, NMS "
-        "0.45, 200 per image; with untrained weights nearly every box passes the score threshold",
+        "- post-processing: "
+        + "; ".join(
+            f"score > {score:g}, top {top_k} per class, NMS {iou:g}, {most} per image"
+            for score, top_k, iou, most in sorted(settings)
+        )
+        + " (untrained weights: at a low threshold nearly every box passes it)",
         "",
         "| model | input | boxes | batch | BN | fwd ms/batch | fwd img/s | fwd+NMS img/s "
         "| dets/img |",

@@ -262,3 +262,22 @@ def test_profiles_of_a_model_with_dotted_overrides_keep_their_names(tmp_path: Pa
         for section in ("inference", "training")
         for suffix in (".trace.json", ".txt")
     ]
+
+
+def test_the_post_processing_line_is_the_models_own() -> None:
+    """It said "top 400 per class, NMS 0.45, 200 per image" whatever model.postprocess held."""
+    result = {"model": "ssd_r18", "image_size": 193, "boxes": 10, "inference": []}
+    paper = {**result, "score_threshold": 0.01}
+    paper["postprocess"] = {"top_k": 400, "nms_iou": 0.45, "max_detections": 200}
+    other = {**result, "model": "dssd_r18", "score_threshold": 0.3}
+    other["postprocess"] = {"top_k": 10, "nms_iou": 0.6, "max_detections": 50}
+    (line,) = [ln for ln in speed.inference_tables([paper, other]) if "post-processing" in ln]
+    assert "score > 0.01, top 400 per class, NMS 0.45, 200 per image" in line
+    assert "score > 0.3, top 10 per class, NMS 0.6, 50 per image" in line
+
+
+def test_a_compiled_network_is_warmed_up_before_it_is_timed() -> None:
+    """``--quick --compile`` timed the compilation: a folding "speed-up" of 3x."""
+    assert speed.parse_args(["--quick", "--compile"]).warmup == 1
+    assert speed.parse_args(["--quick"]).warmup == 0
+    assert speed.parse_args(["--compile", "--warmup", "3"]).warmup == 3
