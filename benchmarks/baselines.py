@@ -545,7 +545,7 @@ def format_table(rows: Sequence[Row]) -> str:
         )
     lines.append(
         f"| BN folding (measured by `make bench`'s fold table) | - | - | - | >= {FOLD_TARGET:g}x "
-        "| see above |"
+        "| in `python -m benchmarks.speed`'s table |"
     )
     return "\n".join(lines)
 
