@@ -98,8 +98,8 @@ def measure(
     chunks = len(targets) // chunk
     if chunks < 2:
         raise UserError(
-            f"--chunk {chunk}: {len(targets)} test images hold fewer than two chunks of {chunk}; "
-            f"give --chunk {len(targets) // 2} or less"
+            f"--chunk {chunk}: {len(targets)} test images hold fewer than two chunks of {chunk}"
+            + (f"; give --chunk {len(targets) // 2} or less" if len(targets) > 1 else "")
         )
 
     names = list(detections)

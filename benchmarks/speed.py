@@ -181,8 +181,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.device = torch.device(device)
     except RuntimeError:
         parser.error(f"--device {device}: give cpu, cuda or cuda:<index>")
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {device}: no CUDA device here; give --device cpu")
+    if args.device.type == "cuda" and (args.device.index or 0) >= torch.cuda.device_count():
+        parser.error(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()})")
     defaults = dict(DEFAULTS["cuda" if args.device.type == "cuda" else "cpu"])
     if args.quick:
         defaults.update(QUICK)
@@ -191,7 +191,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.compile:  # else the compilation is timed (--quick has no warm-up)
         args.warmup = max(args.warmup, 1)
-    if args.train_data != "none" and not (CONF / "data" / f"{args.train_data}.yaml").is_file():
+    fed = args.train_data != "none" and ({"training", "loader"} & set(args.only))
+    if fed and not (CONF / "data" / f"{args.train_data}.yaml").is_file():
         parser.error(f"--train-data {args.train_data}: no such data config (conf/data/)")
     if "loader" in args.only and (args.train_batch < 1 or args.train_data == "none"):
         parser.error("--only loader needs --train-batch >= 1 and a --train-data config")

@@ -229,6 +229,14 @@ def test_a_row_whose_parent_was_retrained_since_runs_again(
     assert ran == ["ssd_pm_c", "dssd_prod", "dssd_prod_stage2"]  # (the last two were stale)
     assert tabulated[-1] == ROW_IDS
     assert {s.action for s in plan(rows, [0], tmp_path)} == {"skip"}
+    # records without the digest (tables begun by earlier versions) stand while PM(c) keeps its
+    # weights, within one command as across commands
+    for row_id in children:
+        (run_dir(tmp_path, row_id, 0) / "ablation.json").write_text("{}")
+    ran.clear()
+    (run_dir(tmp_path, "ssd_pm_c", 0) / "test_results.json").unlink()
+    run_ablation(compose_table4(*common), "shapes")
+    assert ran == ["ssd_pm_c"]
 
 
 def test_only_selects_rows_with_what_they_need_in_table_order() -> None:
@@ -415,7 +423,7 @@ def test_settings_no_table_can_use_are_refused_before_any_row_runs(
         run_ablation(compose_table4(*overrides), "shapes")
 
 
-def test_a_damaged_run_record_costs_only_its_wall_time(
+def test_a_damaged_run_record_is_warned_of_and_started_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "ablation.json").write_text("{not json")

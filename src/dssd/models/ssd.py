@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -90,7 +91,12 @@ class SSD(nn.Module):
         sizes = []
         try:
             maps = self.encoder(torch.zeros(1, 3, self.image_size, self.image_size))
-        except RuntimeError as err:  # an input the layers shrink to nothing
+        except RuntimeError as err:
+            if not re.search(
+                r"size can't be greater|size is too small|must be non-negative", str(err)
+            ):
+                raise
+            # an input the layers shrink to nothing
             raise UserError(
                 f"model.net.image_size={self.image_size} is too small for this network ({err}); "
                 "the paper's inputs are 300/321 and 512/513 pixels"

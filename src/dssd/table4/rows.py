@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,11 +213,21 @@ def parent_checkpoint(row: Row, seed: int, out_dir: Path) -> Path | None:
 
 
 def weights_digest(path: Path) -> str | None:
-    """The SHA-256 of a checkpoint file, None if there is none."""
+    """The SHA-256 of a checkpoint file, None if there is none (each version of a file is read
+    once per command: a parent's is asked for by each of its rows and seeds)."""
     if not path.is_file():
         return None
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    stat = path.stat()
+    return _file_digest(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def parent_changed(row: Row, seed: int, out_dir: Path) -> bool:
@@ -234,8 +246,8 @@ def row_overrides(row: Row, setting: DictConfig) -> list[str]:
 def start_run_record(row: Row, seed: int, out_dir: Path) -> None:
     """Begin a run's ``ablation.json`` afresh, with the digest of the weights it starts from."""
     parent = parent_checkpoint(row, seed, out_dir)
-    record = {} if parent is None else {INIT_FROM_DIGEST: weights_digest(parent)}
-    write_run_record(run_dir(out_dir, row.id, seed), record)
+    digest = None if parent is None else weights_digest(parent)
+    write_run_record(run_dir(out_dir, row.id, seed), {INIT_FROM_DIGEST: digest} if digest else {})
 
 
 def add_wall_time(directory: Path, seconds: float) -> None:
@@ -247,9 +259,11 @@ def add_wall_time(directory: Path, seconds: float) -> None:
 
 
 def write_run_record(directory: Path, record: dict[str, Any]) -> None:
-    """Write a run's ``ablation.json``."""
+    """Write a run's ``ablation.json`` (whole or not at all: a Ctrl-C may come at any time)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
+    partial = directory / "ablation.json.partial"
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(partial, directory / "ablation.json")
 
 
 def read_run_record(directory: Path) -> dict[str, Any]:

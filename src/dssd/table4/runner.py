@@ -23,7 +23,6 @@ from dssd.errors import UserError
 from dssd.results.runs import RESULTS_DIR
 from dssd.results.tables import comparisons_index, table4_markdown, write_table4
 from dssd.table4.rows import (
-    INIT_FROM_DIGEST,
     STARTS_FROM,
     Row,
     Step,
@@ -32,11 +31,11 @@ from dssd.table4.rows import (
     parse_rows,
     parse_seeds,
     plan,
-    read_run_record,
     row_overrides,
     run_dir,
     select_rows,
     start_run_record,
+    weights_digest,
 )
 from dssd.table4.statistics import collect, pooled_seed_spread, summarize
 
@@ -156,10 +155,12 @@ def clear_earlier_run(directory: Path) -> None:
             path.unlink()
 
 
-def run_step(step: Step, command: list[str], out_dir: Path) -> None:
+def run_step(step: Step, command: list[str], out_dir: Path) -> bool:
     """Run (after clearing what an earlier run left, recording the weights it starts from) or
-    resume one run, keeping its wall time. A failure or Ctrl-C is an error naming the row."""
+    resume one run, keeping its wall time; whether its final weights changed (a resumed run that
+    only tests again keeps them). A failure or Ctrl-C is an error naming the row."""
     directory = run_dir(out_dir, step.row.id, step.seed)
+    weights = weights_digest(directory / "checkpoints" / "last.ckpt")
     if step.action == "run":
         clear_earlier_run(directory)
         start_run_record(step.row, step.seed, out_dir)
@@ -180,6 +181,7 @@ def run_step(step: Step, command: list[str], out_dir: Path) -> None:
             "dealt with, the same command goes on (this run resumes from its last.ckpt if it "
             f"wrote one), or force=[{step.row.id}] starts the row over."
         )
+    return weights_digest(directory / "checkpoints" / "last.ckpt") != weights
 
 
 def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
@@ -208,12 +210,13 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
         f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
     )
     log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, plan_text)
+    changed: set[tuple[str, int]] = set()  # (row id, seed) of the runs whose weights changed
     for number, step in enumerate(steps, 1):
         row, seed = step.row, step.seed
         label = f"{row.id} seed {seed}"
         directory = run_dir(out_dir, row.id, seed)
-        if step.reason.startswith(STARTS_FROM) and INIT_FROM_DIGEST in read_run_record(directory):
-            # its parent ran or resumed: the run is kept if it started from the same weights
+        if step.reason.startswith(STARTS_FROM) and (row.init_from, seed) not in changed:
+            # its parent resumed and kept its final weights: the run stands as it is
             step = own_step(row, seed, out_dir)
             if step.action == "skip":
                 log.info(
@@ -227,7 +230,8 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
             continue
         command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
         log.info("[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command))
-        run_step(step, command, out_dir)
+        if run_step(step, command, out_dir):
+            changed.add((row.id, seed))
     if len(rows) < len(all_rows):
         rows = with_done_rows(all_rows, rows, seeds, out_dir, cfg, setting_name)
     runs = collect(rows, seeds, out_dir)
@@ -259,6 +263,8 @@ def with_done_rows(
     for row in (r for r in all_rows if r.id not in table):
         needs = [r for r in (row.init_from, row.ablates) if r is not None and r not in table]
         why = f"{needs[0]} is not in it" if needs else None
+        if row.net not in cfg.ablation:
+            why = f"ablation={setting_name} defines no net {row.net}"
         for seed in seeds if why is None else ():
             step = own_step(row, seed, out_dir)
             try:

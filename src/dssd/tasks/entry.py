@@ -3,6 +3,7 @@ composes the config, :func:`run_task` inside it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -63,7 +64,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             result = task(cfg)
     except BaseException as err:
         code = err.code if isinstance(err, SystemExit) else 1
-        _finish_wandb(code if isinstance(code, int) else 1)
+        _finish_wandb(0 if code is None else code if isinstance(code, int) else 1)
         raise
     _finish_wandb(0)
     return result
@@ -71,11 +72,15 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 def _finish_wandb(exit_code: int) -> None:
     """:func:`dssd.results.wandb.finish_run`, where the task loaded W&B (imported only then: it
-    loads Lightning)."""
-    if "wandb" in sys.modules:
-        from dssd.results.wandb import finish_run
+    loads Lightning); a failure to finish is a warning, not in place of the task's own outcome."""
+    if "wandb" not in sys.modules:
+        return
+    from dssd.results.wandb import finish_run
 
+    try:
         finish_run(exit_code)
+    except Exception as err:
+        logging.getLogger(__name__).warning("Could not close the W&B run (%s)", err)
 
 
 def _require_given(cfg: DictConfig) -> None:

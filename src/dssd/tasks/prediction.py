@@ -277,11 +277,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "outputs": summary.outputs,
     }
     (output_dir / "summary.json").write_text(json.dumps(record, indent=2))
-    log_run(loggers, summary, table)
     print_summary(summary, score_threshold, output_dir)
-    if not summary.images:
+    if not summary.images:  # (the W&B run, if any, then ends as failed)
         count = "its file" if len(files) == 1 else f"any of its {len(files)} files"
         raise UserError(f"input={cfg.input}: could not read {count} (see the skips above)")
+    log_run(loggers, summary, table)
     return record
 
 
