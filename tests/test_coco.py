@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import cv2
@@ -191,6 +192,14 @@ def images_plus(*entries: dict) -> list[dict]:
             "categories have the id 3",
         ),
         (with_changes(categories=[*CATEGORIES, {"id": 4, "name": "car"}]), "the name 'car'"),
+        # a merged file numbering each image's objects from 1: the COCO tools index annotations
+        # by id and would score one object where the file has two
+        (
+            with_changes(
+                annotations=[annotation(1, 42, 3, [1, 1, 5, 5]), annotation(1, 7, 1, [2, 2, 5, 5])]
+            ),
+            "two annotations have the id 1",
+        ),
     ],
 )
 def test_entries_the_index_cannot_use_name_the_file_and_the_entry(
@@ -232,15 +241,17 @@ def test_missing_files_are_user_errors(tmp_path: Path) -> None:
 
 def test_category_mismatch_names_the_file_and_the_override_that_fits_it(tmp_path: Path) -> None:
     data = instances()
-    quoted = 'tooth "brush"'  # a name an override must quote
-    data["categories"] = [{**c, "name": quoted} if c["id"] == 90 else c for c in CATEGORIES]
+    quoted = 'tooth "brush"'  # names an override must quote, for Hydra and for the shell
+    data["categories"] = [
+        {**c, "name": {90: quoted, 3: "o'car"}.get(c["id"], c["name"])} for c in CATEGORIES
+    ]
     root = write_coco(tmp_path, data)
     with pytest.raises(COCOAnnotationError) as err:
         COCODataset(root, ANN_FILE, "val2017", class_names=("person", "bus", "toothbrush"))
     assert ANN_FILE in str(err.value) and "'bus'" in str(err.value)
-    override = re.search(r"'(data\.class_names=.*)'$", str(err.value)).group(1)
+    (override,) = shlex.split(str(err.value).rsplit("the file's: ", 1)[1])  # as a shell reads it
     cfg = compose_train("data=coco", override)  # Hydra parses the hint as the file's names
-    assert tuple(cfg.data.class_names) == ("person", "car", quoted)
+    assert tuple(cfg.data.class_names) == ("person", "o'car", quoted)
 
 
 @pytest.mark.parametrize("names", ["null", "[]"])
@@ -361,6 +372,22 @@ def test_datamodule_reads_class_names_and_iterates(tmp_path: Path) -> None:
     dm.setup("test")
     assert dm.datasets["test"].annotation_file == root / ANN_FILE
     assert dm.label_to_category_id == {1: 1, 2: 3, 3: 90}
+
+
+def test_results_take_the_category_ids_of_the_test_file(tmp_path: Path) -> None:
+    """train.py sets up the training files before the test file: its results files must still
+    number the categories as the test file does, not as the first file read."""
+    root = write_coco(tmp_path, instances())
+    test = instances()
+    renumber = {1: 10, 3: 30, 90: 900}
+    test["categories"] = [{**c, "id": renumber[c["id"]]} for c in test["categories"]]
+    for ann in test["annotations"]:
+        ann["category_id"] = renumber[ann["category_id"]]
+    (root / ANN_FILE).write_text(json.dumps(test))
+    dm = COCODataModule(str(root), NAMES, image_size=32, num_workers=0, val_holdout=1)
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.label_to_category_id == {1: 10, 2: 30, 3: 900}
 
 
 def test_config_lists_the_80_categories_and_checks_them(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import shlex
 from collections.abc import Mapping, Sequence
 from itertools import compress
 from pathlib import Path
@@ -67,6 +68,8 @@ def load_coco(path: str | Path) -> COCO:
     for key, field in (("images", "id"), ("images", "file_name"), ("categories", "id")):
         _check_unique(path, key, field, data[key])
     _check_unique(path, "categories", "name", data["categories"])
+    # the COCO tools find annotations by id: of two under one id, pycocotools scores one twice
+    _check_unique(path, "annotations", "id", [a for a in data.get("annotations", []) if "id" in a])
     # the index files annotations by their id: give id-less ones (home-made files) their place
     for number, ann in enumerate(data.get("annotations", []), start=1):
         ann.setdefault("id", f"#{number}")
@@ -96,7 +99,8 @@ def _is_integer(value: Any) -> bool:
 
 def _check_unique(path: Path, key: str, field: str, entries: Sequence[dict]) -> None:
     """No two of ``entries`` share ``field``: two images under one id would pool their boxes,
-    two categories under one id or name lose a class, one file under two ids be read twice."""
+    two categories under one id or name lose a class, one file under two ids be read twice,
+    two annotations under one id be scored as one by the COCO tools."""
     seen: set[Any] = set()
     for entry in entries:
         value = entry[field]
@@ -165,7 +169,9 @@ class COCODataset(DetectionImages):
             raise COCOAnnotationError(
                 f"{self.annotation_file}: its {_listed(self.class_names)} categories (in "
                 f"category-id order) differ from the {_listed(class_names)} configured class "
-                f"names; to train on the file's: '{_class_names_override(self.class_names)}'"
+                "names (a file to test a network on lists its categories, those without objects "
+                "too); to train on the file's: "
+                + shlex.quote(_class_names_override(self.class_names))
             )
         self.category_id_to_label = {c: i + 1 for i, c in enumerate(sorted(coco.getCatIds()))}
         self.label_to_category_id = {label: cat for cat, label in self.category_id_to_label.items()}

@@ -443,11 +443,9 @@ class COCODataModule(DetectionDataModule):
 
     @property
     def label_to_category_id(self) -> dict[int, int]:
-        """Label -> COCO category id, for ``detections_to_coco_results`` (after ``setup``)."""
-        dataset = next(iter(self.datasets.values()))
-        while isinstance(dataset, Subset):
-            dataset = dataset.dataset
-        return dataset.label_to_category_id
+        """Label -> the test file's COCO category id, for ``detections_to_coco_results`` (after
+        ``setup("test")``; each file may number the same categories its own way)."""
+        return self.datasets["test"].label_to_category_id
 
     def unlabelled_test_file(self) -> str | None:
         if "test" in self.datasets:
