@@ -28,6 +28,7 @@ from dssd.tasks.training import best_checkpoint, check_fresh_directory, resume_c
 from dssd.training import callbacks as callbacks_module
 from dssd.training.callbacks import (
     BestCheckpoint,
+    DataSkipReport,
     LastCheckpoint,
     NonFiniteLossError,
     NonFiniteLossStop,
@@ -155,6 +156,51 @@ def test_a_resumed_fit_counts_the_training_time_before_it(
     trainer.fit(TinyModule(), data, ckpt_path=tmp_path / "last.ckpt", weights_only=True)
     assert history.earlier_seconds == first
     assert history_state(tmp_path / "last.ckpt")["fit_seconds"] > first
+
+
+class CountedData(TensorDataset):
+    """Samples with the training set's ``skips`` counts, batched as ``(images, targets)``."""
+
+    skips = {"missing_images": 0}
+
+    @staticmethod
+    def collate(samples: list[tuple[torch.Tensor]]) -> tuple[torch.Tensor, list[dict]]:
+        return torch.stack([s[0] for s in samples]), [{} for _ in samples]
+
+
+class ReportedModule(TinyModule):
+    """Records the step of each ``log_dict``: DataSkipReport's one call per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: list[int] = []
+
+    def log_dict(self, *args: object, **kwargs: object) -> None:
+        self.reported.append(self.global_step)
+
+
+def test_a_resumed_fit_reports_the_data_of_the_epochs_it_trains_only(tmp_path: Path) -> None:
+    """A checkpoint written after the validation that ends an epoch resumes before that epoch's
+    end, whose hooks Lightning then calls again: its data counts, logged by the first fit, are
+    not logged twice."""
+    data = DataLoader(CountedData(torch.randn(12, 2)), batch_size=4, collate_fn=CountedData.collate)
+    for max_steps, ckpt_path, reported in ((6, None, [3, 6]), (9, tmp_path / "last.ckpt", [9])):
+        module = ReportedModule()
+        trainer = pl.Trainer(
+            max_steps=max_steps,
+            callbacks=[
+                LastCheckpoint(dirpath=str(tmp_path), every_n_train_steps=3),
+                DataSkipReport(),
+            ],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            val_check_interval=3,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(module, data, data, ckpt_path=ckpt_path, weights_only=True)
+        assert module.reported == reported
 
 
 def history_state(path: Path) -> dict:
