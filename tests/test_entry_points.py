@@ -542,6 +542,33 @@ def test_a_logger_that_cannot_write_is_named(tmp_path: Path) -> None:
     assert "seed: 1" in next((tmp_path / "logs").rglob("hparams.yaml")).read_text()
 
 
+def test_tensorboard_shows_the_run_settings_beside_its_metrics(tmp_path: Path) -> None:
+    """TensorBoard's HPARAMS tab gets the flattened config (Lightning writes it to hparams.yaml
+    only) and the metrics whose scalars fill its columns; no placeholder scalar is logged."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    from dssd.tasks.common import HPARAMS_METRICS, log_run_config
+
+    logger = TensorBoardLogger(tmp_path, name="tensorboard", default_hp_metric=False)  # as conf/
+    config = {"model": {"net": {"image_size": 321, "scales": [0.1, 0.2]}}, "tags": None}
+    log_run_config([logger], config)
+    logger.log_metrics({"test/voc_map": 0.5}, step=4)
+    logger.finalize("success")
+    events = EventAccumulator(logger.log_dir).Reload()
+
+    def plugin_data(tag: str) -> HParamsPluginData:
+        return HParamsPluginData.FromString(events.PluginTagToContent("hparams")[tag])
+
+    settings = plugin_data("_hparams_/session_start_info").session_start_info.hparams
+    assert settings["model.net.image_size"].number_value == 321
+    assert settings["model.net.scales"].string_value == "[0.1, 0.2]"
+    metrics = plugin_data("_hparams_/experiment").experiment.metric_infos
+    assert [m.name.tag for m in metrics] == list(HPARAMS_METRICS)
+    assert events.Tags()["scalars"] == ["test/voc_map"]
+
+
 def test_an_online_wandb_run_without_a_login_is_named_before_any_work(
     tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:

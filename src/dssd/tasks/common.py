@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from dssd.errors import MAX_SEED, UserError, check_settings, is_seed
 from dssd.evaluation.module import DetectionEvaluation
@@ -40,6 +41,8 @@ def log_run_config(loggers: Sequence[Logger], run_config: dict[str, Any]) -> Non
     for logger in loggers:
         try:
             logger.log_hyperparams(run_config)
+            if isinstance(logger, TensorBoardLogger):
+                declare_tensorboard_hparams(logger, run_config)
         except OSError as err:
             raise UserError(
                 f"the {type(logger).__name__} cannot write its logs into {logger.save_dir} "
@@ -52,6 +55,33 @@ def log_run_config(loggers: Sequence[Logger], run_config: dict[str, Any]) -> Non
                 f"W&B could not start the run ({err}): log in with `wandb login` (or set "
                 "WANDB_API_KEY), or log offline with logger.wandb.offline=true"
             ) from None
+
+
+# the metrics TensorBoard's HPARAMS tab sets beside each run's settings, from their scalars
+HPARAMS_METRICS = ("val/voc_map", "val/map_50", "test/voc_map", "test/map")
+
+
+@rank_zero_only
+def declare_tensorboard_hparams(logger: TensorBoardLogger, run_config: dict[str, Any]) -> None:
+    """Write the run's settings (flattened, ``model.net.image_size``) to TensorBoard's HPARAMS
+    tab with :data:`HPARAMS_METRICS` as its metrics: Lightning keeps them in ``hparams.yaml``
+    only, unless it logs a placeholder ``hp_metric``. The metrics' values are their scalars."""
+    from torch.utils.tensorboard.summary import hparams
+
+    plain = (bool, int, float, str)
+    settings = {k: v if isinstance(v, plain) else str(v) for k, v in _flattened(run_config)}
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams(settings, dict.fromkeys(HPARAMS_METRICS, 0.0)):
+        writer.add_summary(summary)
+
+
+def _flattened(config: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """The leaves of a nested config as ``(dotted key, value)``."""
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            yield from _flattened(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def result_writers(cfg: DictConfig, datamodule: pl.LightningDataModule) -> list[pl.Callback]:
