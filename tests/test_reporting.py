@@ -147,6 +147,7 @@ def test_tensorboard_logger_writes_events(tiny_shapes: Path, tmp_path: Path) -> 
     )
     events = b"".join(p.read_bytes() for p in tmp_path.glob("tensorboard/**/events.out.tfevents.*"))
     assert b"val/map_50" in events and b"test/map_50" in events
+    assert b"_hparams_/session_start_info" in events and b"hp_metric" not in events
 
 
 def test_results_tables_in_the_papers_layouts() -> None:
