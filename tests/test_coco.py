@@ -193,7 +193,7 @@ def images_plus(*entries: dict) -> list[dict]:
         ),
         (with_changes(categories=[*CATEGORIES, {"id": 4, "name": "car"}]), "the name 'car'"),
         # a merged file numbering each image's objects from 1: the COCO tools index annotations
-        # by id and would score one object where the file has two
+        # by id and would score the later object twice, the earlier one not at all
         (
             with_changes(
                 annotations=[annotation(1, 42, 3, [1, 1, 5, 5]), annotation(1, 7, 1, [2, 2, 5, 5])]

@@ -552,7 +552,7 @@ def test_tensorboard_shows_the_run_settings_beside_its_metrics(tmp_path: Path) -
     from dssd.tasks.common import HPARAMS_METRICS, log_run_config
 
     logger = TensorBoardLogger(tmp_path, name="tensorboard", default_hp_metric=False)  # as conf/
-    config = {"model": {"net": {"image_size": 321, "scales": [0.1, 0.2]}}, "tags": None}
+    config = {"model": {"net": {"image_size": 321, "scales": [0.1, 0.2]}}, "strict": True}
     log_run_config([logger], config)
     logger.log_metrics({"test/voc_map": 0.5}, step=4)
     logger.finalize("success")
@@ -564,6 +564,7 @@ def test_tensorboard_shows_the_run_settings_beside_its_metrics(tmp_path: Path) -
     settings = plugin_data("_hparams_/session_start_info").session_start_info.hparams
     assert settings["model.net.image_size"].number_value == 321
     assert settings["model.net.scales"].string_value == "[0.1, 0.2]"
+    assert settings["strict"].string_value == "True"  # a word, not the number 1
     metrics = plugin_data("_hparams_/experiment").experiment.metric_infos
     assert [m.name.tag for m in metrics] == list(HPARAMS_METRICS)
     assert events.Tags()["scalars"] == ["test/voc_map"]

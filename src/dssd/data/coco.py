@@ -68,11 +68,11 @@ def load_coco(path: str | Path) -> COCO:
     for key, field in (("images", "id"), ("images", "file_name"), ("categories", "id")):
         _check_unique(path, key, field, data[key])
     _check_unique(path, "categories", "name", data["categories"])
-    # the COCO tools find annotations by id: of two under one id, pycocotools scores one twice
-    _check_unique(path, "annotations", "id", [a for a in data.get("annotations", []) if "id" in a])
     # the index files annotations by their id: give id-less ones (home-made files) their place
     for number, ann in enumerate(data.get("annotations", []), start=1):
         ann.setdefault("id", f"#{number}")
+    # the COCO tools find annotations by id: of two under one id, pycocotools scores one twice
+    _check_unique(path, "annotations", "id", data.get("annotations", []))
     return COCO(data)
 
 
@@ -100,7 +100,7 @@ def _is_integer(value: Any) -> bool:
 def _check_unique(path: Path, key: str, field: str, entries: Sequence[dict]) -> None:
     """No two of ``entries`` share ``field``: two images under one id would pool their boxes,
     two categories under one id or name lose a class, one file under two ids be read twice,
-    two annotations under one id be scored as one by the COCO tools."""
+    of two annotations under one id the COCO tools score the later one twice."""
     seen: set[Any] = set()
     for entry in entries:
         value = entry[field]

@@ -68,8 +68,11 @@ def declare_tensorboard_hparams(logger: TensorBoardLogger, run_config: dict[str,
     only, unless it logs a placeholder ``hp_metric``. The metrics' values are their scalars."""
     from torch.utils.tensorboard.summary import hparams
 
-    plain = (bool, int, float, str)
-    settings = {k: v if isinstance(v, plain) else str(v) for k, v in _flattened(run_config)}
+    def shown(value: Any) -> Any:  # a number or text; true/false as words, not as 1 and 0
+        plain = isinstance(value, int | float | str) and not isinstance(value, bool)
+        return value if plain else str(value)
+
+    settings = {k: shown(v) for k, v in _flattened(run_config)}
     writer = logger.experiment._get_file_writer()
     for summary in hparams(settings, dict.fromkeys(HPARAMS_METRICS, 0.0)):
         writer.add_summary(summary)

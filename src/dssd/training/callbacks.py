@@ -237,7 +237,7 @@ class TestDetectionsWriter(pl.Callback):
 
 class COCOResultsWriter(TestDetectionsWriter):
     """Writes the test detections of ``datamodule`` to ``path`` as a COCO results JSON
-    (``[x, y, w, h]`` pixel boxes, the dataset's category ids: COCO data only)."""
+    (``[x, y, w, h]`` pixel boxes, the test file's category ids: COCO data only)."""
 
     def __init__(self, path: str, datamodule: pl.LightningDataModule) -> None:
         if not isinstance(datamodule, COCODataModule):
