@@ -322,6 +322,19 @@ def test_undecodable_image_is_skipped_or_named(tmp_path: Path) -> None:
         COCODataset(root, ANN_FILE, "val2017")[0]
 
 
+def test_an_evaluation_set_refuses_an_image_of_another_size_when_built(tmp_path: Path) -> None:
+    """The image entries' width and height are the boxes' frame: an evaluation set checks each
+    image's header against them when built; a training set meets it when it reads the image."""
+    root = write_coco(tmp_path, instances())
+    cv2.imwrite(str(root / "val2017" / "b.jpg"), np.full((40, 30, 3), 128, np.uint8))
+    with pytest.raises(UserError, match="b.jpg decodes to 30x40, but its annotation gives 40x30"):
+        COCODataset(root, ANN_FILE, "val2017")
+    dataset = COCODataset(root, ANN_FILE, "val2017", train=True)
+    assert dataset[0][1]["image_id"] == 42
+    with pytest.raises(UserError, match="b.jpg decodes to 30x40"):
+        dataset[1]
+
+
 def test_images_without_a_file_are_named_or_skipped_when_built(tmp_path: Path) -> None:
     """Not strict, a training set passes over them; an evaluation set, whose figures would be
     another set's, refuses strict or not."""

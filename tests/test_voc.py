@@ -160,8 +160,12 @@ def test_broken_annotation_fails_at_construction(tmp_path: Path) -> None:
 
 
 def test_undecodable_image_names_the_file(tmp_path: Path) -> None:
+    """A training set names it when it reads it; an evaluation set, which cannot pass over it,
+    when it is built."""
     root = write_voc(tmp_path, {"a": voc_xml()})
     (root / "JPEGImages" / "a.jpg").write_bytes(b"not a jpeg")
-    dataset = VOCDataset(root, "trainval", CLASSES)
+    dataset = VOCDataset(root, "trainval", CLASSES, train=True)
     with pytest.raises(OSError, match="a.jpg"):
         dataset[0]
+    with pytest.raises(OSError, match="a.jpg"):
+        VOCDataset(root, "trainval", CLASSES)

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from hydra.utils import instantiate
+from PIL import Image
 from torch._utils import ExceptionWrapper
 
 from dssd.data.datamodule import VOCDataModule
@@ -208,7 +209,10 @@ def test_undecodable_image_is_skipped_when_not_strict(
     with pytest.raises(
         UserError, match="a.jpg: not an image file, or its end is missing; data.strict=false skips"
     ):
-        VOCDataset(root, "trainval", CLASSES)[0]
+        VOCDataset(root, "trainval", CLASSES, train=True)[0]
+    # which does not skip it in an evaluation set: the error says what does
+    with pytest.raises(UserError, match="a.jpg: not an image.*an evaluation set stops at it"):
+        VOCDataset(root, "trainval", CLASSES)
 
 
 def test_an_image_of_another_size_than_its_annotation_is_named_or_skipped(
@@ -228,6 +232,58 @@ def test_an_image_of_another_size_than_its_annotation_is_named_or_skipped(
     assert +dataset.skips == {"unreadable_images": 1} and "a.jpg decodes to 30x40" in caplog.text
 
 
+def test_an_evaluation_set_checks_its_images_sizes_when_built(tmp_path: Path) -> None:
+    """An evaluation set stops at an image it cannot use, so it reads every image's size from
+    its header when built (before a fit, not after it), counting the others; the header's size
+    must be what the decoder gives: an image turned by its EXIF orientation is decoded."""
+    xmls = {name: voc_xml(voc_object("cat")) for name in ("a", "b", "c", "d")}  # 40x30 each
+    root = write_voc(tmp_path, xmls)
+    images = root / "JPEGImages"
+    cv2.imwrite(str(images / "a.jpg"), np.zeros((40, 30, 3), np.uint8))  # 30x40
+    cv2.imwrite(str(images / "b.jpg"), np.zeros((50, 30, 3), np.uint8))
+    with pytest.raises(
+        UserError,
+        match=r"a.jpg decodes to 30x40, but its annotation gives 40x30.* \(and 1 more of its 4 "
+        r"images\): an evaluation set stops at it even with data.strict=false",
+    ):
+        VOCDataset(root, "trainval", CLASSES)
+    for name in ("a", "b"):
+        cv2.imwrite(str(images / f"{name}.jpg"), np.zeros((30, 40, 3), np.uint8))
+    assert len(VOCDataset(root, "trainval", CLASSES)) == 4
+    # stored 30 wide and 40 high with orientation 6 (turn a quarter clockwise): decoded 40x30
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(images / "c.jpg", exif=exif.tobytes())
+    assert read_image(images / "c.jpg").shape == (30, 40, 3)
+    assert len(VOCDataset(root, "trainval", CLASSES)) == 4
+    # the same turn of an image stored 40 wide: decoded 30x40, which the header alone would miss
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(images / "d.jpg", exif=exif.tobytes())
+    with pytest.raises(UserError, match="d.jpg decodes to 30x40"):
+        VOCDataset(root, "trainval", CLASSES, strict=False)
+    # a training set reads no image when built; it meets d when it reads it
+    dataset = VOCDataset(root, "trainval", CLASSES, train=True)
+    with pytest.raises(UserError, match="d.jpg decodes to 30x40"):
+        dataset[3]
+
+
+def test_fitting_stops_before_training_at_a_test_image_it_could_not_score(devkit: Path) -> None:
+    """Fitting builds the test set too (to keep it apart from training), so a test image of
+    another size than its annotation stops ``train.py`` before the fit, not after it."""
+    cv2.imwrite(str(devkit / "VOC2007" / "JPEGImages" / "c.jpg"), np.zeros((40, 30, 3), np.uint8))
+    dm = VOCDataModule(
+        str(devkit),
+        CLASSES,
+        image_size=32,
+        batch_size=2,
+        num_workers=0,
+        train_sets=[{"root": "VOC2012", "split": "train"}],
+        val_sets=[{"root": "VOC2012", "split": "val"}],
+        test_sets=[{"root": "VOC2007", "split": "test"}],
+    )
+    with pytest.raises(UserError, match="c.jpg decodes to 30x40.*an evaluation set stops at it"):
+        dm.setup("fit")
+
+
 def test_a_truncated_jpeg_is_named_or_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -242,10 +298,14 @@ def test_a_truncated_jpeg_is_named_or_skipped(
     assert np.array_equal(read_image(path), cv2.imread(str(path))[..., ::-1])
     path.write_bytes(whole[: len(whole) * 2 // 3])
     assert cv2.imread(str(path)) is not None  # what the check is for
+    # a header that reads: an evaluation set is built, and stops when it decodes the image
+    evaluation = VOCDataset(root, "trainval", CLASSES)
+    with pytest.raises(UserError, match="a.jpg: not an image file, or its end is missing: an ev"):
+        evaluation[0]
     with pytest.raises(
         UserError, match="a.jpg: not an image file, or its end is missing; data.strict=false"
     ):
-        VOCDataset(root, "trainval", CLASSES)[0]
+        VOCDataset(root, "trainval", CLASSES, train=True)[0]
     dataset = VOCDataset(root, "trainval", CLASSES, strict=False, train=True)
     with caplog.at_level(logging.WARNING):
         assert dataset[0][1]["image_id"] == "b"

@@ -185,6 +185,8 @@ class COCODataset(DetectionImages):
             with self._noting_skips(f"{self.annotation_file}, image {image_id}"):
                 ann = self._objects(coco.imgToAnns[entry["id"]], image_id)
                 self.annotations.append(sanitize({**ann, **size}, self.skips))
+        if not train:
+            self._check_headers()
 
     def _check_orphans(self, coco: COCO, image_ids: set[Any]) -> None:
         """Annotations of an image the file does not list are an error when ``strict``, else

@@ -24,6 +24,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from dssd.errors import DatasetNotFoundError, UserError
@@ -38,6 +39,7 @@ MISSING_DATA_HINT = (
 Transform = Callable[[np.ndarray, dict[str, Any]], Any]
 # what a sample's target takes of its annotation ("area": the COCO reader's, where given)
 TARGET_KEYS = ("boxes", "labels", "difficult", "area")
+ORIENTATION_TAG = 0x0112  # EXIF's
 
 
 class VOCAnnotationError(UserError, ValueError):
@@ -211,7 +213,27 @@ def read_image(path: Path) -> np.ndarray:
 def check_size(image: np.ndarray, annotation: Mapping[str, Any], path: Path) -> None:
     """Raise OSError when ``image`` is not the width x height of its ``annotation``: its boxes
     would fall elsewhere on it, so it is as unusable as an image that cannot be decoded."""
-    height, width = image.shape[:2]
+    _check_width_height(image.shape[1], image.shape[0], annotation, path)
+
+
+def check_header(path: Path, annotation: Mapping[str, Any]) -> None:
+    """:func:`check_size` from the file's header, about a twentieth of a decode's time. An image
+    with an EXIF orientation, which the decoder applies in its own way for each format, or that
+    the header reader does not know is decoded instead. A JPEG whose end is missing passes here
+    and fails when decoded."""
+    try:
+        with Image.open(path) as header:
+            upright = header.getexif().get(ORIENTATION_TAG, 1) == 1
+            size = header.size
+    except (OSError, Image.DecompressionBombError):  # unknown here, or too large for a header
+        upright = False
+    if upright:
+        _check_width_height(*size, annotation, path)
+    else:
+        check_size(read_image(path), annotation, path)
+
+
+def _check_width_height(width: int, height: int, annotation: Mapping[str, Any], path: Path) -> None:
     expected = annotation.get("width"), annotation.get("height")
     if expected != (None, None) and expected != (width, height):
         raise OSError(
@@ -285,13 +307,8 @@ class DetectionImages(Dataset):
                 image = read_image(self.image_paths[i])
                 check_size(image, self.annotations[i], self.image_paths[i])
             except OSError as err:
-                if self.strict:
-                    raise ImageError(f"{err}; data.strict=false skips it in training") from None
-                if not self.train:
-                    raise ImageError(
-                        f"{err}: {EVALUATION_STOPS}; repair the file or remove its image from "
-                        "the split"
-                    ) from None
+                if self.strict or not self.train:
+                    raise self._unusable(err) from None
                 self.skips["unreadable_images"] += 1
                 log.warning("skipping image: %s", err)
                 continue
@@ -300,6 +317,30 @@ class DetectionImages(Dataset):
             target |= {"image_id": self.ids[i], "skipped_images": offset}
             return (image, target) if self.transform is None else self.transform(image, target)
         raise OSError(f"none of the {len(self)} images of the dataset can be read or decoded")
+
+    def _unusable(self, err: OSError, more: str = "") -> ImageError:
+        """The error for an image that cannot be decoded or is not its annotation's size
+        (``err``), where it cannot be passed over; ``more`` adds how many others are. In an
+        evaluation set the error says so, whatever ``strict`` says."""
+        if self.strict and self.train:
+            return ImageError(f"{err}{more}; data.strict=false skips it in training")
+        return ImageError(
+            f"{err}{more}: {EVALUATION_STOPS}; repair the file or remove its image from the split"
+        )
+
+    def _check_headers(self) -> None:
+        """In an evaluation set, which stops at an image it cannot use, find such images when it
+        is built rather than part way through testing (after a whole fit, in ``train.py``):
+        each image's size read from its header against its annotation's."""
+        bad: list[OSError] = []
+        for path, annotation in zip(self.image_paths, self.annotations, strict=True):
+            try:
+                check_header(path, annotation)
+            except OSError as err:
+                bad.append(err)
+        if bad:
+            more = f" (and {len(bad) - 1} more of its {len(self)} images)" if len(bad) > 1 else ""
+            raise self._unusable(bad[0], more)
 
     def _check_images(self, image_paths: Sequence[Path], listed_in: Path) -> list[bool]:
         """Which of the images listed in ``listed_in`` have a file (one stat each, so that a
@@ -376,6 +417,8 @@ class VOCDataset(DetectionImages):
                 self.ids.append(image_id)
                 self.image_paths.append(image_path)
                 self.annotations.append(sanitize(ann, self.skips))
+        if not train:
+            self._check_headers()
 
     def _read_split(self, split_file: Path) -> list[str]:
         """The image ids of ``split_file``, one a line; an id listed again is an error when
