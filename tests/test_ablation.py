@@ -83,6 +83,42 @@ def make_done(directory: Path) -> None:
     (directory / "test_results.json").write_text("{}")
 
 
+def test_a_second_runner_on_the_same_table_is_refused_while_the_first_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runners on one out_dir would train the same runs at once and tabulate half-written
+    ones: the second is refused, naming the directory; another out_dir runs, and the lock goes
+    with the first runner."""
+    refusals: list[str] = []
+
+    def train(command: list[str]) -> int:
+        directory = Path(next(c for c in command if c.startswith("hydra.run.dir=")).split("=")[1])
+        if not refusals:  # a second command started while the first trains its first run
+            with pytest.raises(UserError) as refused:
+                run_ablation(compose_table4(f"out_dir={tmp_path}", "analysis=false"), "shapes")
+            refusals.append(str(refused.value))
+            # a table elsewhere is not held up
+            other = tmp_path / "other"
+            run_ablation(
+                compose_table4(f"out_dir={other}", "analysis=false", "only=[ssd_pm_a]"), "shapes"
+            )
+        make_done(directory)
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", train)
+    monkeypatch.setattr("dssd.table4.runner.collect", lambda *args: [])
+    monkeypatch.setattr("dssd.table4.runner.summarize", lambda *args: [])
+    run_ablation(compose_table4(f"out_dir={tmp_path}", "analysis=false"), "shapes")
+    assert refusals == [
+        f"another src/ablation.py is running the table in {tmp_path} (it holds "
+        f"{tmp_path / '.lock'}): wait for it to finish, or give this one another out_dir"
+    ]
+    assert (run_dir(tmp_path / "other", "ssd_pm_a", 0) / "checkpoints" / "last.ckpt").is_file()
+    # released: the next command runs, and finds every run done
+    monkeypatch.setattr(subprocess, "call", lambda command: pytest.fail(shlex.join(command)))
+    run_ablation(compose_table4(f"out_dir={tmp_path}", "analysis=false"), "shapes")
+
+
 def test_rows_are_table4_in_dependency_order() -> None:
     rows = table4_rows()
     assert [r.id for r in rows] == ROW_IDS

@@ -11,15 +11,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from dssd.analysis.analyser import Analyser, Options, find_run, write_analysis
-from dssd.errors import UserError
+from dssd.errors import UserError, writable_directory
 from dssd.results.runs import RESULTS_DIR
 from dssd.results.tables import comparisons_index, table4_markdown, write_table4
 from dssd.table4.rows import (
@@ -184,6 +186,24 @@ def run_step(step: Step, command: list[str], out_dir: Path) -> bool:
     return weights_digest(directory / "checkpoints" / "last.ckpt") != weights
 
 
+@contextmanager
+def table_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``<out_dir>/.lock`` while the runner plans, trains and tabulates: a second runner
+    on the same table would train its runs twice at once and tabulate half-written ones."""
+    lock = FileLock(writable_directory(out_dir, "out_dir") / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(
+            f"another src/ablation.py is running the table in {out_dir} (it holds {lock.lock_file})"
+            ": wait for it to finish, or give this one another out_dir"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     """Run the runs that need it, then write and print the table; returns the markdown path."""
     if not str(cfg.out_dir or "").strip():
@@ -201,50 +221,55 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
     Options(bootstrap_samples=num_samples, confidence=confidence)  # refused before any run
     train_overrides(cfg.train_args)  # refused before any run
-    steps = plan(rows, seeds, out_dir, cfg.force)
-    for step in [s for s in steps if s.action != "run"]:
-        command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
-        check_same_settings(step, command, run_dir(out_dir, step.row.id, step.seed))
-    width = max(len(s.row.id) for s in steps)
-    plan_text = "\n".join(
-        f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
-    )
-    log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, plan_text)
-    changed: set[tuple[str, int]] = set()  # (row id, seed) of the runs whose weights changed
-    for number, step in enumerate(steps, 1):
-        row, seed = step.row, step.seed
-        label = f"{row.id} seed {seed}"
-        directory = run_dir(out_dir, row.id, seed)
-        if step.reason.startswith(STARTS_FROM) and (row.init_from, seed) not in changed:
-            # its parent resumed and kept its final weights: the run stands as it is
-            step = own_step(row, seed, out_dir)
+    with table_lock(out_dir):
+        steps = plan(rows, seeds, out_dir, cfg.force)
+        for step in [s for s in steps if s.action != "run"]:
+            command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
+            check_same_settings(step, command, run_dir(out_dir, step.row.id, step.seed))
+        width = max(len(s.row.id) for s in steps)
+        plan_text = "\n".join(
+            f"  {s.row.id:<{width}}  seed {s.seed:<4} {s.action:<6}  {s.reason}" for s in steps
+        )
+        log.info("Table 4 (%s) in %s, seeds %s:\n%s", setting_name, out_dir, seeds, plan_text)
+        changed: set[tuple[str, int]] = set()  # (row id, seed) of the runs whose weights changed
+        for number, step in enumerate(steps, 1):
+            row, seed = step.row, step.seed
+            label = f"{row.id} seed {seed}"
+            directory = run_dir(out_dir, row.id, seed)
+            if step.reason.startswith(STARTS_FROM) and (row.init_from, seed) not in changed:
+                # its parent resumed and kept its final weights: the run stands as it is
+                step = own_step(row, seed, out_dir)
+                if step.action == "skip":
+                    log.info(
+                        "[%d/%d] %s skipped: %s's final weights are as they were",
+                        *(number, len(steps), label, row.init_from),
+                    )
+                if step.action != "run":
+                    command = train_command(
+                        step, cfg.ablation, out_dir, setting_name, cfg.train_args
+                    )
+                    check_same_settings(step, command, directory)
             if step.action == "skip":
-                log.info(
-                    "[%d/%d] %s skipped: %s's final weights are as they were",
-                    *(number, len(steps), label, row.init_from),
-                )
-            if step.action != "run":
-                command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
-                check_same_settings(step, command, directory)
-        if step.action == "skip":
-            continue
-        command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
-        log.info("[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command))
-        if run_step(step, command, out_dir):
-            changed.add((row.id, seed))
-    if len(rows) < len(all_rows):
-        rows = with_done_rows(all_rows, rows, seeds, out_dir, cfg, setting_name)
-    runs = collect(rows, seeds, out_dir)
-    records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
-    pooled = pooled_seed_spread(runs, confidence)
-    markdown = table4_markdown(records, setting_name, seeds, confidence, pooled)
-    paths = write_table4(markdown, records, runs, out_dir)
-    print(markdown)
-    log.info("Table written to %s", ", ".join(map(str, paths)))
-    if cfg.get("analysis", True):
-        index = write_comparisons(rows, seeds, out_dir, num_samples, confidence)
-        log.info("Each row against the row it ablates: %s", index)
-    return paths[0]
+                continue
+            command = train_command(step, cfg.ablation, out_dir, setting_name, cfg.train_args)
+            log.info(
+                "[%d/%d] %s (%s): %s", number, len(steps), label, row.name, shlex.join(command)
+            )
+            if run_step(step, command, out_dir):
+                changed.add((row.id, seed))
+        if len(rows) < len(all_rows):
+            rows = with_done_rows(all_rows, rows, seeds, out_dir, cfg, setting_name)
+        runs = collect(rows, seeds, out_dir)
+        records = summarize(rows, seeds, runs, out_dir, num_samples, confidence)
+        pooled = pooled_seed_spread(runs, confidence)
+        markdown = table4_markdown(records, setting_name, seeds, confidence, pooled)
+        paths = write_table4(markdown, records, runs, out_dir)
+        print(markdown)
+        log.info("Table written to %s", ", ".join(map(str, paths)))
+        if cfg.get("analysis", True):
+            index = write_comparisons(rows, seeds, out_dir, num_samples, confidence)
+            log.info("Each row against the row it ablates: %s", index)
+        return paths[0]
 
 
 def with_done_rows(
