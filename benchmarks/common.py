@@ -3,6 +3,7 @@ one timing loop (several runs in turn) and the record of what the figures were m
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -27,6 +28,16 @@ CONF = ROOT / "conf"
 def model_names() -> list[str]:
     """The model configs: ``conf/model/<name>.yaml``."""
     return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def model_spec(spec: str) -> str:
+    """A ``--models`` entry: a model config's name, optionally ``:`` and comma-separated overrides
+    of that model's own (``dssd_r18:neck=fpn,pm=c``), checked."""
+    name = spec.split(":", 1)[0]
+    if name not in model_names():
+        hint = " (give a model's overrides after a colon: ssd321:pm=c)" if " " in name else ""
+        raise argparse.ArgumentTypeError(f"no model config {name!r} in conf/model/{hint}")
+    return spec
 
 
 def compose_config(

@@ -28,15 +28,23 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from benchmarks.common import compose_config, environment, median, time_in_turn
+from benchmarks.common import (
+    compose_config,
+    environment,
+    median,
+    model_names,
+    model_spec,
+    time_in_turn,
+)
 from dssd.deployment.detector import Detector
 from dssd.deployment.export import FORMATS, ExportableDetector, ExportedModel, export_module
 from dssd.errors import user_errors
 from dssd.models import fold_batchnorm
 from dssd.ops import PostProcessor
 from dssd.tools import HelpFormatter, at_least, check_outputs
+from dssd.tools.network_table import spec_overrides
 
-# the paper's Table 7 model; more with e.g. --models "ssd321 pm=c" dssd321 (SSD321 with
+# the paper's Table 7 model; more with e.g. --models ssd321:pm=c dssd321 (SSD321 with
 # prediction module (c), as in benchmarks.speed)
 DEFAULT_MODELS = ("dssd321",)
 RUNTIMES = ("eager", "onnxruntime", "torchscript")
@@ -52,8 +60,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--models",
         nargs="+",
         default=list(DEFAULT_MODELS),
-        help="model configs, each optionally followed by overrides in one quoted argument "
-        "(e.g. 'ssd321 pm=c'); ignored with --ckpt",
+        type=model_spec,
+        metavar="NAME[:OVERRIDES]",
+        help="model configs, each optionally with comma-separated overrides of its own, e.g. "
+        "ssd321:pm=c (one of: " + ", ".join(model_names()) + "); ignored with --ckpt",
     )
     parser.add_argument("--ckpt", help="a checkpoint of src/train.py instead of --models")
     parser.add_argument(
@@ -74,9 +84,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def untrained(spec: str) -> tuple[str, nn.Module, PostProcessor, int]:
-    """A model config ``"<name> [override ...]"``, untrained, with VOC's classes."""
-    name, *overrides = spec.split()
-    cfg = compose_config(name, overrides=["data=voc0712", *overrides])
+    """A ``--models`` entry (``ssd321:pm=c``), untrained, with VOC's classes."""
+    name = spec.partition(":")[0]
+    cfg = compose_config(name, overrides=["data=voc0712", *spec_overrides(spec)[1:]])
     net = instantiate(cfg.model.net)
     return spec, net, instantiate(cfg.model.postprocess), int(cfg.model.net.image_size)
 

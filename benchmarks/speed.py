@@ -60,6 +60,7 @@ from benchmarks.common import (
     environment,
     median,
     model_names,
+    model_spec,
     random_targets,
     synchronizer,
     time_in_turn,
@@ -384,15 +385,6 @@ def time_training(
     ((times,),) = time_in_turn([[functools.partial(step, x, targets)]], max(iters, 1), warmup, sync)
     net.eval()
     return median(times)
-
-
-def model_spec(spec: str) -> str:
-    """``--models`` entry: a model config's name, optionally ``:`` and comma-separated overrides
-    of that model's own (``dssd_r18:neck=fpn``), checked."""
-    name = spec.split(":", 1)[0]
-    if name not in model_names():
-        raise argparse.ArgumentTypeError(f"no model config {name!r} in conf/model/")
-    return spec
 
 
 def model_config(spec: str, image_size: int | None, overrides: Sequence[str]) -> DictConfig:

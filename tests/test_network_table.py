@@ -64,3 +64,19 @@ def test_default_networks_compose() -> None:
     for spec in network_table.DEFAULT_NETWORKS:
         cfg = compose_train(network_table.spec_overrides(spec))
         assert Path(cfg.model.net._target_.replace(".", "/")).name == "SSD"
+
+
+def test_an_entry_s_overrides_split_at_commas_outside_brackets_and_quotes() -> None:
+    """``benchmarks.speed`` and ``benchmarks.export`` read ``--models`` entries with it: a list
+    or a quoted value keeps its commas."""
+    spec = "ssd_r18:model.net.aspect_ratios=[2.0,3.0],pm=c,+model.note='a, b'"
+    overrides = network_table.spec_overrides(spec)
+    assert overrides == [
+        "model=ssd_r18",
+        "model.net.aspect_ratios=[2.0,3.0]",
+        "pm=c",
+        "+model.note='a, b'",
+    ]
+    cfg = compose_train(overrides)
+    assert list(cfg.model.net.aspect_ratios) == [2.0, 3.0] and cfg.model.note == "a, b"
+    assert network_table.spec_overrides("dssd321") == ["model=dssd321"]

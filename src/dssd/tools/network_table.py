@@ -48,9 +48,25 @@ DEFAULT_NETWORKS = (
 
 def spec_overrides(spec: str) -> list[str]:
     """``dssd321:neck=fpn,backbone=resnet50`` -> ``["model=dssd321", "neck=fpn",
-    "backbone=resnet50"]``."""
+    "backbone=resnet50"]``; a comma inside brackets, braces or quotes belongs to its value
+    (``ssd_r18:model.net.prediction_module.kernel_sizes=[1,3],pm=c``)."""
     name, _, own = spec.partition(":")
-    return [f"model={name}", *(o for o in own.split(",") if o)]
+    overrides, current, depth, quote = [], "", 0, ""
+    for char in own:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            overrides.append(current)
+            current = ""
+            continue
+        current += char
+    return [f"model={name}", *(o for o in [*overrides, current] if o)]
 
 
 def backbone_name(backbone: Any) -> str:
