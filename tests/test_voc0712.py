@@ -273,12 +273,9 @@ def test_fitting_stops_before_training_at_a_test_image_it_could_not_score(devkit
     dm = VOCDataModule(
         str(devkit),
         CLASSES,
-        image_size=32,
-        batch_size=2,
-        num_workers=0,
         train_sets=[{"root": "VOC2012", "split": "train"}],
-        val_sets=[{"root": "VOC2012", "split": "val"}],
         test_sets=[{"root": "VOC2007", "split": "test"}],
+        val_holdout=1,
     )
     with pytest.raises(UserError, match="c.jpg decodes to 30x40.*an evaluation set stops at it"):
         dm.setup("fit")
