@@ -26,7 +26,7 @@ from conftest import ROOT, run_entry_point, tiny_overrides, tiny_run
 from dssd import errors
 from dssd.data.shapes import CLASSES as SHAPES_CLASSES
 from dssd.tasks.common import build_trainer
-from dssd.tasks.entry import run_task
+from dssd.tasks.entry import check_command_line, run_task
 
 
 def logged_metrics(run_dir: Path) -> dict[str, float]:
@@ -611,6 +611,17 @@ def test_an_online_wandb_run_without_a_login_is_named_before_any_work(
     assert not (tmp_path / "eval" / "test_results.json").exists()
 
 
+def test_settings_added_under_a_setting_the_script_has_pass() -> None:
+    """``+`` under a setting of the script's config, or of a config group it composes, adds a key
+    that code reads (``eval.py +data.root=...``)."""
+    for script, given in [
+        ("eval.py", ["+data.root=/data", "+trainer.num_nodes=2"]),
+        ("train.py", ["+model.net.extra=1", "+hydra/launcher=basic", "+experiment=shapes"]),
+        ("ablation.py", ["+trainer.max_steps=5"]),  # which src/ablation.py names itself
+    ]:
+        check_command_line(ROOT / "conf", given, script)
+
+
 @pytest.mark.parametrize(
     ("script", "given", "error"),
     [
@@ -683,6 +694,8 @@ def test_eval_says_when_the_test_files_are_files_the_run_has_seen(
         ("train.py", "+optimizer=None", "choose one of ['adamw', 'sgd']"),
         ("export.py", "+opset=17", "export.py has no setting opset, and '+' adds one that"),
         ("eval.py", "++fp16=true", "eval.py has no setting fp16"),
+        ("predict.py", "+postprocess.max_detections=5", "predict.py has no setting postprocess"),
+        ("export.py", "+model.postprocess.score_threshold=0.5", "export.py has no setting model"),
     ],
 )
 def test_a_config_group_set_to_null_or_an_added_setting_is_named(

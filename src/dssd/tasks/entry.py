@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -32,16 +33,25 @@ def prepare(script: str) -> None:
 def check_command_line(conf: Path, overrides: list[str], script: str) -> None:
     """Refuse, before Hydra reads them, two overrides it would take badly: ``<group>=null`` for a
     config group of ``conf``, which its command line cannot take (its traceback ends in "Config
-    group override must be a string or a list"), naming the group's choices; and a top-level
-    setting added with ``+`` (``+opset=17``), which no code of ``script`` reads, so that it would
-    go unheeded without a word."""
+    group override must be a string or a list"), naming the group's choices; and a setting
+    added with ``+`` that no code of ``script`` reads, so that it would go unheeded without a
+    word: at the top level (``+opset=17``) or under a setting the script's config lacks
+    (``+model.postprocess.score_threshold=0.5`` in ``predict.py``, which takes the model from
+    its checkpoint)."""
+    settings = primary_settings(conf / f"{Path(script).stem}.yaml")
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         group = conf / key
-        top_level = "=" in override and not re.search(r"[./]", key)
-        if override.startswith("+") and top_level and not group.is_dir():
+        first = re.split(r"[./]", key)[0]
+        added = override.startswith("+") and "=" in override
+        # a new key of its own (not a config group), or one under a setting the script lacks
+        if first != key:
+            lacks = settings is not None and first not in settings
+        else:
+            lacks = not group.is_dir()
+        if added and lacks:
             raise UserError(
-                f"{override}: {script} has no setting {key}, and '+' adds one that nothing "
+                f"{override}: {script} has no setting {first}, and '+' adds one that nothing "
                 f"reads; `python src/{script} --help` lists its settings"
             )
         if value.lower() not in ("null", "none") or not group.is_dir():
@@ -51,6 +61,22 @@ def check_command_line(conf: Path, overrides: list[str], script: str) -> None:
             continue
         instead = f"{key}=none" if "none" in choices else f"one of {choices}"
         raise UserError(f"{override}: {key} is a config group of conf/; choose {instead}")
+
+
+def primary_settings(path: Path) -> set[str] | None:
+    """The top-level settings of a script's primary config: its keys and the config groups of
+    its defaults list, and ``hydra``. Where the script's config has another name than the script
+    (``ablation.py`` reads ``table4.yaml``, and checks what it is given itself), None."""
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(config, dict):
+        return None
+    groups = {
+        name.split()[-1].split("/")[0].split("@")[0]
+        for entry in config.get("defaults", [])
+        if isinstance(entry, dict)
+        for name in entry
+    }
+    return {"hydra", *config, *groups} - {"defaults"}
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
