@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
-from dssd.data.voc import VOCAnnotationError, VOCDataset, parse_voc_xml
+from dssd.data.voc import VOCAnnotationError, VOCDataset, parse_voc_xml, read_image
 
 CLASSES = ("cat", "dog")
 CLASS_TO_INDEX = {"cat": 1, "dog": 2}
@@ -157,6 +163,41 @@ def test_broken_annotation_fails_at_construction(tmp_path: Path) -> None:
     root = write_voc(tmp_path, {"a": voc_xml(), "b": "<annotation>"})
     with pytest.raises(VOCAnnotationError, match="b.xml"):
         VOCDataset(root, "trainval", CLASSES)
+
+
+def test_images_opencv_refuses_or_that_are_no_regular_file_are_named(tmp_path: Path) -> None:
+    """A header announcing 40000 x 40000 pixels, which OpenCV's decoder refuses with an exception
+    of its own (it crashed predict.py), and a named pipe, whose reading would wait for a writer,
+    are OSErrors naming the file, as an undecodable file is."""
+    huge = tmp_path / "huge.png"  # 8-bit grey, its first rows' data, then the end
+    header = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
+    chunks = [(b"IHDR", header), (b"IDAT", zlib.compress(bytes(100))), (b"IEND", b"")]
+    huge.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + b"".join(
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+            for kind, data in chunks
+        )
+    )
+    with pytest.raises(OSError, match="huge.png: its header announces more pixels than OpenCV"):
+        read_image(huge)
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    raised: list[BaseException] = []
+    reader = threading.Thread(target=lambda: raised.extend(catch(read_image, pipe)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "reading a named pipe waits for a writer"
+    assert [str(e) for e in raised] == [f"cannot read image {pipe}: not a regular file"]
+
+
+def catch(function: Callable[..., Any], *args: Any) -> list[BaseException]:
+    """The exception ``function(*args)`` raises, as a list of one (empty if none)."""
+    try:
+        function(*args)
+    except Exception as err:
+        return [err]
+    return []
 
 
 def test_undecodable_image_names_the_file(tmp_path: Path) -> None:

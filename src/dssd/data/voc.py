@@ -198,13 +198,24 @@ def read_image(path: Path) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 RGB array; OSError if it cannot be read or decoded.
     Decoding from memory also refuses a JPEG whose end is missing, which ``cv2.imread`` would
     return with its missing rows grey and only a line on stderr."""
+    if path.exists() and not path.is_file():  # reading a named pipe would wait for a writer
+        raise OSError(f"cannot read image {path}: not a regular file")
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as err:
         raise OSError(f"cannot read image {path}: {err.strerror or err}") from None
     if data.size == 0:  # which OpenCV's decoder refuses with an assertion, not None
         raise OSError(f"cannot decode image {path}: the file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as err:  # e.g. a header announcing more pixels than OpenCV decodes
+        reason = f"OpenCV refuses it ({err.err})"
+        if "MAX_IMAGE_PIXELS" in err.err:
+            reason = (
+                "its header announces more pixels than OpenCV decodes (damaged, or a real "
+                "image that the environment variable OPENCV_IO_MAX_IMAGE_PIXELS lets through)"
+            )
+        raise OSError(f"cannot decode image {path}: {reason}") from None
     if image is None:
         raise OSError(f"cannot decode image {path}: not an image file, or its end is missing")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

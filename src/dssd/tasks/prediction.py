@@ -124,8 +124,8 @@ def read_frames(
         video = is_video(path)
         try:
             yield from read_video(path, name) if video else [Frame(name, read_image(path))]
-        except OSError:
-            summary.skip(name, f"not a readable {'video' if video else 'image'}")
+        except OSError as err:
+            summary.skip(name, "not a readable video" if video else f"not a readable image ({err})")
             progress.update(1)
 
 
