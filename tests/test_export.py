@@ -275,6 +275,24 @@ def test_export_refuses_settings_and_outputs_it_cannot_use(
     assert named_pt.read_bytes() == tiny_checkpoint.read_bytes()
 
 
+def test_the_default_output_is_beside_the_path_given_not_where_a_link_leads(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A link to another run's checkpoint exports beside the link: the file beside its target,
+    that run's own export, is left as it was."""
+    real = tmp_path / "run" / "last.ckpt"
+    real.parent.mkdir()
+    shutil.copy(tiny_checkpoint, real)
+    (tmp_path / "run" / "last.pt").write_text("that run's export")
+    link = tmp_path / "mine" / "model.ckpt"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    cfg = {"ckpt_path": str(link), "format": "torchscript", "output": None}
+    assert export_checkpoint(OmegaConf.merge(EXPORT_DEFAULTS, cfg)) == link.with_suffix(".pt")
+    assert (tmp_path / "run" / "last.pt").read_text() == "that run's export"
+    assert ExportedModel(link.with_suffix(".pt")).metadata["checkpoint"] == str(real)
+
+
 def test_a_run_trained_in_bf16_exports_and_passes_the_check(
     tiny_bf16_checkpoint: Path, test_images: list, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -39,7 +39,8 @@ def export_checkpoint(cfg: DictConfig) -> Path:
     detector = Detector.from_checkpoint(cfg.ckpt_path, "cpu", fold_bn=True, precision="32-true")
     checkpoint = Path(cfg.ckpt_path).resolve()
     suffix = FORMATS[cfg.format]
-    output = Path(cfg.output) if cfg.output else checkpoint.with_suffix(suffix)
+    # beside the path given, not the file a link leads to (whose exported file it would replace)
+    output = Path(cfg.output) if cfg.output else Path(cfg.ckpt_path).with_suffix(suffix)
     if output.suffix != suffix:  # eval.py model_file= and ExportedModel tell formats by suffix
         raise UserError(f"output={output}: {cfg.format} files end in {suffix}")
     if output.resolve() == checkpoint:
