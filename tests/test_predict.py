@@ -218,6 +218,28 @@ def test_a_video(
         assert_entries_are(found["clip.avi", index], detections)
 
 
+def test_a_video_whose_drawn_copy_cannot_be_written(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenCV's MPEG-4 writer refuses frames one pixel wide: the frames are still detected on,
+    and the drawn copy, which was listed in the summary without being written, is said to be
+    missing instead."""
+    video = tmp_path / "thin.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (1, 40))
+    for value in (0, 255):
+        writer.write(np.full((40, 1, 3), value, np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        record = predict(
+            config(f"ckpt_path={tiny_checkpoint}", f"input={video}", f"output_dir={out}")
+        )
+    assert record["images"] == 2 and record["outputs"] == {} and record["skipped"] == []
+    assert "cannot write the drawn video" in caplog.text and "refuses 1x40 frames" in caplog.text
+    assert not list(out.glob("thin*"))
+    assert json.loads((out / "summary.json").read_text())["outputs"] == {}
+
+
 def test_bad_inputs(
     folder: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -152,7 +152,8 @@ class Outputs:
         self.directory = directory
         self.summary = summary
         self.taken: set[str] = set()  # output names so far
-        self.video: tuple[str, cv2.VideoWriter] | None = None
+        # the video being written, its writer None where OpenCV cannot write its frames
+        self.video: tuple[str, cv2.VideoWriter | None] | None = None
 
     def path(self, name: str, video: bool) -> Path:
         """The output path of input ``name``, ``.mp4`` or ``.png`` added unless it ends so; a
@@ -179,13 +180,22 @@ class Outputs:
             path = self.path(frame.name, video=True)
             size = (drawn.shape[1], drawn.shape[0])  # width, height
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), frame.fps, size)
+            if not writer.isOpened():  # its detections are kept; only the drawn copy is not
+                log.warning(
+                    "cannot write the drawn video %s: OpenCV's MPEG-4 writer refuses %dx%d "
+                    "frames (its detections are in detections.json)",
+                    *(path, *size),
+                )
+                del self.summary.outputs[frame.name]
+                writer = None
             self.video = (frame.name, writer)
-        self.video[1].write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        if self.video[1] is not None:
+            self.video[1].write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
     def close(self) -> None:
-        if self.video is not None:
+        if self.video is not None and self.video[1] is not None:
             self.video[1].release()
-            self.video = None
+        self.video = None
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
