@@ -163,6 +163,9 @@ def test_exported_file_carries_its_metadata(
 def test_exported_model_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such file"):
         ExportedModel(tmp_path / "missing.onnx")
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(UserError, match="folder.onnx is a directory: give an exported file"):
+        ExportedModel(tmp_path / "folder.onnx")
     text = tmp_path / "notes.onnx"
     text.write_text("not a model")
     with pytest.raises(UserError, match="not a readable ONNX model"):
@@ -255,14 +258,16 @@ def test_export_refuses_settings_and_outputs_it_cannot_use(
             with pytest.raises(UserError, match=f"{name}={bad}: choose a gap in .* >= 0"):
                 export_checkpoint(OmegaConf.merge(cfg, {name: bad}))
     (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "meta.onnx.json").mkdir()  # where its metadata goes
     for output, problem in (
         (tmp_path / "model", "onnx files end in .onnx"),
         (tmp_path / "model.pt", "onnx files end in .onnx"),
         (tmp_path / "folder.onnx", "is a directory"),
+        (tmp_path / "meta.onnx", ".json is a directory"),
     ):
         with pytest.raises(UserError, match=f"output={output}.*{problem}"):
             export_checkpoint(OmegaConf.merge(cfg, {"output": str(output)}))
-    assert not any(tmp_path.glob("model*"))
+    assert not any(tmp_path.glob("model*")) and not (tmp_path / "meta.onnx").exists()
     # a checkpoint named like an export: written over by default, so refused
     named_pt = tmp_path / "weights.pt"
     shutil.copy(tiny_checkpoint, named_pt)

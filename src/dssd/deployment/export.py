@@ -152,6 +152,8 @@ class ExportedModel:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"model_file={path} is a directory: give an exported file in it")
         if not self.path.is_file():
             raise UserError(f"model_file={path}: no such file (write one with src/export.py)")
         formats = {suffix: fmt for fmt, suffix in FORMATS.items()}

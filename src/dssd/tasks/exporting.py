@@ -49,6 +49,7 @@ def export_checkpoint(cfg: DictConfig) -> Path:
             "another output=..."
         )
     writable_file(output, "output")
+    writable_file(f"{output}.json", "output")  # the file's metadata beside it
     log.info("Exporting %s as %s to %s", checkpoint, cfg.format, output)
     export_detector(detector, cfg.format, output, checkpoint=checkpoint)
     tolerance = Tolerance(box_px=cfg.tolerance_px, score=cfg.tolerance_score)
