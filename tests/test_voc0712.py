@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from torch._utils import ExceptionWrapper
 
-from dssd.data.datamodule import VOCDataModule
+from dssd.data.datamodule import VOCDataModule, holdout_indices
 from dssd.data.transforms import DetectionTransform
 from dssd.data.voc import VOCAnnotationError, VOCDataset, read_image
 from dssd.errors import DatasetNotFoundError, UserError, user_errors
@@ -279,6 +279,55 @@ def test_fitting_stops_before_training_at_a_test_image_it_could_not_score(devkit
     )
     with pytest.raises(UserError, match="c.jpg decodes to 30x40.*an evaluation set stops at it"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_held_out_image_of_another_size_is_met_when_the_split_is_made(
+    devkit: Path, strict: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A validation held out of the training files would stop at it after the first stretch of
+    training: it is refused when the split is made (strict), or left out and counted, as
+    training passes over it."""
+    cv2.imwrite(str(devkit / "VOC2012" / "JPEGImages" / "d.jpg"), np.zeros((40, 30, 3), np.uint8))
+    seed = next(s for s in range(100) if 0 in holdout_indices(3, 2, s)["val"])  # d held out
+    dm = VOCDataModule(
+        str(devkit),
+        CLASSES,
+        train_sets=[{"root": "VOC2012", "split": "trainval"}],
+        test_sets=[{"root": "VOC2007", "split": "test"}],
+        val_holdout=2,
+        val_holdout_seed=seed,
+        strict=strict,
+    )
+    if strict:
+        with pytest.raises(UserError, match="d.jpg decodes to 30x40.*data.strict=false skips it"):
+            dm.setup("fit")
+        return
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert "leaving an image out of the held-out validation images: image" in caplog.text
+    assert len(dm.datasets["val"]) == 1 and len(dm.datasets["train"]) == 1
+    assert dm.datasets["val"].skips["unreadable_images"] == 1
+    assert dm.datasets["val"].first_skips["unreadable_images"].endswith("d.jpg")
+
+
+def test_a_fit_without_a_test_builds_no_test_set(devkit: Path) -> None:
+    """train.py test=false sets ``fit_roles`` without the test: data=voc07++12 trains on VOC2007
+    test, which a fit that tests refuses."""
+    sets = {
+        "train_sets": [
+            {"root": "VOC2007", "split": "trainval"},
+            {"root": "VOC2007", "split": "test"},
+        ],
+        "test_sets": [{"root": "VOC2007", "split": "test"}],
+        "val_holdout": 1,
+    }
+    with pytest.raises(UserError, match="of the (train|val) images are test images too"):
+        VOCDataModule(str(devkit), CLASSES, **sets).setup("fit")
+    dm = VOCDataModule(str(devkit), CLASSES, **sets)
+    dm.fit_roles = ("train", "val")
+    dm.setup("fit")
+    assert sorted(dm.datasets) == ["train", "val"]
 
 
 def test_a_truncated_jpeg_is_named_or_skipped(

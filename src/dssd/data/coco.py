@@ -182,7 +182,7 @@ class COCODataset(DetectionImages):
         for entry, (image_id, path, size) in compress(zip(entries, images, strict=True), present):
             self.ids.append(image_id)
             self.image_paths.append(path)
-            with self._noting_skips(f"{self.annotation_file}, image {image_id}"):
+            with self.noting_skips(f"{self.annotation_file}, image {image_id}"):
                 ann = self._objects(coco.imgToAnns[entry["id"]], image_id)
                 self.annotations.append(sanitize({**ann, **size}, self.skips))
         if not train:

@@ -28,7 +28,7 @@ from dssd.data.transforms import (
     check_augment,
     seed_worker,
 )
-from dssd.data.voc import DetectionImages, VOCDataset, describe_skips, repaired
+from dssd.data.voc import DetectionImages, VOCDataset, check_header, describe_skips, repaired
 from dssd.errors import DatasetNotFoundError, UserError
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,27 @@ class HeldOut(Subset):
     @property
     def first_skips(self) -> dict[str, str]:
         return self.dataset.first_skips
+
+
+def _with_usable_headers(files: Dataset, indices: list[int]) -> list[int]:
+    """``indices`` of the training ``files`` less the images whose header does not match their
+    annotation (:func:`check_header`), which a validation would stop at: an error when
+    ``strict``, else left out and counted as ``unreadable_images``, as training passes them over."""
+    items = dataset_items(files)
+    kept = []
+    for index in indices:
+        reader, i = items[index]
+        try:
+            check_header(reader.image_paths[i], reader.annotations[i])
+        except OSError as err:
+            if reader.strict:
+                raise reader.unusable(err) from None
+            with reader.noting_skips(reader.image_paths[i]):
+                reader.skips["unreadable_images"] += 1
+            log.warning("leaving an image out of the held-out validation images: %s", err)
+            continue
+        kept.append(index)
+    return kept
 
 
 def holdout_indices(size: int, count: int, seed: int) -> dict[str, list[int]]:
@@ -194,6 +215,9 @@ class DetectionDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.strict = strict
         self.datasets: dict[str, Dataset] = {}
+        # the roles setup("fit") builds: the test set too, to check that no test image is trained
+        # or validated on; a fit that will not test (train.py test=false) leaves it out
+        self.fit_roles: tuple[str, ...] = ROLES
         self._training_files: Dataset | None = None  # parsed once for train and val_holdout
         # The devkit AP: 11-point (VOC2007 test), all-point (VOC2010+) or None (COCO metrics only)
         self.use_07_metric: bool | None = None
@@ -219,8 +243,9 @@ class DetectionDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        # fitting builds the test set too, to check that no test image is seen
-        needed = {"validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, ROLES)
+        needed = {"validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
+            stage, self.fit_roles
+        )
         added = [r for r in needed if r not in self.datasets]  # Lightning calls setup again
         for role in added:
             transform = build_transforms(
@@ -237,7 +262,8 @@ class DetectionDataModule(pl.LightningDataModule):
     def _role_dataset(self, role: str, transform: DetectionTransform) -> Dataset:
         """The dataset of a role; with ``val_holdout``, train and val are parts of the training
         files, parsed once (by the training files' rules: not ``strict``, the held-out images
-        have their bad objects passed over too)."""
+        have their bad objects passed over too, and those whose header does not match their
+        annotation are left out when the split is made, not met at the first validation)."""
         if role == "test" or not self.val_holdout:
             return self._dataset(role, role == "train", transform)
         if self._training_files is None:
@@ -248,9 +274,10 @@ class DetectionDataModule(pl.LightningDataModule):
                 f"data.val_holdout={self.val_holdout} leaves no training images: the training "
                 f"data has {len(base)}"
             )
-        return HeldOut(
-            base, holdout_indices(len(base), self.val_holdout, self.val_holdout_seed)[role]
-        )
+        indices = holdout_indices(len(base), self.val_holdout, self.val_holdout_seed)[role]
+        if role == "val":
+            indices = _with_usable_headers(self._training_files, indices)
+        return HeldOut(base, indices)
 
     def _check_roles_disjoint(self) -> None:
         """Refuse training or validation images that are test images too, and validation images

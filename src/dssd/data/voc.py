@@ -194,10 +194,11 @@ class ImageError(UserError, OSError):
     """An image that cannot be used, where it cannot be passed over; the message says why."""
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 RGB array; OSError if it cannot be read or decoded.
     Decoding from memory also refuses a JPEG whose end is missing, which ``cv2.imread`` would
     return with its missing rows grey and only a line on stderr."""
+    path = Path(path)
     if path.exists() and not path.is_file():  # reading a named pipe would wait for a writer
         raise OSError(f"cannot read image {path}: not a regular file")
     try:
@@ -246,12 +247,19 @@ def check_header(path: Path, annotation: Mapping[str, Any]) -> None:
 
 def _check_width_height(width: int, height: int, annotation: Mapping[str, Any], path: Path) -> None:
     expected = annotation.get("width"), annotation.get("height")
-    if expected != (None, None) and expected != (width, height):
-        raise OSError(
-            f"image {path} decodes to {width}x{height}, but its annotation gives "
-            f"{expected[0]}x{expected[1]} (an EXIF orientation tag, which the decoder applies, "
-            "turns a photo): correct the annotation's size, or store the image upright"
+    if expected == (None, None) or expected == (width, height):
+        return
+    if expected == (height, width):
+        why = (
+            " (an EXIF orientation tag, which the decoder applies, turns a photo): correct the "
+            "annotation's size, or store the image upright"
         )
+    else:
+        why = ": the image is not the one annotated, or was resized after; correct either"
+    raise OSError(
+        f"image {path} decodes to {width}x{height}, but its annotation gives "
+        f"{expected[0]}x{expected[1]}{why}"
+    )
 
 
 # why an evaluation set refuses to pass over a bad image or object whatever ``strict`` says
@@ -293,7 +301,7 @@ class DetectionImages(Dataset):
         return annotation
 
     @contextmanager
-    def _noting_skips(self, where: object) -> Iterator[None]:
+    def noting_skips(self, where: object) -> Iterator[None]:
         """Record ``where`` as the first case of each kind of skip or repair that reading it,
         inside the block, counts."""
         before = Counter(self.skips)
@@ -319,7 +327,7 @@ class DetectionImages(Dataset):
                 check_size(image, self.annotations[i], self.image_paths[i])
             except OSError as err:
                 if self.strict or not self.train:
-                    raise self._unusable(err) from None
+                    raise self.unusable(err) from None
                 self.skips["unreadable_images"] += 1
                 log.warning("skipping image: %s", err)
                 continue
@@ -329,7 +337,7 @@ class DetectionImages(Dataset):
             return (image, target) if self.transform is None else self.transform(image, target)
         raise OSError(f"none of the {len(self)} images of the dataset can be read or decoded")
 
-    def _unusable(self, err: OSError, more: str = "") -> ImageError:
+    def unusable(self, err: OSError, more: str = "") -> ImageError:
         """The error for an image that cannot be decoded or is not its annotation's size
         (``err``), where it cannot be passed over; ``more`` adds how many others are. In an
         evaluation set the error says so, whatever ``strict`` says."""
@@ -351,7 +359,7 @@ class DetectionImages(Dataset):
                 bad.append(err)
         if bad:
             more = f" (and {len(bad) - 1} more of its {len(self)} images)" if len(bad) > 1 else ""
-            raise self._unusable(bad[0], more)
+            raise self.unusable(bad[0], more)
 
     def _check_images(self, image_paths: Sequence[Path], listed_in: Path) -> list[bool]:
         """Which of the images listed in ``listed_in`` have a file (one stat each, so that a
@@ -411,7 +419,7 @@ class VOCDataset(DetectionImages):
         present = self._check_images(image_paths, split_file)
         for image_id, image_path in compress(zip(image_ids, image_paths, strict=True), present):
             xml = self.root / "Annotations" / f"{image_id}.xml"
-            with self._noting_skips(xml):
+            with self.noting_skips(xml):
                 try:
                     skips = self.skips if self.skips_bad else None
                     ann = parse_voc_xml(xml, class_to_index, skips, strict)

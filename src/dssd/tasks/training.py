@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dssd.config import training_stage
-from dssd.data.datamodule import check_shardable
+from dssd.data.datamodule import DetectionDataModule, check_shardable
 from dssd.deployment.detector import PRECISIONS
 from dssd.deployment.inference import differing_tensors, load_checkpoint
 from dssd.errors import BOOLEAN, UserError, check_settings, number, whole
@@ -332,6 +332,10 @@ def train(cfg: DictConfig) -> float | None:
     run_config = OmegaConf.to_container(cfg, resolve=True)
 
     datamodule = instantiate(cfg.data)
+    if not cfg.get("test", True) and isinstance(datamodule, DetectionDataModule):
+        # no test figure: the test files need not exist, nor be kept apart from training
+        # (data=voc07++12 trains on VOC2007 test)
+        datamodule.fit_roles = ("train", "val")
     # run_config goes in after Hydra built the parts: through instantiate, its own nested
     # ``_target_`` entries would be instantiated too
     model: DetectionModule = instantiate(cfg.model, _partial_=True)(run_config=run_config)
