@@ -311,6 +311,25 @@ def test_a_held_out_image_of_another_size_is_met_when_the_split_is_made(
     assert dm.datasets["val"].first_skips["unreadable_images"].endswith("d.jpg")
 
 
+def test_a_test_image_reached_through_a_link_is_still_a_test_image(
+    devkit: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(devkit)
+    dm = VOCDataModule(
+        str(devkit),
+        CLASSES,
+        train_sets=[
+            {"root": "VOC2007", "split": "trainval"},
+            {"root": str(link / "VOC2007"), "split": "test"},
+        ],
+        test_sets=[{"root": "VOC2007", "split": "test"}],
+        val_holdout=1,
+    )
+    with pytest.raises(UserError, match="of the (train|val) images are test images too"):
+        dm.setup("fit")
+
+
 def test_a_fit_without_a_test_builds_no_test_set(devkit: Path) -> None:
     """train.py test=false sets ``fit_roles`` without the test: data=voc07++12 trains on VOC2007
     test, which a fit that tests refuses."""
@@ -356,6 +375,15 @@ def test_a_truncated_jpeg_is_named_or_skipped(
     with caplog.at_level(logging.WARNING):
         assert dataset[0][1]["image_id"] == "b"
     assert +dataset.skips == {"unreadable_images": 1} and "its end is missing" in caplog.text
+
+
+def test_a_per_class_split_file_is_named_not_read_as_ids(tmp_path: Path) -> None:
+    """VOC's cat_trainval.txt lists every image with 1, 0 or -1: read as ids, every image had "no
+    file", and the error blamed the data."""
+    root = write_voc(tmp_path, {"a": voc_xml(voc_object("cat")), "b": voc_xml()})
+    (root / "ImageSets" / "Main" / "cat_trainval.txt").write_text("a  1\nb -1\n")
+    with pytest.raises(VOCAnnotationError, match=r"cat_trainval.txt: the line 'a  1' holds more"):
+        VOCDataset(root, "cat_trainval", CLASSES, strict=False, train=True)
 
 
 def test_split_files_listing_an_image_again_or_not_utf8(

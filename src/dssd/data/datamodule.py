@@ -122,8 +122,9 @@ def dataset_items(dataset: Dataset) -> list[tuple[DetectionImages, int]]:
 
 
 def image_files(dataset: Dataset) -> list[str]:
-    """The absolute image paths of a detection dataset, in item order."""
-    return [os.path.abspath(reader.image_paths[i]) for reader, i in dataset_items(dataset)]
+    """The image paths of a detection dataset, in item order, links resolved (a root given once
+    through a link and once not names the same files)."""
+    return [os.path.realpath(reader.image_paths[i]) for reader, i in dataset_items(dataset)]
 
 
 def _describe(role: str, dataset: Dataset) -> str:

@@ -447,6 +447,13 @@ class VOCDataset(DetectionImages):
         except UnicodeDecodeError as err:
             raise VOCAnnotationError(f"{split_file}: not UTF-8 text ({err})") from None
         listed = [line.strip() for line in lines if line.strip()]
+        more = next((line for line in listed if len(line.split()) > 1), None)
+        if more is not None:
+            raise VOCAnnotationError(
+                f"{split_file}: the line {more!r} holds more than an image id (a per-class file "
+                "such as cat_trainval.txt gives each image with 1, 0 or -1): give a split that "
+                "lists ids alone, such as trainval"
+            )
         image_ids = list(dict.fromkeys(listed))
         if len(image_ids) < len(listed):
             again = next(i for i, n in Counter(listed).items() if n > 1)
