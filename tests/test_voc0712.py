@@ -330,6 +330,35 @@ def test_a_test_image_reached_through_a_link_is_still_a_test_image(
         dm.setup("fit")
 
 
+def test_eval_says_when_the_test_images_are_part_of_a_split_the_run_trained_on(
+    devkit: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """VOC2012 val is a part of VOC2012 trainval: a run trained on trainval and tested on val has
+    seen its images though no split file is shared (voc0712's run tested with voc07++12)."""
+    from omegaconf import OmegaConf
+
+    from dssd.tasks.evaluation import warn_seen_test_files
+
+    trained = {
+        "_target_": "dssd.data.VOCDataModule",
+        "root": str(devkit),
+        "class_names": list(CLASSES),
+        "train_sets": [{"root": "VOC2012", "split": "trainval"}],
+        "val_holdout": 1,
+    }
+    for split, said in (
+        ("val", "1 of the 1 test images are images the checkpoint's run trained"),
+        ("test", None),
+    ):
+        root = "VOC2012" if split == "val" else "VOC2007"
+        tested = VOCDataModule(str(devkit), CLASSES, test_sets=[{"root": root, "split": split}])
+        tested.setup("test")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            warn_seen_test_files(tested, OmegaConf.create(trained))
+        assert (said in caplog.text) if said else "has seen" not in caplog.text, caplog.text
+
+
 def test_a_fit_without_a_test_builds_no_test_set(devkit: Path) -> None:
     """train.py test=false sets ``fit_roles`` without the test: data=voc07++12 trains on VOC2007
     test, which a fit that tests refuses."""

@@ -243,6 +243,11 @@ class DetectionDataModule(pl.LightningDataModule):
         or annotation files), resolved, which tell two configs' roles apart unread."""
         raise NotImplementedError
 
+    def listed_images(self, files: str) -> set[str] | None:
+        """The image paths (links resolved) the ``files`` role's listing files name, read without
+        the annotations; None where the listing is the annotation file itself (COCO)."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         needed = {"validate": ("val",), "test": ("test",), "predict": ("test",)}.get(
             stage, self.fit_roles
@@ -388,6 +393,15 @@ class VOCDataModule(DetectionDataModule):
             (Path(self.root) / s["root"] / "ImageSets" / "Main" / f"{s['split']}.txt").resolve()
             for s in sets
         ]
+
+    def listed_images(self, files: str) -> set[str]:
+        images = set()
+        for split_file in self.listing_files(files):
+            text = split_file.read_text(encoding="utf-8-sig")
+            folder = split_file.parents[2] / "JPEGImages"
+            ids = {line.strip() for line in text.splitlines() if line.strip()}
+            images |= {os.path.realpath(folder / f"{image_id}.jpg") for image_id in ids}
+        return images
 
     def _dataset(self, files: str, train: bool, transform: DetectionTransform) -> Dataset:
         sets = self.sets[files]

@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dssd.data.datamodule import image_files
 from dssd.deployment.export import ExportedModel
 from dssd.deployment.inference import load_checkpoint, restore_detector
 from dssd.errors import BOOLEAN, UserError, check_settings
@@ -112,8 +113,11 @@ def follow_wandb_project(cfg: DictConfig, run_cfg: DictConfig) -> None:
 
 
 def warn_seen_test_files(datamodule: pl.LightningDataModule, trained: DictConfig) -> None:
-    """Say when the test files are files the checkpoint's run trained on or chose ``best.ckpt``
-    on (e.g. ``+data.test_annotations=`` its training file): figures on seen images."""
+    """Say when the test images are images the checkpoint's run trained on or chose ``best.ckpt``
+    on: its listing files (``+data.test_annotations=`` its training file), or, where the run's
+    splits list images (VOC), its images (VOC2012 val, a part of the VOC2012 trainval that a
+    ``voc0712`` run trained on). Figures on seen images; a warning, as a look at the fit itself
+    is legitimate."""
     try:
         run_data = instantiate(trained)
         roles = {"train": "trained on", "val": "chose its best.ckpt on"}
@@ -121,6 +125,9 @@ def warn_seen_test_files(datamodule: pl.LightningDataModule, trained: DictConfig
         tested = datamodule.listing_files("test")
     except (InstantiationException, UserError, NotImplementedError):
         return  # the run's data config cannot be built here: nothing to compare with
+    seen_images = {role: _listed_images(run_data, role) for role in roles}
+    test_set = getattr(datamodule, "datasets", {}).get("test")  # None: not read in this process
+    tested_images = set(image_files(test_set)) if test_set is not None else set()
     for role, what in roles.items():
         shared = [str(f) for f in tested if f in seen[role]]
         if shared:
@@ -130,6 +137,23 @@ def warn_seen_test_files(datamodule: pl.LightningDataModule, trained: DictConfig
                 ", ".join(shared),
                 what,
             )
+            continue
+        images = sorted(tested_images & seen_images[role])
+        if images:
+            log.warning(
+                "%d of the %d test images are images the checkpoint's run %s (e.g. %s): these "
+                "figures are on images it has seen, not a test",
+                *(len(images), len(tested_images), what, images[0]),
+            )
+
+
+def _listed_images(data: pl.LightningDataModule, role: str) -> set[str]:
+    """The images ``data``'s ``role`` lists, where it can say (none if its files cannot be read
+    here: the run's data may have been elsewhere)."""
+    try:
+        return data.listed_images(role) or set()
+    except (OSError, ValueError):  # missing, or not text
+        return set()
 
 
 def check_class_names(data: list[str], trained: list[str]) -> None:
