@@ -359,6 +359,21 @@ def test_eval_says_when_the_test_images_are_part_of_a_split_the_run_trained_on(
         assert (said in caplog.text) if said else "has seen" not in caplog.text, caplog.text
 
 
+def test_sets_of_one_role_that_overlap_or_lack_a_key_are_named(devkit: Path) -> None:
+    """VOC2012 trainval and train in one role read e and f twice, uncounted; a set without its
+    split was a KeyError traceback."""
+    overlapping = [{"root": "VOC2012", "split": "trainval"}, {"root": "VOC2012", "split": "train"}]
+    dm = VOCDataModule(str(devkit), CLASSES, train_sets=overlapping, val_holdout=1)
+    with pytest.raises(
+        UserError,
+        match=r"data.train_sets: .*VOC2012 \(trainval\) and .*VOC2012 "
+        r"\(train\) both list .*e.jpg, which would be read twice",
+    ):
+        dm.setup("fit")
+    with pytest.raises(UserError, match=r"data.test_sets.0=\{'root': 'VOC2007'\}: give each set"):
+        VOCDataModule(str(devkit), CLASSES, test_sets=[{"root": "VOC2007"}])
+
+
 def test_a_fit_without_a_test_builds_no_test_set(devkit: Path) -> None:
     """train.py test=false sets ``fit_roles`` without the test: data=voc07++12 trains on VOC2007
     test, which a fit that tests refuses."""

@@ -383,6 +383,13 @@ class VOCDataModule(DetectionDataModule):
         self.class_names = tuple(class_names)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.sets = {"train": train_sets, "val": val_sets, "test": test_sets}
+        for role, sets in self.sets.items():
+            for k, entry in enumerate(sets or []):
+                if not isinstance(entry, Mapping) or not {"root", "split"} <= set(entry):
+                    raise UserError(
+                        f"data.{role}_sets.{k}={entry}: give each set as {{root: <a VOC folder, "
+                        "e.g. VOC2007, under data.root>, split: <its split, e.g. trainval>}"
+                    )
         self.use_07_metric = use_07_metric
 
     def listing_files(self, files: str) -> list[Path]:
@@ -416,7 +423,23 @@ class VOCDataModule(DetectionDataModule):
                     f"VOC root {root} ({files} set) does not exist: {VOCDEVKIT_LAYOUT}"
                 )
             parts.append(VOCDataset(root, entry["split"], self.class_names, **options))
+        _check_sets_disjoint(parts, files)
         return ConcatDetection(parts, transform)
+
+
+def _check_sets_disjoint(parts: Sequence[VOCDataset], files: str) -> None:
+    """Refuse two sets of one role that list one image (VOC2007 trainval and VOC2007 train): it
+    would be read, trained on or scored twice."""
+    first: dict[str, VOCDataset] = {}
+    for part in parts:
+        for image in image_files(part):
+            other = first.setdefault(image, part)
+            if other is not part:
+                raise UserError(
+                    f"data.{files}_sets: {other.root} ({other.split}) and {part.root} "
+                    f"({part.split}) both list {image}, which would be read twice; give sets "
+                    "that do not overlap"
+                )
 
 
 class ShapesDataModule(VOCDataModule):
