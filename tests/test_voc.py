@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 import zlib
@@ -33,13 +34,24 @@ def voc_object(name: str = "cat", box: str = "1 2 10 20", extra: str = "") -> st
     return f"<object><name>{name}</name>{extra}<bndbox>{tags}</bndbox></object>"
 
 
+def annotated_size(xml: str) -> tuple[int, int]:
+    """The width and height an annotation's <size> gives, 40 x 30 where it gives none usable."""
+    found = [re.search(rf"<{tag}>\s*([0-9.]+)\s*</{tag}>", xml) for tag in ("width", "height")]
+    if not all(found):
+        return 40, 30
+    width, height = (int(float(match.group(1))) for match in found)
+    return (width, height) if width > 0 and height > 0 else (40, 30)
+
+
 def write_voc(root: Path, annotations: dict[str, str], split: str = "trainval") -> Path:
-    """A VOC layout with the given annotation XML texts and a solid red image for each."""
+    """A VOC layout with the given annotation XML texts and a solid red image for each, of the
+    size its annotation gives."""
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for image_id, xml in annotations.items():
         (root / "Annotations" / f"{image_id}.xml").write_text(xml)
-        red_bgr = np.zeros((30, 40, 3), np.uint8)
+        width, height = annotated_size(xml)
+        red_bgr = np.zeros((height, width, 3), np.uint8)
         red_bgr[..., 2] = 255
         cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), red_bgr)
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(annotations) + "\n")
