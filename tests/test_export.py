@@ -123,6 +123,7 @@ def test_export_check_catches_a_broken_graph(
         check_exported(detector, ExportedModel(broken), tiny_checkpoint, tolerance)
     message = str(raised.value)
     assert message.startswith(f"{broken} disagrees with {tiny_checkpoint} on a batch of 1")
+    assert message.endswith("the file stays for a look, not to be used in the checkpoint's place")
     found = re.search(
         r"(\d+) missing, (\d+) extra: (missing|extra) image 0: label \d+ score", message
     )

@@ -84,5 +84,6 @@ def check_exported(
             raise UserError(
                 f"{exported.path} disagrees with {checkpoint} on a batch of {batch_size} noise "
                 f"images: {agreement} (tolerance_px={tolerance.box_px}, "
-                f"tolerance_score={tolerance.score})"
+                f"tolerance_score={tolerance.score}); the file stays for a look, not to be used "
+                "in the checkpoint's place"
             )
