@@ -421,6 +421,15 @@ def test_a_truncated_jpeg_is_named_or_skipped(
     assert +dataset.skips == {"unreadable_images": 1} and "its end is missing" in caplog.text
 
 
+def test_an_image_stored_under_another_suffix_is_named_beside_the_missing_one(
+    tmp_path: Path,
+) -> None:
+    root = write_voc(tmp_path, {"a": voc_xml(voc_object("cat")), "b": voc_xml()})
+    (root / "JPEGImages" / "a.jpg").rename(root / "JPEGImages" / "a.JPG")
+    with pytest.raises(DatasetNotFoundError, match=r"a.jpg, beside which are a.JPG\): restore"):
+        VOCDataset(root, "trainval", CLASSES)
+
+
 def test_a_per_class_split_file_is_named_not_read_as_ids(tmp_path: Path) -> None:
     """VOC's cat_trainval.txt lists every image with 1, 0 or -1: read as ids, every image had "no
     file", and the error blamed the data."""

@@ -13,6 +13,7 @@ spans ``[i, i + 1)``): VOC ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, x
 from __future__ import annotations
 
 import copy
+import glob
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -368,9 +369,14 @@ class DetectionImages(Dataset):
         present = [path.is_file() for path in image_paths]
         missing = [path for path, found in zip(image_paths, present, strict=True) if not found]
         if missing:
+            # e.g. 000001.JPG or .png beside it, where the VOC layout reads 000001.jpg
+            others = sorted(
+                p.name for p in missing[0].parent.glob(f"{glob.escape(missing[0].stem)}.*")
+            )
+            beside = f", beside which are {', '.join(others)}" if others else ""
             message = (
                 f"{len(missing)} of the {len(present)} images listed in {listed_in} have no file "
-                f"(e.g. {missing[0]})"
+                f"(e.g. {missing[0]}{beside})"
             )
             if self.strict:
                 raise DatasetNotFoundError(
