@@ -4,6 +4,7 @@ its class, the large shape it lies in does."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -126,12 +127,11 @@ def test_nothing_near_a_ring_but_flat_fill_and_rings(context_data: Path) -> None
             assert not (off & ~rings_near & near_box(pixels, ring["bbox"], margin)).any()
 
 
-def test_a_rings_crop_does_not_tell_its_class_and_its_region_does(context_data: Path) -> None:
-    """A nearest-class-mean classifier on a colour-blind outline descriptor: on the crops around
-    the rings (everything within CONTEXT_DISTANCE / 2) it does no better than always answering
-    the commonest class; on the regions the rings lie in it does far better."""
+def descriptors(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per ring of ``root``'s trainval images: the descriptor of its crop (the ring itself and
+    everything within CONTEXT_DISTANCE / 2), that of the region it lies in, and its class."""
     crops, regions, labels = [], [], []
-    for pixels, rings, around in objects(context_data):
+    for pixels, rings, around in objects(root):
         for ring in rings:
             crop = window(pixels, ring["bbox"], CONTEXT_DISTANCE // 2)
             fill = np.median(crop.reshape(-1, 3), axis=0)  # the region's
@@ -144,10 +144,48 @@ def test_a_rings_crop_does_not_tell_its_class_and_its_region_does(context_data: 
             )
             regions.append(outline(window(pixels, region["bbox"], 0), fill))
             labels.append(ring["category_id"])
-    labels = np.array(labels)
-    majority = np.bincount(labels).max() / len(labels)
-    assert nearest_centroid_accuracy(np.stack(crops), labels) <= majority + 0.05
-    assert nearest_centroid_accuracy(np.stack(regions), labels) >= majority + 0.3
+    return np.stack(crops), np.stack(regions), np.array(labels)
+
+
+def majority_share(labels: np.ndarray) -> float:
+    """The accuracy of always answering the commonest class."""
+    return np.bincount(labels).max() / len(labels)
+
+
+def test_a_rings_crop_does_not_tell_its_class_and_its_region_does(context_data: Path) -> None:
+    """A nearest-class-mean classifier on a colour-blind outline descriptor: on the crops around
+    the rings (everything within CONTEXT_DISTANCE / 2) it does no better than always answering
+    the commonest class; on the regions the rings lie in it does far better."""
+    crops, regions, labels = descriptors(context_data)
+    assert nearest_centroid_accuracy(crops, labels) <= majority_share(labels) + 0.05
+    assert nearest_centroid_accuracy(regions, labels) >= majority_share(labels) + 0.3
+
+
+def test_the_crop_descriptor_tells_rings_apart_where_their_thickness_tells_the_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test above can fail: with each class's rings painted to its own inner radius (the
+    circle's as generated, the ellipse's a full disc), the same classifier on the same crop
+    descriptor tells the classes apart."""
+    inner = {
+        CLASSES.index(name): f
+        for name, f in zip(CONTEXT_RING_CLASSES, (0.5, 0.35, 0.2, 0), strict=True)
+    }
+    draw_ring = shapes._draw_ring
+
+    def class_thick_ring(img, ring, colour, label):  # type: ignore[no-untyped-def]
+        obj = draw_ring(img, ring, colour, label)
+        cy, cx, radius = ring
+        r = math.ceil(radius)
+        distance = np.hypot(*np.ogrid[-r : r + 1, -r : r + 1])
+        thicker = (distance < radius / 2) & (distance >= radius * inner[label])
+        img[cy - r : cy + r + 1, cx - r : cx + r + 1][thicker] = colour
+        return obj
+
+    monkeypatch.setattr(shapes, "_draw_ring", class_thick_ring)
+    root = generate_shapes(tmp_path, num_trainval=80, num_test=1, num_val=1, variant="context")
+    crops, _, labels = descriptors(root)
+    assert nearest_centroid_accuracy(crops, labels) >= majority_share(labels) + 0.3
 
 
 def test_the_plain_data_is_unchanged_by_the_variants(tmp_path: Path) -> None:
