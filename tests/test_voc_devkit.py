@@ -171,12 +171,17 @@ def test_eval_writes_devkit_files_that_score_the_logged_map(
 
 @pytest.mark.parametrize("script", ["train.py", pytest.param("eval.py", marks=pytest.mark.slow)])
 def test_voc_results_directory_that_cannot_be_written_is_a_clear_error(
-    script: str, tiny_checkpoint: Path, tmp_path: Path
+    script: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Before any training or testing (both entry points build the writers the same way)."""
+    """Before any training or testing (both entry points build the writers the same way), and
+    before train.py builds the embedded data."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    args = [f"ckpt_path={tiny_checkpoint}"] if script == "eval.py" else ["logger=csv"]
+    data = tmp_path / "data"
+    if script == "eval.py":
+        args = [f"ckpt_path={request.getfixturevalue('tiny_checkpoint')}"]
+    else:
+        args = [f"data.root={data}"]
     proc = run_entry_point(
         script,
         *args,
@@ -186,6 +191,7 @@ def test_voc_results_directory_that_cannot_be_written_is_a_clear_error(
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"error: voc_results={blocker / 'results'}: cannot write there" in proc.stderr
+    assert not data.exists()
 
 
 def test_voc_layout_and_coco_json_of_the_embedded_data_give_the_same_coco_figures(

@@ -343,10 +343,11 @@ def train(cfg: DictConfig) -> float | None:
         check_test_ckpt(cfg, model)
     if cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
+    writers = result_writers(cfg, datamodule)  # their paths are checked before the data is read
     read_data(datamodule, "fit" if cfg.get("train", True) else "test")
     if cfg.get("test", True):
         model.unscored_test_file = check_scorable(cfg, datamodule)
-    trainer = build_trainer(cfg, result_writers(cfg, datamodule))
+    trainer = build_trainer(cfg, writers)
     for role, dataset in getattr(datamodule, "datasets", {}).items():
         if role != "train":  # said now, not at the first validation after hours of training
             check_shardable(len(dataset), trainer.world_size, role)
