@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.model_summary import ModelSummary
 from conftest import ROOT, run_entry_point, tiny_overrides, tiny_run
 from dssd import errors
 from dssd.data.shapes import CLASSES as SHAPES_CLASSES
-from dssd.tasks.common import build_trainer
+from dssd.tasks.common import check_accelerator
 from dssd.tasks.entry import check_command_line, run_task
 
 
@@ -436,17 +436,28 @@ def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> Non
     assert not (tmp_path / "run" / "wandb").exists()
 
 
-def test_a_gpu_trainer_without_a_gpu_says_how_to_run_on_the_cpu(
+def test_a_gpu_trainer_without_a_gpu_says_how_to_run_on_the_cpu_before_reading_data(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """train.py used to build the embedded data (half a minute) and read it before saying so."""
+    from hydra import compose, initialize_config_dir
+
+    from dssd.tasks.evaluation import evaluate
+    from dssd.tasks.training import check_run
+    from test_configs import compose_train
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer"}})
     for accelerator in ("gpu", "cuda"):
-        cfg.trainer.accelerator = accelerator
         with pytest.raises(errors.UserError, match=f"accelerator={accelerator} .* trainer=cpu"):
-            build_trainer(cfg)
-    cfg.trainer.accelerator = "cpu"
-    assert isinstance(build_trainer(cfg, with_loggers=False), pl.Trainer)
+            check_accelerator(OmegaConf.create({"accelerator": accelerator}))
+    check_accelerator(OmegaConf.create({"accelerator": "cpu"}))
+    message = "trainer.accelerator=gpu (from trainer=gpu or trainer=ddp"
+    with pytest.raises(errors.UserError, match=re.escape(message)):
+        check_run(compose_train("trainer=gpu"))
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval", overrides=["ckpt_path=/nowhere.ckpt", "trainer=gpu"])
+    with pytest.raises(errors.UserError, match=re.escape(message)):
+        evaluate(cfg)
 
 
 @pytest.mark.slow

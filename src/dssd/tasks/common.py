@@ -116,11 +116,9 @@ def read_data(datamodule: pl.LightningDataModule, stage: str) -> None:
         datamodule.setup(stage)
 
 
-def build_trainer(
-    cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (), with_loggers: bool = True
-) -> pl.Trainer:
-    """``cfg.trainer`` with the ``callbacks`` group, ``extra_callbacks`` and the loggers."""
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+def check_accelerator(trainer: DictConfig) -> None:
+    """Refuse a GPU trainer where PyTorch sees none, before any data is read or built."""
+    accelerator = str(trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
             f"trainer.accelerator={accelerator} (from trainer=gpu or trainer=ddp, which the GPU "
@@ -128,6 +126,12 @@ def build_trainer(
             "trainer=cpu to run on the CPU, or trainer.accelerator=auto to take a GPU where "
             "there is one"
         )
+
+
+def build_trainer(
+    cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (), with_loggers: bool = True
+) -> pl.Trainer:
+    """``cfg.trainer`` with the ``callbacks`` group, ``extra_callbacks`` and the loggers."""
     callbacks = [*instantiate_group(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_group(cfg.get("logger")) if with_loggers else []
     if not loggers:  # it writes to the loggers only, and Lightning stops a fit without one

@@ -21,6 +21,7 @@ from dssd.evaluation.module import DetectionEvaluation, ExportedModelEvaluation
 from dssd.models import count_batchnorms, fold_batchnorm
 from dssd.tasks.common import (
     build_trainer,
+    check_accelerator,
     check_image_size,
     check_scorable,
     log_run_config,
@@ -52,6 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     test metrics. Network, data and precision are those of the run configuration stored in the
     checkpoint (so the figures repeat) unless ``cfg.data`` or ``trainer.precision`` is given."""
     check_settings(cfg, ("fold_bn", *BOOLEAN), ("compare", *BOOLEAN))
+    check_accelerator(cfg.trainer)
     if cfg.get("model_file"):
         return evaluate_exported(cfg)
     if not cfg.get("ckpt_path"):

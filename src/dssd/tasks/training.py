@@ -26,6 +26,7 @@ from dssd.errors import BOOLEAN, UserError, check_settings, number, whole
 from dssd.evaluation.module import coco_metric_names
 from dssd.tasks.common import (
     build_trainer,
+    check_accelerator,
     check_image_size,
     check_scorable,
     log_run_config,
@@ -73,6 +74,7 @@ def check_run(cfg: DictConfig) -> None:
             "ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
     check_image_size(cfg, "set the model's size, which the data follows")
+    check_accelerator(cfg.trainer)
     if cfg.train:
         check_schedule(cfg)
         check_trainer(cfg.trainer)
