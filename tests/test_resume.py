@@ -430,21 +430,22 @@ def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Pat
     assert max(train_steps(run_dir / "csv" / "version_0" / "metrics.csv")) >= saved - 2
 
 
-def test_ckpt_path_last_without_a_checkpoint_is_a_user_error(
-    tiny_shapes: Path, tmp_path: Path
-) -> None:
+def test_ckpt_path_last_without_a_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    """Said before the embedded data is built (it was built first, half a minute)."""
+    data = tmp_path / "data"
     proc = run_entry_point(
         "train.py",
-        *tiny_run(tiny_shapes),
+        f"data.root={data}",
         "logger=csv",
         "ckpt_path=last",
-        f"hydra.run.dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
         check=False,
     )
     assert proc.returncode == 2
-    missing = tmp_path / "checkpoints" / "last.ckpt"
+    missing = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert f"error: ckpt_path=last, but there is no {missing} to resume from" in proc.stderr
     assert "ckpt_path=last" in proc.stderr and "Traceback" not in proc.stderr
+    assert not data.exists()
 
 
 def test_diverging_run_stops_with_a_user_error(tiny_shapes: Path, tmp_path: Path) -> None:

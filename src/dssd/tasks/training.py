@@ -345,7 +345,9 @@ def train(cfg: DictConfig) -> float | None:
         check_test_ckpt(cfg, model)
     if cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
-    writers = result_writers(cfg, datamodule)  # their paths are checked before the data is read
+    # checked before the data is read (the embedded data is built for a fit)
+    resume = resume_checkpoint(cfg, model) if cfg.get("train", True) else None
+    writers = result_writers(cfg, datamodule)
     read_data(datamodule, "fit" if cfg.get("train", True) else "test")
     if cfg.get("test", True):
         model.unscored_test_file = check_scorable(cfg, datamodule)
@@ -361,9 +363,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("train", True):
         start = time.perf_counter()
         # checkpoints hold plain values only (DetectionModule), so they load as weights
-        trainer.fit(
-            model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, model), weights_only=True
-        )
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         earlier = history.earlier_seconds if history else 0.0  # a resumed fit's attempts
         fit_record["fit_seconds"] = earlier + time.perf_counter() - start
         metrics.update(scalar_metrics(trainer.callback_metrics))
