@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import albumentations as A
 import numpy as np
@@ -221,6 +222,31 @@ def test_seed_worker_mixes_in_the_ddp_rank(monkeypatch: pytest.MonkeyPatch) -> N
         seed_worker(0)
         draws.append(np.random.rand())
     assert draws[0] != draws[1]
+
+
+def test_without_workers_each_ddp_process_draws_its_own_augmentations(
+    shapes_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every process's transform is seeded alike; with ``num_workers=0`` no worker reseeds it, so
+    every rank flipped its images alike. (The ranks read the same images in the same order here:
+    no sampler.)"""
+
+    def epoch(rank: int, world_size: int) -> tuple[list[str], torch.Tensor]:
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: world_size > 1)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda *_: rank)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda *_: world_size)
+        pl.seed_everything(3, workers=True, verbose=False)
+        dm = VOCDataModule(str(shapes_root), CLASSES, image_size=SIZE, batch_size=3, num_workers=0)
+        dm.setup("fit")
+        dm.trainer = SimpleNamespace(world_size=world_size)
+        batches = list(dm.train_dataloader())
+        ids = [t["image_id"] for _, targets in batches for t in targets]
+        return ids, torch.cat([images for images, _ in batches])
+
+    (ids, one), (again_ids, again) = epoch(1, 2), epoch(1, 2)
+    assert ids == again_ids and torch.equal(one, again)
+    other_ids, other = epoch(0, 2)
+    assert other_ids == ids and not torch.equal(other, one)
 
 
 def test_a_test_reads_the_shapes_data_and_never_builds_it(tmp_path: Path) -> None:

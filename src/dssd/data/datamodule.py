@@ -26,6 +26,7 @@ from dssd.data.transforms import (
     DetectionTransform,
     build_transforms,
     check_augment,
+    rank_seed,
     seed_worker,
 )
 from dssd.data.voc import DetectionImages, VOCDataset, check_header, describe_skips, repaired
@@ -322,6 +323,11 @@ class DetectionDataModule(pl.LightningDataModule):
         # Training order and worker streams come from the run's seed alone, not the global stream
         # that building each network consumes differently: Table 4's rows are paired by seed.
         generator = torch.Generator().manual_seed(torch.initial_seed()) if train else None
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if train and self.num_workers == 0 and world_size > 1:
+            # this process draws the augmentations, from the seed every rank's transform got:
+            # one stream per rank, as workers get from seed_worker
+            dataset.transform.pipeline.set_random_seed(rank_seed())
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

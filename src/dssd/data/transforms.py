@@ -95,12 +95,17 @@ def build_transforms(
     return DetectionTransform(head + resize + tail)
 
 
+def rank_seed() -> int:
+    """A seed from this process's (or DataLoader worker's) torch seed and its DDP rank."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    return int(np.random.SeedSequence([torch.initial_seed() % 2**32, rank]).generate_state(1)[0])
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: reseed numpy, ``random`` and the transform from the worker's
     torch seed and the DDP rank, so that workers and GPUs draw different augmentations."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
-    seed = int(np.random.SeedSequence([torch.initial_seed() % 2**32, rank]).generate_state(1)[0])
+    seed = rank_seed()
     np.random.seed(seed)
     random.seed(seed)
     info = torch.utils.data.get_worker_info()
