@@ -292,6 +292,11 @@ def test_bad_inputs(
             predict(
                 config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={where}")
             )
+    taken = tmp_path / "taken"
+    (taken / "detections.json").mkdir(parents=True)  # a traceback after every image was drawn
+    with pytest.raises(UserError, match=f"output_dir={taken} holds a folder detections.json"):
+        predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output_dir={taken}"))
+    assert list(taken.iterdir()) == [taken / "detections.json"]
     with pytest.raises(UserError, match="device=nowhere: not a device name; choose auto, cpu"):
         predict(config(f"ckpt_path={tiny_checkpoint}", f"input={folder}", out, "device=nowhere"))
     if not torch.cuda.is_available():

@@ -226,6 +226,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "would overwrite: choose a folder outside the input's"
         )
     writable_directory(output_dir, "output_dir")
+    for name in ("detections.json", "summary.json"):  # written after every image
+        if (output_dir / name).is_dir():
+            raise UserError(
+                f"output_dir={output_dir} holds a folder {name}, the name of a file this run "
+                "writes: choose another output_dir, or move that folder"
+            )
     if (output_dir / "summary.json").is_file():
         log.warning(
             "output_dir=%s holds an earlier prediction's outputs: files of the same names are "
