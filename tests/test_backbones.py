@@ -247,20 +247,36 @@ def test_a_missing_weights_file_in_a_config_is_reported_as_its_message(
     assert isinstance(bug.value.__cause__, ZeroDivisionError)  # a bug keeps its traceback
 
 
-def test_lightnings_verdict_on_a_trainer_config_is_reported_as_its_message(
-    capsys: pytest.CaptureFixture,
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "devices": 0},
+            "Trainer settings: `Trainer(devices=0)` value is not a valid",
+        ),
+        (  # a ValueError (exit status 1, Hydra's "Error in call to target" before)
+            {"_target_": "pytorch_lightning.Trainer", "strategy": "nonsense"},
+            "Trainer settings: You selected an invalid strategy name",
+        ),
+        (
+            {"_target_": "dssd.models.ResNetBackbone", "depth": 19},
+            "ResNetBackbone settings: ResNet depth must be one of",
+        ),
+    ],
+)
+def test_a_constructors_verdict_on_its_config_is_reported_as_its_message(
+    cfg: dict, message: str, capsys: pytest.CaptureFixture
 ) -> None:
-    """A ``MisconfigurationException`` from a constructor ``instantiate`` called (the trainer
-    group's arguments) is the config's fault: its message, exit status 2; raised elsewhere (e.g.
-    in a training step) it may be a bug and keeps its traceback."""
-    cfg = {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "devices": 0}
+    """A ``MisconfigurationException`` or ``ValueError`` from a constructor ``instantiate``
+    called (the trainer group's arguments) is the config's fault: its message, exit status 2;
+    raised elsewhere (e.g. in a training step) it may be a bug and keeps its traceback."""
     with pytest.raises(SystemExit) as exit_info, user_errors():
         hydra.utils.instantiate(cfg)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: Trainer settings: `Trainer(devices=0)` value is not a valid")
-    with pytest.raises(MisconfigurationException), user_errors():
-        raise MisconfigurationException("outside a constructor")
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    for error in (MisconfigurationException, ValueError):
+        with pytest.raises(error), user_errors():
+            raise error("outside a constructor")
 
 
 def test_missing_weights_file_names_the_path_and_the_fix(tmp_path):

@@ -320,6 +320,10 @@ def test_a_test_ckpt_of_another_network_is_refused_before_training(tiny_checkpoi
         (["trainer.val_check_interval=0"], "trainer.val_check_interval=0: choose a number"),
         (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: choose"),
         (["trainer.precision=bf16-true"], "trainer.precision=bf16-true: choose one of 32-true"),
+        # ZeroDivisionError, and torch's ValueError, inside the fit
+        (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0: choose"),
+        (["model.optimizer.weight_decay=-1"], "model.optimizer.weight_decay=-1: choose a"),
+        (["optimizer=sgd", "model.optimizer.momentum=-0.9"], "model.optimizer.momentum=-0.9"),
         # DDP on the CPU: sync BN fails in the started processes; ddp_spawn loses the record
         (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], "sync_batchnorm=false"),
         (
@@ -341,6 +345,37 @@ def test_a_run_that_cannot_mean_anything_is_refused_before_any_work(
     with pytest.raises(UserError, match=re.escape(message)):
         check_run(cfg)
         seed_run(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # a traceback after the first validation, when best.ckpt was first written
+        (
+            "callbacks.model_checkpoint.dirpath={blocker}/checkpoints",
+            "callbacks.model_checkpoint.dirpath={blocker}/checkpoints: {blocker} is a file",
+        ),
+        # the trainer's settings were refused after the data was built and read
+        ("trainer.devices=0", "Trainer settings: `Trainer(devices=0)` value is not a valid"),
+    ],
+)
+def test_trainer_and_checkpoint_settings_are_refused_before_the_data_is_built(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    data = tmp_path / "data"
+    proc = run_entry_point(
+        "train.py",
+        f"data.root={data}",
+        "logger=csv",
+        override.format(blocker=blocker),
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: {message.format(blocker=blocker)}" in proc.stderr
+    assert not data.exists()
 
 
 def test_a_schedule_shortened_by_its_length_alone_is_named(

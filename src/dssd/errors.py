@@ -85,6 +85,19 @@ def writable_directory(directory: str | Path, option: str, file: Path | None = N
     return directory
 
 
+def creatable_directory(directory: str | Path, option: str) -> None:
+    """Refuse, before any work, a ``directory`` to be made later that cannot be: a file on its
+    path, or an existing parent one cannot write in (nothing is created here)."""
+    path = Path(directory).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{option}={directory}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{option}={directory}: cannot write in {existing}; choose a directory you can write to"
+        )
+
+
 def writable_file(path: str | Path, option: str) -> Path:
     """``path``, a file to be written: not a directory, in a directory :func:`writable_directory`
     accepts (else a :class:`UserError` naming ``option``, raised before any work)."""
@@ -98,8 +111,8 @@ def writable_file(path: str | Path, option: str) -> Path:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Report a :class:`UserError`, also one raised in a constructor that ``instantiate`` called
-    or in a config resolver, and Lightning's verdict on a config's arguments (a
-    ``MisconfigurationException`` from such a constructor, e.g. ``trainer.devices=0``) as
+    or in a config resolver, and a constructor's verdict on a config's arguments (a
+    ``MisconfigurationException`` or ``ValueError`` from it, e.g. ``trainer.devices=0``) as
     its message alone (no traceback burying it) and exit with status 2; ``HYDRA_FULL_ERROR=1``
     re-raises it with the traceback."""
     try:
@@ -115,7 +128,10 @@ def user_errors() -> Iterator[None]:
                 cause = cause.__cause__
             else:  # raised while handling the resolver's error
                 cause = cause.__context__
-        configured = target is not None and isinstance(cause, MisconfigurationException)
+        # a constructor's verdict on its arguments (Trainer(strategy=...), a ResNet's depth)
+        configured = target is not None and isinstance(
+            cause, MisconfigurationException | ValueError
+        )
         if not (isinstance(cause, UserError) or configured):
             raise
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

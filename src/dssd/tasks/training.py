@@ -22,7 +22,14 @@ from dssd.config import training_stage
 from dssd.data.datamodule import DetectionDataModule, check_shardable
 from dssd.deployment.detector import PRECISIONS
 from dssd.deployment.inference import differing_tensors, load_checkpoint
-from dssd.errors import BOOLEAN, UserError, check_settings, number, whole
+from dssd.errors import (
+    BOOLEAN,
+    UserError,
+    check_settings,
+    creatable_directory,
+    number,
+    whole,
+)
 from dssd.evaluation.module import coco_metric_names
 from dssd.tasks.common import (
     build_trainer,
@@ -78,6 +85,10 @@ def check_run(cfg: DictConfig) -> None:
     if cfg.train:
         check_schedule(cfg)
         check_trainer(cfg.trainer)
+        for name in ("weight_decay", "momentum"):  # torch refuses them inside the fit
+            value = cfg.model.optimizer.get(name)
+            if value is not None and not number(0)(value):
+                raise UserError(f"model.optimizer.{name}={value}: choose a {name} >= 0")
     metrics = [f"val/{n}" for n in [*coco_metric_names(cfg.model.coco_max_detections), "voc_map"]]
     name = cfg.get("optimized_metric")
     if name is not None and name not in metrics and not str(name).startswith("val/ap/"):
@@ -131,6 +142,7 @@ def check_trainer(trainer: DictConfig) -> None:
             "a number of iterations >= 1, or a fraction of an epoch in (0, 1]",
         ),
         ("accumulate_grad_batches", whole(1), "a whole number >= 1"),
+        ("check_val_every_n_epoch", whole(1), "a whole number of epochs >= 1, or null"),
     ):
         value = trainer.get(name)
         if value is not None and not valid(value):
@@ -330,6 +342,9 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("train", True):
         warn_no_validation(cfg)
     check_fresh_directory(cfg)
+    for name, callback in (cfg.get("callbacks") or {}).items():  # written to at the first save
+        if callback and callback.get("dirpath"):
+            creatable_directory(callback.dirpath, f"callbacks.{name}.dirpath")
     seed_run(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -347,11 +362,10 @@ def train(cfg: DictConfig) -> float | None:
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
     # checked before the data is read (the embedded data is built for a fit)
     resume = resume_checkpoint(cfg, model) if cfg.get("train", True) else None
-    writers = result_writers(cfg, datamodule)
+    trainer = build_trainer(cfg, result_writers(cfg, datamodule))  # no W&B run started yet
     read_data(datamodule, "fit" if cfg.get("train", True) else "test")
     if cfg.get("test", True):
         model.unscored_test_file = check_scorable(cfg, datamodule)
-    trainer = build_trainer(cfg, writers)
     for role, dataset in getattr(datamodule, "datasets", {}).items():
         if role != "train":  # said now, not at the first validation after hours of training
             check_shardable(len(dataset), trainer.world_size, role)
