@@ -605,6 +605,25 @@ def test_a_logger_that_cannot_write_is_named(tmp_path: Path) -> None:
     assert "seed: 1" in next((tmp_path / "logs").rglob("hparams.yaml")).read_text()
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"nonsense": 1}, "unexpected keyword argument 'nonsense'"), ({"mode": "sometimes"}, "mode")],
+)
+def test_wandb_settings_it_refuses_are_named(
+    setting: dict, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A traceback from ``wandb.init`` (a TypeError, or pydantic's validation error) before."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from dssd.errors import UserError
+    from dssd.tasks.common import log_run_config
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, **setting)
+    with pytest.raises(UserError, match=f"W&B refuses the run's settings: .*{message}"):
+        log_run_config([logger], {"seed": 1})
+
+
 def test_tensorboard_shows_the_run_settings_beside_its_metrics(tmp_path: Path) -> None:
     """TensorBoard's HPARAMS tab gets the flattened config (Lightning writes it to hparams.yaml
     only) and the metrics whose scalars fill its columns; no placeholder scalar is logged."""

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from dssd.errors import MAX_SEED, UserError, check_settings, is_seed
@@ -49,6 +49,11 @@ def log_run_config(loggers: Sequence[Logger], run_config: dict[str, Any]) -> Non
                 f"({err.strerror or err}): choose another logger.<name>.save_dir"
             ) from None
         except Exception as err:
+            if isinstance(logger, WandbLogger) and isinstance(err, TypeError | ValueError):
+                raise UserError(  # wandb.init on an unknown key, or a value it refuses
+                    f"W&B refuses the run's settings: {' '.join(str(err).split())}. Check the "
+                    "logger.wandb.* overrides"
+                ) from None
             if not is_wandb_error(err):
                 raise
             raise UserError(
