@@ -360,21 +360,19 @@ def test_a_run_that_cannot_mean_anything_is_refused_before_any_work(
     ],
 )
 def test_trainer_and_checkpoint_settings_are_refused_before_the_data_is_built(
-    override: str, message: str, tmp_path: Path
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from test_configs import train_in_process
+
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     data = tmp_path / "data"
-    proc = run_entry_point(
-        "train.py",
-        f"data.root={data}",
-        "logger=csv",
-        override.format(blocker=blocker),
-        f"hydra.run.dir={tmp_path / 'run'}",
-        check=False,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert f"error: {message.format(blocker=blocker)}" in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        train_in_process(
+            tmp_path / "run", f"data.root={data}", "logger=csv", override.format(blocker=blocker)
+        )
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {message.format(blocker=blocker)}")
     assert not data.exists()
 
 
