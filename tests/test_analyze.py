@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from conftest import ROOT, run_entry_point
+from dssd.analysis import analyser
 from dssd.analysis.analyser import Analyser, Options, config_of_test, find_run, load_test_split
 from dssd.data.voc import write_voc_results
 from dssd.deployment.inference import load_checkpoint
@@ -136,7 +137,7 @@ def test_a_checkpoint_alone_is_analysed(tiny_checkpoint: Path, tmp_path: Path) -
 
 
 def test_voc_results_are_read_only_for_the_weights_the_test_used(
-    tiny_checkpoint: Path, tmp_path: Path
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run's voc_results/ hold its tested weights' detections (last.ckpt here): the run and
     that checkpoint read them, best.ckpt is run again, and reading them for best.ckpt is refused.
@@ -151,6 +152,7 @@ def test_voc_results_are_read_only_for_the_weights_the_test_used(
     other = run / "checkpoints" / tiny_checkpoint.name
     summary = analyze(config(f"run={other}", f"out_dir={tmp_path / 'best'}", "gallery_size=0"))
     assert summary.is_file()
+    monkeypatch.setattr(analyser, "load_test_split", None)  # said before the test data is read
     with pytest.raises(UserError, match="not of .*best.ckpt; use detections=checkpoint"):
         analyze(config(f"run={other}", "detections=voc_results", f"out_dir={tmp_path / 'x'}"))
 
@@ -294,6 +296,7 @@ def test_runs_that_share_a_checkpoint_keep_their_own_detections(
         ("confidence=95", "confidence=95: choose a level in (0, 1)"),
         ("batch_size=0", "batch_size=0: choose null or >= 1"),
         ("detections=files", "detections=files: choose auto, voc_results or checkpoint"),
+        ("device=nowhere", "device=nowhere: not a device name; choose auto, cpu, cuda,"),
     ],
 )
 def test_settings_no_analysis_can_use_are_refused_before_detecting(
@@ -302,7 +305,7 @@ def test_settings_no_analysis_can_use_are_refused_before_detecting(
     out_dir = tmp_path / "analysis"
     with pytest.raises(UserError) as err:
         analyze(config(f"run={tiny_checkpoint}", setting, f"out_dir={out_dir}"))
-    assert str(err.value) == problem and not out_dir.exists()
+    assert str(err.value).startswith(problem) and not out_dir.exists()
 
 
 @pytest.mark.slow

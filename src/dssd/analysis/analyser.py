@@ -213,6 +213,7 @@ class Options:
             ("batch_size", lambda v: v is None or whole(1)(v), "null or >= 1"),
             ("wandb", lambda v: v in ("auto", True, False), "auto, true or false"),
         )
+        choose_device(self.device)  # said now, not after the test data is read
         # each tail of the interval holds a draw at least
         least = math.ceil(2 / (1 - self.confidence) - 1e-9)
         check_settings(
@@ -244,9 +245,9 @@ class Analyser:
                 with open_dict(run_cfg):
                     run_cfg.data.root = options.data_root
             data = OmegaConf.to_yaml(run_cfg.data)
+            source = detection_source(run, options.detections)  # decided once, logged once
             if data not in self._splits:
                 self._splits[data] = load_test_split(run_cfg)
-            source = detection_source(run, options.detections)  # decided once, logged once
             test = load_test_detections(
                 run, source, options.device, options.batch_size, self._splits[data]
             )
