@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from conftest import ROOT, TINY_ROWS, TINY_SEEDS, run_entry_point, tiny_train_args
+from conftest import ROOT, TINY_ROWS, TINY_SEEDS, run_in_process, tiny_train_args
 from dssd.config import register_resolvers
 from dssd.errors import UserError
 from dssd.evaluation.bootstrap import holm
@@ -305,7 +305,7 @@ def test_a_bad_interval_setting_is_refused_before_any_row_runs(
 
 @pytest.mark.slow  # parse_seeds is checked in process above; this is its command-line exit
 def test_a_bad_seeds_value_stops_the_command_with_a_clear_error(tmp_path: Path) -> None:
-    proc = run_entry_point("ablation.py", f"out_dir={tmp_path}", "seeds=[0,x]", check=False)
+    proc = run_in_process("ablation.py", f"out_dir={tmp_path}", "seeds=[0,x]", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: seeds must be a non-empty list of distinct integers" in proc.stderr
 
@@ -484,7 +484,7 @@ def test_new_keys_and_running_settings_with_sweeps_are_refused() -> None:
 
 @pytest.mark.slow  # the checks are in process above; this is the command's exit
 def test_a_setting_of_the_wrong_type_stops_the_command_with_a_clear_error(tmp_path: Path) -> None:
-    proc = run_entry_point("ablation.py", f"out_dir={tmp_path}", "sweeps=no", check=False)
+    proc = run_in_process("ablation.py", f"out_dir={tmp_path}", "sweeps=no", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: sweeps=no: choose true or false" in proc.stderr
 
@@ -851,14 +851,14 @@ def test_done_rows_are_skipped_a_failing_row_names_its_log_and_other_settings_ar
     assert len(stamps) == len(TINY_SEEDS) * (len(TINY_ROWS) - 1)
     common = (f"out_dir={table}", seeds, f"only=[{forced}]", "bootstrap_samples=200")
     train_args = tiny_train_args(tiny_shapes)
-    proc = run_entry_point("ablation.py", *common, f"force={forced}", train_args, check=False)
+    proc = run_in_process("ablation.py", *common, f"force={forced}", train_args, check=False)
     assert proc.returncode == 2, proc.stderr
     run = table / forced / f"seed{TINY_SEEDS[0]}"
     assert f"row {forced}" in proc.stderr and str(run / "train.log") in proc.stderr
     assert not (run / "test_results.json").exists() and not (run / "checkpoints").exists()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     other = train_args[:-1] + ' tags=[other]"'
-    proc = run_entry_point("ablation.py", *common, other, check=False)
+    proc = run_in_process("ablation.py", *common, other, check=False)
     assert proc.returncode == 2
     assert "was trained with other settings than this command gives it" in proc.stderr
     assert "([] there, ['tags=[other]'] here)" in proc.stderr
@@ -877,7 +877,7 @@ def test_rows_starting_from_a_run_that_was_only_tested_again_are_not_retrained(
     children = ("ssd_pm_c_control", "dssd_prod", "dssd_prod_stage2")
     checkpoints = [run_dir(table, row, seed) / "checkpoints" / "last.ckpt" for row in children]
     stamps = {p: p.stat().st_mtime_ns for p in checkpoints}
-    proc = run_entry_point(
+    proc = run_in_process(
         "ablation.py",
         f"out_dir={table}",
         f"seeds=[{seed}]",

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from conftest import ROOT, run_entry_point
+from conftest import ROOT, run_in_process
 from dssd.analysis import analyser
 from dssd.analysis.analyser import Analyser, Options, config_of_test, find_run, load_test_split
 from dssd.data.voc import write_voc_results
@@ -311,7 +311,7 @@ def test_settings_no_analysis_can_use_are_refused_before_detecting(
 @pytest.mark.slow
 def test_analyze_py_prints_an_error(tmp_path: Path) -> None:
     """The command line (the in-process test above checks the messages)."""
-    proc = run_entry_point("analyze.py", f"run={tmp_path}", check=False)
+    proc = run_in_process("analyze.py", f"run={tmp_path}", check=False)
     assert proc.returncode == 2
     assert f"error: run={tmp_path}: the run directory has no test_results.json" in proc.stderr
 

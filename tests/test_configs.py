@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.config import register_resolvers
-from dssd.errors import UserError, user_errors
-from dssd.tasks.training import train, warn_no_validation, warn_shapes_recipe
+from dssd.errors import UserError
+from dssd.tasks.training import warn_no_validation, warn_shapes_recipe
 from dssd.training.module import DetectionModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -52,16 +52,6 @@ def resolve_with_hydra(cfg: DictConfig) -> DictConfig:
     with hydra_runtime(cfg):
         app = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
         return OmegaConf.create(OmegaConf.to_container(app, resolve=True))
-
-
-def train_in_process(output_dir: Path, *overrides: str) -> None:
-    """``src/train.py <overrides>`` in this process, into ``output_dir``: its mistakes end it as
-    the entry point's do (the message on stderr, ``SystemExit(2)``), in a fraction of the time."""
-    full = compose_train(*overrides)
-    with open_dict(full):
-        full.paths.output_dir = str(output_dir)
-    with hydra_runtime(full), user_errors():
-        train(resolve_with_hydra(full))
 
 
 @pytest.mark.parametrize("model", MODELS)

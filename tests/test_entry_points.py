@@ -1,4 +1,4 @@
-"""src/train.py and src/eval.py run end to end in subprocesses, on a tiny shapes dataset."""
+"""The entry points run end to end on a tiny shapes dataset, most in this process."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import ModelSummary as ModelSummaryCallback
 from pytorch_lightning.utilities._pytree import _tree_flatten
 from pytorch_lightning.utilities.model_summary import ModelSummary
 
-from conftest import ROOT, run_entry_point, tiny_overrides, tiny_run
+from conftest import ROOT, run_in_process, tiny_overrides, tiny_run
 from dssd import errors
 from dssd.data.shapes import CLASSES as SHAPES_CLASSES
 from dssd.tasks.common import check_accelerator
@@ -41,7 +41,7 @@ def logged_metrics(run_dir: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_fast_dev_run(tiny_shapes: Path, tmp_path: Path) -> None:
-    proc = run_entry_point(
+    proc = run_in_process(
         "train.py",
         *tiny_run(tiny_shapes),
         "trainer.fast_dev_run=1",
@@ -56,7 +56,7 @@ def test_a_fit_without_a_test_does_not_read_the_test_files(
 ) -> None:
     """test=false: the test split may be missing, or one the fit trains on (voc07++12's VOC2007
     test; the datamodule's side in test_voc0712), since no test figure comes of it."""
-    proc = run_entry_point(
+    proc = run_in_process(
         "train.py",
         *tiny_run(tiny_shapes),
         "trainer.fast_dev_run=1",
@@ -79,7 +79,7 @@ def test_eval_reproduces_the_test_map_of_train(
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["run_config"]["model"]["net"]["image_size"] == 321
 
-    run_entry_point(
+    run_in_process(
         "eval.py", f"ckpt_path={last}", "trainer.accelerator=cpu", f"hydra.run.dir={eval_dir}"
     )
     trained, evaluated = logged_metrics(train_dir), logged_metrics(eval_dir)
@@ -139,7 +139,7 @@ def test_eval_changes_a_field_of_the_checkpoints_data(
     replaces it, its ``${model.net.image_size}`` resolved against the checkpoint's network."""
     chosen = ["data=voc0712", f"data.root={tiny_shapes}", "data.test_sets=null"]
     chosen.append(f"data.class_names=[{','.join(SHAPES_CLASSES)}]")
-    proc = run_entry_point(
+    proc = run_in_process(
         "eval.py",
         f"ckpt_path={tiny_checkpoint}",
         *(chosen if whole else []),
@@ -171,7 +171,7 @@ def test_eval_refuses_data_the_network_was_not_built_for(
     """Classes in another order would score each output as another class; another input size
     failed deep inside the loss."""
     command = [f"ckpt_path={tiny_checkpoint}", override, f"hydra.run.dir={tmp_path}"]
-    proc = run_entry_point("eval.py", *command, check=False)
+    proc = run_in_process("eval.py", *command, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"error: {message}" in proc.stderr
 
@@ -182,7 +182,7 @@ def test_eval_folds_batch_norm_on_request(tiny_checkpoint: Path, tmp_path: Path)
     # float32, so that only folding, not bf16 rounding, separates the two evaluations
     plain_dir, folded_dir = tmp_path / "plain", tmp_path / "folded"
     for run_dir, fold in ((plain_dir, "false"), (folded_dir, "true")):
-        run_entry_point(
+        run_in_process(
             "eval.py",
             f"ckpt_path={last}",
             f"fold_bn={fold}",
@@ -199,7 +199,7 @@ def test_eval_folds_batch_norm_on_request(tiny_checkpoint: Path, tmp_path: Path)
 def test_eval_rejects_a_foreign_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, path)
-    proc = run_entry_point(
+    proc = run_in_process(
         "eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}", check=False
     )
     assert proc.returncode == 2
@@ -248,7 +248,7 @@ def test_broken_checkpoint_files_are_named_not_tracebacks(
         assert not shown, [str(w.message) for w in shown]  # torch's "TorchScript archive"
     truncated = tmp_path / "truncated.ckpt"
     for script, option in (("eval.py", "ckpt_path"), ("train.py", "init_from")):
-        proc = run_entry_point(
+        proc = run_in_process(
             script,
             f"{option}={truncated}",
             f"hydra.run.dir={tmp_path / script}",
@@ -360,19 +360,21 @@ def test_a_run_that_cannot_mean_anything_is_refused_before_any_work(
     ],
 )
 def test_trainer_and_checkpoint_settings_are_refused_before_the_data_is_built(
-    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    override: str, message: str, tmp_path: Path
 ) -> None:
-    from test_configs import train_in_process
-
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     data = tmp_path / "data"
-    with pytest.raises(SystemExit) as exit_info:
-        train_in_process(
-            tmp_path / "run", f"data.root={data}", "logger=csv", override.format(blocker=blocker)
-        )
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith(f"error: {message.format(blocker=blocker)}")
+    proc = run_in_process(
+        "train.py",
+        f"data.root={data}",
+        "logger=csv",
+        override.format(blocker=blocker),
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {message.format(blocker=blocker)}")
     assert not data.exists()
 
 
@@ -398,7 +400,7 @@ def test_train_tests_the_final_weights_by_default_and_best_on_request(
 ) -> None:
     # the tiny_checkpoint run used the default test_ckpt
     run_dirs = {"last": tiny_checkpoint.parents[1], "best": tmp_path / "best"}
-    run_entry_point(
+    run_in_process(
         "train.py",
         *tiny_overrides(tiny_shapes),
         "logger=csv",
@@ -422,7 +424,7 @@ def test_the_val_history_is_the_fits_whatever_checkpoint_is_tested(
 ) -> None:
     """Testing a checkpoint file (or best.ckpt) restores its callbacks' state: the record kept
     that checkpoint's validation curve (here another run's, one validation at step 2)."""
-    run_entry_point(
+    run_in_process(
         "train.py",
         *tiny_run(tiny_shapes),
         "trainer.max_steps=3",
@@ -454,7 +456,7 @@ def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path: Path) -> Non
     """Also before the loggers start: no W&B run is opened (whose closing lines would follow
     the error) for a run that cannot read its data."""
     missing = tmp_path / "VOCdevkit" / "VOC2007"
-    proc = run_entry_point(
+    proc = run_in_process(
         "train.py",
         f"data.root={missing}",
         "data._target_=dssd.data.VOCDataModule",  # ShapesDataModule would build it there
@@ -497,7 +499,7 @@ def test_a_gpu_trainer_without_a_gpu_says_how_to_run_on_the_cpu_before_reading_d
 @pytest.mark.parametrize("model", [["model=ssd321"], ["model=dssd321", "fusion=prod"]])
 def test_paper_models_fast_dev_run_on_cpu(model: list[str], tiny_shapes: Path, tmp_path: Path):
     """The full ResNet-101 SSD321 / DSSD321 train, validate and test one batch on a CPU."""
-    proc = run_entry_point(
+    proc = run_in_process(
         "train.py",
         *model,
         *tiny_run(tiny_shapes),
@@ -584,7 +586,7 @@ def test_settings_left_to_the_command_line_are_named_when_not_given(
 ) -> None:
     """A ``???`` setting of an entry config that the command does not give is one line naming
     it and the config that describes it, before any work, not OmegaConf's traceback."""
-    proc = run_entry_point(script, *given, f"hydra.run.dir={tmp_path}", check=False)
+    proc = run_in_process(script, *given, f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     config = f"conf/{script.removesuffix('.py')}.yaml"
     assert f"error: give {missing} on the command line ({config} says" in proc.stderr
@@ -718,7 +720,7 @@ def test_an_output_directory_that_cannot_be_created_is_named(
     traceback (``FileExistsError``), with the setting that placed it left to guess."""
     file = tmp_path / "results.md"
     file.write_text("")
-    proc = run_entry_point(script, *(g.format(file=file) for g in given), check=False)
+    proc = run_in_process(script, *(g.format(file=file) for g in given), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {error.format(file=file)}" in proc.stderr
     assert file.read_text() == ""
@@ -784,6 +786,6 @@ def test_a_config_group_set_to_null_or_an_added_setting_is_named(
     """Hydra's command line cannot set a config group to null: its traceback ended in "Config
     group override must be a string or a list. Got NoneType". A top-level setting added with '+'
     (Hydra's advice for a key the config lacks) went unheeded without a word."""
-    proc = run_entry_point(script, given, "--cfg", "job", check=False)
+    proc = run_in_process(script, given, "--cfg", "job", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {given}: ") and error in proc.stderr

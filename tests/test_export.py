@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, run_entry_point
+from conftest import ROOT, run_in_process
 from dssd.data.voc import read_image
 from dssd.deployment.detector import Detector
 from dssd.deployment.export import ExportedModel
@@ -344,7 +344,7 @@ def test_eval_scores_the_onnx_file_like_its_checkpoint(
     checkpoint itself beside it; the figures agree to 0.001. The file's VOC mAP also lies in the
     range that near-tied scores allow the checkpoint's float32 detections (tests/ties.py): the
     file is another code path, whose scores may rank near-ties the other way."""
-    run_entry_point(
+    run_in_process(
         "eval.py",
         f"model_file={exported['onnx']}",
         f"+data.root={tiny_shapes}",
@@ -372,7 +372,7 @@ def test_eval_refuses_to_compare_with_another_networks_checkpoint(
     """ckpt_path= of a DSSD run beside the SSD file: one error before the test, not a
     state-dict traceback after it."""
     other = tiny_wandb_run / "checkpoints" / "last.ckpt"
-    proc = run_entry_point(
+    proc = run_in_process(
         "eval.py",
         f"model_file={exported['onnx']}",
         f"ckpt_path={other}",

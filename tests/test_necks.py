@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
 
-from conftest import run_entry_point, tiny_run
+from conftest import run_in_process, tiny_run
 from dssd.models import FPN, SSD, BiFPN, Decoder, PANet, count_batchnorms, fold_batchnorm
 from dssd.models.deconvolution import transposed_conv_shape
 from dssd.models.necks import WeightedFusion, stride2_padding
@@ -197,7 +197,7 @@ def test_bifpn_needs_a_layer() -> None:
 
 
 def test_train_py_trains_and_tests_with_a_neck(tiny_shapes: Path, tmp_path: Path) -> None:
-    proc = run_entry_point(
+    proc = run_in_process(
         "train.py",
         "neck=bifpn",
         "pm=c",
@@ -215,7 +215,7 @@ def test_train_py_trains_and_tests_with_every_neck(
     neck: str, tiny_shapes: Path, tmp_path: Path
 ) -> None:
     extra = ["fusion=prod"] if neck == "dssd" else []
-    proc = run_entry_point(
+    proc = run_in_process(
         "train.py",
         f"neck={neck}",
         *extra,

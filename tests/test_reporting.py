@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_entry_point, tiny_overrides, tiny_run
+from conftest import run_entry_point, run_in_process, tiny_overrides, tiny_run
 from dssd.results.tables import results_tables
 
 
@@ -135,7 +135,7 @@ def test_wandb_offline_run_holds_metrics_table_and_box_images(tiny_wandb_run: Pa
 
 @pytest.mark.slow
 def test_tensorboard_logger_writes_events(tiny_shapes: Path, tmp_path: Path) -> None:
-    run_entry_point(
+    run_in_process(
         "train.py",
         *tiny_run(tiny_shapes),
         "logger=tensorboard",
@@ -169,7 +169,7 @@ def test_results_tables_in_the_papers_layouts() -> None:
 
 
 def test_run_reports_the_test_tables(tiny_shapes: Path, tmp_path: Path) -> None:
-    proc = run_entry_point(
+    proc = run_in_process(
         "train.py",
         *tiny_run(tiny_shapes),
         "logger=csv",
@@ -203,7 +203,7 @@ def test_eval_writes_coco_results_that_pycocotools_scores_alike(
     tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     results = tmp_path / "detections.json"
-    run_entry_point(
+    run_in_process(
         "eval.py",
         f"ckpt_path={tiny_checkpoint}",
         *coco_data(tiny_shapes),
@@ -244,7 +244,7 @@ def test_eval_on_an_image_info_file_writes_the_same_detections_and_scores_nothin
     runs = {}
     for name, test_file in (("annotated", "annotations/instances_test.json"), ("info", info_file)):
         results = tmp_path / f"{name}.json"
-        runs[name] = run_entry_point(
+        runs[name] = run_in_process(
             "eval.py",
             f"ckpt_path={tiny_checkpoint}",
             *coco_data(tiny_shapes),
@@ -270,7 +270,7 @@ def test_eval_on_an_image_info_file_writes_the_same_detections_and_scores_nothin
     assert not any("test/" in f.read_text() for f in logged)
     assert "test/map" in (next((tmp_path / "annotated").glob("csv/*/metrics.csv")).read_text())
 
-    refused = run_entry_point(
+    refused = run_in_process(
         "eval.py",
         f"ckpt_path={tiny_checkpoint}",
         *coco_data(tiny_shapes),
@@ -284,7 +284,7 @@ def test_eval_on_an_image_info_file_writes_the_same_detections_and_scores_nothin
 
 
 def test_coco_results_need_coco_data(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    proc = run_entry_point(
+    proc = run_in_process(
         "eval.py",
         f"ckpt_path={tiny_checkpoint}",
         f"coco_results={tmp_path / 'detections.json'}",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_entry_point, tiny_overrides
+from conftest import run_in_process, tiny_overrides
 from dssd.data import shapes
 from dssd.data.shapes import CLASSES, CONTEXT_DISTANCE, CONTEXT_RING_CLASSES, generate_shapes
 from dssd.errors import UserError
@@ -213,14 +213,13 @@ def test_a_tiny_run_of_the_context_probe(
         tmp_path / "data", num_trainval=16, num_test=8, num_val=8, variant="context"
     )
     out = tmp_path / "probe"
-    run_entry_point(
+    run_in_process(
         "ablation.py",
         "ablation=shapes_context",
         f"out_dir={out}",
         "only=[dssd_prod]",
         "bootstrap_samples=100",
         f'train_args="{" ".join(tiny_overrides(data))} logger=csv"',
-        timeout=900,
     )
     table = (out / "table4.md").read_text()
     for name in ("SSD 321 + PM(c) |", "(control)", "DM(Eltw-prod)"):

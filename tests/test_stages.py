@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import run_entry_point, tiny_run
+from conftest import run_in_process, tiny_run
 from dssd.errors import UserError
 from dssd.tasks.training import check_stage
 from dssd.training.module import DetectionModule
@@ -206,9 +206,9 @@ def test_three_stage_chain_from_the_command_line(tiny_shapes: Path, tmp_path: Pa
     common = [*tiny_run(tiny_shapes), "logger=csv", "trainer.val_check_interval=2"]
     dirs = [tmp_path / f"stage{s}" for s in range(3)]
     stage0 = ["model=ssd_r18", "pm=c", "trainer.max_steps=2", f"hydra.run.dir={dirs[0]}"]
-    run_entry_point("train.py", *common, *stage0)
+    run_in_process("train.py", *common, *stage0)
     for stage in (1, 2):
-        proc = run_entry_point(
+        proc = run_in_process(
             "train.py",
             *common,
             "model=dssd_r18",

@@ -32,7 +32,7 @@ from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 from submitit.slurm.slurm import SlurmExecutor
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-from conftest import run_entry_point
+from conftest import run_in_process
 from dssd.config import register_resolvers
 from dssd.table4.rows import Row, parse_rows, row_overrides
 from dssd.table4.sweeps import RUNS_DIR, plan_sweeps, sweep_files
@@ -224,7 +224,7 @@ def test_table4_sweep_files_are_the_ones_generated_from_conf_table4() -> None:
 
 @pytest.mark.slow
 def test_ablation_entry_point_writes_the_sweep_files(tmp_path: Path) -> None:
-    proc = run_entry_point(
+    proc = run_in_process(
         "ablation.py", "sweeps=true", f"sweeps_dir={tmp_path}", f"out_dir={tmp_path / 'out'}"
     )
     written = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
@@ -393,7 +393,7 @@ def test_a_search_whose_study_would_mean_nothing_is_refused() -> None:
 def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_path: Path) -> None:
     """Two 2-iteration trials on the tiny data (batch size searched among sizes that fit it)."""
     sweep_dir = tmp_path / "optuna"
-    run_entry_point(
+    run_in_process(
         "train.py",
         HPARAMS_SEARCH,
         "hydra.sweeper.n_trials=2",
@@ -430,7 +430,7 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_p
 def test_a_search_of_no_trials_is_refused_before_it_starts(tmp_path: Path) -> None:
     """Optuna ended it with the traceback of "No trials are completed yet" (and exit status 1)."""
     for trials in (0, -1):
-        proc = run_entry_point(
+        proc = run_in_process(
             "train.py",
             HPARAMS_SEARCH,
             f"hydra.sweeper.n_trials={trials}",
@@ -449,7 +449,7 @@ def test_a_trial_too_short_to_validate_says_why_it_failed(
     the sweeper's "Return value must be float-castable". (A whole number of steps between
     validations beyond max_steps is refused before the trial trains; an epoch's fraction is
     not: the epoch's length is known only once the data is read.)"""
-    proc = run_entry_point(
+    proc = run_in_process(
         "train.py",
         HPARAMS_SEARCH,
         "hydra.sweeper.n_trials=1",

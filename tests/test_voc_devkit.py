@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_entry_point
+from conftest import run_in_process
 from devkit import evaluate_class, parse_rec, voc_eval_map
 from dssd.data.voc import VOCDataset, read_voc_results, write_voc_results
 from dssd.evaluation.metrics import VOCMeanAP
@@ -156,7 +156,7 @@ def test_eval_writes_devkit_files_that_score_the_logged_map(
     tiny_shapes: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     results = tmp_path / "results" / "VOC2007" / "Main"
-    run_entry_point(
+    run_in_process(
         "eval.py",
         f"ckpt_path={tiny_checkpoint}",
         f"voc_results={results}",
@@ -182,7 +182,7 @@ def test_voc_results_directory_that_cannot_be_written_is_a_clear_error(
         args = [f"ckpt_path={request.getfixturevalue('tiny_checkpoint')}"]
     else:
         args = [f"data.root={data}"]
-    proc = run_entry_point(
+    proc = run_in_process(
         script,
         *args,
         f"voc_results={blocker / 'results'}",
@@ -201,7 +201,7 @@ def test_voc_layout_and_coco_json_of_the_embedded_data_give_the_same_coco_figure
     as the VOC-layout path does: the same checkpoint scores the same through both."""
     figures = {}
     for name, data in (("voc", []), ("coco", coco_data(tiny_shapes))):
-        run_entry_point(
+        run_in_process(
             "eval.py", f"ckpt_path={tiny_checkpoint}", *data, f"hydra.run.dir={tmp_path / name}"
         )
         metrics = json.loads((tmp_path / name / "test_results.json").read_text())["metrics"]
