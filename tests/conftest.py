@@ -237,14 +237,20 @@ def run_entry_point(
 def run_in_process(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     """:func:`run_entry_point` in this process, in a fraction of the time (the libraries are
     imported already): ``src/<script>`` runs as ``__main__`` with its command line in
-    ``sys.argv``; what it prints is captured; an uncaught exception is printed as a traceback
-    with exit status 1, as Python would; and what Hydra sets up for a run (its global state,
-    logging, the environment) is put back afterwards. For commands that W&B or DDP processes
-    take no part in: those keep their subprocess."""
+    ``sys.argv``; what it prints and the warnings it shows are captured; an uncaught exception
+    is printed as a traceback with exit status 1, as Python would; and what Hydra sets up for a
+    run (its global state, logging, the environment) is put back afterwards. For commands that
+    W&B or DDP processes take no part in: those keep their subprocess."""
     path = ROOT / "src" / script
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
-    with _entry_point_state(), redirect_stdout(stdout), redirect_stderr(stderr):
+    with (
+        _entry_point_state(),
+        redirect_stdout(stdout),
+        redirect_stderr(stderr),
+        warnings.catch_warnings(),
+    ):
+        warnings.showwarning = _show_on_stderr
         os.environ["WANDB_MODE"] = "offline"
         os.environ.pop("HYDRA_FULL_ERROR", None)
         sys.argv = [str(path), *overrides]
@@ -257,16 +263,29 @@ def run_in_process(script: str, *overrides: str, check: bool = True) -> subproce
         except Exception:
             traceback.print_exc()
             code = 1
-    proc = subprocess.CompletedProcess(sys.argv, code, stdout.getvalue(), stderr.getvalue())
+    command = [sys.executable, str(path), *overrides]
+    proc = subprocess.CompletedProcess(command, code, stdout.getvalue(), stderr.getvalue())
     if check and code != 0:
         pytest.fail(f"{script} {' '.join(overrides)} exited {code}:\n{proc.stderr[-4000:]}")
     return proc
 
 
+def _show_on_stderr(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A warning where a process shows it, on (the captured) stderr, in order with the rest."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 @contextmanager
 def _entry_point_state() -> Iterator[None]:
     """Put back, on leaving, what an entry point run in this process changes for the next
-    test: ``sys.argv``, the environment, Hydra's global state, warning filters, and the
+    test: ``sys.argv``, the environment, Hydra's global state, and the
     handlers and levels of every logger that existed (Hydra's job logging replaces the root's)."""
     argv, environ, hydra_config = sys.argv, dict(os.environ), HydraConfig.instance().cfg
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
@@ -277,8 +296,7 @@ def _entry_point_state() -> Iterator[None]:
     }
     GlobalHydra.instance().clear()
     try:
-        with warnings.catch_warnings():
-            yield
+        yield
     finally:
         sys.argv = argv
         os.environ.clear()

@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import ModelSummary as ModelSummaryCallback
 from pytorch_lightning.utilities._pytree import _tree_flatten
 from pytorch_lightning.utilities.model_summary import ModelSummary
 
-from conftest import ROOT, run_in_process, tiny_overrides, tiny_run
+from conftest import ROOT, run_entry_point, run_in_process, tiny_overrides, tiny_run
 from dssd import errors
 from dssd.data.shapes import CLASSES as SHAPES_CLASSES
 from dssd.tasks.common import check_accelerator
@@ -49,6 +49,35 @@ def test_fast_dev_run(tiny_shapes: Path, tmp_path: Path) -> None:
         f"hydra.run.dir={tmp_path}",
     )
     assert "test/map_50" in proc.stdout
+
+
+def test_a_command_run_in_process_says_what_its_process_says_and_leaves_no_trace(
+    tmp_path: Path,
+) -> None:
+    """``run_in_process``, which most tests here use, against the subprocess it stands for: the
+    same exit status and output; and the test's process as it was before (its command line,
+    environment, Hydra's state and the root logger, which Hydra's job logging replaced)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def state() -> tuple:
+        root = logging.getLogger()
+        hydra = (GlobalHydra.instance().is_initialized(), HydraConfig.initialized())
+        return list(sys.argv), dict(os.environ), list(root.handlers), root.level, hydra
+
+    command = ("eval.py", "ckpt_path=/nowhere.ckpt", f"hydra.run.dir={tmp_path}")
+    before = state()
+    in_process = run_in_process(*command, check=False)
+    assert state() == before
+    assert (tmp_path / "eval.log").is_file()  # Hydra set up the job's logging
+    process = run_entry_point(*command, check=False)
+    assert in_process.returncode == process.returncode == 2
+    assert (
+        in_process.stderr
+        == process.stderr
+        == "error: ckpt_path=/nowhere.ckpt: no such checkpoint file\n"
+    )
+    assert in_process.stdout == process.stdout
 
 
 def test_a_fit_without_a_test_does_not_read_the_test_files(
