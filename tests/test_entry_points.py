@@ -205,6 +205,32 @@ def test_eval_refuses_data_the_network_was_not_built_for(
     assert f"error: {message}" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.devices=0", "Trainer settings: `Trainer(devices=0)` value is not a valid"),
+        ("voc_results={blocker}/results", "voc_results={blocker}/results: cannot write there"),
+    ],
+)
+def test_eval_refuses_trainer_and_result_settings_before_reading_the_test_data(
+    override: str, message: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Said before the test data is read (on VOC, every annotation and image header), not
+    after: here the data is missing, and that error would come first."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_in_process(
+        "eval.py",
+        f"ckpt_path={tiny_checkpoint}",
+        f"+data.root={tmp_path / 'missing'}",
+        override.format(blocker=blocker),
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: {message.format(blocker=blocker)}")
+
+
 @pytest.mark.slow
 def test_eval_folds_batch_norm_on_request(tiny_checkpoint: Path, tmp_path: Path) -> None:
     last = tiny_checkpoint.parent / "last.ckpt"

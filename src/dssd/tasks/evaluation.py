@@ -63,6 +63,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     checkpoint, run_cfg = load_checkpoint(cfg.ckpt_path)
     datamodule = configure(cfg, run_cfg, precision=run_cfg.trainer.precision)
+    trainer = build_trainer(cfg, result_writers(cfg, datamodule))  # no W&B run started yet
+    read_test_data(cfg, datamodule, run_cfg)
     unscored = check_scorable(cfg, datamodule)
     model = restore_detector(checkpoint, cfg.model)
     if cfg.get("fold_bn", False):
@@ -70,15 +72,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         model.net = fold_batchnorm(model.net)
         log.info("Evaluating with every batch norm folded into its convolution (%d folded).", count)
     model.unscored_test_file = unscored
-    metrics = run_test(cfg, model, datamodule)
+    metrics = run_test(cfg, model, datamodule, trainer)
     report_test_results(cfg, model, metrics, {"tested_checkpoint": str(cfg.ckpt_path)})
     return metrics
 
 
 def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.LightningDataModule:
     """Fill ``cfg`` from the training run's configuration (model, data, W&B names; ``precision``
-    unless ``trainer.precision`` is given), seed, and return the datamodule to test on, its test
-    data read (:func:`read_data`)."""
+    unless ``trainer.precision`` is given), seed, and return the datamodule to test on, its data
+    not read yet: the trainer is built first, so that its mistakes are said before the data is
+    read (:func:`read_test_data`)."""
     with open_dict(cfg):  # a data config chosen here may refer to ${model.net.image_size}
         cfg.model = run_cfg.model
         cfg.data = data_to_evaluate(cfg.get("data"), run_cfg.data)
@@ -90,14 +93,20 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
     follow_wandb_project(cfg, run_cfg)
     seed_run(cfg)
     check_image_size(cfg, "drop the data.image_size override")
-    datamodule = instantiate(cfg.data)
+    return instantiate(cfg.data)
+
+
+def read_test_data(
+    cfg: DictConfig, datamodule: pl.LightningDataModule, run_cfg: DictConfig
+) -> None:
+    """Read the test data (:func:`read_data`), check it against the network's classes, say whether
+    the run has seen it, and give ``cfg.model`` the data's metric settings."""
     read_data(datamodule, "test")
     check_class_names(list(datamodule.class_names), list(run_cfg.model.class_names))
     warn_seen_test_files(datamodule, run_cfg.data)
     with open_dict(cfg):  # the metrics of the data tested
         cfg.model.class_names = list(datamodule.class_names)
         cfg.model.use_07_metric = datamodule.use_07_metric
-    return datamodule
 
 
 def follow_wandb_project(cfg: DictConfig, run_cfg: DictConfig) -> None:
@@ -173,11 +182,9 @@ def run_test(
     cfg: DictConfig,
     model: DetectionEvaluation,
     datamodule: pl.LightningDataModule,
-    with_loggers: bool = True,
+    trainer: pl.Trainer,
 ) -> dict[str, float]:
-    """The scalar metrics of ``trainer.test`` (with result writers and loggers if asked)."""
-    writers = result_writers(cfg, datamodule) if with_loggers else []
-    trainer = build_trainer(cfg, writers, with_loggers)
+    """The scalar metrics of ``trainer.test`` (its loggers given the run's settings first)."""
     if trainer.loggers:
         log_run_config(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
     trainer.test(model, datamodule=datamodule)
@@ -203,6 +210,8 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     run_cfg = OmegaConf.create(exported.metadata["run_config"])
     # the exported graph computes in float32
     datamodule = configure(cfg, run_cfg, precision="32-true")
+    trainer = build_trainer(cfg, result_writers(cfg, datamodule))
+    read_test_data(cfg, datamodule, run_cfg)
     unscored = check_scorable(cfg, datamodule)
     with open_dict(cfg):  # the tables and W&B name the file's format
         cfg.run_name = f"{cfg.get('run_name', cfg.task_name)} ({exported.format})"
@@ -222,11 +231,12 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
         reference = restore_detector(load_checkpoint(ckpt_path)[0], cfg.model, source)
     log.info("Testing %s (%s) on %s", exported.path, exported.format, cfg.data._target_)
     model.unscored_test_file = unscored
-    metrics = run_test(cfg, model, datamodule)
+    metrics = run_test(cfg, model, datamodule, trainer)
     extra: dict[str, Any] = {"tested_model_file": str(exported.path), "format": exported.format}
     if reference is not None:
         log.info("Testing the checkpoint %s in float32 for comparison", ckpt_path)
-        checkpoint_metrics = run_test(cfg, reference, datamodule, with_loggers=False)
+        quiet = build_trainer(cfg, with_loggers=False)  # no result files, no second W&B run
+        checkpoint_metrics = run_test(cfg, reference, datamodule, quiet)
         extra["parity"] = parity(metrics, checkpoint_metrics, ckpt_path)
         log.info("Exported file against its checkpoint:\n%s", parity_table(extra["parity"]))
         warn_of_disagreement(extra["parity"], exported.metadata.get("checkpoint"))
