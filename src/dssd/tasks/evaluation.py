@@ -62,9 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "or model_file=<a file of src/export.py>"
         )
     checkpoint, run_cfg = load_checkpoint(cfg.ckpt_path)
-    datamodule = configure(cfg, run_cfg, precision=run_cfg.trainer.precision)
-    trainer = build_trainer(cfg, result_writers(cfg, datamodule))  # no W&B run started yet
-    read_test_data(cfg, datamodule, run_cfg)
+    datamodule, trainer = configure(cfg, run_cfg, precision=run_cfg.trainer.precision)
     unscored = check_scorable(cfg, datamodule)
     model = restore_detector(checkpoint, cfg.model)
     if cfg.get("fold_bn", False):
@@ -77,11 +75,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.LightningDataModule:
+def configure(
+    cfg: DictConfig, run_cfg: DictConfig, precision: str
+) -> tuple[pl.LightningDataModule, pl.Trainer]:
     """Fill ``cfg`` from the training run's configuration (model, data, W&B names; ``precision``
-    unless ``trainer.precision`` is given), seed, and return the datamodule to test on, its data
-    not read yet: the trainer is built first, so that its mistakes are said before the data is
-    read (:func:`read_test_data`)."""
+    unless ``trainer.precision`` is given), seed, and return the datamodule to test on, its test
+    data read (:func:`read_data`), and the trainer with the result writers, built before the
+    data is read so that their mistakes are said first."""
     with open_dict(cfg):  # a data config chosen here may refer to ${model.net.image_size}
         cfg.model = run_cfg.model
         cfg.data = data_to_evaluate(cfg.get("data"), run_cfg.data)
@@ -93,20 +93,15 @@ def configure(cfg: DictConfig, run_cfg: DictConfig, precision: str) -> pl.Lightn
     follow_wandb_project(cfg, run_cfg)
     seed_run(cfg)
     check_image_size(cfg, "drop the data.image_size override")
-    return instantiate(cfg.data)
-
-
-def read_test_data(
-    cfg: DictConfig, datamodule: pl.LightningDataModule, run_cfg: DictConfig
-) -> None:
-    """Read the test data (:func:`read_data`), check it against the network's classes, say whether
-    the run has seen it, and give ``cfg.model`` the data's metric settings."""
+    datamodule = instantiate(cfg.data)
+    trainer = build_trainer(cfg, result_writers(cfg, datamodule))  # no W&B run started yet
     read_data(datamodule, "test")
     check_class_names(list(datamodule.class_names), list(run_cfg.model.class_names))
     warn_seen_test_files(datamodule, run_cfg.data)
     with open_dict(cfg):  # the metrics of the data tested
         cfg.model.class_names = list(datamodule.class_names)
         cfg.model.use_07_metric = datamodule.use_07_metric
+    return datamodule, trainer
 
 
 def follow_wandb_project(cfg: DictConfig, run_cfg: DictConfig) -> None:
@@ -209,9 +204,7 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
         )
     run_cfg = OmegaConf.create(exported.metadata["run_config"])
     # the exported graph computes in float32
-    datamodule = configure(cfg, run_cfg, precision="32-true")
-    trainer = build_trainer(cfg, result_writers(cfg, datamodule))
-    read_test_data(cfg, datamodule, run_cfg)
+    datamodule, trainer = configure(cfg, run_cfg, precision="32-true")
     unscored = check_scorable(cfg, datamodule)
     with open_dict(cfg):  # the tables and W&B name the file's format
         cfg.run_name = f"{cfg.get('run_name', cfg.task_name)} ({exported.format})"
