@@ -106,6 +106,11 @@ def test_wandb_offline_run_holds_metrics_table_and_box_images(tiny_wandb_run: Pa
                 }
             )
     logged = {key: value for step in history for key, value in step.items()}
+    # an evaluation's images and table sit at its scalars' step, not one after
+    step_of = {key: step.get("trainer/global_step") for step in history for key in step}
+    for role in ("val", "test"):
+        assert step_of[f"{role}/per_class_ap/path"] == step_of[f"{role}/voc_map"], role
+    assert step_of["val/examples/count"] == step_of["val/voc_map"] is not None
 
     (run,) = runs
     assert run.display_name == "dssd_r18-pm_c-prod-stage0"

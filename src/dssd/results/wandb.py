@@ -126,7 +126,10 @@ class WandbDetectionReport(pl.Callback):
         if role == "val" and self.samples:
             data[f"{role}/examples"] = [self._image(pl_module, *s) for s in self.samples]
         if data:
-            logger.log_metrics(data, step=trainer.global_step)
+            # the step Lightning logs this evaluation's scalars at (as its LearningRateMonitor
+            # does): a validation runs before the step counter it logs with moves on, so
+            # ``global_step`` would put the images one step after their metrics
+            logger.log_metrics(data, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
 
     def _image(
         self,
