@@ -63,7 +63,7 @@ class DetectionTransform:
             "area": torch.as_tensor(np.asarray(out["area"], np.float32)),
             "image_id": target["image_id"],
             "orig_size": torch.tensor(image.shape[:2], dtype=torch.int64),
-            "skipped_images": target.get("skipped_images", 0),
+            "skipped_images": target.get("skipped_images", ()),
         }
 
 

@@ -321,6 +321,7 @@ class DetectionImages(Dataset):
     def __getitem__(self, index: int) -> Any:
         if not -len(self) <= index < len(self):  # also ends ``for sample in dataset``
             raise IndexError(f"index {index} is out of range for {len(self)} images")
+        passed_over = []
         for offset in range(len(self)):
             i = (index + offset) % len(self)
             try:
@@ -330,11 +331,13 @@ class DetectionImages(Dataset):
                 if self.strict or not self.train:
                     raise self.unusable(err) from None
                 self.skips["unreadable_images"] += 1
+                passed_over.append(self.ids[i])
                 log.warning("skipping image: %s", err)
                 continue
             target = {k: v for k, v in self.objects(i).items() if k in TARGET_KEYS}
-            # skipped_images: unreadable images passed over, for the main process's DataSkipReport
-            target |= {"image_id": self.ids[i], "skipped_images": offset}
+            # skipped_images: the ids of the unreadable images passed over, for the main
+            # process's DataSkipReport (two samples can pass over the same image)
+            target |= {"image_id": self.ids[i], "skipped_images": tuple(passed_over)}
             return (image, target) if self.transform is None else self.transform(image, target)
         raise OSError(f"none of the {len(self)} images of the dataset can be read or decoded")
 

@@ -124,9 +124,9 @@ def load_example(datamodule: DetectionDataModule, index: int) -> dict[str, Any]:
     original-image pixels xyxy), "labels" and "difficult"."""
     dataset = datamodule.datasets["test"]
     tensor, target = dataset[index]
-    part, local = dataset_items(dataset)[index]  # e.g. in one of several VOC test sets
-    # an unreadable image is replaced by the next readable one (strict=False)
-    local = (local + target.get("skipped_images", 0)) % len(part)
+    # e.g. in one of several VOC test sets; a test image that cannot be read is an error, never
+    # replaced by the next one
+    part, local = dataset_items(dataset)[index]
     height, width = target["orig_size"].tolist()
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     return {

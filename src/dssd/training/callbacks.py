@@ -25,29 +25,31 @@ log = logging.getLogger(__name__)
 class DataSkipReport(pl.Callback):
     """Reports, once per training epoch, as ``data/<kind>`` (and a warning when any is non-zero)
     the bad samples skipped or repaired: the training set's ``dataset.skips`` counts and this
-    epoch's unreadable images, reported by the workers in each sample's ``"skipped_images"``.
+    epoch's unreadable images, each once however many samples passed over it, from the ids the
+    workers report in each sample's ``"skipped_images"``.
     An epoch this process trained no batch of is not reported: a run resumed from the checkpoint
     of an epoch's last validation starts at that epoch's end, which the first run reported."""
 
     def __init__(self) -> None:
-        self.unreadable_images = 0
+        self.unreadable_images: set[Any] = set()
         self.batches = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.unreadable_images = 0
+        self.unreadable_images = set()
         self.batches = 0
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
-        self.unreadable_images += sum(int(t.get("skipped_images", 0)) for t in batch[1])
+        for target in batch[1]:
+            self.unreadable_images.update(target.get("skipped_images", ()))
         self.batches += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.batches:
             return
         counts = dict(trainer.train_dataloader.dataset.skips)
-        counts["unreadable_images"] = self.unreadable_images  # this epoch, from the loaders
+        counts["unreadable_images"] = len(self.unreadable_images)  # this epoch, from the loaders
         if repaired(counts):
             log.warning(
                 "epoch %d, training data skipped or repaired: %s",
