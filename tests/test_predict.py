@@ -269,6 +269,7 @@ def test_bad_inputs(
     assert (nest / "sub" / "a.jpg").read_bytes() == before
     with pytest.raises(UserError, match="no such checkpoint file"):
         predict(config(f"ckpt_path={tmp_path / 'none.ckpt'}", f"input={folder}", out))
+    assert not (tmp_path / "out").exists()  # no empty output folder left behind
     for setting, problem in (
         ("batch_size=0", "batch_size=0: choose a whole number >= 1"),
         ("batch_size=2.5", "batch_size=2.5: choose a whole number >= 1"),

@@ -225,6 +225,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             f"output_dir={output_dir} holds input files (e.g. {inside[0]}), which the drawn ones "
             "would overwrite: choose a folder outside the input's"
         )
+    # loaded before output_dir is made, so that a wrong ckpt_path leaves no empty folder behind
+    detector = Detector.from_checkpoint(
+        cfg.ckpt_path, choose_device(cfg.device), cfg.fold_bn, cfg.batch_size, cfg.precision
+    )
     writable_directory(output_dir, "output_dir")
     for name in ("detections.json", "summary.json"):  # written after every image
         if (output_dir / name).is_dir():
@@ -238,9 +242,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "replaced, the others stay beside this run's summary.json",
             output_dir,
         )
-    detector = Detector.from_checkpoint(
-        cfg.ckpt_path, choose_device(cfg.device), cfg.fold_bn, cfg.batch_size, cfg.precision
-    )
     score_threshold = cfg.score_threshold
     if score_threshold is None:
         score_threshold = detector.module.postprocess.score_threshold
