@@ -107,10 +107,21 @@ def test_a_changed_label_is_caught() -> None:
     assert "label 3" in agreement.missing[0] and "label 2" in agreement.extra[0]
 
 
-def test_a_changed_score_is_caught() -> None:
+def test_a_changed_score_is_caught_and_reported_as_a_score_gap() -> None:
     ours = [detections((3, 0.5, A))]
     rescored = [detections((3, 0.6, A))]
-    assert not compare_detections(ours, rescored, postprocess=POST).agrees
+    agreement = compare_detections(ours, rescored, postprocess=POST)
+    assert not agreement.agrees
+    # the same box and label: the report gives the gap, not two unrelated detections
+    assert agreement.missing == [
+        "image 0: label 3 score 0.5000 at [10.0, 10.0, 110.0, 110.0] "
+        "(the other side's at this box scores 1.00e-01 apart)"
+    ]
+    assert agreement.extra[0].endswith("(the other side's at this box scores 1.00e-01 apart)")
+    # with no score gap allowed, two scores a rounding apart print as that rounding
+    strict = Tolerance(score=0.0)
+    agreement = compare_detections([detections((3, HIGH, A))], [detections((3, LOW, A))], strict)
+    assert not agreement.agrees and "scores 2.98e-08 apart" in agreement.missing[0]
 
 
 def test_a_detection_at_the_score_threshold_may_be_kept_on_one_side_only() -> None:

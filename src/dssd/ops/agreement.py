@@ -80,9 +80,18 @@ class _Side:
     def __len__(self) -> int:
         return len(self.scores)
 
-    def describe(self, image: int, i: int) -> str:
+    def describe(self, image: int, i: int, opposite: _Side, tol: Tolerance) -> str:
+        """Detection ``i``, and the score of ``opposite``'s detection of its label and box (within
+        ``box_px``), if it has one: then only the score gap kept them apart."""
         box = ", ".join(f"{v:.1f}" for v in self.boxes[i])
-        return f"image {image}: label {self.labels[i]} score {self.scores[i]:.4f} at [{box}]"
+        text = f"image {image}: label {self.labels[i]} score {self.scores[i]:.4f} at [{box}]"
+        gaps = np.abs(opposite.boxes - self.boxes[i]).max(-1, initial=0.0)
+        same = np.flatnonzero((gaps <= tol.box_px) & (opposite.labels == self.labels[i]))
+        if len(same):
+            j = same[np.abs(opposite.scores[same] - self.scores[i]).argmin()]
+            gap = abs(opposite.scores[j] - self.scores[i])
+            text += f" (the other side's at this box scores {gap:.2e} apart)"
+        return text
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -176,8 +185,9 @@ def compare_detections(
                         side.state[i] = TIED
                         changed = True
         result.tied += int((ref.state == TIED).sum() + (oth.state == TIED).sum())
-        result.missing += [ref.describe(image, i) for i in np.flatnonzero(ref.state >= VERIFIED)]
-        result.extra += [oth.describe(image, i) for i in np.flatnonzero(oth.state >= VERIFIED)]
+        for side, opposite, listed in ((ref, oth, result.missing), (oth, ref, result.extra)):
+            unexplained = np.flatnonzero(side.state >= VERIFIED)
+            listed += [side.describe(image, i, opposite, tolerance) for i in unexplained]
     return result
 
 
