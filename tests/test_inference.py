@@ -14,6 +14,7 @@ from dssd.config import compose_train
 from dssd.data.voc import VOCDataset
 from dssd.deployment.detector import Detector
 from dssd.deployment.inference import (
+    choose_device,
     load_checkpoint,
     load_example,
     load_test_data,
@@ -152,3 +153,13 @@ def test_match_detections_counts_like_the_voc_devkit() -> None:
     assert match_detections(nothing, truth)["missed"] == 2
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
     assert match_detections(detections, empty)["fp"] == 5
+
+
+def test_a_gpu_index_the_machine_lacks_is_a_setting_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not torch's traceback when the detector is moved there (as if on a one-GPU machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert choose_device("cuda:0") == torch.device("cuda:0")
+    assert choose_device("cuda") == torch.device("cuda")
+    with pytest.raises(UserError, match=r"device=cuda:1: this machine has 1 cuda device\(s\)"):
+        choose_device("cuda:1")

@@ -34,6 +34,11 @@ def choose_device(name: str) -> torch.device:
     here = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not here.get(device.type, True):
         raise UserError(f"device={name}: this machine has no {device.type} device; device=cpu")
+    count = torch.cuda.device_count() if device.type == "cuda" else None
+    if count is not None and device.index is not None and device.index >= count:
+        raise UserError(
+            f"device={name}: this machine has {count} cuda device(s), cuda:0 to cuda:{count - 1}"
+        )
     return device
 
 

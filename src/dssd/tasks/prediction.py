@@ -157,7 +157,8 @@ class Outputs:
 
     def path(self, name: str, video: bool) -> Path:
         """The output path of input ``name``, ``.mp4`` or ``.png`` added unless it ends so; a
-        name an earlier input took (``scan.bmp`` and ``scan.bmp.png``) gets ``-2``, ``-3``, ..."""
+        name an earlier input took gets ``-2``, ``-3``, ... (``scan.bmp`` takes ``scan.bmp.png``,
+        so the input ``scan.bmp.png`` after it is written as ``scan.bmp-2.png``)"""
         suffixes, added = ({".mp4"}, ".mp4") if video else (DRAWN_SUFFIXES, ".png")
         out = name if Path(name).suffix.lower() in suffixes else f"{name}{added}"
         stem, suffix = os.path.splitext(out)
