@@ -3,15 +3,17 @@
 1. Matching + MultiBox loss: ``dssd.ops.MultiBoxLoss`` (one pass over the padded batch) vs
    torchvision's SSD loss path (``box_iou`` + ``SSDMatcher`` per image, then
    ``SSD.compute_loss``), on DSSD321's priors, the same targets and head outputs.
-2. Post-processing: ``dssd.ops.PostProcessor`` (one ``batched_nms`` call per batch) vs
-   torchvision's ``SSD.postprocess_detections`` (per image, per class), DSSD321 and DSSD513.
+2. Post-processing: ``dssd.ops.PostProcessor`` (the candidates of a whole batch at once; NMS
+   per image and class on a CPU, one ``batched_nms`` call on a GPU) vs torchvision's
+   ``SSD.postprocess_detections`` (per image, per class), DSSD321 and DSSD513.
 3. COCO mAP: ``faster_coco_eval`` vs ``pycocotools`` (their COCO / COCOeval classes directly)
    on synthetic images.
 4. End-to-end inference: our ``ssd300_vgg`` network + ``PostProcessor`` vs torchvision's
    ``ssd300_vgg16`` (untrained: nothing is downloaded), transform and post-processing included.
 
-Every comparison also checks that both sides compute the same thing (losses, positives,
-detections, AP). Ratios are baseline / ours: > 1 means ours is faster.
+The loss, post-processing and COCO comparisons also check that both sides compute the same
+thing (losses, positives, detections, AP); the end-to-end one only times. Ratios are baseline /
+ours: > 1 means ours is faster.
 
     python -m benchmarks.baselines            # defaults: ~6-9 min on 2 busy CPU cores
     python -m benchmarks.baselines --quick    # small sizes, under a minute

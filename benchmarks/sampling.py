@@ -56,12 +56,14 @@ class PairCheck:
 
 @dataclass(frozen=True)
 class Sampling:
-    """VOC mAP (points) of each run on each chunk [runs, chunks] and on the whole split [runs]."""
+    """VOC mAP (points) of each run on each chunk [runs, chunks] and on the whole split [runs]
+    of ``images`` (the chunks' and any left over after the last whole chunk)."""
 
     names: list[str]
     chunk_maps: np.ndarray
     whole_maps: np.ndarray
     pairs: list[PairCheck]
+    images: int
 
     @property
     def seed_std_chunks(self) -> np.ndarray:
@@ -138,13 +140,13 @@ def measure(
                 ),
             )
         )
-    return Sampling(names, chunk_maps, whole_maps, pairs)
+    return Sampling(names, chunk_maps, whole_maps, pairs, len(targets))
 
 
 def report(sampling: Sampling, chunk: int) -> str:
     """The printed summary of :func:`measure`."""
     chunks = sampling.chunk_maps.shape[1]
-    lines = [f"VOC mAP on {chunks} chunks of {chunk} test images | on all {chunks * chunk}"]
+    lines = [f"VOC mAP on {chunks} chunks of {chunk} test images | on all {sampling.images}"]
     for name, row, whole in zip(
         sampling.names, sampling.chunk_maps, sampling.whole_maps, strict=True
     ):
@@ -153,7 +155,7 @@ def report(sampling: Sampling, chunk: int) -> str:
     lines += [
         f"std over the runs on each chunk: {stds}",
         f"  root mean square: {sampling.seed_std_chunk:.2f}; "
-        f"on all {chunks * chunk} images: {sampling.seed_std_whole:.2f}",
+        f"on all {sampling.images} images: {sampling.seed_std_whole:.2f}",
         f"one run's std over the chunks (root mean square over the runs): "
         f"{sampling.run_std_chunk:.2f}",
         "paired bootstrap on each chunk, against fresh chunks:",

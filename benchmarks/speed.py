@@ -469,14 +469,16 @@ def time_fed_training(
 
 
 def fed_training(
-    name: str, args: argparse.Namespace, synthetic_images_per_s: float
+    name: str, args: argparse.Namespace, synthetic_images_per_s: float, num_classes: int
 ) -> dict[str, Any]:
     """The training row fed by ``--train-data``'s loader, the loader alone and the bottleneck.
 
     The pipeline cannot run faster than the slower of its two halves: the loader alone and
-    the training step on a batch already in memory (the synthetic row); that one is named.
+    the training step on a batch already in memory (the synthetic row); that one is named. The
+    network is the synthetic row's, ``num_classes`` included, whatever classes the data has.
     """
     cfg = model_config(name, args.image_size, fed_overrides(args))
+    cfg.model.net.num_classes = num_classes
     net = instantiate(cfg.model.net).to(args.device)
     loader = training_loader(cfg, args.train_batch)
     sync = synchronizer(args.device)
@@ -488,6 +490,7 @@ def fed_training(
     compute = "GPU compute" if args.device.type == "cuda" else "CPU compute"
     result = {
         "data": args.train_data,
+        "num_classes": net.num_classes,
         "workers": loader.num_workers,
         "batch": args.train_batch,
         "images_per_s": fed["images_per_s"],
@@ -578,7 +581,9 @@ def benchmark_training(
     )
     if args.train_data == "none":
         return
-    fed = result["fed_training"] = fed_training(name, args, args.train_batch / step)
+    fed = result["fed_training"] = fed_training(
+        name, args, args.train_batch / step, net.num_classes
+    )
     if "profile" in fed:
         result.setdefault("profile", {})["training"] = fed.pop("profile")
     print(

@@ -77,6 +77,8 @@ def test_training_fed_by_the_loader(run: tuple[dict, str, str]) -> None:
     for r in report["results"]:
         fed = r["fed_training"]
         assert fed["data"] == "shapes" and fed["workers"] == 0 and fed["batch"] == 2
+        # the network of the in-memory row, not one sized for the loader's data (6 classes)
+        assert fed["num_classes"] == r["num_classes"] == 20
         assert fed["images_per_s"] > 0 and fed["loader_images_per_s"] > 0
         assert 0 <= fed["wait_share"] < 1
         # the slower half of the pipeline is named

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.strategies import DDPStrategy
 
 from conftest import run_entry_point
-from dssd.data.datamodule import EvaluationShard
+from dssd.data.datamodule import EvaluationShard, ShapesDataModule
 from dssd.data.shapes import CLASSES
 from dssd.errors import UserError
 from dssd.tasks.training import check_launch
@@ -314,6 +315,21 @@ def test_too_few_evaluation_images_for_the_processes_is_said_before_training(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "error: 1 test images for 2 processes: each process needs one" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_too_few_evaluation_images_is_said_at_setup_where_srun_started_the_processes(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    """There train.py reads no data before the trainer: each process sets it up in ``fit``, and
+    the shard of the first validation said it, after training up to it."""
+    root = tmp_path / "shapes"
+    shutil.copytree(tiny_shapes, root)
+    splits = root / "ImageSets" / "Main"
+    (splits / "one.txt").write_text((splits / "val.txt").read_text().split()[0] + "\n")
+    datamodule = ShapesDataModule(str(root), CLASSES, val_split="one", image_size=65)
+    datamodule.trainer = SimpleNamespace(world_size=2)  # as Lightning attaches it
+    with pytest.raises(UserError, match="1 val images for 2 processes: each process needs one"):
+        datamodule.setup("fit")
 
 
 @pytest.mark.slow

@@ -104,6 +104,9 @@ def test_command_prints_every_run_and_pair(
     sampling.main([*argv, "--samples", "100", "--results", *map(str, dirs)])
     out = capsys.readouterr().out
     assert out.startswith("VOC mAP on 3 chunks of 10 test images | on all 30")
+    # chunks of 8: three whole ones, and the whole split's figure over all 30 images
+    sampling.main([*argv[:-1], "8", "--samples", "100", "--results", *map(str, dirs)])
+    assert capsys.readouterr().out.startswith("VOC mAP on 3 chunks of 8 test images | on all 30")
     # each run named by its path below their shared directory
     assert "  results: " in out and "  other: " in out
     assert "  results - other: " in out and "intervals cover" in out

@@ -265,6 +265,12 @@ class DetectionDataModule(pl.LightningDataModule):
             log.log(level, "%s data: %s", role, _describe(role, dataset))
         if added:
             self._check_roles_disjoint()
+        # where srun or torchrun started the processes, this setup (before the fit loop) is the
+        # first that knows their number: said here, not at the first validation after training
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        for role, dataset in self.datasets.items():
+            if role != "train":
+                check_shardable(len(dataset), world_size, role)
 
     def _role_dataset(self, role: str, transform: DetectionTransform) -> Dataset:
         """The dataset of a role; with ``val_holdout``, train and val are parts of the training
