@@ -122,6 +122,11 @@ def test_a_changed_score_is_caught_and_reported_as_a_score_gap() -> None:
     strict = Tolerance(score=0.0)
     agreement = compare_detections([detections((3, HIGH, A))], [detections((3, LOW, A))], strict)
     assert not agreement.agrees and "scores 2.98e-08 apart" in agreement.missing[0]
+    # a partner within the tolerance that another detection took: no gap to report
+    twice = [detections((3, 0.5, A), (3, 0.50001, A))]
+    agreement = compare_detections(twice, [detections((3, 0.5, A))])
+    assert agreement.matched == 1 and len(agreement.missing) == 1
+    assert "apart" not in agreement.missing[0]
 
 
 def test_a_detection_at_the_score_threshold_may_be_kept_on_one_side_only() -> None:

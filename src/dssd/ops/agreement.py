@@ -81,15 +81,14 @@ class _Side:
         return len(self.scores)
 
     def describe(self, image: int, i: int, opposite: _Side, tol: Tolerance) -> str:
-        """Detection ``i``, and the score of ``opposite``'s detection of its label and box (within
-        ``box_px``), if it has one: then only the score gap kept them apart."""
+        """Detection ``i``, and the score gap to ``opposite``'s detections of its label and box
+        (within ``box_px``) when only that gap, above ``score``, kept them apart."""
         box = ", ".join(f"{v:.1f}" for v in self.boxes[i])
         text = f"image {image}: label {self.labels[i]} score {self.scores[i]:.4f} at [{box}]"
         gaps = np.abs(opposite.boxes - self.boxes[i]).max(-1, initial=0.0)
-        same = np.flatnonzero((gaps <= tol.box_px) & (opposite.labels == self.labels[i]))
-        if len(same):
-            j = same[np.abs(opposite.scores[same] - self.scores[i]).argmin()]
-            gap = abs(opposite.scores[j] - self.scores[i])
+        same = (gaps <= tol.box_px) & (opposite.labels == self.labels[i])
+        gap = np.abs(opposite.scores[same] - self.scores[i]).min(initial=np.inf)
+        if tol.score < gap < np.inf:
             text += f" (the other side's at this box scores {gap:.2e} apart)"
         return text
 
