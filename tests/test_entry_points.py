@@ -754,6 +754,9 @@ def test_settings_added_under_a_setting_the_script_has_pass() -> None:
     for script, given in [
         ("eval.py", ["+data.root=/data", "+trainer.num_nodes=2"]),
         ("train.py", ["+model.net.extra=1", "+hydra/launcher=basic", "+experiment=shapes"]),
+        # choices of a group (a sweep's list of them, Hydra's own, a sweep function) and settings
+        ("train.py", ["-m", "model=ssd321,dssd321", "logger=choice(csv,wandb)", "++seed=3"]),
+        ("train.py", ["hydra/launcher=submitit_local", "data/augment=ssd", "--cfg", "job"]),
         ("ablation.py", ["+trainer.max_steps=5"]),  # which src/ablation.py names itself
     ]:
         check_command_line(ROOT / "conf", given, script)
@@ -833,6 +836,16 @@ def test_eval_says_when_the_test_files_are_files_the_run_has_seen(
         ("eval.py", "++fp16=true", "eval.py has no setting fp16"),
         ("predict.py", "+postprocess.max_detections=5", "predict.py has no setting postprocess"),
         ("export.py", "+model.postprocess.score_threshold=0.5", "export.py has no setting model"),
+        # misspelt: Hydra's dozen lines, the first advising '+', which the check above refuses
+        ("export.py", "tolerance=0.01", "export.py has no setting tolerance; `python src/export"),
+        ("predict.py", "model.net.x=1", "predict.py has no setting model"),
+        (
+            "eval.py",
+            "logger=wand",
+            "logger=wand: logger has no choice wand; choose one of ['csv', 'none', 'tensorboard'",
+        ),
+        ("train.py", "model=ssd321,dssd_321", "model has no choice dssd_321; choose one of"),
+        ("ablation.py", "ablation=shapes_ful", "ablation has no choice shapes_ful"),
     ],
 )
 def test_a_config_group_set_to_null_or_an_added_setting_is_named(
@@ -840,7 +853,8 @@ def test_a_config_group_set_to_null_or_an_added_setting_is_named(
 ) -> None:
     """Hydra's command line cannot set a config group to null: its traceback ended in "Config
     group override must be a string or a list. Got NoneType". A top-level setting added with '+'
-    (Hydra's advice for a key the config lacks) went unheeded without a word."""
+    (Hydra's advice for a key the config lacks) went unheeded without a word. A misspelt setting
+    or choice was Hydra's message of a dozen lines, with exit status 1."""
     proc = run_in_process(script, given, "--cfg", "job", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {given}: ") and error in proc.stderr

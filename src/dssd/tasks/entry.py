@@ -31,36 +31,51 @@ def prepare(script: str) -> None:
 
 
 def check_command_line(conf: Path, overrides: list[str], script: str) -> None:
-    """Refuse, before Hydra reads them, two overrides it would take badly: ``<group>=null`` for a
+    """Refuse, before Hydra reads them, overrides it would take badly: ``<group>=null`` for a
     config group of ``conf``, which its command line cannot take (its traceback ends in "Config
-    group override must be a string or a list"), naming the group's choices; and a setting
+    group override must be a string or a list"), naming the group's choices; a choice the group
+    lacks (``logger=wand``) and a setting the script lacks (``tolerance=0.01``), which Hydra
+    refuses in a dozen lines, the second with the advice to add it with ``+``; and a setting
     added with ``+`` that no code of ``script`` reads, so that it would go unheeded without a
     word: at the top level (``+opset=17``) or under a setting the script's config lacks
     (``+model.postprocess.score_threshold=0.5`` in ``predict.py``, which takes the model from
     its checkpoint)."""
     settings = primary_settings(conf / f"{Path(script).stem}.yaml")
     for override in overrides:
+        if override.startswith("-") or "=" not in override:  # -m, --cfg job, ...
+            continue
         key, _, value = override.lstrip("+~").partition("=")
         group = conf / key
         first = re.split(r"[./]", key)[0]
-        added = override.startswith("+") and "=" in override
-        # a new key of its own (not a config group), or one under a setting the script lacks
-        if first != key:
-            lacks = settings is not None and first not in settings
+        added = override.startswith("+")
+        # a setting of its own (not a config group), or one under a setting, the script lacks
+        if first != key or group.is_dir():
+            lacks = first != key and settings is not None and first not in settings
         else:
-            lacks = not group.is_dir()
-        if added and lacks:
+            lacks = added if settings is None else key not in settings
+        if lacks:
+            how = ", and '+' adds one that nothing reads" if added else ""
             raise UserError(
-                f"{override}: {script} has no setting {first}, and '+' adds one that nothing "
-                f"reads; `python src/{script} --help` lists its settings"
+                f"{override}: {script} has no setting {first}{how}; "
+                f"`python src/{script} --help` lists its settings"
             )
-        if value.lower() not in ("null", "none") or not group.is_dir():
-            continue
-        choices = sorted(p.stem for p in group.glob("*.yaml"))
-        if value == "none" and "none" in choices:
-            continue
+        if group.is_dir():
+            _check_choice(override, key, group, value)
+
+
+def _check_choice(override: str, key: str, group: Path, value: str) -> None:
+    """Refuse null for config group ``key`` (folder ``group``), and a choice it lacks (in a sweep,
+    a list of choices); Hydra's own choices (``hydra/launcher=basic``) and sweep functions
+    (``choice(...)``) are left to Hydra."""
+    choices = sorted(p.stem for p in group.glob("*.yaml"))
+    if value.lower() in ("null", "none") and not (value == "none" and "none" in choices):
         instead = f"{key}=none" if "none" in choices else f"one of {choices}"
         raise UserError(f"{override}: {key} is a config group of conf/; choose {instead}")
+    if group.parent.name == "hydra" or not re.fullmatch(r"[\w.,+-]+", value):
+        return
+    unknown = [v for v in value.split(",") if v not in choices]
+    if unknown:
+        raise UserError(f"{override}: {key} has no choice {unknown[0]}; choose one of {choices}")
 
 
 def primary_settings(path: Path) -> set[str] | None:
