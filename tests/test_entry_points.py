@@ -301,6 +301,12 @@ def test_broken_checkpoint_files_are_named_not_tracebacks(
             with pytest.raises(CheckpointError, match="it is an exported model: src/eval.py"):
                 load_checkpoint(path)
         assert not shown, [str(w.message) for w in shown]  # torch's "TorchScript archive"
+    # weights and a run_config of another program (or a mangled one): not rebuilt, named
+    for run_config in ("nonsense", {"lr": 0.1, "data": {}}):
+        foreign = tmp_path / "foreign.ckpt"
+        torch.save({"state_dict": {}, "hyper_parameters": {"run_config": run_config}}, foreign)
+        with pytest.raises(CheckpointError, match="its run configuration lacks model"):
+            load_checkpoint(foreign)
     truncated = tmp_path / "truncated.ckpt"
     for script, option in (("eval.py", "ckpt_path"), ("train.py", "init_from")):
         proc = run_in_process(
@@ -311,6 +317,21 @@ def test_broken_checkpoint_files_are_named_not_tracebacks(
         )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert f"error: {truncated} is not a checkpoint written by src/train.py (" in proc.stderr
+
+
+def test_a_checkpoint_that_cannot_be_read_is_not_called_foreign(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was "not a checkpoint written by src/train.py (... Permission denied)"."""
+    from dssd.training.checkpoints import CheckpointError, read_checkpoint
+
+    def refused(path: str, **_: object) -> None:  # what torch.load meets for a mode-000 file
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(torch, "load", refused)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(tiny_checkpoint, "ckpt_path")
+    assert str(err.value) == f"ckpt_path={tiny_checkpoint}: cannot read it (Permission denied)"
 
 
 @pytest.mark.parametrize(

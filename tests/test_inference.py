@@ -47,7 +47,8 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
 
 def test_load_checkpoint_reads_the_run_config_of_older_checkpoint_files(tmp_path: Path) -> None:
     path = tmp_path / "older.ckpt"
-    torch.save({"state_dict": {}, "dssd_config": {"stage": 1}}, path)
+    older = {"stage": 1, "model": {}}
+    torch.save({"state_dict": {}, "dssd_config": older}, path)
     assert load_checkpoint(path)[1].stage == 1
 
 

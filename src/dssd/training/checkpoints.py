@@ -39,6 +39,8 @@ def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()
         with warnings.catch_warnings():  # torch warns of a TorchScript archive before failing
             warnings.simplefilter("ignore", UserWarning)
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:  # the file could not be read (permission, disk), whatever it holds
+        raise CheckpointError(f"{option}={path}: cannot read it ({err.strerror or err})") from None
     except Exception as err:  # whatever torch.load fails on, the file is not a checkpoint
         if Path(path).suffix == ".onnx" or "TorchScript" in str(err):
             raise not_a_checkpoint(
