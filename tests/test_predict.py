@@ -240,6 +240,20 @@ def test_a_video_whose_drawn_copy_cannot_be_written(
     assert json.loads((out / "summary.json").read_text())["outputs"] == {}
 
 
+def test_an_input_folder_that_cannot_be_listed_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a folder of mode 000 (which root lists anyway): it was a PermissionError traceback."""
+    from dssd.tasks.prediction import input_files
+
+    def refused(self: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(UserError, match=f"input={tmp_path}: cannot list the folder \\(Permission"):
+        input_files(str(tmp_path))
+
+
 def test_bad_inputs(
     folder: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

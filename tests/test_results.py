@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from dssd.errors import UserError
 from dssd.results import wandb as wandb_runs
 from dssd.results.runs import (
     load_csv_metrics,
@@ -80,6 +82,20 @@ def test_results_json_round_trips_with_nan_as_null(tmp_path: Path) -> None:
     }
     assert read_test_results(tmp_path / "run")["per_class_ap"]["star"] is None
     assert math.isnan(per_class_ap([tmp_path / "run"]).loc["run", "star"])
+
+
+def test_test_results_that_cannot_be_read_are_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a file of mode 000 (which root reads anyway): it was a PermissionError traceback."""
+    path = write_results_json({"metrics": {}}, tmp_path / "run")
+
+    def refused(self: Path, *_: object, **__: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    with pytest.raises(UserError, match=re.escape(f"{path}: cannot read it (Permission denied)")):
+        read_test_results(tmp_path / "run")
 
 
 def test_load_runs_on_a_real_run(tiny_checkpoint: Path) -> None:

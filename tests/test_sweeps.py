@@ -233,6 +233,15 @@ def test_ablation_entry_point_writes_the_sweep_files(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob("*/seed*"))  # no row ran
 
 
+def test_a_sweeps_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    """It was FileExistsError's traceback from making the folder."""
+    file = tmp_path / "sweeps"
+    file.write_text("")
+    proc = run_in_process("ablation.py", "sweeps=true", f"sweeps_dir={file}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: sweeps_dir={file} is a file, not a directory" in proc.stderr
+
+
 def header_commands(text: str) -> list[str]:
     """The ``python src/train.py ...`` commands in a sweep file's header, continuation lines
     joined."""

@@ -51,6 +51,8 @@ def read_test_results(run_dir: PathLike) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err}); test the run again") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read it ({err.strerror or err})") from None
     if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
         what = "no metrics" if isinstance(record, dict) else f"a {type(record).__name__}"
         raise UserError(f"{path}: holds {what}, not a run's test results; test the run again")

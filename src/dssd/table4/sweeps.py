@@ -16,7 +16,7 @@ from hydra import compose
 from omegaconf import DictConfig
 
 from dssd.config import run_name
-from dssd.errors import UserError
+from dssd.errors import UserError, writable_directory
 from dssd.table4.rows import Row, parse_rows, row_overrides
 
 RUNS_DIR = "logs/sweeps/table4"
@@ -222,8 +222,7 @@ def sweep_files(cfg: DictConfig, setting_name: str, rows_name: str = "table4") -
 
 def write_sweeps(cfg: DictConfig, setting_name: str, rows_name: str = "table4") -> list[Path]:
     """Write the sweep files into ``cfg.sweeps_dir`` and return their paths."""
-    directory = Path(cfg.sweeps_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = writable_directory(cfg.sweeps_dir, "sweeps_dir")
     files = sweep_files(cfg, setting_name, rows_name)
     for name, text in files.items():
         (directory / name).write_text(text)

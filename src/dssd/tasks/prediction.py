@@ -68,7 +68,11 @@ def input_files(spec: str) -> tuple[Path, list[Path]]:
     Entries that are not folders count as files, so a broken link is reported as unreadable."""
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if not p.is_dir() and not p.name.startswith("."))
+        try:
+            entries = list(path.iterdir())
+        except OSError as err:
+            raise UserError(f"input={spec}: cannot list the folder ({err.strerror})") from None
+        files = sorted(p for p in entries if not p.is_dir() and not p.name.startswith("."))
         root = path
     elif path.is_file():
         files, root = [path], path.parent
