@@ -210,6 +210,8 @@ def test_eval_refuses_data_the_network_was_not_built_for(
     [
         ("trainer.devices=0", "Trainer settings: `Trainer(devices=0)` value is not a valid"),
         ("voc_results={blocker}/results", "voc_results={blocker}/results: cannot write there"),
+        # it tested nothing and wrote empty results, exit status 0
+        ("trainer.limit_test_batches=0", "trainer.limit_test_batches=0: the test would score no"),
     ],
 )
 def test_eval_refuses_trainer_and_result_settings_before_reading_the_test_data(
@@ -398,6 +400,8 @@ def test_a_test_ckpt_of_another_network_is_refused_before_training(tiny_checkpoi
         (["trainer.precision=bf16-true"], "trainer.precision=bf16-true: choose one of 32-true"),
         # ZeroDivisionError, and torch's ValueError, inside the fit
         (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0: choose"),
+        # a test of no image, recorded as the run's results
+        (["trainer.limit_test_batches=0"], "limit_test_batches=0: the test would score no image"),
         (["model.optimizer.weight_decay=-1"], "model.optimizer.weight_decay=-1: choose a"),
         (["optimizer=sgd", "model.optimizer.momentum=-0.9"], "model.optimizer.momentum=-0.9"),
         # DDP on the CPU: sync BN fails in the started processes; ddp_spawn loses the record

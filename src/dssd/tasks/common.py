@@ -133,6 +133,16 @@ def check_accelerator(trainer: DictConfig) -> None:
         )
 
 
+def check_test_batches(trainer: DictConfig, instead: str) -> None:
+    """Refuse ``trainer.limit_test_batches=0`` where a test is run: it scores no image and
+    writes empty results as if they were the test's; ``instead`` says what to do."""
+    if trainer.get("limit_test_batches") == 0:
+        raise UserError(
+            "trainer.limit_test_batches=0: the test would score no image and record empty "
+            f"results; {instead}"
+        )
+
+
 def build_trainer(
     cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = (), with_loggers: bool = True
 ) -> pl.Trainer:

@@ -24,6 +24,7 @@ from dssd.tasks.common import (
     check_accelerator,
     check_image_size,
     check_scorable,
+    check_test_batches,
     log_run_config,
     read_data,
     report_test_results,
@@ -54,6 +55,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     checkpoint (so the figures repeat) unless ``cfg.data`` or ``trainer.precision`` is given."""
     check_settings(cfg, ("fold_bn", *BOOLEAN), ("compare", *BOOLEAN))
     check_accelerator(cfg.trainer)
+    check_test_batches(cfg.trainer, "give a fraction in (0, 1] or a number of batches >= 1")
     if cfg.get("model_file"):
         return evaluate_exported(cfg)
     if not cfg.get("ckpt_path"):

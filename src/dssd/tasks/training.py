@@ -36,6 +36,7 @@ from dssd.tasks.common import (
     check_accelerator,
     check_image_size,
     check_scorable,
+    check_test_batches,
     log_run_config,
     read_data,
     report_test_results,
@@ -82,6 +83,8 @@ def check_run(cfg: DictConfig) -> None:
         )
     check_image_size(cfg, "set the model's size, which the data follows")
     check_accelerator(cfg.trainer)
+    if cfg.get("test", True):
+        check_test_batches(cfg.trainer, "test=false fits without a test")
     if cfg.train:
         check_schedule(cfg)
         check_trainer(cfg.trainer)
