@@ -308,6 +308,15 @@ def test_settings_no_analysis_can_use_are_refused_before_detecting(
     assert str(err.value).startswith(problem) and not out_dir.exists()
 
 
+def test_a_refused_baseline_leaves_no_out_dir_behind(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The folder was made before the runs were read: by default inside the run, empty."""
+    foreign, out_dir = tmp_path / "foreign.ckpt", tmp_path / "analysis"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(UserError, match="is not a checkpoint written by src/train.py"):
+        analyze(config(f"run={tiny_checkpoint}", f"baseline={foreign}", f"out_dir={out_dir}"))
+    assert not out_dir.exists()
+
+
 @pytest.mark.slow
 def test_analyze_py_prints_an_error(tmp_path: Path) -> None:
     """The command line (the in-process test above checks the messages)."""

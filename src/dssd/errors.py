@@ -91,7 +91,8 @@ def creatable_directory(directory: str | Path, option: str) -> None:
     path = Path(directory).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
-        raise UserError(f"{option}={directory}: {existing} is a file, not a directory")
+        where = "" if existing == path else f": {existing}"
+        raise UserError(f"{option}={directory}{where} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(
             f"{option}={directory}: cannot write in {existing}; choose a directory you can write to"

@@ -27,7 +27,15 @@ from dssd.analysis.writing import write_comparison, write_run_analysis
 from dssd.data.datamodule import dataset_items
 from dssd.deployment.detector import Detector, batches
 from dssd.deployment.inference import choose_device, load_checkpoint, load_test_data
-from dssd.errors import UserError, check_settings, is_number, number, whole, writable_directory
+from dssd.errors import (
+    UserError,
+    check_settings,
+    creatable_directory,
+    is_number,
+    number,
+    whole,
+    writable_directory,
+)
 from dssd.evaluation.matched_run import results_per_image
 from dssd.results.runs import RESULTS_DIR, read_test_results
 from dssd.results.wandb import log_files
@@ -306,24 +314,28 @@ def write_analysis(
     return the summary's path and the comparison."""
     options = analyser.options
     run_dirs = ", ".join(str(r.directory) for r in runs)
-    writable_directory(out_dir, "out_dir")
+    # nothing is made or written until every run and baseline is read and compared: a refused
+    # one leaves no empty or partial out_dir (by default inside the run) behind
+    creatable_directory(out_dir, "out_dir")
     check_pairs(runs, baselines)
     mine = [analyser(r) for r in runs]
-    run_name = run_name or runs[0].name
+    theirs = [analyser(r) for r in baselines]
     result = None
-    text, files = write_run_analysis(out_dir, *mine[0], run_name, options.gallery_size)
-    sections = [text]
     if baselines:
-        theirs = [analyser(r) for r in baselines]
-        baseline_name = baseline_name or baselines[0].name
-        if baseline_name == run_name:
-            baseline_name = f"{baseline_name} (baseline)"
         sides = [*zip(*mine, strict=True), *zip(*theirs, strict=True)]  # tests, then analyses
         try:
             result = compare(*sides, options.bootstrap_samples, options.confidence)
         except ValueError as err:
             against = ", ".join(str(r.directory) for r in baselines)
             raise UserError(f"{run_dirs} against {against}: {err}") from None
+    writable_directory(out_dir, "out_dir")
+    run_name = run_name or runs[0].name
+    text, files = write_run_analysis(out_dir, *mine[0], run_name, options.gallery_size)
+    sections = [text]
+    if result is not None:
+        baseline_name = baseline_name or baselines[0].name
+        if baseline_name == run_name:
+            baseline_name = f"{baseline_name} (baseline)"
         text, written = write_comparison(
             out_dir, mine[0][0], (mine[0][1], theirs[0][1]), result, run_name, baseline_name
         )
