@@ -366,6 +366,28 @@ def test_train_args_that_cannot_be_used_are_refused(train_args, message: str) ->
     ]
 
 
+@pytest.mark.parametrize(
+    "train_args, reason",
+    [
+        ("logger=csv trainer.max_steps", "ssd_pm_a (Error parsing override 'trainer.max_steps')"),
+        ("trainer.max_stepz=3", "ssd_pm_a (Could not override 'trainer.max_stepz'.)"),
+        ("logger=wand", "ssd_pm_a (In 'train': Could not find 'logger/wand')"),
+    ],
+)
+def test_train_args_train_py_cannot_take_are_refused_before_any_run(
+    train_args: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first row started, failed in train.py's parser, and left its directory behind."""
+    monkeypatch.setattr(subprocess, "call", lambda command: pytest.fail(shlex.join(command)))
+    cfg = compose_table4(f"out_dir={tmp_path}", f"train_args='{train_args}'", "only=[ssd_pm_a]")
+    with pytest.raises(UserError) as err:
+        run_ablation(cfg, "shapes")
+    assert str(err.value) == (
+        f"train_args={train_args}: src/train.py cannot take them for row {reason}"
+    )
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("name", ["a,b", "with space", "it's", "[x]=y", "plain-name_1.0"])
 def test_paths_in_the_train_command_survive_hydras_parser(tmp_path: Path, name: str) -> None:
     """A comma in out_dir made Hydra read every run as a multirun sweep."""

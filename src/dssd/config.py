@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -126,7 +128,10 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
     Hydra's message, as the Hydra apps report it."""
     root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2])))
     register_resolvers()
-    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+    # inside a Hydra app (src/ablation.py), its own search path holds conf/ already
+    conf = str(root / "conf")
+    running = GlobalHydra.instance().is_initialized()
+    with nullcontext() if running else initialize_config_dir(conf, version_base="1.3"):
         try:
             return compose("train", overrides=list(overrides))
         except HydraException as err:

@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from dssd.analysis.analyser import Analyser, Options, find_run, write_analysis
+from dssd.config import compose_train
 from dssd.errors import UserError, writable_directory
 from dssd.results.runs import RESULTS_DIR
 from dssd.results.tables import comparisons_index, table4_markdown, write_table4
@@ -91,6 +92,22 @@ def train_overrides(train_args: Any) -> list[str]:
                 f"({', '.join(RUNNER_KEYS)}: from seeds=, out_dir= and the rows); leave it out"
             )
     return overrides
+
+
+def check_train_args(rows: Sequence[Row], setting: DictConfig, train_args: str) -> None:
+    """Refuse, before any run, ``train_args`` with which src/train.py cannot compose a row's
+    config (a token that is no override, a setting or choice it lacks): the run of that row
+    would fail, after the rows before it."""
+    overrides = train_overrides(train_args)
+    for row in rows:
+        try:
+            compose_train([*row_overrides(row, setting), *overrides])
+        except UserError as err:
+            reason = str(err).strip().splitlines()[0]
+            raise UserError(
+                f"train_args={train_args}: src/train.py cannot take them for row {row.id} "
+                f"({reason})"
+            ) from None
 
 
 def train_command(
@@ -220,7 +237,7 @@ def run_ablation(cfg: DictConfig, setting_name: str) -> Path:
     seeds = parse_seeds(cfg.seeds)
     num_samples, confidence = cfg.get("bootstrap_samples", 1000), cfg.get("confidence", 0.95)
     Options(bootstrap_samples=num_samples, confidence=confidence)  # refused before any run
-    train_overrides(cfg.train_args)  # refused before any run
+    check_train_args(rows, cfg.ablation, cfg.train_args)  # refused before any run
     with table_lock(out_dir):
         steps = plan(rows, seeds, out_dir, cfg.force)
         for step in [s for s in steps if s.action != "run"]:
