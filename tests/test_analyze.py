@@ -297,6 +297,8 @@ def test_runs_that_share_a_checkpoint_keep_their_own_detections(
         ("batch_size=0", "batch_size=0: choose null or >= 1"),
         ("detections=files", "detections=files: choose auto, voc_results or checkpoint"),
         ("device=nowhere", "device=nowhere: not a device name; choose auto, cpu, cuda,"),
+        # it named nothing, without a word
+        ("baseline_name=ssd", "baseline_name=ssd names the baseline, but no baseline=<run>"),
     ],
 )
 def test_settings_no_analysis_can_use_are_refused_before_detecting(

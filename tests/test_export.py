@@ -221,6 +221,21 @@ def test_eval_of_an_exported_file_refuses_another_precision(exported: dict[str, 
             evaluate_exported(OmegaConf.create(cfg))
 
 
+def test_eval_of_an_exported_file_refuses_settings_it_would_ignore(
+    exported: dict[str, Path], tmp_path: Path
+) -> None:
+    """Both were accepted without a word: a checkpoint no comparison reads (a broken one too),
+    and folding a graph whose batch norms are folded already."""
+    from dssd.tasks.evaluation import evaluate_exported
+
+    file = {"model_file": str(exported["onnx"])}
+    ignored = {**file, "compare": False, "ckpt_path": str(tmp_path / "broken.ckpt")}
+    with pytest.raises(UserError, match=r"compare=false compares with none: drop one of them"):
+        evaluate_exported(OmegaConf.create(ignored))
+    with pytest.raises(UserError, match=r"fold_bn=true: an exported file's graph has its batch"):
+        evaluate_exported(OmegaConf.create({**file, "fold_bn": True}))
+
+
 def test_a_parity_gap_is_a_warning_that_names_the_checkpoint_exported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

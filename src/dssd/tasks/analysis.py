@@ -31,6 +31,10 @@ def analyze(cfg: DictConfig) -> Path:
             f"run= has {len(run_paths)} path(s) and baseline= {len(baseline_paths)}: give one "
             "baseline per run (seeds are paired in order)"
         )
+    if cfg.get("baseline_name") and not baseline_paths:
+        raise UserError(
+            f"baseline_name={cfg.baseline_name} names the baseline, but no baseline=<run> is given"
+        )
     runs = [find_run(p) for p in run_paths]
     baselines = [find_run(p, "baseline") for p in baseline_paths]
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else runs[0].directory / "analysis"

@@ -192,6 +192,15 @@ def evaluate_exported(cfg: DictConfig) -> dict[str, float]:
     """Test the exported file ``cfg.model_file`` (onnxruntime or TorchScript) on its run's test
     split like a checkpoint; then, unless ``compare=false``, its checkpoint (``ckpt_path``, default
     the file's) in float32 beside it: faithful when they agree to 0.001 (``parity``)."""
+    if cfg.get("fold_bn"):
+        raise UserError(
+            "fold_bn=true: an exported file's graph has its batch norms folded already; drop it"
+        )
+    if cfg.get("ckpt_path") and not cfg.get("compare", True):
+        raise UserError(
+            f"ckpt_path={cfg.ckpt_path} names the checkpoint compared with model_file, but "
+            "compare=false compares with none: drop one of them"
+        )
     precision = (cfg.get("trainer") or {}).get("precision")
     if precision not in (None, "32-true", "32"):
         raise UserError(
