@@ -228,6 +228,10 @@ def test_damaged_results_and_an_out_dir_that_is_a_file_are_named(
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=f"out_dir={tmp_path / 'a_file'} is a file, not a dir"):
         analyze(config(f"run={run}", f"out_dir={tmp_path / 'a_file'}"))
+    # a run's record given for the run: was torch.load's failure, "not a checkpoint"
+    record = run / "test_results.json"
+    with pytest.raises(UserError, match=re.escape(f"give the run directory (run={run})")):
+        analyze(config(f"run={record}"))
     # ("{}" counted as a finished run, with "–" for every figure in Table 4)
     damaged = (
         ('{"metrics": {', "not valid JSON"),

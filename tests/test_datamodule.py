@@ -261,3 +261,8 @@ def test_a_test_reads_the_shapes_data_and_never_builds_it(tmp_path: Path) -> Non
         with pytest.raises(DatasetNotFoundError, match="no complete shapes dataset in .*shapes"):
             read_data(datamodule, stage)
         assert not root.exists()
+    # a file given as the data's place: not advice to build a dataset at that path
+    file = tmp_path / "notes.txt"
+    file.write_text("")
+    with pytest.raises(DatasetNotFoundError, match="notes.txt is a file, not the folder of a"):
+        read_data(ShapesDataModule(str(file), CLASSES, num_workers=0), "test")

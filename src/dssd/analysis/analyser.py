@@ -63,6 +63,11 @@ def find_run(path: str | Path, option: str = "run") -> Run:
     or without the checkpoint they name is a :class:`UserError` saying what is missing (of the
     setting ``option``)."""
     path = Path(path)
+    if path.is_file() and path.suffix in (".json", ".md", ".csv", ".yaml"):  # a run's record
+        raise UserError(
+            f"{option}={path}: a file of the run, not a checkpoint; give the run directory "
+            f"({option}={path.parent}) or a checkpoint file"
+        )
     if path.is_file():
         directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         has_results = (directory / "test_results.json").is_file()

@@ -468,6 +468,8 @@ class ShapesDataModule(VOCDataModule):
             shapes.ensure_shapes(self.root, self.variant)
 
     def setup(self, stage: str | None = None) -> None:
+        if Path(self.root).is_file():
+            raise DatasetNotFoundError(f"{self.root} is a file, not the folder of a shapes dataset")
         if stage != "fit" and shapes.read_stamp(self.root) is None:  # only a fit builds it
             raise DatasetNotFoundError(
                 f"no complete shapes dataset in {self.root}: a test reads the one the run was "
