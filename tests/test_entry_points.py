@@ -212,6 +212,8 @@ def test_eval_refuses_data_the_network_was_not_built_for(
         ("voc_results={blocker}/results", "voc_results={blocker}/results: cannot write there"),
         # it tested nothing and wrote empty results, exit status 0
         ("trainer.limit_test_batches=0", "trainer.limit_test_batches=0: the test would score no"),
+        # it tested in float64, a precision train.py refuses
+        ("trainer.precision=64", "trainer.precision=64: choose one of 32-true"),
     ],
 )
 def test_eval_refuses_trainer_and_result_settings_before_reading_the_test_data(

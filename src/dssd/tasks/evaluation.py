@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.data.datamodule import image_files
+from dssd.deployment.detector import PRECISIONS
 from dssd.deployment.export import ExportedModel
 from dssd.deployment.inference import load_checkpoint, restore_detector
 from dssd.errors import BOOLEAN, UserError, check_settings
@@ -56,6 +57,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_settings(cfg, ("fold_bn", *BOOLEAN), ("compare", *BOOLEAN))
     check_accelerator(cfg.trainer)
     check_test_batches(cfg.trainer, "give a fraction in (0, 1] or a number of batches >= 1")
+    precision = cfg.trainer.get("precision")
+    if precision is not None and str(precision) not in PRECISIONS:  # those train.py takes
+        raise UserError(f"trainer.precision={precision}: choose one of {', '.join(PRECISIONS)}")
     if cfg.get("model_file"):
         return evaluate_exported(cfg)
     if not cfg.get("ckpt_path"):
