@@ -784,6 +784,7 @@ def test_settings_added_under_a_setting_the_script_has_pass() -> None:
         # choices of a group (a sweep's list of them, Hydra's own, a sweep function) and settings
         ("train.py", ["-m", "model=ssd321,dssd321", "logger=choice(csv,wandb)", "++seed=3"]),
         ("train.py", ["hydra/launcher=submitit_local", "data/augment=ssd", "--cfg", "job"]),
+        ("train.py", ["backbone@model.net.backbone=resnet18"]),  # a group placed by package
         ("ablation.py", ["+trainer.max_steps=5"]),  # which src/ablation.py names itself
     ]:
         check_command_line(ROOT / "conf", given, script)

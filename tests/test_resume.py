@@ -272,7 +272,8 @@ def test_resume_checkpoint_resolves_and_checks_the_path(tmp_path: Path) -> None:
     for value in ("last", str(last)):
         with pytest.raises(UserError, match="is not a checkpoint written by src/train.py"):
             resume_checkpoint(cfg(value))
-    torch.save({"state_dict": {}, "hyper_parameters": {"run_config": {}}, "global_step": 8}, last)
+    record = {"state_dict": {}, "hyper_parameters": {"run_config": {"model": {}}}, "global_step": 8}
+    torch.save(record, last)
     assert resume_checkpoint(cfg("last")) == str(last)
     assert resume_checkpoint(cfg(str(last))) == str(last)
     # a schedule shorter than the fit: Lightning stopped at once and tested the step-8 weights

@@ -42,7 +42,8 @@ def check_command_line(conf: Path, overrides: list[str], script: str) -> None:
     its checkpoint)."""
     settings = primary_settings(conf / f"{Path(script).stem}.yaml")
     for override in overrides:
-        if override.startswith("-") or "=" not in override:  # -m, --cfg job, ...
+        # -m, --cfg job, ...; and group@package=choice, which places a group elsewhere
+        if override.startswith("-") or "=" not in override or "@" in override.partition("=")[0]:
             continue
         key, _, value = override.lstrip("+~").partition("=")
         group = conf / key
