@@ -267,10 +267,13 @@ class DetectionDataModule(pl.LightningDataModule):
             self._check_roles_disjoint()
         # where srun or torchrun started the processes, this setup (before the fit loop) is the
         # first that knows their number: said here, not at the first validation after training
-        world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.check_evaluation_sizes(self.trainer.world_size if self.trainer is not None else 1)
+
+    def check_evaluation_sizes(self, processes: int) -> None:
+        """Refuse validation or test data with fewer images than ``processes``."""
         for role, dataset in self.datasets.items():
             if role != "train":
-                check_shardable(len(dataset), world_size, role)
+                check_shardable(len(dataset), processes, role)
 
     def _role_dataset(self, role: str, transform: DetectionTransform) -> Dataset:
         """The dataset of a role; with ``val_holdout``, train and val are parts of the training

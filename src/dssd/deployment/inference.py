@@ -79,10 +79,6 @@ def _current_neck(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-# what every command that rebuilds a run from its checkpoint reads of its run config
-RUN_CONFIG_KEYS = ("model",)
-
-
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
     """The checkpoint at ``path`` (on the CPU) and the run config ``src/train.py`` stored in it
     (``run_config`` hyper-parameter, or older files' ``dssd_config``), brought up to date; a
@@ -93,10 +89,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
         run_config = checkpoint.get("dssd_config")
     if run_config is None:
         raise not_a_checkpoint(path, "it holds no run configuration")
-    # another program's hyper-parameter of that name: not a config these commands can rebuild
-    lacks = [k for k in RUN_CONFIG_KEYS if not isinstance(run_config, dict) or k not in run_config]
-    if lacks:
-        raise not_a_checkpoint(path, f"its run configuration lacks {', '.join(lacks)}")
+    # another program's hyper-parameter of that name: no network to rebuild
+    if not isinstance(run_config, dict) or "model" not in run_config:
+        raise not_a_checkpoint(path, "its run configuration lacks model")
     return checkpoint, OmegaConf.create(_current_neck(_current_targets(run_config)))
 
 

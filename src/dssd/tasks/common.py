@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from dssd.deployment.detector import PRECISIONS
 from dssd.errors import MAX_SEED, UserError, check_settings, is_seed
 from dssd.evaluation.module import DetectionEvaluation
 from dssd.models.cost import gmac
@@ -131,6 +132,14 @@ def check_accelerator(trainer: DictConfig) -> None:
             "trainer=cpu to run on the CPU, or trainer.accelerator=auto to take a GPU where "
             "there is one"
         )
+
+
+def check_precision(trainer: DictConfig) -> None:
+    """Refuse a ``trainer.precision`` the detector does not run in (one Lightning would take,
+    e.g. ``64``, or fail on); null: the run's own."""
+    precision = trainer.get("precision")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise UserError(f"trainer.precision={precision}: choose one of {', '.join(PRECISIONS)}")
 
 
 def check_test_batches(trainer: DictConfig, instead: str) -> None:

@@ -14,7 +14,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dssd.data.datamodule import image_files
-from dssd.deployment.detector import PRECISIONS
 from dssd.deployment.export import ExportedModel
 from dssd.deployment.inference import load_checkpoint, restore_detector
 from dssd.errors import BOOLEAN, UserError, check_settings
@@ -24,6 +23,7 @@ from dssd.tasks.common import (
     build_trainer,
     check_accelerator,
     check_image_size,
+    check_precision,
     check_scorable,
     check_test_batches,
     log_run_config,
@@ -57,9 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_settings(cfg, ("fold_bn", *BOOLEAN), ("compare", *BOOLEAN))
     check_accelerator(cfg.trainer)
     check_test_batches(cfg.trainer, "give a fraction in (0, 1] or a number of batches >= 1")
-    precision = cfg.trainer.get("precision")
-    if precision is not None and str(precision) not in PRECISIONS:  # those train.py takes
-        raise UserError(f"trainer.precision={precision}: choose one of {', '.join(PRECISIONS)}")
+    check_precision(cfg.trainer)  # those train.py takes
     if cfg.get("model_file"):
         return evaluate_exported(cfg)
     if not cfg.get("ckpt_path"):

@@ -19,8 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dssd.config import training_stage
-from dssd.data.datamodule import DetectionDataModule, check_shardable
-from dssd.deployment.detector import PRECISIONS
+from dssd.data.datamodule import DetectionDataModule
 from dssd.deployment.inference import differing_tensors, load_checkpoint
 from dssd.errors import (
     BOOLEAN,
@@ -35,6 +34,7 @@ from dssd.tasks.common import (
     build_trainer,
     check_accelerator,
     check_image_size,
+    check_precision,
     check_scorable,
     check_test_batches,
     log_run_config,
@@ -136,8 +136,8 @@ def check_schedule(cfg: DictConfig) -> None:
 def check_trainer(trainer: DictConfig) -> None:
     """Trainer settings of a fit that Lightning would take without a word (a negative clipping
     value switches clipping off) or fail on with a traceback; null: Lightning's default."""
+    check_precision(trainer)
     for name, valid, what in (
-        ("precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
         ("gradient_clip_val", number(0), "a norm >= 0, or null for no clipping"),
         (
             "val_check_interval",
@@ -369,9 +369,8 @@ def train(cfg: DictConfig) -> float | None:
     read_data(datamodule, "fit" if cfg.get("train", True) else "test")
     if cfg.get("test", True):
         model.unscored_test_file = check_scorable(cfg, datamodule)
-    for role, dataset in getattr(datamodule, "datasets", {}).items():
-        if role != "train":  # said now, not at the first validation after hours of training
-            check_shardable(len(dataset), trainer.world_size, role)
+    if isinstance(datamodule, DetectionDataModule):  # said now, not after hours of training
+        datamodule.check_evaluation_sizes(trainer.world_size)
     log_run_config(trainer.loggers, run_config)
 
     metrics: dict[str, float] = {}
