@@ -143,12 +143,14 @@ def test_match_detections_counts_like_the_voc_devkit() -> None:
     }
     match = match_detections(detections, truth)
     assert match["is_tp"].tolist() == [True, False, False, False, False]
-    assert (match["tp"], match["fp"], match["missed"]) == (1, 3, 1)
+    assert match["is_ignored"].tolist() == [False, False, False, False, True]
+    assert (match["tp"], match["fp"], match["ignored"], match["missed"]) == (1, 3, 1, 1)
 
     # the best score matches first, whatever the order of the detections
     order = torch.tensor([1, 0, 2, 3, 4])
     reordered = match_detections({k: v[order] for k, v in detections.items()}, truth)
     assert reordered["is_tp"].tolist() == [False, True, False, False, False]
+    assert reordered["is_ignored"].tolist() == [False, False, False, False, True]
 
     nothing = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}
     assert match_detections(nothing, truth)["missed"] == 2

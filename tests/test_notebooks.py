@@ -135,15 +135,17 @@ def test_detections_notebook(
 
     assert_png(tmp_path / "figures" / "detections.png")
     header, *rows = cell_text(notebook, "match_detections(found").strip().splitlines()
-    assert header.split() == ["image", "objects", "detections", "TP", "FP", "missed"]
+    columns = ["image", "objects", "difficult", "detections", "TP", "FP", "ignored", "missed"]
+    assert header.split() == columns
     assert len(rows) == 3
     test_set = VOCDataset(tiny_shapes, "test", CLASSES)
     for line, image_id, truth in zip(rows, test_set.ids, test_set.annotations, strict=False):
-        image, objects, detections, tp, fp, missed = line.split()
+        image, objects, difficult, detections, tp, fp, ignored, missed = line.split()
         assert image == image_id and int(objects) == len(truth["labels"])
+        assert int(difficult) == int(truth["difficult"].sum())
         # at MIN_SCORE=0 every detection counts: TP or FP, or neither on a difficult object
-        assert int(detections) > 0 and int(tp) + int(fp) <= int(detections)
-        assert int(tp) + int(missed) == int((~truth["difficult"]).sum())
+        assert int(detections) > 0 and int(tp) + int(fp) + int(ignored) == int(detections)
+        assert int(tp) + int(missed) == int(objects) - int(difficult)
 
     # the run's analysis, written to DSSD_ANALYSIS_DIR (not into the run directory)
     analysis = tmp_path / "analysis"

@@ -151,9 +151,10 @@ def load_example(datamodule: DetectionDataModule, index: int) -> dict[str, Any]:
 def match_detections(
     detections: dict[str, Tensor], truth: dict[str, Tensor], iou_threshold: float = 0.5
 ) -> dict[str, Any]:
-    """One image's "tp", "fp", "missed" (non-difficult objects unmatched) and "is_tp" (bool per
-    detection, input order), by the VOC metric's own matcher
-    (:func:`dssd.evaluation.matching.match_image`), so that they are those behind the mAP."""
+    """One image's "tp", "fp", "ignored" (detections on difficult objects, neither TP nor FP),
+    "missed" (non-difficult objects unmatched), and "is_tp" and "is_ignored" (bool per detection,
+    input order), by the VOC metric's own matcher (:func:`dssd.evaluation.matching.match_image`),
+    so that they are those behind the mAP."""
     difficult = truth.get("difficult")
     if difficult is None:
         difficult = torch.zeros(len(truth["labels"]), dtype=torch.bool)
@@ -171,6 +172,8 @@ def match_detections(
     return {
         "tp": found,
         "fp": int((~is_tp & ~ignored).sum()),
+        "ignored": int(ignored.sum()),
         "missed": int((~difficult.bool()).sum()) - found,
         "is_tp": is_tp,
+        "is_ignored": ignored,
     }
