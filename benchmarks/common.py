@@ -40,6 +40,21 @@ def model_spec(spec: str) -> str:
     return spec
 
 
+def add_models_argument(
+    parser: argparse.ArgumentParser, default: Sequence[str], example: str, note: str = ""
+) -> None:
+    """The ``--models`` option: model configs, each with its own overrides (:func:`model_spec`)."""
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(default),
+        type=model_spec,
+        metavar="NAME[:OVERRIDES]",
+        help="model configs, each optionally with comma-separated overrides of its own, e.g. "
+        f"{example} (one of: {', '.join(model_names())}){note}",
+    )
+
+
 def compose_config(
     model: str, image_size: int | None = None, overrides: Sequence[str] = ()
 ) -> DictConfig:

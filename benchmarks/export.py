@@ -29,11 +29,10 @@ from hydra.utils import instantiate
 from torch import nn
 
 from benchmarks.common import (
+    add_models_argument,
     compose_config,
     environment,
     median,
-    model_names,
-    model_spec,
     time_in_turn,
 )
 from dssd.deployment.detector import Detector
@@ -56,15 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=list(DEFAULT_MODELS),
-        type=model_spec,
-        metavar="NAME[:OVERRIDES]",
-        help="model configs, each optionally with comma-separated overrides of its own, e.g. "
-        "ssd321:pm=c (one of: " + ", ".join(model_names()) + "); ignored with --ckpt",
-    )
+    add_models_argument(parser, DEFAULT_MODELS, "ssd321:pm=c", "; ignored with --ckpt")
     parser.add_argument("--ckpt", help="a checkpoint of src/train.py instead of --models")
     parser.add_argument(
         "--batches", nargs="+", type=at_least(1), default=[1, 8], help="batch sizes timed"

@@ -56,11 +56,10 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import (
     CONF,
+    add_models_argument,
     compose_config,
     environment,
     median,
-    model_names,
-    model_spec,
     random_targets,
     synchronizer,
     time_in_turn,
@@ -109,15 +108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=list(DEFAULT_MODELS),
-        type=model_spec,
-        metavar="NAME[:OVERRIDES]",
-        help="model configs, each optionally with comma-separated overrides of its own, e.g. "
-        "dssd_r18:neck=fpn (one of: " + ", ".join(model_names()) + ")",
-    )
+    add_models_argument(parser, DEFAULT_MODELS, "dssd_r18:neck=fpn")
     parser.add_argument(
         "--only", nargs="+", choices=SECTIONS, default=["inference", "training"], help="sections"
     )
