@@ -19,25 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from dssd.config import compose_train
+from dssd.config import compose_train, conf_dir
+from dssd.tools.network_table import model_names, model_spec
 
-ROOT = Path(os.environ.get("PROJECT_ROOT", Path(__file__).resolve().parents[1]))
-CONF = ROOT / "conf"
-
-
-def model_names() -> list[str]:
-    """The model configs: ``conf/model/<name>.yaml``."""
-    return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-
-
-def model_spec(spec: str) -> str:
-    """A ``--models`` entry: a model config's name, optionally ``:`` and comma-separated overrides
-    of that model's own (``dssd_r18:neck=fpn,pm=c``), checked."""
-    name = spec.split(":", 1)[0]
-    if name not in model_names():
-        hint = " (give a model's overrides after a colon: ssd321:pm=c)" if " " in name else ""
-        raise argparse.ArgumentTypeError(f"no model config {name!r} in conf/model/{hint}")
-    return spec
+CONF = conf_dir()
 
 
 def add_models_argument(

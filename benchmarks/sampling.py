@@ -176,6 +176,15 @@ def report(sampling: Sampling, chunk: int) -> str:
     return "\n".join(lines)
 
 
+def results_of(directory: Path, image_ids: Sequence[str], args: argparse.Namespace) -> list[dict]:
+    """One ``--results`` directory's detections per image of ``--split`` (a run's other split, or
+    files that cannot be read, are a :class:`UserError`)."""
+    try:
+        return results_per_image(directory, image_ids, args.classes)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--split {args.split}: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     with user_errors():
         parser = argparse.ArgumentParser(
@@ -199,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # each run by its path below the directory all of them share
         common = Path(os.path.commonpath([d.resolve() for d in args.results]))
         detections = {
-            str(d.resolve().relative_to(common)): results_per_image(d, dataset.ids, args.classes)
+            str(d.resolve().relative_to(common)): results_of(d, dataset.ids, args)
             for d in args.results
         }
         if len(detections) < len(args.results):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,30 @@ def test_cli_reports_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFix
         main(["--root", str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_coco_files_it_cannot_measure_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image of width 0 (its boxes have no size on the resized input), an image-info file, a
+    bbox that is not numbers: each one error line naming the file, not numpy's or scipy's."""
+    image = {"id": 1, "file_name": "a.jpg", "width": 0, "height": 10}
+    boxes = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, w, 5]} for w in (3, 5)]
+    files = {
+        "zero_width.json": ([image], boxes, ["--size", "300"], "has a width or height of 0"),
+        "image_info.json": ([image], None, [], "an image-info file, without 'annotations'"),
+        "text_bbox.json": ([image], [{**boxes[0], "bbox": "x"}], [], "'bbox' is missing or not"),
+    }
+    for name, (images, anns, options, problem) in files.items():
+        coco = {"images": images, "categories": [{"id": 1, "name": "circle"}]}
+        if anns is not None:
+            coco["annotations"] = anns
+        (tmp_path / name).write_text(json.dumps(coco))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--coco", str(tmp_path / name), *options])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err
+        assert err.startswith(f"error: {tmp_path / name}: ") and problem in err, err
+    # without --size the image sizes are not needed: the boxes of the width-0 image are measured
+    main(["--coco", str(tmp_path / "zero_width.json")])
+    assert "k-means of 2 boxes" in capsys.readouterr().out

@@ -145,5 +145,5 @@ def test_runs_read_from_devkit_result_files_match_the_in_memory_ones(tmp_path: P
     from_files = MatchedRun.build(results_per_image(tmp_path, ids, names), targets, NUM_CLASSES)
     in_memory = MatchedRun.build(preds, targets, NUM_CLASSES)
     assert from_files.mean_ap()[0] == pytest.approx(in_memory.mean_ap()[0], abs=1e-9)
-    with pytest.raises(ValueError, match="not in the test set"):
+    with pytest.raises(ValueError, match="not in the split scored"):
         results_per_image(tmp_path, ids[:5], names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,22 @@ def bad_invocations(data: str, tmp: str) -> list[tuple[str, list[str], str]]:
         ("dssd.tools.anchor_coverage", ["--picture"], "--picture draws into --out"),
         ("dssd.tools.anchor_coverage", ["--threshold", "0"], "an IoU in (0, 1]"),
         ("dssd.tools.anchor_coverage", ["model=nonexistent"], "Could not find 'model/nonexistent'"),
+        (
+            "dssd.tools.anchor_coverage",
+            ["--out", f"{data}/ImageSets/Main/test.txt/coverage"],
+            "test.txt is a file, not a directory",
+        ),
+        (
+            "dssd.tools.anchor_coverage",
+            ["model=ssd_r18", "model.net.image_size=abc"],
+            "model.net.image_size='abc': give the input side in pixels",
+        ),
+        ("dssd.tools.anchor_kmeans", ["--root", data, "--seed", "-1"], "--seed: '-1': give"),
+        (
+            "dssd.tools.anchor_kmeans",
+            ["--root", data, "--min-improvement", "20"],
+            "'20': give a share in [0, 1), e.g. 0.2 for 20%",
+        ),
         ("dssd.tools.anchor_kmeans", ["--root", data, "--start", "0"], "need 1 <= --start"),
         ("dssd.tools.anchor_kmeans", ["--coco", data], "is not a file"),
         (
@@ -88,8 +105,18 @@ def bad_invocations(data: str, tmp: str) -> list[tuple[str, list[str], str]]:
         ),
         ("dssd.tools.network_table", ["--classes", "0"], "--classes 0: at least 1"),
         ("dssd.tools.network_table", ["ssd_r18", "--out", tmp], "is a directory"),
-        ("dssd.tools.context_reach", [tmp, "--objects", "0"], "--objects 0: at least 1"),
-        ("dssd.tools.show_augmentation", ["--root", data, "--rows", "0"], "--rows 0: at least 1"),
+        ("dssd.tools.network_table", ["model=ssd_r18"], "(give the config's name, and its"),
+        ("dssd.tools.context_reach", [tmp, "--objects", "0"], "--objects: '0': give a whole"),
+        ("dssd.tools.context_reach", [tmp, "--max-size", "0"], "'0': give a length in pixels"),
+        ("dssd.tools.context_reach", [f"{tmp}/none"], f"error: {tmp}/none: no such run directory"),
+        ("dssd.tools.context_reach", [tmp, "--distance", "-10"], "'-10': give a length in"),
+        ("dssd.tools.show_augmentation", ["--root", data, "--rows", "0"], "--rows: '0': give a"),
+        ("dssd.tools.show_augmentation", ["--root", data, "--seed", "-1"], "--seed: '-1': give"),
+        (
+            "dssd.tools.show_augmentation",
+            ["--root", f"{data}/ImageSets/Main/test.txt"],
+            "test.txt is a file, not a directory",
+        ),
         ("dssd.tools.show_augmentation", ["--root", data, "--out", tmp], "a .png or .jpg file"),
         ("dssd.tools.show_augmentation", ["--root", f"{tmp}/none"], "does not exist"),
         # benchmarks: counts below what a timing needs, outputs that cannot be written
@@ -130,7 +157,7 @@ def bad_invocations(data: str, tmp: str) -> list[tuple[str, list[str], str]]:
         (
             "benchmarks.export",
             ["--models", "ssd_r18 pm=c"],
-            "(give a model's overrides after a colon: ssd321:pm=c)",
+            "(give the config's name, and its overrides after a colon: ssd321:pm=c)",
         ),
         ("benchmarks.export", ["--models", "ssd_r18:pm=zz"], "Could not find 'pm/zz'"),
         ("benchmarks.baselines", ["--batch-size", "x"], "--batch-size: 'x': give a whole number"),
@@ -152,3 +179,21 @@ def test_mistakes_are_one_error_line(tiny_shapes, tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert exit_info.value.code == 2, (module, args, err)
         assert problem in err and "Traceback" not in err, (module, args, err)
+
+
+def test_show_augmentation_sheet_holds_whole_tiles(tiny_shapes: Path, tmp_path: Path) -> None:
+    """Tiles of --size pixels, GAP apart, nothing cropped: also a grid of one tile."""
+    import cv2
+
+    from dssd.tools import show_augmentation
+
+    out = tmp_path / "sheet.png"
+    for rows, cols in ((1, 1), (2, 3)):
+        grid = ["--rows", str(rows), "--cols", str(cols), "--size", "64", "--out", str(out)]
+        show_augmentation.main(["--root", str(tiny_shapes), *grid])
+        gap = show_augmentation.GAP
+        assert cv2.imread(str(out)).shape == (
+            64 * rows + gap * (rows - 1),
+            64 * cols + gap * (cols - 1),
+            3,
+        )

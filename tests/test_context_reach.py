@@ -72,9 +72,11 @@ def test_dssd_reaches_beyond_what_the_ssd_map_can_see(nets) -> None:
     assert ssd[far_corner].abs().sum() == 0
     assert dssd[far_corner].abs().sum() > 0
     box = [0.0, 0.0, 8.0, 8.0]
-    # several cells of one image on one forward pass: each as if computed alone
+    # several cells of one image on one forward pass: each as if computed alone (to rounding:
+    # oneDNN may pick other kernels for the first passes than for later ones)
     both = input_gradients(nets["dssd"], image, [(0, 0, 0), (1, 3, 4), (0, 0, 0)])
-    assert torch.equal(both[0], dssd) and torch.equal(both[2], dssd)
-    assert torch.equal(both[1], input_gradients(nets["dssd"], image, [(1, 3, 4)])[0])
+    alone = [dssd, input_gradients(nets["dssd"], image, [(1, 3, 4)])[0], dssd]
+    for shared, single in zip(both, alone, strict=True):
+        torch.testing.assert_close(shared, single, rtol=1e-5, atol=1e-5 * float(single.max()))
     assert measure(dssd, box, (193, 193), 100, 0).share_beyond > 0
     assert measure(ssd, box, (193, 193), 100, 0).share_beyond == 0

@@ -267,12 +267,14 @@ def test_eval_rejects_a_foreign_checkpoint(tmp_path: Path) -> None:
 
 
 def broken_checkpoints(checkpoint: Path, directory: Path) -> list[Path]:
-    """A truncated copy of ``checkpoint`` and a text file with a checkpoint's name."""
+    """A truncated copy of ``checkpoint`` and two text files with a checkpoint's name (torch
+    fails on one with a sentence, on the other with a bare ``KeyError``)."""
     truncated = directory / "truncated.ckpt"
     truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
-    text = directory / "notes.ckpt"
+    text, other = directory / "notes.ckpt", directory / "hello.ckpt"
     text.write_text("not a checkpoint\n")
-    return [truncated, text]
+    other.write_text("hello\n")
+    return [truncated, text, other]
 
 
 def test_broken_checkpoint_files_are_named_not_tracebacks(
@@ -294,6 +296,8 @@ def test_broken_checkpoint_files_are_named_not_tracebacks(
             with pytest.raises(CheckpointError) as err:
                 read(path)
             assert str(err.value).startswith(message), str(err.value)
+            # torch's reason in words, not only a number (KeyError(104) of hello.ckpt)
+            assert re.search("[a-z]", str(err.value)[len(message) :]), str(err.value)
     # an exported model given as a checkpoint: where it goes instead, not torch's advice to
     # load it with weights_only=False
     archive, onnx = tmp_path / "model.pt", tmp_path / "model.onnx"

@@ -51,13 +51,19 @@ def test_markdown_lists_every_network(table: tuple[list[dict], str]) -> None:
 
 
 def test_an_unknown_model_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """One error line with Hydra's list of the model configs, exit status 2."""
+    """A usage error listing the model configs, exit status 2; an override of the model, given
+    as an argument of its own, gets the colon form."""
     with pytest.raises(SystemExit) as exit_info:
         network_table.main(["no_such_model"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
-    assert err.startswith("error: In 'train': Could not find 'model/no_such_model'")
-    assert "ssd321" in err  # the options Hydra lists
+    assert "error: argument networks: no model config 'no_such_model' in conf/model/" in err
+    assert "; the configs: " in err and "ssd321" in err
+    with pytest.raises(SystemExit):
+        network_table.main(["ssd_r18", "pm=c"])
+    assert "'pm=c' in conf/model/ (give the config's name, and its overrides after a colon" in (
+        capsys.readouterr().err
+    )
 
 
 def test_default_networks_compose() -> None:

@@ -113,3 +113,11 @@ def test_command_prints_every_run_and_pair(
     with pytest.raises(SystemExit):
         sampling.main([*argv, "--results", str(dirs[0]), str(dirs[0])])
     assert "names a directory more than once" in capsys.readouterr().err
+    # the test split's detections scored on another split: one error line, not a traceback
+    ids = VOCDataset(root, "test", CLASSES).ids
+    (root / "ImageSets" / "Main" / "part.txt").write_text("".join(f"{i}\n" for i in ids[:10]))
+    with pytest.raises(SystemExit) as exit_info:
+        sampling.main([*argv, "--split", "part", "--results", *map(str, dirs)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "error: --split part: " in err and "20 images that are not in the split scored" in err

@@ -162,6 +162,10 @@ def test_missing_root_explains_the_fix(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as err:
         VOCDataset(missing, "trainval", CLASSES)
     assert str(missing) in str(err.value) and "make data" in str(err.value)
+    # a split file given as the root: said to be a file, not said to be missing
+    split_file = write_voc(tmp_path, {"a": voc_xml()}) / "ImageSets" / "Main" / "trainval.txt"
+    with pytest.raises(FileNotFoundError, match=f"{split_file} is a file, not a directory"):
+        VOCDataset(split_file, "trainval", CLASSES)
 
 
 def test_missing_split_file_explains_the_fix(tmp_path: Path) -> None:

@@ -121,15 +121,20 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, resolver)
 
 
+def conf_dir() -> Path:
+    """The project's ``conf/``: ``PROJECT_ROOT``'s, which is set to this checkout when unset."""
+    root = os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
+    return Path(root) / "conf"
+
+
 def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides``, unresolved: ``model.net`` and ``data``
     instantiate from it, not what reads ``paths.output_dir`` (needs a running Hydra app). An
     override Hydra cannot apply (an unknown config, a bad value) is a :class:`UserError` with
     Hydra's message, as the Hydra apps report it."""
-    root = Path(os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[2])))
+    conf = str(conf_dir())
     register_resolvers()
     # inside a Hydra app (src/ablation.py), its own search path holds conf/ already
-    conf = str(root / "conf")
     running = GlobalHydra.instance().is_initialized()
     with nullcontext() if running else initialize_config_dir(conf, version_base="1.3"):
         try:

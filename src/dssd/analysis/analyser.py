@@ -61,12 +61,16 @@ class Run:
 def find_run(path: str | Path, option: str = "run") -> Run:
     """The run of a run directory or of a checkpoint file; a directory without its test results
     or without the checkpoint they name is a :class:`UserError` saying what is missing (of the
-    setting ``option``)."""
+    setting ``option``; "" for a command-line argument of its own)."""
     path = Path(path)
+
+    def given(value: Any) -> str:
+        return f"{option}={value}" if option else str(value)
+
     if path.is_file() and path.suffix in (".json", ".md", ".csv", ".yaml"):  # a run's record
         raise UserError(
-            f"{option}={path}: a file of the run, not a checkpoint; give the run directory "
-            f"({option}={path.parent}) or a checkpoint file"
+            f"{given(path)}: a file of the run, not a checkpoint; give the run directory "
+            f"({given(path.parent)}) or a checkpoint file"
         )
     if path.is_file():
         directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -76,18 +80,18 @@ def find_run(path: str | Path, option: str = "run") -> Run:
             results = {}  # the test results of other weights
         return Run(directory, path, results, results.get("run_name") or directory.name)
     if not path.is_dir():
-        raise UserError(f"{option}={path}: no such run directory or checkpoint file")
+        raise UserError(f"{given(path)}: no such run directory or checkpoint file")
     if not (path / "test_results.json").is_file():
         raise UserError(
-            f"{option}={path}: the run directory has no test_results.json (a run of src/train.py "
+            f"{given(path)}: the run directory has no test_results.json (a run of src/train.py "
             "writes it when its test ends); test it first, or give its checkpoint file instead"
         )
     results = read_test_results(path)
     tested, checkpoint = _tested_checkpoint(path, results)
     if not checkpoint.is_file():
         raise UserError(
-            f"{option}={path}: the checkpoint its test used ({tested}) is missing: expected "
-            f"{checkpoint}; give a checkpoint file instead ({option}=<file>.ckpt)"
+            f"{given(path)}: the checkpoint its test used ({tested}) is missing: expected "
+            f"{checkpoint}; give a checkpoint file instead ({given('<file>.ckpt')})"
         )
     return Run(path, checkpoint, results, results.get("run_name") or path.name)
 

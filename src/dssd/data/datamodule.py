@@ -260,7 +260,7 @@ class DetectionDataModule(pl.LightningDataModule):
             )
             dataset = self.datasets[role] = self._role_dataset(role, transform)
             if len(dataset) == 0:
-                raise UserError(f"the {role} data holds no images: {_describe(role, dataset)}")
+                raise self._no_images(role, dataset)
             level = logging.WARNING if repaired(dataset.skips) else logging.INFO
             log.log(level, "%s data: %s", role, _describe(role, dataset))
         if added:
@@ -268,6 +268,14 @@ class DetectionDataModule(pl.LightningDataModule):
         # where srun or torchrun started the processes, this setup (before the fit loop) is the
         # first that knows their number: said here, not at the first validation after training
         self.check_evaluation_sizes(self.trainer.world_size if self.trainer is not None else 1)
+
+    def _no_images(self, role: str, dataset: Dataset) -> UserError:
+        """The error of a role without images, naming the files that list them."""
+        files = "train" if role == "val" and self.val_holdout else role
+        listed = ", ".join(str(p) for p in self.listing_files(files))
+        return UserError(
+            f"the {role} data holds no images: {_describe(role, dataset)} (listed in {listed})"
+        )
 
     def check_evaluation_sizes(self, processes: int) -> None:
         """Refuse validation or test data with fewer images than ``processes``."""
@@ -285,6 +293,8 @@ class DetectionDataModule(pl.LightningDataModule):
         if self._training_files is None:
             self._training_files = self._dataset("train", True, transform)
         base = self._training_files.role_view(transform, role == "train")
+        if not len(base):
+            raise self._no_images("train", base)
         if self.val_holdout >= len(base):
             raise UserError(
                 f"data.val_holdout={self.val_holdout} leaves no training images: the training "

@@ -413,9 +413,8 @@ class VOCDataset(DetectionImages):
         self.split = split
         self.class_names = tuple(class_names)
         if not self.root.is_dir():
-            raise DatasetNotFoundError(
-                f"dataset root {self.root} does not exist: {MISSING_DATA_HINT}"
-            )
+            problem = "is a file, not a directory" if self.root.exists() else "does not exist"
+            raise DatasetNotFoundError(f"dataset root {self.root} {problem}: {MISSING_DATA_HINT}")
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise DatasetNotFoundError(

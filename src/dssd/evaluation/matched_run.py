@@ -251,8 +251,8 @@ def results_per_image(
     unknown = sorted(set(results) - {str(i) for i in image_ids})
     if unknown:
         raise ValueError(
-            f"{directory}: detections for {len(unknown)} images that are not in the test set, "
-            f"e.g. {unknown[0]!r}"
+            f"{directory}: detections for {len(unknown)} images that are not in the split scored "
+            f"({len(image_ids)} images), e.g. {unknown[0]!r}"
         )
     empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}
     return [results.get(str(i), empty) for i in image_ids]

@@ -48,6 +48,8 @@ class SSD(nn.Module):
             accepted = inspect.signature(neck.func).parameters
             if unknown := sorted(set(neck.keywords) - set(accepted)):
                 raise ValueError(f"neck {neck.func.__name__} takes no {unknown}: {hint}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int):
+            raise UserError(f"model.net.image_size={image_size!r}: give the input side in pixels")
         self.num_classes = num_classes
         self.image_size = image_size
         self.backbone = backbone

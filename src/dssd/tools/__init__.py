@@ -5,6 +5,7 @@ they, the benchmarks and the shapes generator share."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def at_least(least: int) -> Callable[[str], int]:
         return value
 
     return whole
+
+
+def number(check: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    """An argparse ``type``: a number for which ``check`` holds (false for NaN, as comparisons
+    are); anything else is a usage error naming the option and asking for ``what``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what}")
+        return value
+
+    return parse
 
 
 def check_outputs(

@@ -25,7 +25,7 @@ from torchvision.ops import box_area, box_convert, box_iou
 
 from dssd.config import compose_train
 from dssd.data.datamodule import dataset_items
-from dssd.errors import UserError, user_errors
+from dssd.errors import UserError, creatable_directory, user_errors, writable_directory
 from dssd.results.tables import cell, percent_cell
 from dssd.tools import HelpFormatter
 
@@ -188,7 +188,9 @@ def measure(
     items = dataset_items(datamodule.datasets[split])
     anns = [reader.objects(i) for reader, i in items]
     if not any(len(ann["boxes"]) for ann in anns):
-        raise UserError(f"the {split} split of data={data_cfg._target_} holds no objects")
+        raise UserError(
+            f"the {split} data of data.root={data_cfg.root} holds no objects ({len(anns)} images)"
+        )
     boxes, areas = object_boxes(anns)
     layers = prior_layers(net.feature_sizes, net.default_boxes.boxes_per_location)
     result = coverage(net.priors, layers, boxes, threshold)
@@ -217,8 +219,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--threshold {args.threshold}: an IoU in (0, 1]")
     if args.picture and not args.out:
         parser.error("--picture draws into --out: give --out DIR")
-    if args.out and args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file: give a directory")
+    if args.out:
+        try:
+            creatable_directory(args.out, "--out")
+        except UserError as err:
+            parser.error(str(err))
     return args
 
 
@@ -235,7 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     text = markdown(f"{name} ({args.split}, {len(net.priors)} default boxes)", data, args.threshold)
     print(text)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
+        writable_directory(args.out, "--out")
         (args.out / "coverage.md").write_text(text + "\n")
         (args.out / "coverage.json").write_text(json.dumps(data, indent=2) + "\n")
         if args.picture:

@@ -25,7 +25,7 @@ from dssd.data.coco import load_coco, trained_on
 from dssd.data.shapes import CLASSES
 from dssd.data.voc import VOCDataset
 from dssd.errors import UserError, user_errors
-from dssd.tools import HelpFormatter
+from dssd.tools import HelpFormatter, at_least, number
 
 
 @dataclass(frozen=True)
@@ -159,15 +159,26 @@ def coco_boxes(path: str | Path, size: int | None = None) -> tuple[np.ndarray, n
     path = Path(path)
     if not path.is_file():
         raise UserError(f"COCO annotation file {path} is not a file")
-    coco = load_coco(path).dataset  # a file the COCO reader accepts
+    coco = load_coco(path).dataset  # a file the COCO reader accepts (ids, keys)
+    if "annotations" not in coco:
+        raise UserError(f"{path}: an image-info file, without 'annotations': no boxes to cluster")
+    anns = [a for a in coco["annotations"] if trained_on(a)]
+    what = "annotation's 'bbox'"
     try:
-        image_size = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
-        anns = [a for a in coco["annotations"] if trained_on(a)]
         wh = np.array([a["bbox"][2:4] for a in anns], np.float64).reshape(-1, 2)
-        if size:
-            wh = wh * size / np.array([image_size[a["image_id"]] for a in anns]).reshape(-1, 2)
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{path}: an image or annotation lacks a usable {err}") from None
+        if size:  # each box on its image's S x S resize
+            what = "image's 'width' or 'height'"
+            sides = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+            image_wh = np.array([sides[a["image_id"]] for a in anns], np.float64).reshape(-1, 2)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise UserError(f"{path}: an {what} is missing or not numbers ({err!r})") from None
+    if size:
+        if not (image_wh > 0).all():
+            raise UserError(
+                f"{path}: an image with a box has a width or height of 0 or less, so its boxes "
+                f"have no size on a {size}x{size} input"
+            )
+        wh = wh * size / image_wh
     return _keep_positive(wh)
 
 
@@ -191,12 +202,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--start", type=int, default=2, help="first number of clusters")
     parser.add_argument(
         "--min-improvement",
-        type=float,
+        type=number(lambda x: 0 <= x < 1, "a share in [0, 1), e.g. 0.2 for 20%"),
         default=0.2,
         help="stop adding clusters when one more lowers the error by less than this share",
     )
     parser.add_argument("--max-k", type=int, default=12, help="most clusters")
-    parser.add_argument("--seed", type=int, default=0, help="of the k-means initialisation")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="of the k-means initialisation")
     args = parser.parse_args(argv)
     if not 1 <= args.start <= args.max_k:
         parser.error(f"need 1 <= --start <= --max-k, got {args.start}, {args.max_k}")
@@ -209,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             classes = [c.strip() for c in args.classes.split(",") if c.strip()]
             widths, heights = voc_boxes(args.root, args.split, classes, args.size)
         if widths.size == 0:
-            raise UserError("the dataset holds no boxes")
+            source = args.coco if args.coco is not None else f"{args.root} split {args.split}"
+            raise UserError(f"{source}: holds no boxes to cluster")
         results = grow_clusters(
             widths, heights, args.start, args.min_improvement, args.max_k, args.seed
         )

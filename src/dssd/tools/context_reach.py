@@ -12,6 +12,7 @@ makes the prediction at a small ring reach its shape's outline, 40 px away, wher
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from dssd.deployment.inference import load_checkpoint, load_test_data, restore_d
 from dssd.errors import user_errors
 from dssd.models.ssd import SSD
 from dssd.results.tables import markdown_table
-from dssd.tools import HelpFormatter
+from dssd.tools import HelpFormatter, at_least, number
 from dssd.tools.anchor_coverage import prior_layers
 
 
@@ -59,9 +60,9 @@ def input_gradients(net: SSD, image: Tensor, cells: Sequence[tuple[int, int, int
     maps = net.sources(x)
     outputs = {level: net.prediction_modules[level](maps[level]) for level in {c[0] for c in cells}}
     gradients = []
-    for number, (level, row, col) in enumerate(cells):
+    for k, (level, row, col) in enumerate(cells):
         energy = outputs[level][0, :, row, col].float().pow(2).sum() / 2
-        (gradient,) = torch.autograd.grad(energy, x, retain_graph=number < len(cells) - 1)
+        (gradient,) = torch.autograd.grad(energy, x, retain_graph=k < len(cells) - 1)
         gradients.append(gradient[0].abs().sum(0))
     return gradients
 
@@ -93,7 +94,7 @@ def run_reach(
 ) -> tuple[str, list[Reach]]:
     """The run's name and the :class:`Reach` of its first ``objects`` non-difficult test objects
     under ``max_size`` px (sqrt of the box area)."""
-    run = find_run(path)
+    run = find_run(path, option="")
     checkpoint, config = load_checkpoint(run.checkpoint)
     net: SSD = restore_detector(checkpoint, config.model).net.float().eval()
     dataset = load_test_data(config, **({"root": data_root} if data_root else {})).datasets["test"]
@@ -151,20 +152,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("runs", nargs="+", help="run directories or checkpoints")
-    parser.add_argument("--objects", type=int, default=100, help="objects per run")
-    parser.add_argument("--max-size", type=float, default=32.0, help="sqrt(box area) below this")
-    parser.add_argument("--distance", type=float, default=40.0, help="context beyond this, px")
+    positive = number(lambda x: 0 < x < math.inf, "a length in pixels, above 0")
+    parser.add_argument("--objects", type=at_least(1), default=100, help="objects per run")
+    parser.add_argument(
+        "--max-size", type=positive, default=32.0, help="sqrt(box area) below this, px"
+    )
+    parser.add_argument("--distance", type=positive, default=40.0, help="context beyond this, px")
     parser.add_argument("--data-root", help="the test data's root (default: the run's data.root)")
     args = parser.parse_args(argv)
-    if args.objects < 1:
-        parser.error(f"--objects {args.objects}: at least 1")
-    results = [
-        run_reach(path, args.objects, args.max_size, args.distance, args.data_root)
-        for path in args.runs
-    ]
+    with user_errors():
+        results = [
+            run_reach(path, args.objects, args.max_size, args.distance, args.data_root)
+            for path in args.runs
+        ]
     print(reach_table(results, args.distance))
 
 
 if __name__ == "__main__":
-    with user_errors():
-        main()
+    main()

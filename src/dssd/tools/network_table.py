@@ -18,7 +18,7 @@ from typing import Any
 
 from hydra.utils import instantiate
 
-from dssd.config import compose_train
+from dssd.config import compose_train, conf_dir
 from dssd.errors import user_errors, writable_file
 from dssd.models.cost import gmac
 from dssd.results.tables import markdown_table
@@ -44,6 +44,25 @@ DEFAULT_NETWORKS = (
     "dssd_r18",
     *(f"dssd_r18:neck={neck}" for neck in ("fpn", "panet", "bifpn")),
 )
+
+
+def model_names() -> list[str]:
+    """The model configs: ``conf/model/<name>.yaml``."""
+    return sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+
+
+def model_spec(spec: str) -> str:
+    """An argparse ``type``: a model config's name, optionally ``:`` and comma-separated
+    overrides of that model's own (``dssd_r18:neck=fpn,pm=c``), checked."""
+    name, names = spec.split(":", 1)[0], model_names()
+    if name not in names:
+        hint = ""
+        if " " in name or "=" in name:
+            hint = " (give the config's name, and its overrides after a colon: ssd321:pm=c)"
+        raise argparse.ArgumentTypeError(
+            f"no model config {name!r} in conf/model/{hint}; the configs: {', '.join(names)}"
+        )
+    return spec
 
 
 def spec_overrides(spec: str) -> list[str]:
@@ -128,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "networks",
         nargs="*",
         default=list(DEFAULT_NETWORKS),
+        type=model_spec,
         help="model configs, each optionally with ':' and comma-separated overrides",
     )
     parser.add_argument("--classes", type=int, default=20, help="object classes (VOC: 20)")

@@ -23,7 +23,7 @@ from dssd.data.shapes import CLASSES
 from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from dssd.data.voc import VOCDataset
 from dssd.errors import UserError, user_errors, writable_file
-from dssd.tools import HelpFormatter
+from dssd.tools import HelpFormatter, at_least
 
 BOX_COLOUR = (0, 255, 0)  # RGB
 DIFFICULT_COLOUR = (255, 140, 0)
@@ -52,6 +52,8 @@ def draw_sample(tensor: Tensor, target: dict, class_names: Sequence[str]) -> np.
 
 def grid(tiles: Sequence[np.ndarray], cols: int) -> np.ndarray:
     """Tiles of one size laid out row by row on a white sheet (no margin outside them)."""
+    if len(tiles) == 1:  # make_grid returns a single tile as it is, without the padding
+        return tiles[0]
     tensors = [torch.from_numpy(tile).permute(2, 0, 1) for tile in tiles]
     sheet = make_grid(tensors, nrow=cols, padding=GAP, pad_value=255)[:, GAP:-GAP, GAP:-GAP]
     return sheet.permute(1, 2, 0).numpy()
@@ -66,16 +68,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--root", required=True, help="VOC-layout dataset root")
     parser.add_argument("--split", default="trainval", help="VOC split (ImageSets/Main/<split>)")
-    parser.add_argument("--size", type=int, default=321, help="network input size")
-    parser.add_argument("--rows", type=int, default=3, help="rows of the grid")
-    parser.add_argument("--cols", type=int, default=4, help="columns of the grid")
-    parser.add_argument("--seed", type=int, default=0, help="picks the images and augmentations")
+    parser.add_argument("--size", type=at_least(1), default=321, help="network input size")
+    parser.add_argument("--rows", type=at_least(1), default=3, help="rows of the grid")
+    parser.add_argument("--cols", type=at_least(1), default=4, help="columns of the grid")
+    parser.add_argument(
+        "--seed", type=at_least(0), default=0, help="picks the images and augmentations"
+    )
     parser.add_argument("--classes", help="comma-separated class names (default: the shapes set)")
     parser.add_argument("--out", type=Path, default="augmented.png", help="PNG to write")
     args = parser.parse_args(argv)
-    for name in ("size", "rows", "cols"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: at least 1")
     if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         parser.error(f"--out {args.out}: a .png or .jpg file")
     with user_errors():

@@ -47,7 +47,9 @@ def read_checkpoint(path: str | Path, option: str, require: tuple[str, ...] = ()
                 path, "it is an exported model: src/eval.py scores it as model_file=..."
             ) from None
         # the first sentence: torch's advice that follows (weights_only=False) does not apply
-        reason = str(err).strip().split("\n")[0].split(". ")[0] or type(err).__name__
+        reason = str(err).strip().split("\n")[0].split(". ")[0]
+        if not any(char.isalpha() for char in reason):  # e.g. KeyError(101) of a text file
+            reason = f"not a file torch.save wrote ({type(err).__name__} {reason})".strip()
         raise not_a_checkpoint(path, f"torch.load failed: {reason[:200]}") from None
     if not isinstance(checkpoint, dict):
         raise not_a_checkpoint(path, f"it holds a {type(checkpoint).__name__}, not a dict")
