@@ -85,6 +85,7 @@ def bad_invocations(data: str, tmp: str) -> list[tuple[str, list[str], str]]:
             ["--out", f"{data}/ImageSets/Main/test.txt/coverage"],
             "test.txt is a file, not a directory",
         ),
+        ("dssd.tools.anchor_coverage", ["--out", f"{tmp}/c.json"], "give the directory"),
         (
             "dssd.tools.anchor_coverage",
             ["model=ssd_r18", "model.net.image_size=abc"],

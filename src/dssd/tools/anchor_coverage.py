@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.picture and not args.out:
         parser.error("--picture draws into --out: give --out DIR")
     if args.out:
+        if args.out.suffix.lower() in (".md", ".json", ".png") and not args.out.is_dir():
+            parser.error(f"--out {args.out}: give the directory coverage.md and .json go to")
         try:
             creatable_directory(args.out, "--out")
         except UserError as err:
@@ -257,6 +260,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # the data module's lines: the images read, and the shapes data built where there is none
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     with user_errors():
         run(parse_args(argv))
 
