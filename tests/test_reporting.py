@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -171,6 +173,32 @@ def test_results_tables_in_the_papers_layouts() -> None:
 
     coco = results_tables({"test/map": 0.3}, {"person": 0.5}, name="ssd513")
     assert "Table 3" not in coco and "| person | 50.0 |" in coco
+
+
+def test_the_wandb_run_ends_before_the_test_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B's closing lines (run history, summary, the sync hint) come before the test tables,
+    which stay the run's last words: the run is ended before they are written."""
+    from omegaconf import OmegaConf
+
+    from dssd.tasks.common import report_test_results
+
+    written = tmp_path / "test_results.md"
+    ended = []
+
+    def finish(exit_code: int) -> None:
+        ended.append((exit_code, written.exists()))
+        fake.run = None
+
+    fake = SimpleNamespace(run=object(), finish=finish)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = OmegaConf.create(
+        {"run_name": "r", "task_name": "train", "paths": {"output_dir": str(tmp_path)}, "data": {}}
+    )
+    model = SimpleNamespace(unscored_test_file=None, per_class_ap={"test": {"circle": 0.5}})
+    report_test_results(cfg, model, {"test/voc_map": 0.5})
+    assert ended == [(0, False)] and "| r | 50.0 | 50.0 |" in written.read_text()
 
 
 def test_run_reports_the_test_tables(tiny_shapes: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from dssd.evaluation.module import DetectionEvaluation
 from dssd.models.cost import gmac
 from dssd.results.runs import write_results_json
 from dssd.results.tables import results_tables, write_results
-from dssd.results.wandb import is_wandb_error
+from dssd.results.wandb import finish_run, is_wandb_error
 from dssd.training.callbacks import COCOResultsWriter, VOCResultsWriter
 from dssd.training.module import DetectionModule
 
@@ -190,7 +190,9 @@ def report_test_results(
     """Print the test metrics in the paper's table layouts and save them as ``test_results.md``
     and ``test_results.json`` (for ``make ablation`` and the notebooks: the metrics, per-class AP,
     a checkpoint network's parameter counts and GMAC per image, and ``extra``); or, for a test
-    file without annotations (``model.unscored_test_file``), where its detections went."""
+    file without annotations (``model.unscored_test_file``), where its detections went. The W&B
+    run is over by then, and is ended first: its closing summary comes before the tables."""
+    finish_run(0)
     if model.unscored_test_file:
         log.info(
             "Nothing scored: %s holds no annotations. Its detections are in %s, for the "

@@ -398,7 +398,7 @@ def train(cfg: DictConfig) -> float | None:
     if best := best_checkpoint(trainer):
         log.info("Best checkpoint (validation split): %s", best)
     if value is not None:
-        log.info("%s = %.4f", cfg.optimized_metric, value)
+        log.info("%s = %.4f (optimized_metric, what a sweep compares)", cfg.optimized_metric, value)
     elif cfg.get("optimized_metric") and _in_multirun():
         _warn_objective_missing(cfg.optimized_metric, cfg.trainer.get("limit_val_batches"))
     return value
