@@ -106,6 +106,11 @@ def test_a_folder_with_unreadable_files(
     assert [c["name"] for c in summary["categories"]] == list(detector.class_names)
     stdout = capsys.readouterr().out
     assert "Predicted 3 images" in stdout and "skipped 2 files" in stdout
+    entries = json.loads((tmp_path / "detections.json").read_text())
+    drawn = sum(e["score"] >= summary["draw_threshold"] for e in entries)
+    assert summary["drawn_detections"] == drawn
+    assert f", {drawn} of them drawn (scoring at least {summary['draw_threshold']:g})" in stdout
+    assert f"Outputs in {tmp_path}: 3 drawn files, detections.json" in stdout
     assert all(f"skipped {name}: not a readable image" in stdout for name in UNREADABLE)
     assert all(f"skipping {name}" in caplog.text for name in UNREADABLE)
 

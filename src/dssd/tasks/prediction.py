@@ -36,6 +36,8 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".m
 DRAWN_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 # box colours, one per class (cycled)
 PALETTE = ["red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "purple", "white"]
+# a label is written on its box's colour: in white on the dark ones, in black on the others
+WHITE_TEXT = {"red", "blue", "purple"}
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Summary:
 
     images: int = 0
     detections: int = 0
+    drawn: int = 0  # of the detections, those scoring at least the draw threshold
     skipped: list[dict[str, str]] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)  # input name -> drawn file
 
@@ -139,12 +142,15 @@ def draw(image: np.ndarray, detections: dict[str, Any], threshold: float) -> np.
     if not keep:
         return image
     scores, labels = detections["scores"].tolist(), detections["labels"].tolist()
+    colors = [PALETTE[(labels[i] - 1) % len(PALETTE)] for i in keep]
     drawn = draw_bounding_boxes(
         torch.from_numpy(image).permute(2, 0, 1),
         detections["boxes"][keep],
         labels=[f"{detections['names'][i]} {scores[i]:.2f}" for i in keep],
-        colors=[PALETTE[(labels[i] - 1) % len(PALETTE)] for i in keep],
+        colors=colors,
         width=max(2, round(max(image.shape[:2]) / 500)),  # seen on a 6000 px photo scaled down
+        fill_labels=True,  # readable on any image, also over a box of the same colour
+        label_colors=["white" if c in WHITE_TEXT else "black" for c in colors],
     )
     return drawn.permute(1, 2, 0).numpy()
 
@@ -275,6 +281,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                     where["frame"] = frame.index
                 results += [entry | where for entry in entries]
                 outputs.write(frame, draw(frame.image, detections, cfg.draw_threshold))
+                summary.drawn += int((detections["scores"] >= cfg.draw_threshold).sum())
                 if wandb_loggers and len(table) < cfg.max_logged_images:
                     image = wandb_image(
                         frame.image, detections, cfg.draw_threshold, detector.class_names
@@ -292,6 +299,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "input": str(cfg.input),
         "images": summary.images,
         "detections": summary.detections,
+        "drawn_detections": summary.drawn,
         "score_threshold": score_threshold,
         "draw_threshold": cfg.draw_threshold,
         "categories": [{"id": k, "name": v} for k, v in classes.items()],
@@ -299,7 +307,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "outputs": summary.outputs,
     }
     (output_dir / "summary.json").write_text(json.dumps(record, indent=2))
-    print_summary(summary, score_threshold, output_dir)
+    print_summary(summary, score_threshold, cfg.draw_threshold, output_dir)
     if not summary.images:  # (the W&B run, if any, then ends as failed)
         count = "its file" if len(files) == 1 else f"any of its {len(files)} files"
         raise UserError(f"input={cfg.input}: could not read {count} (see the skips above)")
@@ -321,12 +329,18 @@ def log_run(loggers: list[Logger], summary: Summary, table: list[list]) -> None:
             logger.experiment.finish()
 
 
-def print_summary(summary: Summary, score_threshold: float, output_dir: Path) -> None:
+def print_summary(
+    summary: Summary, score_threshold: float, draw_threshold: float, output_dir: Path
+) -> None:
     """What was done and skipped, and where the outputs are."""
     print(
         f"Predicted {summary.images} images: {summary.detections} detections scoring above "
-        f"{score_threshold:g}; skipped {len(summary.skipped)} files"
+        f"{score_threshold:g} (in detections.json), {summary.drawn} of them drawn (scoring at "
+        f"least {draw_threshold:g}); skipped {len(summary.skipped)} files"
     )
     for skip in summary.skipped:
         print(f"  skipped {skip['file']}: {skip['reason']}")
-    print(f"Outputs in {output_dir}: drawn images and videos, detections.json, summary.json")
+    print(
+        f"Outputs in {output_dir}: {len(summary.outputs)} drawn files, detections.json, "
+        "summary.json"
+    )
