@@ -239,7 +239,12 @@ def test_eval_of_an_exported_file_refuses_settings_it_would_ignore(
 def test_a_parity_gap_is_a_warning_that_names_the_checkpoint_exported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dssd.tasks.evaluation import PARITY_TOLERANCE, parity, warn_of_disagreement
+    from dssd.tasks.evaluation import (
+        PARITY_TOLERANCE,
+        parity,
+        parity_table,
+        warn_of_disagreement,
+    )
 
     checkpoint = {"test/voc_map": 0.5, "test/map": 0.3}
     exported_from, other = str(tmp_path / "a" / "last.ckpt"), str(tmp_path / "b" / "last.ckpt")
@@ -256,6 +261,10 @@ def test_a_parity_gap_is_a_warning_that_names_the_checkpoint_exported(
         warn_of_disagreement(parity(far, checkpoint, other), exported_from)
         (record,) = caplog.records
         assert f"the file was exported from {exported_from}, not {other}" in record.getMessage()
+    # the table says the checkpoint's column is its float32 run, not its own (bf16) test's figures
+    table = parity_table(parity(far, checkpoint, exported_from)).splitlines()
+    assert table[0] == "| metric | checkpoint (float32) | exported | difference |"
+    assert "| voc_map | 0.5000 | 0.5020 | +2.00e-03 |" in table
 
 
 def test_export_refuses_settings_and_outputs_it_cannot_use(

@@ -56,7 +56,7 @@ def export_checkpoint(cfg: DictConfig) -> Path:
     check_exported(detector, ExportedModel(output), checkpoint, tolerance)
     size = detector.image_size
     log.info(
-        "Wrote %s (%.1f MB) and %s.json: input images float32 [batch, 3, %d, %d] (RGB, mean %s, "
+        "Wrote %s (%.1f MiB) and %s.json: input images float32 [batch, 3, %d, %d] (RGB, mean %s, "
         "std %s); outputs num_detections, boxes (xyxy in [0, 1]), scores, labels. Score it "
         "on the test split with: python src/eval.py model_file=%s",
         output,
