@@ -78,6 +78,8 @@ def test_each_job_of_a_multirun_is_its_own_wandb_run_and_a_failed_one_says_so(
         check=False,
     )
     assert "the loss is not finite" in proc.stderr, proc.stderr[-3000:]
+    # the configured logger gives wandb.init no setting it deprecates (a warning at every run)
+    assert "WARNING The anonymous setting" not in proc.stderr
     for job, lr, exit_code in (("0", 1e-3, 0), ("1", 1e30, 2)):
         (run_file,) = (tmp_path / job).glob("wandb/offline-run-*/run-*.wandb")
         contents = wandb_run_contents(run_file)

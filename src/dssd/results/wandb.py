@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import WandbLogger as LightningWandbLogger
 from torch import Tensor
 
 from dssd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -22,6 +22,16 @@ from dssd.results.runs import RunDirs, run_dirs_by_label
 
 if TYPE_CHECKING:
     import wandb
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's W&B logger, less the ``anonymous=None`` it gives ``wandb.init``: W&B has
+    deprecated the setting and warns of it at every run, whatever its value."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            del self._wandb_init["anonymous"]
 
 
 def is_wandb_error(err: BaseException) -> bool:
@@ -39,8 +49,8 @@ def finish_run(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
-def _wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
-    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+def _wandb_logger(trainer: pl.Trainer) -> LightningWandbLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, LightningWandbLogger)), None)
 
 
 def box_data(
