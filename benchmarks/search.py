@@ -126,6 +126,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Hydra overrides for every candidate, e.g. data.root=DIR",
     )
     args = parser.parse_args(argv)
+    if swapped := [o for o in args.overrides if o.lstrip("+~").startswith("model=")]:
+        parser.error(
+            f"{swapped[0]}: the candidates are model=ssd_r18 at the widths and sizes their names "
+            "say; give overrides of its keys (model.net.*) instead"
+        )
     check_outputs(parser, {"--json": args.json})
     return args
 

@@ -165,6 +165,7 @@ def bad_invocations(data: str, tmp: str) -> list[tuple[str, list[str], str]]:
         ("benchmarks.baselines", ["--json", tmp], "is a directory"),
         ("benchmarks.export", ["--batches", "1", "0"], "--batches: '0': give a whole number"),
         ("benchmarks.search", ["--iters", "0"], "--iters: '0': give a whole number"),
+        ("benchmarks.search", ["model=dssd_r18"], "model=dssd_r18: the candidates are"),
         (
             "benchmarks.sampling",
             ["--data-root", data, "--results", tmp, "--samples", "1"],
