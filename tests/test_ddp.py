@@ -385,6 +385,17 @@ def test_ddp_in_a_sweep_is_left_alone_under_srun(monkeypatch: pytest.MonkeyPatch
         with pytest.raises(UserError, match="in a sweep"):
             check_launch(cfg)
         check_launch(compose_train("hparams_search=optuna", *DDP_CPU))
+        # Lightning's "auto" strategy on several devices is its ddp too
+        implied = compose_train("hparams_search=optuna", "trainer.accelerator=cpu")
+        check_launch(implied)  # one device
+        implied.trainer.devices = 2
+        with pytest.raises(UserError, match="strategy=auto on trainer.devices=2 in a sweep"):
+            check_launch(implied)
+    # submitit's local launcher runs the jobs on this machine too
+    local = compose_train("hparams_search=optuna", "hydra/launcher=submitit_local")
+    with hydra_runtime(local), pytest.raises(UserError, match="in a sweep"):
+        check_launch(compose_train(*ddp_cpu(spawn=False)))
+    with hydra_runtime(cfg):
         monkeypatch.setenv("SLURM_NTASKS", "2")
         monkeypatch.setenv("SLURM_JOB_NAME", "sweep")
         check_launch(cfg)

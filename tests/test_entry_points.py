@@ -399,6 +399,8 @@ def test_a_test_ckpt_of_another_network_is_refused_before_training(tiny_checkpoi
         # a loss chose the worst checkpoint as best.ckpt; a typo failed after the first validation
         (["optimized_metric=val/loss"], "optimized_metric=val/loss: best.ckpt and the sweeps"),
         (["optimized_metric=val/mAP"], "choose a validation metric that is higher when better"),
+        # a misspelt class failed in ModelCheckpoint after the first validation
+        (["optimized_metric=val/ap/circel"], "no class 'circel' in data.class_names (circle,"),
         # Lightning switched clipping off for a negative value, or failed with a traceback
         (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1: choose a norm >= 0"),
         (["trainer.val_check_interval=0"], "trainer.val_check_interval=0: choose a number"),

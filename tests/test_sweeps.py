@@ -393,6 +393,10 @@ def test_a_search_whose_study_would_mean_nothing_is_refused() -> None:
     )
     with hydra_runtime(cfg):
         check_search(cfg)
+    # no metric to return: every trial would fail, then the study's end with a traceback
+    cfg = compose_train(HPARAMS_SEARCH, "optimized_metric=null")
+    with hydra_runtime(cfg), pytest.raises(UserError, match="optimized_metric=null: each trial"):
+        check_search(cfg)
     cfg = compose_train("stage=1", "init_from=x.ckpt", "trainer.limit_val_batches=0")
     with hydra_runtime(cfg):
         check_search(cfg)  # not a sweep
@@ -400,13 +404,18 @@ def test_a_search_whose_study_would_mean_nothing_is_refused() -> None:
 
 @pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_path: Path) -> None:
-    """Two 2-iteration trials on the tiny data (batch size searched among sizes that fit it)."""
+    """Two 2-iteration trials on the tiny data (batch size searched among sizes that fit it),
+    the study kept in the database the docs suggest (Optuna 2 reads it only with SQLAlchemy 1)."""
+    import optuna
+
     sweep_dir = tmp_path / "optuna"
     run_in_process(
         "train.py",
         HPARAMS_SEARCH,
         "hydra.sweeper.n_trials=2",
         f"hydra.sweep.dir={sweep_dir}",
+        f"paths.log_dir={tmp_path}",
+        "hydra.sweeper.storage=sqlite:///${paths.log_dir}/optuna.db",
         "data.batch_size=choice(2,4)",
         f"data.root={tiny_shapes}",
         "data.num_workers=0",
@@ -434,6 +443,8 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_shapes: Path, tmp_p
         "model.optimizer.weight_decay",
     }
     assert results["best_value"] == pytest.approx(max(values))
+    study = optuna.load_study(study_name="dssd", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(values))
 
 
 def test_a_search_of_no_trials_is_refused_before_it_starts(tmp_path: Path) -> None:

@@ -100,6 +100,12 @@ def check_run(cfg: DictConfig) -> None:
             f"so choose a validation metric that is higher when better: {', '.join(metrics)}, "
             "or val/ap/<class>"
         )
+    classes = OmegaConf.select(cfg, "data.class_names")  # None: COCO's, read from its files
+    if str(name).startswith("val/ap/") and classes and name[len("val/ap/") :] not in classes:
+        raise UserError(
+            f"optimized_metric={name}: no class {name[len('val/ap/') :]!r} in data.class_names "
+            f"({', '.join(classes)})"
+        )
 
 
 def check_schedule(cfg: DictConfig) -> None:
@@ -235,14 +241,19 @@ def check_launch(cfg: DictConfig) -> None:
     (under srun or torchrun the processes exist already, and nothing is started)."""
     if several_processes_started():
         return
-    strategy = str(cfg.trainer.get("strategy", ""))
-    relaunches = strategy.startswith("ddp") and not strategy.startswith(
-        ("ddp_spawn", "ddp_fork", "ddp_notebook")
+    strategy = str(cfg.trainer.get("strategy") or "auto")
+    # "auto" on several devices is Lightning's ddp, which starts its processes the same way
+    relaunches = strategy == "auto" or (
+        strategy.startswith("ddp")
+        and not strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook"))
     )
-    local = _in_multirun() and HydraConfig.get().launcher._target_.endswith("BasicLauncher")
+    # Hydra's own launcher and submitit's local one run the jobs on this machine
+    launcher = HydraConfig.get().launcher._target_ if _in_multirun() else ""
+    local = launcher.endswith(("BasicLauncher", ".LocalLauncher"))
     if relaunches and cfg.trainer.get("devices", 1) != 1 and local:
         raise UserError(
-            f"trainer.strategy={strategy} in a sweep (-m or hparams_search): Lightning starts "
+            f"trainer.strategy={strategy} on trainer.devices={cfg.trainer.devices} in a sweep "
+            "(-m or hparams_search): Lightning starts "
             "its other processes by running this command again, and each would start the "
             "whole sweep. Run one DDP job per command (a shell loop), or launch the sweep "
             "on SLURM (hydra/launcher=slurm); see docs/distributed.md"
@@ -258,6 +269,11 @@ def check_search(cfg: DictConfig) -> None:
         return
     sweeper = HydraConfig.get().sweeper
     direction = sweeper.get("direction")
+    if direction is not None and cfg.get("optimized_metric") is None:
+        raise UserError(
+            "optimized_metric=null: each trial of a search returns that validation metric to "
+            "the sweeper; choose one (val/map_50 by default)"
+        )
     never = _never_validates(cfg)
     if direction is not None and never:
         raise UserError(
