@@ -353,6 +353,9 @@ def test_train_command_chains_final_weights_per_seed_and_puts_extra_overrides_la
         ("logger=csv seed=7", "seed=7 sets what the runner sets for each run"),
         ("+init_from=/x.ckpt", r"\+init_from=/x.ckpt sets what the runner sets"),
         ("hydra.run.dir=/tmp/x", "hydra.run.dir=/tmp/x sets what the runner sets"),
+        # a search in each row trained elsewhere, then the row failed as "did not finish"
+        ("hparams_search=optuna", "hparams_search=optuna would make each row a sweep"),
+        ("-m", "-m would make each row a sweep"),
     ],
 )
 def test_train_args_that_cannot_be_used_are_refused(train_args, message: str) -> None:

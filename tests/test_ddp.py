@@ -371,7 +371,9 @@ def test_ddp_that_reruns_the_command_is_refused_in_a_local_sweep(
         "logger=csv",
         check=False,
     )
-    assert "error: trainer.strategy=ddp in a sweep" in proc.stderr, proc.stderr[-2000:]
+    assert "error: trainer.strategy=ddp on trainer.devices=2 in a sweep" in proc.stderr, (
+        proc.stderr[-2000:]
+    )
     assert "hydra/launcher=slurm" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("train_ddp_process_1.log"))
 

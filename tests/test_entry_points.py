@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -803,6 +804,8 @@ def test_settings_added_under_a_setting_the_script_has_pass() -> None:
         ("train.py", ["hydra.run.dir={file}/run"], "hydra.run.dir={file}/run: cannot write there"),
         ("train.py", ["-m", "hydra.sweep.dir={file}"], "hydra.sweep.dir={file} is a file"),
         ("predict.py", ["hydra.run.dir={file}"], "hydra.run.dir={file} is a file"),
+        # Hydra wrote .hydra/ and ablation.log into the current directory before the refusal
+        ("ablation.py", ["out_dir="], "out_dir is empty: give a directory, not the current one"),
     ],
 )
 def test_an_output_directory_that_cannot_be_created_is_named(
@@ -816,6 +819,23 @@ def test_an_output_directory_that_cannot_be_created_is_named(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {error.format(file=file)}" in proc.stderr
     assert file.read_text() == ""
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a SLURM machine")
+def test_a_slurm_sweep_without_slurm_is_one_line(tmp_path: Path) -> None:
+    """It was submitit's traceback ("Could not detect srun"), the sweep's folder left behind."""
+    sweep = tmp_path / "sweep"
+    proc = run_in_process(
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: hydra/launcher=slurm: this machine has no sbatch" in proc.stderr
+    assert not sweep.exists()
 
 
 def test_eval_says_when_the_test_files_are_files_the_run_has_seen(

@@ -86,10 +86,18 @@ def train_overrides(train_args: Any) -> list[str]:
     except ValueError as err:
         raise UserError(f"train_args={train_args}: {err}") from None
     for override in overrides:
-        if override_key(override) in RUNNER_KEYS:
+        key = override_key(override)
+        if key in RUNNER_KEYS:
             raise UserError(
                 f"train_args: {override} sets what the runner sets for each run "
                 f"({', '.join(RUNNER_KEYS)}: from seeds=, out_dir= and the rows); leave it out"
+            )
+        if key in ("-m", "--multirun", "hparams_search", "hydra.mode") or key.startswith(
+            ("hydra.sweep", "hydra/sweeper", "hydra/launcher")
+        ):
+            raise UserError(
+                f"train_args: {override} would make each row a sweep of runs in folders of their "
+                "own, which the table cannot read; run searches with src/train.py"
             )
     return overrides
 

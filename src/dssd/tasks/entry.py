@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +148,13 @@ class OutputDirectory(Callback):
         _check_output_directory(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+        if launcher.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+            with user_errors():  # else submitit's traceback, after the sweep's folder is made
+                raise UserError(
+                    "hydra/launcher=slurm: this machine has no sbatch; start the sweep on a "
+                    "SLURM cluster, or run its jobs here without hydra/launcher=slurm"
+                )
         _check_output_directory(config, "hydra.sweep.dir")
 
 
@@ -172,5 +180,8 @@ def _check_output_directory(config: DictConfig, key: str) -> None:
     given = OmegaConf.to_container(OmegaConf.select(config, parent), resolve=False)[name]
     option = match.group(1) if (match := re.fullmatch(r"\$\{([\w.]+)\}", str(given))) else key
     HydraConfig.instance().set_config(config)  # what ``${hydra:...}`` in the path reads
+    directory = OmegaConf.select(config, key)
     with user_errors():
-        writable_directory(OmegaConf.select(config, key), option)
+        if not str(directory or "").strip():  # not the current directory
+            raise UserError(f"{option} is empty: give a directory, not the current one")
+        writable_directory(directory, option)
