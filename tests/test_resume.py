@@ -352,6 +352,22 @@ def test_a_new_fit_in_a_directory_holding_a_run_is_refused(tmp_path: Path) -> No
     check_fresh_directory(cfg(ckpt_path=str(other), paths={"output_dir": str(tmp_path / "new")}))
 
 
+def test_the_refusal_comes_before_hydra_records_the_command_in_that_run(tmp_path: Path) -> None:
+    """Hydra writes the command's config to ``<run dir>/.hydra/`` before the task starts: the
+    refused fit replaced the earlier run's recorded config (its seed, its overrides)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / ".hydra").mkdir()
+    recorded = {name: f"{name} of the earlier run\n" for name in ("config.yaml", "overrides.yaml")}
+    for name, text in recorded.items():
+        (run / ".hydra" / name).write_text(text)
+    proc = run_in_process("train.py", f"hydra.run.dir={run}", "seed=7", check=False)
+    assert proc.returncode == 2 and "holds an earlier run" in proc.stderr
+    assert {name: (run / ".hydra" / name).read_text() for name in recorded} == recorded
+    assert not (run / "train.log").exists()
+
+
 # --- src/train.py end to end ----------------------------------------------------------------------
 
 

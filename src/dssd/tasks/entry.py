@@ -3,6 +3,7 @@ composes the config, :func:`run_task` inside it."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from dssd.config import register_resolvers
 from dssd.errors import UserError, quiet_lightning, user_errors, writable_directory
@@ -146,6 +147,8 @@ class OutputDirectory(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_output_directory(config, "hydra.run.dir")
+        if config.get("task_name") == "train":
+            _check_fresh_run(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
@@ -171,6 +174,21 @@ class SearchTrials(Callback):
                     f"hydra.sweeper.n_trials={trials}: give the number of trials of the search, "
                     "a whole number from 1"
                 )
+
+
+def _check_fresh_run(config: DictConfig) -> None:
+    """src/train.py's refusal of a fit over an earlier run in its directory
+    (:func:`~dssd.tasks.training.check_fresh_directory`), made before Hydra records this
+    command's config in that run's ``.hydra/``, which it would replace."""
+    from dssd.tasks.training import check_fresh_directory  # Lightning: for train.py only
+
+    config = copy.deepcopy(config)  # with the run directory Hydra sets when the job starts
+    runtime = config.hydra.runtime
+    with read_write(runtime), open_dict(runtime):
+        runtime.output_dir = os.path.abspath(OmegaConf.select(config, "hydra.run.dir"))
+    HydraConfig.instance().set_config(config)
+    with user_errors():
+        check_fresh_directory(config)
 
 
 def _check_output_directory(config: DictConfig, key: str) -> None:
