@@ -119,6 +119,19 @@ def test_a_second_runner_on_the_same_table_is_refused_while_the_first_runs(
     run_ablation(compose_table4(f"out_dir={tmp_path}", "analysis=false"), "shapes")
 
 
+def test_a_refused_runner_leaves_the_running_tables_record_alone(tmp_path: Path) -> None:
+    """Hydra writes the command's config to ``<out_dir>/.hydra/`` before the task starts: the
+    runner refused by the lock replaced the running table's recorded command."""
+    from filelock import FileLock
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- the running table's\n")
+    with FileLock(tmp_path / ".lock"):
+        proc = run_in_process("ablation.py", f"out_dir={tmp_path}", "seeds=[5]", check=False)
+    assert proc.returncode == 2 and "another src/ablation.py is running the table" in proc.stderr
+    assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == "- the running table's\n"
+
+
 def test_rows_are_table4_in_dependency_order() -> None:
     rows = table4_rows()
     assert [r.id for r in rows] == ROW_IDS

@@ -149,6 +149,8 @@ class OutputDirectory(Callback):
         _check_output_directory(config, "hydra.run.dir")
         if config.get("task_name") == "train":
             _check_fresh_run(config)
+        elif config.get("task_name") == "ablation" and not config.get("sweeps"):
+            _check_table_free(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
@@ -189,6 +191,16 @@ def _check_fresh_run(config: DictConfig) -> None:
     HydraConfig.instance().set_config(config)
     with user_errors():
         check_fresh_directory(config)
+
+
+def _check_table_free(config: DictConfig) -> None:
+    """src/ablation.py's refusal of a table another runner holds
+    (:func:`~dssd.table4.runner.table_lock`), made before Hydra records this command's config in
+    that table's ``.hydra/``, which it would replace."""
+    from dssd.table4.runner import table_lock
+
+    with user_errors(), table_lock(Path(OmegaConf.select(config, "hydra.run.dir"))):
+        pass
 
 
 def _check_output_directory(config: DictConfig, key: str) -> None:
