@@ -141,9 +141,10 @@ def _require_given(cfg: DictConfig) -> None:
 
 
 class OutputDirectory(Callback):
-    """A Hydra callback (conf/hydra/default.yaml) that refuses a run's or a sweep's directory
-    that cannot be created (a file on its path, no permission) with a one-line error naming the
-    setting that placed it, before Hydra creates it with a traceback."""
+    """A Hydra callback (conf/hydra/default.yaml) that refuses, with a one-line error and before
+    Hydra creates or writes into it, a run's or a sweep's directory that cannot be created (a
+    file on its path, no permission), one holding a run train.py would overwrite or a table
+    another src/ablation.py holds, and a SLURM sweep on a machine without SLURM."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_output_directory(config, "hydra.run.dir")
