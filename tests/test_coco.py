@@ -286,6 +286,23 @@ def test_malformed_annotation_raises_or_is_counted(tmp_path: Path) -> None:
     assert dataset[0][1]["labels"].tolist() == [2, 3, 1]
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_bbox_that_is_not_finite_is_malformed(tmp_path: Path, value: float) -> None:
+    """Python's json reads ``NaN`` and ``Infinity``: such a box was dropped as of zero area, and an
+    evaluation set lost an object without a word."""
+    data = instances()
+    root = write_coco(tmp_path, data)
+    clean = COCODataset(root, ANN_FILE, "val2017", train=True, strict=False).skips
+    data["annotations"].append(annotation(6, 42, 1, [value, 2, 3, 4]))
+    write_coco(tmp_path, data)
+    assert "NaN" in (root / ANN_FILE).read_text() or "Infinity" in (root / ANN_FILE).read_text()
+    for strict in (True, False):
+        with pytest.raises(COCOAnnotationError, match="annotation 6 of image 42.*not finite"):
+            COCODataset(root, ANN_FILE, "val2017", strict=strict)
+    skips = COCODataset(root, ANN_FILE, "val2017", train=True, strict=False).skips
+    assert skips - clean == {"malformed_objects": 1}
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_a_crowd_flag_other_than_0_or_1_is_malformed(tmp_path: Path, train: bool) -> None:
     """``"iscrowd": "0"`` is a true value, so it would silently ignore the object (and drop it from

@@ -11,6 +11,7 @@ its detections are written for the evaluation server.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import shlex
 from collections.abc import Mapping, Sequence
@@ -228,6 +229,9 @@ class COCODataset(DetectionImages):
                     raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
                 if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox):
                     raise ValueError(f"bbox {bbox!r} has non-numeric values")
+                # Python's json reads NaN and Infinity, which no geometry check would catch
+                if not all(math.isfinite(v) for v in bbox):
+                    raise ValueError(f"bbox {bbox!r} has values that are not finite")
                 x, y, w, h = (float(v) for v in bbox)
                 if ann.get("category_id") not in self.category_id_to_label:
                     raise ValueError(f"unknown category_id {ann.get('category_id')!r}")
