@@ -69,6 +69,11 @@ def test_paper_recipes_hold_the_papers_batch_and_schedules(
         # SSD starts from ImageNet weights; DSSD from the SSD checkpoint (init_from)
         assert cfg.model.net.backbone.pretrained == (first_stage == 0)
         assert (cfg.model.net.neck is not None) == (net[0] == "d")
+        # COCO is scored by its official protocol, at most 100 detections an image (the
+        # evaluation server's); VOC's devkit has no cap, so SSD's 200 stay
+        caps = [1, 10, 100] if data == "COCODataModule" else [1, 10, 200]
+        assert list(cfg.model.coco_max_detections) == caps
+        assert cfg.model.postprocess.max_detections == caps[-1]
 
 
 def test_authors_code_recipe_switches_every_config_level_difference() -> None:
