@@ -143,6 +143,23 @@ def test_init_from_loads_the_stage0_encoder_and_reports(neck: str, tmp_path: Pat
     assert "net.backbone" in report.summary() and "net.decoder" in report.summary()
 
 
+def test_stage1_can_start_the_coarsest_prediction_module_from_the_ssd_run(tmp_path: Path) -> None:
+    """The released code loads by layer name, so DSSD's module on the 1x1 map (fed by the extra
+    layers, not the decoder) starts from the SSD run: docs/paper_vs_code.md's override."""
+    ssd = build("pm=c")
+    path = tmp_path / "stage0.ckpt"
+    torch.save({"state_dict": ssd.state_dict()}, path)
+    dssd = build("model=dssd_r18w16", "stage=1", "init_from=x")
+    last = len(dssd.net.prediction_modules) - 1
+    report = load_initial_weights(dssd, path, ["backbone", "extras", f"prediction_modules.{last}"])
+    module = f"net.prediction_modules.{last}."
+    carried = [k for k in report.loaded if k.startswith(module)]
+    assert carried and len(carried) == sum(k.startswith(module) for k in ssd.state_dict())
+    for key in carried:
+        assert torch.equal(dssd.state_dict()[key], ssd.state_dict()[key]), key
+    assert not any(k.startswith("net.prediction_modules.0.") for k in report.loaded)
+
+
 def test_init_from_refuses_mismatched_shapes(tmp_path: Path) -> None:
     ssd = build("pm=c")
     path = tmp_path / "stage0.ckpt"
