@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -299,13 +300,36 @@ def test_resuming_into_another_network_is_named_before_lightning_loads_it(
     model.net.probe = nn.Linear(1, 1)
     with pytest.raises(UserError, match=r"4 tensors differ in name or shape, e.g. net\.probe"):
         resume_checkpoint(cfg, model)
-    # a changed learning rate: Lightning restores the checkpoint's, silently
-    faster = OmegaConf.merge(cfg, {"model": {"optimizer": {"lr": 0.5}}})
+    # a changed learning rate or weight decay: Lightning restores the checkpoint's, silently
+    lr, decay = run_cfg.model.optimizer.lr, run_cfg.model.optimizer.weight_decay
+    faster = OmegaConf.merge(run_cfg, cfg, {"model": {"optimizer": {"lr": 0.5, "weight_decay": 0}}})
     with caplog.at_level(logging.WARNING):
         resume_checkpoint(faster)
-    assert (
-        "model.optimizer.lr=0.5, but" in caplog.text and "the new rate has no effect" in caplog.text
+    assert f"model.optimizer.lr: {lr} -> 0.5; model.optimizer.weight_decay: {decay} -> 0" in (
+        caplog.text
     )
+    assert "the new values have no effect" in caplog.text and "other settings" not in caplog.text
+    # another optimiser, another set of trained modules (Lightning failed at the first step on
+    # the optimiser state) or another network with the same tensors: refused
+    adamw = "AdamW" in run_cfg.model.optimizer._target_
+    other = "torch.optim.SGD" if adamw else "torch.optim.AdamW"
+    for change, named in (
+        ({"optimizer": {"_target_": other}}, "model.optimizer._target_: "),
+        ({"freeze": ["backbone"]}, re.escape("model.freeze: [] -> ['backbone']")),
+        ({"postprocess": {}, "net": {"image_size": 65}}, "model.net.image_size: "),
+    ):
+        refused = OmegaConf.merge(run_cfg, cfg, {"model": change})
+        with pytest.raises(UserError, match=f"other settings of its network.*{named}"):
+            resume_checkpoint(refused)
+    # what only builds the network, whose weights the checkpoint replaces, may differ; a
+    # setting newer than the checkpoint's run is warned of
+    caplog.clear()
+    net = {"backbone": {"pretrained": True}, "newer_setting": 1}
+    built = OmegaConf.merge(run_cfg, cfg, {"model": {"net": net}})
+    with caplog.at_level(logging.WARNING):
+        resume_checkpoint(built)
+    assert "pretrained" not in caplog.text
+    assert "other settings than its run's: model.net.newer_setting: None -> 1." in caplog.text
     # other data or model settings: warned of, by name (loading, schedule and LR aside)
     caplog.clear()
     changed = OmegaConf.merge(

@@ -471,20 +471,25 @@ def check_fresh_directory(cfg: DictConfig) -> None:
         )
 
 
-# what a resumed run may change without a warning: how data are loaded, the schedule (a longer
-# one extends the run: the LR steps follow it) and the learning rate (warned of on its own)
+# what a resumed run may change without a warning: how data are loaded and the schedule (a
+# longer one extends the run: the LR steps follow it)
 RESUMABLE_CHANGES = (
     "data.num_workers",
     "data.pin_memory",
     "data.persistent_workers",
-    "model.optimizer.lr",
     "model.scheduler.",
 )
+# what it may not change: the network (another fusion has the same tensors), what trains and the
+# optimiser's kind, which the checkpoint's optimiser state must fit (Lightning fails at the first
+# step otherwise); but for the settings read only to build the network, whose weights it replaces
+FIXED_ON_RESUME = ("model.net.", "model.freeze", "model.optimizer._target_")
+BUILD_ONLY = ("model.net.backbone.pretrained", "model.net.backbone.weights")
+_ABSENT = object()
 
 
-def changed_settings(run_config: DictConfig, cfg: DictConfig) -> list[str]:
+def changed_settings(run_config: DictConfig, cfg: DictConfig) -> dict[str, str]:
     """The data, model, seed and trainer-numerics settings of ``cfg`` that differ from the
-    checkpoint's ``run_config``, as ``key: then -> now``."""
+    checkpoint's ``run_config``: each key's ``then -> now``."""
 
     def flat(node: object, prefix: str) -> dict[str, object]:
         if isinstance(node, dict):
@@ -496,7 +501,7 @@ def changed_settings(run_config: DictConfig, cfg: DictConfig) -> list[str]:
         return {prefix: node}
 
     keys = ("data", "model", "seed", "trainer.precision", "trainer.accumulate_grad_batches")
-    changed = []
+    changed = {}
     for key in keys:
         sides = [OmegaConf.select(c, key) for c in (run_config, cfg)]
         if None in sides:  # not in an older checkpoint's config, or not configured here
@@ -507,14 +512,21 @@ def changed_settings(run_config: DictConfig, cfg: DictConfig) -> list[str]:
         )
         for name in sorted(then.keys() | now.keys()):
             if then.get(name) != now.get(name) and not name.startswith(RESUMABLE_CHANGES):
-                changed.append(f"{name}: {then.get(name)} -> {now.get(name)}")
+                changed[name] = f"{then.get(name)} -> {now.get(name)}"
     return changed
+
+
+def _listed(changed: dict[str, str], keys: list[str]) -> str:
+    """``key: then -> now; ...`` of ``keys``."""
+    return "; ".join(f"{key}: {changed[key]}" for key in keys)
 
 
 def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> str | None:
     """The checkpoint ``trainer.fit`` resumes from (``cfg.ckpt_path``; ``last``: ``last.ckpt`` in
-    this run's checkpoint directory), checked to exist (Lightning only warns and starts over) and,
-    given ``model``, to hold its network (Lightning fails with every tensor's shape)."""
+    this run's checkpoint directory), checked to exist (Lightning only warns and starts over), to
+    have been trained with this network, stage, trained modules and optimiser (Lightning fails on
+    the optimiser state, or goes on with another fusion) and, given ``model``, to hold its tensors
+    (Lightning fails with every tensor's shape)."""
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path:
         return None
@@ -546,21 +558,35 @@ def resume_checkpoint(cfg: DictConfig, model: DetectionModule | None = None) -> 
         )
     if step == max_steps:
         log.info("%s finished its fit (step %d): only the test runs again", path, step)
-    then, now = (OmegaConf.select(c, "model.optimizer.lr") for c in (run_config, cfg))
-    if now is not None and then != now:
-        log.warning(
-            "model.optimizer.lr=%s, but %s was trained at %s: resuming restores the optimiser's "
-            "state, learning rate included, so the new rate has no effect (init_from=<that file> "
-            "starts a new fit from its weights)",
-            *(now, path, then),
+    changed = changed_settings(run_config, cfg)
+    # (a setting newer than the checkpoint's run is warned of only)
+    if fixed := [
+        k
+        for k in changed
+        if k.startswith(FIXED_ON_RESUME)
+        and k not in BUILD_ONLY
+        and OmegaConf.select(run_config, k, default=_ABSENT) is not _ABSENT
+    ]:
+        raise UserError(
+            f"ckpt_path={path} was trained with other settings of its network, of what trains "
+            f"or of its optimiser: {_listed(changed, fixed)}. Resuming restores its weights and "
+            "optimiser state, which these must fit: resume with its run's overrides (its "
+            ".hydra/overrides.yaml), or start a new fit from its weights with init_from=<that file>"
         )
-    if changed := changed_settings(run_config, cfg):
+    if optimiser := [k for k in changed if k.startswith("model.optimizer.")]:
+        log.warning(
+            "%s: resuming %s restores its optimiser's state, hyper-parameters included, so the "
+            "new values have no effect (init_from=<that file> starts a new fit from its weights)",
+            _listed(changed, optimiser),
+            path,
+        )
+    if others := [k for k in changed if k not in optimiser and k not in BUILD_ONLY]:
         log.warning(
             "resuming %s with other settings than its run's: %s. The run's record (its figures, "
             "its validation curve) will mix the two; give the run's overrides (its "
             ".hydra/overrides.yaml) to go on as it was",
             path,
-            "; ".join(changed),
+            _listed(changed, others),
         )
     if run_config.get("stage", 0) != training_stage(cfg):
         raise UserError(
