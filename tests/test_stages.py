@@ -124,6 +124,13 @@ def test_check_stage_refuses(overrides: list[str], message: str) -> None:
         check_stage(compose_train(*overrides))
 
 
+def test_a_resumed_stage_needs_no_init_from() -> None:
+    """Its checkpoint holds every weight: the stage-0 run it started from may have moved."""
+    check_stage(compose_train("stage=1", "ckpt_path=last"))
+    with pytest.raises(UserError, match="init_from="):
+        check_stage(compose_train("stage=1", "ckpt_path=last", "train=false"))
+
+
 @pytest.mark.parametrize("neck", ["dssd", "fpn", "panet", "bifpn"])
 def test_init_from_loads_the_stage0_encoder_and_reports(neck: str, tmp_path: Path) -> None:
     """Stage 1 starts any neck alike: the stage-0 encoder is loaded, the neck is new."""

@@ -54,14 +54,20 @@ log = logging.getLogger(__name__)
 
 
 def check_stage(cfg: DictConfig) -> None:
-    """Refuse a stage that does not exist, or stages 1 and 2 without a checkpoint to start from."""
+    """Refuse a stage that does not exist, or stages 1 and 2 without a checkpoint to start from
+    (``init_from``, or a checkpoint of the stage to resume)."""
     stage = training_stage(cfg)
-    if stage > 0 and not cfg.get("init_from"):
+    if stage > 0 and not cfg.get("init_from") and not resuming(cfg):
         raise UserError(
             f"stage {stage} starts from a stage-{stage - 1} checkpoint: add "
             "init_from=<that run's dir>/checkpoints/last.ckpt (see docs/configuration.md, "
             "Training stages)"
         )
+
+
+def resuming(cfg: DictConfig) -> bool:
+    """Whether this run resumes a fit (``ckpt_path``), whose checkpoint holds every weight."""
+    return bool(cfg.get("ckpt_path")) and cfg.get("train", True)
 
 
 def check_run(cfg: DictConfig) -> None:
@@ -377,10 +383,14 @@ def train(cfg: DictConfig) -> float | None:
     model: DetectionModule = instantiate(cfg.model, _partial_=True)(run_config=run_config)
     if cfg.get("test", True):
         check_test_ckpt(cfg, model)
-    if cfg.get("init_from"):
+    if resuming(cfg) and cfg.get("init_from"):
+        log.info(
+            "init_from=%s is not read: the resumed checkpoint holds every weight", cfg.init_from
+        )
+    elif cfg.get("init_from"):
         load_initial_weights(model, cfg.init_from, cfg.stages[cfg.stage].init_modules)
     # checked before the data is read (the embedded data is built for a fit)
-    resume = resume_checkpoint(cfg, model) if cfg.get("train", True) else None
+    resume = resume_checkpoint(cfg, model) if resuming(cfg) else None
     trainer = build_trainer(cfg, result_writers(cfg, datamodule))  # no W&B run started yet
     read_data(datamodule, "fit" if cfg.get("train", True) else "test")
     if cfg.get("test", True):
