@@ -390,6 +390,10 @@ def test_the_refusal_comes_before_hydra_records_the_command_in_that_run(tmp_path
     assert proc.returncode == 2 and "holds an earlier run" in proc.stderr
     assert {name: (run / ".hydra" / name).read_text() for name in recorded} == recorded
     assert not (run / "train.log").exists()
+    # a resume refused inside the task, after Hydra wrote the record: the record is put back
+    proc = run_in_process("train.py", f"hydra.run.dir={run}", "ckpt_path=last", check=False)
+    assert proc.returncode == 2 and "is not a checkpoint written by src/train.py" in proc.stderr
+    assert {name: (run / ".hydra" / name).read_text() for name in recorded} == recorded
 
 
 # --- src/train.py end to end ----------------------------------------------------------------------

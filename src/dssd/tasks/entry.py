@@ -108,10 +108,30 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             result = task(cfg)
     except BaseException as err:
         code = err.code if isinstance(err, SystemExit) else 1
-        _finish_wandb(0 if code is None else code if isinstance(code, int) else 1)
+        code = 0 if code is None else code if isinstance(code, int) else 1
+        _finish_wandb(code)
+        if code:
+            _restore_resumed_record()
         raise
+    finally:
+        _resumed_record.clear()
     _finish_wandb(0)
     return result
+
+
+# The ``.hydra/`` files of the run a train.py command resumes, as they were before Hydra replaced
+# them with this command's: put back if the command fails (a refused resume, another network),
+# so that the run's record still says how it was trained.
+_resumed_record: dict[Path, bytes] = {}
+
+
+def _keep_resumed_record(run_dir: Path) -> None:
+    _resumed_record.update({p: p.read_bytes() for p in (run_dir / ".hydra").glob("*.yaml")})
+
+
+def _restore_resumed_record() -> None:
+    for path, content in _resumed_record.items():
+        path.write_bytes(content)
 
 
 def _finish_wandb(exit_code: int) -> None:
@@ -182,7 +202,8 @@ class SearchTrials(Callback):
 def _check_fresh_run(config: DictConfig) -> None:
     """src/train.py's refusal of a fit over an earlier run in its directory
     (:func:`~dssd.tasks.training.check_fresh_directory`), made before Hydra records this
-    command's config in that run's ``.hydra/``, which it would replace."""
+    command's config in that run's ``.hydra/``, which it would replace; a resumed run's record
+    is kept, to put back if the resume fails."""
     from dssd.tasks.training import check_fresh_directory  # Lightning: for train.py only
 
     config = copy.deepcopy(config)  # with the run directory Hydra sets when the job starts
@@ -192,6 +213,8 @@ def _check_fresh_run(config: DictConfig) -> None:
     HydraConfig.instance().set_config(config)
     with user_errors():
         check_fresh_directory(config)
+    if config.get("ckpt_path"):
+        _keep_resumed_record(Path(runtime.output_dir))
 
 
 def _check_table_free(config: DictConfig) -> None:
