@@ -477,6 +477,55 @@ def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Pat
     assert max(train_steps(run_dir / "csv" / "version_0" / "metrics.csv")) >= saved - 2
 
 
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+)
+def test_a_fit_stopped_by_ctrl_c_or_sigterm_writes_its_steps(
+    tiny_shapes: Path, tmp_path: Path, signum: int
+) -> None:
+    """Lightning's graceful shutdown wrote nothing: the steps since the last periodic write (up
+    to 1,000 on VOC and COCO) were lost."""
+    run_dir = tmp_path / "run"
+    overrides = [
+        *tiny_run(tiny_shapes),
+        "data.batch_size=2",
+        "logger=csv",
+        "+logger.csv.flush_logs_every_n_steps=1",
+        "trainer.max_steps=400",
+        "trainer.val_check_interval=400",
+        "trainer.log_every_n_steps=1",
+        "callbacks.last_checkpoint.every_n_train_steps=1000",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    metrics = run_dir / "csv" / "version_0" / "metrics.csv"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "src" / "train.py"), *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if metrics.is_file() and len(train_steps(metrics)) >= 3:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    # (Lightning's SIGTERMException exits 0, as a finished fit)
+    assert proc.returncode == (1 if signum == signal.SIGINT else 143), output[-3000:]
+    step = global_step(run_dir / "checkpoints" / "last.ckpt")
+    assert 3 <= step < 400, output[-3000:]
+    assert f"Stopped at step {step}: " in output
+
+
 def test_ckpt_path_last_without_a_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     """Said before the embedded data is built (it was built first, half a minute)."""
     data = tmp_path / "data"

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -107,16 +108,28 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             _require_given(cfg)
             result = task(cfg)
     except BaseException as err:
-        code = err.code if isinstance(err, SystemExit) else 1
-        code = 0 if code is None else code if isinstance(code, int) else 1
+        code = _exit_status(err)
         _finish_wandb(code)
         if code:
             _restore_resumed_record()
+        if isinstance(err, SystemExit) and err.code != code:
+            raise SystemExit(code) from err
         raise
     finally:
         _resumed_record.clear()
     _finish_wandb(0)
     return result
+
+
+def _exit_status(err: BaseException) -> int:
+    """The exit status of a task that raised ``err``: a fit stopped by SIGTERM (Lightning's
+    ``SIGTERMException``, a ``SystemExit`` without a code, which would exit 0 as if it had
+    finished) that of a process SIGTERM ends, 143."""
+    exceptions = sys.modules.get("pytorch_lightning.utilities.exceptions")
+    if exceptions is not None and isinstance(err, exceptions.SIGTERMException):
+        return 128 + signal.SIGTERM
+    code = err.code if isinstance(err, SystemExit) else 1
+    return 0 if code is None else code if isinstance(code, int) else 1
 
 
 # The ``.hydra/`` files of the run a train.py command resumes, as they were before Hydra replaced

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from dssd.data.coco import detections_to_coco_results, write_coco_results
@@ -80,8 +81,9 @@ class BestCheckpoint(ModelCheckpoint):
 class LastCheckpoint(Checkpoint):
     """Writes ``last.ckpt`` (resumed by ``ckpt_path=last``) into ``dirpath`` every
     ``every_n_train_steps`` steps (0: never), after each validation (a step ending in one only
-    after it: Lightning resumes it as validated) and when ``fit`` ends. ``ModelCheckpoint`` with
-    ``save_last`` writes it only with a top-k checkpoint, losing the final steps."""
+    after it: Lightning resumes it as validated), when ``fit`` ends, and when a one-process fit
+    is stopped by Ctrl-C or SIGTERM outside a validation. ``ModelCheckpoint`` with ``save_last``
+    writes it only with a top-k checkpoint, losing the final steps."""
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 1000) -> None:
         self.dirpath = dirpath
@@ -103,6 +105,25 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Ctrl-C, or SIGTERM (a scheduler's time limit; Lightning raises SIGTERMException):
+        # keep the steps trained since the last write. Not under DDP, whose processes need not
+        # all stop here (the write waits for every one), nor in a validation, which a resumed
+        # fit would take as done.
+        stopped = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if stopped and trainer.world_size == 1 and not trainer.validating:
+            saved = self.saved_step
+            self.save(trainer)
+            if self.saved_step != saved:
+                log.warning(
+                    "Stopped at step %d: %s written; ckpt_path=last in this run's directory "
+                    "resumes it",
+                    trainer.global_step,
+                    self.last_model_path,
+                )
 
     def save(self, trainer: pl.Trainer, again: bool = False) -> None:
         """Write ``last.ckpt`` (on every process: the strategy decides who writes), unless this
