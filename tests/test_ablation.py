@@ -8,11 +8,15 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +177,41 @@ def test_control_row_is_the_dssd_rows_stage_1_without_the_deconvolution_module()
     assert list(train.stages[1].init_modules) == ["backbone", "extras"]
     assert train.trainer.max_steps == dssd_train.trainer.max_steps
     assert train.schedules[1] == dssd_train.schedules[1]
+
+
+# a run that, on Ctrl-C, takes a second to write its checkpoint, as train.py does
+STOPPING_RUN = """
+import pathlib, signal, sys, time
+def stop(*_):
+    time.sleep(1.0)
+    pathlib.Path(sys.argv[1]).write_text("saved")
+    sys.exit(1)
+signal.signal(signal.SIGINT, stop)
+pathlib.Path(sys.argv[2]).write_text("ready")
+time.sleep(60)
+"""
+
+
+def test_ctrl_c_lets_the_run_write_its_checkpoint_before_it_stops(tmp_path: Path) -> None:
+    """``subprocess.call`` killed the run a quarter of a second after Ctrl-C, before train.py
+    wrote its last.ckpt."""
+    saved, ready = tmp_path / "saved", tmp_path / "ready"
+    child = [sys.executable, "-c", STOPPING_RUN, str(saved), str(ready)]
+    runner = f"from dssd.table4.runner import run_command; print(run_command({child!r}))"
+    # its own process group, which Ctrl-C stops as a terminal's does
+    proc = subprocess.Popen(
+        [sys.executable, "-c", runner], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert output.strip() == "interrupted"
+    assert saved.read_text() == "saved"
 
 
 def test_plan_runs_all_then_skips_done_runs_and_resumes_interrupted_ones(tmp_path: Path) -> None:

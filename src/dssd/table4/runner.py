@@ -182,6 +182,25 @@ def clear_earlier_run(directory: Path) -> None:
             path.unlink()
 
 
+# how long a run stopped by Ctrl-C may take to write its last.ckpt and end before it is killed
+STOP_GRACE_SECONDS = 120
+
+
+def run_command(command: list[str]) -> int | str:
+    """Run ``command``: its exit status, or "interrupted" by Ctrl-C once the run, which the
+    terminal stops too, has ended (killed after ``STOP_GRACE_SECONDS``, or a second Ctrl-C).
+    ``subprocess.call`` kills it a quarter of a second on, before it writes its last.ckpt."""
+    with subprocess.Popen(command) as proc:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            try:
+                proc.wait(timeout=STOP_GRACE_SECONDS)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
+            return "interrupted"
+
+
 def run_step(step: Step, command: list[str], out_dir: Path) -> bool:
     """Run (after clearing what an earlier run left, recording the weights it starts from) or
     resume one run, keeping its wall time; whether its final weights changed (a resumed run that
@@ -193,9 +212,7 @@ def run_step(step: Step, command: list[str], out_dir: Path) -> bool:
         start_run_record(step.row, step.seed, out_dir)
     start = time.perf_counter()
     try:
-        returncode = subprocess.call(command)
-    except KeyboardInterrupt:
-        returncode = "interrupted"
+        returncode = run_command(command)
     finally:
         add_wall_time(directory, time.perf_counter() - start)
     if returncode != 0:
