@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -19,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -125,6 +127,29 @@ def test_last_checkpoint_every_n_steps_after_validation_and_at_the_end(
     ]
     assert history["history"] == [{"step": 4, "val/score": 4.0}, {"step": 8, "val/score": 8.0}]
     assert history["fit_seconds"] > 0
+
+
+def test_last_checkpoint_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A write cut short (a kill while Lightning moves its temporary file from another
+    filesystem) left a truncated last.ckpt, the run's only point to resume from."""
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(b"the step-4 checkpoint")
+
+    def cut_short(path: str, weights_only: bool) -> None:
+        Path(path).write_bytes(b"the step-6 chec")
+        raise KeyboardInterrupt
+
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        sanity_checking=False,
+        fast_dev_run=False,
+        global_step=6,
+        is_global_zero=True,
+        save_checkpoint=cut_short,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        LastCheckpoint(str(tmp_path), every_n_train_steps=2).save(trainer)
+    assert last.read_bytes() == b"the step-4 checkpoint"
 
 
 def test_a_resumed_fit_counts_the_training_time_before_it(

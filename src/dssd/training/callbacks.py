@@ -134,7 +134,13 @@ class LastCheckpoint(Checkpoint):
         if trainer.global_step == 0 or (not again and self.saved_step == trainer.global_step):
             return
         self.last_model_path = os.path.join(self.dirpath, "last.ckpt")
-        trainer.save_checkpoint(self.last_model_path, weights_only=False)  # resumable: full state
+        # written beside it, then renamed over it: Lightning writes through a file in the system's
+        # temporary directory, and its move onto another filesystem (a cluster's node-local /tmp)
+        # is a copy that a kill can cut short, leaving no checkpoint to resume from
+        partial = f"{self.last_model_path}.partial"
+        trainer.save_checkpoint(partial, weights_only=False)  # resumable: full state
+        if trainer.is_global_zero:
+            os.replace(partial, self.last_model_path)
         self.saved_step = trainer.global_step
 
     def state_dict(self) -> dict[str, Any]:
