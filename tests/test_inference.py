@@ -40,9 +40,10 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such checkpoint file"):
         load_checkpoint(tmp_path / "none.ckpt")
     foreign = tmp_path / "foreign.ckpt"
-    torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(UserError, match="holds no run configuration"):
-        load_checkpoint(foreign)
+    for hyper_parameters in ({}, ["lr", 0.1]):  # another program's: not a mapping
+        torch.save({"state_dict": {}, "hyper_parameters": hyper_parameters}, foreign)
+        with pytest.raises(UserError, match="holds no run configuration"):
+            load_checkpoint(foreign)
 
 
 def test_load_checkpoint_reads_the_run_config_of_older_checkpoint_files(tmp_path: Path) -> None:

@@ -84,7 +84,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], DictConfig]:
     (``run_config`` hyper-parameter, or older files' ``dssd_config``), brought up to date; a
     missing file, a non-checkpoint or one without that config is a :class:`UserError`."""
     checkpoint = read_checkpoint(path, "ckpt_path", require=("state_dict",))
-    run_config = checkpoint.get("hyper_parameters", {}).get("run_config")
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    run_config = hyper_parameters.get("run_config") if isinstance(hyper_parameters, dict) else None
     if run_config is None:
         run_config = checkpoint.get("dssd_config")
     if run_config is None:
