@@ -109,7 +109,7 @@ def test_a_second_runner_on_the_same_table_is_refused_while_the_first_runs(
         make_done(directory)
         return 0
 
-    monkeypatch.setattr(subprocess, "call", train)
+    monkeypatch.setattr("dssd.table4.runner.run_command", train)
     monkeypatch.setattr("dssd.table4.runner.collect", lambda *args: [])
     monkeypatch.setattr("dssd.table4.runner.summarize", lambda *args: [])
     run_ablation(compose_table4(f"out_dir={tmp_path}", "analysis=false"), "shapes")
@@ -119,7 +119,9 @@ def test_a_second_runner_on_the_same_table_is_refused_while_the_first_runs(
     ]
     assert (run_dir(tmp_path / "other", "ssd_pm_a", 0) / "checkpoints" / "last.ckpt").is_file()
     # released: the next command runs, and finds every run done
-    monkeypatch.setattr(subprocess, "call", lambda command: pytest.fail(shlex.join(command)))
+    monkeypatch.setattr(
+        "dssd.table4.runner.run_command", lambda command: pytest.fail(shlex.join(command))
+    )
     run_ablation(compose_table4(f"out_dir={tmp_path}", "analysis=false"), "shapes")
 
 
@@ -271,7 +273,7 @@ def test_a_row_whose_parent_was_retrained_since_runs_again(
         return 0
 
     tabulated: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", train)
+    monkeypatch.setattr("dssd.table4.runner.run_command", train)
     monkeypatch.setattr(
         "dssd.table4.runner.collect",
         lambda rows, *args: tabulated.append([r.id for r in rows]) or [],
@@ -349,7 +351,9 @@ def test_seeds_must_be_a_list_of_distinct_ints(seeds) -> None:
 def test_a_bad_interval_setting_is_refused_before_any_row_runs(
     tmp_path: Path, setting: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("a row was started"))
+    monkeypatch.setattr(
+        "dssd.table4.runner.run_command", lambda *a, **k: pytest.fail("a row was started")
+    )
     cfg = compose_table4(f"out_dir={tmp_path}", setting)
     with pytest.raises(UserError, match=f"{setting}: choose"):
         run_ablation(cfg, "shapes")
@@ -433,7 +437,9 @@ def test_train_args_train_py_cannot_take_are_refused_before_any_run(
     train_args: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first row started, failed in train.py's parser, and left its directory behind."""
-    monkeypatch.setattr(subprocess, "call", lambda command: pytest.fail(shlex.join(command)))
+    monkeypatch.setattr(
+        "dssd.table4.runner.run_command", lambda command: pytest.fail(shlex.join(command))
+    )
     cfg = compose_table4(f"out_dir={tmp_path}", f"train_args='{train_args}'", "only=[ssd_pm_a]")
     with pytest.raises(UserError) as err:
         run_ablation(cfg, "shapes")
@@ -493,12 +499,12 @@ def test_a_forced_row_stopped_part_way_is_run_again_next_time(
         make_done(run_dir(tmp_path, row.id, 0))
     directory = run_dir(tmp_path, "ssd_pm_a", 0)
 
-    def interrupted(command: list[str]) -> int:
+    def interrupted(command: list[str]) -> str:
         (directory / "checkpoints").mkdir()
         (directory / "checkpoints" / "last.ckpt").write_bytes(b"new weights")
-        raise KeyboardInterrupt
+        return "interrupted"  # by Ctrl-C, once the run ended
 
-    monkeypatch.setattr(subprocess, "call", interrupted)
+    monkeypatch.setattr("dssd.table4.runner.run_command", interrupted)
     cfg = compose_table4(f"out_dir={tmp_path}", "only=[ssd_pm_b]", "force=ssd_pm_a")
     with pytest.raises(
         UserError, match="row ssd_pm_a .*seed 0: interrupted .*the same command goes on"
@@ -530,7 +536,9 @@ def test_a_forced_row_stopped_part_way_is_run_again_next_time(
 def test_settings_no_table_can_use_are_refused_before_any_row_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: str, message: str
 ) -> None:
-    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("a row was started"))
+    monkeypatch.setattr(
+        "dssd.table4.runner.run_command", lambda *a, **k: pytest.fail("a row was started")
+    )
     overrides = [f"out_dir={tmp_path}", "only=[ssd_pm_b]", override.strip("'")]
     with pytest.raises(UserError, match=message):
         run_ablation(compose_table4(*overrides), "shapes")

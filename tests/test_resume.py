@@ -481,9 +481,15 @@ def test_killed_run_resumes_with_ckpt_path_last(tiny_shapes: Path, tmp_path: Pat
     saved = global_step(last)
     assert 6 <= saved < max_steps  # interrupted with steps left to do
 
+    # an earlier attempt's test results, of weights the resumed fit replaces, are removed
+    earlier = [run_dir / "test_results.json", run_dir / "voc_results" / "comp4_det_test_a.txt"]
+    for path in earlier:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("of an earlier attempt")
     # init_from, which a resumed checkpoint's weights would replace, is not read (a stage-0
     # checkpoint moved away since stage 1 started stopped the resume)
     run_in_process("train.py", *overrides, "ckpt_path=last", f"init_from={tmp_path}/moved.ckpt")
+    assert not any(path.exists() for path in earlier)
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == max_steps
     # the optimiser and the LR schedule continued from the saved state, not from scratch

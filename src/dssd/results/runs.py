@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,18 @@ RESULTS_DIR = "voc_results"
 RunDirs = Mapping[str, PathLike] | Iterable[PathLike]
 # the keys of test_results.json that load_runs gives a column each, before run_dir and the metrics
 _RUN_KEYS = ("run_name", "stage", "parameters", "trainable_parameters", "gmac", "fit_seconds")
+
+
+def clear_test_results(directory: PathLike) -> None:
+    """Remove a run's test results (``test_results.json`` / ``.md``, ``voc_results/``): they
+    describe final weights that a new or resumed fit replaces, and must not be read beside its
+    checkpoint if it stops part way."""
+    for name in ("test_results.json", "test_results.md", RESULTS_DIR):
+        path = Path(directory) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def write_results_json(record: Mapping, directory: str | Path) -> Path:

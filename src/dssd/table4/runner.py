@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from dssd.analysis.analyser import Analyser, Options, find_run, write_analysis
 from dssd.config import compose_train
 from dssd.errors import UserError, writable_directory
-from dssd.results.runs import RESULTS_DIR
+from dssd.results.runs import RESULTS_DIR, clear_test_results
 from dssd.results.tables import comparisons_index, table4_markdown, write_table4
 from dssd.table4.rows import (
     STARTS_FROM,
@@ -171,15 +171,9 @@ def clear_earlier_run(directory: Path) -> None:
     """Remove an earlier run's checkpoints and results before its row runs again, so that a
     rerun stopped part way is not later taken for done (old results beside new weights) or
     resumed from the old weights."""
-    for path in (
-        directory / "checkpoints",
-        directory / "test_results.json",
-        directory / RESULTS_DIR,
-    ):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    if (directory / "checkpoints").is_dir():
+        shutil.rmtree(directory / "checkpoints")
+    clear_test_results(directory)
 
 
 # how long a run stopped by Ctrl-C may take to write its last.ckpt and end before it is killed

@@ -30,6 +30,7 @@ from dssd.errors import (
     whole,
 )
 from dssd.evaluation.module import coco_metric_names
+from dssd.results.runs import clear_test_results
 from dssd.tasks.common import (
     build_trainer,
     check_accelerator,
@@ -402,6 +403,10 @@ def train(cfg: DictConfig) -> float | None:
     metrics: dict[str, float] = {}
     fit_record: dict[str, Any] = {}
     history = next((c for c in trainer.callbacks if isinstance(c, ValidationHistory)), None)
+    if resume and trainer.is_global_zero:
+        # the earlier attempt's results, of weights this fit replaces, are not left beside a
+        # checkpoint of another step if it stops part way (make ablation would count it done)
+        clear_test_results(cfg.paths.output_dir)
     if cfg.get("train", True):
         start = time.perf_counter()
         # checkpoints hold plain values only (DetectionModule), so they load as weights
