@@ -127,13 +127,22 @@ def test_load_table(tmp_path: Path) -> None:
 
 def test_load_csv_metrics_joins_the_versions_of_a_resumed_run(tmp_path: Path) -> None:
     assert load_csv_metrics(tmp_path).empty
-    for version, rows in ((0, "0,,1.5\n1,0.25,\n"), (1, "2,0.5,\n")):
+    # version 0 logged steps 2 and 3 after its last checkpoint (step 2), which version 1 trained
+    # again; version 10 comes after version 2, not after version 1
+    attempts = {
+        0: "0,,1.5\n1,0.25,\n2,,9.0\n3,,9.0\n",
+        1: "2,0.5,\n3,,2.0\n",
+        2: "4,,1.0\n",
+        10: "5,0.75,\n",
+    }
+    for version, rows in attempts.items():
         directory = tmp_path / "csv" / f"version_{version}"
         directory.mkdir(parents=True)
         (directory / "metrics.csv").write_text("step,val/map_50,train/loss\n" + rows)
     metrics = load_csv_metrics(tmp_path)
-    assert list(metrics["step"]) == [0, 1, 2]
-    assert metrics["val/map_50"].dropna().tolist() == [0.25, 0.5]
+    assert list(metrics["step"]) == [0, 1, 2, 3, 4, 5]
+    assert metrics["val/map_50"].dropna().tolist() == [0.25, 0.5, 0.75]
+    assert metrics["train/loss"].dropna().tolist() == [1.5, 2.0, 1.0]
 
 
 def test_a_wandb_run_writes_the_csv_log_the_loaders_read(tiny_wandb_run: Path) -> None:

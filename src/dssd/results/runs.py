@@ -113,9 +113,18 @@ def per_class_ap(run_dirs: RunDirs) -> pd.DataFrame:
 
 
 def load_csv_metrics(run_dir: PathLike) -> pd.DataFrame:
-    """Every row of ``<run_dir>/csv/version_*/metrics.csv`` (a resumed run has several), with
-    its ``step`` column (the trainer's global step); empty when there are none."""
-    files = sorted(Path(run_dir).glob("csv/version_*/metrics.csv"))
-    if not files:
-        return pd.DataFrame()
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    """The rows of ``<run_dir>/csv/version_*/metrics.csv`` (a resumed run has several), with
+    their ``step`` column (the trainer's global step), in version order; an attempt's rows from
+    the step its successor resumed at on are left out (it logged steps after its last checkpoint
+    that the successor trained again). Empty when there are none."""
+    versions = {
+        int(f.parent.name.removeprefix("version_")): f
+        for f in Path(run_dir).glob("csv/version_*/metrics.csv")
+        if f.parent.name.removeprefix("version_").isdigit()
+    }
+    frames = [pd.read_csv(versions[v]) for v in sorted(versions)]  # version_10 after version_9
+    for i in range(len(frames) - 1):
+        resumed_at = frames[i + 1]["step"].min()
+        if not math.isnan(resumed_at):
+            frames[i] = frames[i][frames[i]["step"] < resumed_at]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
