@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +157,20 @@ def test_cli_prints_the_table(shapes_root: Path, capsys: pytest.CaptureFixture[s
 
     main(["--coco", str(shapes_root / "annotations" / "instances_trainval.json")])
     assert "in original pixels" in capsys.readouterr().out
+
+
+def test_a_voc_split_is_read_as_training_reads_it(
+    shapes_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An image without a file was an error advising data.strict=false, which this tool does not
+    take: its boxes are passed over, as training (the VOC configs are not strict) passes over it."""
+    root = Path(shutil.copytree(shapes_root, tmp_path / "shapes"))
+    first = (root / "ImageSets" / "Main" / "trainval.txt").read_text().split()[0]
+    (root / "JPEGImages" / f"{first}.jpg").unlink()
+    with caplog.at_level(logging.WARNING):
+        widths, _ = voc_boxes(root, "trainval", CLASSES)
+    assert 0 < widths.size < voc_boxes(shapes_root, "trainval", CLASSES)[0].size
+    assert f"{first}.jpg" in caplog.text and "skipping them" in caplog.text
 
 
 def test_cli_reports_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

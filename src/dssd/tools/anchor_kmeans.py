@@ -144,9 +144,11 @@ def voc_boxes(
     root: str | Path, split: str, class_names: Sequence[str], size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Widths and heights (pixels; on an S x S input when ``size`` is given) of a VOC split's
-    boxes, difficult ones included (annotations only, no image decoded)."""
+    boxes, difficult ones included (annotations only, no image decoded): those a training set
+    reads with ``data.strict=false``, which passes over images without a file and malformed
+    objects, counted in a warning."""
     wh = [np.zeros((0, 2))]
-    for ann in VOCDataset(root, split, class_names).annotations:
+    for ann in VOCDataset(root, split, class_names, strict=False, train=True).annotations:
         boxes = ann["boxes"].astype(np.float64)  # 0-based xyxy: x1 - x0 is the pixel width
         scale = (size / ann["width"], size / ann["height"]) if size else (1.0, 1.0)
         wh.append((boxes[:, 2:] - boxes[:, :2]) * scale)
