@@ -4,9 +4,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_convert
 
 from dssd.ops import MultiBoxLoss, hard_negative_mask
+from ssd_reference import reference_match_indices
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
@@ -37,18 +38,13 @@ def reference_loss(
     ratio: float,
     loc_weight: float,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """SSD loss computed image by image with the textbook matching loop and formulas."""
-    priors_xyxy = box_convert(priors, "cxcywh", "xyxy")
+    """SSD loss computed image by image with the released code's matching loop and the formulas."""
     total_loc, total_conf, total_pos = loc.sum() * 0, conf.sum() * 0, 0
     for i, t in enumerate(targets):
+        best_gt = reference_match_indices(priors, t["boxes"], threshold)
+        positive = best_gt >= 0
         labels = torch.zeros(len(priors), dtype=torch.int64)
-        if len(t["boxes"]):
-            iou = box_iou(t["boxes"], priors_xyxy)
-            best_iou, best_gt = iou.max(dim=0)
-            for j, p in enumerate(iou.argmax(dim=1).tolist()):
-                best_gt[p], best_iou[p] = j, 2.0
-            labels = torch.where(best_iou > threshold, t["labels"][best_gt], 0)
-        positive = labels > 0
+        labels[positive] = t["labels"][best_gt[positive]]
         ce = F.cross_entropy(conf[i], labels, reduction="none")
         negatives = reference_hard_negatives(ce.detach(), positive, ratio)
         total_conf = total_conf + ce[positive].sum() + ce[negatives].sum()

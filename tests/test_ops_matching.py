@@ -4,7 +4,9 @@ import pytest
 import torch
 from torchvision.ops import box_convert, box_iou
 
+from dssd.models.default_boxes import DefaultBoxes
 from dssd.ops import match, pad_targets
+from ssd_reference import reference_match_indices
 
 
 def random_xyxy(num: int, generator: torch.Generator, max_size: float = 0.3) -> torch.Tensor:
@@ -16,19 +18,14 @@ def random_xyxy(num: int, generator: torch.Generator, max_size: float = 0.3) -> 
 def reference_match(
     priors: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SSD matching of one image, written as the original per-ground-truth loop."""
+    """The matched xyxy box (the prior itself for background) and class of every prior."""
     priors_xyxy = box_convert(priors, "cxcywh", "xyxy")
-    if len(boxes) == 0:
+    gt_of = reference_match_indices(priors, boxes, threshold)
+    positive = gt_of >= 0
+    if not positive.any():
         return priors_xyxy, torch.zeros(len(priors), dtype=torch.int64)
-    iou = box_iou(boxes, priors_xyxy)  # [N, P]
-    best_iou, best_gt = iou.max(dim=0)
-    best_prior = iou.argmax(dim=1)
-    for j in range(len(boxes)):
-        best_gt[best_prior[j]] = j
-        best_iou[best_prior[j]] = 2.0
-    positive = best_iou > threshold
-    matched_labels = torch.where(positive, labels[best_gt], 0)
-    matched_boxes = torch.where(positive[:, None], boxes[best_gt], priors_xyxy)
+    matched_labels = torch.where(positive, labels[gt_of.clamp(min=0)], 0)
+    matched_boxes = torch.where(positive[:, None], boxes[gt_of.clamp(min=0)], priors_xyxy)
     return matched_boxes, matched_labels
 
 
@@ -95,16 +92,48 @@ def test_match_all_images_empty() -> None:
     torch.testing.assert_close(boxes, box_convert(priors, "cxcywh", "xyxy").expand(3, -1, -1))
 
 
-def test_match_bipartite_collision_higher_index_wins() -> None:
-    # Prior 0 is the best (but low-IoU) prior of both small gts; gt 1 must keep it.
-    priors = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]])
-    gt_boxes = torch.tensor([[[0.45, 0.45, 0.5, 0.5], [0.5, 0.5, 0.55, 0.55], [0, 0, 0, 0]]])
+def test_match_bipartite_collision_goes_to_the_higher_iou() -> None:
+    # Prior 0 is the best prior of both gts; gt 0 overlaps it more, so gt 1 takes its second best
+    # (prior 2, IoU 0.002), as the released code's greedy matching does: both gts are trained.
+    priors = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.1, 0.1, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])
+    gt_boxes = torch.tensor([[[0.3, 0.3, 0.7, 0.66], [0.45, 0.45, 0.61, 0.61], [0, 0, 0, 0]]])
     gt_labels = torch.tensor([[3, 7, 0]])
 
     boxes, labels = match(priors, gt_boxes, gt_labels)
 
-    assert labels.tolist() == [[7, 0, 0]]
-    assert torch.equal(boxes[0, 0], gt_boxes[0, 1])
+    assert labels.tolist() == [[3, 0, 7]]
+    assert torch.equal(boxes[0, 0], gt_boxes[0, 0]) and torch.equal(boxes[0, 2], gt_boxes[0, 1])
+
+
+def test_match_crowded_ground_truths_each_get_a_prior() -> None:
+    # 12 small gts around few priors: many share a best prior, and the greedy order cascades.
+    g = torch.Generator().manual_seed(3)
+    priors = DefaultBoxes([0.2, 0.4], aspect_ratios=(2.0,))([5])  # 5 x 5 centres, 4 boxes each
+    centres = 0.4 + 0.2 * torch.rand(12, 2, generator=g)
+    boxes = torch.cat([centres - 0.03, centres + 0.03], dim=1)
+    labels = torch.arange(1, 13)
+    gt_boxes, gt_labels = pad_targets([{"boxes": boxes, "labels": labels}])
+
+    _, matched = match(priors, gt_boxes, gt_labels)
+
+    expected = reference_match_indices(priors, boxes, 0.5)
+    assert torch.equal(matched[0], torch.where(expected >= 0, labels[expected], 0))
+    assert set(matched[0].tolist()) - {0} == set(range(1, 13))  # every gt has a positive
+    best = box_iou(boxes, box_convert(priors, "cxcywh", "xyxy")).argmax(dim=1)
+    assert len(best.unique()) < 12  # best priors collide
+
+
+def test_match_gt_without_overlap_or_area_claims_nothing() -> None:
+    # A point box and a box away from every prior: no prior is theirs (a forced prior would be a
+    # wrong class, and the point's box would encode to log(0)).
+    priors = torch.tensor([[0.25, 0.25, 0.3, 0.3], [0.75, 0.75, 0.3, 0.3]])
+    point, away, inside = [0.2, 0.2, 0.2, 0.2], [0.45, 0.45, 0.55, 0.55], [0.7, 0.7, 0.8, 0.8]
+    gt_boxes = torch.tensor([[point, away, inside]])
+    gt_labels = torch.tensor([[1, 2, 3]])
+
+    _, labels = match(priors, gt_boxes, gt_labels)
+
+    assert labels.tolist() == [[0, 3]]
 
 
 def test_match_padding_never_matches() -> None:

@@ -27,8 +27,8 @@ def match_indices(
 ) -> tuple[Tensor, Tensor]:
     """The ground truth ``gt_index [B, P]`` (where the label is not 0) and class ``labels [B, P]``
     (0 = background) of every cxcywh prior for ``gt_boxes [B, N, 4]`` xyxy and ``gt_labels [B, N]``
-    padded with 0: first every ground truth claims its highest-IoU prior (the highest gt index wins
-    a tie), then every other prior its highest-IoU ground truth if that IoU > ``iou_threshold``."""
+    padded with 0: first every ground truth claims a prior of its own (:func:`_claims`), then every
+    other prior takes its highest-IoU ground truth if that IoU > ``iou_threshold``."""
     priors_xyxy = box_convert(priors, "cxcywh", "xyxy")
     # the [B, N, P] IoU and its temporaries are big (32 x 10 x 17080 floats: 22 MB each); a few
     # images at a time keeps them in cache, several times faster on CPU
@@ -52,13 +52,56 @@ def _match(
     valid = gt_labels > 0
     iou = batched_iou(gt_boxes, priors_xyxy).masked_fill(~valid[:, :, None], -1.0)  # [B, N, P]
     best_iou, best_gt = iou.max(dim=1)  # [B, P]
-    # Bipartite step; amax makes the highest gt index win, padding (-1) never claims a prior.
-    gt_index = torch.arange(gt_labels.shape[1], device=gt_labels.device).expand_as(gt_labels)
-    claimed_by = torch.full_like(best_gt, -1).scatter_reduce(
-        1, iou.argmax(dim=2), torch.where(valid, gt_index, -1), reduce="amax"
-    )
+    claimed_by = _claims(iou)
     forced = claimed_by >= 0
     best_gt = torch.where(forced, claimed_by, best_gt)
     positive = forced | (best_iou > iou_threshold)
 
     return best_gt, torch.gather(gt_labels, 1, best_gt).masked_fill(~positive, 0)
+
+
+def _claims(iou: Tensor) -> Tensor:
+    """The ground truth that claims each prior, ``[B, P]`` (-1: none), for ``iou [B, N, P]``
+    (padding -1): the bipartite step of the released SSD code (``MatchBBox``), greedy, the
+    highest-IoU (ground truth, prior) pair among those not yet claimed first. Ground truths that
+    share a best prior each get one of their own; one that overlaps no prior (IoU 0: no overlap
+    or no area) claims none, so it is never a positive."""
+    best_iou, best_prior = iou.max(dim=2)  # [B, N]
+    claims = best_iou > 0
+    image, gt = claims.nonzero(as_tuple=True)
+    claimed_by = torch.full(iou.shape[::2], -1, dtype=torch.int64, device=iou.device)
+    claimed_by[image, best_prior[image, gt]] = gt
+    if int(claims.sum()) == int((claimed_by >= 0).sum()):
+        return claimed_by  # every best prior is another: the greedy order changes nothing
+    # A ground truth's claim is among its k best priors: at most k - 1 are claimed before it.
+    k = min(iou.shape[1], iou.shape[2])
+    top_iou, top_prior = iou.topk(k, dim=2)  # [B, N, k]
+    # in prior order, so that the first of equal IoUs is the lowest prior, as in the loop
+    top_prior, order = top_prior.sort(dim=2)
+    top_iou = top_iou.gather(2, order)
+    flat_prior = top_prior.flatten(1)
+    gt_index = torch.arange(iou.shape[1], device=iou.device)
+    gt_of_entry = gt_index[None, :, None].expand_as(top_prior).flatten(1)
+    claimed_by.fill_(-1)
+    # The greedy order in rounds: a pair that is the best of its ground truth's and of its prior's
+    # free pairs (the highest IoU; the lowest gt, then prior, among equal ones) is the one the
+    # one-at-a-time loop takes for both, so every such pair is taken at once.
+    while True:
+        row_iou, row_best = top_iou.max(dim=2)  # [B, N]: each gt's best free prior
+        row_prior = top_prior.gather(2, row_best[..., None]).squeeze(2)
+        col_iou = torch.full_like(claimed_by, -1, dtype=iou.dtype).scatter_reduce(
+            1, flat_prior, top_iou.flatten(1), reduce="amax"
+        )  # [B, P]: each prior's best IoU with a free gt
+        at_best = top_iou.flatten(1) == col_iou.gather(1, flat_prior)
+        col_gt = torch.full_like(claimed_by, iou.shape[1]).scatter_reduce(
+            1, flat_prior, torch.where(at_best, gt_of_entry, iou.shape[1]), reduce="amin"
+        )
+        taken = (row_iou > 0) & (col_gt.gather(1, row_prior) == gt_index)
+        if not bool(taken.any()):
+            break
+        image, gt = taken.nonzero(as_tuple=True)
+        claimed_by[image, row_prior[image, gt]] = gt
+        # neither the ground truth nor the prior takes part again
+        top_iou[image, gt] = -1.0
+        top_iou.masked_fill_((claimed_by >= 0).gather(1, flat_prior).view_as(top_iou), -1.0)
+    return claimed_by
