@@ -81,10 +81,10 @@ def test_authors_code_recipe_switches_every_config_level_difference() -> None:
     (docs/paper_vs_code.md); reference=authors_code alone leaves the schedules alone."""
     paper = resolve_with_hydra(compose_train("experiment=ssd321_voc0712"))
     code = resolve_with_hydra(compose_train("experiment=ssd321_voc0712_authors"))
-    assert [(s.max_steps, s.lr) for s in code.schedules] == [
-        (80000, 1e-3),
-        (30000, 1e-3),
-        (40000, 1e-4),
+    assert [(s.max_steps, s.lr, s.warmup_iters) for s in code.schedules] == [
+        (80000, 1e-3, 0),
+        (30000, 1e-3, 0),
+        (40000, 1e-4, 0),
     ]
     assert [(s.max_steps, s.lr) for s in paper.schedules] == [
         (70000, 1e-3),
