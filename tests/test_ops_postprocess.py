@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.ops import box_convert, nms
 
+import dssd.ops.postprocess as postprocess
 from dssd.ops import BoxCoder, GraphPostProcessor, PostProcessor, Tolerance, compare_detections
 
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
@@ -175,3 +176,28 @@ def test_graph_postprocess_equals_reference(batch_size: int, settings: dict) -> 
         # padding: zeros after the image's detections
         assert not scores[i, n:].any() and not labels[i, n:].any() and not boxes[i, n:].any()
     assert_same_detections(found, expected)
+
+
+def test_gpu_nms_keeps_small_boxes_of_late_groups_apart() -> None:
+    """batched_nms shifts group g by 2g; in float32 a 0.03-wide box at g ~ 2,500 (image 31 of a
+    COCO batch) has IoUs off by ~4%, so pairs near the 0.45 threshold fall on the wrong side. The
+    GPU path's NMS (run here on the CPU, same offsets: fewer than 1,000 boxes) must keep exactly
+    what each group's own NMS keeps."""
+    g = torch.Generator().manual_seed(0)
+    num_pairs = 400
+    xy = 0.1 + 0.8 * torch.rand(num_pairs, 2, generator=g)
+    first = torch.cat([xy, xy + 0.03], dim=1)
+    # the second box shifted along x so that the pair's IoU is 0.40 to 0.50
+    iou = 0.40 + 0.10 * torch.rand(num_pairs, generator=g)
+    shift = 0.03 * (1 - iou) / (1 + iou)
+    second = first + torch.stack([shift, 0 * shift, shift, 0 * shift], dim=1)
+    boxes = torch.stack([first, second], dim=1).reshape(-1, 4)
+    scores = torch.rand(2 * num_pairs, generator=g)
+    groups = (2200 + torch.arange(num_pairs)).repeat_interleave(2)
+
+    keep = postprocess._batched_nms(boxes, scores, groups, 0.45)
+
+    expected = postprocess._grouped_nms(boxes, scores, groups - 2200, num_pairs, 0.45)
+    assert set(keep.tolist()) == set(expected.tolist())
+    assert len(expected) > num_pairs  # some pairs keep both boxes, some one
+    assert len(expected) < 2 * num_pairs
