@@ -124,6 +124,36 @@ def test_a_folder_with_unreadable_files(
         assert drawn.shape == read_image(folder / name).shape
 
 
+def test_a_stopped_run_keeps_the_detections_of_the_images_done(
+    folder: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    predict_batch = Detector.predict
+
+    def stopped_at_the_second_batch(self: Detector, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return predict_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "predict", stopped_at_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        predict(
+            config(
+                f"ckpt_path={tiny_checkpoint}",
+                f"input={folder}",
+                f"output_dir={tmp_path}",
+                "batch_size=1",
+                "score_threshold=0.0",
+            )
+        )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    entries = json.loads((tmp_path / "detections.json").read_text())
+    assert summary["complete"] is False and summary["images"] == 1
+    assert summary["detections"] == len(entries) > 0
+    assert {e["file_name"] for e in entries} == {IMAGES[0]}
+
+
 def test_thresholds(folder: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     common = [f"ckpt_path={tiny_checkpoint}", f"input={folder}/000001.jpg"]
     predict(config(*common, f"output_dir={tmp_path / 'all'}", "draw_threshold=0"))

@@ -241,7 +241,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         cfg.ckpt_path, choose_device(cfg.device), cfg.fold_bn, cfg.batch_size, cfg.precision
     )
     writable_directory(output_dir, "output_dir")
-    for name in ("detections.json", "summary.json"):  # written after every image
+    for name in ("detections.json", "summary.json"):  # written at the end, or when stopped
         if (output_dir / name).is_dir():
             raise UserError(
                 f"output_dir={output_dir} holds a folder {name}, the name of a file this run "
@@ -288,15 +288,44 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                     )
                     table.append([frame.name, frame.index, image, len(entries)])
             progress.update(len(batch))
+    except BaseException:  # Ctrl-C or a failure: the images done so far keep their detections
+        outputs.close()
+        write_results(cfg, output_dir, summary, results, score_threshold, classes, complete=False)
+        log.warning(
+            "stopped after %d images: their detections are in %s (summary.json: complete false)",
+            summary.images,
+            output_dir / "detections.json",
+        )
+        raise
     finally:
         progress.close()
         outputs.close()
-    summary.detections = len(results)
+    record = write_results(cfg, output_dir, summary, results, score_threshold, classes, True)
+    print_summary(summary, score_threshold, cfg.draw_threshold, output_dir)
+    if not summary.images:  # (the W&B run, if any, then ends as failed)
+        count = "its file" if len(files) == 1 else f"any of its {len(files)} files"
+        raise UserError(f"input={cfg.input}: could not read {count} (see the skips above)")
+    log_run(loggers, summary, table)
+    return record
 
+
+def write_results(
+    cfg: DictConfig,
+    output_dir: Path,
+    summary: Summary,
+    results: list[dict[str, Any]],
+    score_threshold: float,
+    classes: dict[int, str],
+    complete: bool,
+) -> dict[str, Any]:
+    """``detections.json`` and ``summary.json`` (returned), ``complete`` false for a run stopped
+    before its last input."""
+    summary.detections = len(results)
     write_coco_results(output_dir / "detections.json", results)
     record = {
         "checkpoint": str(cfg.ckpt_path),
         "input": str(cfg.input),
+        "complete": complete,
         "images": summary.images,
         "detections": summary.detections,
         "drawn_detections": summary.drawn,
@@ -307,11 +336,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "outputs": summary.outputs,
     }
     (output_dir / "summary.json").write_text(json.dumps(record, indent=2))
-    print_summary(summary, score_threshold, cfg.draw_threshold, output_dir)
-    if not summary.images:  # (the W&B run, if any, then ends as failed)
-        count = "its file" if len(files) == 1 else f"any of its {len(files)} files"
-        raise UserError(f"input={cfg.input}: could not read {count} (see the skips above)")
-    log_run(loggers, summary, table)
     return record
 
 
