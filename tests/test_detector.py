@@ -136,6 +136,15 @@ def test_sixteen_bit_grey_reads_alike_from_a_file_and_from_pil(
     assert_same(detector.predict(pil), expected)
 
 
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_pil_pixels_of_no_known_range_are_refused(detector: Detector, mode: str) -> None:
+    """convert("I") of an 8-bit image or a [0, 1] float image: PIL's conversion to RGB would
+    clip them, black or nearly, and the network would find nothing."""
+    image = Image.new("L", (40, 30), 200).convert(mode)
+    with pytest.raises(ValueError, match=f"mode {mode} .*convert it to 8-bit RGB"):
+        detector.predict(image)
+
+
 def test_an_empty_file_is_not_a_readable_image(detector: Detector, tmp_path: Path) -> None:
     """OpenCV's decoder asserts on an empty buffer rather than returning None."""
     empty = tmp_path / "empty.jpg"

@@ -48,15 +48,22 @@ def batches(items: Sequence[T] | Iterator[T], size: int) -> Iterator[list[T]]:
 def rgb_array(image: ImageInput) -> np.ndarray:
     """``image`` as an HxWx3 uint8 RGB array: a path decoded as the datasets do (unreadable: a
     :class:`UserError`), a PIL image converted (16-bit grey scaled to 8 bits, as a decoded file
-    is, where PIL's conversion would clip it white), or a uint8 HxW, HxWx1, HxWx3 or HxWx4 array
-    (alpha dropped; any other array is a ``ValueError``)."""
+    is, where PIL's conversion would clip it white; 32-bit integer or float pixels, of no known
+    range, are a ``ValueError``), or a uint8 HxW, HxWx1, HxWx3 or HxWx4 array (alpha dropped; any
+    other array is a ``ValueError``)."""
     if isinstance(image, (str, Path)):
         try:
             return read_image(Path(image))
         except OSError as err:
             raise UserError(f"{image}: not a readable image ({err})") from None
     if isinstance(image, Image.Image):
-        if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: to 8 bits as OpenCV does
+        if image.mode in ("I", "F"):  # PIL would clip them to 0..255, often all black
+            pixels = "32-bit integer" if image.mode == "I" else "float"
+            raise ValueError(
+                f"a PIL image in mode {image.mode} ({pixels} pixels) has no known range: convert "
+                "it to 8-bit RGB first"
+            )
+        if image.mode.startswith("I;16"):  # 16-bit grey: to 8 bits as OpenCV does
             grey = (np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
             return np.repeat(grey[..., None], 3, axis=2)
         return np.asarray(image.convert("RGB"))
