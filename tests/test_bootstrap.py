@@ -91,6 +91,20 @@ def test_a_row_with_more_true_positives_on_every_image_is_better() -> None:
     assert up.p_value == down.p_value == 0.0
 
 
+def test_one_image_has_no_interval_nor_p_value() -> None:
+    """Every resample of one image is the image itself: a zero-width interval and p = 0 would
+    pass any correction, so the bootstrap says nothing."""
+    preds, targets = random_case(2, n_images=60, num_classes=NUM_CLASSES)
+    kept = next(i for i, t in enumerate(targets) if (~t["difficult"]).any())
+    base_preds, better_preds = missing_one_object_per_image([preds[kept]], [targets[kept]])
+    base = MatchedRun.build(base_preds, [targets[kept]], NUM_CLASSES)
+    better = MatchedRun.build(better_preds, [targets[kept]], NUM_CLASSES)
+    up = paired_bootstrap([better], [base], num_samples=50)
+    assert up.delta > 0
+    assert np.isnan([up.low, up.high, up.p_value]).all() and not up.excludes_zero
+    assert holm([up.p_value]) == [False]
+
+
 def test_the_p_value_is_the_level_at_which_the_interval_reaches_zero() -> None:
     """A percentile interval at confidence 1 - p has 0 at its edge: a little wider includes it,
     a little narrower does not."""

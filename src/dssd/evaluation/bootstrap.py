@@ -58,7 +58,8 @@ def paired_differences(
     seed: int = 0,
 ) -> list[Difference]:
     """:func:`paired_bootstrap` of each of the K figures ``statistic(run, weights)`` gives as [R, K]
-    (plain for ``weights=None``), e.g. :meth:`MatchedRun.class_aps`, over its non-NaN resamples."""
+    (plain for ``weights=None``), e.g. :meth:`MatchedRun.class_aps`, over its non-NaN resamples.
+    One image has no sampling to measure: its intervals and p-values are NaN."""
     if not runs or len(runs) != len(baselines):
         raise ValueError(f"need paired runs, got {len(runs)} and {len(baselines)}")
     sizes = {r.num_images for r in (*runs, *baselines)}
@@ -78,7 +79,7 @@ def paired_differences(
     for k in range(samples.shape[1]):
         column = samples[:, k][~np.isnan(samples[:, k])]
         low = high = p_value = np.nan
-        if column.size:
+        if column.size and n > 1:  # one image: every resample is the run itself
             low, high = np.percentile(column, [tail, 100 - tail])
             p_value = min(1.0, 2 * min(np.mean(column <= 0), np.mean(column >= 0)))
         differences.append(Difference(float(plain[k]), float(low), float(high), float(p_value)))
