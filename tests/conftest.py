@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from filelock import FileLock
@@ -75,6 +76,20 @@ if TEST_PRECISION not in PRECISIONS:
     raise pytest.UsageError(
         f"DSSD_TEST_PRECISION={TEST_PRECISION}: choose one of {', '.join(PRECISIONS)}"
     )
+
+
+def objects_in_size_rows(
+    data_root: Path, split: str, bounds: dict[str, tuple[float, float]]
+) -> int:
+    """The objects (not difficult) a split's size table counts over the ``bounds`` on sqrt(area)
+    in pixels, each range with both its ends (COCO's): an object on an edge counts twice."""
+    from dssd.data.voc import VOCDataset
+
+    classes = ["circle", "square", "triangle", "star", "cross", "ellipse"]
+    targets = VOCDataset(data_root, split, classes).annotations
+    kept = [np.asarray(t["boxes"])[~np.asarray(t["difficult"])] for t in targets]
+    side = np.sqrt(np.concatenate([(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b in kept]))
+    return sum(int(((side >= low) & (side <= high)).sum()) for low, high in bounds.values())
 
 
 def tiny_data(root: Path) -> list[str]:

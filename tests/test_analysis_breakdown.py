@@ -9,6 +9,7 @@ import torch
 
 from devkit import voc_ap
 from dssd.analysis.breakdown import (
+    COCO_SIZES,
     RunDetections,
     analyse_run,
     found_objects,
@@ -281,6 +282,54 @@ def test_area_range_matches_counts_objects_in_range_only() -> None:
     assert run.npos.tolist() == [[1, 0, 0]]
     images, tp = run.by_class[0]
     assert tp.tolist() == [False, True]  # the small background box, then the small circle
+
+
+@pytest.mark.parametrize("side", [32, 96])
+def test_an_object_on_a_size_bound_is_in_both_ranges_as_in_pycocotools(side: int) -> None:
+    """pycocotools keeps areas in [low, high]: a box of exactly 32^2 (or 96^2) pixels, found, is
+    a positive of both ranges it bounds, where [low, high) made one of them empty."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    box = np.array([[10.0, 10.0, 10.0 + side, 10.0 + side]])
+    truth = {"boxes": box, "labels": np.array([1]), "difficult": np.array([False])}
+    found = {"boxes": box, "scores": np.array([0.9]), "labels": np.array([1])}
+    run = MatchedRun.build([found], [truth], 1)
+    ours = {
+        name: run.for_size((low**2, high**2)).mean_ap(use_07_metric=False)[0]
+        for name, (low, high) in COCO_SIZES.items()
+    }
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": 1}],
+        "categories": [{"id": 1}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "bbox": [10, 10, side, side],
+                "area": side**2,
+                "iscrowd": 0,
+                "category_id": 1,
+            }
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+        results = coco.loadRes(
+            [{"image_id": 1, "bbox": [10, 10, side, side], "score": 0.9, "category_id": 1}]
+        )
+        evaluator = COCOeval(coco, results, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    theirs = dict(zip(COCO_SIZES, evaluator.stats[3:6], strict=True))  # -1: no object
+    for name in COCO_SIZES:
+        assert (ours[name] == 1.0) == (theirs[name] > 0.99), name  # averaged over 10 IoUs
+    assert sum(ap == 1.0 for ap in ours.values()) == 2
 
 
 def by_size_one_image_at_a_time(test: RunDetections, area_range) -> float:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from devkit import evaluate_class
+from dssd.evaluation.matched_run import MatchedRun
 from dssd.evaluation.metrics import VOCMeanAP
 
 # ---------------------------------------------------------------------------------------------
@@ -432,11 +433,21 @@ def test_merge_state_like_a_ddp_gather() -> None:
         ([pred([A], [0.9], [0])], [target([A], [1])], "background"),
         ([pred([A], [0.9], [1])], [target([A], [3])], r"1\.\.2"),
         ([dict(pred([A], [0.9], [1]), labels=torch.ones(1))], [target([A], [1])], "integers"),
+        ([pred([A, A], [0.9, float("nan")], [1, 1])], [target([A], [1])], "finite"),
+        ([pred([A], [float("inf")], [1])], [target([A], [1])], "finite"),
     ],
 )
 def test_invalid_input_raises(preds, targets, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         VOCMeanAP(2).update(preds, targets)
+
+
+def test_a_matched_run_refuses_a_nan_score() -> None:
+    """torch.sort puts NaN first, where it would take the object, and the AP's order last."""
+    found = {"boxes": [A, A], "scores": [0.9, float("nan")], "labels": [1, 1]}
+    truth = {"boxes": [A], "labels": [1], "difficult": [False]}
+    with pytest.raises(ValueError, match="image 0: detection scores must be finite"):
+        MatchedRun.build([found], [truth], 2)
 
 
 def test_constructor_validation() -> None:

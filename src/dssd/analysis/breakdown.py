@@ -23,7 +23,7 @@ import torch
 from dssd.analysis.confusion import confusion_matrix
 from dssd.analysis.errors import ErrorAnalysis, Verdict, analyse_errors
 from dssd.evaluation.matched_run import MatchedRun
-from dssd.evaluation.matching import best_matches, match_image
+from dssd.evaluation.matching import best_matches, in_range, match_image
 
 # COCO's size classes, as bounds on sqrt(area) in original-image pixels
 COCO_SIZES: dict[str, tuple[float, float]] = {
@@ -168,7 +168,7 @@ def size_bins(
     hit = np.concatenate(found)
     bins = []
     for name, (low, high) in bounds.items():
-        inside = counted & (sizes >= low) & (sizes < high)
+        inside = counted & in_range(sizes, (low, high))
         ap = float(matches[name].mean_ap(use_07_metric=test.use_07_metric)[0])
         bins.append(SizeBin(name, low, high, int(inside.sum()), ap, int((inside & hit).sum())))
     return tuple(bins)

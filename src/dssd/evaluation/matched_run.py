@@ -16,7 +16,7 @@ import torch
 from torchvision.ops import box_area
 
 from dssd.data.voc import read_voc_results
-from dssd.evaluation.matching import best_matches, match_image
+from dssd.evaluation.matching import best_matches, check_finite_scores, in_range, match_image
 
 # voc_eval.py's ``np.arange(0.0, 1.1, 0.1)``, i.e. ``i * 0.1``: 0.3, 0.6 and 0.7 are one ulp above
 # their decimal values (a recall of exactly 3/10 misses 0.3), kept to match the reference.
@@ -126,6 +126,7 @@ class MatchedRun:
             gt_labels = torch.as_tensor(np.asarray(truth["labels"]), dtype=torch.long)
             difficult = torch.as_tensor(np.asarray(truth["difficult"]), dtype=torch.bool)
             scores = torch.as_tensor(np.asarray(found["scores"]), dtype=torch.float64)
+            check_finite_scores(scores, f"image {i}")
             order = torch.sort(scores, descending=True, stable=True).indices
             labels = torch.as_tensor(np.asarray(found["labels"]), dtype=torch.long)[order]
             boxes = torch.as_tensor(np.asarray(found["boxes"]), dtype=torch.float64)
@@ -178,16 +179,16 @@ class MatchedRun:
         )
 
     def for_size(self, area_range: tuple[float, float]) -> MatchedRun:
-        """The verdicts by COCO's rule for AP by size, areas (pixels) in ``[low, high)``: objects
-        outside are ignored like difficult ones, with the detections on them, and so are the false
-        positives whose own box is outside; detections keep their best object of any size."""
+        """The verdicts by COCO's rule for AP by size, areas (pixels) in ``area_range`` (both ends
+        included, :func:`in_range`): objects outside are ignored like difficult ones, with the
+        detections on them, and so are the false positives whose own box is outside; detections
+        keep their best object of any size (COCO matches them again, objects inside first)."""
         s = self.sizes
         if s is None:
             raise ValueError("this run holds no boxes: build it with MatchedRun.build")
-        low, high = area_range
-        counted = ~s.gt_difficult & (s.gt_area >= low) & (s.gt_area < high)
-        on_inside = (s.det_match_area >= low) & (s.det_match_area < high)
-        inside = (s.det_area >= low) & (s.det_area < high)
+        counted = ~s.gt_difficult & in_range(s.gt_area, area_range)
+        on_inside = in_range(s.det_match_area, area_range)
+        inside = in_range(s.det_area, area_range)
         tp = self.tp & on_inside
         ignored = self.ignored | (s.det_above & ~on_inside) | (~tp & ~inside)
         npos = _count_positives(

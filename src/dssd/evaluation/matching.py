@@ -5,11 +5,14 @@ and the checks of per-image dicts. Boxes are continuous pixel edges: a VOC box `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
+
+T = TypeVar("T", Tensor, np.ndarray)
 
 
 def best_matches(
@@ -68,10 +71,22 @@ def _checked(value: Any, n: int | None, where: str) -> Tensor:
     return value
 
 
+def in_range(values: T, bounds: tuple[float, float]) -> T:
+    """Whether each value (tensor or array) is in ``[low, high]``: COCO's size ranges include both
+    ends (pycocotools), so an object whose area is exactly 32^2 is both small and medium."""
+    return (values >= bounds[0]) & (values <= bounds[1])
+
+
 def in_area_range(boxes: Tensor, area_range: tuple[float, float]) -> Tensor:
-    """Whether each xyxy box's area (pixels) is in ``[low, high)``, COCO's rule for AP by size."""
+    """Whether each xyxy box's area (pixels) is in ``area_range`` (:func:`in_range`)."""
     area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-    return (area >= area_range[0]) & (area < area_range[1])
+    return in_range(area, area_range)
+
+
+def check_finite_scores(scores: Tensor, where: str) -> None:
+    """A NaN score would be matched first (``torch.sort``) yet ranked last by the AP's order."""
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"{where}: detection scores must be finite, got NaN or infinity")
 
 
 def check_image(
@@ -110,6 +125,7 @@ def check_image(
                 f"got values in {int(labels.min())}..{int(labels.max())}"
             )
     p_scores = p_scores.detach().to("cpu", torch.float32)
+    check_finite_scores(p_scores, f"preds[{i}]['scores']")
     order = torch.sort(p_scores, descending=True, stable=True).indices
     return (
         p_boxes.detach().to("cpu", torch.float64)[order],
